@@ -1,0 +1,34 @@
+#include "engine/fd_table.h"
+
+#include <cerrno>
+#include <cstdlib>
+#include <new>
+
+namespace engine {
+namespace internal {
+std::atomic<FdSlot*> g_pages[kPages];
+}  // namespace internal
+
+FdSlot* fd_slot_make(int fd) {
+  if (fd < 0 || static_cast<std::size_t>(fd) >= kMaxFds) {
+    errno = EBADF;
+    return nullptr;
+  }
+  if (FdSlot* slot = fd_slot(fd)) return slot;
+  const auto ufd = static_cast<std::size_t>(fd);
+  auto* fresh = static_cast<FdSlot*>(std::calloc(kSlotsPerPage, sizeof(FdSlot)));
+  if (!fresh) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  for (std::size_t i = 0; i < kSlotsPerPage; ++i) new (&fresh[i]) FdSlot{};
+  FdSlot* expected = nullptr;
+  // Release publishes the initialised page; a loser of the race frees its copy.
+  if (!internal::g_pages[ufd / kSlotsPerPage].compare_exchange_strong(
+          expected, fresh, std::memory_order_release, std::memory_order_acquire)) {
+    std::free(fresh);
+  }
+  return fd_slot(fd);
+}
+
+}  // namespace engine

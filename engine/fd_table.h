@@ -1,0 +1,105 @@
+// File: engine/fd_table.h
+// The process-wide table of per-fd state, indexed by fd number.
+//
+// Memory: the table is a fixed directory of page pointers (in .bss, untouched until used)
+// and pages of kSlotsPerPage slots allocated on first use, so a process that never opens fd
+// 500,000 never pays for it and nothing is sized capacity x entry up front. Pages are never
+// freed (fd numbers are reused densely by the kernel).
+// Threads: fd_slot()/fd_slot_make() may be called from any thread (page installation is a
+// compare-and-swap). A slot's fields belong to the thread that owns the fd (its reactor's
+// thread, see libsock.h); `generation` is atomic because other threads read it to detect
+// that an fd was closed and its number reused.
+#ifndef ENGINE_FD_TABLE_H_
+#define ENGINE_FD_TABLE_H_
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+struct Packet;
+struct sockTLC;
+
+namespace engine {
+
+class Reactor;
+struct ReadBuffer;
+
+// Slot state bits. kOpen: opened with the sock_ API. kAttached: registered with `owner`'s
+// epoll set. The rest describe the connection's progress; see reactor.cc for who sets them.
+enum SlotFlag : uint32_t {
+  kOpen = 1u << 0,
+  kAttached = 1u << 1,
+  kClosing = 1u << 2,       // sock_close(): close once the queue is empty; no new writes
+  kEof = 1u << 3,           // the peer finished sending: close once the queue is empty
+  kFailed = 1u << 4,        // a read or write failed: close at the next flush step
+  kConnecting = 1u << 5,    // sock_connect() in progress: no flush until connected
+  kReadPending = 1u << 6,   // input may be waiting (edge seen, EAGAIN not yet)
+  kReadProgress = 1u << 7,  // sock_read/sock_accept returned something in this callback
+  kOnReadyList = 1u << 8,   // queued for another on_data call
+  kOnFlushList = 1u << 9,   // queued for the flush step
+  kWriteBlocked = 1u << 10, // the kernel said EAGAIN: on_ready once the queue drains
+  kHangup = 1u << 11,       // EPOLLHUP/EPOLLERR seen: close once input is consumed
+  kCloseHooksRun = 1u << 12 // before_close of the transport layers already ran
+};
+
+struct FdSlot {
+  // Bumped whenever the fd is closed or re-opened, so events and calls that carry an old
+  // value are recognised as stale after the number is reused.
+  std::atomic<uint32_t> generation;
+  uint32_t flags;
+  Reactor* owner;
+  // The write queue: a chain through Packet::metadata.next. `sent` bytes of `head` are
+  // already written (64-bit: moved buffers and files may exceed 4 GiB).
+  Packet* head;
+  Packet* tail;
+  uint64_t sent;
+  uint64_t queued_bytes;
+  sockTLC* tlc;
+  ReadBuffer* leftover;  // unwrapped plaintext the caller's buffer could not take
+  int last_error;        // errno of the failure behind kFailed
+};
+
+// Largest fd the table can index: the directory holds kMaxFds / kSlotsPerPage pointers.
+inline constexpr std::size_t kSlotsPerPage = 1024;
+inline constexpr std::size_t kMaxFds = std::size_t{1} << 22;
+static_assert(kMaxFds % kSlotsPerPage == 0);
+
+// The slot of fd if its page exists, else nullptr (also for fd < 0 or fd >= kMaxFds).
+FdSlot* fd_slot(int fd);
+
+// The slot of fd, allocating its page if needed. nullptr with errno EBADF (fd out of range)
+// or ENOMEM.
+FdSlot* fd_slot_make(int fd);
+
+// Calls fn(fd, slot) for every slot whose page exists. Owner-thread use only (stop, tests).
+template <typename Fn>
+void fd_table_for_each(Fn&& fn);
+
+// --- implementation details ---
+namespace internal {
+inline constexpr std::size_t kPages = kMaxFds / kSlotsPerPage;
+extern std::atomic<FdSlot*> g_pages[kPages];
+}  // namespace internal
+
+inline FdSlot* fd_slot(int fd) {
+  if (fd < 0 || static_cast<std::size_t>(fd) >= kMaxFds) return nullptr;
+  const auto ufd = static_cast<std::size_t>(fd);
+  // Acquire pairs with the release CAS in fd_slot_make: the page's zeroed slots are visible.
+  FdSlot* page = internal::g_pages[ufd / kSlotsPerPage].load(std::memory_order_acquire);
+  return page ? page + ufd % kSlotsPerPage : nullptr;
+}
+
+template <typename Fn>
+void fd_table_for_each(Fn&& fn) {
+  for (std::size_t p = 0; p < internal::kPages; ++p) {
+    FdSlot* page = internal::g_pages[p].load(std::memory_order_acquire);
+    if (!page) continue;
+    for (std::size_t i = 0; i < kSlotsPerPage; ++i) {
+      fn(static_cast<int>(p * kSlotsPerPage + i), page[i]);
+    }
+  }
+}
+
+}  // namespace engine
+
+#endif  // ENGINE_FD_TABLE_H_

@@ -1,0 +1,106 @@
+/* libreact: an edge-triggered epoll reactor, the seed's API kept by name and meaning.
+ *
+ * Errors: functions returning int return -1 and set errno on failure (EBADF for a negative,
+ *   out-of-range or unknown fd; EINVAL for a NULL reactor). Nothing is half done on error.
+ * Ownership: the caller owns `struct Reactor` and must keep it alive (and unmoved) until
+ *   reactor_review() has returned -1 after reactor_stop(), or until reactor_stop() was
+ *   followed by that final review. The engine state behind `_impl` is created on first use
+ *   and freed by that final review.
+ * Threads: a reactor belongs to the one thread that drives it with reactor_review() (its
+ *   owner thread); every call here must come from that thread, except reactor_stop(), which
+ *   any thread and any signal handler may call. Callbacks run on the owner thread, inside
+ *   reactor_review(). Several reactors may run at once, each on its own thread.
+ *
+ * A static reactor needs no reactor_init(): the first reactor_add() or reactor_review()
+ * initialises it:
+ *
+ *   struct Reactor r = {.on_data = on_data, .maxfd = 1024};
+ *   reactor_add(&r, listen_fd);
+ *   while (reactor_review(&r) >= 0) {}
+ */
+#ifndef LIBREACT_H
+#define LIBREACT_H
+
+#include <time.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LIBREACT_VERSION "1.0.0"
+
+/** Events taken from the kernel per reactor_review() call. */
+#ifndef REACTOR_MAX_EVENTS
+#define REACTOR_MAX_EVENTS 64
+#endif
+/** Longest wait of one reactor_review() call, in milliseconds. */
+#ifndef REACTOR_TICK
+#define REACTOR_TICK 1000
+#endif
+
+struct Reactor {
+  /** Data is ready to read on fd (or, for a listening fd, connections wait to be accepted).
+   * The reactor is edge-triggered: read until sock_read() returns 0. For fds opened with
+   * the sock_ API, a callback that made progress without draining is called again on the
+   * next review, so a partial read never stalls. */
+  void (*on_data)(struct Reactor* reactor, int fd);
+  /** fd may be written: a sock_connect() completed, or a write queue that had filled the
+   * kernel buffer (EAGAIN) has drained completely. */
+  void (*on_ready)(struct Reactor* reactor, int fd);
+  /** The reactor is stopping: called once for every attached fd before it is closed. */
+  void (*on_shutdown)(struct Reactor* reactor, int fd);
+  /** fd was closed (by either side, an error or the reactor). Called exactly once per
+   * closed fd, after close(2): the number may already belong to a new connection, so use
+   * it as a key only. Queued data not sent by then was dropped. */
+  void (*on_close)(struct Reactor* reactor, int fd);
+  /** Wall-clock seconds at the last review. Read-only. */
+  time_t last_tick;
+  /** fds >= maxfd are refused with EBADF; 0 means the process's fd capacity. */
+  int maxfd;
+  /** Engine state; created on first use. Never touch it. */
+  void* _impl;
+};
+
+/** Initialises the reactor's engine state (epoll set, packet pool). Optional: the first
+ * reactor_add()/reactor_review() does it. Returns 0, or -1 with errno. */
+int reactor_init(struct Reactor* reactor);
+
+/** Waits up to REACTOR_TICK ms for events and runs the callbacks, flushes queued writes
+ * and closes what is due. Returns the number of events handled (>= 0), or -1: after a
+ * completed reactor_stop() (errno set to 0), or on failure (errno set). */
+int reactor_review(struct Reactor* reactor);
+
+/** Asks the reactor to stop. Async-signal-safe and callable from any thread: it only sets a
+ * flag and wakes the owner. The next reactor_review() calls on_shutdown for every attached
+ * fd, lets queued output drain for up to 5 seconds, closes every fd (on_close each), frees
+ * the engine state and returns -1 with errno 0. */
+void reactor_stop(struct Reactor* reactor);
+
+/** Attaches fd (any pollable fd) to the reactor, edge-triggered for input, output and peer
+ * half-close. Re-adding an attached fd re-arms it. Returns 0, or -1 with errno (EBADF for a
+ * bad fd; EEXIST if another reactor owns it). */
+int reactor_add(struct Reactor* reactor, int fd);
+
+/** Detaches fd from the reactor without closing it; its sock_ state is kept.
+ * Returns 0, or -1 with errno (EBADF if fd is not attached to this reactor). */
+int reactor_remove(struct Reactor* reactor, int fd);
+
+/** Closes fd now: detaches it, drops anything queued, close(2), then on_close. A no-op for
+ * an fd that is not attached to this reactor. */
+void reactor_close(struct Reactor* reactor, int fd);
+
+/** Creates a timer fd (timerfd, non-blocking, close-on-exec). Returns it, or -1 with errno. */
+int reactor_make_timer(void);
+
+/** Arms timer fd to fire every `milliseconds` and attaches it: on_data runs each period;
+ * call reactor_reset_timer() there. Returns 0, or -1 with errno. */
+int reactor_add_timer(struct Reactor* reactor, int fd, long milliseconds);
+
+/** Consumes a timer fd's expirations so the next period triggers again. */
+void reactor_reset_timer(int fd);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* LIBREACT_H */

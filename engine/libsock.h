@@ -1,0 +1,301 @@
+/* libsock: non-blocking sockets with a user-level write queue, the seed's API kept by name
+ * and meaning (the seed's bugs are not kept: see docs/architecture.md).
+ *
+ * Errors: -1 and errno. EAGAIN is not an error: sock_read() returns 0 when no data is ready
+ *   yet, and writes queue what the kernel cannot take. A negative, out-of-range or closed fd,
+ *   or one never opened with the sock_ API, gives -1 with errno EBADF (void functions do
+ *   nothing). NULL buffers with a non-zero length give EINVAL; zero lengths are no-ops that
+ *   succeed (each function says what it returns).
+ * Ownership: a `.move` buffer (malloc'd) and a `.file` FILE* belong to the library as soon as
+ *   sock_write2() is called, even on error: they are freed / fclose'd by it. Packets checked
+ *   out with sock_checkout_packet() belong to the caller until sock_send_packet() succeeds;
+ *   on error the caller keeps them. Packets are carved from pooled slabs: release an unsent
+ *   packet with sock_free_packet(), never with free() (the seed allowed free(); a per-packet
+ *   malloc cannot meet the pool's memory bound).
+ * Threads: an fd attached to a reactor belongs to that reactor's owner thread, and the sock_
+ *   calls for it must come from that thread (normally from inside its callbacks). An fd
+ *   opened without a reactor may be used from one thread at a time. The helpers in the first
+ *   section (no fd state) are safe from any thread. sock_checkout_packet() and
+ *   sock_free_packet() are safe from any thread.
+ */
+#ifndef LIBSOCK_H
+#define LIBSOCK_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
+
+#include "libreact.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LIBSOCK_VERSION "1.0.0"
+
+/** Bytes of pre-allocated memory in each packet: a 16 KB payload chunk plus 1 KB of headroom
+ * for a transport layer's framing, so one packet can carry one TLS record. Overridable at
+ * build time for the whole program (library included). */
+#ifndef BUFFER_PACKET_SIZE
+#define BUFFER_PACKET_SIZE (1024 * 17)
+#endif
+/** Chunk size used when data must be cut into records (transport layers, file reads). */
+#ifndef BUFFER_FILE_READ_SIZE
+#define BUFFER_FILE_READ_SIZE (1024 * 16)
+#endif
+
+/* ---------------------------------------------------------------------------------------
+ * General helpers (no fd state; any thread)
+ */
+
+/** Sets O_NONBLOCK on fd. Returns 0, or -1 with errno. */
+int sock_set_non_block(int fd);
+
+/** Raises the soft RLIMIT_NOFILE to the hard limit and returns the number of fds the
+ * process may hold. Returns -1 with errno if the limit cannot be read. */
+ssize_t sock_max_capacity(void);
+
+/** Opens a listening TCP socket: non-blocking, close-on-exec, SO_REUSEADDR, backlog
+ * SOMAXCONN. address: numeric IPv4/IPv6 or host name; NULL listens on every address (IPv6
+ * with IPv4-mapped when available). port: a number or service name; "0" picks a free port
+ * (read it back with getsockname). Returns the fd, or -1 with errno (EINVAL for a NULL
+ * port; for a name that does not resolve, EADDRNOTAVAIL). */
+int sock_listen(const char* address, const char* port);
+
+/* ---------------------------------------------------------------------------------------
+ * The socket state. Optional: the table grows in pages on demand.
+ */
+
+/** Prepares the fd table for fds below max_fd (the seed's up-front allocation is not
+ * needed: pages are allocated on first use). Returns 0, or -1 with errno EINVAL if max_fd
+ * exceeds what the table can index. */
+int8_t init_socklib(size_t max_fd);
+
+/* ---------------------------------------------------------------------------------------
+ * Accepting connections and opening sockets
+ */
+
+/** Accepts one pending connection on server_fd (non-blocking, close-on-exec, TCP_NODELAY)
+ * and opens it for the sock_ API, attached to owner when owner is not NULL. Returns the new
+ * fd, or -1 with errno (EAGAIN: nothing pending; accept until then, the reactor is
+ * edge-triggered). */
+int sock_accept(struct Reactor* owner, int server_fd);
+
+/** Starts a non-blocking TCP connection to address:port and opens it for the sock_ API,
+ * attached to owner when not NULL. The reactor calls on_ready once connected, or on_close if
+ * the connection fails. Writes made before that are queued. The name is resolved with
+ * getaddrinfo (blocking for DNS names: pass numeric addresses on a reactor thread).
+ * Returns the fd, or -1 with errno when the connection fails at once. */
+int sock_connect(struct Reactor* owner, const char* address, const char* port);
+
+/** Opens an existing fd for the sock_ API (empty queue, no transport layers) and attaches
+ * it to owner when owner is not NULL. State left from an earlier connection on the same fd
+ * number is released first. Returns 0, or -1 with errno. */
+int sock_open(struct Reactor* owner, int fd);
+
+/** Attaches an fd already opened with sock_open(NULL, fd) to owner. Returns 0, or -1 with
+ * errno (EBADF if fd is not open). */
+int sock_attach(struct Reactor* owner, int fd);
+
+/** Releases fd's sock_ state (queue, transport layers, buffered input) without closing it
+ * and without touching its reactor registration. For fds closed outside the sock_ API. */
+void sock_clear(int fd);
+
+/** Returns fcntl(fd, F_GETFL) for an open fd, or -1 (errno EBADF) if it is closed or not
+ * opened with the sock_ API. */
+int sock_status(int fd);
+
+#define sock_is_closed(fd) (sock_status((fd)) < 0)
+
+/* ---------------------------------------------------------------------------------------
+ * Reading and writing
+ */
+
+/** Reads up to count bytes, like read(2), after the transport layers (TLC) unwrapped them;
+ * plaintext that does not fit is kept for the next call.
+ * Returns the number of bytes read (> 0); 0 when no data is ready yet (EAGAIN, or count is
+ * 0); -1 with errno 0 when the peer finished sending (EOF); -1 with errno on an error
+ * (EINVAL for a NULL buf). After EOF or an error the connection closes once its queued
+ * output is sent (EOF) or at once (error). */
+ssize_t sock_read(int fd, void* buf, size_t count);
+
+/* In C++, options left out of a sock_write2() call take these defaults (C zero-fills them),
+ * which also keeps -Wmissing-field-initializers quiet. */
+#ifdef __cplusplus
+#define SOCK_OPT_DEFAULT_ = 0
+#else
+#define SOCK_OPT_DEFAULT_
+#endif
+
+/** Options of sock_write2(), named-argument style. In C++ the designators must follow the
+ * declaration order (fd, buffer, length, move, urgent, file, merge). */
+struct SockWriteOpt {
+  /** The fd to send to. */
+  int fd SOCK_OPT_DEFAULT_;
+  /** The data, or a FILE* when .file is set. */
+  const void* buffer SOCK_OPT_DEFAULT_;
+  /** Bytes in buffer. For .file: bytes to send from the file's current offset, 0 meaning up
+   * to its end. */
+  size_t length SOCK_OPT_DEFAULT_;
+  /** The library takes ownership of buffer (allocated with malloc) and frees it once sent or
+   * on error; no copy is made. */
+  unsigned move : 1 SOCK_OPT_DEFAULT_;
+  /** Send before queued data at the next packet boundary: before the first queued packet
+   * that starts a write (never inside a partly sent packet). Urgent writes stay in order
+   * among themselves. */
+  unsigned urgent : 1 SOCK_OPT_DEFAULT_;
+  /** buffer is a FILE*: its bytes from the current offset are streamed with sendfile, and
+   * the FILE* is fclose'd when done or on error (ownership passes as with .move). */
+  unsigned file : 1 SOCK_OPT_DEFAULT_;
+  /** Reserved, as in the seed: small writes are always merged into the queue's last packet. */
+  unsigned merge : 1 SOCK_OPT_DEFAULT_;
+};
+
+/** Queues data for fd (copying it, unless .move or .file), to be written when the reactor
+ * flushes (after the current callback batch) or at once for an fd without a reactor.
+ * Returns 0 when everything was queued (as the seed did), or -1 with errno: EBADF (closed
+ * fd), EINVAL (NULL buffer with a length), ENOMEM, EPIPE (the connection is closing). */
+ssize_t sock_write2_fn(struct SockWriteOpt options);
+
+#ifdef __cplusplus
+#define sock_write2(...) sock_write2_fn(SockWriteOpt{__VA_ARGS__})
+#else
+#define sock_write2(...) sock_write2_fn((struct SockWriteOpt){__VA_ARGS__})
+#endif
+
+/** Copies count bytes from buf to fd's queue. Same results as sock_write2(). */
+#define sock_write(sockfd, buf, count) \
+  sock_write2(.fd = (sockfd), .buffer = (buf), .length = (count))
+
+/** Writes fd's queue to the kernel with writev/sendfile until it is empty or the kernel says
+ * EAGAIN, then closes fd if it was marked by sock_close() and everything was sent.
+ * Returns the number of bytes written (0 if none could be), or -1 with errno when fd is
+ * closed or the write failed (the connection is then closed). */
+ssize_t sock_flush(int fd);
+
+/** Closes fd once everything queued is sent (no new writes are accepted meanwhile). The
+ * close runs on_close of fd's reactor, or of `reactor` when fd has none. */
+void sock_close(struct Reactor* reactor, int fd);
+
+/** Closes fd now, dropping its queue. The close runs on_close as sock_close() does. */
+void sock_force_close(struct Reactor* reactor, int fd);
+
+/* ---------------------------------------------------------------------------------------
+ * Direct user-level buffer API
+ */
+
+/** A buffer packet: checkout, fill internal_memory (or point buffer elsewhere), send. */
+struct Packet {
+  /** Bytes of data at buffer. */
+  ssize_t length;
+  /** The data: internal_memory, a malloc'd buffer (metadata.external) or a FILE*
+   * (metadata.is_file). */
+  void* buffer;
+  /** Pre-allocated memory. */
+  char internal_memory[BUFFER_PACKET_SIZE];
+  struct PacketMetadata {
+    /** The next packet of a chain (sent, and freed, with this one). */
+    struct Packet* next;
+    /** Set by the library on the first packet of each write: urgent data may be inserted
+     * before it without breaking a message. */
+    unsigned can_interrupt : 1;
+    /** buffer is a FILE*, streamed from its current offset to its end, then fclose'd. */
+    unsigned is_file : 1;
+    /** buffer was allocated with malloc and is freed with the packet. */
+    unsigned external : 1;
+    /** Insert this chain before the first interruptible packet instead of at the end. */
+    unsigned urgent : 1;
+    /** Reserved for future use. */
+    unsigned rsrv : 4;
+  } metadata;
+};
+
+/** Checks a packet out of the pool of the calling thread's reactor (or of a process-wide
+ * pool on a thread without one): buffer = internal_memory, length 0, metadata cleared.
+ * Returns NULL (errno ENOMEM) when memory ran out. Any thread. */
+struct Packet* sock_checkout_packet(void);
+
+/** Queues a packet chain for fd (each packet's length bytes at buffer) and flushes.
+ * Returns 0 and takes ownership of the chain; or -1 with errno (EBADF, EINVAL for NULL or a
+ * negative length, EPIPE if the connection is closing) and the caller keeps the chain. */
+ssize_t sock_send_packet(int fd, struct Packet* packet);
+
+/** Frees a packet chain: fclose's file packets, frees external buffers and returns the
+ * packets to their pool (from any thread). NULL is a no-op. */
+void sock_free_packet(struct Packet* packet);
+
+/* ---------------------------------------------------------------------------------------
+ * Transport Layer Callbacks (TLC): a chain of layers between the sock_ API and the socket
+ * (framing, compression, TLS). The chain's head is the highest layer (closest to the
+ * application); `next` is the layer below it.
+ *
+ * Writing: each write is cut into packets of at most BUFFER_FILE_READ_SIZE bytes, and wrap is
+ * applied to each packet from the head down, in place (a layer may grow the packet into the
+ * BUFFER_PACKET_SIZE - BUFFER_FILE_READ_SIZE bytes of headroom). .move buffers are copied and
+ * freed at once; .file data is read in chunks (pread) as the socket drains, since the
+ * layers need the bytes in memory (sendfile is used only without layers).
+ * Reading: recv'd bytes are unwrapped from the lowest layer up, in place, in a buffer of
+ * max_len bytes; a layer writes its output over its input and sets *len (0 if it needs more
+ * input; it then keeps the partial input itself). A layer that holds more output than
+ * max_len returns max_len bytes and is called again with *len == 0 until it yields nothing.
+ * wrap/unwrap return 0, or -1 to fail the connection (it is closed).
+ */
+struct sockTLC {
+  /** The layer below this one (NULL for the lowest layer). */
+  struct sockTLC* next;
+  /** The layer's own state, passed to its callbacks. */
+  void* udata;
+  int (*wrap)(int fd, struct Packet* packet, void* udata);
+  int (*unwrap)(int fd, void* buffer, ssize_t* len, const size_t max_len, void* udata);
+  /** The fd's sock_ state is being released (close or sock_clear): free udata here. */
+  void (*on_clear)(int fd, struct sockTLC* tlc);
+  /* Extension (TLS needs it): called once when a graceful close is due and the queue is
+   * empty, so a layer can queue its final record (a TLS close_notify) with sock_tlc_write()
+   * before the fd closes. May be NULL. */
+  void (*before_close)(int fd, struct sockTLC* tlc);
+};
+
+/** Returns fd's layer chain (its head), or NULL. */
+struct sockTLC* sock_tlc_get(int fd);
+
+/** Replaces fd's chain (on_clear runs for every layer of the old chain). Returns 0, or -1
+ * with errno EBADF. Set layers before any data flows. */
+int sock_tlc_set(int fd, struct sockTLC* tlc);
+
+/** Pushes tlc on top of fd's chain (tlc->next is set to the old head). Returns 0, or -1. */
+int sock_tlc_add(int fd, struct sockTLC* tlc);
+
+/** Extension (TLS needs it): queues bytes a layer produces on its own (handshake records,
+ * close_notify), wrapped only by the layers below `from` (NULL or the lowest layer's `next`
+ * for raw bytes). Callable from inside wrap/unwrap/before_close. Returns 0, or -1 with errno. */
+int sock_tlc_write(int fd, struct sockTLC* from, const void* data, size_t length);
+
+/* ---------------------------------------------------------------------------------------
+ * Introspection
+ */
+
+/** Packet pool counters (one pool per reactor, plus one for threads without a reactor). */
+struct SockPoolStats {
+  uint64_t checkouts;   /* packets handed out */
+  uint64_t returns;     /* packets given back */
+  uint64_t hits;        /* checkouts served from pooled memory */
+  uint64_t misses;      /* checkouts that needed a new slab from jemalloc */
+  uint64_t outstanding; /* checkouts - returns */
+  uint64_t high_water;  /* most packets out at once */
+  uint64_t slab_bytes;  /* memory the pool holds from jemalloc */
+};
+
+/** Fills *stats with the counters of reactor's pool (NULL: the pool of threads without a
+ * reactor). Exact on the owner thread, a recent snapshot elsewhere. Returns 0, or -1 with
+ * errno EINVAL. */
+int sock_pool_stats(struct Reactor* reactor, struct SockPoolStats* stats);
+
+/** Bytes of jemalloc memory one packet really costs (slab size / packets per slab). */
+size_t sock_packet_footprint(void);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* LIBSOCK_H */

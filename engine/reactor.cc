@@ -1,0 +1,381 @@
+#include "engine/reactor.h"
+
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <ctime>
+
+#include "engine/libsock.h"
+#include "engine/read_buffer.h"
+#include "engine/tlc.h"
+#include "engine/write_queue.h"
+
+namespace engine {
+namespace {
+
+thread_local Reactor* tls_current = nullptr;
+
+// Edge-triggered: one wakeup per state change, so work left over (a partial read, a queue cut
+// short by the budget) goes on a work list instead of waiting for an edge that will not come.
+constexpr uint32_t kEpollEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+// Bytes one fd may write per flush step before the others get their turn.
+constexpr std::size_t kFlushBudget = 64 * kRecordPayload;
+// How long a stopping reactor lets queued output drain before closing what is left.
+constexpr int64_t kStopDrainMs = 5000;
+// While stopping, the wait is short so the drain deadline is noticed.
+constexpr int kStopPollMs = 20;
+
+int64_t now_ms() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1000000;
+}
+
+bool is_current(const FdSlot& slot, uint32_t generation, const Reactor* r) {
+  return slot.generation.load(std::memory_order_relaxed) == generation && slot.owner == r &&
+         (slot.flags & kAttached);
+}
+
+}  // namespace
+
+Reactor* Reactor::of(struct ::Reactor* api, bool create) {
+  if (!api) {
+    errno = EINVAL;
+    return nullptr;
+  }
+  if (api->_impl || !create) return static_cast<Reactor*>(api->_impl);
+  auto* r = new Reactor(api);
+  if (r->init() < 0) {
+    const int err = errno;
+    delete r;
+    errno = err;
+    return nullptr;
+  }
+  api->_impl = r;
+  return r;
+}
+
+Reactor* Reactor::current() { return tls_current; }
+
+Reactor::Reactor(struct ::Reactor* api) : api_(api) {}
+
+Reactor::~Reactor() {
+  if (epoll_fd_ >= 0) ::close(epoll_fd_);
+  if (wake_fd_ >= 0) ::close(wake_fd_);
+}
+
+int Reactor::init() {
+  epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
+  if (epoll_fd_ < 0) return -1;
+  wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (wake_fd_ < 0) return -1;
+  epoll_event ev{};
+  ev.events = EPOLLIN;  // level-triggered: drained explicitly in run_once
+  ev.data.u64 = fd_key(wake_fd_, 0);
+  if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, wake_fd_, &ev) < 0) return -1;
+  pool_ = alloc::BlockPool::create<sizeof(Packet)>(alloc::Sharing::kOwnerThread);
+  if (!pool_) return -1;
+  api_->last_tick = time(nullptr);
+  return 0;
+}
+
+void Reactor::bind_owner_thread() { pool_->bind_owner_thread(); }
+
+// The loop, in the order that keeps every promise:
+//  1. A requested stop begins before waiting, so it runs even when the loop is busy.
+//  2. Wait for events, not at all when fds are owed work from the last iteration.
+//  3. Dispatch each event whose (fd, generation) is still current; output first, so a
+//     completed connect reports on_ready before its first on_data.
+//  4. Give callbacks that read without draining another turn, then flush everything the
+//     callbacks queued: all the responses owed by one batch leave in one writev per fd.
+//  5. A stop completes once every fd is closed or the drain deadline passed.
+int Reactor::run_once(int timeout_ms) {
+  if (stop_requested_.load(std::memory_order_acquire) && !stopping_) begin_stop();
+  if (!pool_->is_owner_thread()) bind_owner_thread();
+  Reactor* const outer = tls_current;
+  tls_current = this;
+  pool_->drain_remote();
+
+  epoll_event events[REACTOR_MAX_EVENTS];
+  int n = epoll_wait(epoll_fd_, events, REACTOR_MAX_EVENTS, wait_timeout(timeout_ms));
+  if (n < 0 && errno != EINTR) {
+    tls_current = outer;
+    return -1;
+  }
+  n = n < 0 ? 0 : n;
+  api_->last_tick = time(nullptr);
+
+  for (int i = 0; i < n; ++i) {
+    const uint64_t key = events[i].data.u64;
+    if (key_fd(key) == wake_fd_) {
+      uint64_t drained;
+      while (read(wake_fd_, &drained, sizeof drained) > 0) {}
+      continue;
+    }
+    dispatch(key_fd(key), key_generation(key), events[i].events);
+  }
+  run_ready_list();
+  run_flush_list();
+
+  tls_current = outer;
+  if (stopping_ && finish_stop_if_done()) return -1;  // `this` was deleted
+  return n;
+}
+
+int Reactor::wait_timeout(int timeout_ms) const {
+  if (!ready_.empty() || !flush_.empty()) return 0;
+  if (stopping_ || stop_requested_.load(std::memory_order_relaxed)) {
+    return timeout_ms < kStopPollMs ? timeout_ms : kStopPollMs;
+  }
+  return timeout_ms;
+}
+
+void Reactor::dispatch(int fd, uint32_t generation, uint32_t events) {
+  FdSlot* slot = fd_slot(fd);
+  // A stale event: the fd was closed (and perhaps its number reused) after the kernel
+  // queued it, possibly by a callback earlier in this same batch.
+  if (!slot || !is_current(*slot, generation, this)) return;
+  if (events & (EPOLLERR | EPOLLHUP)) slot->flags |= kHangup;
+  if (events & (EPOLLOUT | EPOLLERR)) {
+    on_writable(fd, *slot);
+    if (!is_current(*slot, generation, this)) return;
+  }
+  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) {
+    slot->flags |= kReadPending;
+    call_on_data(fd, *slot);
+  }
+}
+
+void Reactor::on_writable(int fd, FdSlot& slot) {
+  const uint32_t generation = slot.generation.load(std::memory_order_relaxed);
+  if (slot.flags & kConnecting) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
+    if (err) {
+      slot.last_error = err;
+      close_now(fd, slot);
+      return;
+    }
+    slot.flags &= ~kConnecting;
+    if (api_->on_ready) api_->on_ready(api_, fd);
+    if (!is_current(slot, generation, this)) return;
+    if (slot.head) want_flush(fd, slot);
+    return;
+  }
+  if (!(slot.flags & kOpen)) {  // a plain fd: every writable edge is news to its user
+    if (api_->on_ready) api_->on_ready(api_, fd);
+    return;
+  }
+  if (slot.head || (slot.flags & kWriteBlocked)) flush_fd(fd, slot, kFlushBudget, true);
+}
+
+void Reactor::call_on_data(int fd, FdSlot& slot) {
+  const uint32_t generation = slot.generation.load(std::memory_order_relaxed);
+  slot.flags &= ~kReadProgress;
+  if (api_->on_data) {
+    api_->on_data(api_, fd);
+    if (!is_current(slot, generation, this)) return;  // closed or detached inside
+  }
+  if ((slot.flags & (kReadPending | kReadProgress)) == (kReadPending | kReadProgress)) {
+    want_read(fd, slot);  // progress without EAGAIN: more input may wait behind it
+    return;
+  }
+  // A hung-up fd whose input nobody consumes (or a plain fd, whose user reads on its own)
+  // would never hear from epoll again: close it.
+  if ((slot.flags & kHangup) && !(slot.flags & (kEof | kFailed | kClosing))) {
+    close_now(fd, slot);
+  }
+}
+
+void Reactor::run_ready_list() {
+  scratch_.swap(ready_);
+  for (const uint64_t key : scratch_) {
+    FdSlot* slot = fd_slot(key_fd(key));
+    if (!slot || !is_current(*slot, key_generation(key), this)) continue;
+    slot->flags &= ~kOnReadyList;
+    call_on_data(key_fd(key), *slot);
+  }
+  scratch_.clear();
+}
+
+void Reactor::run_flush_list() {
+  scratch_.swap(flush_);
+  for (const uint64_t key : scratch_) {
+    FdSlot* slot = fd_slot(key_fd(key));
+    if (!slot || !is_current(*slot, key_generation(key), this)) continue;
+    slot->flags &= ~kOnFlushList;
+    flush_fd(key_fd(key), *slot, kFlushBudget, true);
+  }
+  scratch_.clear();
+}
+
+void Reactor::want_flush(int fd, FdSlot& slot) {
+  if (slot.flags & kOnFlushList) return;
+  slot.flags |= kOnFlushList;
+  flush_.push_back(fd_key(fd, slot.generation.load(std::memory_order_relaxed)));
+}
+
+void Reactor::want_read(int fd, FdSlot& slot) {
+  if (slot.flags & kOnReadyList) return;
+  slot.flags |= kOnReadyList;
+  ready_.push_back(fd_key(fd, slot.generation.load(std::memory_order_relaxed)));
+}
+
+long Reactor::flush_fd(int fd, FdSlot& slot, std::size_t budget, bool notify_ready) {
+  if (slot.flags & kFailed) {
+    const int err = slot.last_error;
+    close_now(fd, slot);
+    errno = err;
+    return -1;
+  }
+  if (slot.flags & kConnecting) return 0;
+  std::size_t written = 0;
+  switch (queue_write(fd, slot, budget, &written)) {
+    case WriteResult::kError: {
+      const int err = slot.last_error;
+      close_now(fd, slot);
+      errno = err;
+      return -1;
+    }
+    case WriteResult::kBlocked:
+      slot.flags |= kWriteBlocked;
+      return static_cast<long>(written);
+    case WriteResult::kBudget:
+      want_flush(fd, slot);
+      return static_cast<long>(written);
+    case WriteResult::kDrained:
+      break;
+  }
+  if (slot.flags & (kClosing | kEof)) {
+    if (run_close_hooks(fd, slot)) {  // a layer queued a final record: send it first
+      want_flush(fd, slot);
+      return static_cast<long>(written);
+    }
+    close_now(fd, slot);
+    return static_cast<long>(written);
+  }
+  if (slot.flags & kWriteBlocked) {
+    slot.flags &= ~kWriteBlocked;
+    if (notify_ready && api_->on_ready) api_->on_ready(api_, fd);
+  }
+  return static_cast<long>(written);
+}
+
+int Reactor::attach(int fd, FdSlot& slot) {
+  if (api_->maxfd > 0 && fd >= api_->maxfd) {
+    errno = EBADF;
+    return -1;
+  }
+  if (slot.owner && slot.owner != this && (slot.flags & kAttached)) {
+    slot.owner->detach(fd, slot);
+  }
+  epoll_event ev{};
+  ev.events = kEpollEvents;
+  ev.data.u64 = fd_key(fd, slot.generation.load(std::memory_order_relaxed));
+  const bool mine = slot.owner == this && (slot.flags & kAttached);
+  // MOD re-arms with the current generation; ENOENT means the fd was closed behind our back
+  // (the kernel dropped it from the set) and its number reused: add it afresh.
+  if (!mine || epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, fd, &ev) < 0) {
+    if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) < 0 &&
+        (errno != EEXIST || epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, fd, &ev) < 0)) {
+      return -1;
+    }
+  }
+  if (!mine) ++attached_;
+  slot.owner = this;
+  slot.flags |= kAttached;
+  return 0;
+}
+
+int Reactor::detach(int fd, FdSlot& slot) {
+  if (slot.owner != this || !(slot.flags & kAttached)) {
+    errno = EBADF;
+    return -1;
+  }
+  epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);  // ENOENT: closed behind our back
+  slot.flags &= ~(kAttached | kOnFlushList | kOnReadyList);
+  slot.owner = nullptr;
+  --attached_;
+  return 0;
+}
+
+void Reactor::begin_stop() {
+  stopping_ = true;
+  stop_deadline_ms_ = now_ms() + kStopDrainMs;
+  std::vector<uint64_t> keys;
+  fd_table_for_each([&](int fd, FdSlot& slot) {
+    if (slot.owner == this && (slot.flags & kAttached)) {
+      keys.push_back(fd_key(fd, slot.generation.load(std::memory_order_relaxed)));
+    }
+  });
+  for (const uint64_t key : keys) {
+    FdSlot* slot = fd_slot(key_fd(key));
+    if (!is_current(*slot, key_generation(key), this)) continue;
+    if (api_->on_shutdown) api_->on_shutdown(api_, key_fd(key));
+    if (!is_current(*slot, key_generation(key), this)) continue;
+    if (slot->flags & kOpen) {
+      slot->flags |= kClosing;  // sock_ fds close once their queue drains
+      want_flush(key_fd(key), *slot);
+    } else {
+      close_now(key_fd(key), *slot);
+    }
+  }
+}
+
+bool Reactor::finish_stop_if_done() {
+  if (attached_ && now_ms() < stop_deadline_ms_) return false;
+  fd_table_for_each([&](int fd, FdSlot& slot) {
+    if (slot.owner == this && (slot.flags & kAttached)) close_now(fd, slot);
+  });
+  api_->_impl = nullptr;
+  delete this;
+  errno = 0;
+  return true;
+}
+
+void Reactor::request_stop() {
+  stop_requested_.store(true, std::memory_order_release);
+  const uint64_t one = 1;
+  // write(2) on an eventfd is async-signal-safe; EAGAIN means a wakeup is already pending.
+  [[maybe_unused]] const ssize_t r = write(wake_fd_, &one, sizeof one);
+}
+
+bool run_close_hooks(int fd, FdSlot& slot) {
+  if (!slot.tlc || (slot.flags & kCloseHooksRun)) return false;
+  slot.flags |= kCloseHooksRun;
+  for (sockTLC* layer = slot.tlc; layer; layer = layer->next) {
+    if (layer->before_close) layer->before_close(fd, layer);
+  }
+  return slot.head != nullptr;
+}
+
+void close_slot(int fd, FdSlot& slot, struct ::Reactor* notify) {
+  Reactor* owner = (slot.flags & kAttached) ? slot.owner : nullptr;
+  if (owner) {
+    owner->detach(fd, slot);
+    notify = owner->api();
+  }
+  // Detach everything first: once close(2) returns, another thread may get this number.
+  Packet* queue = slot.head;
+  sockTLC* tlc = slot.tlc;
+  ReadBuffer* leftover = slot.leftover;
+  slot.head = slot.tail = nullptr;
+  slot.sent = slot.queued_bytes = 0;
+  slot.tlc = nullptr;
+  slot.leftover = nullptr;
+  slot.flags = 0;
+  slot.owner = nullptr;
+  slot.generation.fetch_add(1, std::memory_order_release);
+  ::close(fd);
+  if (notify && notify->on_close) notify->on_close(notify, fd);
+  packet_chain_free(queue);
+  tlc_clear_chain(fd, tlc);
+  read_buffer_free(leftover);
+}
+
+}  // namespace engine

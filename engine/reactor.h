@@ -1,0 +1,112 @@
+// File: engine/reactor.h
+// One thread's event loop: the engine behind the C `struct Reactor` (libreact.h).
+//
+// A Reactor owns an edge-triggered epoll set, the fds attached to it (their FdSlots), one
+// packet pool and two work lists (fds owed another on_data call, fds owed a flush). It is
+// the unit a shard will be: one thread drives it, nothing else touches it, except
+// request_stop(), which is async-signal-safe.
+// Threads: every member function is owner-thread only unless it says otherwise. The owner is
+// the thread that last called run_once() (bind_owner_thread() rebinds explicitly).
+// Errors: int results are 0 / -1 with errno.
+#ifndef ENGINE_REACTOR_H_
+#define ENGINE_REACTOR_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "alloc/block_pool.h"
+#include "engine/fd_table.h"
+#include "engine/libreact.h"
+
+namespace engine {
+
+class Reactor;
+
+// Closes fd and releases its sock_ state in the order that keeps fd reuse safe: detach from
+// epoll, unlink the queue and layers, bump the generation, close(2), on_close (of the fd's
+// reactor if attached, else of `notify` when not NULL), then free the queue, run the layers'
+// on_clear and free buffered input. Owner thread.
+void close_slot(int fd, FdSlot& slot, struct ::Reactor* notify);
+
+// Runs the transport layers' before_close hooks once per connection; true if they queued
+// output that must be sent before the close.
+bool run_close_hooks(int fd, FdSlot& slot);
+
+class Reactor {
+ public:
+  // The engine state of `api`, created on first use when `create` (nullptr with errno on
+  // failure, or when absent and !create).
+  static Reactor* of(struct ::Reactor* api, bool create);
+  // The reactor whose run_once() is executing on this thread, or nullptr.
+  static Reactor* current();
+
+  explicit Reactor(struct ::Reactor* api);
+  ~Reactor();
+  Reactor(const Reactor&) = delete;
+  Reactor& operator=(const Reactor&) = delete;
+  int init();
+
+  // One loop iteration: wait (0 ms when work is pending), dispatch, run the work lists.
+  // Returns the number of events, or -1 (errno 0 once a requested stop has completed and the
+  // engine state was destroyed: `this` is gone then).
+  int run_once(int timeout_ms);
+
+  // Async-signal-safe, any thread: set a flag and wake the owner.
+  void request_stop();
+
+  // EPOLL_CTL_ADD (or MOD) with the slot's generation; EBADF for fd >= the api's maxfd.
+  int attach(int fd, FdSlot& slot);
+  int detach(int fd, FdSlot& slot);      // EPOLL_CTL_DEL; keeps the sock_ state
+  // Closes now: see close_slot().
+  void close_now(int fd, FdSlot& slot) { close_slot(fd, slot, api_); }
+
+  // Work lists. Idempotent (a slot flag says whether the fd is already listed).
+  void want_flush(int fd, FdSlot& slot);
+  void want_read(int fd, FdSlot& slot);
+
+  // The flush step for one fd: write what the kernel takes (bounded by `budget` bytes),
+  // then close if due; on_ready runs when a queue the kernel had refused drains and
+  // `notify_ready`. Returns bytes written, or -1 with errno when the fd was closed.
+  long flush_fd(int fd, FdSlot& slot, std::size_t budget, bool notify_ready);
+
+  alloc::BlockPool& pool() { return *pool_; }
+  struct ::Reactor* api() { return api_; }
+  std::size_t attached() const { return attached_; }
+  void bind_owner_thread();
+
+ private:
+  void dispatch(int fd, uint32_t generation, uint32_t events);
+  void call_on_data(int fd, FdSlot& slot);
+  void on_writable(int fd, FdSlot& slot);
+  void run_ready_list();
+  void run_flush_list();
+  void begin_stop();
+  bool finish_stop_if_done();
+  int wait_timeout(int timeout_ms) const;
+
+  struct ::Reactor* api_;
+  int epoll_fd_ = -1;
+  int wake_fd_ = -1;  // eventfd: request_stop() writes it to end a blocking wait
+  std::size_t attached_ = 0;
+  std::unique_ptr<alloc::BlockPool> pool_;
+  // (generation << 32 | fd) entries, so a closed-and-reused fd is skipped.
+  std::vector<uint64_t> ready_;
+  std::vector<uint64_t> flush_;
+  std::vector<uint64_t> scratch_;  // the list being run, swapped with ready_/flush_
+  std::atomic<bool> stop_requested_{false};
+  bool stopping_ = false;
+  int64_t stop_deadline_ms_ = 0;
+};
+
+// Packs an fd and its generation into one word (epoll data, work lists).
+inline uint64_t fd_key(int fd, uint32_t generation) {
+  return (uint64_t{generation} << 32) | static_cast<uint32_t>(fd);
+}
+inline int key_fd(uint64_t key) { return static_cast<int>(static_cast<uint32_t>(key)); }
+inline uint32_t key_generation(uint64_t key) { return static_cast<uint32_t>(key >> 32); }
+
+}  // namespace engine
+
+#endif  // ENGINE_REACTOR_H_

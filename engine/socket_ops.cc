@@ -1,0 +1,122 @@
+// The libsock helpers that keep no fd state: listen, connect's socket setup, limits.
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "engine/fd_table.h"
+#include "engine/libsock.h"
+#include "engine/socket_ops.h"
+
+namespace engine {
+namespace {
+
+int errno_of_gai(int gai) {
+  switch (gai) {
+    case EAI_SYSTEM:
+      return errno;
+    case EAI_MEMORY:
+      return ENOMEM;
+    case EAI_NONAME:
+    case EAI_NODATA:
+    case EAI_ADDRFAMILY:
+      return EADDRNOTAVAIL;
+    case EAI_AGAIN:
+      return EAGAIN;
+    default:
+      return EINVAL;
+  }
+}
+
+}  // namespace
+
+addrinfo* resolve(const char* address, const char* port, bool passive) {
+  if (!port) {
+    errno = EINVAL;
+    return nullptr;
+  }
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = passive ? AI_PASSIVE : 0;
+  addrinfo* list = nullptr;
+  const int gai = getaddrinfo(address, port, &hints, &list);
+  if (gai != 0) {
+    errno = errno_of_gai(gai);
+    return nullptr;
+  }
+  return list;
+}
+
+int open_stream_socket(int family) {
+  return socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+}
+
+void set_no_delay(int fd) {
+  // Writes are already coalesced per callback batch; Nagle would only add latency. Fails
+  // harmlessly on non-TCP sockets.
+  const int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+}  // namespace engine
+
+extern "C" {
+
+int sock_set_non_block(int fd) {
+  const int flags = fcntl(fd, F_GETFL, 0);
+  if (flags < 0) return -1;
+  return fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0 ? -1 : 0;
+}
+
+ssize_t sock_max_capacity(void) {
+  rlimit limit;
+  if (getrlimit(RLIMIT_NOFILE, &limit) < 0) return -1;
+  if (limit.rlim_cur < limit.rlim_max) {
+    rlimit raised = limit;
+    raised.rlim_cur = limit.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;
+  }
+  const rlim_t table = engine::kMaxFds;
+  return static_cast<ssize_t>(limit.rlim_cur < table ? limit.rlim_cur : table);
+}
+
+int sock_listen(const char* address, const char* port) {
+  addrinfo* list = engine::resolve(address, port, true);
+  if (!list) return -1;
+  // "Any address" resolves to 0.0.0.0 and ::. A dual-stack IPv6 socket serves both, so it
+  // goes first; the IPv4 wildcard is the fallback on hosts without IPv6.
+  int fd = -1;
+  int err = EADDRNOTAVAIL;
+  for (int pass = 0; pass < 2 && fd < 0; ++pass) {
+    for (addrinfo* ai = list; ai && fd < 0; ai = ai->ai_next) {
+      if (!address && (pass == 0) != (ai->ai_family == AF_INET6)) continue;
+      if (address && pass == 1) break;
+      fd = engine::open_stream_socket(ai->ai_family);
+      if (fd < 0) {
+        err = errno;
+        continue;
+      }
+      const int one = 1, zero = 0;
+      setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+      if (ai->ai_family == AF_INET6 && !address) {
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+      }
+      if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, SOMAXCONN) < 0) {
+        err = errno;
+        close(fd);
+        fd = -1;
+      }
+    }
+  }
+  freeaddrinfo(list);
+  if (fd < 0) errno = err;
+  return fd;
+}
+
+}  // extern "C"

@@ -1,0 +1,102 @@
+#include "engine/tlc.h"
+
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <memory>
+
+#include "engine/read_buffer.h"
+#include "engine/write_queue.h"
+
+namespace engine {
+namespace {
+
+// One recv takes at most a packet's worth, so a layer expanding it (decompression, or a
+// layer releasing plaintext it held) has room to spare in the scratch buffer.
+constexpr std::size_t kRecvBytes = kPacketBytes;
+constexpr std::size_t kScratchBytes = 4 * kPacketBytes;
+static_assert(kRecvBytes < kScratchBytes);
+
+char* scratch() {
+  // Per thread, allocated on the first read through layers only.
+  thread_local std::unique_ptr<char[]> buffer;
+  if (!buffer) buffer.reset(new char[kScratchBytes]);
+  return buffer.get();
+}
+
+}  // namespace
+
+int tlc_wrap_from(int fd, sockTLC* layer, Packet* packet) {
+  for (; layer; layer = layer->next) {
+    if (layer->wrap && layer->wrap(fd, packet, layer->udata) != 0) {
+      errno = EPROTO;
+      return -1;
+    }
+    if (packet->length < 0 || (packet->buffer == packet->internal_memory &&
+                               static_cast<std::size_t>(packet->length) > kPacketBytes)) {
+      errno = EPROTO;  // the layer overran the packet's memory
+      return -1;
+    }
+  }
+  return 0;
+}
+
+ssize_t tlc_read(int fd, FdSlot& slot, char* out, std::size_t count, bool* drained) {
+  sockTLC* bottom_up[kMaxLayers];
+  std::size_t depth = 0;
+  for (sockTLC* layer = slot.tlc; layer; layer = layer->next) bottom_up[depth++] = layer;
+  std::reverse(bottom_up, bottom_up + depth);
+  char* buf = scratch();
+  *drained = false;
+  for (;;) {
+    ssize_t n = recv(fd, buf, kRecvBytes, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN) return -1;
+      *drained = true;
+      n = 0;  // layers still get a call: they may hold output from earlier input
+    } else if (n == 0) {
+      errno = 0;
+      return -1;
+    }
+    ssize_t len = n;
+    for (std::size_t i = 0; i < depth; ++i) {
+      sockTLC* layer = bottom_up[i];
+      if (layer->unwrap && layer->unwrap(fd, buf, &len, kScratchBytes, layer->udata) != 0) {
+        errno = EPROTO;
+        return -1;
+      }
+      if (len < 0 || static_cast<std::size_t>(len) > kScratchBytes) {
+        errno = EPROTO;
+        return -1;
+      }
+    }
+    if (len > 0) {
+      const std::size_t given = std::min(count, static_cast<std::size_t>(len));
+      std::copy(buf, buf + given, out);
+      if (given < static_cast<std::size_t>(len)) {
+        slot.leftover = read_buffer_new(buf + given, static_cast<std::size_t>(len) - given);
+        if (!slot.leftover) return -1;
+      }
+      return static_cast<ssize_t>(given);
+    }
+    if (*drained) return 0;
+  }
+}
+
+void tlc_clear_chain(int fd, sockTLC* chain) {
+  while (chain) {
+    sockTLC* next = chain->next;  // on_clear may free the layer itself
+    if (chain->on_clear) chain->on_clear(fd, chain);
+    chain = next;
+  }
+}
+
+std::size_t tlc_depth(const sockTLC* chain) {
+  std::size_t depth = 0;
+  for (; chain && depth <= kMaxLayers; chain = chain->next) ++depth;
+  return depth;
+}
+
+}  // namespace engine

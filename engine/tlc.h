@@ -1,0 +1,36 @@
+// File: engine/tlc.h
+// Transport Layer Callbacks (libsock.h): applying a chain of layers to data going out
+// (wrap, head layer first) and coming in (unwrap, lowest layer first).
+// Threads: the fd's owner thread. Errors: -1 with errno (EPROTO when a layer failed).
+#ifndef ENGINE_TLC_H_
+#define ENGINE_TLC_H_
+
+#include <sys/types.h>
+
+#include <cstddef>
+
+#include "engine/fd_table.h"
+#include "engine/libsock.h"
+
+namespace engine {
+
+// Layers a chain may have: unwrap walks it bottom-up through a fixed array.
+inline constexpr std::size_t kMaxLayers = 16;
+
+// Wraps one packet with the layers from `layer` down. The packet must stay within its memory.
+int tlc_wrap_from(int fd, sockTLC* layer, Packet* packet);
+
+// sock_read() for an fd with layers: recv, unwrap bottom-up, hand out up to `count` bytes and
+// keep the rest in slot.leftover. Returns > 0 bytes, 0 for "nothing yet" (with *drained set
+// when the socket said EAGAIN), or -1: errno 0 at EOF, else the error.
+ssize_t tlc_read(int fd, FdSlot& slot, char* out, std::size_t count, bool* drained);
+
+// Runs on_clear for every layer of a detached chain.
+void tlc_clear_chain(int fd, sockTLC* chain);
+
+// Number of layers in a chain, or kMaxLayers + 1 if it is longer than allowed (or cyclic).
+std::size_t tlc_depth(const sockTLC* chain);
+
+}  // namespace engine
+
+#endif  // ENGINE_TLC_H_

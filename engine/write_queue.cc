@@ -1,0 +1,415 @@
+#include "engine/write_queue.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+
+#include "engine/reactor.h"
+#include "engine/tlc.h"
+
+namespace engine {
+namespace {
+
+// Progress of a file packet, kept in its (otherwise unused) internal_memory.
+struct FileSegment {
+  int fd;
+  off_t offset;
+  off_t end;
+};
+static_assert(sizeof(FileSegment) <= kPacketBytes);
+
+// One sendmsg gathers at most this many packets (well under IOV_MAX = 1024; 64 x 17 KB is
+// more than a loopback socket buffer takes at once).
+constexpr int kMaxIov = 64;
+// sendfile(2) moves at most 0x7ffff000 bytes per call.
+constexpr std::size_t kSendfileMax = 0x7ffff000;
+
+FileSegment* segment_of(Packet* p) { return reinterpret_cast<FileSegment*>(p->internal_memory); }
+
+std::size_t packet_bytes(const Packet* p) {
+  if (p->metadata.is_file) {
+    const auto* seg = reinterpret_cast<const FileSegment*>(p->internal_memory);
+    return static_cast<std::size_t>(seg->end - seg->offset);
+  }
+  return static_cast<std::size_t>(p->length);
+}
+
+Packet* chain_tail(Packet* p) {
+  while (p->metadata.next) p = p->metadata.next;
+  return p;
+}
+
+// Links [first, last] into the queue: at the end, or, when urgent, before the first packet
+// that starts a write, has not started sending and is not urgent itself (urgent chains stay
+// FIFO among themselves).
+void link_chain(FdSlot& slot, Packet* first, Packet* last, bool urgent) {
+  Packet** link = &slot.head;
+  Packet* at = nullptr;
+  if (urgent) {
+    for (at = slot.head; at; at = at->metadata.next) {
+      if (at->metadata.can_interrupt && !at->metadata.urgent) break;
+      link = &at->metadata.next;
+    }
+  } else if (slot.tail) {
+    link = &slot.tail->metadata.next;
+  }
+  last->metadata.next = at;
+  *link = first;
+  if (!at) slot.tail = last;
+}
+
+// Bytes a write may still merge into the tail packet (0 when it may not: the tail is not plain
+// memory, is urgent, has started sending, or layers need whole records).
+std::size_t tail_room(const FdSlot& slot) {
+  const Packet* t = slot.tail;
+  if (!t || slot.tlc || t->buffer != t->internal_memory || t->metadata.external ||
+      t->metadata.is_file || t->metadata.urgent || (t == slot.head && slot.sent > 0)) {
+    return 0;
+  }
+  return kPacketBytes - static_cast<std::size_t>(t->length);
+}
+
+// Builds a chain of packets holding `length` bytes of data, at most `per_packet` each.
+// Returns the head (and *last), or nullptr with errno ENOMEM (nothing allocated).
+Packet* build_copies(alloc::BlockPool& pool, const char* data, std::size_t length,
+                     std::size_t per_packet, Packet** last) {
+  Packet* head = nullptr;
+  Packet** link = &head;
+  *last = nullptr;
+  while (length) {
+    Packet* p = packet_new(pool);
+    if (!p) {
+      packet_chain_free(head);
+      errno = ENOMEM;
+      return nullptr;
+    }
+    const std::size_t n = std::min(length, per_packet);
+    std::memcpy(p->internal_memory, data, n);
+    p->length = static_cast<ssize_t>(n);
+    data += n;
+    length -= n;
+    *link = p;
+    link = &p->metadata.next;
+    *last = p;
+  }
+  return head;
+}
+
+// Queues a chain as one write: its first packet is a boundary unless the write began inside
+// the tail packet (merged_into_tail).
+void queue_write_chain(FdSlot& slot, Packet* first, Packet* last, bool urgent,
+                       bool merged_into_tail) {
+  for (Packet* p = first; p; p = p->metadata.next) {
+    p->metadata.can_interrupt = (p == first) && !merged_into_tail;
+    p->metadata.urgent = urgent;
+    slot.queued_bytes += packet_bytes(p);
+  }
+  link_chain(slot, first, last, urgent);
+}
+
+// Wraps every packet of a chain with all of the fd's layers.
+int wrap_chain(int fd, FdSlot& slot, Packet* chain) {
+  for (Packet* p = chain; p; p = p->metadata.next) {
+    if (!p->metadata.is_file && tlc_wrap_from(fd, slot.tlc, p) < 0) return -1;
+  }
+  return 0;
+}
+
+int file_segment_init(Packet* p, FILE* file, std::size_t length) {
+  struct stat st;
+  const int fd = fileno(file);
+  const off_t offset = fd < 0 ? -1 : ftello(file);
+  if (fd < 0 || offset < 0 || fstat(fd, &st) < 0) return -1;
+  if (!S_ISREG(st.st_mode)) {
+    errno = EINVAL;
+    return -1;
+  }
+  off_t end = std::max(st.st_size, offset);
+  if (length && static_cast<uint64_t>(end - offset) > length) {
+    end = offset + static_cast<off_t>(length);
+  }
+  p->buffer = file;
+  p->metadata.is_file = 1;
+  *segment_of(p) = FileSegment{fd, offset, end};
+  p->length = static_cast<ssize_t>(end - offset);
+  return 0;
+}
+
+// Removes `n` written bytes from the front of the queue, freeing finished packets.
+void consume(FdSlot& slot, std::size_t n) {
+  slot.queued_bytes -= n;
+  while (Packet* p = slot.head) {
+    const std::size_t left = static_cast<std::size_t>(p->length) - slot.sent;
+    if (n < left) {
+      if (n) {
+        slot.sent += n;
+        p->metadata.can_interrupt = 0;  // started: nothing may be inserted before it now
+      }
+      return;
+    }
+    n -= left;
+    slot.head = p->metadata.next;
+    if (!slot.head) slot.tail = nullptr;
+    slot.sent = 0;
+    p->metadata.next = nullptr;
+    packet_chain_free(p);
+    if (!n && (!slot.head || slot.head->length)) return;
+  }
+}
+
+// sendfile without dying of SIGPIPE: unlike sendmsg it has no MSG_NOSIGNAL, so the signal is
+// blocked for the call and a SIGPIPE it raised is consumed before the old mask returns.
+ssize_t sendfile_nosignal(int out, int in, off_t* offset, std::size_t count) {
+  sigset_t pipe_set, old;
+  sigemptyset(&pipe_set);
+  sigaddset(&pipe_set, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+  const ssize_t r = sendfile(out, in, offset, count);
+  const int err = errno;
+  if (r < 0 && err == EPIPE && !sigismember(&old, SIGPIPE)) {
+    const timespec zero{};
+    sigtimedwait(&pipe_set, nullptr, &zero);
+  }
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  errno = err;
+  return r;
+}
+
+WriteResult fail(FdSlot& slot, int err) {
+  slot.last_error = err;
+  return WriteResult::kError;
+}
+
+// Sends (part of) the file packet at the head.
+WriteResult write_file(int fd, FdSlot& slot, Packet* p, std::size_t budget, std::size_t* written) {
+  FileSegment* seg = segment_of(p);
+  const std::size_t left = static_cast<std::size_t>(seg->end - seg->offset);
+  if (!left) {  // every byte went out as records already
+    consume(slot, 0);
+    return WriteResult::kBudget;
+  }
+  if (slot.tlc) {
+    // Layers need the bytes in memory: read one record, wrap it and put it ahead of the file.
+    Packet* chunk = packet_new(pool_for(&slot));
+    if (!chunk) return fail(slot, ENOMEM);
+    const ssize_t r = pread(seg->fd, chunk->internal_memory, std::min(left, kRecordPayload),
+                            seg->offset);
+    if (r <= 0) {
+      packet_chain_free(chunk);
+      return fail(slot, r == 0 ? EIO : errno);  // r == 0: the file shrank under us
+    }
+    seg->offset += r;
+    chunk->length = r;
+    if (tlc_wrap_from(fd, slot.tlc, chunk) < 0) {
+      packet_chain_free(chunk);
+      return fail(slot, EPROTO);
+    }
+    p->metadata.can_interrupt = 0;
+    p->length = static_cast<ssize_t>(seg->end - seg->offset);
+    slot.queued_bytes += static_cast<std::size_t>(chunk->length) - static_cast<std::size_t>(r);
+    chunk->metadata.next = p;
+    slot.head = chunk;
+    return WriteResult::kBudget;  // the caller loops: the chunk is memory now
+  }
+  const std::size_t want = std::min({left, budget, kSendfileMax});
+  const ssize_t r = sendfile_nosignal(fd, seg->fd, &seg->offset, want);
+  if (r < 0) {
+    if (errno == EAGAIN) return WriteResult::kBlocked;
+    return errno == EINTR ? WriteResult::kBudget : fail(slot, errno);
+  }
+  if (r == 0) return fail(slot, EIO);  // the file shrank: never end the stream cleanly
+  *written += static_cast<std::size_t>(r);
+  p->metadata.can_interrupt = 0;
+  p->length = static_cast<ssize_t>(seg->end - seg->offset);
+  slot.queued_bytes -= static_cast<std::size_t>(r);
+  if (seg->offset == seg->end) {
+    slot.head = p->metadata.next;
+    if (!slot.head) slot.tail = nullptr;
+    p->metadata.next = nullptr;
+    packet_chain_free(p);
+  }
+  return static_cast<std::size_t>(r) < want ? WriteResult::kBlocked : WriteResult::kBudget;
+}
+
+}  // namespace
+
+alloc::BlockPool& fallback_pool() {
+  static alloc::BlockPool* pool =
+      alloc::BlockPool::create<sizeof(Packet)>(alloc::Sharing::kLocked).release();
+  return *pool;
+}
+
+alloc::BlockPool& pool_for(const FdSlot* slot) {
+  if (slot && slot->owner) return slot->owner->pool();
+  if (Reactor* r = Reactor::current()) return r->pool();
+  return fallback_pool();
+}
+
+Packet* packet_new(alloc::BlockPool& pool) {
+  void* block = pool.checkout();
+  if (!block) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  auto* p = static_cast<Packet*>(block);
+  p->length = 0;
+  p->buffer = p->internal_memory;
+  p->metadata = Packet::PacketMetadata{};
+  return p;
+}
+
+void packet_chain_free(Packet* chain) {
+  while (chain) {
+    Packet* next = chain->metadata.next;
+    if (chain->metadata.is_file && chain->buffer) {
+      std::fclose(static_cast<FILE*>(chain->buffer));
+    } else if (chain->metadata.external) {
+      std::free(chain->buffer);
+    }
+    alloc::BlockPool::give_back(chain);
+    chain = next;
+  }
+}
+
+int queue_copy(int fd, FdSlot& slot, const void* data, std::size_t length, bool urgent) {
+  auto* bytes = static_cast<const char*>(data);
+  alloc::BlockPool& pool = pool_for(&slot);
+  const std::size_t merged = urgent ? 0 : std::min(length, tail_room(slot));
+  Packet* last = nullptr;
+  Packet* chain = build_copies(pool, bytes + merged, length - merged,
+                               slot.tlc ? kRecordPayload : kPacketBytes, &last);
+  if (!chain && length > merged) return -1;
+  if (chain && wrap_chain(fd, slot, chain) < 0) {
+    packet_chain_free(chain);
+    return -1;
+  }
+  if (merged) {  // nothing can fail past this point: merge, then link
+    Packet* t = slot.tail;
+    std::memcpy(t->internal_memory + t->length, bytes, merged);
+    t->length += static_cast<ssize_t>(merged);
+    slot.queued_bytes += merged;
+  }
+  if (chain) queue_write_chain(slot, chain, last, urgent, merged > 0);
+  return 0;
+}
+
+int queue_move(int fd, FdSlot& slot, void* buffer, std::size_t length, bool urgent) {
+  if (slot.tlc) {  // layers wrap records in packet memory: copy, then free now
+    const int r = queue_copy(fd, slot, buffer, length, urgent);
+    std::free(buffer);
+    return r;
+  }
+  Packet* p = packet_new(pool_for(&slot));
+  if (!p) {
+    std::free(buffer);
+    return -1;
+  }
+  p->buffer = buffer;
+  p->length = static_cast<ssize_t>(length);
+  p->metadata.external = 1;
+  queue_write_chain(slot, p, p, urgent, false);
+  return 0;
+}
+
+int queue_file(FdSlot& slot, FILE* file, std::size_t length, bool urgent) {
+  Packet* p = packet_new(pool_for(&slot));
+  if (!p) {
+    std::fclose(file);
+    return -1;
+  }
+  if (file_segment_init(p, file, length) < 0) {
+    const int err = errno;
+    std::fclose(file);
+    alloc::BlockPool::give_back(p);
+    errno = err;
+    return -1;
+  }
+  if (p->length == 0) {  // nothing left to send: done already
+    packet_chain_free(p);
+    return 0;
+  }
+  queue_write_chain(slot, p, p, urgent, false);
+  return 0;
+}
+
+int queue_chain(int fd, FdSlot& slot, Packet* chain, bool wrap) {
+  for (Packet* p = chain; p; p = p->metadata.next) {
+    if (p->length < 0 || (!p->buffer && p->length)) {
+      errno = EINVAL;
+      return -1;
+    }
+  }
+  for (Packet* p = chain; p; p = p->metadata.next) {
+    if (p->metadata.is_file && file_segment_init(p, static_cast<FILE*>(p->buffer), 0) < 0) {
+      return -1;
+    }
+  }
+  if (wrap && wrap_chain(fd, slot, chain) < 0) return -1;
+  const bool urgent = chain->metadata.urgent;
+  queue_write_chain(slot, chain, chain_tail(chain), urgent, false);
+  return 0;
+}
+
+WriteResult queue_write(int fd, FdSlot& slot, std::size_t budget, std::size_t* written) {
+  const std::size_t start = *written;
+  while (slot.head) {
+    const std::size_t spent = *written - start;
+    if (spent >= budget) return WriteResult::kBudget;
+    Packet* p = slot.head;
+    if (p->metadata.is_file) {
+      const WriteResult r = write_file(fd, slot, p, budget - spent, written);
+      if (r != WriteResult::kBudget) return r;
+      continue;
+    }
+    iovec iov[kMaxIov];
+    int n = 0;
+    std::size_t total = 0;
+    for (Packet* q = p; q && !q->metadata.is_file && n < kMaxIov && total < budget - spent;
+         q = q->metadata.next) {
+      const std::size_t skip = q == p ? slot.sent : 0;
+      const std::size_t len = static_cast<std::size_t>(q->length) - skip;
+      if (!len) continue;
+      iov[n].iov_base = static_cast<char*>(q->buffer) + skip;
+      iov[n].iov_len = len;
+      total += len;
+      ++n;
+    }
+    if (!total) {  // only empty packets up to the next file packet (or the end)
+      consume(slot, 0);
+      continue;
+    }
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = static_cast<std::size_t>(n);
+    const ssize_t r = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) return WriteResult::kBlocked;
+      return fail(slot, errno);
+    }
+    *written += static_cast<std::size_t>(r);
+    consume(slot, static_cast<std::size_t>(r));
+    // A short write means the socket buffer is full: the kernel flagged it, so an EPOLLOUT
+    // edge follows when space frees up.
+    if (static_cast<std::size_t>(r) < total) return WriteResult::kBlocked;
+  }
+  return WriteResult::kDrained;
+}
+
+void queue_drop(FdSlot& slot) {
+  Packet* chain = slot.head;
+  slot.head = slot.tail = nullptr;
+  slot.sent = 0;
+  slot.queued_bytes = 0;
+  packet_chain_free(chain);
+}
+
+}  // namespace engine

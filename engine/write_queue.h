@@ -1,0 +1,70 @@
+// File: engine/write_queue.h
+// An fd's write queue: a chain of struct Packet through metadata.next, head first.
+//
+// Packet kinds: memory (buffer == internal_memory, filled by copies), external (a malloc'd
+// buffer owned by the queue) and file (a FILE* streamed with sendfile; its progress lives in
+// a FileSegment written over the packet's internal_memory).
+// Ordering: bytes leave in queue order. metadata.can_interrupt marks a packet that starts a
+// write and has not started sending: urgent chains are inserted before the first such
+// packet that is not itself urgent, so they never split a write or a partly sent packet.
+// Ownership: the queue owns every packet linked into it and frees them once written or when
+// the queue is dropped. All-or-nothing: a failed append queues nothing.
+// Threads: the fd's owner thread.
+#ifndef ENGINE_WRITE_QUEUE_H_
+#define ENGINE_WRITE_QUEUE_H_
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+
+#include "alloc/block_pool.h"
+#include "engine/fd_table.h"
+#include "engine/libsock.h"
+
+namespace engine {
+
+// Payload per packet when data is cut into records (transport layers, file chunks); the rest
+// of the packet is headroom a layer may use for its framing.
+inline constexpr std::size_t kPacketBytes = BUFFER_PACKET_SIZE;
+inline constexpr std::size_t kRecordPayload = BUFFER_FILE_READ_SIZE;
+inline constexpr std::size_t kRecordHeadroom = kPacketBytes - kRecordPayload;
+static_assert(kRecordPayload > 0 && kRecordPayload < kPacketBytes,
+              "BUFFER_FILE_READ_SIZE must leave headroom inside BUFFER_PACKET_SIZE");
+
+// The pool packets for fd should come from: its reactor's, else the calling thread's
+// reactor's, else the process-wide pool for threads without a reactor.
+alloc::BlockPool& pool_for(const FdSlot* slot);
+alloc::BlockPool& fallback_pool();
+
+// A cleared packet (buffer = internal_memory), or nullptr with errno ENOMEM.
+Packet* packet_new(alloc::BlockPool& pool);
+// Frees a chain: fclose's files, frees external buffers, returns packets to their pools.
+void packet_chain_free(Packet* chain);
+
+// Appends a copy of data. Without transport layers small writes merge into the tail packet;
+// with layers the data is cut into records and wrapped. Returns 0 or -1 with errno (ENOMEM,
+// EPROTO when a layer's wrap failed).
+int queue_copy(int fd, FdSlot& slot, const void* data, std::size_t length, bool urgent);
+// Appends a malloc'd buffer without copying (copied into records when layers are set).
+// Takes ownership of `buffer` even on error.
+int queue_move(int fd, FdSlot& slot, void* buffer, std::size_t length, bool urgent);
+// Appends `length` bytes (0 = to the end) of a FILE* from its current offset. Takes
+// ownership of `file` even on error (EINVAL if it is not a regular file).
+int queue_file(FdSlot& slot, FILE* file, std::size_t length, bool urgent);
+// Links a caller-built chain (sock_send_packet), wrapping it with all of the fd's layers when
+// `wrap`. On error (-1 with errno) the caller keeps the chain.
+int queue_chain(int fd, FdSlot& slot, Packet* chain, bool wrap);
+
+enum class WriteResult { kDrained, kBlocked, kBudget, kError };
+// Writes the queue with sendmsg(MSG_NOSIGNAL)/sendfile until it is empty, the kernel says
+// EAGAIN, or `budget` bytes went out. Adds the bytes written to *written. kError leaves
+// errno in slot.last_error.
+WriteResult queue_write(int fd, FdSlot& slot, std::size_t budget, std::size_t* written);
+// Frees everything queued.
+void queue_drop(FdSlot& slot);
+
+}  // namespace engine
+
+#endif  // ENGINE_WRITE_QUEUE_H_

@@ -1,0 +1,36 @@
+// File: tests/testing/loopback.h
+// Loopback sockets for tests: listeners on port 0, plain clients, byte sinks.
+#ifndef TESTS_TESTING_LOOPBACK_H_
+#define TESTS_TESTING_LOOPBACK_H_
+
+#include <cstddef>
+#include <string>
+
+namespace testing_support {
+
+// A listening socket on 127.0.0.1 with a kernel-chosen port (sock_listen with "0").
+struct Listener {
+  int fd = -1;
+  int port = 0;
+};
+Listener listen_loopback();
+
+// A plain, already connected, non-blocking TCP client to 127.0.0.1:port (connect completes
+// at once on loopback for a listening port). rcvbuf > 0 shrinks SO_RCVBUF first.
+int connect_client(int port, int rcvbuf = 0);
+
+// Reads what is available without blocking and appends it to *sink. Returns false once the
+// peer closed (EOF or reset), true otherwise.
+bool drain(int fd, std::string* sink);
+
+// Writes all of data, retrying on EAGAIN (the other side must be reading meanwhile: use only
+// for data that fits in socket buffers).
+void write_all(int fd, const std::string& data);
+
+// A deterministic byte pattern: byte i of stream `seed`.
+char pattern_byte(std::size_t i, unsigned seed);
+std::string pattern(std::size_t length, unsigned seed);
+
+}  // namespace testing_support
+
+#endif  // TESTS_TESTING_LOOPBACK_H_
