@@ -1,0 +1,305 @@
+// tools/hello_server as a real process: started with --port 0, spoken to over loopback, stopped
+// with SIGTERM. Every test ends with that stop, which must exit with status 0.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+extern char** environ;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Runfiles path, relative to the test's working directory.
+constexpr char kBinary[] = "tools/hello_server";
+constexpr auto kDeadline = std::chrono::seconds(20);
+
+const std::string kRequest =
+    "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: hello_server_test\r\n\r\n";
+const std::string kResponse =
+    "HTTP/1.1 200 OK\r\nContent-Length: 12\r\nContent-Type: text/plain\r\n"
+    "Connection: keep-alive\r\n\r\nHello World!";
+
+std::string repeat(const std::string& s, int times) {
+  std::string out;
+  for (int i = 0; i < times; ++i) out += s;
+  return out;
+}
+
+int ms_left(Clock::time_point end) {
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(end - Clock::now());
+  return ms.count() > 0 ? static_cast<int>(ms.count()) : 0;
+}
+
+// A child process whose stdout comes through a pipe (stderr goes to the test log).
+class ServerProcess {
+ public:
+  explicit ServerProcess(const std::vector<std::string>& args) {
+    int out[2];
+    if (pipe2(out, O_CLOEXEC) < 0) return;
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
+    std::vector<char*> argv;
+    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    if (posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), environ) != 0) pid_ = -1;
+    posix_spawn_file_actions_destroy(&actions);
+    close(out[1]);  // the child holds the only write end: EOF on out_ means it exited
+    out_ = out[0];
+  }
+  ~ServerProcess() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+    if (out_ >= 0) close(out_);
+  }
+
+  // The first line printed (without its '\n'), or what came before EOF or the deadline.
+  std::string first_line() {
+    const auto end = Clock::now() + kDeadline;
+    std::string line;
+    char c;
+    pollfd p = {out_, POLLIN, 0};
+    while (poll(&p, 1, ms_left(end)) > 0 && read(out_, &c, 1) == 1 && c != '\n') line += c;
+    return line;
+  }
+
+  // Waits for the exit (stdout reaching EOF marks it) and returns the wait status, or -1
+  // past the deadline.
+  int wait_exit() {
+    const auto end = Clock::now() + kDeadline;
+    char buf[256];
+    pollfd p = {out_, POLLIN, 0};
+    for (;;) {
+      if (poll(&p, 1, ms_left(end)) <= 0) return -1;
+      if (read(out_, buf, sizeof buf) <= 0) break;
+    }
+    int status = -1;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+    return status;
+  }
+
+  int stop() {
+    kill(pid_, SIGTERM);
+    return wait_exit();
+  }
+
+  bool started() const { return pid_ > 0 && out_ >= 0; }
+
+ private:
+  pid_t pid_ = -1;
+  int out_ = -1;
+};
+
+// A blocking loopback client whose reads and writes give up after 10 s instead of hanging.
+int connect_client(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const timeval timeout = {10, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
+  const int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  sockaddr_in addr = {};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+bool send_all(int fd, const std::string& data) {
+  for (std::size_t off = 0; off < data.size();) {
+    const ssize_t n = send(fd, data.data() + off, data.size() - off, MSG_NOSIGNAL);
+    if (n <= 0) return false;
+    off += static_cast<std::size_t>(n);
+  }
+  return true;
+}
+
+// Exactly `count` bytes, or fewer if the peer closed or went quiet for 10 s.
+std::string recv_exact(int fd, std::size_t count) {
+  std::string got(count, '\0');
+  std::size_t have = 0;
+  while (have < count) {
+    const ssize_t n = recv(fd, got.data() + have, count - have, 0);
+    if (n <= 0) break;
+    have += static_cast<std::size_t>(n);
+  }
+  got.resize(have);
+  return got;
+}
+
+// Ends the client's side (the server reads EOF, sends what it owes, then closes) and returns
+// everything that still arrived before the server's EOF; "<no EOF>" if none came.
+std::string finish(int fd) {
+  shutdown(fd, SHUT_WR);
+  std::string rest;
+  char buf[4096];
+  ssize_t n;
+  while ((n = recv(fd, buf, sizeof buf, 0)) > 0) rest.append(buf, static_cast<std::size_t>(n));
+  return n == 0 ? rest : "<no EOF>";
+}
+
+std::string describe(int status) {
+  if (status == -1) return "still running at the deadline";
+  if (WIFEXITED(status)) return "exit status " + std::to_string(WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return "killed by signal " + std::to_string(WTERMSIG(status));
+  return "wait status " + std::to_string(status);
+}
+
+class HelloServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    server_ = std::make_unique<ServerProcess>(std::vector<std::string>{kBinary, "--port", "0"});
+    ASSERT_TRUE(server_->started());
+    const std::string line = server_->first_line();
+    ASSERT_EQ(std::sscanf(line.c_str(), "hello_server listening on http://0.0.0.0:%d/", &port_), 1)
+        << "first line: " << line;
+    ASSERT_GT(port_, 0);
+  }
+
+  // Connections the test left open are still open at SIGTERM: the stop must close them.
+  void TearDown() override {
+    if (!stopped_) {
+      const int status = server_->stop();
+      EXPECT_TRUE(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0)
+          << describe(status);
+    }
+    for (const int fd : clients_) close(fd);
+  }
+
+  int client() {
+    const int fd = connect_client(port_);
+    if (fd >= 0) clients_.push_back(fd);
+    return fd;
+  }
+
+  std::unique_ptr<ServerProcess> server_;
+  int port_ = 0;
+  bool stopped_ = false;
+  std::vector<int> clients_;
+};
+
+TEST_F(HelloServerTest, KeepAliveConnectionAnswers100SequentialRequests) {
+  const int fd = client();
+  ASSERT_GE(fd, 0);
+  for (int i = 0; i < 100; ++i) {
+    ASSERT_TRUE(send_all(fd, kRequest));
+    ASSERT_EQ(recv_exact(fd, kResponse.size()), kResponse) << "request " << i;
+  }
+  EXPECT_EQ(finish(fd), "");
+}
+
+TEST_F(HelloServerTest, FiftyPipelinedRequestsInOneWriteGetFiftyResponsesInOrder) {
+  const int fd = client();
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(send_all(fd, repeat(kRequest, 50)));
+  EXPECT_EQ(recv_exact(fd, 50 * kResponse.size()), repeat(kResponse, 50));
+  EXPECT_EQ(finish(fd), "");  // not one response more
+}
+
+TEST_F(HelloServerTest, RequestsSentOneByteAtATimeAreAnsweredOnceEachAfterTheirLastByte) {
+  const int split = client();
+  const int barrier = client();
+  ASSERT_GE(split, 0);
+  ASSERT_GE(barrier, 0);
+  // Two requests back to back: the second starts right after the first's terminator.
+  const std::string input = kRequest + kRequest;
+  for (std::size_t i = 0; i < input.size(); ++i) {
+    ASSERT_TRUE(send_all(split, input.substr(i, 1)));
+    // A round trip on another connection of the same single-threaded server: the byte sent
+    // before it has been read by the time its answer is back (so each byte tends to arrive
+    // in a read of its own), and an answer owed to `split` would already be waiting.
+    ASSERT_TRUE(send_all(barrier, kRequest));
+    ASSERT_EQ(recv_exact(barrier, kResponse.size()), kResponse);
+    if ((i + 1) % kRequest.size() == 0) {
+      ASSERT_EQ(recv_exact(split, kResponse.size()), kResponse) << "after byte " << i;
+    } else {
+      char c;
+      ASSERT_EQ(recv(split, &c, 1, MSG_DONTWAIT), -1) << "answered early, at byte " << i;
+      ASSERT_EQ(errno, EAGAIN);
+    }
+  }
+  EXPECT_EQ(finish(split), "");
+}
+
+TEST_F(HelloServerTest, CarriageReturnRightBeforeTheTerminatorStillEndsOneRequest) {
+  const int fd = client();
+  ASSERT_GE(fd, 0);
+  // "\r\n\r" then '\r' must leave the match at "\r", so "\n\r\n" completes a terminator.
+  ASSERT_TRUE(send_all(fd, "GET / HTTP/1.1\r\nX: y\r\n\r\r\n\r\n"));
+  EXPECT_EQ(recv_exact(fd, kResponse.size()), kResponse);
+  EXPECT_EQ(finish(fd), "");
+}
+
+TEST_F(HelloServerTest, TwoHundredConcurrentConnectionsAreEachAnsweredTwice) {
+  std::vector<int> fds;
+  for (int i = 0; i < 200; ++i) {
+    fds.push_back(client());
+    ASSERT_GE(fds.back(), 0) << "connection " << i;
+  }
+  for (int round = 0; round < 2; ++round) {
+    for (const int fd : fds) ASSERT_TRUE(send_all(fd, kRequest));
+    for (std::size_t i = 0; i < fds.size(); ++i) {
+      ASSERT_EQ(recv_exact(fds[i], kResponse.size()), kResponse)
+          << "round " << round << ", connection " << i;
+    }
+  }
+  for (const int fd : fds) ASSERT_EQ(finish(fd), "");
+}
+
+TEST_F(HelloServerTest, SigtermClosesOpenConnectionsAndExitsWithStatus0) {
+  const int idle = client();
+  const int partial = client();
+  ASSERT_GE(idle, 0);
+  ASSERT_GE(partial, 0);
+  ASSERT_TRUE(send_all(partial, kRequest.substr(0, 20)));  // part of a request: nothing owed
+  // The round trip on `idle` comes after the server read those bytes (one thread, events in
+  // order): unread input would turn the close into a reset.
+  ASSERT_TRUE(send_all(idle, kRequest));
+  ASSERT_EQ(recv_exact(idle, kResponse.size()), kResponse);
+  stopped_ = true;
+  const int status = server_->stop();
+  EXPECT_TRUE(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0) << describe(status);
+  char c;
+  EXPECT_EQ(recv(idle, &c, 1, 0), 0);  // EOF: closed by the server, not reset, not left open
+  EXPECT_EQ(recv(partial, &c, 1, 0), 0);
+}
+
+TEST(HelloServerFlagsTest, HelpPrintsUsageAndExitsWith0) {
+  ServerProcess server({kBinary, "--help"});
+  ASSERT_TRUE(server.started());
+  EXPECT_EQ(server.first_line().rfind("usage: ", 0), 0u);
+  const int status = server.wait_exit();
+  EXPECT_TRUE(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0) << describe(status);
+}
+
+TEST(HelloServerFlagsTest, UnknownOptionIsRefusedWithStatus2) {
+  ServerProcess server({kBinary, "--bogus"});
+  ASSERT_TRUE(server.started());
+  const int status = server.wait_exit();
+  EXPECT_TRUE(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 2) << describe(status);
+}
+
+}  // namespace
