@@ -38,27 +38,36 @@ extern "C" {
 #define REACTOR_TICK 1000
 #endif
 
+/* In C++, fields left out of a designated initializer take these zero defaults (C zero-fills
+ * them), so the seed's `{.on_data = f, .maxfd = 1024}` style also compiles cleanly as C++
+ * (-Wmissing-field-initializers). libsock.h uses it for struct SockWriteOpt too. */
+#ifdef __cplusplus
+#define SOCK_CXX_ZERO_ = 0
+#else
+#define SOCK_CXX_ZERO_
+#endif
+
 struct Reactor {
   /** Data is ready to read on fd (or, for a listening fd, connections wait to be accepted).
    * The reactor is edge-triggered: read until sock_read() returns 0. For fds opened with
    * the sock_ API, a callback that made progress without draining is called again on the
    * next review, so a partial read never stalls. */
-  void (*on_data)(struct Reactor* reactor, int fd);
+  void (*on_data)(struct Reactor* reactor, int fd) SOCK_CXX_ZERO_;
   /** fd may be written: a sock_connect() completed, or a write queue that had filled the
    * kernel buffer (EAGAIN) has drained completely. */
-  void (*on_ready)(struct Reactor* reactor, int fd);
+  void (*on_ready)(struct Reactor* reactor, int fd) SOCK_CXX_ZERO_;
   /** The reactor is stopping: called once for every attached fd before it is closed. */
-  void (*on_shutdown)(struct Reactor* reactor, int fd);
+  void (*on_shutdown)(struct Reactor* reactor, int fd) SOCK_CXX_ZERO_;
   /** fd was closed (by either side, an error or the reactor). Called exactly once per
    * closed fd, after close(2): the number may already belong to a new connection, so use
    * it as a key only. Queued data not sent by then was dropped. */
-  void (*on_close)(struct Reactor* reactor, int fd);
+  void (*on_close)(struct Reactor* reactor, int fd) SOCK_CXX_ZERO_;
   /** Wall-clock seconds at the last review. Read-only. */
-  time_t last_tick;
+  time_t last_tick SOCK_CXX_ZERO_;
   /** fds >= maxfd are refused with EBADF; 0 means the process's fd capacity. */
-  int maxfd;
+  int maxfd SOCK_CXX_ZERO_;
   /** Engine state; created on first use. Never touch it. */
-  void* _impl;
+  void* _impl SOCK_CXX_ZERO_;
 };
 
 /** Initialises the reactor's engine state (epoll set, packet pool). Optional: the first

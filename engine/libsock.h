@@ -120,36 +120,28 @@ int sock_status(int fd);
  * output is sent (EOF) or at once (error). */
 ssize_t sock_read(int fd, void* buf, size_t count);
 
-/* In C++, options left out of a sock_write2() call take these defaults (C zero-fills them),
- * which also keeps -Wmissing-field-initializers quiet. */
-#ifdef __cplusplus
-#define SOCK_OPT_DEFAULT_ = 0
-#else
-#define SOCK_OPT_DEFAULT_
-#endif
-
 /** Options of sock_write2(), named-argument style. In C++ the designators must follow the
  * declaration order (fd, buffer, length, move, urgent, file, merge). */
 struct SockWriteOpt {
   /** The fd to send to. */
-  int fd SOCK_OPT_DEFAULT_;
+  int fd SOCK_CXX_ZERO_;
   /** The data, or a FILE* when .file is set. */
-  const void* buffer SOCK_OPT_DEFAULT_;
+  const void* buffer SOCK_CXX_ZERO_;
   /** Bytes in buffer. For .file: bytes to send from the file's current offset, 0 meaning up
    * to its end. */
-  size_t length SOCK_OPT_DEFAULT_;
+  size_t length SOCK_CXX_ZERO_;
   /** The library takes ownership of buffer (allocated with malloc) and frees it once sent or
    * on error; no copy is made. */
-  unsigned move : 1 SOCK_OPT_DEFAULT_;
+  unsigned move : 1 SOCK_CXX_ZERO_;
   /** Send before queued data at the next packet boundary: before the first queued packet
    * that starts a write (never inside a partly sent packet). Urgent writes stay in order
    * among themselves. */
-  unsigned urgent : 1 SOCK_OPT_DEFAULT_;
+  unsigned urgent : 1 SOCK_CXX_ZERO_;
   /** buffer is a FILE*: its bytes from the current offset are streamed with sendfile, and
    * the FILE* is fclose'd when done or on error (ownership passes as with .move). */
-  unsigned file : 1 SOCK_OPT_DEFAULT_;
+  unsigned file : 1 SOCK_CXX_ZERO_;
   /** Reserved, as in the seed: small writes are always merged into the queue's last packet. */
-  unsigned merge : 1 SOCK_OPT_DEFAULT_;
+  unsigned merge : 1 SOCK_CXX_ZERO_;
 };
 
 /** Queues data for fd (copying it, unless .move or .file), to be written when the reactor
