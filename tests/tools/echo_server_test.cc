@@ -1,14 +1,9 @@
 // tools/echo_server as a real process: started with --port 0, fed over loopback, stopped with
 // SIGTERM, which must exit with status 0.
-#include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
 #include <poll.h>
-#include <signal.h>
-#include <spawn.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -18,86 +13,21 @@
 #include <vector>
 
 #include "tests/testing/loopback.h"
-
-extern char** environ;
+#include "tests/testing/server_process.h"
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using testing_support::ms_left;
+using testing_support::ServerProcess;
 
 // Runfiles path, relative to the test's working directory.
 constexpr char kBinary[] = "tools/echo_server";
 constexpr auto kDeadline = std::chrono::seconds(30);
 
-int ms_left(Clock::time_point end) {
-  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(end - Clock::now());
-  return ms.count() > 0 ? static_cast<int>(ms.count()) : 0;
-}
-
-// The server as a child process; its stdout comes through a pipe that reaches EOF when it exits.
-struct ServerProcess {
-  pid_t pid = -1;
-  int out = -1;
-
-  explicit ServerProcess(std::vector<const char*> argv) {
-    int fds[2];
-    if (pipe2(fds, O_CLOEXEC) < 0) return;
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
-    argv.push_back(nullptr);
-    if (posix_spawn(&pid, argv[0], &actions, nullptr, const_cast<char**>(argv.data()), environ)) {
-      pid = -1;
-    }
-    posix_spawn_file_actions_destroy(&actions);
-    close(fds[1]);
-    out = fds[0];
-  }
-  ~ServerProcess() {
-    if (pid > 0) {
-      kill(pid, SIGKILL);
-      waitpid(pid, nullptr, 0);
-    }
-    if (out >= 0) close(out);
-  }
-
-  std::string first_line() const {
-    const auto end = Clock::now() + kDeadline;
-    std::string line;
-    char c;
-    pollfd p = {out, POLLIN, 0};
-    while (poll(&p, 1, ms_left(end)) > 0 && read(out, &c, 1) == 1 && c != '\n') line += c;
-    return line;
-  }
-
-  // SIGTERM, then the wait status once stdout reaches EOF; -1 past the deadline.
-  int stop() {
-    kill(pid, SIGTERM);
-    const auto end = Clock::now() + kDeadline;
-    char buf[256];
-    pollfd p = {out, POLLIN, 0};
-    for (;;) {
-      if (poll(&p, 1, ms_left(end)) <= 0) return -1;
-      if (read(out, buf, sizeof buf) <= 0) break;
-    }
-    int status = -1;
-    waitpid(pid, &status, 0);
-    pid = -1;
-    return status;
-  }
-};
-
 int connect_nonblocking(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr = {};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
-    close(fd);
-    return -1;
-  }
-  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  const int fd = testing_support::connect_loopback(port);
+  if (fd >= 0) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
   return fd;
 }
 
@@ -110,8 +40,8 @@ struct Client {
 };
 
 TEST(EchoServerTest, TenConnectionsEachGetTheirMegabyteBackIntactThenSigtermExitsWith0) {
-  ServerProcess server({kBinary, "--port", "0"});
-  ASSERT_GT(server.pid, 0);
+  ServerProcess server({kBinary, "--port", "0"}, kDeadline);
+  ASSERT_TRUE(server.started());
   const std::string line = server.first_line();
   int port = 0;
   ASSERT_EQ(std::sscanf(line.c_str(), "echo_server listening on port %d", &port), 1) << line;
@@ -160,8 +90,7 @@ TEST(EchoServerTest, TenConnectionsEachGetTheirMegabyteBackIntactThenSigtermExit
   }
 
   const int status = server.stop();
-  EXPECT_TRUE(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0)
-      << "wait status " << status;
+  EXPECT_TRUE(testing_support::exited_with(status, 0)) << testing_support::describe(status);
 }
 
 }  // namespace

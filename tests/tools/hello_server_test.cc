@@ -1,15 +1,10 @@
 // tools/hello_server as a real process: started with --port 0, spoken to over loopback, stopped
 // with SIGTERM. Every test ends with that stop, which must exit with status 0.
-#include <arpa/inet.h>
-#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <poll.h>
-#include <signal.h>
-#include <spawn.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -19,11 +14,14 @@
 #include <string>
 #include <vector>
 
-extern char** environ;
+#include "tests/testing/server_process.h"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using testing_support::connect_loopback;
+using testing_support::describe;
+using testing_support::exited_with;
+using testing_support::ServerProcess;
 
 // Runfiles path, relative to the test's working directory.
 constexpr char kBinary[] = "tools/hello_server";
@@ -41,90 +39,15 @@ std::string repeat(const std::string& s, int times) {
   return out;
 }
 
-int ms_left(Clock::time_point end) {
-  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(end - Clock::now());
-  return ms.count() > 0 ? static_cast<int>(ms.count()) : 0;
-}
-
-// A child process whose stdout comes through a pipe (stderr goes to the test log).
-class ServerProcess {
- public:
-  explicit ServerProcess(const std::vector<std::string>& args) {
-    int out[2];
-    if (pipe2(out, O_CLOEXEC) < 0) return;
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
-    std::vector<char*> argv;
-    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    if (posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), environ) != 0) pid_ = -1;
-    posix_spawn_file_actions_destroy(&actions);
-    close(out[1]);  // the child holds the only write end: EOF on out_ means it exited
-    out_ = out[0];
-  }
-  ~ServerProcess() {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-    if (out_ >= 0) close(out_);
-  }
-
-  // The first line printed (without its '\n'), or what came before EOF or the deadline.
-  std::string first_line() {
-    const auto end = Clock::now() + kDeadline;
-    std::string line;
-    char c;
-    pollfd p = {out_, POLLIN, 0};
-    while (poll(&p, 1, ms_left(end)) > 0 && read(out_, &c, 1) == 1 && c != '\n') line += c;
-    return line;
-  }
-
-  // Waits for the exit (stdout reaching EOF marks it) and returns the wait status, or -1
-  // past the deadline.
-  int wait_exit() {
-    const auto end = Clock::now() + kDeadline;
-    char buf[256];
-    pollfd p = {out_, POLLIN, 0};
-    for (;;) {
-      if (poll(&p, 1, ms_left(end)) <= 0) return -1;
-      if (read(out_, buf, sizeof buf) <= 0) break;
-    }
-    int status = -1;
-    waitpid(pid_, &status, 0);
-    pid_ = -1;
-    return status;
-  }
-
-  int stop() {
-    kill(pid_, SIGTERM);
-    return wait_exit();
-  }
-
-  bool started() const { return pid_ > 0 && out_ >= 0; }
-
- private:
-  pid_t pid_ = -1;
-  int out_ = -1;
-};
-
 // A blocking loopback client whose reads and writes give up after 10 s instead of hanging.
 int connect_client(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const int fd = connect_loopback(port);
+  if (fd < 0) return -1;
   const timeval timeout = {10, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
   setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
   const int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  sockaddr_in addr = {};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
-    close(fd);
-    return -1;
-  }
   return fd;
 }
 
@@ -161,17 +84,11 @@ std::string finish(int fd) {
   return n == 0 ? rest : "<no EOF>";
 }
 
-std::string describe(int status) {
-  if (status == -1) return "still running at the deadline";
-  if (WIFEXITED(status)) return "exit status " + std::to_string(WEXITSTATUS(status));
-  if (WIFSIGNALED(status)) return "killed by signal " + std::to_string(WTERMSIG(status));
-  return "wait status " + std::to_string(status);
-}
-
 class HelloServerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    server_ = std::make_unique<ServerProcess>(std::vector<std::string>{kBinary, "--port", "0"});
+    server_ = std::make_unique<ServerProcess>(std::vector<std::string>{kBinary, "--port", "0"},
+                                              kDeadline);
     ASSERT_TRUE(server_->started());
     const std::string line = server_->first_line();
     ASSERT_EQ(std::sscanf(line.c_str(), "hello_server listening on http://0.0.0.0:%d/", &port_), 1)
@@ -183,8 +100,7 @@ class HelloServerTest : public ::testing::Test {
   void TearDown() override {
     if (!stopped_) {
       const int status = server_->stop();
-      EXPECT_TRUE(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0)
-          << describe(status);
+      EXPECT_TRUE(exited_with(status, 0)) << describe(status);
     }
     for (const int fd : clients_) close(fd);
   }
@@ -281,25 +197,25 @@ TEST_F(HelloServerTest, SigtermClosesOpenConnectionsAndExitsWithStatus0) {
   ASSERT_EQ(recv_exact(idle, kResponse.size()), kResponse);
   stopped_ = true;
   const int status = server_->stop();
-  EXPECT_TRUE(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0) << describe(status);
+  EXPECT_TRUE(exited_with(status, 0)) << describe(status);
   char c;
   EXPECT_EQ(recv(idle, &c, 1, 0), 0);  // EOF: closed by the server, not reset, not left open
   EXPECT_EQ(recv(partial, &c, 1, 0), 0);
 }
 
 TEST(HelloServerFlagsTest, HelpPrintsUsageAndExitsWith0) {
-  ServerProcess server({kBinary, "--help"});
+  ServerProcess server({kBinary, "--help"}, kDeadline);
   ASSERT_TRUE(server.started());
   EXPECT_EQ(server.first_line().rfind("usage: ", 0), 0u);
   const int status = server.wait_exit();
-  EXPECT_TRUE(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0) << describe(status);
+  EXPECT_TRUE(exited_with(status, 0)) << describe(status);
 }
 
 TEST(HelloServerFlagsTest, UnknownOptionIsRefusedWithStatus2) {
-  ServerProcess server({kBinary, "--bogus"});
+  ServerProcess server({kBinary, "--bogus"}, kDeadline);
   ASSERT_TRUE(server.started());
   const int status = server.wait_exit();
-  EXPECT_TRUE(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 2) << describe(status);
+  EXPECT_TRUE(exited_with(status, 2)) << describe(status);
 }
 
 }  // namespace

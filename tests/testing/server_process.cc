@@ -1,0 +1,104 @@
+#include "tests/testing/server_process.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdint>
+
+extern char** environ;
+
+namespace testing_support {
+
+using Clock = std::chrono::steady_clock;
+
+int ms_left(Clock::time_point end) {
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(end - Clock::now());
+  return ms.count() > 0 ? static_cast<int>(ms.count()) : 0;
+}
+
+ServerProcess::ServerProcess(const std::vector<std::string>& args,
+                             std::chrono::milliseconds deadline)
+    : deadline_(deadline) {
+  int out[2];
+  if (pipe2(out, O_CLOEXEC) < 0) return;
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
+  std::vector<char*> argv;
+  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  if (posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), environ) != 0) pid_ = -1;
+  posix_spawn_file_actions_destroy(&actions);
+  close(out[1]);  // else this process would hold a write end and EOF would never come
+  out_ = out[0];
+}
+
+ServerProcess::~ServerProcess() {
+  if (pid_ > 0) {
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
+  if (out_ >= 0) close(out_);
+}
+
+std::string ServerProcess::first_line() {
+  const auto end = Clock::now() + deadline_;
+  std::string line;
+  char c;
+  pollfd p = {out_, POLLIN, 0};
+  while (poll(&p, 1, ms_left(end)) > 0 && read(out_, &c, 1) == 1 && c != '\n') line += c;
+  return line;
+}
+
+int ServerProcess::wait_exit() {
+  const auto end = Clock::now() + deadline_;
+  char buf[256];
+  pollfd p = {out_, POLLIN, 0};
+  for (;;) {
+    if (poll(&p, 1, ms_left(end)) <= 0) return -1;
+    if (read(out_, buf, sizeof buf) <= 0) break;
+  }
+  int status = -1;
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+  return status;
+}
+
+int ServerProcess::stop() {
+  kill(pid_, SIGTERM);
+  return wait_exit();
+}
+
+bool exited_with(int status, int code) {
+  return status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == code;
+}
+
+std::string describe(int status) {
+  if (status == -1) return "still running at the deadline";
+  if (WIFEXITED(status)) return "exit status " + std::to_string(WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return "killed by signal " + std::to_string(WTERMSIG(status));
+  return "wait status " + std::to_string(status);
+}
+
+int connect_loopback(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  sockaddr_in addr = {};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+}  // namespace testing_support

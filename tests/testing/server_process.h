@@ -1,0 +1,56 @@
+// A server binary run as a child process for tests, with its stdout read through a pipe and
+// every wait on it bounded by a deadline, plus plain loopback clients to talk to it.
+#ifndef TESTS_TESTING_SERVER_PROCESS_H_
+#define TESTS_TESTING_SERVER_PROCESS_H_
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+namespace testing_support {
+
+// Milliseconds from now until `end` as a poll() timeout; 0 once it has passed.
+int ms_left(std::chrono::steady_clock::time_point end);
+
+// The child's stderr goes to the test log. Its stdout reaches EOF only when it exits (the
+// child holds the only write end), which is how exits are seen without blocking in waitpid.
+class ServerProcess {
+ public:
+  // args[0] is the binary's path (a runfiles path is relative to the test's working
+  // directory). `deadline` bounds each of first_line(), wait_exit() and stop().
+  ServerProcess(const std::vector<std::string>& args, std::chrono::milliseconds deadline);
+  ~ServerProcess();  // SIGKILLs a child still running
+  ServerProcess(const ServerProcess&) = delete;
+  ServerProcess& operator=(const ServerProcess&) = delete;
+
+  bool started() const { return pid_ > 0 && out_ >= 0; }
+
+  // The first line printed (without its '\n'), or what came before EOF or the deadline.
+  std::string first_line();
+
+  // Waits for the exit and returns the wait status, or -1 past the deadline.
+  int wait_exit();
+
+  // SIGTERM, then wait_exit().
+  int stop();
+
+ private:
+  pid_t pid_ = -1;
+  int out_ = -1;
+  std::chrono::milliseconds deadline_;
+};
+
+// True if `status` (from wait_exit() or stop()) is a normal exit with `code`.
+bool exited_with(int status, int code);
+
+// A wait status in words, for failure messages.
+std::string describe(int status);
+
+// A blocking TCP client connected to 127.0.0.1:port, or -1 if the connect fails.
+int connect_loopback(int port);
+
+}  // namespace testing_support
+
+#endif  // TESTS_TESTING_SERVER_PROCESS_H_
