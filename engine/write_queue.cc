@@ -126,12 +126,14 @@ int wrap_chain(int fd, FdSlot& slot, Packet* chain) {
 int file_segment_init(Packet* p, FILE* file, std::size_t length) {
   struct stat st;
   const int fd = fileno(file);
-  const off_t offset = fd < 0 ? -1 : ftello(file);
-  if (fd < 0 || offset < 0 || fstat(fd, &st) < 0) return -1;
+  if (fd < 0 || fstat(fd, &st) < 0) return -1;
+  // Before ftello, which fails on a pipe or socket with ESPIPE: the contract says EINVAL.
   if (!S_ISREG(st.st_mode)) {
     errno = EINVAL;
     return -1;
   }
+  const off_t offset = ftello(file);
+  if (offset < 0) return -1;
   off_t end = std::max(st.st_size, offset);
   if (length && static_cast<uint64_t>(end - offset) > length) {
     end = offset + static_cast<off_t>(length);
@@ -236,7 +238,10 @@ WriteResult write_file(int fd, FdSlot& slot, Packet* p, std::size_t budget, std:
     p->metadata.next = nullptr;
     packet_chain_free(p);
   }
-  return static_cast<std::size_t>(r) < want ? WriteResult::kBlocked : WriteResult::kBudget;
+  // A short count is a full socket or a file that ended early (it shrank); only the next call
+  // tells which: EAGAIN (the kernel then owes an EPOLLOUT edge) or 0. Waiting for an edge
+  // here would stall forever in the second case, so the caller loops.
+  return WriteResult::kBudget;
 }
 
 }  // namespace

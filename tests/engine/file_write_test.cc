@@ -1,0 +1,542 @@
+// File writes (sock_write2 with .file: a FILE* streamed with sendfile, engine/write_queue.cc):
+// large and exactly packet-aligned files, the FILE*'s offset and .length, who closes the
+// FILE*, ordering with memory writes, errors while sending and a file that shrinks.
+//
+// Each test runs a server on a struct Reactor driven in the test thread; the client is a plain
+// loopback socket that the run_until() predicate drains, checking bytes as they arrive. Files
+// live in TEST_TMPDIR and are unlinked as soon as they are open. SIGPIPE stays at its default
+// action: sendfile has no MSG_NOSIGNAL, so a regression there kills the binary.
+#include <dirent.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <string_view>
+
+#include "engine/libreact.h"
+#include "engine/libsock.h"
+#include "tests/testing/loopback.h"
+#include "tests/testing/run_until.h"
+
+namespace {
+
+using testing_support::pattern;
+using testing_support::run_until;
+using namespace std::chrono_literals;
+
+constexpr std::size_t kKiB = 1024;
+constexpr std::size_t kMiB = 1024 * kKiB;
+constexpr uint64_t kNoMismatch = UINT64_MAX;
+
+// A file of `size` bytes in TEST_TMPDIR, open for reading and writing and already unlinked.
+// Writes `content` at offset 0 (a shorter content leaves the rest a hole of zeros).
+FILE* make_file(std::string_view content, off_t size = -1) {
+  const char* dir = std::getenv("TEST_TMPDIR");
+  std::string path = std::string(dir ? dir : "/tmp") + "/file_write_test.XXXXXX";
+  const int fd = mkostemp(path.data(), O_CLOEXEC);
+  if (fd < 0) return nullptr;
+  unlink(path.c_str());
+  if (size < 0) size = static_cast<off_t>(content.size());
+  if (ftruncate(fd, size) < 0 ||
+      pwrite(fd, content.data(), content.size(), 0) != static_cast<ssize_t>(content.size())) {
+    close(fd);
+    return nullptr;
+  }
+  return fdopen(fd, "r+");
+}
+
+// Open fds of this process (the directory stream's own fd is counted every time alike).
+int open_fd_count() {
+  DIR* d = opendir("/proc/self/fd");
+  int n = 0;
+  while (readdir(d)) ++n;
+  closedir(d);
+  return n;
+}
+
+// A plain client's view of the stream: reads what is there (at most `max` bytes per call) and
+// checks each chunk as it arrives with `verify(data, n, offset)`, which returns the index of
+// the first wrong byte or n. Nothing is kept, so gigabytes can pass.
+struct CheckedStream {
+  std::function<std::size_t(const char*, std::size_t, uint64_t)> verify;
+  uint64_t got = 0;
+  uint64_t first_mismatch = kNoMismatch;
+  bool closed = false;  // EOF or an error (reset) was seen
+
+  void pump(int fd, std::size_t max = SIZE_MAX) {
+    static char buf[256 * kKiB];
+    while (max > 0 && !closed) {
+      const ssize_t n = recv(fd, buf, std::min(max, sizeof buf), MSG_DONTWAIT);
+      if (n > 0) {
+        const auto len = static_cast<std::size_t>(n);
+        if (first_mismatch == kNoMismatch) {
+          const std::size_t bad = verify(buf, len, got);
+          if (bad < len) first_mismatch = got + bad;
+        }
+        got += len;
+        max -= len;
+      } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+        closed = true;
+      } else if (errno == EAGAIN) {
+        return;
+      }
+    }
+  }
+};
+
+// Checks against a stream held in memory; bytes past its end are wrong.
+CheckedStream expect_bytes(std::string_view expected) {
+  return CheckedStream{[expected](const char* data, std::size_t n, uint64_t at) -> std::size_t {
+    for (std::size_t i = 0; i < n; ++i) {
+      if (at + i >= expected.size() || data[i] != expected[at + i]) return i;
+    }
+    return n;
+  }};
+}
+
+// The large sparse files: zeros, with an 8-byte marker naming its index every 64 KiB, so a
+// duplicated, skipped or reordered block shows at the client without keeping the stream.
+constexpr std::size_t kMarkerEvery = 64 * kKiB;
+constexpr std::size_t kMarkerBytes = 8;
+
+uint64_t marker(uint64_t index) { return 0x4d41524b00000000ull | index; }  // "MARK" + index
+
+FILE* make_marked_file(off_t size) {
+  FILE* f = make_file("", size);
+  if (!f) return nullptr;
+  for (off_t at = 0; at + static_cast<off_t>(kMarkerBytes) <= size; at += kMarkerEvery) {
+    const uint64_t m = marker(static_cast<uint64_t>(at) / kMarkerEvery);
+    if (pwrite(fileno(f), &m, sizeof m, at) != sizeof m) {
+      fclose(f);
+      return nullptr;
+    }
+  }
+  return f;
+}
+
+CheckedStream expect_marked(uint64_t size) {
+  return CheckedStream{[size](const char* data, std::size_t n, uint64_t at) -> std::size_t {
+    static const char zeros[kMarkerEvery] = {};
+    std::size_t i = 0;
+    while (i < n) {
+      const uint64_t pos = at + i;
+      if (pos >= size) return i;
+      const uint64_t in_block = pos % kMarkerEvery;
+      if (in_block < kMarkerBytes) {
+        const uint64_t m = marker(pos / kMarkerEvery);
+        if (data[i] != reinterpret_cast<const char*>(&m)[in_block]) return i;
+        ++i;
+        continue;
+      }
+      const std::size_t run = std::min<uint64_t>(n - i, kMarkerEvery - in_block);
+      if (std::memcmp(data + i, zeros, run) != 0) {
+        while (data[i] == 0) ++i;
+        return i;
+      }
+      i += run;
+    }
+    return n;
+  }};
+}
+
+void set_sndbuf(int fd, int bytes) { setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes); }
+
+// Makes close(fd) send a RST instead of a FIN.
+void reset_on_close(int fd) {
+  const linger lg{1, 0};
+  setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+}
+
+bool sigpipe_pending() {
+  sigset_t pending;
+  sigpending(&pending);
+  return sigismember(&pending, SIGPIPE);
+}
+
+class FileWriteTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    struct sigaction sa;
+    ASSERT_EQ(sigaction(SIGPIPE, nullptr, &sa), 0);
+    ASSERT_EQ(sa.sa_handler, SIG_DFL) << "SIGPIPE must keep its default action";
+    sigset_t blocked;
+    ASSERT_EQ(pthread_sigmask(SIG_BLOCK, nullptr, &blocked), 0);
+    ASSERT_FALSE(sigismember(&blocked, SIGPIPE));
+
+    current_ = this;
+    reactor_.on_data = on_data;
+    reactor_.on_close = on_close;
+    listener_ = testing_support::listen_loopback();
+    ASSERT_EQ(reactor_add(&reactor_, listener_.fd), 0);
+  }
+
+  void TearDown() override {
+    if (client_ >= 0) close(client_);
+    reactor_stop(&reactor_);
+    EXPECT_TRUE(run_until(&reactor_, [&] { return reactor_._impl == nullptr; }));
+    current_ = nullptr;
+    // sendfile_nosignal may block SIGPIPE only for the duration of the call.
+    sigset_t blocked;
+    pthread_sigmask(SIG_BLOCK, nullptr, &blocked);
+    EXPECT_FALSE(sigismember(&blocked, SIGPIPE));
+    EXPECT_FALSE(sigpipe_pending());
+  }
+
+  void connect_client(int rcvbuf = 0) {
+    client_ = testing_support::connect_client(listener_.port, rcvbuf);
+    ASSERT_TRUE(run_until(&reactor_, [&] { return server_ >= 0; }));
+  }
+
+  // A transport layer that changes nothing: with layers the engine reads files in records
+  // (pread) instead of using sendfile.
+  void add_pass_through_layer() { ASSERT_EQ(sock_tlc_add(server_, &pass_through_), 0); }
+
+  // Runs the reactor while the client reads (at most `per_call` bytes per iteration) until
+  // the stream is complete, ends, or is found wrong.
+  bool receive(CheckedStream& rx, uint64_t size, std::size_t per_call = SIZE_MAX,
+               std::chrono::milliseconds deadline = 60s) {
+    return run_until(
+        &reactor_,
+        [&] {
+          rx.pump(client_, per_call);
+          return rx.got >= size || rx.closed || rx.first_mismatch != kNoMismatch;
+        },
+        deadline);
+  }
+
+  void run_iterations(int n) {
+    int i = 0;
+    run_until(&reactor_, [&] { return i++ >= n; });
+  }
+
+  int64_t pool_outstanding() {
+    SockPoolStats s{};
+    EXPECT_EQ(sock_pool_stats(&reactor_, &s), 0);
+    return static_cast<int64_t>(s.outstanding);
+  }
+
+  static void on_data(struct Reactor* r, int fd) {
+    FileWriteTest* t = current_;
+    if (fd == t->listener_.fd) {
+      int c;
+      while ((c = sock_accept(r, fd)) >= 0) t->server_ = c;
+      return;
+    }
+    char buf[4096];
+    while (sock_read(fd, buf, sizeof buf) > 0) {}
+  }
+
+  static void on_close(struct Reactor*, int fd) {
+    if (fd == current_->server_) ++current_->server_closes_;
+  }
+
+  static inline FileWriteTest* current_ = nullptr;
+  struct Reactor reactor_ = {};
+  testing_support::Listener listener_;
+  sockTLC pass_through_ = {};
+  int client_ = -1;
+  int server_ = -1;
+  int server_closes_ = 0;
+};
+
+// --- 1, 2. Whole files ---------------------------------------------------------------------------
+
+TEST_F(FileWriteTest, OneGigabyteFileArrivesCompleteAndInOrder) {
+  constexpr uint64_t kSize = 1024 * kMiB;
+  FILE* f = make_marked_file(kSize);
+  ASSERT_NE(f, nullptr);
+  connect_client();
+  ASSERT_EQ(sock_write2(.fd = server_, .buffer = f, .file = 1), 0);
+  CheckedStream rx = expect_marked(kSize);
+  ASSERT_TRUE(receive(rx, kSize, SIZE_MAX, 120s)) << "stalled after " << rx.got << " bytes";
+  EXPECT_EQ(rx.got, kSize);
+  EXPECT_EQ(rx.first_mismatch, kNoMismatch) << "first wrong byte at " << rx.first_mismatch;
+  // Nothing more comes: the stream is exactly the file.
+  sock_close(&reactor_, server_);
+  ASSERT_TRUE(run_until(&reactor_, [&] {
+    rx.pump(client_);
+    return rx.closed;
+  }));
+  EXPECT_EQ(rx.got, kSize);
+  EXPECT_EQ(server_closes_, 1);
+}
+
+// The seed freed the queue behind a file packet when the last read of a file whose size is a
+// multiple of 16 KB returned 0 bytes.
+TEST_F(FileWriteTest, FileOfExactMultipleOf16KBArrivesExactly) {
+  const std::string content = pattern(64 * 16 * kKiB, 60);
+  const std::string tail = "after-the-file";
+  connect_client();
+  ASSERT_EQ(sock_write2(.fd = server_, .buffer = make_file(content), .file = 1), 0);
+  ASSERT_EQ(sock_write(server_, tail.data(), tail.size()), 0);
+  const std::string expected = content + tail;
+  CheckedStream rx = expect_bytes(expected);
+  ASSERT_TRUE(receive(rx, expected.size()));
+  EXPECT_EQ(rx.got, expected.size());
+  EXPECT_EQ(rx.first_mismatch, kNoMismatch) << "first wrong byte at " << rx.first_mismatch;
+  EXPECT_EQ(pool_outstanding(), 0);
+}
+
+TEST_F(FileWriteTest, FileOfExactMultipleOf16KBArrivesExactlyThroughATransportLayer) {
+  const std::string content = pattern(64 * 16 * kKiB, 61);
+  const std::string tail = "after-the-file";
+  connect_client();
+  add_pass_through_layer();
+  ASSERT_EQ(sock_write2(.fd = server_, .buffer = make_file(content), .file = 1), 0);
+  ASSERT_EQ(sock_write(server_, tail.data(), tail.size()), 0);
+  const std::string expected = content + tail;
+  CheckedStream rx = expect_bytes(expected);
+  ASSERT_TRUE(receive(rx, expected.size()));
+  EXPECT_EQ(rx.got, expected.size());
+  EXPECT_EQ(rx.first_mismatch, kNoMismatch) << "first wrong byte at " << rx.first_mismatch;
+  EXPECT_EQ(pool_outstanding(), 0);
+}
+
+// --- 3. Offset and length ------------------------------------------------------------------------
+
+TEST_F(FileWriteTest, FileIsSentFromItsCurrentOffsetAndLengthLimitsIt) {
+  const std::string content = pattern(100000, 62);
+  connect_client();
+  std::string expected;
+
+  FILE* from_1000 = make_file(content);
+  ASSERT_EQ(fseek(from_1000, 1000, SEEK_SET), 0);
+  ASSERT_EQ(sock_write2(.fd = server_, .buffer = from_1000, .file = 1), 0);
+  expected += content.substr(1000);
+
+  FILE* limited = make_file(content);
+  ASSERT_EQ(fseek(limited, 1000, SEEK_SET), 0);
+  ASSERT_EQ(sock_write2(.fd = server_, .buffer = limited, .length = 5000, .file = 1), 0);
+  expected += content.substr(1000, 5000);
+
+  // stdio read ahead (the fd's offset is past 10), but the FILE*'s position is 10.
+  FILE* after_fread = make_file(content);
+  char first[10];
+  ASSERT_EQ(fread(first, 1, sizeof first, after_fread), sizeof first);
+  ASSERT_EQ(sock_write2(.fd = server_, .buffer = after_fread, .file = 1), 0);
+  expected += content.substr(10);
+
+  // A length past the end stops at the end.
+  FILE* near_end = make_file(content);
+  ASSERT_EQ(fseek(near_end, 99000, SEEK_SET), 0);
+  ASSERT_EQ(sock_write2(.fd = server_, .buffer = near_end, .length = 10 * kMiB, .file = 1), 0);
+  expected += content.substr(99000);
+  const std::string tail = "end";
+  ASSERT_EQ(sock_write(server_, tail.data(), tail.size()), 0);
+  expected += tail;
+
+  CheckedStream rx = expect_bytes(expected);
+  ASSERT_TRUE(receive(rx, expected.size()));
+  EXPECT_EQ(rx.got, expected.size());
+  EXPECT_EQ(rx.first_mismatch, kNoMismatch) << "first wrong byte at " << rx.first_mismatch;
+}
+
+// --- 4. The FILE* is closed --------------------------------------------------------------------
+
+TEST_F(FileWriteTest, FileIsClosedOnceSent) {
+  connect_client();
+  const int fds_before = open_fd_count();
+  const std::string content = pattern(300 * kKiB, 63);
+  ASSERT_EQ(sock_write2(.fd = server_, .buffer = make_file(content), .file = 1), 0);
+  EXPECT_EQ(open_fd_count(), fds_before + 1);
+  CheckedStream rx = expect_bytes(content);
+  ASSERT_TRUE(receive(rx, content.size()));
+  EXPECT_EQ(rx.got, content.size());
+  EXPECT_EQ(open_fd_count(), fds_before);
+
+  // A file with nothing left to send is closed at once.
+  FILE* at_end = make_file("abc");
+  ASSERT_EQ(fseek(at_end, 0, SEEK_END), 0);
+  EXPECT_EQ(sock_write2(.fd = server_, .buffer = at_end, .file = 1), 0);
+  EXPECT_EQ(open_fd_count(), fds_before);
+}
+
+TEST_F(FileWriteTest, FileIsClosedWhenTheWriteFails) {
+  connect_client();
+  const int fds_before = open_fd_count();
+
+  errno = 0;
+  EXPECT_EQ(sock_write2(.fd = -1, .buffer = make_file("x"), .file = 1), -1);
+  EXPECT_EQ(errno, EBADF);
+  EXPECT_EQ(open_fd_count(), fds_before);
+
+  int pipe_fds[2];
+  ASSERT_EQ(pipe2(pipe_fds, O_CLOEXEC), 0);
+  errno = 0;
+  EXPECT_EQ(sock_write2(.fd = pipe_fds[1], .buffer = make_file("x"), .file = 1), -1)
+      << "an fd never opened with the sock_ API";
+  EXPECT_EQ(errno, EBADF);
+
+  // Not a regular file: refused, and closed.
+  FILE* pipe_file = fdopen(pipe_fds[0], "r");
+  ASSERT_NE(pipe_file, nullptr);
+  errno = 0;
+  EXPECT_EQ(sock_write2(.fd = server_, .buffer = pipe_file, .file = 1), -1);
+  EXPECT_EQ(errno, EINVAL);
+  errno = 0;
+  EXPECT_EQ(fcntl(pipe_fds[0], F_GETFD), -1) << "the pipe's FILE* was not closed";
+  close(pipe_fds[1]);
+  EXPECT_EQ(open_fd_count(), fds_before);
+
+  errno = 0;
+  EXPECT_EQ(sock_write2(.fd = server_, .buffer = nullptr, .file = 1), -1);
+  EXPECT_EQ(errno, EINVAL);
+
+  // The refused writes left the connection usable.
+  ASSERT_EQ(sock_write(server_, "still-open", 10), 0);
+  CheckedStream rx = expect_bytes("still-open");
+  ASSERT_TRUE(receive(rx, 10));
+  EXPECT_EQ(rx.got, 10u);
+  EXPECT_EQ(rx.first_mismatch, kNoMismatch);
+
+  // A closing connection takes no more writes.
+  sock_close(&reactor_, server_);
+  errno = 0;
+  EXPECT_EQ(sock_write2(.fd = server_, .buffer = make_file("x"), .file = 1), -1);
+  EXPECT_EQ(errno, EPIPE);
+  EXPECT_EQ(open_fd_count(), fds_before);
+  ASSERT_TRUE(run_until(&reactor_, [&] { return server_closes_ == 1; }));
+  EXPECT_EQ(open_fd_count(), fds_before - 1) << "the server's socket is closed too";
+}
+
+// --- 5. Ordering with memory writes --------------------------------------------------------------
+
+TEST_F(FileWriteTest, FileInterleavesWithMemoryWritesInOrder) {
+  const std::string content = pattern(200 * kKiB + 123, 64);
+  connect_client();
+  ASSERT_EQ(sock_write(server_, "HEAD", 4), 0);
+  ASSERT_EQ(sock_write2(.fd = server_, .buffer = make_file(content), .file = 1), 0);
+  ASSERT_EQ(sock_write(server_, "TAIL", 4), 0);
+  const std::string expected = "HEAD" + content + "TAIL";
+  CheckedStream rx = expect_bytes(expected);
+  ASSERT_TRUE(receive(rx, expected.size()));
+  EXPECT_EQ(rx.got, expected.size());
+  EXPECT_EQ(rx.first_mismatch, kNoMismatch) << "first wrong byte at " << rx.first_mismatch;
+}
+
+TEST_F(FileWriteTest, WritesQueuedWhileAFileIsHalfSentFollowIt) {
+  // A slow client: the file is partly sent when the next writes are queued.
+  const std::string content = pattern(2 * kMiB, 65);
+  connect_client(4096);
+  set_sndbuf(server_, 4096);
+  ASSERT_EQ(sock_write(server_, "HEAD", 4), 0);
+  ASSERT_EQ(sock_write2(.fd = server_, .buffer = make_file(content), .file = 1), 0);
+  std::string got;
+  ASSERT_TRUE(run_until(&reactor_, [&] {
+    return !testing_support::drain(client_, &got) || got.size() > 64 * kKiB;
+  }));
+  ASSERT_LT(got.size(), 4 + content.size()) << "precondition: the file is partly sent";
+  const std::string second = pattern(50000, 66);
+  ASSERT_EQ(sock_write(server_, "MID", 3), 0);
+  ASSERT_EQ(sock_write2(.fd = server_, .buffer = make_file(second), .file = 1), 0);
+  ASSERT_EQ(sock_write2(.fd = server_, .buffer = "URG", .length = 3, .urgent = 1), 0);
+  ASSERT_EQ(sock_write(server_, "TAIL", 4), 0);
+  // The urgent write goes after the half-sent file (never inside it) and before MID.
+  const std::string expected = "HEAD" + content + "URG" + "MID" + second + "TAIL";
+  ASSERT_TRUE(run_until(&reactor_, [&] {
+    return !testing_support::drain(client_, &got) || got.size() >= expected.size();
+  }));
+  EXPECT_EQ(got.size(), expected.size());
+  EXPECT_TRUE(got == expected) << "streams differ at byte "
+                               << std::mismatch(got.begin(), got.end(), expected.begin(),
+                                                expected.end()).first - got.begin();
+}
+
+// --- 6. Errors while sending a file --------------------------------------------------------------
+
+TEST_F(FileWriteTest, PeerResetDuringSendfileClosesOnceWithoutSigpipe) {
+  constexpr uint64_t kSize = 64 * kMiB;
+  connect_client(4096);
+  set_sndbuf(server_, 4096);
+  const int fds_before = open_fd_count();
+  ASSERT_EQ(sock_write2(.fd = server_, .buffer = make_marked_file(kSize), .file = 1), 0);
+  CheckedStream rx = expect_marked(kSize);
+  ASSERT_TRUE(receive(rx, 256 * kKiB));
+  EXPECT_EQ(rx.first_mismatch, kNoMismatch);
+  ASSERT_LT(rx.got, kSize) << "precondition: the file is still being sent";
+  reset_on_close(client_);
+  close(client_);
+  client_ = -1;
+  ASSERT_TRUE(run_until(&reactor_, [&] { return server_closes_ >= 1; }));
+  run_iterations(20);
+  EXPECT_EQ(server_closes_, 1);
+  EXPECT_EQ(open_fd_count(), fds_before - 2) << "the file, the server socket and the client are closed";
+  EXPECT_EQ(pool_outstanding(), 0);
+}
+
+// After shutdown(SHUT_WR) every send fails with EPIPE, and sendfile (which has no
+// MSG_NOSIGNAL) raises SIGPIPE: the library must keep it from reaching the process.
+TEST_F(FileWriteTest, SendfileFailingWithEpipeRaisesNoSigpipe) {
+  connect_client();
+  ASSERT_EQ(shutdown(server_, SHUT_WR), 0);
+  const int fds_before = open_fd_count();
+  ASSERT_EQ(sock_write2(.fd = server_, .buffer = make_file(pattern(100 * kKiB, 67)), .file = 1), 0);
+  errno = 0;
+  EXPECT_EQ(sock_flush(server_), -1);
+  EXPECT_EQ(errno, EPIPE);
+  EXPECT_FALSE(sigpipe_pending());
+  EXPECT_EQ(server_closes_, 1);
+  EXPECT_EQ(open_fd_count(), fds_before - 1) << "the server socket is closed, and the file";
+  run_iterations(5);
+  EXPECT_EQ(server_closes_, 1);
+}
+
+TEST_F(FileWriteTest, ReactorSendfileAfterLocalShutdownClosesOnceWithoutSigpipe) {
+  connect_client();
+  ASSERT_EQ(shutdown(server_, SHUT_WR), 0);
+  ASSERT_EQ(sock_write2(.fd = server_, .buffer = make_file(pattern(100 * kKiB, 68)), .file = 1), 0);
+  ASSERT_TRUE(run_until(&reactor_, [&] { return server_closes_ >= 1; }));
+  run_iterations(5);
+  EXPECT_EQ(server_closes_, 1);
+  EXPECT_EQ(pool_outstanding(), 0);
+}
+
+// --- 7. A file that shrinks while it is sent -----------------------------------------------------
+
+class ShrinkingFileTest : public FileWriteTest, public ::testing::WithParamInterface<bool> {};
+
+TEST_P(ShrinkingFileTest, FileThatShrinksWhileSentClosesTheConnectionWithoutPadding) {
+  const bool through_layer = GetParam();
+  const std::string content = pattern(8 * kMiB, 69);
+  FILE* f = make_file(content);
+  ASSERT_NE(f, nullptr);
+  const int truncate_fd = dup(fileno(f));  // the FILE* is the library's once written
+  connect_client(4096);
+  set_sndbuf(server_, 4096);
+  if (through_layer) add_pass_through_layer();
+  ASSERT_EQ(sock_write2(.fd = server_, .buffer = f, .file = 1), 0);
+  CheckedStream rx = expect_bytes(content);
+  ASSERT_TRUE(receive(rx, 256 * kKiB, 16 * kKiB));
+  ASSERT_LT(rx.got, 512 * kKiB) << "precondition: the client reads slowly";
+  ASSERT_EQ(ftruncate(truncate_fd, 512 * kKiB), 0);
+  close(truncate_fd);
+  ASSERT_TRUE(run_until(&reactor_, [&] {
+    rx.pump(client_, 16 * kKiB);
+    return rx.closed || rx.got >= content.size();
+  })) << "stalled after " << rx.got << " bytes: a file that ended early must fail the connection";
+  EXPECT_TRUE(rx.closed);
+  EXPECT_LT(rx.got, content.size()) << "the stream must end short, never padded";
+  EXPECT_EQ(rx.first_mismatch, kNoMismatch)
+      << "what arrived must be the file's prefix; first wrong byte at " << rx.first_mismatch;
+  run_iterations(5);
+  EXPECT_EQ(server_closes_, 1);
+  EXPECT_EQ(pool_outstanding(), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(SendfileAndLayer, ShrinkingFileTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? "ThroughLayer" : "Sendfile";
+                         });
+
+}  // namespace

@@ -1,0 +1,769 @@
+// The write queue (engine/write_queue.cc) seen through the C API: coalescing, large copied and
+// moved writes, ownership of .move buffers, urgent insertion, errors while writing, flushing
+// until EAGAIN, and the direct packet API.
+//
+// Each test runs a server on a struct Reactor driven in the test thread; the client is a plain
+// loopback socket that the run_until() predicate drains, so both ends progress without threads
+// and nothing sleeps. SIGPIPE stays at its default action: a write that raised it would kill
+// the test binary.
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "engine/fd_table.h"
+#include "engine/libreact.h"
+#include "engine/libsock.h"
+#include "tests/testing/loopback.h"
+#include "tests/testing/run_until.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define WQ_TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define WQ_TEST_ASAN 1
+#endif
+#endif
+#if defined(WQ_TEST_ASAN)
+// From <sanitizer/allocator_interface.h>, which GCC does not ship (its libasan exports it).
+extern "C" std::size_t __sanitizer_get_current_allocated_bytes(void);
+#endif
+
+namespace {
+
+using testing_support::pattern;
+using testing_support::run_until;
+using namespace std::chrono_literals;
+
+constexpr std::size_t kPacket = BUFFER_PACKET_SIZE;
+constexpr std::size_t kMiB = 1024 * 1024;
+constexpr std::size_t kBigWrite = 100 * kMiB;
+
+// Bytes malloc() has handed out and not yet had back, where the allocator can say (ASan's);
+// nullopt elsewhere (the default build's malloc is jemalloc, which the tests do not query).
+// With ASan the leak checker also proves at exit that every .move buffer was freed.
+std::optional<std::size_t> live_heap_bytes() {
+#if defined(WQ_TEST_ASAN)
+  return __sanitizer_get_current_allocated_bytes();
+#else
+  return std::nullopt;
+#endif
+}
+
+// The 100 MB payload of the large-write tests, built once: pattern bytes, so a repeated or
+// skipped 17 KB block shows up as a mismatch.
+const std::string& big_payload() {
+  static const std::string payload = pattern(kBigWrite, 42);
+  return payload;
+}
+
+// A malloc'd copy of data, for .move writes.
+void* malloc_copy(std::string_view data) {
+  void* p = std::malloc(data.size());
+  std::memcpy(p, data.data(), data.size());
+  return p;
+}
+
+// A plain client's view of the stream: reads what is there and checks each byte against the
+// expected stream as it arrives, without keeping it.
+struct CheckedStream {
+  std::string_view expected;
+  std::size_t got = 0;
+  std::size_t first_mismatch = std::string_view::npos;
+  bool closed = false;  // EOF or an error (reset) was seen
+
+  // Reads what is available, at most `max` bytes in this call.
+  void pump(int fd, std::size_t max = SIZE_MAX) {
+    static char buf[256 * 1024];
+    while (max > 0 && !closed) {
+      const ssize_t n = recv(fd, buf, std::min(max, sizeof buf), MSG_DONTWAIT);
+      if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+        closed = true;
+      } else if (n < 0) {
+        if (errno == EAGAIN) return;
+      } else {
+        check(buf, static_cast<std::size_t>(n));
+        max -= static_cast<std::size_t>(n);
+      }
+    }
+  }
+  void check(const char* data, std::size_t n) {
+    if (first_mismatch == std::string_view::npos) {
+      const std::size_t comparable = got < expected.size() ? std::min(n, expected.size() - got) : 0;
+      if (comparable < n || std::memcmp(data, expected.data() + got, comparable) != 0) {
+        std::size_t i = 0;
+        while (i < comparable && data[i] == expected[got + i]) ++i;
+        first_mismatch = got + i;
+      }
+    }
+    got += n;
+  }
+  bool complete() const { return got >= expected.size(); }
+  bool intact() const { return got == expected.size() && first_mismatch == std::string_view::npos; }
+};
+
+// The first offset where a and b differ (their common length if one is a prefix of the other).
+std::size_t first_difference(std::string_view a, std::string_view b) {
+  const std::size_t n = std::min(a.size(), b.size());
+  std::size_t i = 0;
+  while (i < n && a[i] == b[i]) ++i;
+  return i;
+}
+
+void set_sndbuf(int fd, int bytes) { setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes); }
+
+// Makes close(fd) send a RST instead of a FIN.
+void reset_on_close(int fd) {
+  const linger lg{1, 0};
+  setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+}
+
+class WriteQueueTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    // A regression that raises SIGPIPE must kill the binary, so nothing may hide it.
+    struct sigaction sa;
+    ASSERT_EQ(sigaction(SIGPIPE, nullptr, &sa), 0);
+    ASSERT_EQ(sa.sa_handler, SIG_DFL);
+    sigset_t blocked;
+    ASSERT_EQ(pthread_sigmask(SIG_BLOCK, nullptr, &blocked), 0);
+    ASSERT_FALSE(sigismember(&blocked, SIGPIPE));
+
+    current_ = this;
+    reactor_.on_data = on_data;
+    reactor_.on_close = on_close;
+    listener_ = testing_support::listen_loopback();
+    ASSERT_EQ(reactor_add(&reactor_, listener_.fd), 0);
+  }
+
+  void TearDown() override {
+    if (client_ >= 0) close(client_);
+    reactor_stop(&reactor_);
+    EXPECT_TRUE(run_until(&reactor_, [&] { return reactor_._impl == nullptr; }));
+    current_ = nullptr;
+  }
+
+  // Connects the plain client (receive buffer shrunk to rcvbuf when > 0) and runs the reactor
+  // until the server side is accepted.
+  void connect_client(int rcvbuf = 0) {
+    client_ = testing_support::connect_client(listener_.port, rcvbuf);
+    ASSERT_TRUE(run_until(&reactor_, [&] { return server_ >= 0; }));
+  }
+
+  SockPoolStats pool_stats() {
+    SockPoolStats s{};
+    EXPECT_EQ(sock_pool_stats(&reactor_, &s), 0);
+    return s;
+  }
+
+  // Runs a few more iterations after a condition held, so that a second (wrong) callback
+  // would have had its chance.
+  void run_iterations(int n) {
+    int i = 0;
+    run_until(&reactor_, [&] { return i++ >= n; });
+  }
+
+  static void on_data(struct Reactor* r, int fd) {
+    WriteQueueTest* t = current_;
+    if (fd == t->listener_.fd) {
+      int c;
+      while ((c = sock_accept(r, fd)) >= 0) t->server_ = c;
+      return;
+    }
+    if (t->on_server_data_) {
+      t->on_server_data_(fd);
+      return;
+    }
+    char buf[4096];
+    while (sock_read(fd, buf, sizeof buf) > 0) {}
+  }
+
+  static void on_close(struct Reactor*, int fd) {
+    if (fd == current_->server_) ++current_->server_closes_;
+  }
+
+  static inline WriteQueueTest* current_ = nullptr;
+  struct Reactor reactor_ = {};
+  testing_support::Listener listener_;
+  int client_ = -1;
+  int server_ = -1;
+  int server_closes_ = 0;
+  std::function<void(int fd)> on_server_data_;
+};
+
+// --- 1. Coalescing ---------------------------------------------------------------------------
+
+// Record i of the small-write tests: 10 bytes, 'r' + 8 digits + '\n', distinct for each i.
+std::string record(int i) {
+  char rec[11];
+  std::snprintf(rec, sizeof rec, "r%08d\n", i);
+  return std::string(rec, 10);
+}
+
+TEST_F(WriteQueueTest, ThousandSmallWritesOnTheOwnerThreadShareOnePacket) {
+  connect_client();
+  const SockPoolStats before = pool_stats();
+  ASSERT_EQ(before.high_water, 0u);  // a fresh reactor: nothing checked out yet
+  std::string expected;
+  for (int i = 0; i < 1000; ++i) {
+    const std::string rec = record(i);
+    expected += rec;
+    ASSERT_EQ(sock_write(server_, rec.data(), rec.size()), 0);
+  }
+  const SockPoolStats queued = pool_stats();
+  EXPECT_EQ(queued.checkouts - before.checkouts, 1u) << "10,000 bytes fit one 17 KB packet";
+  EXPECT_EQ(queued.outstanding, 1u);
+
+  std::string got;
+  ASSERT_TRUE(run_until(&reactor_, [&] {
+    testing_support::drain(client_, &got);
+    return got.size() >= expected.size();
+  }));
+  EXPECT_EQ(got, expected);
+  const SockPoolStats after = pool_stats();
+  EXPECT_EQ(after.high_water, 1u);
+  EXPECT_EQ(after.outstanding, 0u);
+}
+
+TEST_F(WriteQueueTest, ThousandSmallWritesInOneCallbackShareOnePacket) {
+  std::string expected;
+  for (int i = 0; i < 1000; ++i) expected += record(i);
+  on_server_data_ = [&](int fd) {
+    char buf[64];
+    while (sock_read(fd, buf, sizeof buf) > 0) {
+      for (int i = 0; i < 1000; ++i) {
+        ASSERT_EQ(sock_write(fd, expected.data() + 10 * i, 10), 0);
+      }
+    }
+  };
+  connect_client();
+  testing_support::write_all(client_, "g");
+  std::string got;
+  ASSERT_TRUE(run_until(&reactor_, [&] {
+    testing_support::drain(client_, &got);
+    return got.size() >= expected.size();
+  }));
+  EXPECT_EQ(got, expected);
+  const SockPoolStats s = pool_stats();
+  EXPECT_EQ(s.checkouts, 1u);
+  EXPECT_EQ(s.high_water, 1u);
+  EXPECT_EQ(s.outstanding, 0u);
+}
+
+TEST_F(WriteQueueTest, SmallWriteToAnIdleConnectionLeavesNoPacketAfterTheFlush) {
+  connect_client();
+  ASSERT_EQ(sock_write(server_, "0123456789", 10), 0);
+  EXPECT_EQ(pool_stats().outstanding, 1u);
+  // An explicit flush on the owner thread sends it at once and returns the packet.
+  EXPECT_EQ(sock_flush(server_), 10);
+  EXPECT_EQ(pool_stats().outstanding, 0u);
+
+  // The same through the reactor's flush step.
+  ASSERT_EQ(sock_write(server_, "abcdefghij", 10), 0);
+  std::string got;
+  ASSERT_TRUE(run_until(&reactor_, [&] {
+    testing_support::drain(client_, &got);
+    return got.size() >= 20;
+  }));
+  EXPECT_EQ(got, "0123456789abcdefghij");
+  EXPECT_EQ(pool_stats().outstanding, 0u);
+}
+
+// --- 2, 3. Large copied and moved writes -------------------------------------------------------
+
+TEST_F(WriteQueueTest, CopiedWriteOf100MBArrivesCompleteAndInOrder) {
+  connect_client();
+  const std::string& data = big_payload();
+  ASSERT_EQ(sock_write(server_, data.data(), data.size()), 0);
+  CheckedStream rx{data};
+  ASSERT_TRUE(run_until(
+      &reactor_,
+      [&] {
+        rx.pump(client_);
+        return rx.complete() || rx.closed;
+      },
+      120s));
+  EXPECT_EQ(rx.got, data.size());
+  EXPECT_EQ(rx.first_mismatch, std::string_view::npos) << "first wrong byte at " << rx.first_mismatch;
+  EXPECT_EQ(pool_stats().outstanding, 0u);
+}
+
+TEST_F(WriteQueueTest, MovedBufferOf100MBArrivesCompleteAndIsFreed) {
+  connect_client();
+  const std::string& data = big_payload();
+  void* buffer = malloc_copy(data);
+  const std::optional<std::size_t> heap_with_buffer = live_heap_bytes();
+  ASSERT_EQ(sock_write2(.fd = server_, .buffer = buffer, .length = data.size(), .move = 1), 0);
+  EXPECT_EQ(pool_stats().outstanding, 1u) << "a moved buffer is linked, not copied";
+  CheckedStream rx{data};
+  ASSERT_TRUE(run_until(
+      &reactor_,
+      [&] {
+        rx.pump(client_);
+        return rx.complete() || rx.closed;
+      },
+      120s));
+  EXPECT_EQ(rx.got, data.size());
+  EXPECT_EQ(rx.first_mismatch, std::string_view::npos) << "first wrong byte at " << rx.first_mismatch;
+  EXPECT_EQ(pool_stats().outstanding, 0u);
+  if (heap_with_buffer) {
+    EXPECT_LE(*live_heap_bytes() + kBigWrite, *heap_with_buffer + kMiB)
+        << "the 100 MB buffer was not freed once sent";
+  }
+}
+
+// --- 4. .move ownership on error ---------------------------------------------------------------
+
+TEST_F(WriteQueueTest, MovedBufferIsFreedWhenTheWriteFails) {
+  connect_client();
+  const std::string data = pattern(kMiB, 4);
+  const std::optional<std::size_t> heap_before = live_heap_bytes();
+
+  errno = 0;
+  EXPECT_EQ(sock_write2(.fd = -1, .buffer = malloc_copy(data), .length = data.size(), .move = 1), -1);
+  EXPECT_EQ(errno, EBADF);
+
+  int never_opened[2];
+  ASSERT_EQ(pipe(never_opened), 0);
+  errno = 0;
+  EXPECT_EQ(sock_write2(.fd = never_opened[1], .buffer = malloc_copy(data), .length = data.size(),
+                        .move = 1),
+            -1);
+  EXPECT_EQ(errno, EBADF);
+  close(never_opened[0]);
+  close(never_opened[1]);
+
+  // Zero bytes is a no-op that succeeds, and the buffer is still the library's to free.
+  EXPECT_EQ(sock_write2(.fd = server_, .buffer = malloc_copy(data), .length = 0, .move = 1), 0);
+
+  // A connection that is closing accepts no new writes.
+  sock_close(&reactor_, server_);
+  errno = 0;
+  EXPECT_EQ(sock_write2(.fd = server_, .buffer = malloc_copy(data), .length = data.size(), .move = 1),
+            -1);
+  EXPECT_EQ(errno, EPIPE);
+  ASSERT_TRUE(run_until(&reactor_, [&] { return server_closes_ == 1; }));
+
+  // After the close the fd is unknown to the library.
+  errno = 0;
+  EXPECT_EQ(sock_write2(.fd = server_, .buffer = malloc_copy(data), .length = data.size(), .move = 1),
+            -1);
+  EXPECT_EQ(errno, EBADF);
+
+  if (heap_before) {
+    EXPECT_LE(*live_heap_bytes(), *heap_before + kMiB / 2) << "a .move buffer leaked on an error path";
+  }
+}
+
+TEST_F(WriteQueueTest, MovedBufferStillQueuedWhenThePeerResetsIsFreed) {
+  connect_client(4096);
+  set_sndbuf(server_, 4096);
+  const std::string data = pattern(8 * kMiB, 5);
+  const std::optional<std::size_t> heap_before = live_heap_bytes();
+  ASSERT_EQ(sock_write2(.fd = server_, .buffer = malloc_copy(data), .length = data.size(), .move = 1),
+            0);
+  run_iterations(2);  // part of it goes out; the rest waits for the reader
+  reset_on_close(client_);
+  close(client_);
+  client_ = -1;
+  ASSERT_TRUE(run_until(&reactor_, [&] { return server_closes_ == 1; }));
+  EXPECT_EQ(pool_stats().outstanding, 0u);
+  if (heap_before) {
+    EXPECT_LE(*live_heap_bytes(), *heap_before + kMiB / 2);
+  }
+}
+
+// --- 5. Urgent writes --------------------------------------------------------------------------
+
+// Fills the server's socket buffers against a client that does not read: the test shrinks
+// both ends' buffers, queues `head`, and runs the flush step once, so `head` is partly sent.
+class UrgentWriteTest : public WriteQueueTest {
+ protected:
+  void SetUp() override {
+    WriteQueueTest::SetUp();
+    connect_client(4096);
+    set_sndbuf(server_, 4096);
+  }
+  // Runs until the flush step wrote part of the queue and the kernel refused the rest.
+  void flush_until_blocked() {
+    run_iterations(2);
+    const engine::FdSlot* slot = engine::fd_slot(server_);
+    ASSERT_NE(slot, nullptr);
+    ASSERT_NE(slot->head, nullptr) << "the kernel took everything: the buffers are too large";
+  }
+  // Lets the client read until `size` bytes arrived.
+  std::string receive(std::size_t size) {
+    std::string got;
+    EXPECT_TRUE(run_until(&reactor_, [&] {
+      return !testing_support::drain(client_, &got) || got.size() >= size;
+    }));
+    return got;
+  }
+};
+
+TEST_F(UrgentWriteTest, UrgentWriteGoesAfterThePartlySentPacketAndBeforeTheNextWrite) {
+  // A is one packet (a moved buffer), so once anything of it is sent the head is A partly sent.
+  const std::string a = pattern(kMiB, 10);
+  ASSERT_EQ(sock_write2(.fd = server_, .buffer = malloc_copy(a), .length = a.size(), .move = 1), 0);
+  flush_until_blocked();
+  const engine::FdSlot* slot = engine::fd_slot(server_);
+  ASSERT_GT(slot->sent, 0u) << "precondition: A is partly sent";
+  ASSERT_EQ(slot->head, slot->tail) << "precondition: A is the only packet";
+
+  const std::string b = pattern(40000, 11);  // three packets
+  const std::string c = "c-small";           // merges into B's last packet
+  const std::string u1 = "URGENT-ONE";
+  const std::string u2 = pattern(40000, 12);  // a multi-packet urgent write
+  const std::string d = "d-after-urgent";
+  ASSERT_EQ(sock_write(server_, b.data(), b.size()), 0);
+  ASSERT_EQ(sock_write(server_, c.data(), c.size()), 0);
+  ASSERT_EQ(sock_write2(.fd = server_, .buffer = u1.data(), .length = u1.size(), .urgent = 1), 0);
+  ASSERT_EQ(sock_write2(.fd = server_, .buffer = u2.data(), .length = u2.size(), .urgent = 1), 0);
+  ASSERT_EQ(sock_write(server_, d.data(), d.size()), 0);
+
+  const std::string expected = a + u1 + u2 + b + c + d;
+  const std::string got = receive(expected.size());
+  EXPECT_EQ(got.size(), expected.size());
+  EXPECT_TRUE(got == expected) << "streams differ at byte " << first_difference(got, expected)
+                               << " (A ends at " << a.size() << ")";
+}
+
+TEST_F(UrgentWriteTest, UrgentWriteNeverSplitsAMultiPacketWrite) {
+  // A is a copied write of 30 whole packets; the head is one of them, partly sent, and the
+  // packets after it belong to A too: the urgent write must wait for all of A. A fills its last
+  // packet, so B starts a packet of its own and the urgent write goes before it.
+  const std::string a = pattern(30 * kPacket, 20);
+  ASSERT_EQ(sock_write(server_, a.data(), a.size()), 0);
+  flush_until_blocked();
+  const engine::FdSlot* slot = engine::fd_slot(server_);
+  ASSERT_NE(slot->head, slot->tail) << "precondition: several packets of A are still queued";
+
+  const std::string u = "URGENT";
+  const std::string b = pattern(20000, 21);
+  ASSERT_EQ(sock_write(server_, b.data(), b.size()), 0);
+  ASSERT_EQ(sock_write2(.fd = server_, .buffer = u.data(), .length = u.size(), .urgent = 1), 0);
+
+  const std::string expected = a + u + b;
+  const std::string got = receive(expected.size());
+  EXPECT_EQ(got.size(), expected.size());
+  EXPECT_TRUE(got == expected) << "streams differ at byte " << first_difference(got, expected);
+}
+
+TEST_F(UrgentWriteTest, UrgentWriteNeverLandsInsideWritesThatShareAPacket) {
+  // A ends 2,048 bytes into its last packet and B is copied into the rest of that packet
+  // (coalescing), so no packet boundary separates A from B. The urgent write may only go
+  // where a packet starts a write: after A and before B would need one, so it follows B
+  // (libsock.h: "at the next packet boundary"). Either way it must never cut A or B.
+  const std::string a = pattern(512 * 1024, 22);
+  ASSERT_EQ(sock_write(server_, a.data(), a.size()), 0);
+  flush_until_blocked();
+  const std::string b = pattern(20000, 23);
+  const std::string u = "URGENT";
+  ASSERT_EQ(sock_write(server_, b.data(), b.size()), 0);
+  ASSERT_EQ(sock_write2(.fd = server_, .buffer = u.data(), .length = u.size(), .urgent = 1), 0);
+
+  const std::string got = receive(a.size() + b.size() + u.size());
+  EXPECT_TRUE(got == a + u + b || got == a + b + u)
+      << "the urgent write split a message; streams differ from A+U+B at byte "
+      << first_difference(got, a + u + b) << " and from A+B+U at byte "
+      << first_difference(got, a + b + u);
+}
+
+TEST_F(UrgentWriteTest, UrgentWritesGoBeforeUnstartedWritesInTheirOwnOrder) {
+  // The filler is partly sent; W1 and W2 have not started, so urgent writes go before W1.
+  const std::string filler = pattern(kMiB, 30);
+  ASSERT_EQ(sock_write2(.fd = server_, .buffer = malloc_copy(filler), .length = filler.size(),
+                        .move = 1),
+            0);
+  flush_until_blocked();
+  const std::string w1 = "first-normal-write";
+  const std::string w2 = pattern(30000, 31);
+  ASSERT_EQ(sock_write(server_, w1.data(), w1.size()), 0);
+  ASSERT_EQ(sock_write(server_, w2.data(), w2.size()), 0);
+  std::string urgent_all;
+  for (int i = 0; i < 5; ++i) {
+    const std::string u = "<urgent " + std::to_string(i) + ">";
+    urgent_all += u;
+    ASSERT_EQ(sock_write2(.fd = server_, .buffer = malloc_copy(u), .length = u.size(), .move = 1,
+                          .urgent = 1),
+              0);
+  }
+  const std::string expected = filler + urgent_all + w1 + w2;
+  const std::string got = receive(expected.size());
+  EXPECT_EQ(got.size(), expected.size());
+  EXPECT_TRUE(got == expected) << "streams differ at byte " << first_difference(got, expected)
+                               << " (the filler ends at " << filler.size() << ")";
+}
+
+// --- 6, 7. Errors while writing ----------------------------------------------------------------
+
+TEST_F(WriteQueueTest, PeerResetDuringALargeWriteClosesOnceAndReturnsEveryPacket) {
+  connect_client(4096);
+  set_sndbuf(server_, 4096);
+  const std::string& data = big_payload();
+  const std::size_t size = 16 * kMiB;
+  ASSERT_EQ(sock_write(server_, data.data(), size), 0);
+  ASSERT_GT(pool_stats().outstanding, 900u);
+  // The client reads a little, so the reset arrives while the queue is being written.
+  CheckedStream rx{std::string_view(data.data(), size)};
+  ASSERT_TRUE(run_until(&reactor_, [&] {
+    rx.pump(client_);
+    return rx.got >= 64 * 1024;
+  }));
+  EXPECT_EQ(rx.first_mismatch, std::string_view::npos);
+  reset_on_close(client_);
+  close(client_);
+  client_ = -1;
+  ASSERT_TRUE(run_until(&reactor_, [&] { return server_closes_ >= 1; }));
+  run_iterations(20);
+  EXPECT_EQ(server_closes_, 1);
+  EXPECT_EQ(pool_stats().outstanding, 0u);
+  EXPECT_TRUE(sock_is_closed(server_));
+}
+
+// Waits for the reset to reach the server and consumes it with a plain recv, as a read on the
+// server would: the socket error (ECONNRESET) is gone and every later send fails with EPIPE,
+// which raises SIGPIPE unless the library suppresses it.
+void consume_reset(int server) {
+  pollfd p{server, POLLIN, 0};
+  ASSERT_EQ(poll(&p, 1, 5000), 1);
+  char byte;
+  errno = 0;
+  ASSERT_EQ(recv(server, &byte, 1, MSG_DONTWAIT), -1);
+  ASSERT_EQ(errno, ECONNRESET);
+}
+
+TEST_F(WriteQueueTest, WriteAfterPeerResetFailsWithEpipeWithoutSigpipe) {
+  connect_client();
+  reset_on_close(client_);
+  close(client_);
+  client_ = -1;
+  consume_reset(server_);
+  const std::string data = pattern(64 * 1024, 6);
+  ASSERT_EQ(sock_write(server_, data.data(), data.size()), 0);  // queued until the flush
+  errno = 0;
+  EXPECT_EQ(sock_flush(server_), -1);
+  EXPECT_EQ(errno, EPIPE);
+  EXPECT_EQ(server_closes_, 1);
+  EXPECT_TRUE(sock_is_closed(server_));
+  EXPECT_EQ(pool_stats().outstanding, 0u);
+  run_iterations(5);
+  EXPECT_EQ(server_closes_, 1);
+}
+
+TEST_F(WriteQueueTest, ReactorFlushAfterPeerResetClosesOnceWithoutSigpipe) {
+  connect_client();
+  reset_on_close(client_);
+  close(client_);
+  client_ = -1;
+  consume_reset(server_);
+  const std::string data = pattern(64 * 1024, 7);
+  ASSERT_EQ(sock_write(server_, data.data(), data.size()), 0);
+  ASSERT_TRUE(run_until(&reactor_, [&] { return server_closes_ >= 1; }));
+  run_iterations(5);
+  EXPECT_EQ(server_closes_, 1);
+  EXPECT_EQ(pool_stats().outstanding, 0u);
+}
+
+TEST(WriteQueueNoReactorTest, WriteAfterLocalShutdownFailsWithoutSigpipe) {
+  auto l = testing_support::listen_loopback();
+  const int client = testing_support::connect_client(l.port);
+  const int server = accept4(l.fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  ASSERT_GE(server, 0);
+  ASSERT_EQ(sock_open(nullptr, server), 0);
+  ASSERT_EQ(shutdown(server, SHUT_WR), 0);  // every send now fails with EPIPE (and SIGPIPE)
+  // Without a reactor the write is flushed at once; the failure closes the connection.
+  EXPECT_EQ(sock_write(server, "doomed", 6), 0);
+  EXPECT_TRUE(sock_is_closed(server));
+  errno = 0;
+  EXPECT_EQ(sock_write(server, "again", 5), -1);
+  EXPECT_EQ(errno, EBADF);
+  close(client);
+  close(l.fd);
+}
+
+// --- 8. Flushing until EAGAIN ------------------------------------------------------------------
+
+TEST(WriteQueueNoReactorTest, SockFlushWritesUntilEagainWhileTheClientDrains) {
+  auto l = testing_support::listen_loopback();
+  const int client = testing_support::connect_client(l.port, 64 * 1024);
+  const int server = accept4(l.fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  ASSERT_GE(server, 0);
+  set_sndbuf(server, 64 * 1024);
+  ASSERT_EQ(sock_open(nullptr, server), 0);
+
+  // Fill the kernel first, so the write below is queued whole and every byte of it is
+  // accounted for by sock_flush's results.
+  std::string filler;
+  for (;;) {
+    const std::string chunk = pattern(16 * 1024, static_cast<unsigned>(filler.size()));
+    const ssize_t n = send(server, chunk.data(), chunk.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n <= 0) break;
+    filler.append(chunk, 0, static_cast<std::size_t>(n));
+  }
+  ASSERT_EQ(errno, EAGAIN);
+  const std::string data = pattern(2 * kMiB, 8);
+  ASSERT_EQ(sock_write(server, data.data(), data.size()), 0);
+
+  const std::string expected = filler + data;
+  CheckedStream rx{expected};
+  std::size_t flushed = 0;
+  std::size_t largest_flush = 0;
+  int flushes = 0;
+  const auto deadline = std::chrono::steady_clock::now() + 30s;
+  while (!rx.complete() && !rx.closed && std::chrono::steady_clock::now() < deadline) {
+    rx.pump(client);
+    const ssize_t n = sock_flush(server);
+    ASSERT_GE(n, 0) << "errno " << errno;
+    flushed += static_cast<std::size_t>(n);
+    largest_flush = std::max(largest_flush, static_cast<std::size_t>(n));
+    ++flushes;
+    if (n > 0 && flushed < data.size()) {
+      // Data is still queued, so the flush stopped only because the kernel said EAGAIN.
+      errno = 0;
+      EXPECT_EQ(send(server, "!", 1, MSG_DONTWAIT | MSG_NOSIGNAL), -1)
+          << "sock_flush returned with room left in the socket (after " << flushed << " bytes)";
+      EXPECT_EQ(errno, EAGAIN);
+    }
+  }
+  EXPECT_TRUE(rx.intact()) << "got " << rx.got << " of " << expected.size()
+                           << ", first mismatch at " << rx.first_mismatch;
+  EXPECT_EQ(flushed, data.size());
+  EXPECT_GT(largest_flush, kPacket) << "one flush should write more than one packet";
+  RecordProperty("flushes", flushes);
+  sock_force_close(nullptr, server);
+  close(client);
+  close(l.fd);
+}
+
+TEST_F(WriteQueueTest, LargeResponseToASlowReaderCompletesWithoutStalling) {
+  connect_client(64 * 1024);
+  set_sndbuf(server_, 64 * 1024);
+  const std::string& data = big_payload();
+  const std::size_t size = 10 * kMiB;
+  ASSERT_EQ(sock_write(server_, data.data(), size), 0);
+  // The client reads at most 32 KB per loop iteration, so the server's queue blocks and
+  // resumes many times; each resumption must come from the reactor, not from a new write.
+  CheckedStream rx{std::string_view(data.data(), size)};
+  ASSERT_TRUE(run_until(
+      &reactor_,
+      [&] {
+        rx.pump(client_, 32 * 1024);
+        return rx.complete() || rx.closed;
+      },
+      60s))
+      << "stalled after " << rx.got << " bytes";
+  EXPECT_TRUE(rx.intact()) << "first mismatch at " << rx.first_mismatch;
+  EXPECT_EQ(pool_stats().outstanding, 0u);
+}
+
+// --- 9. The packet API -------------------------------------------------------------------------
+
+TEST_F(WriteQueueTest, PacketChainIsSentInOrder) {
+  connect_client();
+  const std::string parts[3] = {pattern(kPacket, 50), pattern(100, 51), pattern(5000, 52)};
+  Packet* chain = nullptr;
+  Packet** link = &chain;
+  for (const std::string& part : parts) {
+    Packet* p = sock_checkout_packet();
+    ASSERT_NE(p, nullptr);
+    EXPECT_EQ(p->buffer, p->internal_memory);
+    EXPECT_EQ(p->length, 0);
+    EXPECT_EQ(p->metadata.next, nullptr);
+    std::memcpy(p->internal_memory, part.data(), part.size());
+    p->length = static_cast<ssize_t>(part.size());
+    *link = p;
+    link = &p->metadata.next;
+  }
+  ASSERT_EQ(sock_send_packet(server_, chain), 0);
+  const std::string expected = parts[0] + parts[1] + parts[2];
+  std::string got;
+  ASSERT_TRUE(run_until(&reactor_, [&] {
+    testing_support::drain(client_, &got);
+    return got.size() >= expected.size();
+  }));
+  EXPECT_TRUE(got == expected) << "streams differ at byte " << first_difference(got, expected);
+}
+
+TEST_F(WriteQueueTest, FailedSendPacketLeavesTheChainWithTheCaller) {
+  connect_client();
+  SockPoolStats fallback_before{};
+  ASSERT_EQ(sock_pool_stats(nullptr, &fallback_before), 0);
+
+  Packet* chain = sock_checkout_packet();
+  ASSERT_NE(chain, nullptr);
+  chain->metadata.next = sock_checkout_packet();
+  ASSERT_NE(chain->metadata.next, nullptr);
+  std::memcpy(chain->internal_memory, "first", 5);
+  chain->length = 5;
+  std::memcpy(chain->metadata.next->internal_memory, "second", 6);
+  chain->metadata.next->length = 6;
+
+  errno = 0;
+  EXPECT_EQ(sock_send_packet(-1, chain), -1);
+  EXPECT_EQ(errno, EBADF);
+  errno = 0;
+  EXPECT_EQ(sock_send_packet(server_, nullptr), -1);
+  EXPECT_EQ(errno, EINVAL);
+
+  // A negative length is refused before anything is queued.
+  chain->metadata.next->length = -1;
+  errno = 0;
+  EXPECT_EQ(sock_send_packet(server_, chain), -1);
+  EXPECT_EQ(errno, EINVAL);
+  chain->metadata.next->length = 6;
+
+  sock_close(&reactor_, server_);
+  errno = 0;
+  EXPECT_EQ(sock_send_packet(server_, chain), -1);
+  EXPECT_EQ(errno, EPIPE);
+
+  // The chain is still ours: its memory is live (ASan poisons pooled packets once returned).
+  EXPECT_EQ(std::string(chain->internal_memory, 5), "first");
+  EXPECT_EQ(std::string(chain->metadata.next->internal_memory, 6), "second");
+  sock_free_packet(chain);
+  SockPoolStats fallback_after{};
+  ASSERT_EQ(sock_pool_stats(nullptr, &fallback_after), 0);
+  EXPECT_EQ(fallback_after.outstanding, fallback_before.outstanding);
+  EXPECT_EQ(fallback_after.returns - fallback_before.returns, 2u);
+  sock_free_packet(nullptr);  // a no-op
+
+  ASSERT_TRUE(run_until(&reactor_, [&] { return server_closes_ == 1; }));
+  std::string got;
+  run_until(&reactor_, [&] { return !testing_support::drain(client_, &got); });
+  EXPECT_EQ(got, "") << "nothing of the refused chain was sent";
+}
+
+TEST_F(WriteQueueTest, ExternalPacketBufferIsFreedWithThePacket) {
+  connect_client();
+  const std::string data = pattern(300 * 1024, 53);
+  const std::optional<std::size_t> heap_before = live_heap_bytes();
+  Packet* p = sock_checkout_packet();
+  ASSERT_NE(p, nullptr);
+  p->buffer = malloc_copy(data);
+  p->length = static_cast<ssize_t>(data.size());
+  p->metadata.external = 1;
+  ASSERT_EQ(sock_send_packet(server_, p), 0);
+  CheckedStream rx{data};
+  ASSERT_TRUE(run_until(&reactor_, [&] {
+    rx.pump(client_);
+    return rx.complete() || rx.closed;
+  }));
+  EXPECT_TRUE(rx.intact());
+  if (heap_before) {
+    EXPECT_LE(*live_heap_bytes(), *heap_before + 64 * 1024);
+  }
+}
+
+}  // namespace
