@@ -51,14 +51,14 @@ ssize_t tlc_read(int fd, FdSlot& slot, char* out, std::size_t count, bool* drain
   *drained = false;
   for (;;) {
     ssize_t n = recv(fd, buf, kRecvBytes, 0);
+    // At EOF too the layers get a call: output they still hold from earlier input comes
+    // first, and recv keeps returning 0, so EOF is reported once they yield nothing.
+    const bool eof = n == 0;
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno != EAGAIN) return -1;
       *drained = true;
       n = 0;  // layers still get a call: they may hold output from earlier input
-    } else if (n == 0) {
-      errno = 0;
-      return -1;
     }
     ssize_t len = n;
     for (std::size_t i = 0; i < depth; ++i) {
@@ -80,6 +80,10 @@ ssize_t tlc_read(int fd, FdSlot& slot, char* out, std::size_t count, bool* drain
         if (!slot.leftover) return -1;
       }
       return static_cast<ssize_t>(given);
+    }
+    if (eof) {
+      errno = 0;
+      return -1;
     }
     if (*drained) return 0;
   }

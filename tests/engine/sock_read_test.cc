@@ -1,0 +1,298 @@
+// sock_read(): its four outcomes (bytes, 0 for "nothing yet", -1 with errno 0 for EOF, -1 with
+// errno for an error), its argument checks, and what happens to the connection after EOF.
+// Regressions: the seed tested errno as a bitmask, so ECONNRESET (104 & EAGAIN != 0) read as
+// "no data yet" and a reset connection was never closed.
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <string>
+#include <vector>
+
+#include "engine/libreact.h"
+#include "engine/libsock.h"
+#include "tests/testing/loopback.h"
+#include "tests/testing/run_until.h"
+
+namespace {
+
+using testing_support::run_until;
+
+// One sock_read() call as the server saw it.
+struct ReadResult {
+  ssize_t n;
+  int err;  // errno after a -1
+};
+
+// State of the one test running at a time (the reactor's callbacks are plain C functions).
+struct Server {
+  int listener = -1;
+  std::vector<int> accepted;
+  std::vector<ReadResult> reads;
+  std::string received;
+  int on_data_calls = 0;
+  std::vector<int> closed;
+  bool read_in_callback = true;
+  // Written once the server has read EOF, then the connection is left to close by itself.
+  std::string response_after_eof;
+};
+Server* g_server = nullptr;
+
+// Reads until sock_read() says "nothing yet" (0) or "done" (-1), logging every result; after
+// a -1 reads twice more, to show that the answer repeats and does not block.
+void read_all(int fd) {
+  Server& s = *g_server;
+  char buf[4096];
+  for (;;) {
+    errno = 0;
+    const ssize_t n = sock_read(fd, buf, sizeof buf);
+    s.reads.push_back({n, n < 0 ? errno : 0});
+    if (n > 0) {
+      s.received.append(buf, static_cast<std::size_t>(n));
+      continue;
+    }
+    if (n < 0) {
+      for (int i = 0; i < 2; ++i) {
+        errno = 0;
+        const ssize_t again = sock_read(fd, buf, sizeof buf);
+        s.reads.push_back({again, again < 0 ? errno : 0});
+      }
+      if (s.reads[s.reads.size() - 3].err == 0 && !s.response_after_eof.empty()) {
+        EXPECT_EQ(sock_write(fd, s.response_after_eof.data(), s.response_after_eof.size()), 0);
+      }
+    }
+    return;
+  }
+}
+
+void on_data(struct Reactor* r, int fd) {
+  Server& s = *g_server;
+  if (fd == s.listener) {
+    int client;
+    while ((client = sock_accept(r, fd)) >= 0) s.accepted.push_back(client);
+    return;
+  }
+  ++s.on_data_calls;
+  if (s.read_in_callback) read_all(fd);
+}
+
+void on_close(struct Reactor*, int fd) { g_server->closed.push_back(fd); }
+
+// A reactor with a listener; the test's clients connect to `port`.
+class SockReadTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    g_server = &server_;
+    r_.on_data = on_data;
+    r_.on_close = on_close;
+    auto l = testing_support::listen_loopback();
+    server_.listener = l.fd;
+    port_ = l.port;
+    ASSERT_EQ(reactor_add(&r_, l.fd), 0);
+  }
+  void TearDown() override {
+    reactor_stop(&r_);
+    EXPECT_TRUE(run_until(&r_, [&] { return r_._impl == nullptr; }));
+    g_server = nullptr;
+  }
+
+  // Connects a plain client and runs the reactor until the server accepted it.
+  int connect_and_accept(int* server_fd) {
+    const int client = testing_support::connect_client(port_);
+    const std::size_t before = server_.accepted.size();
+    EXPECT_TRUE(run_until(&r_, [&] { return server_.accepted.size() > before; }));
+    *server_fd = server_.accepted.back();
+    return client;
+  }
+
+  // Runs a few more iterations, so that a second on_close (a bug) would have happened.
+  void settle() {
+    for (int i = 0; i < 5; ++i) engine::Reactor::of(&r_, true)->run_once(1);
+  }
+
+  struct Reactor r_ = {};
+  Server server_;
+  int port_ = 0;
+};
+
+TEST_F(SockReadTest, NoDataIsZeroThenBytesThenOrderlyCloseIsEofWithErrnoZero) {
+  int fd;
+  const int client = connect_and_accept(&fd);
+
+  // Nothing sent yet: "no data" is 0, not an error, and the connection stays open.
+  char buf[16];
+  errno = 0;
+  EXPECT_EQ(sock_read(fd, buf, sizeof buf), 0);
+  EXPECT_GE(sock_status(fd), 0);
+
+  testing_support::write_all(client, "hello");
+  ASSERT_TRUE(run_until(&r_, [&] { return server_.received == "hello"; }));
+  ASSERT_FALSE(server_.reads.empty());
+  EXPECT_EQ(server_.reads.back().n, 0);  // drained to EAGAIN, reported as 0
+  for (const ReadResult& rr : server_.reads) EXPECT_GE(rr.n, 0);
+  EXPECT_TRUE(server_.closed.empty());
+
+  server_.reads.clear();
+  close(client);
+  ASSERT_TRUE(run_until(&r_, [&] { return server_.closed.size() == 1; }));
+  // EOF is -1 with errno 0 (distinguishable from an error), and asking again gives the same
+  // answer at once.
+  ASSERT_EQ(server_.reads.size(), 3u);
+  for (const ReadResult& rr : server_.reads) {
+    EXPECT_EQ(rr.n, -1);
+    EXPECT_EQ(rr.err, 0);
+  }
+  EXPECT_EQ(server_.closed[0], fd);
+  settle();
+  EXPECT_EQ(server_.closed.size(), 1u);
+  // Closed by the engine once its (empty) queue was flushed: the fd is no longer open.
+  errno = 0;
+  EXPECT_EQ(sock_read(fd, buf, sizeof buf), -1);
+  EXPECT_EQ(errno, EBADF);
+}
+
+TEST_F(SockReadTest, PeerResetIsEconnresetAndClosesTheConnectionOnce) {
+  int fd;
+  const int client = connect_and_accept(&fd);
+  // SO_LINGER {on, 0}: close(2) sends RST instead of FIN.
+  const linger reset{1, 0};
+  ASSERT_EQ(setsockopt(client, SOL_SOCKET, SO_LINGER, &reset, sizeof reset), 0);
+  close(client);
+
+  ASSERT_TRUE(run_until(&r_, [&] { return server_.closed.size() == 1; }));
+  // The seed's `errno & EAGAIN` read ECONNRESET as "no data yet" (0) and kept the fd forever.
+  ASSERT_EQ(server_.reads.size(), 3u);
+  for (const ReadResult& rr : server_.reads) {
+    EXPECT_EQ(rr.n, -1);
+    EXPECT_EQ(rr.err, ECONNRESET);
+  }
+  EXPECT_EQ(server_.closed[0], fd);
+  settle();
+  EXPECT_EQ(server_.closed.size(), 1u);
+  EXPECT_TRUE(sock_is_closed(fd));
+}
+
+TEST_F(SockReadTest, ZeroCountIsZeroAndNullBufferIsEinvalWithoutConsumingData) {
+  server_.read_in_callback = false;
+  int fd;
+  const int client = connect_and_accept(&fd);
+  testing_support::write_all(client, "abc");
+  ASSERT_TRUE(run_until(&r_, [&] { return server_.on_data_calls > 0; }));  // bytes arrived
+
+  char buf[16];
+  errno = 0;
+  EXPECT_EQ(sock_read(fd, buf, 0), 0);
+  EXPECT_EQ(sock_read(fd, nullptr, 0), 0);
+  errno = 0;
+  EXPECT_EQ(sock_read(fd, nullptr, 5), -1);
+  EXPECT_EQ(errno, EINVAL);
+  // A bad argument is the caller's error, not the connection's: it stays open, data intact.
+  EXPECT_GE(sock_status(fd), 0);
+  EXPECT_EQ(sock_read(fd, buf, sizeof buf), 3);
+  EXPECT_EQ(std::string(buf, 3), "abc");
+
+  errno = 0;
+  EXPECT_EQ(sock_read(-1, buf, sizeof buf), -1);
+  EXPECT_EQ(errno, EBADF);
+  errno = 0;
+  EXPECT_EQ(sock_read(client, buf, sizeof buf), -1);  // open, but never opened with sock_
+  EXPECT_EQ(errno, EBADF);
+  server_.read_in_callback = true;  // the EOF must be read for the connection to close
+  close(client);
+  ASSERT_TRUE(run_until(&r_, [&] { return server_.closed.size() == 1; }));
+}
+
+TEST_F(SockReadTest, AfterEofTheQueuedResponseIsSentInFullBeforeTheClose) {
+  // Large enough to fill the socket buffers: the close must wait for several flushes.
+  const std::string response = testing_support::pattern(4 * 1024 * 1024 + 123, 5);
+  server_.response_after_eof = response;
+  int fd;
+  const int client = connect_and_accept(&fd);
+  testing_support::write_all(client, "request");
+  ASSERT_EQ(shutdown(client, SHUT_WR), 0);  // half-close: the server reads EOF, then answers
+
+  std::string got;
+  bool open = true;
+  ASSERT_TRUE(run_until(&r_, [&] {
+    open = testing_support::drain(client, &got);
+    return !open;
+  }));
+  EXPECT_EQ(server_.received, "request");
+  ASSERT_EQ(got.size(), response.size());
+  EXPECT_TRUE(got == response);
+  ASSERT_TRUE(run_until(&r_, [&] { return server_.closed.size() == 1; }));
+  EXPECT_EQ(server_.closed[0], fd);
+  settle();
+  EXPECT_EQ(server_.closed.size(), 1u);
+  close(client);
+}
+
+// Waits (poll, not sleep) until fd is readable or reports an error.
+void wait_readable(int fd) {
+  pollfd p{fd, POLLIN, 0};
+  ASSERT_EQ(poll(&p, 1, 10000), 1);
+}
+
+// The same outcomes for an fd opened with sock_open(NULL, fd): no reactor drives it.
+TEST(SockReadWithoutReactorTest, ReportsDataEofAndResetAndClosesAfterTheResponse) {
+  const auto l = testing_support::listen_loopback();
+  const int client = testing_support::connect_client(l.port);
+  const int fd = accept4(l.fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(sock_open(nullptr, fd), 0);
+
+  char buf[16];
+  EXPECT_EQ(sock_read(fd, buf, sizeof buf), 0);
+  testing_support::write_all(client, "hello");
+  std::string got;
+  while (got.size() < 5) {
+    wait_readable(fd);
+    const ssize_t n = sock_read(fd, buf, sizeof buf);
+    ASSERT_GT(n, 0);
+    got.append(buf, static_cast<std::size_t>(n));
+  }
+  EXPECT_EQ(got, "hello");
+  EXPECT_EQ(sock_read(fd, buf, sizeof buf), 0);
+
+  ASSERT_EQ(shutdown(client, SHUT_WR), 0);
+  wait_readable(fd);
+  for (int i = 0; i < 3; ++i) {
+    errno = 0;
+    EXPECT_EQ(sock_read(fd, buf, sizeof buf), -1);
+    EXPECT_EQ(errno, 0);
+  }
+  // Without a reactor the close happens when the queue is flushed: a response written after
+  // EOF goes out in full, then the fd closes.
+  EXPECT_EQ(sock_write(fd, "bye", 3), 0);
+  EXPECT_TRUE(sock_is_closed(fd));
+  std::string answer;
+  bool open = true;
+  while (open) {
+    wait_readable(client);
+    open = testing_support::drain(client, &answer);
+  }
+  EXPECT_EQ(answer, "bye");
+  close(client);
+
+  // A reset peer: ECONNRESET, repeated; sock_close then closes the failed fd at once.
+  const int client2 = testing_support::connect_client(l.port);
+  const int fd2 = accept4(l.fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  ASSERT_GE(fd2, 0);
+  ASSERT_EQ(sock_open(nullptr, fd2), 0);
+  const linger reset{1, 0};
+  ASSERT_EQ(setsockopt(client2, SOL_SOCKET, SO_LINGER, &reset, sizeof reset), 0);
+  close(client2);
+  wait_readable(fd2);
+  for (int i = 0; i < 2; ++i) {
+    errno = 0;
+    EXPECT_EQ(sock_read(fd2, buf, sizeof buf), -1);
+    EXPECT_EQ(errno, ECONNRESET);
+  }
+  sock_close(nullptr, fd2);
+  EXPECT_TRUE(sock_is_closed(fd2));
+  close(l.fd);
+}
+
+}  // namespace

@@ -1,0 +1,753 @@
+// Transport Layer Callbacks (libsock.h): a toy stack of two layers, framing (lower: a 4-byte
+// big-endian length, then the payload) under XOR (upper: every byte XOR a key), proves the
+// order of wrap (head down) and unwrap (bottom up), reassembly of split frames, plaintext kept
+// for the next sock_read, on_clear, before_close with sock_tlc_write, failing layers, and
+// .move/.file writes through layers.
+// Regression: the seed applied unwrap in the same order as wrap (its "reverse" array was
+// reversed twice), so a stack of two different layers could not read its own output.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/libreact.h"
+#include "engine/libsock.h"
+#include "tests/testing/loopback.h"
+#include "tests/testing/run_until.h"
+
+namespace {
+
+using testing_support::run_until;
+
+constexpr unsigned char kKey = 0xA7;
+constexpr std::size_t kHeader = 4;
+// A frame longer than this is corrupt input (a misordered unwrap reads XORed header bytes as
+// a length of about 2.8 GB).
+constexpr uint32_t kMaxFrame = 1 << 20;
+
+// What the test observes of one layer; outlives the layer, which on_clear deletes.
+struct LayerLog {
+  int on_clear = 0;
+  int on_clear_fd = -1;
+  int before_close = 0;
+  int unwrap_calls = 0;
+  bool held_partial = false;  // framing: kept an incomplete frame between calls
+};
+
+enum class Kind { kFraming, kXor, kXorSayingBye, kReject, kRejectWrap, kExpand, kSequenced };
+
+// kExpand turns every input byte into this many copies, so that one read's output exceeds
+// max_len and the layer must hold the rest (as a decompressor would).
+constexpr std::size_t kExpandFactor = 100;
+
+// One layer: the sockTLC the engine sees, and the layer's own state (its udata).
+struct Layer {
+  sockTLC tlc{};
+  Kind kind;
+  LayerLog* log;
+  std::string pending;  // framing: input that is not a whole frame yet
+  std::string held;     // framing, expand: output that did not fit max_len
+  unsigned records = 0;  // sequenced: records wrapped so far
+};
+
+void put_be32(char* out, uint32_t v) {
+  out[0] = static_cast<char>(v >> 24);
+  out[1] = static_cast<char>(v >> 16);
+  out[2] = static_cast<char>(v >> 8);
+  out[3] = static_cast<char>(v);
+}
+
+uint32_t get_be32(const char* in) {
+  const auto* u = reinterpret_cast<const unsigned char*>(in);
+  return uint32_t{u[0]} << 24 | uint32_t{u[1]} << 16 | uint32_t{u[2]} << 8 | u[3];
+}
+
+void xor_bytes(char* data, std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i) data[i] = static_cast<char>(data[i] ^ kKey);
+}
+
+int framing_wrap(int, Packet* p, void*) {
+  // The engine hands layers packets whose payload sits in internal_memory, with headroom.
+  if (p->buffer != p->internal_memory) return -1;
+  const auto n = static_cast<std::size_t>(p->length);
+  if (n + kHeader > sizeof p->internal_memory) return -1;
+  std::memmove(p->internal_memory + kHeader, p->internal_memory, n);
+  put_be32(p->internal_memory, static_cast<uint32_t>(n));
+  p->length = static_cast<ssize_t>(n + kHeader);
+  return 0;
+}
+
+// Appends the input to what it kept, turns every whole frame into payload, keeps the rest;
+// outputs at most max_len bytes and keeps the remainder for the next call (with *len == 0).
+int framing_unwrap(int, void* buffer, ssize_t* len, const size_t max_len, void* udata) {
+  auto* self = static_cast<Layer*>(udata);
+  ++self->log->unwrap_calls;
+  char* buf = static_cast<char*>(buffer);
+  self->pending.append(buf, static_cast<std::size_t>(*len));
+  std::size_t at = 0;
+  while (self->pending.size() - at >= kHeader) {
+    const uint32_t n = get_be32(self->pending.data() + at);
+    if (n > kMaxFrame) return -1;
+    if (self->pending.size() - at - kHeader < n) break;
+    self->held.append(self->pending, at + kHeader, n);
+    at += kHeader + n;
+  }
+  self->pending.erase(0, at);
+  if (!self->pending.empty()) self->log->held_partial = true;
+  const std::size_t out = std::min(self->held.size(), max_len);
+  std::memcpy(buf, self->held.data(), out);
+  self->held.erase(0, out);
+  *len = static_cast<ssize_t>(out);
+  return 0;
+}
+
+int xor_wrap(int, Packet* p, void*) {
+  xor_bytes(static_cast<char*>(p->buffer), static_cast<std::size_t>(p->length));
+  return 0;
+}
+
+int xor_unwrap(int, void* buffer, ssize_t* len, const size_t, void* udata) {
+  ++static_cast<Layer*>(udata)->log->unwrap_calls;
+  xor_bytes(static_cast<char*>(buffer), static_cast<std::size_t>(*len));
+  return 0;
+}
+
+int reject_unwrap(int, void*, ssize_t*, const size_t, void* udata) {
+  ++static_cast<Layer*>(udata)->log->unwrap_calls;
+  return -1;
+}
+
+int reject_wrap(int, Packet*, void*) { return -1; }
+
+// Like TLS, whose records carry sequence numbers: record k (from 1) is XORed with k, so the
+// peer can decode the records only if they were wrapped in the order they go on the wire.
+int sequenced_wrap(int, Packet* p, void* udata) {
+  const auto key = static_cast<char>(++static_cast<Layer*>(udata)->records);
+  char* data = static_cast<char*>(p->buffer);
+  for (ssize_t i = 0; i < p->length; ++i) data[i] = static_cast<char>(data[i] ^ key);
+  return 0;
+}
+
+int expand_unwrap(int, void* buffer, ssize_t* len, const size_t max_len, void* udata) {
+  auto* self = static_cast<Layer*>(udata);
+  ++self->log->unwrap_calls;
+  char* buf = static_cast<char*>(buffer);
+  for (ssize_t i = 0; i < *len; ++i) self->held.append(kExpandFactor, buf[i]);
+  const std::size_t out = std::min(self->held.size(), max_len);
+  std::memcpy(buf, self->held.data(), out);
+  self->held.erase(0, out);
+  if (!self->held.empty()) self->log->held_partial = true;
+  *len = static_cast<ssize_t>(out);
+  return 0;
+}
+
+void layer_on_clear(int fd, sockTLC* tlc) {
+  auto* self = static_cast<Layer*>(tlc->udata);
+  ++self->log->on_clear;
+  self->log->on_clear_fd = fd;
+  delete self;
+}
+
+// A final record, as a TLS close_notify would be: wrapped by the layers below this one only.
+void say_bye(int fd, sockTLC* tlc) {
+  ++static_cast<Layer*>(tlc->udata)->log->before_close;
+  EXPECT_EQ(sock_tlc_write(fd, tlc, "BYE", 3), 0);
+}
+
+sockTLC* make_layer(Kind kind, LayerLog* log) {
+  auto* layer = new Layer;
+  layer->kind = kind;
+  layer->log = log;
+  layer->tlc.udata = layer;
+  layer->tlc.on_clear = layer_on_clear;
+  switch (kind) {
+    case Kind::kFraming:
+      layer->tlc.wrap = framing_wrap;
+      layer->tlc.unwrap = framing_unwrap;
+      break;
+    case Kind::kXorSayingBye:
+      layer->tlc.before_close = say_bye;
+      [[fallthrough]];
+    case Kind::kXor:
+      layer->tlc.wrap = xor_wrap;
+      layer->tlc.unwrap = xor_unwrap;
+      break;
+    case Kind::kReject:
+      layer->tlc.unwrap = reject_unwrap;
+      break;
+    case Kind::kRejectWrap:
+      layer->tlc.wrap = reject_wrap;
+      break;
+    case Kind::kExpand:
+      layer->tlc.unwrap = expand_unwrap;
+      break;
+    case Kind::kSequenced:
+      layer->tlc.wrap = sequenced_wrap;
+      break;
+  }
+  return &layer->tlc;
+}
+
+// The toy stack on fd: framing first (lowest), XOR pushed on top of it (the head).
+void add_stack(int fd, LayerLog* framing, LayerLog* upper, Kind upper_kind = Kind::kXor) {
+  ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, framing)), 0);
+  ASSERT_EQ(sock_tlc_add(fd, make_layer(upper_kind, upper)), 0);
+}
+
+// What the stack puts on the wire for one record: frame(xor(data)).
+std::string encode(const std::string& data) {
+  std::string wire(kHeader, '\0');
+  put_be32(wire.data(), static_cast<uint32_t>(data.size()));
+  std::string body = data;
+  xor_bytes(body.data(), body.size());
+  return wire + body;
+}
+
+// Splits a raw byte stream into frame payloads (not XOR-decoded). Returns false if the
+// stream ends inside a frame.
+bool deframe(const std::string& wire, std::vector<std::string>* frames) {
+  std::size_t at = 0;
+  while (wire.size() - at >= kHeader) {
+    const uint32_t n = get_be32(wire.data() + at);
+    if (wire.size() - at - kHeader < n) return false;
+    frames->push_back(wire.substr(at + kHeader, n));
+    at += kHeader + n;
+  }
+  return at == wire.size();
+}
+
+std::string unxor(std::string s) {
+  xor_bytes(s.data(), s.size());
+  return s;
+}
+
+// --- The reactor side ------------------------------------------------------------------------
+
+struct Conn {
+  std::string in;
+  std::vector<std::pair<ssize_t, int>> reads;  // (result, errno) of each sock_read
+  bool eof = false;
+  int on_data_calls = 0;
+};
+
+struct World {
+  int listener = -1;
+  std::vector<int> accepted;
+  std::map<int, Conn> conns;
+  std::vector<int> closed;
+  std::function<void(int)> on_accept;     // installs layers, writes
+  std::function<void(int)> on_conn_data;  // replaces the default read_everything
+};
+World* g_w = nullptr;
+
+void read_everything(int fd) {
+  Conn& c = g_w->conns[fd];
+  std::vector<char> buf(64 * 1024);
+  for (;;) {
+    errno = 0;
+    const ssize_t n = sock_read(fd, buf.data(), buf.size());
+    if (n > 0) {
+      c.in.append(buf.data(), static_cast<std::size_t>(n));
+      continue;
+    }
+    if (n < 0) {
+      c.reads.push_back({n, errno});
+      c.eof = true;
+    }
+    return;
+  }
+}
+
+void on_data(struct Reactor* r, int fd) {
+  World& w = *g_w;
+  if (fd == w.listener) {
+    int client;
+    while ((client = sock_accept(r, fd)) >= 0) {
+      w.accepted.push_back(client);
+      w.conns[client] = Conn{};
+      if (w.on_accept) w.on_accept(client);
+    }
+    return;
+  }
+  ++w.conns[fd].on_data_calls;
+  if (w.on_conn_data) {
+    w.on_conn_data(fd);
+  } else {
+    read_everything(fd);
+  }
+}
+
+void on_close(struct Reactor*, int fd) { g_w->closed.push_back(fd); }
+
+class TlcTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    g_w = &w_;
+    r_.on_data = on_data;
+    r_.on_close = on_close;
+    auto l = testing_support::listen_loopback();
+    w_.listener = l.fd;
+    port_ = l.port;
+    ASSERT_EQ(reactor_add(&r_, l.fd), 0);
+  }
+  void TearDown() override {
+    reactor_stop(&r_);
+    EXPECT_TRUE(run_until(&r_, [&] { return r_._impl == nullptr; }));
+    g_w = nullptr;
+  }
+
+  int accept_raw_client(int* server_fd) {
+    const int client = testing_support::connect_client(port_);
+    const std::size_t before = w_.accepted.size();
+    EXPECT_TRUE(run_until(&r_, [&] { return w_.accepted.size() > before; }));
+    *server_fd = w_.accepted.back();
+    return client;
+  }
+
+  // Reads a raw client until the server closes the connection.
+  std::string read_to_eof(int client) {
+    std::string got;
+    EXPECT_TRUE(run_until(&r_, [&] { return !testing_support::drain(client, &got); }));
+    return got;
+  }
+
+  // A few more iterations, so that a second on_close or on_clear (a bug) would have happened.
+  void settle() {
+    for (int i = 0; i < 5; ++i) engine::Reactor::of(&r_, true)->run_once(1);
+  }
+
+  struct Reactor r_ = {};
+  World w_;
+  int port_ = 0;
+};
+
+TEST_F(TlcTest, TenMegabytesEachWayThroughXorOverFramingArriveIntact) {
+  constexpr std::size_t kBytes = 10 * 1024 * 1024;
+  const std::string to_client = testing_support::pattern(kBytes, 21);
+  const std::string to_server = testing_support::pattern(kBytes, 22);
+  LayerLog server_framing, server_xor, client_framing, client_xor;
+  int server = -1;
+  w_.on_accept = [&](int fd) {
+    server = fd;
+    add_stack(fd, &server_framing, &server_xor);
+    EXPECT_EQ(sock_write(fd, to_client.data(), to_client.size()), 0);
+  };
+  // The client is a second sock_ connection on the same reactor, with the same stack; its
+  // write is queued (and wrapped) before the connect completes.
+  const int client = sock_connect(&r_, "127.0.0.1", std::to_string(port_).c_str());
+  ASSERT_GE(client, 0);
+  add_stack(client, &client_framing, &client_xor);
+  ASSERT_EQ(sock_write(client, to_server.data(), to_server.size()), 0);
+
+  ASSERT_TRUE(run_until(
+      &r_,
+      [&] {
+        // A connection that failed (a layer rejected its input) ends the wait early.
+        return (server >= 0 && w_.conns[server].in.size() >= kBytes &&
+                w_.conns[client].in.size() >= kBytes) ||
+               w_.conns[client].eof || (server >= 0 && w_.conns[server].eof);
+      },
+      std::chrono::seconds(60)));
+  EXPECT_TRUE(w_.conns[client].reads.empty());
+  EXPECT_TRUE(w_.conns[server].reads.empty());
+  EXPECT_EQ(w_.conns[server].in.size(), kBytes);
+  EXPECT_EQ(w_.conns[client].in.size(), kBytes);
+  EXPECT_TRUE(w_.conns[server].in == to_server);
+  EXPECT_TRUE(w_.conns[client].in == to_client);
+  // 17 KB reads against 16 KB + 4 frames: frames were split across reads and reassembled.
+  EXPECT_TRUE(server_framing.held_partial);
+  EXPECT_TRUE(client_framing.held_partial);
+
+  sock_close(&r_, client);
+  ASSERT_TRUE(run_until(&r_, [&] { return w_.closed.size() == 2; }));
+  for (const LayerLog* log : {&server_framing, &server_xor, &client_framing, &client_xor}) {
+    EXPECT_EQ(log->on_clear, 1);
+  }
+}
+
+TEST_F(TlcTest, OnTheWireXorIsAppliedBeforeFramingAndUnwrapUndoesItBottomUp) {
+  LayerLog framing, upper;
+  w_.on_accept = [&](int fd) {
+    add_stack(fd, &framing, &upper);
+    EXPECT_EQ(sock_write(fd, "hello, layers", 13), 0);
+  };
+  int server;
+  const int client = accept_raw_client(&server);
+
+  // Wrap runs head (XOR) down to framing: the length header is in the clear, the body XORed.
+  std::string wire;
+  ASSERT_TRUE(run_until(&r_, [&] {
+    testing_support::drain(client, &wire);
+    return wire.size() >= kHeader + 13;
+  }));
+  const std::string expected = encode("hello, layers");
+  EXPECT_EQ(wire, expected);
+  EXPECT_EQ(wire.substr(0, kHeader), std::string("\0\0\0\x0d", 4));
+
+  // Unwrap runs bottom up: framing first (reassembling a frame split over three reads), then
+  // XOR. In the seed's order XOR would scramble the header into a 2.8 GB length.
+  const std::string msg = "ping from a raw client";
+  const std::string frame = encode(msg);
+  const std::size_t cuts[] = {0, 2, 7, frame.size()};
+  for (int i = 0; i < 3; ++i) {
+    const int calls = framing.unwrap_calls;
+    testing_support::write_all(client, frame.substr(cuts[i], cuts[i + 1] - cuts[i]));
+    ASSERT_TRUE(run_until(&r_, [&] {
+      return framing.unwrap_calls > calls || w_.conns[server].eof;
+    }));
+    ASSERT_FALSE(w_.conns[server].eof);
+    if (i < 2) {
+      EXPECT_EQ(w_.conns[server].in, "");  // nothing whole yet: the layer keeps it
+    }
+  }
+  ASSERT_TRUE(run_until(&r_, [&] {
+    return w_.conns[server].in.size() >= msg.size() || w_.conns[server].eof;
+  }));
+  EXPECT_EQ(w_.conns[server].in, msg);
+  EXPECT_TRUE(framing.held_partial);
+  EXPECT_TRUE(w_.conns[server].reads.empty());  // no error, no EOF
+  close(client);
+  ASSERT_TRUE(run_until(&r_, [&] { return w_.closed.size() == 1; }));
+}
+
+TEST_F(TlcTest, PlaintextBeyondTheCallersBufferIsKeptForTheNextRead) {
+  LayerLog framing, upper;
+  w_.on_accept = [&](int fd) { add_stack(fd, &framing, &upper); };
+  std::vector<ssize_t> results;
+  // One 7-byte read per on_data call: the engine must call on_data again while plaintext
+  // waits, although no new bytes arrive from the socket.
+  w_.on_conn_data = [&](int fd) {
+    char buf[7];
+    const ssize_t n = sock_read(fd, buf, sizeof buf);
+    results.push_back(n);
+    if (n > 0) w_.conns[fd].in.append(buf, static_cast<std::size_t>(n));
+    if (n < 0) w_.conns[fd].eof = true;
+  };
+  int server;
+  const int client = accept_raw_client(&server);
+  const std::string a = testing_support::pattern(10000, 31);
+  const std::string b = "!";
+  const std::string c = testing_support::pattern(5000, 32);
+  testing_support::write_all(client, encode(a) + encode(b) + encode(c));
+  const std::string all = a + b + c;
+
+  ASSERT_TRUE(run_until(&r_, [&] {
+    return w_.conns[server].in.size() >= all.size() || w_.conns[server].eof;
+  }));
+  EXPECT_TRUE(w_.conns[server].in == all);
+  std::size_t positive = 0;
+  for (const ssize_t n : results) {
+    EXPECT_GE(n, 0);
+    EXPECT_LE(n, 7);
+    if (n > 0) ++positive;
+  }
+  EXPECT_GE(positive, (all.size() + 6) / 7);
+  EXPECT_GE(w_.conns[server].on_data_calls, static_cast<int>((all.size() + 6) / 7));
+  close(client);
+  w_.on_conn_data = nullptr;  // read the EOF so the connection closes
+  ASSERT_TRUE(run_until(&r_, [&] { return w_.closed.size() == 1; }));
+}
+
+TEST_F(TlcTest, OnClearRunsOnceForEveryLayerOnCloseAndWhenTheChainIsReplaced) {
+  LayerLog a_framing, a_xor, b_framing, b_xor, c_framing, c_xor;
+  w_.on_accept = [&](int fd) { add_stack(fd, &a_framing, &a_xor); };
+  int server;
+  const int client = accept_raw_client(&server);
+
+  // Replacing the chain clears the old one, once per layer, and only the old one.
+  sockTLC* b_low = make_layer(Kind::kFraming, &b_framing);
+  sockTLC* b_high = make_layer(Kind::kXor, &b_xor);
+  b_high->next = b_low;
+  ASSERT_EQ(sock_tlc_set(server, b_high), 0);
+  EXPECT_EQ(sock_tlc_get(server), b_high);
+  EXPECT_EQ(a_framing.on_clear, 1);
+  EXPECT_EQ(a_xor.on_clear, 1);
+  EXPECT_EQ(a_framing.on_clear_fd, server);
+  EXPECT_EQ(b_framing.on_clear, 0);
+  EXPECT_EQ(b_xor.on_clear, 0);
+
+  // The new chain is the one in use.
+  testing_support::write_all(client, encode("via chain b"));
+  ASSERT_TRUE(run_until(&r_, [&] {
+    return w_.conns[server].in.size() >= 11 || w_.conns[server].eof;
+  }));
+  EXPECT_EQ(w_.conns[server].in, "via chain b");
+
+  // The peer closes: the fd closes and every layer of the current chain is cleared once.
+  close(client);
+  ASSERT_TRUE(run_until(&r_, [&] { return w_.closed.size() == 1; }));
+  settle();
+  EXPECT_EQ(w_.closed.size(), 1u);
+  EXPECT_EQ(b_framing.on_clear, 1);
+  EXPECT_EQ(b_xor.on_clear, 1);
+  EXPECT_EQ(b_xor.on_clear_fd, server);
+  EXPECT_EQ(a_framing.on_clear, 1);
+  EXPECT_EQ(a_xor.on_clear, 1);
+
+  // A forced close clears the layers too.
+  w_.on_accept = [&](int fd) { add_stack(fd, &c_framing, &c_xor); };
+  int server2;
+  const int client2 = accept_raw_client(&server2);
+  sock_force_close(&r_, server2);
+  EXPECT_EQ(c_framing.on_clear, 1);
+  EXPECT_EQ(c_xor.on_clear, 1);
+  settle();
+  EXPECT_EQ(w_.closed.size(), 2u);
+  EXPECT_EQ(c_framing.on_clear, 1);
+  EXPECT_EQ(c_xor.on_clear, 1);
+  close(client2);
+
+  // sock_clear releases the sock_ state of an fd that stays open: the layers are cleared
+  // then, and not again when the fd is finally closed.
+  LayerLog d_framing, d_xor;
+  w_.on_accept = [&](int fd) { add_stack(fd, &d_framing, &d_xor); };
+  int server3;
+  const int client3 = accept_raw_client(&server3);
+  sock_clear(server3);
+  EXPECT_EQ(d_framing.on_clear, 1);
+  EXPECT_EQ(d_xor.on_clear, 1);
+  EXPECT_EQ(sock_tlc_get(server3), nullptr);
+  reactor_close(&r_, server3);
+  settle();
+  EXPECT_EQ(w_.closed.size(), 3u);
+  EXPECT_EQ(d_framing.on_clear, 1);
+  EXPECT_EQ(d_xor.on_clear, 1);
+  close(client3);
+}
+
+TEST_F(TlcTest, BeforeCloseQueuesAFramedByeAfterAllDataThenTheFdCloses) {
+  const std::string data = testing_support::pattern(300 * 1024 + 5, 41);
+  LayerLog framing, upper;
+  w_.on_accept = [&](int fd) {
+    add_stack(fd, &framing, &upper, Kind::kXorSayingBye);
+    EXPECT_EQ(sock_write(fd, data.data(), data.size()), 0);
+    sock_close(&r_, fd);
+    EXPECT_EQ(upper.before_close, 0);  // only once the queue has drained
+  };
+  int server;
+  const int client = accept_raw_client(&server);
+  const std::string wire = read_to_eof(client);
+
+  std::vector<std::string> frames;
+  ASSERT_TRUE(deframe(wire, &frames));
+  ASSERT_GE(frames.size(), 2u);
+  // The data, every record XORed and framed, then BYE: framed only (sock_tlc_write from the
+  // XOR layer is wrapped by the layers below it), then EOF.
+  std::string payload;
+  for (std::size_t i = 0; i + 1 < frames.size(); ++i) {
+    EXPECT_LE(frames[i].size(), static_cast<std::size_t>(BUFFER_FILE_READ_SIZE));
+    payload += unxor(frames[i]);
+  }
+  EXPECT_TRUE(payload == data);
+  EXPECT_EQ(frames.back(), "BYE");
+  ASSERT_TRUE(run_until(&r_, [&] { return w_.closed.size() == 1; }));
+  settle();
+  EXPECT_EQ(upper.before_close, 1);
+  EXPECT_EQ(w_.closed.size(), 1u);
+  EXPECT_EQ(framing.on_clear, 1);
+  EXPECT_EQ(upper.on_clear, 1);
+  close(client);
+}
+
+TEST_F(TlcTest, FailingUnwrapMakesSockReadFailWithEprotoAndClosesTheFdOnce) {
+  LayerLog framing, reject;
+  w_.on_accept = [&](int fd) {
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, &framing)), 0);
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kReject, &reject)), 0);
+  };
+  w_.on_conn_data = [&](int fd) {
+    char buf[64];
+    for (int i = 0; i < 2; ++i) {  // the failure sticks: asking again gives the same answer
+      errno = 0;
+      const ssize_t n = sock_read(fd, buf, sizeof buf);
+      w_.conns[fd].reads.push_back({n, errno});
+    }
+  };
+  int server;
+  const int client = accept_raw_client(&server);
+  testing_support::write_all(client, encode("anything"));
+  ASSERT_TRUE(run_until(&r_, [&] { return w_.closed.size() == 1; }));
+  settle();
+  EXPECT_EQ(w_.closed.size(), 1u);
+  EXPECT_EQ(w_.closed[0], server);
+  const auto& reads = w_.conns[server].reads;
+  ASSERT_EQ(reads.size(), 2u);
+  for (const auto& [n, err] : reads) {
+    EXPECT_EQ(n, -1);
+    EXPECT_EQ(err, EPROTO);
+  }
+  EXPECT_EQ(reject.unwrap_calls, 1);
+  EXPECT_EQ(framing.on_clear, 1);
+  EXPECT_EQ(reject.on_clear, 1);
+  std::string rest;
+  EXPECT_FALSE(testing_support::drain(client, &rest));  // the peer sees the close
+  EXPECT_EQ(rest, "");
+  close(client);
+}
+
+TEST_F(TlcTest, FailingWrapMakesSockWriteFailWithEprotoAndClosesTheFdOnce) {
+  LayerLog reject;
+  int write_result = 0;
+  int write_errno = 0;
+  w_.on_accept = [&](int fd) {
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kRejectWrap, &reject)), 0);
+    errno = 0;
+    write_result = static_cast<int>(sock_write(fd, "data", 4));
+    write_errno = errno;
+  };
+  int server;
+  const int client = accept_raw_client(&server);
+  ASSERT_TRUE(run_until(&r_, [&] { return w_.closed.size() == 1; }));
+  settle();
+  EXPECT_EQ(write_result, -1);
+  EXPECT_EQ(write_errno, EPROTO);
+  EXPECT_EQ(w_.closed.size(), 1u);
+  EXPECT_EQ(w_.closed[0], server);
+  EXPECT_EQ(reject.on_clear, 1);
+  std::string rest;
+  EXPECT_FALSE(testing_support::drain(client, &rest));  // closed, nothing half-wrapped sent
+  EXPECT_EQ(rest, "");
+  close(client);
+}
+
+TEST_F(TlcTest, OutputALayerHoldsBeyondMaxLenIsDeliveredBeforeEof) {
+  LayerLog expand;
+  w_.on_accept = [&](int fd) {
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kExpand, &expand)), 0);
+  };
+  int server;
+  const int client = accept_raw_client(&server);
+  const std::string sent = testing_support::pattern(2000, 71);
+  testing_support::write_all(client, sent);
+  ASSERT_EQ(shutdown(client, SHUT_WR), 0);  // EOF right behind the data
+  ASSERT_TRUE(run_until(&r_, [&] { return w_.conns[server].eof; }));
+
+  std::string expected;
+  for (const char c : sent) expected.append(kExpandFactor, c);
+  EXPECT_TRUE(expand.held_partial);  // 200,000 bytes of output: more than one max_len
+  EXPECT_EQ(w_.conns[server].in.size(), expected.size());
+  EXPECT_TRUE(w_.conns[server].in == expected);
+  ASSERT_EQ(w_.conns[server].reads.size(), 1u);
+  EXPECT_EQ(w_.conns[server].reads[0], std::make_pair(ssize_t{-1}, 0));  // then EOF
+  ASSERT_TRUE(run_until(&r_, [&] { return w_.closed.size() == 1; }));
+  close(client);
+}
+
+TEST_F(TlcTest, MovedBufferAndFileAreWrappedIntoRecordsAndArriveIntact) {
+  const std::string moved = testing_support::pattern(100 * 1024 + 7, 51);
+  const std::string file_data = testing_support::pattern(3 * BUFFER_FILE_READ_SIZE + 123, 52);
+  constexpr long kFileStart = 10;  // .file sends from the FILE*'s current offset
+  FILE* file = tmpfile();
+  ASSERT_NE(file, nullptr);
+  ASSERT_EQ(fwrite(file_data.data(), 1, file_data.size(), file), file_data.size());
+  ASSERT_EQ(fflush(file), 0);
+  ASSERT_EQ(fseek(file, kFileStart, SEEK_SET), 0);
+  const int file_fd = fileno(file);
+
+  LayerLog framing, upper;
+  w_.on_accept = [&](int fd) {
+    add_stack(fd, &framing, &upper);
+    void* buffer = malloc(moved.size());
+    memcpy(buffer, moved.data(), moved.size());
+    // Both belong to the library from here: ASan reports a leak or a double free.
+    EXPECT_EQ(sock_write2(.fd = fd, .buffer = buffer, .length = moved.size(), .move = 1), 0);
+    EXPECT_EQ(sock_write2(.fd = fd, .buffer = file, .file = 1), 0);
+    sock_close(&r_, fd);
+  };
+  int server;
+  const int client = accept_raw_client(&server);
+  const std::string wire = read_to_eof(client);
+
+  std::vector<std::string> frames;
+  ASSERT_TRUE(deframe(wire, &frames));
+  std::string payload;
+  for (const std::string& f : frames) {
+    EXPECT_LE(f.size(), static_cast<std::size_t>(BUFFER_FILE_READ_SIZE));
+    payload += unxor(f);
+  }
+  const std::string expected = moved + file_data.substr(kFileStart);
+  EXPECT_EQ(payload.size(), expected.size());
+  EXPECT_TRUE(payload == expected);
+  ASSERT_TRUE(run_until(&r_, [&] { return w_.closed.size() == 1; }));
+  // The FILE* was fclose'd once sent: its descriptor is gone.
+  errno = 0;
+  EXPECT_EQ(fcntl(file_fd, F_GETFD), -1);
+  EXPECT_EQ(errno, EBADF);
+  close(client);
+}
+
+// KNOWN BUG (engine/write_queue.cc, reported, not fixed): records are wrapped when they are
+// queued, except file chunks, which are read and wrapped only as the socket drains, and urgent
+// writes, which are wrapped at the end of the sequence but sent first. A stateful layer (TLS:
+// sequence numbers, cipher state) then sees records in a different order than the peer
+// receives them. Fixing it means wrapping each record when it is about to be sent, which
+// changes how the queue tracks packets; until then these two tests are disabled. Run them
+// with --gtest_also_run_disabled_tests.
+std::string decode_sequenced(const std::vector<std::string>& frames) {
+  std::string payload;
+  for (std::size_t i = 0; i < frames.size(); ++i) {
+    for (const char c : frames[i]) payload += static_cast<char>(c ^ static_cast<char>(i + 1));
+  }
+  return payload;
+}
+
+TEST_F(TlcTest, DISABLED_StatefulLayerWrapsACopyQueuedAfterAFileInWireOrder) {
+  const std::string file_data = testing_support::pattern(40000, 61);
+  FILE* file = tmpfile();
+  ASSERT_NE(file, nullptr);
+  ASSERT_EQ(fwrite(file_data.data(), 1, file_data.size(), file), file_data.size());
+  ASSERT_EQ(fflush(file), 0);
+  rewind(file);
+  const std::string head(100, 'A'), tail(50, 'B');
+  LayerLog framing, sequenced;
+  w_.on_accept = [&](int fd) {
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, &framing)), 0);
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kSequenced, &sequenced)), 0);
+    EXPECT_EQ(sock_write(fd, head.data(), head.size()), 0);
+    EXPECT_EQ(sock_write2(.fd = fd, .buffer = file, .file = 1), 0);
+    EXPECT_EQ(sock_write(fd, tail.data(), tail.size()), 0);
+    sock_close(&r_, fd);
+  };
+  int server;
+  const int client = accept_raw_client(&server);
+  std::vector<std::string> frames;
+  ASSERT_TRUE(deframe(read_to_eof(client), &frames));
+  EXPECT_TRUE(decode_sequenced(frames) == head + file_data + tail);
+  close(client);
+}
+
+TEST_F(TlcTest, DISABLED_StatefulLayerWrapsAnUrgentWriteInWireOrder) {
+  const std::string data = testing_support::pattern(100 * 1024, 62);
+  const std::string urgent(10, 'U');
+  LayerLog framing, sequenced;
+  w_.on_accept = [&](int fd) {
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, &framing)), 0);
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kSequenced, &sequenced)), 0);
+    EXPECT_EQ(sock_write(fd, data.data(), data.size()), 0);
+    // Nothing was sent yet: the urgent write goes out first.
+    EXPECT_EQ(sock_write2(.fd = fd, .buffer = urgent.data(), .length = urgent.size(), .urgent = 1),
+              0);
+    sock_close(&r_, fd);
+  };
+  int server;
+  const int client = accept_raw_client(&server);
+  std::vector<std::string> frames;
+  ASSERT_TRUE(deframe(read_to_eof(client), &frames));
+  EXPECT_TRUE(decode_sequenced(frames) == urgent + data);
+  close(client);
+}
+
+}  // namespace
