@@ -294,9 +294,9 @@ ssize_t sock_write2_fn(struct SockWriteOpt opt) {
   if (opt.file) {
     r = engine::queue_file(*slot, static_cast<FILE*>(owned), opt.length, opt.urgent);
   } else if (opt.move) {
-    r = engine::queue_move(opt.fd, *slot, owned, opt.length, opt.urgent);
+    r = engine::queue_move(*slot, owned, opt.length, opt.urgent);
   } else {
-    r = engine::queue_copy(opt.fd, *slot, opt.buffer, opt.length, opt.urgent);
+    r = engine::queue_copy(*slot, opt.buffer, opt.length, opt.urgent);
   }
   if (r < 0) {
     const int err = errno;
@@ -355,7 +355,7 @@ ssize_t sock_send_packet(int fd, struct Packet* packet) {
     errno = EPIPE;
     return -1;
   }
-  if (engine::queue_chain(fd, *slot, packet, /*wrap=*/true) < 0) return -1;
+  if (engine::queue_chain(*slot, packet, 0) < 0) return -1;
   engine::schedule_flush(fd, *slot);
   return 0;
 }
@@ -395,11 +395,19 @@ int sock_tlc_add(int fd, struct sockTLC* tlc) {
 int sock_tlc_write(int fd, struct sockTLC* from, const void* data, size_t length) {
   FdSlot* slot = engine::open_slot(fd);
   if (!slot) return -1;
+  // Layer-produced bytes are records of their own, wrapped only by the layers below `from`.
+  unsigned skip = 0;
+  for (sockTLC* layer = slot->tlc; layer != from; layer = layer->next, ++skip) {
+    if (!layer) {
+      errno = EINVAL;  // `from` is not one of fd's layers
+      return -1;
+    }
+  }
+  if (from) ++skip;
   if (!data && length) {
     errno = EINVAL;
     return -1;
   }
-  // Layer-produced bytes are records of their own: wrapped by the layers below `from` only.
   const char* bytes = static_cast<const char*>(data);
   while (length) {
     Packet* p = engine::packet_new(engine::pool_for(slot));
@@ -407,14 +415,7 @@ int sock_tlc_write(int fd, struct sockTLC* from, const void* data, size_t length
     const std::size_t n = length < engine::kRecordPayload ? length : engine::kRecordPayload;
     std::copy(bytes, bytes + n, p->internal_memory);
     p->length = static_cast<ssize_t>(n);
-    if (engine::tlc_wrap_from(fd, from ? from->next : nullptr, p) < 0) {
-      engine::packet_chain_free(p);
-      return -1;
-    }
-    if (engine::queue_chain(fd, *slot, p, /*wrap=*/false) < 0) {
-      engine::packet_chain_free(p);
-      return -1;
-    }
+    engine::queue_chain(*slot, p, skip);  // cannot fail for a plain memory packet
     bytes += n;
     length -= n;
   }

@@ -198,7 +198,7 @@ struct Packet {
     unsigned external : 1;
     /** Insert this chain before the first interruptible packet instead of at the end. */
     unsigned urgent : 1;
-    /** Reserved for future use. */
+    /** Used by the library while the packet is queued (transport-layer state). */
     unsigned rsrv : 4;
   } metadata;
 };
@@ -222,11 +222,13 @@ void sock_free_packet(struct Packet* packet);
  * (framing, compression, TLS). The chain's head is the highest layer (closest to the
  * application); `next` is the layer below it.
  *
- * Writing: each write is cut into packets of at most BUFFER_FILE_READ_SIZE bytes, and wrap is
- * applied to each packet from the head down, in place (a layer may grow the packet into the
- * BUFFER_PACKET_SIZE - BUFFER_FILE_READ_SIZE bytes of headroom). .move buffers are copied and
- * freed at once; .file data is read in chunks (pread) as the socket drains, since the
- * layers need the bytes in memory (sendfile is used only without layers).
+ * Writing: writes are cut into records of at most BUFFER_FILE_READ_SIZE bytes (small writes
+ * share one record), and each record is wrapped just before it is first sent, from the head
+ * layer down, in place: a layer may grow the packet into the BUFFER_PACKET_SIZE -
+ * BUFFER_FILE_READ_SIZE bytes of headroom. Records are therefore wrapped in wire order, which
+ * stateful layers (TLS sequence numbers) need, whatever urgent writes do to the queue. .move
+ * buffers are copied and freed at once; .file data is read in records (pread) as the socket
+ * drains, since the layers need the bytes in memory (sendfile is used only without layers).
  * Reading: recv'd bytes are unwrapped from the lowest layer up, in place, in a buffer of
  * max_len bytes; a layer writes its output over its input and sets *len (0 if it needs more
  * input; it then keeps the partial input itself). A layer that holds more output than
@@ -255,12 +257,14 @@ struct sockTLC* sock_tlc_get(int fd);
  * with errno EBADF. Set layers before any data flows. */
 int sock_tlc_set(int fd, struct sockTLC* tlc);
 
-/** Pushes tlc on top of fd's chain (tlc->next is set to the old head). Returns 0, or -1. */
+/** Pushes tlc on top of fd's chain (tlc->next is set to the old head). Returns 0, or -1 with
+ * errno (EBADF; EINVAL for NULL or when the chain already has 7 layers, the most it may have). */
 int sock_tlc_add(int fd, struct sockTLC* tlc);
 
 /** Extension (TLS needs it): queues bytes a layer produces on its own (handshake records,
- * close_notify), wrapped only by the layers below `from` (NULL or the lowest layer's `next`
- * for raw bytes). Callable from inside wrap/unwrap/before_close. Returns 0, or -1 with errno. */
+ * close_notify) as records wrapped only by the layers below `from`; NULL queues raw bytes.
+ * Callable from inside wrap/unwrap/before_close. Returns 0, or -1 with errno (EINVAL if
+ * `from` is not one of fd's layers). */
 int sock_tlc_write(int fd, struct sockTLC* from, const void* data, size_t length);
 
 /* ---------------------------------------------------------------------------------------

@@ -14,8 +14,9 @@
 
 namespace engine {
 
-// Layers a chain may have: unwrap walks it bottom-up through a fixed array.
-inline constexpr std::size_t kMaxLayers = 16;
+// Layers a chain may have: unwrap walks it bottom-up through a fixed array, and a queued
+// packet records in 3 bits of metadata.rsrv how many head layers skip it (write_queue.cc).
+inline constexpr std::size_t kMaxLayers = 7;
 
 // Wraps one packet with the layers from `layer` down. The packet must stay within its memory.
 int tlc_wrap_from(int fd, sockTLC* layer, Packet* packet);

@@ -47,6 +47,31 @@ Packet* chain_tail(Packet* p) {
   return p;
 }
 
+// A queued packet's transport-layer state lives in metadata.rsrv (reserved for the library):
+// how many head layers must not wrap it (bytes a layer queued itself with sock_tlc_write), and
+// whether it is wrapped yet. Packets are wrapped just before they are first sent, so a
+// stateful layer (TLS sequence numbers) sees records in wire order whatever urgent inserts
+// and file reads did to the queue.
+constexpr unsigned kWrappedBit = 1u << 3;
+constexpr unsigned kSkipMask = kWrappedBit - 1;
+static_assert(kMaxLayers <= kSkipMask, "the skip count must fit below the wrapped bit");
+
+bool is_wrapped(const Packet* p) { return p->metadata.rsrv & kWrappedBit; }
+
+// Wraps p with its layers unless done already. False (errno EPROTO) if a layer failed.
+bool seal(int fd, FdSlot& slot, Packet* p) {
+  if (!slot.tlc || is_wrapped(p) || p->metadata.is_file) return true;
+  sockTLC* layer = slot.tlc;
+  for (unsigned skip = p->metadata.rsrv & kSkipMask; skip && layer; --skip) layer = layer->next;
+  const ssize_t before = p->length;
+  if (tlc_wrap_from(fd, layer, p) < 0) return false;
+  p->metadata.rsrv |= kWrappedBit;
+  // Its record now has a place in the layers' sequence: nothing may be inserted before it.
+  p->metadata.can_interrupt = 0;
+  slot.queued_bytes += static_cast<std::size_t>(p->length - before);
+  return true;
+}
+
 // Links [first, last] into the queue: at the end, or, when urgent, before the first packet
 // that starts a write, has not started sending and is not urgent itself (urgent chains stay
 // FIFO among themselves).
@@ -66,15 +91,18 @@ void link_chain(FdSlot& slot, Packet* first, Packet* last, bool urgent) {
   if (!at) slot.tail = last;
 }
 
-// Bytes a write may still merge into the tail packet (0 when it may not: the tail is not plain
-// memory, is urgent, has started sending, or layers need whole records).
+// Bytes a write may still merge into the tail packet: 0 when the tail is not plain memory, is
+// urgent, has started sending, is wrapped or was queued by a layer. With layers a packet is
+// one record of at most kRecordPayload bytes, leaving the headroom for their framing.
 std::size_t tail_room(const FdSlot& slot) {
   const Packet* t = slot.tail;
-  if (!t || slot.tlc || t->buffer != t->internal_memory || t->metadata.external ||
-      t->metadata.is_file || t->metadata.urgent || (t == slot.head && slot.sent > 0)) {
+  if (!t || t->buffer != t->internal_memory || t->metadata.external || t->metadata.is_file ||
+      t->metadata.urgent || t->metadata.rsrv || (t == slot.head && slot.sent > 0)) {
     return 0;
   }
-  return kPacketBytes - static_cast<std::size_t>(t->length);
+  const std::size_t limit = slot.tlc ? kRecordPayload : kPacketBytes;
+  const auto used = static_cast<std::size_t>(t->length);
+  return used < limit ? limit - used : 0;
 }
 
 // Builds a chain of packets holding `length` bytes of data, at most `per_packet` each.
@@ -113,14 +141,6 @@ void queue_write_chain(FdSlot& slot, Packet* first, Packet* last, bool urgent,
     slot.queued_bytes += packet_bytes(p);
   }
   link_chain(slot, first, last, urgent);
-}
-
-// Wraps every packet of a chain with all of the fd's layers.
-int wrap_chain(int fd, FdSlot& slot, Packet* chain) {
-  for (Packet* p = chain; p; p = p->metadata.next) {
-    if (!p->metadata.is_file && tlc_wrap_from(fd, slot.tlc, p) < 0) return -1;
-  }
-  return 0;
 }
 
 int file_segment_init(Packet* p, FILE* file, std::size_t length) {
@@ -199,7 +219,8 @@ WriteResult write_file(int fd, FdSlot& slot, Packet* p, std::size_t budget, std:
     return WriteResult::kBudget;
   }
   if (slot.tlc) {
-    // Layers need the bytes in memory: read one record, wrap it and put it ahead of the file.
+    // Layers need the bytes in memory: read one record and put it ahead of the file; the
+    // write loop wraps it as it sends it.
     Packet* chunk = packet_new(pool_for(&slot));
     if (!chunk) return fail(slot, ENOMEM);
     const ssize_t r = pread(seg->fd, chunk->internal_memory, std::min(left, kRecordPayload),
@@ -210,13 +231,8 @@ WriteResult write_file(int fd, FdSlot& slot, Packet* p, std::size_t budget, std:
     }
     seg->offset += r;
     chunk->length = r;
-    if (tlc_wrap_from(fd, slot.tlc, chunk) < 0) {
-      packet_chain_free(chunk);
-      return fail(slot, EPROTO);
-    }
     p->metadata.can_interrupt = 0;
     p->length = static_cast<ssize_t>(seg->end - seg->offset);
-    slot.queued_bytes += static_cast<std::size_t>(chunk->length) - static_cast<std::size_t>(r);
     chunk->metadata.next = p;
     slot.head = chunk;
     return WriteResult::kBudget;  // the caller loops: the chunk is memory now
@@ -284,7 +300,7 @@ void packet_chain_free(Packet* chain) {
   }
 }
 
-int queue_copy(int fd, FdSlot& slot, const void* data, std::size_t length, bool urgent) {
+int queue_copy(FdSlot& slot, const void* data, std::size_t length, bool urgent) {
   auto* bytes = static_cast<const char*>(data);
   alloc::BlockPool& pool = pool_for(&slot);
   const std::size_t merged = urgent ? 0 : std::min(length, tail_room(slot));
@@ -292,10 +308,6 @@ int queue_copy(int fd, FdSlot& slot, const void* data, std::size_t length, bool 
   Packet* chain = build_copies(pool, bytes + merged, length - merged,
                                slot.tlc ? kRecordPayload : kPacketBytes, &last);
   if (!chain && length > merged) return -1;
-  if (chain && wrap_chain(fd, slot, chain) < 0) {
-    packet_chain_free(chain);
-    return -1;
-  }
   if (merged) {  // nothing can fail past this point: merge, then link
     Packet* t = slot.tail;
     std::memcpy(t->internal_memory + t->length, bytes, merged);
@@ -306,9 +318,9 @@ int queue_copy(int fd, FdSlot& slot, const void* data, std::size_t length, bool 
   return 0;
 }
 
-int queue_move(int fd, FdSlot& slot, void* buffer, std::size_t length, bool urgent) {
+int queue_move(FdSlot& slot, void* buffer, std::size_t length, bool urgent) {
   if (slot.tlc) {  // layers wrap records in packet memory: copy, then free now
-    const int r = queue_copy(fd, slot, buffer, length, urgent);
+    const int r = queue_copy(slot, buffer, length, urgent);
     std::free(buffer);
     return r;
   }
@@ -345,7 +357,7 @@ int queue_file(FdSlot& slot, FILE* file, std::size_t length, bool urgent) {
   return 0;
 }
 
-int queue_chain(int fd, FdSlot& slot, Packet* chain, bool wrap) {
+int queue_chain(FdSlot& slot, Packet* chain, unsigned skip_layers) {
   for (Packet* p = chain; p; p = p->metadata.next) {
     if (p->length < 0 || (!p->buffer && p->length)) {
       errno = EINVAL;
@@ -357,7 +369,7 @@ int queue_chain(int fd, FdSlot& slot, Packet* chain, bool wrap) {
       return -1;
     }
   }
-  if (wrap && wrap_chain(fd, slot, chain) < 0) return -1;
+  for (Packet* p = chain; p; p = p->metadata.next) p->metadata.rsrv = skip_layers & kSkipMask;
   const bool urgent = chain->metadata.urgent;
   queue_write_chain(slot, chain, chain_tail(chain), urgent, false);
   return 0;
@@ -379,6 +391,7 @@ WriteResult queue_write(int fd, FdSlot& slot, std::size_t budget, std::size_t* w
     std::size_t total = 0;
     for (Packet* q = p; q && !q->metadata.is_file && n < kMaxIov && total < budget - spent;
          q = q->metadata.next) {
+      if (!seal(fd, slot, q)) return fail(slot, EPROTO);
       const std::size_t skip = q == p ? slot.sent : 0;
       const std::size_t len = static_cast<std::size_t>(q->length) - skip;
       if (!len) continue;

@@ -43,24 +43,25 @@ Packet* packet_new(alloc::BlockPool& pool);
 // Frees a chain: fclose's files, frees external buffers, returns packets to their pools.
 void packet_chain_free(Packet* chain);
 
-// Appends a copy of data. Without transport layers small writes merge into the tail packet;
-// with layers the data is cut into records and wrapped. Returns 0 or -1 with errno (ENOMEM,
-// EPROTO when a layer's wrap failed).
-int queue_copy(int fd, FdSlot& slot, const void* data, std::size_t length, bool urgent);
+// Appends a copy of data; small writes merge into the tail packet (with transport layers, up
+// to one record of kRecordPayload bytes). Returns 0 or -1 with errno ENOMEM.
+int queue_copy(FdSlot& slot, const void* data, std::size_t length, bool urgent);
 // Appends a malloc'd buffer without copying (copied into records when layers are set).
 // Takes ownership of `buffer` even on error.
-int queue_move(int fd, FdSlot& slot, void* buffer, std::size_t length, bool urgent);
+int queue_move(FdSlot& slot, void* buffer, std::size_t length, bool urgent);
 // Appends `length` bytes (0 = to the end) of a FILE* from its current offset. Takes
 // ownership of `file` even on error (EINVAL if it is not a regular file).
 int queue_file(FdSlot& slot, FILE* file, std::size_t length, bool urgent);
-// Links a caller-built chain (sock_send_packet), wrapping it with all of the fd's layers when
-// `wrap`. On error (-1 with errno) the caller keeps the chain.
-int queue_chain(int fd, FdSlot& slot, Packet* chain, bool wrap);
+// Links a caller-built chain (sock_send_packet; sock_tlc_write). Each packet will be wrapped
+// by the fd's layers below the first `skip_layers` when it is first sent. On error (-1 with
+// errno) the caller keeps the chain.
+int queue_chain(FdSlot& slot, Packet* chain, unsigned skip_layers);
 
 enum class WriteResult { kDrained, kBlocked, kBudget, kError };
 // Writes the queue with sendmsg(MSG_NOSIGNAL)/sendfile until it is empty, the kernel says
-// EAGAIN, or `budget` bytes went out. Adds the bytes written to *written. kError leaves
-// errno in slot.last_error.
+// EAGAIN, or `budget` bytes went out, wrapping each packet with the transport layers just
+// before it is first sent. Adds the bytes written to *written. kError leaves errno in
+// slot.last_error (EPROTO when a layer failed).
 WriteResult queue_write(int fd, FdSlot& slot, std::size_t budget, std::size_t* written);
 // Frees everything queued.
 void queue_drop(FdSlot& slot);
