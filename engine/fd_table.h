@@ -39,7 +39,8 @@ enum SlotFlag : uint32_t {
   kOnFlushList = 1u << 9,   // queued for the flush step
   kWriteBlocked = 1u << 10, // the kernel said EAGAIN: on_ready once the queue drains
   kHangup = 1u << 11,       // EPOLLHUP/EPOLLERR seen: close once input is consumed
-  kCloseHooksRun = 1u << 12 // before_close of the transport layers already ran
+  kCloseHooksRun = 1u << 12, // before_close of the transport layers already ran
+  kPeerShut = 1u << 13       // EPOLLRDHUP seen: an EOF waits behind the data
 };
 
 struct FdSlot {

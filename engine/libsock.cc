@@ -247,12 +247,22 @@ ssize_t sock_read(int fd, void* buf, size_t count) {
     errno = (slot->flags & engine::kFailed) ? slot->last_error : 0;
     return -1;
   }
+  // An attached fd learns of new input from its next epoll edge, which sets kReadPending: until
+  // then the kernel has nothing (the last read drained it), so don't ask.
+  const uint32_t known = engine::kAttached | engine::kReadPending;
+  if (!slot->tlc && (slot->flags & known) == engine::kAttached) return 0;
   bool drained = false;
   const ssize_t n = slot->tlc ? engine::tlc_read(fd, *slot, out, count, &drained)
                               : engine::plain_read(fd, out, count, &drained);
   if (n > 0) {
     slot->flags |= engine::kReadProgress;
     if (slot->leftover) slot->flags |= engine::kReadPending;  // plaintext waits: call on_data again
+    // A short read emptied the socket: data arriving later raises a new edge. Not so when the
+    // peer already shut down (the EOF behind the data raises none) or without layers' buffering.
+    const uint32_t shut = engine::kPeerShut | engine::kHangup;
+    if (!slot->tlc && static_cast<size_t>(n) < count && !(slot->flags & shut)) {
+      slot->flags &= ~engine::kReadPending;
+    }
     return n;
   }
   if (n == 0) {

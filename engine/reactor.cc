@@ -140,6 +140,7 @@ void Reactor::dispatch(int fd, uint32_t generation, uint32_t events) {
   // queued it, possibly by a callback earlier in this same batch.
   if (!slot || !is_current(*slot, generation, this)) return;
   if (events & (EPOLLERR | EPOLLHUP)) slot->flags |= kHangup;
+  if (events & EPOLLRDHUP) slot->flags |= kPeerShut;
   if (events & (EPOLLOUT | EPOLLERR)) {
     on_writable(fd, *slot);
     if (!is_current(*slot, generation, this)) return;
