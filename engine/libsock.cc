@@ -34,18 +34,9 @@ FdSlot* open_slot(int fd) {
 
 // Releases queue, layers and buffered input, keeping the reactor registration.
 void release_state(int fd, FdSlot& slot) {
-  Packet* queue = slot.head;
-  sockTLC* tlc = slot.tlc;
-  ReadBuffer* leftover = slot.leftover;
-  slot.head = slot.tail = nullptr;
-  slot.sent = slot.queued_bytes = 0;
-  slot.tlc = nullptr;
-  slot.leftover = nullptr;
-  slot.last_error = 0;
+  const ConnectionState state = take_state(slot);
   slot.flags &= kAttached;
-  packet_chain_free(queue);
-  tlc_clear_chain(fd, tlc);
-  read_buffer_free(leftover);
+  free_state(fd, state);
 }
 
 // A connect still in progress on an fd without a reactor: ask the kernel directly.

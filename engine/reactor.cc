@@ -361,22 +361,30 @@ void close_slot(int fd, FdSlot& slot, struct ::Reactor* notify) {
     owner->detach(fd, slot);
     notify = owner->api();
   }
-  // Detach everything first: once close(2) returns, another thread may get this number.
-  Packet* queue = slot.head;
-  sockTLC* tlc = slot.tlc;
-  ReadBuffer* leftover = slot.leftover;
-  slot.head = slot.tail = nullptr;
-  slot.sent = slot.queued_bytes = 0;
-  slot.tlc = nullptr;
-  slot.leftover = nullptr;
+  // Unlink everything first: once close(2) returns, another thread may get this number.
+  const ConnectionState state = take_state(slot);
   slot.flags = 0;
   slot.owner = nullptr;
   slot.generation.fetch_add(1, std::memory_order_release);
   ::close(fd);
   if (notify && notify->on_close) notify->on_close(notify, fd);
-  packet_chain_free(queue);
-  tlc_clear_chain(fd, tlc);
-  read_buffer_free(leftover);
+  free_state(fd, state);
+}
+
+ConnectionState take_state(FdSlot& slot) {
+  const ConnectionState state{slot.head, slot.tlc, slot.leftover};
+  slot.head = slot.tail = nullptr;
+  slot.sent = slot.queued_bytes = 0;
+  slot.tlc = nullptr;
+  slot.leftover = nullptr;
+  slot.last_error = 0;
+  return state;
+}
+
+void free_state(int fd, const ConnectionState& state) {
+  packet_chain_free(state.queue);
+  tlc_clear_chain(fd, state.tlc);
+  read_buffer_free(state.leftover);
 }
 
 }  // namespace engine

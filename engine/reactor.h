@@ -24,6 +24,20 @@ namespace engine {
 
 class Reactor;
 
+// A connection's sock_ state, unlinked from its slot so that it can be freed after the slot
+// (and perhaps the fd number) has moved on.
+struct ConnectionState {
+  Packet* queue;
+  sockTLC* tlc;
+  ReadBuffer* leftover;
+};
+// Unlinks the queue, layers and buffered input and zeroes the write counters and last error;
+// flags, owner and generation are the caller's to reset.
+ConnectionState take_state(FdSlot& slot);
+// Frees what take_state() unlinked: returns the packets, runs each layer's on_clear, frees the
+// buffered input. Owner thread; may run user code (on_clear).
+void free_state(int fd, const ConnectionState& state);
+
 // Closes fd and releases its sock_ state in the order that keeps fd reuse safe: detach from
 // epoll, unlink the queue and layers, bump the generation, close(2), on_close (of the fd's
 // reactor if attached, else of `notify` when not NULL), then free the queue, run the layers'
