@@ -415,9 +415,8 @@ WriteResult queue_write(int fd, FdSlot& slot, std::size_t budget, std::size_t* w
     }
     *written += static_cast<std::size_t>(r);
     consume(slot, static_cast<std::size_t>(r));
-    // A short write means the socket buffer is full: the kernel flagged it, so an EPOLLOUT
-    // edge follows when space frees up.
-    if (static_cast<std::size_t>(r) < total) return WriteResult::kBlocked;
+    // After a short write the loop asks again: only EAGAIN proves the buffer is full (space
+    // may have freed meanwhile), and it costs a syscall only when the socket is backed up.
   }
   return WriteResult::kDrained;
 }

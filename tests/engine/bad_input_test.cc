@@ -88,13 +88,15 @@ class BadInputTest : public WithReactor {
   int closed_ = -1;
 };
 
-// Expects -1 with errno EBADF from `call`.
-#define EXPECT_EBADF(call)   \
-  do {                       \
-    errno = 0;               \
-    EXPECT_EQ((call), -1);   \
-    EXPECT_EQ(errno, EBADF); \
+// Expects -1 with errno `code` from `call`.
+#define EXPECT_FAILS_WITH(code, call) \
+  do {                                \
+    errno = 0;                        \
+    EXPECT_EQ((call), -1);            \
+    EXPECT_EQ(errno, (code));         \
   } while (0)
+#define EXPECT_EBADF(call) EXPECT_FAILS_WITH(EBADF, call)
+#define EXPECT_EINVAL(call) EXPECT_FAILS_WITH(EINVAL, call)
 
 TEST_F(BadInputTest, ReadWriteAndFlushRefuseBadFdsWithEbadf) {
   for (const BadFd& bad : not_sock_fds()) {
@@ -227,13 +229,6 @@ class ValidFdTest : public WithReactor {
   }
   int pair_[2] = {-1, -1};
 };
-
-#define EXPECT_EINVAL(call)   \
-  do {                        \
-    errno = 0;                \
-    EXPECT_EQ((call), -1);    \
-    EXPECT_EQ(errno, EINVAL); \
-  } while (0)
 
 TEST_F(ValidFdTest, NullBuffersWithALengthGiveEinval) {
   const int fd = pair_[0];

@@ -20,24 +20,26 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <functional>
 #include <string>
 #include <string_view>
 
 #include "engine/libreact.h"
 #include "engine/libsock.h"
+#include "tests/testing/checked_stream.h"
 #include "tests/testing/loopback.h"
+#include "tests/testing/reactor_fixture.h"
 #include "tests/testing/run_until.h"
 
 namespace {
 
+using testing_support::CheckedStream;
+using testing_support::kNoMismatch;
 using testing_support::pattern;
 using testing_support::run_until;
 using namespace std::chrono_literals;
 
 constexpr std::size_t kKiB = 1024;
 constexpr std::size_t kMiB = 1024 * kKiB;
-constexpr uint64_t kNoMismatch = UINT64_MAX;
 
 // A file of `size` bytes in TEST_TMPDIR, open for reading and writing and already unlinked.
 // Writes `content` at offset 0 (a shorter content leaves the rest a hole of zeros).
@@ -65,46 +67,6 @@ int open_fd_count() {
   return n;
 }
 
-// A plain client's view of the stream: reads what is there (at most `max` bytes per call) and
-// checks each chunk as it arrives with `verify(data, n, offset)`, which returns the index of
-// the first wrong byte or n. Nothing is kept, so gigabytes can pass.
-struct CheckedStream {
-  std::function<std::size_t(const char*, std::size_t, uint64_t)> verify;
-  uint64_t got = 0;
-  uint64_t first_mismatch = kNoMismatch;
-  bool closed = false;  // EOF or an error (reset) was seen
-
-  void pump(int fd, std::size_t max = SIZE_MAX) {
-    static char buf[256 * kKiB];
-    while (max > 0 && !closed) {
-      const ssize_t n = recv(fd, buf, std::min(max, sizeof buf), MSG_DONTWAIT);
-      if (n > 0) {
-        const auto len = static_cast<std::size_t>(n);
-        if (first_mismatch == kNoMismatch) {
-          const std::size_t bad = verify(buf, len, got);
-          if (bad < len) first_mismatch = got + bad;
-        }
-        got += len;
-        max -= len;
-      } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
-        closed = true;
-      } else if (errno == EAGAIN) {
-        return;
-      }
-    }
-  }
-};
-
-// Checks against a stream held in memory; bytes past its end are wrong.
-CheckedStream expect_bytes(std::string_view expected) {
-  return CheckedStream{[expected](const char* data, std::size_t n, uint64_t at) -> std::size_t {
-    for (std::size_t i = 0; i < n; ++i) {
-      if (at + i >= expected.size() || data[i] != expected[at + i]) return i;
-    }
-    return n;
-  }};
-}
-
 // The large sparse files: zeros, with an 8-byte marker naming its index every 64 KiB, so a
 // duplicated, skipped or reordered block shows at the client without keeping the stream.
 constexpr std::size_t kMarkerEvery = 64 * kKiB;
@@ -126,7 +88,7 @@ FILE* make_marked_file(off_t size) {
 }
 
 CheckedStream expect_marked(uint64_t size) {
-  return CheckedStream{[size](const char* data, std::size_t n, uint64_t at) -> std::size_t {
+  auto verify = [size](const char* data, std::size_t n, uint64_t at) -> std::size_t {
     static const char zeros[kMarkerEvery] = {};
     std::size_t i = 0;
     while (i < n) {
@@ -147,15 +109,8 @@ CheckedStream expect_marked(uint64_t size) {
       i += run;
     }
     return n;
-  }};
-}
-
-void set_sndbuf(int fd, int bytes) { setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes); }
-
-// Makes close(fd) send a RST instead of a FIN.
-void reset_on_close(int fd) {
-  const linger lg{1, 0};
-  setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+  };
+  return CheckedStream{verify, size};
 }
 
 bool sigpipe_pending() {
@@ -164,38 +119,20 @@ bool sigpipe_pending() {
   return sigismember(&pending, SIGPIPE);
 }
 
-class FileWriteTest : public ::testing::Test {
+class FileWriteTest : public testing_support::OneClientFixture {
  protected:
   void SetUp() override {
-    struct sigaction sa;
-    ASSERT_EQ(sigaction(SIGPIPE, nullptr, &sa), 0);
-    ASSERT_EQ(sa.sa_handler, SIG_DFL) << "SIGPIPE must keep its default action";
-    sigset_t blocked;
-    ASSERT_EQ(pthread_sigmask(SIG_BLOCK, nullptr, &blocked), 0);
-    ASSERT_FALSE(sigismember(&blocked, SIGPIPE));
-
-    current_ = this;
-    reactor_.on_data = on_data;
-    reactor_.on_close = on_close;
-    listener_ = testing_support::listen_loopback();
-    ASSERT_EQ(reactor_add(&reactor_, listener_.fd), 0);
+    ASSERT_NO_FATAL_FAILURE(testing_support::assert_sigpipe_default());
+    OneClientFixture::SetUp();
   }
 
   void TearDown() override {
-    if (client_ >= 0) close(client_);
-    reactor_stop(&reactor_);
-    EXPECT_TRUE(run_until(&reactor_, [&] { return reactor_._impl == nullptr; }));
-    current_ = nullptr;
+    OneClientFixture::TearDown();
     // sendfile_nosignal may block SIGPIPE only for the duration of the call.
     sigset_t blocked;
     pthread_sigmask(SIG_BLOCK, nullptr, &blocked);
     EXPECT_FALSE(sigismember(&blocked, SIGPIPE));
     EXPECT_FALSE(sigpipe_pending());
-  }
-
-  void connect_client(int rcvbuf = 0) {
-    client_ = testing_support::connect_client(listener_.port, rcvbuf);
-    ASSERT_TRUE(run_until(&reactor_, [&] { return server_ >= 0; }));
   }
 
   // A transport layer that changes nothing: with layers the engine reads files in records
@@ -207,7 +144,7 @@ class FileWriteTest : public ::testing::Test {
   bool receive(CheckedStream& rx, uint64_t size, std::size_t per_call = SIZE_MAX,
                std::chrono::milliseconds deadline = 60s) {
     return run_until(
-        &reactor_,
+        &r_,
         [&] {
           rx.pump(client_, per_call);
           return rx.got >= size || rx.closed || rx.first_mismatch != kNoMismatch;
@@ -215,39 +152,26 @@ class FileWriteTest : public ::testing::Test {
         deadline);
   }
 
-  void run_iterations(int n) {
-    int i = 0;
-    run_until(&reactor_, [&] { return i++ >= n; });
+  // Lets the client read until `expected` arrived, and checks that it is exactly that.
+  void expect_arrives(std::string_view expected) {
+    CheckedStream rx = testing_support::expect_bytes(expected);
+    ASSERT_TRUE(receive(rx, expected.size()));
+    EXPECT_EQ(rx.got, expected.size());
+    EXPECT_EQ(rx.first_mismatch, kNoMismatch) << "first wrong byte at " << rx.first_mismatch;
   }
 
-  int64_t pool_outstanding() {
-    SockPoolStats s{};
-    EXPECT_EQ(sock_pool_stats(&reactor_, &s), 0);
-    return static_cast<int64_t>(s.outstanding);
+  // A file of `content`, then a memory write: the client must get exactly both, and every
+  // packet must be back in the pool.
+  void expect_file_then_tail_arrive(const std::string& content) {
+    const std::string tail = "after-the-file";
+    ASSERT_EQ(sock_write2(.fd = server_, .buffer = make_file(content), .file = 1), 0);
+    ASSERT_EQ(sock_write(server_, tail.data(), tail.size()), 0);
+    const std::string expected = content + tail;
+    ASSERT_NO_FATAL_FAILURE(expect_arrives(expected));
+    EXPECT_EQ(pool_stats().outstanding, 0u);
   }
 
-  static void on_data(struct Reactor* r, int fd) {
-    FileWriteTest* t = current_;
-    if (fd == t->listener_.fd) {
-      int c;
-      while ((c = sock_accept(r, fd)) >= 0) t->server_ = c;
-      return;
-    }
-    char buf[4096];
-    while (sock_read(fd, buf, sizeof buf) > 0) {}
-  }
-
-  static void on_close(struct Reactor*, int fd) {
-    if (fd == current_->server_) ++current_->server_closes_;
-  }
-
-  static inline FileWriteTest* current_ = nullptr;
-  struct Reactor reactor_ = {};
-  testing_support::Listener listener_;
   sockTLC pass_through_ = {};
-  int client_ = -1;
-  int server_ = -1;
-  int server_closes_ = 0;
 };
 
 // --- 1, 2. Whole files ---------------------------------------------------------------------------
@@ -263,8 +187,8 @@ TEST_F(FileWriteTest, OneGigabyteFileArrivesCompleteAndInOrder) {
   EXPECT_EQ(rx.got, kSize);
   EXPECT_EQ(rx.first_mismatch, kNoMismatch) << "first wrong byte at " << rx.first_mismatch;
   // Nothing more comes: the stream is exactly the file.
-  sock_close(&reactor_, server_);
-  ASSERT_TRUE(run_until(&reactor_, [&] {
+  sock_close(&r_, server_);
+  ASSERT_TRUE(run_until(&r_, [&] {
     rx.pump(client_);
     return rx.closed;
   }));
@@ -276,31 +200,15 @@ TEST_F(FileWriteTest, OneGigabyteFileArrivesCompleteAndInOrder) {
 // multiple of 16 KB returned 0 bytes.
 TEST_F(FileWriteTest, FileOfExactMultipleOf16KBArrivesExactly) {
   const std::string content = pattern(64 * 16 * kKiB, 60);
-  const std::string tail = "after-the-file";
   connect_client();
-  ASSERT_EQ(sock_write2(.fd = server_, .buffer = make_file(content), .file = 1), 0);
-  ASSERT_EQ(sock_write(server_, tail.data(), tail.size()), 0);
-  const std::string expected = content + tail;
-  CheckedStream rx = expect_bytes(expected);
-  ASSERT_TRUE(receive(rx, expected.size()));
-  EXPECT_EQ(rx.got, expected.size());
-  EXPECT_EQ(rx.first_mismatch, kNoMismatch) << "first wrong byte at " << rx.first_mismatch;
-  EXPECT_EQ(pool_outstanding(), 0);
+  expect_file_then_tail_arrive(content);
 }
 
 TEST_F(FileWriteTest, FileOfExactMultipleOf16KBArrivesExactlyThroughATransportLayer) {
   const std::string content = pattern(64 * 16 * kKiB, 61);
-  const std::string tail = "after-the-file";
   connect_client();
   add_pass_through_layer();
-  ASSERT_EQ(sock_write2(.fd = server_, .buffer = make_file(content), .file = 1), 0);
-  ASSERT_EQ(sock_write(server_, tail.data(), tail.size()), 0);
-  const std::string expected = content + tail;
-  CheckedStream rx = expect_bytes(expected);
-  ASSERT_TRUE(receive(rx, expected.size()));
-  EXPECT_EQ(rx.got, expected.size());
-  EXPECT_EQ(rx.first_mismatch, kNoMismatch) << "first wrong byte at " << rx.first_mismatch;
-  EXPECT_EQ(pool_outstanding(), 0);
+  expect_file_then_tail_arrive(content);
 }
 
 // --- 3. Offset and length ------------------------------------------------------------------------
@@ -335,11 +243,7 @@ TEST_F(FileWriteTest, FileIsSentFromItsCurrentOffsetAndLengthLimitsIt) {
   const std::string tail = "end";
   ASSERT_EQ(sock_write(server_, tail.data(), tail.size()), 0);
   expected += tail;
-
-  CheckedStream rx = expect_bytes(expected);
-  ASSERT_TRUE(receive(rx, expected.size()));
-  EXPECT_EQ(rx.got, expected.size());
-  EXPECT_EQ(rx.first_mismatch, kNoMismatch) << "first wrong byte at " << rx.first_mismatch;
+  expect_arrives(expected);
 }
 
 // --- 4. The FILE* is closed --------------------------------------------------------------------
@@ -350,7 +254,7 @@ TEST_F(FileWriteTest, FileIsClosedOnceSent) {
   const std::string content = pattern(300 * kKiB, 63);
   ASSERT_EQ(sock_write2(.fd = server_, .buffer = make_file(content), .file = 1), 0);
   EXPECT_EQ(open_fd_count(), fds_before + 1);
-  CheckedStream rx = expect_bytes(content);
+  CheckedStream rx = testing_support::expect_bytes(content);
   ASSERT_TRUE(receive(rx, content.size()));
   EXPECT_EQ(rx.got, content.size());
   EXPECT_EQ(open_fd_count(), fds_before);
@@ -395,18 +299,15 @@ TEST_F(FileWriteTest, FileIsClosedWhenTheWriteFails) {
 
   // The refused writes left the connection usable.
   ASSERT_EQ(sock_write(server_, "still-open", 10), 0);
-  CheckedStream rx = expect_bytes("still-open");
-  ASSERT_TRUE(receive(rx, 10));
-  EXPECT_EQ(rx.got, 10u);
-  EXPECT_EQ(rx.first_mismatch, kNoMismatch);
+  ASSERT_NO_FATAL_FAILURE(expect_arrives("still-open"));
 
   // A closing connection takes no more writes.
-  sock_close(&reactor_, server_);
+  sock_close(&r_, server_);
   errno = 0;
   EXPECT_EQ(sock_write2(.fd = server_, .buffer = make_file("x"), .file = 1), -1);
   EXPECT_EQ(errno, EPIPE);
   EXPECT_EQ(open_fd_count(), fds_before);
-  ASSERT_TRUE(run_until(&reactor_, [&] { return server_closes_ == 1; }));
+  ASSERT_TRUE(run_until(&r_, [&] { return server_closes_ == 1; }));
   EXPECT_EQ(open_fd_count(), fds_before - 1) << "the server's socket is closed too";
 }
 
@@ -418,24 +319,17 @@ TEST_F(FileWriteTest, FileInterleavesWithMemoryWritesInOrder) {
   ASSERT_EQ(sock_write(server_, "HEAD", 4), 0);
   ASSERT_EQ(sock_write2(.fd = server_, .buffer = make_file(content), .file = 1), 0);
   ASSERT_EQ(sock_write(server_, "TAIL", 4), 0);
-  const std::string expected = "HEAD" + content + "TAIL";
-  CheckedStream rx = expect_bytes(expected);
-  ASSERT_TRUE(receive(rx, expected.size()));
-  EXPECT_EQ(rx.got, expected.size());
-  EXPECT_EQ(rx.first_mismatch, kNoMismatch) << "first wrong byte at " << rx.first_mismatch;
+  expect_arrives("HEAD" + content + "TAIL");
 }
 
 TEST_F(FileWriteTest, WritesQueuedWhileAFileIsHalfSentFollowIt) {
   // A slow client: the file is partly sent when the next writes are queued.
   const std::string content = pattern(2 * kMiB, 65);
   connect_client(4096);
-  set_sndbuf(server_, 4096);
   ASSERT_EQ(sock_write(server_, "HEAD", 4), 0);
   ASSERT_EQ(sock_write2(.fd = server_, .buffer = make_file(content), .file = 1), 0);
   std::string got;
-  ASSERT_TRUE(run_until(&reactor_, [&] {
-    return !testing_support::drain(client_, &got) || got.size() > 64 * kKiB;
-  }));
+  ASSERT_TRUE(read_until_closed(client_, &got, 64 * kKiB + 1));
   ASSERT_LT(got.size(), 4 + content.size()) << "precondition: the file is partly sent";
   const std::string second = pattern(50000, 66);
   ASSERT_EQ(sock_write(server_, "MID", 3), 0);
@@ -444,13 +338,9 @@ TEST_F(FileWriteTest, WritesQueuedWhileAFileIsHalfSentFollowIt) {
   ASSERT_EQ(sock_write(server_, "TAIL", 4), 0);
   // The urgent write goes after the half-sent file (never inside it) and before MID.
   const std::string expected = "HEAD" + content + "URG" + "MID" + second + "TAIL";
-  ASSERT_TRUE(run_until(&reactor_, [&] {
-    return !testing_support::drain(client_, &got) || got.size() >= expected.size();
-  }));
+  ASSERT_TRUE(read_until_closed(client_, &got, expected.size()));
   EXPECT_EQ(got.size(), expected.size());
-  EXPECT_TRUE(got == expected) << "streams differ at byte "
-                               << std::mismatch(got.begin(), got.end(), expected.begin(),
-                                                expected.end()).first - got.begin();
+  EXPECT_TRUE(got == expected) << "streams differ at byte " << testing_support::first_difference(got, expected);
 }
 
 // --- 6. Errors while sending a file --------------------------------------------------------------
@@ -458,21 +348,18 @@ TEST_F(FileWriteTest, WritesQueuedWhileAFileIsHalfSentFollowIt) {
 TEST_F(FileWriteTest, PeerResetDuringSendfileClosesOnceWithoutSigpipe) {
   constexpr uint64_t kSize = 64 * kMiB;
   connect_client(4096);
-  set_sndbuf(server_, 4096);
   const int fds_before = open_fd_count();
   ASSERT_EQ(sock_write2(.fd = server_, .buffer = make_marked_file(kSize), .file = 1), 0);
   CheckedStream rx = expect_marked(kSize);
   ASSERT_TRUE(receive(rx, 256 * kKiB));
   EXPECT_EQ(rx.first_mismatch, kNoMismatch);
   ASSERT_LT(rx.got, kSize) << "precondition: the file is still being sent";
-  reset_on_close(client_);
-  close(client_);
-  client_ = -1;
-  ASSERT_TRUE(run_until(&reactor_, [&] { return server_closes_ >= 1; }));
+  reset_client();
+  ASSERT_TRUE(run_until(&r_, [&] { return server_closes_ >= 1; }));
   run_iterations(20);
   EXPECT_EQ(server_closes_, 1);
   EXPECT_EQ(open_fd_count(), fds_before - 2) << "the file, the server socket and the client are closed";
-  EXPECT_EQ(pool_outstanding(), 0);
+  EXPECT_EQ(pool_stats().outstanding, 0u);
 }
 
 // After shutdown(SHUT_WR) every send fails with EPIPE, and sendfile (which has no
@@ -496,10 +383,10 @@ TEST_F(FileWriteTest, ReactorSendfileAfterLocalShutdownClosesOnceWithoutSigpipe)
   connect_client();
   ASSERT_EQ(shutdown(server_, SHUT_WR), 0);
   ASSERT_EQ(sock_write2(.fd = server_, .buffer = make_file(pattern(100 * kKiB, 68)), .file = 1), 0);
-  ASSERT_TRUE(run_until(&reactor_, [&] { return server_closes_ >= 1; }));
+  ASSERT_TRUE(run_until(&r_, [&] { return server_closes_ >= 1; }));
   run_iterations(5);
   EXPECT_EQ(server_closes_, 1);
-  EXPECT_EQ(pool_outstanding(), 0);
+  EXPECT_EQ(pool_stats().outstanding, 0u);
 }
 
 // --- 7. A file that shrinks while it is sent -----------------------------------------------------
@@ -513,15 +400,14 @@ TEST_P(ShrinkingFileTest, FileThatShrinksWhileSentClosesTheConnectionWithoutPadd
   ASSERT_NE(f, nullptr);
   const int truncate_fd = dup(fileno(f));  // the FILE* is the library's once written
   connect_client(4096);
-  set_sndbuf(server_, 4096);
   if (through_layer) add_pass_through_layer();
   ASSERT_EQ(sock_write2(.fd = server_, .buffer = f, .file = 1), 0);
-  CheckedStream rx = expect_bytes(content);
+  CheckedStream rx = testing_support::expect_bytes(content);
   ASSERT_TRUE(receive(rx, 256 * kKiB, 16 * kKiB));
   ASSERT_LT(rx.got, 512 * kKiB) << "precondition: the client reads slowly";
   ASSERT_EQ(ftruncate(truncate_fd, 512 * kKiB), 0);
   close(truncate_fd);
-  ASSERT_TRUE(run_until(&reactor_, [&] {
+  ASSERT_TRUE(run_until(&r_, [&] {
     rx.pump(client_, 16 * kKiB);
     return rx.closed || rx.got >= content.size();
   })) << "stalled after " << rx.got << " bytes: a file that ended early must fail the connection";
@@ -531,7 +417,7 @@ TEST_P(ShrinkingFileTest, FileThatShrinksWhileSentClosesTheConnectionWithoutPadd
       << "what arrived must be the file's prefix; first wrong byte at " << rx.first_mismatch;
   run_iterations(5);
   EXPECT_EQ(server_closes_, 1);
-  EXPECT_EQ(pool_outstanding(), 0);
+  EXPECT_EQ(pool_stats().outstanding, 0u);
 }
 
 INSTANTIATE_TEST_SUITE_P(SendfileAndLayer, ShrinkingFileTest, ::testing::Bool(),

@@ -106,12 +106,18 @@ std::string read_exactly(int fd, std::size_t want) {
   return got;
 }
 
-TEST(HeadersTest, EveryWriteOptionRoundTripsFromCxx) {
-  int sv[2];
+// A connected pair opened for the sock_ API without a reactor: sv[0] writes, sv[1] (set
+// non-blocking) reads.
+void open_pair(int sv[2]) {
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
   ASSERT_EQ(sock_set_non_block(sv[1]), 0);
   ASSERT_EQ(sock_open(nullptr, sv[0]), 0);
   ASSERT_EQ(sock_open(nullptr, sv[1]), 0);
+}
+
+TEST(HeadersTest, EveryWriteOptionRoundTripsFromCxx) {
+  int sv[2];
+  ASSERT_NO_FATAL_FAILURE(open_pair(sv));
   EXPECT_FALSE(sock_is_closed(sv[0]));
   EXPECT_TRUE(sock_status(sv[1]) & O_NONBLOCK);
   char none[8];
@@ -189,10 +195,7 @@ void shift_before_close(int fd, sockTLC* tlc) {
 
 TEST(HeadersTest, TransportLayerStructWrapsUnwrapsAndClosesFromCxx) {
   int sv[2];
-  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
-  ASSERT_EQ(sock_set_non_block(sv[1]), 0);
-  ASSERT_EQ(sock_open(nullptr, sv[0]), 0);
-  ASSERT_EQ(sock_open(nullptr, sv[1]), 0);
+  ASSERT_NO_FATAL_FAILURE(open_pair(sv));
   ShiftLayer tx_state, rx_state;
   sockTLC tx{.next = nullptr,
              .udata = &tx_state,

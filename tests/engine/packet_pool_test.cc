@@ -20,6 +20,7 @@
 #include "engine/libsock.h"
 #include "engine/reactor.h"
 #include "tests/testing/loopback.h"
+#include "tests/testing/reactor_fixture.h"
 #include "tests/testing/run_until.h"
 
 namespace {
@@ -29,81 +30,60 @@ using testing_support::run_until;
 constexpr double kPacketTarget = 17 * 1024;  // BUFFER_PACKET_SIZE's default: 16 KB + 1 KB headroom
 constexpr double kTolerance = 0.05;
 
-// Callback plumbing for the test running now.
-struct Harness {
-  int task_fd = -1;
-  std::function<void()> task;
-  int listener = -1;
-  std::vector<int> accepted;
-  int closed = 0;
-};
-Harness* g_h = nullptr;
-
-void on_data(struct Reactor* r, int fd) {
-  Harness& h = *g_h;
-  if (fd == h.task_fd) {
-    if (h.task) std::exchange(h.task, nullptr)();
-    return;
-  }
-  if (fd == h.listener) {
-    int client;
-    while ((client = sock_accept(r, fd)) >= 0) h.accepted.push_back(client);
-    return;
-  }
-  // A connection: answer each 4-byte "ping" with "pong".
-  char buf[64];
-  ssize_t n;
-  while ((n = sock_read(fd, buf, sizeof buf)) > 0) {
-    for (ssize_t i = 0; i + 4 <= n; i += 4) EXPECT_EQ(sock_write(fd, "pong", 4), 0);
-  }
-}
-
-void on_close(struct Reactor*, int fd) {
-  if (fd != g_h->task_fd) ++g_h->closed;
-}
-
-class PacketPoolTest : public ::testing::Test {
+class PacketPoolTest : public testing_support::ReactorFixture {
  protected:
   void SetUp() override {
-    g_h = &h_;
-    r_.on_data = on_data;
-    r_.on_close = on_close;
+    ReactorFixture::SetUp();
     ASSERT_EQ(reactor_init(&r_), 0);
   }
-  void TearDown() override {
-    reactor_stop(&r_);
-    EXPECT_TRUE(run_until(&r_, [&] { return r_._impl == nullptr; }));
-    g_h = nullptr;
+
+  void on_data(struct Reactor* r, int fd) override {
+    if (fd == task_fd_) {
+      if (task_) std::exchange(task_, nullptr)();
+      return;
+    }
+    if (fd == listener_) {
+      int client;
+      while ((client = sock_accept(r, fd)) >= 0) accepted_.push_back(client);
+      return;
+    }
+    // A connection: answer each 4-byte "ping" with "pong".
+    char buf[64];
+    ssize_t n;
+    while ((n = sock_read(fd, buf, sizeof buf)) > 0) {
+      for (ssize_t i = 0; i + 4 <= n; i += 4) EXPECT_EQ(sock_write(fd, "pong", 4), 0);
+    }
+  }
+
+  void on_close(struct Reactor*, int fd) override {
+    if (fd != task_fd_) ++closed_;
   }
 
   // Runs fn inside a reactor callback (on_data of a readable eventfd), where
   // sock_checkout_packet() draws from this reactor's pool: pool_for() picks the pool of the
   // reactor whose run_once() is executing on the calling thread.
   void in_callback(std::function<void()> fn) {
-    h_.task = std::move(fn);
-    h_.task_fd = eventfd(1, EFD_NONBLOCK | EFD_CLOEXEC);
-    ASSERT_GE(h_.task_fd, 0);
-    ASSERT_EQ(reactor_add(&r_, h_.task_fd), 0);
-    ASSERT_TRUE(run_until(&r_, [&] { return !h_.task; }));
-    reactor_close(&r_, h_.task_fd);
-    h_.task_fd = -1;
-  }
-
-  SockPoolStats stats() {
-    SockPoolStats s{};
-    EXPECT_EQ(sock_pool_stats(&r_, &s), 0);
-    return s;
+    task_ = std::move(fn);
+    task_fd_ = eventfd(1, EFD_NONBLOCK | EFD_CLOEXEC);
+    ASSERT_GE(task_fd_, 0);
+    ASSERT_EQ(reactor_add(&r_, task_fd_), 0);
+    ASSERT_TRUE(run_until(&r_, [&] { return !task_; }));
+    reactor_close(&r_, task_fd_);
+    task_fd_ = -1;
   }
 
   int listen() {
     const auto l = testing_support::listen_loopback();
-    h_.listener = l.fd;
+    listener_ = l.fd;
     EXPECT_EQ(reactor_add(&r_, l.fd), 0);
     return l.port;
   }
 
-  struct Reactor r_ = {};
-  Harness h_;
+  int task_fd_ = -1;
+  std::function<void()> task_;
+  int listener_ = -1;
+  std::vector<int> accepted_;
+  int closed_ = 0;
 };
 
 TEST(PacketFootprintTest, OnePacketCostsWithinFivePercentOf17KB) {
@@ -129,7 +109,7 @@ TEST_F(PacketPoolTest, JemallocMemoryPerHeldPacketStaysWithinFivePercentOf17KB) 
     }
   });
   ASSERT_EQ(held.size(), static_cast<std::size_t>(kHeld));
-  const SockPoolStats s = stats();
+  const SockPoolStats s = pool_stats();
   EXPECT_EQ(s.outstanding, static_cast<uint64_t>(kHeld));
   const double per_packet = static_cast<double>(s.slab_bytes) / kHeld;
   std::cout << "pool slab_bytes = " << s.slab_bytes << " for " << kHeld << " packets: "
@@ -149,7 +129,7 @@ TEST_F(PacketPoolTest, JemallocMemoryPerHeldPacketStaysWithinFivePercentOf17KB) 
     EXPECT_NEAR(static_cast<double>(*active) / kHeld, kPacketTarget, kPacketTarget * kTolerance);
   }
   for (Packet* p : held) sock_free_packet(p);
-  EXPECT_EQ(stats().outstanding, 0u);
+  EXPECT_EQ(pool_stats().outstanding, 0u);
 }
 
 TEST_F(PacketPoolTest, CountersTrackCheckoutsReturnsHitsAndMisses) {
@@ -158,7 +138,7 @@ TEST_F(PacketPoolTest, CountersTrackCheckoutsReturnsHitsAndMisses) {
   in_callback([&] {
     for (int i = 0; i < 16; ++i) held.push_back(sock_checkout_packet());
   });
-  SockPoolStats s = stats();
+  SockPoolStats s = pool_stats();
   EXPECT_EQ(s.checkouts, 16u);
   EXPECT_EQ(s.returns, 0u);
   EXPECT_EQ(s.misses, 2u);
@@ -177,7 +157,7 @@ TEST_F(PacketPoolTest, CountersTrackCheckoutsReturnsHitsAndMisses) {
   for (int i = 0; i < 6; ++i) sock_free_packet(held[i]);
   for (int i = 6; i < 15; ++i) held[i]->metadata.next = held[i + 1];
   sock_free_packet(held[6]);
-  s = stats();
+  s = pool_stats();
   EXPECT_EQ(s.checkouts, 16u);
   EXPECT_EQ(s.returns, 16u);
   EXPECT_EQ(s.outstanding, s.checkouts - s.returns);
@@ -185,7 +165,7 @@ TEST_F(PacketPoolTest, CountersTrackCheckoutsReturnsHitsAndMisses) {
 
   // One empty chunk is kept: the next checkout is a hit.
   in_callback([&] { sock_free_packet(sock_checkout_packet()); });
-  s = stats();
+  s = pool_stats();
   EXPECT_EQ(s.checkouts, 17u);
   EXPECT_EQ(s.returns, 17u);
   EXPECT_EQ(s.hits, 15u);
@@ -195,26 +175,23 @@ TEST_F(PacketPoolTest, CountersTrackCheckoutsReturnsHitsAndMisses) {
   // A write takes its packets from the fd's reactor pool and returns them once sent.
   const int port = listen();
   const int client = testing_support::connect_client(port);
-  ASSERT_TRUE(run_until(&r_, [&] { return h_.accepted.size() == 1; }));
+  ASSERT_TRUE(run_until(&r_, [&] { return accepted_.size() == 1; }));
   const std::string data = testing_support::pattern(100 * 1024, 3);
-  ASSERT_EQ(sock_write(h_.accepted[0], data.data(), data.size()), 0);
+  ASSERT_EQ(sock_write(accepted_[0], data.data(), data.size()), 0);
   const uint64_t packets = (data.size() + BUFFER_PACKET_SIZE - 1) / BUFFER_PACKET_SIZE;  // 6
-  s = stats();
+  s = pool_stats();
   EXPECT_EQ(s.checkouts, 17u + packets);
   EXPECT_EQ(s.outstanding, packets);
   EXPECT_EQ(s.outstanding, s.checkouts - s.returns);
   EXPECT_EQ(s.high_water, 16u);
   std::string got;
-  ASSERT_TRUE(run_until(&r_, [&] {
-    testing_support::drain(client, &got);
-    return got.size() >= data.size();
-  }));
+  ASSERT_TRUE(read_at_least(client, &got, data.size()));
   EXPECT_TRUE(got == data);
-  s = stats();
+  s = pool_stats();
   EXPECT_EQ(s.returns, 17u + packets);
   EXPECT_EQ(s.outstanding, 0u);
   close(client);
-  ASSERT_TRUE(run_until(&r_, [&] { return h_.closed == 1; }));
+  ASSERT_TRUE(run_until(&r_, [&] { return closed_ == 1; }));
 }
 
 TEST_F(PacketPoolTest, ThousandIdleConnectionsHoldNoPackets) {
@@ -225,7 +202,7 @@ TEST_F(PacketPoolTest, ThousandIdleConnectionsHoldNoPackets) {
   std::vector<int> clients;
   while (clients.size() < kConnections) {  // in batches, so the backlog never overflows
     for (int i = 0; i < 100; ++i) clients.push_back(testing_support::connect_client(port));
-    ASSERT_TRUE(run_until(&r_, [&] { return h_.accepted.size() == clients.size(); }));
+    ASSERT_TRUE(run_until(&r_, [&] { return accepted_.size() == clients.size(); }));
   }
   for (const int c : clients) testing_support::write_all(c, "ping");
   std::vector<std::string> answers(clients.size());
@@ -243,11 +220,11 @@ TEST_F(PacketPoolTest, ThousandIdleConnectionsHoldNoPackets) {
 
   // Every response used a packet; all came back, and no connection holds a byte of queue or
   // buffered input now.
-  const SockPoolStats s = stats();
+  const SockPoolStats s = pool_stats();
   EXPECT_EQ(s.checkouts, static_cast<uint64_t>(kConnections));
   EXPECT_EQ(s.returns, static_cast<uint64_t>(kConnections));
   EXPECT_EQ(s.outstanding, 0u);
-  for (const int fd : h_.accepted) {
+  for (const int fd : accepted_) {
     const engine::FdSlot* slot = engine::fd_slot(fd);
     ASSERT_NE(slot, nullptr);
     EXPECT_EQ(slot->head, nullptr);
@@ -255,7 +232,7 @@ TEST_F(PacketPoolTest, ThousandIdleConnectionsHoldNoPackets) {
     EXPECT_EQ(slot->leftover, nullptr);
   }
   for (const int c : clients) close(c);
-  ASSERT_TRUE(run_until(&r_, [&] { return h_.closed == kConnections; }));
+  ASSERT_TRUE(run_until(&r_, [&] { return closed_ == kConnections; }));
 }
 
 // Pages of the fd table allocated so far.
@@ -302,14 +279,14 @@ TEST_F(PacketPoolTest, PacketFreedOnAnotherThreadReturnsToItsOwnersPool) {
   Packet* p = nullptr;
   in_callback([&] { p = sock_checkout_packet(); });
   ASSERT_NE(p, nullptr);
-  SockPoolStats before = stats();
+  SockPoolStats before = pool_stats();
   ASSERT_EQ(before.outstanding, 1u);
   SockPoolStats fallback_before{};
   ASSERT_EQ(sock_pool_stats(nullptr, &fallback_before), 0);
 
   std::thread([p] { sock_free_packet(p); }).join();
   // Queued for the owner: not counted until the owner drains it, and not in the fallback pool.
-  SockPoolStats s = stats();
+  SockPoolStats s = pool_stats();
   EXPECT_EQ(s.returns, before.returns);
   EXPECT_EQ(s.outstanding, 1u);
   SockPoolStats fallback{};
@@ -318,13 +295,13 @@ TEST_F(PacketPoolTest, PacketFreedOnAnotherThreadReturnsToItsOwnersPool) {
 
   // One review drains the remote returns.
   ASSERT_GE(engine::Reactor::of(&r_, false)->run_once(0), 0);
-  s = stats();
+  s = pool_stats();
   EXPECT_EQ(s.returns, before.returns + 1);
   EXPECT_EQ(s.outstanding, 0u);
 
   // The freed block is reused by the owner: the next checkout is a hit, not a new chunk.
   in_callback([&] { sock_free_packet(sock_checkout_packet()); });
-  s = stats();
+  s = pool_stats();
   EXPECT_EQ(s.misses, before.misses);
   EXPECT_EQ(s.hits, before.hits + 1);
 }

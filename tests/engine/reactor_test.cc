@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <map>
 #include <string>
 #include <utility>
@@ -22,6 +23,7 @@
 #include "engine/libsock.h"
 #include "engine/reactor.h"
 #include "tests/testing/loopback.h"
+#include "tests/testing/reactor_fixture.h"
 #include "tests/testing/run_until.h"
 
 namespace {
@@ -30,37 +32,17 @@ using testing_support::connect_client;
 using testing_support::listen_loopback;
 using testing_support::pattern;
 using testing_support::run_until;
+using testing_support::set_sndbuf;
 
 // Small kernel buffers on both ends, so a few hundred KB stay in the user-level queue.
 constexpr int kSmallBuffer = 4096;
 
-// Callbacks are plain function pointers: the trampolines below count every call here and
-// forward it to the test's hook, if any.
+// Every callback of the fixture's reactor, counted, and the test's hook for each, if any.
 struct Calls {
   std::map<int, int> data, ready, shutdown, close;
   std::vector<std::pair<char, int>> order;  // ('S' on_shutdown | 'C' on_close, fd)
   std::function<void(struct Reactor*, int)> on_data, on_ready, on_shutdown, on_close;
 };
-Calls* g_calls = nullptr;
-
-void t_data(struct Reactor* r, int fd) {
-  ++g_calls->data[fd];
-  if (g_calls->on_data) g_calls->on_data(r, fd);
-}
-void t_ready(struct Reactor* r, int fd) {
-  ++g_calls->ready[fd];
-  if (g_calls->on_ready) g_calls->on_ready(r, fd);
-}
-void t_shutdown(struct Reactor* r, int fd) {
-  ++g_calls->shutdown[fd];
-  g_calls->order.emplace_back('S', fd);
-  if (g_calls->on_shutdown) g_calls->on_shutdown(r, fd);
-}
-void t_close(struct Reactor* r, int fd) {
-  ++g_calls->close[fd];
-  g_calls->order.emplace_back('C', fd);
-  if (g_calls->on_close) g_calls->on_close(r, fd);
-}
 
 // Owns a plain fd (test clients, unattached listeners).
 class UniqueFd {
@@ -70,9 +52,9 @@ class UniqueFd {
   UniqueFd(const UniqueFd&) = delete;
   UniqueFd& operator=(const UniqueFd&) = delete;
   int get() const { return fd_; }
-  void reset() {
+  void reset(int fd = -1) {
     if (fd_ >= 0) close(fd_);
-    fd_ = -1;
+    fd_ = fd;
   }
 
  private:
@@ -103,6 +85,15 @@ void pump(int fd, Sink* s) {
   }
 }
 
+// Runs r while the client fd is read into *s, until done().
+template <typename Done>
+bool pump_until(struct Reactor* r, int fd, Sink* s, Done&& done) {
+  return run_until(r, [&] {
+    pump(fd, s);
+    return done();
+  });
+}
+
 // Server side: sock_read until it stops giving bytes. Returns its last result (0: drained,
 // -1: EOF when *err is 0, else an error).
 ssize_t read_available(int fd, std::string* into, int* err = nullptr) {
@@ -131,8 +122,6 @@ bool wait_readable(int fd) {
   return poll(&p, 1, 10000) == 1;
 }
 
-void set_sndbuf(int fd, int bytes) { setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes); }
-
 engine::FdSlot& slot_of(int fd) { return *engine::fd_slot(fd); }
 
 // One iteration of the engine loop without waiting.
@@ -143,38 +132,87 @@ void settle(struct Reactor* r, int limit = 10) {
   while (limit-- > 0 && run_once(r) > 0) {}
 }
 
-class ReactorTest : public ::testing::Test {
+class ReactorTest : public testing_support::ReactorFixture {
  protected:
-  void SetUp() override {
-    g_calls = &calls_;
-    r_.on_data = t_data;
-    r_.on_ready = t_ready;
-    r_.on_shutdown = t_shutdown;
-    r_.on_close = t_close;
-  }
   void TearDown() override {
-    stop();
-    g_calls = nullptr;
+    listener_.reset();
+    ReactorFixture::TearDown();
   }
-  // Stops the reactor: every attached fd is closed and the engine state freed.
-  void stop() {
-    if (!r_._impl) return;
-    reactor_stop(&r_);
-    ASSERT_TRUE(run_until(&r_, [&] { return r_._impl == nullptr; }));
+
+  void on_data(struct Reactor* r, int fd) override {
+    ++calls_.data[fd];
+    if (calls_.on_data) calls_.on_data(r, fd);
+  }
+  void on_ready(struct Reactor* r, int fd) override {
+    ++calls_.ready[fd];
+    if (calls_.on_ready) calls_.on_ready(r, fd);
+  }
+  void on_shutdown(struct Reactor* r, int fd) override {
+    ++calls_.shutdown[fd];
+    calls_.order.emplace_back('S', fd);
+    if (calls_.on_shutdown) calls_.on_shutdown(r, fd);
+  }
+  void on_close(struct Reactor* r, int fd) override {
+    ++calls_.close[fd];
+    calls_.order.emplace_back('C', fd);
+    if (calls_.on_close) calls_.on_close(r, fd);
+  }
+
+  // Opens the test's loopback listener. It stays detached from r_: accept_next() takes its
+  // connections one at a time, so the test knows which fd is which.
+  void listen() {
+    const auto l = listen_loopback();
+    listener_.reset(l.fd);
+    port_ = l.port;
+  }
+  // A new plain client of the listener; rcvbuf > 0 shrinks its receive buffer.
+  int new_client(int rcvbuf = 0) { return connect_client(port_, rcvbuf); }
+  // The server side of the next pending connection, accepted onto r_.
+  int accept_next() { return accept_one(&r_, listener_.get()); }
+
+  // listen(), one client (*c) and its server side accepted onto r_, returned. With buffer > 0
+  // both the client's receive buffer and the server's send buffer are shrunk to it.
+  int connect_one(UniqueFd* c, int buffer = 0) {
+    listen();
+    c->reset(new_client(buffer));
+    const int s = accept_next();
+    if (s >= 0 && buffer > 0) set_sndbuf(s, buffer);
+    return s;
+  }
+
+  // Runs r_ until fd's queue met EAGAIN: the kernel buffers are full, the rest is queued.
+  bool run_until_write_blocked(int fd) {
+    return run_until(&r_, [&] { return (slot_of(fd).flags & engine::kWriteBlocked) != 0; });
+  }
+
+  // connect_one() with small buffers (*c, *s), then `payload` written to *s until the kernel
+  // refuses more: the client does not read, so the rest stays queued.
+  void connect_with_blocked_queue(UniqueFd* c, int* s, const std::string& payload) {
+    *s = connect_one(c, kSmallBuffer);
+    ASSERT_GE(*s, 0);
+    ASSERT_EQ(sock_write(*s, payload.data(), payload.size()), 0);
+    ASSERT_TRUE(run_until_write_blocked(*s));
+  }
+
+  // Consumes the pending edges and stops r_ (which closes every attached fd), then checks that
+  // on_close ran exactly once in all for each of fds: never again at the stop.
+  void expect_closed_once_through_stop(std::initializer_list<int> fds) {
+    settle(&r_);
+    stop();
+    for (const int fd : fds) EXPECT_EQ(calls_.close[fd], 1) << "fd " << fd;
   }
 
   Calls calls_;
-  struct Reactor r_ = {};
+  UniqueFd listener_;
+  int port_ = 0;
 };
 
 // ---------------------------------------------------------------------------------------
 // on_close: exactly once per closed fd, on every path.
 
 TEST_F(ReactorTest, OnCloseRunsOnceWhenPeerCloses) {
-  auto l = listen_loopback();
-  UniqueFd lfd(l.fd);
-  UniqueFd c(connect_client(l.port));
-  const int s = accept_one(&r_, l.fd);
+  UniqueFd c;
+  const int s = connect_one(&c);
   ASSERT_GE(s, 0);
   int last = -2, last_err = -2;
   calls_.on_data = [&](struct Reactor*, int fd) {
@@ -185,85 +223,60 @@ TEST_F(ReactorTest, OnCloseRunsOnceWhenPeerCloses) {
   ASSERT_TRUE(run_until(&r_, [&] { return calls_.close[s] == 1; }));
   EXPECT_EQ(last, -1);
   EXPECT_EQ(last_err, 0);  // EOF, not an error
-  settle(&r_);
-  stop();
-  EXPECT_EQ(calls_.close[s], 1);
+  expect_closed_once_through_stop({s});
 }
 
 TEST_F(ReactorTest, OnCloseRunsOnceWhenPeerResets) {
-  auto l = listen_loopback();
-  UniqueFd lfd(l.fd);
-  UniqueFd c(connect_client(l.port));
-  const int s = accept_one(&r_, l.fd);
+  UniqueFd c;
+  const int s = connect_one(&c);
   ASSERT_GE(s, 0);
   int last_err = 0;
   calls_.on_data = [&](struct Reactor*, int fd) {
     std::string in;
     read_available(fd, &in, &last_err);
   };
-  const linger abort_on_close{1, 0};  // close(2) sends RST
-  setsockopt(c.get(), SOL_SOCKET, SO_LINGER, &abort_on_close, sizeof abort_on_close);
+  testing_support::reset_on_close(c.get());
   c.reset();
   ASSERT_TRUE(run_until(&r_, [&] { return calls_.close[s] == 1; }));
   EXPECT_EQ(last_err, ECONNRESET);
-  settle(&r_);
-  stop();
-  EXPECT_EQ(calls_.close[s], 1);
+  expect_closed_once_through_stop({s});
 }
 
 TEST_F(ReactorTest, OnCloseRunsOnceWhenResetConnectionIsNeverRead) {
   // A callback that ignores its input: the hang-up alone must close the fd (once).
-  auto l = listen_loopback();
-  UniqueFd lfd(l.fd);
-  UniqueFd c(connect_client(l.port));
-  const int s = accept_one(&r_, l.fd);
+  UniqueFd c;
+  const int s = connect_one(&c);
   ASSERT_GE(s, 0);
-  const linger abort_on_close{1, 0};
-  setsockopt(c.get(), SOL_SOCKET, SO_LINGER, &abort_on_close, sizeof abort_on_close);
+  testing_support::reset_on_close(c.get());
   c.reset();
   ASSERT_TRUE(run_until(&r_, [&] { return calls_.close[s] == 1; }));
-  settle(&r_);
-  stop();
-  EXPECT_EQ(calls_.close[s], 1);
+  expect_closed_once_through_stop({s});
 }
 
 TEST_F(ReactorTest, SockCloseDeliversQueuedDataBeforeOnClose) {
-  auto l = listen_loopback();
-  UniqueFd lfd(l.fd);
-  UniqueFd c(connect_client(l.port, kSmallBuffer));
-  const int s = accept_one(&r_, l.fd);
+  UniqueFd c;
+  const int s = connect_one(&c, kSmallBuffer);
   ASSERT_GE(s, 0);
-  set_sndbuf(s, kSmallBuffer);
   const std::string payload = pattern(512 * 1024, 11);
   ASSERT_EQ(sock_write(s, payload.data(), payload.size()), 0);
   sock_close(&r_, s);
   // The client does not read: the queue cannot drain, so the fd must stay open.
-  ASSERT_TRUE(run_until(&r_, [&] { return (slot_of(s).flags & engine::kWriteBlocked) != 0; }));
+  ASSERT_TRUE(run_until_write_blocked(s));
   EXPECT_GT(slot_of(s).queued_bytes, 0u);
   EXPECT_EQ(calls_.close[s], 0);
   Sink got;
-  ASSERT_TRUE(run_until(&r_, [&] {
-    pump(c.get(), &got);
-    return got.ended() && calls_.close[s] == 1;
-  }));
+  ASSERT_TRUE(pump_until(&r_, c.get(), &got, [&] { return got.ended() && calls_.close[s] == 1; }));
   EXPECT_TRUE(got.eof);
   EXPECT_EQ(got.error, 0);
   EXPECT_TRUE(got.bytes == payload);
-  settle(&r_);
-  stop();
-  EXPECT_EQ(calls_.close[s], 1);
+  expect_closed_once_through_stop({s});
 }
 
 TEST_F(ReactorTest, SockForceCloseDropsQueueAndRunsOnCloseOnceAtOnce) {
-  auto l = listen_loopback();
-  UniqueFd lfd(l.fd);
-  UniqueFd c(connect_client(l.port, kSmallBuffer));
-  const int s = accept_one(&r_, l.fd);
-  ASSERT_GE(s, 0);
-  set_sndbuf(s, kSmallBuffer);
+  UniqueFd c;
+  int s = -1;
   const std::string payload = pattern(512 * 1024, 12);
-  ASSERT_EQ(sock_write(s, payload.data(), payload.size()), 0);
-  ASSERT_TRUE(run_until(&r_, [&] { return (slot_of(s).flags & engine::kWriteBlocked) != 0; }));
+  ASSERT_NO_FATAL_FAILURE(connect_with_blocked_queue(&c, &s, payload));
   ASSERT_GT(slot_of(s).queued_bytes, 0u);
   sock_force_close(&r_, s);
   EXPECT_EQ(calls_.close[s], 1);  // synchronous
@@ -272,46 +285,31 @@ TEST_F(ReactorTest, SockForceCloseDropsQueueAndRunsOnCloseOnceAtOnce) {
   ASSERT_EQ(sock_pool_stats(&r_, &stats), 0);
   EXPECT_EQ(stats.outstanding, 0u);  // the queue went back to the pool
   Sink got;
-  ASSERT_TRUE(run_until(&r_, [&] {
-    pump(c.get(), &got);
-    return got.ended();
-  }));
+  ASSERT_TRUE(pump_until(&r_, c.get(), &got, [&] { return got.ended(); }));
   EXPECT_LT(got.bytes.size(), payload.size());
   EXPECT_TRUE(got.bytes == payload.substr(0, got.bytes.size()));
-  settle(&r_);
-  stop();
-  EXPECT_EQ(calls_.close[s], 1);
+  expect_closed_once_through_stop({s});
 }
 
 TEST_F(ReactorTest, ReactorCloseRunsOnCloseOnce) {
-  auto l = listen_loopback();
-  UniqueFd lfd(l.fd);
-  UniqueFd c(connect_client(l.port));
-  const int s = accept_one(&r_, l.fd);
+  UniqueFd c;
+  const int s = connect_one(&c);
   ASSERT_GE(s, 0);
   reactor_close(&r_, s);
   EXPECT_EQ(calls_.close[s], 1);
   EXPECT_EQ(fcntl(s, F_GETFD), -1);
   reactor_close(&r_, s);  // no longer attached: a no-op
   Sink got;
-  ASSERT_TRUE(run_until(&r_, [&] {
-    pump(c.get(), &got);
-    return got.ended();
-  }));
+  ASSERT_TRUE(pump_until(&r_, c.get(), &got, [&] { return got.ended(); }));
   EXPECT_TRUE(got.eof);
   stop();
   EXPECT_EQ(calls_.close[s], 1);
 }
 
 TEST_F(ReactorTest, ClosesInsideOnDataRunOnCloseOnce) {
-  auto l = listen_loopback();
-  UniqueFd lfd(l.fd);
-  UniqueFd c1(connect_client(l.port));
-  UniqueFd c2(connect_client(l.port));
-  UniqueFd c3(connect_client(l.port));
-  const int s1 = accept_one(&r_, l.fd);
-  const int s2 = accept_one(&r_, l.fd);
-  const int s3 = accept_one(&r_, l.fd);
+  listen();
+  UniqueFd c1(new_client()), c2(new_client()), c3(new_client());
+  const int s1 = accept_next(), s2 = accept_next(), s3 = accept_next();
   ASSERT_GE(s1, 0);
   ASSERT_GE(s2, 0);
   ASSERT_GE(s3, 0);
@@ -344,25 +342,14 @@ TEST_F(ReactorTest, ClosesInsideOnDataRunOnCloseOnce) {
   }));
   EXPECT_EQ(got1.bytes, "bye");
   EXPECT_TRUE(got1.eof);
-  settle(&r_);
-  stop();
-  EXPECT_EQ(calls_.close[s1], 1);
-  EXPECT_EQ(calls_.close[s2], 1);
-  EXPECT_EQ(calls_.close[s3], 1);
+  expect_closed_once_through_stop({s1, s2, s3});
   EXPECT_EQ(data_after_close, 0);
 }
 
 TEST_F(ReactorTest, DoubleClosesRunOnCloseOnce) {
-  auto l = listen_loopback();
-  UniqueFd lfd(l.fd);
-  UniqueFd c1(connect_client(l.port));
-  UniqueFd c2(connect_client(l.port));
-  UniqueFd c3(connect_client(l.port));
-  UniqueFd c4(connect_client(l.port));
-  const int s1 = accept_one(&r_, l.fd);
-  const int s2 = accept_one(&r_, l.fd);
-  const int s3 = accept_one(&r_, l.fd);
-  const int s4 = accept_one(&r_, l.fd);
+  listen();
+  UniqueFd c1(new_client()), c2(new_client()), c3(new_client()), c4(new_client());
+  const int s1 = accept_next(), s2 = accept_next(), s3 = accept_next(), s4 = accept_next();
   ASSERT_GE(s4, 0);
   sock_close(&r_, s1);
   sock_close(&r_, s1);
@@ -375,23 +362,13 @@ TEST_F(ReactorTest, DoubleClosesRunOnCloseOnce) {
   sock_close(&r_, s4);
   sock_force_close(&r_, s4);
   ASSERT_TRUE(run_until(&r_, [&] { return calls_.close[s1] == 1; }));
-  settle(&r_);
-  stop();
-  EXPECT_EQ(calls_.close[s1], 1);
-  EXPECT_EQ(calls_.close[s2], 1);
-  EXPECT_EQ(calls_.close[s3], 1);
-  EXPECT_EQ(calls_.close[s4], 1);
+  expect_closed_once_through_stop({s1, s2, s3, s4});
 }
 
 TEST_F(ReactorTest, CloseInsideOnCloseOfAnotherFdRunsEachOnCloseOnce) {
-  auto l = listen_loopback();
-  UniqueFd lfd(l.fd);
-  UniqueFd c1(connect_client(l.port));
-  UniqueFd c2(connect_client(l.port));
-  UniqueFd c3(connect_client(l.port));
-  const int a = accept_one(&r_, l.fd);
-  const int b = accept_one(&r_, l.fd);
-  const int c = accept_one(&r_, l.fd);
+  listen();
+  UniqueFd c1(new_client()), c2(new_client()), c3(new_client());
+  const int a = accept_next(), b = accept_next(), c = accept_next();
   ASSERT_GE(c, 0);
   // a's on_close force-closes b (nested on_close) and gracefully closes c; b's on_close tries
   // to close a again, which is already closed.
@@ -408,11 +385,7 @@ TEST_F(ReactorTest, CloseInsideOnCloseOfAnotherFdRunsEachOnCloseOnce) {
   EXPECT_EQ(calls_.close[a], 1);
   EXPECT_EQ(calls_.close[b], 1);
   ASSERT_TRUE(run_until(&r_, [&] { return calls_.close[c] == 1; }));
-  settle(&r_);
-  stop();
-  EXPECT_EQ(calls_.close[a], 1);
-  EXPECT_EQ(calls_.close[b], 1);
-  EXPECT_EQ(calls_.close[c], 1);
+  expect_closed_once_through_stop({a, b, c});
 }
 
 // ---------------------------------------------------------------------------------------
@@ -446,10 +419,7 @@ TEST_F(ReactorTest, PeerHalfCloseDeliversRequestThenEofAndTheWholeResponse) {
             static_cast<ssize_t>(request.size()));
   ASSERT_EQ(shutdown(c.get(), SHUT_WR), 0);
   Sink got;
-  ASSERT_TRUE(run_until(&r_, [&] {
-    pump(c.get(), &got);
-    return got.ended();
-  }));
+  ASSERT_TRUE(pump_until(&r_, c.get(), &got, [&] { return got.ended(); }));
   EXPECT_EQ(eofs, 1);
   EXPECT_TRUE(request_at_eof == request);
   EXPECT_EQ(got.bytes.size(), response.size());
@@ -465,24 +435,19 @@ TEST_F(ReactorTest, PeerHalfCloseDeliversRequestThenEofAndTheWholeResponse) {
 // fd reuse and stale events.
 
 TEST_F(ReactorTest, ReusedFdNeverReceivesTheOldConnectionsQueuedBytes) {
-  auto l = listen_loopback();
-  UniqueFd lfd(l.fd);
-  UniqueFd ca(connect_client(l.port, kSmallBuffer));
-  const int a = accept_one(&r_, l.fd);
-  ASSERT_GE(a, 0);
-  set_sndbuf(a, kSmallBuffer);
+  UniqueFd ca;
+  int a = -1;
   const std::string old_bytes = pattern(512 * 1024, 31);
-  ASSERT_EQ(sock_write(a, old_bytes.data(), old_bytes.size()), 0);
-  ASSERT_TRUE(run_until(&r_, [&] { return (slot_of(a).flags & engine::kWriteBlocked) != 0; }));
+  ASSERT_NO_FATAL_FAILURE(connect_with_blocked_queue(&ca, &a, old_bytes));
   // More output: A is now also listed for the next flush step, which must skip it.
   ASSERT_EQ(sock_write(a, "old tail", 8), 0);
   ASSERT_GT(slot_of(a).queued_bytes, 0u);
   // B's client socket takes its number while A's is still in use, so the server side of B
   // gets the lowest free number: A's.
-  UniqueFd cb(connect_client(l.port));
+  UniqueFd cb(new_client());
   sock_force_close(&r_, a);
   EXPECT_EQ(calls_.close[a], 1);
-  const int b = accept_one(&r_, l.fd);
+  const int b = accept_next();
   ASSERT_EQ(b, a);
   ca.reset();
   calls_.on_data = [&](struct Reactor*, int fd) {
@@ -494,10 +459,7 @@ TEST_F(ReactorTest, ReusedFdNeverReceivesTheOldConnectionsQueuedBytes) {
   testing_support::write_all(cb.get(), mine);
   ASSERT_EQ(shutdown(cb.get(), SHUT_WR), 0);
   Sink got;
-  ASSERT_TRUE(run_until(&r_, [&] {
-    pump(cb.get(), &got);
-    return got.ended();
-  }));
+  ASSERT_TRUE(pump_until(&r_, cb.get(), &got, [&] { return got.ended(); }));
   EXPECT_TRUE(got.eof);
   EXPECT_EQ(got.bytes.size(), mine.size());
   EXPECT_TRUE(got.bytes == mine);
@@ -507,20 +469,15 @@ TEST_F(ReactorTest, ReusedFdNeverReceivesTheOldConnectionsQueuedBytes) {
 TEST_F(ReactorTest, NumberReusedInsideOnCloseKeepsTheNewConnectionIntact) {
   // on_close runs after close(2): a connection accepted there gets the same number, and the
   // rest of the old close must not touch its state (the seed cleared state after the close).
-  auto l = listen_loopback();
-  UniqueFd lfd(l.fd);
-  UniqueFd ca(connect_client(l.port, kSmallBuffer));
-  const int a = accept_one(&r_, l.fd);
-  ASSERT_GE(a, 0);
-  set_sndbuf(a, kSmallBuffer);
+  UniqueFd ca;
+  int a = -1;
   const std::string old_bytes = pattern(256 * 1024, 33);
-  ASSERT_EQ(sock_write(a, old_bytes.data(), old_bytes.size()), 0);
-  ASSERT_TRUE(run_until(&r_, [&] { return (slot_of(a).flags & engine::kWriteBlocked) != 0; }));
-  UniqueFd cb(connect_client(l.port));
+  ASSERT_NO_FATAL_FAILURE(connect_with_blocked_queue(&ca, &a, old_bytes));
+  UniqueFd cb(new_client());
   int b = -1;
   calls_.on_close = [&](struct Reactor* r, int fd) {
     if (fd != a || b >= 0) return;
-    b = sock_accept(r, l.fd);
+    b = sock_accept(r, listener_.get());
     sock_write(b, "new", 3);
   };
   sock_force_close(&r_, a);
@@ -528,10 +485,7 @@ TEST_F(ReactorTest, NumberReusedInsideOnCloseKeepsTheNewConnectionIntact) {
   EXPECT_GE(sock_status(b), 0);
   EXPECT_EQ(slot_of(b).queued_bytes, 3u);  // its own queue, not emptied by A's close
   Sink got;
-  ASSERT_TRUE(run_until(&r_, [&] {
-    pump(cb.get(), &got);
-    return got.bytes.size() >= 3;
-  }));
+  ASSERT_TRUE(pump_until(&r_, cb.get(), &got, [&] { return got.bytes.size() >= 3; }));
   EXPECT_EQ(got.bytes, "new");
   calls_.on_close = nullptr;
   stop();
@@ -539,16 +493,13 @@ TEST_F(ReactorTest, NumberReusedInsideOnCloseKeepsTheNewConnectionIntact) {
 }
 
 TEST_F(ReactorTest, StaleEventInTheSameBatchNeverReachesTheSocketThatReusedTheFd) {
-  auto l = listen_loopback();
-  UniqueFd lfd(l.fd);
-  UniqueFd c1(connect_client(l.port));
-  UniqueFd c2(connect_client(l.port));
-  const int s1 = accept_one(&r_, l.fd);
-  const int s2 = accept_one(&r_, l.fd);
+  listen();
+  UniqueFd c1(new_client()), c2(new_client());
+  const int s1 = accept_next(), s2 = accept_next();
   ASSERT_GE(s1, 0);
   ASSERT_GE(s2, 0);
   // The replacement's client waits in the backlog; its socket number is below neither s.
-  UniqueFd c3(connect_client(l.port));
+  UniqueFd c3(new_client());
   settle(&r_);  // consume the EPOLLOUT edges of the two new registrations
 
   int first = -1, victim = -1, reused = -1;
@@ -562,7 +513,7 @@ TEST_F(ReactorTest, StaleEventInTheSameBatchNeverReachesTheSocketThatReusedTheFd
     first = fd;
     victim = fd == s1 ? s2 : s1;
     sock_force_close(r, victim);
-    reused = sock_accept(r, l.fd);  // the lowest free number: the victim's
+    reused = sock_accept(r, listener_.get());  // the lowest free number: the victim's
   };
   testing_support::write_all(c1.get(), "one");
   testing_support::write_all(c2.get(), "two");
@@ -591,10 +542,8 @@ TEST_F(ReactorTest, StaleEventInTheSameBatchNeverReachesTheSocketThatReusedTheFd
 // Edge-triggered progress.
 
 TEST_F(ReactorTest, PartialReadsNeverStallUnderEdgeTriggering) {
-  auto l = listen_loopback();
-  UniqueFd lfd(l.fd);
-  UniqueFd c(connect_client(l.port));
-  const int s = accept_one(&r_, l.fd);
+  UniqueFd c;
+  const int s = connect_one(&c);
   ASSERT_GE(s, 0);
   const std::string input = pattern(1024 * 1024, 41);
   std::string got;
@@ -681,12 +630,9 @@ TEST_F(ReactorTest, ConnectToClosedPortReportsCloseAndNeverReady) {
 // Backpressure.
 
 TEST_F(ReactorTest, OnReadyFiresOnceWhenABlockedQueueHasDrained) {
-  auto l = listen_loopback();
-  UniqueFd lfd(l.fd);
-  UniqueFd c(connect_client(l.port, kSmallBuffer));
-  const int s = accept_one(&r_, l.fd);
+  UniqueFd c;
+  const int s = connect_one(&c, kSmallBuffer);
   ASSERT_GE(s, 0);
-  set_sndbuf(s, kSmallBuffer);
   settle(&r_);
   std::vector<uint64_t> queued_at_ready;
   calls_.on_ready = [&](struct Reactor*, int fd) {
@@ -694,12 +640,11 @@ TEST_F(ReactorTest, OnReadyFiresOnceWhenABlockedQueueHasDrained) {
   };
   const std::string payload = pattern(1024 * 1024, 51);
   ASSERT_EQ(sock_write(s, payload.data(), payload.size()), 0);
-  ASSERT_TRUE(run_until(&r_, [&] { return (slot_of(s).flags & engine::kWriteBlocked) != 0; }));
+  ASSERT_TRUE(run_until_write_blocked(s));
   settle(&r_);
   EXPECT_EQ(calls_.ready[s], 0);  // still blocked: the client reads nothing
   Sink got;
-  ASSERT_TRUE(run_until(&r_, [&] {
-    pump(c.get(), &got);
+  ASSERT_TRUE(pump_until(&r_, c.get(), &got, [&] {
     return got.bytes.size() == payload.size() && calls_.ready[s] >= 1;
   }));
   settle(&r_);
@@ -872,20 +817,15 @@ TEST_F(ReactorTest, StaticallyInitialisedReactorNeedsNoReactorInit) {
   UniqueFd c(connect_client(l.port));
   testing_support::write_all(c.get(), "static");
   Sink got;
-  ASSERT_TRUE(run_until(&r, [&] {
-    pump(c.get(), &got);
-    return got.bytes.size() >= 6;
-  }));
+  ASSERT_TRUE(pump_until(&r, c.get(), &got, [&] { return got.bytes.size() >= 6; }));
   EXPECT_EQ(got.bytes, "static");
   reactor_stop(&r);
   ASSERT_TRUE(run_until(&r, [&] { return r._impl == nullptr; }));
 }
 
 TEST_F(ReactorTest, RemoveDetachesWithoutClosingAndAttachRestoresCallbacks) {
-  auto l = listen_loopback();
-  UniqueFd lfd(l.fd);
-  UniqueFd c(connect_client(l.port));
-  const int s = accept_one(&r_, l.fd);
+  UniqueFd c;
+  const int s = connect_one(&c);
   ASSERT_GE(s, 0);
   std::string got;
   calls_.on_data = [&](struct Reactor*, int fd) { read_available(fd, &got); };

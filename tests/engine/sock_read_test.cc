@@ -14,6 +14,7 @@
 #include "engine/libreact.h"
 #include "engine/libsock.h"
 #include "tests/testing/loopback.h"
+#include "tests/testing/reactor_fixture.h"
 #include "tests/testing/run_until.h"
 
 namespace {
@@ -26,95 +27,52 @@ struct ReadResult {
   int err;  // errno after a -1
 };
 
-// State of the one test running at a time (the reactor's callbacks are plain C functions).
+// What the server saw of its connections.
 struct Server {
-  int listener = -1;
-  std::vector<int> accepted;
   std::vector<ReadResult> reads;
   std::string received;
   int on_data_calls = 0;
-  std::vector<int> closed;
   bool read_in_callback = true;
   // Written once the server has read EOF, then the connection is left to close by itself.
   std::string response_after_eof;
 };
-Server* g_server = nullptr;
 
-// Reads until sock_read() says "nothing yet" (0) or "done" (-1), logging every result; after
-// a -1 reads twice more, to show that the answer repeats and does not block.
-void read_all(int fd) {
-  Server& s = *g_server;
-  char buf[4096];
-  for (;;) {
-    errno = 0;
-    const ssize_t n = sock_read(fd, buf, sizeof buf);
-    s.reads.push_back({n, n < 0 ? errno : 0});
-    if (n > 0) {
-      s.received.append(buf, static_cast<std::size_t>(n));
-      continue;
-    }
-    if (n < 0) {
-      for (int i = 0; i < 2; ++i) {
-        errno = 0;
-        const ssize_t again = sock_read(fd, buf, sizeof buf);
-        s.reads.push_back({again, again < 0 ? errno : 0});
-      }
-      if (s.reads[s.reads.size() - 3].err == 0 && !s.response_after_eof.empty()) {
-        EXPECT_EQ(sock_write(fd, s.response_after_eof.data(), s.response_after_eof.size()), 0);
-      }
-    }
-    return;
-  }
-}
-
-void on_data(struct Reactor* r, int fd) {
-  Server& s = *g_server;
-  if (fd == s.listener) {
-    int client;
-    while ((client = sock_accept(r, fd)) >= 0) s.accepted.push_back(client);
-    return;
-  }
-  ++s.on_data_calls;
-  if (s.read_in_callback) read_all(fd);
-}
-
-void on_close(struct Reactor*, int fd) { g_server->closed.push_back(fd); }
-
-// A reactor with a listener; the test's clients connect to `port`.
-class SockReadTest : public ::testing::Test {
+// A reactor with a listener; the test's clients connect to it.
+class SockReadTest : public testing_support::ServerFixture {
  protected:
-  void SetUp() override {
-    g_server = &server_;
-    r_.on_data = on_data;
-    r_.on_close = on_close;
-    auto l = testing_support::listen_loopback();
-    server_.listener = l.fd;
-    port_ = l.port;
-    ASSERT_EQ(reactor_add(&r_, l.fd), 0);
-  }
-  void TearDown() override {
-    reactor_stop(&r_);
-    EXPECT_TRUE(run_until(&r_, [&] { return r_._impl == nullptr; }));
-    g_server = nullptr;
+  void on_connection_data(int fd) override {
+    ++server_.on_data_calls;
+    if (server_.read_in_callback) read_all(fd);
   }
 
-  // Connects a plain client and runs the reactor until the server accepted it.
-  int connect_and_accept(int* server_fd) {
-    const int client = testing_support::connect_client(port_);
-    const std::size_t before = server_.accepted.size();
-    EXPECT_TRUE(run_until(&r_, [&] { return server_.accepted.size() > before; }));
-    *server_fd = server_.accepted.back();
-    return client;
+  // Reads until sock_read() says "nothing yet" (0) or "done" (-1), logging every result; after
+  // a -1 reads twice more, to show that the answer repeats and does not block.
+  void read_all(int fd) {
+    Server& s = server_;
+    char buf[4096];
+    for (;;) {
+      errno = 0;
+      const ssize_t n = sock_read(fd, buf, sizeof buf);
+      s.reads.push_back({n, n < 0 ? errno : 0});
+      if (n > 0) {
+        s.received.append(buf, static_cast<std::size_t>(n));
+        continue;
+      }
+      if (n < 0) {
+        for (int i = 0; i < 2; ++i) {
+          errno = 0;
+          const ssize_t again = sock_read(fd, buf, sizeof buf);
+          s.reads.push_back({again, again < 0 ? errno : 0});
+        }
+        if (s.reads[s.reads.size() - 3].err == 0 && !s.response_after_eof.empty()) {
+          EXPECT_EQ(sock_write(fd, s.response_after_eof.data(), s.response_after_eof.size()), 0);
+        }
+      }
+      return;
+    }
   }
 
-  // Runs a few more iterations, so that a second on_close (a bug) would have happened.
-  void settle() {
-    for (int i = 0; i < 5; ++i) engine::Reactor::of(&r_, true)->run_once(1);
-  }
-
-  struct Reactor r_ = {};
   Server server_;
-  int port_ = 0;
 };
 
 TEST_F(SockReadTest, NoDataIsZeroThenBytesThenOrderlyCloseIsEofWithErrnoZero) {
@@ -132,11 +90,11 @@ TEST_F(SockReadTest, NoDataIsZeroThenBytesThenOrderlyCloseIsEofWithErrnoZero) {
   ASSERT_FALSE(server_.reads.empty());
   EXPECT_EQ(server_.reads.back().n, 0);  // drained to EAGAIN, reported as 0
   for (const ReadResult& rr : server_.reads) EXPECT_GE(rr.n, 0);
-  EXPECT_TRUE(server_.closed.empty());
+  EXPECT_TRUE(closed_.empty());
 
   server_.reads.clear();
   close(client);
-  ASSERT_TRUE(run_until(&r_, [&] { return server_.closed.size() == 1; }));
+  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
   // EOF is -1 with errno 0 (distinguishable from an error), and asking again gives the same
   // answer at once.
   ASSERT_EQ(server_.reads.size(), 3u);
@@ -144,9 +102,9 @@ TEST_F(SockReadTest, NoDataIsZeroThenBytesThenOrderlyCloseIsEofWithErrnoZero) {
     EXPECT_EQ(rr.n, -1);
     EXPECT_EQ(rr.err, 0);
   }
-  EXPECT_EQ(server_.closed[0], fd);
+  EXPECT_EQ(closed_[0], fd);
   settle();
-  EXPECT_EQ(server_.closed.size(), 1u);
+  EXPECT_EQ(closed_.size(), 1u);
   // Closed by the engine once its (empty) queue was flushed: the fd is no longer open.
   errno = 0;
   EXPECT_EQ(sock_read(fd, buf, sizeof buf), -1);
@@ -156,21 +114,19 @@ TEST_F(SockReadTest, NoDataIsZeroThenBytesThenOrderlyCloseIsEofWithErrnoZero) {
 TEST_F(SockReadTest, PeerResetIsEconnresetAndClosesTheConnectionOnce) {
   int fd;
   const int client = connect_and_accept(&fd);
-  // SO_LINGER {on, 0}: close(2) sends RST instead of FIN.
-  const linger reset{1, 0};
-  ASSERT_EQ(setsockopt(client, SOL_SOCKET, SO_LINGER, &reset, sizeof reset), 0);
+  ASSERT_EQ(testing_support::reset_on_close(client), 0);
   close(client);
 
-  ASSERT_TRUE(run_until(&r_, [&] { return server_.closed.size() == 1; }));
+  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
   // The seed's `errno & EAGAIN` read ECONNRESET as "no data yet" (0) and kept the fd forever.
   ASSERT_EQ(server_.reads.size(), 3u);
   for (const ReadResult& rr : server_.reads) {
     EXPECT_EQ(rr.n, -1);
     EXPECT_EQ(rr.err, ECONNRESET);
   }
-  EXPECT_EQ(server_.closed[0], fd);
+  EXPECT_EQ(closed_[0], fd);
   settle();
-  EXPECT_EQ(server_.closed.size(), 1u);
+  EXPECT_EQ(closed_.size(), 1u);
   EXPECT_TRUE(sock_is_closed(fd));
 }
 
@@ -201,7 +157,7 @@ TEST_F(SockReadTest, ZeroCountIsZeroAndNullBufferIsEinvalWithoutConsumingData) {
   EXPECT_EQ(errno, EBADF);
   server_.read_in_callback = true;  // the EOF must be read for the connection to close
   close(client);
-  ASSERT_TRUE(run_until(&r_, [&] { return server_.closed.size() == 1; }));
+  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
 }
 
 TEST_F(SockReadTest, AfterEofTheQueuedResponseIsSentInFullBeforeTheClose) {
@@ -214,18 +170,14 @@ TEST_F(SockReadTest, AfterEofTheQueuedResponseIsSentInFullBeforeTheClose) {
   ASSERT_EQ(shutdown(client, SHUT_WR), 0);  // half-close: the server reads EOF, then answers
 
   std::string got;
-  bool open = true;
-  ASSERT_TRUE(run_until(&r_, [&] {
-    open = testing_support::drain(client, &got);
-    return !open;
-  }));
+  ASSERT_TRUE(read_until_closed(client, &got));
   EXPECT_EQ(server_.received, "request");
   ASSERT_EQ(got.size(), response.size());
   EXPECT_TRUE(got == response);
-  ASSERT_TRUE(run_until(&r_, [&] { return server_.closed.size() == 1; }));
-  EXPECT_EQ(server_.closed[0], fd);
+  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
+  EXPECT_EQ(closed_[0], fd);
   settle();
-  EXPECT_EQ(server_.closed.size(), 1u);
+  EXPECT_EQ(closed_.size(), 1u);
   close(client);
 }
 
@@ -281,8 +233,7 @@ TEST(SockReadWithoutReactorTest, ReportsDataEofAndResetAndClosesAfterTheResponse
   const int fd2 = accept4(l.fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
   ASSERT_GE(fd2, 0);
   ASSERT_EQ(sock_open(nullptr, fd2), 0);
-  const linger reset{1, 0};
-  ASSERT_EQ(setsockopt(client2, SOL_SOCKET, SO_LINGER, &reset, sizeof reset), 0);
+  ASSERT_EQ(testing_support::reset_on_close(client2), 0);
   close(client2);
   wait_readable(fd2);
   for (int i = 0; i < 2; ++i) {

@@ -101,6 +101,16 @@ int accept_pending(int listener) {
   return fd;
 }
 
+// Connects to listener's port over `family` and accepts the connection with sock_accept, then
+// closes both ends.
+void expect_accepts_over(int family, int listener, int port) {
+  const int client = connect_blocking(family, port);
+  ASSERT_GE(client, 0);
+  const int server = accept_pending(listener);
+  sock_force_close(nullptr, server);
+  close(client);
+}
+
 TEST(SocketOpsTest, ListenOnIpv4LoopbackPicksAFreePortAndAcceptsThere) {
   const int listener = sock_listen("127.0.0.1", "0");
   ASSERT_GE(listener, 0) << std::strerror(errno);
@@ -109,11 +119,7 @@ TEST(SocketOpsTest, ListenOnIpv4LoopbackPicksAFreePortAndAcceptsThere) {
   EXPECT_EQ(reinterpret_cast<const sockaddr_in*>(&addr)->sin_addr.s_addr, htonl(INADDR_LOOPBACK));
   const int port = port_of(addr);
   ASSERT_GT(port, 0);
-  const int client = connect_blocking(AF_INET, port);
-  ASSERT_GE(client, 0);
-  const int server = accept_pending(listener);
-  sock_force_close(nullptr, server);
-  close(client);
+  ASSERT_NO_FATAL_FAILURE(expect_accepts_over(AF_INET, listener, port));
   close(listener);
 }
 
@@ -126,11 +132,7 @@ TEST(SocketOpsTest, ListenOnIpv6LoopbackAcceptsOverIpv6) {
   EXPECT_TRUE(IN6_IS_ADDR_LOOPBACK(&reinterpret_cast<const sockaddr_in6*>(&addr)->sin6_addr));
   const int port = port_of(addr);
   ASSERT_GT(port, 0);
-  const int client = connect_blocking(AF_INET6, port);
-  ASSERT_GE(client, 0);
-  const int server = accept_pending(listener);
-  sock_force_close(nullptr, server);
-  close(client);
+  ASSERT_NO_FATAL_FAILURE(expect_accepts_over(AF_INET6, listener, port));
   close(listener);
 }
 
@@ -308,6 +310,16 @@ void count_close(struct Reactor*, int fd) {
   g_counts.last_closed_fd = fd;
 }
 
+// A reactor whose on_ready and on_close are counted in g_counts (reset here). Copied before
+// its first use, which is when the engine state is created.
+struct Reactor counting_reactor() {
+  g_counts = {};
+  struct Reactor r = {};
+  r.on_ready = count_ready;
+  r.on_close = count_close;
+  return r;
+}
+
 // Stops r and runs it until its engine state is gone.
 void stop(struct Reactor* r) {
   reactor_stop(r);
@@ -315,10 +327,7 @@ void stop(struct Reactor* r) {
 }
 
 TEST(SocketOpsTest, ConnectReportsOnReadyOnceAndSendsWritesQueuedBeforeIt) {
-  g_counts = {};
-  struct Reactor r = {};
-  r.on_ready = count_ready;
-  r.on_close = count_close;
+  struct Reactor r = counting_reactor();
   const auto listener = testing_support::listen_loopback();
   const std::string port = std::to_string(listener.port);
   const int fd = sock_connect(&r, "127.0.0.1", port.c_str());
@@ -360,10 +369,7 @@ TEST(SocketOpsTest, ConnectReportsOnReadyOnceAndSendsWritesQueuedBeforeIt) {
 }
 
 TEST(SocketOpsTest, ConnectToAClosedPortReportsOnCloseAndNeverOnReady) {
-  g_counts = {};
-  struct Reactor r = {};
-  r.on_ready = count_ready;
-  r.on_close = count_close;
+  struct Reactor r = counting_reactor();
   // A port that was free a moment ago: nothing listens there.
   const auto listener = testing_support::listen_loopback();
   close(listener.fd);

@@ -26,6 +26,7 @@
 #include "engine/libreact.h"
 #include "engine/libsock.h"
 #include "tests/testing/loopback.h"
+#include "tests/testing/reactor_fixture.h"
 #include "tests/testing/run_until.h"
 
 namespace {
@@ -201,7 +202,8 @@ sockTLC* make_layer(Kind kind, LayerLog* log) {
   return &layer->tlc;
 }
 
-// The toy stack on fd: framing first (lowest), XOR pushed on top of it (the head).
+// The toy stack on fd: framing first (lowest), XOR (or upper_kind) pushed on top of it (the
+// head).
 void add_stack(int fd, LayerLog* framing, LayerLog* upper, Kind upper_kind = Kind::kXor) {
   ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, framing)), 0);
   ASSERT_EQ(sock_tlc_add(fd, make_layer(upper_kind, upper)), 0);
@@ -244,94 +246,46 @@ struct Conn {
 };
 
 struct World {
-  int listener = -1;
-  std::vector<int> accepted;
   std::map<int, Conn> conns;
-  std::vector<int> closed;
   std::function<void(int)> on_accept;     // installs layers, writes
   std::function<void(int)> on_conn_data;  // replaces the default read_everything
 };
-World* g_w = nullptr;
 
-void read_everything(int fd) {
-  Conn& c = g_w->conns[fd];
-  std::vector<char> buf(64 * 1024);
-  for (;;) {
-    errno = 0;
-    const ssize_t n = sock_read(fd, buf.data(), buf.size());
-    if (n > 0) {
-      c.in.append(buf.data(), static_cast<std::size_t>(n));
-      continue;
-    }
-    if (n < 0) {
-      c.reads.push_back({n, errno});
-      c.eof = true;
-    }
-    return;
-  }
-}
-
-void on_data(struct Reactor* r, int fd) {
-  World& w = *g_w;
-  if (fd == w.listener) {
-    int client;
-    while ((client = sock_accept(r, fd)) >= 0) {
-      w.accepted.push_back(client);
-      w.conns[client] = Conn{};
-      if (w.on_accept) w.on_accept(client);
-    }
-    return;
-  }
-  ++w.conns[fd].on_data_calls;
-  if (w.on_conn_data) {
-    w.on_conn_data(fd);
-  } else {
-    read_everything(fd);
-  }
-}
-
-void on_close(struct Reactor*, int fd) { g_w->closed.push_back(fd); }
-
-class TlcTest : public ::testing::Test {
+class TlcTest : public testing_support::ServerFixture {
  protected:
-  void SetUp() override {
-    g_w = &w_;
-    r_.on_data = on_data;
-    r_.on_close = on_close;
-    auto l = testing_support::listen_loopback();
-    w_.listener = l.fd;
-    port_ = l.port;
-    ASSERT_EQ(reactor_add(&r_, l.fd), 0);
-  }
-  void TearDown() override {
-    reactor_stop(&r_);
-    EXPECT_TRUE(run_until(&r_, [&] { return r_._impl == nullptr; }));
-    g_w = nullptr;
+  void on_accept(int fd) override {
+    w_.conns[fd] = Conn{};
+    if (w_.on_accept) w_.on_accept(fd);
   }
 
-  int accept_raw_client(int* server_fd) {
-    const int client = testing_support::connect_client(port_);
-    const std::size_t before = w_.accepted.size();
-    EXPECT_TRUE(run_until(&r_, [&] { return w_.accepted.size() > before; }));
-    *server_fd = w_.accepted.back();
-    return client;
+  void on_connection_data(int fd) override {
+    ++w_.conns[fd].on_data_calls;
+    if (w_.on_conn_data) {
+      w_.on_conn_data(fd);
+    } else {
+      read_everything(fd);
+    }
   }
 
-  // Reads a raw client until the server closes the connection.
-  std::string read_to_eof(int client) {
-    std::string got;
-    EXPECT_TRUE(run_until(&r_, [&] { return !testing_support::drain(client, &got); }));
-    return got;
+  void read_everything(int fd) {
+    Conn& c = w_.conns[fd];
+    std::vector<char> buf(64 * 1024);
+    for (;;) {
+      errno = 0;
+      const ssize_t n = sock_read(fd, buf.data(), buf.size());
+      if (n > 0) {
+        c.in.append(buf.data(), static_cast<std::size_t>(n));
+        continue;
+      }
+      if (n < 0) {
+        c.reads.push_back({n, errno});
+        c.eof = true;
+      }
+      return;
+    }
   }
 
-  // A few more iterations, so that a second on_close or on_clear (a bug) would have happened.
-  void settle() {
-    for (int i = 0; i < 5; ++i) engine::Reactor::of(&r_, true)->run_once(1);
-  }
-
-  struct Reactor r_ = {};
   World w_;
-  int port_ = 0;
 };
 
 TEST_F(TlcTest, TenMegabytesEachWayThroughXorOverFramingArriveIntact) {
@@ -347,7 +301,7 @@ TEST_F(TlcTest, TenMegabytesEachWayThroughXorOverFramingArriveIntact) {
   };
   // The client is a second sock_ connection on the same reactor, with the same stack; its
   // write is queued (and wrapped) before the connect completes.
-  const int client = sock_connect(&r_, "127.0.0.1", std::to_string(port_).c_str());
+  const int client = sock_connect(&r_, "127.0.0.1", std::to_string(listener_.port).c_str());
   ASSERT_GE(client, 0);
   add_stack(client, &client_framing, &client_xor);
   ASSERT_EQ(sock_write(client, to_server.data(), to_server.size()), 0);
@@ -372,7 +326,7 @@ TEST_F(TlcTest, TenMegabytesEachWayThroughXorOverFramingArriveIntact) {
   EXPECT_TRUE(client_framing.held_partial);
 
   sock_close(&r_, client);
-  ASSERT_TRUE(run_until(&r_, [&] { return w_.closed.size() == 2; }));
+  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 2; }));
   for (const LayerLog* log : {&server_framing, &server_xor, &client_framing, &client_xor}) {
     EXPECT_EQ(log->on_clear, 1);
   }
@@ -385,14 +339,11 @@ TEST_F(TlcTest, OnTheWireXorIsAppliedBeforeFramingAndUnwrapUndoesItBottomUp) {
     EXPECT_EQ(sock_write(fd, "hello, layers", 13), 0);
   };
   int server;
-  const int client = accept_raw_client(&server);
+  const int client = connect_and_accept(&server);
 
   // Wrap runs head (XOR) down to framing: the length header is in the clear, the body XORed.
   std::string wire;
-  ASSERT_TRUE(run_until(&r_, [&] {
-    testing_support::drain(client, &wire);
-    return wire.size() >= kHeader + 13;
-  }));
+  ASSERT_TRUE(read_at_least(client, &wire, kHeader + 13));
   const std::string expected = encode("hello, layers");
   EXPECT_EQ(wire, expected);
   EXPECT_EQ(wire.substr(0, kHeader), std::string("\0\0\0\x0d", 4));
@@ -420,7 +371,7 @@ TEST_F(TlcTest, OnTheWireXorIsAppliedBeforeFramingAndUnwrapUndoesItBottomUp) {
   EXPECT_TRUE(framing.held_partial);
   EXPECT_TRUE(w_.conns[server].reads.empty());  // no error, no EOF
   close(client);
-  ASSERT_TRUE(run_until(&r_, [&] { return w_.closed.size() == 1; }));
+  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
 }
 
 TEST_F(TlcTest, PlaintextBeyondTheCallersBufferIsKeptForTheNextRead) {
@@ -437,7 +388,7 @@ TEST_F(TlcTest, PlaintextBeyondTheCallersBufferIsKeptForTheNextRead) {
     if (n < 0) w_.conns[fd].eof = true;
   };
   int server;
-  const int client = accept_raw_client(&server);
+  const int client = connect_and_accept(&server);
   const std::string a = testing_support::pattern(10000, 31);
   const std::string b = "!";
   const std::string c = testing_support::pattern(5000, 32);
@@ -458,14 +409,14 @@ TEST_F(TlcTest, PlaintextBeyondTheCallersBufferIsKeptForTheNextRead) {
   EXPECT_GE(w_.conns[server].on_data_calls, static_cast<int>((all.size() + 6) / 7));
   close(client);
   w_.on_conn_data = nullptr;  // read the EOF so the connection closes
-  ASSERT_TRUE(run_until(&r_, [&] { return w_.closed.size() == 1; }));
+  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
 }
 
 TEST_F(TlcTest, OnClearRunsOnceForEveryLayerOnCloseAndWhenTheChainIsReplaced) {
   LayerLog a_framing, a_xor, b_framing, b_xor, c_framing, c_xor;
   w_.on_accept = [&](int fd) { add_stack(fd, &a_framing, &a_xor); };
   int server;
-  const int client = accept_raw_client(&server);
+  const int client = connect_and_accept(&server);
 
   // Replacing the chain clears the old one, once per layer, and only the old one.
   sockTLC* b_low = make_layer(Kind::kFraming, &b_framing);
@@ -488,9 +439,9 @@ TEST_F(TlcTest, OnClearRunsOnceForEveryLayerOnCloseAndWhenTheChainIsReplaced) {
 
   // The peer closes: the fd closes and every layer of the current chain is cleared once.
   close(client);
-  ASSERT_TRUE(run_until(&r_, [&] { return w_.closed.size() == 1; }));
+  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
   settle();
-  EXPECT_EQ(w_.closed.size(), 1u);
+  EXPECT_EQ(closed_.size(), 1u);
   EXPECT_EQ(b_framing.on_clear, 1);
   EXPECT_EQ(b_xor.on_clear, 1);
   EXPECT_EQ(b_xor.on_clear_fd, server);
@@ -500,12 +451,12 @@ TEST_F(TlcTest, OnClearRunsOnceForEveryLayerOnCloseAndWhenTheChainIsReplaced) {
   // A forced close clears the layers too.
   w_.on_accept = [&](int fd) { add_stack(fd, &c_framing, &c_xor); };
   int server2;
-  const int client2 = accept_raw_client(&server2);
+  const int client2 = connect_and_accept(&server2);
   sock_force_close(&r_, server2);
   EXPECT_EQ(c_framing.on_clear, 1);
   EXPECT_EQ(c_xor.on_clear, 1);
   settle();
-  EXPECT_EQ(w_.closed.size(), 2u);
+  EXPECT_EQ(closed_.size(), 2u);
   EXPECT_EQ(c_framing.on_clear, 1);
   EXPECT_EQ(c_xor.on_clear, 1);
   close(client2);
@@ -515,14 +466,14 @@ TEST_F(TlcTest, OnClearRunsOnceForEveryLayerOnCloseAndWhenTheChainIsReplaced) {
   LayerLog d_framing, d_xor;
   w_.on_accept = [&](int fd) { add_stack(fd, &d_framing, &d_xor); };
   int server3;
-  const int client3 = accept_raw_client(&server3);
+  const int client3 = connect_and_accept(&server3);
   sock_clear(server3);
   EXPECT_EQ(d_framing.on_clear, 1);
   EXPECT_EQ(d_xor.on_clear, 1);
   EXPECT_EQ(sock_tlc_get(server3), nullptr);
   reactor_close(&r_, server3);
   settle();
-  EXPECT_EQ(w_.closed.size(), 3u);
+  EXPECT_EQ(closed_.size(), 3u);
   EXPECT_EQ(d_framing.on_clear, 1);
   EXPECT_EQ(d_xor.on_clear, 1);
   close(client3);
@@ -538,7 +489,7 @@ TEST_F(TlcTest, BeforeCloseQueuesAFramedByeAfterAllDataThenTheFdCloses) {
     EXPECT_EQ(upper.before_close, 0);  // only once the queue has drained
   };
   int server;
-  const int client = accept_raw_client(&server);
+  const int client = connect_and_accept(&server);
   const std::string wire = read_to_eof(client);
 
   std::vector<std::string> frames;
@@ -553,10 +504,10 @@ TEST_F(TlcTest, BeforeCloseQueuesAFramedByeAfterAllDataThenTheFdCloses) {
   }
   EXPECT_TRUE(payload == data);
   EXPECT_EQ(frames.back(), "BYE");
-  ASSERT_TRUE(run_until(&r_, [&] { return w_.closed.size() == 1; }));
+  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
   settle();
   EXPECT_EQ(upper.before_close, 1);
-  EXPECT_EQ(w_.closed.size(), 1u);
+  EXPECT_EQ(closed_.size(), 1u);
   EXPECT_EQ(framing.on_clear, 1);
   EXPECT_EQ(upper.on_clear, 1);
   close(client);
@@ -565,8 +516,7 @@ TEST_F(TlcTest, BeforeCloseQueuesAFramedByeAfterAllDataThenTheFdCloses) {
 TEST_F(TlcTest, FailingUnwrapMakesSockReadFailWithEprotoAndClosesTheFdOnce) {
   LayerLog framing, reject;
   w_.on_accept = [&](int fd) {
-    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, &framing)), 0);
-    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kReject, &reject)), 0);
+    add_stack(fd, &framing, &reject, Kind::kReject);
   };
   w_.on_conn_data = [&](int fd) {
     char buf[64];
@@ -577,12 +527,12 @@ TEST_F(TlcTest, FailingUnwrapMakesSockReadFailWithEprotoAndClosesTheFdOnce) {
     }
   };
   int server;
-  const int client = accept_raw_client(&server);
+  const int client = connect_and_accept(&server);
   testing_support::write_all(client, encode("anything"));
-  ASSERT_TRUE(run_until(&r_, [&] { return w_.closed.size() == 1; }));
+  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
   settle();
-  EXPECT_EQ(w_.closed.size(), 1u);
-  EXPECT_EQ(w_.closed[0], server);
+  EXPECT_EQ(closed_.size(), 1u);
+  EXPECT_EQ(closed_[0], server);
   const auto& reads = w_.conns[server].reads;
   ASSERT_EQ(reads.size(), 2u);
   for (const auto& [n, err] : reads) {
@@ -611,13 +561,13 @@ TEST_F(TlcTest, FailingWrapClosesTheFdOnceWithoutSendingAnything) {
     write_errno = errno;
   };
   int server;
-  const int client = accept_raw_client(&server);
-  ASSERT_TRUE(run_until(&r_, [&] { return w_.closed.size() == 1; }));
+  const int client = connect_and_accept(&server);
+  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
   settle();
   EXPECT_EQ(write_result, 0);
   EXPECT_EQ(write_errno, 0);
-  EXPECT_EQ(w_.closed.size(), 1u);
-  EXPECT_EQ(w_.closed[0], server);
+  EXPECT_EQ(closed_.size(), 1u);
+  EXPECT_EQ(closed_[0], server);
   EXPECT_EQ(reject.on_clear, 1);
   std::string rest;
   EXPECT_FALSE(testing_support::drain(client, &rest));  // closed, nothing half-wrapped sent
@@ -631,7 +581,7 @@ TEST_F(TlcTest, OutputALayerHoldsBeyondMaxLenIsDeliveredBeforeEof) {
     ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kExpand, &expand)), 0);
   };
   int server;
-  const int client = accept_raw_client(&server);
+  const int client = connect_and_accept(&server);
   const std::string sent = testing_support::pattern(2000, 71);
   testing_support::write_all(client, sent);
   ASSERT_EQ(shutdown(client, SHUT_WR), 0);  // EOF right behind the data
@@ -644,7 +594,7 @@ TEST_F(TlcTest, OutputALayerHoldsBeyondMaxLenIsDeliveredBeforeEof) {
   EXPECT_TRUE(w_.conns[server].in == expected);
   ASSERT_EQ(w_.conns[server].reads.size(), 1u);
   EXPECT_EQ(w_.conns[server].reads[0], std::make_pair(ssize_t{-1}, 0));  // then EOF
-  ASSERT_TRUE(run_until(&r_, [&] { return w_.closed.size() == 1; }));
+  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
   close(client);
 }
 
@@ -670,7 +620,7 @@ TEST_F(TlcTest, MovedBufferAndFileAreWrappedIntoRecordsAndArriveIntact) {
     sock_close(&r_, fd);
   };
   int server;
-  const int client = accept_raw_client(&server);
+  const int client = connect_and_accept(&server);
   const std::string wire = read_to_eof(client);
 
   std::vector<std::string> frames;
@@ -683,7 +633,7 @@ TEST_F(TlcTest, MovedBufferAndFileAreWrappedIntoRecordsAndArriveIntact) {
   const std::string expected = moved + file_data.substr(kFileStart);
   EXPECT_EQ(payload.size(), expected.size());
   EXPECT_TRUE(payload == expected);
-  ASSERT_TRUE(run_until(&r_, [&] { return w_.closed.size() == 1; }));
+  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
   // The FILE* was fclose'd once sent: its descriptor is gone.
   errno = 0;
   EXPECT_EQ(fcntl(file_fd, F_GETFD), -1);
@@ -712,15 +662,14 @@ TEST_F(TlcTest, StatefulLayerWrapsACopyQueuedAfterAFileInWireOrder) {
   const std::string head(100, 'A'), tail(50, 'B');
   LayerLog framing, sequenced;
   w_.on_accept = [&](int fd) {
-    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, &framing)), 0);
-    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kSequenced, &sequenced)), 0);
+    ASSERT_NO_FATAL_FAILURE(add_stack(fd, &framing, &sequenced, Kind::kSequenced));
     EXPECT_EQ(sock_write(fd, head.data(), head.size()), 0);
     EXPECT_EQ(sock_write2(.fd = fd, .buffer = file, .file = 1), 0);
     EXPECT_EQ(sock_write(fd, tail.data(), tail.size()), 0);
     sock_close(&r_, fd);
   };
   int server;
-  const int client = accept_raw_client(&server);
+  const int client = connect_and_accept(&server);
   std::vector<std::string> frames;
   ASSERT_TRUE(deframe(read_to_eof(client), &frames));
   EXPECT_TRUE(decode_sequenced(frames) == head + file_data + tail);
@@ -732,8 +681,7 @@ TEST_F(TlcTest, StatefulLayerWrapsAnUrgentWriteInWireOrder) {
   const std::string urgent(10, 'U');
   LayerLog framing, sequenced;
   w_.on_accept = [&](int fd) {
-    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, &framing)), 0);
-    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kSequenced, &sequenced)), 0);
+    ASSERT_NO_FATAL_FAILURE(add_stack(fd, &framing, &sequenced, Kind::kSequenced));
     EXPECT_EQ(sock_write(fd, data.data(), data.size()), 0);
     // Nothing was sent yet: the urgent write goes out first.
     EXPECT_EQ(sock_write2(.fd = fd, .buffer = urgent.data(), .length = urgent.size(), .urgent = 1),
@@ -741,7 +689,7 @@ TEST_F(TlcTest, StatefulLayerWrapsAnUrgentWriteInWireOrder) {
     sock_close(&r_, fd);
   };
   int server;
-  const int client = accept_raw_client(&server);
+  const int client = connect_and_accept(&server);
   std::vector<std::string> frames;
   ASSERT_TRUE(deframe(read_to_eof(client), &frames));
   EXPECT_TRUE(decode_sequenced(frames) == urgent + data);

@@ -25,7 +25,9 @@
 #include "engine/fd_table.h"
 #include "engine/libreact.h"
 #include "engine/libsock.h"
+#include "tests/testing/checked_stream.h"
 #include "tests/testing/loopback.h"
+#include "tests/testing/reactor_fixture.h"
 #include "tests/testing/run_until.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -42,8 +44,13 @@ extern "C" std::size_t __sanitizer_get_current_allocated_bytes(void);
 
 namespace {
 
+using testing_support::CheckedStream;
+using testing_support::expect_bytes;
+using testing_support::first_difference;
+using testing_support::kNoMismatch;
 using testing_support::pattern;
 using testing_support::run_until;
+using testing_support::set_sndbuf;
 using namespace std::chrono_literals;
 
 constexpr std::size_t kPacket = BUFFER_PACKET_SIZE;
@@ -75,130 +82,68 @@ void* malloc_copy(std::string_view data) {
   return p;
 }
 
-// A plain client's view of the stream: reads what is there and checks each byte against the
-// expected stream as it arrives, without keeping it.
-struct CheckedStream {
-  std::string_view expected;
-  std::size_t got = 0;
-  std::size_t first_mismatch = std::string_view::npos;
-  bool closed = false;  // EOF or an error (reset) was seen
-
-  // Reads what is available, at most `max` bytes in this call.
-  void pump(int fd, std::size_t max = SIZE_MAX) {
-    static char buf[256 * 1024];
-    while (max > 0 && !closed) {
-      const ssize_t n = recv(fd, buf, std::min(max, sizeof buf), MSG_DONTWAIT);
-      if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
-        closed = true;
-      } else if (n < 0) {
-        if (errno == EAGAIN) return;
-      } else {
-        check(buf, static_cast<std::size_t>(n));
-        max -= static_cast<std::size_t>(n);
-      }
-    }
-  }
-  void check(const char* data, std::size_t n) {
-    if (first_mismatch == std::string_view::npos) {
-      const std::size_t comparable = got < expected.size() ? std::min(n, expected.size() - got) : 0;
-      if (comparable < n || std::memcmp(data, expected.data() + got, comparable) != 0) {
-        std::size_t i = 0;
-        while (i < comparable && data[i] == expected[got + i]) ++i;
-        first_mismatch = got + i;
-      }
-    }
-    got += n;
-  }
-  bool complete() const { return got >= expected.size(); }
-  bool intact() const { return got == expected.size() && first_mismatch == std::string_view::npos; }
-};
-
-// The first offset where a and b differ (their common length if one is a prefix of the other).
-std::size_t first_difference(std::string_view a, std::string_view b) {
-  const std::size_t n = std::min(a.size(), b.size());
-  std::size_t i = 0;
-  while (i < n && a[i] == b[i]) ++i;
-  return i;
-}
-
-void set_sndbuf(int fd, int bytes) { setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes); }
-
-// Makes close(fd) send a RST instead of a FIN.
-void reset_on_close(int fd) {
-  const linger lg{1, 0};
-  setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-}
-
-class WriteQueueTest : public ::testing::Test {
+class WriteQueueTest : public testing_support::OneClientFixture {
  protected:
   void SetUp() override {
-    // A regression that raises SIGPIPE must kill the binary, so nothing may hide it.
-    struct sigaction sa;
-    ASSERT_EQ(sigaction(SIGPIPE, nullptr, &sa), 0);
-    ASSERT_EQ(sa.sa_handler, SIG_DFL);
-    sigset_t blocked;
-    ASSERT_EQ(pthread_sigmask(SIG_BLOCK, nullptr, &blocked), 0);
-    ASSERT_FALSE(sigismember(&blocked, SIGPIPE));
-
-    current_ = this;
-    reactor_.on_data = on_data;
-    reactor_.on_close = on_close;
-    listener_ = testing_support::listen_loopback();
-    ASSERT_EQ(reactor_add(&reactor_, listener_.fd), 0);
+    ASSERT_NO_FATAL_FAILURE(testing_support::assert_sigpipe_default());
+    OneClientFixture::SetUp();
   }
 
-  void TearDown() override {
-    if (client_ >= 0) close(client_);
-    reactor_stop(&reactor_);
-    EXPECT_TRUE(run_until(&reactor_, [&] { return reactor_._impl == nullptr; }));
-    current_ = nullptr;
-  }
-
-  // Connects the plain client (receive buffer shrunk to rcvbuf when > 0) and runs the reactor
-  // until the server side is accepted.
-  void connect_client(int rcvbuf = 0) {
-    client_ = testing_support::connect_client(listener_.port, rcvbuf);
-    ASSERT_TRUE(run_until(&reactor_, [&] { return server_ >= 0; }));
-  }
-
-  SockPoolStats pool_stats() {
-    SockPoolStats s{};
-    EXPECT_EQ(sock_pool_stats(&reactor_, &s), 0);
-    return s;
-  }
-
-  // Runs a few more iterations after a condition held, so that a second (wrong) callback
-  // would have had its chance.
-  void run_iterations(int n) {
-    int i = 0;
-    run_until(&reactor_, [&] { return i++ >= n; });
-  }
-
-  static void on_data(struct Reactor* r, int fd) {
-    WriteQueueTest* t = current_;
-    if (fd == t->listener_.fd) {
-      int c;
-      while ((c = sock_accept(r, fd)) >= 0) t->server_ = c;
+  void on_connection_data(int fd) override {
+    if (on_server_data_) {
+      on_server_data_(fd);
       return;
     }
-    if (t->on_server_data_) {
-      t->on_server_data_(fd);
-      return;
-    }
-    char buf[4096];
-    while (sock_read(fd, buf, sizeof buf) > 0) {}
+    OneClientFixture::on_connection_data(fd);
   }
 
-  static void on_close(struct Reactor*, int fd) {
-    if (fd == current_->server_) ++current_->server_closes_;
+  // Lets the client read until expected.size() bytes arrived, and checks they are `expected`.
+  void expect_received(std::string_view expected) {
+    std::string got;
+    ASSERT_TRUE(read_at_least(client_, &got, expected.size()));
+    EXPECT_EQ(got, expected);
   }
 
-  static inline WriteQueueTest* current_ = nullptr;
-  struct Reactor reactor_ = {};
-  testing_support::Listener listener_;
-  int client_ = -1;
-  int server_ = -1;
-  int server_closes_ = 0;
+  // Lets the client read (at most `per_call` bytes per iteration) until the stream is
+  // complete or closed.
+  bool receive(CheckedStream& rx, std::size_t per_call = SIZE_MAX,
+               std::chrono::milliseconds deadline = 20s) {
+    return run_until(
+        &r_,
+        [&] {
+          rx.pump(client_, per_call);
+          return rx.complete() || rx.closed;
+        },
+        deadline);
+  }
+
+  // Lets the client read big_payload(), which the server has queued whole, and checks that all
+  // of it arrived in order and every packet went back to the pool.
+  void expect_big_payload_arrives() {
+    const std::string& data = big_payload();
+    CheckedStream rx = expect_bytes(data);
+    ASSERT_TRUE(receive(rx, SIZE_MAX, 120s));
+    EXPECT_EQ(rx.got, data.size());
+    EXPECT_EQ(rx.first_mismatch, kNoMismatch) << "first wrong byte at " << rx.first_mismatch;
+    EXPECT_EQ(pool_stats().outstanding, 0u);
+  }
+
+  // Connects a client that resets the connection at once, waits for the reset to reach the
+  // server and consumes it with a plain recv, as a read on the server would: the socket error
+  // (ECONNRESET) is gone and every later send fails with EPIPE, which raises SIGPIPE unless
+  // the library suppresses it.
+  void connect_and_consume_reset() {
+    connect_client();
+    reset_client();
+    pollfd p{server_, POLLIN, 0};
+    ASSERT_EQ(poll(&p, 1, 5000), 1);
+    char byte;
+    errno = 0;
+    ASSERT_EQ(recv(server_, &byte, 1, MSG_DONTWAIT), -1);
+    ASSERT_EQ(errno, ECONNRESET);
+  }
+
+  // Replaces the default (read and discard) on the server's connection.
   std::function<void(int fd)> on_server_data_;
 };
 
@@ -225,12 +170,7 @@ TEST_F(WriteQueueTest, ThousandSmallWritesOnTheOwnerThreadShareOnePacket) {
   EXPECT_EQ(queued.checkouts - before.checkouts, 1u) << "10,000 bytes fit one 17 KB packet";
   EXPECT_EQ(queued.outstanding, 1u);
 
-  std::string got;
-  ASSERT_TRUE(run_until(&reactor_, [&] {
-    testing_support::drain(client_, &got);
-    return got.size() >= expected.size();
-  }));
-  EXPECT_EQ(got, expected);
+  ASSERT_NO_FATAL_FAILURE(expect_received(expected));
   const SockPoolStats after = pool_stats();
   EXPECT_EQ(after.high_water, 1u);
   EXPECT_EQ(after.outstanding, 0u);
@@ -249,12 +189,7 @@ TEST_F(WriteQueueTest, ThousandSmallWritesInOneCallbackShareOnePacket) {
   };
   connect_client();
   testing_support::write_all(client_, "g");
-  std::string got;
-  ASSERT_TRUE(run_until(&reactor_, [&] {
-    testing_support::drain(client_, &got);
-    return got.size() >= expected.size();
-  }));
-  EXPECT_EQ(got, expected);
+  ASSERT_NO_FATAL_FAILURE(expect_received(expected));
   const SockPoolStats s = pool_stats();
   EXPECT_EQ(s.checkouts, 1u);
   EXPECT_EQ(s.high_water, 1u);
@@ -271,12 +206,7 @@ TEST_F(WriteQueueTest, SmallWriteToAnIdleConnectionLeavesNoPacketAfterTheFlush) 
 
   // The same through the reactor's flush step.
   ASSERT_EQ(sock_write(server_, "abcdefghij", 10), 0);
-  std::string got;
-  ASSERT_TRUE(run_until(&reactor_, [&] {
-    testing_support::drain(client_, &got);
-    return got.size() >= 20;
-  }));
-  EXPECT_EQ(got, "0123456789abcdefghij");
+  ASSERT_NO_FATAL_FAILURE(expect_received("0123456789abcdefghij"));
   EXPECT_EQ(pool_stats().outstanding, 0u);
 }
 
@@ -286,17 +216,7 @@ TEST_F(WriteQueueTest, CopiedWriteOf100MBArrivesCompleteAndInOrder) {
   connect_client();
   const std::string& data = big_payload();
   ASSERT_EQ(sock_write(server_, data.data(), data.size()), 0);
-  CheckedStream rx{data};
-  ASSERT_TRUE(run_until(
-      &reactor_,
-      [&] {
-        rx.pump(client_);
-        return rx.complete() || rx.closed;
-      },
-      120s));
-  EXPECT_EQ(rx.got, data.size());
-  EXPECT_EQ(rx.first_mismatch, std::string_view::npos) << "first wrong byte at " << rx.first_mismatch;
-  EXPECT_EQ(pool_stats().outstanding, 0u);
+  expect_big_payload_arrives();
 }
 
 TEST_F(WriteQueueTest, MovedBufferOf100MBArrivesCompleteAndIsFreed) {
@@ -306,17 +226,7 @@ TEST_F(WriteQueueTest, MovedBufferOf100MBArrivesCompleteAndIsFreed) {
   const std::optional<std::size_t> heap_with_buffer = live_heap_bytes();
   ASSERT_EQ(sock_write2(.fd = server_, .buffer = buffer, .length = data.size(), .move = 1), 0);
   EXPECT_EQ(pool_stats().outstanding, 1u) << "a moved buffer is linked, not copied";
-  CheckedStream rx{data};
-  ASSERT_TRUE(run_until(
-      &reactor_,
-      [&] {
-        rx.pump(client_);
-        return rx.complete() || rx.closed;
-      },
-      120s));
-  EXPECT_EQ(rx.got, data.size());
-  EXPECT_EQ(rx.first_mismatch, std::string_view::npos) << "first wrong byte at " << rx.first_mismatch;
-  EXPECT_EQ(pool_stats().outstanding, 0u);
+  ASSERT_NO_FATAL_FAILURE(expect_big_payload_arrives());
   if (heap_with_buffer) {
     EXPECT_LE(*live_heap_bytes() + kBigWrite, *heap_with_buffer + kMiB)
         << "the 100 MB buffer was not freed once sent";
@@ -348,12 +258,12 @@ TEST_F(WriteQueueTest, MovedBufferIsFreedWhenTheWriteFails) {
   EXPECT_EQ(sock_write2(.fd = server_, .buffer = malloc_copy(data), .length = 0, .move = 1), 0);
 
   // A connection that is closing accepts no new writes.
-  sock_close(&reactor_, server_);
+  sock_close(&r_, server_);
   errno = 0;
   EXPECT_EQ(sock_write2(.fd = server_, .buffer = malloc_copy(data), .length = data.size(), .move = 1),
             -1);
   EXPECT_EQ(errno, EPIPE);
-  ASSERT_TRUE(run_until(&reactor_, [&] { return server_closes_ == 1; }));
+  ASSERT_TRUE(run_until(&r_, [&] { return server_closes_ == 1; }));
 
   // After the close the fd is unknown to the library.
   errno = 0;
@@ -368,16 +278,13 @@ TEST_F(WriteQueueTest, MovedBufferIsFreedWhenTheWriteFails) {
 
 TEST_F(WriteQueueTest, MovedBufferStillQueuedWhenThePeerResetsIsFreed) {
   connect_client(4096);
-  set_sndbuf(server_, 4096);
   const std::string data = pattern(8 * kMiB, 5);
   const std::optional<std::size_t> heap_before = live_heap_bytes();
   ASSERT_EQ(sock_write2(.fd = server_, .buffer = malloc_copy(data), .length = data.size(), .move = 1),
             0);
   run_iterations(2);  // part of it goes out; the rest waits for the reader
-  reset_on_close(client_);
-  close(client_);
-  client_ = -1;
-  ASSERT_TRUE(run_until(&reactor_, [&] { return server_closes_ == 1; }));
+  reset_client();
+  ASSERT_TRUE(run_until(&r_, [&] { return server_closes_ == 1; }));
   EXPECT_EQ(pool_stats().outstanding, 0u);
   if (heap_before) {
     EXPECT_LE(*live_heap_bytes(), *heap_before + kMiB / 2);
@@ -393,7 +300,6 @@ class UrgentWriteTest : public WriteQueueTest {
   void SetUp() override {
     WriteQueueTest::SetUp();
     connect_client(4096);
-    set_sndbuf(server_, 4096);
   }
   // Runs until the flush step wrote part of the queue and the kernel refused the rest.
   void flush_until_blocked() {
@@ -401,14 +307,6 @@ class UrgentWriteTest : public WriteQueueTest {
     const engine::FdSlot* slot = engine::fd_slot(server_);
     ASSERT_NE(slot, nullptr);
     ASSERT_NE(slot->head, nullptr) << "the kernel took everything: the buffers are too large";
-  }
-  // Lets the client read until `size` bytes arrived.
-  std::string receive(std::size_t size) {
-    std::string got;
-    EXPECT_TRUE(run_until(&reactor_, [&] {
-      return !testing_support::drain(client_, &got) || got.size() >= size;
-    }));
-    return got;
   }
 };
 
@@ -433,7 +331,7 @@ TEST_F(UrgentWriteTest, UrgentWriteGoesAfterThePartlySentPacketAndBeforeTheNextW
   ASSERT_EQ(sock_write(server_, d.data(), d.size()), 0);
 
   const std::string expected = a + u1 + u2 + b + c + d;
-  const std::string got = receive(expected.size());
+  const std::string got = read_to_eof(client_, expected.size());
   EXPECT_EQ(got.size(), expected.size());
   EXPECT_TRUE(got == expected) << "streams differ at byte " << first_difference(got, expected)
                                << " (A ends at " << a.size() << ")";
@@ -455,7 +353,7 @@ TEST_F(UrgentWriteTest, UrgentWriteNeverSplitsAMultiPacketWrite) {
   ASSERT_EQ(sock_write2(.fd = server_, .buffer = u.data(), .length = u.size(), .urgent = 1), 0);
 
   const std::string expected = a + u + b;
-  const std::string got = receive(expected.size());
+  const std::string got = read_to_eof(client_, expected.size());
   EXPECT_EQ(got.size(), expected.size());
   EXPECT_TRUE(got == expected) << "streams differ at byte " << first_difference(got, expected);
 }
@@ -473,7 +371,7 @@ TEST_F(UrgentWriteTest, UrgentWriteNeverLandsInsideWritesThatShareAPacket) {
   ASSERT_EQ(sock_write(server_, b.data(), b.size()), 0);
   ASSERT_EQ(sock_write2(.fd = server_, .buffer = u.data(), .length = u.size(), .urgent = 1), 0);
 
-  const std::string got = receive(a.size() + b.size() + u.size());
+  const std::string got = read_to_eof(client_, a.size() + b.size() + u.size());
   EXPECT_TRUE(got == a + u + b || got == a + b + u)
       << "the urgent write split a message; streams differ from A+U+B at byte "
       << first_difference(got, a + u + b) << " and from A+B+U at byte "
@@ -500,7 +398,7 @@ TEST_F(UrgentWriteTest, UrgentWritesGoBeforeUnstartedWritesInTheirOwnOrder) {
               0);
   }
   const std::string expected = filler + urgent_all + w1 + w2;
-  const std::string got = receive(expected.size());
+  const std::string got = read_to_eof(client_, expected.size());
   EXPECT_EQ(got.size(), expected.size());
   EXPECT_TRUE(got == expected) << "streams differ at byte " << first_difference(got, expected)
                                << " (the filler ends at " << filler.size() << ")";
@@ -510,46 +408,28 @@ TEST_F(UrgentWriteTest, UrgentWritesGoBeforeUnstartedWritesInTheirOwnOrder) {
 
 TEST_F(WriteQueueTest, PeerResetDuringALargeWriteClosesOnceAndReturnsEveryPacket) {
   connect_client(4096);
-  set_sndbuf(server_, 4096);
   const std::string& data = big_payload();
   const std::size_t size = 16 * kMiB;
   ASSERT_EQ(sock_write(server_, data.data(), size), 0);
   ASSERT_GT(pool_stats().outstanding, 900u);
   // The client reads a little, so the reset arrives while the queue is being written.
-  CheckedStream rx{std::string_view(data.data(), size)};
-  ASSERT_TRUE(run_until(&reactor_, [&] {
+  CheckedStream rx = expect_bytes(std::string_view(data.data(), size));
+  ASSERT_TRUE(run_until(&r_, [&] {
     rx.pump(client_);
     return rx.got >= 64 * 1024;
   }));
-  EXPECT_EQ(rx.first_mismatch, std::string_view::npos);
-  reset_on_close(client_);
-  close(client_);
-  client_ = -1;
-  ASSERT_TRUE(run_until(&reactor_, [&] { return server_closes_ >= 1; }));
+  EXPECT_EQ(rx.first_mismatch, kNoMismatch);
+  reset_client();
+  ASSERT_TRUE(run_until(&r_, [&] { return server_closes_ >= 1; }));
   run_iterations(20);
   EXPECT_EQ(server_closes_, 1);
   EXPECT_EQ(pool_stats().outstanding, 0u);
   EXPECT_TRUE(sock_is_closed(server_));
 }
 
-// Waits for the reset to reach the server and consumes it with a plain recv, as a read on the
-// server would: the socket error (ECONNRESET) is gone and every later send fails with EPIPE,
-// which raises SIGPIPE unless the library suppresses it.
-void consume_reset(int server) {
-  pollfd p{server, POLLIN, 0};
-  ASSERT_EQ(poll(&p, 1, 5000), 1);
-  char byte;
-  errno = 0;
-  ASSERT_EQ(recv(server, &byte, 1, MSG_DONTWAIT), -1);
-  ASSERT_EQ(errno, ECONNRESET);
-}
 
 TEST_F(WriteQueueTest, WriteAfterPeerResetFailsWithEpipeWithoutSigpipe) {
-  connect_client();
-  reset_on_close(client_);
-  close(client_);
-  client_ = -1;
-  consume_reset(server_);
+  connect_and_consume_reset();
   const std::string data = pattern(64 * 1024, 6);
   ASSERT_EQ(sock_write(server_, data.data(), data.size()), 0);  // queued until the flush
   errno = 0;
@@ -563,14 +443,10 @@ TEST_F(WriteQueueTest, WriteAfterPeerResetFailsWithEpipeWithoutSigpipe) {
 }
 
 TEST_F(WriteQueueTest, ReactorFlushAfterPeerResetClosesOnceWithoutSigpipe) {
-  connect_client();
-  reset_on_close(client_);
-  close(client_);
-  client_ = -1;
-  consume_reset(server_);
+  connect_and_consume_reset();
   const std::string data = pattern(64 * 1024, 7);
   ASSERT_EQ(sock_write(server_, data.data(), data.size()), 0);
-  ASSERT_TRUE(run_until(&reactor_, [&] { return server_closes_ >= 1; }));
+  ASSERT_TRUE(run_until(&r_, [&] { return server_closes_ >= 1; }));
   run_iterations(5);
   EXPECT_EQ(server_closes_, 1);
   EXPECT_EQ(pool_stats().outstanding, 0u);
@@ -617,10 +493,13 @@ TEST(WriteQueueNoReactorTest, SockFlushWritesUntilEagainWhileTheClientDrains) {
   ASSERT_EQ(sock_write(server, data.data(), data.size()), 0);
 
   const std::string expected = filler + data;
-  CheckedStream rx{expected};
+  CheckedStream rx = expect_bytes(expected);
   std::size_t flushed = 0;
   std::size_t largest_flush = 0;
   int flushes = 0;
+  // Whether each flush ended at EAGAIN cannot be probed from here without racing the kernel
+  // (ACKs free socket space asynchronously). The exact total and a flush larger than one
+  // packet prove what matters: no byte lost or repeated, and no single write per flush.
   const auto deadline = std::chrono::steady_clock::now() + 30s;
   while (!rx.complete() && !rx.closed && std::chrono::steady_clock::now() < deadline) {
     rx.pump(client);
@@ -629,13 +508,6 @@ TEST(WriteQueueNoReactorTest, SockFlushWritesUntilEagainWhileTheClientDrains) {
     flushed += static_cast<std::size_t>(n);
     largest_flush = std::max(largest_flush, static_cast<std::size_t>(n));
     ++flushes;
-    if (n > 0 && flushed < data.size()) {
-      // Data is still queued, so the flush stopped only because the kernel said EAGAIN.
-      errno = 0;
-      EXPECT_EQ(send(server, "!", 1, MSG_DONTWAIT | MSG_NOSIGNAL), -1)
-          << "sock_flush returned with room left in the socket (after " << flushed << " bytes)";
-      EXPECT_EQ(errno, EAGAIN);
-    }
   }
   EXPECT_TRUE(rx.intact()) << "got " << rx.got << " of " << expected.size()
                            << ", first mismatch at " << rx.first_mismatch;
@@ -649,21 +521,13 @@ TEST(WriteQueueNoReactorTest, SockFlushWritesUntilEagainWhileTheClientDrains) {
 
 TEST_F(WriteQueueTest, LargeResponseToASlowReaderCompletesWithoutStalling) {
   connect_client(64 * 1024);
-  set_sndbuf(server_, 64 * 1024);
   const std::string& data = big_payload();
   const std::size_t size = 10 * kMiB;
   ASSERT_EQ(sock_write(server_, data.data(), size), 0);
   // The client reads at most 32 KB per loop iteration, so the server's queue blocks and
   // resumes many times; each resumption must come from the reactor, not from a new write.
-  CheckedStream rx{std::string_view(data.data(), size)};
-  ASSERT_TRUE(run_until(
-      &reactor_,
-      [&] {
-        rx.pump(client_, 32 * 1024);
-        return rx.complete() || rx.closed;
-      },
-      60s))
-      << "stalled after " << rx.got << " bytes";
+  CheckedStream rx = expect_bytes(std::string_view(data.data(), size));
+  ASSERT_TRUE(receive(rx, 32 * 1024, 60s)) << "stalled after " << rx.got << " bytes";
   EXPECT_TRUE(rx.intact()) << "first mismatch at " << rx.first_mismatch;
   EXPECT_EQ(pool_stats().outstanding, 0u);
 }
@@ -689,10 +553,7 @@ TEST_F(WriteQueueTest, PacketChainIsSentInOrder) {
   ASSERT_EQ(sock_send_packet(server_, chain), 0);
   const std::string expected = parts[0] + parts[1] + parts[2];
   std::string got;
-  ASSERT_TRUE(run_until(&reactor_, [&] {
-    testing_support::drain(client_, &got);
-    return got.size() >= expected.size();
-  }));
+  ASSERT_TRUE(read_at_least(client_, &got, expected.size()));
   EXPECT_TRUE(got == expected) << "streams differ at byte " << first_difference(got, expected);
 }
 
@@ -724,7 +585,7 @@ TEST_F(WriteQueueTest, FailedSendPacketLeavesTheChainWithTheCaller) {
   EXPECT_EQ(errno, EINVAL);
   chain->metadata.next->length = 6;
 
-  sock_close(&reactor_, server_);
+  sock_close(&r_, server_);
   errno = 0;
   EXPECT_EQ(sock_send_packet(server_, chain), -1);
   EXPECT_EQ(errno, EPIPE);
@@ -739,9 +600,9 @@ TEST_F(WriteQueueTest, FailedSendPacketLeavesTheChainWithTheCaller) {
   EXPECT_EQ(fallback_after.returns - fallback_before.returns, 2u);
   sock_free_packet(nullptr);  // a no-op
 
-  ASSERT_TRUE(run_until(&reactor_, [&] { return server_closes_ == 1; }));
+  ASSERT_TRUE(run_until(&r_, [&] { return server_closes_ == 1; }));
   std::string got;
-  run_until(&reactor_, [&] { return !testing_support::drain(client_, &got); });
+  read_until_closed(client_, &got);
   EXPECT_EQ(got, "") << "nothing of the refused chain was sent";
 }
 
@@ -755,11 +616,8 @@ TEST_F(WriteQueueTest, ExternalPacketBufferIsFreedWithThePacket) {
   p->length = static_cast<ssize_t>(data.size());
   p->metadata.external = 1;
   ASSERT_EQ(sock_send_packet(server_, p), 0);
-  CheckedStream rx{data};
-  ASSERT_TRUE(run_until(&reactor_, [&] {
-    rx.pump(client_);
-    return rx.complete() || rx.closed;
-  }));
+  CheckedStream rx = expect_bytes(data);
+  ASSERT_TRUE(receive(rx));
   EXPECT_TRUE(rx.intact());
   if (heap_before) {
     EXPECT_LE(*live_heap_bytes(), *heap_before + 64 * 1024);

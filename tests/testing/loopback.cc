@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <stdexcept>
@@ -56,6 +57,13 @@ bool drain(int fd, std::string* sink) {
   }
 }
 
+void set_sndbuf(int fd, int bytes) { setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes); }
+
+int reset_on_close(int fd) {
+  const linger lg{1, 0};
+  return setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+}
+
 void write_all(int fd, const std::string& data) {
   std::size_t off = 0;
   while (off < data.size()) {
@@ -78,6 +86,13 @@ std::string pattern(std::size_t length, unsigned seed) {
   std::string s(length, '\0');
   for (std::size_t i = 0; i < length; ++i) s[i] = pattern_byte(i, seed);
   return s;
+}
+
+std::size_t first_difference(std::string_view a, std::string_view b) {
+  const std::size_t n = std::min(a.size(), b.size());
+  std::size_t i = 0;
+  while (i < n && a[i] == b[i]) ++i;
+  return i;
 }
 
 }  // namespace testing_support

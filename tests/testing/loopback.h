@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <string>
+#include <string_view>
 
 namespace testing_support {
 
@@ -23,6 +24,12 @@ int connect_client(int port, int rcvbuf = 0);
 // peer closed (EOF or reset), true otherwise.
 bool drain(int fd, std::string* sink);
 
+// Shrinks fd's kernel send buffer (SO_SNDBUF), so that a write queue fills it quickly.
+void set_sndbuf(int fd, int bytes);
+
+// Makes close(fd) send a RST instead of a FIN (SO_LINGER {on, 0}). Returns setsockopt's result.
+int reset_on_close(int fd);
+
 // Writes all of data, retrying on EAGAIN (the other side must be reading meanwhile: use only
 // for data that fits in socket buffers).
 void write_all(int fd, const std::string& data);
@@ -30,6 +37,9 @@ void write_all(int fd, const std::string& data);
 // A deterministic byte pattern: byte i of stream `seed`.
 char pattern_byte(std::size_t i, unsigned seed);
 std::string pattern(std::size_t length, unsigned seed);
+
+// The first offset where a and b differ (their common length if one is a prefix of the other).
+std::size_t first_difference(std::string_view a, std::string_view b);
 
 }  // namespace testing_support
 
