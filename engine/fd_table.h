@@ -40,14 +40,21 @@ enum SlotFlag : uint32_t {
   kWriteBlocked = 1u << 10, // the kernel said EAGAIN: on_ready once the queue drains
   kHangup = 1u << 11,       // EPOLLHUP/EPOLLERR seen: close once input is consumed
   kCloseHooksRun = 1u << 12, // before_close of the transport layers already ran
-  kPeerShut = 1u << 13       // EPOLLRDHUP seen: an EOF waits behind the data
+  kPeerShut = 1u << 13,      // EPOLLRDHUP seen: an EOF waits behind the data
+  kErrorSeen = 1u << 14      // EPOLLERR seen: a hang-up close is an error, not the peer's
 };
 
 struct FdSlot {
-  // Bumped whenever the fd is closed or re-opened, so events and calls that carry an old
-  // value are recognised as stale after the number is reused.
+  // Changes whenever the fd is opened or closed, so events and calls that carry an old value
+  // are recognised as stale after the number is reused. Odd while the fd is open with the sock_
+  // API, even otherwise: any thread can tell from this one atomic whether a call may target
+  // the fd. Owner-thread writes use release, and a thread taking over the slot (a new owner
+  // after the number was reused) reads it with acquire before touching anything else, which
+  // orders the previous owner's last writes before its own.
   std::atomic<uint32_t> generation;
   uint32_t flags;
+  // The reactor the fd is attached to. Written on the owner thread through set_owner()
+  // (atomic, release) and read by other threads to route their calls (load_owner()).
   Reactor* owner;
   // The write queue: a chain through Packet::metadata.next. `sent` bytes of `head` are
   // already written (64-bit: moved buffers and files may exceed 4 GiB).
@@ -67,6 +74,25 @@ static_assert(kMaxFds % kSlotsPerPage == 0);
 
 // The slot of fd if its page exists, else nullptr (also for fd < 0 or fd >= kMaxFds).
 FdSlot* fd_slot(int fd);
+
+inline bool is_open_generation(uint32_t generation) { return generation & 1u; }
+
+// Owner thread: moves the generation to the next odd (open) or even (closed) value.
+inline void mark_open(FdSlot& slot) {
+  const uint32_t g = slot.generation.load(std::memory_order_relaxed);
+  slot.generation.store(g + (is_open_generation(g) ? 2 : 1), std::memory_order_release);
+}
+inline void mark_closed(FdSlot& slot) {
+  const uint32_t g = slot.generation.load(std::memory_order_relaxed);
+  slot.generation.store(g + (is_open_generation(g) ? 1 : 2), std::memory_order_release);
+}
+
+inline void set_owner(FdSlot& slot, Reactor* owner) {
+  std::atomic_ref<Reactor*>(slot.owner).store(owner, std::memory_order_release);
+}
+inline Reactor* load_owner(FdSlot& slot) {
+  return std::atomic_ref<Reactor*>(slot.owner).load(std::memory_order_acquire);
+}
 
 // The slot of fd, allocating its page if needed. nullptr with errno EBADF (fd out of range)
 // or ENOMEM.

@@ -54,7 +54,7 @@ int reactor_remove(struct Reactor* reactor, int fd) {
 void reactor_close(struct Reactor* reactor, int fd) {
   engine::Reactor* r = engine::Reactor::of(reactor, false);
   FdSlot* slot = engine::fd_slot(fd);
-  if (r && slot && slot->owner == r && (slot->flags & engine::kAttached)) r->close_now(fd, *slot);
+  if (r && slot && slot->owner == r && (slot->flags & engine::kAttached)) r->close_now(fd, *slot, engine::CloseReason::kLocal);
 }
 
 int reactor_make_timer(void) { return timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC); }

@@ -12,11 +12,20 @@
  *   on error the caller keeps them. Packets are carved from pooled slabs: release an unsent
  *   packet with sock_free_packet(), never with free() (the seed allowed free(); a per-packet
  *   malloc cannot meet the pool's memory bound).
- * Threads: an fd attached to a reactor belongs to that reactor's owner thread, and the sock_
- *   calls for it must come from that thread (normally from inside its callbacks). An fd
- *   opened without a reactor may be used from one thread at a time. The helpers in the first
- *   section (no fd state) are safe from any thread. sock_checkout_packet() and
- *   sock_free_packet() are safe from any thread.
+ * Threads: an fd belongs to the thread of the reactor it is attached to (its owner thread);
+ *   callbacks run there. For a reactor driven by a sharded server (shards/server.h), any thread
+ *   may call sock_write/sock_write2, sock_flush, sock_close, sock_force_close, sock_send_packet,
+ *   sock_status, sock_open/sock_attach (with that reactor) and the handle calls: off the owner
+ *   thread they are posted to it, stamped with the fd's generation, and return 0 once queued
+ *   (the result of the work itself is not reported back; a call that finds the connection
+ *   closed when it runs is dropped, and what it owned is freed). sock_read and the sock_tlc_
+ *   calls need the owner thread: elsewhere they fail with EPERM. With a reactor you drive
+ *   yourself (reactor_review), use its fds from its thread only; an fd opened without a
+ *   reactor may be used from one thread at a time. The helpers in the first section (no fd
+ *   state), sock_checkout_packet() and sock_free_packet() are safe from any thread.
+ * Handles: an fd number is reused as soon as it closes. sock_fd2uuid() gives a handle (fd plus
+ *   generation) that stops matching when that connection closes, for callers that keep
+ *   connections across callbacks or threads.
  */
 #ifndef LIBSOCK_H
 #define LIBSOCK_H
@@ -121,7 +130,7 @@ int sock_status(int fd);
 ssize_t sock_read(int fd, void* buf, size_t count);
 
 /** Options of sock_write2(), named-argument style. In C++ the designators must follow the
- * declaration order (fd, buffer, length, move, urgent, file, merge). */
+ * declaration order (fd, buffer, length, move, urgent, file, merge, uuid). */
 struct SockWriteOpt {
   /** The fd to send to. */
   int fd SOCK_CXX_ZERO_;
@@ -142,6 +151,10 @@ struct SockWriteOpt {
   unsigned file : 1 SOCK_CXX_ZERO_;
   /** Reserved, as in the seed: small writes are always merged into the queue's last packet. */
   unsigned merge : 1 SOCK_CXX_ZERO_;
+  /** Extension: a handle from sock_fd2uuid() to write to instead of .fd. The write fails with
+   * EBADF if that connection is closed, and is dropped if it closes before the write runs on
+   * its owner thread, so the bytes never reach a later connection on the same fd number. */
+  intptr_t uuid SOCK_CXX_ZERO_;
 };
 
 /** Queues data for fd (copying it, unless .move or .file), to be written when the reactor
@@ -172,6 +185,29 @@ void sock_close(struct Reactor* reactor, int fd);
 
 /** Closes fd now, dropping its queue. The close runs on_close as sock_close() does. */
 void sock_force_close(struct Reactor* reactor, int fd);
+
+/** A handle for fd's current connection: its generation above the fd number, never negative.
+ * Returns -1 with errno EBADF if fd is not open. Any thread. */
+intptr_t sock_fd2uuid(int fd);
+
+/** The fd of a handle while its connection is open, else -1 with errno EBADF. Any thread. */
+int sock_uuid2fd(intptr_t uuid);
+
+/** sock_close() / sock_force_close() through a handle: -1 with errno EBADF if its connection is
+ * already closed (a later connection on the same number is never touched), else 0. */
+int sock_close_uuid(intptr_t uuid);
+int sock_force_close_uuid(intptr_t uuid);
+
+/** Why a connection closed. */
+enum SockCloseReason {
+  SOCK_CLOSE_LOCAL = 0,   /* sock_close, sock_force_close, reactor_close, a stop */
+  SOCK_CLOSE_PEER = 1,    /* the peer closed (EOF, hang-up) */
+  SOCK_CLOSE_TIMEOUT = 2, /* an idle timeout or a deadline expired */
+  SOCK_CLOSE_ERROR = 3    /* a read, write, connect or transport-layer error */
+};
+
+/** Inside on_close: why that fd closed. Elsewhere: SOCK_CLOSE_LOCAL. */
+enum SockCloseReason sock_close_reason(void);
 
 /* ---------------------------------------------------------------------------------------
  * Direct user-level buffer API

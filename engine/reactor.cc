@@ -18,6 +18,7 @@ namespace engine {
 namespace {
 
 thread_local Reactor* tls_current = nullptr;
+thread_local CloseReason tls_close_reason = CloseReason::kLocal;
 
 // Edge-triggered: one wakeup per state change, so work left over (a partial read, a queue cut
 // short by the budget) goes on a work list instead of waiting for an edge that will not come.
@@ -35,8 +36,10 @@ int64_t now_ms() {
   return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1000000;
 }
 
+// The generation is checked first, with acquire: when the number moved to another reactor,
+// the slot's other fields belong to that reactor's thread and must not be read here.
 bool is_current(const FdSlot& slot, uint32_t generation, const Reactor* r) {
-  return slot.generation.load(std::memory_order_relaxed) == generation && slot.owner == r &&
+  return slot.generation.load(std::memory_order_acquire) == generation && slot.owner == r &&
          (slot.flags & kAttached);
 }
 
@@ -87,7 +90,8 @@ void Reactor::bind_owner_thread() { pool_->bind_owner_thread(); }
 
 // The loop, in the order that keeps every promise:
 //  1. A requested stop begins before waiting, so it runs even when the loop is busy.
-//  2. Wait for events, not at all when fds are owed work from the last iteration.
+//  2. Wait for events, not at all when fds are owed work or calls were posted meanwhile;
+//     then run the calls other threads posted (they may queue output or close fds).
 //  3. Dispatch each event whose (fd, generation) is still current; output first, so a
 //     completed connect reports on_ready before its first on_data.
 //  4. Give callbacks that read without draining another turn, then flush everything the
@@ -108,6 +112,7 @@ int Reactor::run_once(int timeout_ms) {
   }
   n = n < 0 ? 0 : n;
   api_->last_tick = time(nullptr);
+  if (inbox_) inbox_->drain(*this);
 
   for (int i = 0; i < n; ++i) {
     const uint64_t key = events[i].data.u64;
@@ -129,8 +134,10 @@ int Reactor::run_once(int timeout_ms) {
 int Reactor::wait_timeout(int timeout_ms) const {
   if (!ready_.empty() || !flush_.empty()) return 0;
   if (stopping_ || stop_requested_.load(std::memory_order_relaxed)) {
-    return timeout_ms < kStopPollMs ? timeout_ms : kStopPollMs;
+    timeout_ms = timeout_ms < kStopPollMs ? timeout_ms : kStopPollMs;
   }
+  // Last: after may_sleep() returns true a post() wakes us, so nothing may return 0 after it.
+  if (timeout_ms != 0 && inbox_ && !inbox_->may_sleep()) return 0;
   return timeout_ms;
 }
 
@@ -140,6 +147,9 @@ void Reactor::dispatch(int fd, uint32_t generation, uint32_t events) {
   // queued it, possibly by a callback earlier in this same batch.
   if (!slot || !is_current(*slot, generation, this)) return;
   if (events & (EPOLLERR | EPOLLHUP)) slot->flags |= kHangup;
+  // The error itself stays pending for the read or write that reports it (SO_ERROR would
+  // consume it); the flag only names the close reason.
+  if (events & EPOLLERR) slot->flags |= kErrorSeen;
   if (events & EPOLLRDHUP) slot->flags |= kPeerShut;
   if (events & (EPOLLOUT | EPOLLERR)) {
     on_writable(fd, *slot);
@@ -159,7 +169,7 @@ void Reactor::on_writable(int fd, FdSlot& slot) {
     if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
     if (err) {
       slot.last_error = err;
-      close_now(fd, slot);
+      close_now(fd, slot, CloseReason::kError);
       return;
     }
     slot.flags &= ~kConnecting;
@@ -189,7 +199,7 @@ void Reactor::call_on_data(int fd, FdSlot& slot) {
   // A hung-up fd whose input nobody consumes (or a plain fd, whose user reads on its own)
   // would never hear from epoll again: close it.
   if ((slot.flags & kHangup) && !(slot.flags & (kEof | kFailed | kClosing))) {
-    close_now(fd, slot);
+    close_now(fd, slot, (slot.flags & kErrorSeen) ? CloseReason::kError : CloseReason::kPeer);
   }
 }
 
@@ -230,7 +240,7 @@ void Reactor::want_read(int fd, FdSlot& slot) {
 long Reactor::flush_fd(int fd, FdSlot& slot, std::size_t budget, bool notify_ready) {
   if (slot.flags & kFailed) {
     const int err = slot.last_error;
-    close_now(fd, slot);
+    close_now(fd, slot, CloseReason::kError);
     errno = err;
     return -1;
   }
@@ -239,7 +249,7 @@ long Reactor::flush_fd(int fd, FdSlot& slot, std::size_t budget, bool notify_rea
   switch (queue_write(fd, slot, budget, &written)) {
     case WriteResult::kError: {
       const int err = slot.last_error;
-      close_now(fd, slot);
+      close_now(fd, slot, CloseReason::kError);
       errno = err;
       return -1;
     }
@@ -257,7 +267,7 @@ long Reactor::flush_fd(int fd, FdSlot& slot, std::size_t budget, bool notify_rea
       want_flush(fd, slot);
       return static_cast<long>(written);
     }
-    close_now(fd, slot);
+    close_now(fd, slot, (slot.flags & kClosing) ? CloseReason::kLocal : CloseReason::kPeer);
     return static_cast<long>(written);
   }
   if (slot.flags & kWriteBlocked) {
@@ -288,7 +298,7 @@ int Reactor::attach(int fd, FdSlot& slot) {
     }
   }
   if (!mine) ++attached_;
-  slot.owner = this;
+  set_owner(slot, this);
   slot.flags |= kAttached;
   return 0;
 }
@@ -300,7 +310,7 @@ int Reactor::detach(int fd, FdSlot& slot) {
   }
   epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);  // ENOENT: closed behind our back
   slot.flags &= ~(kAttached | kOnFlushList | kOnReadyList);
-  slot.owner = nullptr;
+  set_owner(slot, nullptr);
   --attached_;
   return 0;
 }
@@ -323,7 +333,7 @@ void Reactor::begin_stop() {
       slot->flags |= kClosing;  // sock_ fds close once their queue drains
       want_flush(key_fd(key), *slot);
     } else {
-      close_now(key_fd(key), *slot);
+      close_now(key_fd(key), *slot, CloseReason::kLocal);
     }
   }
 }
@@ -331,7 +341,7 @@ void Reactor::begin_stop() {
 bool Reactor::finish_stop_if_done() {
   if (attached_ && now_ms() < stop_deadline_ms_) return false;
   fd_table_for_each([&](int fd, FdSlot& slot) {
-    if (slot.owner == this && (slot.flags & kAttached)) close_now(fd, slot);
+    if (slot.owner == this && (slot.flags & kAttached)) close_now(fd, slot, CloseReason::kLocal);
   });
   api_->_impl = nullptr;
   delete this;
@@ -341,6 +351,10 @@ bool Reactor::finish_stop_if_done() {
 
 void Reactor::request_stop() {
   stop_requested_.store(true, std::memory_order_release);
+  wake();
+}
+
+void Reactor::wake() {
   const uint64_t one = 1;
   // write(2) on an eventfd is async-signal-safe; EAGAIN means a wakeup is already pending.
   [[maybe_unused]] const ssize_t r = write(wake_fd_, &one, sizeof one);
@@ -355,7 +369,9 @@ bool run_close_hooks(int fd, FdSlot& slot) {
   return slot.head != nullptr;
 }
 
-void close_slot(int fd, FdSlot& slot, struct ::Reactor* notify) {
+CloseReason current_close_reason() { return tls_close_reason; }
+
+void close_slot(int fd, FdSlot& slot, struct ::Reactor* notify, CloseReason why) {
   Reactor* owner = (slot.flags & kAttached) ? slot.owner : nullptr;
   if (owner) {
     owner->detach(fd, slot);
@@ -364,10 +380,15 @@ void close_slot(int fd, FdSlot& slot, struct ::Reactor* notify) {
   // Unlink everything first: once close(2) returns, another thread may get this number.
   const ConnectionState state = take_state(slot);
   slot.flags = 0;
-  slot.owner = nullptr;
-  slot.generation.fetch_add(1, std::memory_order_release);
+  set_owner(slot, nullptr);
+  mark_closed(slot);  // last write to the slot: release hands it to whoever reuses the number
   ::close(fd);
-  if (notify && notify->on_close) notify->on_close(notify, fd);
+  if (notify && notify->on_close) {
+    const CloseReason outer = tls_close_reason;
+    tls_close_reason = why;
+    notify->on_close(notify, fd);
+    tls_close_reason = outer;
+  }
   free_state(fd, state);
 }
 

@@ -19,10 +19,18 @@
 #include "alloc/block_pool.h"
 #include "engine/fd_table.h"
 #include "engine/libreact.h"
+#include "engine/remote.h"
 
 namespace engine {
 
 class Reactor;
+
+// Why a connection closed; sock_close_reason() reports it inside on_close. Values match the
+// public SOCK_CLOSE_* constants of libsock.h.
+enum class CloseReason : int { kLocal = 0, kPeer = 1, kTimeout = 2, kError = 3 };
+
+// The reason of the close whose on_close is running on this thread (kLocal otherwise).
+CloseReason current_close_reason();
 
 // A connection's sock_ state, unlinked from its slot so that it can be freed after the slot
 // (and perhaps the fd number) has moved on.
@@ -42,7 +50,10 @@ void free_state(int fd, const ConnectionState& state);
 // epoll, unlink the queue and layers, bump the generation, close(2), on_close (of the fd's
 // reactor if attached, else of `notify` when not NULL), then free the queue, run the layers'
 // on_clear and free buffered input. Owner thread.
-void close_slot(int fd, FdSlot& slot, struct ::Reactor* notify);
+void close_slot(int fd, FdSlot& slot, struct ::Reactor* notify, CloseReason why);
+
+// Runs a call posted from another thread (libsock.cc), on `reactor`'s owner thread.
+void run_posted(Reactor& reactor, const RemoteCall& call);
 
 // Runs the transport layers' before_close hooks once per connection; true if they queued
 // output that must be sent before the close.
@@ -69,12 +80,22 @@ class Reactor {
 
   // Async-signal-safe, any thread: set a flag and wake the owner.
   void request_stop();
+  // Async-signal-safe, any thread: ends the owner's current or next blocking wait.
+  void wake();
+
+  // Cross-thread calls (remote.h). set_inbox() before the owner thread starts driving the
+  // reactor; with an inbox, sock_ calls from other threads are posted instead of run inline.
+  void set_inbox(Inbox* inbox) { inbox_ = inbox; }
+  Inbox* inbox() const { return inbox_; }
+  // Owner thread: runs one posted call, or drops it (freeing its data) if its fd's generation
+  // changed since it was posted.
+  void run_remote(const RemoteCall& call) { run_posted(*this, call); }
 
   // EPOLL_CTL_ADD (or MOD) with the slot's generation; EBADF for fd >= the api's maxfd.
   int attach(int fd, FdSlot& slot);
   int detach(int fd, FdSlot& slot);      // EPOLL_CTL_DEL; keeps the sock_ state
   // Closes now: see close_slot().
-  void close_now(int fd, FdSlot& slot) { close_slot(fd, slot, api_); }
+  void close_now(int fd, FdSlot& slot, CloseReason why) { close_slot(fd, slot, api_, why); }
 
   // Work lists. Idempotent (a slot flag says whether the fd is already listed).
   void want_flush(int fd, FdSlot& slot);
@@ -102,7 +123,8 @@ class Reactor {
 
   struct ::Reactor* api_;
   int epoll_fd_ = -1;
-  int wake_fd_ = -1;  // eventfd: request_stop() writes it to end a blocking wait
+  int wake_fd_ = -1;  // eventfd: wake() writes it to end a blocking wait
+  Inbox* inbox_ = nullptr;
   std::size_t attached_ = 0;
   std::unique_ptr<alloc::BlockPool> pool_;
   // (generation << 32 | fd) entries, so a closed-and-reused fd is skipped.
