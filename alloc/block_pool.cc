@@ -159,6 +159,13 @@ void* BlockPool::checkout() {
   // jemalloc. The relaxed peek is the one atomic on this path (a plain load on x86 and ARM); the
   // exchange behind it runs only when there is something to drain.
   if (available_ == nullptr) drain_remote_blocks();
+  if (limit_ != 0 && outstanding_.get() >= limit_) {
+    drain_remote_blocks();  // blocks given back elsewhere still count until drained
+    if (outstanding_.get() >= limit_) {
+      errno = ENOBUFS;
+      return nullptr;
+    }
+  }
   return take_block();
 }
 

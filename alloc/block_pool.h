@@ -227,6 +227,11 @@ class BlockPool {
   // Thread: any. Exact on the owner thread (kLocked: always exact); a relaxed snapshot elsewhere.
   PoolCounters counters() const;
 
+  // Caps the blocks out at once (0: no cap, the default): beyond it checkout() returns nullptr
+  // with errno ENOBUFS, which bounds a shard's memory whatever its connections do.
+  // Thread: owner (kOwnerThread pools only).
+  void set_limit(uint64_t max_outstanding) { limit_ = max_outstanding; }
+
   // What jemalloc reserves per block for this geometry: nallocx(chunk_bytes) / blocks_per_chunk,
   // rounded up. (jemalloc also reserves one padding page per chunk that nallocx does not report;
   // JemallocArena::active_bytes() counts it.) Thread: any.
@@ -277,6 +282,7 @@ class BlockPool {
 
   // Written only by the owner (kLocked: under mutex_), read by counters() on any thread.
   internal::OwnerCounter checkouts_, returns_, hits_, misses_, outstanding_, high_water_, chunks_;
+  uint64_t limit_ = 0;  // owner thread
 
   // Blocks given back by non-owner threads, linked through each block's first 8 bytes. Pushers CAS
   // the head with release ordering, so the link they wrote (and any writes of theirs into the block)

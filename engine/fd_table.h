@@ -41,7 +41,8 @@ enum SlotFlag : uint32_t {
   kHangup = 1u << 11,       // EPOLLHUP/EPOLLERR seen: close once input is consumed
   kCloseHooksRun = 1u << 12, // before_close of the transport layers already ran
   kPeerShut = 1u << 13,      // EPOLLRDHUP seen: an EOF waits behind the data
-  kErrorSeen = 1u << 14      // EPOLLERR seen: a hang-up close is an error, not the peer's
+  kErrorSeen = 1u << 14,     // EPOLLERR seen: a hang-up close is an error, not the peer's
+  kPaused = 1u << 15         // queued bytes passed the high watermark: reading waits
 };
 
 struct FdSlot {
@@ -65,6 +66,18 @@ struct FdSlot {
   sockTLC* tlc;
   ReadBuffer* leftover;  // unwrapped plaintext the caller's buffer could not take
   int last_error;        // errno of the failure behind kFailed
+  // Backpressure: queued bytes above which reading pauses, at or below which it resumes
+  // (0: the reactor's limits).
+  uint32_t high_watermark;
+  uint32_t low_watermark;
+  // Timeouts, in ticks of the owner reactor's clock (TimerWheel::kTickMs; 32 bits last 6.8
+  // years; 0 means none). The idle timer restarts on every read and every write that makes
+  // progress, by storing activity_tick only: the wheel entry (due at timer_due_tick) checks
+  // the real expiry when it fires, so resetting costs no wheel operation.
+  uint32_t idle_ticks;
+  uint32_t activity_tick;
+  uint32_t deadline_tick;
+  uint32_t timer_due_tick;
 };
 
 // Largest fd the table can index: the directory holds kMaxFds / kSlotsPerPage pointers.

@@ -57,6 +57,17 @@ void reactor_close(struct Reactor* reactor, int fd) {
   if (r && slot && slot->owner == r && (slot->flags & engine::kAttached)) r->close_now(fd, *slot, engine::CloseReason::kLocal);
 }
 
+int reactor_set_limits(struct Reactor* reactor, const struct ReactorLimits* limits) {
+  engine::Reactor* r = engine::Reactor::of(reactor, true);
+  if (!r) return -1;
+  if (!limits || (limits->high_watermark && limits->low_watermark > limits->high_watermark)) {
+    errno = EINVAL;
+    return -1;
+  }
+  r->set_limits(*limits);
+  return 0;
+}
+
 int reactor_make_timer(void) { return timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC); }
 
 int reactor_add_timer(struct Reactor* reactor, int fd, long milliseconds) {

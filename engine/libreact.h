@@ -21,6 +21,7 @@
 #ifndef LIBREACT_H
 #define LIBREACT_H
 
+#include <stddef.h>
 #include <time.h>
 
 #ifdef __cplusplus
@@ -97,6 +98,26 @@ int reactor_remove(struct Reactor* reactor, int fd);
 /** Closes fd now: detaches it, drops anything queued, close(2), then on_close. A no-op for
  * an fd that is not attached to this reactor. */
 void reactor_close(struct Reactor* reactor, int fd);
+
+/** Extension: the limits that keep a reactor's time and memory bounded. */
+struct ReactorLimits {
+  /** Close a connection after this long without reading or writing progress; 0: never (the
+   * default of a plain reactor; the sharded server's default is 30 s). */
+  unsigned idle_timeout_ms;
+  /** Per connection: above this many queued bytes the reactor stops reading it (sock_read
+   * returns 0, on_data is not called) until its queue drains to low_watermark; then on_data
+   * resumes and on_ready says it may write again. Defaults: 1 MiB and 256 KiB. */
+  size_t high_watermark;
+  size_t low_watermark;
+  /** Most bytes of packets the reactor's pool may have out (0: no bound). A write that would
+   * need more fails with ENOBUFS and queues nothing. */
+  size_t memory_budget;
+};
+
+/** Sets the reactor's limits for connections opened from now on (memory_budget at once).
+ * Owner thread, or before the reactor runs. Returns 0, or -1 with errno EINVAL (NULL, or a
+ * low watermark above the high one). */
+int reactor_set_limits(struct Reactor* reactor, const struct ReactorLimits* limits);
 
 /** Creates a timer fd (timerfd, non-blocking, close-on-exec). Returns it, or -1 with errno. */
 int reactor_make_timer(void);

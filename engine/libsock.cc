@@ -137,6 +137,7 @@ Reactor* attached_owner(const FdSlot& slot) {
 // now for an fd without a reactor.
 void schedule_flush(int fd, FdSlot& slot) {
   if (Reactor* owner = attached_owner(slot)) {
+    owner->check_high_watermark(slot);
     owner->want_flush(fd, slot);
   } else {
     flush_unattached(fd, slot);
@@ -232,6 +233,7 @@ int open_on(struct ::Reactor* owner, int fd, bool connecting) {
     errno = err;
     return -1;
   }
+  if (reactor) reactor->start_timers(fd, *slot);
   return 0;
 }
 
@@ -303,6 +305,9 @@ ssize_t read_input(int fd, void* buf, std::size_t count) {
     return -1;
   }
   if (!count) return 0;
+  // Above the high watermark the peer waits: its input stays in the kernel (TCP flow control
+  // slows it down) until the queue drains and the reactor calls on_data again.
+  if (slot->flags & kPaused) return 0;
   char* out = static_cast<char*>(buf);
   if (slot->leftover) {
     slot->flags |= kReadProgress;
@@ -320,6 +325,7 @@ ssize_t read_input(int fd, void* buf, std::size_t count) {
                               : plain_read(fd, out, count, &drained);
   if (n > 0) {
     slot->flags |= kReadProgress;
+    if (Reactor* owner = attached_owner(*slot)) owner->stamp_activity(*slot);
     if (slot->leftover) slot->flags |= kReadPending;  // plaintext waits: call on_data again
     // A short read emptied the socket: data arriving later raises a new edge. Not so when the
     // peer already shut down (the EOF behind the data raises none) or with layers' buffering.
@@ -671,6 +677,51 @@ int sock_force_close_uuid(intptr_t uuid) {
 
 enum SockCloseReason sock_close_reason(void) {
   return static_cast<SockCloseReason>(engine::current_close_reason());
+}
+
+int sock_set_timeout(int fd, unsigned idle_ms) {
+  FdSlot* slot = engine::tlc_slot(fd);  // owner thread, open fd
+  if (!slot) return -1;
+  engine::Reactor* owner = engine::attached_owner(*slot);
+  if (!owner) {
+    errno = EINVAL;  // timers belong to a reactor
+    return -1;
+  }
+  slot->idle_ticks = engine::Reactor::ticks_of(idle_ms);
+  owner->stamp_activity(*slot);
+  owner->arm_timer(fd, *slot);
+  return 0;
+}
+
+int sock_set_deadline(int fd, unsigned ms) {
+  FdSlot* slot = engine::tlc_slot(fd);
+  if (!slot) return -1;
+  engine::Reactor* owner = engine::attached_owner(*slot);
+  if (!owner) {
+    errno = EINVAL;
+    return -1;
+  }
+  // Counted from the end of the current tick, so it never fires before `ms` have passed.
+  slot->deadline_tick = ms ? owner->now_tick() + 1 + engine::Reactor::ticks_of(ms) : 0;
+  owner->arm_timer(fd, *slot);
+  return 0;
+}
+
+int sock_set_watermarks(int fd, size_t high, size_t low) {
+  FdSlot* slot = engine::tlc_slot(fd);
+  if (!slot) return -1;
+  if (high > UINT32_MAX || low > high || (!high && low)) {
+    errno = EINVAL;
+    return -1;
+  }
+  slot->high_watermark = static_cast<uint32_t>(high);
+  slot->low_watermark = static_cast<uint32_t>(low);
+  return 0;
+}
+
+ssize_t sock_pending(int fd) {
+  FdSlot* slot = engine::tlc_slot(fd);
+  return slot ? static_cast<ssize_t>(slot->queued_bytes) : -1;
 }
 
 struct Packet* sock_checkout_packet(void) { return engine::packet_new(engine::pool_for(nullptr)); }

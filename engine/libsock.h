@@ -198,6 +198,24 @@ int sock_uuid2fd(intptr_t uuid);
 int sock_close_uuid(intptr_t uuid);
 int sock_force_close_uuid(intptr_t uuid);
 
+/** Closes fd after idle_ms without a read or a write that made progress (0: never). The
+ * default comes from the reactor's limits (struct ReactorLimits). Owner thread; fd must be
+ * attached to a reactor. Returns 0, or -1 with errno (EBADF, EINVAL without a reactor). */
+int sock_set_timeout(int fd, unsigned idle_ms);
+
+/** Closes fd ms from now whatever it does (0 clears): for protocols' "whole request within T"
+ * (slowloris). Owner thread, attached fd. Returns 0, or -1 with errno. */
+int sock_set_deadline(int fd, unsigned ms);
+
+/** fd's watermarks (0, 0: the reactor's): above `high` queued bytes reading pauses, at or
+ * below `low` it resumes and on_ready runs. Owner thread. Returns 0, or -1 with errno
+ * (EINVAL if low > high). */
+int sock_set_watermarks(int fd, size_t high, size_t low);
+
+/** Bytes queued for fd and not yet written (file bytes included). Owner thread; -1 with
+ * errno EBADF for a closed fd. */
+ssize_t sock_pending(int fd);
+
 /** Why a connection closed. */
 enum SockCloseReason {
   SOCK_CLOSE_LOCAL = 0,   /* sock_close, sock_force_close, reactor_close, a stop */

@@ -29,6 +29,11 @@ constexpr std::size_t kFlushBudget = 64 * kRecordPayload;
 constexpr int64_t kStopDrainMs = 5000;
 // While stopping, the wait is short so the drain deadline is noticed.
 constexpr int kStopPollMs = 20;
+// Backpressure defaults (libreact.h): a megabyte owed to a peer is plenty of pipelining, and
+// resuming at a quarter leaves room to refill before the socket runs dry.
+constexpr std::size_t kDefaultHighWatermark = std::size_t{1} << 20;
+constexpr std::size_t kDefaultLowWatermark = kDefaultHighWatermark / 4;
+static_assert(kDefaultLowWatermark < kDefaultHighWatermark);
 
 int64_t now_ms() {
   timespec ts;
@@ -82,8 +87,31 @@ int Reactor::init() {
   if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, wake_fd_, &ev) < 0) return -1;
   pool_ = alloc::BlockPool::create<sizeof(Packet)>(alloc::Sharing::kOwnerThread);
   if (!pool_) return -1;
+  limits_ = ReactorLimits{0, kDefaultHighWatermark, kDefaultLowWatermark, 0};
+  epoch_ms_ = now_ms_ = now_ms();
+  wheel_ = TimerWheel(now_ms_);
   api_->last_tick = time(nullptr);
   return 0;
+}
+
+void Reactor::set_limits(const ReactorLimits& limits) {
+  limits_ = limits;
+  if (!limits_.high_watermark) limits_.high_watermark = kDefaultHighWatermark;
+  if (!limits_.low_watermark) limits_.low_watermark = limits_.high_watermark / 4;
+  pool_->set_limit(limits_.memory_budget / sizeof(Packet));
+}
+
+uint32_t Reactor::ticks_of(uint64_t ms) {
+  const uint64_t tick = static_cast<uint64_t>(TimerWheel::kTickMs);
+  return static_cast<uint32_t>((ms + tick - 1) / tick);
+}
+
+void Reactor::tick_clock() {
+  now_ms_ = now_ms();
+  // Tick k covers [epoch + (k-1) * kTickMs, epoch + k * kTickMs); tick 0 means "none". An
+  // expiry X has passed once now_tick_ >= X, and activity is stamped one tick ahead
+  // (stamp_activity), so with durations rounded up a timeout never fires early.
+  now_tick_ = 1 + static_cast<uint32_t>((now_ms_ - epoch_ms_) / TimerWheel::kTickMs);
 }
 
 void Reactor::bind_owner_thread() { pool_->bind_owner_thread(); }
@@ -96,7 +124,9 @@ void Reactor::bind_owner_thread() { pool_->bind_owner_thread(); }
 //     completed connect reports on_ready before its first on_data.
 //  4. Give callbacks that read without draining another turn, then flush everything the
 //     callbacks queued: all the responses owed by one batch leave in one writev per fd.
-//  5. A stop completes once every fd is closed or the drain deadline passed.
+//  5. Close connections whose idle timeout or deadline passed (after the flush, so progress
+//     made in this iteration counts).
+//  6. A stop completes once every fd is closed or the drain deadline passed.
 int Reactor::run_once(int timeout_ms) {
   if (stop_requested_.load(std::memory_order_acquire) && !stopping_) begin_stop();
   if (!pool_->is_owner_thread()) bind_owner_thread();
@@ -112,6 +142,7 @@ int Reactor::run_once(int timeout_ms) {
   }
   n = n < 0 ? 0 : n;
   api_->last_tick = time(nullptr);
+  tick_clock();
   if (inbox_) inbox_->drain(*this);
 
   for (int i = 0; i < n; ++i) {
@@ -125,6 +156,7 @@ int Reactor::run_once(int timeout_ms) {
   }
   run_ready_list();
   run_flush_list();
+  expire_timers();
 
   tls_current = outer;
   if (stopping_ && finish_stop_if_done()) return -1;  // `this` was deleted
@@ -136,6 +168,8 @@ int Reactor::wait_timeout(int timeout_ms) const {
   if (stopping_ || stop_requested_.load(std::memory_order_relaxed)) {
     timeout_ms = timeout_ms < kStopPollMs ? timeout_ms : kStopPollMs;
   }
+  const int64_t timer = wheel_.next_timeout_ms(now_ms_);
+  if (timer >= 0 && (timeout_ms < 0 || timer < timeout_ms)) timeout_ms = static_cast<int>(timer);
   // Last: after may_sleep() returns true a post() wakes us, so nothing may return 0 after it.
   if (timeout_ms != 0 && inbox_ && !inbox_->may_sleep()) return 0;
   return timeout_ms;
@@ -246,7 +280,12 @@ long Reactor::flush_fd(int fd, FdSlot& slot, std::size_t budget, bool notify_rea
   }
   if (slot.flags & kConnecting) return 0;
   std::size_t written = 0;
-  switch (queue_write(fd, slot, budget, &written)) {
+  const WriteResult result = queue_write(fd, slot, budget, &written);
+  if (written) {
+    stamp_activity(slot);  // write progress keeps a long download alive
+    if (result != WriteResult::kError) resume_if_drained(fd, slot, notify_ready);
+  }
+  switch (result) {
     case WriteResult::kError: {
       const int err = slot.last_error;
       close_now(fd, slot, CloseReason::kError);
@@ -272,7 +311,7 @@ long Reactor::flush_fd(int fd, FdSlot& slot, std::size_t budget, bool notify_rea
   }
   if (slot.flags & kWriteBlocked) {
     slot.flags &= ~kWriteBlocked;
-    if (notify_ready && api_->on_ready) api_->on_ready(api_, fd);
+    if (notify_ready && api_->on_ready && !(slot.flags & kPaused)) api_->on_ready(api_, fd);
   }
   return static_cast<long>(written);
 }
@@ -358,6 +397,56 @@ void Reactor::wake() {
   const uint64_t one = 1;
   // write(2) on an eventfd is async-signal-safe; EAGAIN means a wakeup is already pending.
   [[maybe_unused]] const ssize_t r = write(wake_fd_, &one, sizeof one);
+}
+
+void Reactor::check_high_watermark(FdSlot& slot) {
+  const std::size_t high = slot.high_watermark ? slot.high_watermark : limits_.high_watermark;
+  if (slot.queued_bytes > high) slot.flags |= kPaused;
+}
+
+void Reactor::resume_if_drained(int fd, FdSlot& slot, bool notify_ready) {
+  if (!(slot.flags & kPaused)) return;
+  const std::size_t low = slot.low_watermark ? slot.low_watermark : limits_.low_watermark;
+  if (slot.queued_bytes > low) return;
+  slot.flags &= ~kPaused;
+  if (slot.flags & kReadPending) want_read(fd, slot);  // input waited behind the pause
+  if (notify_ready && api_->on_ready) api_->on_ready(api_, fd);
+}
+
+void Reactor::start_timers(int fd, FdSlot& slot) {
+  slot.idle_ticks = ticks_of(limits_.idle_timeout_ms);
+  stamp_activity(slot);
+  slot.deadline_tick = 0;
+  slot.timer_due_tick = 0;
+  arm_timer(fd, slot);
+}
+
+void Reactor::arm_timer(int fd, FdSlot& slot) {
+  uint32_t expiry = slot.deadline_tick ? slot.deadline_tick : UINT32_MAX;
+  if (slot.idle_ticks && slot.activity_tick + slot.idle_ticks < expiry) {
+    expiry = slot.activity_tick + slot.idle_ticks;
+  }
+  if (expiry == UINT32_MAX) return;
+  if (expiry <= now_tick_) {
+    close_now(fd, slot, CloseReason::kTimeout);
+    return;
+  }
+  // An entry that fires sooner re-checks then; a later one is superseded by this one.
+  if (slot.timer_due_tick && slot.timer_due_tick <= expiry) return;
+  slot.timer_due_tick = expiry;
+  wheel_.schedule(fd_key(fd, slot.generation.load(std::memory_order_relaxed)),
+                  epoch_ms_ + int64_t{expiry - 1} * TimerWheel::kTickMs);
+}
+
+void Reactor::expire_timers() {
+  wheel_.advance(now_ms_, [&](uint64_t key, int64_t due_ms) {
+    FdSlot* slot = fd_slot(key_fd(key));
+    if (!slot || !is_current(*slot, key_generation(key), this)) return;
+    const auto due_tick = 1 + static_cast<uint32_t>((due_ms - epoch_ms_) / TimerWheel::kTickMs);
+    if (slot->timer_due_tick != due_tick) return;  // superseded by an earlier entry
+    slot->timer_due_tick = 0;
+    arm_timer(key_fd(key), *slot);
+  });
 }
 
 bool run_close_hooks(int fd, FdSlot& slot) {

@@ -20,6 +20,7 @@
 #include "engine/fd_table.h"
 #include "engine/libreact.h"
 #include "engine/remote.h"
+#include "engine/timer_wheel.h"
 
 namespace engine {
 
@@ -106,6 +107,24 @@ class Reactor {
   // `notify_ready`. Returns bytes written, or -1 with errno when the fd was closed.
   long flush_fd(int fd, FdSlot& slot, std::size_t budget, bool notify_ready);
 
+  // Limits (libreact.h, struct ReactorLimits), owner thread.
+  void set_limits(const ReactorLimits& limits);
+  const ReactorLimits& limits() const { return limits_; }
+
+  // The reactor's clock in wheel ticks (0 is reserved for "none"), updated once per loop.
+  uint32_t now_tick() const { return now_tick_; }
+  // Restarts fd's idle timer: a read or a write that made progress.
+  void stamp_activity(FdSlot& slot) const { slot.activity_tick = now_tick_ + 1; }
+  // Ticks for a duration in ms, rounded up: a timeout never fires early.
+  static uint32_t ticks_of(uint64_t ms);
+  // An fd just opened on this reactor: its timers start (idle timeout from the limits).
+  void start_timers(int fd, FdSlot& slot);
+  // Files fd in the wheel for its earliest expiry (idle or deadline), or closes it if that has
+  // passed already. Call after changing its timeouts.
+  void arm_timer(int fd, FdSlot& slot);
+  // After bytes were queued for fd: above its high watermark, reading pauses.
+  void check_high_watermark(FdSlot& slot);
+
   alloc::BlockPool& pool() { return *pool_; }
   struct ::Reactor* api() { return api_; }
   std::size_t attached() const { return attached_; }
@@ -120,6 +139,9 @@ class Reactor {
   void begin_stop();
   bool finish_stop_if_done();
   int wait_timeout(int timeout_ms) const;
+  void tick_clock();
+  void expire_timers();
+  void resume_if_drained(int fd, FdSlot& slot, bool notify_ready);
 
   struct ::Reactor* api_;
   int epoll_fd_ = -1;
@@ -131,6 +153,11 @@ class Reactor {
   std::vector<uint64_t> ready_;
   std::vector<uint64_t> flush_;
   std::vector<uint64_t> scratch_;  // the list being run, swapped with ready_/flush_
+  ReactorLimits limits_;
+  int64_t epoch_ms_ = 0;  // the clock's origin: tick 1 starts here
+  int64_t now_ms_ = 0;
+  uint32_t now_tick_ = 1;
+  TimerWheel wheel_{0};
   std::atomic<bool> stop_requested_{false};
   bool stopping_ = false;
   int64_t stop_deadline_ms_ = 0;

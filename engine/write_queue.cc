@@ -276,10 +276,7 @@ alloc::BlockPool& pool_for(const FdSlot* slot) {
 
 Packet* packet_new(alloc::BlockPool& pool) {
   void* block = pool.checkout();
-  if (!block) {
-    errno = ENOMEM;
-    return nullptr;
-  }
+  if (!block) return nullptr;  // errno: ENOMEM, or ENOBUFS beyond the reactor's memory budget
   auto* p = static_cast<Packet*>(block);
   p->length = 0;
   p->buffer = p->internal_memory;

@@ -294,9 +294,13 @@ TEST_F(TlcTest, TenMegabytesEachWayThroughXorOverFramingArriveIntact) {
   const std::string to_server = testing_support::pattern(kBytes, 22);
   LayerLog server_framing, server_xor, client_framing, client_xor;
   int server = -1;
+  // Each side queues its whole 10 MB before reading: under the default 1 MiB watermark both
+  // would stop reading and wait for each other, so both raise theirs above the transfer.
+  constexpr std::size_t kHigh = 4 * kBytes;
   w_.on_accept = [&](int fd) {
     server = fd;
     add_stack(fd, &server_framing, &server_xor);
+    EXPECT_EQ(sock_set_watermarks(fd, kHigh, kHigh / 4), 0);
     EXPECT_EQ(sock_write(fd, to_client.data(), to_client.size()), 0);
   };
   // The client is a second sock_ connection on the same reactor, with the same stack; its
@@ -304,6 +308,7 @@ TEST_F(TlcTest, TenMegabytesEachWayThroughXorOverFramingArriveIntact) {
   const int client = sock_connect(&r_, "127.0.0.1", std::to_string(listener_.port).c_str());
   ASSERT_GE(client, 0);
   add_stack(client, &client_framing, &client_xor);
+  ASSERT_EQ(sock_set_watermarks(client, kHigh, kHigh / 4), 0);
   ASSERT_EQ(sock_write(client, to_server.data(), to_server.size()), 0);
 
   ASSERT_TRUE(run_until(
