@@ -477,6 +477,8 @@ void run_posted(Reactor& reactor, const RemoteCall& call) {
     case Kind::kAdoptConnecting:
       if (open_on(reactor.api(), call.fd, call.kind == Kind::kAdoptConnecting) < 0) {
         ::close(call.fd);  // nobody else holds it: the acceptor or connector handed it over
+      } else if (reactor.on_open()) {
+        reactor.on_open()(reactor.api(), call.fd);
       }
       return;
     case Kind::kAttach:
@@ -528,6 +530,31 @@ void run_posted(Reactor& reactor, const RemoteCall& call) {
       return;
     case Kind::kRun:
       call.fn(call.data);
+      return;
+  }
+}
+
+void discard_posted(const RemoteCall& call) {
+  using Kind = RemoteCall::Kind;
+  switch (call.kind) {
+    case Kind::kAdopt:
+    case Kind::kAdoptConnecting:
+      ::close(call.fd);
+      return;
+    case Kind::kWrite:
+      std::free(call.data);
+      return;
+    case Kind::kWriteFile:
+      std::fclose(static_cast<FILE*>(call.data));
+      return;
+    case Kind::kSendPacket:
+      packet_chain_free(static_cast<Packet*>(call.data));
+      return;
+    case Kind::kAttach:
+    case Kind::kFlush:
+    case Kind::kClose:
+    case Kind::kForceClose:
+    case Kind::kRun:
       return;
   }
 }

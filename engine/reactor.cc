@@ -69,7 +69,7 @@ Reactor* Reactor::of(struct ::Reactor* api, bool create) {
 
 Reactor* Reactor::current() { return tls_current; }
 
-Reactor::Reactor(struct ::Reactor* api) : api_(api) {}
+Reactor::Reactor(struct ::Reactor* api) : api_(api), stop_drain_ms_(kStopDrainMs) {}
 
 Reactor::~Reactor() {
   if (epoll_fd_ >= 0) ::close(epoll_fd_);
@@ -356,10 +356,12 @@ int Reactor::detach(int fd, FdSlot& slot) {
 
 void Reactor::begin_stop() {
   stopping_ = true;
-  stop_deadline_ms_ = now_ms() + kStopDrainMs;
+  stop_deadline_ms_ = now_ms() + stop_drain_ms_;
   std::vector<uint64_t> keys;
+  // Other reactors' slots are only looked at through the atomic owner (their other fields
+  // belong to other threads).
   fd_table_for_each([&](int fd, FdSlot& slot) {
-    if (slot.owner == this && (slot.flags & kAttached)) {
+    if (load_owner(slot) == this && (slot.flags & kAttached)) {
       keys.push_back(fd_key(fd, slot.generation.load(std::memory_order_relaxed)));
     }
   });
@@ -380,7 +382,9 @@ void Reactor::begin_stop() {
 bool Reactor::finish_stop_if_done() {
   if (attached_ && now_ms() < stop_deadline_ms_) return false;
   fd_table_for_each([&](int fd, FdSlot& slot) {
-    if (slot.owner == this && (slot.flags & kAttached)) close_now(fd, slot, CloseReason::kLocal);
+    if (load_owner(slot) == this && (slot.flags & kAttached)) {
+      close_now(fd, slot, CloseReason::kLocal);
+    }
   });
   api_->_impl = nullptr;
   delete this;

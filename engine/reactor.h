@@ -55,6 +55,8 @@ void close_slot(int fd, FdSlot& slot, struct ::Reactor* notify, CloseReason why)
 
 // Runs a call posted from another thread (libsock.cc), on `reactor`'s owner thread.
 void run_posted(Reactor& reactor, const RemoteCall& call);
+// Frees what a posted call owns without running it (its reactor is gone). Any thread.
+void discard_posted(const RemoteCall& call);
 
 // Runs the transport layers' before_close hooks once per connection; true if they queued
 // output that must be sent before the close.
@@ -88,6 +90,13 @@ class Reactor {
   // reactor; with an inbox, sock_ calls from other threads are posted instead of run inline.
   void set_inbox(Inbox* inbox) { inbox_ = inbox; }
   Inbox* inbox() const { return inbox_; }
+  // Called on the owner thread for each fd adopted from another thread (kAdopt), once it is
+  // open on this reactor. Set before the owner thread starts.
+  using OpenHook = void (*)(struct ::Reactor* api, int fd);
+  void set_on_open(OpenHook hook) { on_open_ = hook; }
+  OpenHook on_open() const { return on_open_; }
+  // How long a stop lets queued output drain before closing what is left (default 5 s).
+  void set_stop_drain_ms(int64_t ms) { stop_drain_ms_ = ms; }
   // Owner thread: runs one posted call, or drops it (freeing its data) if its fd's generation
   // changed since it was posted.
   void run_remote(const RemoteCall& call) { run_posted(*this, call); }
@@ -147,6 +156,8 @@ class Reactor {
   int epoll_fd_ = -1;
   int wake_fd_ = -1;  // eventfd: wake() writes it to end a blocking wait
   Inbox* inbox_ = nullptr;
+  OpenHook on_open_ = nullptr;
+  int64_t stop_drain_ms_;
   std::size_t attached_ = 0;
   std::unique_ptr<alloc::BlockPool> pool_;
   // (generation << 32 | fd) entries, so a closed-and-reused fd is skipped.

@@ -1,0 +1,43 @@
+// File: shards/accept_pause.h
+// Accepting under fd exhaustion without spinning. When accept4 fails for lack of fds or
+// memory (EMFILE, ENFILE, ENOBUFS, ENOMEM), the pending connection stays in the backlog and
+// the listener stays readable, so an edge-triggered loop that retries at once would spin. The
+// listener is detached from its reactor instead, and a timer reattaches it kPauseMs later;
+// existing connections are served meanwhile. The timer fd is created up front: once fds run
+// out, none could be made. At most one log line per kLogEveryMs.
+// Threads: the reactor's owner thread. Errors: reported on stderr (rate-limited).
+#ifndef SHARDS_ACCEPT_PAUSE_H_
+#define SHARDS_ACCEPT_PAUSE_H_
+
+#include <cstdint>
+
+#include "engine/libreact.h"
+
+namespace shards {
+
+class AcceptPause {
+ public:
+  static constexpr long kPauseMs = 100;
+  static constexpr int64_t kLogEveryMs = 1000;
+
+  // Creates the timer fd and attaches it (disarmed) to `reactor`. False with errno on failure.
+  bool init(struct Reactor* reactor);
+  bool owns(int fd) const { return fd >= 0 && fd == timer_; }
+  // accept4 on `listener` failed with `err`: stop watching it for kPauseMs.
+  void pause(struct Reactor* reactor, int listener, int err);
+  // The timer fired: watch the listener again; what waits in the backlog raises on_data.
+  void resume(struct Reactor* reactor);
+
+ private:
+  int timer_ = -1;
+  int listener_ = -1;
+  int64_t last_log_ms_ = -kLogEveryMs;
+  uint64_t paused_since_log_ = 0;
+};
+
+// True for the accept4 errors that mean "out of fds or memory now, try again later".
+bool is_exhaustion(int err);
+
+}  // namespace shards
+
+#endif  // SHARDS_ACCEPT_PAUSE_H_

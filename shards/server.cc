@@ -1,0 +1,253 @@
+// The sharded server: shards, the acceptor (SOCK_ACCEPT_THREAD) and the C API of server.h.
+#include "shards/server.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/reactor.h"
+#include "engine/socket_ops.h"
+#include "shards/accept_pause.h"
+#include "shards/shard.h"
+
+namespace shards {
+namespace {
+
+// A listening socket like sock_listen's, with SO_REUSEPORT when `reuse_port` so that one per
+// shard can share the port.
+int listen_on(const char* address, const char* port, bool reuse_port) {
+  addrinfo* list = engine::resolve(address, port, true);
+  if (!list) return -1;
+  int fd = -1;
+  int err = EADDRNOTAVAIL;
+  // Prefer a dual-stack IPv6 socket for "any address", as sock_listen does.
+  for (int pass = 0; pass < 2 && fd < 0; ++pass) {
+    for (addrinfo* ai = list; ai && fd < 0; ai = ai->ai_next) {
+      if (!address && (pass == 0) != (ai->ai_family == AF_INET6)) continue;
+      if (address && pass == 1) break;
+      fd = engine::open_stream_socket(ai->ai_family);
+      if (fd < 0) {
+        err = errno;
+        continue;
+      }
+      const int one = 1, zero = 0;
+      setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+      if (reuse_port) setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+      if (ai->ai_family == AF_INET6 && !address) {
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+      }
+      if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, SOMAXCONN) < 0) {
+        err = errno;
+        close(fd);
+        fd = -1;
+      }
+    }
+  }
+  freeaddrinfo(list);
+  if (fd < 0) errno = err;
+  return fd;
+}
+
+int port_of(int fd) {
+  sockaddr_storage addr{};
+  socklen_t len = sizeof addr;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  return ntohs(addr.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port
+                                          : reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
+}
+
+}  // namespace
+
+// SOCK_ACCEPT_THREAD: a reactor of its own on its own thread, watching the one listener; each
+// accepted fd goes to a shard through sock_open(), which posts it to that shard's inbox.
+class Acceptor {
+ public:
+  Acceptor(std::vector<std::unique_ptr<Shard>>& shards, const SockServerSettings& settings,
+           int listener)
+      : api_{}, shards_(shards), settings_(settings), listener_(listener) {
+    api_.on_data = &Acceptor::on_data;
+    if (reactor_add(&api_, listener_) < 0 || !pause_.init(&api_)) {
+      std::fprintf(stderr, "acceptor: cannot watch the listener: %s\n", std::strerror(errno));
+      std::abort();
+    }
+  }
+  void start() {
+    thread_ = std::thread([this] {
+      // -1 with errno 0: the stop completed (the listener and timer are closed).
+      while (reactor_review(&api_) >= 0 || errno != 0) {}
+    });
+  }
+  void stop_and_join() {
+    reactor_stop(&api_);
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  static void on_data(struct ::Reactor* api, int fd) {
+    auto* self = reinterpret_cast<Acceptor*>(api);
+    if (self->pause_.owns(fd)) {
+      self->pause_.resume(api);
+      return;
+    }
+    self->accept_batch();
+  }
+
+  // Bounded per wakeup, so a storm of connects cannot starve the pause timer or a stop; the
+  // reactor calls back while accepts made progress (sock_accept marks the listener).
+  void accept_batch() {
+    const unsigned batch = settings_.accept_batch ? settings_.accept_batch : 64;
+    for (unsigned i = 0; i < batch; ++i) {
+      const int fd = sock_accept(pick()->api(), listener_);
+      if (fd >= 0) continue;
+      if (is_exhaustion(errno)) pause_.pause(&api_, listener_, errno);
+      return;
+    }
+  }
+
+  Shard* pick() {
+    if (settings_.placement != SOCK_PLACE_LEAST_LOADED) {
+      return shards_[next_++ % shards_.size()].get();
+    }
+    Shard* best = shards_[0].get();
+    for (auto& s : shards_) {
+      if (s->connections() < best->connections() ||
+          (s->connections() == best->connections() && s->packets_out() < best->packets_out())) {
+        best = s.get();
+      }
+    }
+    return best;
+  }
+
+  // First member: on_data maps the reactor pointer back to the acceptor.
+  struct ::Reactor api_;
+  std::vector<std::unique_ptr<Shard>>& shards_;
+  SockServerSettings settings_;
+  int listener_;
+  AcceptPause pause_;
+  std::size_t next_ = 0;
+  std::thread thread_;
+};
+
+}  // namespace shards
+
+struct SockServer {
+  SockServerSettings settings{};
+  std::string address;
+  std::string port;
+  int bound_port = 0;
+  std::vector<std::unique_ptr<shards::Shard>> shards;
+  std::unique_ptr<shards::Acceptor> acceptor;
+  int stop_fd = -1;  // eventfd: sock_server_request_stop() -> sock_server_wait()
+};
+
+extern "C" {
+
+struct SockServer* sock_server_start_fn(struct SockServerSettings settings) {
+  if (!settings.port) {
+    errno = EINVAL;
+    return nullptr;
+  }
+  auto server = std::make_unique<SockServer>();
+  if (settings.address) server->address = settings.address;
+  server->port = settings.port;
+  settings.address = settings.address ? server->address.c_str() : nullptr;
+  settings.port = server->port.c_str();
+  const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  const int threads = settings.threads > 0 ? settings.threads : static_cast<int>(cpus > 0 ? cpus : 1);
+  server->settings = settings;
+  server->stop_fd = eventfd(0, EFD_CLOEXEC);
+  if (server->stop_fd < 0) return nullptr;
+  sock_max_capacity();  // one fd per connection: take all the process may have
+
+  const bool reuse_port = settings.accept_mode == SOCK_ACCEPT_REUSEPORT;
+  std::vector<int> listeners;
+  std::string port = server->port;
+  for (int i = 0; i < (reuse_port ? threads : 1); ++i) {
+    const int fd = shards::listen_on(settings.address, port.c_str(), reuse_port);
+    if (fd < 0) {
+      const int err = errno;
+      std::fprintf(stderr, "sock_server_start: cannot listen on %s:%s: %s\n",
+                   settings.address ? settings.address : "*", port.c_str(), std::strerror(err));
+      for (const int l : listeners) close(l);
+      close(server->stop_fd);
+      errno = err;
+      return nullptr;
+    }
+    if (listeners.empty()) {
+      server->bound_port = shards::port_of(fd);
+      port = std::to_string(server->bound_port);  // port "0": the others share the chosen one
+    }
+    listeners.push_back(fd);
+  }
+  for (int i = 0; i < threads; ++i) {
+    server->shards.push_back(std::make_unique<shards::Shard>(
+        server->settings, i, reuse_port ? listeners[static_cast<std::size_t>(i)] : -1));
+  }
+  if (!reuse_port) {
+    server->acceptor =
+        std::make_unique<shards::Acceptor>(server->shards, server->settings, listeners[0]);
+  }
+  for (auto& shard : server->shards) shard->start();
+  if (server->acceptor) server->acceptor->start();
+  return server.release();
+}
+
+int sock_server_port(const struct SockServer* server) { return server ? server->bound_port : -1; }
+
+int sock_server_shard_count(const struct SockServer* server) {
+  return server ? static_cast<int>(server->shards.size()) : -1;
+}
+
+struct Reactor* sock_server_shard(struct SockServer* server, int i) {
+  if (!server || i < 0 || static_cast<std::size_t>(i) >= server->shards.size()) return nullptr;
+  return server->shards[static_cast<std::size_t>(i)]->api();
+}
+
+void* sock_server_udata(struct Reactor* reactor) {
+  return reactor ? shards::Shard::of(reactor)->settings().udata : nullptr;
+}
+
+void sock_server_request_stop(struct SockServer* server) {
+  if (!server) return;
+  const uint64_t one = 1;
+  // Async-signal-safe: one write to an eventfd.
+  [[maybe_unused]] const ssize_t r = write(server->stop_fd, &one, sizeof one);
+}
+
+void sock_server_wait(struct SockServer* server) {
+  if (!server) return;
+  uint64_t value;
+  while (read(server->stop_fd, &value, sizeof value) < 0 && errno == EINTR) {}
+  // Leave the count set, so a second wait (or a stop right after) returns at once.
+  sock_server_request_stop(server);
+}
+
+int sock_server_stop(struct SockServer* server) {
+  if (!server) {
+    errno = EINVAL;
+    return -1;
+  }
+  // New connections first: nothing more may be handed to a shard that is stopping.
+  if (server->acceptor) server->acceptor->stop_and_join();
+  for (auto& shard : server->shards) shard->request_stop();
+  for (auto& shard : server->shards) shard->join();
+  close(server->stop_fd);
+  delete server;
+  return 0;
+}
+
+}  // extern "C"

@@ -1,0 +1,109 @@
+/* shards/server.h: the sharded server. N worker threads, each driving one reactor (a shard:
+ * its own epoll set, per-fd state and packet pool); accepted connections are handed to the
+ * shards, and every sock_ call for an fd runs on the shard that owns it (see libsock.h,
+ * "Threads").
+ *
+ * Errors: sock_server_start returns NULL with errno set (and a message on stderr naming the
+ *   problem) when it cannot listen or start a thread; other calls return -1 with errno.
+ * Ownership: the server is the caller's from start until sock_server_stop() returns, which
+ *   frees it. Settings strings are copied.
+ * Threads: start/stop/wait from one controlling thread; sock_server_request_stop() from any
+ *   thread or a signal handler. Callbacks run on the shard thread that owns the fd; the
+ *   `struct Reactor*` they receive is that shard's.
+ */
+#ifndef SHARDS_SERVER_H_
+#define SHARDS_SERVER_H_
+
+#include "engine/libreact.h"
+#include "engine/libsock.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** How connections reach the shards. */
+enum SockAcceptMode {
+  /** One acceptor thread accepts and hands each fd to a shard (placement below). */
+  SOCK_ACCEPT_THREAD = 0,
+  /** One SO_REUSEPORT listener per shard; the kernel spreads connections by address hash. */
+  SOCK_ACCEPT_REUSEPORT = 1
+};
+
+/** Which shard gets an accepted connection (SOCK_ACCEPT_THREAD). */
+enum SockPlacement {
+  SOCK_PLACE_ROUND_ROBIN = 0,
+  /** Fewest connections, then fewest packets queued. */
+  SOCK_PLACE_LEAST_LOADED = 1
+};
+
+/** The idle_timeout_ms that turns the idle timeout off. */
+#define SOCK_NO_TIMEOUT 0xffffffffu
+
+struct SockServerSettings {
+  /** Listening address (NULL: every address) and port ("0": a free one; see sock_server_port). */
+  const char* address SOCK_CXX_ZERO_;
+  const char* port SOCK_CXX_ZERO_;
+  /** Shards (worker threads); 0: one per online CPU. */
+  int threads SOCK_CXX_ZERO_;
+  /** Pin shard i to CPU i (modulo the CPUs online). */
+  int pin_cpus SOCK_CXX_ZERO_;
+  /** enum SockAcceptMode, enum SockPlacement. */
+  int accept_mode SOCK_CXX_ZERO_;
+  int placement SOCK_CXX_ZERO_;
+  /** The reactor callbacks, run on the owning shard's thread. */
+  void (*on_data)(struct Reactor* reactor, int fd) SOCK_CXX_ZERO_;
+  void (*on_ready)(struct Reactor* reactor, int fd) SOCK_CXX_ZERO_;
+  void (*on_shutdown)(struct Reactor* reactor, int fd) SOCK_CXX_ZERO_;
+  void (*on_close)(struct Reactor* reactor, int fd) SOCK_CXX_ZERO_;
+  /** Extension: a new connection is open on its shard (before its first on_data). */
+  void (*on_open)(struct Reactor* reactor, int fd) SOCK_CXX_ZERO_;
+  /** Per-connection idle timeout; 0: 30 s; SOCK_NO_TIMEOUT: none. */
+  unsigned idle_timeout_ms SOCK_CXX_ZERO_;
+  /** Watermarks and per-shard memory budget (struct ReactorLimits; 0: its defaults). */
+  size_t high_watermark SOCK_CXX_ZERO_;
+  size_t low_watermark SOCK_CXX_ZERO_;
+  size_t shard_memory_budget SOCK_CXX_ZERO_;
+  /** How long a stop lets queued output drain; 0: 5 s. */
+  unsigned stop_timeout_ms SOCK_CXX_ZERO_;
+  /** Connections accepted per wakeup before other work runs; 0: 64. */
+  unsigned accept_batch SOCK_CXX_ZERO_;
+  /** Handed back by sock_server_udata(). */
+  void* udata SOCK_CXX_ZERO_;
+};
+
+struct SockServer;
+
+/** Listens and starts the shards. Returns the server, or NULL with errno. */
+struct SockServer* sock_server_start_fn(struct SockServerSettings settings);
+#ifdef __cplusplus
+#define sock_server_start(...) sock_server_start_fn(SockServerSettings{__VA_ARGS__})
+#else
+#define sock_server_start(...) sock_server_start_fn((struct SockServerSettings){__VA_ARGS__})
+#endif
+
+/** The port the server listens on. */
+int sock_server_port(const struct SockServer* server);
+
+/** The number of shards, and shard i's reactor (for sock_pool_stats and the like). */
+int sock_server_shard_count(const struct SockServer* server);
+struct Reactor* sock_server_shard(struct SockServer* server, int i);
+
+/** The settings' udata, from inside a callback (reactor: the one the callback received). */
+void* sock_server_udata(struct Reactor* reactor);
+
+/** Asks the server to stop; returns at once. Async-signal-safe, any thread. */
+void sock_server_request_stop(struct SockServer* server);
+
+/** Blocks until a stop is requested (or returns at once if it was). */
+void sock_server_wait(struct SockServer* server);
+
+/** Stops gracefully and frees the server: stop accepting, on_shutdown for every connection,
+ * let queued output drain up to stop_timeout_ms, close the rest (on_close once each), join
+ * every thread. Returns 0, or -1 with errno EINVAL for NULL. */
+int sock_server_stop(struct SockServer* server);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* SHARDS_SERVER_H_ */

@@ -1,0 +1,119 @@
+#include "shards/shard.h"
+
+#include <pthread.h>
+#include <sched.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstddef>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "engine/libsock.h"
+#include "shards/accept_pause.h"
+
+namespace shards {
+
+Shard::Shard(const SockServerSettings& settings, int index, int listener)
+    : api_{}, settings_(settings), index_(index), listener_(listener) {
+  // The callbacks the user gave, except on_data and on_close, which the shard wraps: the
+  // first to accept on its own listener, the second to keep its connection count.
+  api_.on_ready = settings.on_ready;
+  api_.on_shutdown = settings.on_shutdown;
+  api_.on_data = &Shard::on_data;
+  api_.on_close = &Shard::on_close;
+  engine_ = engine::Reactor::of(&api_, true);
+  if (!engine_) {
+    std::fprintf(stderr, "shard %d: cannot start its reactor: %s\n", index, std::strerror(errno));
+    std::abort();
+  }
+  ReactorLimits limits{};
+  limits.idle_timeout_ms = settings.idle_timeout_ms == SOCK_NO_TIMEOUT ? 0
+                           : settings.idle_timeout_ms                  ? settings.idle_timeout_ms
+                                                                       : 30000;
+  limits.high_watermark = settings.high_watermark;
+  limits.low_watermark = settings.low_watermark;
+  limits.memory_budget = settings.shard_memory_budget;
+  engine_->set_limits(limits);
+  engine_->set_stop_drain_ms(settings.stop_timeout_ms ? settings.stop_timeout_ms : 5000);
+  engine_->set_on_open(settings.on_open);
+  inbox_ = std::make_unique<LockfreeInbox>(*engine_);
+  engine_->set_inbox(inbox_.get());
+  if (listener_ >= 0 && (reactor_add(&api_, listener_) < 0 || !accept_pause_.init(&api_))) {
+    std::fprintf(stderr, "shard %d: cannot watch its listener: %s\n", index, std::strerror(errno));
+    std::abort();
+  }
+}
+
+Shard::~Shard() {
+  // Calls posted after the stop completed never ran: free what they carry.
+  inbox_->drain_with([](const engine::RemoteCall& call) { engine::discard_posted(call); });
+}
+
+Shard* Shard::of(struct ::Reactor* api) { return reinterpret_cast<Shard*>(api); }
+
+std::size_t Shard::packets_out() const { return engine_pool_out_.load(std::memory_order_relaxed); }
+
+void Shard::start() { thread_ = std::thread([this] { run(); }); }
+
+void Shard::request_stop() { reactor_stop(&api_); }
+
+void Shard::join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+void Shard::run() {
+  if (settings_.pin_cpus) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(static_cast<unsigned>(index_) % static_cast<unsigned>(sysconf(_SC_NPROCESSORS_ONLN)),
+            &set);
+    pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+  }
+  engine_->bind_owner_thread();
+  // run_once returns -1 with errno 0 once the stop completed; its engine state is gone then.
+  for (;;) {
+    if (engine_->run_once(REACTOR_TICK) < 0 && errno == 0) break;
+    // The listener and the pause timer are attached too, but are not connections.
+    const std::size_t own = listener_ >= 0 ? 2 : 0;
+    const std::size_t attached = engine_->attached();
+    connections_.store(attached > own ? attached - own : 0, std::memory_order_relaxed);
+    engine_pool_out_.store(engine_->pool().counters().outstanding, std::memory_order_relaxed);
+  }
+  connections_.store(0, std::memory_order_relaxed);
+}
+
+void Shard::on_data(struct ::Reactor* api, int fd) {
+  Shard* shard = of(api);
+  if (fd == shard->listener_) {
+    shard->accept_own(fd);
+  } else if (shard->accept_pause_.owns(fd)) {
+    shard->accept_pause_.resume(api);
+  } else if (shard->settings_.on_data) {
+    shard->settings_.on_data(api, fd);
+  }
+}
+
+void Shard::on_close(struct ::Reactor* api, int fd) {
+  Shard* shard = of(api);
+  if (fd == shard->listener_ || shard->accept_pause_.owns(fd)) return;
+  if (shard->settings_.on_close) shard->settings_.on_close(api, fd);
+}
+
+// SO_REUSEPORT mode: accept in bounded batches on this shard's own listener.
+void Shard::accept_own(int listener) {
+  const unsigned batch = settings_.accept_batch ? settings_.accept_batch : 64;
+  for (unsigned i = 0; i < batch; ++i) {
+    const int fd = sock_accept(&api_, listener);
+    if (fd >= 0) {
+      if (settings_.on_open) settings_.on_open(&api_, fd);
+      continue;
+    }
+    if (is_exhaustion(errno)) accept_pause_.pause(&api_, listener, errno);
+    return;
+  }
+}
+
+}  // namespace shards

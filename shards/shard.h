@@ -1,0 +1,72 @@
+// File: shards/shard.h
+// One shard: a worker thread driving one engine::Reactor, with the reactor's Inbox (the one
+// cross-thread door: adopted fds and sock_ calls from other threads arrive through it).
+//
+// Threads: construct, start() and join() from the controlling thread; everything the shard
+// owns (its reactor, the fds attached to it, its pool) is touched only by its own thread once
+// started, except through the inbox and the atomics documented below.
+// Ownership: the shard owns its reactor's engine state (destroyed when the reactor's stop
+// completes) and its inbox (destroyed with the shard, after join()).
+#ifndef SHARDS_SHARD_H_
+#define SHARDS_SHARD_H_
+
+#include <atomic>
+#include <cstddef>
+#include <memory>
+#include <thread>
+
+#include "engine/libreact.h"
+#include "engine/reactor.h"
+#include "shards/accept_pause.h"
+#include "shards/inbox.h"
+#include "shards/server.h"
+
+namespace shards {
+
+class Shard {
+ public:
+  // Creates the reactor (its pool, epoll set, limits) and inbox. listener >= 0: this shard
+  // accepts on its own SO_REUSEPORT listener. Aborts with a message if the engine cannot start.
+  Shard(const SockServerSettings& settings, int index, int listener);
+  ~Shard();
+  Shard(const Shard&) = delete;
+  Shard& operator=(const Shard&) = delete;
+
+  void start();
+  // Any thread: begins the graceful stop (the reactor's stop: on_shutdown, drain, close).
+  void request_stop();
+  void join();
+
+  struct ::Reactor* api() { return &api_; }
+  // Any thread: the load figures placement compares (relaxed, a recent snapshot).
+  std::size_t connections() const { return connections_.load(std::memory_order_relaxed); }
+  std::size_t packets_out() const;
+
+  // The shard behind a reactor pointer handed to a callback.
+  static Shard* of(struct ::Reactor* api);
+
+  const SockServerSettings& settings() const { return settings_; }
+
+ private:
+  void run();
+  static void on_data(struct ::Reactor* api, int fd);
+  static void on_close(struct ::Reactor* api, int fd);
+  void accept_own(int listener);
+
+  // First member: Shard::of() maps the callbacks' reactor pointer back to the shard.
+  struct ::Reactor api_;
+  SockServerSettings settings_;
+  int index_;
+  int listener_;
+  engine::Reactor* engine_;
+  std::unique_ptr<LockfreeInbox> inbox_;
+  std::thread thread_;
+  AcceptPause accept_pause_;
+  // Written by the shard thread, read by the acceptor for placement.
+  std::atomic<std::size_t> connections_{0};
+  std::atomic<std::size_t> engine_pool_out_{0};
+};
+
+}  // namespace shards
+
+#endif  // SHARDS_SHARD_H_
