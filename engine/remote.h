@@ -51,7 +51,8 @@ class Inbox {
   // Any thread. Queues the call and wakes the owner if it sleeps. False only when memory ran
   // out (the call was not queued; its data is still the caller's).
   virtual bool post(const RemoteCall& call) = 0;
-  // Owner thread: runs every queued call through owner.run_remote(). Returns how many ran.
+  // Owner thread: runs queued calls through owner.run_remote(), up to a batch (so one loop
+  // iteration stays bounded; may_sleep() stays false while calls remain). Returns how many ran.
   virtual std::size_t drain(Reactor& owner) = 0;
   // Owner thread, right before a blocking wait: false if calls arrived meanwhile (then do not
   // block). After true, a later post() wakes the owner through Reactor::wake().
