@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Side-by-side HTTP hello-world benchmark: our hello_server (one reactor) against nginx with one
+# Side-by-side HTTP hello-world benchmark: our hello_server (one shard) against nginx with one
 # worker, same machine, same run. wrk runs pinned to CPU 0, each server pinned to CPU 1; the
 # servers are interleaved (A B, B A, ...) so drift on a noisy machine hits both alike, and the
 # medians are reported. Server CPU per request comes from the server's own /proc/PID/stat
@@ -26,7 +26,7 @@ CONF
 # start_server NAME -> sets pid and url
 start_server() {
   case $1 in
-    ours) taskset -c 1 bazel-bin/tools/hello_server --port 18080 >"$work/ours.log" 2>&1 &
+    ours) taskset -c 1 bazel-bin/tools/hello_server --threads 1 --port 18080 >"$work/ours.log" 2>&1 &
           pid=$! url=http://127.0.0.1:18080/ ;;
     nginx) taskset -c 1 nginx -c "$work/nginx.conf" -p "$work" >"$work/nginx.log" 2>&1 &
            pid=$! url=http://127.0.0.1:18081/ ;;

@@ -222,6 +222,11 @@ int open_on(struct ::Reactor* owner, int fd, bool connecting) {
   // before touching the rest.
   slot->generation.load(std::memory_order_acquire);
   release_state(fd, *slot);
+  // Owned before it is open: other threads route by the (generation, owner) pair (target_of),
+  // and an open generation without an owner would run their call inline, on this slot, from
+  // their own thread. (An attached slot has its owner already.)
+  const bool preset = reactor && !(slot->flags & kAttached);
+  if (preset) set_owner(*slot, reactor);
   mark_open(*slot);  // a new connection: calls and events stamped with the old one are stale
   slot->flags |= kOpen;
   if (connecting) slot->flags |= kConnecting;
@@ -230,6 +235,7 @@ int open_on(struct ::Reactor* owner, int fd, bool connecting) {
     const int err = errno;
     slot->flags &= ~(kOpen | kConnecting);
     mark_closed(*slot);
+    if (preset) set_owner(*slot, nullptr);
     errno = err;
     return -1;
   }
@@ -257,7 +263,10 @@ int attach_to(struct ::Reactor* owner, int fd) {
     return post(to, RemoteCall::Kind::kAttach, fd, nullptr, 0, false);
   }
   FdSlot* slot = open_slot(fd);
-  if (!slot || reactor->attach(fd, *slot) < 0) return -1;
+  if (!slot) return -1;
+  const bool fresh = attached_owner(*slot) != reactor;
+  if (reactor->attach(fd, *slot) < 0) return -1;
+  if (fresh) reactor->start_timers(fd, *slot);  // the reactor's idle timeout applies from now
   if (slot->head) reactor->want_flush(fd, *slot);
   return 0;
 }

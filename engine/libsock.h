@@ -160,7 +160,8 @@ struct SockWriteOpt {
 /** Queues data for fd (copying it, unless .move or .file), to be written when the reactor
  * flushes (after the current callback batch) or at once for an fd without a reactor.
  * Returns 0 when everything was queued (as the seed did), or -1 with errno: EBADF (closed
- * fd), EINVAL (NULL buffer with a length), ENOMEM, EPIPE (the connection is closing). */
+ * fd), EINVAL (NULL buffer with a length), ENOMEM, ENOBUFS (the reactor's memory budget is
+ * spent: nothing was queued, see struct ReactorLimits), EPIPE (the connection is closing). */
 ssize_t sock_write2_fn(struct SockWriteOpt options);
 
 #ifdef __cplusplus

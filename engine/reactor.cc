@@ -128,11 +128,13 @@ void Reactor::bind_owner_thread() { pool_->bind_owner_thread(); }
 //     made in this iteration counts).
 //  6. A stop completes once every fd is closed or the drain deadline passed.
 int Reactor::run_once(int timeout_ms) {
-  if (stop_requested_.load(std::memory_order_acquire) && !stopping_) begin_stop();
   if (!pool_->is_owner_thread()) bind_owner_thread();
   Reactor* const outer = tls_current;
   tls_current = this;
   pool_->drain_remote();
+  // After tls_current is set: on_shutdown is a callback like the others, whose sock_ calls
+  // (a farewell write, sock_pending) must run inline, not be posted to this reactor's inbox.
+  if (stop_requested_.load(std::memory_order_acquire) && !stopping_) begin_stop();
 
   epoll_event events[REACTOR_MAX_EVENTS];
   int n = epoll_wait(epoll_fd_, events, REACTOR_MAX_EVENTS, wait_timeout(timeout_ms));
@@ -164,7 +166,9 @@ int Reactor::run_once(int timeout_ms) {
 }
 
 int Reactor::wait_timeout(int timeout_ms) const {
-  if (!ready_.empty() || !flush_.empty()) return 0;
+  // A stop with nothing left attached completes at the end of this iteration: don't wait
+  // kStopPollMs for it (that wait was most of an idle server's stop time).
+  if (!ready_.empty() || !flush_.empty() || (stopping_ && !attached_)) return 0;
   if (stopping_ || stop_requested_.load(std::memory_order_relaxed)) {
     timeout_ms = timeout_ms < kStopPollMs ? timeout_ms : kStopPollMs;
   }
@@ -222,7 +226,9 @@ void Reactor::on_writable(int fd, FdSlot& slot) {
 void Reactor::call_on_data(int fd, FdSlot& slot) {
   const uint32_t generation = slot.generation.load(std::memory_order_relaxed);
   slot.flags &= ~kReadProgress;
-  if (api_->on_data) {
+  // Above the high watermark the application is not asked to read (libreact.h): new input
+  // waits in the kernel, kReadPending remembers it, and resume_if_drained() lists the fd again.
+  if (api_->on_data && !(slot.flags & kPaused)) {
     api_->on_data(api_, fd);
     if (!is_current(slot, generation, this)) return;  // closed or detached inside
   }
@@ -465,6 +471,10 @@ bool run_close_hooks(int fd, FdSlot& slot) {
 CloseReason current_close_reason() { return tls_close_reason; }
 
 void close_slot(int fd, FdSlot& slot, struct ::Reactor* notify, CloseReason why) {
+  // Closed to other threads before detach() clears the owner: they route a call by the
+  // (generation, owner) pair (target_of), and an open generation without an owner would run
+  // their call inline, on this slot, from their own thread.
+  mark_closed(slot);
   Reactor* owner = (slot.flags & kAttached) ? slot.owner : nullptr;
   if (owner) {
     owner->detach(fd, slot);
@@ -474,7 +484,9 @@ void close_slot(int fd, FdSlot& slot, struct ::Reactor* notify, CloseReason why)
   const ConnectionState state = take_state(slot);
   slot.flags = 0;
   set_owner(slot, nullptr);
-  mark_closed(slot);  // last write to the slot: release hands it to whoever reuses the number
+  // Last write to the slot: the generation stored again with release hands the slot to
+  // whoever reuses the number (its opener acquires it).
+  slot.generation.store(slot.generation.load(std::memory_order_relaxed), std::memory_order_release);
   ::close(fd);
   if (notify && notify->on_close) {
     const CloseReason outer = tls_close_reason;
@@ -492,6 +504,8 @@ ConnectionState take_state(FdSlot& slot) {
   slot.tlc = nullptr;
   slot.leftover = nullptr;
   slot.last_error = 0;
+  // sock_set_watermarks() is per connection: the next one on this number gets the reactor's.
+  slot.high_watermark = slot.low_watermark = 0;
   return state;
 }
 

@@ -40,8 +40,8 @@ struct ConnectionState {
   sockTLC* tlc;
   ReadBuffer* leftover;
 };
-// Unlinks the queue, layers and buffered input and zeroes the write counters and last error;
-// flags, owner and generation are the caller's to reset.
+// Unlinks the queue, layers and buffered input and zeroes the write counters, the last error
+// and the connection's own watermarks; flags, owner and generation are the caller's to reset.
 ConnectionState take_state(FdSlot& slot);
 // Frees what take_state() unlinked: returns the packets, runs each layer's on_clear, frees the
 // buffered input. Owner thread; may run user code (on_clear).

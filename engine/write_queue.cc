@@ -106,7 +106,8 @@ std::size_t tail_room(const FdSlot& slot) {
 }
 
 // Builds a chain of packets holding `length` bytes of data, at most `per_packet` each.
-// Returns the head (and *last), or nullptr with errno ENOMEM (nothing allocated).
+// Returns the head (and *last), or nullptr with packet_new()'s errno (ENOMEM, or ENOBUFS past
+// the reactor's memory budget) and nothing allocated.
 Packet* build_copies(alloc::BlockPool& pool, const char* data, std::size_t length,
                      std::size_t per_packet, Packet** last) {
   Packet* head = nullptr;
@@ -115,8 +116,9 @@ Packet* build_copies(alloc::BlockPool& pool, const char* data, std::size_t lengt
   while (length) {
     Packet* p = packet_new(pool);
     if (!p) {
+      const int err = errno;
       packet_chain_free(head);
-      errno = ENOMEM;
+      errno = err;
       return nullptr;
     }
     const std::size_t n = std::min(length, per_packet);
@@ -318,12 +320,16 @@ int queue_copy(FdSlot& slot, const void* data, std::size_t length, bool urgent) 
 int queue_move(FdSlot& slot, void* buffer, std::size_t length, bool urgent) {
   if (slot.tlc) {  // layers wrap records in packet memory: copy, then free now
     const int r = queue_copy(slot, buffer, length, urgent);
+    const int err = errno;
     std::free(buffer);
+    errno = err;
     return r;
   }
   Packet* p = packet_new(pool_for(&slot));
   if (!p) {
+    const int err = errno;  // the write's result, not free()'s
     std::free(buffer);
+    errno = err;
     return -1;
   }
   p->buffer = buffer;
@@ -336,7 +342,9 @@ int queue_move(FdSlot& slot, void* buffer, std::size_t length, bool urgent) {
 int queue_file(FdSlot& slot, FILE* file, std::size_t length, bool urgent) {
   Packet* p = packet_new(pool_for(&slot));
   if (!p) {
+    const int err = errno;  // the write's result, not fclose()'s
     std::fclose(file);
+    errno = err;
     return -1;
   }
   if (file_segment_init(p, file, length) < 0) {

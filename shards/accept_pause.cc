@@ -4,6 +4,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -16,6 +17,10 @@ int64_t monotonic_ms() {
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1000000;
 }
+
+// The log limit, for every AcceptPause in the process (see the header).
+std::atomic<int64_t> g_last_log_ms{-AcceptPause::kLogEveryMs};
+std::atomic<uint64_t> g_pauses_since_log{0};
 
 }  // namespace
 
@@ -40,16 +45,19 @@ void AcceptPause::pause(struct Reactor* reactor, int listener, int err) {
   itimerspec once{};
   once.it_value.tv_nsec = kPauseMs * 1000000;
   timerfd_settime(timer_, 0, &once, nullptr);
-  ++paused_since_log_;
+  g_pauses_since_log.fetch_add(1, std::memory_order_relaxed);
   const int64_t now = monotonic_ms();
-  if (now - last_log_ms_ >= kLogEveryMs) {
+  int64_t last = g_last_log_ms.load(std::memory_order_relaxed);
+  // Of the shards due to log, the one whose exchange wins writes the line; the others only
+  // counted their pause.
+  if (now - last >= kLogEveryMs &&
+      g_last_log_ms.compare_exchange_strong(last, now, std::memory_order_relaxed)) {
     std::fprintf(stderr,
                  "accept: %s; pausing accepts for %ld ms (%llu pauses since the last line; "
                  "open connections are still served)\n",
                  std::strerror(err), kPauseMs,
-                 static_cast<unsigned long long>(paused_since_log_));
-    last_log_ms_ = now;
-    paused_since_log_ = 0;
+                 static_cast<unsigned long long>(
+                     g_pauses_since_log.exchange(0, std::memory_order_relaxed)));
   }
 }
 

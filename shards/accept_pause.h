@@ -4,8 +4,10 @@
 // the listener stays readable, so an edge-triggered loop that retries at once would spin. The
 // listener is detached from its reactor instead, and a timer reattaches it kPauseMs later;
 // existing connections are served meanwhile. The timer fd is created up front: once fds run
-// out, none could be made. At most one log line per kLogEveryMs.
-// Threads: the reactor's owner thread. Errors: reported on stderr (rate-limited).
+// out, none could be made. At most one log line per kLogEveryMs in the whole process: in
+// SO_REUSEPORT mode every shard has an AcceptPause, and they all reach the limit together.
+// Threads: the reactor's owner thread (the log limit is shared through atomics). Errors:
+// reported on stderr (rate-limited).
 #ifndef SHARDS_ACCEPT_PAUSE_H_
 #define SHARDS_ACCEPT_PAUSE_H_
 
@@ -31,8 +33,6 @@ class AcceptPause {
  private:
   int timer_ = -1;
   int listener_ = -1;
-  int64_t last_log_ms_ = -kLogEveryMs;
-  uint64_t paused_since_log_ = 0;
 };
 
 // True for the accept4 errors that mean "out of fds or memory now, try again later".

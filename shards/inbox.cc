@@ -113,10 +113,14 @@ InboxCounters LockfreeInbox::counters() const {
 // Boost.Lockfree's node freelist reads and writes the link of a node that another thread may be
 // reusing at the same moment, with plain accesses: the tag in the link makes the following CAS
 // fail, so the stale value is never used, but TSan sees a race (boostorg/lockfree issue #78).
-// race_top matches only the innermost frame, so this hides exactly those link accesses and
-// nothing that touches a call's payload or this file's atomics. The runtime asks every binary
-// for this function; shards/ is the only folder that includes Boost.Lockfree, so it lives here.
+// The queue's own node links get the same treatment: a producer loads the tail node's link
+// while that node's memory, recycled through the freelist, is being rewritten by another
+// thread (seen here as an atomic load racing a plain write in do_push). race_top matches only
+// the innermost frame, so these hide exactly those link accesses and nothing that touches a
+// call's payload or this file's atomics. The runtime asks every binary for this function;
+// shards/ is the only folder that includes Boost.Lockfree, so it lives here.
 extern "C" const char* __tsan_default_suppressions() {
-  return "race_top:boost::lockfree::detail::tagged_ptr<boost::lockfree::detail::freelist_stack<\n";
+  return "race_top:boost::lockfree::detail::tagged_ptr<boost::lockfree::detail::freelist_stack<\n"
+         "race_top:std::atomic<boost::lockfree::detail::tagged_ptr<boost::lockfree::queue<\n";
 }
 #endif

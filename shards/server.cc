@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdint>
@@ -112,7 +113,13 @@ class Acceptor {
     const unsigned batch = settings_.accept_batch ? settings_.accept_batch : 64;
     for (unsigned i = 0; i < batch; ++i) {
       const int fd = sock_accept(pick()->api(), listener_);
-      if (fd >= 0) continue;
+      if (fd >= 0) {
+        // Counted per connection placed, not per accept4: every batch ends with one that finds
+        // EAGAIN, and counting it would send each lone connection to shard 0.
+        ++handed_[next_ % shards_.size()];
+        ++next_;
+        continue;
+      }
       if (is_exhaustion(errno)) pause_.pause(&api_, listener_, errno);
       return;
     }
@@ -120,16 +127,23 @@ class Acceptor {
 
   Shard* pick() {
     if (settings_.placement != SOCK_PLACE_LEAST_LOADED) {
-      return shards_[next_++ % shards_.size()].get();
+      return shards_[next_ % shards_.size()].get();
     }
-    Shard* best = shards_[0].get();
-    for (auto& s : shards_) {
-      if (s->connections() < best->connections() ||
-          (s->connections() == best->connections() && s->packets_out() < best->packets_out())) {
-        best = s.get();
+    // A shard publishes its connection count once per loop iteration; connections handed to
+    // it since, still in its inbox, count too.
+    std::size_t best = 0;
+    std::size_t best_load = SIZE_MAX;
+    for (std::size_t i = 0; i < shards_.size(); ++i) {
+      const Shard& s = *shards_[i];
+      const std::size_t in_flight = handed_[i] - std::min(handed_[i], s.adopted());
+      const std::size_t load = s.connections() + in_flight;
+      if (load < best_load || (load == best_load && s.packets_out() < shards_[best]->packets_out())) {
+        best = i;
+        best_load = load;
       }
     }
-    return best;
+    next_ = best;
+    return shards_[best].get();
   }
 
   // First member: on_data maps the reactor pointer back to the acceptor.
@@ -139,6 +153,7 @@ class Acceptor {
   int listener_;
   AcceptPause pause_;
   std::size_t next_ = 0;
+  std::vector<std::size_t> handed_ = std::vector<std::size_t>(shards_.size());
   std::thread thread_;
 };
 

@@ -18,11 +18,12 @@ namespace shards {
 
 Shard::Shard(const SockServerSettings& settings, int index, int listener)
     : api_{}, settings_(settings), index_(index), listener_(listener) {
-  // The callbacks the user gave, except on_data and on_close, which the shard wraps: the
-  // first to accept on its own listener, the second to keep its connection count.
+  // The callbacks the user gave, except on_data, on_shutdown and on_close, which the shard
+  // wraps: on_data to accept on its own listener, all three to keep the listener and the
+  // accept-pause timer (attached to this reactor too) away from the user's callbacks.
   api_.on_ready = settings.on_ready;
-  api_.on_shutdown = settings.on_shutdown;
   api_.on_data = &Shard::on_data;
+  api_.on_shutdown = &Shard::on_shutdown;
   api_.on_close = &Shard::on_close;
   engine_ = engine::Reactor::of(&api_, true);
   if (!engine_) {
@@ -38,7 +39,7 @@ Shard::Shard(const SockServerSettings& settings, int index, int listener)
   limits.memory_budget = settings.shard_memory_budget;
   engine_->set_limits(limits);
   engine_->set_stop_drain_ms(settings.stop_timeout_ms ? settings.stop_timeout_ms : 5000);
-  engine_->set_on_open(settings.on_open);
+  engine_->set_on_open(&Shard::on_adopt);
   inbox_ = std::make_unique<LockfreeInbox>(*engine_);
   engine_->set_inbox(inbox_.get());
   if (listener_ >= 0 && (reactor_add(&api_, listener_) < 0 || !accept_pause_.init(&api_))) {
@@ -94,6 +95,18 @@ void Shard::on_data(struct ::Reactor* api, int fd) {
   } else if (shard->settings_.on_data) {
     shard->settings_.on_data(api, fd);
   }
+}
+
+void Shard::on_shutdown(struct ::Reactor* api, int fd) {
+  Shard* shard = of(api);
+  if (fd == shard->listener_ || shard->accept_pause_.owns(fd)) return;
+  if (shard->settings_.on_shutdown) shard->settings_.on_shutdown(api, fd);
+}
+
+void Shard::on_adopt(struct ::Reactor* api, int fd) {
+  Shard* shard = of(api);
+  shard->adopted_.fetch_add(1, std::memory_order_relaxed);
+  if (shard->settings_.on_open) shard->settings_.on_open(api, fd);
 }
 
 void Shard::on_close(struct ::Reactor* api, int fd) {

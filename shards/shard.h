@@ -40,6 +40,10 @@ class Shard {
   struct ::Reactor* api() { return &api_; }
   // Any thread: the load figures placement compares (relaxed, a recent snapshot).
   std::size_t connections() const { return connections_.load(std::memory_order_relaxed); }
+  // Connections handed to this shard by the acceptor and adopted so far: the acceptor counts
+  // what it handed, so handed - adopted is what is still in flight in the inbox (placement
+  // would otherwise see stale counts during a burst and pile it on one shard).
+  std::size_t adopted() const { return adopted_.load(std::memory_order_relaxed); }
   std::size_t packets_out() const;
 
   // The shard behind a reactor pointer handed to a callback.
@@ -50,7 +54,9 @@ class Shard {
  private:
   void run();
   static void on_data(struct ::Reactor* api, int fd);
+  static void on_shutdown(struct ::Reactor* api, int fd);
   static void on_close(struct ::Reactor* api, int fd);
+  static void on_adopt(struct ::Reactor* api, int fd);
   void accept_own(int listener);
 
   // First member: Shard::of() maps the callbacks' reactor pointer back to the shard.
@@ -65,6 +71,7 @@ class Shard {
   // Written by the shard thread, read by the acceptor for placement.
   std::atomic<std::size_t> connections_{0};
   std::atomic<std::size_t> engine_pool_out_{0};
+  std::atomic<std::size_t> adopted_{0};
 };
 
 }  // namespace shards

@@ -1,24 +1,21 @@
-// hello_server: the seed's HTTP "Hello World!" keep-alive server, on libsock/libreact.
-// One reactor on one thread; Ctrl-C (SIGINT) or SIGTERM stops it gracefully.
-//   hello_server [--port P]     (default 3000; 0 picks a free port, printed at start)
+// hello_server: the seed's HTTP "Hello World!" keep-alive server, on the sharded server. One
+// shard (a thread with its own epoll set) per CPU by default; Ctrl-C (SIGINT) or SIGTERM stops
+// it gracefully.
+//   hello_server [--port P] [--threads N] ...   (default port 3000; --help lists the flags)
 //
 // It does not parse HTTP: each "\r\n\r\n" in a connection's input ends one request (requests
 // carry no body, as with GET), and every request gets the same fixed response. All the
 // responses owed for one read are queued before on_data returns, so they coalesce into one
-// packet and leave in one writev when the reactor flushes.
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <sys/socket.h>
-
+// packet and leave in one writev when the shard flushes.
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
-#include <vector>
 
-#include "engine/libreact.h"
 #include "engine/libsock.h"
+#include "shards/server.h"
+#include "tools/flags.h"
 
 namespace {
 
@@ -32,11 +29,13 @@ constexpr char kResponse[] =
 constexpr char kEnd[] = "\r\n\r\n";
 constexpr std::size_t kEndLength = sizeof kEnd - 1;
 
-struct Reactor g_reactor = {};
-int g_listener = -1;
 // Per connection, indexed by fd: how many bytes of kEnd its input so far ends with (0-3), so a
-// terminator split across reads counts once. One byte per fd; reset when the fd closes.
-std::vector<uint8_t> g_matched;
+// terminator split across reads counts once. One byte per fd the process may hold, from calloc
+// so that the pages of numbers never used stay untouched (the fd limit may be large). Only the
+// shard that owns an fd touches its byte: on_open resets it on the new owner, before its first
+// on_data (on_close would be too late: it runs after close(2), when the number may already
+// belong to a new connection on another shard).
+uint8_t* g_matched = nullptr;
 
 // Counts the terminators that end in data[0, length), continuing from *matched.
 unsigned count_requests(const char* data, std::size_t length, uint8_t* matched) {
@@ -58,14 +57,10 @@ unsigned count_requests(const char* data, std::size_t length, uint8_t* matched) 
   return requests;
 }
 
+void on_open(struct Reactor*, int fd) { g_matched[fd] = 0; }
+
+// Runs on the thread of the shard that owns fd, whenever fd has input.
 void on_data(struct Reactor* r, int fd) {
-  if (fd == g_listener) {  // edge-triggered: accept every waiting client, until EAGAIN
-    int client;
-    while ((client = sock_accept(r, fd)) >= 0) {
-      if (static_cast<std::size_t>(client) >= g_matched.size()) g_matched.resize(client + 1);
-    }
-    return;
-  }
   char buf[16 * 1024];
   ssize_t n;  // 0: drained for now; -1: the peer left (the library closes the fd)
   while ((n = sock_read(fd, buf, sizeof buf)) > 0) {
@@ -79,69 +74,28 @@ void on_data(struct Reactor* r, int fd) {
   }
 }
 
-void on_close(struct Reactor*, int fd) {
-  if (static_cast<std::size_t>(fd) < g_matched.size()) g_matched[fd] = 0;
-}
-
-// reactor_stop() is async-signal-safe: it sets a flag and wakes the loop.
-void on_signal(int) { reactor_stop(&g_reactor); }
-
-int listening_port(int fd) {  // the real port, for --port 0
-  sockaddr_storage addr = {};
-  socklen_t len = sizeof addr;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  return ntohs(addr.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port
-                                          : reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
-}
-
-void usage(std::FILE* out, const char* name) {
-  std::fprintf(out,
-               "usage: %s [--port P]\n"
-               "Answers every HTTP request with \"Hello World!\" on keep-alive connections.\n"
-               "  --port P   TCP port to listen on (default 3000; 0 picks a free one)\n"
-               "  --help     print this help\n"
-               "SIGINT (Ctrl-C) or SIGTERM stops it once queued responses are sent.\n",
-               name);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  const char* port = "3000";
-  for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--help") == 0) {
-      usage(stdout, argv[0]);
-      return 0;
-    }
-    if (std::strcmp(argv[i], "--port") == 0 && i + 1 < argc) {
-      port = argv[++i];
-    } else {
-      std::fprintf(stderr, "hello_server: unknown or incomplete option '%s'\n", argv[i]);
-      usage(stderr, argv[0]);
-      return 2;
-    }
-  }
-  sock_max_capacity();  // raise the fd limit to the hard limit: one fd per connection
-  g_listener = sock_listen(nullptr, port);
-  g_reactor.on_data = on_data;
-  g_reactor.on_close = on_close;
-  if (g_listener < 0 || reactor_add(&g_reactor, g_listener) < 0) {
-    std::fprintf(stderr, "hello_server: cannot listen on port %s: %s\n", port,
+  // Raises the fd limit to the hard limit (as the server would): one fd per connection.
+  const ssize_t fds = sock_max_capacity();
+  g_matched =
+      fds > 0 ? static_cast<uint8_t*>(std::calloc(static_cast<std::size_t>(fds), 1)) : nullptr;
+  if (!g_matched) {
+    std::fprintf(stderr, "hello_server: no room for per-connection state: %s\n",
                  std::strerror(errno));
     return 1;
   }
-  struct sigaction sa = {};
-  sa.sa_handler = on_signal;
-  sa.sa_flags = SA_RESETHAND;  // a second Ctrl-C ends the process at once
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
-
-  std::printf("hello_server listening on http://0.0.0.0:%d/\n", listening_port(g_listener));
-  std::fflush(stdout);
-
-  while (reactor_review(&g_reactor) >= 0) {}
-  // -1 with errno 0: the stop completed (every connection closed); otherwise a failure.
-  const int err = errno;
-  if (err != 0) std::fprintf(stderr, "hello_server: reactor_review: %s\n", std::strerror(err));
-  return err != 0;
+  SockServerSettings settings{};
+  settings.on_open = on_open;
+  settings.on_data = on_data;
+  const int status = tools::run_server(
+      argc, argv,
+      {.name = "hello_server",
+       .summary = "Answers every HTTP request with \"Hello World!\" on keep-alive connections.",
+       .default_port = "3000",
+       .listening = "hello_server listening on http://0.0.0.0:%d/"},
+      settings);
+  std::free(g_matched);
+  return status;
 }

@@ -479,8 +479,8 @@ TEST(WriteQueueNoReactorTest, SockFlushWritesUntilEagainWhileTheClientDrains) {
   set_sndbuf(server, 64 * 1024);
   ASSERT_EQ(sock_open(nullptr, server), 0);
 
-  // Fill the kernel first, so the write below is queued whole and every byte of it is
-  // accounted for by sock_flush's results.
+  // Fill the kernel first, so the write below is queued (nearly) whole and sock_flush's
+  // results account for it.
   std::string filler;
   for (;;) {
     const std::string chunk = pattern(16 * 1024, static_cast<unsigned>(filler.size()));
@@ -511,7 +511,9 @@ TEST(WriteQueueNoReactorTest, SockFlushWritesUntilEagainWhileTheClientDrains) {
   }
   EXPECT_TRUE(rx.intact()) << "got " << rx.got << " of " << expected.size()
                            << ", first mismatch at " << rx.first_mismatch;
-  EXPECT_EQ(flushed, data.size());
+  // sock_write on an fd without a reactor already tries a flush itself, and the client may
+  // have made room by then, so the flushes account for at most the whole write.
+  EXPECT_LE(flushed, data.size());
   EXPECT_GT(largest_flush, kPacket) << "one flush should write more than one packet";
   RecordProperty("flushes", flushes);
   sock_force_close(nullptr, server);

@@ -1,5 +1,5 @@
-// tools/echo_server as a real process: started with --port 0, fed over loopback, stopped with
-// SIGTERM, which must exit with status 0.
+// tools/echo_server as a real process: started with --port 0 and two shards (in each accept
+// mode), fed over loopback, stopped with SIGTERM, which must exit with status 0.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <poll.h>
@@ -39,8 +39,13 @@ struct Client {
   bool eof = false;
 };
 
-TEST(EchoServerTest, TenConnectionsEachGetTheirMegabyteBackIntactThenSigtermExitsWith0) {
-  ServerProcess server({kBinary, "--port", "0"}, kDeadline);
+// The flags after "--port 0".
+class EchoServerTest : public ::testing::TestWithParam<std::vector<std::string>> {};
+
+TEST_P(EchoServerTest, TenConnectionsEachGetTheirMegabyteBackIntactThenSigtermExitsWith0) {
+  std::vector<std::string> args = {kBinary, "--port", "0"};
+  args.insert(args.end(), GetParam().begin(), GetParam().end());
+  ServerProcess server(args, kDeadline);
   ASSERT_TRUE(server.started());
   const std::string line = server.first_line();
   int port = 0;
@@ -92,5 +97,13 @@ TEST(EchoServerTest, TenConnectionsEachGetTheirMegabyteBackIntactThenSigtermExit
   const int status = server.stop();
   EXPECT_TRUE(testing_support::exited_with(status, 0)) << testing_support::describe(status);
 }
+
+// Ten connections spread over both shards: by the acceptor thread, or by the kernel across
+// one SO_REUSEPORT listener per shard.
+INSTANTIATE_TEST_SUITE_P(
+    TwoShards, EchoServerTest,
+    ::testing::Values(std::vector<std::string>{"--threads", "2"},
+                      std::vector<std::string>{"--threads", "2", "--accept-mode", "reuseport"}),
+    [](const auto& info) { return info.param.size() > 2 ? "Reuseport" : "AcceptorThread"; });
 
 }  // namespace

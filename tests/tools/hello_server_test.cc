@@ -1,5 +1,7 @@
-// tools/hello_server as a real process: started with --port 0, spoken to over loopback, stopped
-// with SIGTERM. Every test ends with that stop, which must exit with status 0.
+// tools/hello_server as a real process: started with --port 0 and one or two shards, spoken to
+// over loopback, stopped with SIGTERM. Every test ends with that stop, which must exit with
+// status 0. Tests that need the server to handle two connections' events in order run one
+// shard; the others run two.
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -10,6 +12,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -86,9 +89,11 @@ std::string finish(int fd) {
 
 class HelloServerTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    server_ = std::make_unique<ServerProcess>(std::vector<std::string>{kBinary, "--port", "0"},
-                                              kDeadline);
+  // Starts the server with `flags` after "--port 0"; call as ASSERT_NO_FATAL_FAILURE(start(..)).
+  void start(const std::vector<std::string>& flags) {
+    std::vector<std::string> args = {kBinary, "--port", "0"};
+    args.insert(args.end(), flags.begin(), flags.end());
+    server_ = std::make_unique<ServerProcess>(args, kDeadline);
     ASSERT_TRUE(server_->started());
     const std::string line = server_->first_line();
     ASSERT_EQ(std::sscanf(line.c_str(), "hello_server listening on http://0.0.0.0:%d/", &port_), 1)
@@ -98,7 +103,7 @@ class HelloServerTest : public ::testing::Test {
 
   // Connections the test left open are still open at SIGTERM: the stop must close them.
   void TearDown() override {
-    if (!stopped_) {
+    if (server_ && !stopped_) {
       const int status = server_->stop();
       EXPECT_TRUE(exited_with(status, 0)) << describe(status);
     }
@@ -118,6 +123,7 @@ class HelloServerTest : public ::testing::Test {
 };
 
 TEST_F(HelloServerTest, KeepAliveConnectionAnswers100SequentialRequests) {
+  ASSERT_NO_FATAL_FAILURE(start({"--threads", "2"}));
   const int fd = client();
   ASSERT_GE(fd, 0);
   for (int i = 0; i < 100; ++i) {
@@ -128,6 +134,7 @@ TEST_F(HelloServerTest, KeepAliveConnectionAnswers100SequentialRequests) {
 }
 
 TEST_F(HelloServerTest, FiftyPipelinedRequestsInOneWriteGetFiftyResponsesInOrder) {
+  ASSERT_NO_FATAL_FAILURE(start({"--threads", "2"}));
   const int fd = client();
   ASSERT_GE(fd, 0);
   ASSERT_TRUE(send_all(fd, repeat(kRequest, 50)));
@@ -136,6 +143,7 @@ TEST_F(HelloServerTest, FiftyPipelinedRequestsInOneWriteGetFiftyResponsesInOrder
 }
 
 TEST_F(HelloServerTest, RequestsSentOneByteAtATimeAreAnsweredOnceEachAfterTheirLastByte) {
+  ASSERT_NO_FATAL_FAILURE(start({"--threads", "1"}));
   const int split = client();
   const int barrier = client();
   ASSERT_GE(split, 0);
@@ -144,7 +152,7 @@ TEST_F(HelloServerTest, RequestsSentOneByteAtATimeAreAnsweredOnceEachAfterTheirL
   const std::string input = kRequest + kRequest;
   for (std::size_t i = 0; i < input.size(); ++i) {
     ASSERT_TRUE(send_all(split, input.substr(i, 1)));
-    // A round trip on another connection of the same single-threaded server: the byte sent
+    // A round trip on another connection of the same single shard: the byte sent
     // before it has been read by the time its answer is back (so each byte tends to arrive
     // in a read of its own), and an answer owed to `split` would already be waiting.
     ASSERT_TRUE(send_all(barrier, kRequest));
@@ -161,6 +169,7 @@ TEST_F(HelloServerTest, RequestsSentOneByteAtATimeAreAnsweredOnceEachAfterTheirL
 }
 
 TEST_F(HelloServerTest, CarriageReturnRightBeforeTheTerminatorStillEndsOneRequest) {
+  ASSERT_NO_FATAL_FAILURE(start({"--threads", "2"}));
   const int fd = client();
   ASSERT_GE(fd, 0);
   // "\r\n\r" then '\r' must leave the match at "\r", so "\n\r\n" completes a terminator.
@@ -169,7 +178,30 @@ TEST_F(HelloServerTest, CarriageReturnRightBeforeTheTerminatorStillEndsOneReques
   EXPECT_EQ(finish(fd), "");
 }
 
-TEST_F(HelloServerTest, TwoHundredConcurrentConnectionsAreEachAnsweredTwice) {
+TEST_F(HelloServerTest, AConnectionOnAReusedFdNumberStartsWithNoPartialTerminator) {
+  ASSERT_NO_FATAL_FAILURE(start({"--threads", "2"}));
+  // Each connection ends with half a terminator ("\r\n") pending and closes; the server reuses
+  // its fd number for the next connection, on the other shard (round-robin). Each starts with
+  // a stray "\r\n", so a match left over from the last one would end a request there: two
+  // responses instead of one.
+  for (int i = 0; i < 40; ++i) {
+    const int fd = connect_client(port_);
+    ASSERT_GE(fd, 0);
+    ASSERT_TRUE(send_all(fd, "\r\nGET / HTTP/1.1\r\n\r\n"));
+    ASSERT_EQ(recv_exact(fd, kResponse.size()), kResponse) << "connection " << i;
+    ASSERT_TRUE(send_all(fd, "GET / HTTP/1.1\r\n"));
+    EXPECT_EQ(finish(fd), "") << "connection " << i;  // not one response more
+    close(fd);
+  }
+}
+
+// The flags after "--port 0": two shards in every accept mode and placement, pinned or not.
+constexpr const char* kModeNames[] = {"RoundRobin", "LeastLoaded", "Reuseport", "Pinned"};
+class HelloServerModesTest : public HelloServerTest,
+                             public ::testing::WithParamInterface<std::vector<std::string>> {};
+
+TEST_P(HelloServerModesTest, TwoHundredConcurrentConnectionsAreEachAnsweredTwice) {
+  ASSERT_NO_FATAL_FAILURE(start(GetParam()));
   std::vector<int> fds;
   for (int i = 0; i < 200; ++i) {
     fds.push_back(client());
@@ -185,13 +217,22 @@ TEST_F(HelloServerTest, TwoHundredConcurrentConnectionsAreEachAnsweredTwice) {
   for (const int fd : fds) ASSERT_EQ(finish(fd), "");
 }
 
+INSTANTIATE_TEST_SUITE_P(
+    TwoShards, HelloServerModesTest,
+    ::testing::Values(std::vector<std::string>{"--threads", "2"},
+                      std::vector<std::string>{"--threads", "2", "--placement", "least-loaded"},
+                      std::vector<std::string>{"--threads", "2", "--accept-mode", "reuseport"},
+                      std::vector<std::string>{"--threads", "2", "--pin"}),
+    [](const auto& info) { return std::string(kModeNames[info.index]); });
+
 TEST_F(HelloServerTest, SigtermClosesOpenConnectionsAndExitsWithStatus0) {
+  ASSERT_NO_FATAL_FAILURE(start({"--threads", "1"}));
   const int idle = client();
   const int partial = client();
   ASSERT_GE(idle, 0);
   ASSERT_GE(partial, 0);
   ASSERT_TRUE(send_all(partial, kRequest.substr(0, 20)));  // part of a request: nothing owed
-  // The round trip on `idle` comes after the server read those bytes (one thread, events in
+  // The round trip on `idle` comes after the server read those bytes (one shard, events in
   // order): unread input would turn the close into a reset.
   ASSERT_TRUE(send_all(idle, kRequest));
   ASSERT_EQ(recv_exact(idle, kResponse.size()), kResponse);
@@ -203,19 +244,90 @@ TEST_F(HelloServerTest, SigtermClosesOpenConnectionsAndExitsWithStatus0) {
   EXPECT_EQ(recv(partial, &c, 1, 0), 0);
 }
 
-TEST(HelloServerFlagsTest, HelpPrintsUsageAndExitsWith0) {
+TEST_F(HelloServerTest, SigtermClosesConnectionsOnEveryShardAndExitsWithStatus0) {
+  ASSERT_NO_FATAL_FAILURE(start({"--threads", "2", "--accept-mode", "reuseport"}));
+  std::vector<int> fds;
+  for (int i = 0; i < 16; ++i) {  // the kernel spreads them over both listeners by address
+    fds.push_back(client());
+    ASSERT_GE(fds.back(), 0);
+    ASSERT_TRUE(send_all(fds.back(), kRequest));
+    ASSERT_EQ(recv_exact(fds.back(), kResponse.size()), kResponse);
+  }
+  stopped_ = true;
+  const int status = server_->stop();
+  EXPECT_TRUE(exited_with(status, 0)) << describe(status);
+  for (const int fd : fds) {
+    char c;
+    EXPECT_EQ(recv(fd, &c, 1, 0), 0);  // EOF, from whichever shard held it
+  }
+}
+
+// The LISTEN sockets on `port` in this network namespace, from /proc/net/tcp and tcp6
+// (columns: "sl local_address rem_address st ..."; addresses are HEX_IP:HEX_PORT; st 0A is
+// LISTEN).
+int listeners_on(int port) {
+  int count = 0;
+  for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+    std::ifstream in(table);
+    std::string line;
+    std::getline(in, line);  // the header
+    while (std::getline(in, line)) {
+      char local[64], remote[64], state[8];
+      if (std::sscanf(line.c_str(), "%*s %63s %63s %7s", local, remote, state) != 3) continue;
+      const std::string address = local;
+      const int local_port = std::stoi(address.substr(address.rfind(':') + 1), nullptr, 16);
+      if (local_port == port && std::string(state) == "0A") ++count;
+    }
+  }
+  return count;
+}
+
+TEST_F(HelloServerTest, ReuseportModeListensOncePerThread) {
+  ASSERT_NO_FATAL_FAILURE(start({"--threads", "3", "--accept-mode", "reuseport"}));
+  EXPECT_EQ(listeners_on(port_), 3);
+}
+
+TEST_F(HelloServerTest, AcceptorThreadModeListensOnceWhateverTheThreads) {
+  ASSERT_NO_FATAL_FAILURE(start({"--threads", "3", "--accept-mode", "thread"}));
+  EXPECT_EQ(listeners_on(port_), 1);
+}
+
+TEST(HelloServerFlagsTest, HelpListsEveryFlagAndExitsWith0) {
   ServerProcess server({kBinary, "--help"}, kDeadline);
   ASSERT_TRUE(server.started());
-  EXPECT_EQ(server.first_line().rfind("usage: ", 0), 0u);
+  std::string help = server.first_line();
+  EXPECT_EQ(help.rfind("usage: ", 0), 0u);
+  for (std::string line; !(line = server.first_line()).empty();) help += "\n" + line;
+  for (const char* flag : {"--port", "--threads", "--accept-mode", "--placement", "--pin"}) {
+    EXPECT_NE(help.find(flag), std::string::npos) << flag << " missing from:\n" << help;
+  }
   const int status = server.wait_exit();
   EXPECT_TRUE(exited_with(status, 0)) << describe(status);
 }
 
-TEST(HelloServerFlagsTest, UnknownOptionIsRefusedWithStatus2) {
-  ServerProcess server({kBinary, "--bogus"}, kDeadline);
+// Each command line must be refused with status 2 before anything listens.
+constexpr const char* kBadFlagNames[] = {
+    "UnknownOption",       "PortWithoutValue",  "ZeroThreads",     "ThreadsNotANumber",
+    "ThreadsWithoutValue", "UnknownAcceptMode", "UnknownPlacement"};
+class HelloServerBadFlagsTest : public ::testing::TestWithParam<std::vector<std::string>> {};
+
+TEST_P(HelloServerBadFlagsTest, IsRefusedWithStatus2) {
+  std::vector<std::string> args = {kBinary};
+  args.insert(args.end(), GetParam().begin(), GetParam().end());
+  ServerProcess server(args, kDeadline);
   ASSERT_TRUE(server.started());
   const int status = server.wait_exit();
   EXPECT_TRUE(exited_with(status, 2)) << describe(status);
 }
+
+INSTANTIATE_TEST_SUITE_P(CommandLines, HelloServerBadFlagsTest,
+                         ::testing::Values(std::vector<std::string>{"--bogus"},
+                                           std::vector<std::string>{"--port"},
+                                           std::vector<std::string>{"--threads", "0"},
+                                           std::vector<std::string>{"--threads", "2x"},
+                                           std::vector<std::string>{"--threads"},
+                                           std::vector<std::string>{"--accept-mode", "fork"},
+                                           std::vector<std::string>{"--placement", "random"}),
+                         [](const auto& info) { return std::string(kBadFlagNames[info.index]); });
 
 }  // namespace

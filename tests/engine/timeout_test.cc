@@ -1,0 +1,454 @@
+// Timeouts of one reactor (engine/reactor.cc: start_timers, arm_timer, expire_timers; the
+// libsock calls sock_set_timeout and sock_set_deadline): idle timeouts from the limits and per
+// connection, reset by reads and by write progress but not by a stalled download; deadlines
+// that nothing resets; many timers at once; and the reason on_close reports on every path.
+//
+// The contract is "never early, at most a couple of wheel ticks late". Each check measures a
+// connection's life from a steady_clock time taken on the test thread before the event that
+// starts (or restarts) its timer, which the reactor can only see later, so "not before T" is
+// exact. Lateness is only bounded loosely (kLateness), because a loaded machine may pause the
+// test thread; the tests never assert speed.
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstddef>
+#include <deque>
+#include <functional>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/libreact.h"
+#include "engine/libsock.h"
+#include "tests/testing/loopback.h"
+#include "tests/testing/reactor_fixture.h"
+#include "tests/testing/run_until.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+using testing_support::pattern;
+using testing_support::run_until;
+
+// How late a timeout may fire and still pass: the wheel fires at most a tick or two late
+// (TimerWheel::kTickMs = 50 ms); the rest is room for a machine busy with other builds.
+constexpr milliseconds kLateness{1500};
+
+// Small kernel buffers on both ends, so that the user-level queue, not the kernel, holds a
+// download and a reader's pace is the download's pace.
+constexpr int kSmallBuffer = 4096;
+
+// When a server fd's queue last moved (write progress restarts its idle timer), as a time the
+// reactor's clock read no later than that: polled between loop iterations, a change seen now
+// happened in the iteration that began after the previous poll.
+class QueueWatch {
+ public:
+  explicit QueueWatch(int fd) : fd_(fd), last_(sock_pending(fd)) {}
+  void poll() {
+    const Clock::time_point now = Clock::now();
+    const ssize_t pending = sock_pending(fd_);
+    if (pending >= 0 && pending != last_) {
+      last_ = pending;
+      moved_after_ = previous_poll_;
+    }
+    previous_poll_ = now;
+  }
+  Clock::time_point last_progress() const { return moved_after_; }
+  ssize_t pending() const { return last_; }
+
+ private:
+  int fd_;
+  ssize_t last_;
+  Clock::time_point previous_poll_ = Clock::now();
+  Clock::time_point moved_after_ = previous_poll_;
+};
+
+// A server on the fixture's reactor that logs every connection it accepts (in accept order,
+// which is connect order for one listener) and how each ended.
+class TimeoutTest : public testing_support::ServerFixture {
+ protected:
+  struct Conn {
+    int server = -1;
+    int client = -1;
+    // Taken before the client connected: the reactor starts the timer later than this.
+    Clock::time_point start;
+    std::string input;  // what the server read
+    bool read = true;   // false: the server ignores its input
+    int closes = 0;
+    SockCloseReason reason = SOCK_CLOSE_LOCAL;
+    Clock::time_point closed_at;
+  };
+
+  void TearDown() override {
+    for (const Conn& c : conns_) close(c.client);
+    ServerFixture::TearDown();
+  }
+
+  void set_idle_timeout(unsigned ms) {
+    ReactorLimits limits{};
+    limits.idle_timeout_ms = ms;
+    ASSERT_EQ(reactor_set_limits(&r_, &limits), 0);
+  }
+
+  // Connects `n` clients (their receive buffers shrunk to rcvbuf when > 0) and runs the
+  // reactor until it has accepted them all. Batches stay far below the listen backlog.
+  void open_connections(std::size_t n, int rcvbuf = 0) {
+    const std::size_t first = conns_.size();
+    while (clients_.size() < first + n) {
+      const std::size_t batch = std::min<std::size_t>(first + n - clients_.size(), 50);
+      for (std::size_t i = 0; i < batch; ++i) {
+        starts_.push_back(Clock::now());
+        clients_.push_back(testing_support::connect_client(listener_.port, rcvbuf));
+      }
+      ASSERT_TRUE(run_until(&r_, [&] { return conns_.size() == clients_.size(); }));
+    }
+  }
+
+  // One connection: conns_.back().
+  Conn& open_connection(int rcvbuf = 0) {
+    open_connections(1, rcvbuf);
+    return conns_.back();
+  }
+
+  void on_accept(int fd) override {
+    Conn& c = conns_.emplace_back();
+    c.server = fd;
+    c.client = clients_.at(conns_.size() - 1);
+    c.start = starts_.at(conns_.size() - 1);
+    live_[fd] = &c;
+    if (accept_hook_) accept_hook_(c);
+  }
+
+  void on_connection_data(int fd) override {
+    Conn* c = live_.at(fd);
+    if (!c->read) return;
+    char buf[4096];
+    ssize_t n;
+    while ((n = sock_read(fd, buf, sizeof buf)) > 0) {
+      c->input.append(buf, static_cast<std::size_t>(n));
+    }
+    if (data_hook_ && live_.count(fd)) data_hook_(*c);
+  }
+
+  void on_ready(struct Reactor*, int) override { ++readies_; }
+
+  void on_close(struct Reactor* r, int fd) override {
+    ServerFixture::on_close(r, fd);
+    const auto it = live_.find(fd);
+    if (it == live_.end()) {  // not accepted: the listener, a sock_connect
+      others_closed_.emplace_back(fd, sock_close_reason());
+      return;
+    }
+    it->second->reason = sock_close_reason();
+    it->second->closed_at = Clock::now();
+    ++it->second->closes;
+    live_.erase(it);
+  }
+
+  // Runs the reactor until c has closed.
+  bool run_until_closed(const Conn& c) {
+    return run_until(&r_, [&] { return c.closes > 0; });
+  }
+
+  // Asserts that c closed once for a timeout, no sooner than `timeout` after `from` and not
+  // much later.
+  static void expect_timed_out(const Conn& c, Clock::time_point from, milliseconds timeout) {
+    EXPECT_EQ(c.closes, 1);
+    EXPECT_EQ(c.reason, SOCK_CLOSE_TIMEOUT);
+    EXPECT_GE(c.closed_at - from, timeout) << "a timeout fired early";
+    EXPECT_LE(c.closed_at - from, timeout + kLateness);
+  }
+
+  std::deque<Conn> conns_;  // a deque: live_ points into it
+  std::map<int, Conn*> live_;
+  std::vector<int> clients_;
+  std::vector<Clock::time_point> starts_;
+  std::vector<std::pair<int, SockCloseReason>> others_closed_;
+  int readies_ = 0;
+  std::function<void(Conn&)> accept_hook_, data_hook_;
+};
+
+// ---------------------------------------------------------------------------------------
+// Idle timeouts
+
+TEST_F(TimeoutTest, IdleTimeoutFromTheLimitsClosesAnIdleConnectionWithReasonTimeout) {
+  set_idle_timeout(300);
+  Conn& c = open_connection();
+  ASSERT_TRUE(run_until_closed(c));
+  expect_timed_out(c, c.start, milliseconds(300));
+  settle();
+  EXPECT_EQ(c.closes, 1);
+  std::string rest;
+  EXPECT_FALSE(testing_support::drain(c.client, &rest)) << "the client sees the close";
+  EXPECT_EQ(rest, "");
+}
+
+TEST_F(TimeoutTest, PerConnectionTimeoutOverridesTheLimitsAndZeroMeansNever) {
+  set_idle_timeout(250);
+  // Connection 0 keeps the reactor's 250 ms, 1 gets 700 ms, 2 never times out.
+  accept_hook_ = [&](Conn& c) {
+    const unsigned timeout_ms[] = {250, 700, 0};
+    if (conns_.size() > 1) {
+      EXPECT_EQ(sock_set_timeout(c.server, timeout_ms[conns_.size() - 1]), 0);
+    }
+  };
+  open_connections(3);
+  const Conn& by_default = conns_[0];
+  const Conn& longer = conns_[1];
+  const Conn& never = conns_[2];
+  ASSERT_TRUE(run_until(&r_, [&] { return by_default.closes && longer.closes; }));
+  expect_timed_out(by_default, by_default.start, milliseconds(250));
+  expect_timed_out(longer, longer.start, milliseconds(700));
+  EXPECT_LT(by_default.closed_at, longer.closed_at);
+  // Idle for twice the longest of the others' timeouts, and still open.
+  run_until(&r_, [&] { return never.closes > 0; }, milliseconds(700));
+  EXPECT_EQ(never.closes, 0);
+  EXPECT_GE(sock_status(never.server), 0);
+
+  EXPECT_EQ(sock_set_timeout(-1, 100), -1);
+  EXPECT_EQ(errno, EBADF);
+  EXPECT_EQ(sock_set_timeout(by_default.server, 100), -1) << "a closed fd has no timer to set";
+  EXPECT_EQ(errno, EBADF);
+}
+
+TEST_F(TimeoutTest, ReadsResetTheIdleTimer) {
+  // The timeout is generous next to the pace, so that a busy machine pausing the test thread
+  // does not look like an idle client.
+  constexpr milliseconds kTimeout{600};
+  set_idle_timeout(kTimeout.count());
+  Conn& c = open_connection();
+  // A byte every kTimeout / 3, sent from the loop's predicate (no sleeping), for 3 timeouts.
+  std::string sent;
+  Clock::time_point last_send = c.start;
+  ASSERT_FALSE(run_until(&r_, [&] {
+    const Clock::time_point now = Clock::now();
+    if (now - last_send >= kTimeout / 3) {
+      const char byte = static_cast<char>('a' + sent.size() % 26);
+      EXPECT_EQ(send(c.client, &byte, 1, MSG_NOSIGNAL), 1);
+      sent += byte;
+      last_send = Clock::now();
+    }
+    return c.closes > 0;
+  }, 3 * kTimeout)) << "closed while the client kept sending";
+  EXPECT_GE(sent.size(), 4u);
+  ASSERT_TRUE(run_until(&r_, [&] { return c.input.size() == sent.size() || c.closes; }));
+  EXPECT_EQ(c.input, sent);
+
+  // Silence: the timeout runs from the last byte.
+  ASSERT_TRUE(run_until_closed(c));
+  expect_timed_out(c, last_send, kTimeout);
+}
+
+TEST_F(TimeoutTest, WriteProgressKeepsASlowDownloadAliveUntilItCompletes) {
+  constexpr milliseconds kTimeout{450};
+  set_idle_timeout(kTimeout.count());
+  // 12 reads of at most 8 KB, kTimeout / 3 apart: the download takes over 3 timeouts.
+  const std::string payload = pattern(96 * 1024, 3);
+  accept_hook_ = [&](Conn& c) {
+    testing_support::set_sndbuf(c.server, kSmallBuffer);
+    EXPECT_EQ(sock_write(c.server, payload.data(), payload.size()), 0);
+  };
+  Conn& c = open_connection(kSmallBuffer);
+  QueueWatch queue(c.server);
+  std::string got;
+  Clock::time_point last_read = c.start;
+  const auto download = [&] {
+    if (!c.closes) queue.poll();
+    if (Clock::now() - last_read >= kTimeout / 3) {
+      char buf[8192];
+      const ssize_t n = recv(c.client, buf, sizeof buf, MSG_DONTWAIT);
+      if (n > 0) got.append(buf, static_cast<std::size_t>(n));
+      last_read = Clock::now();
+    }
+    return got.size() >= payload.size() || c.closes > 0;
+  };
+  ASSERT_TRUE(run_until(&r_, download));
+  EXPECT_EQ(c.closes, 0) << "closed after " << got.size() << " of " << payload.size() << " bytes";
+  EXPECT_EQ(got.size(), payload.size());
+  EXPECT_EQ(testing_support::first_difference(got, payload), payload.size());
+  EXPECT_GE(Clock::now() - c.start, 3 * kTimeout) << "the download did not outlast the timeout";
+
+  // Done and idle: the timeout runs from the last write.
+  ASSERT_TRUE(run_until(&r_, [&] {
+    if (!c.closes) queue.poll();
+    return c.closes > 0;
+  }));
+  EXPECT_EQ(queue.pending(), 0);
+  expect_timed_out(c, queue.last_progress(), kTimeout);
+}
+
+TEST_F(TimeoutTest, ReaderThatStopsReadingIsClosedOneTimeoutAfterTheQueueStopsMoving) {
+  constexpr milliseconds kTimeout{300};
+  set_idle_timeout(kTimeout.count());
+  const std::string payload = pattern(1024 * 1024, 4);
+  accept_hook_ = [&](Conn& c) {
+    testing_support::set_sndbuf(c.server, kSmallBuffer);
+    EXPECT_EQ(sock_write(c.server, payload.data(), payload.size()), 0);
+  };
+  Conn& c = open_connection(kSmallBuffer);
+  QueueWatch queue(c.server);
+  // Three paced reads, then nothing: the queue stops moving with most of it still queued.
+  std::string got;
+  int reads = 0;
+  Clock::time_point last_read = c.start;
+  ASSERT_TRUE(run_until(&r_, [&] {
+    if (!c.closes) queue.poll();
+    if (reads < 3 && Clock::now() - last_read >= kTimeout / 3) {
+      char buf[8192];
+      const ssize_t n = recv(c.client, buf, sizeof buf, MSG_DONTWAIT);
+      if (n > 0) got.append(buf, static_cast<std::size_t>(n));
+      last_read = Clock::now();
+      ++reads;
+    }
+    return c.closes > 0;
+  }));
+  EXPECT_EQ(reads, 3);
+  EXPECT_GT(queue.pending(), 0);
+  expect_timed_out(c, queue.last_progress(), kTimeout);
+  EXPECT_GT(got.size(), 0u);
+  EXPECT_LT(got.size(), payload.size());
+  EXPECT_EQ(testing_support::first_difference(got, payload), got.size());
+}
+
+// ---------------------------------------------------------------------------------------
+// Deadlines
+
+TEST_F(TimeoutTest, DeadlineClosesAConnectionThatKeepsSending) {
+  // Slowloris: a byte every deadline / 10 keeps the idle timer fresh, never the deadline.
+  constexpr milliseconds kDeadline{800};
+  set_idle_timeout(400);
+  accept_hook_ = [&](Conn& c) { EXPECT_EQ(sock_set_deadline(c.server, kDeadline.count()), 0); };
+  Conn& c = open_connection();
+  std::size_t sent = 0;
+  Clock::time_point last_send = c.start;
+  ASSERT_TRUE(run_until(&r_, [&] {
+    if (Clock::now() - last_send >= kDeadline / 10) {
+      const char byte = 'x';
+      if (send(c.client, &byte, 1, MSG_NOSIGNAL) == 1) ++sent;
+      last_send = Clock::now();
+    }
+    return c.closes > 0;
+  }));
+  expect_timed_out(c, c.start, kDeadline);
+  EXPECT_GE(sent, 5u);
+  EXPECT_GE(c.input.size(), 5u);
+}
+
+TEST_F(TimeoutTest, DeadlineOfZeroClearsIt) {
+  // A protocol's "request header within 300 ms": connection 0 completes its header (a line)
+  // at once and its deadline is cleared; connection 1 never does and is closed at 300 ms.
+  constexpr milliseconds kDeadline{300};
+  set_idle_timeout(0);
+  accept_hook_ = [&](Conn& c) { EXPECT_EQ(sock_set_deadline(c.server, kDeadline.count()), 0); };
+  int cleared = 0;
+  data_hook_ = [&](Conn& c) {
+    if (c.input.find('\n') != std::string::npos && !cleared++) {
+      EXPECT_EQ(sock_set_deadline(c.server, 0), 0);
+    }
+  };
+  open_connections(2);
+  const Conn& complete = conns_[0];
+  const Conn& incomplete = conns_[1];
+  testing_support::write_all(complete.client, "GET /\n");
+  testing_support::write_all(incomplete.client, "GET /");
+  // Open for over three deadlines.
+  EXPECT_FALSE(run_until(&r_, [&] { return complete.closes > 0; }, 3 * kDeadline + kDeadline / 2));
+  EXPECT_EQ(cleared, 1);
+  EXPECT_EQ(complete.input, "GET /\n");
+  EXPECT_GE(sock_status(complete.server), 0);
+  expect_timed_out(incomplete, incomplete.start, kDeadline);
+  EXPECT_EQ(incomplete.input, "GET /");
+}
+
+// ---------------------------------------------------------------------------------------
+// Many timers
+
+TEST_F(TimeoutTest, TwoHundredConnectionsWithSpreadTimeoutsAllCloseNoneEarly) {
+  constexpr std::size_t kConnections = 200;
+  // 100 ms to 1095 ms: a different timeout for each connection, over 20 wheel ticks.
+  const auto timeout_of = [](std::size_t i) { return milliseconds(100 + 5 * i); };
+  accept_hook_ = [&](Conn& c) {
+    const std::size_t i = conns_.size() - 1;
+    EXPECT_EQ(sock_set_timeout(c.server, static_cast<unsigned>(timeout_of(i).count())), 0);
+  };
+  open_connections(kConnections);
+  ASSERT_TRUE(run_until(&r_, [&] { return live_.empty(); }, timeout_of(kConnections) + kLateness));
+  for (std::size_t i = 0; i < kConnections; ++i) {
+    SCOPED_TRACE("connection " + std::to_string(i));
+    expect_timed_out(conns_[i], conns_[i].start, timeout_of(i));
+    std::string rest;
+    EXPECT_FALSE(testing_support::drain(conns_[i].client, &rest)) << "the client sees the close";
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Close reasons (libsock.h, enum SockCloseReason)
+
+TEST_F(TimeoutTest, PeerCloseReportsPeer) {
+  Conn& c = open_connection();
+  testing_support::write_all(c.client, "last words");
+  close(c.client);
+  c.client = -1;
+  ASSERT_TRUE(run_until_closed(c));
+  EXPECT_EQ(c.reason, SOCK_CLOSE_PEER);
+  EXPECT_EQ(c.input, "last words");
+}
+
+TEST_F(TimeoutTest, LocalClosesReportLocal) {
+  open_connections(3);
+  sock_close(&r_, conns_[0].server);
+  sock_force_close(&r_, conns_[1].server);
+  reactor_close(&r_, conns_[2].server);
+  ASSERT_TRUE(run_until(&r_, [&] { return live_.empty(); }));
+  for (const Conn& c : conns_) {
+    EXPECT_EQ(c.closes, 1);
+    EXPECT_EQ(c.reason, SOCK_CLOSE_LOCAL);
+  }
+}
+
+TEST_F(TimeoutTest, PeerResetReportsErrorWhetherTheServerReadsOrNot) {
+  // A RST makes the read fail with ECONNRESET: a read error (libsock.h), not an orderly
+  // close. A server that ignores its input hears of it through EPOLLERR: the same reason.
+  open_connections(2);
+  Conn& reads = conns_[0];
+  Conn& ignores = conns_[1];
+  ignores.read = false;
+  for (Conn* c : {&reads, &ignores}) {
+    testing_support::write_all(c->client, "abc");
+    testing_support::reset_on_close(c->client);
+    close(c->client);
+    c->client = -1;
+  }
+  ASSERT_TRUE(run_until(&r_, [&] { return live_.empty(); }));
+  EXPECT_EQ(reads.reason, SOCK_CLOSE_ERROR);
+  EXPECT_EQ(ignores.reason, SOCK_CLOSE_ERROR);
+  EXPECT_EQ(ignores.input, "");
+  settle();
+  EXPECT_EQ(reads.closes, 1);
+  EXPECT_EQ(ignores.closes, 1);
+}
+
+TEST_F(TimeoutTest, FailedConnectReportsError) {
+  // A port nobody listens on: a listener's, closed again.
+  const testing_support::Listener gone = testing_support::listen_loopback();
+  close(gone.fd);
+  const int fd = sock_connect(&r_, "127.0.0.1", std::to_string(gone.port).c_str());
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(run_until(&r_, [&] { return !others_closed_.empty(); }));
+  ASSERT_EQ(others_closed_.size(), 1u);
+  EXPECT_EQ(others_closed_[0].first, fd);
+  EXPECT_EQ(others_closed_[0].second, SOCK_CLOSE_ERROR);
+  EXPECT_EQ(readies_, 0) << "a failed connect is never ready";
+}
+
+TEST_F(TimeoutTest, ReasonOutsideOnCloseIsLocal) {
+  EXPECT_EQ(sock_close_reason(), SOCK_CLOSE_LOCAL);
+}
+
+}  // namespace
