@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "shards/server.h"
+#include "shards/sharded_server.h"
 #include "tests/testing/loopback.h"
 
 namespace {
@@ -49,6 +50,38 @@ TEST(ServerSmokeTest, EchoesOnEveryShardAndStopsCleanly) {
     EXPECT_EQ(g_closed.load(), 20);
     for (int c : clients) close(c);
   }
+}
+
+TEST(ServerSmokeTest, CxxServerStopsWhenItGoesOutOfScope) {
+  g_closed = 0;
+  int client = -1;
+  {
+    SockServerSettings settings{};
+    settings.address = "127.0.0.1";
+    settings.port = "0";
+    settings.threads = 2;
+    settings.on_data = echo;
+    settings.on_close = [](Reactor*, int) { ++g_closed; };
+    shards::Server server(settings);
+    EXPECT_EQ(server.shard_count(), 2);
+    client = testing_support::connect_client(server.port());
+    testing_support::write_all(client, "ping");
+    std::string got;
+    const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (got.size() < 4 && std::chrono::steady_clock::now() < end) {
+      testing_support::drain(client, &got);
+    }
+    EXPECT_EQ(got, "ping");
+  }  // ~Server: graceful stop
+  EXPECT_EQ(g_closed.load(), 1);
+  close(client);
+}
+
+TEST(ServerSmokeTest, CxxServerThatCannotListenThrows) {
+  SockServerSettings settings{};
+  settings.address = "192.0.2.1";  // TEST-NET-1: never a local address
+  settings.port = "0";
+  EXPECT_THROW(shards::Server{settings}, std::system_error);
 }
 
 }  // namespace
