@@ -64,6 +64,40 @@ void set_no_delay(int fd) {
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
+int listen_socket(const char* address, const char* port, bool reuse_port) {
+  addrinfo* list = resolve(address, port, true);
+  if (!list) return -1;
+  // "Any address" resolves to 0.0.0.0 and ::. A dual-stack IPv6 socket serves both, so it
+  // goes first; the IPv4 wildcard is the fallback on hosts without IPv6.
+  int fd = -1;
+  int err = EADDRNOTAVAIL;
+  for (int pass = 0; pass < 2 && fd < 0; ++pass) {
+    for (addrinfo* ai = list; ai && fd < 0; ai = ai->ai_next) {
+      if (!address && (pass == 0) != (ai->ai_family == AF_INET6)) continue;
+      if (address && pass == 1) break;
+      fd = open_stream_socket(ai->ai_family);
+      if (fd < 0) {
+        err = errno;
+        continue;
+      }
+      const int one = 1, zero = 0;
+      setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+      if (reuse_port) setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+      if (ai->ai_family == AF_INET6 && !address) {
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+      }
+      if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, SOMAXCONN) < 0) {
+        err = errno;
+        close(fd);
+        fd = -1;
+      }
+    }
+  }
+  freeaddrinfo(list);
+  if (fd < 0) errno = err;
+  return fd;
+}
+
 }  // namespace engine
 
 extern "C" {
@@ -87,36 +121,7 @@ ssize_t sock_max_capacity(void) {
 }
 
 int sock_listen(const char* address, const char* port) {
-  addrinfo* list = engine::resolve(address, port, true);
-  if (!list) return -1;
-  // "Any address" resolves to 0.0.0.0 and ::. A dual-stack IPv6 socket serves both, so it
-  // goes first; the IPv4 wildcard is the fallback on hosts without IPv6.
-  int fd = -1;
-  int err = EADDRNOTAVAIL;
-  for (int pass = 0; pass < 2 && fd < 0; ++pass) {
-    for (addrinfo* ai = list; ai && fd < 0; ai = ai->ai_next) {
-      if (!address && (pass == 0) != (ai->ai_family == AF_INET6)) continue;
-      if (address && pass == 1) break;
-      fd = engine::open_stream_socket(ai->ai_family);
-      if (fd < 0) {
-        err = errno;
-        continue;
-      }
-      const int one = 1, zero = 0;
-      setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-      if (ai->ai_family == AF_INET6 && !address) {
-        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
-      }
-      if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, SOMAXCONN) < 0) {
-        err = errno;
-        close(fd);
-        fd = -1;
-      }
-    }
-  }
-  freeaddrinfo(list);
-  if (fd < 0) errno = err;
-  return fd;
+  return engine::listen_socket(address, port, false);
 }
 
 }  // extern "C"

@@ -11,6 +11,8 @@ namespace engine {
 // getaddrinfo for TCP; errno is mapped from EAI_* (EINVAL for a NULL port). Free the list
 // with freeaddrinfo.
 addrinfo* resolve(const char* address, const char* port, bool passive);
+// sock_listen(), with SO_REUSEPORT too when `reuse_port` (one listener per shard on one port).
+int listen_socket(const char* address, const char* port, bool reuse_port);
 // A non-blocking, close-on-exec TCP socket.
 int open_stream_socket(int family);
 void set_no_delay(int fd);

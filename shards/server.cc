@@ -2,8 +2,6 @@
 #include "shards/server.h"
 
 #include <arpa/inet.h>
-#include <fcntl.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -27,41 +25,6 @@
 
 namespace shards {
 namespace {
-
-// A listening socket like sock_listen's, with SO_REUSEPORT when `reuse_port` so that one per
-// shard can share the port.
-int listen_on(const char* address, const char* port, bool reuse_port) {
-  addrinfo* list = engine::resolve(address, port, true);
-  if (!list) return -1;
-  int fd = -1;
-  int err = EADDRNOTAVAIL;
-  // Prefer a dual-stack IPv6 socket for "any address", as sock_listen does.
-  for (int pass = 0; pass < 2 && fd < 0; ++pass) {
-    for (addrinfo* ai = list; ai && fd < 0; ai = ai->ai_next) {
-      if (!address && (pass == 0) != (ai->ai_family == AF_INET6)) continue;
-      if (address && pass == 1) break;
-      fd = engine::open_stream_socket(ai->ai_family);
-      if (fd < 0) {
-        err = errno;
-        continue;
-      }
-      const int one = 1, zero = 0;
-      setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-      if (reuse_port) setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
-      if (ai->ai_family == AF_INET6 && !address) {
-        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
-      }
-      if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, SOMAXCONN) < 0) {
-        err = errno;
-        close(fd);
-        fd = -1;
-      }
-    }
-  }
-  freeaddrinfo(list);
-  if (fd < 0) errno = err;
-  return fd;
-}
 
 int port_of(int fd) {
   sockaddr_storage addr{};
@@ -192,7 +155,7 @@ struct SockServer* sock_server_start_fn(struct SockServerSettings settings) {
   std::vector<int> listeners;
   std::string port = server->port;
   for (int i = 0; i < (reuse_port ? threads : 1); ++i) {
-    const int fd = shards::listen_on(settings.address, port.c_str(), reuse_port);
+    const int fd = engine::listen_socket(settings.address, port.c_str(), reuse_port);
     if (fd < 0) {
       const int err = errno;
       std::fprintf(stderr, "sock_server_start: cannot listen on %s:%s: %s\n",
