@@ -806,6 +806,7 @@ int sock_pool_stats(struct Reactor* reactor, struct SockPoolStats* stats) {
     return -1;
   }
   alloc::BlockPool* pool = &engine::fallback_pool();
+  uint64_t queued = 0;
   if (reactor) {
     engine::Reactor* r = engine::Reactor::of(reactor, false);
     if (!r) {
@@ -813,10 +814,11 @@ int sock_pool_stats(struct Reactor* reactor, struct SockPoolStats* stats) {
       return -1;
     }
     pool = &r->pool();
+    queued = r->queued_total();
   }
   const alloc::PoolCounters c = pool->counters();
-  *stats = SockPoolStats{c.checkouts, c.returns, c.hits,      c.misses,
-                         c.outstanding, c.high_water, c.chunk_bytes};
+  *stats = SockPoolStats{c.checkouts,   c.returns,    c.hits,        c.misses,
+                         c.outstanding, c.high_water, c.chunk_bytes, queued};
   return 0;
 }
 

@@ -326,7 +326,8 @@ int sock_tlc_write(int fd, struct sockTLC* from, const void* data, size_t length
  * Introspection
  */
 
-/** Packet pool counters (one pool per reactor, plus one for threads without a reactor). */
+/** Packet pool counters (one pool per reactor, plus one for threads without a reactor), and
+ * the reactor's total of queued bytes. */
 struct SockPoolStats {
   uint64_t checkouts;   /* packets handed out */
   uint64_t returns;     /* packets given back */
@@ -335,6 +336,7 @@ struct SockPoolStats {
   uint64_t outstanding; /* checkouts - returns */
   uint64_t high_water;  /* most packets out at once */
   uint64_t slab_bytes;  /* memory the pool holds from jemalloc */
+  uint64_t queued_bytes; /* bytes queued on the reactor's connections (0 for the NULL pool) */
 };
 
 /** Fills *stats with the counters of reactor's pool (NULL: the pool of threads without a

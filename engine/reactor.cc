@@ -342,7 +342,10 @@ int Reactor::attach(int fd, FdSlot& slot) {
       return -1;
     }
   }
-  if (!mine) ++attached_;
+  if (!mine) {
+    ++attached_;
+    count_queued(static_cast<int64_t>(slot.queued_bytes));  // a queue may come along
+  }
   set_owner(slot, this);
   slot.flags |= kAttached;
   return 0;
@@ -357,6 +360,7 @@ int Reactor::detach(int fd, FdSlot& slot) {
   slot.flags &= ~(kAttached | kOnFlushList | kOnReadyList);
   set_owner(slot, nullptr);
   --attached_;
+  count_queued(-static_cast<int64_t>(slot.queued_bytes));
   return 0;
 }
 
@@ -499,6 +503,9 @@ void close_slot(int fd, FdSlot& slot, struct ::Reactor* notify, CloseReason why)
 
 ConnectionState take_state(FdSlot& slot) {
   const ConnectionState state{slot.head, slot.tlc, slot.leftover};
+  if ((slot.flags & kAttached) && slot.owner) {
+    slot.owner->count_queued(-static_cast<int64_t>(slot.queued_bytes));
+  }
   slot.head = slot.tail = nullptr;
   slot.sent = slot.queued_bytes = 0;
   slot.tlc = nullptr;

@@ -131,6 +131,13 @@ class Reactor {
   // Files fd in the wheel for its earliest expiry (idle or deadline), or closes it if that has
   // passed already. Call after changing its timeouts.
   void arm_timer(int fd, FdSlot& slot);
+  // Bytes queued on this reactor's connections (the shard's total). count_queued: owner
+  // thread; queued_total: any thread (a relaxed snapshot elsewhere).
+  void count_queued(int64_t delta) {
+    queued_total_.store(queued_total_.load(std::memory_order_relaxed) + static_cast<uint64_t>(delta),
+                        std::memory_order_relaxed);
+  }
+  uint64_t queued_total() const { return queued_total_.load(std::memory_order_relaxed); }
   // After bytes were queued for fd: above its high watermark, reading pauses.
   void check_high_watermark(FdSlot& slot);
 
@@ -165,6 +172,7 @@ class Reactor {
   std::vector<uint64_t> flush_;
   std::vector<uint64_t> scratch_;  // the list being run, swapped with ready_/flush_
   ReactorLimits limits_;
+  std::atomic<uint64_t> queued_total_{0};
   int64_t epoch_ms_ = 0;  // the clock's origin: tick 1 starts here
   int64_t now_ms_ = 0;
   uint32_t now_tick_ = 1;

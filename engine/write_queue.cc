@@ -58,6 +58,13 @@ static_assert(kMaxLayers <= kSkipMask, "the skip count must fit below the wrappe
 
 bool is_wrapped(const Packet* p) { return p->metadata.rsrv & kWrappedBit; }
 
+// Every change of a connection's queued bytes goes through here, so the owner reactor's total
+// (per shard) stays equal to the sum over its attached connections.
+void count_queued(FdSlot& slot, int64_t delta) {
+  slot.queued_bytes += static_cast<uint64_t>(delta);
+  if ((slot.flags & kAttached) && slot.owner) slot.owner->count_queued(delta);
+}
+
 // Wraps p with its layers unless done already. False (errno EPROTO) if a layer failed.
 bool seal(int fd, FdSlot& slot, Packet* p) {
   if (!slot.tlc || is_wrapped(p) || p->metadata.is_file) return true;
@@ -68,7 +75,7 @@ bool seal(int fd, FdSlot& slot, Packet* p) {
   p->metadata.rsrv |= kWrappedBit;
   // Its record now has a place in the layers' sequence: nothing may be inserted before it.
   p->metadata.can_interrupt = 0;
-  slot.queued_bytes += static_cast<std::size_t>(p->length - before);
+  count_queued(slot, p->length - before);
   return true;
 }
 
@@ -140,7 +147,7 @@ void queue_write_chain(FdSlot& slot, Packet* first, Packet* last, bool urgent,
   for (Packet* p = first; p; p = p->metadata.next) {
     p->metadata.can_interrupt = (p == first) && !merged_into_tail;
     p->metadata.urgent = urgent;
-    slot.queued_bytes += packet_bytes(p);
+    count_queued(slot, static_cast<int64_t>(packet_bytes(p)));
   }
   link_chain(slot, first, last, urgent);
 }
@@ -169,7 +176,7 @@ int file_segment_init(Packet* p, FILE* file, std::size_t length) {
 
 // Removes `n` written bytes from the front of the queue, freeing finished packets.
 void consume(FdSlot& slot, std::size_t n) {
-  slot.queued_bytes -= n;
+  count_queued(slot, -static_cast<int64_t>(n));
   while (Packet* p = slot.head) {
     const std::size_t left = static_cast<std::size_t>(p->length) - slot.sent;
     if (n < left) {
@@ -249,7 +256,7 @@ WriteResult write_file(int fd, FdSlot& slot, Packet* p, std::size_t budget, std:
   *written += static_cast<std::size_t>(r);
   p->metadata.can_interrupt = 0;
   p->length = static_cast<ssize_t>(seg->end - seg->offset);
-  slot.queued_bytes -= static_cast<std::size_t>(r);
+  count_queued(slot, -static_cast<int64_t>(r));
   if (seg->offset == seg->end) {
     slot.head = p->metadata.next;
     if (!slot.head) slot.tail = nullptr;
@@ -311,7 +318,7 @@ int queue_copy(FdSlot& slot, const void* data, std::size_t length, bool urgent) 
     Packet* t = slot.tail;
     std::memcpy(t->internal_memory + t->length, bytes, merged);
     t->length += static_cast<ssize_t>(merged);
-    slot.queued_bytes += merged;
+    count_queued(slot, static_cast<int64_t>(merged));
   }
   if (chain) queue_write_chain(slot, chain, last, urgent, merged > 0);
   return 0;
@@ -430,7 +437,7 @@ void queue_drop(FdSlot& slot) {
   Packet* chain = slot.head;
   slot.head = slot.tail = nullptr;
   slot.sent = 0;
-  slot.queued_bytes = 0;
+  count_queued(slot, -static_cast<int64_t>(slot.queued_bytes));
   packet_chain_free(chain);
 }
 

@@ -100,7 +100,8 @@ class Acceptor {
       const Shard& s = *shards_[i];
       const std::size_t in_flight = handed_[i] - std::min(handed_[i], s.adopted());
       const std::size_t load = s.connections() + in_flight;
-      if (load < best_load || (load == best_load && s.packets_out() < shards_[best]->packets_out())) {
+      if (load < best_load ||
+          (load == best_load && s.queued_bytes() < shards_[best]->queued_bytes())) {
         best = i;
         best_load = load;
       }

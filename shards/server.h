@@ -32,7 +32,7 @@ enum SockAcceptMode {
 /** Which shard gets an accepted connection (SOCK_ACCEPT_THREAD). */
 enum SockPlacement {
   SOCK_PLACE_ROUND_ROBIN = 0,
-  /** Fewest connections, then fewest packets queued. */
+  /** Fewest connections, then fewest bytes queued. */
   SOCK_PLACE_LEAST_LOADED = 1
 };
 

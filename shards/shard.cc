@@ -55,8 +55,6 @@ Shard::~Shard() {
 
 Shard* Shard::of(struct ::Reactor* api) { return reinterpret_cast<Shard*>(api); }
 
-std::size_t Shard::packets_out() const { return engine_pool_out_.load(std::memory_order_relaxed); }
-
 void Shard::start() { thread_ = std::thread([this] { run(); }); }
 
 void Shard::request_stop() { reactor_stop(&api_); }
@@ -81,7 +79,7 @@ void Shard::run() {
     const std::size_t own = listener_ >= 0 ? 2 : 0;
     const std::size_t attached = engine_->attached();
     connections_.store(attached > own ? attached - own : 0, std::memory_order_relaxed);
-    engine_pool_out_.store(engine_->pool().counters().outstanding, std::memory_order_relaxed);
+    engine_queued_.store(engine_->queued_total(), std::memory_order_relaxed);
   }
   connections_.store(0, std::memory_order_relaxed);
 }

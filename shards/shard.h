@@ -44,7 +44,8 @@ class Shard {
   // what it handed, so handed - adopted is what is still in flight in the inbox (placement
   // would otherwise see stale counts during a burst and pile it on one shard).
   std::size_t adopted() const { return adopted_.load(std::memory_order_relaxed); }
-  std::size_t packets_out() const;
+  // Bytes queued on the shard's connections (the engine's per-reactor total).
+  uint64_t queued_bytes() const { return engine_queued_.load(std::memory_order_relaxed); }
 
   // The shard behind a reactor pointer handed to a callback.
   static Shard* of(struct ::Reactor* api);
@@ -70,7 +71,7 @@ class Shard {
   AcceptPause accept_pause_;
   // Written by the shard thread, read by the acceptor for placement.
   std::atomic<std::size_t> connections_{0};
-  std::atomic<std::size_t> engine_pool_out_{0};
+  std::atomic<uint64_t> engine_queued_{0};
   std::atomic<std::size_t> adopted_{0};
 };
 

@@ -442,3 +442,31 @@ TEST_F(BudgetTest, EchoServerUnderTheBudgetNeverHoldsMorePacketsThanIt) {
 }
 
 }  // namespace
+
+namespace {
+
+// The per-shard count (sock_pool_stats().queued_bytes) is the sum of the connections' own
+// (sock_pending) through writes, partial flushes and closes.
+TEST_F(BudgetTest, ReactorQueuedBytesAreTheSumOfItsConnectionsPendingBytes) {
+  ReactorLimits unlimited{};
+  ASSERT_EQ(reactor_set_limits(&r_, &unlimited), 0);
+  const int a = open_connection();
+  const int b = open_connection();
+  ASSERT_GE(a, 0);
+  ASSERT_GE(b, 0);
+  const std::string data = testing_support::pattern(300 * 1024, 91);
+  ASSERT_EQ(sock_write(a, data.data(), data.size()), 0);
+  ASSERT_EQ(sock_write(b, data.data(), 1000), 0);
+  run_iterations(3);  // flushes: small buffers keep most of it queued
+  EXPECT_GT(sock_pending(a), 0);
+  EXPECT_EQ(pool_stats().queued_bytes,
+            static_cast<uint64_t>(sock_pending(a)) + static_cast<uint64_t>(sock_pending(b)));
+  sock_force_close(&r_, a);
+  EXPECT_EQ(pool_stats().queued_bytes, static_cast<uint64_t>(sock_pending(b)));
+  std::string got;
+  ASSERT_TRUE(receive(clients_[1], &got, 1000));
+  ASSERT_TRUE(run_until(&r_, [&] { return sock_pending(b) == 0; }));
+  EXPECT_EQ(pool_stats().queued_bytes, 0u);
+}
+
+}  // namespace
