@@ -32,12 +32,13 @@ void usage(std::FILE* out, const ToolInfo& info) {
                "  --accept-mode M  thread: one acceptor thread hands connections to the shards\n"
                "                   (default); reuseport: one SO_REUSEPORT listener per shard\n"
                "  --placement P    the shard the acceptor picks: round-robin (default) or\n"
-               "                   least-loaded (fewest connections, then fewest queued packets)\n"
+               "                   least-loaded (fewest connections, then fewest queued bytes)\n"
                "  --pin            pin shard i to CPU i\n"
+               "%s"
                "  --help           print this help\n"
                "SIGINT (Ctrl-C) or SIGTERM stops it once queued output is sent; a second one at "
                "once.\n",
-               info.name, info.summary, info.default_port);
+               info.name, info.summary, info.default_port, info.extra_usage ? info.extra_usage : "");
 }
 
 // A whole number in [1, kMaxThreads].

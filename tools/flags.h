@@ -13,6 +13,7 @@ struct ToolInfo {
   const char* summary;       // what it does, one line of --help
   const char* default_port;  // when --port is not given
   const char* listening;     // the first stdout line, a printf format given the port (an int)
+  const char* extra_usage = nullptr;  // --help lines for the tool's own flags (it parses them)
 };
 
 // Parses argv into `settings` (which brings the callbacks), runs the server until SIGINT or

@@ -447,6 +447,8 @@ int main(int argc, char** argv) {
       {.name = "http_server",
        .summary = "An HTTP/1.1 server: GET / answers \"Hello World!\"; keep-alive, pipelining.",
        .default_port = "3000",
-       .listening = "http_server listening on http://0.0.0.0:%d/"},
+       .listening = "http_server listening on http://0.0.0.0:%d/",
+       .extra_usage = "  --header-timeout-ms MS  whole request header within MS (default 10000; "
+                      "0: none)\n"},
       settings);
 }
