@@ -1,76 +1,150 @@
 #!/usr/bin/env bash
-# Side-by-side HTTP hello-world benchmark: our hello_server (one shard) against nginx with one
-# worker, same machine, same run. wrk runs pinned to CPU 0, each server pinned to CPU 1; the
-# servers are interleaved (A B, B A, ...) so drift on a noisy machine hits both alike, and the
-# medians are reported. Server CPU per request comes from the server's own /proc/PID/stat
-# (utime + stime), because on 2 cores one wrk thread saturates near the same req/s for every
-# server.
-#   bench/compare.sh [rounds=3] [seconds=5] [connections=64]
+# Side-by-side HTTP hello-world benchmark, same machine, same run, three servers:
+#   ours   tools/hello_server --threads 1 (one shard)
+#   nginx  one worker, master_process off, `return 200 "Hello World!"`, access log off
+#   raw    bench/raw_epoll.c, a minimal edge-triggered epoll loop: the ceiling
+# and three loads: wrk -t1 -c64 keep-alive, -t1 -c256, and 16-deep pipelining at -c64
+# (bench/pipeline.lua). wrk runs pinned to CPU 0, each server pinned to CPU 1. The servers are
+# interleaved (A B C, B C A, C A B, ...) so drift on a noisy machine hits all alike, and the
+# medians (min-max) are reported. Server CPU per request comes from the server's own
+# /proc/PID/stat (utime + stime) divided by the requests wrk counted, because on 2 cores one
+# wrk thread saturates near the same req/s for every server; that is the figure that separates
+# them, so its ratios (ours/raw, ours/nginx) are printed at the end.
+#   bench/compare.sh [rounds=3] [seconds=5]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rounds=${1:-3} secs=${2:-5} conns=${3:-64}
+rounds=${1:-3} secs=${2:-5}
 source tools/deps && deps_ensure --bench
 
-bazel build -c opt //tools:hello_server >/dev/null 2>&1
+bazel build -c opt //tools:hello_server //bench:raw_epoll >/dev/null 2>&1
 work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+# Copies of the -c opt binaries: the bazel-bin link follows whichever build ran last, and a
+# rebuild during the run must not swap a server under us.
+bin=$(bazel info -c opt bazel-bin 2>/dev/null)
+cp "$bin/tools/hello_server" "$bin/bench/raw_epoll" "$work/"
 hz=$(getconf CLK_TCK)
+
+servers=(ours nginx raw)
+declare -A port=([ours]=18080 [nginx]=18081 [raw]=18082)
+
+# The loads: name -> wrk arguments (besides -t1 -d --latency and the URL).
+configs=(c64 c256 pipe16)
+declare -A wrk_args=([c64]="-c64" [c256]="-c256" [pipe16]="-c64 -s bench/pipeline.lua")
+declare -A config_title=(
+  [c64]="wrk -t1 -c64, keep-alive"
+  [c256]="wrk -t1 -c256, keep-alive"
+  [pipe16]="wrk -t1 -c64, pipelined x16 (bench/pipeline.lua)"
+)
 
 cat >"$work/nginx.conf" <<CONF
 daemon off; master_process off; worker_processes 1; error_log $work/error.log crit;
 pid $work/nginx.pid;
 events { worker_connections 20000; }
 http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:18081 reuseport; location / { return 200 "Hello World!"; } } }
+  server { listen 127.0.0.1:${port[nginx]} reuseport; location / { return 200 "Hello World!"; } } }
 CONF
 
-# start_server NAME -> sets pid and url
-start_server() {
+# start_server NAME -> sets pid; waits until the port accepts connections.
+start_server() {  # exec: $! is then the server itself, whose /proc/PID/stat we read
   case $1 in
-    ours) taskset -c 1 bazel-bin/tools/hello_server --threads 1 --port 18080 >"$work/ours.log" 2>&1 &
-          pid=$! url=http://127.0.0.1:18080/ ;;
-    nginx) taskset -c 1 nginx -c "$work/nginx.conf" -p "$work" >"$work/nginx.log" 2>&1 &
-           pid=$! url=http://127.0.0.1:18081/ ;;
-  esac
-  local port=${url#http://127.0.0.1:}; port=${port%/}
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return; sleep 0.05; done
-  echo "compare.sh: $1 did not start" >&2; exit 1
+    ours)  exec taskset -c 1 "$work/hello_server" --threads 1 --port "${port[ours]}" ;;
+    nginx) exec taskset -c 1 nginx -c "$work/nginx.conf" -p "$work" ;;
+    raw)   exec taskset -c 1 "$work/raw_epoll" --port "${port[raw]}" ;;
+  esac >"$work/$1.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/${port[$1]}") 2>/dev/null && return
+    sleep 0.05
+  done
+  echo "compare.sh: $1 did not start:" >&2; cat "$work/$1.log" >&2; exit 1
 }
+stop_server() { kill "$pid"; wait "$pid" 2>/dev/null || true; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-# One measurement: prints "req_per_s us_per_req p99_ms errors".
+# measure CONFIG URL: one wrk run against the server in $pid;
+# prints "req_per_s us_per_req p99_ms errors".
 measure() {
   local before after out reqs
   before=$(cpu_ticks "$pid")
-  out=$(taskset -c 0 wrk -t1 -c"$conns" -d"${secs}s" --latency "$url")
+  # shellcheck disable=SC2086 # wrk_args holds several words
+  out=$(taskset -c 0 wrk -t1 ${wrk_args[$1]} -d"${secs}s" --latency "$2")
   after=$(cpu_ticks "$pid")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-  awk -v out="$out" -v reqs="$reqs" -v ticks=$((after - before)) -v hz="$hz" 'BEGIN {
-    n = split(out, l, "\n"); rps = 0; p99 = "?"; errs = 0
-    for (i = 1; i <= n; i++) {
-      if (l[i] ~ /Requests\/sec/) { split(l[i], f, " "); rps = f[2] }
-      if (l[i] ~ /^ +99%/) { split(l[i], f, " "); p99 = f[2] }
-      if (l[i] ~ /Socket errors|Non-2xx/) { m = l[i]; gsub(/[^0-9 ]/, " ", m); split(m, f, " "); for (k in f) errs += f[k] }
-    }
-    printf "%.0f %.2f %s %d\n", rps, ticks * 1e6 / hz / reqs, p99, errs }'
+  awk -v out="$out" -v reqs="$reqs" -v ticks=$((after - before)) -v hz="$hz" '
+    # wrk prints latencies with a unit (us, ms, s); normalize to ms.
+    function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; return v * 1000 }
+    BEGIN {
+      n = split(out, l, "\n"); rps = 0; p99 = -1; errs = 0
+      for (i = 1; i <= n; i++) {
+        if (l[i] ~ /Requests\/sec/) { split(l[i], f, " "); rps = f[2] }
+        if (l[i] ~ /^ +99%/) { split(l[i], f, " "); p99 = ms(f[2]) }
+        # "Socket errors: connect 0, read 0, write 0, timeout 0" and "Non-2xx or 3xx responses: N"
+        if (l[i] ~ /Socket errors|Non-2xx/) {
+          m = l[i]; sub(/^[^:]*:/, "", m); gsub(/[^0-9 ]/, " ", m)
+          split(m, f, " "); for (k in f) errs += f[k]
+        }
+      }
+      printf "%.0f %.3f %.3f %d\n", rps, ticks * 1e6 / hz / reqs, p99, errs }'
 }
 
-declare -A results
-order=(ours nginx)
-for ((r = 0; r < rounds; r++)); do
+# Every round starts each server once and runs every load against it; the server order
+# rotates each round.
+declare -A results   # "config/server" -> one line per round from measure
+order=("${servers[@]}")
+for ((r = 1; r <= rounds; r++)); do
   for name in "${order[@]}"; do
     start_server "$name"
-    results[$name]+="$(measure)"$'\n'
-    kill "$pid"; wait "$pid" 2>/dev/null || true
+    for cfg in "${configs[@]}"; do
+      results[$cfg/$name]+="$(measure "$cfg" "http://127.0.0.1:${port[$name]}/")"$'\n'
+    done
+    stop_server
   done
-  order=("${order[1]}" "${order[0]}")  # interleave: A B, B A, A B, ...
+  echo "compare.sh: round $r/$rounds done (${order[*]})" >&2
+  order=("${order[@]:1}" "${order[0]}")  # A B C, B C A, C A B, ...
 done
 
-median() { grep . | sort -n | awk '{a[NR] = $1} END {m = a[int((NR + 1) / 2)]; printf "%s (%s-%s)", m, a[1], a[NR]}'; }
-echo "wrk -t1 -c$conns -d${secs}s, $rounds rounds, median (min-max); $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-printf "%-8s %-28s %-24s %-22s %s\n" server "req/s" "server us/request" "p99" "errors"
-for name in ours nginx; do
-  rows=${results[$name]}
-  printf "%-8s %-28s %-24s %-22s %s\n" "$name" \
-    "$(awk '{print $1}' <<<"$rows" | median)" "$(awk '{print $2}' <<<"$rows" | median)" \
-    "$(awk '{print $3}' <<<"$rows" | tr '\n' ' ')" "$(awk '{s += $4} END {print s}' <<<"$rows")"
+# column_of CONFIG SERVER N: column N of that pair's rows, sorted; summary (same arguments
+# plus a printf format) -> "median (min-max)"; median_of -> the median alone.
+column_of() { awk -v c="$3" 'NF {print $c}' <<<"${results[$1/$2]}" | sort -g; }
+summary() {
+  column_of "$@" | awk -v fmt="$4" '{a[NR] = $1} END {
+    printf fmt " (" fmt "-" fmt ")", a[int((NR + 1) / 2)], a[1], a[NR] }'
+}
+median_of() { column_of "$@" | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+
+machine="$(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "$machine, Linux $(uname -r); $(nginx -v 2>&1 | sed 's/.*: //');" \
+     "wrk pinned to CPU 0, servers to CPU 1; ${secs}s per run, $rounds rounds, median (min-max)"
+
+# wrk 4.1 records one latency per pipelined batch (not per response) and with pipeline.lua its
+# percentiles read 0 (github.com/wg/wrk/issues/236), so the pipelined load has no p99.
+p99_cell() {
+  if [[ $1 == pipe16 ]]; then echo "n/a (wrk bug)"; else summary "$1" "$2" 3 %.2f; fi
+}
+errors_total() { awk 'NF {s += $4} END {print s}' <<<"${results[$1/$2]}"; }
+row() { printf "  %-6s %-28s %-26s %-24s %s\n" "$@"; }
+
+for cfg in "${configs[@]}"; do
+  echo
+  echo "${config_title[$cfg]}"
+  row server "req/s" "server CPU us/request" "p99 ms" "wrk errors"
+  for name in "${servers[@]}"; do
+    row "$name" "$(summary "$cfg" "$name" 1 %d)" "$(summary "$cfg" "$name" 2 %.2f)" \
+        "$(p99_cell "$cfg" "$name")" "$(errors_total "$cfg" "$name")"
+  done
+done
+
+# The targets (issue 4) are ratios to the raw loop from the same run: CPU per request at c64
+# <= 1.05 x raw, pipelined req/s >= 0.7 x raw.
+ratio_row() { printf "  %-7s %-18s %-20s %-16s %s\n" "$@"; }
+echo
+echo "Ratios of the medians (CPU per request: lower is better for ours)"
+ratio_row load "CPU ours/raw" "CPU ours/nginx" "req/s ours/raw" "req/s ours/nginx"
+for cfg in "${configs[@]}"; do
+  ratio_row "$cfg" \
+    "$(ratio "$(median_of "$cfg" ours 2)" "$(median_of "$cfg" raw 2)")" \
+    "$(ratio "$(median_of "$cfg" ours 2)" "$(median_of "$cfg" nginx 2)")" \
+    "$(ratio "$(median_of "$cfg" ours 1)" "$(median_of "$cfg" raw 1)")" \
+    "$(ratio "$(median_of "$cfg" ours 1)" "$(median_of "$cfg" nginx 1)")"
 done
