@@ -1,19 +1,26 @@
 // tools/http_server as a real process: started with --port 0, spoken to over loopback, stopped
 // with SIGTERM (which must exit with status 0). Responses carry a Date header whose value
 // changes once a second: comparisons replace every Date value with "<date>" first.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <fstream>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tests/testing/server_process.h"
@@ -419,6 +426,261 @@ TEST_F(HttpServerTest, RandomBytesNeverCrashTheServer) {
 
 TEST(HttpServerFlagsTest, BadHeaderTimeoutIsRefusedWithStatus2) {
   ServerProcess server({kBinary, "--header-timeout-ms", "soon"}, kDeadline);
+  ASSERT_TRUE(server.started());
+  const int status = server.wait_exit();
+  EXPECT_TRUE(exited_with(status, 2)) << describe(status);
+}
+
+// --- Static files (--root) ---------------------------------------------------------------
+
+// The head of one response, raw, up to and including "\r\n\r\n".
+std::string read_head(int fd) {
+  std::string got;
+  char c;
+  while (got.find("\r\n\r\n") == std::string::npos && recv(fd, &c, 1, 0) == 1) got += c;
+  return got;
+}
+
+// A header's value in a head ("" if absent).
+std::string header(const std::string& head, const std::string& name) {
+  const std::size_t at = head.find("\r\n" + name + ": ");
+  if (at == std::string::npos) return "";
+  const std::size_t value = at + name.size() + 4;
+  return head.substr(value, head.find("\r\n", value) - value);
+}
+
+std::string status_line(const std::string& head) { return head.substr(0, head.find("\r\n")); }
+
+std::uint64_t fnv1a(const std::string& s) {
+  std::uint64_t h = 1469598103934665603ull;
+  for (const unsigned char ch : s) h = (h ^ ch) * 1099511628211ull;
+  return h;
+}
+
+void write_file(const std::string& path, const std::string& data) {
+  std::ofstream f(path, std::ios::binary);
+  f << data;
+}
+
+class HttpServerRootTest : public HttpServerTest {
+ protected:
+  void SetUp() override {
+    const char* tmp = std::getenv("TEST_TMPDIR");
+    base_ = std::string(tmp ? tmp : "/tmp") + "/http_root_XXXXXX";
+    ASSERT_NE(mkdtemp(base_.data()), nullptr);
+    root_ = base_ + "/www";
+    ASSERT_EQ(mkdir(root_.c_str(), 0755), 0);
+    ASSERT_EQ(mkdir((root_ + "/sub").c_str(), 0755), 0);
+    unsigned seed = 7;
+    data_.resize(300 * 1024 + 17);
+    for (char& ch : data_) {
+      seed = seed * 1103515245u + 12345u;
+      ch = static_cast<char>(seed >> 16);
+    }
+    write_file(root_ + "/data.bin", data_);
+    write_file(root_ + "/style.css", "body{}");
+    write_file(root_ + "/a.json", "{}");
+    write_file(root_ + "/sub/page.html", "<p>sub</p>");
+    write_file(root_ + "/empty.txt", "");
+    write_file(base_ + "/secret.txt", "TOP SECRET");
+    ASSERT_EQ(symlink(base_.c_str(), (root_ + "/sub/up").c_str()), 0);
+    ASSERT_EQ(symlink((base_ + "/secret.txt").c_str(), (root_ + "/link.txt").c_str()), 0);
+  }
+
+  void start_root() { start({"--threads", "2", "--root", root_}); }
+
+  // GET or HEAD of `target`: the head, and the body (Content-Length bytes) in *body.
+  std::string get(int fd, const std::string& target, std::string* body,
+                  const std::string& method = "GET", const std::string& extra = "") {
+    if (!send_all(fd, method + " " + target + " HTTP/1.1\r\nHost: x\r\n" + extra + "\r\n")) {
+      return "<send failed>";
+    }
+    const std::string head = read_head(fd);
+    body->clear();
+    if (method != "HEAD" && !header(head, "Content-Length").empty()) {
+      *body = recv_exact(fd, std::stoull(header(head, "Content-Length")));
+    }
+    return head;
+  }
+
+  std::string base_, root_, data_;
+};
+
+TEST_F(HttpServerRootTest, FilesArriveIntactWithTypeLengthAndLastModified) {
+  ASSERT_NO_FATAL_FAILURE(start_root());
+  const int fd = client();
+  ASSERT_GE(fd, 0);
+  std::string body;
+  std::string head = get(fd, "/data.bin", &body);
+  EXPECT_EQ(status_line(head), "HTTP/1.1 200 OK") << head;
+  EXPECT_EQ(header(head, "Content-Type"), "application/octet-stream");
+  EXPECT_EQ(header(head, "Content-Length"), std::to_string(data_.size()));
+  ASSERT_EQ(body.size(), data_.size());
+  EXPECT_EQ(fnv1a(body), fnv1a(data_));
+  // Last-Modified is st_mtime as an IMF-fixdate.
+  struct stat st;
+  ASSERT_EQ(stat((root_ + "/data.bin").c_str(), &st), 0);
+  std::tm tm = {};
+  const std::string lm = header(head, "Last-Modified");
+  ASSERT_EQ(lm.size(), 29u) << head;
+  ASSERT_NE(strptime(lm.c_str(), "%a, %d %b %Y %H:%M:%S GMT", &tm), nullptr);
+  EXPECT_EQ(timegm(&tm), st.st_mtime);
+  head = get(fd, "/style.css", &body);
+  EXPECT_EQ(header(head, "Content-Type"), "text/css; charset=utf-8");
+  EXPECT_EQ(body, "body{}");
+  head = get(fd, "/a.json?x=1", &body);
+  EXPECT_EQ(header(head, "Content-Type"), "application/json");
+  EXPECT_EQ(body, "{}");
+  head = get(fd, "/sub/page.html", &body);
+  EXPECT_EQ(header(head, "Content-Type"), "text/html; charset=utf-8");
+  EXPECT_EQ(body, "<p>sub</p>");
+  head = get(fd, "/empty.txt", &body);
+  EXPECT_EQ(status_line(head), "HTTP/1.1 200 OK");
+  EXPECT_EQ(header(head, "Content-Length"), "0");
+  // "/" without index.html: Hello World, as without --root.
+  head = get(fd, "/", &body);
+  EXPECT_EQ(body, "Hello World!");
+  write_file(root_ + "/index.html", "<h1>index</h1>");
+  head = get(fd, "/", &body);
+  EXPECT_EQ(header(head, "Content-Type"), "text/html; charset=utf-8");
+  EXPECT_EQ(body, "<h1>index</h1>");
+  EXPECT_EQ(finish(fd), "");
+}
+
+TEST_F(HttpServerRootTest, HeadHasNoBody) {
+  ASSERT_NO_FATAL_FAILURE(start_root());
+  const int fd = client();
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(send_all(fd, "HEAD /data.bin HTTP/1.1\r\n\r\nGET /style.css HTTP/1.1\r\n\r\n"));
+  const std::string head = read_head(fd);
+  EXPECT_EQ(status_line(head), "HTTP/1.1 200 OK");
+  EXPECT_EQ(header(head, "Content-Length"), std::to_string(data_.size()));
+  // The next bytes are the second response, not a body.
+  const std::string next = read_head(fd);
+  EXPECT_EQ(status_line(next), "HTTP/1.1 200 OK") << next;
+  EXPECT_EQ(header(next, "Content-Type"), "text/css; charset=utf-8");
+  EXPECT_EQ(recv_exact(fd, 6), "body{}");
+  EXPECT_EQ(finish(fd), "");
+}
+
+TEST_F(HttpServerRootTest, IfModifiedSinceGives304) {
+  ASSERT_NO_FATAL_FAILURE(start_root());
+  const int fd = client();
+  ASSERT_GE(fd, 0);
+  std::string body;
+  const std::string lm = header(get(fd, "/style.css", &body), "Last-Modified");
+  ASSERT_FALSE(lm.empty());
+  std::string head = get(fd, "/style.css", &body, "GET", "If-Modified-Since: " + lm + "\r\n");
+  EXPECT_EQ(status_line(head), "HTTP/1.1 304 Not Modified") << head;
+  EXPECT_EQ(header(head, "Last-Modified"), lm);
+  EXPECT_EQ(body, "");
+  // Case-insensitive name; a later date is 304 too; an earlier or a malformed one is 200.
+  head =
+      get(fd, "/style.css", &body, "GET", "if-modified-since: Fri, 01 Jan 2100 00:00:00 GMT\r\n");
+  EXPECT_EQ(status_line(head), "HTTP/1.1 304 Not Modified") << head;
+  head =
+      get(fd, "/style.css", &body, "GET", "If-Modified-Since: Sun, 06 Nov 1994 08:49:37 GMT\r\n");
+  EXPECT_EQ(status_line(head), "HTTP/1.1 200 OK") << head;
+  EXPECT_EQ(body, "body{}");
+  head = get(fd, "/style.css", &body, "GET", "If-Modified-Since: yesterday\r\n");
+  EXPECT_EQ(status_line(head), "HTTP/1.1 200 OK") << head;
+  // The header does not carry over to the next request on the connection.
+  head = get(fd, "/style.css", &body);
+  EXPECT_EQ(status_line(head), "HTTP/1.1 200 OK") << head;
+  EXPECT_EQ(body, "body{}");
+  EXPECT_EQ(finish(fd), "");
+}
+
+TEST_F(HttpServerRootTest, MissingFilesDirectoriesAndEscapesAreRefused) {
+  ASSERT_NO_FATAL_FAILURE(start_root());
+  const int fd = client();
+  ASSERT_GE(fd, 0);
+  std::string body;
+  for (const std::string target : {"/missing.txt", "/sub", "/sub/", "/link.txt"}) {
+    const std::string head = get(fd, target, &body);
+    EXPECT_EQ(status_line(head), "HTTP/1.1 404 Not Found") << target;
+  }
+  for (const std::string target :
+       {"/../secret.txt", "/%2e%2e/secret.txt", "/%2E%2E/secret.txt", "/sub/../../secret.txt",
+        "/sub/%2e%2e/%2e%2e/secret.txt", "/.%2e/secret.txt", "/sub/up/secret.txt",
+        "//../secret.txt", "/..", "/%2e%2e"}) {
+    const std::string head = get(fd, target, &body);
+    const std::string status = status_line(head);
+    EXPECT_TRUE(status == "HTTP/1.1 404 Not Found" || status == "HTTP/1.1 400 Bad Request")
+        << target << ": " << head;
+    EXPECT_EQ(body.find("SECRET"), std::string::npos) << target;
+    if (status != "HTTP/1.1 404 Not Found") break;  // a 400 closes the connection
+  }
+  // Bad escapes and NULs: 400 and a close.
+  EXPECT_EQ(normalise(exchange("GET /%zz HTTP/1.1\r\n\r\n")), error_response(400, "Bad Request"));
+  EXPECT_EQ(normalise(exchange("GET /a%00.txt HTTP/1.1\r\n\r\n")),
+            error_response(400, "Bad Request"));
+}
+
+TEST_F(HttpServerRootTest, PipelinedFileThenHelloAnsweredInOrder) {
+  ASSERT_NO_FATAL_FAILURE(start_root());
+  const int fd = client();
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(
+      send_all(fd, "GET /data.bin HTTP/1.1\r\n\r\n" + kGet + "GET /a.json HTTP/1.1\r\n\r\n"));
+  std::string head = read_head(fd);
+  ASSERT_EQ(status_line(head), "HTTP/1.1 200 OK");
+  const std::string body = recv_exact(fd, data_.size());
+  EXPECT_EQ(fnv1a(body), fnv1a(data_));
+  EXPECT_EQ(read_response(fd), kHello);
+  head = read_head(fd);
+  EXPECT_EQ(header(head, "Content-Type"), "application/json");
+  EXPECT_EQ(recv_exact(fd, 2), "{}");
+  // Still open for more.
+  ASSERT_TRUE(send_all(fd, kGet));
+  EXPECT_EQ(read_response(fd), kHello);
+  EXPECT_EQ(finish(fd), "");
+}
+
+TEST_F(HttpServerRootTest, SparseFileOver2GiBIsServedCompletely) {
+  const std::string path = root_ + "/big.bin";
+  const off_t size = (off_t{2} << 30) + 4096;
+  const int file = open(path.c_str(), O_CREAT | O_WRONLY | O_TRUNC, 0644);
+  ASSERT_GE(file, 0);
+  ASSERT_EQ(ftruncate(file, size), 0);
+  // Markers: at the start, just past 2 GiB, and in the last bytes.
+  const std::pair<off_t, std::string> markers[] = {
+      {0, "BEGIN"}, {(off_t{2} << 30) + 100, "PAST2G"}, {size - 4, "END!"}};
+  for (const auto& [at, text] : markers) {
+    ASSERT_EQ(pwrite(file, text.data(), text.size(), at), static_cast<ssize_t>(text.size()));
+  }
+  close(file);
+  ASSERT_NO_FATAL_FAILURE(start_root());
+  const int fd = client();
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(send_all(fd, "GET /big.bin HTTP/1.1\r\n\r\n" + kGet));
+  const std::string head = read_head(fd);
+  ASSERT_EQ(status_line(head), "HTTP/1.1 200 OK") << head;
+  ASSERT_EQ(header(head, "Content-Length"), std::to_string(size));
+  std::vector<char> buf(1 << 20);
+  off_t have = 0;
+  std::string found[3];
+  while (have < size) {
+    const ssize_t n = recv(fd, buf.data(), std::min<off_t>(size - have, buf.size()), 0);
+    if (n <= 0) break;
+    for (int m = 0; m < 3; ++m) {
+      const off_t at = markers[m].first;
+      const off_t end = at + static_cast<off_t>(markers[m].second.size());
+      for (off_t i = std::max(at, have); i < std::min(end, have + n); ++i) {
+        found[m] += buf[static_cast<std::size_t>(i - have)];
+      }
+    }
+    have += n;
+  }
+  EXPECT_EQ(have, size);
+  for (int m = 0; m < 3; ++m) EXPECT_EQ(found[m], markers[m].second) << "marker " << m;
+  // The pipelined request behind it is answered after it.
+  EXPECT_EQ(read_response(fd), kHello);
+  EXPECT_EQ(finish(fd), "");
+}
+
+TEST(HttpServerFlagsTest, MissingRootIsRefusedWithStatus2) {
+  ServerProcess server({kBinary, "--root", "/nonexistent/dir/for/http_server_test"}, kDeadline);
   ASSERT_TRUE(server.started());
   const int status = server.wait_exit();
   EXPECT_TRUE(exited_with(status, 2)) << describe(status);
