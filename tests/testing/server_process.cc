@@ -3,10 +3,12 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -99,6 +101,44 @@ int connect_loopback(int port) {
     return -1;
   }
   return fd;
+}
+
+int connect_client(int port) {
+  const int fd = connect_loopback(port);
+  if (fd < 0) return -1;
+  const timeval timeout = {10, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
+  const int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  return fd;
+}
+
+bool send_all(int fd, const std::string& data) {
+  for (std::size_t off = 0; off < data.size();) {
+    const ssize_t n = send(fd, data.data() + off, data.size() - off, MSG_NOSIGNAL);
+    if (n <= 0) return false;
+    off += static_cast<std::size_t>(n);
+  }
+  return true;
+}
+
+std::string recv_exact(int fd, std::size_t count) {
+  std::string got(count, '\0');
+  std::size_t have = 0;
+  while (have < count) {
+    const ssize_t n = recv(fd, got.data() + have, count - have, 0);
+    if (n <= 0) break;
+    have += static_cast<std::size_t>(n);
+  }
+  got.resize(have);
+  return got;
+}
+
+std::string repeat(const std::string& s, int times) {
+  std::string out;
+  for (int i = 0; i < times; ++i) out += s;
+  return out;
 }
 
 }  // namespace testing_support

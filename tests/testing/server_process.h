@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstddef>
 #include <string>
 #include <vector>
 
@@ -50,6 +51,16 @@ std::string describe(int status);
 
 // A blocking TCP client connected to 127.0.0.1:port, or -1 if the connect fails.
 int connect_loopback(int port);
+
+// connect_loopback() with TCP_NODELAY, and reads and writes that give up after 10 s instead of
+// hanging a test; -1 if the connect failed.
+int connect_client(int port);
+// Sends all of data; false if the connection failed first.
+bool send_all(int fd, const std::string& data);
+// Exactly `count` bytes, or fewer if the peer closed or went quiet for 10 s.
+std::string recv_exact(int fd, std::size_t count);
+// s, `times` times over.
+std::string repeat(const std::string& s, int times);
 
 }  // namespace testing_support
 

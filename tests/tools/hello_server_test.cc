@@ -21,7 +21,10 @@
 
 namespace {
 
-using testing_support::connect_loopback;
+using testing_support::connect_client;
+using testing_support::recv_exact;
+using testing_support::repeat;
+using testing_support::send_all;
 using testing_support::describe;
 using testing_support::exited_with;
 using testing_support::ServerProcess;
@@ -36,45 +39,6 @@ const std::string kResponse =
     "HTTP/1.1 200 OK\r\nContent-Length: 12\r\nContent-Type: text/plain\r\n"
     "Connection: keep-alive\r\n\r\nHello World!";
 
-std::string repeat(const std::string& s, int times) {
-  std::string out;
-  for (int i = 0; i < times; ++i) out += s;
-  return out;
-}
-
-// A blocking loopback client whose reads and writes give up after 10 s instead of hanging.
-int connect_client(int port) {
-  const int fd = connect_loopback(port);
-  if (fd < 0) return -1;
-  const timeval timeout = {10, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
-  const int one = 1;
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  return fd;
-}
-
-bool send_all(int fd, const std::string& data) {
-  for (std::size_t off = 0; off < data.size();) {
-    const ssize_t n = send(fd, data.data() + off, data.size() - off, MSG_NOSIGNAL);
-    if (n <= 0) return false;
-    off += static_cast<std::size_t>(n);
-  }
-  return true;
-}
-
-// Exactly `count` bytes, or fewer if the peer closed or went quiet for 10 s.
-std::string recv_exact(int fd, std::size_t count) {
-  std::string got(count, '\0');
-  std::size_t have = 0;
-  while (have < count) {
-    const ssize_t n = recv(fd, got.data() + have, count - have, 0);
-    if (n <= 0) break;
-    have += static_cast<std::size_t>(n);
-  }
-  got.resize(have);
-  return got;
-}
 
 // Ends the client's side (the server reads EOF, sends what it owes, then closes) and returns
 // everything that still arrived before the server's EOF; "<no EOF>" if none came.
