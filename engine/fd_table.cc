@@ -31,4 +31,22 @@ FdSlot* fd_slot_make(int fd) {
   return fd_slot(fd);
 }
 
+SlotExtra* slot_extra_make(FdSlot& slot) {
+  if (!slot.extra) {
+    slot.extra = new (std::nothrow) SlotExtra;
+    if (!slot.extra) errno = ENOMEM;
+  }
+  return slot.extra;
+}
+
+void slot_extra_trim(FdSlot& slot) {
+  const SlotExtra* x = slot.extra;
+  if (!x || x->tlc || x->leftover || (slot.flags & kOwnIdle) || x->deadline_tick ||
+      x->high_watermark || x->low_watermark) {
+    return;
+  }
+  delete x;
+  slot.extra = nullptr;
+}
+
 }  // namespace engine

@@ -13,6 +13,7 @@
 #define ENGINE_FD_TABLE_H_
 
 #include <atomic>
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
 
@@ -42,7 +43,25 @@ enum SlotFlag : uint32_t {
   kCloseHooksRun = 1u << 12, // before_close of the transport layers already ran
   kPeerShut = 1u << 13,      // EPOLLRDHUP seen: an EOF waits behind the data
   kErrorSeen = 1u << 14,     // EPOLLERR seen: a hang-up close is an error, not the peer's
-  kPaused = 1u << 15         // queued bytes passed the high watermark: reading waits
+  kPaused = 1u << 15,        // queued bytes passed the high watermark: reading waits
+  kOwnIdle = 1u << 16        // the idle timeout is extra->idle_ticks, not the reactor's
+};
+
+// Per-connection settings and state that most connections never use, allocated on first use
+// (sock_set_timeout, sock_set_deadline, sock_set_watermarks, a transport layer) and freed at
+// close or once everything in it is back to its default, so that an ordinary connection's
+// slot stays one cache line (idle keep-alive connections are the bulk of a busy server's).
+// Owned by the slot; owner thread only.
+struct SlotExtra {
+  sockTLC* tlc = nullptr;
+  ReadBuffer* leftover = nullptr;  // unwrapped plaintext the caller's buffer could not take
+  // With kOwnIdle: this connection's idle timeout in ticks (0: none), instead of the reactor's.
+  uint32_t idle_ticks = 0;
+  uint32_t deadline_tick = 0;  // 0: none
+  // Backpressure: queued bytes above which reading pauses, at or below which it resumes
+  // (0: the reactor's limits).
+  uint32_t high_watermark = 0;
+  uint32_t low_watermark = 0;
 };
 
 struct FdSlot {
@@ -53,6 +72,8 @@ struct FdSlot {
   // after the number was reused) reads it with acquire before touching anything else, which
   // orders the previous owner's last writes before its own.
   std::atomic<uint32_t> generation;
+  // SlotFlag bits, and above kErrorShift the errno of the failure behind kFailed
+  // (slot_error()): one word, so clearing the flags clears the error too.
   uint32_t flags;
   // The reactor the fd is attached to. Written on the owner thread through set_owner()
   // (atomic, release) and read by other threads to route their calls (load_owner()).
@@ -63,22 +84,37 @@ struct FdSlot {
   Packet* tail;
   uint64_t sent;
   uint64_t queued_bytes;
-  sockTLC* tlc;
-  ReadBuffer* leftover;  // unwrapped plaintext the caller's buffer could not take
-  int last_error;        // errno of the failure behind kFailed
-  // Backpressure: queued bytes above which reading pauses, at or below which it resumes
-  // (0: the reactor's limits).
-  uint32_t high_watermark;
-  uint32_t low_watermark;
+  SlotExtra* extra;  // nullptr: every setting at its default, no layers
   // Timeouts, in ticks of the owner reactor's clock (TimerWheel::kTickMs; 32 bits last 6.8
   // years; 0 means none). The idle timer restarts on every read and every write that makes
   // progress, by storing activity_tick only: the wheel entry (due at timer_due_tick) checks
   // the real expiry when it fires, so resetting costs no wheel operation.
-  uint32_t idle_ticks;
   uint32_t activity_tick;
-  uint32_t deadline_tick;
   uint32_t timer_due_tick;
 };
+// What an idle keep-alive connection costs the engine (bench/idle_rss.sh): one cache line.
+static_assert(sizeof(FdSlot) == 64, "FdSlot grew past one cache line: move the field to SlotExtra");
+
+// The errno of a failure, kept in the flags word: Linux errno values are below 4096 (the
+// kernel's MAX_ERRNO), so 12 bits above the flags hold any of them.
+inline constexpr unsigned kErrorShift = 20;
+inline constexpr uint32_t kMaxErrno = 4095;
+static_assert(kOwnIdle < (1u << kErrorShift), "a flag bit overlaps the error field");
+static_assert((uint64_t{kMaxErrno} << kErrorShift) <= UINT32_MAX, "the error field overflows");
+
+inline int slot_error(const FdSlot& slot) { return static_cast<int>(slot.flags >> kErrorShift); }
+// Records err (EIO if it is not a valid errno) as the failure behind kFailed.
+inline void set_slot_error(FdSlot& slot, int err) {
+  const uint32_t e = (err > 0 && static_cast<uint32_t>(err) <= kMaxErrno) ? static_cast<uint32_t>(err) : EIO;
+  slot.flags = (slot.flags & ((1u << kErrorShift) - 1)) | (e << kErrorShift);
+}
+
+inline sockTLC* slot_tlc(const FdSlot& slot) { return slot.extra ? slot.extra->tlc : nullptr; }
+inline uint32_t slot_deadline(const FdSlot& slot) { return slot.extra ? slot.extra->deadline_tick : 0; }
+// slot.extra, allocated (all defaults) if it does not exist yet; nullptr with errno ENOMEM.
+SlotExtra* slot_extra_make(FdSlot& slot);
+// Frees slot.extra once nothing in it differs from the defaults. Owner thread.
+void slot_extra_trim(FdSlot& slot);
 
 // Largest fd the table can index: the directory holds kMaxFds / kSlotsPerPage pointers.
 inline constexpr std::size_t kSlotsPerPage = 1024;

@@ -102,7 +102,9 @@ void reactor_close(struct Reactor* reactor, int fd);
 /** Extension: the limits that keep a reactor's time and memory bounded. */
 struct ReactorLimits {
   /** Close a connection after this long without reading or writing progress; 0: never (the
-   * default of a plain reactor; the sharded server's default is 30 s). */
+   * default of a plain reactor; the sharded server's default is 30 s). A change reaches an
+   * open connection when its armed timer next fires (one opened while this was 0 has none);
+   * sock_set_timeout() overrides it per connection. */
   unsigned idle_timeout_ms;
   /** Per connection: above this many queued bytes the reactor stops reading it (sock_read
    * returns 0, on_data is not called) until its queue drains to low_watermark; then on_data

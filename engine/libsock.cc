@@ -101,7 +101,7 @@ bool connect_finished(int fd, FdSlot& slot) {
   slot.flags &= ~kConnecting;
   if (err) {
     slot.flags |= kFailed;
-    slot.last_error = err;
+    set_slot_error(slot, err);
   }
   return true;
 }
@@ -115,7 +115,7 @@ ssize_t flush_unattached(int fd, FdSlot& slot) {
                               ? WriteResult::kError
                               : queue_write(fd, slot, SIZE_MAX, &written);
     if (r == WriteResult::kError) {
-      const int err = slot.last_error;
+      const int err = slot_error(slot);
       close_slot(fd, slot, nullptr, CloseReason::kError);
       errno = err;
       return -1;
@@ -148,7 +148,7 @@ void schedule_flush(int fd, FdSlot& slot) {
 void fail(int fd, FdSlot& slot, int err) {
   slot.flags |= kFailed;
   slot.flags &= ~kReadPending;
-  slot.last_error = err;
+  set_slot_error(slot, err);
   if (Reactor* owner = attached_owner(slot)) owner->want_flush(fd, slot);
 }
 
@@ -318,27 +318,28 @@ ssize_t read_input(int fd, void* buf, std::size_t count) {
   // slows it down) until the queue drains and the reactor calls on_data again.
   if (slot->flags & kPaused) return 0;
   char* out = static_cast<char*>(buf);
-  if (slot->leftover) {
+  sockTLC* const tlc = slot_tlc(*slot);
+  if (slot->extra && slot->extra->leftover) {
     slot->flags |= kReadProgress;
-    return static_cast<ssize_t>(read_buffer_take(slot->leftover, out, count));
+    return static_cast<ssize_t>(read_buffer_take(slot->extra->leftover, out, count));
   }
   if (slot->flags & (kEof | kFailed)) {
-    errno = (slot->flags & kFailed) ? slot->last_error : 0;
+    errno = (slot->flags & kFailed) ? slot_error(*slot) : 0;
     return -1;
   }
   // An attached fd learns of new input from its next epoll edge, which sets kReadPending: until
   // then the kernel has nothing (the last read drained it), so don't ask.
-  if (!slot->tlc && (slot->flags & (kAttached | kReadPending)) == kAttached) return 0;
+  if (!tlc && (slot->flags & (kAttached | kReadPending)) == kAttached) return 0;
   bool drained = false;
-  const ssize_t n = slot->tlc ? tlc_read(fd, *slot, out, count, &drained)
+  const ssize_t n = tlc ? tlc_read(fd, *slot, out, count, &drained)
                               : plain_read(fd, out, count, &drained);
   if (n > 0) {
     slot->flags |= kReadProgress;
     if (Reactor* owner = attached_owner(*slot)) owner->stamp_activity(*slot);
-    if (slot->leftover) slot->flags |= kReadPending;  // plaintext waits: call on_data again
+    if (tlc && slot->extra->leftover) slot->flags |= kReadPending;  // plaintext waits: call on_data again
     // A short read emptied the socket: data arriving later raises a new edge. Not so when the
     // peer already shut down (the EOF behind the data raises none) or with layers' buffering.
-    if (!slot->tlc && static_cast<std::size_t>(n) < count && !(slot->flags & (kPeerShut | kHangup))) {
+    if (!tlc && static_cast<std::size_t>(n) < count && !(slot->flags & (kPeerShut | kHangup))) {
       slot->flags &= ~kReadPending;
     }
     return n;
@@ -452,7 +453,7 @@ int tlc_write(int fd, sockTLC* from, const void* data, std::size_t length) {
   if (!slot) return -1;
   // Layer-produced bytes are records of their own, wrapped only by the layers below `from`.
   unsigned skip = 0;
-  for (sockTLC* layer = slot->tlc; layer != from; layer = layer->next, ++skip) {
+  for (sockTLC* layer = slot_tlc(*slot); layer != from; layer = layer->next, ++skip) {
     if (!layer) {
       errno = EINVAL;  // `from` is not one of fd's layers
       return -1;
@@ -723,7 +724,10 @@ int sock_set_timeout(int fd, unsigned idle_ms) {
     errno = EINVAL;  // timers belong to a reactor
     return -1;
   }
-  slot->idle_ticks = engine::Reactor::ticks_of(idle_ms);
+  engine::SlotExtra* extra = engine::slot_extra_make(*slot);
+  if (!extra) return -1;
+  extra->idle_ticks = engine::Reactor::ticks_of(idle_ms);
+  slot->flags |= engine::kOwnIdle;
   owner->stamp_activity(*slot);
   owner->arm_timer(fd, *slot);
   return 0;
@@ -737,8 +741,15 @@ int sock_set_deadline(int fd, unsigned ms) {
     errno = EINVAL;
     return -1;
   }
+  if (!ms) {
+    if (slot->extra) slot->extra->deadline_tick = 0;
+    engine::slot_extra_trim(*slot);
+    return 0;  // a wheel entry already filed re-checks when it fires
+  }
+  engine::SlotExtra* extra = engine::slot_extra_make(*slot);
+  if (!extra) return -1;
   // Counted from the end of the current tick, so it never fires before `ms` have passed.
-  slot->deadline_tick = ms ? owner->now_tick() + 1 + engine::Reactor::ticks_of(ms) : 0;
+  extra->deadline_tick = owner->now_tick() + 1 + engine::Reactor::ticks_of(ms);
   owner->arm_timer(fd, *slot);
   return 0;
 }
@@ -750,8 +761,15 @@ int sock_set_watermarks(int fd, size_t high, size_t low) {
     errno = EINVAL;
     return -1;
   }
-  slot->high_watermark = static_cast<uint32_t>(high);
-  slot->low_watermark = static_cast<uint32_t>(low);
+  if (!high) {
+    if (slot->extra) slot->extra->high_watermark = slot->extra->low_watermark = 0;
+    engine::slot_extra_trim(*slot);
+    return 0;
+  }
+  engine::SlotExtra* extra = engine::slot_extra_make(*slot);
+  if (!extra) return -1;
+  extra->high_watermark = static_cast<uint32_t>(high);
+  extra->low_watermark = static_cast<uint32_t>(low);
   return 0;
 }
 
@@ -768,7 +786,7 @@ void sock_free_packet(struct Packet* packet) { engine::packet_chain_free(packet)
 
 struct sockTLC* sock_tlc_get(int fd) {
   FdSlot* slot = engine::tlc_slot(fd);
-  return slot ? slot->tlc : nullptr;
+  return slot ? engine::slot_tlc(*slot) : nullptr;
 }
 
 int sock_tlc_set(int fd, struct sockTLC* tlc) {
@@ -778,8 +796,11 @@ int sock_tlc_set(int fd, struct sockTLC* tlc) {
     errno = EINVAL;
     return -1;
   }
-  sockTLC* old = slot->tlc;
-  slot->tlc = tlc;
+  engine::SlotExtra* extra = tlc ? engine::slot_extra_make(*slot) : slot->extra;
+  if (tlc && !extra) return -1;
+  sockTLC* old = engine::slot_tlc(*slot);
+  if (extra) extra->tlc = tlc;
+  engine::slot_extra_trim(*slot);
   engine::tlc_clear_chain(fd, old);
   return 0;
 }
@@ -787,12 +808,14 @@ int sock_tlc_set(int fd, struct sockTLC* tlc) {
 int sock_tlc_add(int fd, struct sockTLC* tlc) {
   FdSlot* slot = engine::tlc_slot(fd);
   if (!slot) return -1;
-  if (!tlc || engine::tlc_depth(slot->tlc) >= engine::kMaxLayers) {
+  if (!tlc || engine::tlc_depth(engine::slot_tlc(*slot)) >= engine::kMaxLayers) {
     errno = EINVAL;
     return -1;
   }
-  tlc->next = slot->tlc;
-  slot->tlc = tlc;
+  engine::SlotExtra* extra = engine::slot_extra_make(*slot);
+  if (!extra) return -1;
+  tlc->next = extra->tlc;
+  extra->tlc = tlc;
   return 0;
 }
 

@@ -96,6 +96,7 @@ int Reactor::init() {
 
 void Reactor::set_limits(const ReactorLimits& limits) {
   limits_ = limits;
+  idle_ticks_ = ticks_of(limits_.idle_timeout_ms);
   if (!limits_.high_watermark) limits_.high_watermark = kDefaultHighWatermark;
   if (!limits_.low_watermark) limits_.low_watermark = limits_.high_watermark / 4;
   pool_->set_limit(limits_.memory_budget / sizeof(Packet));
@@ -206,7 +207,7 @@ void Reactor::on_writable(int fd, FdSlot& slot) {
     socklen_t len = sizeof err;
     if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
     if (err) {
-      slot.last_error = err;
+      set_slot_error(slot, err);
       close_now(fd, slot, CloseReason::kError);
       return;
     }
@@ -279,7 +280,7 @@ void Reactor::want_read(int fd, FdSlot& slot) {
 
 long Reactor::flush_fd(int fd, FdSlot& slot, std::size_t budget, bool notify_ready) {
   if (slot.flags & kFailed) {
-    const int err = slot.last_error;
+    const int err = slot_error(slot);
     close_now(fd, slot, CloseReason::kError);
     errno = err;
     return -1;
@@ -293,7 +294,7 @@ long Reactor::flush_fd(int fd, FdSlot& slot, std::size_t budget, bool notify_rea
   }
   switch (result) {
     case WriteResult::kError: {
-      const int err = slot.last_error;
+      const int err = slot_error(slot);
       close_now(fd, slot, CloseReason::kError);
       errno = err;
       return -1;
@@ -414,13 +415,15 @@ void Reactor::wake() {
 }
 
 void Reactor::check_high_watermark(FdSlot& slot) {
-  const std::size_t high = slot.high_watermark ? slot.high_watermark : limits_.high_watermark;
+  const std::size_t own = slot.extra ? slot.extra->high_watermark : 0;
+  const std::size_t high = own ? own : limits_.high_watermark;
   if (slot.queued_bytes > high) slot.flags |= kPaused;
 }
 
 void Reactor::resume_if_drained(int fd, FdSlot& slot, bool notify_ready) {
   if (!(slot.flags & kPaused)) return;
-  const std::size_t low = slot.low_watermark ? slot.low_watermark : limits_.low_watermark;
+  const std::size_t own = slot.extra ? slot.extra->low_watermark : 0;
+  const std::size_t low = own ? own : limits_.low_watermark;
   if (slot.queued_bytes > low) return;
   slot.flags &= ~kPaused;
   if (slot.flags & kReadPending) want_read(fd, slot);  // input waited behind the pause
@@ -428,18 +431,16 @@ void Reactor::resume_if_drained(int fd, FdSlot& slot, bool notify_ready) {
 }
 
 void Reactor::start_timers(int fd, FdSlot& slot) {
-  slot.idle_ticks = ticks_of(limits_.idle_timeout_ms);
   stamp_activity(slot);
-  slot.deadline_tick = 0;
   slot.timer_due_tick = 0;
   arm_timer(fd, slot);
 }
 
 void Reactor::arm_timer(int fd, FdSlot& slot) {
-  uint32_t expiry = slot.deadline_tick ? slot.deadline_tick : UINT32_MAX;
-  if (slot.idle_ticks && slot.activity_tick + slot.idle_ticks < expiry) {
-    expiry = slot.activity_tick + slot.idle_ticks;
-  }
+  const uint32_t deadline = slot_deadline(slot);
+  uint32_t expiry = deadline ? deadline : UINT32_MAX;
+  const uint32_t idle = (slot.flags & kOwnIdle) ? slot.extra->idle_ticks : idle_ticks_;
+  if (idle && slot.activity_tick + idle < expiry) expiry = slot.activity_tick + idle;
   if (expiry == UINT32_MAX) return;
   if (expiry <= now_tick_) {
     close_now(fd, slot, CloseReason::kTimeout);
@@ -464,9 +465,9 @@ void Reactor::expire_timers() {
 }
 
 bool run_close_hooks(int fd, FdSlot& slot) {
-  if (!slot.tlc || (slot.flags & kCloseHooksRun)) return false;
+  if (!slot_tlc(slot) || (slot.flags & kCloseHooksRun)) return false;
   slot.flags |= kCloseHooksRun;
-  for (sockTLC* layer = slot.tlc; layer; layer = layer->next) {
+  for (sockTLC* layer = slot_tlc(slot); layer; layer = layer->next) {
     if (layer->before_close) layer->before_close(fd, layer);
   }
   return slot.head != nullptr;
@@ -502,24 +503,24 @@ void close_slot(int fd, FdSlot& slot, struct ::Reactor* notify, CloseReason why)
 }
 
 ConnectionState take_state(FdSlot& slot) {
-  const ConnectionState state{slot.head, slot.tlc, slot.leftover};
+  const ConnectionState state{slot.head, slot.extra};
   if ((slot.flags & kAttached) && slot.owner) {
     slot.owner->count_queued(-static_cast<int64_t>(slot.queued_bytes));
   }
   slot.head = slot.tail = nullptr;
   slot.sent = slot.queued_bytes = 0;
-  slot.tlc = nullptr;
-  slot.leftover = nullptr;
-  slot.last_error = 0;
-  // sock_set_watermarks() is per connection: the next one on this number gets the reactor's.
-  slot.high_watermark = slot.low_watermark = 0;
+  // Timeouts, watermarks and layers are per connection: the next one on this number starts
+  // from the reactor's.
+  slot.extra = nullptr;
   return state;
 }
 
 void free_state(int fd, const ConnectionState& state) {
   packet_chain_free(state.queue);
-  tlc_clear_chain(fd, state.tlc);
-  read_buffer_free(state.leftover);
+  if (!state.extra) return;
+  tlc_clear_chain(fd, state.extra->tlc);
+  read_buffer_free(state.extra->leftover);
+  delete state.extra;
 }
 
 }  // namespace engine

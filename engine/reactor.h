@@ -37,8 +37,7 @@ CloseReason current_close_reason();
 // (and perhaps the fd number) has moved on.
 struct ConnectionState {
   Packet* queue;
-  sockTLC* tlc;
-  ReadBuffer* leftover;
+  SlotExtra* extra;  // its layers and buffered input
 };
 // Unlinks the queue, layers and buffered input and zeroes the write counters, the last error
 // and the connection's own watermarks; flags, owner and generation are the caller's to reset.
@@ -172,6 +171,7 @@ class Reactor {
   std::vector<uint64_t> flush_;
   std::vector<uint64_t> scratch_;  // the list being run, swapped with ready_/flush_
   ReactorLimits limits_;
+  uint32_t idle_ticks_ = 0;  // limits_.idle_timeout_ms in ticks: every fd without kOwnIdle
   std::atomic<uint64_t> queued_total_{0};
   int64_t epoch_ms_ = 0;  // the clock's origin: tick 1 starts here
   int64_t now_ms_ = 0;

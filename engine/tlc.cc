@@ -45,7 +45,7 @@ int tlc_wrap_from(int fd, sockTLC* layer, Packet* packet) {
 ssize_t tlc_read(int fd, FdSlot& slot, char* out, std::size_t count, bool* drained) {
   sockTLC* bottom_up[kMaxLayers];
   std::size_t depth = 0;
-  for (sockTLC* layer = slot.tlc; layer; layer = layer->next) bottom_up[depth++] = layer;
+  for (sockTLC* layer = slot_tlc(slot); layer; layer = layer->next) bottom_up[depth++] = layer;
   std::reverse(bottom_up, bottom_up + depth);
   char* buf = scratch();
   *drained = false;
@@ -76,8 +76,9 @@ ssize_t tlc_read(int fd, FdSlot& slot, char* out, std::size_t count, bool* drain
       const std::size_t given = std::min(count, static_cast<std::size_t>(len));
       std::copy(buf, buf + given, out);
       if (given < static_cast<std::size_t>(len)) {
-        slot.leftover = read_buffer_new(buf + given, static_cast<std::size_t>(len) - given);
-        if (!slot.leftover) return -1;
+        // Layers exist, so slot.extra does (it holds them).
+        slot.extra->leftover = read_buffer_new(buf + given, static_cast<std::size_t>(len) - given);
+        if (!slot.extra->leftover) return -1;
       }
       return static_cast<ssize_t>(given);
     }

@@ -67,8 +67,8 @@ void count_queued(FdSlot& slot, int64_t delta) {
 
 // Wraps p with its layers unless done already. False (errno EPROTO) if a layer failed.
 bool seal(int fd, FdSlot& slot, Packet* p) {
-  if (!slot.tlc || is_wrapped(p) || p->metadata.is_file) return true;
-  sockTLC* layer = slot.tlc;
+  sockTLC* layer = slot_tlc(slot);
+  if (!layer || is_wrapped(p) || p->metadata.is_file) return true;
   for (unsigned skip = p->metadata.rsrv & kSkipMask; skip && layer; --skip) layer = layer->next;
   const ssize_t before = p->length;
   if (tlc_wrap_from(fd, layer, p) < 0) return false;
@@ -107,7 +107,7 @@ std::size_t tail_room(const FdSlot& slot) {
       t->metadata.urgent || t->metadata.rsrv || (t == slot.head && slot.sent > 0)) {
     return 0;
   }
-  const std::size_t limit = slot.tlc ? kRecordPayload : kPacketBytes;
+  const std::size_t limit = slot_tlc(slot) ? kRecordPayload : kPacketBytes;
   const auto used = static_cast<std::size_t>(t->length);
   return used < limit ? limit - used : 0;
 }
@@ -215,7 +215,7 @@ ssize_t sendfile_nosignal(int out, int in, off_t* offset, std::size_t count) {
 }
 
 WriteResult fail(FdSlot& slot, int err) {
-  slot.last_error = err;
+  set_slot_error(slot, err);
   return WriteResult::kError;
 }
 
@@ -227,7 +227,7 @@ WriteResult write_file(int fd, FdSlot& slot, Packet* p, std::size_t budget, std:
     consume(slot, 0);
     return WriteResult::kBudget;
   }
-  if (slot.tlc) {
+  if (slot_tlc(slot)) {
     // Layers need the bytes in memory: read one record and put it ahead of the file; the
     // write loop wraps it as it sends it.
     Packet* chunk = packet_new(pool_for(&slot));
@@ -312,7 +312,7 @@ int queue_copy(FdSlot& slot, const void* data, std::size_t length, bool urgent) 
   const std::size_t merged = urgent ? 0 : std::min(length, tail_room(slot));
   Packet* last = nullptr;
   Packet* chain = build_copies(pool, bytes + merged, length - merged,
-                               slot.tlc ? kRecordPayload : kPacketBytes, &last);
+                               slot_tlc(slot) ? kRecordPayload : kPacketBytes, &last);
   if (!chain && length > merged) return -1;
   if (merged) {  // nothing can fail past this point: merge, then link
     Packet* t = slot.tail;
@@ -325,7 +325,7 @@ int queue_copy(FdSlot& slot, const void* data, std::size_t length, bool urgent) 
 }
 
 int queue_move(FdSlot& slot, void* buffer, std::size_t length, bool urgent) {
-  if (slot.tlc) {  // layers wrap records in packet memory: copy, then free now
+  if (slot_tlc(slot)) {  // layers wrap records in packet memory: copy, then free now
     const int r = queue_copy(slot, buffer, length, urgent);
     const int err = errno;
     std::free(buffer);

@@ -219,7 +219,7 @@ TEST_F(PacketPoolTest, ThousandIdleConnectionsHoldNoPackets) {
   for (const std::string& a : answers) ASSERT_EQ(a, "pong");
 
   // Every response used a packet; all came back, and no connection holds a byte of queue or
-  // buffered input now.
+  // any per-connection extra state (layers, buffered input, own timeouts) now.
   const SockPoolStats s = pool_stats();
   EXPECT_EQ(s.checkouts, static_cast<uint64_t>(kConnections));
   EXPECT_EQ(s.returns, static_cast<uint64_t>(kConnections));
@@ -229,7 +229,7 @@ TEST_F(PacketPoolTest, ThousandIdleConnectionsHoldNoPackets) {
     ASSERT_NE(slot, nullptr);
     EXPECT_EQ(slot->head, nullptr);
     EXPECT_EQ(slot->queued_bytes, 0u);
-    EXPECT_EQ(slot->leftover, nullptr);
+    EXPECT_EQ(slot->extra, nullptr);
   }
   for (const int c : clients) close(c);
   ASSERT_TRUE(run_until(&r_, [&] { return closed_ == kConnections; }));

@@ -23,6 +23,7 @@
 #include <utility>
 #include <vector>
 
+#include "engine/fd_table.h"
 #include "engine/libreact.h"
 #include "engine/libsock.h"
 #include "tests/testing/loopback.h"
@@ -86,6 +87,9 @@ class TimeoutTest : public testing_support::ServerFixture {
   };
 
   void TearDown() override {
+    // The hooks capture the test body's locals, gone by now; the closes below still call
+    // on_data (EOF).
+    accept_hook_ = data_hook_ = nullptr;
     for (const Conn& c : conns_) close(c.client);
     ServerFixture::TearDown();
   }
@@ -362,6 +366,8 @@ TEST_F(TimeoutTest, DeadlineOfZeroClearsIt) {
   EXPECT_EQ(cleared, 1);
   EXPECT_EQ(complete.input, "GET /\n");
   EXPECT_GE(sock_status(complete.server), 0);
+  // Clearing the deadline gave back the per-connection extra state: idle, it costs one slot.
+  EXPECT_EQ(engine::fd_slot(complete.server)->extra, nullptr);
   expect_timed_out(incomplete, incomplete.start, kDeadline);
   EXPECT_EQ(incomplete.input, "GET /");
 }
