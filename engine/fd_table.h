@@ -44,7 +44,8 @@ enum SlotFlag : uint32_t {
   kPeerShut = 1u << 13,      // EPOLLRDHUP seen: an EOF waits behind the data
   kErrorSeen = 1u << 14,     // EPOLLERR seen: a hang-up close is an error, not the peer's
   kPaused = 1u << 15,        // queued bytes passed the high watermark: reading waits
-  kOwnIdle = 1u << 16        // the idle timeout is extra->idle_ticks, not the reactor's
+  kOwnIdle = 1u << 16,       // the idle timeout is extra->idle_ticks, not the reactor's
+  kSentDirect = 1u << 17     // a write went straight to the kernel this loop iteration
 };
 
 // Per-connection settings and state that most connections never use, allocated on first use
@@ -99,7 +100,7 @@ static_assert(sizeof(FdSlot) == 64, "FdSlot grew past one cache line: move the f
 // kernel's MAX_ERRNO), so 12 bits above the flags hold any of them.
 inline constexpr unsigned kErrorShift = 20;
 inline constexpr uint32_t kMaxErrno = 4095;
-static_assert(kOwnIdle < (1u << kErrorShift), "a flag bit overlaps the error field");
+static_assert(kSentDirect < (1u << kErrorShift), "a flag bit overlaps the error field");
 static_assert((uint64_t{kMaxErrno} << kErrorShift) <= UINT32_MAX, "the error field overflows");
 
 inline int slot_error(const FdSlot& slot) { return static_cast<int>(slot.flags >> kErrorShift); }

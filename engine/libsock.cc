@@ -133,6 +133,20 @@ Reactor* attached_owner(const FdSlot& slot) {
   return (slot.flags & kAttached) ? slot.owner : nullptr;
 }
 
+// The first copy written to an attached fd with an empty queue in a loop iteration goes to the
+// kernel at once (one send) instead of into a packet for the flush step: nothing is queued
+// ahead of it, so the order holds, and the common reply (one write per input) costs no packet
+// and no copy. Later writes in the same iteration queue as before and leave together in one
+// writev at the flush step (kSentDirect, cleared there), so many small writes still cost one
+// syscall after the first. Not with transport layers (they wrap at the flush), while
+// connecting, or after the kernel refused (kWriteBlocked: the queue waits for the edge).
+// Returns the owner, or nullptr for the queue path.
+Reactor* eager_writer(const FdSlot& slot) {
+  constexpr uint32_t kMask = kAttached | kConnecting | kWriteBlocked | kSentDirect;
+  if (slot.head || (slot.flags & kMask) != kAttached || slot_tlc(slot)) return nullptr;
+  return slot.owner;
+}
+
 // Queued output goes out at the reactor's flush step (after the current callback batch), or
 // now for an fd without a reactor.
 void schedule_flush(int fd, FdSlot& slot) {
@@ -294,7 +308,21 @@ ssize_t write2(const SockWriteOpt& opt) {
   } else if (opt.move) {
     r = queue_move(*slot, owned, opt.length, opt.urgent);
   } else {
-    r = queue_copy(*slot, opt.buffer, opt.length, opt.urgent);
+    const char* bytes = static_cast<const char*>(opt.buffer);
+    std::size_t sent = 0;
+    if (Reactor* owner = eager_writer(*slot)) {
+      const ssize_t n = send_direct(fd, *slot, bytes, opt.length);
+      if (n < 0) {
+        fail(fd, *slot, slot_error(*slot));  // closes at the flush step, like a queued write
+        return 0;
+      }
+      sent = static_cast<std::size_t>(n);
+      if (sent) owner->stamp_activity(*slot);
+      slot->flags |= kSentDirect;
+      owner->want_flush(fd, *slot);  // the flush step clears kSentDirect
+      if (sent == opt.length) return 0;
+    }
+    r = queue_copy(*slot, bytes + sent, opt.length - sent, opt.urgent);
   }
   if (r < 0) return -1;
   schedule_flush(fd, *slot);

@@ -159,6 +159,11 @@ struct SockWriteOpt {
 
 /** Queues data for fd (copying it, unless .move or .file), to be written when the reactor
  * flushes (after the current callback batch) or at once for an fd without a reactor.
+ * One shortcut: the first copy written to an attached fd with an empty queue in a loop
+ * iteration is offered to the kernel at once (one send, no packet, no copy), and only what
+ * the kernel did not take is queued; later writes in the same iteration queue and leave
+ * together in one writev at the flush. So build a reply in one buffer to send it in one
+ * syscall. Not with transport layers, while connecting, or while the kernel refuses.
  * Returns 0 when everything was queued (as the seed did), or -1 with errno: EBADF (closed
  * fd), EINVAL (NULL buffer with a length), ENOMEM, ENOBUFS (the reactor's memory budget is
  * spent: nothing was queued, see struct ReactorLimits), EPIPE (the connection is closing). */
@@ -184,7 +189,9 @@ ssize_t sock_flush(int fd);
  * close runs on_close of fd's reactor, or of `reactor` when fd has none. */
 void sock_close(struct Reactor* reactor, int fd);
 
-/** Closes fd now, dropping its queue. The close runs on_close as sock_close() does. */
+/** Closes fd now, dropping its queue. Bytes the kernel already took (such as a first write
+ * that went straight to it, see sock_write2) are not recalled. The close runs on_close as
+ * sock_close() does. */
 void sock_force_close(struct Reactor* reactor, int fd);
 
 /** A handle for fd's current connection: its generation above the fd number, never negative.

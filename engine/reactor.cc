@@ -260,7 +260,7 @@ void Reactor::run_flush_list() {
   for (const uint64_t key : scratch_) {
     FdSlot* slot = fd_slot(key_fd(key));
     if (!slot || !is_current(*slot, key_generation(key), this)) continue;
-    slot->flags &= ~kOnFlushList;
+    slot->flags &= ~(kOnFlushList | kSentDirect);
     flush_fd(key_fd(key), *slot, kFlushBudget, true);
   }
   scratch_.clear();

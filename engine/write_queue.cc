@@ -433,6 +433,17 @@ WriteResult queue_write(int fd, FdSlot& slot, std::size_t budget, std::size_t* w
   return WriteResult::kDrained;
 }
 
+ssize_t send_direct(int fd, FdSlot& slot, const void* data, std::size_t length) {
+  for (;;) {
+    const ssize_t r = send(fd, data, length, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (r >= 0) return r;
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN) return 0;
+    set_slot_error(slot, errno);
+    return -1;
+  }
+}
+
 void queue_drop(FdSlot& slot) {
   Packet* chain = slot.head;
   slot.head = slot.tail = nullptr;

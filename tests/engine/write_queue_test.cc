@@ -196,17 +196,22 @@ TEST_F(WriteQueueTest, ThousandSmallWritesInOneCallbackShareOnePacket) {
   EXPECT_EQ(s.outstanding, 0u);
 }
 
-TEST_F(WriteQueueTest, SmallWriteToAnIdleConnectionLeavesNoPacketAfterTheFlush) {
+TEST_F(WriteQueueTest, FirstWriteToAnEmptyQueueGoesStraightToTheKernelWithoutAPacket) {
   connect_client();
   ASSERT_EQ(sock_write(server_, "0123456789", 10), 0);
+  EXPECT_EQ(sock_pending(server_), 0);
+  EXPECT_EQ(pool_stats().checkouts, 0u);
+  // A second write in the same loop iteration queues (to leave with any others in one writev);
+  // an explicit flush on the owner thread sends it at once and returns the packet.
+  ASSERT_EQ(sock_write(server_, "abcdefghij", 10), 0);
+  EXPECT_EQ(sock_pending(server_), 10);
   EXPECT_EQ(pool_stats().outstanding, 1u);
-  // An explicit flush on the owner thread sends it at once and returns the packet.
   EXPECT_EQ(sock_flush(server_), 10);
   EXPECT_EQ(pool_stats().outstanding, 0u);
 
   // The same through the reactor's flush step.
-  ASSERT_EQ(sock_write(server_, "abcdefghij", 10), 0);
-  ASSERT_NO_FATAL_FAILURE(expect_received("0123456789abcdefghij"));
+  ASSERT_EQ(sock_write(server_, "ABCDEFGHIJ", 10), 0);
+  ASSERT_NO_FATAL_FAILURE(expect_received("0123456789abcdefghijABCDEFGHIJ"));
   EXPECT_EQ(pool_stats().outstanding, 0u);
 }
 
@@ -342,6 +347,8 @@ TEST_F(UrgentWriteTest, UrgentWriteNeverSplitsAMultiPacketWrite) {
   // packets after it belong to A too: the urgent write must wait for all of A. A fills its last
   // packet, so B starts a packet of its own and the urgent write goes before it.
   const std::string a = pattern(30 * kPacket, 20);
+  // A first write that goes straight to the kernel, so that A is queued whole.
+  ASSERT_EQ(sock_write(server_, "<", 1), 0);
   ASSERT_EQ(sock_write(server_, a.data(), a.size()), 0);
   flush_until_blocked();
   const engine::FdSlot* slot = engine::fd_slot(server_);
@@ -352,7 +359,7 @@ TEST_F(UrgentWriteTest, UrgentWriteNeverSplitsAMultiPacketWrite) {
   ASSERT_EQ(sock_write(server_, b.data(), b.size()), 0);
   ASSERT_EQ(sock_write2(.fd = server_, .buffer = u.data(), .length = u.size(), .urgent = 1), 0);
 
-  const std::string expected = a + u + b;
+  const std::string expected = "<" + a + u + b;
   const std::string got = read_to_eof(client_, expected.size());
   EXPECT_EQ(got.size(), expected.size());
   EXPECT_TRUE(got == expected) << "streams differ at byte " << first_difference(got, expected);

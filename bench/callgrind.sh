@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# User-space instructions per request, our http_server (one shard) against bench/raw_epoll.c,
+# counted by valgrind's callgrind under the same short wrk loads: -t1 -c64 keep-alive, and
+# 16-deep pipelining at -c64 (bench/pipeline.lua). Instruction counts are stable on a noisy
+# machine where timings are not (perf counters are not available here), so this is the
+# profile that says where our cycles go beside the ceiling.
+#
+# Each server runs under callgrind; a 1 s warm-up load fills pools and caches, the counters
+# are zeroed (callgrind_control -z), the measured load runs, and the counters are dumped
+# (callgrind_control -d). Instructions per request = the dump's total (every thread, ours
+# has an acceptor and a shard) / the requests wrk counted. The kernel's work (syscalls, TCP)
+# is not counted: compare bench/compare.sh's CPU per request for that.
+#   bench/callgrind.sh [seconds=3]
+# Leaves the dumps in bench/callgrind-out/ for callgrind_annotate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-3}
+source tools/deps && deps_ensure --bench
+
+bazel build -c opt //tools:http_server //bench:raw_epoll >/dev/null 2>&1
+bin=$(bazel info -c opt bazel-bin 2>/dev/null)
+out=bench/callgrind-out
+rm -rf "$out" && mkdir -p "$out"
+work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+cp "$bin/tools/http_server" "$bin/bench/raw_epoll" "$work/"
+
+declare -A port=([ours]=18085 [raw]=18086)
+declare -A loads=([c64]="-c64" [pipe16]="-c64 -s bench/pipeline.lua")
+
+start_server() {  # NAME LOAD -> sets pid
+  local cmd
+  case $1 in
+    ours) cmd=("$work/http_server" --threads 1 --port "${port[ours]}") ;;
+    raw)  cmd=("$work/raw_epoll" --port "${port[raw]}") ;;
+  esac
+  valgrind --tool=callgrind --callgrind-out-file="$out/$1-$2.out" "${cmd[@]}" \
+    >"$work/$1.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 400); do
+    (exec 3<>"/dev/tcp/127.0.0.1/${port[$1]}") 2>/dev/null && return
+    sleep 0.05
+  done
+  echo "callgrind.sh: $1 did not start:" >&2; cat "$work/$1.log" >&2; exit 1
+}
+
+# total_ir FILE: the "totals:" (or "summary:") line of a callgrind dump.
+total_ir() { awk '/^(totals|summary):/ {print $2; exit}' "$1"; }
+
+printf '%-7s %-7s %12s %14s %12s\n' load server requests instructions "per request"
+declare -A per
+for load in c64 pipe16; do
+  for name in ours raw; do
+    start_server "$name" "$load"
+    url="http://127.0.0.1:${port[$name]}/"
+    # shellcheck disable=SC2086 # loads holds several words
+    wrk -t1 ${loads[$load]} -d1s "$url" >/dev/null
+    callgrind_control -z "$pid" >/dev/null 2>&1
+    # shellcheck disable=SC2086
+    reqs=$(wrk -t1 ${loads[$load]} -d"${secs}s" "$url" | awk '/requests in/ {print $1}')
+    callgrind_control -d "$pid" >/dev/null 2>&1
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    dump="$out/$name-$load.out.1"  # the -d dump; the exit writes the file without suffix
+    ir=$(total_ir "$dump")
+    per[$load/$name]=$(awk -v i="$ir" -v r="$reqs" 'BEGIN {printf "%.0f", i / r}')
+    printf '%-7s %-7s %12s %14s %12s\n' "$load" "$name" "$reqs" "$ir" "${per[$load/$name]}"
+  done
+done
+echo
+for load in c64 pipe16; do
+  awk -v a="${per[$load/ours]}" -v b="${per[$load/raw]}" -v l="$load" \
+    'BEGIN {printf "%s: ours/raw instructions per request %.2f (%+d)\n", l, a / b, a - b}'
+done
