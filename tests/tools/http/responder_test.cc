@@ -1,0 +1,194 @@
+// tools/http/responder.cc without sockets: reads are fed to a Responder the way
+// tools/http_server's on_data feeds them (a Conn of the connection's own only while keep_state
+// says so), and what comes out is compared byte for byte. The Date line is fixed for a test:
+// a Responder changes it only in refresh_date(), which these tests call only through the
+// constructor.
+#include "tools/http/responder.h"
+
+#include <gtest/gtest.h>
+
+#include <cstddef>
+#include <ctime>
+#include <memory>
+#include <string>
+#include <string_view>
+
+namespace {
+
+namespace http = tools::http;
+
+const std::string kGet = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+
+// One connection as the server drives it.
+class Connection {
+ public:
+  explicit Connection(http::Responder& responder) : responder_(responder) {}
+
+  // One read; returns its ReadResult, with the Output's bytes appended to sent().
+  http::ReadResult read(std::string_view bytes) {
+    EXPECT_FALSE(own_ && own_->finished()) << "a finishing connection is not parsed";
+    http::Output out;
+    const http::ReadResult result = responder_.parse(own_.get(), bytes, &out);
+    EXPECT_TRUE(out.files.empty());  // no StaticFiles
+    sent_ += out.bytes;
+    if (result.keep_state && !own_) {
+      own_ = std::make_unique<http::Conn>(responder_.scratch());
+    } else if (!result.keep_state && own_) {
+      own_.reset();
+    }
+    return result;
+  }
+
+  const std::string& sent() const { return sent_; }
+  const http::Conn* own() const { return own_.get(); }
+
+ private:
+  http::Responder& responder_;
+  std::unique_ptr<http::Conn> own_;
+  std::string sent_;
+};
+
+// Replaces each Date value (29 bytes) with "<date>".
+std::string normalise(std::string s) {
+  for (std::size_t at = 0; (at = s.find("\r\nDate: ", at)) != std::string::npos;) {
+    s.replace(at + 8, 29, "<date>");
+    at += 8;
+  }
+  return s;
+}
+
+std::string response(const std::string& status, const std::string& body, bool keep_alive,
+                     const std::string& extra = "") {
+  return "HTTP/1.1 " + status + "\r\nContent-Length: " + std::to_string(body.size()) +
+         "\r\nContent-Type: text/plain\r\nDate: <date>\r\n" + extra +
+         (keep_alive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n") + body;
+}
+const std::string kHello = response("200 OK", "Hello World!", true);
+
+std::string error_response(int status, const std::string& reason) {
+  return response(std::to_string(status) + " " + reason, reason, false);
+}
+
+TEST(ResponderTest, PipelineSplitAtEveryOffsetGivesTheSameOutput) {
+  http::Responder responder(http::Limits{}, nullptr);
+  // Requests that keep state across reads in each way: a head, a declared body, a chunked
+  // body, a query; the last one closes, and what follows it is never answered.
+  const std::string input =
+      kGet + "POST /form HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello" +
+      "PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n" +
+      "GET /?q=1 HTTP/1.1\r\nConnection: close\r\n\r\n" + kGet;
+  const std::string expected =
+      kHello + response("404 Not Found", "Not Found", true) +
+      response("405 Method Not Allowed", "Method Not Allowed", true, "Allow: GET, HEAD\r\n") +
+      response("200 OK", "Hello World!", false);
+  Connection whole(responder);
+  EXPECT_TRUE(whole.read(input).finish);
+  ASSERT_EQ(normalise(whole.sent()), expected);
+  // Two reads, split at every offset.
+  for (std::size_t split = 1; split < input.size(); ++split) {
+    Connection c(responder);
+    const http::ReadResult first = c.read(std::string_view(input).substr(0, split));
+    if (!first.finish) c.read(std::string_view(input).substr(split));
+    ASSERT_EQ(c.sent(), whole.sent()) << "split at byte " << split;
+    ASSERT_TRUE(c.own() && c.own()->finished()) << "split at byte " << split;
+  }
+  // One byte per read.
+  Connection bytes(responder);
+  bool finished = false;
+  for (std::size_t i = 0; i < input.size() && !finished; ++i) {
+    finished = bytes.read(std::string_view(input).substr(i, 1)).finish;
+  }
+  EXPECT_EQ(bytes.sent(), whole.sent());
+}
+
+TEST(ResponderTest, StateIsKeptOnlyWhileARequestIsUnfinished) {
+  http::Responder responder(http::Limits{}, nullptr);
+  Connection c(responder);
+  http::ReadResult r = c.read("GET / HTTP/1.1\r\nHo");
+  EXPECT_TRUE(r.in_head);
+  EXPECT_TRUE(r.keep_state);
+  EXPECT_FALSE(r.finish);
+  ASSERT_NE(c.own(), nullptr);
+  EXPECT_TRUE(c.own()->in_head());
+  r = c.read("st: x\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nab");
+  EXPECT_FALSE(r.in_head);  // in the body: the header deadline no longer applies
+  EXPECT_TRUE(r.keep_state);
+  ASSERT_NE(c.own(), nullptr);
+  EXPECT_FALSE(c.own()->in_head());
+  r = c.read("cd");
+  EXPECT_FALSE(r.in_head);
+  EXPECT_FALSE(r.keep_state);  // between requests: the Conn may go
+  EXPECT_EQ(c.own(), nullptr);
+  EXPECT_EQ(normalise(c.sent()), kHello + response("405 Method Not Allowed", "Method Not Allowed",
+                                                   true, "Allow: GET, HEAD\r\n"));
+}
+
+TEST(ResponderTest, ClosingRequestFinishesAndNothingAfterItIsAnswered) {
+  http::Responder responder(http::Limits{}, nullptr);
+  Connection c(responder);
+  const http::ReadResult r = c.read("GET / HTTP/1.0\r\n\r\n" + kGet);
+  EXPECT_TRUE(r.finish);
+  EXPECT_FALSE(r.in_head);
+  EXPECT_TRUE(r.keep_state);  // so that later reads see finished()
+  ASSERT_NE(c.own(), nullptr);
+  EXPECT_TRUE(c.own()->finished());
+  EXPECT_EQ(normalise(c.sent()), response("200 OK", "Hello World!", false));
+}
+
+TEST(ResponderTest, BadInputIsAnsweredAfterTheRequestsBeforeIt) {
+  http::Responder responder(http::Limits{}, nullptr);
+  Connection c(responder);
+  EXPECT_TRUE(c.read(kGet + kGet + "NOT HTTP\r\n\r\n" + kGet).finish);
+  EXPECT_EQ(normalise(c.sent()), kHello + kHello + error_response(400, "Bad Request"));
+}
+
+// Each limit lets a request exactly at it through and refuses one byte (or field) more with
+// its status, on a fresh connection each.
+TEST(ResponderTest, LimitsAreInclusiveAndGiveTheirStatus) {
+  http::Limits limits;
+  limits.max_url = 10;
+  limits.max_header_bytes = 40;  // room for Transfer-Encoding: chunked
+  limits.max_headers = 2;
+  limits.max_body = 8;
+  http::Responder responder(limits, nullptr);
+  const std::string not_allowed =
+      response("405 Method Not Allowed", "Method Not Allowed", true, "Allow: GET, HEAD\r\n");
+  const std::string too_large = error_response(413, "Content Too Large");
+  const std::string headers_too_large = error_response(431, "Request Header Fields Too Large");
+  const struct {
+    std::string request;
+    std::string answer;
+  } cases[] = {
+      {"GET /?" + std::string(8, 'q') + " HTTP/1.1\r\n\r\n", kHello},
+      {"GET /?" + std::string(9, 'q') + " HTTP/1.1\r\n\r\n", error_response(414, "URI Too Long")},
+      {"GET / HTTP/1.1\r\nAb: " + std::string(38, 'v') + "\r\n\r\n", kHello},
+      {"GET / HTTP/1.1\r\nAb: " + std::string(39, 'v') + "\r\n\r\n", headers_too_large},
+      {"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\n\r\n", kHello},
+      {"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n", headers_too_large},
+      {"POST / HTTP/1.1\r\nContent-Length: 8\r\n\r\n12345678", not_allowed},
+      {"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\n", too_large},
+      {"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n12345\r\n3\r\n678\r\n0\r\n\r\n",
+       not_allowed},
+      {"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n12345\r\n4\r\n", too_large},
+  };
+  for (const auto& [request, answer] : cases) {
+    Connection c(responder);
+    const http::ReadResult r = c.read(request);
+    EXPECT_EQ(normalise(c.sent()), answer) << request;
+    EXPECT_EQ(r.finish, answer.find("Connection: close") != std::string::npos) << request;
+  }
+}
+
+TEST(ResponderTest, DateLineIsAnImfFixdate) {
+  http::Responder responder(http::Limits{}, nullptr);
+  http::Output out;
+  responder.parse(nullptr, kGet, &out);
+  const std::size_t at = out.bytes.find("\r\nDate: ");
+  ASSERT_NE(at, std::string::npos) << out.bytes;
+  const std::string value = out.bytes.substr(at + 8, out.bytes.find("\r\n", at + 8) - at - 8);
+  std::tm tm = {};
+  const char* end = strptime(value.c_str(), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+  EXPECT_TRUE(end && !*end) << value;
+}
+
+}  // namespace

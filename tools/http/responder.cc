@@ -1,0 +1,361 @@
+#include "tools/http/responder.h"
+
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cstring>
+
+#include "tools/http/static_files.h"
+
+namespace tools::http {
+namespace {
+
+constexpr std::string_view kHello = "Hello World!";
+
+std::string_view reason(int status) {
+  switch (status) {
+    case 200:
+      return "OK";
+    case 304:
+      return "Not Modified";
+    case 400:
+      return "Bad Request";
+    case 404:
+      return "Not Found";
+    case 405:
+      return "Method Not Allowed";
+    case 413:
+      return "Content Too Large";
+    case 414:
+      return "URI Too Long";
+    case 431:
+      return "Request Header Fields Too Large";
+    case 500:
+      return "Internal Server Error";
+    case 501:
+      return "Not Implemented";
+    default:
+      return "Error";
+  }
+}
+
+void append_number(std::string& out, std::uint64_t n) {
+  char number[24];
+  out.append(number, std::to_chars(number, number + sizeof number, n).ptr);
+}
+
+// Appends one whole text/plain response to `out`; `date` is the Date line.
+void respond(std::string& out, std::string_view date, int status, std::string_view body,
+             bool keep_alive, bool head, std::string_view extra_headers = {}) {
+  out.append("HTTP/1.1 ");
+  append_number(out, static_cast<std::uint64_t>(status));
+  out.append(" ");
+  out.append(reason(status));
+  out.append("\r\nContent-Length: ");
+  append_number(out, body.size());
+  out.append("\r\nContent-Type: text/plain\r\n");
+  out.append(date);
+  out.append(extra_headers);
+  out.append(keep_alive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n");
+  if (!head) out.append(body);
+}
+
+// Parses an IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT"); -1 if it is not one.
+std::time_t parse_http_date(std::string_view value) {
+  if (value.size() != 29) return -1;
+  char text[30];
+  std::memcpy(text, value.data(), 29);
+  text[29] = '\0';
+  std::tm tm = {};
+  const char* end = strptime(text, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+  if (!end || *end) return -1;
+  return timegm(&tm);
+}
+
+// The status for a parser error llhttp found itself.
+int status_for(llhttp_errno_t err) {
+  switch (err) {
+    case HPE_INVALID_TRANSFER_ENCODING:
+      return 501;  // a coding other than chunked
+    default:
+      return 400;
+  }
+}
+
+// What the callbacks of one llhttp_execute work on; parser.data points at it for that call.
+struct Call {
+  Responder& responder;
+  Conn& conn;
+  Output& out;
+};
+
+}  // namespace
+
+// The llhttp callbacks. A callback that finds a limit passed stops the parser with the status
+// to answer (llhttp_execute then returns HPE_USER from a data callback, HPE_CB_* from the
+// others); on_message_complete answers the request, and pauses the parser after one that
+// closes, so that nothing behind it is parsed.
+struct Callbacks {
+  static Call& call(llhttp_t* parser) { return *static_cast<Call*>(parser->data); }
+  static Conn& conn(llhttp_t* parser) { return call(parser).conn; }
+  static const Limits& limits(llhttp_t* parser) { return call(parser).responder.limits_; }
+
+  static int fail(llhttp_t* parser, int status) {
+    conn(parser).error_status_ = status;
+    return -1;
+  }
+
+  static int on_message_begin(llhttp_t* parser) {
+    Conn& c = conn(parser);
+    c.in_message_ = true;
+    c.headers_done_ = false;
+    c.url_.clear();
+    c.header_bytes_ = 0;
+    c.body_bytes_ = 0;
+    c.headers_ = 0;
+    c.field_length_ = 0;
+    c.ims_field_ = false;
+    c.ims_overflow_ = false;
+    c.ims_length_ = 0;
+    return 0;
+  }
+
+  static int on_url(llhttp_t* parser, const char* at, std::size_t length) {
+    Conn& c = conn(parser);
+    if (c.url_.size() + length > limits(parser).max_url) return fail(parser, 414);
+    c.url_.append(at, length);
+    return 0;
+  }
+
+  static int on_header_field(llhttp_t* parser, const char* at, std::size_t length) {
+    Conn& c = conn(parser);
+    c.header_bytes_ += length;
+    if (c.header_bytes_ > limits(parser).max_header_bytes) return fail(parser, 431);
+    if (c.field_length_ < sizeof c.field_) {
+      std::memcpy(c.field_ + c.field_length_, at,
+                  std::min(length, sizeof c.field_ - c.field_length_));
+    }
+    c.field_length_ += length;
+    return 0;
+  }
+
+  static int on_header_field_complete(llhttp_t* parser) {
+    Conn& c = conn(parser);
+    if (++c.headers_ > limits(parser).max_headers) return fail(parser, 431);
+    c.ims_field_ = c.field_length_ == Conn::kIms.size() &&
+                   strncasecmp(c.field_, Conn::kIms.data(), Conn::kIms.size()) == 0;
+    if (c.ims_field_) {  // a repeated header: the last one counts
+      c.ims_length_ = 0;
+      c.ims_overflow_ = false;
+    }
+    c.field_length_ = 0;
+    return 0;
+  }
+
+  static int on_header_value(llhttp_t* parser, const char* at, std::size_t length) {
+    Conn& c = conn(parser);
+    c.header_bytes_ += length;
+    if (c.header_bytes_ > limits(parser).max_header_bytes) return fail(parser, 431);
+    if (c.ims_field_ && !c.ims_overflow_) {
+      if (length > sizeof c.ims_ - c.ims_length_) {
+        c.ims_overflow_ = true;
+      } else {
+        std::memcpy(c.ims_ + c.ims_length_, at, length);
+        c.ims_length_ = static_cast<unsigned char>(c.ims_length_ + length);
+      }
+    }
+    return 0;
+  }
+
+  static int on_header_value_complete(llhttp_t* parser) {
+    conn(parser).ims_field_ = false;
+    return 0;
+  }
+
+  static int on_headers_complete(llhttp_t* parser) {
+    conn(parser).headers_done_ = true;
+    // A declared length over the limit is refused before any of the body arrives.
+    if ((parser->flags & F_CONTENT_LENGTH) && parser->content_length > limits(parser).max_body) {
+      return fail(parser, 413);
+    }
+    return 0;
+  }
+
+  static int on_chunk_header(llhttp_t* parser) {
+    // parser->content_length is this chunk's size: refused before its bytes arrive.
+    // body_bytes_ <= max_body here (on_body fails past it), so the subtraction cannot wrap.
+    if (parser->content_length > limits(parser).max_body - conn(parser).body_bytes_) {
+      return fail(parser, 413);
+    }
+    return 0;
+  }
+
+  static int on_body(llhttp_t* parser, const char*, std::size_t length) {
+    Conn& c = conn(parser);
+    c.body_bytes_ += length;
+    if (c.body_bytes_ > limits(parser).max_body) return fail(parser, 413);
+    return 0;
+  }
+
+  // Answers a GET or HEAD for the file `rel` under the root. False if there is no such file
+  // (the caller answers as without a root); true once a response was appended.
+  static bool serve_file(Call& k, const std::string& rel, bool keep_alive, bool head) {
+    const Responder& r = k.responder;
+    const Conn& c = k.conn;
+    struct stat st;
+    const int fd = r.files_->open_file(rel.empty() ? std::string("index.html") : rel, &st);
+    if (fd < 0) return false;
+    std::string& out = k.out.bytes;
+    const std::string_view date(r.date_line_, r.date_length_);
+    char last_modified[64];
+    std::tm tm;
+    const std::time_t mtime = st.st_mtim.tv_sec;
+    gmtime_r(&mtime, &tm);
+    const std::size_t lm_length = std::strftime(
+        last_modified, sizeof last_modified, "Last-Modified: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+    const std::time_t since = c.ims_length_ && !c.ims_overflow_
+                                  ? parse_http_date(std::string_view(c.ims_, c.ims_length_))
+                                  : -1;
+    if (since >= 0 && since >= mtime) {
+      close(fd);
+      out.append("HTTP/1.1 304 Not Modified\r\n");
+      out.append(last_modified, lm_length);
+      out.append(date);
+      out.append(keep_alive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n");
+      return true;
+    }
+    const auto size = static_cast<std::uint64_t>(st.st_size);
+    FILE* file = nullptr;
+    if (!head && size > 0 && !(file = fdopen(fd, "r"))) {
+      close(fd);
+      respond(out, date, 500, reason(500), keep_alive, head);
+      return true;
+    }
+    if (!file) close(fd);  // HEAD or an empty file: no body to send
+    out.append("HTTP/1.1 200 OK\r\nContent-Length: ");
+    append_number(out, size);
+    out.append("\r\nContent-Type: ");
+    out.append(content_type(rel.empty() ? std::string_view("index.html") : std::string_view(rel)));
+    out.append("\r\n");
+    out.append(last_modified, lm_length);
+    out.append(date);
+    out.append(keep_alive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n");
+    if (file) k.out.files.push_back({out.size(), file, static_cast<std::size_t>(size)});
+    return true;
+  }
+
+  static int on_message_complete(llhttp_t* parser) {
+    Call& k = call(parser);
+    const Responder& r = k.responder;
+    k.conn.in_message_ = false;
+    const bool keep_alive = llhttp_should_keep_alive(parser) != 0;
+    // Nothing after a closing request is parsed: pausing makes llhttp_execute return here.
+    const int done = keep_alive ? 0 : HPE_PAUSED;
+    const auto method = static_cast<llhttp_method_t>(parser->method);
+    const std::string_view url = k.conn.url_;
+    const std::string_view path = url.substr(0, url.find_first_of("?#"));
+    const bool head = method == HTTP_HEAD;
+    const std::string_view date(r.date_line_, r.date_length_);
+    std::string& out = k.out.bytes;
+    if (r.files_) {
+      std::string rel;
+      const int status = root_relative(path, &rel);
+      if (status) {  // 400 (a malformed target) closes, as llhttp's 400s do; 404 does not
+        const bool keep = keep_alive && status != 400;
+        respond(out, date, status, reason(status), keep, head);
+        return keep ? 0 : HPE_PAUSED;
+      }
+      if (method != HTTP_GET && !head) {
+        respond(out, date, 405, "Method Not Allowed", keep_alive, false, "Allow: GET, HEAD\r\n");
+        return done;
+      }
+      if (serve_file(k, rel, keep_alive, head)) return done;
+      // No file: "/" without index.html answers as without a root, the rest is 404.
+    }
+    if (path != "/") {
+      respond(out, date, 404, "Not Found", keep_alive, head);
+    } else if (method == HTTP_GET && keep_alive) {
+      out.append(r.hello_);  // the common case, formatted once a second
+    } else if (method == HTTP_GET || head) {
+      respond(out, date, 200, kHello, keep_alive, head);
+    } else {
+      respond(out, date, 405, "Method Not Allowed", keep_alive, false, "Allow: GET, HEAD\r\n");
+    }
+    return done;
+  }
+
+  static llhttp_settings_t make_settings() {
+    llhttp_settings_t s;
+    llhttp_settings_init(&s);
+    s.on_message_begin = on_message_begin;
+    s.on_url = on_url;
+    s.on_header_field = on_header_field;
+    s.on_header_field_complete = on_header_field_complete;
+    s.on_header_value = on_header_value;
+    s.on_header_value_complete = on_header_value_complete;
+    s.on_headers_complete = on_headers_complete;
+    s.on_chunk_header = on_chunk_header;
+    s.on_body = on_body;
+    s.on_message_complete = on_message_complete;
+    return s;
+  }
+
+  // One set for every Responder, made on first use (so no static initialisation order
+  // matters to a Responder made during another file's).
+  static const llhttp_settings_t* settings() {
+    static const llhttp_settings_t s = make_settings();
+    return &s;
+  }
+};
+
+void Conn::reset(const llhttp_settings_t* settings) {
+  llhttp_init(&parser_, HTTP_REQUEST, settings);
+  error_status_ = 0;
+  in_message_ = false;
+  headers_done_ = false;
+  finished_ = false;
+}
+
+Responder::Responder(const Limits& limits, const StaticFiles* files)
+    : limits_(limits), files_(files), settings_(Callbacks::settings()) {
+  refresh_date();
+}
+
+void Responder::refresh_date() {
+  const std::time_t now = std::time(nullptr);
+  if (now == date_second_) return;
+  std::tm tm;
+  gmtime_r(&now, &tm);
+  date_length_ =
+      std::strftime(date_line_, sizeof date_line_, "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+  date_second_ = now;
+  hello_.clear();
+  respond(hello_, std::string_view(date_line_, date_length_), 200, kHello, true, false);
+}
+
+ReadResult Responder::parse(Conn* conn, std::string_view bytes, Output* out) {
+  Conn& c = conn ? *conn : scratch_;
+  if (!conn) scratch_.reset(settings_);
+  Call call{*this, c, *out};
+  c.parser_.data = &call;
+  const llhttp_errno_t err = llhttp_execute(&c.parser_, bytes.data(), bytes.size());
+  if (err == HPE_OK) {
+    return {.finish = false, .in_head = c.in_head(), .keep_state = c.in_message_};
+  }
+  if (err != HPE_PAUSED && err != HPE_PAUSED_UPGRADE) {
+    // The responses owed for the requests before the bad one are in `out`; the error's goes
+    // last. error_status_: a limit of ours (a callback's error; llhttp's code depends on which).
+    const int status = c.error_status_ ? c.error_status_ : status_for(err);
+    respond(out->bytes, std::string_view(date_line_, date_length_), status, reason(status), false,
+            false);
+  }
+  // HPE_PAUSED: a request without keep-alive was answered; HPE_PAUSED_UPGRADE: an upgrade
+  // (not supported) was answered as a plain request. Either way the connection ends here.
+  c.finished_ = true;
+  return {.finish = true, .in_head = false, .keep_state = true};
+}
+
+}  // namespace tools::http
