@@ -16,6 +16,10 @@ namespace {
 // More shards than this is a typo, not a machine.
 constexpr long kMaxThreads = 1024;
 
+// An idle timeout longer than a day is a typo too (the engine would take up to UINT_MAX - 1).
+constexpr unsigned long kMaxIdleTimeoutMs = 24ul * 3600 * 1000;
+static_assert(kMaxIdleTimeoutMs < SOCK_NO_TIMEOUT);
+
 // Atomic: the handler may run on any thread, including a shard's, and reads it once set.
 std::atomic<SockServer*> g_server{nullptr};
 
@@ -25,7 +29,7 @@ void on_signal(int) { sock_server_request_stop(g_server.load()); }
 void usage(std::FILE* out, const ToolInfo& info) {
   std::fprintf(out,
                "usage: %s [--port P] [--threads N] [--accept-mode thread|reuseport]\n"
-               "         [--placement round-robin|least-loaded] [--pin]\n"
+               "         [--placement round-robin|least-loaded] [--pin] [--idle-timeout-ms MS]\n"
                "%s\n"
                "  --port P         TCP port (default %s; 0 picks a free one, printed at start)\n"
                "  --threads N      shards: threads with an epoll set each (default: one per CPU)\n"
@@ -34,6 +38,9 @@ void usage(std::FILE* out, const ToolInfo& info) {
                "  --placement P    the shard the acceptor picks: round-robin (default) or\n"
                "                   least-loaded (fewest connections, then fewest queued bytes)\n"
                "  --pin            pin shard i to CPU i\n"
+               "  --idle-timeout-ms MS\n"
+               "                   close a connection after MS ms with nothing read or sent\n"
+               "                   (default 30000; 0: never)\n"
                "%s"
                "  --help           print this help\n"
                "SIGINT (Ctrl-C) or SIGTERM stops it once queued output is sent; a second one at "
@@ -48,6 +55,17 @@ bool parse_threads(const char* text, int* out) {
   const long n = std::strtol(text, &end, 10);
   if (errno != 0 || end == text || *end != '\0' || n < 1 || n > kMaxThreads) return false;
   *out = static_cast<int>(n);
+  return true;
+}
+
+// A whole number of ms in [0, kMaxIdleTimeoutMs]; 0 turns the timeout off.
+bool parse_idle_timeout(const char* text, unsigned* out) {
+  if (*text < '0' || *text > '9') return false;  // strtoul would take a sign or spaces
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long ms = std::strtoul(text, &end, 10);
+  if (errno != 0 || *end != '\0' || ms > kMaxIdleTimeoutMs) return false;
+  *out = ms == 0 ? SOCK_NO_TIMEOUT : static_cast<unsigned>(ms);
   return true;
 }
 
@@ -89,6 +107,8 @@ int parse(int argc, char** argv, const ToolInfo& info, SockServerSettings* setti
       ok = ok && parse_choice(value, {"thread", "reuseport"}, &settings->accept_mode);
     } else if (flag == "--placement") {
       ok = ok && parse_choice(value, {"round-robin", "least-loaded"}, &settings->placement);
+    } else if (flag == "--idle-timeout-ms") {
+      ok = ok && parse_idle_timeout(value, &settings->idle_timeout_ms);
     } else {
       std::fprintf(stderr, "%s: unknown option '%s'\n", info.name, argv[i]);
       usage(stderr, info);

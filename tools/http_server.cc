@@ -2,8 +2,11 @@
 // shard (a thread with its own epoll set) per CPU by default; Ctrl-C (SIGINT) or SIGTERM stops
 // it gracefully.
 //   http_server [--port P] [--threads N] ...   (default port 3000; --help lists the flags)
+//               [--idle-timeout-ms MS]        (keep-alive idle timeout, default 30000; 0: none)
 //               [--root DIR]                  (static files from DIR)
 //               [--header-timeout-ms MS]      (the whole-header deadline, default 10000; 0: none)
+//               [--max-url BYTES] [--max-header-bytes BYTES] [--max-headers N]
+//               [--max-body BYTES]            (limits on one request; defaults in --help)
 //
 // This file is the socket side; the HTTP itself (parsing, limits, responses, static files) is
 // the socket-free library in tools/http/, which bench/http_path_bench measures. Per read,
@@ -24,15 +27,17 @@
 // the shard thread (open and fstat only; the file's bytes are never read here).
 //
 // Connections: HTTP/1.1 keeps the connection open unless the request says `Connection: close`;
-// HTTP/1.0 closes after the response unless it asks for `Connection: keep-alive`. Pipelining:
-// every response owed for the requests found in one read is queued before the next read (and
-// so before on_data returns), in request order, so they leave together in the shard's flush.
+// HTTP/1.0 closes after the response unless it asks for `Connection: keep-alive`. A
+// keep-alive connection with no reads and no write progress for --idle-timeout-ms closes (the
+// engine's idle timer). Pipelining: every response owed for the requests found in one read is
+// queued before the next read (and so before on_data returns), in request order, so they leave
+// together in the shard's flush.
 //
 // Bad input gets a status and a close, never a crash: 400 for a malformed request, 414 for a
-// request target over max_url bytes, 431 for headers over max_header_bytes bytes or
-// max_headers fields, 413 for a body over max_body bytes (http::Limits), 501 for a transfer
-// coding other than chunked. The error response is the last thing written; the connection then
-// closes once it is sent.
+// request target over --max-url bytes, 431 for headers over --max-header-bytes bytes or
+// --max-headers fields, 413 for a body over --max-body bytes, 501 for a transfer coding other
+// than chunked. The error response is the last thing written; the connection then closes once
+// it is sent.
 //
 // Per-connection state (an http::Conn: the llhttp parser and the request target so far) lives
 // in a table of the shard that owns the connection, indexed by fd, and exists only while the
@@ -44,6 +49,7 @@
 // already have a new connection on the same fd number, which is why the table is per shard
 // and not global.
 #include <cerrno>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -65,14 +71,15 @@ namespace http = tools::http;
 
 // The whole-header deadline (slowloris): a request's head must be complete this long after
 // the first read that ended inside it, or the connection closes. --header-timeout-ms sets it.
-unsigned g_header_timeout_ms = 10 * 1000;
+constexpr unsigned kDefaultHeaderTimeoutMs = 10 * 1000;
+unsigned g_header_timeout_ms = kDefaultHeaderTimeoutMs;
 
 // Input discarded per callback on a connection that is closing after an error or a close.
 constexpr std::size_t kMaxDrain = 64 * 1024;
 
 // Set by main before the server starts, read-only once shard threads exist (which see them
-// after their creation): the limits (fixed for now), the root (--root; null without) and the
-// fd number limit.
+// after their creation): the limits (--max-*), the root (--root; null without) and the fd
+// number limit.
 http::Limits g_limits;
 std::unique_ptr<http::StaticFiles> g_files;
 std::size_t g_max_fds = 0;
@@ -211,41 +218,102 @@ void on_data(struct Reactor* r, int fd) {
   }
 }
 
+// A whole decimal number in [min, max]: no sign, space or suffix.
+bool parse_number(const char* text, std::uint64_t min, std::uint64_t max, std::uint64_t* out) {
+  if (*text < '0' || *text > '9') return false;
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long long n = std::strtoull(text, &end, 10);
+  if (errno || *end || n < min || n > max) return false;
+  *out = n;
+  return true;
+}
+
+// This tool's flags that take a number: the range and unit its error message names, and
+// where the value goes. The upper bounds only catch typos: no real request comes near them.
+struct NumberFlag {
+  const char* name;
+  std::uint64_t min;
+  std::uint64_t max;
+  const char* unit;
+  void (*set)(std::uint64_t value);
+};
+constexpr std::uint64_t kGiB = 1024 * 1024 * 1024;
+constexpr NumberFlag kNumberFlags[] = {
+    // 0: no deadline.
+    {"--header-timeout-ms", 0, 3600 * 1000, "ms",
+     [](std::uint64_t v) { g_header_timeout_ms = static_cast<unsigned>(v); }},
+    // At least 1: every request target has a byte, so 0 would refuse every request.
+    {"--max-url", 1, kGiB, "bytes", [](std::uint64_t v) { g_limits.max_url = v; }},
+    // 0: requests without header fields only.
+    {"--max-header-bytes", 0, kGiB, "bytes",
+     [](std::uint64_t v) { g_limits.max_header_bytes = v; }},
+    {"--max-headers", 0, 1000 * 1000, "header fields",
+     [](std::uint64_t v) { g_limits.max_headers = static_cast<unsigned>(v); }},
+    // 0: requests without a body only.
+    {"--max-body", 0, 1024 * kGiB, "bytes", [](std::uint64_t v) { g_limits.max_body = v; }},
+};
+
 // Takes this tool's own flags out of argv (tools::run_server knows the shared ones). Returns
-// false, with a message, for a bad value.
+// false, with a message naming the flag, for a bad value.
 bool take_own_flags(int* argc, char** argv) {
   int kept = 1;
   for (int i = 1; i < *argc; ++i) {
+    const char* value = i + 1 < *argc ? argv[i + 1] : nullptr;
     if (std::strcmp(argv[i], "--root") == 0) {
-      if (i + 1 >= *argc || !*argv[i + 1]) {
+      if (!value || !*value) {
         std::fprintf(stderr, "http_server: --root needs a directory\n");
         return false;
       }
-      g_files = http::StaticFiles::open(argv[i + 1]);
+      g_files = http::StaticFiles::open(value);
       if (!g_files) {
-        std::fprintf(stderr, "http_server: --root %s: %s\n", argv[i + 1], std::strerror(errno));
+        std::fprintf(stderr, "http_server: --root %s: %s\n", value, std::strerror(errno));
         return false;
       }
       ++i;
       continue;
     }
-    if (std::strcmp(argv[i], "--header-timeout-ms") == 0) {
-      char* end = nullptr;
-      errno = 0;
-      const long ms = i + 1 < *argc ? std::strtol(argv[i + 1], &end, 10) : -1;
-      if (i + 1 >= *argc || errno || end == argv[i + 1] || *end || ms < 0 || ms > 3600000) {
-        std::fprintf(stderr, "http_server: --header-timeout-ms needs a number of ms (0: none)\n");
-        return false;
-      }
-      g_header_timeout_ms = static_cast<unsigned>(ms);
-      ++i;
+    const NumberFlag* flag = nullptr;
+    for (const NumberFlag& f : kNumberFlags) {
+      if (std::strcmp(argv[i], f.name) == 0) flag = &f;
+    }
+    if (!flag) {
+      argv[kept++] = argv[i];
       continue;
     }
-    argv[kept++] = argv[i];
+    std::uint64_t number = 0;
+    if (!value || !parse_number(value, flag->min, flag->max, &number)) {
+      std::fprintf(stderr, "http_server: %s needs a whole number of %s from %llu to %llu%s%s%s\n",
+                   flag->name, flag->unit, static_cast<unsigned long long>(flag->min),
+                   static_cast<unsigned long long>(flag->max), value ? ", not '" : "",
+                   value ? value : "", value ? "'" : "");
+      return false;
+    }
+    flag->set(number);
+    ++i;
   }
   *argc = kept;
   argv[kept] = nullptr;
   return true;
+}
+
+// The --help lines of this tool's flags, with the library's default limits.
+std::string extra_usage() {
+  const http::Limits defaults;
+  char text[1024];
+  std::snprintf(text, sizeof text,
+                "  --root DIR              serve the files under DIR (GET, HEAD; \"/\": "
+                "DIR/index.html)\n"
+                "  --header-timeout-ms MS  whole request header within MS (default %u; 0: none)\n"
+                "  --max-url BYTES         longest request target; longer: 414 (default %zu)\n"
+                "  --max-header-bytes BYTES\n"
+                "                          most header name and value bytes; more: 431 "
+                "(default %zu)\n"
+                "  --max-headers N         most header fields; more: 431 (default %u)\n"
+                "  --max-body BYTES        longest request body; longer: 413 (default %llu)\n",
+                kDefaultHeaderTimeoutMs, defaults.max_url, defaults.max_header_bytes,
+                defaults.max_headers, static_cast<unsigned long long>(defaults.max_body));
+  return text;
 }
 
 }  // namespace
@@ -271,9 +339,6 @@ int main(int argc, char** argv) {
                   "static files with --root.",
        .default_port = "3000",
        .listening = "http_server listening on http://0.0.0.0:%d/",
-       .extra_usage = "  --root DIR              serve the files under DIR (GET, HEAD; \"/\": "
-                      "DIR/index.html)\n"
-                      "  --header-timeout-ms MS  whole request header within MS (default 10000; "
-                      "0: none)\n"},
+       .extra_usage = extra_usage().c_str()},
       settings);
 }

@@ -26,13 +26,14 @@ int ms_left(Clock::time_point end) {
 }
 
 ServerProcess::ServerProcess(const std::vector<std::string>& args,
-                             std::chrono::milliseconds deadline)
+                             std::chrono::milliseconds deadline, bool stderr_too)
     : deadline_(deadline) {
   int out[2];
   if (pipe2(out, O_CLOEXEC) < 0) return;
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
+  if (stderr_too) posix_spawn_file_actions_adddup2(&actions, out[1], STDERR_FILENO);
   std::vector<char*> argv;
   for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
@@ -59,13 +60,15 @@ std::string ServerProcess::first_line() {
   return line;
 }
 
-int ServerProcess::wait_exit() {
+int ServerProcess::wait_exit(std::string* output) {
   const auto end = Clock::now() + deadline_;
   char buf[256];
   pollfd p = {out_, POLLIN, 0};
   for (;;) {
     if (poll(&p, 1, ms_left(end)) <= 0) return -1;
-    if (read(out_, buf, sizeof buf) <= 0) break;
+    const ssize_t n = read(out_, buf, sizeof buf);
+    if (n <= 0) break;
+    if (output) output->append(buf, static_cast<std::size_t>(n));
   }
   int status = -1;
   waitpid(pid_, &status, 0);

@@ -15,13 +15,16 @@ namespace testing_support {
 // Milliseconds from now until `end` as a poll() timeout; 0 once it has passed.
 int ms_left(std::chrono::steady_clock::time_point end);
 
-// The child's stderr goes to the test log. Its stdout reaches EOF only when it exits (the
-// child holds the only write end), which is how exits are seen without blocking in waitpid.
+// The child's stderr goes to the test log, or with its stdout into the pipe (to check a
+// message). Its stdout reaches EOF only when it exits (the child holds the only write end),
+// which is how exits are seen without blocking in waitpid.
 class ServerProcess {
  public:
   // args[0] is the binary's path (a runfiles path is relative to the test's working
   // directory). `deadline` bounds each of first_line(), wait_exit() and stop().
-  ServerProcess(const std::vector<std::string>& args, std::chrono::milliseconds deadline);
+  // stderr_too: the child's stderr joins its stdout in the pipe.
+  ServerProcess(const std::vector<std::string>& args, std::chrono::milliseconds deadline,
+                bool stderr_too = false);
   ~ServerProcess();  // SIGKILLs a child still running
   ServerProcess(const ServerProcess&) = delete;
   ServerProcess& operator=(const ServerProcess&) = delete;
@@ -31,8 +34,9 @@ class ServerProcess {
   // The first line printed (without its '\n'), or what came before EOF or the deadline.
   std::string first_line();
 
-  // Waits for the exit and returns the wait status, or -1 past the deadline.
-  int wait_exit();
+  // Waits for the exit and returns the wait status, or -1 past the deadline. `output`, if
+  // given, receives what the child printed meanwhile (after first_line(), if called).
+  int wait_exit(std::string* output = nullptr);
 
   // SIGTERM, then wait_exit().
   int stop();

@@ -358,6 +358,68 @@ TEST_F(HttpServerTest, IncompleteHeadersCloseAtTheHeaderDeadline) {
   EXPECT_EQ(finish(answered), "");
 }
 
+TEST_F(HttpServerTest, MaxUrlFlagLowersThe414Limit) {
+  ASSERT_NO_FATAL_FAILURE(start({"--threads", "1", "--max-url", "100"}));
+  // A target of exactly 100 bytes is answered; 101 is too long.
+  const int fd = client();
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(send_all(fd, "GET /?" + std::string(98, 'q') + " HTTP/1.1\r\n\r\n"));
+  EXPECT_EQ(read_response(fd), kHello);
+  EXPECT_EQ(finish(fd), "");
+  EXPECT_EQ(exchange("GET /?" + std::string(99, 'q') + " HTTP/1.1\r\n\r\n"),
+            error_response(414, "URI Too Long"));
+}
+
+TEST_F(HttpServerTest, MaxHeaderBytesAndMaxHeadersFlagsLowerThe431Limits) {
+  ASSERT_NO_FATAL_FAILURE(
+      start({"--threads", "1", "--max-header-bytes", "200", "--max-headers", "3"}));
+  const std::string too_large = error_response(431, "Request Header Fields Too Large");
+  // Names and values count together: "X" + 199 value bytes is exactly 200.
+  const int fd = client();
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(send_all(fd, "GET / HTTP/1.1\r\nX: " + std::string(199, 'v') + "\r\n\r\n"));
+  EXPECT_EQ(read_response(fd), kHello);
+  ASSERT_TRUE(send_all(fd, "GET / HTTP/1.1\r\n" + repeat("X: 1\r\n", 3) + "\r\n"));
+  EXPECT_EQ(read_response(fd), kHello);
+  EXPECT_EQ(finish(fd), "");
+  EXPECT_EQ(exchange("GET / HTTP/1.1\r\nX: " + std::string(200, 'v') + "\r\n\r\n"), too_large);
+  EXPECT_EQ(exchange("GET / HTTP/1.1\r\n" + repeat("X: 1\r\n", 4) + "\r\n"), too_large);
+}
+
+TEST_F(HttpServerTest, MaxBodyFlagLowersThe413Limit) {
+  ASSERT_NO_FATAL_FAILURE(start({"--threads", "1", "--max-body", "1000"}));
+  const std::string too_large = error_response(413, "Content Too Large");
+  // A body of exactly 1,000 bytes is read (and the POST answered 405), declared or chunked.
+  const int fd = client();
+  ASSERT_GE(fd, 0);
+  const std::string not_allowed =
+      response("405 Method Not Allowed", "Method Not Allowed", true, false, "Allow: GET, HEAD\r\n");
+  ASSERT_TRUE(
+      send_all(fd, "POST / HTTP/1.1\r\nContent-Length: 1000\r\n\r\n" + std::string(1000, 'b')));
+  EXPECT_EQ(read_response(fd), not_allowed);
+  ASSERT_TRUE(send_all(fd, "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n" +
+                               std::string(1000, 'b') + "\r\n0\r\n\r\n"));
+  EXPECT_EQ(read_response(fd), not_allowed);
+  EXPECT_EQ(finish(fd), "");
+  EXPECT_EQ(exchange("POST / HTTP/1.1\r\nContent-Length: 1001\r\n\r\n"), too_large);
+  EXPECT_EQ(exchange("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3e9\r\n"), too_large);
+}
+
+TEST_F(HttpServerTest, IdleKeepAliveConnectionClosesAtTheIdleTimeout) {
+  ASSERT_NO_FATAL_FAILURE(start({"--threads", "1", "--idle-timeout-ms", "200"}));
+  const int fd = client();
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(send_all(fd, kGet));
+  ASSERT_EQ(read_response(fd), kHello);
+  // Then silence: the server closes without another byte, no sooner than the timeout (less a
+  // little: the timer restarted when the response was sent, before it was read here).
+  const auto begin = std::chrono::steady_clock::now();
+  EXPECT_EQ(read_to_eof(fd), "");
+  const auto waited = std::chrono::steady_clock::now() - begin;
+  EXPECT_GE(waited, std::chrono::milliseconds(150));
+  EXPECT_LT(waited, std::chrono::seconds(5));
+}
+
 TEST_F(HttpServerTest, RandomBytesNeverCrashTheServer) {
   ASSERT_NO_FATAL_FAILURE(start({"--threads", "2"}));
   unsigned seed = 12345;
@@ -393,6 +455,31 @@ TEST(HttpServerFlagsTest, BadHeaderTimeoutIsRefusedWithStatus2) {
   ASSERT_TRUE(server.started());
   const int status = server.wait_exit();
   EXPECT_TRUE(exited_with(status, 2)) << describe(status);
+}
+
+TEST(HttpServerFlagsTest, BadTimeoutAndLimitValuesAreRefusedWithStatus2AndTheFlagNamed) {
+  const std::vector<std::vector<std::string>> bad = {
+      {"--header-timeout-ms", "-1"},
+      {"--idle-timeout-ms", "soon"},
+      {"--idle-timeout-ms", "-5"},
+      {"--max-url", "0"},
+      {"--max-url", "12k"},
+      {"--max-header-bytes", " 100"},
+      {"--max-headers", "1e3"},
+      {"--max-body", "99999999999999999999"},
+      {"--max-body"},
+  };
+  for (const std::vector<std::string>& flag : bad) {
+    std::vector<std::string> args = {kBinary, "--port", "0"};
+    args.insert(args.end(), flag.begin(), flag.end());
+    ServerProcess server(args, kDeadline, /*stderr_too=*/true);
+    ASSERT_TRUE(server.started());
+    std::string output;
+    const int status = server.wait_exit(&output);
+    EXPECT_TRUE(exited_with(status, 2)) << flag[0] << ": " << describe(status);
+    EXPECT_NE(output.find(flag[0]), std::string::npos) << output;
+    EXPECT_EQ(output.find("listening"), std::string::npos) << output;
+  }
 }
 
 // --- Static files (--root) ---------------------------------------------------------------
