@@ -45,7 +45,7 @@ enum SlotFlag : uint32_t {
   kErrorSeen = 1u << 14,     // EPOLLERR seen: a hang-up close is an error, not the peer's
   kPaused = 1u << 15,        // queued bytes passed the high watermark: reading waits
   kOwnIdle = 1u << 16,       // the idle timeout is extra->idle_ticks, not the reactor's
-  kSentDirect = 1u << 17     // a write went straight to the kernel this loop iteration
+  kSentDirect = 1u << 17     // a write went straight to the kernel in this callback
 };
 
 // Per-connection settings and state that most connections never use, allocated on first use

@@ -32,7 +32,7 @@ extern "C" {
 
 /** Events taken from the kernel per reactor_review() call. */
 #ifndef REACTOR_MAX_EVENTS
-#define REACTOR_MAX_EVENTS 64
+#define REACTOR_MAX_EVENTS 512
 #endif
 /** Longest wait of one reactor_review() call, in milliseconds. */
 #ifndef REACTOR_TICK

@@ -133,12 +133,12 @@ Reactor* attached_owner(const FdSlot& slot) {
   return (slot.flags & kAttached) ? slot.owner : nullptr;
 }
 
-// The first copy written to an attached fd with an empty queue in a loop iteration goes to the
+// The first copy written to an attached fd with an empty queue in a callback goes to the
 // kernel at once (one send) instead of into a packet for the flush step: nothing is queued
-// ahead of it, so the order holds, and the common reply (one write per input) costs no packet
-// and no copy. Later writes in the same iteration queue as before and leave together in one
-// writev at the flush step (kSentDirect, cleared there), so many small writes still cost one
-// syscall after the first. Not with transport layers (they wrap at the flush), while
+// ahead of it, so the order holds, and the common reply (one write per input) costs no packet,
+// no copy and no flush-list visit. Later writes queue as before and leave together in one
+// writev at the flush step (kSentDirect: cleared when the fd's next on_data starts, or at its
+// flush step), so many small writes still cost one syscall after the first. Not with transport layers (they wrap at the flush), while
 // connecting, or after the kernel refused (kWriteBlocked: the queue waits for the edge).
 // Returns the owner, or nullptr for the queue path.
 Reactor* eager_writer(const FdSlot& slot) {
@@ -319,7 +319,6 @@ ssize_t write2(const SockWriteOpt& opt) {
       sent = static_cast<std::size_t>(n);
       if (sent) owner->stamp_activity(*slot);
       slot->flags |= kSentDirect;
-      owner->want_flush(fd, *slot);  // the flush step clears kSentDirect
       if (sent == opt.length) return 0;
     }
     r = queue_copy(*slot, bytes + sent, opt.length - sent, opt.urgent);

@@ -190,7 +190,11 @@ void Reactor::dispatch(int fd, uint32_t generation, uint32_t events) {
   // consume it); the flag only names the close reason.
   if (events & EPOLLERR) slot->flags |= kErrorSeen;
   if (events & EPOLLRDHUP) slot->flags |= kPeerShut;
-  if (events & (EPOLLOUT | EPOLLERR)) {
+  // Every EPOLLIN edge reports EPOLLOUT too while the socket is writable: only an fd with
+  // something to do on it (queued output, a refused write, a connect, a plain fd's user)
+  // needs the visit.
+  if ((events & (EPOLLOUT | EPOLLERR)) &&
+      (slot->head || (slot->flags & (kWriteBlocked | kConnecting)) || !(slot->flags & kOpen))) {
     on_writable(fd, *slot);
     if (!is_current(*slot, generation, this)) return;
   }
@@ -226,7 +230,7 @@ void Reactor::on_writable(int fd, FdSlot& slot) {
 
 void Reactor::call_on_data(int fd, FdSlot& slot) {
   const uint32_t generation = slot.generation.load(std::memory_order_relaxed);
-  slot.flags &= ~kReadProgress;
+  slot.flags &= ~(kReadProgress | kSentDirect);
   // Above the high watermark the application is not asked to read (libreact.h): new input
   // waits in the kernel, kReadPending remembers it, and resume_if_drained() lists the fd again.
   if (api_->on_data && !(slot.flags & kPaused)) {

@@ -100,20 +100,20 @@ struct Shard {
 thread_local Shard t_shard;
 
 // The shard's table, created on first use; nullptr if there is no memory for it.
-http::Conn** shard_table() {
-  if (!t_shard.conns) {
-    t_shard.conns = static_cast<http::Conn**>(std::calloc(g_max_fds, sizeof(http::Conn*)));
+http::Conn** shard_table(Shard& shard) {
+  if (!shard.conns) {
+    shard.conns = static_cast<http::Conn**>(std::calloc(g_max_fds, sizeof(http::Conn*)));
   }
-  return t_shard.conns;
+  return shard.conns;
 }
 
 // Writes what the shard's output holds to fd. False if it could not be queued (the
 // connection was then force-closed: fd and its Conn are gone).
 // File bodies go out between the parts of the bytes, each with sock_write2(.file) (sendfile),
 // which takes the FILE* whatever happens.
-bool write_out(struct Reactor* r, int fd) {
-  std::string& out = t_shard.out.bytes;
-  std::vector<http::FileBody>& files = t_shard.out.files;
+bool write_out(struct Reactor* r, int fd, http::Output& output) {
+  std::string& out = output.bytes;
+  std::vector<http::FileBody>& files = output.files;
   if (out.empty()) return true;
   ssize_t rc = 0;
   std::size_t from = 0;
@@ -155,7 +155,7 @@ void finish(struct Reactor* r, int fd) {
 }
 
 void on_open(struct Reactor*, int fd) {
-  http::Conn** table = shard_table();
+  http::Conn** table = shard_table(t_shard);
   if (!table) return;  // on_data refuses the connection
   delete table[fd];    // on_close frees it; this only guards against a missed close
   table[fd] = nullptr;
@@ -170,13 +170,14 @@ void on_close(struct Reactor*, int fd) {
 
 // Runs on the thread of the shard that owns fd, whenever fd has input.
 void on_data(struct Reactor* r, int fd) {
-  http::Conn** table = shard_table();
+  Shard& shard = t_shard;  // one look-up of the thread_local (its access runs an init check)
+  http::Conn** table = shard_table(shard);
   if (!table || fd < 0 || static_cast<std::size_t>(fd) >= g_max_fds) {
     sock_force_close(r, fd);
     return;
   }
-  http::Responder& responder = t_shard.responder;
-  responder.refresh_date();
+  http::Responder& responder = shard.responder;
+  responder.refresh_date(r->last_tick);
   char buf[16 * 1024];
   ssize_t n;  // 0: drained for now; -1: the peer left (the library closes the fd)
   std::size_t discarded = 0;
@@ -194,8 +195,8 @@ void on_data(struct Reactor* r, int fd) {
     // head; a connection without a Conn of its own is between requests.
     const bool deadline_set = c && c->in_head();
     const http::ReadResult read =
-        responder.parse(c, std::string_view(buf, static_cast<std::size_t>(n)), &t_shard.out);
-    if (!write_out(r, fd)) return;
+        responder.parse(c, std::string_view(buf, static_cast<std::size_t>(n)), &shard.out);
+    if (!write_out(r, fd, shard.out)) return;
     if (!read.finish && read.in_head != deadline_set && g_header_timeout_ms) {
       sock_set_deadline(fd, read.in_head ? g_header_timeout_ms : 0);
     }

@@ -324,8 +324,7 @@ Responder::Responder(const Limits& limits, const StaticFiles* files)
   refresh_date();
 }
 
-void Responder::refresh_date() {
-  const std::time_t now = std::time(nullptr);
+void Responder::refresh_date(std::time_t now) {
   if (now == date_second_) return;
   std::tm tm;
   gmtime_r(&now, &tm);

@@ -131,9 +131,10 @@ class Responder {
   Responder& operator=(const Responder&) = delete;
 
   // Keeps the Date line (and the cached keep-alive "Hello World!" response that holds it)
-  // current: one time() call, and formatting once a second. Call once before each batch of
-  // parse() calls (the server: once per on_data).
-  void refresh_date();
+  // current for `now` (wall-clock seconds; a reactor has them in last_tick): a compare, and
+  // formatting once a second. Call once before each batch of parse() calls (the server: once
+  // per on_data).
+  void refresh_date(std::time_t now = std::time(nullptr));
 
   // Parses `bytes`, the next input of a connection, and appends to `out` every response owed
   // for the requests they complete, in order, stopping after a request that closes or at bad
