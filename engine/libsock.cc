@@ -39,6 +39,12 @@ struct Target {
 Target target_of(int fd) {
   Target t{fd_slot(fd), nullptr, 0};
   if (!t.slot) return t;
+  // The common case, a call from the owner's own thread: only this thread changes the owner
+  // of a slot it owns, so the pair cannot be torn and one load of each suffices.
+  if (Reactor* const self = Reactor::current(); self && load_owner(*t.slot) == self) {
+    t.generation = t.slot->generation.load(std::memory_order_acquire);
+    return t;
+  }
   for (;;) {
     // Owner and generation are read as one pair: another thread changes the owner only with a
     // new generation (close, re-open), so an unchanged generation vouches for the owner.

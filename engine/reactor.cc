@@ -17,7 +17,6 @@
 namespace engine {
 namespace {
 
-thread_local Reactor* tls_current = nullptr;
 thread_local CloseReason tls_close_reason = CloseReason::kLocal;
 
 // Edge-triggered: one wakeup per state change, so work left over (a partial read, a queue cut
@@ -66,8 +65,6 @@ Reactor* Reactor::of(struct ::Reactor* api, bool create) {
   api->_impl = r;
   return r;
 }
-
-Reactor* Reactor::current() { return tls_current; }
 
 Reactor::Reactor(struct ::Reactor* api) : api_(api), stop_drain_ms_(kStopDrainMs) {}
 
@@ -130,17 +127,17 @@ void Reactor::bind_owner_thread() { pool_->bind_owner_thread(); }
 //  6. A stop completes once every fd is closed or the drain deadline passed.
 int Reactor::run_once(int timeout_ms) {
   if (!pool_->is_owner_thread()) bind_owner_thread();
-  Reactor* const outer = tls_current;
-  tls_current = this;
+  Reactor* const outer = current_;
+  current_ = this;
   pool_->drain_remote();
-  // After tls_current is set: on_shutdown is a callback like the others, whose sock_ calls
+  // After current_ is set: on_shutdown is a callback like the others, whose sock_ calls
   // (a farewell write, sock_pending) must run inline, not be posted to this reactor's inbox.
   if (stop_requested_.load(std::memory_order_acquire) && !stopping_) begin_stop();
 
   epoll_event events[REACTOR_MAX_EVENTS];
   int n = epoll_wait(epoll_fd_, events, REACTOR_MAX_EVENTS, wait_timeout(timeout_ms));
   if (n < 0 && errno != EINTR) {
-    tls_current = outer;
+    current_ = outer;
     return -1;
   }
   n = n < 0 ? 0 : n;
@@ -161,7 +158,7 @@ int Reactor::run_once(int timeout_ms) {
   run_flush_list();
   expire_timers();
 
-  tls_current = outer;
+  current_ = outer;
   if (stopping_ && finish_stop_if_done()) return -1;  // `this` was deleted
   return n;
 }

@@ -66,8 +66,9 @@ class Reactor {
   // The engine state of `api`, created on first use when `create` (nullptr with errno on
   // failure, or when absent and !create).
   static Reactor* of(struct ::Reactor* api, bool create);
-  // The reactor whose run_once() is executing on this thread, or nullptr.
-  static Reactor* current();
+  // The reactor whose run_once() is executing on this thread, or nullptr. Inline: every
+  // sock_ call asks (constant-initialised, so no thread_local init check either).
+  static Reactor* current() { return current_; }
 
   explicit Reactor(struct ::Reactor* api);
   ~Reactor();
@@ -146,6 +147,7 @@ class Reactor {
   void bind_owner_thread();
 
  private:
+  static inline thread_local Reactor* current_ = nullptr;
   void dispatch(int fd, uint32_t generation, uint32_t events);
   void call_on_data(int fd, FdSlot& slot);
   void on_writable(int fd, FdSlot& slot);

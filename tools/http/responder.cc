@@ -337,10 +337,14 @@ void Responder::refresh_date(std::time_t now) {
 
 ReadResult Responder::parse(Conn* conn, std::string_view bytes, Output* out) {
   Conn& c = conn ? *conn : scratch_;
-  if (!conn) scratch_.reset(settings_);
+  // The scratch state is re-initialised only when the read before left it mid-request or
+  // stopped (an error, a pause): after reads that ended between requests, llhttp is already
+  // at the start of a message and the Conn's flags are clear.
+  if (!conn && scratch_dirty_) scratch_.reset(settings_);
   Call call{*this, c, *out};
   c.parser_.data = &call;
   const llhttp_errno_t err = llhttp_execute(&c.parser_, bytes.data(), bytes.size());
+  if (!conn) scratch_dirty_ = err != HPE_OK || c.in_message_;
   if (err == HPE_OK) {
     return {.finish = false, .in_head = c.in_head(), .keep_state = c.in_message_};
   }

@@ -140,7 +140,8 @@ class Responder {
   // for the requests they complete, in order, stopping after a request that closes or at bad
   // input (whose status is the last response appended).
   // `conn`: the connection's own state, never finished(); or nullptr if it has none, when the
-  // read is parsed from a fresh scratch() state.
+  // read is parsed from a fresh scratch() state (fresh: initialised, or left between requests
+  // by the previous read).
   ReadResult parse(Conn* conn, std::string_view bytes, Output* out);
 
   // The state the last parse(nullptr, ...) left (see ReadResult::keep_state).
@@ -153,6 +154,7 @@ class Responder {
   const StaticFiles* const files_;
   const llhttp_settings_t* const settings_;
   Conn scratch_;
+  bool scratch_dirty_ = true;  // scratch_ is not at the start of a message with clear flags
   std::time_t date_second_ = -1;
   char date_line_[64] = {};  // "Date: ...\r\n" for date_second_
   std::size_t date_length_ = 0;
