@@ -231,6 +231,9 @@ class BlockPool {
   // with errno ENOBUFS, which bounds a shard's memory whatever its connections do.
   // Thread: owner (kOwnerThread pools only).
   void set_limit(uint64_t max_outstanding) { limit_ = max_outstanding; }
+  // Whether `blocks` more checkouts fit under the cap (always without one). Conservative:
+  // blocks given back by other threads count until a checkout drains them. Thread: owner.
+  bool has_room(uint64_t blocks) const { return limit_ == 0 || outstanding_.get() + blocks <= limit_; }
 
   // What jemalloc reserves per block for this geometry: nallocx(chunk_bytes) / blocks_per_chunk,
   // rounded up. (jemalloc also reserves one padding page per chunk that nallocx does not report;

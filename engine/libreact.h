@@ -116,7 +116,8 @@ struct ReactorLimits {
   size_t memory_budget;
 };
 
-/** Sets the reactor's limits for connections opened from now on (memory_budget at once).
+/** Sets the reactor's limits. memory_budget applies at once; the watermarks to every
+ * connection without its own at its next write or flush; idle_timeout_ms as its comment says.
  * Owner thread, or before the reactor runs. Returns 0, or -1 with errno EINVAL (NULL, or a
  * low watermark above the high one). */
 int reactor_set_limits(struct Reactor* reactor, const struct ReactorLimits* limits);

@@ -148,7 +148,8 @@ Reactor* attached_owner(const FdSlot& slot) {
 // connecting, or after the kernel refused (kWriteBlocked: the queue waits for the edge).
 // Returns the owner, or nullptr for the queue path.
 Reactor* eager_writer(const FdSlot& slot) {
-  constexpr uint32_t kMask = kAttached | kConnecting | kWriteBlocked | kSentDirect;
+  // kHangup: the peer is gone; the queue path keeps such a close a peer close (call_on_data).
+  constexpr uint32_t kMask = kAttached | kConnecting | kWriteBlocked | kSentDirect | kHangup;
   if (slot.head || (slot.flags & kMask) != kAttached || slot_tlc(slot)) return nullptr;
   return slot.owner;
 }
@@ -316,7 +317,13 @@ ssize_t write2(const SockWriteOpt& opt) {
   } else {
     const char* bytes = static_cast<const char*>(opt.buffer);
     std::size_t sent = 0;
-    if (Reactor* owner = eager_writer(*slot)) {
+    // Under a memory budget, only when the whole write could be queued: then ENOBUFS still
+    // means nothing was sent.
+    Reactor* owner = eager_writer(*slot);
+    if (owner && !owner->pool().has_room((opt.length + kPacketBytes - 1) / kPacketBytes)) {
+      owner = nullptr;
+    }
+    if (owner) {
       const ssize_t n = send_direct(fd, *slot, bytes, opt.length);
       if (n < 0) {
         fail(fd, *slot, slot_error(*slot));  // closes at the flush step, like a queued write
@@ -327,7 +334,15 @@ ssize_t write2(const SockWriteOpt& opt) {
       slot->flags |= kSentDirect;
       if (sent == opt.length) return 0;
     }
-    r = queue_copy(*slot, bytes + sent, opt.length - sent, opt.urgent);
+    r = queue_copy(*slot, bytes + sent, opt.length - sent, opt.urgent, sent > 0);
+    if (r < 0 && sent > 0) {
+      // The start is on the wire and the rest has nowhere to go (ENOMEM): the stream would be
+      // cut, and a retry would send the start twice. The connection fails instead.
+      const int err = errno;
+      fail(fd, *slot, err);
+      errno = err;
+      return -1;
+    }
   }
   if (r < 0) return -1;
   schedule_flush(fd, *slot);
@@ -364,12 +379,18 @@ ssize_t read_input(int fd, void* buf, std::size_t count) {
   // then the kernel has nothing (the last read drained it), so don't ask.
   if (!tlc && (slot->flags & (kAttached | kReadPending)) == kAttached) return 0;
   bool drained = false;
+  const uint32_t generation = slot->generation.load(std::memory_order_relaxed);
   const ssize_t n = tlc ? tlc_read(fd, *slot, out, count, &drained)
                               : plain_read(fd, out, count, &drained);
+  // A layer closed the fd while unwrapping: its slot is not this call's any more.
+  if (tlc && slot->generation.load(std::memory_order_relaxed) != generation) {
+    errno = EBADF;
+    return -1;
+  }
   if (n > 0) {
     slot->flags |= kReadProgress;
     if (Reactor* owner = attached_owner(*slot)) owner->stamp_activity(*slot);
-    if (tlc && slot->extra->leftover) slot->flags |= kReadPending;  // plaintext waits: call on_data again
+    if (slot->extra && slot->extra->leftover) slot->flags |= kReadPending;  // plaintext waits: call on_data again
     // A short read emptied the socket: data arriving later raises a new edge. Not so when the
     // peer already shut down (the EOF behind the data raises none) or with layers' buffering.
     if (!tlc && static_cast<std::size_t>(n) < count && !(slot->flags & (kPeerShut | kHangup))) {

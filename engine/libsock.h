@@ -159,6 +159,10 @@ struct SockWriteOpt {
 
 /** Queues data for fd (copying it, unless .move or .file), to be written when the reactor
  * flushes (after the current callback batch) or at once for an fd without a reactor.
+ * (Under a memory budget the shortcut is taken only when the whole write could be queued,
+ * so ENOBUFS still means nothing was sent. If a write's start went to the kernel and its
+ * rest cannot be queued for lack of memory, ENOMEM, the connection fails and closes: the
+ * stream would otherwise be cut.)
  * One shortcut: the first copy written to an attached fd with an empty queue in a loop
  * iteration is offered to the kernel at once (one send, no packet, no copy), and only what
  * the kernel did not take is queued; later writes in the same iteration queue and leave
@@ -208,16 +212,18 @@ int sock_force_close_uuid(intptr_t uuid);
 
 /** Closes fd after idle_ms without a read or a write that made progress (0: never). The
  * default comes from the reactor's limits (struct ReactorLimits). Owner thread; fd must be
- * attached to a reactor. Returns 0, or -1 with errno (EBADF, EINVAL without a reactor). */
+ * attached to a reactor. Returns 0, or -1 with errno (EBADF, EINVAL without a reactor,
+ * ENOMEM: the per-connection settings are allocated on first use). */
 int sock_set_timeout(int fd, unsigned idle_ms);
 
 /** Closes fd ms from now whatever it does (0 clears): for protocols' "whole request within T"
- * (slowloris). Owner thread, attached fd. Returns 0, or -1 with errno. */
+ * (slowloris). Owner thread, attached fd. Returns 0, or -1 with errno (EBADF, EINVAL,
+ * ENOMEM). */
 int sock_set_deadline(int fd, unsigned ms);
 
 /** fd's watermarks (0, 0: the reactor's): above `high` queued bytes reading pauses, at or
  * below `low` it resumes and on_ready runs. Owner thread. Returns 0, or -1 with errno
- * (EINVAL if low > high). */
+ * (EINVAL if low > high, ENOMEM). */
 int sock_set_watermarks(int fd, size_t high, size_t low);
 
 /** Bytes queued for fd and not yet written (file bytes included). Owner thread; -1 with
@@ -316,11 +322,13 @@ struct sockTLC {
 struct sockTLC* sock_tlc_get(int fd);
 
 /** Replaces fd's chain (on_clear runs for every layer of the old chain). Returns 0, or -1
- * with errno EBADF. Set layers before any data flows. */
+ * with errno EBADF (or ENOMEM). Set layers before any data flows: a write made before them
+ * may already be on the wire (see sock_write2). */
 int sock_tlc_set(int fd, struct sockTLC* tlc);
 
 /** Pushes tlc on top of fd's chain (tlc->next is set to the old head). Returns 0, or -1 with
- * errno (EBADF; EINVAL for NULL or when the chain already has 7 layers, the most it may have). */
+ * errno (EBADF; EINVAL for NULL or when the chain already has 7 layers, the most it may have;
+ * ENOMEM). */
 int sock_tlc_add(int fd, struct sockTLC* tlc);
 
 /** Extension (TLS needs it): queues bytes a layer produces on its own (handshake records,

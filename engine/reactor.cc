@@ -432,6 +432,13 @@ void Reactor::resume_if_drained(int fd, FdSlot& slot, bool notify_ready) {
 }
 
 void Reactor::start_timers(int fd, FdSlot& slot) {
+  // A connection moved here from another reactor leaves its own timeout and deadline behind:
+  // they were counted in that reactor's ticks. This reactor's idle timeout applies from now.
+  slot.flags &= ~kOwnIdle;
+  if (slot.extra) {
+    slot.extra->deadline_tick = 0;
+    slot_extra_trim(slot);
+  }
   stamp_activity(slot);
   slot.timer_due_tick = 0;
   arm_timer(fd, slot);

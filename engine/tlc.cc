@@ -46,6 +46,9 @@ ssize_t tlc_read(int fd, FdSlot& slot, char* out, std::size_t count, bool* drain
   sockTLC* bottom_up[kMaxLayers];
   std::size_t depth = 0;
   for (sockTLC* layer = slot_tlc(slot); layer; layer = layer->next) bottom_up[depth++] = layer;
+  // A layer's unwrap may close the fd (then the slot may already belong to another
+  // connection) or replace the layers (then slot.extra may be gone): checked after each.
+  const uint32_t generation = slot.generation.load(std::memory_order_relaxed);
   std::reverse(bottom_up, bottom_up + depth);
   char* buf = scratch();
   *drained = false;
@@ -67,6 +70,10 @@ ssize_t tlc_read(int fd, FdSlot& slot, char* out, std::size_t count, bool* drain
         errno = EPROTO;
         return -1;
       }
+      if (slot.generation.load(std::memory_order_relaxed) != generation) {
+        errno = EBADF;  // closed by the layer; read_input touches the slot no more
+        return -1;
+      }
       if (len < 0 || static_cast<std::size_t>(len) > kScratchBytes) {
         errno = EPROTO;
         return -1;
@@ -76,9 +83,10 @@ ssize_t tlc_read(int fd, FdSlot& slot, char* out, std::size_t count, bool* drain
       const std::size_t given = std::min(count, static_cast<std::size_t>(len));
       std::copy(buf, buf + given, out);
       if (given < static_cast<std::size_t>(len)) {
-        // Layers exist, so slot.extra does (it holds them).
-        slot.extra->leftover = read_buffer_new(buf + given, static_cast<std::size_t>(len) - given);
-        if (!slot.extra->leftover) return -1;
+        SlotExtra* extra = slot_extra_make(slot);  // gone if a layer removed the layers
+        if (!extra) return -1;
+        extra->leftover = read_buffer_new(buf + given, static_cast<std::size_t>(len) - given);
+        if (!extra->leftover) return -1;
       }
       return static_cast<ssize_t>(given);
     }

@@ -306,7 +306,8 @@ void packet_chain_free(Packet* chain) {
   }
 }
 
-int queue_copy(FdSlot& slot, const void* data, std::size_t length, bool urgent) {
+int queue_copy(FdSlot& slot, const void* data, std::size_t length, bool urgent,
+               bool rest_of_write) {
   auto* bytes = static_cast<const char*>(data);
   alloc::BlockPool& pool = pool_for(&slot);
   const std::size_t merged = urgent ? 0 : std::min(length, tail_room(slot));
@@ -320,7 +321,7 @@ int queue_copy(FdSlot& slot, const void* data, std::size_t length, bool urgent) 
     t->length += static_cast<ssize_t>(merged);
     count_queued(slot, static_cast<int64_t>(merged));
   }
-  if (chain) queue_write_chain(slot, chain, last, urgent, merged > 0);
+  if (chain) queue_write_chain(slot, chain, last, urgent, merged > 0 || rest_of_write);
   return 0;
 }
 

@@ -44,8 +44,11 @@ Packet* packet_new(alloc::BlockPool& pool);
 void packet_chain_free(Packet* chain);
 
 // Appends a copy of data; small writes merge into the tail packet (with transport layers, up
-// to one record of kRecordPayload bytes). Returns 0 or -1 with errno ENOMEM.
-int queue_copy(FdSlot& slot, const void* data, std::size_t length, bool urgent);
+// to one record of kRecordPayload bytes). `rest_of_write`: the data is the unsent rest of a
+// write whose start already went to the kernel, so no urgent write may go before it.
+// Returns 0 or -1 with errno ENOMEM (or ENOBUFS past the reactor's memory budget).
+int queue_copy(FdSlot& slot, const void* data, std::size_t length, bool urgent,
+               bool rest_of_write = false);
 // Appends a malloc'd buffer without copying (copied into records when layers are set).
 // Takes ownership of `buffer` even on error.
 int queue_move(FdSlot& slot, void* buffer, std::size_t length, bool urgent);

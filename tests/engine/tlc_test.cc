@@ -48,7 +48,9 @@ struct LayerLog {
   bool held_partial = false;  // framing: kept an incomplete frame between calls
 };
 
-enum class Kind { kFraming, kXor, kXorSayingBye, kReject, kRejectWrap, kExpand, kSequenced };
+enum class Kind {
+  kFraming, kXor, kXorSayingBye, kReject, kRejectWrap, kExpand, kSequenced, kCloseInUnwrap
+};
 
 // kExpand turns every input byte into this many copies, so that one read's output exceeds
 // max_len and the layer must hold the rest (as a decompressor would).
@@ -133,6 +135,15 @@ int reject_unwrap(int, void*, ssize_t*, const size_t, void* udata) {
 
 int reject_wrap(int, Packet*, void*) { return -1; }
 
+// A layer that gives up on the connection from inside unwrap (as a TLS layer might on a fatal
+// alert) and reports success: the close frees this layer (on_clear), so it is not touched
+// afterwards.
+int close_unwrap(int fd, void*, ssize_t*, const size_t, void* udata) {
+  ++static_cast<Layer*>(udata)->log->unwrap_calls;
+  sock_force_close(nullptr, fd);
+  return 0;
+}
+
 // Like TLS, whose records carry sequence numbers: record k (from 1) is XORed with k, so the
 // peer can decode the records only if they were wrapped in the order they go on the wire.
 int sequenced_wrap(int, Packet* p, void* udata) {
@@ -197,6 +208,9 @@ sockTLC* make_layer(Kind kind, LayerLog* log) {
       break;
     case Kind::kSequenced:
       layer->tlc.wrap = sequenced_wrap;
+      break;
+    case Kind::kCloseInUnwrap:
+      layer->tlc.unwrap = close_unwrap;
       break;
   }
   return &layer->tlc;
@@ -550,6 +564,31 @@ TEST_F(TlcTest, FailingUnwrapMakesSockReadFailWithEprotoAndClosesTheFdOnce) {
   std::string rest;
   EXPECT_FALSE(testing_support::drain(client, &rest));  // the peer sees the close
   EXPECT_EQ(rest, "");
+  close(client);
+}
+
+TEST_F(TlcTest, UnwrapThatClosesTheFdEndsTheReadWithEbadfAndClosesOnce) {
+  LayerLog framing, closing;
+  w_.on_accept = [&](int fd) { add_stack(fd, &framing, &closing, Kind::kCloseInUnwrap); };
+  w_.on_conn_data = [&](int fd) {
+    char buf[4];  // smaller than the record: the rest would be kept, in state the close freed
+    errno = 0;
+    const ssize_t n = sock_read(fd, buf, sizeof buf);
+    w_.conns[fd].reads.push_back({n, errno});
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  testing_support::write_all(client, encode("anything"));
+  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
+  settle();
+  EXPECT_EQ(closed_.size(), 1u);
+  const auto& reads = w_.conns[server].reads;
+  ASSERT_EQ(reads.size(), 1u);
+  EXPECT_EQ(reads[0].first, -1);
+  EXPECT_EQ(reads[0].second, EBADF);
+  EXPECT_EQ(closing.unwrap_calls, 1);
+  EXPECT_EQ(framing.on_clear, 1);
+  EXPECT_EQ(closing.on_clear, 1);
   close(client);
 }
 

@@ -365,6 +365,24 @@ TEST_F(UrgentWriteTest, UrgentWriteNeverSplitsAMultiPacketWrite) {
   EXPECT_TRUE(got == expected) << "streams differ at byte " << first_difference(got, expected);
 }
 
+TEST_F(UrgentWriteTest, UrgentWriteNeverCutsTheRestOfAWriteThatWentPartlyToTheKernel) {
+  // A finds the queue empty, so its start goes straight to the kernel, which takes only part
+  // of it (small buffers); the rest is queued. To the queue that rest looks like a fresh
+  // write, but it is the middle of A on the wire: the urgent write must follow it.
+  const std::string a = pattern(3 * kPacket, 22);
+  ASSERT_EQ(sock_write(server_, a.data(), a.size()), 0);
+  const engine::FdSlot* slot = engine::fd_slot(server_);
+  ASSERT_GT(slot->queued_bytes, 0u) << "precondition: the kernel took only part of A";
+  ASSERT_LT(slot->queued_bytes, a.size()) << "precondition: part of A went straight out";
+  const std::string u = "URGENT";
+  ASSERT_EQ(sock_write2(.fd = server_, .buffer = u.data(), .length = u.size(), .urgent = 1), 0);
+
+  const std::string expected = a + u;
+  const std::string got = read_to_eof(client_, expected.size());
+  EXPECT_EQ(got.size(), expected.size());
+  EXPECT_TRUE(got == expected) << "streams differ at byte " << first_difference(got, expected);
+}
+
 TEST_F(UrgentWriteTest, UrgentWriteNeverLandsInsideWritesThatShareAPacket) {
   // A ends 2,048 bytes into its last packet and B is copied into the rest of that packet
   // (coalescing), so no packet boundary separates A from B. The urgent write may only go
