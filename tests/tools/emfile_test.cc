@@ -34,7 +34,6 @@
 namespace {
 
 using Clock = std::chrono::steady_clock;
-using testing_support::connect_loopback;
 using testing_support::describe;
 using testing_support::exited_with;
 using testing_support::ms_left;
@@ -165,18 +164,6 @@ class LimitedServer {
   std::vector<std::string> lines_;
 };
 
-// A blocking client whose reads and writes give up after 10 s instead of hanging.
-int connect_early(int port) {
-  const int fd = connect_loopback(port);
-  if (fd < 0) return -1;
-  const timeval timeout = {10, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
-  const int one = 1;
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  return fd;
-}
-
 // One request, and exactly its response back (or what came before a close or a 10 s silence).
 std::string round_trip(int fd) {
   if (send(fd, kRequest.data(), kRequest.size(), MSG_NOSIGNAL) !=
@@ -279,7 +266,7 @@ TEST_P(EmfileTest, AtTheFdLimitServesExistingClientsWithoutSpinningThenAcceptsWh
 
   std::vector<int> early;
   for (int i = 0; i < kEarlyClients; ++i) {
-    early.push_back(connect_early(port));
+    early.push_back(testing_support::connect_client(port));  // 10 s timeouts
     ASSERT_GE(early.back(), 0);
     ASSERT_EQ(round_trip(early.back()), kResponse) << "early client " << i;
   }
