@@ -6,15 +6,13 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdint>
-
-extern char** environ;
 
 namespace testing_support {
 
@@ -25,30 +23,81 @@ int ms_left(Clock::time_point end) {
   return ms.count() > 0 ? static_cast<int>(ms.count()) : 0;
 }
 
+namespace {
+
+// Runs in the forked child, so async-signal-safe calls only (no allocation, no locks): the
+// parent built argv. The exec-error pipe stays open across the close below and is closed by
+// exec itself (O_CLOEXEC); a failed exec reports its errno through it.
+[[noreturn]] void exec_child(char* const* argv, int out, int err, int exec_error,
+                             rlim_t fd_limit) {
+  if (dup2(out, STDOUT_FILENO) < 0 || dup2(err, STDERR_FILENO) < 0) _exit(126);
+  if (exec_error > 3) close_range(3, static_cast<unsigned>(exec_error) - 1, 0);
+  close_range(static_cast<unsigned>(exec_error) + 1, ~0u, 0);
+  struct sigaction dfl = {};
+  dfl.sa_handler = SIG_DFL;
+  for (const int sig : {SIGINT, SIGTERM, SIGPIPE}) sigaction(sig, &dfl, nullptr);
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, nullptr);
+  const rlimit limit = {fd_limit, fd_limit};
+  if (fd_limit && setrlimit(RLIMIT_NOFILE, &limit) < 0) _exit(126);
+  execv(argv[0], argv);
+  const int e = errno;
+  [[maybe_unused]] const ssize_t w = write(exec_error, &e, sizeof e);
+  _exit(127);
+}
+
+}  // namespace
+
 ServerProcess::ServerProcess(const std::vector<std::string>& args,
                              std::chrono::milliseconds deadline, bool stderr_too)
+    : ServerProcess(args, deadline,
+                    ChildOptions{stderr_too ? ChildStderr::kWithStdout : ChildStderr::kLog}) {}
+
+ServerProcess::ServerProcess(const std::vector<std::string>& args,
+                             std::chrono::milliseconds deadline, const ChildOptions& options)
     : deadline_(deadline) {
-  int out[2];
-  if (pipe2(out, O_CLOEXEC) < 0) return;
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
-  if (stderr_too) posix_spawn_file_actions_adddup2(&actions, out[1], STDERR_FILENO);
   std::vector<char*> argv;
   for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
-  if (posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), environ) != 0) pid_ = -1;
-  posix_spawn_file_actions_destroy(&actions);
-  close(out[1]);  // else this process would hold a write end and EOF would never come
+  int out[2] = {-1, -1}, err[2] = {-1, -1}, exec_error[2] = {-1, -1};
+  const bool own_err = options.stderr_to == ChildStderr::kOwnPipe;
+  if (args.empty() || pipe2(out, O_CLOEXEC) < 0 || (own_err && pipe2(err, O_CLOEXEC) < 0) ||
+      pipe2(exec_error, O_CLOEXEC) < 0) {
+    spawn_error_ = args.empty() ? EINVAL : errno;
+  } else {
+    const int child_err = own_err                                           ? err[1]
+                          : options.stderr_to == ChildStderr::kWithStdout ? out[1]
+                                                                          : STDERR_FILENO;
+    pid_ = fork();
+    if (pid_ == 0) exec_child(argv.data(), out[1], child_err, exec_error[1], options.fd_limit);
+    if (pid_ < 0) spawn_error_ = errno;
+  }
+  // Without these write ends in this process, EOF comes once the child is gone.
+  for (const int fd : {out[1], err[1], exec_error[1]}) {
+    if (fd >= 0) close(fd);
+  }
   out_ = out[0];
+  err_ = err[0];
+  if (err_ >= 0) fcntl(err_, F_SETFL, O_NONBLOCK);
+  if (pid_ > 0) {
+    // EOF: the exec succeeded (it closed the pipe); an errno: it failed, and the child is gone.
+    int e = 0;
+    ssize_t n;
+    while ((n = read(exec_error[0], &e, sizeof e)) < 0 && errno == EINTR) {}
+    if (n > 0) {
+      spawn_error_ = e;
+      waitpid(pid_, nullptr, 0);
+      pid_ = -1;
+    }
+  }
+  if (exec_error[0] >= 0) close(exec_error[0]);
 }
 
 ServerProcess::~ServerProcess() {
-  if (pid_ > 0) {
-    kill(pid_, SIGKILL);
-    waitpid(pid_, nullptr, 0);
-  }
+  if (signal(SIGKILL)) waitpid(pid_, nullptr, 0);
   if (out_ >= 0) close(out_);
+  if (err_ >= 0) close(err_);
 }
 
 std::string ServerProcess::first_line() {
@@ -61,6 +110,7 @@ std::string ServerProcess::first_line() {
 }
 
 int ServerProcess::wait_exit(std::string* output) {
+  if (pid_ <= 0) return -1;
   const auto end = Clock::now() + deadline_;
   char buf[256];
   pollfd p = {out_, POLLIN, 0};
@@ -71,14 +121,26 @@ int ServerProcess::wait_exit(std::string* output) {
     if (output) output->append(buf, static_cast<std::size_t>(n));
   }
   int status = -1;
-  waitpid(pid_, &status, 0);
+  if (waitpid(pid_, &status, 0) != pid_) status = -1;
   pid_ = -1;
   return status;
 }
 
-int ServerProcess::stop() {
-  kill(pid_, SIGTERM);
-  return wait_exit();
+bool ServerProcess::signal(int sig) { return pid_ > 0 && kill(pid_, sig) == 0; }
+
+int ServerProcess::stop() { return signal(SIGTERM) ? wait_exit() : -1; }
+
+const std::vector<std::string>& ServerProcess::stderr_lines() {
+  char buf[4096];
+  ssize_t n;
+  while (err_ >= 0 && (n = read(err_, buf, sizeof buf)) > 0) {
+    err_partial_.append(buf, static_cast<std::size_t>(n));
+  }
+  for (std::size_t nl; (nl = err_partial_.find('\n')) != std::string::npos;) {
+    err_lines_.push_back(err_partial_.substr(0, nl));
+    err_partial_.erase(0, nl + 1);
+  }
+  return err_lines_;
 }
 
 bool exited_with(int status, int code) {

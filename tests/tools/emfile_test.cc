@@ -2,20 +2,16 @@
 // with RLIMIT_NOFILE 64, soft and hard (so sock_max_capacity cannot raise it). 40 keep-alive
 // clients work; then 200 more connect, more than it has fds for: those it cannot accept wait
 // in the backlog, and accept4 fails with EMFILE. At the limit, while the first clients keep
-// sending requests, the server must (a) answer every one of them, (b) use under 10% of one
-// core (a pause, not a spin: a loop that retried accept4 at once would use a whole core),
-// (c) log at most one line per second; and once 30 of the first clients leave, (d) exactly 30
+// sending requests, the server must (a) answer every one of them, (b) use little more CPU than
+// the same load cost it below the limit (a pause, not a spin: a loop that retried accept4 at
+// once would use a whole core), (c) log at most one line per second; and once 30 of the first clients leave, (d) exactly 30
 // connections waiting in the backlog are accepted and answered.
-#include <fcntl.h>
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
-#include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <sys/time.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -37,6 +33,7 @@ using Clock = std::chrono::steady_clock;
 using testing_support::describe;
 using testing_support::exited_with;
 using testing_support::ms_left;
+using testing_support::ServerProcess;
 
 // Runfiles path, relative to the test's working directory.
 constexpr char kBinary[] = "tools/hello_server";
@@ -55,114 +52,28 @@ const std::string kResponse =
     "HTTP/1.1 200 OK\r\nContent-Length: 12\r\nContent-Type: text/plain\r\n"
     "Connection: keep-alive\r\n\r\nHello World!";
 
-// The server as a child with a lowered fd limit and both its stdout and stderr read here
-// (ServerProcess leaves stderr to the log and has no limits).
-class LimitedServer {
- public:
-  LimitedServer(const std::vector<std::string>& args, rlim_t nofile) {
-    int out[2], err[2];
-    if (pipe2(out, O_CLOEXEC) < 0) return;
-    if (pipe2(err, O_CLOEXEC) < 0) return;
-    std::vector<char*> argv;
-    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    const rlimit limit = {nofile, nofile};
-    pid_ = fork();
-    if (pid_ == 0) {  // only async-signal-safe calls until exec
-      if (dup2(out[1], STDOUT_FILENO) < 0 || dup2(err[1], STDERR_FILENO) < 0) _exit(126);
-      // Start with exactly 0, 1 and 2, whatever the test runner left open without CLOEXEC.
-      close_range(3, ~0u, 0);
-      if (setrlimit(RLIMIT_NOFILE, &limit) < 0) _exit(126);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    close(out[1]);  // else EOF would never come
-    close(err[1]);
-    out_ = out[0];
-    err_ = err[0];
-    fcntl(err_, F_SETFL, O_NONBLOCK);
+// utime + stime of all the threads of process `pid`, in seconds (/proc/PID/stat fields 14 and
+// 15, counted after the ")" that ends the command name).
+double cpu_seconds(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::istringstream fields(stat.substr(stat.rfind(')') + 2));
+  std::string field;
+  unsigned long long ticks = 0;
+  for (int i = 3; i <= 15 && fields >> field; ++i) {
+    if (i >= 14) ticks += std::stoull(field);
   }
-  ~LimitedServer() {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-    if (out_ >= 0) close(out_);
-    if (err_ >= 0) close(err_);
+  return static_cast<double>(ticks) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+int open_fds(pid_t pid) {
+  int n = 0;
+  for ([[maybe_unused]] const auto& e :
+       std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd")) {
+    ++n;
   }
-  LimitedServer(const LimitedServer&) = delete;
-  LimitedServer& operator=(const LimitedServer&) = delete;
-
-  bool started() const { return pid_ > 0 && out_ >= 0 && err_ >= 0; }
-  int stderr_fd() const { return err_; }
-
-  std::string first_line() {
-    const auto end = Clock::now() + kDeadline;
-    std::string line;
-    char c;
-    pollfd p = {out_, POLLIN, 0};
-    while (poll(&p, 1, ms_left(end)) > 0 && read(out_, &c, 1) == 1 && c != '\n') line += c;
-    return line;
-  }
-
-  // Reads what stderr has without blocking; returns the complete lines seen so far.
-  const std::vector<std::string>& stderr_lines() {
-    char buf[4096];
-    ssize_t n;
-    while ((n = read(err_, buf, sizeof buf)) > 0) partial_.append(buf, static_cast<size_t>(n));
-    for (std::size_t nl; (nl = partial_.find('\n')) != std::string::npos;) {
-      lines_.push_back(partial_.substr(0, nl));
-      partial_.erase(0, nl + 1);
-    }
-    return lines_;
-  }
-
-  // utime + stime of all its threads, in seconds (/proc/PID/stat fields 14 and 15, counted
-  // after the ")" that ends the command name).
-  double cpu_seconds() const {
-    std::ifstream in("/proc/" + std::to_string(pid_) + "/stat");
-    std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    std::istringstream fields(stat.substr(stat.rfind(')') + 2));
-    std::string field;
-    unsigned long long ticks = 0;
-    for (int i = 3; i <= 15 && fields >> field; ++i) {
-      if (i >= 14) ticks += std::stoull(field);
-    }
-    return static_cast<double>(ticks) / static_cast<double>(sysconf(_SC_CLK_TCK));
-  }
-
-  int open_fds() const {
-    int n = 0;
-    for ([[maybe_unused]] const auto& e :
-         std::filesystem::directory_iterator("/proc/" + std::to_string(pid_) + "/fd")) {
-      ++n;
-    }
-    return n;
-  }
-
-  // SIGTERM, then the wait status once stdout reaches EOF (-1 past the deadline).
-  int stop() {
-    kill(pid_, SIGTERM);
-    const auto end = Clock::now() + kDeadline;
-    char buf[256];
-    pollfd p = {out_, POLLIN, 0};
-    for (;;) {
-      if (poll(&p, 1, ms_left(end)) <= 0) return -1;
-      if (read(out_, buf, sizeof buf) <= 0) break;
-    }
-    int status = -1;
-    waitpid(pid_, &status, 0);
-    pid_ = -1;
-    return status;
-  }
-
- private:
-  pid_t pid_ = -1;
-  int out_ = -1;
-  int err_ = -1;
-  std::string partial_;
-  std::vector<std::string> lines_;
-};
+  return n;
+}
 
 // One request, and exactly its response back (or what came before a close or a 10 s silence).
 std::string round_trip(int fd) {
@@ -213,7 +124,7 @@ int count_answered(const std::vector<LateClient>& late) {
 
 // Waits up to timeout_ms for the late clients or the server's stderr, then moves each late
 // client along (sends its request once connected, reads its answer) and reads the stderr.
-void pump(std::vector<LateClient>& late, LimitedServer& server, int timeout_ms) {
+void pump(std::vector<LateClient>& late, ServerProcess& server, int timeout_ms) {
   std::vector<pollfd> fds;
   for (const LateClient& c : late) {
     const bool waiting = c.error == 0 && c.in.size() < kResponse.size();
@@ -256,8 +167,9 @@ class EmfileTest : public ::testing::TestWithParam<std::vector<std::string>> {};
 TEST_P(EmfileTest, AtTheFdLimitServesExistingClientsWithoutSpinningThenAcceptsWhenFdsFree) {
   std::vector<std::string> args = {kBinary, "--port", "0"};
   args.insert(args.end(), GetParam().begin(), GetParam().end());
-  LimitedServer server(args, kFdLimit);
-  ASSERT_TRUE(server.started());
+  ServerProcess server(args, kDeadline,
+                       {.stderr_to = testing_support::ChildStderr::kOwnPipe, .fd_limit = kFdLimit});
+  ASSERT_TRUE(server.started()) << "spawn: " << std::strerror(server.spawn_error());
   int port = 0;
   const std::string line = server.first_line();
   ASSERT_EQ(std::sscanf(line.c_str(), "hello_server listening on http://0.0.0.0:%d/", &port), 1)
@@ -271,8 +183,38 @@ TEST_P(EmfileTest, AtTheFdLimitServesExistingClientsWithoutSpinningThenAcceptsWh
     ASSERT_EQ(round_trip(early.back()), kResponse) << "early client " << i;
   }
 
-  // More connections than fds: the server accepts what it can, then accept4 says EMFILE.
+  // kWindow of the paced load on the early clients, with the late clients (if any) pumped
+  // meanwhile: the requests answered and the server's CPU and log lines over the wall time.
   std::vector<LateClient> late;
+  struct Window {
+    int requests = 0;
+    double cpu = 0, wall = 0;
+    std::size_t lines = 0;
+  };
+  const auto paced_window = [&](const char* what) {
+    Window w;
+    const std::size_t lines_before = server.stderr_lines().size();
+    const double cpu_before = cpu_seconds(server.pid());
+    const auto start = Clock::now();
+    while (Clock::now() - start < kWindow) {
+      const std::string got = round_trip(early[static_cast<std::size_t>(w.requests % kEarlyClients)]);
+      EXPECT_EQ(got, kResponse) << "request " << w.requests << " " << what;
+      if (got != kResponse) break;
+      ++w.requests;
+      pump(late, server, kPaceMs);  // also the pace of the requests
+    }
+    w.cpu = cpu_seconds(server.pid()) - cpu_before;
+    w.wall = std::chrono::duration<double>(Clock::now() - start).count();
+    w.lines = server.stderr_lines().size() - lines_before;
+    std::printf("%s: %d requests answered, server CPU %.3f s over %.2f s, %zu log lines\n", what,
+                w.requests, w.cpu, w.wall, w.lines);
+    return w;
+  };
+  // What the load itself costs this server on this machine now (sanitizers and a busy machine
+  // make it dearer), for the comparison at the limit.
+  const Window below = paced_window("below the limit");
+
+  // More connections than fds: the server accepts what it can, then accept4 says EMFILE.
   for (int i = 0; i < kLateClients; ++i) {
     late.push_back(connect_late(port));
     ASSERT_EQ(late.back().error, 0)
@@ -288,28 +230,20 @@ TEST_P(EmfileTest, AtTheFdLimitServesExistingClientsWithoutSpinningThenAcceptsWh
     pump(late, server, kPaceMs);
   }
   ASSERT_TRUE(hit_limit()) << "no EMFILE line on stderr:\n" << joined(server.stderr_lines());
-  EXPECT_EQ(server.open_fds(), static_cast<int>(kFdLimit));
+  EXPECT_EQ(open_fds(server.pid()), static_cast<int>(kFdLimit));
 
-  // At the limit: the early clients keep asking, the server keeps pausing its accepts.
-  const std::size_t lines_before = server.stderr_lines().size();
-  const double cpu_before = server.cpu_seconds();
-  const auto start = Clock::now();
-  int requests = 0;
-  while (Clock::now() - start < kWindow) {
-    ASSERT_EQ(round_trip(early[static_cast<std::size_t>(requests % kEarlyClients)]), kResponse)
-        << "request " << requests << " at the limit";
-    ++requests;
-    pump(late, server, kPaceMs);  // also the pace of the requests
-  }
-  const double cpu = server.cpu_seconds() - cpu_before;
-  const double wall = std::chrono::duration<double>(Clock::now() - start).count();
-  const std::size_t lines = server.stderr_lines().size() - lines_before;
-  std::printf("at the limit: %d requests answered, server CPU %.2f s over %.2f s, %zu log lines\n",
-              requests, cpu, wall, lines);
-  EXPECT_LT(cpu, 0.10 * wall) << "server CPU " << cpu << " s over " << wall << " s at the limit";
-  EXPECT_LE(static_cast<double>(lines), wall + 1) << "stderr lines in " << wall << " s:\n"
-                                                  << joined(server.stderr_lines());
-  EXPECT_EQ(server.open_fds(), static_cast<int>(kFdLimit));
+  // At the limit: the early clients keep asking, the server keeps pausing its accepts. A loop
+  // that retried accept4 at once would burn a core; pausing costs next to nothing beside the
+  // same load below the limit. The bound scales with that load's own cost, so a slow or busy
+  // machine cannot fail it, while a spin (most of a core) still does.
+  const Window at = paced_window("at the limit");
+  EXPECT_LT(at.cpu, 2 * below.cpu * at.wall / below.wall + 0.05 * at.wall)
+      << "server CPU " << at.cpu << " s over " << at.wall << " s at the limit, against "
+      << below.cpu << " s over " << below.wall << " s for the same load below it";
+  EXPECT_LE(static_cast<double>(at.lines), at.wall + 1) << "stderr lines in " << at.wall
+                                                        << " s:\n"
+                                                        << joined(server.stderr_lines());
+  EXPECT_EQ(open_fds(server.pid()), static_cast<int>(kFdLimit));
   // The late connections it did accept were answered long ago; the others still wait.
   const int answered_at_limit = count_answered(late);
   ASSERT_LT(answered_at_limit + kLeaving, kLateClients);
