@@ -34,12 +34,6 @@ constexpr std::size_t kDefaultHighWatermark = std::size_t{1} << 20;
 constexpr std::size_t kDefaultLowWatermark = kDefaultHighWatermark / 4;
 static_assert(kDefaultLowWatermark < kDefaultHighWatermark);
 
-int64_t now_ms() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1000000;
-}
-
 // The generation is checked first, with acquire: when the number moved to another reactor,
 // the slot's other fields belong to that reactor's thread and must not be read here.
 bool is_current(const FdSlot& slot, uint32_t generation, const Reactor* r) {
@@ -85,7 +79,7 @@ int Reactor::init() {
   pool_ = alloc::BlockPool::create<sizeof(Packet)>(alloc::Sharing::kOwnerThread);
   if (!pool_) return -1;
   limits_ = ReactorLimits{0, kDefaultHighWatermark, kDefaultLowWatermark, 0};
-  epoch_ms_ = now_ms_ = now_ms();
+  epoch_ms_ = now_ms_ = read_clock();
   wheel_ = TimerWheel(now_ms_);
   api_->last_tick = time(nullptr);
   return 0;
@@ -99,13 +93,27 @@ void Reactor::set_limits(const ReactorLimits& limits) {
   pool_->set_limit(limits_.memory_budget / sizeof(Packet));
 }
 
+int64_t Reactor::monotonic_ms(void*) {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1000000;
+}
+
+void Reactor::set_clock(ClockFn clock, void* context) {
+  clock_ = clock;
+  clock_context_ = context;
+  epoch_ms_ = now_ms_ = read_clock();
+  now_tick_ = 1;
+  wheel_ = TimerWheel(now_ms_);
+}
+
 uint32_t Reactor::ticks_of(uint64_t ms) {
   const uint64_t tick = static_cast<uint64_t>(TimerWheel::kTickMs);
   return static_cast<uint32_t>((ms + tick - 1) / tick);
 }
 
 void Reactor::tick_clock() {
-  now_ms_ = now_ms();
+  now_ms_ = read_clock();
   // Tick k covers [epoch + (k-1) * kTickMs, epoch + k * kTickMs); tick 0 means "none". An
   // expiry X has passed once now_tick_ >= X, and activity is stamped one tick ahead
   // (stamp_activity), so with durations rounded up a timeout never fires early.
@@ -368,7 +376,7 @@ int Reactor::detach(int fd, FdSlot& slot) {
 
 void Reactor::begin_stop() {
   stopping_ = true;
-  stop_deadline_ms_ = now_ms() + stop_drain_ms_;
+  stop_deadline_ms_ = read_clock() + stop_drain_ms_;
   std::vector<uint64_t> keys;
   // Other reactors' slots are only looked at through the atomic owner (their other fields
   // belong to other threads).
@@ -392,7 +400,7 @@ void Reactor::begin_stop() {
 }
 
 bool Reactor::finish_stop_if_done() {
-  if (attached_ && now_ms() < stop_deadline_ms_) return false;
+  if (attached_ && read_clock() < stop_deadline_ms_) return false;
   fd_table_for_each([&](int fd, FdSlot& slot) {
     if (load_owner(slot) == this && (slot.flags & kAttached)) {
       close_now(fd, slot, CloseReason::kLocal);

@@ -120,6 +120,13 @@ class Reactor {
   void set_limits(const ReactorLimits& limits);
   const ReactorLimits& limits() const { return limits_; }
 
+  // The clock behind the reactor's timeouts and its stop deadline, in monotonic milliseconds
+  // (CLOCK_MONOTONIC by default), read once per loop iteration. Tests install one they step by
+  // hand, so that timeouts are checked to the tick whatever the machine's speed. Owner thread,
+  // before any connection is open on the reactor (the wheel and the tick count restart from
+  // the new clock's now).
+  using ClockFn = int64_t (*)(void* context);
+  void set_clock(ClockFn clock, void* context);
   // The reactor's clock in wheel ticks (0 is reserved for "none"), updated once per loop.
   uint32_t now_tick() const { return now_tick_; }
   // Restarts fd's idle timer: a read or a write that made progress.
@@ -159,6 +166,8 @@ class Reactor {
   void tick_clock();
   void expire_timers();
   void resume_if_drained(int fd, FdSlot& slot, bool notify_ready);
+  static int64_t monotonic_ms(void* unused);
+  int64_t read_clock() const { return clock_(clock_context_); }
 
   struct ::Reactor* api_;
   int epoll_fd_ = -1;
@@ -175,6 +184,8 @@ class Reactor {
   ReactorLimits limits_;
   uint32_t idle_ticks_ = 0;  // limits_.idle_timeout_ms in ticks: every fd without kOwnIdle
   std::atomic<uint64_t> queued_total_{0};
+  ClockFn clock_ = &Reactor::monotonic_ms;
+  void* clock_context_ = nullptr;
   int64_t epoch_ms_ = 0;  // the clock's origin: tick 1 starts here
   int64_t now_ms_ = 0;
   uint32_t now_tick_ = 1;

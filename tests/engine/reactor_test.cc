@@ -9,7 +9,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <initializer_list>
@@ -22,6 +24,7 @@
 #include "engine/libreact.h"
 #include "engine/libsock.h"
 #include "engine/reactor.h"
+#include "tests/testing/fake_clock.h"
 #include "tests/testing/loopback.h"
 #include "tests/testing/reactor_fixture.h"
 #include "tests/testing/run_until.h"
@@ -742,6 +745,65 @@ TEST_F(ReactorTest, IdleReactorStopsInOneReview) {
   EXPECT_EQ(reactor_review(&r_), -1);
   EXPECT_EQ(errno, 0);
   EXPECT_EQ(r_._impl, nullptr);
+}
+
+// A peer that never reads cannot hold a stop forever, and the cap does not cut the peers that
+// do read: their queues drain completely, and what is left closes when the drain limit
+// (libreact.h, reactor_stop: 5 s) has passed since the stop began. The reactor reads a fake
+// clock stepped by hand, so the cap is checked to the millisecond on any machine.
+TEST_F(ReactorTest, StopClosesAPeerThatNeverReadsAtTheFiveSecondDrainLimit) {
+  constexpr int64_t kDrainLimitMs = 5000;
+  testing_support::FakeClock clock;
+  clock.install(&r_);
+  auto l = listen_loopback();
+  ASSERT_EQ(reactor_add(&r_, l.fd), 0);
+  const std::string response = pattern(1024 * 1024, 62);
+  std::vector<int> conns;
+  calls_.on_data = [&](struct Reactor* r, int fd) {
+    if (fd != l.fd) return;
+    int s;
+    while ((s = sock_accept(r, fd)) >= 0) {
+      set_sndbuf(s, kSmallBuffer);
+      conns.push_back(s);
+      EXPECT_EQ(sock_write(s, response.data(), response.size()), 0);
+    }
+  };
+  UniqueFd reader(connect_client(l.port, kSmallBuffer));
+  UniqueFd idler(connect_client(l.port, kSmallBuffer));
+  ASSERT_TRUE(run_until(&r_, [&] { return conns.size() == 2; }));
+
+  reactor_stop(&r_);
+  engine::Reactor* r = engine::Reactor::of(&r_, false);
+  ASSERT_NE(r, nullptr);
+  const int64_t began = clock.now_ms();  // the next iteration begins the stop
+  Sink got, idle_got;
+  // Until 1 ms before the limit, the reactor keeps running.
+  for (;;) {
+    ASSERT_GE(r->run_once(0), 0) << "stopped " << clock.now_ms() - began << " ms after it began";
+    pump(reader.get(), &got);
+    const int64_t left = began + kDrainLimitMs - 1 - clock.now_ms();
+    if (left == 0) break;
+    clock.advance(std::chrono::milliseconds(std::min<int64_t>(10, left)));
+  }
+  EXPECT_TRUE(got.eof) << "the reader's queue drained and closed before the limit";
+  EXPECT_EQ(got.bytes.size(), response.size());
+  EXPECT_TRUE(got.bytes == response);
+  EXPECT_GT(slot_of(conns[1]).queued_bytes, 0u) << "the idler still has output queued";
+
+  // At the limit: the rest closes and the stop completes in this iteration.
+  clock.advance(std::chrono::milliseconds(1));
+  errno = EINVAL;
+  EXPECT_EQ(r->run_once(0), -1);
+  EXPECT_EQ(errno, 0);
+  EXPECT_EQ(r_._impl, nullptr);
+  EXPECT_EQ(calls_.close[conns[0]], 1);
+  EXPECT_EQ(calls_.close[conns[1]], 1);
+  // The idler got a prefix of its response, then the close.
+  pollfd p{idler.get(), POLLIN, 0};
+  while (!idle_got.ended() && poll(&p, 1, 20000) > 0) pump(idler.get(), &idle_got);
+  EXPECT_TRUE(idle_got.ended());
+  EXPECT_LT(idle_got.bytes.size(), response.size());
+  EXPECT_EQ(testing_support::first_difference(idle_got.bytes, response), idle_got.bytes.size());
 }
 
 // ---------------------------------------------------------------------------------------
