@@ -242,7 +242,17 @@ TEST(BlockPoolTest, CheckoutReturnsNullWithEnomemWhenJemallocFails) {
   EXPECT_EQ(pool.counters().checkouts, 0u);
 }
 
-TEST(BlockPoolTest, GiveBackOfNullIsIgnored) { BlockPool::give_back(nullptr); }
+TEST(BlockPoolTest, GiveBackOfNullIsIgnored) {
+  std::unique_ptr<BlockPool> pool = BlockPool::create<kPacketBytes>(Sharing::kOwnerThread);
+  void* block = pool->checkout();
+  ASSERT_NE(block, nullptr);
+  BlockPool::give_back(nullptr);
+  const PoolCounters c = pool->counters();
+  EXPECT_EQ(c.returns, 0u);
+  EXPECT_EQ(c.outstanding, 1u);
+  BlockPool::give_back(block);
+  EXPECT_EQ(pool->counters().outstanding, 0u);
+}
 
 // --- Destruction --------------------------------------------------------------------------------
 
@@ -260,11 +270,18 @@ TEST(BlockPoolTest, DestroyingPoolWithBlocksOutLeaksTheirChunkInsteadOfFreeingIt
 }
 
 TEST(BlockPoolTest, CreatingAndDestroyingManyPoolsDoesNotExhaustJemallocArenas) {
-  // More pools than jemalloc's 4095 arenas: each empty pool must destroy its arena.
+  // More pools than jemalloc's 4095 arenas: each empty pool must destroy its arena, or
+  // creating one (it needs an arena of its own) fails before the loop ends.
+  const uint64_t leaked_before = BlockPool::leaked_chunks_total();
   for (int i = 0; i < 5000; ++i) {
     std::unique_ptr<BlockPool> pool = BlockPool::create<kPacketBytes>(Sharing::kOwnerThread);
-    BlockPool::give_back(pool->checkout());
+    ASSERT_NE(pool, nullptr) << "pool " << i << ": " << std::strerror(errno);
+    void* block = pool->checkout();
+    ASSERT_NE(block, nullptr) << "pool " << i << ": " << std::strerror(errno);
+    BlockPool::give_back(block);
+    EXPECT_EQ(pool->counters().outstanding, 0u);
   }
+  EXPECT_EQ(BlockPool::leaked_chunks_total(), leaked_before) << "an empty pool leaked its chunk";
 }
 
 TEST(BlockPoolDeathTest, GivingABlockBackTwiceAborts) {

@@ -320,10 +320,28 @@ TEST(TimerWheel, NextTimeoutIsMinusOneWhenEmpty) {
   TimerWheel wheel(42);
   EXPECT_EQ(wheel.next_timeout_ms(42), -1);
   wheel.schedule(1, 500);
-  EXPECT_GE(wheel.next_timeout_ms(42), 0);
+  // 500 is the start of tick 10 (kTickMs 50): the wait ends exactly there.
+  static_assert(TimerWheel::kTickMs == 50);
+  EXPECT_EQ(wheel.next_timeout_ms(42), 500 - 42);
   std::vector<Fired> fired;
   advance_to(wheel, 500, fired);
   EXPECT_EQ(wheel.next_timeout_ms(500), -1);
+}
+
+TEST(TimerWheel, NextTimeoutEndsAtTheStartOfTheTickHoldingTheEarliestDue) {
+  TimerWheel wheel(1'010);
+  wheel.schedule(1, 1'530);  // tick 30 (1,500 to 1,549)
+  wheel.schedule(2, 1'720);  // tick 34
+  EXPECT_EQ(wheel.next_timeout_ms(1'010), 1'500 - 1'010);
+  EXPECT_EQ(wheel.next_timeout_ms(1'499), 1);
+  // Inside the tick that holds a due, the wait runs to the next boundary.
+  std::vector<Fired> fired;
+  advance_to(wheel, 1'510, fired);
+  EXPECT_TRUE(fired.empty());
+  EXPECT_EQ(wheel.next_timeout_ms(1'510), 1'550 - 1'510);
+  advance_to(wheel, 1'530, fired);
+  ASSERT_EQ(fired.size(), 1u);
+  EXPECT_EQ(wheel.next_timeout_ms(1'530), 1'700 - 1'530);
 }
 
 TEST(TimerWheel, NextTimeoutIsZeroForADueInThePast) {

@@ -385,22 +385,29 @@ TEST_F(UrgentWriteTest, UrgentWriteNeverCutsTheRestOfAWriteThatWentPartlyToTheKe
 
 TEST_F(UrgentWriteTest, UrgentWriteNeverLandsInsideWritesThatShareAPacket) {
   // A ends 2,048 bytes into its last packet and B is copied into the rest of that packet
-  // (coalescing), so no packet boundary separates A from B. The urgent write may only go
-  // where a packet starts a write: after A and before B would need one, so it follows B
-  // (libsock.h: "at the next packet boundary"). Either way it must never cut A or B.
+  // (coalescing) and on into one more, which continues B and so starts no write. No packet
+  // boundary that starts a write follows A, so the urgent write goes last (libsock.h: "before
+  // the first queued packet that starts a write"): never between A and B, never inside either.
   const std::string a = pattern(512 * 1024, 22);
+  ASSERT_EQ(a.size() % kPacket, 2048u) << "precondition: A ends inside its last packet";
+  // A first write that goes straight to the kernel, so that A is queued whole.
+  ASSERT_EQ(sock_write(server_, "<", 1), 0);
   ASSERT_EQ(sock_write(server_, a.data(), a.size()), 0);
   flush_until_blocked();
+  const engine::FdSlot* slot = engine::fd_slot(server_);
+  ASSERT_NE(slot->head, slot->tail)
+      << "precondition: A's last packet has not started sending, so B merges into it";
   const std::string b = pattern(20000, 23);
   const std::string u = "URGENT";
   ASSERT_EQ(sock_write(server_, b.data(), b.size()), 0);
   ASSERT_EQ(sock_write2(.fd = server_, .buffer = u.data(), .length = u.size(), .urgent = 1), 0);
 
-  const std::string got = read_to_eof(client_, a.size() + b.size() + u.size());
-  EXPECT_TRUE(got == a + u + b || got == a + b + u)
-      << "the urgent write split a message; streams differ from A+U+B at byte "
-      << first_difference(got, a + u + b) << " and from A+B+U at byte "
-      << first_difference(got, a + b + u);
+  const std::string expected = "<" + a + b + u;
+  const std::string got = read_to_eof(client_, expected.size());
+  EXPECT_EQ(got.size(), expected.size());
+  EXPECT_TRUE(got == expected) << "streams differ at byte " << first_difference(got, expected)
+                               << " (A ends at " << 1 + a.size() << ", B at "
+                               << 1 + a.size() + b.size() << ")";
 }
 
 TEST_F(UrgentWriteTest, UrgentWritesGoBeforeUnstartedWritesInTheirOwnOrder) {

@@ -14,6 +14,16 @@
 namespace {
 
 std::atomic<int> g_opened{0}, g_closed{0};
+// The shards' reactors, published before any client connects, and the connections each opened.
+std::atomic<Reactor*> g_shard[2];
+std::atomic<int> g_opened_on[2];
+
+void count_open(Reactor* r, int) {
+  ++g_opened;
+  for (int i = 0; i < 2; ++i) {
+    if (g_shard[i].load() == r) ++g_opened_on[i];
+  }
+}
 
 void echo(struct Reactor*, int fd) {
   char buf[4096];
@@ -24,11 +34,14 @@ void echo(struct Reactor*, int fd) {
 TEST(ServerSmokeTest, EchoesOnEveryShardAndStopsCleanly) {
   for (int mode : {SOCK_ACCEPT_THREAD, SOCK_ACCEPT_REUSEPORT}) {
     g_opened = g_closed = 0;
+    g_opened_on[0] = g_opened_on[1] = 0;
     SockServer* server = sock_server_start(.address = "127.0.0.1", .port = "0", .threads = 2,
                                            .accept_mode = mode, .on_data = echo,
                                            .on_close = [](Reactor*, int) { ++g_closed; },
-                                           .on_open = [](Reactor*, int) { ++g_opened; });
+                                           .on_open = count_open);
     ASSERT_NE(server, nullptr);
+    ASSERT_EQ(sock_server_shard_count(server), 2);
+    for (int i = 0; i < 2; ++i) g_shard[i] = sock_server_shard(server, i);
     std::vector<int> clients;
     for (int i = 0; i < 20; ++i) clients.push_back(testing_support::connect_client(sock_server_port(server)));
     for (std::size_t i = 0; i < clients.size(); ++i) {
@@ -46,6 +59,17 @@ TEST(ServerSmokeTest, EchoesOnEveryShardAndStopsCleanly) {
       EXPECT_TRUE(got == msg) << "client " << i;
     }
     EXPECT_EQ(g_opened.load(), 20);
+    EXPECT_EQ(g_opened_on[0] + g_opened_on[1], 20) << "a connection opened on no shard";
+    if (mode == SOCK_ACCEPT_THREAD) {
+      // Round-robin placement: one each in turn.
+      EXPECT_EQ(g_opened_on[0].load(), 10);
+      EXPECT_EQ(g_opened_on[1].load(), 10);
+    } else {
+      // The kernel hashes each connection's addresses to a listener: 20 connections all
+      // hashed to one of two listeners would be a 1 in 500,000 chance.
+      EXPECT_GT(g_opened_on[0].load(), 0);
+      EXPECT_GT(g_opened_on[1].load(), 0);
+    }
     EXPECT_EQ(sock_server_stop(server), 0);
     EXPECT_EQ(g_closed.load(), 20);
     for (int c : clients) close(c);
