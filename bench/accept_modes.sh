@@ -13,7 +13,8 @@ rounds=${1:-3} secs=${2:-5} conns=${3:-64}
 source tools/deps && deps_ensure --bench
 
 bazel build -c opt //tools:hello_server >/dev/null 2>&1
-work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+source bench/children.sh
+work=$(mktemp -d); trap 'kill_jobs; rm -rf "$work"' EXIT
 hz=$(getconf CLK_TCK)
 
 declare -A flags=(
@@ -79,7 +80,7 @@ for ((r = 0; r < rounds; r++)); do
   for mode in "${order[@]}"; do
     start_server "$mode"
     results[$mode]+="$(measure)"$'\n'
-    kill "$pid"; wait "$pid" 2>/dev/null || true
+    stop_child "$pid"
   done
   order=("${order[@]:1}" "${order[0]}")  # rotate: A B C, B C A, C A B, ...
 done

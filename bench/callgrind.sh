@@ -21,7 +21,8 @@ bazel build -c opt //tools:http_server //bench:raw_epoll >/dev/null 2>&1
 bin=$(bazel info -c opt bazel-bin 2>/dev/null)
 out=bench/callgrind-out
 rm -rf "$out" && mkdir -p "$out"
-work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+source bench/children.sh
+work=$(mktemp -d); trap 'kill_jobs; rm -rf "$work"' EXIT
 cp "$bin/tools/http_server" "$bin/bench/raw_epoll" "$work/"
 
 declare -A port=([ours]=18085 [raw]=18086)
@@ -58,7 +59,7 @@ for load in c64 pipe16; do
     # shellcheck disable=SC2086
     reqs=$(wrk -t1 ${loads[$load]} -d"${secs}s" "$url" | awk '/requests in/ {print $1}')
     callgrind_control -d "$pid" >/dev/null 2>&1
-    kill "$pid"; wait "$pid" 2>/dev/null || true
+    stop_child "$pid"
     dump="$out/$name-$load.out.1"  # the -d dump; the exit writes the file without suffix
     ir=$(total_ir "$dump")
     per[$load/$name]=$(awk -v i="$ir" -v r="$reqs" 'BEGIN {printf "%.0f", i / r}')

@@ -19,7 +19,8 @@ source tools/deps && deps_ensure --bench
 
 ulimit -n "$(ulimit -Hn)"
 bazel build -c opt //tools:http_server //bench:raw_epoll >/dev/null 2>&1
-work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+source bench/children.sh
+work=$(mktemp -d); trap 'kill_jobs; rm -rf "$work"' EXIT
 # Copies of the -c opt binaries: the bazel-bin link follows whichever build ran last, and a
 # rebuild during the run must not swap a server under us.
 bin=$(bazel info -c opt bazel-bin 2>/dev/null)
@@ -63,7 +64,7 @@ start_server() {  # exec: $! is then the server itself, whose /proc/PID/stat we 
   done
   echo "compare.sh: $1 did not start:" >&2; cat "$work/$1.log" >&2; exit 1
 }
-stop_server() { kill "$pid"; wait "$pid" 2>/dev/null || true; }
+stop_server() { stop_child "$pid"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 # Steady-state CPU per request, for the loads with many connections: a run's CPU includes

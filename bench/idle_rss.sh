@@ -21,9 +21,10 @@ bazel build -c opt //tools:http_server //bench:idle_clients >/dev/null 2>&1
 work=$(mktemp -d)
 server_pid=""
 client_pids=()
+source bench/children.sh
 cleanup() {
-  for p in "${client_pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
+  for p in "${client_pids[@]}"; do kill_child "$p"; done
+  kill_child "$server_pid"
   exec 3>&- 2>/dev/null || true
   rm -rf "$work"
 }
@@ -61,11 +62,10 @@ start_server() {  # NAME
 }
 
 stop_all() {
-  for p in "${client_pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${client_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  for p in "${client_pids[@]}"; do kill_child "$p"; done
+  for p in "${client_pids[@]}"; do stop_child "$p"; done
   client_pids=()
-  kill "$server_pid" 2>/dev/null || true
-  wait "$server_pid" 2>/dev/null || true
+  stop_child "$server_pid"
   server_pid=""
 }
 
