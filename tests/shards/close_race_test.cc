@@ -25,13 +25,13 @@
 #include "engine/libsock.h"
 #include "shards/server.h"
 #include "tests/testing/loopback.h"
+#include "tests/testing/wait_for.h"
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using testing_support::wait_for;
 
-// A deadline for anything that needs the other threads to make progress (sanitizers included).
-constexpr auto kDeadline = std::chrono::seconds(60);
 
 // What the callbacks saw, per connection. A connection is known by its handle (sock_fd2uuid in
 // on_open). on_close receives only the fd number, which another shard may have reused by then,
@@ -122,16 +122,6 @@ void echo(Reactor*, int fd) {
   char buf[65536];
   ssize_t n;
   while ((n = sock_read(fd, buf, sizeof buf)) > 0) sock_write(fd, buf, static_cast<std::size_t>(n));
-}
-
-template <typename Cond>
-bool wait_for(Cond&& cond) {
-  const auto end = Clock::now() + kDeadline;
-  while (!cond()) {
-    if (Clock::now() > end) return false;
-    std::this_thread::yield();
-  }
-  return true;
 }
 
 std::size_t count_entries(const char* dir) {

@@ -29,10 +29,11 @@
 #include "engine/libsock.h"
 #include "shards/server.h"
 #include "tests/testing/loopback.h"
+#include "tests/testing/wait_for.h"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using testing_support::wait_for;
 
 #if defined(__SANITIZE_THREAD__)
 constexpr uint32_t kRecordsPerWriter = 100000;  // TSan runs the same code about 10x slower
@@ -47,8 +48,6 @@ static_assert(kRecordsPerWriter % kBatch == 0);
 // writer that outruns the shard would park up to a million calls in the inbox; with it the
 // test proves delivery and order, not how much an unbounded queue can absorb.
 constexpr uint32_t kWindow = 1u << 15;
-// A deadline for anything that needs the other threads to make progress (sanitizers included).
-constexpr auto kDeadline = std::chrono::seconds(90);
 
 // The unit every writer posts: one sock_write of 8 bytes.
 struct Record {
@@ -169,17 +168,6 @@ void on_data(Reactor* r, int fd) {
     default:
       break;
   }
-}
-
-// Polls cond (which may pump clients) until it holds or the deadline passes.
-template <typename Cond>
-bool wait_for(Cond&& cond) {
-  const auto end = Clock::now() + kDeadline;
-  while (!cond()) {
-    if (Clock::now() > end) return false;
-    std::this_thread::yield();
-  }
-  return true;
 }
 
 // A client's view of a stream of Records: checked in order per writer as they arrive.
