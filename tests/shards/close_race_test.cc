@@ -66,14 +66,6 @@ struct Tracker {
 };
 Tracker* g = nullptr;
 
-int port_of(int fd, bool peer) {
-  sockaddr_in addr{};
-  socklen_t len = sizeof addr;
-  const int r = peer ? getpeername(fd, reinterpret_cast<sockaddr*>(&addr), &len)
-                     : getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  return r < 0 ? -1 : ntohs(addr.sin_port);
-}
-
 void track_open(Reactor* r, int fd) {
   const intptr_t uuid = sock_fd2uuid(fd);
   {
@@ -81,7 +73,7 @@ void track_open(Reactor* r, int fd) {
     Conn& c = g->conns[uuid];
     c.shard = r;
     c.fd = fd;
-    c.peer_port = port_of(fd, true);
+    c.peer_port = testing_support::peer_port(fd);
     ++c.opens;
     if (!g->live.emplace(std::make_pair(r, fd), uuid).second) ++g->reopened;
   }
@@ -186,7 +178,7 @@ class CloseRaceTest : public ::testing::Test {
     ASSERT_TRUE(wait_for([&] { return g->opens.load() >= target; }));
     std::lock_guard<std::mutex> lock(g->mu);
     for (std::size_t i = first; i < clients_.size(); ++i) {
-      const int port = port_of(clients_[i].fd, false);
+      const int port = testing_support::local_port(clients_[i].fd);
       for (const auto& [uuid, c] : g->conns) {
         if (c.peer_port == port && c.closes == 0) {
           clients_[i].uuid = uuid;

@@ -51,14 +51,6 @@ using testing_support::first_difference;
 using testing_support::pattern;
 using testing_support::wait_for;
 
-int port_of(int fd, bool peer) {
-  sockaddr_in addr{};
-  socklen_t len = sizeof addr;
-  const int r = peer ? getpeername(fd, reinterpret_cast<sockaddr*>(&addr), &len)
-                     : getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  return r < 0 ? -1 : ntohs(addr.sin_port);
-}
-
 // Bytes waiting unread in fd's kernel receive queue. The server's sockets are fds of this
 // process, so the test can look at them without touching the engine's state.
 int unread_bytes(int fd) {
@@ -163,7 +155,7 @@ void wm_on_open(Reactor* r, int fd) {
   WmConn c;
   c.shard = r;
   c.fd = fd;
-  c.peer_port = port_of(fd, true);
+  c.peer_port = testing_support::peer_port(fd);
   wm->index[{r, fd}] = wm->conns.size();
   wm->conns.push_back(std::move(c));
   ++wm->opens;
@@ -238,7 +230,7 @@ TEST(ServerSettingsTest, HighWatermarkPausesReadingUntilTheQueueDrainsToTheLowWa
     std::lock_guard<std::mutex> lock(state.mu);
     std::set<Reactor*> shards;
     for (int i = 0; i < kClients; ++i) {
-      const int port = port_of(run.clients[i], false);
+      const int port = testing_support::local_port(run.clients[i]);
       const auto it = std::find_if(state.conns.begin(), state.conns.end(),
                                    [&](const WmConn& c) { return c.peer_port == port; });
       ASSERT_NE(it, state.conns.end()) << "client " << i << " has no server side";
@@ -339,7 +331,7 @@ TEST(ServerSettingsTest, HighWatermarkPausesReadingUntilTheQueueDrainsToTheLowWa
     const int i = flood_clients[k];
     const WmConn& c = conn(i);
     const std::string expected =
-        pattern(kFlood, static_cast<unsigned>(port_of(run.clients[i], false)));
+        pattern(kFlood, static_cast<unsigned>(testing_support::local_port(run.clients[i])));
     EXPECT_TRUE(got[i] == expected) << "client " << i << ": first difference at "
                                     << first_difference(got[i], expected);
     EXPECT_TRUE(c.input == inputs[k]) << "client " << i << ": input " << c.input.size()
@@ -405,7 +397,7 @@ void bg_on_open(Reactor* r, int fd) {
   BgConn c;
   c.shard = r;
   c.fd = fd;
-  c.peer_port = port_of(fd, true);
+  c.peer_port = testing_support::peer_port(fd);
   c.stream = pattern(kStream, static_cast<unsigned>(c.peer_port));
   std::lock_guard<std::mutex> lock(bg->mu);
   bg->conns.push_back(std::move(c));
@@ -503,7 +495,7 @@ TEST(ServerSettingsTest, ShardMemoryBudgetRefusesWritesPerShardWithEnobufsUntilT
   {
     std::lock_guard<std::mutex> lock(state.mu);
     for (int i = 0; i < kClients; ++i) {
-      const int port = port_of(run.clients[i], false);
+      const int port = testing_support::local_port(run.clients[i]);
       const auto it = std::find_if(state.conns.begin(), state.conns.end(),
                                    [&](const BgConn& c) { return c.peer_port == port; });
       ASSERT_NE(it, state.conns.end()) << "client " << i << " has no server side";
@@ -621,7 +613,7 @@ void ac_on_open(Reactor*, int fd) {
   std::unique_lock<std::mutex> lock(ac->mu);
   ac->events.push_back('o');
   ac->open_fds.push_back(fd);
-  ac->open_ports.push_back(port_of(fd, true));
+  ac->open_ports.push_back(testing_support::peer_port(fd));
   ++ac->opens;
   if (!ac->hold_next_open) return;
   ac->hold_next_open = false;
@@ -652,7 +644,7 @@ int find_listener(int port) {
     int listening = 0;
     socklen_t len = sizeof listening;
     if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == 0 && listening &&
-        port_of(fd, false) == port) {
+        testing_support::local_port(fd) == port) {
       return fd;
     }
   }
@@ -688,7 +680,7 @@ void run_backlog(unsigned accept_batch, std::vector<char>* events, std::string* 
   ASSERT_TRUE(wait_for([&] { return state.opens.load() == 1; }));
   {
     std::lock_guard<std::mutex> lock(state.mu);
-    ASSERT_EQ(state.open_ports[0], port_of(e, false));
+    ASSERT_EQ(state.open_ports[0], testing_support::local_port(e));
     state.e_fd = state.open_fds[0];
     state.hold_next_open = true;
   }
@@ -813,7 +805,7 @@ void ud_on_open(Reactor* r, int fd) {
   ud_record(r, 'o');
   {
     std::lock_guard<std::mutex> lock(ud->mu);
-    ud->peer_port[{r, fd}] = port_of(fd, true);
+    ud->peer_port[{r, fd}] = testing_support::peer_port(fd);
   }
   ++ud->opens;
 }
@@ -876,7 +868,7 @@ TEST(ServerSettingsTest, SockServerUdataReturnsTheSettingsUdataInEveryCallbackOn
       if (!closing.insert(key.first).second) continue;
       for (Running& r : run) {
         for (const int fd : r.clients) {
-          if (port_of(fd, false) == port) to_close.push_back(fd);
+          if (testing_support::local_port(fd) == port) to_close.push_back(fd);
         }
       }
     }
@@ -925,7 +917,7 @@ UuState* uu = nullptr;
 void uu_on_open(Reactor* r, int fd) {
   const intptr_t uuid = sock_fd2uuid(fd);
   std::lock_guard<std::mutex> lock(uu->mu);
-  uu->opens.push_back({r, fd, port_of(fd, true), uuid});
+  uu->opens.push_back({r, fd, testing_support::peer_port(fd), uuid});
   ++uu->open_count;
 }
 
@@ -987,7 +979,7 @@ TEST(ServerSettingsTest, SockUuid2fdMapsALiveHandleToItsFdFromAnotherThreadUntil
   // The peer of the first connection closes; the server closes its side.
   const UuState::Open old = opens[0];
   const auto client = std::find_if(run.clients.begin(), run.clients.end(),
-                                   [&](int fd) { return port_of(fd, false) == old.peer_port; });
+                                   [&](int fd) { return testing_support::local_port(fd) == old.peer_port; });
   ASSERT_NE(client, run.clients.end());
   close(*client);
   run.clients.erase(client);

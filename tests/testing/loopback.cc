@@ -27,6 +27,21 @@ Listener listen_loopback() {
   return l;
 }
 
+namespace {
+
+int port_of(int fd, bool peer) {
+  sockaddr_in addr{};
+  socklen_t len = sizeof addr;
+  const int r = peer ? getpeername(fd, reinterpret_cast<sockaddr*>(&addr), &len)
+                     : getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  return r < 0 ? -1 : ntohs(addr.sin_port);
+}
+
+}  // namespace
+
+int local_port(int fd) { return port_of(fd, false); }
+int peer_port(int fd) { return port_of(fd, true); }
+
 int connect_client(int port, int rcvbuf) {
   const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (rcvbuf > 0) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);

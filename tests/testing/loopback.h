@@ -20,6 +20,11 @@ Listener listen_loopback();
 // at once on loopback for a listening port). rcvbuf > 0 shrinks SO_RCVBUF first.
 int connect_client(int port, int rcvbuf = 0);
 
+// The local or the peer's port of an IPv4 TCP socket (a connection is known by its ports on
+// both ends: the client's local port is the server side's peer port), or -1.
+int local_port(int fd);
+int peer_port(int fd);
+
 // Reads what is available without blocking and appends it to *sink. Returns false once the
 // peer closed (EOF or reset), true otherwise.
 bool drain(int fd, std::string* sink);
