@@ -1,7 +1,7 @@
-// One producer thread hands kItems RemoteCalls to one consumer thread: the shard's inbox
+// One producer thread hands kItems RemoteCalls to one consumer thread: a reactor's inbox
 // against the textbook locked queue, in the same binary.
 //
-//   BM_LockfreeInboxHandoff         shards::LockfreeInbox, coalesced eventfd wakeup: the consumer
+//   BM_LockfreeInboxHandoff         engine::Inbox, coalesced eventfd wakeup: the consumer
 //                                   loops {may_sleep() ? poll(eventfd) : drain}, the producer
 //                                   writes the eventfd only when the consumer announced a sleep.
 //   BM_MutexDequeNotifyWhenWaiting  std::mutex + std::deque + std::condition_variable; the
@@ -30,7 +30,7 @@
 
 #include "benchmark/benchmark.h"
 #include "engine/remote.h"
-#include "shards/inbox.h"
+#include "engine/inbox.h"
 
 namespace {
 
@@ -62,7 +62,7 @@ void BM_LockfreeInboxHandoff(benchmark::State& state) {
   if (wake_fd < 0) std::abort();
   uint64_t wakeups = 0;
   for (auto _ : state) {
-    shards::LockfreeInbox inbox(&write_eventfd, &wake_fd);
+    engine::Inbox inbox(&write_eventfd, &wake_fd);
     std::thread consumer([&] {
       std::size_t seen = 0;
       uint64_t sum = 0;

@@ -26,7 +26,8 @@ class Reactor;
 struct ReadBuffer;
 
 // Slot state bits. kOpen: opened with the sock_ API. kAttached: registered with `owner`'s
-// epoll set. The rest describe the connection's progress; see reactor.cc for who sets them.
+// epoll set. The rest describe the connection's progress: the reactor (reactor.cc), the read
+// path (read_path.cc) and the write path (write_path.cc, write_queue.cc) set them.
 enum SlotFlag : uint32_t {
   kOpen = 1u << 0,
   kAttached = 1u << 1,
@@ -36,7 +37,7 @@ enum SlotFlag : uint32_t {
   kConnecting = 1u << 5,    // sock_connect() in progress: no flush until connected
   kReadPending = 1u << 6,   // input may be waiting (edge seen, EAGAIN not yet)
   kReadProgress = 1u << 7,  // sock_read/sock_accept returned something in this callback
-  kOnReadyList = 1u << 8,   // queued for another on_data call
+  kOnDataAgainList = 1u << 8,  // listed for another on_data call (Reactor::want_on_data_again)
   kOnFlushList = 1u << 9,   // queued for the flush step
   kWriteBlocked = 1u << 10, // the kernel said EAGAIN: on_ready once the queue drains
   kHangup = 1u << 11,       // EPOLLHUP/EPOLLERR seen: close once input is consumed
@@ -45,7 +46,7 @@ enum SlotFlag : uint32_t {
   kErrorSeen = 1u << 14,     // EPOLLERR seen: a hang-up close is an error, not the peer's
   kPaused = 1u << 15,        // queued bytes passed the high watermark: reading waits
   kOwnIdle = 1u << 16,       // the idle timeout is extra->idle_ticks, not the reactor's
-  kSentDirect = 1u << 17     // a write went straight to the kernel in this callback
+  kSentDirect = 1u << 17     // a direct first write was made; later ones queue (write_path.cc)
 };
 
 // Per-connection settings and state that most connections never use, allocated on first use
@@ -106,12 +107,15 @@ static_assert((uint64_t{kMaxErrno} << kErrorShift) <= UINT32_MAX, "the error fie
 inline int slot_error(const FdSlot& slot) { return static_cast<int>(slot.flags >> kErrorShift); }
 // Records err (EIO if it is not a valid errno) as the failure behind kFailed.
 inline void set_slot_error(FdSlot& slot, int err) {
-  const uint32_t e = (err > 0 && static_cast<uint32_t>(err) <= kMaxErrno) ? static_cast<uint32_t>(err) : EIO;
+  const uint32_t e =
+      (err > 0 && static_cast<uint32_t>(err) <= kMaxErrno) ? static_cast<uint32_t>(err) : EIO;
   slot.flags = (slot.flags & ((1u << kErrorShift) - 1)) | (e << kErrorShift);
 }
 
 inline sockTLC* slot_tlc(const FdSlot& slot) { return slot.extra ? slot.extra->tlc : nullptr; }
-inline uint32_t slot_deadline(const FdSlot& slot) { return slot.extra ? slot.extra->deadline_tick : 0; }
+inline uint32_t slot_deadline(const FdSlot& slot) {
+  return slot.extra ? slot.extra->deadline_tick : 0;
+}
 // slot.extra, allocated (all defaults) if it does not exist yet; nullptr with errno ENOMEM.
 SlotExtra* slot_extra_make(FdSlot& slot);
 // Frees slot.extra once nothing in it differs from the defaults. Owner thread.

@@ -54,7 +54,9 @@ int reactor_remove(struct Reactor* reactor, int fd) {
 void reactor_close(struct Reactor* reactor, int fd) {
   engine::Reactor* r = engine::Reactor::of(reactor, false);
   FdSlot* slot = engine::fd_slot(fd);
-  if (r && slot && slot->owner == r && (slot->flags & engine::kAttached)) r->close_now(fd, *slot, engine::CloseReason::kLocal);
+  if (r && slot && slot->owner == r && (slot->flags & engine::kAttached)) {
+    r->close_now(fd, *slot, engine::CloseReason::kLocal);
+  }
 }
 
 int reactor_set_limits(struct Reactor* reactor, const struct ReactorLimits* limits) {

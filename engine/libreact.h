@@ -6,10 +6,15 @@
  *   reactor_review() has returned -1 after reactor_stop(), or until reactor_stop() was
  *   followed by that final review. The engine state behind `_impl` is created on first use
  *   and freed by that final review.
- * Threads: a reactor belongs to the one thread that drives it with reactor_review() (its
- *   owner thread); every call here must come from that thread, except reactor_stop(), which
- *   any thread and any signal handler may call. Callbacks run on the owner thread, inside
- *   reactor_review(). Several reactors may run at once, each on its own thread.
+ * Threads: a reactor belongs to one owner thread: the thread that drives it with
+ *   reactor_review(), and before its first review the thread whose call created its engine
+ *   state (its first reactor_ or sock_ call with it). Hand it over like any object: the
+ *   setting-up thread's last call must happen before the first reactor_review() on the new
+ *   thread (set it up, then start that thread). Every call here must come from the owner
+ *   thread, except reactor_stop(), which any thread and any signal handler may call.
+ *   Callbacks run on the owner thread, inside reactor_review(). Other threads reach the
+ *   reactor's fds through libsock's calls, which are posted to the owner thread and wake it
+ *   (libsock.h, "Threads"). Several reactors may run at once, each on its own thread.
  *
  * A static reactor needs no reactor_init(): the first reactor_add() or reactor_review()
  * initialises it:

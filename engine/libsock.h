@@ -12,17 +12,24 @@
  *   on error the caller keeps them. Packets are carved from pooled slabs: release an unsent
  *   packet with sock_free_packet(), never with free() (the seed allowed free(); a per-packet
  *   malloc cannot meet the pool's memory bound).
- * Threads: an fd belongs to the thread of the reactor it is attached to (its owner thread);
- *   callbacks run there. For a reactor driven by a sharded server (shards/server.h), any thread
- *   may call sock_write/sock_write2, sock_flush, sock_close, sock_force_close, sock_send_packet,
- *   sock_status, sock_open/sock_attach (with that reactor) and the handle calls: off the owner
- *   thread they are posted to it, stamped with the fd's generation, and return 0 once queued
- *   (the result of the work itself is not reported back; a call that finds the connection
- *   closed when it runs is dropped, and what it owned is freed). sock_read and the sock_tlc_
- *   calls need the owner thread: elsewhere they fail with EPERM. With a reactor you drive
- *   yourself (reactor_review), use its fds from its thread only; an fd opened without a
- *   reactor may be used from one thread at a time. The helpers in the first section (no fd
- *   state), sock_checkout_packet() and sock_free_packet() are safe from any thread.
+ * Threads: an fd belongs to the reactor it is attached to, and so to that reactor's owner
+ *   thread (libreact.h: the thread that drives it with reactor_review(), or the shard's thread
+ *   on a sharded server); callbacks run there. Whichever drives the reactor, any thread may
+ *   call sock_write/sock_write2, sock_flush, sock_close, sock_force_close, sock_send_packet,
+ *   the handle calls, and sock_accept/sock_connect/sock_open/sock_attach with that reactor:
+ *   off the owner thread they are posted to it, stamped with the fd's generation, and return
+ *   0 once queued (the result of the work itself is not reported back; a call that finds the
+ *   connection closed when it runs is dropped, and what it owned is freed), and the reactor
+ *   wakes from its wait to run them. A posted open (sock_accept, sock_connect, sock_open) takes
+ *   effect when the owner runs it: until then the new fd's calls fail with EBADF, so use it
+ *   from the owner's callbacks (a sharded server's on_open). sock_read, sock_clear, the
+ *   per-connection settings (sock_set_timeout, sock_set_deadline, sock_set_watermarks,
+ *   sock_pending) and the sock_tlc_ calls need the owner thread: elsewhere they fail with
+ *   EPERM (sock_clear does nothing). sock_status, sock_fd2uuid and sock_uuid2fd only read the
+ *   fd's generation: any thread. An fd opened without a reactor has no owner thread: use it
+ *   from one thread at a time. The helpers in the first section (no fd state),
+ *   sock_checkout_packet() and sock_free_packet() are safe from any thread. No call may be
+ *   posted to a reactor whose stop has completed, nor race with its final reactor_review().
  * Handles: an fd number is reused as soon as it closes. sock_fd2uuid() gives a handle (fd plus
  *   generation) that stops matching when that connection closes, for callers that keep
  *   connections across callbacks or threads.
@@ -93,7 +100,8 @@ int sock_accept(struct Reactor* owner, int server_fd);
 
 /** Starts a non-blocking TCP connection to address:port and opens it for the sock_ API,
  * attached to owner when not NULL. The reactor calls on_ready once connected, or on_close if
- * the connection fails. Writes made before that are queued. The name is resolved with
+ * the connection fails. Writes made before that are queued (from owner's thread: on another,
+ * the open itself is posted first, see "Threads" above). The name is resolved with
  * getaddrinfo (blocking for DNS names: pass numeric addresses on a reactor thread).
  * Returns the fd, or -1 with errno when the connection fails at once. */
 int sock_connect(struct Reactor* owner, const char* address, const char* port);

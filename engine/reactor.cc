@@ -8,32 +8,25 @@
 #include <cerrno>
 #include <cstdlib>
 #include <ctime>
+#include <new>
 
+#include "engine/defaults.h"
+#include "engine/handle.h"
+#include "engine/inbox.h"
 #include "engine/libsock.h"
-#include "engine/read_buffer.h"
-#include "engine/tlc.h"
+#include "engine/routing.h"
 #include "engine/write_queue.h"
 
 namespace engine {
 namespace {
-
-thread_local CloseReason tls_close_reason = CloseReason::kLocal;
 
 // Edge-triggered: one wakeup per state change, so work left over (a partial read, a queue cut
 // short by the budget) goes on a work list instead of waiting for an edge that will not come.
 constexpr uint32_t kEpollEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
 // Bytes one fd may write per flush step before the others get their turn.
 constexpr std::size_t kFlushBudget = 64 * kRecordPayload;
-// How long a stopping reactor lets queued output drain before closing what is left.
-constexpr int64_t kStopDrainMs = 5000;
 // While stopping, the wait is short so the drain deadline is noticed.
 constexpr int kStopPollMs = 20;
-// Backpressure defaults (libreact.h): a megabyte owed to a peer is plenty of pipelining, and
-// resuming at a quarter leaves room to refill before the socket runs dry.
-constexpr std::size_t kDefaultHighWatermark = std::size_t{1} << 20;
-constexpr std::size_t kDefaultLowWatermark = kDefaultHighWatermark / 4;
-static_assert(kDefaultLowWatermark < kDefaultHighWatermark);
-
 // The generation is checked first, with acquire: when the number moved to another reactor,
 // the slot's other fields belong to that reactor's thread and must not be read here.
 bool is_current(const FdSlot& slot, uint32_t generation, const Reactor* r) {
@@ -63,8 +56,39 @@ Reactor* Reactor::of(struct ::Reactor* api, bool create) {
 Reactor::Reactor(struct ::Reactor* api) : api_(api), stop_drain_ms_(kStopDrainMs) {}
 
 Reactor::~Reactor() {
+  Inbox* inbox = inbox_.load(std::memory_order_acquire);
+  if (inbox && owns_inbox_) {
+    while (inbox->drain_with(discard_posted) > 0) {}
+    delete inbox;
+  }
   if (epoll_fd_ >= 0) ::close(epoll_fd_);
   if (wake_fd_ >= 0) ::close(wake_fd_);
+}
+
+void Reactor::use_inbox(Inbox* inbox) {
+  owns_inbox_ = false;
+  inbox_.store(inbox, std::memory_order_release);
+}
+
+Inbox* Reactor::inbox(bool* made) {
+  Inbox* current = inbox_.load(std::memory_order_acquire);
+  if (current) return current;
+  Inbox* fresh;
+  try {
+    fresh = new Inbox(*this);
+  } catch (const std::bad_alloc&) {  // the node preallocation, or the object itself
+    errno = ENOMEM;
+    return nullptr;
+  }
+  // Release: the owner and the other producers see the inbox whole. A loser of the race
+  // throws its own away and uses the winner's.
+  if (inbox_.compare_exchange_strong(current, fresh, std::memory_order_acq_rel,
+                                     std::memory_order_acquire)) {
+    *made = true;
+    return fresh;
+  }
+  delete fresh;
+  return current;
 }
 
 int Reactor::init() {
@@ -78,7 +102,7 @@ int Reactor::init() {
   if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, wake_fd_, &ev) < 0) return -1;
   pool_ = alloc::BlockPool::create<sizeof(Packet)>(alloc::Sharing::kOwnerThread);
   if (!pool_) return -1;
-  limits_ = ReactorLimits{0, kDefaultHighWatermark, kDefaultLowWatermark, 0};
+  limits_ = ReactorLimits{0, kHighWatermark, kLowWatermark, 0};
   epoch_ms_ = now_ms_ = read_clock();
   wheel_ = TimerWheel(now_ms_);
   api_->last_tick = time(nullptr);
@@ -88,7 +112,7 @@ int Reactor::init() {
 void Reactor::set_limits(const ReactorLimits& limits) {
   limits_ = limits;
   idle_ticks_ = ticks_of(limits_.idle_timeout_ms);
-  if (!limits_.high_watermark) limits_.high_watermark = kDefaultHighWatermark;
+  if (!limits_.high_watermark) limits_.high_watermark = kHighWatermark;
   if (!limits_.low_watermark) limits_.low_watermark = limits_.high_watermark / 4;
   pool_->set_limit(limits_.memory_budget / sizeof(Packet));
 }
@@ -143,7 +167,7 @@ int Reactor::run_once(int timeout_ms) {
   if (stop_requested_.load(std::memory_order_acquire) && !stopping_) begin_stop();
 
   epoll_event events[REACTOR_MAX_EVENTS];
-  int n = epoll_wait(epoll_fd_, events, REACTOR_MAX_EVENTS, wait_timeout(timeout_ms));
+  int n = epoll_wait(epoll_fd_, events, REACTOR_MAX_EVENTS, prepare_wait(timeout_ms));
   if (n < 0 && errno != EINTR) {
     current_ = outer;
     return -1;
@@ -151,7 +175,7 @@ int Reactor::run_once(int timeout_ms) {
   n = n < 0 ? 0 : n;
   api_->last_tick = time(nullptr);
   tick_clock();
-  if (inbox_) inbox_->drain(*this);
+  run_posted_calls();
 
   for (int i = 0; i < n; ++i) {
     const uint64_t key = events[i].data.u64;
@@ -162,7 +186,7 @@ int Reactor::run_once(int timeout_ms) {
     }
     dispatch(key_fd(key), key_generation(key), events[i].events);
   }
-  run_ready_list();
+  run_on_data_again_list();
   run_flush_list();
   expire_timers();
 
@@ -171,18 +195,28 @@ int Reactor::run_once(int timeout_ms) {
   return n;
 }
 
-int Reactor::wait_timeout(int timeout_ms) const {
+int Reactor::prepare_wait(int timeout_ms) {
   // A stop with nothing left attached completes at the end of this iteration: don't wait
   // kStopPollMs for it (that wait was most of an idle server's stop time).
-  if (!ready_.empty() || !flush_.empty() || (stopping_ && !attached_)) return 0;
+  if (!on_data_again_.empty() || !flush_.empty() || (stopping_ && !attached_)) return 0;
   if (stopping_ || stop_requested_.load(std::memory_order_relaxed)) {
-    timeout_ms = timeout_ms < kStopPollMs ? timeout_ms : kStopPollMs;
+    timeout_ms = (timeout_ms >= 0 && timeout_ms < kStopPollMs) ? timeout_ms : kStopPollMs;
   }
   const int64_t timer = wheel_.next_timeout_ms(now_ms_);
   if (timer >= 0 && (timeout_ms < 0 || timer < timeout_ms)) timeout_ms = static_cast<int>(timer);
-  // Last: after may_sleep() returns true a post() wakes us, so nothing may return 0 after it.
-  if (timeout_ms != 0 && inbox_ && !inbox_->may_sleep()) return 0;
+  // Last, and only for a wait that may block: once may_sleep() returned true, a post wakes
+  // us, so nothing may turn the wait into a non-blocking one after it.
+  if (timeout_ms != 0) {
+    Inbox* inbox = inbox_.load(std::memory_order_acquire);
+    if (inbox && !inbox->may_sleep()) return 0;
+  }
   return timeout_ms;
+}
+
+void Reactor::run_posted_calls() {
+  if (Inbox* inbox = inbox_.load(std::memory_order_acquire)) {
+    inbox->drain_with([this](const RemoteCall& call) { run_posted(*this, call); });
+  }
 }
 
 void Reactor::dispatch(int fd, uint32_t generation, uint32_t events) {
@@ -235,6 +269,8 @@ void Reactor::on_writable(int fd, FdSlot& slot) {
 
 void Reactor::call_on_data(int fd, FdSlot& slot) {
   const uint32_t generation = slot.generation.load(std::memory_order_relaxed);
+  // A new callback: its progress counts afresh, and its first reply may go straight to the
+  // kernel again (the direct first write, write_path.cc).
   slot.flags &= ~(kReadProgress | kSentDirect);
   // Above the high watermark the application is not asked to read (libreact.h): new input
   // waits in the kernel, kReadPending remembers it, and resume_if_drained() lists the fd again.
@@ -243,7 +279,7 @@ void Reactor::call_on_data(int fd, FdSlot& slot) {
     if (!is_current(slot, generation, this)) return;  // closed or detached inside
   }
   if ((slot.flags & (kReadPending | kReadProgress)) == (kReadPending | kReadProgress)) {
-    want_read(fd, slot);  // progress without EAGAIN: more input may wait behind it
+    want_on_data_again(fd, slot);  // progress without EAGAIN: more input may wait behind it
     return;
   }
   // A hung-up fd whose input nobody consumes (or a plain fd, whose user reads on its own)
@@ -253,12 +289,12 @@ void Reactor::call_on_data(int fd, FdSlot& slot) {
   }
 }
 
-void Reactor::run_ready_list() {
-  scratch_.swap(ready_);
+void Reactor::run_on_data_again_list() {
+  scratch_.swap(on_data_again_);
   for (const uint64_t key : scratch_) {
     FdSlot* slot = fd_slot(key_fd(key));
     if (!slot || !is_current(*slot, key_generation(key), this)) continue;
-    slot->flags &= ~kOnReadyList;
+    slot->flags &= ~kOnDataAgainList;
     call_on_data(key_fd(key), *slot);
   }
   scratch_.clear();
@@ -269,22 +305,23 @@ void Reactor::run_flush_list() {
   for (const uint64_t key : scratch_) {
     FdSlot* slot = fd_slot(key_fd(key));
     if (!slot || !is_current(*slot, key_generation(key), this)) continue;
-    slot->flags &= ~(kOnFlushList | kSentDirect);
+    slot->flags &= ~(kOnFlushList | kSentDirect);  // the next write may go direct (write_path.cc)
     flush_fd(key_fd(key), *slot, kFlushBudget, true);
   }
   scratch_.clear();
 }
 
 void Reactor::want_flush(int fd, FdSlot& slot) {
+  assert_owner_thread();
   if (slot.flags & kOnFlushList) return;
   slot.flags |= kOnFlushList;
   flush_.push_back(fd_key(fd, slot.generation.load(std::memory_order_relaxed)));
 }
 
-void Reactor::want_read(int fd, FdSlot& slot) {
-  if (slot.flags & kOnReadyList) return;
-  slot.flags |= kOnReadyList;
-  ready_.push_back(fd_key(fd, slot.generation.load(std::memory_order_relaxed)));
+void Reactor::want_on_data_again(int fd, FdSlot& slot) {
+  if (slot.flags & kOnDataAgainList) return;
+  slot.flags |= kOnDataAgainList;
+  on_data_again_.push_back(fd_key(fd, slot.generation.load(std::memory_order_relaxed)));
 }
 
 long Reactor::flush_fd(int fd, FdSlot& slot, std::size_t budget, bool notify_ready) {
@@ -296,34 +333,35 @@ long Reactor::flush_fd(int fd, FdSlot& slot, std::size_t budget, bool notify_rea
   }
   if (slot.flags & kConnecting) return 0;
   std::size_t written = 0;
-  const WriteResult result = queue_write(fd, slot, budget, &written);
+  const SendResult result = send_queue(fd, slot, budget, &written);
   if (written) {
     stamp_activity(slot);  // write progress keeps a long download alive
-    if (result != WriteResult::kError) resume_if_drained(fd, slot, notify_ready);
+    if (result != SendResult::kError) resume_if_drained(fd, slot, notify_ready);
   }
   switch (result) {
-    case WriteResult::kError: {
+    case SendResult::kError: {
       const int err = slot_error(slot);
       close_now(fd, slot, CloseReason::kError);
       errno = err;
       return -1;
     }
-    case WriteResult::kBlocked:
+    case SendResult::kBlocked:
       slot.flags |= kWriteBlocked;
       return static_cast<long>(written);
-    case WriteResult::kBudget:
+    case SendResult::kBudget:
       want_flush(fd, slot);
       return static_cast<long>(written);
-    case WriteResult::kDrained:
+    case SendResult::kDrained:
       break;
   }
-  if (slot.flags & (kClosing | kEof)) {
-    if (run_close_hooks(fd, slot)) {  // a layer queued a final record: send it first
+  switch (close_if_due(fd, slot, api_)) {
+    case Drained::kMoreQueued:  // a layer queued a final record: send it first
       want_flush(fd, slot);
       return static_cast<long>(written);
-    }
-    close_now(fd, slot, (slot.flags & kClosing) ? CloseReason::kLocal : CloseReason::kPeer);
-    return static_cast<long>(written);
+    case Drained::kClosed:
+      return static_cast<long>(written);
+    case Drained::kStaysOpen:
+      break;
   }
   if (slot.flags & kWriteBlocked) {
     slot.flags &= ~kWriteBlocked;
@@ -333,6 +371,7 @@ long Reactor::flush_fd(int fd, FdSlot& slot, std::size_t budget, bool notify_rea
 }
 
 int Reactor::attach(int fd, FdSlot& slot) {
+  assert_owner_thread();
   if (api_->maxfd > 0 && fd >= api_->maxfd) {
     errno = EBADF;
     return -1;
@@ -367,7 +406,7 @@ int Reactor::detach(int fd, FdSlot& slot) {
     return -1;
   }
   epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);  // ENOENT: closed behind our back
-  slot.flags &= ~(kAttached | kOnFlushList | kOnReadyList);
+  slot.flags &= ~(kAttached | kOnFlushList | kOnDataAgainList);
   set_owner(slot, nullptr);
   --attached_;
   count_queued(-static_cast<int64_t>(slot.queued_bytes));
@@ -435,11 +474,12 @@ void Reactor::resume_if_drained(int fd, FdSlot& slot, bool notify_ready) {
   const std::size_t low = own ? own : limits_.low_watermark;
   if (slot.queued_bytes > low) return;
   slot.flags &= ~kPaused;
-  if (slot.flags & kReadPending) want_read(fd, slot);  // input waited behind the pause
+  if (slot.flags & kReadPending) want_on_data_again(fd, slot);  // input waited behind the pause
   if (notify_ready && api_->on_ready) api_->on_ready(api_, fd);
 }
 
 void Reactor::start_timers(int fd, FdSlot& slot) {
+  assert_owner_thread();
   // A connection moved here from another reactor leaves its own timeout and deadline behind:
   // they were counted in that reactor's ticks. This reactor's idle timeout applies from now.
   slot.flags &= ~kOwnIdle;
@@ -453,6 +493,7 @@ void Reactor::start_timers(int fd, FdSlot& slot) {
 }
 
 void Reactor::arm_timer(int fd, FdSlot& slot) {
+  assert_owner_thread();
   const uint32_t deadline = slot_deadline(slot);
   uint32_t expiry = deadline ? deadline : UINT32_MAX;
   const uint32_t idle = (slot.flags & kOwnIdle) ? slot.extra->idle_ticks : idle_ticks_;
@@ -478,65 +519,6 @@ void Reactor::expire_timers() {
     slot->timer_due_tick = 0;
     arm_timer(key_fd(key), *slot);
   });
-}
-
-bool run_close_hooks(int fd, FdSlot& slot) {
-  if (!slot_tlc(slot) || (slot.flags & kCloseHooksRun)) return false;
-  slot.flags |= kCloseHooksRun;
-  for (sockTLC* layer = slot_tlc(slot); layer; layer = layer->next) {
-    if (layer->before_close) layer->before_close(fd, layer);
-  }
-  return slot.head != nullptr;
-}
-
-CloseReason current_close_reason() { return tls_close_reason; }
-
-void close_slot(int fd, FdSlot& slot, struct ::Reactor* notify, CloseReason why) {
-  // Closed to other threads before detach() clears the owner: they route a call by the
-  // (generation, owner) pair (target_of), and an open generation without an owner would run
-  // their call inline, on this slot, from their own thread.
-  mark_closed(slot);
-  Reactor* owner = (slot.flags & kAttached) ? slot.owner : nullptr;
-  if (owner) {
-    owner->detach(fd, slot);
-    notify = owner->api();
-  }
-  // Unlink everything first: once close(2) returns, another thread may get this number.
-  const ConnectionState state = take_state(slot);
-  slot.flags = 0;
-  set_owner(slot, nullptr);
-  // Last write to the slot: the generation stored again with release hands the slot to
-  // whoever reuses the number (its opener acquires it).
-  slot.generation.store(slot.generation.load(std::memory_order_relaxed), std::memory_order_release);
-  ::close(fd);
-  if (notify && notify->on_close) {
-    const CloseReason outer = tls_close_reason;
-    tls_close_reason = why;
-    notify->on_close(notify, fd);
-    tls_close_reason = outer;
-  }
-  free_state(fd, state);
-}
-
-ConnectionState take_state(FdSlot& slot) {
-  const ConnectionState state{slot.head, slot.extra};
-  if ((slot.flags & kAttached) && slot.owner) {
-    slot.owner->count_queued(-static_cast<int64_t>(slot.queued_bytes));
-  }
-  slot.head = slot.tail = nullptr;
-  slot.sent = slot.queued_bytes = 0;
-  // Timeouts, watermarks and layers are per connection: the next one on this number starts
-  // from the reactor's.
-  slot.extra = nullptr;
-  return state;
-}
-
-void free_state(int fd, const ConnectionState& state) {
-  packet_chain_free(state.queue);
-  if (!state.extra) return;
-  tlc_clear_chain(fd, state.extra->tlc);
-  read_buffer_free(state.extra->leftover);
-  delete state.extra;
 }
 
 }  // namespace engine

@@ -1,4 +1,5 @@
-// The libsock helpers that keep no fd state: listen, connect's socket setup, limits.
+#include "engine/socket_ops.h"
+
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -9,9 +10,7 @@
 
 #include <cerrno>
 
-#include "engine/fd_table.h"
 #include "engine/libsock.h"
-#include "engine/socket_ops.h"
 
 namespace engine {
 namespace {
@@ -99,29 +98,3 @@ int listen_socket(const char* address, const char* port, bool reuse_port) {
 }
 
 }  // namespace engine
-
-extern "C" {
-
-int sock_set_non_block(int fd) {
-  const int flags = fcntl(fd, F_GETFL, 0);
-  if (flags < 0) return -1;
-  return fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0 ? -1 : 0;
-}
-
-ssize_t sock_max_capacity(void) {
-  rlimit limit;
-  if (getrlimit(RLIMIT_NOFILE, &limit) < 0) return -1;
-  if (limit.rlim_cur < limit.rlim_max) {
-    rlimit raised = limit;
-    raised.rlim_cur = limit.rlim_max;
-    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;
-  }
-  const rlim_t table = engine::kMaxFds;
-  return static_cast<ssize_t>(limit.rlim_cur < table ? limit.rlim_cur : table);
-}
-
-int sock_listen(const char* address, const char* port) {
-  return engine::listen_socket(address, port, false);
-}
-
-}  // extern "C"

@@ -214,29 +214,30 @@ ssize_t sendfile_nosignal(int out, int in, off_t* offset, std::size_t count) {
   return r;
 }
 
-WriteResult fail(FdSlot& slot, int err) {
+SendResult fail_send(FdSlot& slot, int err) {
   set_slot_error(slot, err);
-  return WriteResult::kError;
+  return SendResult::kError;
 }
 
 // Sends (part of) the file packet at the head.
-WriteResult write_file(int fd, FdSlot& slot, Packet* p, std::size_t budget, std::size_t* written) {
+SendResult send_file_packet(int fd, FdSlot& slot, Packet* p, std::size_t budget,
+                            std::size_t* written) {
   FileSegment* seg = segment_of(p);
   const std::size_t left = static_cast<std::size_t>(seg->end - seg->offset);
   if (!left) {  // every byte went out as records already
     consume(slot, 0);
-    return WriteResult::kBudget;
+    return SendResult::kBudget;
   }
   if (slot_tlc(slot)) {
     // Layers need the bytes in memory: read one record and put it ahead of the file; the
     // write loop wraps it as it sends it.
     Packet* chunk = packet_new(pool_for(&slot));
-    if (!chunk) return fail(slot, ENOMEM);
+    if (!chunk) return fail_send(slot, ENOMEM);
     const ssize_t r = pread(seg->fd, chunk->internal_memory, std::min(left, kRecordPayload),
                             seg->offset);
     if (r <= 0) {
       packet_chain_free(chunk);
-      return fail(slot, r == 0 ? EIO : errno);  // r == 0: the file shrank under us
+      return fail_send(slot, r == 0 ? EIO : errno);  // r == 0: the file shrank under us
     }
     seg->offset += r;
     chunk->length = r;
@@ -244,15 +245,15 @@ WriteResult write_file(int fd, FdSlot& slot, Packet* p, std::size_t budget, std:
     p->length = static_cast<ssize_t>(seg->end - seg->offset);
     chunk->metadata.next = p;
     slot.head = chunk;
-    return WriteResult::kBudget;  // the caller loops: the chunk is memory now
+    return SendResult::kBudget;  // the caller loops: the chunk is memory now
   }
   const std::size_t want = std::min({left, budget, kSendfileMax});
   const ssize_t r = sendfile_nosignal(fd, seg->fd, &seg->offset, want);
   if (r < 0) {
-    if (errno == EAGAIN) return WriteResult::kBlocked;
-    return errno == EINTR ? WriteResult::kBudget : fail(slot, errno);
+    if (errno == EAGAIN) return SendResult::kBlocked;
+    return errno == EINTR ? SendResult::kBudget : fail_send(slot, errno);
   }
-  if (r == 0) return fail(slot, EIO);  // the file shrank: never end the stream cleanly
+  if (r == 0) return fail_send(slot, EIO);  // the file shrank: never end the stream cleanly
   *written += static_cast<std::size_t>(r);
   p->metadata.can_interrupt = 0;
   p->length = static_cast<ssize_t>(seg->end - seg->offset);
@@ -266,7 +267,7 @@ WriteResult write_file(int fd, FdSlot& slot, Packet* p, std::size_t budget, std:
   // A short count is a full socket or a file that ended early (it shrank); only the next call
   // tells which: EAGAIN (the kernel then owes an EPOLLOUT edge) or 0. Waiting for an edge
   // here would stall forever in the second case, so the caller loops.
-  return WriteResult::kBudget;
+  return SendResult::kBudget;
 }
 
 }  // namespace
@@ -388,15 +389,15 @@ int queue_chain(FdSlot& slot, Packet* chain, unsigned skip_layers) {
   return 0;
 }
 
-WriteResult queue_write(int fd, FdSlot& slot, std::size_t budget, std::size_t* written) {
+SendResult send_queue(int fd, FdSlot& slot, std::size_t budget, std::size_t* written) {
   const std::size_t start = *written;
   while (slot.head) {
     const std::size_t spent = *written - start;
-    if (spent >= budget) return WriteResult::kBudget;
+    if (spent >= budget) return SendResult::kBudget;
     Packet* p = slot.head;
     if (p->metadata.is_file) {
-      const WriteResult r = write_file(fd, slot, p, budget - spent, written);
-      if (r != WriteResult::kBudget) return r;
+      const SendResult r = send_file_packet(fd, slot, p, budget - spent, written);
+      if (r != SendResult::kBudget) return r;
       continue;
     }
     iovec iov[kMaxIov];
@@ -404,7 +405,7 @@ WriteResult queue_write(int fd, FdSlot& slot, std::size_t budget, std::size_t* w
     std::size_t total = 0;
     for (Packet* q = p; q && !q->metadata.is_file && n < kMaxIov && total < budget - spent;
          q = q->metadata.next) {
-      if (!seal(fd, slot, q)) return fail(slot, EPROTO);
+      if (!seal(fd, slot, q)) return fail_send(slot, EPROTO);
       const std::size_t skip = q == p ? slot.sent : 0;
       const std::size_t len = static_cast<std::size_t>(q->length) - skip;
       if (!len) continue;
@@ -423,34 +424,15 @@ WriteResult queue_write(int fd, FdSlot& slot, std::size_t budget, std::size_t* w
     const ssize_t r = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (r < 0) {
       if (errno == EINTR) continue;
-      if (errno == EAGAIN) return WriteResult::kBlocked;
-      return fail(slot, errno);
+      if (errno == EAGAIN) return SendResult::kBlocked;
+      return fail_send(slot, errno);
     }
     *written += static_cast<std::size_t>(r);
     consume(slot, static_cast<std::size_t>(r));
     // After a short write the loop asks again: only EAGAIN proves the buffer is full (space
     // may have freed meanwhile), and it costs a syscall only when the socket is backed up.
   }
-  return WriteResult::kDrained;
-}
-
-ssize_t send_direct(int fd, FdSlot& slot, const void* data, std::size_t length) {
-  for (;;) {
-    const ssize_t r = send(fd, data, length, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (r >= 0) return r;
-    if (errno == EINTR) continue;
-    if (errno == EAGAIN) return 0;
-    set_slot_error(slot, errno);
-    return -1;
-  }
-}
-
-void queue_drop(FdSlot& slot) {
-  Packet* chain = slot.head;
-  slot.head = slot.tail = nullptr;
-  slot.sent = 0;
-  count_queued(slot, -static_cast<int64_t>(slot.queued_bytes));
-  packet_chain_free(chain);
+  return SendResult::kDrained;
 }
 
 }  // namespace engine

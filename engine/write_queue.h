@@ -60,19 +60,12 @@ int queue_file(FdSlot& slot, FILE* file, std::size_t length, bool urgent);
 // errno) the caller keeps the chain.
 int queue_chain(FdSlot& slot, Packet* chain, unsigned skip_layers);
 
-enum class WriteResult { kDrained, kBlocked, kBudget, kError };
-// Writes the queue with sendmsg(MSG_NOSIGNAL)/sendfile until it is empty, the kernel says
+enum class SendResult { kDrained, kBlocked, kBudget, kError };
+// Sends the queue with sendmsg(MSG_NOSIGNAL)/sendfile until it is empty, the kernel says
 // EAGAIN, or `budget` bytes went out, wrapping each packet with the transport layers just
 // before it is first sent. Adds the bytes written to *written. kError leaves errno in
 // slot_error(slot) (EPROTO when a layer failed).
-WriteResult queue_write(int fd, FdSlot& slot, std::size_t budget, std::size_t* written);
-// Offers bytes to the kernel at once, for a write that finds the queue empty (nothing can
-// be ahead of it): one send(MSG_NOSIGNAL), no packet. Returns the bytes the kernel took (0
-// for EAGAIN), or -1 with the error recorded in the slot (slot_error()) for the caller to fail
-// the connection. The caller queues whatever was not taken.
-ssize_t send_direct(int fd, FdSlot& slot, const void* data, std::size_t length);
-// Frees everything queued.
-void queue_drop(FdSlot& slot);
+SendResult send_queue(int fd, FdSlot& slot, std::size_t budget, std::size_t* written);
 
 }  // namespace engine
 

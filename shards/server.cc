@@ -13,13 +13,16 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <latch>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "engine/defaults.h"
 #include "engine/reactor.h"
 #include "engine/socket_ops.h"
+#include "shards/accept_batch.h"
 #include "shards/accept_pause.h"
 #include "shards/shard.h"
 
@@ -37,7 +40,7 @@ int port_of(int fd) {
 }  // namespace
 
 // SOCK_ACCEPT_THREAD: a reactor of its own on its own thread, watching the one listener; each
-// accepted fd goes to a shard through sock_open(), which posts it to that shard's inbox.
+// accepted fd is opened on a shard by sock_accept(), which posts it to that shard's inbox.
 class Acceptor {
  public:
   Acceptor(std::vector<std::unique_ptr<Shard>>& shards, const SockServerSettings& settings,
@@ -49,11 +52,16 @@ class Acceptor {
       std::abort();
     }
   }
+  // Returns once the acceptor's thread owns its reactor.
   void start() {
-    thread_ = std::thread([this] {
+    std::latch owned(1);
+    thread_ = std::thread([this, &owned] {
+      engine::Reactor::of(&api_, false)->bind_owner_thread();
+      owned.count_down();
       // -1 with errno 0: the stop completed (the listener and timer are closed).
       while (reactor_review(&api_) >= 0 || errno != 0) {}
     });
+    owned.wait();
   }
   void stop_and_join() {
     reactor_stop(&api_);
@@ -67,25 +75,21 @@ class Acceptor {
       self->pause_.resume(api);
       return;
     }
-    self->accept_batch();
+    self->accept_waiting();
   }
 
-  // Bounded per wakeup, so a storm of connects cannot starve the pause timer or a stop; the
-  // reactor calls back while accepts made progress (sock_accept marks the listener).
-  void accept_batch() {
-    const unsigned batch = settings_.accept_batch ? settings_.accept_batch : 64;
-    for (unsigned i = 0; i < batch; ++i) {
-      const int fd = sock_accept(pick()->api(), listener_);
-      if (fd >= 0) {
-        // Counted per connection placed, not per accept4: every batch ends with one that finds
-        // EAGAIN, and counting it would send each lone connection to shard 0.
-        ++handed_[next_ % shards_.size()];
-        ++next_;
-        continue;
-      }
-      if (is_exhaustion(errno)) pause_.pause(&api_, listener_, errno);
-      return;
-    }
+  // Bounded per wakeup (accept_batch.h), so a storm of connects cannot starve the pause timer
+  // or a stop.
+  void accept_waiting() {
+    shards::accept_batch(
+        &api_, listener_, settings_.accept_batch ? settings_.accept_batch : engine::kAcceptBatch,
+        pause_, [this] { return pick()->api(); },
+        [this](int) {
+          // Counted per connection placed, not per accept4: every batch ends with one that
+          // finds EAGAIN, and counting it would send each lone connection to shard 0.
+          ++handed_[next_ % shards_.size()];
+          ++next_;
+        });
   }
 
   Shard* pick() {
@@ -98,7 +102,7 @@ class Acceptor {
     std::size_t best_load = SIZE_MAX;
     for (std::size_t i = 0; i < shards_.size(); ++i) {
       const Shard& s = *shards_[i];
-      const std::size_t in_flight = handed_[i] - std::min(handed_[i], s.adopted());
+      const std::size_t in_flight = handed_[i] - std::min(handed_[i], s.opened());
       const std::size_t load = s.connections() + in_flight;
       if (load < best_load ||
           (load == best_load && s.queued_bytes() < shards_[best]->queued_bytes())) {
@@ -146,7 +150,8 @@ struct SockServer* sock_server_start_fn(struct SockServerSettings settings) {
   settings.address = settings.address ? server->address.c_str() : nullptr;
   settings.port = server->port.c_str();
   const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-  const int threads = settings.threads > 0 ? settings.threads : static_cast<int>(cpus > 0 ? cpus : 1);
+  const int threads =
+      settings.threads > 0 ? settings.threads : static_cast<int>(cpus > 0 ? cpus : 1);
   server->settings = settings;
   server->stop_fd = eventfd(0, EFD_CLOEXEC);
   if (server->stop_fd < 0) return nullptr;

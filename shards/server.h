@@ -14,8 +14,10 @@
 #ifndef SHARDS_SERVER_H_
 #define SHARDS_SERVER_H_
 
-#include "engine/libreact.h"
-#include "engine/libsock.h"
+/* Siblings: found beside this header once installed, through the engine's include path in
+ * this tree (engine/BUILD strips its prefix). */
+#include "libreact.h"
+#include "libsock.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -11,7 +11,10 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "engine/defaults.h"
 #include "engine/libsock.h"
+#include "engine/routing.h"
+#include "shards/accept_batch.h"
 #include "shards/accept_pause.h"
 
 namespace shards {
@@ -32,30 +35,34 @@ Shard::Shard(const SockServerSettings& settings, int index, int listener)
   }
   ReactorLimits limits{};
   limits.idle_timeout_ms = settings.idle_timeout_ms == SOCK_NO_TIMEOUT ? 0
-                           : settings.idle_timeout_ms                  ? settings.idle_timeout_ms
-                                                                       : 30000;
+                           : settings.idle_timeout_ms ? settings.idle_timeout_ms
+                                                      : engine::kServerIdleTimeoutMs;
   limits.high_watermark = settings.high_watermark;
   limits.low_watermark = settings.low_watermark;
   limits.memory_budget = settings.shard_memory_budget;
   engine_->set_limits(limits);
-  engine_->set_stop_drain_ms(settings.stop_timeout_ms ? settings.stop_timeout_ms : 5000);
-  engine_->set_on_open(&Shard::on_adopt);
-  inbox_ = std::make_unique<LockfreeInbox>(*engine_);
-  engine_->set_inbox(inbox_.get());
+  engine_->set_stop_drain_ms(settings.stop_timeout_ms ? settings.stop_timeout_ms
+                                                      : engine::kStopDrainMs);
+  engine_->set_on_open(&Shard::on_open);
+  inbox_ = std::make_unique<engine::Inbox>(*engine_);
+  engine_->use_inbox(inbox_.get());
   if (listener_ >= 0 && (reactor_add(&api_, listener_) < 0 || !accept_pause_.init(&api_))) {
     std::fprintf(stderr, "shard %d: cannot watch its listener: %s\n", index, std::strerror(errno));
     std::abort();
   }
 }
 
-Shard::~Shard() {
-  // Calls posted after the stop completed never ran: free what they carry.
-  inbox_->drain_with([](const engine::RemoteCall& call) { engine::discard_posted(call); });
-}
-
 Shard* Shard::of(struct ::Reactor* api) { return reinterpret_cast<Shard*>(api); }
 
-void Shard::start() { thread_ = std::thread([this] { run(); }); }
+Shard::~Shard() {
+  while (inbox_->drain_with(engine::discard_posted) > 0) {}
+}
+
+void Shard::start() {
+  std::latch owned(1);
+  thread_ = std::thread([this, &owned] { run(owned); });
+  owned.wait();
+}
 
 void Shard::request_stop() { reactor_stop(&api_); }
 
@@ -63,7 +70,7 @@ void Shard::join() {
   if (thread_.joinable()) thread_.join();
 }
 
-void Shard::run() {
+void Shard::run(std::latch& owned) {
   if (settings_.pin_cpus) {
     cpu_set_t set;
     CPU_ZERO(&set);
@@ -72,6 +79,7 @@ void Shard::run() {
     pthread_setaffinity_np(pthread_self(), sizeof set, &set);
   }
   engine_->bind_owner_thread();
+  owned.count_down();  // start() returns; `owned` is gone after this
   // run_once returns -1 with errno 0 once the stop completed; its engine state is gone then.
   for (;;) {
     if (engine_->run_once(REACTOR_TICK) < 0 && errno == 0) break;
@@ -101,9 +109,9 @@ void Shard::on_shutdown(struct ::Reactor* api, int fd) {
   if (shard->settings_.on_shutdown) shard->settings_.on_shutdown(api, fd);
 }
 
-void Shard::on_adopt(struct ::Reactor* api, int fd) {
+void Shard::on_open(struct ::Reactor* api, int fd) {
   Shard* shard = of(api);
-  shard->adopted_.fetch_add(1, std::memory_order_relaxed);
+  shard->opened_.fetch_add(1, std::memory_order_relaxed);
   if (shard->settings_.on_open) shard->settings_.on_open(api, fd);
 }
 
@@ -115,16 +123,12 @@ void Shard::on_close(struct ::Reactor* api, int fd) {
 
 // SO_REUSEPORT mode: accept in bounded batches on this shard's own listener.
 void Shard::accept_own(int listener) {
-  const unsigned batch = settings_.accept_batch ? settings_.accept_batch : 64;
-  for (unsigned i = 0; i < batch; ++i) {
-    const int fd = sock_accept(&api_, listener);
-    if (fd >= 0) {
-      if (settings_.on_open) settings_.on_open(&api_, fd);
-      continue;
-    }
-    if (is_exhaustion(errno)) accept_pause_.pause(&api_, listener, errno);
-    return;
-  }
+  accept_batch(
+      &api_, listener, settings_.accept_batch ? settings_.accept_batch : engine::kAcceptBatch,
+      accept_pause_, [this] { return &api_; },
+      [this](int fd) {
+        if (settings_.on_open) settings_.on_open(&api_, fd);
+      });
 }
 
 }  // namespace shards

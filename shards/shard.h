@@ -1,37 +1,43 @@
 // File: shards/shard.h
-// One shard: a worker thread driving one engine::Reactor, with the reactor's Inbox (the one
-// cross-thread door: adopted fds and sock_ calls from other threads arrive through it).
+// One shard: a worker thread driving one engine::Reactor. Accepted fds and sock_ calls from
+// other threads reach it through the reactor's inbox (engine/inbox.h), the one cross-thread
+// door.
 //
 // Threads: construct, start() and join() from the controlling thread; everything the shard
 // owns (its reactor, the fds attached to it, its pool) is touched only by its own thread once
 // started, except through the inbox and the atomics documented below.
-// Ownership: the shard owns its reactor's engine state (destroyed when the reactor's stop
-// completes) and its inbox (destroyed with the shard, after join()).
+// Ownership: the shard owns its reactor's engine state, destroyed when the reactor's stop
+// completes on the shard's thread, and the reactor's inbox, destroyed with the shard after
+// join(): a call posted while the shard stops lands in live memory and is discarded then.
 #ifndef SHARDS_SHARD_H_
 #define SHARDS_SHARD_H_
 
 #include <atomic>
 #include <cstddef>
+#include <latch>
 #include <memory>
 #include <thread>
 
+#include "engine/inbox.h"
 #include "engine/libreact.h"
 #include "engine/reactor.h"
 #include "shards/accept_pause.h"
-#include "shards/inbox.h"
 #include "shards/server.h"
 
 namespace shards {
 
 class Shard {
  public:
-  // Creates the reactor (its pool, epoll set, limits) and inbox. listener >= 0: this shard
-  // accepts on its own SO_REUSEPORT listener. Aborts with a message if the engine cannot start.
+  // Creates the reactor (its pool, epoll set, limits). listener >= 0: this shard accepts on its
+  // own SO_REUSEPORT listener. Aborts with a message if the engine cannot start.
   Shard(const SockServerSettings& settings, int index, int listener);
+  // After join(): discards the calls posted to the shard after its stop completed.
   ~Shard();
   Shard(const Shard&) = delete;
   Shard& operator=(const Shard&) = delete;
 
+  // Returns once the shard's thread owns the reactor: from then on every sock_ call for its
+  // fds from another thread is posted to it.
   void start();
   // Any thread: begins the graceful stop (the reactor's stop: on_shutdown, drain, close).
   void request_stop();
@@ -40,10 +46,10 @@ class Shard {
   struct ::Reactor* api() { return &api_; }
   // Any thread: the load figures placement compares (relaxed, a recent snapshot).
   std::size_t connections() const { return connections_.load(std::memory_order_relaxed); }
-  // Connections handed to this shard by the acceptor and adopted so far: the acceptor counts
-  // what it handed, so handed - adopted is what is still in flight in the inbox (placement
-  // would otherwise see stale counts during a burst and pile it on one shard).
-  std::size_t adopted() const { return adopted_.load(std::memory_order_relaxed); }
+  // Connections handed to this shard by the acceptor and opened here so far: the acceptor
+  // counts what it handed, so handed - opened is what is still in flight in the inbox
+  // (placement would otherwise see stale counts during a burst and pile it on one shard).
+  std::size_t opened() const { return opened_.load(std::memory_order_relaxed); }
   // Bytes queued on the shard's connections (the engine's per-reactor total).
   uint64_t queued_bytes() const { return engine_queued_.load(std::memory_order_relaxed); }
 
@@ -53,11 +59,11 @@ class Shard {
   const SockServerSettings& settings() const { return settings_; }
 
  private:
-  void run();
+  void run(std::latch& owned);
   static void on_data(struct ::Reactor* api, int fd);
   static void on_shutdown(struct ::Reactor* api, int fd);
   static void on_close(struct ::Reactor* api, int fd);
-  static void on_adopt(struct ::Reactor* api, int fd);
+  static void on_open(struct ::Reactor* api, int fd);
   void accept_own(int listener);
 
   // First member: Shard::of() maps the callbacks' reactor pointer back to the shard.
@@ -66,13 +72,13 @@ class Shard {
   int index_;
   int listener_;
   engine::Reactor* engine_;
-  std::unique_ptr<LockfreeInbox> inbox_;
+  std::unique_ptr<engine::Inbox> inbox_;
   std::thread thread_;
   AcceptPause accept_pause_;
   // Written by the shard thread, read by the acceptor for placement.
   std::atomic<std::size_t> connections_{0};
   std::atomic<uint64_t> engine_queued_{0};
-  std::atomic<std::size_t> adopted_{0};
+  std::atomic<std::size_t> opened_{0};
 };
 
 }  // namespace shards

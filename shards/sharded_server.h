@@ -10,7 +10,7 @@
 #include <string>
 #include <system_error>
 
-#include "shards/server.h"
+#include "server.h"  // its sibling, here and once installed
 
 namespace shards {
 

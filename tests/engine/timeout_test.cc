@@ -353,7 +353,8 @@ TEST_F(TimeoutTest, DeadlineOfZeroClearsIt) {
   const Conn& incomplete = conns_[1];
   testing_support::write_all(complete.client, "GET /\n");
   testing_support::write_all(incomplete.client, "GET /");
-  ASSERT_TRUE(run_until(&r_, [&] { return complete.input.size() == 6 && incomplete.input.size() == 5; }));
+  ASSERT_TRUE(run_until(
+      &r_, [&] { return complete.input.size() == 6 && incomplete.input.size() == 5; }));
   expect_closes_at_its_timeout(incomplete, incomplete.start, kDeadline);
   EXPECT_EQ(incomplete.input, "GET /");
   // Open for ten deadlines.

@@ -30,7 +30,6 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <map>
 #include <mutex>
@@ -43,6 +42,7 @@
 #include "engine/libsock.h"
 #include "shards/server.h"
 #include "tests/testing/loopback.h"
+#include "tests/testing/thread_state.h"
 #include "tests/testing/wait_for.h"
 
 namespace {
@@ -618,7 +618,9 @@ void ac_on_open(Reactor*, int fd) {
   if (!ac->hold_next_open) return;
   ac->hold_next_open = false;
   ac->holding = true;
-  if (!ac->cv.wait_for(lock, testing_support::kWaitDeadline, [] { return ac->released; })) ac->hold_timed_out = true;
+  if (!ac->cv.wait_for(lock, testing_support::kWaitDeadline, [] { return ac->released; })) {
+    ac->hold_timed_out = true;
+  }
 }
 
 // E reads one byte per call: the call made progress without draining, so the reactor lists E
@@ -740,12 +742,12 @@ std::string join(const std::vector<int>& v) {
 // With accept_batch = 4, after the release and before E's first on_data the shard accepts at
 // most 3 * 4 - 1 connections, of the kBacklog waiting:
 //   - the rest of the held batch: 3;
-//   - that batch ended without EAGAIN, so the listener got another turn on the ready list in the
-//     same iteration: 4;
+//   - that batch ended without EAGAIN, so the listener got another on_data call in the same
+//     iteration (Reactor::want_on_data_again): 4;
 //   - in the next iteration epoll reports the listener (its edge came from the connections that
 //     queued during the hold) before E (whose input arrived after them): 4; then E.
 // After that E's on_data runs once per iteration (it reads one byte per call), and the listener
-// runs at most twice per iteration (an edge and its ready-list turn): at most 2 * 4 accepts
+// runs at most twice per iteration (an edge and its on_data-again turn): at most 2 * 4 accepts
 // between two of E's calls. All connections are opened in the end and E's bytes arrive in order.
 TEST(ServerSettingsTest, AcceptBatchBoundsTheAcceptsOfOneWakeupSoOtherInputIsServedBetween) {
   constexpr unsigned kBatch = 4;
@@ -978,8 +980,9 @@ TEST(ServerSettingsTest, SockUuid2fdMapsALiveHandleToItsFdFromAnotherThreadUntil
 
   // The peer of the first connection closes; the server closes its side.
   const UuState::Open old = opens[0];
-  const auto client = std::find_if(run.clients.begin(), run.clients.end(),
-                                   [&](int fd) { return testing_support::local_port(fd) == old.peer_port; });
+  const auto client =
+      std::find_if(run.clients.begin(), run.clients.end(),
+                   [&](int fd) { return testing_support::local_port(fd) == old.peer_port; });
   ASSERT_NE(client, run.clients.end());
   close(*client);
   run.clients.erase(client);
@@ -1020,35 +1023,20 @@ TEST(ServerSettingsTest, SockUuid2fdMapsALiveHandleToItsFdFromAnotherThreadUntil
 
 // ---- sock_server_request_stop / sock_server_wait ------------------------------------------------
 
-// Whether thread `tid` of this process sleeps in read(2) (sock_server_wait reads an eventfd):
-// its state is S and, where the kernel shows it, its current system call is read.
-bool sleeps_in_read(pid_t tid) {
-  const std::string dir = "/proc/self/task/" + std::to_string(tid);
-  std::ifstream stat(dir + "/stat");
-  std::string line;
-  if (!std::getline(stat, line)) return false;
-  const std::size_t paren = line.rfind(')');
-  if (paren == std::string::npos || paren + 2 >= line.size() || line[paren + 2] != 'S') {
-    return false;
-  }
-  std::ifstream syscall_file(dir + "/syscall");
-  long nr = -1;
-  if (!(syscall_file >> nr)) return true;  // not shown: the state is all there is
-  return nr == SYS_read;
-}
-
 TEST(ServerSettingsTest, SockServerWaitReturnsOnceAnotherThreadRequestsTheStop) {
   SockServer* server = sock_server_start(.address = "127.0.0.1", .port = "0", .threads = 2);
   ASSERT_NE(server, nullptr);
   std::atomic<pid_t> tid{0};
   std::atomic<bool> returned{false};
   std::thread waiter([&] {
-    tid = static_cast<pid_t>(syscall(SYS_gettid));
+    tid = testing_support::current_tid();
     sock_server_wait(server);
     returned = true;
   });
   // Blocked: its thread sleeps in read(2) and has not returned.
-  const bool blocked = wait_for([&] { return tid.load() != 0 && sleeps_in_read(tid.load()); });
+  // sock_server_wait reads an eventfd.
+  const bool blocked = wait_for(
+      [&] { return tid.load() != 0 && testing_support::sleeps_in(tid.load(), {SYS_read}); });
   EXPECT_TRUE(blocked);
   EXPECT_FALSE(returned.load());
   std::thread([server] { sock_server_request_stop(server); }).join();

@@ -43,7 +43,9 @@ TEST(ServerSmokeTest, EchoesOnEveryShardAndStopsCleanly) {
     ASSERT_EQ(sock_server_shard_count(server), 2);
     for (int i = 0; i < 2; ++i) g_shard[i] = sock_server_shard(server, i);
     std::vector<int> clients;
-    for (int i = 0; i < 20; ++i) clients.push_back(testing_support::connect_client(sock_server_port(server)));
+    for (int i = 0; i < 20; ++i) {
+      clients.push_back(testing_support::connect_client(sock_server_port(server)));
+    }
     for (std::size_t i = 0; i < clients.size(); ++i) {
       const std::string msg = testing_support::pattern(100000, static_cast<unsigned>(i));
       std::string got;

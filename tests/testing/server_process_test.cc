@@ -112,7 +112,7 @@ TEST(ServerProcessTest, ChildStartsWithOnlyTheStandardFdsAndTheFdLimitAsked) {
   const int leaked = dup(STDIN_FILENO);
   ASSERT_GE(leaked, 3);
   ServerProcess child({"/bin/sh", "-c", "ls /proc/self/fd | wc -l; ulimit -n; ulimit -Hn"},
-                      kDeadline, testing_support::ChildOptions{.fd_limit = 32});
+                      kDeadline, {.fd_limit = 32});
   ASSERT_TRUE(child.started());
   std::string out;
   const int status = child.wait_exit(&out);
@@ -124,7 +124,7 @@ TEST(ServerProcessTest, ChildStartsWithOnlyTheStandardFdsAndTheFdLimitAsked) {
 
 TEST(ServerProcessTest, StderrOnItsOwnPipeIsReadLineByLine) {
   ServerProcess child({"/bin/sh", "-c", "echo one >&2; echo two >&2; echo done"}, kDeadline,
-                      testing_support::ChildOptions{.stderr_to = testing_support::ChildStderr::kOwnPipe});
+                      {.stderr_to = testing_support::ChildStderr::kOwnPipe});
   ASSERT_TRUE(child.started());
   EXPECT_EQ(child.first_line(), "done");
   const int status = child.wait_exit();

@@ -1,11 +1,11 @@
-// File: tests/shards/inbox_test.cc
-// LockfreeInbox (shards/inbox.h): every posted call runs exactly once, in order per producer;
+// File: tests/engine/inbox_test.cc
+// Inbox (engine/inbox.h): every posted call runs exactly once, in order per producer;
 // a consumer that blocks between drains is always woken; the eventfd is written at most once
 // per announced sleep, so far less often than once per post.
 //
 // Nothing here sleeps to synchronise: consumers block in poll() on the wake eventfd with the
 // test's deadline as timeout, so a lost wakeup shows as a failure at the deadline, not a hang.
-#include "shards/inbox.h"
+#include "engine/inbox.h"
 
 #include <gtest/gtest.h>
 #include <poll.h>
@@ -28,8 +28,8 @@
 namespace {
 
 using engine::RemoteCall;
-using shards::InboxCounters;
-using shards::LockfreeInbox;
+using engine::Inbox;
+using engine::InboxCounters;
 using Clock = std::chrono::steady_clock;
 
 // The wake target of the tests that have no reactor: an eventfd written the way
@@ -43,7 +43,7 @@ class WakeFd {
   WakeFd(const WakeFd&) = delete;
   WakeFd& operator=(const WakeFd&) = delete;
 
-  // LockfreeInbox::WakeFn; any thread.
+  // Inbox::WakeFn; any thread.
   static void wake(void* self) {
     auto* w = static_cast<WakeFd*>(self);
     w->writes_.fetch_add(1, std::memory_order_relaxed);
@@ -69,14 +69,14 @@ class WakeFd {
 RemoteCall numbered(int producer, std::size_t seq) {
   RemoteCall call{};
   call.kind = RemoteCall::Kind::kRun;
-  call.fd = producer;
+  call.target = engine::fd_key(producer, 0);
   call.length = seq;
   return call;
 }
 
-TEST(LockfreeInboxTest, PostThenDrainOnOneThreadRunsEachCallOnceInOrder) {
+TEST(InboxTest, PostThenDrainOnOneThreadRunsEachCallOnceInOrder) {
   WakeFd wake;
-  LockfreeInbox inbox(&WakeFd::wake, &wake);
+  Inbox inbox(&WakeFd::wake, &wake);
   for (std::size_t i = 0; i < 3; ++i) ASSERT_TRUE(inbox.post(numbered(0, i)));
 
   std::vector<std::size_t> ran;
@@ -91,9 +91,9 @@ TEST(LockfreeInboxTest, PostThenDrainOnOneThreadRunsEachCallOnceInOrder) {
   EXPECT_EQ(wake.take(), 0u);
 }
 
-TEST(LockfreeInboxTest, MaySleepIsFalseWhileCallsArePending) {
+TEST(InboxTest, MaySleepIsFalseWhileCallsArePending) {
   WakeFd wake;
-  LockfreeInbox inbox(&WakeFd::wake, &wake);
+  Inbox inbox(&WakeFd::wake, &wake);
   EXPECT_TRUE(inbox.may_sleep()) << "an empty inbox lets the owner block";
 
   inbox.drain_with([](const RemoteCall&) {});  // awake again
@@ -105,9 +105,9 @@ TEST(LockfreeInboxTest, MaySleepIsFalseWhileCallsArePending) {
   EXPECT_EQ(wake.writes(), 0u) << "no post arrived while the owner was asleep";
 }
 
-TEST(LockfreeInboxTest, OnlyTheFirstPostAfterMaySleepWritesTheEventfd) {
+TEST(InboxTest, OnlyTheFirstPostAfterMaySleepWritesTheEventfd) {
   WakeFd wake;
-  LockfreeInbox inbox(&WakeFd::wake, &wake);
+  Inbox inbox(&WakeFd::wake, &wake);
   ASSERT_TRUE(inbox.may_sleep());
   for (std::size_t i = 0; i < 5; ++i) ASSERT_TRUE(inbox.post(numbered(0, i)));
   EXPECT_EQ(inbox.counters().wakeups, 1u);
@@ -125,28 +125,28 @@ TEST(LockfreeInboxTest, OnlyTheFirstPostAfterMaySleepWritesTheEventfd) {
   EXPECT_EQ(wake.writes(), 2u);
 }
 
-TEST(LockfreeInboxTest, DrainRunsAtMostOneBatchAndLeavesTheRestPending) {
+TEST(InboxTest, DrainRunsAtMostOneBatchAndLeavesTheRestPending) {
   WakeFd wake;
-  LockfreeInbox inbox(&WakeFd::wake, &wake);
-  constexpr std::size_t kPosts = LockfreeInbox::kDrainBatch + 1;
+  Inbox inbox(&WakeFd::wake, &wake);
+  constexpr std::size_t kPosts = Inbox::kDrainBatch + 1;
   for (std::size_t i = 0; i < kPosts; ++i) ASSERT_TRUE(inbox.post(numbered(0, i)));
 
   std::size_t next = 0;
   auto check = [&](const RemoteCall& c) { EXPECT_EQ(c.length, next++); };
-  EXPECT_EQ(inbox.drain_with(check), LockfreeInbox::kDrainBatch);
+  EXPECT_EQ(inbox.drain_with(check), Inbox::kDrainBatch);
   EXPECT_FALSE(inbox.may_sleep()) << "the owner must come back for the rest without blocking";
   EXPECT_EQ(inbox.drain_with(check), 1u);
   EXPECT_EQ(next, kPosts);
   EXPECT_TRUE(inbox.may_sleep());
 }
 
-TEST(LockfreeInboxTest, DrainEndsWhenARunCallKeepsPostingToItsOwnInbox) {
+TEST(InboxTest, DrainEndsWhenARunCallKeepsPostingToItsOwnInbox) {
   WakeFd wake;
-  LockfreeInbox inbox(&WakeFd::wake, &wake);
+  Inbox inbox(&WakeFd::wake, &wake);
   ASSERT_TRUE(inbox.post(numbered(0, 0)));
   // Each call posts its successor: an unbounded drain would never return.
   auto repost = [&](const RemoteCall& c) { ASSERT_TRUE(inbox.post(numbered(0, c.length + 1))); };
-  EXPECT_EQ(inbox.drain_with(repost), LockfreeInbox::kDrainBatch);
+  EXPECT_EQ(inbox.drain_with(repost), Inbox::kDrainBatch);
   EXPECT_FALSE(inbox.may_sleep());
   EXPECT_EQ(inbox.drain_with([](const RemoteCall&) {}), 1u);
 }
@@ -176,9 +176,9 @@ struct ConsumerLog {
 };
 
 // The reactor's loop in miniature: drain, and block on the eventfd only after may_sleep().
-void consume(LockfreeInbox& inbox, WakeFd& wake, Clock::time_point deadline, ConsumerLog& log) {
+void consume(Inbox& inbox, WakeFd& wake, Clock::time_point deadline, ConsumerLog& log) {
   auto check = [&log](const RemoteCall& c) {
-    std::size_t& expected = log.next[static_cast<std::size_t>(c.fd)];
+    std::size_t& expected = log.next[static_cast<std::size_t>(c.fd())];
     if (c.length != expected) ++log.out_of_order;
     expected = c.length + 1;
     ++log.ran;
@@ -202,9 +202,9 @@ void consume(LockfreeInbox& inbox, WakeFd& wake, Clock::time_point deadline, Con
   }
 }
 
-TEST(LockfreeInboxTest, TwoProducersToOneSleepingConsumerLoseNoCallAndNoWakeup) {
+TEST(InboxTest, TwoProducersToOneSleepingConsumerLoseNoCallAndNoWakeup) {
   WakeFd wake;
-  LockfreeInbox inbox(&WakeFd::wake, &wake);
+  Inbox inbox(&WakeFd::wake, &wake);
   const Clock::time_point deadline = Clock::now() + kStressDeadline;
   std::latch start(kProducers + 1);
   std::atomic<std::size_t> failed_posts{0};
@@ -273,9 +273,9 @@ bool spin_until(Done&& done, Clock::time_point deadline) {
   return true;
 }
 
-TEST(LockfreeInboxTest, EveryBurstWakesTheConsumerThatWaitsForIt) {
+TEST(InboxTest, EveryBurstWakesTheConsumerThatWaitsForIt) {
   WakeFd wake;
-  LockfreeInbox inbox(&WakeFd::wake, &wake);
+  Inbox inbox(&WakeFd::wake, &wake);
   const Clock::time_point deadline = Clock::now() + kBurstDeadline;
   std::size_t total = 0;
   for (std::size_t b = 0; b < kBurstsPerProducer; ++b) total += 1 + b % kMaxBurst;
@@ -291,7 +291,7 @@ TEST(LockfreeInboxTest, EveryBurstWakesTheConsumerThatWaitsForIt) {
     start.arrive_and_wait();
     std::size_t seen = 0;
     auto run = [&](const RemoteCall& c) {
-      std::atomic<std::size_t>& n = ran[c.fd];
+      std::atomic<std::size_t>& n = ran[c.fd()];
       if (c.length != n.load(std::memory_order_relaxed)) ++out_of_order;
       n.store(c.length + 1, std::memory_order_release);
       ++seen;
@@ -341,12 +341,12 @@ TEST(LockfreeInboxTest, EveryBurstWakesTheConsumerThatWaitsForIt) {
 
 // The Reactor constructor wakes through Reactor::wake(): a post after may_sleep() ends the
 // reactor's blocking wait.
-using LockfreeInboxReactorTest = testing_support::ReactorFixture;
+using InboxReactorTest = testing_support::ReactorFixture;
 
-TEST_F(LockfreeInboxReactorTest, PostAfterMaySleepEndsTheReactorsBlockingWait) {
+TEST_F(InboxReactorTest, PostAfterMaySleepEndsTheReactorsBlockingWait) {
   engine::Reactor* reactor = engine::Reactor::of(&r_, true);
   ASSERT_NE(reactor, nullptr);
-  LockfreeInbox inbox(*reactor);
+  Inbox inbox(*reactor);
   ASSERT_TRUE(inbox.may_sleep());
   ASSERT_TRUE(inbox.post(numbered(0, 0)));
   EXPECT_EQ(inbox.counters().wakeups, 1u);

@@ -1,12 +1,12 @@
-// File: shards/inbox.cc
-// LockfreeInbox: the wakeup protocol and why it neither loses nor repeats a wakeup.
+// File: engine/inbox.cc
+// Inbox: the wakeup protocol and why it neither loses nor repeats a wakeup.
 //
 // The protocol, with a name for each atomic step (all seq_cst, so they sit in one total order
 // that agrees with each thread's program order):
 //
 //   owner, may_sleep():   S  sleeping_ = true
 //                         L  p = pending_          (true when p <= 0: the owner may block)
-//   owner, drain():          sleeping_ = false, pop and run calls,
+//   owner, drain_with():     sleeping_ = false, pop and run calls,
 //                         D  pending_ -= calls run
 //   producer, post(c):    U  push c                (c becomes poppable)
 //                         A  pending_ += 1
@@ -40,31 +40,31 @@
 //
 // The calls themselves travel through Boost's queue: push() links the node with a release
 // CAS, pop() loads the link with acquire, so the owner sees every field written before post().
-#include "shards/inbox.h"
+#include "engine/inbox.h"
 
 #include <cassert>
 #include <new>
 
 #include "engine/reactor.h"
 
-namespace shards {
+namespace engine {
 namespace {
 
 // Reactor::wake() is an eventfd write: any thread, async-signal-safe.
-void wake_reactor(void* reactor) { static_cast<engine::Reactor*>(reactor)->wake(); }
+void wake_reactor(void* reactor) { static_cast<Reactor*>(reactor)->wake(); }
 
 }  // namespace
 
-LockfreeInbox::LockfreeInbox(engine::Reactor& owner, std::size_t capacity)
-    : LockfreeInbox(&wake_reactor, &owner, capacity) {}
+Inbox::Inbox(Reactor& owner, std::size_t capacity)
+    : Inbox(&wake_reactor, &owner, capacity) {}
 
-LockfreeInbox::LockfreeInbox(WakeFn wake, void* context, std::size_t capacity)
+Inbox::Inbox(WakeFn wake, void* context, std::size_t capacity)
     : wake_(wake), wake_context_(context), queue_(capacity) {
   // x86-64 packs the ABA tag into the pointer's unused bits, so single-word CAS suffices.
   assert(queue_.is_lock_free());
 }
 
-bool LockfreeInbox::post(const engine::RemoteCall& call) {
+bool Inbox::post(const RemoteCall& call) {
   // U: Boost's push is the release side of the publication (see the banner).
   try {
     queue_.push(call);
@@ -83,11 +83,7 @@ bool LockfreeInbox::post(const engine::RemoteCall& call) {
   return true;
 }
 
-std::size_t LockfreeInbox::drain(engine::Reactor& owner) {
-  return drain_with([&owner](const engine::RemoteCall& call) { owner.run_remote(call); });
-}
-
-bool LockfreeInbox::may_sleep() {
+bool Inbox::may_sleep() {
   // S, then L: the owner half of the Dekker pair with post()'s A, R.
   sleeping_.store(true, std::memory_order_seq_cst);
   if (pending_.load(std::memory_order_seq_cst) > 0) {
@@ -99,7 +95,7 @@ bool LockfreeInbox::may_sleep() {
   return true;
 }
 
-InboxCounters LockfreeInbox::counters() const {
+InboxCounters Inbox::counters() const {
   return InboxCounters{
       .posted = posted_.load(std::memory_order_relaxed),
       .drained = drained_.load(std::memory_order_relaxed),
@@ -107,20 +103,4 @@ InboxCounters LockfreeInbox::counters() const {
   };
 }
 
-}  // namespace shards
-
-#if defined(__SANITIZE_THREAD__)
-// Boost.Lockfree's node freelist reads and writes the link of a node that another thread may be
-// reusing at the same moment, with plain accesses: the tag in the link makes the following CAS
-// fail, so the stale value is never used, but TSan sees a race (boostorg/lockfree issue #78).
-// The queue's own node links get the same treatment: a producer loads the tail node's link
-// while that node's memory, recycled through the freelist, is being rewritten by another
-// thread (seen here as an atomic load racing a plain write in do_push). race_top matches only
-// the innermost frame, so these hide exactly those link accesses and nothing that touches a
-// call's payload or this file's atomics. The runtime asks every binary for this function;
-// shards/ is the only folder that includes Boost.Lockfree, so it lives here.
-extern "C" const char* __tsan_default_suppressions() {
-  return "race_top:boost::lockfree::detail::tagged_ptr<boost::lockfree::detail::freelist_stack<\n"
-         "race_top:std::atomic<boost::lockfree::detail::tagged_ptr<boost::lockfree::queue<\n";
-}
-#endif
+}  // namespace engine

@@ -1,18 +1,18 @@
-// File: shards/inbox.h
-// The one cross-thread door of a shard: an MPSC queue of engine::RemoteCall (Boost.Lockfree)
-// plus a coalesced eventfd wakeup of the owner thread.
+// File: engine/inbox.h
+// The one cross-thread door of a reactor: an MPSC queue of RemoteCall (Boost.Lockfree) plus a
+// coalesced eventfd wakeup of the owner thread. Every reactor has one, made on first need
+// (Reactor::inbox()), whether a shard drives it or the program does.
 //
 // Any thread may post(); only the owner drains, and the owner blocks (in its epoll wait on the
 // eventfd) only after may_sleep() said it may. A post writes the eventfd only when the owner
-// announced that it is about to sleep, so a busy shard receives no syscalls from its
-// producers at all, and a sleeping shard receives one write per sleep however many calls
+// announced that it is about to sleep, so a busy reactor receives no syscalls from its
+// producers at all, and a sleeping one receives one write per sleep however many calls
 // arrive while it sleeps. The proof that no wakeup is lost is in inbox.cc.
 //
 // Threads, per function:
 //   post()                       any thread, many at once; lock-free until the node freelist is
 //                                empty (then it allocates).
-//   drain(), drain_with(),
-//   may_sleep()                  the owner thread only: one consumer at a time, ever.
+//   drain_with(), may_sleep()    the owner thread only: one consumer at a time, ever.
 //   counters()                   any thread; a snapshot of relaxed counters, not mutually
 //                                consistent while producers run.
 //   constructor, destructor      not concurrent with anything else.
@@ -23,8 +23,8 @@
 // destroyed are discarded without running, so their data leaks: drain before destroying.
 // Errors: post() returns false only when a node could not be allocated (std::bad_alloc from
 // the node allocator); the call is then not queued and its data is still the caller's.
-#ifndef SHARDS_INBOX_H_
-#define SHARDS_INBOX_H_
+#ifndef ENGINE_INBOX_H_
+#define ENGINE_INBOX_H_
 
 #include <atomic>
 #include <boost/lockfree/queue.hpp>
@@ -35,25 +35,23 @@
 #include "engine/remote.h"
 
 namespace engine {
-class Reactor;
-}
 
-namespace shards {
+class Reactor;
 
 // Boost.Lockfree copies calls with plain assignment and never runs a destructor on them.
-static_assert(std::is_trivially_copyable_v<engine::RemoteCall>,
+static_assert(std::is_trivially_copyable_v<RemoteCall>,
               "RemoteCall is copied into queue nodes byte for byte");
-static_assert(std::is_trivially_destructible_v<engine::RemoteCall>,
+static_assert(std::is_trivially_destructible_v<RemoteCall>,
               "queue nodes are recycled without destroying their payload");
 
 // What the counters said at one moment. Each field is exact once the producers have stopped.
 struct InboxCounters {
   uint64_t posted;   // successful post()s
-  uint64_t drained;  // calls run by drain()/drain_with()
+  uint64_t drained;  // calls run by drain_with()
   uint64_t wakeups;  // eventfd writes (wake function calls)
 };
 
-class LockfreeInbox final : public engine::Inbox {
+class Inbox {
  public:
   // Wakes the owner: called by the one producer that finds the owner asleep. It must end the
   // owner's current or next blocking wait (an eventfd write) and may run on any thread.
@@ -64,10 +62,10 @@ class LockfreeInbox final : public engine::Inbox {
   static constexpr std::size_t kCacheLineBytes = 64;
 
   // Nodes allocated up front. A queue node is one cache line (Boost aligns nodes to the line
-  // and a RemoteCall plus the next pointer fits), so the default costs 64 KiB per shard and
+  // and a RemoteCall plus the next pointer fits), so the default costs 64 KiB per reactor and
   // absorbs a burst of this many posts before any producer allocates.
   static constexpr std::size_t kDefaultCapacity = 1024;
-  static_assert(sizeof(engine::RemoteCall) + sizeof(void*) <= kCacheLineBytes,
+  static_assert(sizeof(RemoteCall) + sizeof(void*) <= kCacheLineBytes,
                 "a queue node is expected to be one cache line");
 
   // The most calls one drain runs. It bounds how long one loop iteration spends on remote
@@ -79,20 +77,17 @@ class LockfreeInbox final : public engine::Inbox {
   static_assert(kDrainBatch > 0);
 
   // Wakes `owner` through Reactor::wake(). The reactor must outlive the inbox.
-  explicit LockfreeInbox(engine::Reactor& owner, std::size_t capacity = kDefaultCapacity);
-  // Wakes by calling wake(context) (tests, tools that block on their own eventfd).
-  LockfreeInbox(WakeFn wake, void* context, std::size_t capacity = kDefaultCapacity);
+  explicit Inbox(Reactor& owner, std::size_t capacity = kDefaultCapacity);
+  // Wakes by calling wake(context) (tests, benchmarks that block on their own eventfd).
+  Inbox(WakeFn wake, void* context, std::size_t capacity = kDefaultCapacity);
   // Not concurrent with any other call. Queued calls are discarded unrun (see the banner).
-  ~LockfreeInbox() override = default;
-  LockfreeInbox(const LockfreeInbox&) = delete;
-  LockfreeInbox& operator=(const LockfreeInbox&) = delete;
+  ~Inbox() = default;
+  Inbox(const Inbox&) = delete;
+  Inbox& operator=(const Inbox&) = delete;
 
   // Any thread. Queues a copy of `call`; wakes the owner if it announced a sleep. False only
   // when out of memory (nothing queued, no wakeup).
-  bool post(const engine::RemoteCall& call) override;
-
-  // Owner thread: drain_with(owner.run_remote).
-  std::size_t drain(engine::Reactor& owner) override;
+  bool post(const RemoteCall& call);
 
   // Owner thread: runs run(const RemoteCall&) for up to kDrainBatch queued calls, in queue
   // order, and returns how many ran. `run` may post to this inbox (those calls join the
@@ -102,7 +97,7 @@ class LockfreeInbox final : public engine::Inbox {
 
   // Owner thread, right before a blocking wait: true means block (a later post() will call
   // the wake function); false means calls are pending, so drain instead of blocking.
-  bool may_sleep() override;
+  bool may_sleep();
 
   // Any thread.
   InboxCounters counters() const;
@@ -114,7 +109,7 @@ class LockfreeInbox final : public engine::Inbox {
 
   // Boost keeps its head and tail on separate lines; aligning the queue keeps our own
   // fields off its first line.
-  alignas(kCacheLineBytes) boost::lockfree::queue<engine::RemoteCall> queue_;
+  alignas(kCacheLineBytes) boost::lockfree::queue<RemoteCall> queue_;
 
   // The handshake line, touched by every post (one RMW, one load) and by the owner once per
   // loop iteration. The producer counters share it: a producer already owns the line when it
@@ -134,19 +129,19 @@ class LockfreeInbox final : public engine::Inbox {
 };
 
 template <class F>
-std::size_t LockfreeInbox::drain_with(F&& run) {
+std::size_t Inbox::drain_with(F&& run) {
   // Awake from here on: producers that look at sleeping_ now skip the eventfd. Relaxed is
   // enough: this store only saves wakeups; no-lost-wakeup rests on may_sleep()'s seq_cst
   // store and load, which come after this store in this thread.
   sleeping_.store(false, std::memory_order_relaxed);
 
   std::size_t ran = 0;
-  engine::RemoteCall call;
+  RemoteCall call;
   // Pop side of the publication: Boost's pop() loads the node link with acquire, pairing
   // with the release CAS in push(), so the call's fields (and what they point to, written
   // before post()) are visible here.
   while (ran < kDrainBatch && queue_.pop(call)) {
-    run(static_cast<const engine::RemoteCall&>(call));
+    run(static_cast<const RemoteCall&>(call));
     ++ran;
   }
   if (ran > 0) {
@@ -159,6 +154,6 @@ std::size_t LockfreeInbox::drain_with(F&& run) {
   return ran;
 }
 
-}  // namespace shards
+}  // namespace engine
 
-#endif  // SHARDS_INBOX_H_
+#endif  // ENGINE_INBOX_H_

@@ -1,0 +1,238 @@
+#include "engine/connection.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "engine/flush.h"
+#include "engine/handle.h"
+#include "engine/read_buffer.h"
+#include "engine/reactor.h"
+#include "engine/routing.h"
+#include "engine/tlc.h"
+#include "engine/write_queue.h"
+
+namespace engine {
+namespace {
+
+thread_local CloseReason tls_close_reason = CloseReason::kLocal;
+
+// A connection's sock_ state, unlinked from its slot so that it can be freed after the slot
+// (and perhaps the fd number) has moved on.
+struct ConnectionState {
+  Packet* queue;
+  SlotExtra* extra;  // its layers and buffered input
+};
+
+// Unlinks the queue, layers and buffered input and zeroes the write counters; flags, owner and
+// generation are the caller's to reset.
+ConnectionState take_state(FdSlot& slot) {
+  const ConnectionState state{slot.head, slot.extra};
+  if (Reactor* owner = attached_owner(slot)) {
+    owner->count_queued(-static_cast<int64_t>(slot.queued_bytes));
+  }
+  slot.head = slot.tail = nullptr;
+  slot.sent = slot.queued_bytes = 0;
+  // Timeouts, watermarks and layers are per connection: the next one on this number starts
+  // from the reactor's.
+  slot.extra = nullptr;
+  return state;
+}
+
+// Frees what take_state() unlinked: returns the packets, runs each layer's on_clear (user
+// code), frees the buffered input.
+void free_state(int fd, const ConnectionState& state) {
+  packet_chain_free(state.queue);
+  if (!state.extra) return;
+  tlc_clear_chain(fd, state.extra->tlc);
+  read_buffer_free(state.extra->leftover);
+  delete state.extra;
+}
+
+// take_state() and free_state() at once, keeping only the reactor registration.
+void release_state(int fd, FdSlot& slot) {
+  const ConnectionState state = take_state(slot);
+  slot.flags &= kAttached;
+  free_state(fd, state);
+}
+
+// Runs the transport layers' before_close hooks once per connection; true if they queued
+// output that must be sent before the close (a TLS close_notify).
+bool run_close_hooks(int fd, FdSlot& slot) {
+  if (!slot_tlc(slot) || (slot.flags & kCloseHooksRun)) return false;
+  slot.flags |= kCloseHooksRun;
+  for (sockTLC* layer = slot_tlc(slot); layer; layer = layer->next) {
+    if (layer->before_close) layer->before_close(fd, layer);
+  }
+  return slot.head != nullptr;
+}
+
+}  // namespace
+
+CloseReason current_close_reason() { return tls_close_reason; }
+
+FdSlot* owner_thread_slot(int fd) {
+  if (target_of(fd).remote) {
+    errno = EPERM;
+    return nullptr;
+  }
+  return open_slot(fd);
+}
+
+int open_connection(struct ::Reactor* owner, int fd, bool connecting) {
+  if (fd < 0 || fcntl(fd, F_GETFL) < 0) {
+    errno = EBADF;
+    return -1;
+  }
+  Reactor* reactor = owner ? Reactor::of(owner, true) : nullptr;
+  if (owner && !reactor) return -1;
+  FdSlot* slot = fd_slot_make(fd);
+  if (!slot) return -1;
+  // Without a reactor given, the fd keeps the one it is attached to, which may run elsewhere.
+  Reactor* const runs_it = reactor ? reactor : target_of(fd).remote;
+  if (runs_it && !runs_it->is_owner_thread()) {
+    return post(*runs_it, connecting ? RemoteCall::Kind::kOpenConnecting : RemoteCall::Kind::kOpen,
+                fd, 0);
+  }
+  // Whoever last closed this number released the slot with its generation store: acquire it
+  // before touching the rest.
+  slot->generation.load(std::memory_order_acquire);
+  release_state(fd, *slot);
+  // Owned before it is open: other threads route by the (generation, owner) pair (target_of),
+  // and an open generation without an owner would run their call inline, on this slot, from
+  // their own thread. (An attached slot has its owner already.)
+  const bool preset = reactor && !(slot->flags & kAttached);
+  if (preset) set_owner(*slot, reactor);
+  mark_open(*slot);  // a new connection: calls and events stamped with the old one are stale
+  slot->flags |= kOpen;
+  if (connecting) slot->flags |= kConnecting;
+  if (!reactor) reactor = attached_owner(*slot);  // re-arm its registration, new generation
+  if (reactor && reactor->attach(fd, *slot) < 0) {
+    const int err = errno;
+    slot->flags &= ~(kOpen | kConnecting);
+    mark_closed(*slot);
+    if (preset) set_owner(*slot, nullptr);
+    errno = err;
+    return -1;
+  }
+  if (reactor) reactor->start_timers(fd, *slot);
+  return 0;
+}
+
+int attach_connection(struct ::Reactor* owner, int fd) {
+  Reactor* reactor = Reactor::of(owner, true);
+  if (!reactor) return -1;
+  const Target t = target_of(fd);
+  if (!t.slot || !is_open_generation(t.generation)) {
+    errno = EBADF;
+    return -1;
+  }
+  if (!reactor->is_owner_thread()) {
+    // The caller holds the unattached fd (one thread at a time): once the owner is published,
+    // every later call routes to the reactor's thread, which attaches it. An fd attached
+    // already would have to leave its reactor first, on that reactor's thread.
+    if (load_owner(*t.slot)) {
+      errno = EBUSY;
+      return -1;
+    }
+    set_owner(*t.slot, reactor);
+    if (post(*reactor, RemoteCall::Kind::kAttach, fd, t.generation) < 0) {
+      set_owner(*t.slot, nullptr);
+      return -1;
+    }
+    return 0;
+  }
+  FdSlot* slot = open_slot(fd);
+  if (!slot) return -1;
+  const bool fresh = attached_owner(*slot) != reactor;
+  if (reactor->attach(fd, *slot) < 0) return -1;
+  if (fresh) reactor->start_timers(fd, *slot);  // the reactor's idle timeout applies from now
+  if (slot->head) reactor->want_flush(fd, *slot);
+  return 0;
+}
+
+int close_connection(struct ::Reactor* reactor, int fd, bool graceful, intptr_t uuid) {
+  const Target t = target_of(fd);
+  if (!t.slot || (uuid && !uuid_matches(uuid, t.generation))) {
+    errno = EBADF;
+    return -1;
+  }
+  using Kind = RemoteCall::Kind;
+  if (t.remote) {
+    return post(*t.remote, graceful ? Kind::kClose : Kind::kForceClose, fd, t.generation);
+  }
+  FdSlot* slot = t.slot;
+  if (!(slot->flags & (kOpen | kAttached))) {
+    errno = EBADF;
+    return -1;
+  }
+  // An fd without a reactor closes through `reactor` (seed contract: its on_close reports it,
+  // and for a graceful close it drives the drain), on that reactor's thread.
+  Reactor* through = (reactor && !attached_owner(*slot)) ? Reactor::of(reactor, true) : nullptr;
+  if (through && !through->is_owner_thread()) {
+    set_owner(*slot, through);  // later calls for the fd route there too, behind this one
+    if (post(*through, graceful ? Kind::kCloseHere : Kind::kForceCloseHere, fd, t.generation) < 0) {
+      set_owner(*slot, nullptr);
+      return -1;
+    }
+    return 0;
+  }
+  if (!graceful || !(slot->flags & kOpen)) {  // a plain attached fd has no queue to wait for
+    close_slot(fd, *slot, reactor, CloseReason::kLocal);
+    return 0;
+  }
+  if (reactor && !attached_owner(*slot) && (!through || through->attach(fd, *slot) < 0)) {
+    close_slot(fd, *slot, reactor, CloseReason::kLocal);
+    return 0;
+  }
+  slot->flags |= kClosing;
+  schedule_flush(fd, *slot);
+  return 0;
+}
+
+void clear_connection(int fd) {
+  if (target_of(fd).remote) return;  // owner thread only: see libsock.h
+  FdSlot* slot = fd_slot(fd);
+  if (!slot) return;
+  const bool was_open = slot->flags & kOpen;
+  release_state(fd, *slot);
+  if (!was_open) return;
+  mark_closed(*slot);
+  // Still attached as a plain fd: re-arm its registration with the new generation.
+  if (Reactor* owner = attached_owner(*slot)) owner->attach(fd, *slot);
+}
+
+void close_slot(int fd, FdSlot& slot, struct ::Reactor* notify, CloseReason why) {
+  // Closed to other threads before detach() clears the owner: they route a call by the
+  // (generation, owner) pair (target_of), and an open generation without an owner would run
+  // their call inline, on this slot, from their own thread.
+  mark_closed(slot);
+  if (Reactor* owner = attached_owner(slot)) {
+    owner->assert_owner_thread();
+    owner->detach(fd, slot);
+    notify = owner->api();
+  }
+  // Unlink everything first: once close(2) returns, another thread may get this number.
+  const ConnectionState state = take_state(slot);
+  slot.flags = 0;
+  set_owner(slot, nullptr);
+  // Last write to the slot: the generation stored again with release hands the slot to
+  // whoever reuses the number (its opener acquires it).
+  slot.generation.store(slot.generation.load(std::memory_order_relaxed), std::memory_order_release);
+  ::close(fd);
+  if (notify && notify->on_close) {
+    const CloseReason outer = tls_close_reason;
+    tls_close_reason = why;
+    notify->on_close(notify, fd);
+    tls_close_reason = outer;
+  }
+  free_state(fd, state);
+}
+
+Drained close_if_due(int fd, FdSlot& slot, struct ::Reactor* notify) {
+  if (!(slot.flags & (kClosing | kEof))) return Drained::kStaysOpen;
+  if (run_close_hooks(fd, slot)) return Drained::kMoreQueued;
+  close_slot(fd, slot, notify, (slot.flags & kClosing) ? CloseReason::kLocal : CloseReason::kPeer);
+  return Drained::kClosed;
+}
+
+}  // namespace engine

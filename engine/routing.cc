@@ -1,0 +1,171 @@
+#include "engine/routing.h"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "engine/connection.h"
+#include "engine/flush.h"
+#include "engine/handle.h"
+#include "engine/inbox.h"
+#include "engine/write_path.h"
+#include "engine/write_queue.h"
+
+namespace engine {
+namespace {
+
+using Kind = RemoteCall::Kind;
+
+// The fd still holds the connection the call was made for.
+bool still_current(const RemoteCall& call) {
+  const FdSlot* slot = fd_slot(call.fd());
+  return slot && slot->generation.load(std::memory_order_acquire) == call.generation();
+}
+
+// kOpen, kOpenConnecting: the thread that accepted or connected the fd handed it over and
+// holds it no more, so a failure to open it here closes it here.
+void open_posted(Reactor& reactor, const RemoteCall& call) {
+  if (open_connection(reactor.api(), call.fd(), call.kind == Kind::kOpenConnecting) < 0) {
+    ::close(call.fd());
+  } else if (reactor.on_open()) {
+    reactor.on_open()(reactor.api(), call.fd());
+  }
+}
+
+// kWrite, kWriteFile: written through the handle of the connection the call was made for, so
+// a connection that closed meanwhile drops it (write_data frees what it owns). Small copies
+// merge into the queue's packets (copied once more, then freed); large ones are linked as
+// they are.
+void write_posted(const RemoteCall& call) {
+  const bool file = call.kind == Kind::kWriteFile;
+  const bool merge = !file && call.length <= kRecordPayload;
+  SockWriteOpt opt{};
+  opt.buffer = call.data;
+  opt.length = call.length;
+  opt.move = !file && !merge;
+  opt.file = file;
+  opt.urgent = call.urgent;
+  opt.uuid = make_uuid(call.fd(), call.generation());
+  write_data(opt);
+  if (merge) std::free(call.data);
+}
+
+}  // namespace
+
+int post(Reactor& to, RemoteCall::Kind kind, int fd, uint32_t generation, void* data,
+         std::size_t length, bool urgent) {
+  bool made = false;
+  Inbox* inbox = to.inbox(&made);
+  const RemoteCall call{kind, urgent, fd_key(fd, generation), data, length, nullptr};
+  const bool queued = inbox && inbox->post(call);
+  // A new inbox: its owner may be blocked in epoll_wait after looking for one before it
+  // existed, so it never announced that sleep to the inbox, and the inbox's own wakeup
+  // (inbox.cc) would not reach it. This one does; from the owner's next look on, the inbox's
+  // protocol takes over. Also when this post failed: another thread that lost the race to
+  // make the inbox may have posted into it already, counting on this wake.
+  if (made) to.wake();
+  if (!queued) {
+    errno = ENOMEM;
+    return -1;
+  }
+  return 0;
+}
+
+ssize_t post_write(const Target& t, int fd, const SockWriteOpt& opt) {
+  void* data = const_cast<void*>(opt.buffer);
+  if (opt.file) {
+    return post(*t.remote, Kind::kWriteFile, fd, t.generation, data, opt.length, opt.urgent) < 0
+               ? fail_write(opt, ENOMEM)
+               : 0;
+  }
+  if (!opt.move) {
+    data = std::malloc(opt.length);
+    if (!data) return fail_write(opt, ENOMEM);
+    std::memcpy(data, opt.buffer, opt.length);
+  }
+  if (post(*t.remote, Kind::kWrite, fd, t.generation, data, opt.length, opt.urgent) < 0) {
+    std::free(data);
+    errno = ENOMEM;
+    return -1;
+  }
+  return 0;
+}
+
+void run_posted(Reactor& reactor, const RemoteCall& call) {
+  switch (call.kind) {
+    case Kind::kOpen:
+    case Kind::kOpenConnecting:
+      open_posted(reactor, call);
+      return;
+    case Kind::kAttach:
+      if (attach_connection(reactor.api(), call.fd()) < 0) {
+        // The poster published this reactor as the owner: the fd is unattached again.
+        if (FdSlot* slot = fd_slot(call.fd())) set_owner(*slot, nullptr);
+      }
+      return;
+    case Kind::kWrite:
+    case Kind::kWriteFile:
+      write_posted(call);
+      return;
+    case Kind::kSendPacket:
+      if (!still_current(call) || send_packet(call.fd(), static_cast<Packet*>(call.data)) < 0) {
+        packet_chain_free(static_cast<Packet*>(call.data));  // the connection is gone or closing
+      }
+      return;
+    case Kind::kFlush:
+      if (still_current(call)) flush_output(call.fd());
+      return;
+    case Kind::kClose:
+    case Kind::kForceClose:
+      close_connection(nullptr, call.fd(), call.kind == Kind::kClose,
+                       make_uuid(call.fd(), call.generation()));
+      return;
+    case Kind::kCloseHere:
+    case Kind::kForceCloseHere:
+      close_connection(reactor.api(), call.fd(), call.kind == Kind::kCloseHere,
+                       make_uuid(call.fd(), call.generation()));
+      return;
+    case Kind::kRun:
+      call.fn(call.data);
+      return;
+  }
+}
+
+void discard_posted(const RemoteCall& call) {
+  switch (call.kind) {
+    case Kind::kOpen:
+    case Kind::kOpenConnecting:
+      ::close(call.fd());
+      return;
+    case Kind::kWrite:
+      std::free(call.data);
+      return;
+    case Kind::kWriteFile:
+      std::fclose(static_cast<FILE*>(call.data));
+      return;
+    case Kind::kSendPacket:
+      packet_chain_free(static_cast<Packet*>(call.data));
+      return;
+    case Kind::kAttach:
+      // The poster published the reactor as the fd's owner; the fd is unattached again.
+      if (still_current(call)) set_owner(*fd_slot(call.fd()), nullptr);
+      return;
+    case Kind::kCloseHere:
+    case Kind::kForceCloseHere:
+      // The caller gave the fd up: close it without the reactor that would have reported it.
+      if (still_current(call)) {
+        close_slot(call.fd(), *fd_slot(call.fd()), nullptr, CloseReason::kLocal);
+      }
+      return;
+    case Kind::kFlush:
+    case Kind::kClose:
+    case Kind::kForceClose:
+    case Kind::kRun:
+      return;
+  }
+}
+
+}  // namespace engine

@@ -1,0 +1,191 @@
+// The write path on the owner thread, and the one place that makes a direct first write.
+//
+// The direct first write. A copy written to an attached fd whose queue is empty goes to the
+// kernel at once, with one send(), instead of into a packet for the flush step: nothing is
+// queued ahead of it, so the order holds, and the common reply (one write per request) costs
+// no packet, no copy and no flush-list visit. Only what the kernel does not take is queued,
+// marked as the rest of a started write so that no urgent write cuts it.
+//
+// kSentDirect, set on the fd by a direct write, makes the writes after it queue: they leave
+// together in one writev at the flush step, so many small writes in one callback cost one
+// syscall after the first. The reactor clears it when the fd's next on_data call starts
+// (Reactor::call_on_data) and at the fd's flush step (Reactor::run_flush_list); from then on
+// the next reply may go direct again.
+//
+// Not taken: with transport layers (they wrap at the flush step), while connecting, after the
+// kernel refused (kWriteBlocked: the queue waits for the EPOLLOUT edge), after a hang-up (the
+// queue path keeps such a close a peer close), and under a memory budget unless the whole
+// write could be queued (so ENOBUFS still means that nothing was sent).
+#include "engine/write_path.h"
+
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "engine/connection.h"
+#include "engine/flush.h"
+#include "engine/handle.h"
+#include "engine/reactor.h"
+#include "engine/routing.h"
+#include "engine/tlc.h"
+#include "engine/write_queue.h"
+
+namespace engine {
+namespace {
+
+// The reactor that may take a direct write of `length` bytes to this fd now, or nullptr for
+// the queue path (see the top of the file).
+Reactor* direct_writer(const FdSlot& slot, std::size_t length) {
+  constexpr uint32_t kMask = kAttached | kConnecting | kWriteBlocked | kSentDirect | kHangup;
+  if (slot.head || (slot.flags & kMask) != kAttached || slot_tlc(slot)) return nullptr;
+  Reactor* owner = slot.owner;
+  return owner->pool().has_room((length + kPacketBytes - 1) / kPacketBytes) ? owner : nullptr;
+}
+
+// One send(MSG_NOSIGNAL) of a direct write: the bytes the kernel took (0 for EAGAIN), or -1
+// with the error recorded in the slot (slot_error()).
+ssize_t send_direct(int fd, FdSlot& slot, const void* data, std::size_t length) {
+  for (;;) {
+    const ssize_t r = send(fd, data, length, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (r >= 0) return r;
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN) return 0;
+    set_slot_error(slot, errno);
+    return -1;
+  }
+}
+
+// A copied write on the owner thread: direct if it may be, the rest (or all of it) queued.
+ssize_t write_copy(int fd, FdSlot& slot, const char* bytes, std::size_t length, bool urgent) {
+  std::size_t sent = 0;
+  if (Reactor* owner = direct_writer(slot, length)) {
+    const ssize_t n = send_direct(fd, slot, bytes, length);
+    if (n < 0) {
+      fail_connection(fd, slot, slot_error(slot));  // closes at the flush step, as a queued write
+      return 0;
+    }
+    sent = static_cast<std::size_t>(n);
+    if (sent) owner->stamp_activity(slot);
+    slot.flags |= kSentDirect;
+    if (sent == length) return 0;
+  }
+  if (queue_copy(slot, bytes + sent, length - sent, urgent, sent > 0) < 0) {
+    // The start is on the wire and the rest has nowhere to go (ENOMEM): the stream would be
+    // cut, and a retry would send the start twice. The connection fails instead.
+    const int err = errno;
+    if (sent > 0) fail_connection(fd, slot, err);
+    errno = err;
+    return -1;
+  }
+  schedule_flush(fd, slot);
+  return 0;
+}
+
+}  // namespace
+
+ssize_t fail_write(const SockWriteOpt& opt, int err) {
+  if (opt.file && opt.buffer) {
+    std::fclose(static_cast<FILE*>(const_cast<void*>(opt.buffer)));
+  } else if (opt.move) {
+    std::free(const_cast<void*>(opt.buffer));
+  }
+  errno = err;
+  return -1;
+}
+
+ssize_t write_data(const SockWriteOpt& opt) {
+  const int fd = opt.uuid ? uuid_fd(opt.uuid) : opt.fd;
+  const Target t = target_of(fd);
+  if (!t.slot || !is_open_generation(t.generation) ||
+      (opt.uuid && !uuid_matches(opt.uuid, t.generation))) {
+    return fail_write(opt, EBADF);
+  }
+  if (!opt.buffer) return (opt.length || opt.file) ? fail_write(opt, EINVAL) : 0;
+  if (!opt.length && !opt.file) {  // nothing to send; a .move buffer is still ours to free
+    if (opt.move) std::free(const_cast<void*>(opt.buffer));
+    return 0;
+  }
+  if (t.remote) return post_write(t, fd, opt);
+  FdSlot* slot = open_slot(fd);
+  if (!slot) return fail_write(opt, EBADF);
+  if (slot->flags & (kClosing | kFailed)) return fail_write(opt, EPIPE);
+  void* owned = const_cast<void*>(opt.buffer);
+  int r;
+  if (opt.file) {
+    r = queue_file(*slot, static_cast<FILE*>(owned), opt.length, opt.urgent);
+  } else if (opt.move) {
+    r = queue_move(*slot, owned, opt.length, opt.urgent);
+  } else {
+    return write_copy(fd, *slot, static_cast<const char*>(opt.buffer), opt.length, opt.urgent);
+  }
+  if (r < 0) return -1;
+  schedule_flush(fd, *slot);
+  return 0;
+}
+
+ssize_t send_packet(int fd, Packet* packet) {
+  if (!packet) {
+    errno = EINVAL;
+    return -1;
+  }
+  const Target t = target_of(fd);
+  if (!t.slot || !is_open_generation(t.generation)) {
+    errno = EBADF;
+    return -1;
+  }
+  if (t.remote) {
+    for (Packet* p = packet; p; p = p->metadata.next) {
+      if (p->length < 0 || (!p->buffer && p->length)) {
+        errno = EINVAL;
+        return -1;
+      }
+    }
+    return post(*t.remote, RemoteCall::Kind::kSendPacket, fd, t.generation, packet);
+  }
+  FdSlot* slot = open_slot(fd);
+  if (!slot) return -1;
+  if (slot->flags & (kClosing | kFailed)) {
+    errno = EPIPE;
+    return -1;
+  }
+  if (queue_chain(*slot, packet, 0) < 0) return -1;
+  schedule_flush(fd, *slot);
+  return 0;
+}
+
+int tlc_write(int fd, sockTLC* from, const void* data, std::size_t length) {
+  FdSlot* slot = owner_thread_slot(fd);
+  if (!slot) return -1;
+  // Layer-produced bytes are records of their own, wrapped only by the layers below `from`.
+  unsigned skip = 0;
+  for (sockTLC* layer = slot_tlc(*slot); layer != from; layer = layer->next, ++skip) {
+    if (!layer) {
+      errno = EINVAL;  // `from` is not one of fd's layers
+      return -1;
+    }
+  }
+  if (from) ++skip;
+  if (!data && length) {
+    errno = EINVAL;
+    return -1;
+  }
+  const char* bytes = static_cast<const char*>(data);
+  while (length) {
+    Packet* p = packet_new(pool_for(slot));
+    if (!p) return -1;
+    const std::size_t n = std::min(length, kRecordPayload);
+    std::memcpy(p->internal_memory, bytes, n);
+    p->length = static_cast<ssize_t>(n);
+    queue_chain(*slot, p, skip);  // cannot fail for a plain memory packet
+    bytes += n;
+    length -= n;
+  }
+  if (Reactor* owner = attached_owner(*slot)) owner->want_flush(fd, *slot);
+  return 0;
+}
+
+}  // namespace engine

@@ -1,0 +1,328 @@
+// engine/routing: every reactor, not only a shard's, takes sock_ calls from other threads. A
+// struct Reactor driven by the program on its own thread (thread R) gets writes and a close
+// from two other threads on one of its connections, while R writes its own records: each is
+// posted to R's inbox, made by the first post, and R runs them in order without any other
+// event to wake it (R waits in epoll_wait with no timeout and no timers). Calls that need the
+// owner thread fail with EPERM elsewhere; a stale handle fails with EBADF.
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/libreact.h"
+#include "engine/libsock.h"
+#include "engine/reactor.h"
+#include "tests/testing/loopback.h"
+#include "tests/testing/thread_state.h"
+#include "tests/testing/wait_for.h"
+
+namespace {
+
+using testing_support::wait_for;
+
+#if defined(__SANITIZE_THREAD__)
+constexpr uint32_t kRecords = 20000;  // per writer; TSan runs the same code about 10x slower
+#else
+constexpr uint32_t kRecords = 100000;
+#endif
+// R writes its own records this many at a time, between loop iterations.
+constexpr uint32_t kOwnBatch = 100;
+constexpr int kWriters = 3;  // two other threads, and R itself (writer 2)
+constexpr uint32_t kOwn = 2;
+
+// One sock_write: 16 bytes that say who wrote them, which of theirs they are, and a check
+// word that a torn or shifted record cannot match.
+struct Record {
+  uint32_t writer;
+  uint32_t seq;
+  uint64_t check;
+};
+static_assert(sizeof(Record) == 16);
+
+uint64_t check_of(uint32_t writer, uint32_t seq) {
+  return (uint64_t{writer} << 32 | seq) * 0x9e3779b97f4a7c15u ^ 0x5bd1e995u;
+}
+Record record(uint32_t writer, uint32_t seq) { return Record{writer, seq, check_of(writer, seq)}; }
+
+// What the client received, checked record by record as it arrives.
+struct Stream {
+  std::string carry;  // a record split across reads
+  std::array<uint32_t, kWriters> next{};  // each writer's next expected seq
+  uint64_t records = 0;
+  uint64_t bad = 0;  // torn, foreign, lost, repeated or reordered records
+  bool eof = false;
+
+  // Reads what the socket has (blocking up to the poll timeout); false once the peer closed.
+  bool pump(int fd, int timeout_ms) {
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, timeout_ms) <= 0) return true;
+    char buf[65536];
+    const ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n == 0 || (n < 0 && errno != EAGAIN)) {
+      eof = true;
+      return false;
+    }
+    if (n > 0) take(buf, static_cast<std::size_t>(n));
+    return true;
+  }
+  void take(const char* data, std::size_t n) {
+    carry.append(data, n);
+    std::size_t at = 0;
+    for (; carry.size() - at >= sizeof(Record); at += sizeof(Record)) {
+      Record r;
+      std::memcpy(&r, carry.data() + at, sizeof r);
+      if (r.writer >= kWriters || r.check != check_of(r.writer, r.seq) || r.seq != next[r.writer]) {
+        ++bad;
+      } else {
+        ++next[r.writer];
+      }
+      ++records;
+    }
+    carry.erase(0, at);
+  }
+};
+
+// The reactor, its listener and its one connection, driven by thread R.
+class RoutingTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    listener_ = testing_support::listen_loopback();
+    client_ = testing_support::connect_client(listener_.port);
+    ASSERT_GE(client_, 0);
+    api_.on_data = [](struct Reactor* r, int fd) {
+      RoutingTest* self = current_;
+      if (fd != self->listener_.fd) return;
+      const int s = sock_accept(r, fd);
+      if (s >= 0) self->server_ = s;
+    };
+    api_.on_close = [](struct Reactor*, int fd) {
+      current_->closed_fd_ = fd;
+      current_->closed_on_ = testing_support::current_tid();
+    };
+    current_ = this;
+  }
+
+  void TearDown() override {
+    if (r_thread_.joinable()) {
+      reactor_stop(&api_);  // the stop closes every fd attached to it, the listener included
+      r_thread_.join();
+    } else {
+      close(listener_.fd);
+    }
+    close(client_);
+    current_ = nullptr;
+  }
+
+  // Starts thread R: it sets up the reactor, accepts the connection, then writes its own
+  // `own` records a batch per iteration (not blocking while it has some left) and afterwards
+  // waits for events with no timeout, until the stop.
+  void start_r(uint32_t own) {
+    r_thread_ = std::thread([this, own] {
+      r_tid_ = testing_support::current_tid();
+      EXPECT_EQ(reactor_add(&api_, listener_.fd), 0);
+      engine::Reactor* r = engine::Reactor::of(&api_, true);
+      uint32_t written = 0;
+      for (;;) {
+        const int s = server_.load();
+        while (s >= 0 && written < own && !own_refused_) {
+          const Record rec = record(kOwn, written);
+          if (sock_write(s, &rec, sizeof rec) < 0) {
+            own_refused_ = true;  // closed by a posted close: the rest would be refused too
+            break;
+          }
+          if (++written % kOwnBatch == 0) break;
+        }
+        own_written_ = written;
+        const bool busy = s < 0 || (written < own && !own_refused_);
+        if (r->run_once(busy ? 0 : -1) < 0) break;  // -1 with errno 0: stopped
+      }
+    });
+    ASSERT_TRUE(wait_for([&] { return server_.load() >= 0; }));
+  }
+
+  static inline RoutingTest* current_ = nullptr;
+  struct Reactor api_ = {};
+  testing_support::Listener listener_;
+  int client_ = -1;
+  std::thread r_thread_;
+  std::atomic<pid_t> r_tid_{0};
+  std::atomic<int> server_{-1};
+  std::atomic<uint32_t> own_written_{0};
+  std::atomic<bool> own_refused_{false};
+  std::atomic<int> closed_fd_{-1};
+  std::atomic<pid_t> closed_on_{0};
+};
+
+void write_records(int fd, uint32_t writer, uint32_t count, std::atomic<uint64_t>* failures) {
+  for (uint32_t seq = 0; seq < count; ++seq) {
+    const Record rec = record(writer, seq);
+    if (sock_write(fd, &rec, sizeof rec) != 0) ++*failures;
+  }
+}
+
+TEST_F(RoutingTest, WritesFromTwoOtherThreadsAndTheOwnersOwnArriveIntactAndEachInOrder) {
+  start_r(kRecords);
+  const int fd = server_.load();
+  std::atomic<uint64_t> failures{0};
+  std::vector<std::thread> writers;
+  for (uint32_t w = 0; w < 2; ++w) {
+    writers.emplace_back([&, w] { write_records(fd, w, kRecords, &failures); });
+  }
+  Stream got;
+  const uint64_t total = uint64_t{3} * kRecords;
+  const bool all = wait_for([&] { return !got.pump(client_, 10) || got.records >= total; });
+  for (auto& t : writers) t.join();
+  EXPECT_TRUE(all) << got.records << " of " << total << " records arrived";
+  EXPECT_EQ(failures.load(), 0u) << "writes from other threads return 0 once queued";
+  EXPECT_FALSE(got.eof);
+  EXPECT_EQ(got.records, total);
+  EXPECT_EQ(got.bad, 0u);
+  for (uint32_t w = 0; w < kWriters; ++w) EXPECT_EQ(got.next[w], kRecords) << "writer " << w;
+  EXPECT_EQ(got.carry.size(), 0u);
+}
+
+TEST_F(RoutingTest, FirstCallPostedToAnIdleReactorWakesItWithNothingElseHappening) {
+  start_r(0);
+  // R sleeps in epoll_wait with no timeout and no inbox yet: the post that makes the inbox
+  // must wake it, or nothing ever will.
+  ASSERT_TRUE(wait_for([&] {
+    return testing_support::sleeps_in(r_tid_.load(), {SYS_epoll_wait, SYS_epoll_pwait});
+  }));
+  const int fd = server_.load();
+  std::thread([fd] {
+    const Record rec = record(0, 0);
+    EXPECT_EQ(sock_write(fd, &rec, sizeof rec), 0);
+  }).join();
+  Stream got;
+  EXPECT_TRUE(wait_for([&] { return !got.pump(client_, 10) || got.records >= 1; }));
+  EXPECT_EQ(got.records, 1u);
+  EXPECT_EQ(got.bad, 0u);
+  // Asleep again, now with an inbox: the inbox's own wakeup brings the next call.
+  ASSERT_TRUE(wait_for([&] {
+    return testing_support::sleeps_in(r_tid_.load(), {SYS_epoll_wait, SYS_epoll_pwait});
+  }));
+  std::thread([fd] {
+    const Record rec = record(0, 1);
+    EXPECT_EQ(sock_write(fd, &rec, sizeof rec), 0);
+  }).join();
+  EXPECT_TRUE(wait_for([&] { return !got.pump(client_, 10) || got.records >= 2; }));
+  EXPECT_EQ(got.records, 2u);
+  EXPECT_EQ(got.bad, 0u);
+}
+
+TEST_F(RoutingTest, CloseFromAnotherThreadDeliversEverythingQueuedBeforeItThenTheEof) {
+  start_r(kRecords);
+  const int fd = server_.load();
+  const intptr_t handle = sock_fd2uuid(fd);
+  ASSERT_GE(handle, 0);
+  std::atomic<uint64_t> failures{0};
+  // Writer 0 writes its records and then closes; writer 1 writes through the handle and stops
+  // at the first refusal (the close ran first). Their calls and R's own interleave meanwhile.
+  std::atomic<uint32_t> refused_at{kRecords};
+  std::thread closer([&] {
+    write_records(fd, 0, kRecords, &failures);
+    sock_close(nullptr, fd);
+  });
+  std::thread other([&] {
+    for (uint32_t seq = 0; seq < kRecords; ++seq) {
+      const Record rec = record(1, seq);
+      if (sock_write2(.buffer = &rec, .length = sizeof rec, .uuid = handle) != 0) {
+        refused_at = seq;
+        break;
+      }
+    }
+  });
+  Stream got;
+  EXPECT_TRUE(wait_for([&] { return !got.pump(client_, 10); })) << "no EOF";
+  closer.join();
+  other.join();
+  EXPECT_TRUE(got.eof);
+  EXPECT_EQ(failures.load(), 0u);
+  EXPECT_EQ(got.bad, 0u);
+  EXPECT_EQ(got.carry.size(), 0u) << "a record was cut by the close";
+  // Everything writer 0 queued before its close arrived; the others, a gap-free prefix.
+  EXPECT_EQ(got.next[0], kRecords);
+  EXPECT_LE(got.next[1], refused_at.load());
+  EXPECT_LE(got.next[kOwn], own_written_.load());
+  // The connection is gone: its handle is stale from any thread.
+  const Record rec = record(1, 0);
+  std::thread([&] {
+    errno = 0;
+    EXPECT_EQ(sock_write2(.buffer = &rec, .length = sizeof rec, .uuid = handle), -1);
+    EXPECT_EQ(errno, EBADF);
+    EXPECT_EQ(sock_close_uuid(handle), -1);
+    EXPECT_EQ(errno, EBADF);
+  }).join();
+}
+
+TEST_F(RoutingTest, CallsThatNeedTheOwnerThreadFailWithEpermElsewhere) {
+  start_r(0);
+  const int fd = server_.load();
+  std::thread([fd] {
+    char buf[16];
+    errno = 0;
+    EXPECT_EQ(sock_read(fd, buf, sizeof buf), -1);
+    EXPECT_EQ(errno, EPERM);
+    EXPECT_EQ(sock_set_timeout(fd, 100), -1);
+    EXPECT_EQ(errno, EPERM);
+    EXPECT_EQ(sock_pending(fd), -1);
+    EXPECT_EQ(errno, EPERM);
+    EXPECT_EQ(sock_tlc_get(fd), nullptr);
+    EXPECT_EQ(errno, EPERM);
+    // sock_status only reads the generation: any thread.
+    EXPECT_GE(sock_status(fd), 0);
+  }).join();
+}
+
+// An fd opened without a reactor, closed through a reactor that another thread drives: the
+// close goes to that thread, which attaches the fd, sends what was queued, closes it and runs
+// its on_close there (sock_close: "runs on_close of fd's reactor, or of `reactor` when fd has
+// none"), not on the caller's thread.
+TEST_F(RoutingTest, CloseOfAnFdWithoutAReactorThroughOneOnAnotherThreadRunsOnThatThread) {
+  start_r(0);
+  int pair[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, pair), 0);
+  ASSERT_EQ(sock_open(nullptr, pair[0]), 0);
+  const std::string bytes = "queued before the close";
+  ASSERT_EQ(sock_write(pair[0], bytes.data(), bytes.size()), 0);
+  sock_close(&api_, pair[0]);
+  std::string got;
+  char buf[256];
+  bool eof = false;
+  EXPECT_TRUE(wait_for([&] {
+    const ssize_t n = recv(pair[1], buf, sizeof buf, MSG_DONTWAIT);
+    if (n > 0) got.append(buf, static_cast<std::size_t>(n));
+    eof = n == 0;
+    return eof;
+  }));
+  EXPECT_EQ(got, bytes);
+  EXPECT_TRUE(wait_for([&] { return closed_fd_.load() == pair[0]; }));
+  EXPECT_EQ(closed_on_.load(), r_tid_.load()) << "on_close ran off the reactor's thread";
+  close(pair[1]);
+}
+
+#if !defined(NDEBUG)
+// Debug builds catch a caller that reaches past the routing: the owner-thread-only members of
+// engine::Reactor assert their thread.
+TEST_F(RoutingTest, OwnerThreadOnlyMembersAbortOnAnotherThreadInDebugBuilds) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  engine::Reactor* r = engine::Reactor::of(&api_, true);
+  r->bind_owner_thread();  // this thread now; the death test's child runs the check elsewhere
+  EXPECT_DEATH(std::thread([r] { r->assert_owner_thread(); }).join(), "is_owner_thread");
+  reactor_stop(&api_);
+  while (reactor_review(&api_) >= 0) {}
+}
+#endif
+
+}  // namespace
