@@ -4,7 +4,7 @@
 //   echo_server [--port P] [--threads N] ...   (default port 3001; --help lists the flags)
 #include "engine/libsock.h"
 #include "shards/server.h"
-#include "tools/flags.h"
+#include "tools/server_main.h"
 
 namespace {
 

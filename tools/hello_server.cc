@@ -15,7 +15,7 @@
 
 #include "engine/libsock.h"
 #include "shards/server.h"
-#include "tools/flags.h"
+#include "tools/server_main.h"
 
 namespace {
 

@@ -10,8 +10,9 @@
 //
 // This file is the socket side; the HTTP itself (parsing, limits, responses, static files) is
 // the socket-free library in tools/http/, which bench/http_path_bench measures. Per read,
-// on_data hands the bytes to the shard's http::Responder, sends the Output it fills, and acts
-// on the ReadResult: close, the header deadline, and keeping or freeing the parse state.
+// on_data hands the bytes to its thread's http::Responder (in ThreadState), sends the Output
+// it fills, and acts on the ReadResult: close, the header deadline, and keeping or freeing the
+// parse state.
 //
 // What it serves (issue 4, section 1): `GET /` (and HEAD) answers "Hello World!" as
 // text/plain; other methods on / are 405. Without --root every other path is 404.
@@ -40,14 +41,14 @@
 // it is sent.
 //
 // Per-connection state (an http::Conn: the llhttp parser and the request target so far) lives
-// in a table of the shard that owns the connection, indexed by fd, and exists only while the
-// connection is part-way through a request (or finishing): a read that holds whole requests is
-// parsed from the Responder's scratch state, and only a read that ends inside a request copies
-// that state to a Conn of its own, freed again once a read ends between requests (or in
-// on_close). So an idle keep-alive connection costs one null pointer here, and the common case
-// allocates nothing. on_close runs on the owning shard after close(2): another shard may
-// already have a new connection on the same fd number, which is why the table is per shard
-// and not global.
+// in a table of the thread of the shard that owns the connection (its ThreadState), indexed by
+// fd, and exists only while the connection is part-way through a request (or finishing): a
+// read that holds whole requests is parsed from the Responder's scratch state, and only a read
+// that ends inside a request copies that state to a Conn of its own, freed again once a read
+// ends between requests (or in on_close). So an idle keep-alive connection costs one null
+// pointer here, and the common case allocates nothing. on_close runs on the owning shard after
+// close(2): another shard may already have a new connection on the same fd number, which is
+// why the table is per shard thread and not global.
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
@@ -61,9 +62,9 @@
 
 #include "engine/libsock.h"
 #include "shards/server.h"
-#include "tools/flags.h"
 #include "tools/http/responder.h"
 #include "tools/http/static_files.h"
+#include "tools/server_main.h"
 
 namespace {
 
@@ -77,37 +78,38 @@ unsigned g_header_timeout_ms = kDefaultHeaderTimeoutMs;
 // Input discarded per callback on a connection that is closing after an error or a close.
 constexpr std::size_t kMaxDrain = 64 * 1024;
 
-// Set by main before the server starts, read-only once shard threads exist (which see them
-// after their creation): the limits (--max-*), the root (--root; null without) and the fd
-// number limit.
+// Set by main (the flags during run_server's parse) before the server starts, read-only once
+// shard threads exist (which see them after their creation): the limits (--max-*), the root
+// (--root; null without) and the fd number limit.
 http::Limits g_limits;
 std::unique_ptr<http::StaticFiles> g_files;
 std::size_t g_max_fds = 0;
 
-// A shard's per-fd table, HTTP core and output; thread_local, so one per shard thread, made
-// on the shard's first callback.
-struct Shard {
+// What one shard thread keeps for its connections: the per-fd table, the HTTP core and the
+// output of the current read. thread_local, so one per shard thread, made on its first
+// callback.
+struct ThreadState {
   http::Conn** conns = nullptr;  // calloc'd: the pages of fd numbers never used stay untouched
   http::Responder responder{g_limits, g_files.get()};
   http::Output out;  // what the current read owes, written in one go
 
-  ~Shard() {
+  ~ThreadState() {
     if (!conns) return;
     for (std::size_t fd = 0; fd < g_max_fds; ++fd) delete conns[fd];  // none left after stop
     std::free(conns);
   }
 };
-thread_local Shard t_shard;
+thread_local ThreadState t_state;
 
-// The shard's table, created on first use; nullptr if there is no memory for it.
-http::Conn** shard_table(Shard& shard) {
-  if (!shard.conns) {
-    shard.conns = static_cast<http::Conn**>(std::calloc(g_max_fds, sizeof(http::Conn*)));
+// The thread's table, created on first use; nullptr if there is no memory for it.
+http::Conn** conn_table(ThreadState& state) {
+  if (!state.conns) {
+    state.conns = static_cast<http::Conn**>(std::calloc(g_max_fds, sizeof(http::Conn*)));
   }
-  return shard.conns;
+  return state.conns;
 }
 
-// Writes what the shard's output holds to fd. False if it could not be queued (the
+// Writes what the thread's output holds to fd. False if it could not be queued (the
 // connection was then force-closed: fd and its Conn are gone).
 // File bodies go out between the parts of the bytes, each with sock_write2(.file) (sendfile),
 // which takes the FILE* whatever happens.
@@ -155,14 +157,14 @@ void finish(struct Reactor* r, int fd) {
 }
 
 void on_open(struct Reactor*, int fd) {
-  http::Conn** table = shard_table(t_shard);
+  http::Conn** table = conn_table(t_state);
   if (!table) return;  // on_data refuses the connection
   delete table[fd];    // on_close frees it; this only guards against a missed close
   table[fd] = nullptr;
 }
 
 void on_close(struct Reactor*, int fd) {
-  http::Conn** table = t_shard.conns;
+  http::Conn** table = t_state.conns;
   if (!table || fd < 0 || static_cast<std::size_t>(fd) >= g_max_fds) return;
   delete table[fd];
   table[fd] = nullptr;
@@ -170,13 +172,13 @@ void on_close(struct Reactor*, int fd) {
 
 // Runs on the thread of the shard that owns fd, whenever fd has input.
 void on_data(struct Reactor* r, int fd) {
-  Shard& shard = t_shard;  // one look-up of the thread_local (its access runs an init check)
-  http::Conn** table = shard_table(shard);
+  ThreadState& state = t_state;  // one look-up of the thread_local (its access runs an init check)
+  http::Conn** table = conn_table(state);
   if (!table || fd < 0 || static_cast<std::size_t>(fd) >= g_max_fds) {
     sock_force_close(r, fd);
     return;
   }
-  http::Responder& responder = shard.responder;
+  http::Responder& responder = state.responder;
   responder.refresh_date(r->last_tick);
   char buf[16 * 1024];
   ssize_t n;  // 0: drained for now; -1: the peer left (the library closes the fd)
@@ -195,8 +197,8 @@ void on_data(struct Reactor* r, int fd) {
     // head; a connection without a Conn of its own is between requests.
     const bool deadline_set = c && c->in_head();
     const http::ReadResult read =
-        responder.parse(c, std::string_view(buf, static_cast<std::size_t>(n)), &shard.out);
-    if (!write_out(r, fd, shard.out)) return;
+        responder.parse(c, std::string_view(buf, static_cast<std::size_t>(n)), &state.out);
+    if (!write_out(r, fd, state.out)) return;
     if (!read.finish && read.in_head != deadline_set && g_header_timeout_ms) {
       sock_set_deadline(fd, read.in_head ? g_header_timeout_ms : 0);
     }
@@ -219,108 +221,53 @@ void on_data(struct Reactor* r, int fd) {
   }
 }
 
-// A whole decimal number in [min, max]: no sign, space or suffix.
-bool parse_number(const char* text, std::uint64_t min, std::uint64_t max, std::uint64_t* out) {
-  if (*text < '0' || *text > '9') return false;
-  char* end = nullptr;
-  errno = 0;
-  const unsigned long long n = std::strtoull(text, &end, 10);
-  if (errno || *end || n < min || n > max) return false;
-  *out = n;
-  return true;
-}
-
-// This tool's flags that take a number: the range and unit its error message names, and
-// where the value goes. The upper bounds only catch typos: no real request comes near them.
-struct NumberFlag {
-  const char* name;
-  std::uint64_t min;
-  std::uint64_t max;
-  const char* unit;
-  void (*set)(std::uint64_t value);
-};
-constexpr std::uint64_t kGiB = 1024 * 1024 * 1024;
-constexpr NumberFlag kNumberFlags[] = {
-    // 0: no deadline.
-    {"--header-timeout-ms", 0, 3600 * 1000, "ms",
-     [](std::uint64_t v) { g_header_timeout_ms = static_cast<unsigned>(v); }},
-    // At least 1: every request target has a byte, so 0 would refuse every request.
-    {"--max-url", 1, kGiB, "bytes", [](std::uint64_t v) { g_limits.max_url = v; }},
-    // 0: requests without header fields only.
-    {"--max-header-bytes", 0, kGiB, "bytes",
-     [](std::uint64_t v) { g_limits.max_header_bytes = v; }},
-    {"--max-headers", 0, 1000 * 1000, "header fields",
-     [](std::uint64_t v) { g_limits.max_headers = static_cast<unsigned>(v); }},
-    // 0: requests without a body only.
-    {"--max-body", 0, 1024 * kGiB, "bytes", [](std::uint64_t v) { g_limits.max_body = v; }},
-};
-
-// Takes this tool's own flags out of argv (tools::run_server knows the shared ones). Returns
-// false, with a message naming the flag, for a bad value.
-bool take_own_flags(int* argc, char** argv) {
-  int kept = 1;
-  for (int i = 1; i < *argc; ++i) {
-    const char* value = i + 1 < *argc ? argv[i + 1] : nullptr;
-    if (std::strcmp(argv[i], "--root") == 0) {
-      if (!value || !*value) {
-        std::fprintf(stderr, "http_server: --root needs a directory\n");
-        return false;
-      }
-      g_files = http::StaticFiles::open(value);
-      if (!g_files) {
-        std::fprintf(stderr, "http_server: --root %s: %s\n", value, std::strerror(errno));
-        return false;
-      }
-      ++i;
-      continue;
-    }
-    const NumberFlag* flag = nullptr;
-    for (const NumberFlag& f : kNumberFlags) {
-      if (std::strcmp(argv[i], f.name) == 0) flag = &f;
-    }
-    if (!flag) {
-      argv[kept++] = argv[i];
-      continue;
-    }
-    std::uint64_t number = 0;
-    if (!value || !parse_number(value, flag->min, flag->max, &number)) {
-      std::fprintf(stderr, "http_server: %s needs a whole number of %s from %llu to %llu%s%s%s\n",
-                   flag->name, flag->unit, static_cast<unsigned long long>(flag->min),
-                   static_cast<unsigned long long>(flag->max), value ? ", not '" : "",
-                   value ? value : "", value ? "'" : "");
-      return false;
-    }
-    flag->set(number);
-    ++i;
-  }
-  *argc = kept;
-  argv[kept] = nullptr;
-  return true;
-}
-
-// The --help lines of this tool's flags, with the library's default limits.
-std::string extra_usage() {
+// This tool's flags, on the app that parses the shared ones. The upper bounds only catch
+// typos: no real request comes near them.
+void add_flags(CLI::App& app) {
+  constexpr std::uint64_t kGiB = 1024 * 1024 * 1024;
   const http::Limits defaults;
-  char text[1024];
-  std::snprintf(text, sizeof text,
-                "  --root DIR              serve the files under DIR (GET, HEAD; \"/\": "
-                "DIR/index.html)\n"
-                "  --header-timeout-ms MS  whole request header within MS (default %u; 0: none)\n"
-                "  --max-url BYTES         longest request target; longer: 414 (default %zu)\n"
-                "  --max-header-bytes BYTES\n"
-                "                          most header name and value bytes; more: 431 "
-                "(default %zu)\n"
-                "  --max-headers N         most header fields; more: 431 (default %u)\n"
-                "  --max-body BYTES        longest request body; longer: 413 (default %llu)\n",
-                kDefaultHeaderTimeoutMs, defaults.max_url, defaults.max_header_bytes,
-                defaults.max_headers, static_cast<unsigned long long>(defaults.max_body));
-  return text;
+  app.add_option_function<std::string>(
+         "--root",
+         [](const std::string& dir) {
+           g_files = http::StaticFiles::open(dir.c_str());
+           if (!g_files) throw CLI::ValidationError("--root", dir + ": " + std::strerror(errno));
+         },
+         "serve the files under DIR (GET, HEAD; \"/\": DIR/index.html)")
+      ->type_name("DIR");
+  // 0: no deadline.
+  app.add_option("--header-timeout-ms", g_header_timeout_ms,
+                 "whole request header within MS (default " +
+                     std::to_string(kDefaultHeaderTimeoutMs) + "; 0: none)")
+      ->type_name("MS")
+      ->transform(tools::whole_number(0, 3600 * 1000));
+  // At least 1: every request target has a byte, so 0 would refuse every request.
+  app.add_option("--max-url", g_limits.max_url,
+                 "longest request target; longer: 414 (default " +
+                     std::to_string(defaults.max_url) + ")")
+      ->type_name("BYTES")
+      ->transform(tools::whole_number(1, kGiB));
+  // 0: requests without header fields only.
+  app.add_option("--max-header-bytes", g_limits.max_header_bytes,
+                 "most header name and value bytes; more: 431 (default " +
+                     std::to_string(defaults.max_header_bytes) + ")")
+      ->type_name("BYTES")
+      ->transform(tools::whole_number(0, kGiB));
+  app.add_option("--max-headers", g_limits.max_headers,
+                 "most header fields; more: 431 (default " +
+                     std::to_string(defaults.max_headers) + ")")
+      ->type_name("N")
+      ->transform(tools::whole_number(0, 1000 * 1000));
+  // 0: requests without a body only.
+  app.add_option("--max-body", g_limits.max_body,
+                 "longest request body; longer: 413 (default " +
+                     std::to_string(defaults.max_body) + ")")
+      ->type_name("BYTES")
+      ->transform(tools::whole_number(0, 1024 * kGiB));
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (!take_own_flags(&argc, argv)) return 2;
   // Raises the fd limit to the hard limit (as the server would): one fd per connection.
   const ssize_t fds = sock_max_capacity();
   if (fds <= 0) {
@@ -339,7 +286,6 @@ int main(int argc, char** argv) {
        .summary = "An HTTP/1.1 server: GET / answers \"Hello World!\"; keep-alive, pipelining; "
                   "static files with --root.",
        .default_port = "3000",
-       .listening = "http_server listening on http://0.0.0.0:%d/",
-       .extra_usage = extra_usage().c_str()},
-      settings);
+       .listening = "http_server listening on http://0.0.0.0:%d/"},
+      settings, add_flags);
 }

@@ -1,0 +1,140 @@
+#include "tools/server_main.h"
+
+#include <signal.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+
+namespace tools {
+namespace {
+
+// More shards than this is a typo, not a machine.
+constexpr std::uint64_t kMaxThreads = 1024;
+
+// An idle timeout longer than a day is a typo too (the engine would take up to UINT_MAX - 1).
+constexpr std::uint64_t kMaxIdleTimeoutMs = 24ul * 3600 * 1000;
+static_assert(kMaxIdleTimeoutMs < SOCK_NO_TIMEOUT);
+
+// Atomic: the handler may run on any thread, including a shard's, and reads it once set.
+std::atomic<SockServer*> g_server{nullptr};
+
+// sock_server_request_stop() is async-signal-safe: one write to an eventfd.
+void on_signal(int) { sock_server_request_stop(g_server.load()); }
+
+// The --help layout: the usage line first (tests look for "usage: NAME"), then the summary,
+// then every option in the order added, with no group headings or blank lines (readers of
+// the help stop at the first blank line), then the footer.
+class Help : public CLI::Formatter {
+ public:
+  Help() { column_width(26); }  // "  --header-timeout-ms MS" and its description on one line
+
+  std::string make_help(const CLI::App* app, std::string name, CLI::AppFormatMode) const override {
+    std::string text = "usage: " + name + " [OPTIONS]\n" + app->get_description() + "\n";
+    for (const CLI::Option* option : app->get_options()) text += make_option(option, false);
+    return text + make_footer(app);
+  }
+};
+
+// Exactly one of the names, turned into its value. CheckedTransformer alone would also take
+// the values themselves ("--accept-mode 1"). No description: CLI11 would append it to the
+// option's type name ("M:{reuseport,thread} AND ...") in the help and in messages.
+CLI::Validator one_of(const std::map<std::string, int>& names) {
+  return (CLI::IsMember(names) & CLI::Transformer(names)).description("");
+}
+
+}  // namespace
+
+CLI::Validator whole_number(std::uint64_t min, std::uint64_t max) {
+  const CLI::Range range(min, max);
+  return CLI::Validator(
+      [range](std::string& text) {
+        if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos) {
+          return "'" + text + "' is not a whole decimal number";
+        }
+        text.erase(0, std::min(text.find_first_not_of('0'), text.size() - 1));  // not octal
+        return range(text);
+      },
+      "");
+}
+
+int run_server(int argc, char** argv, const ToolInfo& info, SockServerSettings settings,
+               const AddFlags& add_flags) {
+  CLI::App app(info.summary, info.name);
+  app.formatter(std::make_shared<Help>());
+  app.footer("SIGINT (Ctrl-C) or SIGTERM stops it once queued output is sent; a second one at "
+             "once.");
+  // A flag given twice: the last value wins (CLI11's default refuses the command line).
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  // No -h: --help is the only name, and it goes last in the listing (set_help_flag below).
+  app.set_help_flag();
+
+  std::string port = info.default_port;
+  app.add_option("--port", port,
+                 std::string("TCP port (default ") + info.default_port +
+                     "; 0 picks a free one, printed at start)")
+      ->type_name("P");
+  app.add_option("--threads", settings.threads,
+                 "shards: threads with an epoll set each (default: one per CPU)")
+      ->type_name("N")
+      ->transform(whole_number(1, kMaxThreads));
+  app.add_option("--accept-mode", settings.accept_mode,
+                 "thread: one acceptor thread hands connections to the shards\n"
+                 "(default); reuseport: one SO_REUSEPORT listener per shard")
+      ->type_name("M")
+      ->transform(one_of({{"thread", SOCK_ACCEPT_THREAD}, {"reuseport", SOCK_ACCEPT_REUSEPORT}}));
+  app.add_option("--placement", settings.placement,
+                 "the shard the acceptor picks: round-robin (default) or\n"
+                 "least-loaded (fewest connections, then fewest queued bytes)")
+      ->type_name("P")
+      ->transform(one_of({{"round-robin", SOCK_PLACE_ROUND_ROBIN},
+                          {"least-loaded", SOCK_PLACE_LEAST_LOADED}}));
+  app.add_flag_callback("--pin", [&settings] { settings.pin_cpus = 1; }, "pin shard i to CPU i");
+  app.add_option_function<unsigned>(
+         "--idle-timeout-ms",
+         [&settings](unsigned ms) { settings.idle_timeout_ms = ms == 0 ? SOCK_NO_TIMEOUT : ms; },
+         "close a connection after MS ms with nothing read or sent\n(default 30000; 0: never)")
+      ->type_name("MS")
+      ->transform(whole_number(0, kMaxIdleTimeoutMs));
+  if (add_flags) add_flags(app);
+  app.set_help_flag("--help", "print this help");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    std::fputs(app.help().c_str(), stdout);
+    return 0;
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "%s: %s\n", info.name, e.what());
+    std::fputs(app.help().c_str(), stderr);
+    return 2;
+  }
+  settings.port = port.c_str();
+
+  SockServer* server = sock_server_start_fn(settings);
+  if (!server) {
+    std::fprintf(stderr, "%s: cannot start: %s\n", info.name, std::strerror(errno));
+    return 1;
+  }
+  g_server.store(server);
+  struct sigaction sa = {};
+  sa.sa_handler = on_signal;
+  sa.sa_flags = SA_RESETHAND;  // a second Ctrl-C ends the process at once
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+
+  std::printf(info.listening, sock_server_port(server));
+  std::printf("\n");
+  std::fflush(stdout);
+
+  sock_server_wait(server);
+  sock_server_stop(server);  // cannot fail for a started server
+  return 0;
+}
+
+}  // namespace tools
