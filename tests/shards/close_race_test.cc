@@ -25,6 +25,7 @@
 #include "engine/libsock.h"
 #include "shards/server.h"
 #include "tests/testing/loopback.h"
+#include "tests/testing/thread_state.h"
 #include "tests/testing/wait_for.h"
 
 namespace {
@@ -140,8 +141,13 @@ class CloseRaceTest : public ::testing::Test {
   void SetUp() override {
     g = &tracker_;
     // ThreadSanitizer starts a helper thread of its own along with the program's first thread:
-    // have it running before the baseline is counted.
-    std::thread([] {}).join();
+    // have it running before the baseline is counted. A joined thread stays listed in
+    // /proc/self/task for a moment after pthread_join returns (the kernel wakes the joiner
+    // before it removes the task), so wait for this one to go.
+    pid_t tid = 0;
+    std::thread([&tid] { tid = testing_support::current_tid(); }).join();
+    const std::string task = "/proc/self/task/" + std::to_string(tid);
+    ASSERT_TRUE(wait_for([&] { return !std::filesystem::exists(task); }));
     fds_before_ = count_entries("/proc/self/fd");
     threads_before_ = count_entries("/proc/self/task");
     leaked_before_ = alloc::BlockPool::leaked_chunks_total();
@@ -259,7 +265,11 @@ class CloseRaceTest : public ::testing::Test {
   }
 
   void expect_process_back_to_baseline() {
-    EXPECT_EQ(count_entries("/proc/self/task"), threads_before_) << "threads outlived the stop";
+    // Joined threads may linger in /proc for a moment (see SetUp): one that outlived the stop
+    // keeps the count up past the deadline.
+    EXPECT_TRUE(wait_for([&] { return count_entries("/proc/self/task") == threads_before_; }))
+        << "threads outlived the stop: " << count_entries("/proc/self/task") << " running, "
+        << threads_before_ << " before";
     EXPECT_EQ(count_entries("/proc/self/fd"), fds_before_) << "fds leaked";
     EXPECT_EQ(alloc::BlockPool::leaked_chunks_total(), leaked_before_)
         << "a shard's pool was destroyed with packets out";
