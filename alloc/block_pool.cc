@@ -162,6 +162,7 @@ void* BlockPool::checkout() {
   if (limit_ != 0 && outstanding_.get() >= limit_) {
     drain_remote_blocks();  // blocks given back elsewhere still count until drained
     if (outstanding_.get() >= limit_) {
+      refusals_.add(1);
       errno = ENOBUFS;
       return nullptr;
     }
@@ -207,8 +208,12 @@ PoolCounters BlockPool::counters() const {
   PoolCounters c;
   c.checkouts = checkouts_.get();
   c.returns = returns_.get();
+  c.remote_returns = remote_returns_.get();
   c.hits = hits_.get();
   c.misses = misses_.get();
+  c.chunks_freed = chunks_freed_.get();
+  c.refusals = refusals_.get();
+  c.alloc_failures = alloc_failures_.get();
   c.outstanding = outstanding_.get();
   c.high_water = high_water_.get();
   c.chunks = chunks_.get();
@@ -234,7 +239,10 @@ void* BlockPool::take_block() {
       chunk = std::exchange(spare_, nullptr);
     } else {
       chunk = new_chunk();
-      if (chunk == nullptr) return nullptr;  // errno == ENOMEM, set by the arena
+      if (chunk == nullptr) {
+        alloc_failures_.add(1);
+        return nullptr;  // errno == ENOMEM, set by the arena
+      }
       miss = true;
     }
     push_available(chunk);
@@ -297,13 +305,16 @@ void BlockPool::drain_remote_blocks() {
   if (remote_head_.load(std::memory_order_relaxed) == nullptr) return;
   // Acquire pairs with the pushers' release. Taking the whole stack at once is what rules out ABA.
   void* block = remote_head_.exchange(nullptr, std::memory_order_acquire);
+  uint64_t drained = 0;
   while (block != nullptr) {
+    ++drained;
     void* next;
     std::memcpy(&next, block, kLinkBytes);  // before put_block poisons the block
     const BlockTag* tag = tag_of(block);
     put_block(tag->chunk, tag->index);
     block = next;
   }
+  remote_returns_.add(drained);
 }
 
 BlockPool::Chunk* BlockPool::new_chunk() {
@@ -332,6 +343,7 @@ void BlockPool::free_chunk(Chunk* chunk) {
   unpoison(chunk, chunk_bytes_);
   arena_.deallocate(chunk, chunk_bytes_, kChunkAlignBytes);
   chunks_.sub(1);
+  chunks_freed_.add(1);
 }
 
 void BlockPool::push_available(Chunk* chunk) {

@@ -51,6 +51,7 @@
 #include <thread>
 
 #include "alloc/jemalloc_arena.h"
+#include "alloc/owner_counter.h"
 
 namespace alloc {
 
@@ -141,14 +142,18 @@ struct ChunkGeometry {
 // --- Pool ---------------------------------------------------------------------------------------
 
 struct PoolCounters {
-  uint64_t checkouts = 0;    // successful checkout() calls
-  uint64_t returns = 0;      // blocks back in their chunk (a remote give_back counts once drained)
-  uint64_t hits = 0;         // checkouts served without asking jemalloc
-  uint64_t misses = 0;       // checkouts that allocated a chunk
-  uint64_t outstanding = 0;  // checkouts - returns, exactly, on the owner thread
-  uint64_t high_water = 0;   // largest `outstanding` seen
-  uint64_t chunks = 0;       // chunks held now, the spare included
-  uint64_t chunk_bytes = 0;  // chunks * usable size of one chunk (jemalloc's size class)
+  uint64_t checkouts = 0;       // successful checkout() calls
+  uint64_t returns = 0;         // blocks back in their chunk (a remote give_back counts once drained)
+  uint64_t remote_returns = 0;  // of those, given back by other threads and drained (kOwnerThread)
+  uint64_t hits = 0;            // checkouts served without asking jemalloc
+  uint64_t misses = 0;          // checkouts that allocated a chunk
+  uint64_t chunks_freed = 0;    // chunks given back to jemalloc
+  uint64_t refusals = 0;        // checkouts refused with ENOBUFS (the set_limit() cap)
+  uint64_t alloc_failures = 0;  // checkouts refused with ENOMEM (jemalloc had no memory)
+  uint64_t outstanding = 0;     // checkouts - returns, exactly, on the owner thread
+  uint64_t high_water = 0;      // largest `outstanding` seen
+  uint64_t chunks = 0;          // chunks held now, the spare included
+  uint64_t chunk_bytes = 0;     // chunks * usable size of one chunk (jemalloc's size class)
 };
 
 enum class Sharing {
@@ -157,24 +162,7 @@ enum class Sharing {
 };
 
 namespace internal {
-
 struct Chunk;
-
-// A counter with one writer at a time (the owner thread, or the holder of the pool mutex) and any
-// number of readers. The increment is a relaxed load plus a relaxed store, which compiles to plain
-// moves: the owner's path stays free of read-modify-write instructions, and readers on other
-// threads still see a whole (if slightly stale) value instead of a data race.
-class OwnerCounter {
- public:
-  void add(uint64_t n) { value_.store(value_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
-  void sub(uint64_t n) { value_.store(value_.load(std::memory_order_relaxed) - n, std::memory_order_relaxed); }
-  void set(uint64_t n) { value_.store(n, std::memory_order_relaxed); }
-  uint64_t get() const { return value_.load(std::memory_order_relaxed); }
-
- private:
-  std::atomic<uint64_t> value_{0};
-};
-
 }  // namespace internal
 
 class BlockPool {
@@ -284,7 +272,8 @@ class BlockPool {
   Chunk* all_chunks_ = nullptr;  // every chunk, for destruction
 
   // Written only by the owner (kLocked: under mutex_), read by counters() on any thread.
-  internal::OwnerCounter checkouts_, returns_, hits_, misses_, outstanding_, high_water_, chunks_;
+  OwnerCounter checkouts_, returns_, remote_returns_, hits_, misses_, chunks_freed_, refusals_,
+      alloc_failures_, outstanding_, high_water_, chunks_;
   uint64_t limit_ = 0;  // owner thread
 
   // Blocks given back by non-owner threads, linked through each block's first 8 bytes. Pushers CAS

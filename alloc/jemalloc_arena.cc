@@ -31,14 +31,38 @@ std::optional<size_t> read_arena_stat(unsigned arena, const char* leaf) {
   return value;
 }
 
+std::optional<size_t> page_bytes() {
+  size_t page = 0;
+  size_t page_len = sizeof(page);
+  if (mallctl("arenas.page", &page, &page_len, nullptr, 0) != 0) return std::nullopt;
+  return page;
+}
+
+}  // namespace
+
 // jemalloc merges per-arena counters into what mallctl reports only when "epoch" is written.
-bool refresh_stats() {
+bool JemallocArena::refresh_stats() {
   uint64_t epoch = 1;
   size_t epoch_len = sizeof(epoch);
   return mallctl("epoch", &epoch, &epoch_len, &epoch, sizeof(epoch)) == 0;
 }
 
-}  // namespace
+bool JemallocArena::stats(Stats* out) const {
+  assert(index_ != kNoArena);
+  const std::optional<size_t> page = page_bytes();
+  const std::optional<size_t> active = read_arena_stat(index_, "pactive");
+  const std::optional<size_t> dirty = read_arena_stat(index_, "pdirty");
+  const std::optional<size_t> muzzy = read_arena_stat(index_, "pmuzzy");
+  const std::optional<size_t> resident = read_arena_stat(index_, "resident");
+  const std::optional<size_t> mapped = read_arena_stat(index_, "mapped");
+  const std::optional<size_t> retained = read_arena_stat(index_, "retained");
+  if (!page || !active || !dirty || !muzzy || !resident || !mapped || !retained) {
+    errno = ENOTSUP;
+    return false;
+  }
+  *out = Stats{*active * *page, *dirty * *page, *muzzy * *page, *resident, *mapped, *retained};
+  return true;
+}
 
 std::optional<JemallocArena> JemallocArena::create() {
   unsigned index = kNoArena;
@@ -84,12 +108,10 @@ std::optional<size_t> JemallocArena::allocated_bytes() const {
 std::optional<size_t> JemallocArena::active_bytes() const {
   assert(index_ != kNoArena);
   if (!refresh_stats()) return std::nullopt;
-  size_t page = 0;
-  size_t page_len = sizeof(page);
-  if (mallctl("arenas.page", &page, &page_len, nullptr, 0) != 0) return std::nullopt;
+  const std::optional<size_t> page = page_bytes();
   const std::optional<size_t> pages = read_arena_stat(index_, "pactive");
-  if (!pages) return std::nullopt;
-  return *pages * page;
+  if (!page || !pages) return std::nullopt;
+  return *pages * *page;
 }
 
 size_t JemallocArena::usable_size(size_t size, size_t align) {

@@ -53,6 +53,20 @@ class JemallocArena {
   // padding), which allocated_bytes() does not count. nullopt without statistics.
   std::optional<size_t> active_bytes() const;
 
+  // The arena's page accounting, in bytes, as of the last refresh_stats() (jemalloc merges
+  // its per-thread counters only then: one refresh serves every arena of a scrape).
+  //   active: pages holding live allocations; dirty: freed pages not yet given back (still
+  //   resident); muzzy: given back lazily (MADV_FREE; resident until the kernel wants them);
+  //   resident: what the arena has in RAM, metadata included; mapped: what it has mapped;
+  //   retained: address space kept unmapped for reuse (not resident).
+  struct Stats {
+    size_t active = 0, dirty = 0, muzzy = 0, resident = 0, mapped = 0, retained = 0;
+  };
+  // false with errno ENOTSUP when jemalloc was built without statistics. Thread: any.
+  bool stats(Stats* out) const;
+  // Makes every arena's statistics current (mallctl "epoch"). Thread: any; jemalloc locks.
+  static bool refresh_stats();
+
   // What an allocation of `size` bytes aligned to `align` really takes (nallocx): the size class.
   static size_t usable_size(size_t size, size_t align);
 
