@@ -27,6 +27,7 @@ inline void schedule_flush(int fd, FdSlot& slot) {
   if (Reactor* owner = attached_owner(slot)) {
     owner->check_high_watermark(slot);
     owner->want_flush(fd, slot);
+    if (Profile* p = owner->profile()) p->queued(fd, slot.queued_bytes, owner->profile_now_us());
   } else {
     flush_unattached(fd, slot);
   }

@@ -9,13 +9,21 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <new>
+#include <string>
+#include <vector>
 
 #include "engine/connection.h"
 #include "engine/fd_table.h"
 #include "engine/flush.h"
 #include "engine/handle.h"
+#include "engine/metrics.h"
+#include "engine/profile.h"
 #include "engine/reactor.h"
 #include "engine/read_path.h"
 #include "engine/routing.h"
@@ -307,6 +315,61 @@ int sock_pool_stats(struct Reactor* reactor, struct SockPoolStats* stats) {
   *stats = SockPoolStats{c.checkouts,   c.returns,    c.hits,        c.misses,
                          c.outstanding, c.high_water, c.chunk_bytes, queued};
   return 0;
+}
+
+int sock_stats(struct Reactor* reactor, struct SockStats* stats) {
+  engine::Reactor* r = reactor ? engine::Reactor::of(reactor, false) : nullptr;
+  if (!r || !stats || stats->size < offsetof(SockStats, checkouts)) {
+    errno = EINVAL;
+    return -1;
+  }
+  const engine::ReactorStats s = engine::reactor_stats(r);
+  const alloc::PoolCounters& p = s.pool;
+  const SockStats full{sizeof(SockStats), 0,        p.checkouts,      p.returns,
+                       p.remote_returns,  p.hits,   p.misses,         p.chunks_freed,
+                       p.refusals,        p.alloc_failures, p.outstanding, p.high_water,
+                       p.chunks,          p.chunk_bytes,    s.packet_bytes, s.queued_bytes,
+                       s.connections,     s.writes_direct,  s.writes_queued, s.writev_calls,
+                       s.writev_packets,  s.sendfile_calls};
+  const uint32_t n = std::min<uint32_t>(stats->size, sizeof full);
+  std::memcpy(stats, &full, n);
+  stats->size = n;
+  return 0;
+}
+
+int sock_profile(int on) {
+  const bool was = engine::profiling_on();
+  if (on >= 0) engine::set_profiling(on != 0);
+  return was ? 1 : 0;
+}
+
+ssize_t sock_metrics(struct Reactor* const* reactors, size_t count, int format,
+                     const char* prefix, char* buf, size_t capacity) {
+  if ((!reactors && count) || (!buf && capacity) ||
+      (format != SOCK_METRICS_PROMETHEUS && format != SOCK_METRICS_JSON)) {
+    errno = EINVAL;
+    return -1;
+  }
+  std::vector<const engine::Reactor*> rs;
+  std::string text;
+  try {
+    rs.resize(count);
+  } catch (const std::bad_alloc&) {
+    errno = ENOMEM;
+    return -1;
+  }
+  for (size_t i = 0; i < count; ++i) {
+    rs[i] = reactors[i] ? engine::Reactor::of(reactors[i], false) : nullptr;
+  }
+  const auto f = format == SOCK_METRICS_JSON ? engine::MetricsFormat::kJson
+                                             : engine::MetricsFormat::kPrometheus;
+  if (!engine::write_metrics(rs.data(), count, f, prefix, &text)) return -1;
+  if (capacity) {
+    const size_t n = std::min(text.size(), capacity - 1);
+    std::memcpy(buf, text.data(), n);
+    buf[n] = '\0';
+  }
+  return static_cast<ssize_t>(text.size());
 }
 
 size_t sock_packet_footprint(void) {

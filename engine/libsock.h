@@ -276,6 +276,9 @@ struct Packet {
     unsigned urgent : 1;
     /** Used by the library while the packet is queued (transport-layer state). */
     unsigned rsrv : 4;
+    /** Used by the library (the profiler's checkout time). It fills what was padding, so
+     * the struct's size and layout are those of the versions without it. */
+    uint32_t rsrv_time;
   } metadata;
 };
 
@@ -369,6 +372,64 @@ int sock_pool_stats(struct Reactor* reactor, struct SockPoolStats* stats);
 
 /** Bytes of jemalloc memory one packet really costs (slab size / packets per slab). */
 size_t sock_packet_footprint(void);
+
+/* ---------------------------------------------------------------------------------------
+ * The packet pool profiler: counters always, histograms and the top connections by queued
+ * memory while profiling is on, exported as Prometheus text or JSON (docs/profiling.md).
+ */
+
+/** Every always-on counter of one reactor. ABI-stable by size: the caller sets `size` to
+ * sizeof(struct SockStats) as it was compiled; the library fills that many bytes at most
+ * (fields are only ever appended) and sets `size` to the bytes it filled. */
+struct SockStats {
+  uint32_t size;
+  uint32_t reserved_;      /* 0 */
+  uint64_t checkouts;      /* packets checked out of the reactor's pool */
+  uint64_t returns;        /* packets returned to it */
+  uint64_t remote_returns; /* of those, returned by other threads */
+  uint64_t hits;           /* checkouts served from memory the pool held */
+  uint64_t misses;         /* checkouts that took a new chunk from jemalloc */
+  uint64_t chunks_freed;   /* chunks given back to jemalloc */
+  uint64_t refusals;       /* checkouts refused with ENOBUFS (the memory budget) */
+  uint64_t alloc_failures; /* checkouts refused with ENOMEM */
+  uint64_t outstanding;    /* packets out now: checkouts - returns */
+  uint64_t high_water;     /* most packets out at once */
+  uint64_t chunks;         /* chunks held, the spare included */
+  uint64_t chunk_bytes;    /* their bytes */
+  uint64_t packet_bytes;   /* what one packet really costs */
+  uint64_t queued_bytes;   /* bytes queued on the reactor's connections */
+  uint64_t connections;    /* connections attached to the reactor */
+  uint64_t writes_direct;  /* writes sent to the kernel at once */
+  uint64_t writes_queued;  /* writes that queued */
+  uint64_t writev_calls;   /* sendmsg calls of the flush step */
+  uint64_t writev_packets; /* packets those calls gathered */
+  uint64_t sendfile_calls;
+};
+
+/** Fills *stats (see struct SockStats for `size`) with reactor's counters. Any thread: exact
+ * on the owner thread, a relaxed snapshot elsewhere (checkouts - returns may differ from
+ * outstanding by the packets moving meanwhile). Returns 0, or -1 with errno EINVAL (NULL
+ * arguments, a reactor that never ran, or a size below 8). */
+int sock_stats(struct Reactor* reactor, struct SockStats* stats);
+
+/** Switches the profiler's histograms and top-connections list on (1) or off (0) for every
+ * reactor of the process; -1 only asks. Returns the state before the call. Any thread. The
+ * environment variable LIBSOCK_PROFILE=1 switches it on at start. */
+int sock_profile(int on);
+
+enum SockMetricsFormat {
+  SOCK_METRICS_PROMETHEUS = 0, /* text exposition format 0.0.4 */
+  SOCK_METRICS_JSON = 1
+};
+
+/** Writes the metrics of reactors[0..count) (series labelled shard="i") into buf, like
+ * snprintf: at most capacity bytes, NUL-terminated when capacity > 0, and returns the length
+ * of the whole text (call again with a larger buffer when it is >= capacity). `prefix`
+ * keeps only the Prometheus families whose names start with it (NULL or "": all). Any
+ * thread; the reactors must stay alive meanwhile. -1 with errno EINVAL (a NULL array or a
+ * NULL buf with capacity > 0, an unknown format) or ENOMEM. */
+ssize_t sock_metrics(struct Reactor* const* reactors, size_t count, int format,
+                     const char* prefix, char* buf, size_t capacity);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -63,6 +63,7 @@ Reactor::~Reactor() {
   }
   if (epoll_fd_ >= 0) ::close(epoll_fd_);
   if (wake_fd_ >= 0) ::close(wake_fd_);
+  delete profile_.load(std::memory_order_relaxed);
 }
 
 void Reactor::use_inbox(Inbox* inbox) {
@@ -117,6 +118,12 @@ void Reactor::set_limits(const ReactorLimits& limits) {
   pool_->set_limit(limits_.memory_budget / sizeof(Packet));
 }
 
+int64_t Reactor::monotonic_us() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t{ts.tv_sec} * 1000000 + ts.tv_nsec / 1000;
+}
+
 int64_t Reactor::monotonic_ms(void*) {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -145,6 +152,23 @@ void Reactor::tick_clock() {
 }
 
 void Reactor::bind_owner_thread() { pool_->bind_owner_thread(); }
+
+Profile* Reactor::profile_made() {
+  Profile* p = profile_.load(std::memory_order_relaxed);
+  if (!p) {
+    p = new (std::nothrow) Profile;
+    profile_.store(p, std::memory_order_release);
+  }
+  return p;
+}
+
+void Reactor::tick_profile_clock() {
+  profile_now_us_ = monotonic_us();
+  const int64_t now_ms = profile_now_us_ / 1000;
+  if (now_ms - top_refreshed_ms_ < kTopRefreshMs) return;
+  top_refreshed_ms_ = now_ms;
+  if (Profile* p = profile_made()) p->refresh_top(this, now_ms);
+}
 
 // The loop, in the order that keeps every promise:
 //  1. A requested stop begins before waiting, so it runs even when the loop is busy.
@@ -175,6 +199,7 @@ int Reactor::run_once(int timeout_ms) {
   n = n < 0 ? 0 : n;
   api_->last_tick = time(nullptr);
   tick_clock();
+  if (profiling_on()) tick_profile_clock();
   run_posted_calls();
 
   for (int i = 0; i < n; ++i) {
@@ -187,6 +212,7 @@ int Reactor::run_once(int timeout_ms) {
     dispatch(key_fd(key), key_generation(key), events[i].events);
   }
   run_on_data_again_list();
+  if (profiling_on()) profile_now_us_ = monotonic_us();  // packets' lifetimes end in the flush
   run_flush_list();
   expire_timers();
 
@@ -198,12 +224,14 @@ int Reactor::run_once(int timeout_ms) {
 int Reactor::prepare_wait(int timeout_ms) {
   // A stop with nothing left attached completes at the end of this iteration: don't wait
   // kStopPollMs for it (that wait was most of an idle server's stop time).
-  if (!on_data_again_.empty() || !flush_.empty() || (stopping_ && !attached_)) return 0;
+  if (!on_data_again_.empty() || !flush_.empty() || (stopping_ && !attached())) return 0;
   if (stopping_ || stop_requested_.load(std::memory_order_relaxed)) {
     timeout_ms = (timeout_ms >= 0 && timeout_ms < kStopPollMs) ? timeout_ms : kStopPollMs;
   }
   const int64_t timer = wheel_.next_timeout_ms(now_ms_);
   if (timer >= 0 && (timeout_ms < 0 || timer < timeout_ms)) timeout_ms = static_cast<int>(timer);
+  // While profiling, the top-connections list is refreshed by the loop: wake for it.
+  if (profiling_on() && (timeout_ms < 0 || timeout_ms > kTopRefreshMs)) timeout_ms = kTopRefreshMs;
   // Last, and only for a wait that may block: once may_sleep() returned true, a post wakes
   // us, so nothing may turn the wait into a non-blocking one after it.
   if (timeout_ms != 0) {
@@ -334,6 +362,9 @@ long Reactor::flush_fd(int fd, FdSlot& slot, std::size_t budget, bool notify_rea
   if (slot.flags & kConnecting) return 0;
   std::size_t written = 0;
   const SendResult result = send_queue(fd, slot, budget, &written);
+  if (result == SendResult::kDrained) {
+    if (Profile* p = profile()) p->drained(fd, profile_now_us_);
+  }
   if (written) {
     stamp_activity(slot);  // write progress keeps a long download alive
     if (result != SendResult::kError) resume_if_drained(fd, slot, notify_ready);
@@ -392,7 +423,8 @@ int Reactor::attach(int fd, FdSlot& slot) {
     }
   }
   if (!mine) {
-    ++attached_;
+    attached_.add(1);
+    if (Profile* p = profile()) p->opened(fd, monotonic_us() / 1000);
     count_queued(static_cast<int64_t>(slot.queued_bytes));  // a queue may come along
   }
   set_owner(slot, this);
@@ -408,7 +440,9 @@ int Reactor::detach(int fd, FdSlot& slot) {
   epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);  // ENOENT: closed behind our back
   slot.flags &= ~(kAttached | kOnFlushList | kOnDataAgainList);
   set_owner(slot, nullptr);
-  --attached_;
+  attached_.sub(1);
+  // A move to another reactor runs this on the new owner's thread: only ours may write.
+  if (Profile* p = is_owner_thread() ? profile() : nullptr) p->closed(fd);
   count_queued(-static_cast<int64_t>(slot.queued_bytes));
   return 0;
 }
@@ -439,7 +473,7 @@ void Reactor::begin_stop() {
 }
 
 bool Reactor::finish_stop_if_done() {
-  if (attached_ && read_clock() < stop_deadline_ms_) return false;
+  if (attached() && read_clock() < stop_deadline_ms_) return false;
   fd_table_for_each([&](int fd, FdSlot& slot) {
     if (load_owner(slot) == this && (slot.flags & kAttached)) {
       close_now(fd, slot, CloseReason::kLocal);

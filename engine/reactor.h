@@ -22,14 +22,26 @@
 #include <vector>
 
 #include "alloc/block_pool.h"
+#include "alloc/owner_counter.h"
 #include "engine/connection.h"
 #include "engine/fd_table.h"
 #include "engine/libreact.h"
+#include "engine/profile.h"
 #include "engine/timer_wheel.h"
 
 namespace engine {
 
 class Inbox;
+
+// The write path's always-on counters (metrics.h exports them): owner-thread writes, any-thread
+// reads (alloc::OwnerCounter).
+struct WriteCounters {
+  alloc::OwnerCounter direct;          // writes that went to the kernel at once (write_path.cc)
+  alloc::OwnerCounter queued;          // writes that queued (all or their rest)
+  alloc::OwnerCounter writev_calls;    // sendmsg calls of the flush step
+  alloc::OwnerCounter writev_packets;  // packets those calls gathered
+  alloc::OwnerCounter sendfile_calls;
+};
 
 class Reactor {
  public:
@@ -136,8 +148,23 @@ class Reactor {
   void check_high_watermark(FdSlot& slot);
 
   alloc::BlockPool& pool() { return *pool_; }
+  // Any thread (the pool is made in init() and lives as long as the reactor).
+  const alloc::BlockPool& pool() const { return *pool_; }
   struct ::Reactor* api() { return api_; }
-  std::size_t attached() const { return attached_; }
+  // Connections attached here. Any thread (a relaxed snapshot elsewhere).
+  std::size_t attached() const { return static_cast<std::size_t>(attached_.get()); }
+  WriteCounters& write_counters() { return write_counters_; }
+  const WriteCounters& write_counters() const { return write_counters_; }
+
+  // The profiler (profile.h). profile(): this reactor's Profile while profiling is on (made on
+  // first need), else nullptr; owner thread. profile_snapshot(): any thread, nullptr until
+  // profiling first ran here. profile_now_us(): the cached profile clock (CLOCK_MONOTONIC,
+  // refreshed before dispatch and before the flush step while profiling is on).
+  Profile* profile() { return profiling_on() ? profile_made() : nullptr; }
+  const Profile* profile_snapshot() const { return profile_.load(std::memory_order_acquire); }
+  int64_t profile_now_us() const { return profile_now_us_; }
+  // CLOCK_MONOTONIC in microseconds. Any thread.
+  static int64_t monotonic_us();
 
  private:
   static inline thread_local Reactor* current_ = nullptr;
@@ -155,6 +182,8 @@ class Reactor {
   void resume_if_drained(int fd, FdSlot& slot, bool notify_ready);
   static int64_t monotonic_ms(void* unused);
   int64_t read_clock() const { return clock_(clock_context_); }
+  Profile* profile_made();
+  void tick_profile_clock();
 
   struct ::Reactor* api_;
   int epoll_fd_ = -1;
@@ -165,7 +194,13 @@ class Reactor {
   bool owns_inbox_ = true;  // made by inbox(), not given to use_inbox()
   OpenHook on_open_ = nullptr;
   int64_t stop_drain_ms_;
-  std::size_t attached_ = 0;
+  alloc::OwnerCounter attached_;
+  WriteCounters write_counters_;
+  // Made by the owner on first need, deleted with the reactor; release/acquire publishes the
+  // whole object to readers on other threads.
+  std::atomic<Profile*> profile_{nullptr};
+  int64_t profile_now_us_ = 0;
+  int64_t top_refreshed_ms_ = 0;
   std::unique_ptr<alloc::BlockPool> pool_;
   // Work lists of fd_key(fd, generation) entries, so a closed-and-reused fd is skipped.
   std::vector<uint64_t> on_data_again_;

@@ -37,6 +37,16 @@
 namespace engine {
 namespace {
 
+void count_queued_write(FdSlot& slot) {
+  if (Reactor* owner = attached_owner(slot)) owner->write_counters().queued.add(1);
+}
+
+// The profiler's view of each write's size (its bytes, or a file's requested length).
+void profile_write(const FdSlot& slot, std::size_t length) {
+  Reactor* owner = attached_owner(slot);
+  if (Profile* p = owner ? owner->profile() : nullptr) p->write_size_bytes.observe(length);
+}
+
 // The reactor that may take a direct write of `length` bytes to this fd now, or nullptr for
 // the queue path (see the top of the file).
 Reactor* direct_writer(const FdSlot& slot, std::size_t length) {
@@ -71,6 +81,7 @@ ssize_t write_copy(int fd, FdSlot& slot, const char* bytes, std::size_t length, 
     sent = static_cast<std::size_t>(n);
     if (sent) owner->stamp_activity(slot);
     slot.flags |= kSentDirect;
+    owner->write_counters().direct.add(1);
     if (sent == length) return 0;
   }
   if (queue_copy(slot, bytes + sent, length - sent, urgent, sent > 0) < 0) {
@@ -81,6 +92,7 @@ ssize_t write_copy(int fd, FdSlot& slot, const char* bytes, std::size_t length, 
     errno = err;
     return -1;
   }
+  count_queued_write(slot);
   schedule_flush(fd, slot);
   return 0;
 }
@@ -113,6 +125,7 @@ ssize_t write_data(const SockWriteOpt& opt) {
   FdSlot* slot = open_slot(fd);
   if (!slot) return fail_write(opt, EBADF);
   if (slot->flags & (kClosing | kFailed)) return fail_write(opt, EPIPE);
+  if (profiling_on()) profile_write(*slot, opt.length);
   void* owned = const_cast<void*>(opt.buffer);
   int r;
   if (opt.file) {
@@ -123,6 +136,7 @@ ssize_t write_data(const SockWriteOpt& opt) {
     return write_copy(fd, *slot, static_cast<const char*>(opt.buffer), opt.length, opt.urgent);
   }
   if (r < 0) return -1;
+  count_queued_write(*slot);
   schedule_flush(fd, *slot);
   return 0;
 }
@@ -153,6 +167,7 @@ ssize_t send_packet(int fd, Packet* packet) {
     return -1;
   }
   if (queue_chain(*slot, packet, 0) < 0) return -1;
+  count_queued_write(*slot);
   schedule_flush(fd, *slot);
   return 0;
 }

@@ -1,0 +1,178 @@
+// The profiler's C API on one reactor (engine/metrics.h, engine/profile.h): sock_stats and
+// its size-prefixed ABI, sock_metrics' snprintf-like buffer rules and prefix filter, the
+// counters a slow reader's queue moves, and, with sock_profile on, the histograms and the
+// top-connections list that names that reader.
+#include <gtest/gtest.h>
+
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/libsock.h"
+#include "tests/testing/loopback.h"
+#include "tests/testing/reactor_fixture.h"
+#include "tests/testing/run_until.h"
+
+namespace {
+
+using testing_support::run_until;
+
+// The whole metrics text of r (grown until it fits).
+std::string metrics(struct Reactor* r, int format = SOCK_METRICS_PROMETHEUS,
+                    const char* prefix = nullptr) {
+  struct Reactor* list[] = {r};
+  const ssize_t n = sock_metrics(list, 1, format, prefix, nullptr, 0);
+  EXPECT_GE(n, 0);
+  std::string text(static_cast<std::size_t>(n) + 1, '\0');
+  EXPECT_EQ(sock_metrics(list, 1, format, prefix, text.data(), text.size()), n);
+  text.resize(static_cast<std::size_t>(n));
+  return text;
+}
+
+// The value of one series ("name{labels}") in a Prometheus text, or -1 if absent.
+double series(const std::string& text, const std::string& name) {
+  const std::string key = "\n" + name + " ";
+  const std::size_t at = ("\n" + text).find(key);
+  if (at == std::string::npos) return -1;
+  return std::stod(text.substr(at + key.size() - 1));
+}
+
+SockStats stats_of(struct Reactor* r) {
+  SockStats s{};
+  s.size = sizeof s;
+  EXPECT_EQ(sock_stats(r, &s), 0);
+  return s;
+}
+
+class MetricsTest : public testing_support::OneClientFixture {
+ protected:
+  void TearDown() override {
+    sock_profile(0);
+    OneClientFixture::TearDown();
+  }
+  // Queues `bytes` to a client that does not read (small buffers), then lets it read all.
+  void queue_then_drain(std::size_t bytes) {
+    connect_client(4096);
+    const std::string data = testing_support::pattern(bytes, 1);
+    ASSERT_EQ(sock_write(server_, data.data(), data.size()), 0);
+    ASSERT_TRUE(run_until(&r_, [&] { return sock_pending(server_) > 0; }));
+    queued_ = static_cast<std::size_t>(sock_pending(server_));
+    got_.clear();
+    ASSERT_TRUE(read_at_least(client_, &got_, bytes));
+    ASSERT_EQ(got_, data);
+  }
+  std::size_t queued_ = 0;
+  std::string got_;
+};
+
+TEST_F(MetricsTest, SockStatsFillsOnlyTheSizeTheCallerKnows) {
+  connect_client();
+  SockStats s{};
+  s.size = offsetof(SockStats, hits);  // an older caller: up to remote_returns
+  s.hits = 12345;
+  ASSERT_EQ(sock_stats(&r_, &s), 0);
+  EXPECT_EQ(s.size, offsetof(SockStats, hits));
+  EXPECT_EQ(s.hits, 12345u) << "written past the caller's size";
+  s.size = sizeof s + 64;  // a newer caller: the library fills what it has
+  ASSERT_EQ(sock_stats(&r_, &s), 0);
+  EXPECT_EQ(s.size, sizeof(SockStats));
+  EXPECT_EQ(s.connections, 2u);  // the listener and server_
+  s.size = 4;
+  EXPECT_EQ(sock_stats(&r_, &s), -1);
+  EXPECT_EQ(errno, EINVAL);
+  EXPECT_EQ(sock_stats(&r_, nullptr), -1);
+  struct Reactor never_ran {};
+  s.size = sizeof s;
+  EXPECT_EQ(sock_stats(&never_ran, &s), -1);
+  EXPECT_EQ(errno, EINVAL);
+}
+
+TEST_F(MetricsTest, SockMetricsTruncatesLikeSnprintfAndChecksItsArguments) {
+  struct Reactor* list[] = {&r_};
+  const std::string whole = metrics(&r_);
+  char small[32];
+  EXPECT_EQ(sock_metrics(list, 1, SOCK_METRICS_PROMETHEUS, nullptr, small, sizeof small),
+            static_cast<ssize_t>(whole.size()));
+  EXPECT_EQ(std::string(small), whole.substr(0, sizeof small - 1));
+  EXPECT_EQ(sock_metrics(list, 1, 7, nullptr, small, sizeof small), -1);
+  EXPECT_EQ(errno, EINVAL);
+  EXPECT_EQ(sock_metrics(nullptr, 1, SOCK_METRICS_PROMETHEUS, nullptr, small, sizeof small), -1);
+  EXPECT_EQ(sock_metrics(list, 1, SOCK_METRICS_PROMETHEUS, nullptr, nullptr, 8), -1);
+  EXPECT_EQ(errno, EINVAL);
+}
+
+TEST_F(MetricsTest, PrefixKeepsOnlyTheFamiliesItStarts) {
+  const std::string text = metrics(&r_, SOCK_METRICS_PROMETHEUS, "libsock_pool_out");
+  EXPECT_EQ(text,
+            "# HELP libsock_pool_outstanding_packets Packets checked out now.\n"
+            "# TYPE libsock_pool_outstanding_packets gauge\n"
+            "libsock_pool_outstanding_packets{shard=\"0\"} 0\n");
+  EXPECT_EQ(metrics(&r_, SOCK_METRICS_PROMETHEUS, "nothing_by_this_name"), "");
+}
+
+// A write the kernel only partly takes queues the rest in packets: checkouts, the queue and
+// the writev counters move, and once the reader has everything every packet is back.
+TEST_F(MetricsTest, CountersFollowAQueueFromWriteToDrain) {
+  const SockStats before = stats_of(&r_);
+  ASSERT_NO_FATAL_FAILURE(queue_then_drain(1 << 20));
+  ASSERT_TRUE(run_until(&r_, [&] { return stats_of(&r_).outstanding == 0; }));
+  const SockStats s = stats_of(&r_);
+  EXPECT_GT(queued_, 0u);
+  EXPECT_EQ(s.writes_direct - before.writes_direct, 1u);  // the start went out at once
+  EXPECT_GE(s.checkouts - before.checkouts, (queued_ + BUFFER_PACKET_SIZE - 1) / BUFFER_PACKET_SIZE);
+  EXPECT_EQ(s.checkouts - s.returns, s.outstanding);
+  EXPECT_GE(s.high_water, (queued_ + BUFFER_PACKET_SIZE - 1) / BUFFER_PACKET_SIZE);
+  EXPECT_GT(s.writev_calls, before.writev_calls);
+  EXPECT_GE(s.writev_packets - before.writev_packets, s.checkouts - before.checkouts);
+  EXPECT_EQ(s.queued_bytes, 0u);
+  EXPECT_EQ(s.chunk_bytes, s.chunks * (s.chunk_bytes / (s.chunks ? s.chunks : 1)));
+  EXPECT_GE(s.packet_bytes, sizeof(Packet));
+  const std::string text = metrics(&r_);
+  EXPECT_EQ(series(text, "libsock_pool_checkouts_total{shard=\"0\"}"), static_cast<double>(s.checkouts));
+  EXPECT_EQ(series(text, "libsock_profiling"), 0);
+  EXPECT_EQ(text.find("_bucket"), std::string::npos) << "histograms while profiling is off";
+}
+
+TEST_F(MetricsTest, ProfilingRecordsHistogramsAndTheTopConnection) {
+  EXPECT_EQ(sock_profile(1), 0);
+  EXPECT_EQ(sock_profile(-1), 1);
+  connect_client(4096);
+  const std::string data = testing_support::pattern(1 << 20, 2);
+  ASSERT_EQ(sock_write(server_, data.data(), data.size()), 0);
+  // The slow reader heads the list once the loop refreshed it (once a second).
+  ASSERT_TRUE(run_until(&r_, [&] {
+    return metrics(&r_, SOCK_METRICS_JSON).find("\"top_connections\":[{\"uuid\":" +
+                                                 std::to_string(sock_fd2uuid(server_))) !=
+           std::string::npos;
+  }));
+  ASSERT_TRUE(read_at_least(client_, &got_, data.size()));
+  ASSERT_TRUE(run_until(&r_, [&] { return stats_of(&r_).outstanding == 0; }));
+  const SockStats s = stats_of(&r_);
+  const std::string text = metrics(&r_);
+  EXPECT_EQ(series(text, "libsock_profiling"), 1);
+  // One write of 1 MiB: in the bucket whose bound is 1 MiB (a power of two), none above.
+  EXPECT_EQ(series(text, "libsock_write_size_bytes_count{shard=\"0\"}"), 1);
+  EXPECT_EQ(series(text, "libsock_write_size_bytes_bucket{shard=\"0\",le=\"1048576\"}"), 1);
+  EXPECT_EQ(series(text, "libsock_write_size_bytes_bucket{shard=\"0\",le=\"786432\"}"), 0);
+  // Every packet of this test was checked out and returned on the reactor's thread.
+  EXPECT_EQ(series(text, "libsock_packet_lifetime_seconds_count{shard=\"0\"}"),
+            static_cast<double>(s.returns));
+  EXPECT_EQ(series(text, "libsock_flush_packets_count{shard=\"0\"}"),
+            static_cast<double>(s.writev_calls));
+  EXPECT_EQ(series(text, "libsock_queue_time_seconds_count{shard=\"0\"}"), 1);
+  EXPECT_GT(series(text, "libsock_queue_time_seconds_sum{shard=\"0\"}"), 0);
+  // Cumulative buckets end at +Inf == _count.
+  EXPECT_EQ(series(text, "libsock_flush_packets_bucket{shard=\"0\",le=\"+Inf\"}"),
+            series(text, "libsock_flush_packets_count{shard=\"0\"}"));
+  // The peak is observed at close.
+  ::close(client_);
+  client_ = -1;
+  ASSERT_TRUE(run_until(&r_, [&] { return server_closes_ == 1; }));
+  const std::string after = metrics(&r_);
+  EXPECT_EQ(series(after, "libsock_connection_peak_queued_bytes_count{shard=\"0\"}"), 1);
+  EXPECT_GE(series(after, "libsock_connection_peak_queued_bytes_sum{shard=\"0\"}"), 4096);
+}
+
+}  // namespace
