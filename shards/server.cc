@@ -15,6 +15,7 @@
 #include <cstring>
 #include <latch>
 #include <memory>
+#include <new>
 #include <string>
 #include <thread>
 #include <vector>
@@ -179,7 +180,8 @@ struct SockServer* sock_server_start_fn(struct SockServerSettings settings) {
   }
   for (int i = 0; i < threads; ++i) {
     server->shards.push_back(std::make_unique<shards::Shard>(
-        server->settings, i, reuse_port ? listeners[static_cast<std::size_t>(i)] : -1));
+        server->settings, i, reuse_port ? listeners[static_cast<std::size_t>(i)] : -1,
+        server.get()));
   }
   if (!reuse_port) {
     server->acceptor =
@@ -199,6 +201,28 @@ int sock_server_shard_count(const struct SockServer* server) {
 struct Reactor* sock_server_shard(struct SockServer* server, int i) {
   if (!server || i < 0 || static_cast<std::size_t>(i) >= server->shards.size()) return nullptr;
   return server->shards[static_cast<std::size_t>(i)]->api();
+}
+
+ssize_t sock_server_metrics(struct SockServer* server, int format, const char* prefix,
+                            char* buf, size_t capacity) {
+  if (!server) {
+    errno = EINVAL;
+    return -1;
+  }
+  // Shard reactors, not their engine state: sock_metrics reads each one's counters.
+  std::vector<struct Reactor*> reactors;
+  try {
+    reactors.reserve(server->shards.size());
+  } catch (const std::bad_alloc&) {
+    errno = ENOMEM;
+    return -1;
+  }
+  for (const auto& shard : server->shards) reactors.push_back(shard->api());
+  return sock_metrics(reactors.data(), reactors.size(), format, prefix, buf, capacity);
+}
+
+struct SockServer* sock_server_of(struct Reactor* reactor) {
+  return reactor ? shards::Shard::of(reactor)->server() : nullptr;
 }
 
 void* sock_server_udata(struct Reactor* reactor) {

@@ -90,6 +90,15 @@ int sock_server_port(const struct SockServer* server);
 int sock_server_shard_count(const struct SockServer* server);
 struct Reactor* sock_server_shard(struct SockServer* server, int i);
 
+/** The profiler's metrics of every shard (shard="i" is sock_server_shard(server, i)), with
+ * sock_metrics' format, prefix, buffer and return rules (libsock.h). Any thread while the
+ * server runs; -1 with errno EINVAL for a NULL server. */
+ssize_t sock_server_metrics(struct SockServer* server, int format, const char* prefix,
+                            char* buf, size_t capacity);
+
+/** The server whose shard `reactor` is (the reactor a callback received); NULL for NULL. */
+struct SockServer* sock_server_of(struct Reactor* reactor);
+
 /** The settings' udata, from inside a callback (reactor: the one the callback received). */
 void* sock_server_udata(struct Reactor* reactor);
 

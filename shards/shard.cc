@@ -19,8 +19,8 @@
 
 namespace shards {
 
-Shard::Shard(const SockServerSettings& settings, int index, int listener)
-    : api_{}, settings_(settings), index_(index), listener_(listener) {
+Shard::Shard(const SockServerSettings& settings, int index, int listener, SockServer* server)
+    : api_{}, settings_(settings), index_(index), listener_(listener), server_(server) {
   // The callbacks the user gave, except on_data, on_shutdown and on_close, which the shard
   // wraps: on_data to accept on its own listener, all three to keep the listener and the
   // accept-pause timer (attached to this reactor too) away from the user's callbacks.

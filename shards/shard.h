@@ -30,7 +30,8 @@ class Shard {
  public:
   // Creates the reactor (its pool, epoll set, limits). listener >= 0: this shard accepts on its
   // own SO_REUSEPORT listener. Aborts with a message if the engine cannot start.
-  Shard(const SockServerSettings& settings, int index, int listener);
+  // `server`: what sock_server_of() answers for this shard's reactor.
+  Shard(const SockServerSettings& settings, int index, int listener, SockServer* server);
   // After join(): discards the calls posted to the shard after its stop completed.
   ~Shard();
   Shard(const Shard&) = delete;
@@ -57,6 +58,7 @@ class Shard {
   static Shard* of(struct ::Reactor* api);
 
   const SockServerSettings& settings() const { return settings_; }
+  SockServer* server() const { return server_; }
 
  private:
   void run(std::latch& owned);
@@ -71,6 +73,7 @@ class Shard {
   SockServerSettings settings_;
   int index_;
   int listener_;
+  SockServer* server_;
   engine::Reactor* engine_;
   std::unique_ptr<engine::Inbox> inbox_;
   std::thread thread_;

@@ -7,6 +7,7 @@
 //               [--header-timeout-ms MS]      (the whole-header deadline, default 10000; 0: none)
 //               [--max-url BYTES] [--max-header-bytes BYTES] [--max-headers N]
 //               [--max-body BYTES]            (limits on one request; defaults in --help)
+//               [--metrics]                   (GET /metrics and /status: the pool profiler)
 //
 // This file is the socket side; the HTTP itself (parsing, limits, responses, static files) is
 // the socket-free library in tools/http/, which bench/http_path_bench measures. Per read,
@@ -26,6 +27,14 @@
 // opened (/proc/self/fd) must lie under DIR's realpath. The body goes out with
 // sock_write2(.file) (sendfile), queued right after the response's head; everything runs on
 // the shard thread (open and fstat only; the file's bytes are never read here).
+//
+// --metrics: `GET /metrics` answers the packet pool profiler's metrics of every shard in
+// Prometheus text format 0.0.4 (`?name=PREFIX` keeps the families whose names start with
+// PREFIX), and `GET /status` a small HTML page: a table per shard and the JSON export (top
+// connections by queued memory, histograms while profiling is on). Both are made on the
+// thread of the shard the request reached, from relaxed snapshots of every shard's counters
+// (engine/metrics.h); without the flag both paths are 404 as before. LIBSOCK_PROFILE=1
+// switches the histograms on.
 //
 // Connections: HTTP/1.1 keeps the connection open unless the request says `Connection: close`;
 // HTTP/1.0 closes after the response unless it asks for `Connection: keep-alive`. A
@@ -53,9 +62,11 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <new>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -84,13 +95,24 @@ constexpr std::size_t kMaxDrain = 64 * 1024;
 http::Limits g_limits;
 std::unique_ptr<http::StaticFiles> g_files;
 std::size_t g_max_fds = 0;
+bool g_metrics = false;  // --metrics
 
 // What one shard thread keeps for its connections: the per-fd table, the HTTP core and the
 // output of the current read. thread_local, so one per shard thread, made on its first
 // callback.
+bool metrics_page(std::string_view query, std::string* body);
+bool status_page(std::string_view query, std::string* body);
+constexpr http::Page kPages[] = {
+    {"/metrics", "text/plain; version=0.0.4; charset=utf-8", metrics_page},
+    {"/status", "text/html; charset=utf-8", status_page},
+};
+
 struct ThreadState {
   http::Conn** conns = nullptr;  // calloc'd: the pages of fd numbers never used stay untouched
-  http::Responder responder{g_limits, g_files.get()};
+  http::Responder responder{g_limits, g_files.get(),
+                            g_metrics ? std::span<const http::Page>(kPages)
+                                      : std::span<const http::Page>()};
+  struct Reactor* reactor = nullptr;  // the shard's, for the pages (set by on_data)
   http::Output out;  // what the current read owes, written in one go
 
   ~ThreadState() {
@@ -100,6 +122,66 @@ struct ThreadState {
   }
 };
 thread_local ThreadState t_state;
+
+// The whole metrics text of the server of the calling shard, grown until it fits.
+bool server_metrics(int format, const std::string& prefix, std::string* text) {
+  SockServer* server = sock_server_of(t_state.reactor);
+  std::size_t size = 64 * 1024;
+  for (;;) {
+    text->resize(size);
+    const ssize_t n = sock_server_metrics(server, format, prefix.c_str(), text->data(), size);
+    if (n < 0) return false;
+    if (static_cast<std::size_t>(n) < size) {
+      text->resize(static_cast<std::size_t>(n));
+      return true;
+    }
+    size = static_cast<std::size_t>(n) + 1;
+  }
+}
+
+// /metrics[?name=PREFIX]: the value of the first name= parameter, used as it is (metric
+// names need no escaping; anything else simply matches no family).
+bool metrics_page(std::string_view query, std::string* body) {
+  std::string prefix;
+  while (!query.empty()) {
+    const std::string_view param = query.substr(0, query.find('&'));
+    if (param.starts_with("name=")) {
+      prefix = param.substr(5);
+      break;
+    }
+    query.remove_prefix(std::min(query.size(), param.size() + 1));
+  }
+  return server_metrics(SOCK_METRICS_PROMETHEUS, prefix, body);
+}
+
+bool status_page(std::string_view, std::string* body) {
+  SockServer* server = sock_server_of(t_state.reactor);
+  std::string json;
+  if (!server_metrics(SOCK_METRICS_JSON, "", &json)) return false;
+  *body = "<!doctype html><title>http_server: packet pools</title>"
+          "<h1>Packet pools</h1><table border=1 cellpadding=4><tr><th>shard<th>connections"
+          "<th>outstanding packets<th>high water<th>chunk bytes<th>hit %<th>queued bytes";
+  for (int i = 0; i < sock_server_shard_count(server); ++i) {
+    SockStats s{};
+    s.size = sizeof s;
+    if (sock_stats(sock_server_shard(server, i), &s) < 0) continue;
+    char row[256];
+    std::snprintf(row, sizeof row,
+                  "<tr><td>%d<td>%llu<td>%llu<td>%llu<td>%llu<td>%.1f<td>%llu", i,
+                  static_cast<unsigned long long>(s.connections),
+                  static_cast<unsigned long long>(s.outstanding),
+                  static_cast<unsigned long long>(s.high_water),
+                  static_cast<unsigned long long>(s.chunk_bytes),
+                  s.checkouts ? 100.0 * static_cast<double>(s.hits) / static_cast<double>(s.checkouts) : 100.0,
+                  static_cast<unsigned long long>(s.queued_bytes));
+    body->append(row);
+  }
+  // The JSON holds numbers and fixed names only: nothing to escape for HTML.
+  body->append("</table><p><a href=\"/metrics\">/metrics</a> (Prometheus)<h2>JSON</h2><pre>");
+  body->append(json);
+  body->append("</pre>\n");
+  return true;
+}
 
 // The thread's table, created on first use; nullptr if there is no memory for it.
 http::Conn** conn_table(ThreadState& state) {
@@ -178,6 +260,7 @@ void on_data(struct Reactor* r, int fd) {
     sock_force_close(r, fd);
     return;
   }
+  state.reactor = r;
   http::Responder& responder = state.responder;
   responder.refresh_date(r->last_tick);
   char buf[16 * 1024];
@@ -257,6 +340,8 @@ void add_flags(CLI::App& app) {
                      std::to_string(defaults.max_headers) + ")")
       ->type_name("N")
       ->transform(tools::whole_number(0, 1000 * 1000));
+  app.add_flag("--metrics", g_metrics,
+               "serve the pool profiler's metrics: GET /metrics (Prometheus), GET /status");
   // 0: requests without a body only.
   app.add_option("--max-body", g_limits.max_body,
                  "longest request body; longer: 413 (default " +

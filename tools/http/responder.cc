@@ -49,14 +49,17 @@ void append_number(std::string& out, std::uint64_t n) {
 
 // Appends one whole text/plain response to `out`; `date` is the Date line.
 void respond(std::string& out, std::string_view date, int status, std::string_view body,
-             bool keep_alive, bool head, std::string_view extra_headers = {}) {
+             bool keep_alive, bool head, std::string_view extra_headers = {},
+             std::string_view content_type = "text/plain") {
   out.append("HTTP/1.1 ");
   append_number(out, static_cast<std::uint64_t>(status));
   out.append(" ");
   out.append(reason(status));
   out.append("\r\nContent-Length: ");
   append_number(out, body.size());
-  out.append("\r\nContent-Type: text/plain\r\n");
+  out.append("\r\nContent-Type: ");
+  out.append(content_type);
+  out.append("\r\n");
   out.append(date);
   out.append(extra_headers);
   out.append(keep_alive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n");
@@ -83,6 +86,13 @@ int status_for(llhttp_errno_t err) {
     default:
       return 400;
   }
+}
+
+const Page* find_page(std::span<const Page> pages, std::string_view path) {
+  for (const Page& page : pages) {
+    if (page.path == path) return &page;
+  }
+  return nullptr;
 }
 
 // What the callbacks of one llhttp_execute work on; parser.data points at it for that call.
@@ -260,6 +270,21 @@ struct Callbacks {
     const bool head = method == HTTP_HEAD;
     const std::string_view date(r.date_line_, r.date_length_);
     std::string& out = k.out.bytes;
+    if (const Page* page = find_page(r.pages_, path)) {
+      if (method != HTTP_GET && !head) {
+        respond(out, date, 405, "Method Not Allowed", keep_alive, false, "Allow: GET, HEAD\r\n");
+        return done;
+      }
+      const std::string_view target = url.substr(0, url.find('#'));
+      const std::string_view query = target.substr(std::min(target.size(), path.size() + 1));
+      std::string body;
+      if (page->make(query, &body)) {
+        respond(out, date, 200, body, keep_alive, head, {}, page->content_type);
+      } else {
+        respond(out, date, 500, reason(500), keep_alive, head);
+      }
+      return done;
+    }
     if (r.files_) {
       std::string rel;
       const int status = root_relative(path, &rel);
@@ -319,8 +344,8 @@ void Conn::reset(const llhttp_settings_t* settings) {
   finished_ = false;
 }
 
-Responder::Responder(const Limits& limits, const StaticFiles* files)
-    : limits_(limits), files_(files), settings_(Callbacks::settings()) {
+Responder::Responder(const Limits& limits, const StaticFiles* files, std::span<const Page> pages)
+    : limits_(limits), files_(files), pages_(pages), settings_(Callbacks::settings()) {
   refresh_date();
 }
 

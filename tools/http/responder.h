@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <ctime>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -122,11 +123,22 @@ struct ReadResult {
   bool keep_state = false;
 };
 
+// A page made on request (tools/http_server --metrics: /metrics and /status): GET and HEAD of
+// `path` answer 200 with the body `make` appends for the query string (the target after '?',
+// without a fragment; "" if none), with `content_type`; other methods 405, and 500 when make
+// returns false. Pages come before files: a page's path hides the file of the same name.
+struct Page {
+  std::string_view path;
+  std::string_view content_type;
+  bool (*make)(std::string_view query, std::string* body);
+};
+
 class Responder {
  public:
-  // `files`: the root to serve files from, or nullptr to serve none; it must outlive the
-  // Responder. The Date line is current from here on (see refresh_date()).
-  Responder(const Limits& limits, const StaticFiles* files);
+  // `files`: the root to serve files from, or nullptr to serve none; `pages`: the pages to
+  // serve; both must outlive the Responder. The Date line is current from here on (see
+  // refresh_date()).
+  Responder(const Limits& limits, const StaticFiles* files, std::span<const Page> pages = {});
   Responder(const Responder&) = delete;
   Responder& operator=(const Responder&) = delete;
 
@@ -152,6 +164,7 @@ class Responder {
 
   const Limits limits_;
   const StaticFiles* const files_;
+  const std::span<const Page> pages_;
   const llhttp_settings_t* const settings_;
   Conn scratch_;
   bool scratch_dirty_ = true;  // scratch_ is not at the start of a message with clear flags
