@@ -1,0 +1,154 @@
+#!/usr/bin/python3
+# A stand-in for `tools/http_server --metrics` in the tests of tools/pooltop, pool_record and
+# pool_plot: serves a Prometheus text exposition (format 0.0.4) of every libsock_* family for
+# 2 shards, profiling on, so histograms included (with the engine's log-linear buckets).
+#   fake_metrics_server.py PORT_FILE [--port N]
+# Listens on 127.0.0.1, port 0 (the kernel picks one) unless --port, and writes the port to
+# PORT_FILE once listening. Routes:
+#   GET /metrics[?name=PREFIX]  the exposition; PREFIX keeps only the families it starts
+#                               (family names as in the # TYPE lines, e.g. libsock_pool_)
+#   GET /garbage                200 with an HTML body, for the "does not parse" errors
+# Request n of /metrics (n = 1, 2, ...) grows the counters by a fixed step; shard s's figures
+# are exact so that tests can look for them:
+#   chunks 4(s+1), chunk bytes 2 MiB each, high water 90 / 140, hits 75% / 50% of checkouts,
+#   queued 0.5 / 1.0 MiB, connections 10 / 15; outstanding 50(s+1) + 10(n mod 5) moves.
+import argparse
+import os
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+MIB = 1 << 20
+SHARDS = (0, 1)
+# The engine's histograms (engine/histogram.h): log-linear buckets with upper bounds 1, 2, 3, 4,
+# 6, 8, 12, ... up to 2^octaves, times a unit scale, "%.9g" in le; then +Inf.
+# (name, octaves, scale, the first bucket with counts, each step's counts from there on)
+HISTOGRAMS = (
+    ("libsock_packet_lifetime_seconds", 26, 1e-6, 8, (1, 4, 8, 3, 1)),
+    ("libsock_queue_time_seconds", 26, 1e-6, 12, (6, 3, 2, 1)),
+    ("libsock_write_size_bytes", 30, 1, 10, (2, 9, 5, 1, 1)),
+    ("libsock_flush_packets", 10, 1, 0, (9, 4, 2, 1)),
+    ("libsock_connection_peak_queued_bytes", 36, 1, 24, (1, 2, 1)),
+)
+
+
+def bound(i):
+    return i + 1 if i < 2 else (2 << (i // 2) if i % 2 else 3 << (i // 2 - 1))
+
+
+def exposition(n):
+    """The whole exposition after n requests, as (family name, text) pairs."""
+    families = []
+
+    def family(name, kind, help_text, rows):
+        lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        lines += [f"{metric}{{{labels}}} {value}" if labels else f"{metric} {value}"
+                  for metric, labels, value in rows]
+        families.append((name, "\n".join(lines) + "\n"))
+
+    def per_shard(name, kind, help_text, value_of):
+        family(name, kind, help_text, [(name, f'shard="{s}"', value_of(s)) for s in SHARDS])
+
+    checkouts = lambda s: 400 * (s + 1) * n
+    hits = lambda s: checkouts(s) * (3 - s) // 4
+    outstanding = lambda s: 50 * (s + 1) + 10 * (n % 5)
+    returns = lambda s: checkouts(s) - outstanding(s)
+    chunk_bytes = lambda s: 4 * (s + 1) * 2 * MIB
+
+    per_shard("libsock_pool_checkouts_total", "counter", "Packets checked out.", checkouts)
+    per_shard("libsock_pool_returns_total", "counter", "Packets returned.", returns)
+    per_shard("libsock_pool_remote_returns_total", "counter",
+              "Packets returned from other threads.", lambda s: returns(s) // 4)
+    per_shard("libsock_pool_hits_total", "counter", "Checkouts served from the free list.", hits)
+    per_shard("libsock_pool_misses_total", "counter", "Checkouts that carved a new packet.",
+              lambda s: checkouts(s) - hits(s))
+    per_shard("libsock_pool_chunks_freed_total", "counter", "Chunks given back.", lambda s: n // 3)
+    per_shard("libsock_pool_refusals_total", "counter", "Checkouts refused at the cap.",
+              lambda s: 0)
+    per_shard("libsock_pool_alloc_failures_total", "counter", "Chunk allocations that failed.",
+              lambda s: 0)
+    per_shard("libsock_writes_direct_total", "counter", "Writes sent at once.", lambda s: 90 * n)
+    per_shard("libsock_writes_queued_total", "counter", "Writes queued.", lambda s: 10 * n)
+    per_shard("libsock_writev_calls_total", "counter", "writev calls.", lambda s: 12 * n)
+    per_shard("libsock_writev_packets_total", "counter", "Packets sent by writev.",
+              lambda s: 30 * n)
+    per_shard("libsock_sendfile_calls_total", "counter", "sendfile calls.", lambda s: n)
+
+    per_shard("libsock_pool_outstanding_packets", "gauge", "Packets checked out now.",
+              outstanding)
+    per_shard("libsock_pool_high_water_packets", "gauge", "Most packets ever out at once.",
+              lambda s: 90 + 50 * s)
+    per_shard("libsock_pool_chunks", "gauge", "Chunks held.", lambda s: 4 * (s + 1))
+    per_shard("libsock_pool_chunk_bytes", "gauge", "Bytes of the chunks held.", chunk_bytes)
+    per_shard("libsock_pool_packet_bytes", "gauge", "Bytes of one packet.", lambda s: 2048)
+    per_shard("libsock_queued_bytes", "gauge", "Bytes queued for writing.",
+              lambda s: (s + 1) * MIB // 2)
+    per_shard("libsock_connections", "gauge", "Open connections.", lambda s: 10 + 5 * s)
+    for stat, extra in (("active", 0), ("dirty", MIB // 4), ("muzzy", 0), ("resident", 2 * MIB),
+                        ("mapped", 4 * MIB), ("retained", 8 * MIB)):
+        per_shard(f"libsock_jemalloc_{stat}_bytes", "gauge", f"jemalloc's {stat} bytes.",
+                  lambda s, extra=extra: chunk_bytes(s) + extra)
+    # Process-wide, as engine/metrics.cc writes it (tools/pooltop takes either).
+    family("libsock_profiling", "gauge", "1 while profiling is on.", [("libsock_profiling", "", 1)])
+    family("libsock_process_resident_bytes", "gauge", "The process's resident set size.",
+           [("libsock_process_resident_bytes", "",
+             40 * MIB + sum(map(chunk_bytes, SHARDS)) + (n % 7) * MIB // 4)])
+
+    for name, octaves, scale, first, steps in HISTOGRAMS:
+        rows = []
+        for s in SHARDS:
+            total = total_sum = 0
+            for i in range(2 * octaves):
+                step = steps[i - first] if 0 <= i - first < len(steps) else 0
+                total += step * n * (s + 1)
+                total_sum += step * n * (s + 1) * bound(i)
+                rows.append((f"{name}_bucket", f'shard="{s}",le="{bound(i) * scale:.9g}"', total))
+            rows.append((f"{name}_bucket", f'shard="{s}",le="+Inf"', total))
+            rows.append((f"{name}_sum", f'shard="{s}"', f"{total_sum * scale:.9g}"))
+            rows.append((f"{name}_count", f'shard="{s}"', total))
+        family(name, "histogram", f"Distribution of {name}.", rows)
+    return families
+
+
+class Handler(BaseHTTPRequestHandler):
+    requests = 0
+
+    def do_GET(self):
+        url = urllib.parse.urlsplit(self.path)
+        if url.path == "/metrics":
+            Handler.requests += 1
+            prefix = urllib.parse.parse_qs(url.query).get("name", [""])[0]
+            body = "".join(text for name, text in exposition(Handler.requests)
+                           if name.startswith(prefix))
+            self.reply(200, "text/plain; version=0.0.4; charset=utf-8", body)
+        elif url.path == "/garbage":
+            self.reply(200, "text/html", "<html><body>Hello World!</body></html>\n")
+        else:
+            self.reply(404, "text/plain", "not found\n")
+
+    def reply(self, status, content_type, body):
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass  # the tests' output is for their own messages
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("port_file")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    server = HTTPServer(("127.0.0.1", args.port), Handler)
+    # Written then renamed: a waiting test must never read a half-written port.
+    with open(args.port_file + ".tmp", "w") as f:
+        f.write(f"{server.server_port}\n")
+    os.rename(args.port_file + ".tmp", args.port_file)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

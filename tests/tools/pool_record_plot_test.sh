@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Tests tools/pool_record and tools/pool_plot against tests/tools/fake_metrics_server.py:
+# ~1.5 s recorded at 0.2 s (the CSV's header, both shards, histogram buckets, time going up),
+# a run stopped by SIGTERM (exit 0, whole lines), an unreachable URL (exit 1); then the charts
+# as non-empty SVG (valid XML) and PNG, and from a recording without the histograms and
+# process series (?name=libsock_pool_), those charts skipped with a message and the others
+# still drawn.
+#   bazel test //tests/tools:pool_record_plot_test   or   bash tests/tools/pool_record_plot_test.sh
+set -euo pipefail
+
+if [[ -n ${TEST_SRCDIR:-} ]]; then
+  root=$TEST_SRCDIR/$TEST_WORKSPACE
+else
+  root=$(cd "$(dirname "$0")/../.." && pwd)
+fi
+tmp=$(mktemp -d "${TEST_TMPDIR:-/tmp}/pool_record_plot_test.XXXXXX")
+server_pid=
+
+cleanup() {
+  [[ -z $server_pid ]] || kill "$server_pid" 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+# wait_for SECONDS WHAT COMMAND...: polls COMMAND until it succeeds; fails after SECONDS.
+wait_for() {
+  local deadline=$((SECONDS + $1)) what=$2
+  shift 2
+  until "$@"; do
+    ((SECONDS < deadline)) || fail "timed out waiting for $what"
+    sleep 0.1
+  done
+}
+
+/usr/bin/python3 "$root/tests/tools/fake_metrics_server.py" "$tmp/port" &
+server_pid=$!
+wait_for 20 "the fake server to listen" test -s "$tmp/port"
+url=http://127.0.0.1:$(<"$tmp/port")/metrics
+
+echo "pool_record: 1.5 s at 0.2 s intervals"
+"$root/tools/pool_record" --url "$url" --interval 0.2 --duration 1.5 --out "$tmp/all.csv"
+csv=$tmp/all.csv
+[[ $(head -n 1 "$csv") == "time_s,metric,shard,le,value" ]] || fail "header: $(head -n 1 "$csv")"
+for want in '^[0-9.]+,libsock_pool_outstanding_packets,0,,[0-9]+$' \
+            '^[0-9.]+,libsock_pool_outstanding_packets,1,,[0-9]+$' \
+            '^[0-9.]+,libsock_pool_checkouts_total,1,,[0-9]+$' \
+            '^[0-9.]+,libsock_process_resident_bytes,,,[0-9]+$' \
+            '^[0-9.]+,libsock_packet_lifetime_seconds_bucket,0,4\.8e-05,[0-9]+$' \
+            '^[0-9.]+,libsock_packet_lifetime_seconds_bucket,1,\+Inf,[0-9]+$' \
+            '^[0-9.]+,libsock_packet_lifetime_seconds_sum,0,,[0-9.]+$' \
+            '^[0-9.]+,libsock_write_size_bytes_count,1,,[0-9]+$'; do
+  grep -Eq -- "$want" "$csv" || fail "no row like /$want/ in $csv"
+done
+# Every row has 5 fields; sample times go up from about 0, and there are at least two.
+awk -F, 'NR > 1 && NF != 5 { print "line " NR ": " $0; exit 1 }' "$csv" ||
+  fail "a row without 5 fields"
+times=$(tail -n +2 "$csv" | cut -d, -f1 | uniq)
+awk '{ exit !($1 < 0.2) }' <<<"$times" || fail "the first sample is at $(head -n 1 <<<"$times") s"
+sort -cgu <<<"$times" || fail "sample times do not go up: $(tr '\n' ' ' <<<"$times")"
+(($(wc -l <<<"$times") >= 2)) || fail "only one sample"
+
+echo "pool_record: SIGTERM stops it with exit 0 and whole lines"
+"$root/tools/pool_record" --url "$url" --interval 0.2 --out "$tmp/term.csv" 2>"$tmp/term.err" &
+record_pid=$!
+two_samples() { (($(tail -n +2 "$tmp/term.csv" 2>/dev/null | cut -d, -f1 | uniq | wc -l) >= 2)); }
+wait_for 20 "two samples in term.csv" two_samples
+kill -TERM "$record_pid"
+rc=0
+wait "$record_pid" || rc=$?
+((rc == 0)) || fail "pool_record exited $rc after SIGTERM: $(<"$tmp/term.err")"
+[[ $(tail -c 1 "$tmp/term.csv") == "" ]] || fail "term.csv does not end with a whole line"
+
+echo "pool_record: an unreachable URL is skipped with a warning; no sample at all exits 1"
+# A port the kernel just handed out as free: nothing listens there.
+port=$(/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])')
+rc=0
+"$root/tools/pool_record" --url "http://127.0.0.1:$port/metrics" --interval 0.2 --duration 0.3 \
+  --out "$tmp/none.csv" 2>"$tmp/none.err" || rc=$?
+((rc == 1)) || fail "unreachable URL: exit status $rc, not 1"
+grep -q "skipped: cannot reach http://127.0.0.1:$port/metrics" "$tmp/none.err" ||
+  fail "unreachable URL: stderr is: $(<"$tmp/none.err")"
+
+echo "pool_plot: every chart, as SVG and PNG"
+"$root/tools/pool_plot" "$csv" --out "$tmp/plots" --title "fake server" >"$tmp/plot.out"
+for chart in outstanding chunk_bytes rss_vs_pool packet_lifetime write_size queue_time \
+             flush_packets peak_queued; do
+  for ext in svg png dat gp; do
+    file=$tmp/plots/$chart.$ext
+    [[ -s $file ]] || fail "$file is missing or empty"
+    grep -qxF "$file" "$tmp/plot.out" || fail "$file is not in pool_plot's list"
+  done
+  /usr/bin/python3 -c 'import sys, xml.etree.ElementTree as x; x.parse(sys.argv[1])' \
+    "$tmp/plots/$chart.svg" || fail "$chart.svg is not valid XML"
+  [[ $(head -c 8 "$tmp/plots/$chart.png" | od -An -tx1 | tr -d ' \n') == 89504e470d0a1a0a ]] ||
+    fail "$chart.png is not a PNG"
+done
+
+echo "pool_plot: a recording of libsock_pool_ only skips the other charts, draws the rest"
+"$root/tools/pool_record" --url "$url?name=libsock_pool_" --interval 0.2 --duration 0.5 \
+  --out "$tmp/pool.csv" 2>/dev/null
+"$root/tools/pool_plot" "$tmp/pool.csv" --out "$tmp/pool_plots" >/dev/null 2>"$tmp/pool.err"
+for file in outstanding.svg outstanding.png chunk_bytes.svg chunk_bytes.png; do
+  [[ -s $tmp/pool_plots/$file ]] || fail "$file is missing or empty"
+done
+for want in "skipping rss_vs_pool: the CSV has no libsock_process_resident_bytes" \
+            "skipping packet_lifetime: the CSV has no libsock_packet_lifetime_seconds_bucket"; do
+  grep -qF "$want" "$tmp/pool.err" || fail "no message '$want'; stderr: $(<"$tmp/pool.err")"
+done
+[[ ! -e $tmp/pool_plots/rss_vs_pool.svg ]] || fail "rss_vs_pool drawn without its series"
+
+echo "PASS"
