@@ -195,6 +195,19 @@ void BlockPool::drain_remote() {
   drain_remote_blocks();
 }
 
+void BlockPool::trim() {
+  {
+    std::unique_lock<std::mutex> lock(mutex_, std::defer_lock);
+    if (sharing_ == Sharing::kLocked) {
+      lock.lock();
+    } else {
+      assert(is_owner_thread() && "BlockPool::trim off the owner thread");
+      drain_remote_blocks();
+    }
+  }
+  arena_.purge();  // jemalloc locks the arena itself
+}
+
 void BlockPool::bind_owner_thread() { owner_.store(std::this_thread::get_id(), std::memory_order_relaxed); }
 
 bool BlockPool::is_owner_thread() const {

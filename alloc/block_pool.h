@@ -205,6 +205,11 @@ class BlockPool {
   // idles should call it now and then. Thread: owner. kLocked: nothing to do.
   void drain_remote();
 
+  // For an owner going idle: drains remote give-backs (freeing the chunks they empty, the
+  // spare aside) and returns the arena's unused pages to the kernel (JemallocArena::purge).
+  // Thread: owner (kLocked: any).
+  void trim();
+
   // Makes the calling thread the owner. The previous owner's last use of the pool must
   // happen-before this (e.g. build on one thread, then start the thread that drives the pool).
   // Blocks pushed remotely meanwhile stay queued for the new owner.

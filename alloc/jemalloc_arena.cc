@@ -31,6 +31,14 @@ std::optional<size_t> read_arena_stat(unsigned arena, const char* leaf) {
   return value;
 }
 
+bool purge_arena(unsigned arena) {
+  char name[kMallctlNameBytes];
+  std::snprintf(name, sizeof(name), "arena.%u.purge", arena);
+  const int rc = mallctl(name, nullptr, nullptr, nullptr, 0);
+  if (rc != 0) errno = rc;
+  return rc == 0;
+}
+
 std::optional<size_t> page_bytes() {
   size_t page = 0;
   size_t page_len = sizeof(page);
@@ -62,6 +70,28 @@ bool JemallocArena::stats(Stats* out) const {
   }
   *out = Stats{*active * *page, *dirty * *page, *muzzy * *page, *resident, *mapped, *retained};
   return true;
+}
+
+bool release_thread_memory() {
+  bool ok = true;
+  int rc = mallctl("thread.tcache.flush", nullptr, nullptr, nullptr, 0);
+  if (rc != 0 && rc != EFAULT) {  // EFAULT: the thread has no cache (tcache disabled)
+    errno = rc;
+    ok = false;
+  }
+  unsigned arena = 0;
+  size_t arena_len = sizeof(arena);
+  rc = mallctl("thread.arena", &arena, &arena_len, nullptr, 0);
+  if (rc != 0) {
+    errno = rc;
+    return false;
+  }
+  return purge_arena(arena) && ok;
+}
+
+bool JemallocArena::purge() const {
+  assert(index_ != kNoArena);
+  return purge_arena(index_);
 }
 
 std::optional<JemallocArena> JemallocArena::create() {

@@ -19,6 +19,13 @@
 
 namespace alloc {
 
+// The calling thread's share of the process's malloc memory, back to the kernel: flushes its
+// thread cache ("thread.tcache.flush") and purges the automatic arena it allocates from
+// ("thread.arena", then "arena.<i>.purge"). For a thread going idle after freeing a lot: jemalloc
+// without background threads purges an arena only while it is used. false with errno set if
+// jemalloc refused a step.
+bool release_thread_memory();
+
 class JemallocArena {
  public:
   // Creates a fresh arena (mallctl "arenas.create"). nullopt with errno set when jemalloc cannot:
@@ -66,6 +73,11 @@ class JemallocArena {
   bool stats(Stats* out) const;
   // Makes every arena's statistics current (mallctl "epoch"). Thread: any; jemalloc locks.
   static bool refresh_stats();
+
+  // Returns this arena's unused (dirty and muzzy) pages to the kernel at once (mallctl
+  // "arena.<i>.purge"), instead of when decay next runs: decay only runs when the arena is
+  // used, so an idle arena would keep them. false with errno set if jemalloc refused.
+  bool purge() const;
 
   // What an allocation of `size` bytes aligned to `align` really takes (nallocx): the size class.
   static size_t usable_size(size_t size, size_t align);

@@ -10,6 +10,7 @@
 #include <ctime>
 #include <new>
 
+#include "alloc/jemalloc_arena.h"
 #include "engine/defaults.h"
 #include "engine/handle.h"
 #include "engine/inbox.h"
@@ -27,6 +28,13 @@ constexpr uint32_t kEpollEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
 constexpr std::size_t kFlushBudget = 64 * kRecordPayload;
 // While stopping, the wait is short so the drain deadline is noticed.
 constexpr int kStopPollMs = 20;
+// Dead wheel entries (closed connections' timers, which the wheel keeps until they are due:
+// the idle timeout, 30 s by default) beyond which the reactor compacts the wheel and
+// returns memory to the kernel. Per live connection allowance plus a floor, so the O(entries)
+// sweep runs at most once per kWheelSlack closes. Without it a burst of short connections
+// leaves its entries' memory resident for good (bench/RESULTS.md, "Memory after churn").
+constexpr std::size_t kWheelSlack = 4096;
+
 // The generation is checked first, with acquire: when the number moved to another reactor,
 // the slot's other fields belong to that reactor's thread and must not be read here.
 bool is_current(const FdSlot& slot, uint32_t generation, const Reactor* r) {
@@ -191,7 +199,8 @@ int Reactor::run_once(int timeout_ms) {
   if (stop_requested_.load(std::memory_order_acquire) && !stopping_) begin_stop();
 
   epoll_event events[REACTOR_MAX_EVENTS];
-  int n = epoll_wait(epoll_fd_, events, REACTOR_MAX_EVENTS, prepare_wait(timeout_ms));
+  const int wait_ms = prepare_wait(timeout_ms);
+  int n = epoll_wait(epoll_fd_, events, REACTOR_MAX_EVENTS, wait_ms);
   if (n < 0 && errno != EINTR) {
     current_ = outer;
     return -1;
@@ -215,6 +224,7 @@ int Reactor::run_once(int timeout_ms) {
   if (profiling_on()) profile_now_us_ = monotonic_us();  // packets' lifetimes end in the flush
   run_flush_list();
   expire_timers();
+  if (wait_ms != 0 && trim_due()) trim();  // the loop keeps up: no work was left over
 
   current_ = outer;
   if (stopping_ && finish_stop_if_done()) return -1;  // `this` was deleted
@@ -544,15 +554,32 @@ void Reactor::arm_timer(int fd, FdSlot& slot) {
                   epoch_ms_ + int64_t{expiry - 1} * TimerWheel::kTickMs);
 }
 
+FdSlot* Reactor::timer_entry_live(uint64_t key, int64_t due_ms) const {
+  FdSlot* slot = fd_slot(key_fd(key));
+  if (!slot || !is_current(*slot, key_generation(key), this)) return nullptr;
+  const auto due_tick = 1 + static_cast<uint32_t>((due_ms - epoch_ms_) / TimerWheel::kTickMs);
+  if (slot->timer_due_tick != due_tick) return nullptr;  // superseded by an earlier entry
+  return slot;
+}
+
 void Reactor::expire_timers() {
   wheel_.advance(now_ms_, [&](uint64_t key, int64_t due_ms) {
-    FdSlot* slot = fd_slot(key_fd(key));
-    if (!slot || !is_current(*slot, key_generation(key), this)) return;
-    const auto due_tick = 1 + static_cast<uint32_t>((due_ms - epoch_ms_) / TimerWheel::kTickMs);
-    if (slot->timer_due_tick != due_tick) return;  // superseded by an earlier entry
+    FdSlot* slot = timer_entry_live(key, due_ms);
+    if (!slot) return;
     slot->timer_due_tick = 0;
     arm_timer(key_fd(key), *slot);
   });
+}
+
+bool Reactor::trim_due() const { return wheel_.size() > 2 * attached() + kWheelSlack; }
+
+void Reactor::trim() {
+  wheel_.compact(
+      [this](uint64_t key, int64_t due_ms) { return timer_entry_live(key, due_ms) != nullptr; });
+  // The wheel's buckets (and whatever the callbacks freed) went back to this thread's arena,
+  // which decays only when used: return them to the kernel now, while the thread idles.
+  pool_->trim();
+  alloc::release_thread_memory();
 }
 
 }  // namespace engine

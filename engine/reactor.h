@@ -179,6 +179,16 @@ class Reactor {
   bool finish_stop_if_done();
   void tick_clock();
   void expire_timers();
+  // Whether the wheel entry (key, due_ms) still matters: its connection is open here and no
+  // sooner entry superseded it (then its slot, else nullptr: it would fire to no effect).
+  FdSlot* timer_entry_live(uint64_t key, int64_t due_ms) const;
+  // Whether closed connections have left enough dead wheel entries to be worth a trim().
+  bool trim_due() const;
+  // Drops the dead wheel entries and gives the memory freed since (the wheel's, the pool's,
+  // this thread's malloc arena's) back to the kernel. Run from an iteration that started with
+  // no work left over (the loop keeps up), at most once per kWheelSlack closes: so memory
+  // stays bounded under sustained churn, and what a burst left is back when it ends.
+  void trim();
   void resume_if_drained(int fd, FdSlot& slot, bool notify_ready);
   static int64_t monotonic_ms(void* unused);
   int64_t read_clock() const { return clock_(clock_context_); }

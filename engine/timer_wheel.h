@@ -77,6 +77,14 @@ class TimerWheel {
   // Entries armed and not yet fired.
   std::size_t size() const { return size_; }
 
+  // Drops every entry for which keep(key, due_ms) is false (the owner knows it would fire
+  // to no effect: its connection is closed, or a sooner entry superseded it), and gives
+  // back the capacity of buckets left at most a quarter full. Returns the entries dropped.
+  // O(kBuckets + entries). For idle moments only: afterwards buckets grow again as they
+  // fill. Not from inside fire(). May throw bad_alloc (while shrinking; nothing is lost).
+  template <typename Keep>
+  std::size_t compact(Keep&& keep);
+
  private:
   struct Entry {
     uint64_t key;
@@ -202,6 +210,28 @@ void TimerWheel::fire_due(std::size_t bucket, int64_t now_ms, Fire& fire) {
       entries[kept++] = entry;
     }
   }
+}
+
+template <typename Keep>
+std::size_t TimerWheel::compact(Keep&& keep) {
+  assert(!advancing_ && "compact() called from inside fire()");
+  file_deferred();  // left over only if a fire() threw
+  std::size_t dropped = 0;
+  for (std::size_t bucket = 0; bucket < kBuckets; ++bucket) {
+    std::vector<Entry>& entries = buckets_[bucket];
+    if (entries.capacity() == 0) continue;
+    std::size_t kept = 0;
+    for (std::size_t read = 0; read < entries.size(); ++read) {
+      if (keep(entries[read].key, entries[read].due_ms)) entries[kept++] = entries[read];
+    }
+    dropped += entries.size() - kept;
+    entries.resize(kept);
+    if (entries.size() <= entries.capacity() / 4) entries.shrink_to_fit();
+    unmark_if_empty(bucket);
+  }
+  size_ -= dropped;
+  if (deferred_.empty()) deferred_.shrink_to_fit();
+  return dropped;
 }
 
 }  // namespace engine

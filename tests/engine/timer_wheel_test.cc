@@ -468,5 +468,31 @@ TEST(TimerWheel, ThrowingFireLosesAndDuplicatesNothing) {
   EXPECT_EQ(wheel.size(), 0u);
 }
 
+TEST(TimerWheel, CompactDropsWhatKeepRefusesAndTheRestStillFiresOnTime) {
+  TimerWheel wheel(0);
+  // 100,000 entries over 20 s (a connection-churn burst); only the multiples of 1000 stay.
+  for (uint64_t key = 0; key < 100'000; ++key) {
+    wheel.schedule(key, 30'000 + static_cast<int64_t>(key / 5));
+  }
+  const std::size_t dropped =
+      wheel.compact([](uint64_t key, int64_t) { return key % 1000 == 0; });
+  EXPECT_EQ(dropped, 99'900u);
+  EXPECT_EQ(wheel.size(), 100u);
+  EXPECT_EQ(wheel.next_timeout_ms(0), 30'000);
+  std::vector<Fired> fired;
+  for (int64_t now = 0; now <= 60'000; now += kTick) advance_to(wheel, now, fired);
+  ASSERT_EQ(fired.size(), 100u);
+  for (const Fired& f : fired) {
+    EXPECT_EQ(f.key % 1000, 0u);
+    EXPECT_EQ(f.due_ms, 30'000 + static_cast<int64_t>(f.key / 5));
+    EXPECT_GE(f.now_ms, f.due_ms);
+    EXPECT_LT(f.now_ms, f.due_ms + kTick);
+  }
+  EXPECT_EQ(wheel.size(), 0u);
+  EXPECT_EQ(wheel.next_timeout_ms(60'000), -1);
+  // Compacting an empty wheel is harmless.
+  EXPECT_EQ(wheel.compact([](uint64_t, int64_t) { return false; }), 0u);
+}
+
 }  // namespace
 }  // namespace engine
