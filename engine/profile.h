@@ -7,8 +7,9 @@
 //
 // Cost: off, every hook is one relaxed load of the switch and a branch. On, a reactor makes
 // its Profile on first need (kept until the reactor is destroyed, so readers never race with
-// a free), reads CLOCK_MONOTONIC twice per loop iteration (before dispatch and before the
-// flush step) and stamps packets with that cached time: no clock read per packet.
+// a free), reads CLOCK_MONOTONIC at most twice per loop iteration (for the callbacks, for the
+// flush step; only when a hook needs the time) and stamps packets with that cached time: no
+// clock read per packet.
 // Threads: set_profiling/profiling_on any thread. A Profile is written by its reactor's owner
 // thread only; the histograms and top() are readable from any thread (relaxed snapshots, and
 // a mutex around the top list, taken once a second by the owner).

@@ -170,12 +170,17 @@ Profile* Reactor::profile_made() {
   return p;
 }
 
-void Reactor::tick_profile_clock() {
-  profile_now_us_ = monotonic_us();
-  const int64_t now_ms = profile_now_us_ / 1000;
-  if (now_ms - top_refreshed_ms_ < kTopRefreshMs) return;
-  top_refreshed_ms_ = now_ms;
-  if (Profile* p = profile_made()) p->refresh_top(this, now_ms);
+int64_t Reactor::profile_now_us() {
+  if (profile_clock_stale_) {
+    profile_now_us_ = monotonic_us();
+    profile_clock_stale_ = false;
+  }
+  return profile_now_us_;
+}
+
+void Reactor::refresh_top_connections() {
+  top_refreshed_ms_ = now_ms_;
+  if (Profile* p = profile_made()) p->refresh_top(this, monotonic_us() / 1000);
 }
 
 // The loop, in the order that keeps every promise:
@@ -208,7 +213,8 @@ int Reactor::run_once(int timeout_ms) {
   n = n < 0 ? 0 : n;
   api_->last_tick = time(nullptr);
   tick_clock();
-  if (profiling_on()) tick_profile_clock();
+  profile_clock_stale_ = true;
+  if (profiling_on() && now_ms_ - top_refreshed_ms_ >= kTopRefreshMs) refresh_top_connections();
   run_posted_calls();
 
   for (int i = 0; i < n; ++i) {
@@ -221,7 +227,7 @@ int Reactor::run_once(int timeout_ms) {
     dispatch(key_fd(key), key_generation(key), events[i].events);
   }
   run_on_data_again_list();
-  if (profiling_on()) profile_now_us_ = monotonic_us();  // packets' lifetimes end in the flush
+  profile_clock_stale_ = true;  // packets' lifetimes end in the flush
   run_flush_list();
   expire_timers();
   if (wait_ms != 0 && trim_due()) trim();  // the loop keeps up: no work was left over
@@ -373,7 +379,7 @@ long Reactor::flush_fd(int fd, FdSlot& slot, std::size_t budget, bool notify_rea
   std::size_t written = 0;
   const SendResult result = send_queue(fd, slot, budget, &written);
   if (result == SendResult::kDrained) {
-    if (Profile* p = profile()) p->drained(fd, profile_now_us_);
+    if (Profile* p = profile()) p->drained(fd, profile_now_us());
   }
   if (written) {
     stamp_activity(slot);  // write progress keeps a long download alive

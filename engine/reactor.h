@@ -158,11 +158,16 @@ class Reactor {
 
   // The profiler (profile.h). profile(): this reactor's Profile while profiling is on (made on
   // first need), else nullptr; owner thread. profile_snapshot(): any thread, nullptr until
-  // profiling first ran here. profile_now_us(): the cached profile clock (CLOCK_MONOTONIC,
-  // refreshed before dispatch and before the flush step while profiling is on).
-  Profile* profile() { return profiling_on() ? profile_made() : nullptr; }
+  // profiling first ran here. profile_now_us(): the profile clock (CLOCK_MONOTONIC), read at
+  // most twice per iteration (after the wait and before the flush step) and only when a hook
+  // asks: an iteration that profiles nothing reads no clock; owner thread.
+  Profile* profile() {
+    if (!profiling_on()) return nullptr;
+    Profile* p = profile_.load(std::memory_order_relaxed);  // the owner's own store
+    return p ? p : profile_made();
+  }
   const Profile* profile_snapshot() const { return profile_.load(std::memory_order_acquire); }
-  int64_t profile_now_us() const { return profile_now_us_; }
+  int64_t profile_now_us();
   // CLOCK_MONOTONIC in microseconds. Any thread.
   static int64_t monotonic_us();
 
@@ -193,7 +198,7 @@ class Reactor {
   static int64_t monotonic_ms(void* unused);
   int64_t read_clock() const { return clock_(clock_context_); }
   Profile* profile_made();
-  void tick_profile_clock();
+  void refresh_top_connections();
 
   struct ::Reactor* api_;
   int epoll_fd_ = -1;
@@ -210,7 +215,8 @@ class Reactor {
   // whole object to readers on other threads.
   std::atomic<Profile*> profile_{nullptr};
   int64_t profile_now_us_ = 0;
-  int64_t top_refreshed_ms_ = 0;
+  bool profile_clock_stale_ = true;
+  int64_t top_refreshed_ms_ = 0;  // on the reactor's clock (now_ms_)
   std::unique_ptr<alloc::BlockPool> pool_;
   // Work lists of fd_key(fd, generation) entries, so a closed-and-reused fd is skipped.
   std::vector<uint64_t> on_data_again_;

@@ -43,8 +43,9 @@ void count_queued_write(FdSlot& slot) {
 
 // The profiler's view of each write's size (its bytes, or a file's requested length).
 void profile_write(const FdSlot& slot, std::size_t length) {
-  Reactor* owner = attached_owner(slot);
-  if (Profile* p = owner ? owner->profile() : nullptr) p->write_size_bytes.observe(length);
+  if (Reactor* owner = attached_owner(slot)) {
+    if (Profile* p = owner->profile()) p->write_size_bytes.observe(length);
+  }
 }
 
 // The reactor that may take a direct write of `length` bytes to this fd now, or nullptr for

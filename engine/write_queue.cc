@@ -280,11 +280,11 @@ SendResult send_file_packet(int fd, FdSlot& slot, Packet* p, std::size_t budget,
   return SendResult::kBudget;
 }
 
-// Packet lifetimes (profile.h) on the reactor's cached clock (CLOCK_MONOTONIC), read afresh
-// only off the loop, in microseconds modulo 2^32 (lifetimes up to 71 minutes are exact); 0
-// marks a packet checked out while profiling was off, hence the low bit forced on.
+// Packet lifetimes (profile.h) on the reactor's profile clock (CLOCK_MONOTONIC; read directly
+// off the loop), in microseconds modulo 2^32 (lifetimes up to 71 minutes are exact); 0 marks
+// a packet checked out while profiling was off, hence the low bit forced on.
 void stamp_checkout(Packet* p) {
-  const Reactor* r = Reactor::current();
+  Reactor* r = Reactor::current();
   const int64_t now = r ? r->profile_now_us() : Reactor::monotonic_us();
   p->metadata.rsrv_time = static_cast<uint32_t>(now) | 1u;
 }
