@@ -44,6 +44,9 @@ Shard::Shard(const SockServerSettings& settings, int index, int listener, SockSe
   engine_->set_stop_drain_ms(settings.stop_timeout_ms ? settings.stop_timeout_ms
                                                       : engine::kStopDrainMs);
   engine_->set_on_open(&Shard::on_open);
+  // Kept past its stop until ~Shard: while the other shards finish theirs, their threads may
+  // still read this shard's counters (a /metrics scrape served during a stop).
+  engine_->set_keep_after_stop();
   inbox_ = std::make_unique<engine::Inbox>(*engine_);
   engine_->use_inbox(inbox_.get());
   if (listener_ >= 0 && (reactor_add(&api_, listener_) < 0 || !accept_pause_.init(&api_))) {
@@ -56,6 +59,10 @@ Shard* Shard::of(struct ::Reactor* api) { return reinterpret_cast<Shard*>(api); 
 
 Shard::~Shard() {
   while (inbox_->drain_with(engine::discard_posted) > 0) {}
+  // Its thread is joined (or never ran): this thread may own the engine state now.
+  engine_->bind_owner_thread();
+  api_._impl = nullptr;
+  delete engine_;
 }
 
 void Shard::start() {
@@ -80,7 +87,8 @@ void Shard::run(std::latch& owned) {
   }
   engine_->bind_owner_thread();
   owned.count_down();  // start() returns; `owned` is gone after this
-  // run_once returns -1 with errno 0 once the stop completed; its engine state is gone then.
+  // run_once returns -1 with errno 0 once the stop completed (the engine state stays, for
+  // ~Shard to delete).
   for (;;) {
     if (engine_->run_once(REACTOR_TICK) < 0 && errno == 0) break;
     // The listener and the pause timer are attached too, but are not connections.

@@ -6,9 +6,10 @@
 // Threads: construct, start() and join() from the controlling thread; everything the shard
 // owns (its reactor, the fds attached to it, its pool) is touched only by its own thread once
 // started, except through the inbox and the atomics documented below.
-// Ownership: the shard owns its reactor's engine state, destroyed when the reactor's stop
-// completes on the shard's thread, and the reactor's inbox, destroyed with the shard after
-// join(): a call posted while the shard stops lands in live memory and is discarded then.
+// Ownership: the shard owns its reactor's engine state and the reactor's inbox, both
+// destroyed with the shard, after join(): a call posted while the shard stops lands in live
+// memory and is discarded then, and the shard's counters stay readable by the other shards'
+// threads until every shard has stopped (sock_server_metrics during a stop).
 #ifndef SHARDS_SHARD_H_
 #define SHARDS_SHARD_H_
 
@@ -32,7 +33,8 @@ class Shard {
   // own SO_REUSEPORT listener. Aborts with a message if the engine cannot start.
   // `server`: what sock_server_of() answers for this shard's reactor.
   Shard(const SockServerSettings& settings, int index, int listener, SockServer* server);
-  // After join(): discards the calls posted to the shard after its stop completed.
+  // After join() (or without start()): discards the calls posted to the shard after its stop
+  // completed and deletes the reactor's engine state.
   ~Shard();
   Shard(const Shard&) = delete;
   Shard& operator=(const Shard&) = delete;

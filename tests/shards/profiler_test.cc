@@ -186,3 +186,45 @@ TEST(ProfilerTest, CountersKeepTheirIdentitiesUnderLoadOnEveryShard) {
 }
 
 }  // namespace
+
+namespace {
+
+std::atomic<int> g_shutdown_scrapes{0};
+
+// Every connection's on_shutdown scrapes every shard while the shards stop side by side: a
+// shard whose stop completed first must still be readable (its engine state lives until
+// sock_server_stop has joined every shard; ASan would report the read otherwise).
+void scrape_on_shutdown(struct Reactor* r, int) {
+  std::string text(256 << 10, '\0');
+  for (int i = 0; i < 20; ++i) {
+    if (sock_server_metrics(sock_server_of(r), SOCK_METRICS_JSON, nullptr, text.data(),
+                            text.size()) > 0) {
+      g_shutdown_scrapes.fetch_add(1);
+    }
+  }
+}
+
+TEST(ProfilerTest, ScrapesDuringAStopReadEveryShardSafely) {
+  SockServerSettings settings{};
+  settings.address = "127.0.0.1";
+  settings.port = "0";
+  settings.threads = kShards;
+  settings.on_shutdown = scrape_on_shutdown;
+  SockServer* server = sock_server_start_fn(settings);
+  ASSERT_NE(server, nullptr);
+  std::vector<int> clients;
+  for (int i = 0; i < 8; ++i) clients.push_back(testing_support::connect_client(sock_server_port(server)));
+  // Connections reach both shards before the stop.
+  ASSERT_TRUE(wait_for([&] {
+    SockStats a{}, b{};
+    a.size = b.size = sizeof a;
+    sock_stats(sock_server_shard(server, 0), &a);
+    sock_stats(sock_server_shard(server, 1), &b);
+    return a.connections + b.connections >= clients.size() && a.connections && b.connections;
+  }));
+  EXPECT_EQ(sock_server_stop(server), 0);
+  EXPECT_EQ(g_shutdown_scrapes.load(), 8 * 20);
+  for (const int fd : clients) close(fd);
+}
+
+}  // namespace
