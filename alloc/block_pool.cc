@@ -196,14 +196,9 @@ void BlockPool::drain_remote() {
 }
 
 void BlockPool::trim() {
-  {
-    std::unique_lock<std::mutex> lock(mutex_, std::defer_lock);
-    if (sharing_ == Sharing::kLocked) {
-      lock.lock();
-    } else {
-      assert(is_owner_thread() && "BlockPool::trim off the owner thread");
-      drain_remote_blocks();
-    }
+  if (sharing_ == Sharing::kOwnerThread) {  // a kLocked pool has no remote returns to drain
+    assert(is_owner_thread() && "BlockPool::trim off the owner thread");
+    drain_remote_blocks();
   }
   arena_.purge();  // jemalloc locks the arena itself
 }

@@ -219,6 +219,8 @@ class BlockPool {
 
   // Thread: any. Exact on the owner thread (kLocked: always exact); a relaxed snapshot elsewhere.
   PoolCounters counters() const;
+  // counters().chunks_freed alone, without the lock: for an owner polling it. Thread: any.
+  uint64_t counters_chunks_freed() const { return chunks_freed_.get(); }
 
   // Caps the blocks out at once (0: no cap, the default): beyond it checkout() returns nullptr
   // with errno ENOBUFS, which bounds a shard's memory whatever its connections do.

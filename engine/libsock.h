@@ -404,6 +404,7 @@ struct SockStats {
   uint64_t writev_calls;   /* sendmsg calls of the flush step */
   uint64_t writev_packets; /* packets those calls gathered */
   uint64_t sendfile_calls;
+  uint64_t trims;          /* times closed connections' timers were dropped and memory purged */
 };
 
 /** Fills *stats (see struct SockStats for `size`) with reactor's counters. Any thread: exact

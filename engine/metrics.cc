@@ -59,17 +59,26 @@ constexpr Family kFamilies[] = {
      STAT(s.stats.packet_bytes)},
     {"libsock_queued_bytes", "gauge", "Bytes queued on the shard's connections.",
      STAT(s.stats.queued_bytes)},
-    {"libsock_connections", "gauge", "Connections attached to the shard.",
+    {"libsock_connections", "gauge",
+     "Fds attached to the shard: its connections (and a shard's own listener and accept-pause "
+     "timer in SOCK_ACCEPT_REUSEPORT mode).",
      STAT(s.stats.connections)},
-    {"libsock_writes_direct_total", "counter", "Writes sent to the kernel at once, unqueued.",
+    {"libsock_writes_direct_total", "counter",
+     "Writes that tried the kernel at once (what it did not take queued).",
      STAT(s.stats.writes_direct)},
-    {"libsock_writes_queued_total", "counter", "Writes that queued all or the rest of their bytes.",
+    {"libsock_writes_queued_total", "counter", "Writes that queued all or part of their bytes.",
      STAT(s.stats.writes_queued)},
-    {"libsock_writev_calls_total", "counter", "sendmsg calls of the flush step.",
+    {"libsock_writev_calls_total", "counter",
+     "sendmsg calls of the flush step (those that found the socket full included).",
      STAT(s.stats.writev_calls)},
-    {"libsock_writev_packets_total", "counter", "Packets gathered by those sendmsg calls.",
+    {"libsock_writev_packets_total", "counter",
+     "Packets gathered by those sendmsg calls (a packet sent in parts counts each time).",
      STAT(s.stats.writev_packets)},
-    {"libsock_sendfile_calls_total", "counter", "sendfile calls.", STAT(s.stats.sendfile_calls)},
+    {"libsock_sendfile_calls_total", "counter",
+     "sendfile calls (those that found the socket full included).", STAT(s.stats.sendfile_calls)},
+    {"libsock_trims_total", "counter",
+     "Times the shard dropped closed connections' timers and gave freed memory back.",
+     STAT(s.stats.trims)},
     {"libsock_jemalloc_active_bytes", "gauge", "Pages of live allocations in the pool's arena.",
      STAT(s.arena.active)},
     {"libsock_jemalloc_dirty_bytes", "gauge",
@@ -85,7 +94,8 @@ constexpr Family kFamilies[] = {
 };
 #undef STAT
 
-// The opt-in histograms (profile.h), and the unit scale of each one's `le` and sum.
+// The opt-in histograms (profile.h), and whether each records microseconds (exported as
+// seconds) or plain counts (bytes, packets).
 constexpr const char* kHistogramNames[] = {
     "libsock_packet_lifetime_seconds", "libsock_queue_time_seconds", "libsock_write_size_bytes",
     "libsock_flush_packets", "libsock_connection_peak_queued_bytes"};
@@ -95,7 +105,7 @@ constexpr const char* kHistogramHelp[] = {
     "Bytes per sock_write call.",
     "Packets gathered per sendmsg call of the flush step.",
     "A connection's largest queued bytes, observed at its close."};
-constexpr double kHistogramScale[] = {1e-6, 1e-6, 1, 1, 1};
+constexpr bool kHistogramMicros[] = {true, true, false, false, false};
 constexpr int kHistograms = 5;
 
 // Calls fn(histogram) with the histogram `which` of p (the types differ in their octaves).
@@ -115,12 +125,28 @@ class Writer {
   explicit Writer(std::string* out) : out_(out) {}
   void text(const char* s) { out_->append(s); }
   void u64(uint64_t v) { printf("%" PRIu64, v); }
-  void number(double v) { printf("%.9g", v); }
+  // A histogram value, exactly: microseconds as decimal seconds ("0.000003"), counts as
+  // integers (a double would round bounds and sums past 2^53, and %g far sooner).
+  void value(uint64_t v, bool micros) {
+    if (micros) {
+      printf("%" PRIu64 ".%06" PRIu64, v / 1000000, v % 1000000);
+    } else {
+      u64(v);
+    }
+  }
   template <typename... Args>
   void printf(const char* format, Args... args) {
-    char buf[160];
+    char buf[256];
     const int n = std::snprintf(buf, sizeof buf, format, args...);
-    out_->append(buf, static_cast<std::size_t>(n) < sizeof buf ? static_cast<std::size_t>(n) : sizeof buf - 1);
+    if (n < 0) return;
+    if (static_cast<std::size_t>(n) < sizeof buf) {
+      out_->append(buf, static_cast<std::size_t>(n));
+      return;
+    }
+    const std::size_t at = out_->size();  // longer than buf: format again, in place
+    out_->resize(at + static_cast<std::size_t>(n) + 1);
+    std::snprintf(out_->data() + at, static_cast<std::size_t>(n) + 1, format, args...);
+    out_->resize(at + static_cast<std::size_t>(n));
   }
 
  private:
@@ -165,7 +191,7 @@ void write_prometheus(const std::vector<Shard>& shards, const char* prefix, Writ
         for (std::size_t b = 0; b < H::kBuckets; ++b) {
           cumulative += hist.count(b);
           w.printf("%s_bucket{shard=\"%zu\",le=\"", name, i);
-          w.number(static_cast<double>(log_linear_bound(b)) * kHistogramScale[h]);
+          w.value(log_linear_bound(b), kHistogramMicros[h]);
           w.text("\"} ");
           w.u64(cumulative);
           w.text("\n");
@@ -174,7 +200,7 @@ void write_prometheus(const std::vector<Shard>& shards, const char* prefix, Writ
         w.printf("%s_bucket{shard=\"%zu\",le=\"+Inf\"} ", name, i);
         w.u64(cumulative);
         w.printf("\n%s_sum{shard=\"%zu\"} ", name, i);
-        w.number(static_cast<double>(hist.sum()) * kHistogramScale[h]);
+        w.value(hist.sum(), kHistogramMicros[h]);
         w.printf("\n%s_count{shard=\"%zu\"} ", name, i);
         w.u64(cumulative);
         w.text("\n");
@@ -194,7 +220,7 @@ void write_json(const std::vector<Shard>& shards, Writer& w) {
       w.printf(",\"%s\":", f.name + std::strlen("libsock_"));
       w.u64(f.value(s));
     }
-    if (s.profile) {
+    if (s.profile && profiling_on()) {  // as in the Prometheus text
       TopConnection top[kTopConnections];
       const std::size_t n = s.profile->top(top, kTopConnections);
       w.text(",\"top_connections\":[");
@@ -223,14 +249,14 @@ void write_json(const std::vector<Shard>& shards, Writer& w) {
             if (b == H::kBuckets) {
               w.text("null");  // above the last bound
             } else {
-              w.number(static_cast<double>(log_linear_bound(b)) * kHistogramScale[h]);
+              w.value(log_linear_bound(b), kHistogramMicros[h]);
             }
             w.text(",");
             w.u64(c);
             w.text("]");
           }
           w.text("],\"sum\":");
-          w.number(static_cast<double>(hist.sum()) * kHistogramScale[h]);
+          w.value(hist.sum(), kHistogramMicros[h]);
           w.text(",\"count\":");
           w.u64(count);
           w.text("}");
@@ -259,6 +285,7 @@ ReactorStats reactor_stats(const Reactor* r) {
   s.writev_calls = w.writev_calls.get();
   s.writev_packets = w.writev_packets.get();
   s.sendfile_calls = w.sendfile_calls.get();
+  s.trims = r->trims();
   return s;
 }
 

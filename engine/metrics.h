@@ -37,6 +37,7 @@ struct ReactorStats {
   uint64_t writev_calls = 0;
   uint64_t writev_packets = 0;
   uint64_t sendfile_calls = 0;
+  uint64_t trims = 0;
 };
 ReactorStats reactor_stats(const Reactor* reactor);
 

@@ -30,10 +30,14 @@ constexpr std::size_t kFlushBudget = 64 * kRecordPayload;
 constexpr int kStopPollMs = 20;
 // Dead wheel entries (closed connections' timers, which the wheel keeps until they are due:
 // the idle timeout, 30 s by default) beyond which the reactor compacts the wheel and
-// returns memory to the kernel. Per live connection allowance plus a floor, so the O(entries)
-// sweep runs at most once per kWheelSlack closes. Without it a burst of short connections
-// leaves its entries' memory resident for good (bench/RESULTS.md, "Memory after churn").
+// returns memory to the kernel: an allowance per live connection plus a floor. Without it a
+// burst of short connections leaves its entries' memory resident for good (bench/RESULTS.md,
+// "Memory after churn").
 constexpr std::size_t kWheelSlack = 4096;
+// A trim (compaction, purges) runs at most this often, and a reactor with memory to give back
+// sleeps no longer than this: what a burst took is back within about a second of its end,
+// and sustained churn pays for one purge a second, not one per few thousand closes.
+constexpr int kTrimIntervalMs = 1000;
 
 // The generation is checked first, with acquire: when the number moved to another reactor,
 // the slot's other fields belong to that reactor's thread and must not be read here.
@@ -164,8 +168,10 @@ void Reactor::bind_owner_thread() { pool_->bind_owner_thread(); }
 Profile* Reactor::profile_made() {
   Profile* p = profile_.load(std::memory_order_relaxed);
   if (!p) {
-    p = new (std::nothrow) Profile;
+    p = new (std::nothrow) Profile(profiling_epoch());
     profile_.store(p, std::memory_order_release);
+  } else if (p->epoch() != profiling_epoch()) {
+    p->restart(profiling_epoch());
   }
   return p;
 }
@@ -248,6 +254,8 @@ int Reactor::prepare_wait(int timeout_ms) {
   if (timer >= 0 && (timeout_ms < 0 || timer < timeout_ms)) timeout_ms = static_cast<int>(timer);
   // While profiling, the top-connections list is refreshed by the loop: wake for it.
   if (profiling_on() && (timeout_ms < 0 || timeout_ms > kTopRefreshMs)) timeout_ms = kTopRefreshMs;
+  // Memory to give back: wake for the trim (run_once) rather than sleep on it.
+  if (trim_pending() && (timeout_ms < 0 || timeout_ms > kTrimIntervalMs)) timeout_ms = kTrimIntervalMs;
   // Last, and only for a wait that may block: once may_sleep() returned true, a post wakes
   // us, so nothing may turn the wait into a non-blocking one after it.
   if (timeout_ms != 0) {
@@ -439,7 +447,7 @@ int Reactor::attach(int fd, FdSlot& slot) {
     }
   }
   if (!mine) {
-    attached_.add(1);
+    attached_.fetch_add(1, std::memory_order_relaxed);
     if (Profile* p = profile()) p->opened(fd, monotonic_us() / 1000);
     count_queued(static_cast<int64_t>(slot.queued_bytes));  // a queue may come along
   }
@@ -456,7 +464,7 @@ int Reactor::detach(int fd, FdSlot& slot) {
   epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);  // ENOENT: closed behind our back
   slot.flags &= ~(kAttached | kOnFlushList | kOnDataAgainList);
   set_owner(slot, nullptr);
-  attached_.sub(1);
+  attached_.fetch_sub(1, std::memory_order_relaxed);
   // A move to another reactor runs this on the new owner's thread: only ours may write.
   if (Profile* p = is_owner_thread() ? profile() : nullptr) p->closed(fd);
   count_queued(-static_cast<int64_t>(slot.queued_bytes));
@@ -495,9 +503,10 @@ bool Reactor::finish_stop_if_done() {
       close_now(fd, slot, CloseReason::kLocal);
     }
   });
+  errno = 0;
+  if (keep_after_stop_) return true;  // its owner deletes it (a shard, after joining)
   api_->_impl = nullptr;
   delete this;
-  errno = 0;
   return true;
 }
 
@@ -577,15 +586,40 @@ void Reactor::expire_timers() {
   });
 }
 
-bool Reactor::trim_due() const { return wheel_.size() > 2 * attached() + kWheelSlack; }
+bool Reactor::wheel_bloated() const { return wheel_.size() > 2 * attached() + kWheelSlack; }
+
+bool Reactor::trim_pending() const {
+  return wheel_bloated() || pool_->counters_chunks_freed() != chunks_freed_at_trim_;
+}
+
+bool Reactor::trim_due() const {
+  return now_ms_ - trimmed_ms_ >= kTrimIntervalMs && trim_pending();
+}
+
+bool Reactor::timer_entry_dead(uint64_t key, int64_t due_ms) const {
+  FdSlot* slot = fd_slot(key_fd(key));
+  // Acquire, as in is_current(): a slot that moved on belongs to another thread now.
+  if (!slot || slot->generation.load(std::memory_order_acquire) != key_generation(key)) {
+    return true;  // the connection is gone: this entry can never matter again
+  }
+  // Detached for now (reactor_remove) or moved: kept, as before compaction existed, so that a
+  // connection added back finds its entry and re-arms when it fires.
+  if (load_owner(*slot) != this || !(slot->flags & kAttached)) return false;
+  const auto due_tick = 1 + static_cast<uint32_t>((due_ms - epoch_ms_) / TimerWheel::kTickMs);
+  return slot->timer_due_tick != due_tick;  // superseded by a sooner entry
+}
 
 void Reactor::trim() {
-  wheel_.compact(
-      [this](uint64_t key, int64_t due_ms) { return timer_entry_live(key, due_ms) != nullptr; });
-  // The wheel's buckets (and whatever the callbacks freed) went back to this thread's arena,
-  // which decays only when used: return them to the kernel now, while the thread idles.
+  trimmed_ms_ = now_ms_;
+  trims_.add(1);
+  if (wheel_bloated()) {
+    wheel_.compact([this](uint64_t key, int64_t due_ms) { return !timer_entry_dead(key, due_ms); });
+  }
+  // What the wheel, the pool and the callbacks freed went back to jemalloc, which decays an
+  // arena only while it is used (no background threads): return it to the kernel now.
   pool_->trim();
   alloc::release_thread_memory();
+  chunks_freed_at_trim_ = pool_->counters_chunks_freed();
 }
 
 }  // namespace engine

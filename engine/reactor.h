@@ -95,6 +95,10 @@ class Reactor {
   OpenHook on_open() const { return on_open_; }
   // How long a stop lets queued output drain before closing what is left.
   void set_stop_drain_ms(int64_t ms) { stop_drain_ms_ = ms; }
+  // A completed stop leaves this object alive (and the api's _impl set) instead of deleting
+  // it: its owner deletes it later, after rebinding ownership (a shard, after joining its
+  // thread, so that other shards' threads may still read its counters until then).
+  void set_keep_after_stop() { keep_after_stop_ = true; }
 
   // EPOLL_CTL_ADD (or MOD) with the slot's generation; EBADF for fd >= the api's maxfd.
   int attach(int fd, FdSlot& slot);
@@ -152,19 +156,21 @@ class Reactor {
   const alloc::BlockPool& pool() const { return *pool_; }
   struct ::Reactor* api() { return api_; }
   // Connections attached here. Any thread (a relaxed snapshot elsewhere).
-  std::size_t attached() const { return static_cast<std::size_t>(attached_.get()); }
+  std::size_t attached() const { return attached_.load(std::memory_order_relaxed); }
   WriteCounters& write_counters() { return write_counters_; }
+  // trim() calls so far. Any thread (a relaxed snapshot elsewhere).
+  uint64_t trims() const { return trims_.get(); }
   const WriteCounters& write_counters() const { return write_counters_; }
 
   // The profiler (profile.h). profile(): this reactor's Profile while profiling is on (made on
   // first need), else nullptr; owner thread. profile_snapshot(): any thread, nullptr until
-  // profiling first ran here. profile_now_us(): the profile clock (CLOCK_MONOTONIC), read at
-  // most twice per iteration (after the wait and before the flush step) and only when a hook
-  // asks: an iteration that profiles nothing reads no clock; owner thread.
+  // profiling first ran here. profile_now_us(): the profile clock (CLOCK_MONOTONIC), cached
+  // for the callbacks and again for the flush step, read only when a hook asks (an iteration
+  // that profiles nothing reads no clock); owner thread.
   Profile* profile() {
     if (!profiling_on()) return nullptr;
     Profile* p = profile_.load(std::memory_order_relaxed);  // the owner's own store
-    return p ? p : profile_made();
+    return p && p->epoch() == profiling_epoch() ? p : profile_made();
   }
   const Profile* profile_snapshot() const { return profile_.load(std::memory_order_acquire); }
   int64_t profile_now_us();
@@ -184,15 +190,22 @@ class Reactor {
   bool finish_stop_if_done();
   void tick_clock();
   void expire_timers();
-  // Whether the wheel entry (key, due_ms) still matters: its connection is open here and no
-  // sooner entry superseded it (then its slot, else nullptr: it would fire to no effect).
+  // Whether the wheel entry (key, due_ms) still matters when it fires: its connection is open
+  // here and no sooner entry superseded it (then its slot, else nullptr).
   FdSlot* timer_entry_live(uint64_t key, int64_t due_ms) const;
-  // Whether closed connections have left enough dead wheel entries to be worth a trim().
+  // Whether compaction may drop the entry: its connection is gone, or is here and a sooner
+  // entry superseded this one (an entry of a connection detached for now is kept).
+  bool timer_entry_dead(uint64_t key, int64_t due_ms) const;
+  bool wheel_bloated() const;
+  // Memory to give back: a bloated wheel, or pool chunks freed since the last trim().
+  bool trim_pending() const;
+  // trim_pending(), and the last trim() was kTrimIntervalMs ago or more.
   bool trim_due() const;
-  // Drops the dead wheel entries and gives the memory freed since (the wheel's, the pool's,
-  // this thread's malloc arena's) back to the kernel. Run from an iteration that started with
-  // no work left over (the loop keeps up), at most once per kWheelSlack closes: so memory
-  // stays bounded under sustained churn, and what a burst left is back when it ends.
+  // Drops the dead wheel entries (when the wheel is bloated) and gives the memory freed since
+  // (the wheel's, the pool's chunks, this thread's malloc arena's) back to the kernel. Run
+  // from an iteration that started with no work left over (the loop keeps up), at most once
+  // per kTrimIntervalMs: what a burst took is back about a second after it ends. A loop that
+  // never catches up does not trim; its dead entries still leave as they fall due.
   void trim();
   void resume_if_drained(int fd, FdSlot& slot, bool notify_ready);
   static int64_t monotonic_ms(void* unused);
@@ -209,7 +222,9 @@ class Reactor {
   bool owns_inbox_ = true;  // made by inbox(), not given to use_inbox()
   OpenHook on_open_ = nullptr;
   int64_t stop_drain_ms_;
-  alloc::OwnerCounter attached_;
+  // Read-modify-write, unlike the other counters: a connection moved here from another
+  // reactor is detached from that one on this thread (attach()). Once per connection.
+  std::atomic<std::size_t> attached_{0};
   WriteCounters write_counters_;
   // Made by the owner on first need, deleted with the reactor; release/acquire publishes the
   // whole object to readers on other threads.
@@ -217,6 +232,10 @@ class Reactor {
   int64_t profile_now_us_ = 0;
   bool profile_clock_stale_ = true;
   int64_t top_refreshed_ms_ = 0;  // on the reactor's clock (now_ms_)
+  int64_t trimmed_ms_ = 0;        // the last trim(), on the reactor's clock
+  alloc::OwnerCounter trims_;
+  uint64_t chunks_freed_at_trim_ = 0;
+  bool keep_after_stop_ = false;
   std::unique_ptr<alloc::BlockPool> pool_;
   // Work lists of fd_key(fd, generation) entries, so a closed-and-reused fd is skipped.
   std::vector<uint64_t> on_data_again_;

@@ -80,8 +80,8 @@ class TimerWheel {
   // Drops every entry for which keep(key, due_ms) is false (the owner knows it would fire
   // to no effect: its connection is closed, or a sooner entry superseded it), and gives
   // back the capacity of buckets left at most a quarter full. Returns the entries dropped.
-  // O(kBuckets + entries). For idle moments only: afterwards buckets grow again as they
-  // fill. Not from inside fire(). May throw bad_alloc (while shrinking; nothing is lost).
+  // O(kBuckets + entries): for occasional use (buckets grow again as they fill). Not from
+  // inside fire(). The wheel stays consistent bucket by bucket should anything throw.
   template <typename Keep>
   std::size_t compact(Keep&& keep);
 
@@ -225,11 +225,11 @@ std::size_t TimerWheel::compact(Keep&& keep) {
       if (keep(entries[read].key, entries[read].due_ms)) entries[kept++] = entries[read];
     }
     dropped += entries.size() - kept;
+    size_ -= entries.size() - kept;
     entries.resize(kept);
     if (entries.size() <= entries.capacity() / 4) entries.shrink_to_fit();
     unmark_if_empty(bucket);
   }
-  size_ -= dropped;
   if (deferred_.empty()) deferred_.shrink_to_fit();
   return dropped;
 }

@@ -454,3 +454,38 @@ TEST_F(TimeoutTest, ReasonOutsideOnCloseIsLocal) {
 }
 
 }  // namespace
+
+// ---------------------------------------------------------------------------------------
+// Trimming after churn (Reactor::trim): closed connections leave their idle-timer entries in
+// the wheel until due; once thousands pile up an iteration that waited drops them. What it
+// must keep is the entry of a connection that is only detached for now (reactor_remove), so
+// that, added back, it still times out.
+
+TEST_F(TimeoutTest, TrimAfterChurnKeepsTheTimerOfADetachedConnection) {
+  set_idle_timeout(1000);
+  Conn& kept = open_connection();
+  ASSERT_EQ(reactor_remove(&r_, kept.server), 0);
+  // 5,000 short connections (pipes opened with sock_open, each filing an idle timer, then
+  // closed): their entries are dead, far more than the live connections allow.
+  for (int i = 0; i < 5000; ++i) {
+    int p[2];
+    ASSERT_EQ(pipe(p), 0);
+    ASSERT_EQ(sock_open(&r_, p[0]), 0);
+    sock_force_close(&r_, p[0]);
+    close(p[1]);
+  }
+  auto trims = [&] {
+    SockStats s{};
+    s.size = sizeof s;
+    sock_stats(&r_, &s);
+    return s.trims;
+  };
+  const uint64_t before = trims();
+  // An iteration that may wait (timeout 1 ms: the loop is keeping up) trims.
+  ASSERT_TRUE(run_until(&r_, [&] {
+    engine::Reactor::of(&r_, true)->run_once(1);
+    return trims() > before;
+  }));
+  ASSERT_EQ(reactor_add(&r_, kept.server), 0);
+  expect_closes_at_its_timeout(kept, kept.start, milliseconds(1000));
+}
