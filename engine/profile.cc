@@ -13,6 +13,7 @@ namespace engine {
 namespace internal {
 
 std::atomic<bool> g_profiling{false};
+std::atomic<uint32_t> g_profiling_epoch{0};
 
 namespace {
 // LIBSOCK_PROFILE=1 (any value but empty or "0") switches profiling on before main().
@@ -26,7 +27,19 @@ const bool g_from_environment = [] {
 
 }  // namespace internal
 
-void set_profiling(bool on) { internal::g_profiling.store(on, std::memory_order_relaxed); }
+void set_profiling(bool on) {
+  // The epoch moves before the switch goes on, so a hook that sees it on sees the new epoch
+  // too (or, racing, records one observation against the old state).
+  if (on && !profiling_on()) internal::g_profiling_epoch.fetch_add(1, std::memory_order_relaxed);
+  internal::g_profiling.store(on, std::memory_order_relaxed);
+}
+
+void Profile::restart(uint32_t epoch) {
+  epoch_ = epoch;
+  conns_.clear();
+  std::lock_guard<std::mutex> lock(top_mutex_);
+  top_count_ = 0;
+}
 
 Profile::Conn* Profile::conn(int fd) {
   if (fd < 0) return nullptr;
@@ -46,6 +59,7 @@ void Profile::opened(int fd, int64_t now_ms) {
 }
 
 void Profile::queued(int fd, uint64_t queued_bytes, int64_t now_us) {
+  if (!queued_bytes) return;  // a close with nothing queued, say: no queue started
   Conn* c = conn(fd);
   if (!c) return;
   if (c->opened_ms < 0) c->opened_ms = now_us / 1000;  // opened before profiling began

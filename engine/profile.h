@@ -7,14 +7,15 @@
 //
 // Cost: off, every hook is one relaxed load of the switch and a branch. On, a reactor makes
 // its Profile on first need (kept until the reactor is destroyed, so readers never race with
-// a free), reads CLOCK_MONOTONIC at most twice per loop iteration (for the callbacks, for the
-// flush step; only when a hook needs the time) and stamps packets with that cached time: no
-// clock read per packet.
+// a free) and reads CLOCK_MONOTONIC for its hooks at most twice per loop iteration (for the
+// callbacks, for the flush step; only when a hook needs the time), stamping packets with
+// that cached time: no clock read per packet (a connection's open and the once-a-second top
+// list read it once each).
 // Threads: set_profiling/profiling_on any thread. A Profile is written by its reactor's owner
 // thread only; the histograms and top() are readable from any thread (relaxed snapshots, and
 // a mutex around the top list, taken once a second by the owner).
 // Memory: the histograms (~2.6 KiB), and a side table of 24 bytes per fd number up to the
-// highest this reactor has served while profiling.
+// highest this reactor has served while profiling (up to twice that while it grows).
 #ifndef ENGINE_PROFILE_H_
 #define ENGINE_PROFILE_H_
 
@@ -32,11 +33,17 @@ class Reactor;
 
 namespace internal {
 extern std::atomic<bool> g_profiling;
+extern std::atomic<uint32_t> g_profiling_epoch;
 }  // namespace internal
 
 // The process-wide switch. Relaxed: a hook that sees the old value for a moment records one
 // observation more or less, nothing else depends on it.
 inline bool profiling_on() { return internal::g_profiling.load(std::memory_order_relaxed); }
+// Counts the times profiling was switched on: a Profile made in an earlier epoch forgets its
+// per-connection state (connections opened, queued and closed while nobody recorded them).
+inline uint32_t profiling_epoch() {
+  return internal::g_profiling_epoch.load(std::memory_order_relaxed);
+}
 void set_profiling(bool on);
 
 // How many connections top() lists, and how often the owner refreshes that list.
@@ -53,6 +60,12 @@ struct TopConnection {
 
 class Profile {
  public:
+  explicit Profile(uint32_t epoch) : epoch_(epoch) {}
+  uint32_t epoch() const { return epoch_; }
+  // Profiling was switched off and on again: forget every connection (the histograms, which
+  // are cumulative, stay).
+  void restart(uint32_t epoch);
+
   // Microseconds: 1 us to 2^26 us (67 s); bytes: 1 B to 1 GiB (write sizes) and 64 GiB
   // (queues); packets: 1 to 1024 (IOV_MAX).
   using TimeHistogram = LogLinearHistogram<26>;
@@ -88,6 +101,7 @@ class Profile {
   };
   Conn* conn(int fd);  // grows the table; nullptr on ENOMEM or fd < 0
 
+  uint32_t epoch_;
   std::vector<Conn> conns_;
   mutable std::mutex top_mutex_;
   TopConnection top_[kTopConnections];

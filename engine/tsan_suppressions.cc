@@ -3,7 +3,7 @@
 // runtime asks each binary for __tsan_default_suppressions() at start-up. Built with
 // linkstatic and alwayslink (engine/BUILD), so that the object lands in each executable even
 // in Bazel's dynamic test links; from a shared library it would lose to the runtime's own weak
-// definition. The only entries are Boost.Lockfree's, which only the inbox (inbox.h) uses.
+// definition. The entries: Boost.Lockfree's, which only the inbox (inbox.h) uses, and jemalloc's.
 #if defined(__SANITIZE_THREAD__)
 // Boost.Lockfree's node freelist reads and writes the link of a node that another thread may be
 // reusing at the same moment, with plain accesses: the tag in the link makes the following CAS
@@ -13,8 +13,15 @@
 // thread (seen here as an atomic load racing a plain write in do_push). race_top matches only
 // the innermost frame, so these hide exactly those link accesses and nothing that touches a
 // call's payload or the inbox's own atomics (inbox.cc).
+// jemalloc (Debian's, not built with TSan) takes its own mutexes, with pthread calls TSan
+// intercepts, around metadata it carves from memory it mmapped on another thread under
+// another of its locks: with jemalloc's accesses invisible, TSan sees a trylock of a word
+// that an "mmap" wrote (seen once the profiler read arena statistics on one thread while a
+// shard allocated a chunk on another). called_from_lib ignores the interceptors jemalloc
+// calls; the program's own accesses to memory jemalloc hands out are still checked.
 extern "C" const char* __tsan_default_suppressions() {
   return "race_top:boost::lockfree::detail::tagged_ptr<boost::lockfree::detail::freelist_stack<\n"
-         "race_top:std::atomic<boost::lockfree::detail::tagged_ptr<boost::lockfree::queue<\n";
+         "race_top:std::atomic<boost::lockfree::detail::tagged_ptr<boost::lockfree::queue<\n"
+         "called_from_lib:libjemalloc.so\n";
 }
 #endif

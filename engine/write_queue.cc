@@ -258,11 +258,11 @@ SendResult send_file_packet(int fd, FdSlot& slot, Packet* p, std::size_t budget,
   }
   const std::size_t want = std::min({left, budget, kSendfileMax});
   const ssize_t r = sendfile_nosignal(fd, seg->fd, &seg->offset, want);
+  if (Reactor* owner = attached_owner(slot)) owner->write_counters().sendfile_calls.add(1);
   if (r < 0) {
     if (errno == EAGAIN) return SendResult::kBlocked;
     return errno == EINTR ? SendResult::kBudget : fail_send(slot, errno);
   }
-  if (Reactor* owner = attached_owner(slot)) owner->write_counters().sendfile_calls.add(1);
   if (r == 0) return fail_send(slot, EIO);  // the file shrank: never end the stream cleanly
   *written += static_cast<std::size_t>(r);
   p->metadata.can_interrupt = 0;
@@ -295,7 +295,10 @@ void profile_lifetime(const Packet* p) {
   Reactor* r = Reactor::current();
   if (Profile* profile = r ? r->profile() : nullptr) {
     const uint32_t now = static_cast<uint32_t>(r->profile_now_us()) | 1u;
-    profile->packet_lifetime_us.observe(now - p->metadata.rsrv_time);
+    // Signed: a packet stamped by another reactor after this one cached its clock is a
+    // little "younger than now", not 71 minutes old.
+    const auto age = static_cast<int32_t>(now - p->metadata.rsrv_time);
+    profile->packet_lifetime_us.observe(static_cast<uint64_t>(age > 0 ? age : 0));
   }
 }
 

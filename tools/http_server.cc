@@ -102,9 +102,21 @@ bool g_metrics = false;  // --metrics
 // callback.
 bool metrics_page(std::string_view query, std::string* body);
 bool status_page(std::string_view query, std::string* body);
+
+// The pages run inside llhttp's C callbacks, which no exception may cross: out of memory
+// answers 500 instead.
+template <bool (*kMake)(std::string_view, std::string*)>
+bool without_exceptions(std::string_view query, std::string* body) {
+  try {
+    return kMake(query, body);
+  } catch (const std::bad_alloc&) {
+    return false;
+  }
+}
+
 constexpr http::Page kPages[] = {
-    {"/metrics", "text/plain; version=0.0.4; charset=utf-8", metrics_page},
-    {"/status", "text/html; charset=utf-8", status_page},
+    {"/metrics", "text/plain; version=0.0.4; charset=utf-8", without_exceptions<metrics_page>},
+    {"/status", "text/html; charset=utf-8", without_exceptions<status_page>},
 };
 
 struct ThreadState {

@@ -89,7 +89,8 @@ int status_for(llhttp_errno_t err) {
 }
 
 // Out of line: its string and the exception paths it brings stay off the common request's
-// path (on_message_complete), which pages are rare on.
+// path (on_message_complete), which pages are rare on. Like every response, it throws
+// bad_alloc when out of memory (responder.h, Errors).
 [[gnu::noinline]] void serve_page(const Page& page, std::string_view url, std::string_view path,
                                   llhttp_method_t method, bool keep_alive, bool head,
                                   std::string_view date, std::string& out) {
