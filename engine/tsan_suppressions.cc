@@ -17,11 +17,13 @@
 // intercepts, around metadata it carves from memory it mmapped on another thread under
 // another of its locks: with jemalloc's accesses invisible, TSan sees a trylock of a word
 // that an "mmap" wrote (seen once the profiler read arena statistics on one thread while a
-// shard allocated a chunk on another). called_from_lib ignores the interceptors jemalloc
-// calls; the program's own accesses to memory jemalloc hands out are still checked.
+// shard allocated a chunk on another). The entry hides races with a frame in jemalloc's
+// library; the program's own accesses to memory jemalloc hands out are still checked.
+// (called_from_lib would hide them too, but it also drops the locks jemalloc takes before a
+// fork, and TSan then reports their unlock after it.)
 extern "C" const char* __tsan_default_suppressions() {
   return "race_top:boost::lockfree::detail::tagged_ptr<boost::lockfree::detail::freelist_stack<\n"
          "race_top:std::atomic<boost::lockfree::detail::tagged_ptr<boost::lockfree::queue<\n"
-         "called_from_lib:libjemalloc.so\n";
+         "race:libjemalloc.so\n";
 }
 #endif

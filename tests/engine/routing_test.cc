@@ -107,8 +107,9 @@ class RoutingTest : public ::testing::Test {
       if (s >= 0) self->server_ = s;
     };
     api_.on_close = [](struct Reactor*, int fd) {
-      current_->closed_fd_ = fd;
+      // The thread first: a test that sees the fd (seq_cst) then sees its thread too.
       current_->closed_on_ = testing_support::current_tid();
+      current_->closed_fd_ = fd;
     };
     current_ = this;
   }
