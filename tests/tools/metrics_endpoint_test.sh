@@ -16,6 +16,7 @@ if [[ -n ${TEST_SRCDIR:-} ]]; then
 else
   root=$(cd "$(dirname "$0")/../.." && pwd)
 fi
+source "$root/tests/testing/wait_for.sh"
 http_server=${HTTP_SERVER:-$root/tools/http_server}
 check=$root/tests/tools/check_exposition.py
 tmp=$(mktemp -d "${TEST_TMPDIR:-/tmp}/metrics_endpoint_test.XXXXXX")
@@ -39,15 +40,6 @@ fail() {
   exit 1
 }
 
-# wait_for SECONDS WHAT COMMAND...: polls COMMAND until it succeeds; fails after SECONDS.
-wait_for() {
-  local deadline=$((SECONDS + $1)) what=$2
-  shift 2
-  until "$@"; do
-    ((SECONDS < deadline)) || fail "timed out waiting for $what"
-    sleep 0.1
-  done
-}
 
 listening() { grep -q '^http_server listening on http://0\.0\.0\.0:[0-9]*/$' "$tmp/$name.out"; }
 alive() { kill -0 "${server_pids[-1]}" 2>/dev/null || fail "$name exited"; }

@@ -13,6 +13,7 @@ if [[ -n ${TEST_SRCDIR:-} ]]; then
 else
   root=$(cd "$(dirname "$0")/../.." && pwd)
 fi
+source "$root/tests/testing/wait_for.sh"
 tmp=$(mktemp -d "${TEST_TMPDIR:-/tmp}/pool_record_plot_test.XXXXXX")
 server_pid=
 
@@ -24,15 +25,6 @@ trap cleanup EXIT
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
-# wait_for SECONDS WHAT COMMAND...: polls COMMAND until it succeeds; fails after SECONDS.
-wait_for() {
-  local deadline=$((SECONDS + $1)) what=$2
-  shift 2
-  until "$@"; do
-    ((SECONDS < deadline)) || fail "timed out waiting for $what"
-    sleep 0.1
-  done
-}
 
 /usr/bin/python3 "$root/tests/tools/fake_metrics_server.py" "$tmp/port" &
 server_pid=$!

@@ -11,6 +11,7 @@ if [[ -n ${TEST_SRCDIR:-} ]]; then
 else
   root=$(cd "$(dirname "$0")/../.." && pwd)
 fi
+source "$root/tests/testing/wait_for.sh"
 pooltop=$root/tools/pooltop
 tmp=$(mktemp -d "${TEST_TMPDIR:-/tmp}/pooltop_test.XXXXXX")
 # A private tmux server: never the user's, never another test's.
@@ -40,15 +41,6 @@ fail() {
   exit 1
 }
 
-# wait_for SECONDS WHAT COMMAND...: polls COMMAND until it succeeds; fails after SECONDS.
-wait_for() {
-  local deadline=$((SECONDS + $1)) what=$2
-  shift 2
-  until "$@"; do
-    ((SECONDS < deadline)) || fail "timed out waiting for $what"
-    sleep 0.1
-  done
-}
 
 # A port the kernel just handed out as free, for the server that must come up on a known port.
 free_port() {

@@ -12,6 +12,7 @@ if [[ -n ${TEST_SRCDIR:-} ]]; then
 else
   root=$(cd "$(dirname "$0")/../.." && pwd)
 fi
+source "$root/tests/testing/wait_for.sh"
 http_server=${HTTP_SERVER:-$root/tools/http_server}
 prometheus=${PROMETHEUS:-/usr/bin/prometheus}
 tmp=$(mktemp -d "${TEST_TMPDIR:-/tmp}/prometheus_scrape_test.XXXXXX")
@@ -36,15 +37,6 @@ fail() {
   exit 1
 }
 
-# wait_for SECONDS WHAT COMMAND...: polls COMMAND until it succeeds; fails after SECONDS.
-wait_for() {
-  local deadline=$((SECONDS + $1)) what=$2
-  shift 2
-  until "$@"; do
-    ((SECONDS < deadline)) || fail "timed out waiting for $what"
-    sleep 0.2
-  done
-}
 
 alive() { kill -0 "$1" 2>/dev/null || fail "$2 exited"; }
 exited() { ! kill -0 "$1" 2>/dev/null; }
