@@ -883,6 +883,22 @@ TEST_F(HttpServerRootTest, PipelinedFileThenHelloAnsweredInOrder) {
   EXPECT_EQ(finish(fd), "");
 }
 
+// A FIFO under the root is 404 at once: opening it for reading would block until a writer
+// came, freezing every connection of the shard (one shard here, so the request behind it on
+// the same connection shows that the shard kept going). Issue 10.
+TEST_F(HttpServerRootTest, FifoUnderTheRootIs404AtOnceAndTheShardGoesOn) {
+  ASSERT_EQ(mkfifo((root_ + "/pipe").c_str(), 0644), 0);
+  ASSERT_NO_FATAL_FAILURE(start({"--threads", "1", "--root", root_}));
+  const int fd = client();
+  ASSERT_GE(fd, 0);
+  std::string body;
+  const std::string head = get(fd, "/pipe", &body);
+  EXPECT_EQ(status_line(head), "HTTP/1.1 404 Not Found") << head;
+  ASSERT_TRUE(send_all(fd, kGet));
+  EXPECT_EQ(read_response(fd), kHello);
+  EXPECT_EQ(finish(fd), "");
+}
+
 TEST_F(HttpServerRootTest, SparseFileOver2GiBIsServedCompletely) {
   const std::string path = root_ + "/big.bin";
   const off_t size = (off_t{2} << 30) + 4096;

@@ -38,20 +38,33 @@ int StaticFiles::open_file(const std::string& rel, struct stat* st) const {
   const char* name = rel.c_str();
   while (*name == '/') ++name;  // "//x": still relative to the root
   if (!*name) return -1;
-  const int fd = openat(fd_, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY);
-  if (fd < 0) return -1;
-  if (fstat(fd, st) < 0 || !S_ISREG(st->st_mode)) {
-    close(fd);
+  // O_PATH first: it opens nothing but the name, so a FIFO, a device or a socket under the
+  // root is looked at without being opened (opening a FIFO for reading blocks until a writer
+  // comes, and that would freeze the whole shard). Only a regular file is then opened for
+  // reading, through /proc/self/fd: the same inode, whatever replaced the name meanwhile.
+  const int path_fd = openat(fd_, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+  if (path_fd < 0) return -1;
+  char link[32];
+  std::snprintf(link, sizeof link, "/proc/self/fd/%d", path_fd);
+  struct stat path_st;
+  if (fstat(path_fd, &path_st) < 0 || !S_ISREG(path_st.st_mode)) {  // a symlink too (O_NOFOLLOW)
+    close(path_fd);
     return -1;
   }
   // An intermediate symlink may lead out of the root: the path the kernel opened must lie
   // under the root's realpath.
-  char link[32];
-  std::snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
   char real[4096];
   const ssize_t n = readlink(link, real, sizeof real);
   if (n <= 0 || static_cast<std::size_t>(n) >= sizeof real ||
       std::string_view(real, static_cast<std::size_t>(n)).substr(0, path_.size()) != path_) {
+    close(path_fd);
+    return -1;
+  }
+  const int fd = ::open(link, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  close(path_fd);
+  if (fd < 0) return -1;
+  if (fstat(fd, st) < 0 || !S_ISREG(st->st_mode) || st->st_ino != path_st.st_ino ||
+      st->st_dev != path_st.st_dev) {
     close(fd);
     return -1;
   }
