@@ -425,6 +425,20 @@ TEST_F(HttpServerTest, ObsFoldInContentLengthOrBeforeTheFirstFieldGets400AndClos
   EXPECT_EQ(with_get_behind("GET / HTTP/1.1\r\n\tHost: x\r\n\r\n"), bad);
 }
 
+// Framing llhttp 8.1 lets through and the responder refuses (issue 10): a field without a
+// name, and Transfer-Encoding in HTTP/1.0 (RFC 9112 6.1). The request behind is not served.
+TEST_F(HttpServerTest, EmptyFieldNameAndHttp10TransferEncodingGet400AndClose) {
+  ASSERT_NO_FATAL_FAILURE(start({"--threads", "1"}));
+  const std::string bad = error_response(400, "Bad Request");
+  EXPECT_EQ(with_get_behind("GET / HTTP/1.1\r\nHost: x\r\n: b\r\n\r\n"), bad);
+  EXPECT_EQ(with_get_behind("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"
+                            "5\r\nhello\r\n0\r\n\r\n"),
+            bad);
+  EXPECT_EQ(with_get_behind("POST / HTTP/1.0\r\nConnection: keep-alive\r\n"
+                            "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+            bad);
+}
+
 TEST_F(HttpServerTest, OversizedRequestsGetTheirStatusAndClose) {
   ASSERT_NO_FATAL_FAILURE(start({"--threads", "2"}));
   EXPECT_EQ(exchange("GET /" + std::string(9000, 'a') + " HTTP/1.1\r\n\r\n"),

@@ -175,6 +175,8 @@ struct Callbacks {
   static int on_header_field_complete(llhttp_t* parser) {
     Conn& c = conn(parser);
     if (++c.headers_ > limits(parser).max_headers) return fail(parser, 431);
+    // ": b": a field without a name, which llhttp 8.1 lets through (RFC 9110 5.1: a token).
+    if (c.field_length_ == 0) return fail(parser, 400);
     c.ims_field_ = c.field_length_ == Conn::kIms.size() &&
                    strncasecmp(c.field_, Conn::kIms.data(), Conn::kIms.size()) == 0;
     if (c.ims_field_) {  // a repeated header: the last one counts
@@ -207,6 +209,13 @@ struct Callbacks {
 
   static int on_headers_complete(llhttp_t* parser) {
     conn(parser).headers_done_ = true;
+    // HTTP/1.0 has no transfer codings: a 1.0 message with Transfer-Encoding is not framed
+    // the way a 1.0 peer (or a proxy in front) would frame it (RFC 9112 6.1: treat as faulty
+    // and close). llhttp 8.1 reads it as chunked.
+    if (parser->http_major == 1 && parser->http_minor == 0 &&
+        (parser->flags & F_TRANSFER_ENCODING)) {
+      return fail(parser, 400);
+    }
     // A declared length over the limit is refused before any of the body arrives.
     if ((parser->flags & F_CONTENT_LENGTH) && parser->content_length > limits(parser).max_body) {
       return fail(parser, 413);
