@@ -89,15 +89,14 @@ void Shard::run(std::latch& owned) {
   owned.count_down();  // start() returns; `owned` is gone after this
   // run_once returns -1 with errno 0 once the stop completed (the engine state stays, for
   // ~Shard to delete).
-  for (;;) {
-    if (engine_->run_once(REACTOR_TICK) < 0 && errno == 0) break;
-    // The listener and the pause timer are attached too, but are not connections.
-    const std::size_t own = listener_ >= 0 ? 2 : 0;
-    const std::size_t attached = engine_->attached();
-    connections_.store(attached > own ? attached - own : 0, std::memory_order_relaxed);
-    engine_queued_.store(engine_->queued_total(), std::memory_order_relaxed);
-  }
-  connections_.store(0, std::memory_order_relaxed);
+  while (engine_->run_once(REACTOR_TICK) >= 0 || errno != 0) {}
+}
+
+std::size_t Shard::connections() const {
+  // The listener and the pause timer are attached too, but are not connections.
+  const std::size_t own = listener_ >= 0 ? 2 : 0;
+  const std::size_t attached = engine_->attached();
+  return attached > own ? attached - own : 0;
 }
 
 void Shard::on_data(struct ::Reactor* api, int fd) {

@@ -47,14 +47,15 @@ class Shard {
   void join();
 
   struct ::Reactor* api() { return &api_; }
-  // Any thread: the load figures placement compares (relaxed, a recent snapshot).
-  std::size_t connections() const { return connections_.load(std::memory_order_relaxed); }
+  // Any thread: the load figures placement compares, read from the reactor's own counters
+  // (relaxed, a recent snapshot; the engine state lives as long as the shard).
+  std::size_t connections() const;
   // Connections handed to this shard by the acceptor and opened here so far: the acceptor
   // counts what it handed, so handed - opened is what is still in flight in the inbox
   // (placement would otherwise see stale counts during a burst and pile it on one shard).
   std::size_t opened() const { return opened_.load(std::memory_order_relaxed); }
   // Bytes queued on the shard's connections (the engine's per-reactor total).
-  uint64_t queued_bytes() const { return engine_queued_.load(std::memory_order_relaxed); }
+  uint64_t queued_bytes() const { return engine_->queued_total(); }
 
   // The shard behind a reactor pointer handed to a callback.
   static Shard* of(struct ::Reactor* api);
@@ -81,8 +82,6 @@ class Shard {
   std::thread thread_;
   AcceptPause accept_pause_;
   // Written by the shard thread, read by the acceptor for placement.
-  std::atomic<std::size_t> connections_{0};
-  std::atomic<uint64_t> engine_queued_{0};
   std::atomic<std::size_t> opened_{0};
 };
 

@@ -12,12 +12,14 @@
 
 #include "engine/libsock.h"
 #include "tests/testing/loopback.h"
+#include "tests/testing/metrics_text.h"
 #include "tests/testing/reactor_fixture.h"
 #include "tests/testing/run_until.h"
 
 namespace {
 
 using testing_support::run_until;
+constexpr auto series = testing_support::series_value;
 
 // The whole metrics text of r (grown until it fits).
 std::string metrics(struct Reactor* r, int format = SOCK_METRICS_PROMETHEUS,
@@ -29,14 +31,6 @@ std::string metrics(struct Reactor* r, int format = SOCK_METRICS_PROMETHEUS,
   EXPECT_EQ(sock_metrics(list, 1, format, prefix, text.data(), text.size()), n);
   text.resize(static_cast<std::size_t>(n));
   return text;
-}
-
-// The value of one series ("name{labels}") in a Prometheus text, or -1 if absent.
-double series(const std::string& text, const std::string& name) {
-  const std::string key = "\n" + name + " ";
-  const std::size_t at = ("\n" + text).find(key);
-  if (at == std::string::npos) return -1;
-  return std::stod(text.substr(at + key.size() - 1));
 }
 
 SockStats stats_of(struct Reactor* r) {

@@ -23,11 +23,13 @@
 #include "engine/libsock.h"
 #include "shards/server.h"
 #include "tests/testing/loopback.h"
+#include "tests/testing/metrics_text.h"
 #include "tests/testing/wait_for.h"
 
 namespace {
 
 using testing_support::wait_for;
+constexpr auto series = testing_support::series_value;
 
 constexpr int kShards = 2;
 constexpr int kClients = 8;
@@ -67,13 +69,6 @@ void on_data(struct Reactor* r, int fd) {
       g_identity_failures.fetch_add(1);
     }
   }
-}
-
-// The value of one series in a Prometheus text, or -1 if absent.
-double series(const std::string& text, const std::string& name) {
-  const std::string key = "\n" + name + " ";
-  const std::size_t at = ("\n" + text).find(key);
-  return at == std::string::npos ? -1 : std::stod(text.substr(at + key.size() - 1));
 }
 
 std::string scrape(SockServer* server) {
