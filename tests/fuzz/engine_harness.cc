@@ -5,6 +5,7 @@
 
 #include "engine/reactor.h"
 #include "tests/fuzz/fuzz_support.h"
+#include "tests/testing/loopback.h"
 
 namespace engine_harness {
 namespace {
@@ -12,6 +13,8 @@ namespace {
 // Far beyond what any input needs (a megabyte through a socketpair), even under ASan on a
 // loaded machine: reaching it means the engine stopped making progress.
 constexpr auto kDeadline = std::chrono::seconds(20);
+// Distinct offsets source() slices at.
+constexpr std::size_t kSourceOffsets = std::size_t{1} << 20;
 
 }  // namespace
 
@@ -76,6 +79,30 @@ void Harness::check_nothing_left() {
   SockPoolStats shared{};
   FUZZ_CHECK(sock_pool_stats(nullptr, &shared) == 0 && shared.outstanding == 0,
              std::to_string(shared.outstanding) + " packets out of the pool of threads without a reactor");
+}
+
+std::string_view source(std::size_t n, unsigned write) {
+  static const std::string& bytes =
+      *new std::string(testing_support::pattern(kSourceOffsets + kLongestWrite, 7));
+  FUZZ_CHECK(n <= kLongestWrite, "write too long");
+  return std::string_view(bytes).substr(write * 40503u % kSourceOffsets, n);
+}
+
+const Files& files() {
+  static const Files* f = [] {
+    auto* made = new Files;
+    const std::string dir = fuzz_support::make_scratch_dir("engine_fuzz");
+    unsigned seed = 1000;
+    for (const std::size_t size : {std::size_t{0}, std::size_t{1}, std::size_t{4095},
+                                   std::size_t{BUFFER_PACKET_SIZE}, std::size_t{70000},
+                                   std::size_t{200000}}) {
+      made->paths.push_back(dir + "/f" + std::to_string(size));
+      made->contents.push_back(testing_support::pattern(size, seed++));
+      fuzz_support::write_file(made->paths.back(), made->contents.back());
+    }
+    return made;
+  }();
+  return *f;
 }
 
 }  // namespace engine_harness

@@ -55,24 +55,15 @@
 
 namespace {
 
+using engine_harness::files;
+using engine_harness::Files;
+using engine_harness::source;
 using fuzz_support::Input;
 
 constexpr std::size_t kPacket = BUFFER_PACKET_SIZE;
 // A bound on the bytes one input writes, so that every input runs in milliseconds.
 constexpr std::size_t kMaxBytesPerRun = 256 * 1024;
 constexpr int kSendBuffers[] = {0, 4 * 1024, 16 * 1024, 64 * 1024};
-// Writes are slices of one pattern at offsets that differ from write to write, so that a byte
-// out of place shows; the longest write is a 16-bit length or a packet.
-constexpr std::size_t kLongestWrite = 65536;
-static_assert(kLongestWrite >= kPacket);
-constexpr std::size_t kSourceOffsets = std::size_t{1} << 20;
-
-std::string_view source(std::size_t n, unsigned write) {
-  static const std::string bytes = testing_support::pattern(kSourceOffsets + kLongestWrite, 7);
-  FUZZ_CHECK(n <= kLongestWrite, "write too long");
-  return std::string_view(bytes).substr(write * 40503u % kSourceOffsets, n);
-}
-
 // The queue as write_queue.h describes it (see the top of the file). It keeps views of the
 // bytes written, which live in source() and files().
 class QueueModel {
@@ -183,28 +174,6 @@ class QueueModel {
   std::deque<Packet> queue_;
   std::string sent_;
 };
-
-// The files .file writes and file packets read, with their contents.
-struct Files {
-  std::vector<std::string> paths;
-  std::vector<std::string> contents;
-};
-
-const Files& files() {
-  static const Files* f = [] {
-    auto* made = new Files;
-    const std::string dir = fuzz_support::make_scratch_dir("write_queue_fuzz");
-    unsigned seed = 1000;
-    for (const std::size_t size : {std::size_t{0}, std::size_t{1}, std::size_t{4095}, kPacket,
-                                   std::size_t{70000}, std::size_t{200000}}) {
-      made->paths.push_back(dir + "/f" + std::to_string(size));
-      made->contents.push_back(testing_support::pattern(size, seed++));
-      fuzz_support::write_file(made->paths.back(), made->contents.back());
-    }
-    return made;
-  }();
-  return *f;
-}
 
 // One input's run: the fd under test, its peer, the model and what the peer read. One Run
 // serves every input (start() resets it), so that its buffers keep their memory: fresh
