@@ -1,6 +1,5 @@
 #include "tools/http/responder.h"
 
-#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -131,9 +130,46 @@ struct Call {
   const char* end;
 };
 
-bool equals_ignoring_case(std::string_view a, std::string_view lower) {
-  return a.size() == lower.size() && strncasecmp(a.data(), lower.data(), a.size()) == 0;
+// Whether `text` is `lower` in any case, for `lower` of lower-case letters, digits and '-':
+// setting bit 0x20 lower-cases a letter, and maps no other byte onto one of those but control
+// bytes (CR onto '-', 0x10-0x19 onto digits), which llhttp passes in no field name or value.
+// Inline: strncasecmp is a call per field of every request.
+bool equals_ignoring_case(std::string_view text, std::string_view lower) {
+  if (text.size() != lower.size()) return false;
+  unsigned difference = 0;
+  for (std::size_t i = 0; i < lower.size(); ++i) {
+    difference |= static_cast<unsigned char>(text[i] | 0x20) ^ static_cast<unsigned char>(lower[i]);
+  }
+  return difference == 0;
 }
+// equals_ignoring_case() for K bytes at once (K = 1, 2, 4 or 8): their differences, or 0.
+template <std::size_t K>
+std::uint64_t differences(const char* text, const char* lower) {
+  std::uint64_t t = 0, l = 0, lower_case = 0;
+  std::memcpy(&t, text, K);
+  std::memcpy(&l, lower, K);
+  std::memset(&lower_case, 0x20, K);
+  return (t | lower_case) ^ l;
+}
+
+// equals_ignoring_case() of a name of N bytes with `lower`, with no loop (GCC -O2 leaves
+// short loops rolled): a handful of instructions for each of the names looked at.
+template <std::size_t N>
+bool is_field(const char* name, std::string_view lower) {
+  constexpr std::size_t k8 = N / 8 * 8, k4 = k8 + (N % 8 >= 4 ? 4 : 0),
+                        k2 = k4 + (N % 4 >= 2 ? 2 : 0);
+  static_assert(N <= 24, "three eight-byte steps at most");
+  std::uint64_t difference = 0;
+  if constexpr (k8 >= 8) difference |= differences<8>(name, lower.data());
+  if constexpr (k8 >= 16) difference |= differences<8>(name + 8, lower.data() + 8);
+  if constexpr (k8 >= 24) difference |= differences<8>(name + 16, lower.data() + 16);
+  if constexpr (k4 > k8) difference |= differences<4>(name + k8, lower.data() + k8);
+  if constexpr (k2 > k4) difference |= differences<2>(name + k4, lower.data() + k4);
+  if constexpr (N > k2) difference |= differences<1>(name + k2, lower.data() + k2);
+  return difference == 0;
+}
+// is_field() for one of Conn's names.
+#define IS_FIELD(name, lower) is_field<(lower).size()>(name, lower)
 
 bool is_space_or_tab(char c) { return c == ' ' || c == '\t'; }
 
@@ -165,7 +201,6 @@ struct Callbacks {
     c.body_bytes_ = 0;
     c.headers_ = 0;
     c.field_length_ = 0;
-    c.field_kind_ = Conn::Field::kOther;
     c.seen_ = {};
     c.ims_.clear();
     return 0;
@@ -198,22 +233,28 @@ struct Callbacks {
     // lets both through; a field name is a token (RFC 9110 5.1), and a server must reject
     // whitespace there (RFC 9112 5.1) lest a proxy in front read another field than we do.
     if (c.field_length_ == 0 || is_space_or_tab(c.field_last_)) return fail(parser, 400);
-    const std::string_view name(c.field_, std::min(c.field_length_, sizeof c.field_));
-    c.field_kind_ = Conn::Field::kOther;
-    if (c.field_length_ == Conn::kHost.size()) {
-      if (equals_ignoring_case(name, Conn::kHost)) ++c.seen_.hosts;
-    } else if (c.field_length_ == Conn::kIms.size()) {
-      static_assert(Conn::kIms.size() == Conn::kTransferEncoding.size());
-      if (equals_ignoring_case(name, Conn::kIms)) {
-        c.field_kind_ = Conn::Field::kIms;
-        c.ims_.clear();  // a repeated header: the last one counts
-      } else if (equals_ignoring_case(name, Conn::kTransferEncoding)) {
-        c.field_kind_ = Conn::Field::kTransferEncoding;
-        c.token_.clear();
-      }
-    } else if (c.field_length_ == Conn::kExpect.size() && equals_ignoring_case(name, Conn::kExpect)) {
-      c.field_kind_ = Conn::Field::kExpect;
-      c.token_.clear();
+    // field_kind_ is kOther here (on_header_value_complete and reset() leave it so). field_
+    // holds the whole name of each length looked at.
+    switch (c.field_length_) {
+      case Conn::kHost.size():
+        if (IS_FIELD(c.field_, Conn::kHost)) ++c.seen_.hosts;
+        break;
+      case Conn::kExpect.size():
+        if (IS_FIELD(c.field_, Conn::kExpect)) {
+          c.field_kind_ = Conn::Field::kExpect;
+          c.token_.clear();
+        }
+        break;
+      case Conn::kIms.size():
+        static_assert(Conn::kIms.size() == Conn::kTransferEncoding.size());
+        if (IS_FIELD(c.field_, Conn::kIms)) {
+          c.field_kind_ = Conn::Field::kIms;
+          c.ims_.clear();  // a repeated header: the last one counts
+        } else if (IS_FIELD(c.field_, Conn::kTransferEncoding)) {
+          c.field_kind_ = Conn::Field::kTransferEncoding;
+          c.token_.clear();
+        }
+        break;
     }
     c.field_length_ = 0;
     return 0;
@@ -227,11 +268,10 @@ struct Callbacks {
     return (at > k.begin ? at[-1] : k.conn.tail_) == '\n';
   }
 
-  static int on_header_value(llhttp_t* parser, const char* at, std::size_t length) {
+  // The value of a field looked at (field_kind_ is not kOther): kept, or checked for a fold.
+  [[gnu::noinline]] static int keep_value(llhttp_t* parser, const char* at, std::size_t length) {
     Call& k = call(parser);
     Conn& c = k.conn;
-    c.header_bytes_ += length;
-    if (c.header_bytes_ > limits(parser).max_header_bytes) return fail(parser, 431);
     switch (c.field_kind_) {
       case Conn::Field::kOther:
         break;
@@ -252,8 +292,15 @@ struct Callbacks {
     return 0;
   }
 
-  static int on_header_value_complete(llhttp_t* parser) {
+  static int on_header_value(llhttp_t* parser, const char* at, std::size_t length) {
     Conn& c = conn(parser);
+    c.header_bytes_ += length;
+    if (c.header_bytes_ > limits(parser).max_header_bytes) return fail(parser, 431);
+    return c.field_kind_ == Conn::Field::kOther ? 0 : keep_value(parser, at, length);
+  }
+
+  // The end of a value kept: what it means for the checks of on_headers_complete.
+  [[gnu::noinline]] static void note_value(Conn& c) {
     switch (c.field_kind_) {
       case Conn::Field::kOther:
       case Conn::Field::kIms:
@@ -270,13 +317,20 @@ struct Callbacks {
         break;
     }
     c.field_kind_ = Conn::Field::kOther;
+  }
+
+  static int on_header_value_complete(llhttp_t* parser) {
+    Conn& c = conn(parser);
+    if (c.field_kind_ != Conn::Field::kOther) note_value(c);
     return 0;
   }
 
-  // The checks of a request's head that llhttp 8.1 lacks (docs/http.md lists whose is which).
-  static int check_head(llhttp_t* parser) {
+  // The checks of a request's head that llhttp 8.1 lacks (docs/http.md lists whose is which),
+  // and the answer to an expectation; the common request (HTTP/1.1, one Host, no body, no
+  // Expect) is told apart in on_headers_complete and needs none of it.
+  [[gnu::noinline]] static int check_head(llhttp_t* parser) {
     const Conn& c = conn(parser);
-    // llhttp 8.1 takes any digit as a version; 1.2 up it refuses itself (400).
+    // llhttp 8.1 takes any digit as a version; 1.2 up it refuses itself (505 by status_for).
     if (parser->http_major != 1) return fail(parser, 505);
     // RFC 9112 3.2: exactly one Host in HTTP/1.1, at most one in 1.0.
     if (c.seen_.hosts > 1 || (c.seen_.hosts == 0 && parser->http_minor == 1)) {
@@ -289,32 +343,29 @@ struct Callbacks {
       if (parser->http_minor == 0) return fail(parser, 400);
       if (c.seen_.transfer_encodings != 1 || !c.seen_.chunked_only) return fail(parser, 501);
     }
-    return 0;
-  }
-
-  // 417 for an expectation we do not know; for 100-continue, `100 Continue` when there is a
-  // body to read (a declared body over the limit got its 413 before this). HTTP/1.0 requests'
-  // expectations are ignored (RFC 9110 10.1.1).
-  [[gnu::noinline]] static int answer_expectation(llhttp_t* parser) {
-    const Conn& c = conn(parser);
-    if (parser->http_minor == 0) return 0;
-    if (c.seen_.expect_other) return fail(parser, 417);
-    const bool body = (parser->flags & F_CHUNKED) ||
-                      ((parser->flags & F_CONTENT_LENGTH) && parser->content_length > 0);
-    if (body) call(parser).out.bytes.append(kContinue);
+    // A declared length over the limit is refused before any of the body arrives.
+    if ((parser->flags & F_CONTENT_LENGTH) && parser->content_length > limits(parser).max_body) {
+      return fail(parser, 413);
+    }
+    // Expectations: 417 for one we do not know; for 100-continue, `100 Continue` when there is
+    // a body to read. HTTP/1.0 requests' expectations are ignored (RFC 9110 10.1.1).
+    if (parser->http_minor == 1 && (c.seen_.expect_continue || c.seen_.expect_other)) {
+      if (c.seen_.expect_other) return fail(parser, 417);
+      if ((parser->flags & F_CHUNKED) ||
+          ((parser->flags & F_CONTENT_LENGTH) && parser->content_length > 0)) {
+        call(parser).out.bytes.append(kContinue);
+      }
+    }
     return 0;
   }
 
   static int on_headers_complete(llhttp_t* parser) {
     Conn& c = conn(parser);
     c.headers_done_ = true;
-    if (const int refused = check_head(parser)) return refused;
-    // A declared length over the limit is refused before any of the body arrives.
-    if ((parser->flags & F_CONTENT_LENGTH) && parser->content_length > limits(parser).max_body) {
-      return fail(parser, 413);
-    }
-    if (c.seen_.expect_continue | c.seen_.expect_other) return answer_expectation(parser);
-    return 0;
+    const bool common = parser->http_major == 1 && parser->http_minor == 1 &&
+                        c.seen_.hosts == 1 && !c.seen_.expect_continue && !c.seen_.expect_other &&
+                        !(parser->flags & (F_TRANSFER_ENCODING | F_CONTENT_LENGTH));
+    return common ? 0 : check_head(parser);
   }
 
   static int on_chunk_header(llhttp_t* parser) {
@@ -474,6 +525,7 @@ void Conn::reset(const llhttp_settings_t* settings) {
   finished_ = false;
   crlf_left_ = 0;
   tail_ = 0;
+  field_kind_ = Field::kOther;
 }
 
 Responder::Responder(const Limits& limits, const StaticFiles* files, std::span<const Page> pages)
