@@ -46,8 +46,10 @@
 // Bad input gets a status and a close, never a crash: 400 for a malformed request, 414 for a
 // request target over --max-url bytes, 431 for headers over --max-header-bytes bytes or
 // --max-headers fields, 413 for a body over --max-body bytes, 501 for a transfer coding other
-// than chunked. The error response is the last thing written; the connection then closes once
-// it is sent.
+// than chunked, 505 for an HTTP version other than 1.x, 417 for an expectation other than
+// 100-continue (docs/http.md has every check). The error response is the last thing written;
+// the connection then closes once it is sent. `Expect: 100-continue` with a body within the
+// limits gets `100 Continue` at once.
 //
 // Per-connection state (an http::Conn: the llhttp parser and the request target so far) lives
 // in a table of the thread of the shard that owns the connection (its ThreadState), indexed by
@@ -82,7 +84,8 @@ namespace {
 namespace http = tools::http;
 
 // The whole-header deadline (slowloris): a request's head must be complete this long after
-// the first read that ended inside it, or the connection closes. --header-timeout-ms sets it.
+// the read it began in, or the connection closes; each pipelined request's head has a deadline
+// of its own. --header-timeout-ms sets it.
 constexpr unsigned kDefaultHeaderTimeoutMs = 10 * 1000;
 unsigned g_header_timeout_ms = kDefaultHeaderTimeoutMs;
 
@@ -289,12 +292,14 @@ void on_data(struct Reactor* r, int fd) {
       continue;
     }
     // The deadline runs exactly while the connection's last read ended inside a request's
-    // head; a connection without a Conn of its own is between requests.
+    // head, from the read that head began in; a connection without a Conn of its own is
+    // between requests.
     const bool deadline_set = c && c->in_head();
     const http::ReadResult read =
         responder.parse(c, std::string_view(buf, static_cast<std::size_t>(n)), &state.out);
     if (!write_out(r, fd, state.out)) return;
-    if (!read.finish && read.in_head != deadline_set && g_header_timeout_ms) {
+    if (!read.finish && (read.in_head != deadline_set || read.head_began) &&
+        g_header_timeout_ms) {
       sock_set_deadline(fd, read.in_head ? g_header_timeout_ms : 0);
     }
     if (read.keep_state && !c) {

@@ -9,7 +9,11 @@
 // tools/http_server.cc). Keep-alive follows llhttp (HTTP/1.1 unless `Connection: close`,
 // HTTP/1.0 only with `Connection: keep-alive`); nothing after a request that closes is parsed.
 // Bad input is answered, then the connection finishes: 400 malformed, 414 / 431 / 413 past a
-// Limits field, 501 a transfer coding other than chunked.
+// Limits field, 501 a transfer coding other than chunked, 505 an HTTP major version other than
+// 1, 417 an expectation other than 100-continue. A request that expects 100-continue and has a
+// body within the limits gets `100 Continue` before its final response (413 instead, at once,
+// when its declared body is over the limit). docs/http.md lists which checks llhttp 8.1 makes
+// and which this file adds.
 //
 // Threads: a Responder belongs to the thread that made it (one per shard); nothing in it is
 // shared or locked. A Conn is used by one thread at a time, with that thread's Responder.
@@ -22,6 +26,7 @@
 
 #include <llhttp.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -59,15 +64,54 @@ class Conn {
   bool finished() const { return finished_; }
   // The last read ended inside a request's line or headers (the header deadline applies).
   bool in_head() const { return in_message_ && !headers_done_; }
+  // The last read ended inside a request's head that began in that read (a pipelining client's
+  // next request): the header deadline starts again from that head's first byte.
+  bool head_began() const { return in_head() && head_began_; }
 
  private:
   friend class Responder;
   friend struct Callbacks;
 
-  // If-Modified-Since is the only request header kept; its value is kept up to kMaxImsValue
-  // bytes (an IMF-fixdate has 29; a longer value is not a date and is ignored).
+  // The request headers looked at, by name (lower case; compared case-insensitively). The
+  // field name is kept up to the longest of them. If-Modified-Since's value is kept up to
+  // kMaxImsValue bytes (an IMF-fixdate has 29; a longer value is not a date and is ignored);
+  // Transfer-Encoding's and Expect's up to kMaxTokenValue (past it, the value is none we
+  // implement); Host is only counted.
   static constexpr std::string_view kIms = "if-modified-since";
+  static constexpr std::string_view kTransferEncoding = "transfer-encoding";
+  static constexpr std::string_view kExpect = "expect";
+  static constexpr std::string_view kHost = "host";
+  static constexpr std::size_t kMaxFieldKept =
+      std::max({kIms.size(), kTransferEncoding.size(), kExpect.size(), kHost.size()});
   static constexpr std::size_t kMaxImsValue = 40;
+  static constexpr std::size_t kMaxTokenValue = 16;  // "100-continue", "chunked" with OWS
+  enum class Field : unsigned char { kOther, kIms, kTransferEncoding, kExpect };
+  // A value kept up to N bytes; `overflow` once more arrived.
+  template <std::size_t N>
+  struct Kept {
+    static_assert(N <= 255, "length is an unsigned char");
+    char bytes[N] = {};
+    unsigned char length = 0;
+    bool overflow = false;
+
+    void clear() { length = 0, overflow = false; }
+    void append(const char* at, std::size_t n) {
+      if (overflow || n > N - length) {
+        overflow = true;
+        return;
+      }
+      std::copy(at, at + n, bytes + length);
+      length = static_cast<unsigned char>(length + n);
+    }
+    // The value without leading and trailing spaces and tabs; empty after an overflow.
+    std::string_view trimmed() const {
+      if (overflow) return {};
+      std::string_view v(bytes, length);
+      const std::size_t first = v.find_first_not_of(" \t");
+      if (first == std::string_view::npos) return {};
+      return v.substr(first, v.find_last_not_of(" \t") + 1 - first);
+    }
+  };
 
   Conn() = default;  // only the Responder's scratch state starts from nothing
   // Ready for a connection's next request.
@@ -81,16 +125,32 @@ class Conn {
   int error_status_ = 0;          // set by a callback that stops the parser with a status
   bool in_message_ = false;       // between on_message_begin and on_message_complete
   bool headers_done_ = false;     // on_headers_complete of the current request has run
+  bool head_began_ = false;       // on_message_begin ran during the last read
   bool finished_ = false;
-  // If-Modified-Since capture: the current field's name (its first kIms.size() bytes) and
-  // length, whether the current value is that header's, and the value (if it fits).
-  char field_[kIms.size()] = {};
+  // Chunk data ends with CRLF, which llhttp 8.1 skips unchecked: the bytes of it still to
+  // check when a read ended right after a chunk's data (0: none).
+  unsigned char crlf_left_ = 0;
+  // The current field's name (its first kMaxFieldKept bytes), length and last byte (a space
+  // before the colon is refused), and which of the headers above it is.
+  char field_[kMaxFieldKept] = {};
   std::size_t field_length_ = 0;
-  bool ims_field_ = false;
-  bool ims_overflow_ = false;
-  unsigned char ims_length_ = 0;
-  char ims_[kMaxImsValue] = {};
-  static_assert(kMaxImsValue <= 255, "ims_length_ is an unsigned char");
+  char field_last_ = 0;
+  Field field_kind_ = Field::kOther;
+  // The last byte of the previous read other than a space or tab, when that read ended inside
+  // a head: tells whether a value that starts this read follows a line end (an obs-fold).
+  char tail_ = 0;
+  // Per request, cleared together by on_message_begin (one store): what the header checks of
+  // on_headers_complete need.
+  struct Seen {
+    unsigned char hosts = 0;               // Host fields (2 is as bad as more)
+    unsigned char transfer_encodings = 0;  // Transfer-Encoding fields (likewise)
+    bool chunked_only = false;     // the last Transfer-Encoding value was exactly "chunked"
+    bool expect_continue = false;  // an Expect value was 100-continue
+    bool expect_other = false;     // an Expect value was anything else
+  };
+  Seen seen_;
+  Kept<kMaxImsValue> ims_;        // the last If-Modified-Since value
+  Kept<kMaxTokenValue> token_;    // the current Transfer-Encoding or Expect value
 };
 
 // A file body owed: sent (with sendfile) after Output::bytes[0, at) and before the rest.
@@ -117,6 +177,9 @@ struct ReadResult {
   // The read ended inside a request's line or headers: the header deadline should run (and
   // stop once a read ends elsewhere). Always false with `finish`.
   bool in_head = false;
+  // With in_head: that head began in this read, so its deadline starts now (a pipelining
+  // client's reads may each end inside a new head: each head has the whole deadline).
+  bool head_began = false;
   // The parse state must outlive this read: the read ended inside a request, or the connection
   // is finishing. For parse(nullptr, ...), copy scratch() into a Conn of the connection's own;
   // false for a Conn of its own: the connection is between requests and its Conn may be freed.
