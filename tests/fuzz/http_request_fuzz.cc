@@ -10,9 +10,10 @@
 // - every response is well-formed: "HTTP/1.1 ", a 3-digit status, a reason, header lines
 //   "Name: value" with no bare CR or LF, the blank line, then a body of its Content-Length
 //   (none for 1xx, 204, 304 or a HEAD), or the file body the Output places there (of that size);
-// - the ReadResult is consistent (in_head implies keep_state, finish implies keep_state and
-//   not in_head, a kept Conn that finished says finished()), and a "Connection: close"
-//   response is the last one, given exactly when the connection finishes;
+// - the ReadResult is consistent (head_began implies in_head, in_head implies keep_state,
+//   finish implies keep_state and not in_head, a kept Conn that finished says finished()),
+//   and a "Connection: close" response is the last one, given exactly when the connection
+//   finishes;
 // - no crash, leak (ASan), undefined behaviour (UBSan) or hang (libFuzzer's -timeout), and
 //   every FILE* the Output holds is a regular file of the announced size (then closed, as its
 //   holder must).
@@ -97,6 +98,7 @@ class Connection {
     take(out);
     FUZZ_CHECK(!result.in_head || result.keep_state, "in_head without keep_state");
     FUZZ_CHECK(!result.finish || (result.keep_state && !result.in_head), "finish");
+    FUZZ_CHECK(!result.head_began || result.in_head, "head_began without in_head");
     if (result.keep_state && !own_) {
       own_ = std::make_unique<http::Conn>(responder_.scratch());
     } else if (!result.keep_state && own_) {
@@ -206,7 +208,7 @@ std::pair<std::size_t, int> check_responses(const Sent& s) {
     at = body;
   }
   FUZZ_CHECK(file == s.files.size(), "a file body outside any response");
-  FUZZ_CHECK(!closed || s.finished, std::string("Connection: close ") +
+  FUZZ_CHECK(closed == s.finished, std::string("Connection: close ") +
                                        (closed ? "sent" : "not sent") + " but finish " +
                                        (s.finished ? "true" : "false") + ": " + show(b));
   return last;
