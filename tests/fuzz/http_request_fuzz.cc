@@ -6,7 +6,8 @@
 // three connections: in one read (the reference), in the marked reads, and one byte per read,
 // the last two interleaved on one Responder, as connections of one shard are. Asserted:
 // - split-point independence: the three connections get the same response bytes, the same
-//   file bodies at the same offsets, and finish at the same point, whatever the reads;
+//   file bodies at the same offsets, and finish at the same point, whatever the reads (one
+//   allowance, for input bad in two ways: the status of the final error; see check_same);
 // - every response is well-formed: "HTTP/1.1 ", a 3-digit status, a reason, header lines
 //   "Name: value" with no bare CR or LF, the blank line, then a body of its Content-Length
 //   (none for 1xx, 204, 304 or a HEAD), or the file body the Output places there (of that size);
@@ -26,8 +27,10 @@
 #include <cstdio>
 #include <ctime>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "tests/fuzz/fuzz_support.h"
@@ -54,7 +57,7 @@ constexpr http::Page kPages[] = {
     {"/broken", "application/json", failing_page},
 };
 
-// A root with a file of each content type, an empty file, a FIFO (which must never block the
+// A root with files of three content types, an empty file, a FIFO (which must never block the
 // parse), symlinks out of the root, and fixed mtimes (Last-Modified, If-Modified-Since).
 std::unique_ptr<http::StaticFiles> make_root() {
   const std::string base = fuzz_support::make_scratch_dir("http_request_fuzz");
@@ -78,7 +81,7 @@ std::unique_ptr<http::StaticFiles> make_root() {
 }
 
 // What a connection was sent: the response bytes, the file bodies (offset in `bytes`, size),
-// and whether (and after how many reads) it finished.
+// and whether it finished.
 struct Sent {
   std::string bytes;
   std::vector<std::pair<std::size_t, std::size_t>> files;
@@ -132,6 +135,7 @@ class Connection {
   Sent sent_;
 };
 
+// s (its first 400 bytes) for a message: printable ASCII as is, other bytes as \xNN.
 std::string show(std::string_view s) {
   std::string out;
   for (const char c : s.substr(0, 400)) {
