@@ -77,8 +77,9 @@ void Harness::check_nothing_left() {
                  std::to_string(s.queued_bytes) + " queued bytes, " +
                  std::to_string(s.outstanding) + " packets");
   SockPoolStats shared{};
-  FUZZ_CHECK(sock_pool_stats(nullptr, &shared) == 0 && shared.outstanding == 0,
-             std::to_string(shared.outstanding) + " packets out of the pool of threads without a reactor");
+  FUZZ_CHECK(
+      sock_pool_stats(nullptr, &shared) == 0 && shared.outstanding == 0,
+      std::to_string(shared.outstanding) + " packets out of the pool of threads without a reactor");
 }
 
 std::string_view source(std::size_t n, unsigned write) {
@@ -93,9 +94,9 @@ const Files& files() {
     auto* made = new Files;
     const std::string dir = fuzz_support::make_scratch_dir("engine_fuzz");
     unsigned seed = 1000;
-    for (const std::size_t size : {std::size_t{0}, std::size_t{1}, std::size_t{4095},
-                                   std::size_t{BUFFER_PACKET_SIZE}, std::size_t{70000},
-                                   std::size_t{200000}}) {
+    for (const std::size_t size :
+         {std::size_t{0}, std::size_t{1}, std::size_t{4095}, std::size_t{BUFFER_PACKET_SIZE},
+          std::size_t{70000}, std::size_t{200000}}) {
       made->paths.push_back(dir + "/f" + std::to_string(size));
       made->contents.push_back(testing_support::pattern(size, seed++));
       fuzz_support::write_file(made->paths.back(), made->contents.back());

@@ -25,7 +25,7 @@ class Harness {
   Harness(const Harness&) = delete;
   Harness& operator=(const Harness&) = delete;
 
-  struct Reactor* reactor() { return &reactor_; }
+  Reactor* reactor() { return &reactor_; }
   // The reactor's on_data (none by default: the targets' peers are plain sockets).
   void set_on_data(void (*on_data)(struct Reactor*, int)) { reactor_.on_data = on_data; }
 

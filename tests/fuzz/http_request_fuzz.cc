@@ -177,7 +177,8 @@ std::pair<std::size_t, int> check_responses(const Sent& s) {
       const std::string_view field = head.substr(line, end - line);
       const std::size_t colon = field.find(": ");
       FUZZ_CHECK(colon != std::string_view::npos && colon > 0, "header line: " + show(field));
-      FUZZ_CHECK(field.find_first_of("\r\n") == std::string_view::npos, "bare CR/LF: " + show(head));
+      FUZZ_CHECK(field.find_first_of("\r\n") == std::string_view::npos,
+                 "bare CR/LF: " + show(head));
       const std::string_view name = field.substr(0, colon), value = field.substr(colon + 2);
       if (name == "Content-Length") {
         FUZZ_CHECK(length < 0 && !value.empty(), "Content-Length: " + show(head));
@@ -229,10 +230,10 @@ void check_same(const Sent& a, const Sent& b, const char* what) {
   if (a.bytes == b.bytes) return;
   const auto [a_last, a_status] = check_responses(a);
   const auto [b_last, b_status] = check_responses(b);
-  FUZZ_CHECK(a.finished && a_status >= 400 && b_status >= 400 && a_last == b_last &&
-                 a.bytes.compare(0, a_last, b.bytes, 0, b_last) == 0,
-             std::string(what) + " differs from one read:\n" + show(a.bytes) + "\n---\n" +
-                 show(b.bytes));
+  FUZZ_CHECK(
+      a.finished && a_status >= 400 && b_status >= 400 && a_last == b_last &&
+          a.bytes.compare(0, a_last, b.bytes, 0, b_last) == 0,
+      std::string(what) + " differs from one read:\n" + show(a.bytes) + "\n---\n" + show(b.bytes));
 }
 
 void run(const http::Limits& limits, const http::StaticFiles* files,

@@ -183,8 +183,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
   std::string rel, expected_rel;
   const int status = http::root_relative(path, &rel);
   const int expected = reference_relative(path, &expected_rel);
-  FUZZ_CHECK(status == expected,
-             "root_relative = " + std::to_string(status) + ", contract: " + std::to_string(expected));
+  FUZZ_CHECK(status == expected, "root_relative = " + std::to_string(status) +
+                                     ", contract: " + std::to_string(expected));
   FUZZ_CHECK(!http::content_type(path).empty(), "empty content type");
   if (status != 0) return 0;
   FUZZ_CHECK(rel == expected_rel, "decoded \"" + rel + "\", contract \"" + expected_rel + "\"");

@@ -99,12 +99,45 @@ uint32_t get32(const char* p) {
   return v;
 }
 
+FUZZ_NO_COVERAGE void xor_bytes(char* data, std::size_t n, uint8_t param) {
+  for (std::size_t i = 0; i < n; ++i) data[i] = static_cast<char>(data[i] ^ (param | 1));
+}
+
+// Run-length encodes in[0, n) into *out as (count, byte) pairs, giving up (false) once that
+// is no shorter than n.
+FUZZ_NO_COVERAGE bool rle_encode(const char* in, std::size_t n, std::string* out) {
+  out->clear();
+  for (std::size_t i = 0; i < n;) {
+    std::size_t j = i + 1;
+    while (j < n && j - i < 255 && in[j] == in[i]) ++j;
+    out->push_back(static_cast<char>(j - i));
+    out->push_back(in[i]);
+    if (out->size() >= n) return false;
+    i = j;
+  }
+  return true;
+}
+
+// Appends the bytes of n bytes of (count, byte) pairs to *out; false unless they make `plain`
+// bytes.
+FUZZ_NO_COVERAGE bool rle_decode(const char* runs, std::size_t n, std::size_t plain,
+                                 std::string* out) {
+  if (n % 2) return false;
+  std::size_t made = 0;
+  for (std::size_t i = 0; i < n; i += 2) {
+    const auto count = static_cast<unsigned char>(runs[i]);
+    out->append(count, runs[i + 1]);
+    made += count;
+  }
+  return made == plain;
+}
+
 // The packet a wrap is given: its bytes in its own memory, with room for `growth` more.
 char* packet_with_room(Packet* p, std::size_t growth) {
   FUZZ_CHECK(p->buffer == p->internal_memory, "a layer was given a packet outside its memory");
-  FUZZ_CHECK(static_cast<std::size_t>(p->length) + growth <= sizeof p->internal_memory,
-             "a layer was given a packet without headroom: " + std::to_string(p->length) +
-                 " bytes");
+  FUZZ_CHECK(
+      static_cast<std::size_t>(p->length) + growth <= sizeof p->internal_memory,
+      "a layer was given a packet without headroom: " + std::to_string(p->length) + " bytes");
   return p->internal_memory;
 }
 
@@ -128,9 +161,7 @@ int wrap(int, Packet* p, void* udata) {
   auto* self = static_cast<Layer*>(udata);
   switch (self->kind) {
     case Kind::kXor:
-      for (ssize_t i = 0; i < p->length; ++i) {
-        static_cast<char*>(p->buffer)[i] ^= static_cast<char>(self->param | 1);
-      }
+      xor_bytes(static_cast<char*>(p->buffer), static_cast<std::size_t>(p->length), self->param);
       return 0;
     case Kind::kRecord:
       frame(p, self, kData);
@@ -138,15 +169,8 @@ int wrap(int, Packet* p, void* udata) {
     case Kind::kRle: {
       const auto n = static_cast<std::size_t>(p->length);
       char* m = packet_with_room(p, kRleHeader);
-      std::string runs;
-      for (std::size_t i = 0; i < n && runs.size() < n;) {
-        std::size_t j = i + 1;
-        while (j < n && j - i < 255 && m[j] == m[i]) ++j;
-        runs += static_cast<char>(j - i);
-        runs += m[i];
-        i = j;
-      }
-      const bool compress = runs.size() < n;
+      thread_local std::string runs;
+      const bool compress = rle_encode(m, n, &runs);
       const std::size_t body = compress ? runs.size() : n;
       std::memmove(m + kRleHeader, compress ? runs.data() : m, body);
       put32(m, static_cast<uint32_t>(body));
@@ -176,7 +200,8 @@ bool unframe(Layer* self) {
     const uint32_t n = get32(h);
     if (n > BUFFER_PACKET_SIZE) return false;
     if (self->kind == Kind::kRecord) {
-      const std::size_t padding = static_cast<unsigned char>(h[8]) << 8 | static_cast<unsigned char>(h[9]);
+      const std::size_t padding =
+          static_cast<unsigned char>(h[8]) << 8 | static_cast<unsigned char>(h[9]);
       if (in.size() - at - header < n + padding) break;
       if (self->log->saw_close) return false;  // nothing may follow the close record
       switch (static_cast<unsigned char>(h[10])) {
@@ -202,13 +227,8 @@ bool unframe(Layer* self) {
       if (h[8] == 0) {
         if (plain != n) return false;
         self->held.append(body, n);
-      } else {
-        std::size_t made = 0;
-        for (uint32_t i = 0; i + 1 < n; i += 2) {
-          self->held.append(static_cast<unsigned char>(body[i]), body[i + 1]);
-          made += static_cast<unsigned char>(body[i]);
-        }
-        if (made != plain || n % 2) return false;
+      } else if (!rle_decode(body, n, plain, &self->held)) {
+        return false;
       }
       at += header + n;
     }
@@ -222,7 +242,7 @@ int unwrap(int, void* buffer, ssize_t* len, const size_t max_len, void* udata) {
   char* buf = static_cast<char*>(buffer);
   switch (self->kind) {
     case Kind::kXor:
-      for (ssize_t i = 0; i < *len; ++i) buf[i] ^= static_cast<char>(self->param | 1);
+      xor_bytes(buf, static_cast<std::size_t>(*len), self->param);
       return 0;
     case Kind::kFail:
       return 0;
@@ -281,7 +301,9 @@ class Run {
                "socketpair");
     writer_ = sv[0];
     reader_ = sv[1];
-    if (const int buffer = kSendBuffers[(config >> 4) & 3]) testing_support::set_sndbuf(writer_, buffer);
+    if (const int buffer = kSendBuffers[(config >> 4) & 3]) {
+      testing_support::set_sndbuf(writer_, buffer);
+    }
     logs_.assign(2 * depth, LayerLog{});
     for (const int fd : {writer_, reader_}) {
       FUZZ_CHECK(sock_open(h_.reactor(), fd) == 0, "sock_open");
@@ -311,11 +333,21 @@ class Run {
 
   void op(Input& in) {
     switch (in.byte() % 9) {
-      case 0: copy(in.u16()); break;
-      case 1: move(in.u16()); break;
-      case 2: file(in); break;
-      case 3: ping(in.byte()); break;
-      case 4: h_.turns(in.byte() % 4 + 1); break;
+      case 0:
+        copy(in.u16());
+        break;
+      case 1:
+        move(in.u16());
+        break;
+      case 2:
+        file(in);
+        break;
+      case 3:
+        ping(in.byte());
+        break;
+      case 4:
+        h_.turns(in.byte() % 4 + 1);
+        break;
       case 5:
         if (!gone(writer_)) FUZZ_CHECK(sock_flush(writer_) >= 0 || failed(), "sock_flush");
         break;
@@ -344,8 +376,7 @@ class Run {
       sock_close(h_.reactor(), writer_);
       closing_ = true;
     }
-    h_.drive_until([&] { return gone(writer_) && gone(reader_); },
-                   "both ends to close");
+    h_.drive_until([&] { return gone(writer_) && gone(reader_); }, "both ends to close");
     const bool complete = !forced_ && !failed();
     FUZZ_CHECK(plaintext_.size() <= written_.size() &&
                    written_.compare(0, plaintext_.size(), plaintext_) == 0,

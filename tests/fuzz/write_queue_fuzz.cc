@@ -29,7 +29,7 @@
 // opcode byte and its arguments (bytes, little-endian 16-bit numbers; a short input reads 0s):
 //   opcode & 0x80: urgent (copy, move, file, packets);
 //   opcode & 0x3f: 0x3e close, 0x3f force close, otherwise (that % 8):
-//     0 copy LEN16 | 1 move LEN16 | 2 file INDEX OFFSET16 LEN16 (0: to the end)
+//     0 copy LEN16 | 1 move LEN16 | 2 file INDEX OFFSET16 (x4, may pass the end) LEN16 (0: all)
 //     3 packets COUNT, then COUNT x (KIND LEN16 | file: KIND INDEX OFFSET16)
 //     4 flush | 5 read LEN16 | 6 run TURNS | 7 pump TURNS (run and read all)
 #include <sys/socket.h>
@@ -176,7 +176,7 @@ class QueueModel {
 };
 
 // One input's run: the fd under test, its peer, the model and what the peer read. One Run
-// serves every input (start() resets it), so that its buffers keep their memory: fresh
+// serves every input (start() to finish()), so that its buffers keep their memory: fresh
 // allocations of hundreds of kilobytes per input would cost more than the input itself.
 class Run {
  public:
@@ -191,12 +191,9 @@ class Run {
     if (send_buffer) testing_support::set_sndbuf(fd_, send_buffer);
     FUZZ_CHECK(sock_open(h_.reactor(), fd_) == 0, "sock_open");
     h_.watch(fd_);
-    model_.clear();
     queued_ = consumed_ = total_ = 0;
     writes_ = 0;
     closing_ = forced_ = false;
-    sent_at_force_.clear();
-    received_.clear();
   }
 
   void op(Input& in) {
@@ -219,14 +216,30 @@ class Run {
         break;
       default:
         switch ((code & 0x3f) % 8) {
-          case 0: copy(in.u16(), urgent); break;
-          case 1: move(in.u16(), urgent); break;
-          case 2: file(in, urgent); break;
-          case 3: packets(in, urgent); break;
-          case 4: flush(); break;
-          case 5: read(in.u16() + 1u); break;
-          case 6: h_.turns(in.byte() % 4 + 1); break;
-          case 7: pump(in.byte() % 4 + 1); break;
+          case 0:
+            copy(in.u16(), urgent);
+            break;
+          case 1:
+            move(in.u16(), urgent);
+            break;
+          case 2:
+            file(in, urgent);
+            break;
+          case 3:
+            packets(in, urgent);
+            break;
+          case 4:
+            flush();
+            break;
+          case 5:
+            read(in.u16() + 1u);
+            break;
+          case 6:
+            h_.turns(in.byte() % 4 + 1);
+            break;
+          case 7:
+            pump(in.byte() % 4 + 1);
+            break;
         }
     }
     observe();
@@ -245,16 +258,24 @@ class Run {
       model_.all(&expected_);
     }
     bool eof = false;
-    h_.drive_until([&] {
-      eof = eof || !testing_support::drain(peer_, &received_);
-      return gone() && eof;
-    }, "the queue to drain and the peer to see EOF");
+    h_.drive_until(
+        [&] {
+          eof = eof || !testing_support::drain(peer_, &received_);
+          return gone() && eof;
+        },
+        "the queue to drain and the peer to see EOF");
     FUZZ_CHECK(received_ == expected_,
                "the peer read " + std::to_string(received_.size()) + " bytes, the model says " +
                    std::to_string(expected_.size()) + "; first difference at " +
                    std::to_string(testing_support::first_difference(received_, expected_)));
     FUZZ_CHECK(h_.closes(fd_) == 1 && h_.reason(fd_) == SOCK_CLOSE_LOCAL, "on_close");
     close(peer_);
+    // Emptied here rather than by the next start(): libFuzzer runs its (slow) leak check after
+    // every input that allocated more than it freed.
+    model_.clear();
+    sent_at_force_.clear();
+    received_.clear();
+    expected_.clear();
   }
 
  private:
@@ -306,9 +327,9 @@ class Run {
     const std::string_view data = source(n, ++writes_);
     void* buffer = std::malloc(n ? n : 1);
     std::memcpy(buffer, data.data(), n);
-    if (!accepted(sock_write2(.fd = fd_, .buffer = buffer, .length = n, .move = 1,
-                              .urgent = urgent),
-                  n == 0)) {
+    if (!accepted(
+            sock_write2(.fd = fd_, .buffer = buffer, .length = n, .move = 1, .urgent = urgent),
+            n == 0)) {
       return;
     }
     if (n) model_.packets({{data, false}}, urgent);
@@ -427,8 +448,9 @@ class Run {
   void check_prefix() {
     const std::string& sent = forced_ ? sent_at_force_ : model_.sent();
     FUZZ_CHECK(received_.size() <= sent.size() && sent.compare(0, received_.size(), received_) == 0,
-               "the peer read " + std::to_string(received_.size()) + " bytes, not a prefix of the " +
-                   std::to_string(sent.size()) + " that left the queue; first difference at " +
+               "the peer read " + std::to_string(received_.size()) +
+                   " bytes, not a prefix of the " + std::to_string(sent.size()) +
+                   " that left the queue; first difference at " +
                    std::to_string(testing_support::first_difference(received_, sent)));
   }
 
