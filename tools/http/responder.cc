@@ -470,7 +470,9 @@ struct Callbacks {
     Call& k = call(parser);
     const Responder& r = k.responder;
     k.conn.in_message_ = false;
-    const bool keep_alive = llhttp_should_keep_alive(parser) != 0;
+    // An upgrade (Upgrade with Connection: upgrade, or CONNECT) is answered as a plain request
+    // and closes: llhttp parses nothing after it, and the peer may switch protocols.
+    const bool keep_alive = llhttp_should_keep_alive(parser) != 0 && !parser->upgrade;
     // Nothing after a closing request is parsed: pausing makes llhttp_execute return here.
     const int done = keep_alive ? 0 : HPE_PAUSED;
     const auto method = static_cast<llhttp_method_t>(parser->method);

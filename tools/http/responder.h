@@ -7,7 +7,8 @@
 // What is answered: `GET /` (and HEAD) "Hello World!" as text/plain, other methods on "/" 405,
 // other paths 404; with StaticFiles, GET and HEAD of the files under the root (see
 // tools/http_server.cc). Keep-alive follows llhttp (HTTP/1.1 unless `Connection: close`,
-// HTTP/1.0 only with `Connection: keep-alive`); nothing after a request that closes is parsed.
+// HTTP/1.0 only with `Connection: keep-alive`), except that an upgrade request (Upgrade, CONNECT)
+// is answered as a plain one and closes; nothing after a request that closes is parsed.
 // Bad input is answered, then the connection finishes: 400 malformed, 414 / 431 / 413 past a
 // Limits field, 501 a transfer coding other than chunked, 505 an HTTP major version other than
 // 1, 417 an expectation other than 100-continue. A request that expects 100-continue and has a
