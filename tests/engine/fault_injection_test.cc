@@ -7,7 +7,8 @@
 // clients connect and each sends a request (a 4-byte length and a body); the server accepts
 // them with sock_accept, writes a seeded mix of copy, .move, .file and packet
 // (sock_checkout_packet + sock_send_packet) writes, some urgent, spread over the accept, its
-// on_data and on_ready calls, reads the request, then sock_close()s; the clients read to EOF.
+// on_data and on_ready calls (now and then pushed out with sock_flush), reads the request, then
+// sock_close()s; the clients read to EOF.
 // What must hold, for every connection:
 //   - its bytes arrive exactly (SHA-256 of the stream) or the connection closed with a reason:
 //     SOCK_CLOSE_ERROR, explained by a fatal fault injected on it or a write that failed with
@@ -75,7 +76,11 @@ constexpr int kMaxConnections = 3;
 constexpr std::size_t kMaxWrites = 10;
 constexpr std::size_t kRequestHeader = 4;
 // Each of the two files .file writes read from (one for urgent writes).
-constexpr std::size_t kFileBytes = 48 * 1024;
+constexpr std::size_t kFileBytes = 32 * 1024;
+// Copied and moved writes: mostly small (merged into packets), one in four up to this (several
+// packets).
+constexpr std::size_t kSmallWrite = 2000;
+constexpr std::size_t kLargeWrite = 24000;
 constexpr unsigned char kUrgentBit = 0x80;
 constexpr std::size_t kPacketBytes = BUFFER_PACKET_SIZE;
 
@@ -116,6 +121,12 @@ const char* reason_name(SockCloseReason r) {
   return "?";
 }
 
+// A transport layer that changes nothing: it takes a connection down the engine's layer paths
+// (records, packets wrapped as they first leave, file bytes read with pread, reads through
+// tlc_read) while its bytes stay checkable.
+int identity_wrap(int, Packet*, void*) { return 0; }
+int identity_unwrap(int, void*, ssize_t*, const size_t, void*) { return 0; }
+
 // Bytes of one class: urgent writes carry 0x80-0xff, the others 0x00-0x7f.
 std::string random_bytes(SplitMix64& rng, std::size_t n, bool urgent) {
   std::string s(n, '\0');
@@ -150,6 +161,9 @@ struct Connection {
   std::string request;
   std::string got;
   bool client_done = false;  // EOF or an error seen
+  // The client resets the connection (a RST) once it got this many bytes, if it was accepted.
+  std::size_t reset_after = SIZE_MAX;
+  bool client_reset = false;
   // The server side.
   int fd = -1;
   bool accepted = false;
@@ -157,6 +171,10 @@ struct Connection {
   int closes = 0;
   SockCloseReason reason = SOCK_CLOSE_LOCAL;
   faults::FdRecord record;
+  sockTLC layer{};  // an identity transport layer, on some connections
+  bool layered = false;
+  uint64_t mallocx_faults_before = 0;  // the seed's mallocx faults at the accept
+  uint64_t mallocx_faults_during = 0;  // and from then to the close
   std::size_t read_cap = 1;
   std::string received;
   bool close_requested = false;
@@ -336,6 +354,7 @@ class FaultInjectionTest : public testing_support::ReactorFixture {
 
   struct Totals {
     uint64_t seeds = 0, connections = 0, complete = 0, error_closes = 0, open_failures = 0;
+    uint64_t client_resets = 0, layered = 0;
     uint64_t bytes = 0, failed_writes = 0;
     std::array<uint64_t, faults::kCallKinds> calls{}, faults{};
   };
@@ -363,6 +382,9 @@ class FaultInjectionTest : public testing_support::ReactorFixture {
     return nullptr;
   }
   void problem(const std::string& what) { problems_ += "\n  " + what; }
+  static uint64_t mallocx_faults() {
+    return faults::counts().faults[static_cast<std::size_t>(faults::Call::kMallocx)];
+  }
   std::string describe(const Connection& c) const;
 
   std::string normal_bytes_, urgent_bytes_;
@@ -383,6 +405,7 @@ void FaultInjectionTest::plan_connection(Connection& c, SplitMix64& rng) {
   for (char& b : bytes) b = static_cast<char>(rng.next());
   c.request += bytes;
   c.read_cap = 1 + rng.below(4096);
+  if (rng.one_in(8)) c.reset_after = rng.below(kLargeWrite);
   const std::size_t n = 1 + rng.below(kMaxWrites);
   for (std::size_t i = 0; i < n; ++i) {
     PlannedWrite w;
@@ -391,7 +414,7 @@ void FaultInjectionTest::plan_connection(Connection& c, SplitMix64& rng) {
     switch (w.kind) {
       case Kind::kCopy:
       case Kind::kMove:
-        w.bytes = random_bytes(rng, rng.one_in(4) ? 1 + rng.below(40000) : 1 + rng.below(2000),
+        w.bytes = random_bytes(rng, 1 + rng.below(rng.one_in(4) ? kLargeWrite : kSmallWrite),
                                w.urgent);
         break;
       case Kind::kFile: {
@@ -509,7 +532,16 @@ void FaultInjectionTest::accept_pending() {
     }
     c->fd = fd;
     c->accepted = c->open = true;
-    if (verbose_) std::fprintf(stderr, "  accepted fd %d (client port %d)\n", fd, port);
+    c->mallocx_faults_before = mallocx_faults();
+    if (rng_.one_in(4)) {
+      c->layer = sockTLC{nullptr, nullptr, identity_wrap, identity_unwrap, nullptr, nullptr};
+      c->layered = true;
+      if (sock_tlc_add(fd, &c->layer) < 0) problem("sock_tlc_add failed");
+    }
+    if (verbose_) {
+      std::fprintf(stderr, "  accepted fd %d (client port %d)%s\n", fd, port,
+                   c->layered ? ", with a layer" : "");
+    }
     if (rng_.one_in(4)) testing_support::set_sndbuf(fd, 4096 + static_cast<int>(rng_.below(12288)));
     issue_some(*c, rng_.below(3));
   }
@@ -529,6 +561,10 @@ void FaultInjectionTest::serve(Connection& c) {
     break;  // 0: nothing more for now; -1: EOF or an error, and the engine closes the fd
   }
   issue_some(c, rng_.below(3));
+  // Now and then the queue is pushed out at once: a failure closes the fd inside this call.
+  if (c.open && rng_.one_in(8) && sock_flush(c.fd) < 0 && verbose_) {
+    std::fprintf(stderr, "  fd %d sock_flush: %s\n", c.fd, std::strerror(errno));
+  }
   if (c.open && !c.close_requested && c.request_complete()) {
     while (issue(c)) {}
     if (c.open) sock_close(&r_, c.fd);
@@ -563,6 +599,7 @@ void FaultInjectionTest::on_close(struct Reactor*, int fd) {
   ++c->closes;
   c->reason = sock_close_reason();
   c->record = faults::fd_record(fd);
+  c->mallocx_faults_during = mallocx_faults() - c->mallocx_faults_before;
   if (verbose_) {
     std::fprintf(stderr, "  on_close fd %d: %s (first fatal fault: %s)\n", fd,
                  reason_name(c->reason),
@@ -573,12 +610,12 @@ void FaultInjectionTest::on_close(struct Reactor*, int fd) {
 std::string FaultInjectionTest::describe(const Connection& c) const {
   char msg[256];
   std::snprintf(msg, sizeof msg,
-                "client port %d, server fd %d: %s, %zu of %zu writes issued, request %zu of %zu "
+                "client port %d, server fd %d%s: %s, %zu of %zu writes issued, request %zu of %zu "
                 "bytes read, client got %zu bytes%s",
-                c.client_port, c.fd,
+                c.client_port, c.fd, c.layered ? " (layer)" : "",
                 !c.accepted ? "not accepted" : c.open ? "open" : reason_name(c.reason), c.next,
                 c.writes.size(), c.received.size(), c.request.size(), c.got.size(),
-                c.client_done ? " and EOF" : "");
+                c.client_reset ? " and reset" : c.client_done ? " and EOF" : "");
   return msg;
 }
 
@@ -628,7 +665,15 @@ std::string FaultInjectionTest::run_seed(uint64_t seed) {
     // Re-adding the listener re-arms it: its next edge runs on_data, which accepts again.
     if (accept_retry_ && reactor_add(&r_, listener_) == 0) accept_retry_ = false;
     for (Connection& c : conns_) {
-      if (!c.client_done && !testing_support::drain(c.client, &c.got)) c.client_done = true;
+      if (c.client_done) continue;
+      if (!testing_support::drain(c.client, &c.got)) c.client_done = true;
+      if (c.accepted && c.got.size() >= c.reset_after) {
+        if (verbose_) std::fprintf(stderr, "  client port %d resets\n", c.client_port);
+        testing_support::reset_on_close(c.client);
+        close(c.client);
+        c.client = -1;
+        c.client_done = c.client_reset = true;
+      }
     }
   }
   const faults::Counts counts = faults::counts();
@@ -655,21 +700,34 @@ std::string FaultInjectionTest::run_seed(uint64_t seed) {
       continue;
     }
     totals_.bytes += c.got.size();
+    totals_.layered += c.layered;
     for (const Outcome o : c.outcomes) totals_.failed_writes += o == Outcome::kFailed;
     const bool nomem_write = std::any_of(c.errors.begin(), c.errors.end(),
                                          [](int e) { return e == ENOMEM; });
+    // With layers, a .file write's bytes are read into packets as the socket drains
+    // (write_queue.cc, send_file_packet): a failed allocation then fails the connection
+    // (ENOMEM), although the write itself had succeeded.
+    const bool nomem_flush = c.layered && c.mallocx_faults_during > 0;
     std::string e;
-    if (c.reason == SOCK_CLOSE_ERROR) {
+    if (c.reason == SOCK_CLOSE_TIMEOUT) {
+      e = "timed out (no timeout was set)";
+    } else if (c.client_reset) {
+      // The peer reset: any close but a timeout, after a prefix either way.
+      ++totals_.client_resets;
+      if (c.request.compare(0, c.received.size(), c.received) != 0) {
+        e = "the request read is not a prefix of the one sent";
+      } else if (!check_stream(c.got, model_of(c, false), false).empty()) {
+        e = check_stream(c.got, model_of(c, true), false);
+      }
+    } else if (c.reason == SOCK_CLOSE_ERROR) {
       ++totals_.error_closes;
-      if (!c.record.fatal_errno && !nomem_write) {
-        e = "closed with an error, but no fatal fault was injected and no write failed";
+      if (!c.record.fatal_errno && !nomem_write && !nomem_flush) {
+        e = "closed with an error, but no fatal fault was injected and no allocation failed";
       } else if (c.request.compare(0, c.received.size(), c.received) != 0) {
         e = "the request read is not a prefix of the one sent";
       } else if (!check_stream(c.got, model_of(c, false), false).empty()) {
         e = check_stream(c.got, model_of(c, true), false);
       }
-    } else if (c.reason == SOCK_CLOSE_TIMEOUT) {
-      e = "timed out (no timeout was set)";
     } else {
       ++totals_.complete;
       if (sha256_hex(c.received) != sha256_hex(c.request)) {
@@ -699,7 +757,9 @@ std::string FaultInjectionTest::run_seed(uint64_t seed) {
     problem("pool: " + std::to_string(stats.outstanding) + " packets outstanding, " +
             std::to_string(stats.queued_bytes) + " bytes queued after every close");
   }
-  for (Connection& c : conns_) close(c.client);
+  for (Connection& c : conns_) {
+    if (c.client >= 0) close(c.client);
+  }
   stop();  // closes the listener
   listener_ = -1;
   if (const std::size_t fds = open_fd_count(); fds != fds_before) {
@@ -750,12 +810,15 @@ TEST_F(FaultInjectionTest, StreamsArriveByteExactOrCloseWithAReasonUnderInjected
                   << seed << " --test_env=FAULT_VERBOSE=1";
   }
   const Totals& t = totals_;
-  std::printf("%llu seeds, %llu connections: %llu complete, %llu closed by an error, %llu never "
-              "opened; %llu bytes delivered, %llu writes failed\n",
+  std::printf("%llu seeds, %llu connections (%llu with a layer): %llu complete, %llu closed by an "
+              "error, %llu reset by the client, %llu never opened; %llu bytes delivered, %llu "
+              "writes failed\n",
               static_cast<unsigned long long>(t.seeds),
               static_cast<unsigned long long>(t.connections),
+              static_cast<unsigned long long>(t.layered),
               static_cast<unsigned long long>(t.complete),
               static_cast<unsigned long long>(t.error_closes),
+              static_cast<unsigned long long>(t.client_resets),
               static_cast<unsigned long long>(t.open_failures),
               static_cast<unsigned long long>(t.bytes),
               static_cast<unsigned long long>(t.failed_writes));
@@ -774,6 +837,7 @@ TEST_F(FaultInjectionTest, StreamsArriveByteExactOrCloseWithAReasonUnderInjected
     EXPECT_GT(t.complete, 0u);
     EXPECT_GT(t.error_closes, 0u);
     EXPECT_GT(t.open_failures, 0u);
+    EXPECT_GT(t.client_resets, 0u);
   }
 }
 

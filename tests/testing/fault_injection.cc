@@ -109,7 +109,9 @@ const char* errno_name(int err) {
 
 void log_fault(const State& s, Call call, int fd, std::size_t asked, const Decision& d) {
   if (!s.plan.log) return;
-  if (d.err) {
+  if (call == Call::kAccept4 || call == Call::kEpollCtl) {
+    std::fprintf(s.plan.log, "  fault: %s(fd %d) -> %s\n", call_name(call), fd, errno_name(d.err));
+  } else if (d.err) {
     std::fprintf(s.plan.log, "  fault: %s(fd %d, %zu bytes) -> %s\n", call_name(call), fd, asked,
                  errno_name(d.err));
   } else {
