@@ -5,14 +5,17 @@
 //
 // Per seed, on the test thread: a fresh reactor with a loopback listener; one to three plain
 // clients connect and each sends a request (a 4-byte length and a body); the server accepts
-// them with sock_accept, writes a seeded mix of copy, .move, .file and packet
+// them with sock_accept (a quarter get an identity transport layer, which takes them down the
+// engine's layer paths), writes a seeded mix of copy, .move, .file and packet
 // (sock_checkout_packet + sock_send_packet) writes, some urgent, spread over the accept, its
 // on_data and on_ready calls (now and then pushed out with sock_flush), reads the request, then
-// sock_close()s; the clients read to EOF.
+// sock_close()s; the clients read to EOF, except one in eight, which resets mid-stream.
 // What must hold, for every connection:
-//   - its bytes arrive exactly (SHA-256 of the stream) or the connection closed with a reason:
-//     SOCK_CLOSE_ERROR, explained by a fatal fault injected on it or a write that failed with
-//     ENOMEM, and then what arrived is a prefix of the stream; the request likewise;
+//   - its bytes arrive exactly (SHA-256 of the stream) or the connection closed with a reason,
+//     and then what arrived is a prefix of the stream; the request likewise. The reasons: the
+//     client's reset, or SOCK_CLOSE_ERROR explained by a fatal fault injected on its fd, a
+//     write that failed with ENOMEM, or, with a layer, a failed allocation while it was open
+//     (see nomem_flush below);
 //   - urgent writes (libsock.h, engine/write_queue.h) arrive whole, in order among themselves,
 //     at a boundary between other writes, and never after a write issued later than they were:
 //     urgent bytes are 0x80-0xff and the others 0x00-0x7f, so the two streams are told apart
@@ -21,11 +24,13 @@
 //     start fails the connection, so that write may begin the prefix of an error close;
 //   - on_close runs exactly once; a connection whose open failed (epoll_ctl) is just closed;
 // and for the seed: no SIGPIPE (a handler counts them), no leak (the packet pool's outstanding
-// count back to 0, the process's fd count back to where it was, nothing left watched).
+// count and queued bytes back to 0, the process's fd count back to where it was, no fd left
+// watched by the fault layer).
 //
 // Seeds: FAULT_SEEDS=A-B runs seeds A to B, FAULT_SEEDS=A only seed A; by default 0-9999, and
-// 0-999 under ASan and TSan (each seed costs them 10-30 times more). FAULT_VERBOSE=1 logs every
-// seed's plan, writes, injected faults and outcome to stderr. Replay one seed:
+// 0-999 under ASan and TSan, whose suites run every other test too (a seed costs them two to
+// four times more). FAULT_VERBOSE=1 logs every seed's plan, writes, injected faults and outcome
+// to stderr. Replay one seed:
 //   bazel test //tests/engine:fault_injection_test --test_output=all
 //       --test_env=FAULT_SEEDS=1234 --test_env=FAULT_VERBOSE=1
 // (or run bazel-bin/tests/engine/fault_injection_test with the same variables).
@@ -74,7 +79,8 @@ constexpr int kSettleIterations = 3;
 
 constexpr int kMaxConnections = 3;
 constexpr std::size_t kMaxWrites = 10;
-constexpr std::size_t kRequestHeader = 4;
+// A request is its body's length (4 bytes, host order) and the body.
+constexpr std::size_t kRequestHeader = sizeof(uint32_t);
 // Each of the two files .file writes read from (one for urgent writes).
 constexpr std::size_t kFileBytes = 32 * 1024;
 // Copied and moved writes: mostly small (merged into packets), one in four up to this (several
@@ -82,7 +88,6 @@ constexpr std::size_t kFileBytes = 32 * 1024;
 constexpr std::size_t kSmallWrite = 2000;
 constexpr std::size_t kLargeWrite = 24000;
 constexpr unsigned char kUrgentBit = 0x80;
-constexpr std::size_t kPacketBytes = BUFFER_PACKET_SIZE;
 
 std::atomic<int> g_sigpipes{0};
 static_assert(std::atomic<int>::is_always_lock_free, "counted in a signal handler");
@@ -427,7 +432,7 @@ void FaultInjectionTest::plan_connection(Connection& c, SplitMix64& rng) {
       }
       case Kind::kPacket:
         for (std::size_t p = 1 + rng.below(2); p > 0; --p) {
-          const std::size_t len = 1 + rng.below(kPacketBytes);
+          const std::size_t len = 1 + rng.below(BUFFER_PACKET_SIZE);
           w.packets.push_back(len);
           w.bytes += random_bytes(rng, len, w.urgent);
         }
