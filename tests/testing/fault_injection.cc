@@ -37,12 +37,11 @@ Fn next_definition(std::atomic<void*>& cache, const char* name) {
   return reinterpret_cast<Fn>(p);
 }
 
+// REAL(recv): the next recv, typed as <sys/socket.h> declares it.
 #define REAL(fn) next_definition<decltype(&::fn)>(real_##fn, #fn)
 std::atomic<void*> real_recv, real_send, real_sendmsg, real_sendfile, real_accept4,
     real_epoll_ctl, real_close;
 std::atomic<void*> real_mallocx;
-
-using Rng = SplitMix64;
 
 struct Registration {
   bool present = false;
@@ -60,7 +59,7 @@ struct State {
   std::mutex mutex;
   bool armed = false;
   Plan plan;
-  Rng rng;
+  SplitMix64 rng;
   pthread_t armed_thread{};
   Counts counts;
   std::vector<FdState> fds;
@@ -121,7 +120,7 @@ void log_fault(const State& s, Call call, int fd, std::size_t asked, const Decis
 }
 
 template <std::size_t N>
-int pick(Rng& rng, const int (&choices)[N]) {
+int pick(SplitMix64& rng, const int (&choices)[N]) {
   return choices[rng.below(N)];
 }
 
@@ -196,7 +195,7 @@ void arm(const Plan& plan) {
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);
   s.plan = plan;
-  s.rng = Rng{plan.seed};
+  s.rng = SplitMix64{plan.seed};
   s.counts = Counts{};
   s.armed_thread = pthread_self();
   s.armed = true;
