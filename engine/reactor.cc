@@ -24,7 +24,8 @@ namespace {
 
 // Edge-triggered: one wakeup per state change, so work left over (a partial read, a queue cut
 // short by the budget) goes on a work list instead of waiting for an edge that will not come.
-constexpr uint32_t kEpollEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+// EPOLLPRI: TCP urgent data, at whose mark a recv() stops short (read_path.cc, note_bytes).
+constexpr uint32_t kEpollEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET;
 // Bytes one fd may write per flush step before the others get their turn.
 constexpr std::size_t kFlushBudget = 64 * kRecordPayload;
 // While stopping, the wait is short so the drain deadline is noticed.
@@ -282,6 +283,7 @@ void Reactor::dispatch(int fd, uint32_t generation, uint32_t events) {
   // consume it); the flag only names the close reason.
   if (events & EPOLLERR) slot->flags |= kErrorSeen;
   if (events & EPOLLRDHUP) slot->flags |= kPeerShut;
+  if (events & EPOLLPRI) slot->flags |= kUrgentSeen;
   // Every EPOLLIN edge reports EPOLLOUT too while the socket is writable: only an fd with
   // something to do on it (queued output, a refused write, a connect, a plain fd's user)
   // needs the visit.
@@ -290,7 +292,7 @@ void Reactor::dispatch(int fd, uint32_t generation, uint32_t events) {
     on_writable(fd, *slot);
     if (!is_current(*slot, generation, this)) return;
   }
-  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) {
+  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLPRI | EPOLLERR | EPOLLHUP)) {
     slot->flags |= kReadPending;
     call_on_data(fd, *slot);
   }

@@ -131,12 +131,11 @@ TEST_F(SockReadTest, PeerResetIsEconnresetAndClosesTheConnectionOnce) {
   EXPECT_TRUE(sock_is_closed(fd));
 }
 
-// Known bug, not fixed yet (found designing the fault layer of issue 10, section 3): recv stops
-// short at TCP's urgent mark when bytes lie behind it, and read_path.cc (note_bytes) takes every
-// short read for "the socket is empty", so it waits for an edge that never comes: the bytes
-// after the mark stay unread until the peer sends again (or the idle timeout closes it).
-// Enable with the fix.
-TEST_F(SockReadTest, DISABLED_BytesAfterAnUrgentMarkAreReadWithoutMoreInput) {
+// Found designing the fault layer (issue 10, section 3): recv stops short at TCP's urgent mark
+// when bytes lie behind it, and a short read was taken for "the socket is empty", so the bytes
+// after the mark waited for an edge that never came (until the peer sent again, or the idle
+// timeout). EPOLLPRI now marks the fd, whose short reads are no longer trusted.
+TEST_F(SockReadTest, BytesAfterAnUrgentMarkAreReadWithoutMoreInput) {
   int fd;
   const int client = connect_and_accept(&fd);
   // All of it is in the server's socket before its first read.
