@@ -107,7 +107,10 @@ void reactor_close(struct Reactor* reactor, int fd);
 /** Extension: the limits that keep a reactor's time and memory bounded. */
 struct ReactorLimits {
   /** Close a connection after this long without reading or writing progress; 0: never (the
-   * default of a plain reactor; the sharded server's default is 30 s). A change reaches an
+   * default of a plain reactor; the sharded server's default is 30 s). Progress includes the
+   * peer taking bytes out of the kernel's send buffer (TCP: data the kernel sent once the
+   * peer's window opened, and the peer's ACKs), so a slow reader of a large response is kept
+   * while it reads. A change reaches an
    * open connection when its armed timer next fires (one opened while this was 0 has none);
    * sock_set_timeout() overrides it per connection. */
   unsigned idle_timeout_ms;

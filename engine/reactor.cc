@@ -16,6 +16,7 @@
 #include "engine/inbox.h"
 #include "engine/libsock.h"
 #include "engine/routing.h"
+#include "engine/socket_ops.h"
 #include "engine/write_queue.h"
 
 namespace engine {
@@ -23,7 +24,8 @@ namespace {
 
 // Edge-triggered: one wakeup per state change, so work left over (a partial read, a queue cut
 // short by the budget) goes on a work list instead of waiting for an edge that will not come.
-constexpr uint32_t kEpollEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+// EPOLLPRI: TCP urgent data, at whose mark a recv() stops short (read_path.cc, note_bytes).
+constexpr uint32_t kEpollEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET;
 // Bytes one fd may write per flush step before the others get their turn.
 constexpr std::size_t kFlushBudget = 64 * kRecordPayload;
 // While stopping, the wait is short so the drain deadline is noticed.
@@ -281,6 +283,7 @@ void Reactor::dispatch(int fd, uint32_t generation, uint32_t events) {
   // consume it); the flag only names the close reason.
   if (events & EPOLLERR) slot->flags |= kErrorSeen;
   if (events & EPOLLRDHUP) slot->flags |= kPeerShut;
+  if (events & EPOLLPRI) slot->flags |= kUrgentSeen;
   // Every EPOLLIN edge reports EPOLLOUT too while the socket is writable: only an fd with
   // something to do on it (queued output, a refused write, a connect, a plain fd's user)
   // needs the visit.
@@ -289,7 +292,7 @@ void Reactor::dispatch(int fd, uint32_t generation, uint32_t events) {
     on_writable(fd, *slot);
     if (!is_current(*slot, generation, this)) return;
   }
-  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) {
+  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLPRI | EPOLLERR | EPOLLHUP)) {
     slot->flags |= kReadPending;
     call_on_data(fd, *slot);
   }
@@ -559,6 +562,13 @@ void Reactor::arm_timer(int fd, FdSlot& slot) {
   if (idle && slot.activity_tick + idle < expiry) expiry = slot.activity_tick + idle;
   if (expiry == UINT32_MAX) return;
   if (expiry <= now_tick_) {
+    // Idle, by the engine's count of reads and writes; but a reader that keeps reading a
+    // large response makes no write progress while the kernel's send buffer (megabytes)
+    // drains into it. The deadline, though, nothing extends.
+    if (expiry != deadline && peer_took_data(fd, slot)) {
+      arm_timer(fd, slot);  // once more at most: the activity moved past its old value
+      return;
+    }
     close_now(fd, slot, CloseReason::kTimeout);
     return;
   }
@@ -575,6 +585,19 @@ FdSlot* Reactor::timer_entry_live(uint64_t key, int64_t due_ms) const {
   const auto due_tick = 1 + static_cast<uint32_t>((due_ms - epoch_ms_) / TimerWheel::kTickMs);
   if (slot->timer_due_tick != due_tick) return nullptr;  // superseded by an earlier entry
   return slot;
+}
+
+bool Reactor::peer_took_data(int fd, FdSlot& slot) {
+  if (clock_ != &Reactor::monotonic_ms) return false;
+  const int age_ms = peer_progress_age_ms(fd, slot.head != nullptr);
+  if (age_ms < 0) return false;
+  // activity_tick is the end of the tick the last activity fell in (stamp_activity).
+  const int64_t since_activity_ms = int64_t{now_tick_ + 1 - slot.activity_tick} * TimerWheel::kTickMs;
+  if (age_ms + TimerWheel::kTickMs >= since_activity_ms) return false;
+  // Hence the new activity_tick is past the old one: arm_timer() cannot come back here for
+  // the same age.
+  slot.activity_tick = now_tick_ + 1 - static_cast<uint32_t>(age_ms / TimerWheel::kTickMs);
+  return true;
 }
 
 void Reactor::expire_timers() {

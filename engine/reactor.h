@@ -190,6 +190,10 @@ class Reactor {
   bool finish_stop_if_done();
   void tick_clock();
   void expire_timers();
+  // fd's idle timeout ran out while its peer has bytes to take: whether the kernel saw the peer
+  // take some since the last activity (a tick or more after it), and if so, moves the
+  // activity to then. Only on the real clock: the kernel's ages are real milliseconds.
+  bool peer_took_data(int fd, FdSlot& slot);
   // Whether the wheel entry (key, due_ms) still matters when it fires: its connection is open
   // here and no sooner entry superseded it (then its slot, else nullptr).
   FdSlot* timer_entry_live(uint64_t key, int64_t due_ms) const;

@@ -37,8 +37,10 @@ void note_bytes(FdSlot& slot, ssize_t n, std::size_t count, bool layers) {
   if (Reactor* owner = attached_owner(slot)) owner->stamp_activity(slot);
   if (slot.extra && slot.extra->leftover) slot.flags |= kReadPending;  // plaintext waits
   // A short read emptied the socket: data arriving later raises a new edge. Not so when the
-  // peer already shut down (the EOF behind the data raises none) or with layers' buffering.
-  if (!layers && static_cast<std::size_t>(n) < count && !(slot.flags & (kPeerShut | kHangup))) {
+  // peer already shut down (the EOF behind the data raises none), with layers' buffering, or
+  // once TCP urgent data came (recv stops short at its mark, with data behind it).
+  if (!layers && static_cast<std::size_t>(n) < count &&
+      !(slot.flags & (kPeerShut | kHangup | kUrgentSeen))) {
     slot.flags &= ~kReadPending;
   }
 }

@@ -2,11 +2,16 @@
 
 #include <netdb.h>
 #include <netinet/in.h>
+#include <linux/sockios.h>
 #include <netinet/tcp.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <climits>
+#include <cstddef>
 
 #include "engine/libsock.h"
 
@@ -59,6 +64,19 @@ void set_no_delay(int fd) {
   // harmlessly on non-TCP sockets.
   const int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+int peer_progress_age_ms(int fd, bool queued) {
+  int in_kernel = 0;  // SIOCOUTQ: bytes the peer has not acknowledged, sent or not
+  if (!queued && (ioctl(fd, SIOCOUTQ, &in_kernel) < 0 || in_kernel <= 0)) return -1;
+  tcp_info info{};
+  socklen_t length = sizeof info;
+  if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &length) < 0 ||
+      length < offsetof(tcp_info, tcpi_last_ack_recv) + sizeof info.tcpi_last_ack_recv) {
+    return -1;
+  }
+  const uint32_t age = std::max(info.tcpi_last_data_sent, info.tcpi_last_ack_recv);
+  return static_cast<int>(std::min<uint32_t>(age, INT_MAX));
 }
 
 int listen_socket(const char* address, const char* port, bool reuse_port) {

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <string>
 #include <vector>
 
@@ -128,6 +129,23 @@ TEST_F(SockReadTest, PeerResetIsEconnresetAndClosesTheConnectionOnce) {
   settle();
   EXPECT_EQ(closed_.size(), 1u);
   EXPECT_TRUE(sock_is_closed(fd));
+}
+
+// Found designing the fault layer (issue 10, section 3): recv stops short at TCP's urgent mark
+// when bytes lie behind it, and a short read was taken for "the socket is empty", so the bytes
+// after the mark waited for an edge that never came (until the peer sent again, or the idle
+// timeout). EPOLLPRI now marks the fd, whose short reads are no longer trusted.
+TEST_F(SockReadTest, BytesAfterAnUrgentMarkAreReadWithoutMoreInput) {
+  int fd;
+  const int client = connect_and_accept(&fd);
+  // All of it is in the server's socket before its first read.
+  ASSERT_EQ(send(client, "AAAA", 4, 0), 4);
+  ASSERT_EQ(send(client, "B", 1, MSG_OOB), 1);
+  ASSERT_EQ(send(client, "CCCC", 4, 0), 4);
+  EXPECT_TRUE(run_until(&r_, [&] { return server_.received.size() >= 8; },
+                        std::chrono::seconds(2)));
+  EXPECT_EQ(server_.received, "AAAACCCC");  // the urgent byte is out of band
+  close(client);
 }
 
 TEST_F(SockReadTest, ZeroCountIsZeroAndNullBufferIsEinvalWithoutConsumingData) {

@@ -196,7 +196,7 @@ struct Callbacks {
     c.in_message_ = true;
     c.headers_done_ = false;
     c.head_began_ = true;
-    c.url_.clear();
+    c.url_length_ = 0;
     c.header_bytes_ = 0;
     c.body_bytes_ = 0;
     c.headers_ = 0;
@@ -208,8 +208,15 @@ struct Callbacks {
 
   static int on_url(llhttp_t* parser, const char* at, std::size_t length) {
     Conn& c = conn(parser);
-    if (c.url_.size() + length > limits(parser).max_url) return fail(parser, 414);
-    c.url_.append(at, length);
+    if (c.url_length_ + length > limits(parser).max_url) return fail(parser, 414);
+    // llhttp calls on_url twice for one target only when a read ended inside it, and parse()
+    // then copied the first part to url_.
+    if (c.url_length_ == 0) {
+      c.url_at_ = at;
+    } else {
+      c.url_.append(at, length);
+    }
+    c.url_length_ += length;
     return 0;
   }
 
@@ -217,13 +224,24 @@ struct Callbacks {
     Conn& c = conn(parser);
     c.header_bytes_ += length;
     if (c.header_bytes_ > limits(parser).max_header_bytes) return fail(parser, 431);
-    if (c.field_length_ < sizeof c.field_) {
-      std::memcpy(c.field_ + c.field_length_, at,
-                  std::min(length, sizeof c.field_ - c.field_length_));
+    // llhttp calls a data callback twice for one name only when a read ended inside it, and
+    // parse() then kept the first part in field_.
+    if (c.field_length_ == 0) {
+      c.field_at_ = at;
+    } else {
+      keep_field(c, c.field_length_, at, length);
     }
     c.field_length_ += length;
-    c.field_last_ = at[length - 1];  // llhttp calls data callbacks with length > 0 only
+    // A read that starts at the colon gets an empty call for the name the last read ended in.
+    if (length) c.field_last_ = at[length - 1];
     return 0;
+  }
+
+  // Copies to field_ at `offset` what fits of `length` bytes of the current name at `at`.
+  static void keep_field(Conn& c, std::size_t offset, const char* at, std::size_t length) {
+    if (offset < sizeof c.field_) {
+      std::memcpy(c.field_ + offset, at, std::min(length, sizeof c.field_ - offset));
+    }
   }
 
   static int on_header_field_complete(llhttp_t* parser) {
@@ -233,24 +251,25 @@ struct Callbacks {
     // lets both through; a field name is a token (RFC 9110 5.1), and a server must reject
     // whitespace there (RFC 9112 5.1) lest a proxy in front read another field than we do.
     if (c.field_length_ == 0 || is_space_or_tab(c.field_last_)) return fail(parser, 400);
-    // field_kind_ is kOther here (on_header_value_complete and reset() leave it so). field_
-    // holds the whole name of each length looked at.
+    // field_kind_ is kOther here (on_header_value_complete and reset() leave it so). A name
+    // of a length looked at is whole in field_ when not at field_at_.
+    const char* const name = c.field_at_ ? c.field_at_ : c.field_;
     switch (c.field_length_) {
       case Conn::kHost.size():
-        if (IS_FIELD(c.field_, Conn::kHost)) ++c.seen_.hosts;
+        if (IS_FIELD(name, Conn::kHost)) ++c.seen_.hosts;
         break;
       case Conn::kExpect.size():
-        if (IS_FIELD(c.field_, Conn::kExpect)) {
+        if (IS_FIELD(name, Conn::kExpect)) {
           c.field_kind_ = Conn::Field::kExpect;
           c.token_.clear();
         }
         break;
       case Conn::kIms.size():
         static_assert(Conn::kIms.size() == Conn::kTransferEncoding.size());
-        if (IS_FIELD(c.field_, Conn::kIms)) {
+        if (IS_FIELD(name, Conn::kIms)) {
           c.field_kind_ = Conn::Field::kIms;
           c.ims_.clear();  // a repeated header: the last one counts
-        } else if (IS_FIELD(c.field_, Conn::kTransferEncoding)) {
+        } else if (IS_FIELD(name, Conn::kTransferEncoding)) {
           c.field_kind_ = Conn::Field::kTransferEncoding;
           c.token_.clear();
         }
@@ -451,11 +470,15 @@ struct Callbacks {
     Call& k = call(parser);
     const Responder& r = k.responder;
     k.conn.in_message_ = false;
-    const bool keep_alive = llhttp_should_keep_alive(parser) != 0;
+    // An upgrade (Upgrade with Connection: upgrade, or CONNECT) is answered as a plain request
+    // and closes: llhttp parses nothing after it, and the peer may switch protocols.
+    const bool keep_alive = llhttp_should_keep_alive(parser) != 0 && !parser->upgrade;
     // Nothing after a closing request is parsed: pausing makes llhttp_execute return here.
     const int done = keep_alive ? 0 : HPE_PAUSED;
     const auto method = static_cast<llhttp_method_t>(parser->method);
-    const std::string_view url = k.conn.url_;
+    const std::string_view url = k.conn.url_at_
+                                     ? std::string_view(k.conn.url_at_, k.conn.url_length_)
+                                     : std::string_view(k.conn.url_);
     const std::string_view path = url.substr(0, url.find_first_of("?#"));
     const bool head = method == HTTP_HEAD;
     const std::string_view date(r.date_line_, r.date_length_);
@@ -525,6 +548,8 @@ void Conn::reset(const llhttp_settings_t* settings) {
   finished_ = false;
   crlf_left_ = 0;
   tail_ = 0;
+  url_at_ = nullptr;
+  field_at_ = nullptr;
   field_kind_ = Field::kOther;
 }
 
@@ -542,6 +567,13 @@ void Responder::refresh_date(std::time_t now) {
   date_second_ = now;
   hello_.clear();
   respond(hello_, std::string_view(date_line_, date_length_), 200, kHello, true, false);
+}
+
+// Out of line: a read that ends inside a request is rare, and assign() brings its allocation
+// and exception paths. Throws bad_alloc as any std::string (responder.h, Errors).
+[[gnu::noinline]] void Responder::keep_url(Conn& c) {
+  c.url_.assign(c.url_at_, c.url_length_);
+  c.url_at_ = nullptr;
 }
 
 ReadResult Responder::parse(Conn* conn, std::string_view bytes, Output* out) {
@@ -564,11 +596,17 @@ ReadResult Responder::parse(Conn* conn, std::string_view bytes, Output* out) {
   }
   if (!conn) scratch_dirty_ = err != HPE_OK || c.in_message_;
   if (err == HPE_OK) {
+    // The request goes on in the next read: its target so far cannot stay where it lies.
+    if (c.in_message_ && c.url_at_) keep_url(c);
     const bool in_head = c.in_head();
-    if (in_head) {  // for after_line_end() in the next read
+    if (in_head) {  // what the next read needs of this one
       const char* p = end;
       while (p > bytes.data() && is_space_or_tab(p[-1])) --p;
-      if (p > bytes.data()) c.tail_ = p[-1];
+      if (p > bytes.data()) c.tail_ = p[-1];  // for after_line_end()
+      if (c.field_length_ && c.field_at_) {  // a field name goes on in the next read
+        Callbacks::keep_field(c, 0, c.field_at_, c.field_length_);
+        c.field_at_ = nullptr;
+      }
     }
     return {.finish = false,
             .in_head = in_head,

@@ -7,7 +7,8 @@
 // What is answered: `GET /` (and HEAD) "Hello World!" as text/plain, other methods on "/" 405,
 // other paths 404; with StaticFiles, GET and HEAD of the files under the root (see
 // tools/http_server.cc). Keep-alive follows llhttp (HTTP/1.1 unless `Connection: close`,
-// HTTP/1.0 only with `Connection: keep-alive`); nothing after a request that closes is parsed.
+// HTTP/1.0 only with `Connection: keep-alive`), except that an upgrade request (Upgrade, CONNECT)
+// is answered as a plain one and closes; nothing after a request that closes is parsed.
 // Bad input is answered, then the connection finishes: 400 malformed, 414 / 431 / 413 past a
 // Limits field, 501 a transfer coding other than chunked, 505 an HTTP major version other than
 // 1, 417 an expectation other than 100-continue. A request that expects 100-continue and has a
@@ -118,7 +119,12 @@ class Conn {
   void reset(const llhttp_settings_t* settings);
 
   llhttp_t parser_{};
-  std::string url_;               // the request target so far (on_url may come in pieces)
+  // The request target so far: where it lies in the read being parsed (url_at_) while it came
+  // in one piece, as field names are; one that a read ended in, or that outlives the read its
+  // request is answered in, is copied to url_ (url_at_ nullptr).
+  const char* url_at_ = nullptr;
+  std::size_t url_length_ = 0;
+  std::string url_;
   std::size_t header_bytes_ = 0;  // field and value bytes of this request's headers
   std::uint64_t body_bytes_ = 0;  // body bytes of this request (chunked bodies have no length)
   unsigned headers_ = 0;          // header fields of this request
@@ -130,8 +136,11 @@ class Conn {
   // Chunk data ends with CRLF, which llhttp 8.1 skips unchecked: the bytes of it still to
   // check when a read ended right after a chunk's data (0: none).
   unsigned char crlf_left_ = 0;
-  // The current field's name (its first kMaxFieldKept bytes), length and last byte (a space
-  // before the colon is refused), and which of the headers above it is.
+  // The current field's name, length and last byte (a space before the colon is refused),
+  // and which of the headers above it is. The name is read where it lies in the read being
+  // parsed (field_at_) while it came in one piece; one that a read ended in is kept in field_
+  // (its first kMaxFieldKept bytes; field_at_ nullptr) for the next read to go on.
+  const char* field_at_ = nullptr;
   char field_[kMaxFieldKept] = {};
   std::size_t field_length_ = 0;
   char field_last_ = 0;
@@ -224,6 +233,8 @@ class Responder {
 
  private:
   friend struct Callbacks;
+
+  static void keep_url(Conn& c);
 
   const Limits limits_;
   const StaticFiles* const files_;

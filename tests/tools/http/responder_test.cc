@@ -325,6 +325,15 @@ TEST(ResponderTest, EachPipelinedHeadStartsItsOwnHeaderDeadline) {
   EXPECT_EQ(normalise(c.sent()), kHello + kHello + kHello + kHello);
 }
 
+// Found by tests/fuzz/http_request_fuzz: the response said keep-alive, then the connection
+// closed, since llhttp parses nothing after an upgrade.
+TEST(ResponderTest, UpgradeRequestIsAnsweredAsPlainAndCloses) {
+  http::Responder responder(http::Limits{}, nullptr);
+  EXPECT_EQ(answer(responder, "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                              "Connection: Upgrade\r\n\r\n" + kGet),
+            response("200 OK", "Hello World!", false));
+}
+
 TEST(ResponderTest, DateLineIsAnImfFixdate) {
   http::Responder responder(http::Limits{}, nullptr);
   http::Output out;
