@@ -74,15 +74,21 @@ fd_count() {  # a glob: no stat of each entry, so an fd closing meanwhile cannot
   local fds=("/proc/$server/fd/"*)
   echo "${#fds[@]}"
 }
-# metrics: "outstanding_packets queued_bytes connections chunk_bytes" summed over the shards,
-# or "NA NA NA NA" when the scrape failed (a busy shard answers late: 10 s before giving up).
+# metrics: "outstanding_packets queued_bytes connections chunk_bytes arena_resident_bytes
+# arena_dirty_bytes trims" summed over the shards (arena: the pools' jemalloc arenas), or NA
+# for each when the scrape failed (a busy shard answers late: 10 s before giving up).
 metrics() {
   { curl -s --max-time 10 "$url/metrics?name=libsock_" || true; } | awk '
     /^libsock_pool_outstanding_packets\{/ {o += $2; seen = 1}
     /^libsock_queued_bytes\{/ {q += $2}
     /^libsock_connections\{/ {c += $2}
     /^libsock_pool_chunk_bytes\{/ {b += $2}
-    END {if (seen) printf "%d %.0f %d %.0f\n", o, q, c, b; else print "NA NA NA NA"}'
+    /^libsock_jemalloc_resident_bytes\{/ {r += $2}
+    /^libsock_jemalloc_dirty_bytes\{/ {d += $2}
+    /^libsock_trims_total\{/ {t += $2}
+    END {
+      if (seen) printf "%d %.0f %d %.0f %.0f %.0f %d\n", o, q, c, b, r, d, t
+      else print "NA NA NA NA NA NA NA" }'
 }
 now() { date +%s.%N; }
 
@@ -101,13 +107,13 @@ echo "soak.sh: before the load: VmRSS $rss_start kB, $fds_start fds, $pool_start
 # The sampler: one CSV row per interval, from the load's start until it is killed.
 t0=$(now)
 sampler() {
-  echo "t_s,rss_kb,fds,outstanding_packets,queued_bytes,connections,pool_chunk_bytes"
+  echo "t_s,rss_kb,rss_anon_kb,fds,outstanding_packets,queued_bytes,connections,pool_chunk_bytes,arena_resident_bytes,arena_dirty_bytes,trims"
   while :; do
-    local t rss fds o q c b
+    local t rss anon fds m
     t=$(awk -v a="$(now)" -v b="$t0" 'BEGIN {printf "%.1f", a - b}')
-    rss=$(rss_kb) fds=$(fd_count)
-    read -r o q c b <<<"$(metrics)"
-    echo "$t,$rss,$fds,$o,$q,$c,$b"
+    rss=$(rss_kb) anon=$(awk '/^RssAnon:/ {print $2}' "/proc/$server/status") fds=$(fd_count)
+    m=$(metrics)
+    echo "$t,$rss,$anon,$fds,${m// /,}"
     sleep "$interval"
   done
 }
@@ -142,6 +148,11 @@ for name in "${loads[@]}"; do
 done
 load_end=$(awk -v a="$(now)" -v b="$t0" 'BEGIN {printf "%.1f", a - b}')
 stop_child "$sampler_pid"
+if ! kill -0 "$server" 2>/dev/null; then
+  echo "soak.sh: FAIL: the server exited during the load; its log:" >&2
+  tail -20 "$out/server.log" >&2
+  exit 1
+fi
 rss_load_end=$(rss_kb)
 
 # After the load: every client has closed; poll until the fds and the pool are back.
@@ -185,7 +196,7 @@ errors_of() {
   [[ -n $(requests_of "$1") && -n $errs ]] || errs=$((${errs:-0} + 1))
   ((load_status[$1] == 0 || errs > 0)) && echo "$errs" || echo 1
 }
-# The samples after the warm-up (with a scrape that answered for the pool columns):
+# VmRSS over the samples after the warm-up, t in minutes:
 # "count mean_kB slope_kB_per_min drift_pct_per_min first_kB max_kB".
 drift=$(awk -F, -v w="$warmup" 'NR > 1 && $1 >= w {
     n++; t = $1 / 60; st += t; sr += $2; stt += t * t; str += t * $2
@@ -196,11 +207,11 @@ drift=$(awk -F, -v w="$warmup" 'NR > 1 && $1 >= w {
     printf "%d %.0f %.1f %.3f %d %d\n", n, mean, slope, slope * 100 / mean, first, max }' \
   "$out/samples.csv")
 read -r drift_n rss_mean rss_slope drift_pct rss_warm rss_max <<<"$drift"
-pool_max=$(awk -F, 'NR > 1 && $4 != "NA" && $4 > m {m = $4} END {print m + 0}' "$out/samples.csv")
-queued_max=$(awk -F, 'NR > 1 && $5 != "NA" && $5 > m {m = $5} END {print m + 0}' "$out/samples.csv")
-conns_max=$(awk -F, 'NR > 1 && $6 != "NA" && $6 > m {m = $6} END {print m + 0}' "$out/samples.csv")
-fds_max=$(awk -F, 'NR > 1 && $3 > m {m = $3} END {print m + 0}' "$out/samples.csv")
-scrapes_failed=$(awk -F, 'NR > 1 && $4 == "NA" {n++} END {print n + 0}' "$out/samples.csv")
+column_max() {  # N: the largest value of column N over the samples (failed scrapes skipped)
+  awk -F, -v c="$1" 'NR > 1 && $c != "NA" && $c > m {m = $c} END {printf "%.0f\n", m}' "$out/samples.csv"
+}
+fds_max=$(column_max 4) pool_max=$(column_max 5) queued_max=$(column_max 6) conns_max=$(column_max 7)
+scrapes_failed=$(awk -F, 'NR > 1 && $5 == "NA" {n++} END {print n + 0}' "$out/samples.csv")
 
 total_errors=0
 for name in "${loads[@]}"; do total_errors=$((total_errors + $(errors_of "$name"))); done
