@@ -9,9 +9,11 @@
 #              each replaced by a new connection once its response is read whole
 #   slow_pipe  bench/slow_downloads.py: 100 connections pipelining 600 `GET /` and reading
 #              ~40 KB/s each (their responses queue in the shards' packet pools), replaced too
-# Every SOAK_INTERVAL (5) s it samples the server's VmRSS, its open fds, and from /metrics the
-# packets out of the pools, the bytes queued and the connections (summed over the shards)
-# into samples.csv. The criteria, each printed PASS or FAIL (exit status 1 on any FAIL):
+# Every SOAK_INTERVAL (5) s it samples the server's VmRSS and RssAnon, its open fds, and from
+# /metrics, summed over the shards, the packets out of the pools, the bytes queued, the
+# connections, the pools' chunk bytes, their jemalloc arenas' resident and dirty bytes and the
+# trims (what tells the pools' memory from the rest when RSS moves) into samples.csv.
+# The criteria, each printed PASS or FAIL (exit status 1 on any FAIL):
 #   errors  0 errors of every kind: wrk's socket errors (connect, read, write, timeout) and
 #           non-2xx/3xx responses in every wrk run; the slow clients' failed connects, bad
 #           responses, and connections closed before their responses were read whole
@@ -22,8 +24,10 @@
 #           (polled, deadline 30 s)
 #   pool    and the packets out of the pools come back to 0 (same deadline)
 # The idle timeout, 10 s, is one a slow reader that keeps reading survives (the engine counts
-# write progress), and is short enough that its timers come and go during the run. The 2 CPUs
-# are shared by the loads and the server: the figures are not throughput.
+# the peer taking bytes from the kernel's send buffer as progress; before that fix, 1b710bf,
+# a quarter to a third of slow_big's connections were cut at ~30 s), and short enough that
+# idle timers fire during the run. The 2 CPUs are shared by the loads and the server: the
+# figures are not throughput.
 # Prints the results and a Markdown summary for bench/RESULTS.md; the samples, the loads' output
 # and the summary stay in a directory under /tmp whose path is printed.
 #   bench/soak.sh [SECONDS=300]       (or SOAK_SECONDS; SOAK_INTERVAL, SOAK_PORT likewise)
