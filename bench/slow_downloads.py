@@ -33,6 +33,8 @@ rates = random.Random(1)  # the same spread of rates every run
 class Connection:
     """One connection and the responses it still owes its reader."""
 
+    bytes_read = 0  # over every connection
+
     def __init__(self):
         self.started = time.monotonic()
         self.read_size = rates.randrange(per_read // 2, per_read * 3 // 2 + 1)
@@ -57,8 +59,7 @@ class Connection:
             return f"{e.strerror} after {self.progress()}"
         if not data:
             return f"closed by the server after {self.progress()}"
-        global bytes_read
-        bytes_read += len(data)
+        Connection.bytes_read += len(data)
         at = 0
         while at < len(data):
             if not self.responses_left:
@@ -98,7 +99,7 @@ class Connection:
                 f" {pipeline} responses, {where}")
 
 
-responses = connections = bytes_read = 0
+responses = connections = 0
 errors = []
 live = []
 end = time.monotonic() + seconds
@@ -126,7 +127,7 @@ for c in live:
     c.sock.close()
 
 print(f"slow_downloads: {connections} connections, {responses} responses of {path} read whole,"
-      f" {bytes_read / seconds / 1e6:.1f} MB/s, {len(errors)} errors")
+      f" {Connection.bytes_read / seconds / 1e6:.1f} MB/s, {len(errors)} errors")
 for e in errors[:SHOWN_ERRORS]:
     print(f"  error: {e}")
 sys.exit(1 if errors else 0)
