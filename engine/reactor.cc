@@ -566,7 +566,7 @@ void Reactor::arm_timer(int fd, FdSlot& slot) {
     // large response makes no write progress while the kernel's send buffer (megabytes)
     // drains into it. The deadline, though, nothing extends.
     if (expiry != deadline && peer_took_data(fd, slot)) {
-      arm_timer(fd, slot);  // once more at most: the activity moved past its old value
+      arm_timer(fd, slot);  // the activity moved forward: this ends (peer_took_data)
       return;
     }
     close_now(fd, slot, CloseReason::kTimeout);
@@ -592,10 +592,11 @@ bool Reactor::peer_took_data(int fd, FdSlot& slot) {
   const int age_ms = peer_progress_age_ms(fd, slot.head != nullptr);
   if (age_ms < 0) return false;
   // activity_tick is the end of the tick the last activity fell in (stamp_activity).
-  const int64_t since_activity_ms = int64_t{now_tick_ + 1 - slot.activity_tick} * TimerWheel::kTickMs;
+  const int64_t since_activity_ms =
+      int64_t{now_tick_ + 1 - slot.activity_tick} * TimerWheel::kTickMs;
   if (age_ms + TimerWheel::kTickMs >= since_activity_ms) return false;
-  // Hence the new activity_tick is past the old one: arm_timer() cannot come back here for
-  // the same age.
+  // Hence the new activity_tick is two ticks or more past the old one, and at most now + 1:
+  // arm_timer() comes back here only for newer progress, or closes.
   slot.activity_tick = now_tick_ + 1 - static_cast<uint32_t>(age_ms / TimerWheel::kTickMs);
   return true;
 }

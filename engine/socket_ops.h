@@ -19,8 +19,9 @@ void set_no_delay(int fd);
 // For the idle timer of a connection with bytes its peer has not taken: how long ago, in the
 // kernel's milliseconds (CLOCK_MONOTONIC's pace), the peer last took some. That is the older of
 // the kernel's last data segment sent on fd (new data goes out only when the peer's receive
-// window opens, i.e. when the peer's application reads) and the peer's last ACK (a peer that
-// vanished acknowledges nothing, though the kernel retransmits to it). -1 if nothing waits for
+// window opens, i.e. when the peer's application reads; retransmissions count too) and the
+// peer's last ACK (a peer that vanished acknowledges nothing, though the kernel retransmits
+// to it; zero-window probes, which a non-reading peer does acknowledge, carry no data). -1 if nothing waits for
 // the peer (`queued` false: nothing in user space, and the kernel's send queue is empty) or fd
 // is not TCP. One ioctl and one getsockopt; meant for the rare timer that ran out.
 int peer_progress_age_ms(int fd, bool queued);

@@ -298,7 +298,7 @@ void on_data(struct Reactor* r, int fd) {
     const http::ReadResult read =
         responder.parse(c, std::string_view(buf, static_cast<std::size_t>(n)), &state.out);
     if (!write_out(r, fd, state.out)) return;
-    if (!read.finish && (read.in_head != deadline_set || read.head_began) &&
+    if ((read.in_head != deadline_set || read.head_began) &&
         g_header_timeout_ms) {
       sock_set_deadline(fd, read.in_head ? g_header_timeout_ms : 0);
     }

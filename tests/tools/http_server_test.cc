@@ -1051,3 +1051,37 @@ TEST(HttpServerFlagsTest, HelpExitsWith0) {
 }
 
 }  // namespace
+
+// A request that closes (here Connection: close; HTTP/1.0 without keep-alive alike) whose head
+// came in two reads: on_data changes the header deadline only when the read did not finish
+// the connection (`!read.finish`), so the deadline set by the head's first read is never
+// cleared, and it closes the connection while the response is still being sent: a large file
+// is cut header-timeout after the request began. The same request kept alive is sent whole.
+TEST_F(HttpServerRootTest, ClosingRequestsResponseIsNotCutByItsHeaderDeadline) {
+  const std::string path = root_ + "/big.bin";
+  constexpr off_t kSize = off_t{64} << 20;  // far more than the kernel buffers hold
+  const int file = open(path.c_str(), O_CREAT | O_WRONLY | O_TRUNC, 0644);
+  ASSERT_GE(file, 0);
+  ASSERT_EQ(ftruncate(file, kSize), 0);
+  close(file);
+  ASSERT_NO_FATAL_FAILURE(start({"--threads", "1", "--root", root_, "--header-timeout-ms", "300"}));
+  for (const bool closing : {false, true}) {
+    const int fd = client();
+    ASSERT_GE(fd, 0);
+    ASSERT_TRUE(send_all(fd, std::string("GET /big.bin HTTP/1.1\r\nHost: x\r\n") +
+                                 (closing ? "Connection: close\r\n" : "")));
+    usleep(100 * 1000);  // so that the head ends in a second read
+    ASSERT_TRUE(send_all(fd, "\r\n"));
+    usleep(600 * 1000);  // the client reads nothing for two header deadlines
+    const std::string head = read_head(fd);
+    ASSERT_EQ(status_line(head), "HTTP/1.1 200 OK") << head;
+    std::vector<char> buf(1 << 20);
+    off_t have = 0;
+    ssize_t n;
+    while (have < kSize &&
+           (n = recv(fd, buf.data(), std::min<off_t>(kSize - have, buf.size()), 0)) > 0) {
+      have += n;
+    }
+    EXPECT_EQ(have, kSize) << (closing ? "Connection: close" : "keep-alive");
+  }
+}

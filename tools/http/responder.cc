@@ -81,13 +81,15 @@ std::time_t parse_http_date(std::string_view value) {
   return timegm(&tm);
 }
 
-// The status for a parser error llhttp found itself.
-int status_for(llhttp_errno_t err) {
+// The status for a parser error llhttp found itself (`reason`: llhttp's text for it).
+int status_for(llhttp_errno_t err, const char* reason) {
   switch (err) {
     case HPE_INVALID_TRANSFER_ENCODING:
       return 501;  // a coding other than chunked
     case HPE_INVALID_VERSION:
-      return 505;  // a version llhttp does not know (1.2 up, 3.0 up; a malformed one too)
+      // Two digits llhttp does not know (1.2 up, 3.0 up) are a version we do not support;
+      // anything else there ("HTTP/01.1", "HTTP/x.1") is a malformed request line.
+      return reason && std::strcmp(reason, "Invalid HTTP version") == 0 ? 505 : 400;
     default:
       return 400;
   }
@@ -168,8 +170,6 @@ bool is_field(const char* name, std::string_view lower) {
   if constexpr (N > k2) difference |= differences<1>(name + k2, lower.data() + k2);
   return difference == 0;
 }
-// is_field() for one of Conn's names.
-#define IS_FIELD(name, lower) is_field<(lower).size()>(name, lower)
 
 bool is_space_or_tab(char c) { return c == ' ' || c == '\t'; }
 
@@ -209,8 +209,8 @@ struct Callbacks {
   static int on_url(llhttp_t* parser, const char* at, std::size_t length) {
     Conn& c = conn(parser);
     if (c.url_length_ + length > limits(parser).max_url) return fail(parser, 414);
-    // llhttp calls on_url twice for one target only when a read ended inside it, and parse()
-    // then copied the first part to url_.
+    // llhttp calls on_url again for one target only when a read ended inside it (once per
+    // read it spans), and parse() then copied what came so far to url_.
     if (c.url_length_ == 0) {
       c.url_at_ = at;
     } else {
@@ -224,8 +224,8 @@ struct Callbacks {
     Conn& c = conn(parser);
     c.header_bytes_ += length;
     if (c.header_bytes_ > limits(parser).max_header_bytes) return fail(parser, 431);
-    // llhttp calls a data callback twice for one name only when a read ended inside it, and
-    // parse() then kept the first part in field_.
+    // llhttp calls a data callback again for one name only when a read ended inside it, and
+    // parse() then kept what came so far in field_ (in a head; a trailer's name is not read).
     if (c.field_length_ == 0) {
       c.field_at_ = at;
     } else {
@@ -251,25 +251,37 @@ struct Callbacks {
     // lets both through; a field name is a token (RFC 9110 5.1), and a server must reject
     // whitespace there (RFC 9112 5.1) lest a proxy in front read another field than we do.
     if (c.field_length_ == 0 || is_space_or_tab(c.field_last_)) return fail(parser, 400);
+    // A trailer field: none of the headers looked at means anything there (RFC 9110 6.5.1:
+    // no framing, no If-Modified-Since), and its name may lie in a read that is gone.
+    if (c.headers_done_) {
+      c.field_length_ = 0;
+      return 0;
+    }
     // field_kind_ is kOther here (on_header_value_complete and reset() leave it so). A name
     // of a length looked at is whole in field_ when not at field_at_.
     const char* const name = c.field_at_ ? c.field_at_ : c.field_;
     switch (c.field_length_) {
       case Conn::kHost.size():
-        if (IS_FIELD(name, Conn::kHost)) ++c.seen_.hosts;
+        // Counted to 2 (as bad as more), so that no number of fields wraps the count.
+        if (is_field<Conn::kHost.size()>(name, Conn::kHost) && c.seen_.hosts < 2) ++c.seen_.hosts;
+        break;
+      case Conn::kContentLength.size():
+        if (is_field<Conn::kContentLength.size()>(name, Conn::kContentLength)) {
+          c.field_kind_ = Conn::Field::kContentLength;
+        }
         break;
       case Conn::kExpect.size():
-        if (IS_FIELD(name, Conn::kExpect)) {
+        if (is_field<Conn::kExpect.size()>(name, Conn::kExpect)) {
           c.field_kind_ = Conn::Field::kExpect;
           c.token_.clear();
         }
         break;
       case Conn::kIms.size():
         static_assert(Conn::kIms.size() == Conn::kTransferEncoding.size());
-        if (IS_FIELD(name, Conn::kIms)) {
+        if (is_field<Conn::kIms.size()>(name, Conn::kIms)) {
           c.field_kind_ = Conn::Field::kIms;
           c.ims_.clear();  // a repeated header: the last one counts
-        } else if (IS_FIELD(name, Conn::kTransferEncoding)) {
+        } else if (is_field<Conn::kTransferEncoding.size()>(name, Conn::kTransferEncoding)) {
           c.field_kind_ = Conn::Field::kTransferEncoding;
           c.token_.clear();
         }
@@ -299,10 +311,13 @@ struct Callbacks {
         break;
       case Conn::Field::kTransferEncoding:
         // llhttp 8.1 reads an obs-fold as part of the value and shows no sign of it; a fold in
-        // the framing header is refused (RFC 9112 5.2 allows that), since a peer that does not
-        // unfold reads another coding.
+        // a framing header is refused (RFC 9112 5.2 allows that), since a peer that does not
+        // unfold reads another framing.
         if (after_line_end(k, at)) return fail(parser, 400);
         c.token_.append(at, length);
+        break;
+      case Conn::Field::kContentLength:  // llhttp checks the value itself
+        if (after_line_end(k, at)) return fail(parser, 400);
         break;
       case Conn::Field::kExpect:
         c.token_.append(at, length);
@@ -323,11 +338,12 @@ struct Callbacks {
     switch (c.field_kind_) {
       case Conn::Field::kOther:
       case Conn::Field::kIms:
+      case Conn::Field::kContentLength:
         break;
       case Conn::Field::kTransferEncoding:
         // llhttp reads any list whose last coding is chunked as chunked ("identity, chunked",
         // "gzip, chunked"); we implement chunked alone. Two fields make a list, refused too.
-        ++c.seen_.transfer_encodings;
+        if (c.seen_.transfer_encodings < 2) ++c.seen_.transfer_encodings;  // as hosts
         c.seen_.chunked_only = equals_ignoring_case(c.token_.trimmed(), "chunked");
         break;
       case Conn::Field::kExpect:
@@ -616,7 +632,8 @@ ReadResult Responder::parse(Conn* conn, std::string_view bytes, Output* out) {
   if (err != HPE_PAUSED && err != HPE_PAUSED_UPGRADE) {
     // The responses owed for the requests before the bad one are in `out`; the error's goes
     // last. error_status_: a limit of ours (a callback's error; llhttp's code depends on which).
-    const int status = c.error_status_ ? c.error_status_ : status_for(err);
+    const int status =
+        c.error_status_ ? c.error_status_ : status_for(err, llhttp_get_error_reason(&c.parser_));
     respond(out->bytes, std::string_view(date_line_, date_length_), status, reason(status), false,
             false);
   }

@@ -77,17 +77,20 @@ class Conn {
   // field name is kept up to the longest of them. If-Modified-Since's value is kept up to
   // kMaxImsValue bytes (an IMF-fixdate has 29; a longer value is not a date and is ignored);
   // Transfer-Encoding's and Expect's up to kMaxTokenValue (past it, the value is none we
-  // implement); Host is only counted.
+  // implement); Host is only counted, and Content-Length only checked for an obs-fold.
   static constexpr std::string_view kIms = "if-modified-since";
   static constexpr std::string_view kTransferEncoding = "transfer-encoding";
+  static constexpr std::string_view kContentLength = "content-length";
   static constexpr std::string_view kExpect = "expect";
   static constexpr std::string_view kHost = "host";
   static constexpr std::size_t kMaxFieldKept =
-      std::max({kIms.size(), kTransferEncoding.size(), kExpect.size(), kHost.size()});
+      std::max({kIms.size(), kTransferEncoding.size(), kContentLength.size(), kExpect.size(),
+                kHost.size()});
   static constexpr std::size_t kMaxImsValue = 40;
-  static constexpr std::size_t kMaxTokenValue = 16;  // "100-continue", "chunked" with OWS
-  enum class Field : unsigned char { kOther, kIms, kTransferEncoding, kExpect };
-  // A value kept up to N bytes; `overflow` once more arrived.
+  static constexpr std::size_t kMaxTokenValue = 16;  // "100-continue", "chunked", with spaces
+  enum class Field : unsigned char { kOther, kIms, kTransferEncoding, kContentLength, kExpect };
+  // A value kept up to N bytes; `overflow` once a byte other than a space or tab came past
+  // them (llhttp passes trailing whitespace, which is no part of a value: RFC 9110 5.5).
   template <std::size_t N>
   struct Kept {
     static_assert(N <= 255, "length is an unsigned char");
@@ -97,12 +100,13 @@ class Conn {
 
     void clear() { length = 0, overflow = false; }
     void append(const char* at, std::size_t n) {
-      if (overflow || n > N - length) {
-        overflow = true;
-        return;
+      for (std::size_t i = 0; i < n && !overflow; ++i) {
+        if (length < N) {
+          bytes[length++] = at[i];
+        } else if (at[i] != ' ' && at[i] != '\t') {
+          overflow = true;
+        }
       }
-      std::copy(at, at + n, bytes + length);
-      length = static_cast<unsigned char>(length + n);
     }
     // The value without leading and trailing spaces and tabs; empty after an overflow.
     std::string_view trimmed() const {
@@ -137,9 +141,10 @@ class Conn {
   // check when a read ended right after a chunk's data (0: none).
   unsigned char crlf_left_ = 0;
   // The current field's name, length and last byte (a space before the colon is refused),
-  // and which of the headers above it is. The name is read where it lies in the read being
-  // parsed (field_at_) while it came in one piece; one that a read ended in is kept in field_
-  // (its first kMaxFieldKept bytes; field_at_ nullptr) for the next read to go on.
+  // and which of the headers above it is (trailer fields are none of them). A head's field
+  // name is read where it lies in the read being parsed (field_at_) while it came in one
+  // piece; one that a read ended in is kept in field_ (its first kMaxFieldKept bytes;
+  // field_at_ nullptr) for the next read to go on. A trailer's name is never read back.
   const char* field_at_ = nullptr;
   char field_[kMaxFieldKept] = {};
   std::size_t field_length_ = 0;
