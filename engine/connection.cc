@@ -83,6 +83,10 @@ int open_connection(struct ::Reactor* owner, int fd, bool connecting) {
     errno = EBADF;
     return -1;
   }
+  return open_known_fd(owner, fd, connecting);
+}
+
+int open_known_fd(struct ::Reactor* owner, int fd, bool connecting) {
   Reactor* reactor = owner ? Reactor::of(owner, true) : nullptr;
   if (owner && !reactor) return -1;
   FdSlot* slot = fd_slot_make(fd);
@@ -208,7 +212,7 @@ void close_slot(int fd, FdSlot& slot, struct ::Reactor* notify, CloseReason why)
   mark_closed(slot);
   if (Reactor* owner = attached_owner(slot)) {
     owner->assert_owner_thread();
-    owner->detach(fd, slot);
+    owner->detach(fd, slot, true);  // close(2) below leaves the epoll set
     notify = owner->api();
   }
   // Unlink everything first: once close(2) returns, another thread may get this number.

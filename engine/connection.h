@@ -7,7 +7,7 @@
 // get the same number, so everything is unlinked from the slot and the generation moves on
 // before it, and the unlinked state is freed only after on_close.
 // Threads: the fd's owner thread (routing.h), but for the entry points of the C calls,
-// open_connection(), attach_connection(), close_connection(), clear_connection() and
+// open_connection() (and open_known_fd()), attach_connection(), close_connection(), clear_connection() and
 // owner_thread_slot(), which any thread may call: off the owner thread the first three post
 // themselves to it, the last two refuse (see each).
 // Errors: -1 with errno.
@@ -59,6 +59,10 @@ FdSlot* owner_thread_slot(int fd);
 // thread the open is posted to it (kOpen / kOpenConnecting) and 0 returned once queued: the fd
 // is open, and calls on it accepted, once the owner ran it.
 int open_connection(struct ::Reactor* owner, int fd, bool connecting);
+// open_connection() without its check that fd is open (F_GETFL), for an fd the caller just got
+// from the kernel (accept4, socket) or checked already (a posted open). Off the owner's thread
+// the post is kOpen / kOpenConnecting as there.
+int open_known_fd(struct ::Reactor* owner, int fd, bool connecting);
 
 // sock_attach: attaches an fd opened without a reactor to `owner` (posted off its thread).
 // EBUSY for an fd attached to a reactor already, when `owner` runs on another thread.
@@ -74,9 +78,9 @@ int close_connection(struct ::Reactor* reactor, int fd, bool graceful, intptr_t 
 void clear_connection(int fd);
 
 // Closes fd and releases its sock_ state in the order that keeps fd reuse safe: detach from
-// epoll, unlink the queue and layers, bump the generation, close(2), on_close (of the fd's
-// reactor if attached, else of `notify` when not NULL), then free the queue, run the layers'
-// on_clear and free buffered input.
+// its reactor (close(2) takes it out of the epoll set), unlink the queue and layers, bump the
+// generation, close(2), on_close (of the fd's reactor if attached, else of `notify` when not
+// NULL), then free the queue, run the layers' on_clear and free buffered input.
 void close_slot(int fd, FdSlot& slot, struct ::Reactor* notify, CloseReason why);
 
 // What a connection whose queue has just drained does next (close_if_due()).

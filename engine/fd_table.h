@@ -47,7 +47,10 @@ enum SlotFlag : uint32_t {
   kPaused = 1u << 15,        // queued bytes passed the high watermark: reading waits
   kOwnIdle = 1u << 16,       // the idle timeout is extra->idle_ticks, not the reactor's
   kSentDirect = 1u << 17,    // a direct first write was made; later ones queue (write_path.cc)
-  kUrgentSeen = 1u << 18     // EPOLLPRI seen: TCP urgent data came, reads stop short at its mark
+  kUrgentSeen = 1u << 18,    // EPOLLPRI seen: TCP urgent data came, reads stop short at its mark
+  // A listener's slot: TCP_NODELAY is set on the listener, so accepted sockets inherit it
+  // (accept.h).
+  kListenerNoDelay = 1u << 19
 };
 
 // Per-connection settings and state that most connections never use, allocated on first use
@@ -102,7 +105,7 @@ static_assert(sizeof(FdSlot) == 64, "FdSlot grew past one cache line: move the f
 // kernel's MAX_ERRNO), so 12 bits above the flags hold any of them.
 inline constexpr unsigned kErrorShift = 20;
 inline constexpr uint32_t kMaxErrno = 4095;
-static_assert(kUrgentSeen < (1u << kErrorShift), "a flag bit overlaps the error field");
+static_assert(kListenerNoDelay < (1u << kErrorShift), "a flag bit overlaps the error field");
 static_assert((uint64_t{kMaxErrno} << kErrorShift) <= UINT32_MAX, "the error field overflows");
 
 inline int slot_error(const FdSlot& slot) { return static_cast<int>(slot.flags >> kErrorShift); }

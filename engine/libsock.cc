@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/accept.h"
 #include "engine/connection.h"
 #include "engine/fd_table.h"
 #include "engine/flush.h"
@@ -71,26 +72,9 @@ int sock_open(struct Reactor* owner, int fd) { return engine::open_connection(ow
 int sock_attach(struct Reactor* owner, int fd) { return engine::attach_connection(owner, fd); }
 
 int sock_accept(struct Reactor* owner, int server_fd) {
-  // The listener's slot is touched only by the thread that accepts on it.
-  FdSlot* server = engine::fd_slot(server_fd);
-  int client;
-  do {
-    client = accept4(server_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    // ECONNABORTED: that client gave up while queued; the next one may be fine.
-  } while (client < 0 && (errno == EINTR || errno == ECONNABORTED));
-  if (client < 0) {
-    if (errno == EAGAIN && server) server->flags &= ~engine::kReadPending;
-    return -1;
-  }
-  if (server) server->flags |= engine::kReadProgress;
-  engine::set_no_delay(client);
-  if (engine::open_connection(owner, client, false) < 0) {
-    const int err = errno;
-    close(client);
-    errno = err;
-    return -1;
-  }
-  return client;
+  const int client = engine::accept_connection(server_fd);
+  if (client < 0) return -1;
+  return engine::open_accepted(owner, &client, 1) == 1 ? client : -1;
 }
 
 int sock_connect(struct Reactor* owner, const char* address, const char* port) {
@@ -118,7 +102,7 @@ int sock_connect(struct Reactor* owner, const char* address, const char* port) {
   }
   // Even a connect that finished at once reports through on_ready: adding a writable fd to
   // epoll raises EPOLLOUT immediately.
-  if (engine::open_connection(owner, fd, true) < 0) {
+  if (engine::open_known_fd(owner, fd, true) < 0) {
     err = errno;
     close(fd);
     errno = err;

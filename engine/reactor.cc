@@ -112,7 +112,10 @@ int Reactor::init() {
   wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (wake_fd_ < 0) return -1;
   epoll_event ev{};
-  ev.events = EPOLLIN;  // level-triggered: drained explicitly in run_once
+  // Edge-triggered and never read: an eventfd wakes its waiters on every write, so each wake()
+  // raises an event whatever the count, and the count (one per wakeup) cannot come near its
+  // 2^64 - 2 limit. That saves a read(2) per wakeup.
+  ev.events = EPOLLIN | EPOLLET;
   ev.data.u64 = fd_key(wake_fd_, 0);
   if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, wake_fd_, &ev) < 0) return -1;
   pool_ = alloc::BlockPool::create<sizeof(Packet)>(alloc::Sharing::kOwnerThread);
@@ -227,11 +230,7 @@ int Reactor::run_once(int timeout_ms) {
 
   for (int i = 0; i < n; ++i) {
     const uint64_t key = events[i].data.u64;
-    if (key_fd(key) == wake_fd_) {
-      uint64_t drained;
-      while (read(wake_fd_, &drained, sizeof drained) > 0) {}
-      continue;
-    }
+    if (key_fd(key) == wake_fd_) continue;  // a wakeup: its work is the posted calls above
     dispatch(key_fd(key), key_generation(key), events[i].events);
   }
   run_on_data_again_list();
@@ -455,16 +454,17 @@ int Reactor::attach(int fd, FdSlot& slot) {
     count_queued(static_cast<int64_t>(slot.queued_bytes));  // a queue may come along
   }
   set_owner(slot, this);
-  slot.flags |= kAttached;
+  // The fd may be a new listener behind an old number: accept.h asks it about TCP_NODELAY again.
+  slot.flags = (slot.flags & ~kListenerNoDelay) | kAttached;
   return 0;
 }
 
-int Reactor::detach(int fd, FdSlot& slot) {
+int Reactor::detach(int fd, FdSlot& slot, bool closing) {
   if (slot.owner != this || !(slot.flags & kAttached)) {
     errno = EBADF;
     return -1;
   }
-  epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);  // ENOENT: closed behind our back
+  if (!closing) epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);  // ENOENT: closed behind our back
   slot.flags &= ~(kAttached | kOnFlushList | kOnDataAgainList);
   set_owner(slot, nullptr);
   attached_.fetch_sub(1, std::memory_order_relaxed);
@@ -501,6 +501,8 @@ void Reactor::begin_stop() {
 
 bool Reactor::finish_stop_if_done() {
   if (attached() && read_clock() < stop_deadline_ms_) return false;
+  // A requester still writing wake_fd_: its write ends in microseconds, so look again.
+  if (stop_wakers_.load(std::memory_order_acquire) != 0) return false;
   fd_table_for_each([&](int fd, FdSlot& slot) {
     if (load_owner(slot) == this && (slot.flags & kAttached)) {
       close_now(fd, slot, CloseReason::kLocal);
@@ -514,13 +516,16 @@ bool Reactor::finish_stop_if_done() {
 }
 
 void Reactor::request_stop() {
+  stop_wakers_.fetch_add(1, std::memory_order_relaxed);  // ordered before the store by it
   stop_requested_.store(true, std::memory_order_release);
   wake();
+  stop_wakers_.fetch_sub(1, std::memory_order_release);
 }
 
 void Reactor::wake() {
   const uint64_t one = 1;
-  // write(2) on an eventfd is async-signal-safe; EAGAIN means a wakeup is already pending.
+  // write(2) on an eventfd is async-signal-safe, and cannot fail here: the count is never read
+  // back (init()), and a wakeup per nanosecond would take 584 years to fill it.
   [[maybe_unused]] const ssize_t r = write(wake_fd_, &one, sizeof one);
 }
 

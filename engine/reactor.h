@@ -102,7 +102,12 @@ class Reactor {
 
   // EPOLL_CTL_ADD (or MOD) with the slot's generation; EBADF for fd >= the api's maxfd.
   int attach(int fd, FdSlot& slot);
-  int detach(int fd, FdSlot& slot);  // EPOLL_CTL_DEL; keeps the sock_ state
+  // Leaves the epoll set (EPOLL_CTL_DEL) and keeps the sock_ state. `closing`: close(2) follows
+  // at once and takes the fd out of the set itself, so the syscall is skipped. Hazard: a copy of
+  // the fd (dup, or a child forked without exec) keeps the registration alive; its events
+  // carry the closed generation and dispatch() drops them, and a new fd on the number is added
+  // as a registration of its own (epoll keys them by file and number).
+  int detach(int fd, FdSlot& slot, bool closing = false);
   // Closes now: see close_slot().
   void close_now(int fd, FdSlot& slot, CloseReason why) { close_slot(fd, slot, api_, why); }
 
@@ -255,6 +260,11 @@ class Reactor {
   uint32_t now_tick_ = 1;
   TimerWheel wheel_{0};
   std::atomic<bool> stop_requested_{false};
+  // request_stop() calls between their flag store and the end of their wake(): the owner may
+  // see the flag before that write, and must not close wake_fd_ (whose number another thread
+  // may then get) under it. Incremented before the store, decremented with release after the
+  // write; the stop completes only once it reads 0 with acquire.
+  std::atomic<int> stop_wakers_{0};
   bool stopping_ = false;
   int64_t stop_deadline_ms_ = 0;
 };

@@ -21,6 +21,7 @@ struct RemoteCall {
   enum class Kind : uint8_t {
     kOpen,             // open fd (accepted elsewhere) for the sock_ API on this reactor
     kOpenConnecting,   // the same for a connect in progress (on_ready when it completes)
+    kOpenBatch,        // data: malloc'd int[length], fds accepted elsewhere: kOpen for each
     kAttach,           // attach an fd already open without a reactor
     kWrite,       // data: malloc'd bytes (a copy, or a .move buffer), length bytes
     kWriteFile,   // data: FILE*, length: bytes to send (0 = to the end)

@@ -27,12 +27,20 @@ bool still_current(const RemoteCall& call) {
 
 // kOpen, kOpenConnecting: the thread that accepted or connected the fd handed it over and
 // holds it no more, so a failure to open it here closes it here.
-void open_posted(Reactor& reactor, const RemoteCall& call) {
-  if (open_connection(reactor.api(), call.fd(), call.kind == Kind::kOpenConnecting) < 0) {
-    ::close(call.fd());
+// The poster checked the fd, or got it from the kernel just before: it is not checked again.
+void open_posted(Reactor& reactor, int fd, bool connecting) {
+  if (open_known_fd(reactor.api(), fd, connecting) < 0) {
+    ::close(fd);
   } else if (reactor.on_open()) {
-    reactor.on_open()(reactor.api(), call.fd());
+    reactor.on_open()(reactor.api(), fd);
   }
+}
+
+// kOpenBatch: a batch the acceptor handed over in one post (engine/accept.h), adopted in one pass.
+void open_batch_posted(Reactor& reactor, const RemoteCall& call) {
+  const int* fds = static_cast<const int*>(call.data);
+  for (std::size_t i = 0; i < call.length; ++i) open_posted(reactor, fds[i], false);
+  std::free(call.data);
 }
 
 // kWrite, kWriteFile: written through the handle of the connection the call was made for, so
@@ -98,7 +106,10 @@ void run_posted(Reactor& reactor, const RemoteCall& call) {
   switch (call.kind) {
     case Kind::kOpen:
     case Kind::kOpenConnecting:
-      open_posted(reactor, call);
+      open_posted(reactor, call.fd(), call.kind == Kind::kOpenConnecting);
+      return;
+    case Kind::kOpenBatch:
+      open_batch_posted(reactor, call);
       return;
     case Kind::kAttach:
       if (attach_connection(reactor.api(), call.fd()) < 0) {
@@ -139,6 +150,10 @@ void discard_posted(const RemoteCall& call) {
     case Kind::kOpen:
     case Kind::kOpenConnecting:
       ::close(call.fd());
+      return;
+    case Kind::kOpenBatch:
+      for (std::size_t i = 0; i < call.length; ++i) ::close(static_cast<const int*>(call.data)[i]);
+      std::free(call.data);
       return;
     case Kind::kWrite:
       std::free(call.data);

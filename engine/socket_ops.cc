@@ -59,11 +59,11 @@ int open_stream_socket(int family) {
   return socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 }
 
-void set_no_delay(int fd) {
+int set_no_delay(int fd) {
   // Writes are already coalesced per callback batch; Nagle would only add latency. Fails
   // harmlessly on non-TCP sockets.
   const int one = 1;
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
 int peer_progress_age_ms(int fd, bool queued) {

@@ -15,7 +15,8 @@ addrinfo* resolve(const char* address, const char* port, bool passive);
 int listen_socket(const char* address, const char* port, bool reuse_port);
 // A non-blocking, close-on-exec TCP socket.
 int open_stream_socket(int family);
-void set_no_delay(int fd);
+// TCP_NODELAY on fd: 0, or -1 with errno (ENOTSUP, EOPNOTSUPP: not a TCP socket).
+int set_no_delay(int fd);
 // For the idle timer of a connection with bytes its peer has not taken: how long ago, in the
 // kernel's milliseconds (CLOCK_MONOTONIC's pace), the peer last took some. That is the older of
 // the kernel's last data segment sent on fd (new data goes out only when the peer's receive

@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "engine/accept.h"
 #include "engine/defaults.h"
 #include "engine/reactor.h"
 #include "engine/socket_ops.h"
@@ -40,8 +41,9 @@ int port_of(int fd) {
 
 }  // namespace
 
-// SOCK_ACCEPT_THREAD: a reactor of its own on its own thread, watching the one listener; each
-// accepted fd is opened on a shard by sock_accept(), which posts it to that shard's inbox.
+// SOCK_ACCEPT_THREAD: a reactor of its own on its own thread, watching the one listener. Each
+// wakeup accepts a batch, sorts it by shard, and hands each shard its part in one post
+// (engine::open_accepted), which costs a sleeping shard one wakeup, not one per connection.
 class Acceptor {
  public:
   Acceptor(std::vector<std::unique_ptr<Shard>>& shards, const SockServerSettings& settings,
@@ -52,6 +54,8 @@ class Acceptor {
       std::fprintf(stderr, "acceptor: cannot watch the listener: %s\n", std::strerror(errno));
       std::abort();
     }
+    // Room for a whole batch per shard up front: accepting never allocates.
+    for (auto& fds : batches_) fds.reserve(batch_);
   }
   // Returns once the acceptor's thread owns its reactor.
   void start() {
@@ -82,23 +86,26 @@ class Acceptor {
   // Bounded per wakeup (accept_batch.h), so a storm of connects cannot starve the pause timer
   // or a stop.
   void accept_waiting() {
-    shards::accept_batch(
-        &api_, listener_, settings_.accept_batch ? settings_.accept_batch : engine::kAcceptBatch,
-        pause_, [this] { return pick()->api(); },
-        [this](int) {
-          // Counted per connection placed, not per accept4: every batch ends with one that
-          // finds EAGAIN, and counting it would send each lone connection to shard 0.
-          ++handed_[next_ % shards_.size()];
-          ++next_;
-        });
+    shards::accept_batch(&api_, listener_, batch_, pause_, [this](int fd) {
+      const std::size_t shard = pick();
+      batches_[shard].push_back(fd);
+      // Counted per connection placed, not per accept4: every batch ends with one that finds
+      // EAGAIN, and counting it would send each lone connection to shard 0.
+      ++handed_[shard];
+      next_ = shard + 1;
+    });
+    for (std::size_t i = 0; i < shards_.size(); ++i) {
+      if (batches_[i].empty()) continue;
+      engine::open_accepted(shards_[i]->api(), batches_[i].data(), batches_[i].size());
+      batches_[i].clear();
+    }
   }
 
-  Shard* pick() {
-    if (settings_.placement != SOCK_PLACE_LEAST_LOADED) {
-      return shards_[next_ % shards_.size()].get();
-    }
+  // The shard for the next connection: the next in turn, or the least loaded.
+  std::size_t pick() const {
+    if (settings_.placement != SOCK_PLACE_LEAST_LOADED) return next_ % shards_.size();
     // A shard publishes its connection count once per loop iteration; connections handed to
-    // it since, still in its inbox, count too.
+    // it since, still in its inbox or in this batch, count too.
     std::size_t best = 0;
     std::size_t best_load = SIZE_MAX;
     for (std::size_t i = 0; i < shards_.size(); ++i) {
@@ -111,8 +118,7 @@ class Acceptor {
         best_load = load;
       }
     }
-    next_ = best;
-    return shards_[best].get();
+    return best;
   }
 
   // First member: on_data maps the reactor pointer back to the acceptor.
@@ -121,8 +127,10 @@ class Acceptor {
   SockServerSettings settings_;
   int listener_;
   AcceptPause pause_;
-  std::size_t next_ = 0;
+  const unsigned batch_ = settings_.accept_batch ? settings_.accept_batch : engine::kAcceptBatch;
+  std::size_t next_ = 0;  // round-robin: the shard after the last one given a connection
   std::vector<std::size_t> handed_ = std::vector<std::size_t>(shards_.size());
+  std::vector<std::vector<int>> batches_ = std::vector<std::vector<int>>(shards_.size());
   std::thread thread_;
 };
 

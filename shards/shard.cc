@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "engine/accept.h"
 #include "engine/defaults.h"
 #include "engine/libsock.h"
 #include "engine/routing.h"
@@ -128,14 +129,16 @@ void Shard::on_close(struct ::Reactor* api, int fd) {
   if (shard->settings_.on_close) shard->settings_.on_close(api, fd);
 }
 
-// SO_REUSEPORT mode: accept in bounded batches on this shard's own listener.
+// SO_REUSEPORT mode: accept in bounded batches on this shard's own listener, each connection
+// opened at once, here.
 void Shard::accept_own(int listener) {
-  accept_batch(
-      &api_, listener, settings_.accept_batch ? settings_.accept_batch : engine::kAcceptBatch,
-      accept_pause_, [this] { return &api_; },
-      [this](int fd) {
-        if (settings_.on_open) settings_.on_open(&api_, fd);
-      });
+  accept_batch(&api_, listener,
+               settings_.accept_batch ? settings_.accept_batch : engine::kAcceptBatch,
+               accept_pause_, [this](int fd) {
+                 if (engine::open_accepted(&api_, &fd, 1) == 1 && settings_.on_open) {
+                   settings_.on_open(&api_, fd);
+                 }
+               });
 }
 
 }  // namespace shards

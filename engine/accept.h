@@ -1,0 +1,44 @@
+// File: engine/accept.h
+// Accepting connections: taking one off a listener's backlog, and opening accepted fds on the
+// reactor that serves them, inline on its own thread or handed over in one post per batch (the
+// acceptor thread, shards/server.cc). A connection costs the kernel what it needs and no
+// more: accept4 makes the fd non-blocking and close-on-exec, TCP_NODELAY comes from the
+// listener (set there once, not on every connection), and the fd is not checked again (the
+// accept vouches for it).
+// Threads: accept_connection() the thread that accepts on the listener (the listener's slot
+// flags are that thread's); open_accepted() any thread.
+// Errors: -1 with errno.
+#ifndef ENGINE_ACCEPT_H_
+#define ENGINE_ACCEPT_H_
+
+#include <cstddef>
+
+#include "engine/libreact.h"
+
+namespace engine {
+
+// Accepts one connection waiting on `listener`: its fd, with TCP_NODELAY, not yet opened for
+// the sock_ API. -1 with errno EAGAIN when none waits (the listener's slot then drops
+// kReadPending), or accept4's error (EMFILE, ENFILE, ENOBUFS, ENOMEM when out of resources);
+// EINTR and ECONNABORTED (a client that gave up while queued) are retried. A success marks the
+// listener's slot with kReadProgress, so its reactor calls on_data again while a batch made
+// progress.
+// The first accept on a listener attached to a reactor sets TCP_NODELAY on the listener itself,
+// which accepted sockets inherit on Linux, and marks its slot (kListenerNoDelay) so that later
+// accepts skip the syscall. The mark goes whenever the slot is (re)attached, opened or closed
+// through this library, so a new listener behind a reused number is asked afresh; one that no
+// reactor watches is not marked at all (nothing would tell its replacement from it), and each
+// of its connections gets the option by a setsockopt of its own.
+int accept_connection(int listener);
+
+// Opens fds[0..n), accepted on this thread and held by nobody else, for the sock_ API on
+// `owner` (NULL: on no reactor). When `owner` runs on this thread (or is NULL) each fd opens
+// inline, and on_open is the caller's to call. Otherwise they travel to it in one post (kOpen
+// for one fd, kOpenBatch for more), so they cost it one wakeup at most; it opens them and runs
+// its on_open hook (Reactor::set_on_open) for each. An fd that cannot be opened or handed over
+// is closed. Returns how many were opened or handed over; after a shortfall errno says why.
+std::size_t open_accepted(struct ::Reactor* owner, const int* fds, std::size_t n);
+
+}  // namespace engine
+
+#endif  // ENGINE_ACCEPT_H_

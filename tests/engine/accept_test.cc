@@ -1,0 +1,196 @@
+// engine/accept: what accepting a connection costs and keeps. TCP_NODELAY reaches every
+// accepted socket, from the listener once a reactor watches it, by a call of its own otherwise,
+// and a new listener behind a reused number is asked afresh; a batch handed to a reactor on
+// another thread travels in one post and opens there; and a close that leaves the epoll set
+// to close(2) (no EPOLL_CTL_DEL) lets no stale event reach the next connection on the number.
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/accept.h"
+#include "engine/inbox.h"
+#include "engine/libreact.h"
+#include "engine/libsock.h"
+#include "engine/reactor.h"
+#include "tests/testing/loopback.h"
+#include "tests/testing/reactor_fixture.h"
+#include "tests/testing/run_until.h"
+#include "tests/testing/wait_for.h"
+
+namespace {
+
+using testing_support::connect_client;
+using testing_support::Listener;
+using testing_support::listen_loopback;
+using testing_support::wait_for;
+
+int no_delay(int fd) {
+  int value = -1;
+  socklen_t length = sizeof value;
+  if (getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &value, &length) < 0) return -1;
+  return value;
+}
+
+// Moves a fresh listener (without TCP_NODELAY) onto `number`, closing what was there behind
+// the library's back, as a program that closes a listener and opens another may do. Returns
+// the new listener's port.
+int replace_listener(int number) {
+  const Listener fresh = listen_loopback();
+  EXPECT_EQ(no_delay(fresh.fd), 0);
+  EXPECT_EQ(dup2(fresh.fd, number), number);
+  close(fresh.fd);
+  return fresh.port;
+}
+
+class AcceptTest : public testing_support::ServerFixture {
+ protected:
+  void on_connection_data(int fd) override {
+    char buf[256];
+    ssize_t n;
+    while ((n = sock_read(fd, buf, sizeof buf)) > 0) received_[fd].append(buf, static_cast<std::size_t>(n));
+  }
+  std::array<std::string, 1024> received_;
+};
+
+TEST_F(AcceptTest, AcceptedSocketsInheritNoDelayFromTheWatchedListener) {
+  int a = -1, b = -1;
+  const int ca = connect_and_accept(&a);
+  const int cb = connect_and_accept(&b);
+  ASSERT_GE(a, 0);
+  ASSERT_GE(b, 0);
+  EXPECT_EQ(no_delay(a), 1);
+  EXPECT_EQ(no_delay(b), 1);
+  EXPECT_EQ(no_delay(listener_.fd), 1) << "set once on the listener, for all to inherit";
+  close(ca);
+  close(cb);
+}
+
+TEST_F(AcceptTest, ANewListenerBehindAReusedNumberIsAskedAgain) {
+  int a = -1;
+  close(connect_and_accept(&a));  // the listener is marked: later accepts skip the setsockopt
+  ASSERT_GE(a, 0);
+  listener_.port = replace_listener(listener_.fd);
+  ASSERT_EQ(reactor_add(&r_, listener_.fd), 0) << "the program watches its new listener";
+  int b = -1;
+  const int cb = connect_and_accept(&b);
+  ASSERT_GE(b, 0);
+  EXPECT_EQ(no_delay(b), 1);
+  EXPECT_EQ(no_delay(listener_.fd), 1);
+  close(cb);
+}
+
+TEST(AcceptUnwatchedTest, AListenerNoReactorWatchesGivesEachConnectionNoDelay) {
+  const Listener listener = listen_loopback();
+  int port = listener.port;
+  for (int round = 0; round < 2; ++round) {
+    const int client = connect_client(port);
+    int server = -1;
+    ASSERT_TRUE(wait_for([&] { return (server = sock_accept(nullptr, listener.fd)) >= 0; }));
+    EXPECT_EQ(no_delay(server), 1) << "round " << round;
+    sock_force_close(nullptr, server);
+    close(client);
+    port = replace_listener(listener.fd);  // nothing tells the library: it must not assume
+  }
+  close(listener.fd);
+}
+
+// The stale registration a close without EPOLL_CTL_DEL leaves while a copy of the fd lives on
+// reports the old connection's input with the old generation: it must reach nobody, not the
+// new connection that got the number.
+TEST_F(AcceptTest, AClosedConnectionsLingeringRegistrationReachesNotTheNextOnItsNumber) {
+  int a = -1;
+  const int ca = connect_and_accept(&a);
+  ASSERT_GE(a, 0);
+  const int copy = dup(a);  // keeps the file, and so its epoll registration, alive
+  ASSERT_GE(copy, 0);
+  const int cb = connect_client(listener_.port);  // its socket must not take a's number
+  sock_force_close(&r_, a);
+  ASSERT_TRUE(testing_support::run_until(&r_, [&] { return accepted_.size() == 2; }));
+  const int b = accepted_.back();
+  ASSERT_EQ(b, a) << "the kernel gives the lowest free number";
+  testing_support::write_all(ca, "stale");
+  run_iterations(5);
+  EXPECT_EQ(received_[static_cast<std::size_t>(b)], "");
+  testing_support::write_all(cb, "fresh");
+  ASSERT_TRUE(testing_support::run_until(
+      &r_, [&] { return received_[static_cast<std::size_t>(b)].size() >= 5; }));
+  EXPECT_EQ(received_[static_cast<std::size_t>(b)], "fresh");
+  close(copy);
+  close(ca);
+  close(cb);
+}
+
+// A reactor driven by its own thread R, which echoes what its connections send; its on_open
+// hook counts the fds opened on R's behalf and notes any that ran on another thread.
+std::atomic<int> g_opened{0};
+std::atomic<bool> g_opened_elsewhere{false};
+std::thread::id g_r_thread;
+
+void count_open(struct Reactor*, int) {
+  if (std::this_thread::get_id() != g_r_thread) g_opened_elsewhere = true;
+  ++g_opened;
+}
+
+void echo(struct Reactor*, int fd) {
+  char buf[256];
+  ssize_t n;
+  while ((n = sock_read(fd, buf, sizeof buf)) > 0) sock_write(fd, buf, static_cast<std::size_t>(n));
+}
+
+TEST(AcceptBatchTest, ABatchForAReactorOnAnotherThreadTravelsInOnePostAndOpensThere) {
+  constexpr int kBatch = 5;
+  g_opened = 0;
+  g_opened_elsewhere = false;
+  struct Reactor api = {};
+  api.on_data = echo;
+  std::atomic<engine::Reactor*> owner{nullptr};
+  std::thread r_thread([&] {
+    g_r_thread = std::this_thread::get_id();
+    engine::Reactor* r = engine::Reactor::of(&api, true);
+    r->set_on_open(count_open);
+    bool made = false;
+    r->inbox(&made);  // made before R sleeps, so the test may read its counters from the start
+    owner = r;
+    while (r->run_once(-1) >= 0) {}  // -1 with errno 0: stopped (and r deleted)
+  });
+  ASSERT_TRUE(wait_for([&] { return owner.load() != nullptr; }));
+
+  const Listener listener = listen_loopback();
+  std::array<int, kBatch> clients{};
+  std::array<int, kBatch> fds{};
+  for (int i = 0; i < kBatch; ++i) {
+    clients[i] = connect_client(listener.port);
+    ASSERT_TRUE(wait_for([&] { return (fds[i] = engine::accept_connection(listener.fd)) >= 0; }));
+  }
+  bool made = false;
+  const uint64_t posted = owner.load()->inbox(&made)->counters().posted;
+  EXPECT_EQ(engine::open_accepted(&api, fds.data(), fds.size()), static_cast<std::size_t>(kBatch));
+  EXPECT_EQ(owner.load()->inbox(&made)->counters().posted, posted + 1) << "one post for the batch";
+  ASSERT_TRUE(wait_for([] { return g_opened.load() == kBatch; }));
+  EXPECT_FALSE(g_opened_elsewhere.load());
+  for (int i = 0; i < kBatch; ++i) {
+    const std::string word = "conn" + std::to_string(i);
+    testing_support::write_all(clients[i], word);
+    std::string got;
+    ASSERT_TRUE(wait_for([&] {
+      testing_support::drain(clients[i], &got);
+      return got.size() >= word.size();
+    }));
+    EXPECT_EQ(got, word) << "connection " << i << " is open and served on R";
+  }
+  reactor_stop(&api);  // closes every fd attached to it
+  r_thread.join();
+  for (const int c : clients) close(c);
+  close(listener.fd);
+}
+
+}  // namespace
