@@ -66,6 +66,11 @@ int set_no_delay(int fd) {
   return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
+int set_defer_accept(int listener, unsigned seconds) {
+  const int value = static_cast<int>(std::min<unsigned>(seconds, INT_MAX));
+  return setsockopt(listener, IPPROTO_TCP, TCP_DEFER_ACCEPT, &value, sizeof value);
+}
+
 int peer_progress_age_ms(int fd, bool queued) {
   int in_kernel = 0;  // SIOCOUTQ: bytes the peer has not acknowledged, sent or not
   if (!queued && (ioctl(fd, SIOCOUTQ, &in_kernel) < 0 || in_kernel <= 0)) return -1;

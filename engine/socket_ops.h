@@ -15,6 +15,8 @@ addrinfo* resolve(const char* address, const char* port, bool passive);
 int listen_socket(const char* address, const char* port, bool reuse_port);
 // A non-blocking, close-on-exec TCP socket.
 int open_stream_socket(int family);
+// TCP_DEFER_ACCEPT on a listener (SockServerSettings.defer_accept_s): 0, or -1 with errno.
+int set_defer_accept(int listener, unsigned seconds);
 // TCP_NODELAY on fd: 0, or -1 with errno (ENOTSUP, EOPNOTSUPP: not a TCP socket).
 int set_no_delay(int fd);
 // For the idle timer of a connection with bytes its peer has not taken: how long ago, in the

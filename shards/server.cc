@@ -170,7 +170,13 @@ struct SockServer* sock_server_start_fn(struct SockServerSettings settings) {
   std::vector<int> listeners;
   std::string port = server->port;
   for (int i = 0; i < (reuse_port ? threads : 1); ++i) {
-    const int fd = engine::listen_socket(settings.address, port.c_str(), reuse_port);
+    int fd = engine::listen_socket(settings.address, port.c_str(), reuse_port);
+    if (fd >= 0 && settings.defer_accept_s && engine::set_defer_accept(fd, settings.defer_accept_s) < 0) {
+      const int err = errno;
+      close(fd);
+      fd = -1;
+      errno = err;
+    }
     if (fd < 0) {
       const int err = errno;
       std::fprintf(stderr, "sock_server_start: cannot listen on %s:%s: %s\n",

@@ -69,6 +69,12 @@ struct SockServerSettings {
   unsigned stop_timeout_ms SOCK_CXX_ZERO_;
   /** Connections accepted per wakeup before other work runs; 0: 64. */
   unsigned accept_batch SOCK_CXX_ZERO_;
+  /** Extension, for protocols whose client speaks first (HTTP): TCP_DEFER_ACCEPT on the
+   * listeners. The kernel hands a connection over once its first bytes arrived, or after about
+   * this many seconds if none do (it then retransmits its SYN-ACK, and the client's ACK
+   * completes the accept). A connection then costs no wakeup of its own before its request,
+   * which saves about a sixth of a short connection's CPU (bench/RESULTS.md). 0: off. */
+  unsigned defer_accept_s SOCK_CXX_ZERO_;
   /** Handed back by sock_server_udata(). */
   void* udata SOCK_CXX_ZERO_;
 };

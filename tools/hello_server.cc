@@ -87,6 +87,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   SockServerSettings settings{};
+  settings.defer_accept_s = tools::kHttpDeferAcceptS;
   settings.on_open = on_open;
   settings.on_data = on_data;
   const int status = tools::run_server(

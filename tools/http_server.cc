@@ -379,6 +379,7 @@ int main(int argc, char** argv) {
   }
   g_max_fds = static_cast<std::size_t>(fds);
   SockServerSettings settings{};
+  settings.defer_accept_s = tools::kHttpDeferAcceptS;
   settings.on_open = on_open;
   settings.on_data = on_data;
   settings.on_close = on_close;

@@ -20,6 +20,9 @@ constexpr std::uint64_t kMaxThreads = 1024;
 // An idle timeout longer than a day is a typo too (the engine would take up to UINT_MAX - 1).
 constexpr std::uint64_t kMaxIdleTimeoutMs = 24ul * 3600 * 1000;
 static_assert(kMaxIdleTimeoutMs < SOCK_NO_TIMEOUT);
+// An hour: the kernel turns the seconds into SYN-ACK retransmissions, and a longer wait only
+// holds a silent client longer.
+constexpr std::uint64_t kMaxDeferAcceptS = 3600;
 
 // Atomic: the handler may run on any thread, including a shard's, and reads it once set.
 std::atomic<SockServer*> g_server{nullptr};
@@ -101,6 +104,11 @@ int run_server(int argc, char** argv, const ToolInfo& info, SockServerSettings s
          "close a connection after MS ms with nothing read or sent\n(default 30000; 0: never)")
       ->type_name("MS")
       ->transform(whole_number(0, kMaxIdleTimeoutMs));
+  app.add_option("--defer-accept-s", settings.defer_accept_s,
+                 "accept a connection once its first bytes came, or after S s\n(TCP_DEFER_ACCEPT; "
+                 "default " + std::to_string(settings.defer_accept_s) + "; 0: at once)")
+      ->type_name("S")
+      ->transform(whole_number(0, kMaxDeferAcceptS));
   if (add_flags) add_flags(app);
   app.set_help_flag("--help", "print this help");
 

@@ -14,6 +14,12 @@
 
 namespace tools {
 
+// The TCP_DEFER_ACCEPT of the HTTP tools (SockServerSettings.defer_accept_s), as Apache
+// httpd's `AcceptFilter http data` and nginx's `listen ... deferred`: an HTTP client speaks
+// first, so a connection is worth a wakeup only once its request came. A client that connects
+// and sends nothing is accepted after about this many seconds all the same.
+inline constexpr unsigned kHttpDeferAcceptS = 1;
+
 struct ToolInfo {
   const char* name;          // in messages and the usage line: "echo_server"
   const char* summary;       // what it does, one line of --help

@@ -8,6 +8,7 @@
 //     queues nothing; the budget is per shard; writes succeed again once the peers have read;
 //   accept_batch: the accepts of one wakeup are bounded, so input on an open connection is
 //     served while a backlog is still being accepted (and with the default, it is not);
+//   defer_accept_s: a connection is opened only once its client sent something;
 //   udata: sock_server_udata() returns the settings' udata in every callback on every shard;
 // and the C API around them: sock_uuid2fd() maps a live handle back to its fd from another
 // thread and stops matching once that connection closed, even after its number was reused;
@@ -781,6 +782,59 @@ TEST(ServerSettingsTest, DefaultAcceptBatchTakesTheWholeBacklogBeforeOtherInput)
             << "\n";
   ASSERT_FALSE(gaps.empty());
   EXPECT_EQ(gaps[0], kBacklog) << join(gaps);
+}
+
+// ---- defer_accept_s -----------------------------------------------------------------------------
+
+// The peer ports of the connections the server opened, in order.
+std::mutex g_defer_mu;
+std::vector<int> g_defer_opened;
+
+void defer_on_open(Reactor*, int fd) {
+  std::lock_guard<std::mutex> lock(g_defer_mu);
+  g_defer_opened.push_back(testing_support::peer_port(fd));
+}
+
+void defer_on_data(Reactor*, int fd) {
+  char buf[256];
+  ssize_t n;
+  while ((n = sock_read(fd, buf, sizeof buf)) > 0) sock_write(fd, buf, static_cast<std::size_t>(n));
+}
+
+std::vector<int> defer_opened() {
+  std::lock_guard<std::mutex> lock(g_defer_mu);
+  return g_defer_opened;
+}
+
+// A silent client connects first and a speaking one second. Without the setting the backlog
+// would hand the silent one over first; with it the server opens and serves the speaker alone,
+// and the silent one once it speaks (within the 5 s the kernel would otherwise hold it).
+TEST(ServerSettingsTest, DeferAcceptOpensAConnectionOnlyOnceItsClientSpoke) {
+  for (const int mode : {SOCK_ACCEPT_THREAD, SOCK_ACCEPT_REUSEPORT}) {
+    SCOPED_TRACE(mode == SOCK_ACCEPT_THREAD ? "acceptor thread" : "reuseport");
+    {
+      std::lock_guard<std::mutex> lock(g_defer_mu);
+      g_defer_opened.clear();
+    }
+    Running run;
+    run.server = sock_server_start(.port = "0", .threads = 1, .accept_mode = mode,
+                                   .on_data = defer_on_data, .on_open = defer_on_open,
+                                   .defer_accept_s = 5);
+    ASSERT_NE(run.server, nullptr) << std::strerror(errno);
+    const int silent = run.connect();
+    const int speaker = run.connect();
+    testing_support::write_all(speaker, "speak");
+    std::string got;
+    ASSERT_TRUE(read_exactly(speaker, 5, &got));
+    EXPECT_EQ(got, "speak");
+    EXPECT_EQ(defer_opened(), std::vector<int>{testing_support::local_port(speaker)});
+    testing_support::write_all(silent, "late");
+    got.clear();
+    ASSERT_TRUE(read_exactly(silent, 4, &got));
+    EXPECT_EQ(got, "late");
+    EXPECT_EQ(defer_opened(), (std::vector<int>{testing_support::local_port(speaker),
+                                                testing_support::local_port(silent)}));
+  }
 }
 
 // ---- udata --------------------------------------------------------------------------------------

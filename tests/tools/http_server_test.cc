@@ -751,6 +751,8 @@ TEST(HttpServerFlagsTest, BadTimeoutAndLimitValuesAreRefusedWithStatus2AndTheFla
       {"--header-timeout-ms", "-1"},
       {"--idle-timeout-ms", "soon"},
       {"--idle-timeout-ms", "-5"},
+      {"--defer-accept-s", "3601"},
+      {"--defer-accept-s", "-1"},
       {"--max-url", "0"},
       {"--max-url", "12k"},
       {"--max-header-bytes", " 100"},
