@@ -192,12 +192,15 @@ struct SockServer* sock_server_start_fn(struct SockServerSettings settings) {
     }
     listeners.push_back(fd);
   }
+  // One shard leaves the acceptor nothing to place: the shard accepts on the one listener
+  // itself, as in reuseport mode, and no connection pays a handoff between two threads.
+  const bool shards_accept = reuse_port || threads == 1;
   for (int i = 0; i < threads; ++i) {
     server->shards.push_back(std::make_unique<shards::Shard>(
-        server->settings, i, reuse_port ? listeners[static_cast<std::size_t>(i)] : -1,
+        server->settings, i, shards_accept ? listeners[static_cast<std::size_t>(i)] : -1,
         server.get()));
   }
-  if (!reuse_port) {
+  if (!shards_accept) {
     server->acceptor =
         std::make_unique<shards::Acceptor>(server->shards, server->settings, listeners[0]);
   }

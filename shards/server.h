@@ -25,7 +25,8 @@ extern "C" {
 
 /** How connections reach the shards. */
 enum SockAcceptMode {
-  /** One acceptor thread accepts and hands each fd to a shard (placement below). */
+  /** One acceptor thread accepts and hands each fd to a shard (placement below). With one
+   * shard there is nothing to place: that shard accepts on the listener itself. */
   SOCK_ACCEPT_THREAD = 0,
   /** One SO_REUSEPORT listener per shard; the kernel spreads connections by address hash. */
   SOCK_ACCEPT_REUSEPORT = 1
