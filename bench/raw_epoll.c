@@ -9,7 +9,15 @@
  * the read that would return EAGAIN is skipped (as our engine does), unless the peer's FIN or an
  * error came with this event (EPOLLRDHUP/HUP/ERR), which would raise no new edge. --drain reads
  * until EAGAIN every time (the textbook loop: one more syscall per event).
- *   raw_epoll [--port P] [--drain]      (default port 18082; SIGINT/SIGTERM end it)
+ * --close is the churn ceiling: a connection's first complete request is answered with a
+ * `Connection: close` response and the connection is closed as soon as the kernel took all of
+ * it (at once, or on the EPOLLOUT that flushed the rest); anything after that first request is
+ * ignored. Per connection that is accept4, epoll_ctl(ADD), read, write, close and nothing else
+ * (epoll_wait and the accept4 that ends each batch with EAGAIN are shared): no TCP_NODELAY,
+ * since the one write goes out at once on an idle connection and close pushes it anyway; no
+ * EPOLL_CTL_DEL, since close removes the fd from the epoll set; no lingering close (a client
+ * that sends more than one request may get a reset, which wrk's churn load never does).
+ *   raw_epoll [--port P] [--drain] [--close]   (default port 18082; SIGINT/SIGTERM end it)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -27,6 +35,10 @@
 static const char kResponse[] =
     "HTTP/1.1 200 OK\r\nContent-Length: 12\r\nContent-Type: text/plain\r\n\r\nHello World!";
 #define RESPONSE_LEN (sizeof kResponse - 1)
+static const char kCloseResponse[] =
+    "HTTP/1.1 200 OK\r\nContent-Length: 12\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+    "\r\nHello World!";
+#define CLOSE_RESPONSE_LEN (sizeof kCloseResponse - 1)
 #define OUT_RESPONSES 1024           /* one write() carries up to this many responses */
 #define PENDING_MAX (16u << 20)      /* a client that sends but never reads gets closed */
 
@@ -34,12 +46,14 @@ struct conn {
   unsigned matched;                  /* how much of "\r\n\r\n" the last read ended in (0-3) */
   char* pending;                     /* bytes the kernel did not take yet, sent on EPOLLOUT */
   size_t pending_len, pending_cap;
+  int answered;                      /* --close: response written or pending; close once sent */
 };
 
 static struct conn* conns;           /* indexed by fd, sized by RLIMIT_NOFILE */
 static int max_fds;
 static char out[OUT_RESPONSES * RESPONSE_LEN];  /* OUT_RESPONSES copies of kResponse */
 static int drain;                    /* --drain: always read until EAGAIN */
+static int close_mode;               /* --close: one response per connection, then close */
 
 static void close_conn(int fd) {
   free(conns[fd].pending);
@@ -99,6 +113,22 @@ static int respond(int fd, struct conn* c, size_t owed) {
   return 0;
 }
 
+/* --close: writes the closing response and closes, or keeps what the kernel refused and
+ * leaves the close to the EPOLLOUT that flushes it. */
+static void answer_and_close(int fd, struct conn* c) {
+  ssize_t w = write(fd, kCloseResponse, CLOSE_RESPONSE_LEN);
+  if (w < 0) {
+    if (errno != EAGAIN && errno != EINTR) { close_conn(fd); return; }
+    w = 0;
+  }
+  if ((size_t)w == CLOSE_RESPONSE_LEN ||
+      keep_pending(c, kCloseResponse + w, CLOSE_RESPONSE_LEN - (size_t)w) < 0) {
+    close_conn(fd);
+    return;
+  }
+  c->answered = 1;
+}
+
 /* Counts complete "\r\n\r\n" in buf, carrying a partial match in *matched. */
 static size_t count_requests(const char* buf, size_t n, unsigned* matched) {
   static const char term[4] = {'\r', '\n', '\r', '\n'};
@@ -123,6 +153,10 @@ static void on_conn(int fd, uint32_t events) {
     close_conn(fd);
     return;
   }
+  if (c->answered) {                 /* --close: input is ignored, only the flush matters */
+    if (c->pending_len == 0 || (events & (EPOLLHUP | EPOLLERR))) close_conn(fd);
+    return;
+  }
   if (!(events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) return;
   char buf[65536];
   size_t owed = 0;
@@ -131,6 +165,10 @@ static void on_conn(int fd, uint32_t events) {
     ssize_t n = read(fd, buf, sizeof buf);
     if (n > 0) {
       owed += count_requests(buf, (size_t)n, &c->matched);
+      if (close_mode && owed > 0) {
+        answer_and_close(fd, c);
+        return;
+      }
       if ((size_t)n < sizeof buf && !until_eagain) break;
       continue;
     }
@@ -151,8 +189,10 @@ static void on_listener(int epfd, int lfd) {
       return;                        /* EAGAIN (or out of fds: retried when a connection arrives) */
     }
     if (fd >= max_fds) { close(fd); continue; }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (!close_mode) {
+      int one = 1;
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
     /* EPOLLOUT once, edge-triggered: it only fires when a full send buffer drains. */
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
                              .data.fd = fd};
@@ -167,8 +207,10 @@ int main(int argc, char** argv) {
       port = atoi(argv[++i]);
     } else if (strcmp(argv[i], "--drain") == 0) {
       drain = 1;
+    } else if (strcmp(argv[i], "--close") == 0) {
+      close_mode = 1;
     } else {
-      fprintf(stderr, "usage: %s [--port P] [--drain]\n", argv[0]);
+      fprintf(stderr, "usage: %s [--port P] [--drain] [--close]\n", argv[0]);
       return 2;
     }
   }
