@@ -3,12 +3,14 @@
 #   ours       tools/http_server --threads 1 (one shard, llhttp parsing; acceptor-thread mode)
 #   ours-rp    the same with --accept-mode reuseport (churn loads only)
 #   nginx      one worker, master_process off, `return 200 "Hello World!"`, access log off
+#   nginx-def  the same with `listen ... deferred` (TCP_DEFER_ACCEPT, as the HTTP tools set by
+#              default: --defer-accept-s): nginx at its best on churn (churn loads only)
 #   raw        bench/raw_epoll.c, a minimal edge-triggered epoll loop: the ceiling (keep-alive)
 #   raw-close  bench/raw_epoll.c --close: the churn ceiling (churn loads only)
 # Keep-alive loads (ours, nginx, raw): wrk -t1 -c64, -t1 -c256, 16-deep pipelining at -c64
 # (bench/pipeline.lua), and -c1000 and -c10000 (how CPU per request grows with the number of
 # connections; the fd limit is raised to the hard limit for that). Churn loads (ours, ours-rp,
-# nginx, raw-close): wrk -t1 -c16 and -c256 with `Connection: close`, so every request is a new
+# nginx, nginx-def, raw-close): wrk -t1 -c16 and -c256 with `Connection: close`, so every request is a new
 # connection: req/s is connections/s and CPU per request is CPU per connection.
 # wrk runs pinned to CPU 0, each server pinned to CPU 1. Every round starts each server once
 # and runs all of its loads; the servers are interleaved (A B C, B C A, C A B, ...) so drift on
@@ -43,7 +45,7 @@ declare -A config_title=(
   [close256]="wrk -t1 -c256, Connection: close (a new connection per request)"
 )
 keepalive_servers=(ours nginx raw)
-churn_servers=(ours ours-rp nginx raw-close)
+churn_servers=(ours ours-rp nginx nginx-def raw-close)
 
 # The loads LOADS names, in the order above.
 declare -A wanted=()
@@ -65,7 +67,7 @@ servers_of() {
 }
 # The server processes the chosen loads need, each once.
 servers=()
-for name in ours ours-rp nginx raw raw-close; do
+for name in ours ours-rp nginx nginx-def raw raw-close; do
   for cfg in "${loads[@]}"; do
     if [[ " $(servers_of "$cfg") " == *" $name "* ]]; then servers+=("$name"); break; fi
   done
@@ -83,7 +85,8 @@ bin=$(bazel info -c opt bazel-bin 2>/dev/null)
 cp "$bin/tools/http_server" "$bin/bench/raw_epoll" "$work/"
 hz=$(getconf CLK_TCK)
 
-declare -A port=([ours]=18080 [nginx]=18081 [raw]=18082 [ours-rp]=18087 [raw-close]=18088)
+declare -A port=([ours]=18080 [nginx]=18081 [raw]=18082 [ours-rp]=18087 [raw-close]=18088
+                 [nginx-def]=18090)
 
 cat >"$work/nginx.conf" <<CONF
 daemon off; master_process off; worker_processes 1; error_log $work/error.log crit;
@@ -92,6 +95,9 @@ events { worker_connections 20000; }
 http { access_log off; keepalive_requests 1000000;
   server { listen 127.0.0.1:${port[nginx]} reuseport; location / { return 200 "Hello World!"; } } }
 CONF
+mkdir "$work/nginx-def"
+sed -e "s|$work/|$work/nginx-def/|g" -e "s|:${port[nginx]} reuseport|:${port[nginx-def]} reuseport deferred|" \
+  "$work/nginx.conf" >"$work/nginx-def/nginx.conf"
 
 # start_server NAME [LAUNCHER...] -> sets pid; waits until the port accepts connections. The
 # launcher (strace below) runs the pinned server; without one, pid is the server itself.
@@ -106,6 +112,7 @@ start_server() {  # exec: $! is then the server (or its launcher), whose /proc/P
     ours-rp)   exec "$@" taskset -c 1 "$work/http_server" --threads 1 --port "${port[ours-rp]}" \
                  --accept-mode reuseport ;;
     nginx)     exec "$@" taskset -c 1 nginx -c "$work/nginx.conf" -p "$work" ;;
+    nginx-def) exec "$@" taskset -c 1 nginx -c "$work/nginx-def/nginx.conf" -p "$work/nginx-def" ;;
     raw)       exec "$@" taskset -c 1 "$work/raw_epoll" --port "${port[raw]}" ;;
     raw-close) exec "$@" taskset -c 1 "$work/raw_epoll" --port "${port[raw-close]}" --close ;;
   esac >"$work/$name.log" 2>&1 &
@@ -304,7 +311,8 @@ if ((${#churn_loads[@]})); then
   line=$(printf "  %-18s" ratio)
   for cfg in "${churn_loads[@]}"; do line+=$(printf " %-16s %-13s" "$cfg median" "$cfg min"); done
   echo "$line"
-  for pair in ours/nginx ours-rp/nginx ours/raw-close ours-rp/raw-close; do
+  for pair in ours/nginx ours-rp/nginx ours/nginx-def ours-rp/nginx-def ours/raw-close \
+              ours-rp/raw-close; do
     a=${pair%/*} b=${pair#*/}
     cells=()
     for cfg in "${churn_loads[@]}"; do

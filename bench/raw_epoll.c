@@ -12,11 +12,14 @@
  * --close is the churn ceiling: a connection's first complete request is answered with a
  * `Connection: close` response and the connection is closed as soon as the kernel took all of
  * it (at once, or on the EPOLLOUT that flushed the rest); anything after that first request is
- * ignored. Per connection that is accept4, epoll_ctl(ADD), read, write, close and nothing else
- * (epoll_wait and the accept4 that ends each batch with EAGAIN are shared): no TCP_NODELAY,
- * since the one write goes out at once on an idle connection and close pushes it anyway; no
- * EPOLL_CTL_DEL, since close removes the fd from the epoll set; no lingering close (a client
- * that sends more than one request may get a reset, which wrk's churn load never does).
+ * ignored. The listener defers accepts (TCP_DEFER_ACCEPT, as nginx's `listen ... deferred` and
+ * our HTTP tools by default), so an accepted connection's request has arrived: it is read at
+ * once, and epoll hears of the fd only if it outlives that (a request still incomplete, a reply
+ * the kernel did not take whole). Per connection that is accept4, read, write, close and
+ * nothing else (epoll_wait and the accept4 that ends each batch with EAGAIN are shared): no
+ * TCP_NODELAY, since the one write goes out at once on an idle connection and close pushes it
+ * anyway; no epoll_ctl; no lingering close (a client that sends more than one request may get
+ * a reset, which wrk's churn load never does).
  *   raw_epoll [--port P] [--drain] [--close]   (default port 18082; SIGINT/SIGTERM end it)
  */
 #define _GNU_SOURCE
@@ -114,19 +117,23 @@ static int respond(int fd, struct conn* c, size_t owed) {
 }
 
 /* --close: writes the closing response and closes, or keeps what the kernel refused and
- * leaves the close to the EPOLLOUT that flushes it. */
-static void answer_and_close(int fd, struct conn* c) {
+ * leaves the close to the EPOLLOUT that flushes it. Returns 1 once fd is closed. */
+static int answer_and_close(int fd, struct conn* c) {
   ssize_t w = write(fd, kCloseResponse, CLOSE_RESPONSE_LEN);
   if (w < 0) {
-    if (errno != EAGAIN && errno != EINTR) { close_conn(fd); return; }
+    if (errno != EAGAIN && errno != EINTR) {
+      close_conn(fd);
+      return 1;
+    }
     w = 0;
   }
   if ((size_t)w == CLOSE_RESPONSE_LEN ||
       keep_pending(c, kCloseResponse + w, CLOSE_RESPONSE_LEN - (size_t)w) < 0) {
     close_conn(fd);
-    return;
+    return 1;
   }
   c->answered = 1;
+  return 0;
 }
 
 /* Counts complete "\r\n\r\n" in buf, carrying a partial match in *matched. */
@@ -146,18 +153,20 @@ static size_t count_requests(const char* buf, size_t n, unsigned* matched) {
   return found;
 }
 
-/* Readable (or writable) connection: read until empty, then answer everything in one write. */
-static void on_conn(int fd, uint32_t events) {
+/* Readable (or writable) connection: read until empty, then answer everything in one write.
+ * Returns 1 once fd is closed. */
+static int on_conn(int fd, uint32_t events) {
   struct conn* c = &conns[fd];
   if ((events & EPOLLOUT) && c->pending_len > 0 && flush_pending(fd, c) < 0) {
     close_conn(fd);
-    return;
+    return 1;
   }
   if (c->answered) {                 /* --close: input is ignored, only the flush matters */
-    if (c->pending_len == 0 || (events & (EPOLLHUP | EPOLLERR))) close_conn(fd);
-    return;
+    if (c->pending_len > 0 && !(events & (EPOLLHUP | EPOLLERR))) return 0;
+    close_conn(fd);
+    return 1;
   }
-  if (!(events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) return;
+  if (!(events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) return 0;
   char buf[65536];
   size_t owed = 0;
   int until_eagain = drain || (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR));
@@ -165,10 +174,7 @@ static void on_conn(int fd, uint32_t events) {
     ssize_t n = read(fd, buf, sizeof buf);
     if (n > 0) {
       owed += count_requests(buf, (size_t)n, &c->matched);
-      if (close_mode && owed > 0) {
-        answer_and_close(fd, c);
-        return;
-      }
+      if (close_mode && owed > 0) return answer_and_close(fd, c);
       if ((size_t)n < sizeof buf && !until_eagain) break;
       continue;
     }
@@ -176,9 +182,13 @@ static void on_conn(int fd, uint32_t events) {
     if (n < 0 && errno == EAGAIN) break;
     if (n == 0 && owed > 0) respond(fd, c, owed);  /* EOF: a half-closed peer still reads */
     close_conn(fd);
-    return;
+    return 1;
   }
-  if (owed > 0 && respond(fd, c, owed) < 0) close_conn(fd);
+  if (owed > 0 && respond(fd, c, owed) < 0) {
+    close_conn(fd);
+    return 1;
+  }
+  return 0;
 }
 
 static void on_listener(int epfd, int lfd) {
@@ -189,7 +199,9 @@ static void on_listener(int epfd, int lfd) {
       return;                        /* EAGAIN (or out of fds: retried when a connection arrives) */
     }
     if (fd >= max_fds) { close(fd); continue; }
-    if (!close_mode) {
+    if (close_mode) {
+      if (on_conn(fd, EPOLLIN)) continue;  /* deferred: its request came with it */
+    } else {
       int one = 1;
       setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     }
@@ -227,6 +239,7 @@ int main(int argc, char** argv) {
   int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   int one = 1;
   setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (close_mode) setsockopt(lfd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &one, sizeof one);
   struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
                              .sin_addr.s_addr = htonl(INADDR_ANY)};
   if (!conns || lfd < 0 || bind(lfd, (struct sockaddr*)&addr, sizeof addr) < 0 ||

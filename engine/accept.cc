@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "engine/connection.h"
+#include "engine/handle.h"
 #include "engine/fd_table.h"
 #include "engine/reactor.h"
 #include "engine/routing.h"
@@ -51,27 +52,51 @@ int accept_connection(int listener) {
   return client;
 }
 
-std::size_t open_accepted(struct ::Reactor* owner, const int* fds, std::size_t n) {
+std::size_t open_accepted(struct ::Reactor* owner, const int* fds, std::size_t n,
+                          bool input_waiting) {
   Reactor* reactor = owner ? Reactor::of(owner, true) : nullptr;
   if (owner && !reactor) {
     for (std::size_t i = 0; i < n; ++i) close_keeping_errno(fds[i]);
     return 0;
   }
-  if (n > 1 && !reactor->is_owner_thread()) {
-    // One post for the batch; without memory for its copy, one post per fd as below.
-    if (auto* copy = static_cast<int*>(std::malloc(n * sizeof(int)))) {
-      std::memcpy(copy, fds, n * sizeof(int));
-      if (post(*reactor, RemoteCall::Kind::kOpenBatch, -1, 0, copy, n) == 0) return n;
-      std::free(copy);
+  if (reactor && !reactor->is_owner_thread()) {
+    // One post for the batch; without memory for its copy, one post per fd.
+    RemoteCall call{.kind = RemoteCall::Kind::kOpenBatch, .urgent = false,
+                    .input_waiting = input_waiting, .target = fd_key(-1, 0), .data = nullptr,
+                    .length = n, .fn = nullptr};
+    if (n > 1 && (call.data = std::malloc(n * sizeof(int)))) {
+      std::memcpy(call.data, fds, n * sizeof(int));
+      if (post(*reactor, call) == 0) return n;
+      std::free(call.data);
     }
+    std::size_t handed = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      call = RemoteCall{.kind = RemoteCall::Kind::kOpen, .urgent = false,
+                        .input_waiting = input_waiting, .target = fd_key(fds[i], 0),
+                        .data = nullptr, .length = 0, .fn = nullptr};
+      if (post(*reactor, call) < 0) {
+        close_keeping_errno(fds[i]);
+      } else {
+        ++handed;
+      }
+    }
+    return handed;
   }
   std::size_t opened = 0;
   for (std::size_t i = 0; i < n; ++i) {
-    if (open_known_fd(owner, fds[i], false) < 0) {
-      close_keeping_errno(fds[i]);
-    } else {
-      ++opened;
+    const int fd = fds[i];
+    const bool read_now = reactor && input_waiting;
+    if ((read_now ? open_with_input_here(*reactor, fd) : open_known_fd(owner, fd, false)) < 0) {
+      close_keeping_errno(fd);
+      continue;
     }
+    ++opened;
+    if (reactor && reactor->on_open()) reactor->on_open()(owner, fd);
+    if (!read_now) continue;
+    // on_open may have closed it; otherwise its input is read now, and epoll hears of it only
+    // if it outlives that.
+    FdSlot* slot = fd_slot(fd);
+    if (slot && (slot->flags & kOpen) && slot->owner == reactor) reactor->read_first_input(fd, *slot);
   }
   return opened;
 }

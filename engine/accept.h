@@ -6,7 +6,7 @@
 // listener (set there once, not on every connection), and the fd is not checked again (the
 // accept vouches for it).
 // Threads: accept_connection() the thread that accepts on the listener (the listener's slot
-// flags are that thread's); open_accepted() any thread.
+// flags are that thread's); open_accepted() see there.
 // Errors: -1 with errno.
 #ifndef ENGINE_ACCEPT_H_
 #define ENGINE_ACCEPT_H_
@@ -32,12 +32,21 @@ namespace engine {
 int accept_connection(int listener);
 
 // Opens fds[0..n), accepted on this thread and held by nobody else, for the sock_ API on
-// `owner` (NULL: on no reactor). When `owner` runs on this thread (or is NULL) each fd opens
-// inline, and on_open is the caller's to call. Otherwise they travel to it in one post (kOpen
-// for one fd, kOpenBatch for more), so they cost it one wakeup at most; it opens them and runs
-// its on_open hook (Reactor::set_on_open) for each. An fd that cannot be opened or handed over
-// is closed. Returns how many were opened or handed over; after a shortfall errno says why.
-std::size_t open_accepted(struct ::Reactor* owner, const int* fds, std::size_t n);
+// `owner` (NULL: on no reactor), and runs the reactor's on_open hook (Reactor::set_on_open)
+// for each. When `owner` runs on another thread they travel to it in one post (kOpenBatch; per
+// fd, kOpen, if the batch's copy cannot be allocated), so they cost it one wakeup at most, and
+// it opens them there the same way.
+// `input_waiting`: the listener defers accepts (TCP_DEFER_ACCEPT), so each fd's first input has
+// arrived: the owner calls on_data at once, inside its loop, instead of waiting for epoll to
+// report it, and adds the fd to its epoll set only if the connection outlives that callback
+// (a request served and closed there costs no epoll_ctl at all). Without a reactor it is
+// ignored.
+// An fd that cannot be opened or handed over is closed. Returns how many were opened or handed
+// over; after a shortfall errno says why.
+// Threads: any; with `input_waiting` on the owner's thread, only from inside its loop (a
+// callback or a posted call), as on_data is.
+std::size_t open_accepted(struct ::Reactor* owner, const int* fds, std::size_t n,
+                          bool input_waiting);
 
 }  // namespace engine
 

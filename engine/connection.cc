@@ -86,6 +86,38 @@ int open_connection(struct ::Reactor* owner, int fd, bool connecting) {
   return open_known_fd(owner, fd, connecting);
 }
 
+namespace {
+
+// The open itself, on the thread of `reactor` (or with none): see open_known_fd(). `watch`:
+// false leaves the fd out of the epoll set (open_with_input_here).
+int open_here(Reactor* reactor, int fd, FdSlot& slot, bool connecting, bool watch) {
+  // Whoever last closed this number released the slot with its generation store: acquire it
+  // before touching the rest.
+  slot.generation.load(std::memory_order_acquire);
+  release_state(fd, slot);
+  // Owned before it is open: other threads route by the (generation, owner) pair (target_of),
+  // and an open generation without an owner would run their call inline, on this slot, from
+  // their own thread. (An attached slot has its owner already.)
+  const bool preset = reactor && !(slot.flags & kAttached);
+  if (preset) set_owner(slot, reactor);
+  mark_open(slot);  // a new connection: calls and events stamped with the old one are stale
+  slot.flags |= kOpen;
+  if (connecting) slot.flags |= kConnecting;
+  if (!reactor) reactor = attached_owner(slot);  // re-arm its registration, new generation
+  if (reactor && reactor->attach(fd, slot, watch) < 0) {
+    const int err = errno;
+    slot.flags &= ~(kOpen | kConnecting);
+    mark_closed(slot);
+    if (preset) set_owner(slot, nullptr);
+    errno = err;
+    return -1;
+  }
+  if (reactor) reactor->start_timers(fd, slot);
+  return 0;
+}
+
+}  // namespace
+
 int open_known_fd(struct ::Reactor* owner, int fd, bool connecting) {
   Reactor* reactor = owner ? Reactor::of(owner, true) : nullptr;
   if (owner && !reactor) return -1;
@@ -97,29 +129,12 @@ int open_known_fd(struct ::Reactor* owner, int fd, bool connecting) {
     return post(*runs_it, connecting ? RemoteCall::Kind::kOpenConnecting : RemoteCall::Kind::kOpen,
                 fd, 0);
   }
-  // Whoever last closed this number released the slot with its generation store: acquire it
-  // before touching the rest.
-  slot->generation.load(std::memory_order_acquire);
-  release_state(fd, *slot);
-  // Owned before it is open: other threads route by the (generation, owner) pair (target_of),
-  // and an open generation without an owner would run their call inline, on this slot, from
-  // their own thread. (An attached slot has its owner already.)
-  const bool preset = reactor && !(slot->flags & kAttached);
-  if (preset) set_owner(*slot, reactor);
-  mark_open(*slot);  // a new connection: calls and events stamped with the old one are stale
-  slot->flags |= kOpen;
-  if (connecting) slot->flags |= kConnecting;
-  if (!reactor) reactor = attached_owner(*slot);  // re-arm its registration, new generation
-  if (reactor && reactor->attach(fd, *slot) < 0) {
-    const int err = errno;
-    slot->flags &= ~(kOpen | kConnecting);
-    mark_closed(*slot);
-    if (preset) set_owner(*slot, nullptr);
-    errno = err;
-    return -1;
-  }
-  if (reactor) reactor->start_timers(fd, *slot);
-  return 0;
+  return open_here(reactor, fd, *slot, connecting, true);
+}
+
+int open_with_input_here(Reactor& reactor, int fd) {
+  FdSlot* slot = fd_slot_make(fd);
+  return slot ? open_here(&reactor, fd, *slot, false, false) : -1;
 }
 
 int attach_connection(struct ::Reactor* owner, int fd) {

@@ -63,6 +63,12 @@ int open_connection(struct ::Reactor* owner, int fd, bool connecting);
 // from the kernel (accept4, socket) or checked already (a posted open). Off the owner's thread
 // the post is kOpen / kOpenConnecting as there.
 int open_known_fd(struct ::Reactor* owner, int fd, bool connecting);
+// The owner thread's open of an accepted fd whose first input is waiting (TCP_DEFER_ACCEPT):
+// attached to `reactor` but not yet in its epoll set, so that a connection served and closed
+// in its first callback never costs an epoll_ctl. The caller runs the on_open hook, then
+// Reactor::read_first_input(), which adds the fd to the set if the connection outlives it.
+// Owner thread of `reactor`.
+int open_with_input_here(Reactor& reactor, int fd);
 
 // sock_attach: attaches an fd opened without a reactor to `owner` (posted off its thread).
 // EBUSY for an fd attached to a reactor already, when `owner` runs on another thread.

@@ -74,7 +74,7 @@ int sock_attach(struct Reactor* owner, int fd) { return engine::attach_connectio
 int sock_accept(struct Reactor* owner, int server_fd) {
   const int client = engine::accept_connection(server_fd);
   if (client < 0) return -1;
-  return engine::open_accepted(owner, &client, 1) == 1 ? client : -1;
+  return engine::open_accepted(owner, &client, 1, false) == 1 ? client : -1;
 }
 
 int sock_connect(struct Reactor* owner, const char* address, const char* port) {

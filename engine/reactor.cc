@@ -427,7 +427,15 @@ long Reactor::flush_fd(int fd, FdSlot& slot, std::size_t budget, bool notify_rea
   return static_cast<long>(written);
 }
 
-int Reactor::attach(int fd, FdSlot& slot) {
+int Reactor::watch(int fd, const FdSlot& slot) {
+  epoll_event ev{};
+  ev.events = kEpollEvents;
+  ev.data.u64 = fd_key(fd, slot.generation.load(std::memory_order_relaxed));
+  if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) == 0) return 0;
+  return errno == EEXIST ? epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, fd, &ev) : -1;
+}
+
+int Reactor::attach(int fd, FdSlot& slot, bool watch_it) {
   assert_owner_thread();
   if (api_->maxfd > 0 && fd >= api_->maxfd) {
     errno = EBADF;
@@ -436,15 +444,14 @@ int Reactor::attach(int fd, FdSlot& slot) {
   if (slot.owner && slot.owner != this && (slot.flags & kAttached)) {
     slot.owner->detach(fd, slot);
   }
-  epoll_event ev{};
-  ev.events = kEpollEvents;
-  ev.data.u64 = fd_key(fd, slot.generation.load(std::memory_order_relaxed));
   const bool mine = slot.owner == this && (slot.flags & kAttached);
-  // MOD re-arms with the current generation; ENOENT means the fd was closed behind our back
-  // (the kernel dropped it from the set) and its number reused: add it afresh.
-  if (!mine || epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, fd, &ev) < 0) {
-    if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) < 0 &&
-        (errno != EEXIST || epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, fd, &ev) < 0)) {
+  if (watch_it) {
+    epoll_event ev{};
+    ev.events = kEpollEvents;
+    ev.data.u64 = fd_key(fd, slot.generation.load(std::memory_order_relaxed));
+    // MOD re-arms with the current generation; ENOENT means the fd was closed behind our back
+    // (the kernel dropped it from the set) and its number reused: add it afresh.
+    if ((!mine || epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, fd, &ev) < 0) && watch(fd, slot) < 0) {
       return -1;
     }
   }
@@ -457,6 +464,21 @@ int Reactor::attach(int fd, FdSlot& slot) {
   // The fd may be a new listener behind an old number: accept.h asks it about TCP_NODELAY again.
   slot.flags = (slot.flags & ~kListenerNoDelay) | kAttached;
   return 0;
+}
+
+void Reactor::read_first_input(int fd, FdSlot& slot) {
+  const uint32_t generation = slot.generation.load(std::memory_order_relaxed);
+  slot.flags |= kReadPending;
+  call_on_data(fd, slot);
+  if (!is_current(slot, generation, this)) return;  // closed or detached in its first callback
+  // Closing with nothing left to send, and no layer to queue a last record: this iteration's
+  // flush step (it is listed) closes it, and nothing waits for an event before that.
+  constexpr uint32_t kClosesAtFlush = kClosing | kOnFlushList;
+  if ((slot.flags & kClosesAtFlush) == kClosesAtFlush && !slot.head && !slot_tlc(slot)) return;
+  if (watch(fd, slot) < 0) {
+    set_slot_error(slot, errno);
+    close_now(fd, slot, CloseReason::kError);
+  }
 }
 
 int Reactor::detach(int fd, FdSlot& slot, bool closing) {

@@ -101,7 +101,14 @@ class Reactor {
   void set_keep_after_stop() { keep_after_stop_ = true; }
 
   // EPOLL_CTL_ADD (or MOD) with the slot's generation; EBADF for fd >= the api's maxfd.
-  int attach(int fd, FdSlot& slot);
+  // `watch` false: the fd is the reactor's (owner, counters, timers) but epoll hears of it only
+  // from read_first_input() (connection.h, open_with_input_here).
+  int attach(int fd, FdSlot& slot, bool watch = true);
+  // For an fd attached unwatched with its first input waiting: on_data at once, then the
+  // epoll set, unless that callback closed or detached it, or sock_close()d it with nothing
+  // left to send (this iteration's flush step closes it): a short connection served whole
+  // never costs an epoll_ctl. A failure to add it closes it (CloseReason::kError).
+  void read_first_input(int fd, FdSlot& slot);
   // Leaves the epoll set (EPOLL_CTL_DEL) and keeps the sock_ state. `closing`: close(2) follows
   // at once and takes the fd out of the set itself, so the syscall is skipped. Hazard: a copy of
   // the fd (dup, or a child forked without exec) keeps the registration alive; its events
@@ -187,6 +194,8 @@ class Reactor {
   int prepare_wait(int timeout_ms);
   void run_posted_calls();
   void dispatch(int fd, uint32_t generation, uint32_t events);
+  // EPOLL_CTL_ADD (or MOD, for an fd in the set already) with the slot's current generation.
+  int watch(int fd, const FdSlot& slot);
   void call_on_data(int fd, FdSlot& slot);
   void on_writable(int fd, FdSlot& slot);
   void run_on_data_again_list();

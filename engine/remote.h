@@ -37,6 +37,9 @@ struct RemoteCall {
   };
   Kind kind;
   bool urgent;
+  // kOpen, kOpenBatch: accepted with its first input waiting (TCP_DEFER_ACCEPT), so the owner
+  // reads it at once (engine/accept.h).
+  bool input_waiting;
   uint64_t target;  // fd_key(fd, generation at call time): handle.h
   void* data;
   std::size_t length;

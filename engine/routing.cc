@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "engine/accept.h"
 #include "engine/connection.h"
 #include "engine/flush.h"
 #include "engine/handle.h"
@@ -27,7 +28,8 @@ bool still_current(const RemoteCall& call) {
 
 // kOpen, kOpenConnecting: the thread that accepted or connected the fd handed it over and
 // holds it no more, so a failure to open it here closes it here.
-// The poster checked the fd, or got it from the kernel just before: it is not checked again.
+// kOpenConnecting: the poster checked the fd, or got it from the kernel just before: it is not
+// checked again.
 void open_posted(Reactor& reactor, int fd, bool connecting) {
   if (open_known_fd(reactor.api(), fd, connecting) < 0) {
     ::close(fd);
@@ -38,8 +40,8 @@ void open_posted(Reactor& reactor, int fd, bool connecting) {
 
 // kOpenBatch: a batch the acceptor handed over in one post (engine/accept.h), adopted in one pass.
 void open_batch_posted(Reactor& reactor, const RemoteCall& call) {
-  const int* fds = static_cast<const int*>(call.data);
-  for (std::size_t i = 0; i < call.length; ++i) open_posted(reactor, fds[i], false);
+  open_accepted(reactor.api(), static_cast<const int*>(call.data), call.length,
+                call.input_waiting);
   std::free(call.data);
 }
 
@@ -65,9 +67,18 @@ void write_posted(const RemoteCall& call) {
 
 int post(Reactor& to, RemoteCall::Kind kind, int fd, uint32_t generation, void* data,
          std::size_t length, bool urgent) {
+  return post(to, RemoteCall{.kind = kind,
+                             .urgent = urgent,
+                             .input_waiting = false,
+                             .target = fd_key(fd, generation),
+                             .data = data,
+                             .length = length,
+                             .fn = nullptr});
+}
+
+int post(Reactor& to, const RemoteCall& call) {
   bool made = false;
   Inbox* inbox = to.inbox(&made);
-  const RemoteCall call{kind, urgent, fd_key(fd, generation), data, length, nullptr};
   const bool queued = inbox && inbox->post(call);
   // A new inbox: its owner may be blocked in epoll_wait after looking for one before it
   // existed, so it never announced that sleep to the inbox, and the inbox's own wakeup
@@ -104,9 +115,13 @@ ssize_t post_write(const Target& t, int fd, const SockWriteOpt& opt) {
 
 void run_posted(Reactor& reactor, const RemoteCall& call) {
   switch (call.kind) {
-    case Kind::kOpen:
+    case Kind::kOpen: {
+      const int fd = call.fd();
+      open_accepted(reactor.api(), &fd, 1, call.input_waiting);
+      return;
+    }
     case Kind::kOpenConnecting:
-      open_posted(reactor, call.fd(), call.kind == Kind::kOpenConnecting);
+      open_posted(reactor, call.fd(), true);
       return;
     case Kind::kOpenBatch:
       open_batch_posted(reactor, call);

@@ -61,6 +61,8 @@ inline Target target_of(int fd) {
 // ENOMEM: nothing was queued and `data` is still the caller's.
 int post(Reactor& to, RemoteCall::Kind kind, int fd, uint32_t generation, void* data = nullptr,
          std::size_t length = 0, bool urgent = false);
+// The same for a call the caller filled in whole.
+int post(Reactor& to, const RemoteCall& call);
 
 // Posts a write to t.remote: the bytes travel as a malloc'd copy (the caller's own buffer with
 // .move), a FILE* as is. 0 once queued, or -1 with errno ENOMEM; what the write owned (.move,

@@ -96,7 +96,8 @@ class Acceptor {
     });
     for (std::size_t i = 0; i < shards_.size(); ++i) {
       if (batches_[i].empty()) continue;
-      engine::open_accepted(shards_[i]->api(), batches_[i].data(), batches_[i].size());
+      engine::open_accepted(shards_[i]->api(), batches_[i].data(), batches_[i].size(),
+                            settings_.defer_accept_s != 0);
       batches_[i].clear();
     }
   }

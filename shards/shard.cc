@@ -129,16 +129,15 @@ void Shard::on_close(struct ::Reactor* api, int fd) {
   if (shard->settings_.on_close) shard->settings_.on_close(api, fd);
 }
 
-// SO_REUSEPORT mode: accept in bounded batches on this shard's own listener, each connection
-// opened at once, here.
+// SO_REUSEPORT mode (and a lone shard's): accept in bounded batches on this shard's own
+// listener, each connection opened at once, here (on_open through the reactor's hook). With
+// defer_accept_s its request is read at once too.
 void Shard::accept_own(int listener) {
+  const bool input_waiting = settings_.defer_accept_s != 0;
   accept_batch(&api_, listener,
                settings_.accept_batch ? settings_.accept_batch : engine::kAcceptBatch,
-               accept_pause_, [this](int fd) {
-                 if (engine::open_accepted(&api_, &fd, 1) == 1 && settings_.on_open) {
-                   settings_.on_open(&api_, fd);
-                 }
-               });
+               accept_pause_,
+               [&](int fd) { engine::open_accepted(&api_, &fd, 1, input_waiting); });
 }
 
 }  // namespace shards

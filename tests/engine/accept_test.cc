@@ -173,7 +173,7 @@ TEST(AcceptBatchTest, ABatchForAReactorOnAnotherThreadTravelsInOnePostAndOpensTh
   }
   bool made = false;
   const uint64_t posted = owner.load()->inbox(&made)->counters().posted;
-  EXPECT_EQ(engine::open_accepted(&api, fds.data(), fds.size()), static_cast<std::size_t>(kBatch));
+  EXPECT_EQ(engine::open_accepted(&api, fds.data(), fds.size(), false), static_cast<std::size_t>(kBatch));
   EXPECT_EQ(owner.load()->inbox(&made)->counters().posted, posted + 1) << "one post for the batch";
   ASSERT_TRUE(wait_for([] { return g_opened.load() == kBatch; }));
   EXPECT_FALSE(g_opened_elsewhere.load());
