@@ -112,7 +112,7 @@ int open_here(Reactor* reactor, int fd, FdSlot& slot, bool connecting, bool watc
     errno = err;
     return -1;
   }
-  if (reactor) reactor->start_timers(fd, slot);
+  if (reactor) reactor->start_timers(fd, slot, watch);
   return 0;
 }
 

@@ -478,7 +478,11 @@ void Reactor::read_first_input(int fd, FdSlot& slot) {
   if (watch(fd, slot) < 0) {
     set_slot_error(slot, errno);
     close_now(fd, slot, CloseReason::kError);
+    return;
   }
+  // The idle timeout counts from the open (start_timers); a timer the callback set that
+  // fires sooner stays, and this one is checked when it fires.
+  arm_timer(fd, slot);
 }
 
 int Reactor::detach(int fd, FdSlot& slot, bool closing) {
@@ -567,7 +571,7 @@ void Reactor::resume_if_drained(int fd, FdSlot& slot, bool notify_ready) {
   if (notify_ready && api_->on_ready) api_->on_ready(api_, fd);
 }
 
-void Reactor::start_timers(int fd, FdSlot& slot) {
+void Reactor::start_timers(int fd, FdSlot& slot, bool arm) {
   assert_owner_thread();
   // A connection moved here from another reactor leaves its own timeout and deadline behind:
   // they were counted in that reactor's ticks. This reactor's idle timeout applies from now.
@@ -578,7 +582,7 @@ void Reactor::start_timers(int fd, FdSlot& slot) {
   }
   stamp_activity(slot);
   slot.timer_due_tick = 0;
-  arm_timer(fd, slot);
+  if (arm) arm_timer(fd, slot);
 }
 
 void Reactor::arm_timer(int fd, FdSlot& slot) {

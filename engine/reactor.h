@@ -107,7 +107,8 @@ class Reactor {
   // For an fd attached unwatched with its first input waiting: on_data at once, then the
   // epoll set, unless that callback closed or detached it, or sock_close()d it with nothing
   // left to send (this iteration's flush step closes it): a short connection served whole
-  // never costs an epoll_ctl. A failure to add it closes it (CloseReason::kError).
+  // never costs an epoll_ctl, nor a timer wheel entry. A failure to add it closes it
+  // (CloseReason::kError).
   void read_first_input(int fd, FdSlot& slot);
   // Leaves the epoll set (EPOLL_CTL_DEL) and keeps the sock_ state. `closing`: close(2) follows
   // at once and takes the fd out of the set itself, so the syscall is skipped. Hazard: a copy of
@@ -147,7 +148,9 @@ class Reactor {
   // Ticks for a duration in ms, rounded up: a timeout never fires early. Any thread.
   static uint32_t ticks_of(uint64_t ms);
   // An fd just opened on this reactor: its timers start (idle timeout from the limits).
-  void start_timers(int fd, FdSlot& slot);
+  // `arm` false: the idle time counts from now, but the wheel hears of it only when
+  // read_first_input() keeps the connection (a short one never costs a wheel entry).
+  void start_timers(int fd, FdSlot& slot, bool arm = true);
   // Files fd in the wheel for its earliest expiry (idle or deadline), or closes it if that has
   // passed already. Call after changing its timeouts.
   void arm_timer(int fd, FdSlot& slot);
