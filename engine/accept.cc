@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
@@ -28,27 +29,26 @@ void close_keeping_errno(int fd) {
 
 int accept_connection(int listener) {
   FdSlot* server = fd_slot(listener);
+  constexpr uint32_t kMarked = kAttached | kListenerNoDelay;
+  const bool marked = server && (server->flags & kMarked) == kMarked;
+  // A watched listener not marked yet gets the option before this accept4, so that every
+  // connection the kernel clones from it from now on inherits it. The mark waits for an
+  // EAGAIN: only an empty backlog proves that no connection cloned before is left in it.
+  const bool listener_has_it =
+      !marked && server && (server->flags & kAttached) && set_no_delay(listener) == 0;
   int client;
   do {
     client = accept4(listener, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
   } while (client < 0 && (errno == EINTR || errno == ECONNABORTED));
   if (client < 0) {
-    if (errno == EAGAIN && server) server->flags &= ~kReadPending;
+    if (errno == EAGAIN && server) {
+      server->flags &= ~kReadPending;
+      if (listener_has_it) server->flags |= kListenerNoDelay;
+    }
     return -1;
   }
-  if (!server) {
-    set_no_delay(client);
-    return client;
-  }
-  server->flags |= kReadProgress;
-  if (!(server->flags & kListenerNoDelay)) {
-    // This one was accepted before the listener had it (if it did not already). A listener
-    // that refuses it (not TCP), or that no reactor watches, is asked again next time.
-    set_no_delay(client);
-    if ((server->flags & kAttached) && set_no_delay(listener) == 0) {
-      server->flags |= kListenerNoDelay;
-    }
-  }
+  if (server) server->flags |= kReadProgress;
+  if (!marked) set_no_delay(client);  // fails harmlessly on a socket that is not TCP
   return client;
 }
 
@@ -91,12 +91,16 @@ std::size_t open_accepted(struct ::Reactor* owner, const int* fds, std::size_t n
       continue;
     }
     ++opened;
-    if (reactor && reactor->on_open()) reactor->on_open()(owner, fd);
-    if (!read_now) continue;
-    // on_open may have closed it; otherwise its input is read now, and epoll hears of it only
-    // if it outlives that.
     FdSlot* slot = fd_slot(fd);
-    if (slot && (slot->flags & kOpen) && slot->owner == reactor) reactor->read_first_input(fd, *slot);
+    const uint32_t generation = slot ? slot->generation.load(std::memory_order_relaxed) : 0;
+    if (reactor && reactor->on_open()) reactor->on_open()(owner, fd);
+    // Unless on_open closed it (and the number perhaps went to another connection, on this
+    // thread or another: the generation, read with acquire, tells), its input is read now, and
+    // epoll hears of it only if it outlives that.
+    if (read_now && slot->generation.load(std::memory_order_acquire) == generation &&
+        load_owner(*slot) == reactor) {
+      reactor->read_first_input(fd, *slot);
+    }
   }
   return opened;
 }

@@ -23,12 +23,14 @@ namespace engine {
 // EINTR and ECONNABORTED (a client that gave up while queued) are retried. A success marks the
 // listener's slot with kReadProgress, so its reactor calls on_data again while a batch made
 // progress.
-// The first accept on a listener attached to a reactor sets TCP_NODELAY on the listener itself,
-// which accepted sockets inherit on Linux, and marks its slot (kListenerNoDelay) so that later
-// accepts skip the syscall. The mark goes whenever the slot is (re)attached, opened or closed
-// through this library, so a new listener behind a reused number is asked afresh; one that no
-// reactor watches is not marked at all (nothing would tell its replacement from it), and each
-// of its connections gets the option by a setsockopt of its own.
+// TCP_NODELAY: a listener a reactor watches gets the option itself, which the sockets the
+// kernel clones from it afterwards inherit on Linux (listen_socket() sets it before listen(),
+// so the library's own listeners have it from the start). Its slot is marked
+// (kListenerNoDelay) once an accept4 found the backlog empty after that, and accepts from a
+// marked listener skip the per-connection setsockopt. The mark goes whenever the slot is
+// (re)attached, detached, opened or closed through this library, so a new listener behind a
+// reused number is asked afresh; a listener no reactor watches is never marked (nothing would
+// tell its replacement from it).
 int accept_connection(int listener);
 
 // Opens fds[0..n), accepted on this thread and held by nobody else, for the sock_ API on

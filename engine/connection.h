@@ -7,9 +7,9 @@
 // get the same number, so everything is unlinked from the slot and the generation moves on
 // before it, and the unlinked state is freed only after on_close.
 // Threads: the fd's owner thread (routing.h), but for the entry points of the C calls,
-// open_connection() (and open_known_fd()), attach_connection(), close_connection(), clear_connection() and
-// owner_thread_slot(), which any thread may call: off the owner thread the first three post
-// themselves to it, the last two refuse (see each).
+// open_connection() (and open_known_fd()), attach_connection(), close_connection(),
+// clear_connection() and owner_thread_slot(), which any thread may call: off the owner thread
+// the first three post themselves to it, the last two refuse (see each).
 // Errors: -1 with errno.
 #ifndef ENGINE_CONNECTION_H_
 #define ENGINE_CONNECTION_H_

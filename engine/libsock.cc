@@ -74,7 +74,13 @@ int sock_attach(struct Reactor* owner, int fd) { return engine::attach_connectio
 int sock_accept(struct Reactor* owner, int server_fd) {
   const int client = engine::accept_connection(server_fd);
   if (client < 0) return -1;
-  return engine::open_accepted(owner, &client, 1, false) == 1 ? client : -1;
+  if (engine::open_known_fd(owner, client, false) < 0) {
+    const int err = errno;
+    close(client);
+    errno = err;
+    return -1;
+  }
+  return client;
 }
 
 int sock_connect(struct Reactor* owner, const char* address, const char* port) {

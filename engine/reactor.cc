@@ -470,11 +470,22 @@ void Reactor::read_first_input(int fd, FdSlot& slot) {
   const uint32_t generation = slot.generation.load(std::memory_order_relaxed);
   slot.flags |= kReadPending;
   call_on_data(fd, slot);
-  if (!is_current(slot, generation, this)) return;  // closed or detached in its first callback
-  // Closing with nothing left to send, and no layer to queue a last record: this iteration's
-  // flush step (it is listed) closes it, and nothing waits for an event before that.
-  constexpr uint32_t kClosesAtFlush = kClosing | kOnFlushList;
-  if ((slot.flags & kClosesAtFlush) == kClosesAtFlush && !slot.head && !slot_tlc(slot)) return;
+  if (!is_current(slot, generation, this)) {
+    // Detached in its first callback (reactor_remove), still open: its timer waits in the
+    // wheel for its return, as one armed at the open would have. Closed, or moved to another
+    // reactor on this thread (which armed its own): nothing to do.
+    if (slot.generation.load(std::memory_order_relaxed) == generation && !slot.owner) {
+      arm_timer(fd, slot);
+    }
+    return;
+  }
+  // Due to close with nothing left to send and no layer to queue a last record: the next
+  // flush step (it is listed) closes it (sock_close, the peer's EOF, a failure), and nothing
+  // waits for an event or a timer before that.
+  const bool closes_at_flush = (slot.flags & kOnFlushList) &&
+                               (slot.flags & (kClosing | kEof | kFailed)) && !slot.head &&
+                               !slot_tlc(slot);
+  if (closes_at_flush) return;
   if (watch(fd, slot) < 0) {
     set_slot_error(slot, errno);
     close_now(fd, slot, CloseReason::kError);
@@ -491,7 +502,7 @@ int Reactor::detach(int fd, FdSlot& slot, bool closing) {
     return -1;
   }
   if (!closing) epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);  // ENOENT: closed behind our back
-  slot.flags &= ~(kAttached | kOnFlushList | kOnDataAgainList);
+  slot.flags &= ~(kAttached | kOnFlushList | kOnDataAgainList | kListenerNoDelay);
   set_owner(slot, nullptr);
   attached_.fetch_sub(1, std::memory_order_relaxed);
   // A move to another reactor runs this on the new owner's thread: only ours may write.

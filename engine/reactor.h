@@ -88,8 +88,9 @@ class Reactor {
   // the shard stops lands in live memory and is discarded there, not in a freed inbox).
   void use_inbox(Inbox* inbox);
 
-  // Called on the owner thread for each fd opened here on another thread's behalf (a posted
-  // kOpen: an accepted connection handed over), once it is open. Set before the owner starts.
+  // Called on the owner thread for each accepted fd opened here through open_accepted()
+  // (engine/accept.h: handed over by another thread, or accepted on this one), once it is
+  // open. Set before the owner starts.
   using OpenHook = void (*)(struct ::Reactor* api, int fd);
   void set_on_open(OpenHook hook) { on_open_ = hook; }
   OpenHook on_open() const { return on_open_; }
@@ -106,7 +107,7 @@ class Reactor {
   int attach(int fd, FdSlot& slot, bool watch = true);
   // For an fd attached unwatched with its first input waiting: on_data at once, then the
   // epoll set, unless that callback closed or detached it, or sock_close()d it with nothing
-  // left to send (this iteration's flush step closes it): a short connection served whole
+  // left to send (the next flush step closes it): a short connection served whole
   // never costs an epoll_ctl, nor a timer wheel entry. A failure to add it closes it
   // (CloseReason::kError).
   void read_first_input(int fd, FdSlot& slot);

@@ -26,10 +26,9 @@ bool still_current(const RemoteCall& call) {
   return slot && slot->generation.load(std::memory_order_acquire) == call.generation();
 }
 
-// kOpen, kOpenConnecting: the thread that accepted or connected the fd handed it over and
-// holds it no more, so a failure to open it here closes it here.
-// kOpenConnecting: the poster checked the fd, or got it from the kernel just before: it is not
-// checked again.
+// kOpenConnecting: the thread that connected the fd handed it over and holds it no more, so a
+// failure to open it here closes it here; the poster got it from the kernel just before, so it
+// is not checked again. (kOpen and kOpenBatch go through open_accepted(), which does the same.)
 void open_posted(Reactor& reactor, int fd, bool connecting) {
   if (open_known_fd(reactor.api(), fd, connecting) < 0) {
     ::close(fd);

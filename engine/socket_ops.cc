@@ -66,11 +66,6 @@ int set_no_delay(int fd) {
   return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
-int set_defer_accept(int listener, unsigned seconds) {
-  const int value = static_cast<int>(std::min<unsigned>(seconds, INT_MAX));
-  return setsockopt(listener, IPPROTO_TCP, TCP_DEFER_ACCEPT, &value, sizeof value);
-}
-
 int peer_progress_age_ms(int fd, bool queued) {
   int in_kernel = 0;  // SIOCOUTQ: bytes the peer has not acknowledged, sent or not
   if (!queued && (ioctl(fd, SIOCOUTQ, &in_kernel) < 0 || in_kernel <= 0)) return -1;
@@ -84,7 +79,10 @@ int peer_progress_age_ms(int fd, bool queued) {
   return static_cast<int>(std::min<uint32_t>(age, INT_MAX));
 }
 
-int listen_socket(const char* address, const char* port, bool reuse_port) {
+int listen_socket(const char* address, const char* port, bool reuse_port,
+                  unsigned defer_accept_s) {
+  // The kernel turns the seconds into SYN-ACK retransmissions; an int holds any useful wait.
+  const int defer = static_cast<int>(std::min<unsigned>(defer_accept_s, INT_MAX));
   addrinfo* list = resolve(address, port, true);
   if (!list) return -1;
   // "Any address" resolves to 0.0.0.0 and ::. A dual-stack IPv6 socket serves both, so it
@@ -106,7 +104,10 @@ int listen_socket(const char* address, const char* port, bool reuse_port) {
       if (ai->ai_family == AF_INET6 && !address) {
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
       }
-      if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, SOMAXCONN) < 0) {
+      set_no_delay(fd);
+      if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 ||
+          (defer && setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer, sizeof defer) < 0) ||
+          listen(fd, SOMAXCONN) < 0) {
         err = errno;
         close(fd);
         fd = -1;

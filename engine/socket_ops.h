@@ -11,12 +11,13 @@ namespace engine {
 // getaddrinfo for TCP; errno is mapped from EAI_* (EINVAL for a NULL port). Free the list
 // with freeaddrinfo.
 addrinfo* resolve(const char* address, const char* port, bool passive);
-// sock_listen(), with SO_REUSEPORT too when `reuse_port` (one listener per shard on one port).
-int listen_socket(const char* address, const char* port, bool reuse_port);
+// sock_listen(), with SO_REUSEPORT too when `reuse_port` (one listener per shard on one port),
+// and TCP_DEFER_ACCEPT when `defer_accept_s` is not 0. Both, and TCP_NODELAY (which accepted
+// sockets inherit: accept.h), are set before listen(), so no connection queues without them.
+int listen_socket(const char* address, const char* port, bool reuse_port,
+                  unsigned defer_accept_s = 0);
 // A non-blocking, close-on-exec TCP socket.
 int open_stream_socket(int family);
-// TCP_DEFER_ACCEPT on a listener (SockServerSettings.defer_accept_s): 0, or -1 with errno.
-int set_defer_accept(int listener, unsigned seconds);
 // TCP_NODELAY on fd: 0, or -1 with errno (ENOTSUP, EOPNOTSUPP: not a TCP socket).
 int set_no_delay(int fd);
 // For the idle timer of a connection with bytes its peer has not taken: how long ago, in the

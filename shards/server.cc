@@ -95,10 +95,17 @@ class Acceptor {
       next_ = shard + 1;
     });
     for (std::size_t i = 0; i < shards_.size(); ++i) {
-      if (batches_[i].empty()) continue;
-      engine::open_accepted(shards_[i]->api(), batches_[i].data(), batches_[i].size(),
-                            settings_.defer_accept_s != 0);
-      batches_[i].clear();
+      std::vector<int>& fds = batches_[i];
+      if (fds.empty()) continue;
+      const std::size_t handed = engine::open_accepted(shards_[i]->api(), fds.data(), fds.size(),
+                                                       settings_.defer_accept_s != 0);
+      if (handed < fds.size()) {
+        // Out of memory for the post (the fds are closed): they never reach the shard, so
+        // placement must not count them, and the listener rests as it does on EMFILE.
+        handed_[i] -= fds.size() - handed;
+        if (is_exhaustion(errno)) pause_.pause(&api_, listener_, errno);
+      }
+      fds.clear();
     }
   }
 
@@ -171,13 +178,8 @@ struct SockServer* sock_server_start_fn(struct SockServerSettings settings) {
   std::vector<int> listeners;
   std::string port = server->port;
   for (int i = 0; i < (reuse_port ? threads : 1); ++i) {
-    int fd = engine::listen_socket(settings.address, port.c_str(), reuse_port);
-    if (fd >= 0 && settings.defer_accept_s && engine::set_defer_accept(fd, settings.defer_accept_s) < 0) {
-      const int err = errno;
-      close(fd);
-      fd = -1;
-      errno = err;
-    }
+    const int fd =
+        engine::listen_socket(settings.address, port.c_str(), reuse_port, settings.defer_accept_s);
     if (fd < 0) {
       const int err = errno;
       std::fprintf(stderr, "sock_server_start: cannot listen on %s:%s: %s\n",

@@ -74,7 +74,10 @@ struct SockServerSettings {
    * listeners. The kernel hands a connection over once its first bytes arrived, or after about
    * this many seconds if none do (it then retransmits its SYN-ACK, and the client's ACK
    * completes the accept). A connection then costs no wakeup of its own before its request,
-   * which saves about a sixth of a short connection's CPU (bench/RESULTS.md). 0: off. */
+   * and its first on_data runs at once, before its fd enters the shard's epoll set (one that
+   * closes in that callback never does): about a sixth of a short connection's CPU
+   * (bench/RESULTS.md). A client silent past the deferral gets an on_data with nothing to read
+   * at first. 0: off. */
   unsigned defer_accept_s SOCK_CXX_ZERO_;
   /** Handed back by sock_server_udata(). */
   void* udata SOCK_CXX_ZERO_;

@@ -50,9 +50,10 @@ class Shard {
   // Any thread: the load figures placement compares, read from the reactor's own counters
   // (relaxed, a recent snapshot; the engine state lives as long as the shard).
   std::size_t connections() const;
-  // Connections handed to this shard by the acceptor and opened here so far: the acceptor
-  // counts what it handed, so handed - opened is what is still in flight in the inbox
-  // (placement would otherwise see stale counts during a burst and pile it on one shard).
+  // Connections opened on this shard so far (through its on_open hook: handed over by the
+  // acceptor, or accepted on its own listener): the acceptor counts what it handed, so
+  // handed - opened is what is still in flight in the inbox (placement would otherwise see
+  // stale counts during a burst and pile it on one shard).
   std::size_t opened() const { return opened_.load(std::memory_order_relaxed); }
   // Bytes queued on the shard's connections (the engine's per-reactor total).
   uint64_t queued_bytes() const { return engine_->queued_total(); }

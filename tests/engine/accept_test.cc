@@ -3,6 +3,7 @@
 // and a new listener behind a reused number is asked afresh; a batch handed to a reactor on
 // another thread travels in one post and opens there; and a close that leaves the epoll set
 // to close(2) (no EPOLL_CTL_DEL) lets no stale event reach the next connection on the number.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -40,12 +41,27 @@ int no_delay(int fd) {
   return value;
 }
 
-// Moves a fresh listener (without TCP_NODELAY) onto `number`, closing what was there behind
-// the library's back, as a program that closes a listener and opens another may do. Returns
-// the new listener's port.
+// A loopback listener made without the library, so without TCP_NODELAY (sock_listen sets it).
+Listener plain_listener() {
+  Listener l;
+  l.fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof addr;
+  EXPECT_EQ(bind(l.fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  EXPECT_EQ(listen(l.fd, SOMAXCONN), 0);
+  getsockname(l.fd, reinterpret_cast<sockaddr*>(&addr), &length);
+  l.port = ntohs(addr.sin_port);
+  EXPECT_EQ(no_delay(l.fd), 0);
+  return l;
+}
+
+// Moves a fresh listener without TCP_NODELAY onto `number`, closing what was there behind the
+// library's back, as a program that closes a listener and opens another may do. Returns the
+// new listener's port.
 int replace_listener(int number) {
-  const Listener fresh = listen_loopback();
-  EXPECT_EQ(no_delay(fresh.fd), 0);
+  const Listener fresh = plain_listener();
   EXPECT_EQ(dup2(fresh.fd, number), number);
   close(fresh.fd);
   return fresh.port;
@@ -56,7 +72,9 @@ class AcceptTest : public testing_support::ServerFixture {
   void on_connection_data(int fd) override {
     char buf[256];
     ssize_t n;
-    while ((n = sock_read(fd, buf, sizeof buf)) > 0) received_[fd].append(buf, static_cast<std::size_t>(n));
+    while ((n = sock_read(fd, buf, sizeof buf)) > 0) {
+      received_[static_cast<std::size_t>(fd)].append(buf, static_cast<std::size_t>(n));
+    }
   }
   std::array<std::string, 1024> received_;
 };
@@ -72,6 +90,20 @@ TEST_F(AcceptTest, AcceptedSocketsInheritNoDelayFromTheWatchedListener) {
   EXPECT_EQ(no_delay(listener_.fd), 1) << "set once on the listener, for all to inherit";
   close(ca);
   close(cb);
+}
+
+// Connections queued before the listener had the option were cloned without it: each of a
+// burst accepted in one go gets it all the same.
+TEST_F(AcceptTest, EveryConnectionOfABurstQueuedBeforeTheFirstAcceptHasNoDelay) {
+  constexpr int kBurst = 5;
+  listener_.port = replace_listener(listener_.fd);
+  ASSERT_EQ(reactor_add(&r_, listener_.fd), 0);
+  std::vector<int> clients;
+  for (int i = 0; i < kBurst; ++i) clients.push_back(connect_client(listener_.port));
+  ASSERT_TRUE(testing_support::run_until(&r_, [&] { return accepted_.size() == kBurst; }));
+  for (const int fd : accepted_) EXPECT_EQ(no_delay(fd), 1) << "accepted fd " << fd;
+  EXPECT_EQ(no_delay(listener_.fd), 1);
+  for (const int c : clients) close(c);
 }
 
 TEST_F(AcceptTest, ANewListenerBehindAReusedNumberIsAskedAgain) {
@@ -162,6 +194,15 @@ TEST(AcceptBatchTest, ABatchForAReactorOnAnotherThreadTravelsInOnePostAndOpensTh
     owner = r;
     while (r->run_once(-1) >= 0) {}  // -1 with errno 0: stopped (and r deleted)
   });
+  // Stops R and joins it however the test ends (an ASSERT returns early).
+  struct Joiner {
+    struct Reactor* api;
+    std::thread* thread;
+    ~Joiner() {
+      reactor_stop(api);  // closes every fd attached to it
+      thread->join();
+    }
+  } joiner{&api, &r_thread};
   ASSERT_TRUE(wait_for([&] { return owner.load() != nullptr; }));
 
   const Listener listener = listen_loopback();
@@ -173,7 +214,8 @@ TEST(AcceptBatchTest, ABatchForAReactorOnAnotherThreadTravelsInOnePostAndOpensTh
   }
   bool made = false;
   const uint64_t posted = owner.load()->inbox(&made)->counters().posted;
-  EXPECT_EQ(engine::open_accepted(&api, fds.data(), fds.size(), false), static_cast<std::size_t>(kBatch));
+  EXPECT_EQ(engine::open_accepted(&api, fds.data(), fds.size(), false),
+            static_cast<std::size_t>(kBatch));
   EXPECT_EQ(owner.load()->inbox(&made)->counters().posted, posted + 1) << "one post for the batch";
   ASSERT_TRUE(wait_for([] { return g_opened.load() == kBatch; }));
   EXPECT_FALSE(g_opened_elsewhere.load());
@@ -187,8 +229,6 @@ TEST(AcceptBatchTest, ABatchForAReactorOnAnotherThreadTravelsInOnePostAndOpensTh
     }));
     EXPECT_EQ(got, word) << "connection " << i << " is open and served on R";
   }
-  reactor_stop(&api);  // closes every fd attached to it
-  r_thread.join();
   for (const int c : clients) close(c);
   close(listener.fd);
 }

@@ -818,7 +818,8 @@ TEST(ServerSettingsTest, DeferAcceptOpensAConnectionOnlyOnceItsClientSpoke) {
       g_defer_opened.clear();
     }
     Running run;
-    run.server = sock_server_start(.port = "0", .threads = 1, .accept_mode = mode,
+    // Two shards: one would accept on its own listener in either mode.
+    run.server = sock_server_start(.port = "0", .threads = 2, .accept_mode = mode,
                                    .on_data = defer_on_data, .on_open = defer_on_open,
                                    .defer_accept_s = 5);
     ASSERT_NE(run.server, nullptr) << std::strerror(errno);

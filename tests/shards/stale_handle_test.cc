@@ -1,7 +1,9 @@
 // No byte ever reaches the wrong connection (issue 3, section 2, test (a)): on a 2-shard server,
 // clients churn through connections (some reset, some close normally, some before reading
 // anything) while a user thread writes tagged records through the handles (sock_fd2uuid) it
-// holds, long-stale ones included. Every client checks every record it receives.
+// holds, long-stale ones included. Every client checks every record it receives. In both accept
+// modes, and (for handles) again with TCP_DEFER_ACCEPT, where each connection's first read runs
+// before its fd enters its shard's epoll set.
 //
 // Test (b), the deterministic case (in one epoll batch, callback 1 closes socket 2 and a new
 // socket takes its fd number: the old event never reaches the new socket), is
@@ -26,6 +28,7 @@
 #include <ctime>
 #include <mutex>
 #include <random>
+#include <string>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -474,8 +477,10 @@ uint64_t packets_out(SockServer* server) {
 }
 
 // kLifetimes connections through a 2-shard server in accept `mode`, while the user thread
-// writes via `via`. Returns once the server has stopped.
-Churn churn(int mode, Via via) {
+// writes via `via`. Returns once the server has stopped. `defer_accept_s`: the server's setting
+// (every client sends its tag at once, so each connection is accepted with its first input
+// waiting, read before the shard's epoll set hears of it).
+Churn churn(int mode, Via via, unsigned defer_accept_s = 0) {
   Churn run;
   World world;
   world.via = via;
@@ -483,7 +488,8 @@ Churn churn(int mode, Via via) {
   g_next_tag = 1;
   SockServer* server = sock_server_start(.address = "127.0.0.1", .port = "0", .threads = kShards,
                                          .accept_mode = mode, .on_data = on_data,
-                                         .on_close = on_close, .on_open = on_open);
+                                         .on_close = on_close, .on_open = on_open,
+                                         .defer_accept_s = defer_accept_s);
   if (!server || sock_server_shard_count(server) != kShards) {
     ADD_FAILURE() << "sock_server_start: " << std::strerror(errno);
     run.finished = false;
@@ -597,11 +603,25 @@ TEST_P(StaleHandleTest, CrossThreadWritesByFdNumberRunOnTheOwnerWhileTheNumberIs
   EXPECT_GT(run.writer.writes_ebadf, 0);
 }
 
+// The same with TCP_DEFER_ACCEPT: the acceptor's batches carry their fds' waiting input, and
+// each connection's first read runs before its fd enters the shard's epoll set.
+class StaleHandleDeferredAcceptTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(StaleHandleDeferredAcceptTest, NoByteEverReachesTheWrongConnectionReadBeforeEpollKnowsIt) {
+  const Churn run = churn(GetParam(), Via::kHandle, 1);
+  expect_every_lifetime_clean(run);
+  EXPECT_EQ(run.clients.foreign_bytes, 0);
+  EXPECT_EQ(run.clients.bad_seq, 0);
+  EXPECT_GT(run.writer.writes_ebadf, 0);
+}
+
+std::string mode_name(const ::testing::TestParamInfo<int>& info) {
+  return info.param == SOCK_ACCEPT_THREAD ? "AcceptThread" : "AcceptReuseport";
+}
+
 INSTANTIATE_TEST_SUITE_P(AcceptModes, StaleHandleTest,
-                         ::testing::Values(SOCK_ACCEPT_THREAD, SOCK_ACCEPT_REUSEPORT),
-                         [](const ::testing::TestParamInfo<int>& info) {
-                           return info.param == SOCK_ACCEPT_THREAD ? "AcceptThread"
-                                                                   : "AcceptReuseport";
-                         });
+                         ::testing::Values(SOCK_ACCEPT_THREAD, SOCK_ACCEPT_REUSEPORT), mode_name);
+INSTANTIATE_TEST_SUITE_P(AcceptModes, StaleHandleDeferredAcceptTest,
+                         ::testing::Values(SOCK_ACCEPT_THREAD, SOCK_ACCEPT_REUSEPORT), mode_name);
 
 }  // namespace
