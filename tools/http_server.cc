@@ -56,8 +56,10 @@
 // fd, and exists only while the connection is part-way through a request (or finishing): a
 // read that holds whole requests is parsed from the Responder's scratch state, and only a read
 // that ends inside a request copies that state to a Conn of its own, freed again once a read
-// ends between requests (or in on_close). So an idle keep-alive connection costs one null
-// pointer here, and the common case allocates nothing. on_close runs on the owning shard after
+// ends between requests (or in on_close); a connection whose last request came whole in one
+// read shares the thread's one finished mark until it closes. So an idle keep-alive connection
+// costs one null pointer here, and neither the common keep-alive case nor a short connection
+// allocates anything. on_close runs on the owning shard after
 // close(2): another shard may already have a new connection on the same fd number, which is
 // why the table is per shard thread and not global.
 #include <cerrno>
@@ -129,10 +131,21 @@ struct ThreadState {
                                       : std::span<const http::Page>()};
   struct Reactor* reactor = nullptr;  // the shard's, for the pages (set by on_data)
   http::Output out;  // what the current read owes, written in one go
+  // What a connection that is closing after its last request holds in the table instead of a
+  // Conn of its own: it needs no parse state, only the mark that what it still sends is
+  // discarded (finished()), so one copy per thread serves them all and a short connection
+  // allocates nothing. Made at the first such close.
+  std::unique_ptr<http::Conn> finishing;
+
+  // Frees the Conn of one table entry, unless it is the shared mark.
+  void release(http::Conn*& c) {
+    if (c != finishing.get()) delete c;
+    c = nullptr;
+  }
 
   ~ThreadState() {
     if (!conns) return;
-    for (std::size_t fd = 0; fd < g_max_fds; ++fd) delete conns[fd];  // none left after stop
+    for (std::size_t fd = 0; fd < g_max_fds; ++fd) release(conns[fd]);  // none left after stop
     std::free(conns);
   }
 };
@@ -255,16 +268,14 @@ void finish(struct Reactor* r, int fd) {
 
 void on_open(struct Reactor*, int fd) {
   http::Conn** table = conn_table(t_state);
-  if (!table) return;  // on_data refuses the connection
-  delete table[fd];    // on_close frees it; this only guards against a missed close
-  table[fd] = nullptr;
+  if (!table) return;         // on_data refuses the connection
+  t_state.release(table[fd]);  // on_close frees it; this only guards against a missed close
 }
 
 void on_close(struct Reactor*, int fd) {
   http::Conn** table = t_state.conns;
   if (!table || fd < 0 || static_cast<std::size_t>(fd) >= g_max_fds) return;
-  delete table[fd];
-  table[fd] = nullptr;
+  t_state.release(table[fd]);
 }
 
 // Runs on the thread of the shard that owns fd, whenever fd has input.
@@ -303,16 +314,20 @@ void on_data(struct Reactor* r, int fd) {
       sock_set_deadline(fd, read.in_head ? g_header_timeout_ms : 0);
     }
     if (read.keep_state && !c) {
-      // A Conn of its own, so that the next read parses on (or sees finished() until the
-      // close).
-      c = table[fd] = new (std::nothrow) http::Conn(responder.scratch());
+      // A Conn of its own, so that the next read parses on; or, for one that finished here,
+      // the thread's shared mark (the scratch state it is copied from says finished()).
+      const bool shared = read.finish && responder.scratch().finished();
+      if (shared && !state.finishing) {
+        state.finishing.reset(new (std::nothrow) http::Conn(responder.scratch()));
+      }
+      c = table[fd] = shared ? state.finishing.get()
+                             : new (std::nothrow) http::Conn(responder.scratch());
       if (!c) {
         sock_force_close(r, fd);
         return;
       }
     } else if (!read.keep_state && c) {
-      delete c;  // between requests again: the next read starts from scratch
-      table[fd] = nullptr;
+      state.release(table[fd]);  // between requests again: the next read starts from scratch
     }
     if (read.finish) {
       finish(r, fd);
