@@ -313,7 +313,14 @@ void sock_free_packet(struct Packet* packet);
  * max_len bytes; a layer writes its output over its input and sets *len (0 if it needs more
  * input; it then keeps the partial input itself). A layer that holds more output than
  * max_len returns max_len bytes and is called again with *len == 0 until it yields nothing.
- * wrap/unwrap return 0, or -1 to fail the connection (it is closed).
+ * wrap/unwrap return 0, or -1 to fail the connection (it is closed: SOCK_CLOSE_ERROR), or 1:
+ * - wrap returning 1 holds the record (a TLS handshake is not done): the layers above it have
+ *   wrapped it and will not again; it stays queued, counted in sock_pending(), with all that
+ *   follows it, and nothing is sent from it on until the layer asks for a flush with
+ *   sock_tlc_write(fd, layer, NULL, 0) and then wraps it (wrap runs again for it; a layer
+ *   that holds must not change the packet).
+ * - unwrap returning 1 ends the stream (a TLS close_notify): sock_read() reports EOF once the
+ *   layers' output is read, as if the peer had closed.
  */
 struct sockTLC {
   /** The layer below this one (NULL for the lowest layer). */
@@ -345,8 +352,12 @@ int sock_tlc_add(int fd, struct sockTLC* tlc);
 
 /** Extension (TLS needs it): queues bytes a layer produces on its own (handshake records,
  * close_notify) as records wrapped only by the layers below `from`; NULL queues raw bytes.
+ * They go in the layer's wire order: after every packet `from` has wrapped (or a layer below
+ * it queued) and before the first it has not, so held and not yet wrapped writes follow them,
+ * and urgent writes are never inserted before them. Then fd is flushed (a length of 0 only
+ * asks for that flush: a layer that held records calls it once it can wrap them).
  * Callable from inside wrap/unwrap/before_close. Returns 0, or -1 with errno (EINVAL if
- * `from` is not one of fd's layers). */
+ * `from` is not one of fd's layers, ENOMEM/ENOBUFS with nothing queued past the failure). */
 int sock_tlc_write(int fd, struct sockTLC* from, const void* data, size_t length);
 
 /* ---------------------------------------------------------------------------------------

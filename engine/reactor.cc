@@ -405,6 +405,8 @@ long Reactor::flush_fd(int fd, FdSlot& slot, std::size_t budget, bool notify_rea
     case SendResult::kBlocked:
       slot.flags |= kWriteBlocked;
       return static_cast<long>(written);
+    case SendResult::kHeld:  // the holding layer asks for the next flush
+      return static_cast<long>(written);
     case SendResult::kBudget:
       want_flush(fd, slot);
       return static_cast<long>(written);

@@ -27,9 +27,12 @@ char* scratch() {
 
 }  // namespace
 
-int tlc_wrap_from(int fd, sockTLC* layer, Packet* packet) {
-  for (; layer; layer = layer->next) {
-    if (layer->wrap && layer->wrap(fd, packet, layer->udata) != 0) {
+int tlc_wrap_from(int fd, sockTLC* layer, Packet* packet, unsigned* layers_done) {
+  *layers_done = 0;
+  for (; layer; layer = layer->next, ++*layers_done) {
+    const int r = layer->wrap ? layer->wrap(fd, packet, layer->udata) : 0;
+    if (r == 1) return 1;  // held by this layer: the ones above it are done
+    if (r != 0) {
       errno = EPROTO;
       return -1;
     }
@@ -64,9 +67,13 @@ ssize_t tlc_read(int fd, FdSlot& slot, char* out, std::size_t count, bool* drain
       n = 0;  // layers still get a call: they may hold output from earlier input
     }
     ssize_t len = n;
+    bool ended = eof;
     for (std::size_t i = 0; i < depth; ++i) {
       sockTLC* layer = bottom_up[i];
-      if (layer->unwrap && layer->unwrap(fd, buf, &len, kScratchBytes, layer->udata) != 0) {
+      const int r = layer->unwrap ? layer->unwrap(fd, buf, &len, kScratchBytes, layer->udata) : 0;
+      if (r == 1) {
+        ended = true;  // the layer's stream ended (a TLS close_notify): EOF after its output
+      } else if (r != 0) {
         errno = EPROTO;
         return -1;
       }
@@ -90,7 +97,7 @@ ssize_t tlc_read(int fd, FdSlot& slot, char* out, std::size_t count, bool* drain
       }
       return static_cast<ssize_t>(given);
     }
-    if (eof) {
+    if (ended) {
       errno = 0;
       return -1;
     }

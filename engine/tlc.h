@@ -19,7 +19,9 @@ namespace engine {
 inline constexpr std::size_t kMaxLayers = 7;
 
 // Wraps one packet with the layers from `layer` down. The packet must stay within its memory.
-int tlc_wrap_from(int fd, sockTLC* layer, Packet* packet);
+// Returns 0 (wrapped by all), 1 (a layer holds it: the *layers_done above that layer wrapped
+// it, and the next try starts at the holder), or -1 (errno EPROTO: a layer failed or overran).
+int tlc_wrap_from(int fd, sockTLC* layer, Packet* packet, unsigned* layers_done);
 
 // sock_read() for an fd with layers: recv, unwrap bottom-up, hand out up to `count` bytes and
 // keep the rest in slot.leftover. Returns > 0 bytes, 0 for "nothing yet" (with *drained set

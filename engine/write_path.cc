@@ -167,7 +167,7 @@ ssize_t send_packet(int fd, Packet* packet) {
     errno = EPIPE;
     return -1;
   }
-  if (queue_chain(*slot, packet, 0) < 0) return -1;
+  if (queue_chain(*slot, packet) < 0) return -1;
   count_queued_write(*slot);
   schedule_flush(fd, *slot);
   return 0;
@@ -196,7 +196,7 @@ int tlc_write(int fd, sockTLC* from, const void* data, std::size_t length) {
     const std::size_t n = std::min(length, kRecordPayload);
     std::memcpy(p->internal_memory, bytes, n);
     p->length = static_cast<ssize_t>(n);
-    queue_chain(*slot, p, skip);  // cannot fail for a plain memory packet
+    queue_layer_record(*slot, p, skip);
     bytes += n;
     length -= n;
   }

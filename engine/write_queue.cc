@@ -74,18 +74,28 @@ void count_writev(const FdSlot& slot, int packets) {
   if (Profile* p = owner->profile()) p->flush_packets.observe(static_cast<uint64_t>(packets));
 }
 
-// Wraps p with its layers unless done already. False (errno EPROTO) if a layer failed.
-bool seal(int fd, FdSlot& slot, Packet* p) {
+// Wraps p with its layers unless done already: kWrapped, kHeld (a layer cannot wrap it yet; it
+// stays unwrapped, so nothing is sent from it on), or kFailed (errno EPROTO).
+enum class Seal { kWrapped, kHeld, kFailed };
+Seal seal(int fd, FdSlot& slot, Packet* p) {
   sockTLC* layer = slot_tlc(slot);
-  if (!layer || is_wrapped(p) || p->metadata.is_file) return true;
+  if (!layer || is_wrapped(p) || p->metadata.is_file) return Seal::kWrapped;
   for (unsigned skip = p->metadata.rsrv & kSkipMask; skip && layer; --skip) layer = layer->next;
   const ssize_t before = p->length;
-  if (tlc_wrap_from(fd, layer, p) < 0) return false;
+  unsigned done = 0;
+  const int r = tlc_wrap_from(fd, layer, p, &done);
+  if (r != 0) count_queued(slot, p->length - before);
+  if (r < 0) return Seal::kFailed;
+  if (r > 0) {
+    // The layers above the holder are done with it: they must not wrap it again.
+    p->metadata.rsrv = static_cast<unsigned>(((p->metadata.rsrv & kSkipMask) + done) & kSkipMask);
+    return Seal::kHeld;
+  }
   p->metadata.rsrv |= kWrappedBit;
   // Its record now has a place in the layers' sequence: nothing may be inserted before it.
   p->metadata.can_interrupt = 0;
   count_queued(slot, p->length - before);
-  return true;
+  return Seal::kWrapped;
 }
 
 // Links [first, last] into the queue: at the end, or, when urgent, before the first packet
@@ -405,7 +415,7 @@ int queue_file(FdSlot& slot, FILE* file, std::size_t length, bool urgent) {
   return 0;
 }
 
-int queue_chain(FdSlot& slot, Packet* chain, unsigned skip_layers) {
+int queue_chain(FdSlot& slot, Packet* chain) {
   for (Packet* p = chain; p; p = p->metadata.next) {
     if (p->length < 0 || (!p->buffer && p->length)) {
       errno = EINVAL;
@@ -417,10 +427,29 @@ int queue_chain(FdSlot& slot, Packet* chain, unsigned skip_layers) {
       return -1;
     }
   }
-  for (Packet* p = chain; p; p = p->metadata.next) p->metadata.rsrv = skip_layers & kSkipMask;
+  for (Packet* p = chain; p; p = p->metadata.next) p->metadata.rsrv = 0;
   const bool urgent = chain->metadata.urgent;
   queue_write_chain(slot, chain, chain_tail(chain), urgent, false);
   return 0;
+}
+
+void queue_layer_record(FdSlot& slot, Packet* p, unsigned skip_layers) {
+  // The record goes after everything its layer has seen (wrapped packets, records it or a
+  // layer below it queued) and before the first packet it has not: data wrapped later must
+  // follow it on the wire. A file packet's unread bytes are such data.
+  Packet** link = &slot.head;
+  Packet* at = slot.head;
+  for (; at; link = &at->metadata.next, at = at->metadata.next) {
+    const bool seen = is_wrapped(at) || (at == slot.head && slot.sent > 0) ||
+                      (!at->metadata.is_file && (at->metadata.rsrv & kSkipMask) >= skip_layers);
+    if (!seen) break;
+  }
+  p->metadata.rsrv = skip_layers & kSkipMask;
+  p->metadata.can_interrupt = 0;  // an urgent write inserted before it would be misordered
+  p->metadata.next = at;
+  *link = p;
+  if (!at) slot.tail = p;
+  count_queued(slot, p->length);
 }
 
 SendResult send_queue(int fd, FdSlot& slot, std::size_t budget, std::size_t* written) {
@@ -437,9 +466,15 @@ SendResult send_queue(int fd, FdSlot& slot, std::size_t budget, std::size_t* wri
     iovec iov[kMaxIov];
     int n = 0;
     std::size_t total = 0;
+    bool held = false;
     for (Packet* q = p; q && !q->metadata.is_file && n < kMaxIov && total < budget - spent;
          q = q->metadata.next) {
-      if (!seal(fd, slot, q)) return fail_send(slot, EPROTO);
+      const Seal sealed = seal(fd, slot, q);
+      if (sealed == Seal::kFailed) return fail_send(slot, EPROTO);
+      if (sealed == Seal::kHeld) {
+        held = true;
+        break;
+      }
       const std::size_t skip = q == p ? slot.sent : 0;
       const std::size_t len = static_cast<std::size_t>(q->length) - skip;
       if (!len) continue;
@@ -448,8 +483,9 @@ SendResult send_queue(int fd, FdSlot& slot, std::size_t budget, std::size_t* wri
       total += len;
       ++n;
     }
-    if (!total) {  // only empty packets up to the next file packet (or the end)
-      consume(slot, 0);
+    if (!total) {
+      if (held) return SendResult::kHeld;
+      consume(slot, 0);  // only empty packets up to the next file packet (or the end)
       continue;
     }
     msghdr msg{};

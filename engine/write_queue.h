@@ -55,16 +55,22 @@ int queue_move(FdSlot& slot, void* buffer, std::size_t length, bool urgent);
 // Appends `length` bytes (0 = to the end) of a FILE* from its current offset. Takes
 // ownership of `file` even on error (EINVAL if it is not a regular file).
 int queue_file(FdSlot& slot, FILE* file, std::size_t length, bool urgent);
-// Links a caller-built chain (sock_send_packet; sock_tlc_write). Each packet will be wrapped
-// by the fd's layers below the first `skip_layers` when it is first sent. On error (-1 with
-// errno) the caller keeps the chain.
-int queue_chain(FdSlot& slot, Packet* chain, unsigned skip_layers);
+// Links a caller-built chain (sock_send_packet). Each packet will be wrapped by the fd's
+// layers when it is first sent. On error (-1 with errno) the caller keeps the chain.
+int queue_chain(FdSlot& slot, Packet* chain);
 
-enum class SendResult { kDrained, kBlocked, kBudget, kError };
+// Links a record a layer produced (sock_tlc_write: one plain memory packet), to be wrapped by
+// the layers below the first `skip_layers`, in the layer's wire order: after every packet the
+// layer has wrapped and before the first it has not. Never fails.
+void queue_layer_record(FdSlot& slot, Packet* p, unsigned skip_layers);
+
+// kHeld: a layer holds back the packet now at the head of unsent data (a TLS handshake is
+// not done); nothing waits for EPOLLOUT, the layer asks for the next flush (sock_tlc_write).
+enum class SendResult { kDrained, kBlocked, kBudget, kHeld, kError };
 // Sends the queue with sendmsg(MSG_NOSIGNAL)/sendfile until it is empty, the kernel says
-// EAGAIN, or `budget` bytes went out, wrapping each packet with the transport layers just
-// before it is first sent. Adds the bytes written to *written. kError leaves errno in
-// slot_error(slot) (EPROTO when a layer failed).
+// EAGAIN, `budget` bytes went out, or a layer holds a packet, wrapping each packet with the
+// transport layers just before it is first sent. Adds the bytes written to *written. kError
+// leaves errno in slot_error(slot) (EPROTO when a layer failed).
 SendResult send_queue(int fd, FdSlot& slot, std::size_t budget, std::size_t* written);
 
 }  // namespace engine
