@@ -238,13 +238,12 @@ void close_slot(int fd, FdSlot& slot, struct ::Reactor* notify, CloseReason why)
   // whoever reuses the number (its opener acquires it).
   slot.generation.store(slot.generation.load(std::memory_order_relaxed), std::memory_order_release);
   ::close(fd);
-  if (notify && notify->on_close) {
-    const CloseReason outer = tls_close_reason;
-    tls_close_reason = why;
-    notify->on_close(notify, fd);
-    tls_close_reason = outer;
-  }
+  // The reason holds for the layers' on_clear too: a TLS layer counts why a handshake ended.
+  const CloseReason outer = tls_close_reason;
+  tls_close_reason = why;
+  if (notify && notify->on_close) notify->on_close(notify, fd);
   free_state(fd, state);
+  tls_close_reason = outer;
 }
 
 Drained close_if_due(int fd, FdSlot& slot, struct ::Reactor* notify) {

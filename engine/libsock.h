@@ -247,7 +247,8 @@ enum SockCloseReason {
   SOCK_CLOSE_ERROR = 3    /* a read, write, connect or transport-layer error */
 };
 
-/** Inside on_close: why that fd closed. Elsewhere: SOCK_CLOSE_LOCAL. */
+/** Inside on_close, and in the transport layers' on_clear that follows it: why that fd
+ * closed. Elsewhere: SOCK_CLOSE_LOCAL. */
 enum SockCloseReason sock_close_reason(void);
 
 /* ---------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@
 //               [--max-url BYTES] [--max-header-bytes BYTES] [--max-headers N]
 //               [--max-body BYTES]            (limits on one request; defaults in --help)
 //               [--metrics]                   (GET /metrics and /status: the pool profiler)
+//               [--tls-cert PEM --tls-key PEM] (HTTPS on the same port: TLS 1.2/1.3, ALPN
+//                                              http/1.1, tickets; engine/tls/sock_tls.h)
 //
 // This file is the socket side; the HTTP itself (parsing, limits, responses, static files) is
 // the socket-free library in tools/http/, which bench/http_path_bench measures. Per read,
@@ -76,6 +78,7 @@
 #include <vector>
 
 #include "engine/libsock.h"
+#include "engine/tls/sock_tls.h"
 #include "shards/server.h"
 #include "tools/http/responder.h"
 #include "tools/http/static_files.h"
@@ -179,7 +182,22 @@ bool metrics_page(std::string_view query, std::string* body) {
     }
     query.remove_prefix(std::min(query.size(), param.size() + 1));
   }
-  return server_metrics(SOCK_METRICS_PROMETHEUS, prefix, body);
+  if (!server_metrics(SOCK_METRICS_PROMETHEUS, prefix, body)) return false;
+  // TLS's families (handshakes, failures by reason, handshake time): process-wide, so after
+  // the shards' labelled series.
+  std::string tls(static_cast<std::size_t>(sock_tls_metrics(nullptr, 0)) + 64, '\0');
+  const ssize_t n = sock_tls_metrics(tls.data(), tls.size());
+  if (n < 0 || static_cast<std::size_t>(n) >= tls.size()) return false;
+  tls.resize(static_cast<std::size_t>(n));
+  std::string_view rest = tls;
+  while (!rest.empty()) {  // the same name= filter, one family (HELP, TYPE, samples) at a time
+    std::size_t end = rest.find("\n# HELP ");
+    end = end == std::string_view::npos ? rest.size() : end + 1;
+    const std::string_view family = rest.substr(0, end);
+    if (family.substr(7).starts_with(prefix)) body->append(family);
+    rest.remove_prefix(end);
+  }
+  return true;
 }
 
 bool status_page(std::string_view, std::string* body) {
@@ -404,6 +422,8 @@ int main(int argc, char** argv) {
        .summary = "An HTTP/1.1 server: GET / answers \"Hello World!\"; keep-alive, pipelining; "
                   "static files with --root.",
        .default_port = "3000",
-       .listening = "http_server listening on http://0.0.0.0:%d/"},
+       .listening = "http_server listening on http://0.0.0.0:%d/",
+       .listening_tls = "http_server listening on https://0.0.0.0:%d/",
+       .alpn = "http/1.1"},
       settings, add_flags);
 }

@@ -11,6 +11,8 @@
 #include <memory>
 #include <string>
 
+#include "engine/tls/sock_tls.h"
+
 namespace tools {
 namespace {
 
@@ -26,6 +28,19 @@ constexpr std::uint64_t kMaxDeferAcceptS = 3600;
 
 // Atomic: the handler may run on any thread, including a shard's, and reads it once set.
 std::atomic<SockServer*> g_server{nullptr};
+
+// --tls-cert/--tls-key: the configuration every shard's connections share, and the tool's
+// own on_open, which runs once the layer is set. Set before the server starts.
+SockTLS* g_tls = nullptr;
+void (*g_tool_on_open)(struct Reactor*, int) = nullptr;
+
+void on_open_tls(struct Reactor* r, int fd) {
+  if (sock_tls_accept(fd, g_tls) < 0) {
+    sock_force_close(r, fd);  // ENOMEM: no plaintext may be served on a TLS port
+    return;
+  }
+  if (g_tool_on_open) g_tool_on_open(r, fd);
+}
 
 // sock_server_request_stop() is async-signal-safe: one write to an eventfd.
 void on_signal(int) { sock_server_request_stop(g_server.load()); }
@@ -109,11 +124,24 @@ int run_server(int argc, char** argv, const ToolInfo& info, SockServerSettings s
                  "default " + std::to_string(settings.defer_accept_s) + "; 0: at once)")
       ->type_name("S")
       ->transform(whole_number(0, kMaxDeferAcceptS));
+  std::string tls_cert, tls_key;
+  app.add_option("--tls-cert", tls_cert, "serve TLS with this certificate chain (with --tls-key)")
+      ->type_name("PEM");
+  app.add_option("--tls-key", tls_key, "the certificate's private key")->type_name("PEM");
+  unsigned tls_handshake_ms = SOCK_TLS_HANDSHAKE_MS;
+  app.add_option("--tls-handshake-timeout-ms", tls_handshake_ms,
+                 "close a TLS connection whose handshake is not done in MS ms\n(default " +
+                     std::to_string(SOCK_TLS_HANDSHAKE_MS) + "; 0: never)")
+      ->type_name("MS")
+      ->transform(whole_number(0, kMaxIdleTimeoutMs));
   if (add_flags) add_flags(app);
   app.set_help_flag("--help", "print this help");
 
   try {
     app.parse(argc, argv);
+    if (tls_cert.empty() != tls_key.empty()) {
+      throw CLI::ValidationError("--tls-cert and --tls-key", "are given together or not at all");
+    }
   } catch (const CLI::CallForHelp&) {
     std::fputs(app.help().c_str(), stdout);
     return 0;
@@ -123,10 +151,22 @@ int run_server(int argc, char** argv, const ToolInfo& info, SockServerSettings s
     return 2;
   }
   settings.port = port.c_str();
+  const bool tls = !tls_cert.empty();
+  if (tls) {
+    g_tls = sock_tls_server_new(tls_cert.c_str(), tls_key.c_str());
+    if (!g_tls || (info.alpn && sock_tls_set_alpn(g_tls, info.alpn) < 0) ||
+        sock_tls_set_handshake_timeout(g_tls, tls_handshake_ms) < 0) {
+      std::fprintf(stderr, "%s: cannot serve TLS: %s\n", info.name, sock_tls_error());
+      return 1;
+    }
+    g_tool_on_open = settings.on_open;
+    settings.on_open = on_open_tls;
+  }
 
   SockServer* server = sock_server_start_fn(settings);
   if (!server) {
     std::fprintf(stderr, "%s: cannot start: %s\n", info.name, std::strerror(errno));
+    sock_tls_free(g_tls);
     return 1;
   }
   g_server.store(server);
@@ -136,12 +176,14 @@ int run_server(int argc, char** argv, const ToolInfo& info, SockServerSettings s
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
 
-  std::printf(info.listening, sock_server_port(server));
+  std::printf(tls && info.listening_tls ? info.listening_tls : info.listening,
+              sock_server_port(server));
   std::printf("\n");
   std::fflush(stdout);
 
   sock_server_wait(server);
   sock_server_stop(server);  // cannot fail for a started server
+  sock_tls_free(g_tls);      // every connection, and its reference, is gone
   return 0;
 }
 

@@ -1,7 +1,9 @@
 // tools/server_main.h: what the demo servers share besides their callbacks: the command line
-// (--port, --threads, --accept-mode, --placement, --pin, --idle-timeout-ms, --help, and any
-// flags of the tool's own, all parsed by one CLI11 app) and the life of a sharded server
-// (start, print where it listens, stop gracefully on SIGINT or SIGTERM).
+// (--port, --threads, --accept-mode, --placement, --pin, --idle-timeout-ms, --defer-accept-s,
+// --tls-cert, --tls-key, --tls-handshake-timeout-ms, --help, and any flags of the tool's own,
+// all parsed by one CLI11 app) and the life of a sharded server (start, print where it
+// listens, stop gracefully on SIGINT or SIGTERM). With --tls-cert and --tls-key every connection speaks TLS
+// (engine/tls/sock_tls.h): the layer is set before the tool's on_open runs.
 #ifndef TOOLS_SERVER_MAIN_H_
 #define TOOLS_SERVER_MAIN_H_
 
@@ -25,6 +27,8 @@ struct ToolInfo {
   const char* summary;       // what it does, one line of --help
   const char* default_port;  // when --port is not given
   const char* listening;     // the first stdout line, a printf format given the port (an int)
+  const char* listening_tls = nullptr;  // the same with TLS (nullptr: `listening`)
+  const char* alpn = nullptr;           // the protocols TLS offers (sock_tls_set_alpn), or none
 };
 
 // Adds the tool's own options to the app that parses the shared ones, so that --help lists
@@ -39,8 +43,9 @@ using AddFlags = std::function<void(CLI::App& app)>;
 // gracefully (queued output drains; a second signal kills at once). Call it from main: it
 // installs the signal handlers.
 // Returns main's exit status: 0 after a stop or --help (the usage on stdout), 1 if the server
-// cannot start, 2 for a bad command line (a message naming the flag, then the usage, on
-// stderr; nothing listens).
+// cannot start (a certificate or key that does not load included: the message says why), 2
+// for a bad command line (a message naming the flag, then the usage, on stderr; nothing
+// listens).
 int run_server(int argc, char** argv, const ToolInfo& info, SockServerSettings settings,
                const AddFlags& add_flags = nullptr);
 

@@ -1,0 +1,272 @@
+// The configuration calls of sock_tls.h: one SSL_CTX per certificate, set up alike.
+#include "engine/tls/config.h"
+
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+namespace tls {
+namespace {
+
+thread_local std::string last_error;
+
+// TLS 1.2 suites are the AEAD ones only: a record's overhead (29 bytes at most) then fits
+// the packet's headroom, which CBC's padding and MAC would not always.
+constexpr char kTls12Ciphers[] =
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
+
+void default_log(int fd, const char* reason, void*) {
+  std::fprintf(stderr, "libsock tls: fd %d: %s\n", fd, reason);
+}
+
+// Settings every context of a configuration shares (SNI may switch a connection's context).
+SSL_CTX* new_context(SockTLS* config, bool server) {
+  SSL_CTX* ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
+  if (!ctx) return nullptr;
+  SSL_CTX_set_app_data(ctx, config);
+  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  // Idle connections give their 17 KB record buffers back; no renegotiation (its cost is the
+  // peer's to choose); no compression.
+  SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+  SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
+                               SSL_OP_CIPHER_SERVER_PREFERENCE);
+  if (SSL_CTX_set_cipher_list(ctx, kTls12Ciphers) != 1) {
+    SSL_CTX_free(ctx);
+    return nullptr;
+  }
+  if (server) {
+    // Stateless tickets only: no session cache to lock or bound; one ticket per handshake
+    // (a client resumes with one).
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_num_tickets(ctx, 1);
+    SSL_CTX_set_timeout(ctx, 2 * SOCK_TLS_TICKET_KEY_S);
+    SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, TicketKeys::callback);
+  }
+  return ctx;
+}
+
+bool load_certificate(SSL_CTX* ctx, const char* cert_file, const char* key_file) {
+  if (SSL_CTX_use_certificate_chain_file(ctx, cert_file) != 1) {
+    set_error(std::string("cannot use certificate ") + cert_file);
+    return false;
+  }
+  if (SSL_CTX_use_PrivateKey_file(ctx, key_file, SSL_FILETYPE_PEM) != 1) {
+    set_error(std::string("cannot use private key ") + key_file);
+    return false;
+  }
+  if (SSL_CTX_check_private_key(ctx) != 1) {
+    set_error(std::string("private key ") + key_file + " does not match " + cert_file);
+    return false;
+  }
+  return true;
+}
+
+// The first of the server's protocols that the client offers, else none (no ALPN).
+int select_alpn(SSL* ssl, const unsigned char** out, unsigned char* out_len,
+                const unsigned char* in, unsigned in_len, void*) {
+  const auto* config = static_cast<const SockTLS*>(SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl)));
+  unsigned char* chosen = nullptr;
+  const auto* ours = reinterpret_cast<const unsigned char*>(config->alpn.data());
+  if (SSL_select_next_proto(&chosen, out_len, ours, static_cast<unsigned>(config->alpn.size()),
+                            in, in_len) != OPENSSL_NPN_NEGOTIATED) {
+    return SSL_TLSEXT_ERR_NOACK;
+  }
+  *out = chosen;
+  return SSL_TLSEXT_ERR_OK;
+}
+
+// SNI: the first added certificate whose names match; the default one otherwise.
+int select_certificate(SSL* ssl, int*, void*) {
+  const char* name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+  const auto* config = static_cast<const SockTLS*>(SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl)));
+  if (!name) return SSL_TLSEXT_ERR_OK;
+  for (SSL_CTX* ctx : config->sni_contexts) {
+    X509* cert = SSL_CTX_get0_certificate(ctx);
+    if (cert && X509_check_host(cert, name, 0, 0, nullptr) == 1) {
+      SSL_set_SSL_CTX(ssl, ctx);
+      break;
+    }
+  }
+  return SSL_TLSEXT_ERR_OK;
+}
+
+SockTLS* fail_new(SockTLS* config, int err) {
+  sock_tls_free(config);
+  errno = err;
+  return nullptr;
+}
+
+}  // namespace
+
+const char* set_error(const std::string& reason) {
+  last_error = reason;
+  const char* sep = ": ";
+  const char* previous = nullptr;
+  while (unsigned long e = ERR_get_error()) {
+    // "certificate verify failed"; a system error's reason is errno, not words.
+    const char* words = ERR_SYSTEM_ERROR(e) ? std::strerror(ERR_GET_REASON(e))
+                                            : ERR_reason_error_string(e);
+    if (!words || (previous && std::strcmp(words, previous) == 0)) continue;
+    last_error += sep;
+    last_error += words;
+    sep = ", ";
+    previous = words;
+  }
+  return last_error.c_str();
+}
+
+void log_failure(const SockTLS& tls, int fd) {
+  if (tls.log) tls.log(fd, last_error.c_str(), tls.log_udata);
+}
+
+void retain(SockTLS* tls) { tls->refs.fetch_add(1, std::memory_order_relaxed); }
+
+void release(SockTLS* tls) {
+  // acq_rel: the last owner sees every other owner's use of the contexts before freeing.
+  if (tls->refs.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+  for (SSL_CTX* ctx : tls->sni_contexts) SSL_CTX_free(ctx);
+  SSL_CTX_free(tls->ctx);
+  delete tls;
+}
+
+}  // namespace tls
+
+extern "C" {
+
+struct SockTLS* sock_tls_server_new(const char* cert_file, const char* key_file) {
+  if (!cert_file || !key_file) {
+    tls::set_error("a server needs a certificate and a key file");
+    errno = EINVAL;
+    return nullptr;
+  }
+  auto* config = new (std::nothrow) SockTLS;
+  if (!config) return tls::fail_new(nullptr, ENOMEM);
+  config->server = true;
+  config->log = tls::default_log;
+  config->ctx = tls::new_context(config, true);
+  if (!config->ctx) {
+    tls::set_error("cannot create a TLS context");
+    return tls::fail_new(config, ENOMEM);
+  }
+  if (!tls::load_certificate(config->ctx, cert_file, key_file)) {
+    return tls::fail_new(config, EINVAL);
+  }
+  SSL_CTX_set_tlsext_servername_callback(config->ctx, tls::select_certificate);
+  SSL_CTX_set_alpn_select_cb(config->ctx, tls::select_alpn, nullptr);
+  return config;
+}
+
+int sock_tls_add_certificate(struct SockTLS* tls, const char* cert_file, const char* key_file) {
+  if (!tls || !tls->server || !cert_file || !key_file) {
+    tls::set_error("sock_tls_add_certificate needs a server configuration and two files");
+    errno = EINVAL;
+    return -1;
+  }
+  SSL_CTX* ctx = tls::new_context(tls, true);
+  if (!ctx) {
+    tls::set_error("cannot create a TLS context");
+    errno = ENOMEM;
+    return -1;
+  }
+  if (!tls::load_certificate(ctx, cert_file, key_file)) {
+    SSL_CTX_free(ctx);
+    errno = EINVAL;
+    return -1;
+  }
+  SSL_CTX_set_alpn_select_cb(ctx, tls::select_alpn, nullptr);
+  tls->sni_contexts.push_back(ctx);
+  return 0;
+}
+
+struct SockTLS* sock_tls_client_new(const char* ca_file) {
+  auto* config = new (std::nothrow) SockTLS;
+  if (!config) return tls::fail_new(nullptr, ENOMEM);
+  config->log = tls::default_log;
+  config->ctx = tls::new_context(config, false);
+  if (!config->ctx) {
+    tls::set_error("cannot create a TLS context");
+    return tls::fail_new(config, ENOMEM);
+  }
+  const int loaded = ca_file ? SSL_CTX_load_verify_locations(config->ctx, ca_file, nullptr)
+                             : SSL_CTX_set_default_verify_paths(config->ctx);
+  if (loaded != 1) {
+    tls::set_error(std::string("cannot load CA certificates from ") +
+                   (ca_file ? ca_file : "the system store"));
+    return tls::fail_new(config, EINVAL);
+  }
+  SSL_CTX_set_verify(config->ctx, SSL_VERIFY_PEER, nullptr);
+  return config;
+}
+
+int sock_tls_set_alpn(struct SockTLS* tls, const char* protocols) {
+  std::string wire;
+  std::vector<std::string> names;
+  const char* p = protocols;
+  while (p && *p) {
+    const char* end = std::strchr(p, ',');
+    const std::size_t n = end ? static_cast<std::size_t>(end - p) : std::strlen(p);
+    if (n == 0 || n > 255) break;
+    wire += static_cast<char>(n);
+    wire.append(p, n);
+    names.emplace_back(p, n);
+    p = end ? end + 1 : p + n;
+  }
+  if (!tls || !protocols || wire.empty() || (p && *p) ||
+      protocols[std::strlen(protocols) - 1] == ',') {
+    errno = EINVAL;
+    return -1;
+  }
+  if (!tls->server &&
+      SSL_CTX_set_alpn_protos(tls->ctx, reinterpret_cast<const unsigned char*>(wire.data()),
+                              static_cast<unsigned>(wire.size())) != 0) {
+    errno = ENOMEM;
+    return -1;
+  }
+  tls->alpn = std::move(wire);
+  tls->alpn_names = std::move(names);
+  return 0;
+}
+
+int sock_tls_set_handshake_timeout(struct SockTLS* tls, unsigned ms) {
+  if (!tls) {
+    errno = EINVAL;
+    return -1;
+  }
+  tls->handshake_ms = ms;
+  return 0;
+}
+
+int sock_tls_set_log(struct SockTLS* tls, void (*log)(int, const char*, void*), void* udata) {
+  if (!tls) {
+    errno = EINVAL;
+    return -1;
+  }
+  tls->log = log;
+  tls->log_udata = udata;
+  return 0;
+}
+
+int sock_tls_rotate_ticket_keys(struct SockTLS* tls) {
+  if (!tls || !tls->server) {
+    errno = EINVAL;
+    return -1;
+  }
+  if (!tls->tickets.rotate()) {
+    errno = EIO;
+    return -1;
+  }
+  return 0;
+}
+
+void sock_tls_free(struct SockTLS* tls) {
+  if (tls) tls::release(tls);
+}
+
+const char* sock_tls_error(void) { return tls::last_error.c_str(); }
+
+}  // extern "C"

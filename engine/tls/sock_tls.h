@@ -1,0 +1,150 @@
+/* sock_tls: TLS 1.2 and 1.3 for libsock connections, as a transport layer (libsock.h's TLC)
+ * over OpenSSL 3. Everything above the layer (the write queue, urgent writes, packets, pool
+ * accounting, timeouts, sharding) works unchanged: sock_write queues plaintext, each record is
+ * encrypted into its own packet just before it is sent, sock_read returns plaintext.
+ *
+ * Errors: -1 and errno, or NULL and errno, as in libsock.h. OpenSSL's reasons never crash the
+ * process: a connection whose TLS fails closes with SOCK_CLOSE_ERROR (a handshake that does
+ * not finish in time: SOCK_CLOSE_TIMEOUT), and the reason is logged (sock_tls_set_log) and
+ * readable with sock_tls_error() in that connection's on_close.
+ * Ownership: a struct SockTLS (the configuration: certificates, trust, ALPN, ticket keys) is
+ *   reference-counted: each connection using it holds a reference, so sock_tls_free() may run
+ *   while connections are open; it is freed with the last one.
+ * Threads: configuration calls (sock_tls_server_new ... sock_tls_set_log) before the
+ *   configuration is shared; after that any thread may pass it to sock_tls_accept/connect.
+ *   sock_tls_accept, sock_tls_connect and the per-fd queries need the fd's owner thread (as
+ *   libsock.h's sock_tlc_ calls: EPERM elsewhere). sock_tls_stats and sock_tls_metrics: any
+ *   thread. Session tickets are encrypted with keys held by the configuration, so every shard
+ *   resumes every other shard's sessions; the keys rotate every SOCK_TLS_TICKET_KEY_S seconds
+ *   and a ticket is accepted for two rotations.
+ * Files: sock_write2's .file data is read into packets and encrypted (no kernel TLS here).
+ *   Packets given to sock_send_packet must hold at most BUFFER_FILE_READ_SIZE bytes each.
+ */
+#ifndef SOCK_TLS_H
+#define SOCK_TLS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** Seconds each session-ticket key encrypts new tickets before the next one takes over. */
+#define SOCK_TLS_TICKET_KEY_S 3600
+/** The handshake deadline a new configuration starts with, in milliseconds. */
+#define SOCK_TLS_HANDSHAKE_MS 10000
+
+/** A TLS configuration (an OpenSSL SSL_CTX and what goes with it). */
+struct SockTLS;
+
+/** A server configuration with one certificate chain and its private key (PEM files). TLS 1.2
+ * (ECDHE with AES-GCM or ChaCha20-Poly1305) and 1.3, no renegotiation, session tickets on.
+ * Returns NULL with errno: EINVAL (a NULL path, or files OpenSSL refuses: the reason is in
+ * sock_tls_error()), ENOMEM. */
+struct SockTLS* sock_tls_server_new(const char* cert_file, const char* key_file);
+
+/** Adds another certificate chain and key to a server configuration, served to clients whose
+ * SNI name matches one of its names (subjectAltName DNS entries or, lacking those, its CN;
+ * wildcards as RFC 6125). Unmatched or absent names get the first certificate. Returns 0, or
+ * -1 with errno EINVAL (a client configuration, bad files: see sock_tls_error()), ENOMEM. */
+int sock_tls_add_certificate(struct SockTLS* tls, const char* cert_file, const char* key_file);
+
+/** A client configuration that verifies servers against ca_file (PEM, one or more CAs) or,
+ * when NULL, the system's trust store. Returns NULL with errno (EINVAL, ENOMEM). */
+struct SockTLS* sock_tls_client_new(const char* ca_file);
+
+/** The application protocols to negotiate (ALPN), comma-separated in order of preference:
+ * "h2,http/1.1". A server picks the first of its own that the client offers and goes on
+ * without ALPN when there is none; a client offers them. Returns 0, or -1 with errno EINVAL
+ * (NULL, empty or over-long names). */
+int sock_tls_set_alpn(struct SockTLS* tls, const char* protocols);
+
+/** The handshake deadline (ms, 0: none) for connections started after the call: a peer that
+ * has not finished its handshake by then is closed (SOCK_CLOSE_TIMEOUT). It uses the fd's
+ * deadline (sock_set_deadline), which the layer clears when the handshake completes. */
+int sock_tls_set_handshake_timeout(struct SockTLS* tls, unsigned ms);
+
+/** Where failure reasons go: log(fd, reason, udata) on the failing connection's thread, for
+ * each failed handshake or record. The default writes "libsock tls: fd N: reason" to stderr;
+ * NULL stays silent. Returns 0, or -1 with errno EINVAL for a NULL tls. */
+int sock_tls_set_log(struct SockTLS* tls, void (*log)(int fd, const char* reason, void* udata),
+                     void* udata);
+
+/** Starts a new session-ticket key now, as the SOCK_TLS_TICKET_KEY_S schedule does (for a
+ * deployment's own schedule, or after a key may have leaked): tickets of the key before
+ * still resume and are renewed, older ones give a full handshake. Returns 0, or -1 with errno
+ * EINVAL (NULL or a client configuration) or EIO (no random bytes). Any thread. */
+int sock_tls_rotate_ticket_keys(struct SockTLS* tls);
+
+/** Drops the caller's reference (connections keep theirs). NULL is a no-op. */
+void sock_tls_free(struct SockTLS* tls);
+
+/** Starts the server side of TLS on fd (opened with the sock_ API and attached, typically in
+ * a server's on_open) as its lowest transport layer: add other layers after this call. The
+ * handshake runs as the peer's bytes arrive (sock_read drives it: read in on_data as usual);
+ * writes made meanwhile are held and sent, in order, once it completes. Owner thread.
+ * Returns 0, or -1 with errno: EBADF, EPERM (another thread), EINVAL (a NULL or client
+ * configuration, or fd has layers already), ENOMEM. */
+int sock_tls_accept(int fd, struct SockTLS* tls);
+
+/** Starts the client side on fd (from sock_connect; any time before data flows): sends the
+ * ClientHello with server_name as SNI and verifies the server's certificate against it (a DNS
+ * name or an IP address; NULL: no SNI and no name check, the chain is still verified). Writes
+ * are held until the handshake completes. A failed verification closes the connection with
+ * SOCK_CLOSE_ERROR and a reason such as "certificate verify failed: certificate has expired".
+ * Owner thread. Returns 0, or -1 with errno as sock_tls_accept (EINVAL for a server
+ * configuration). */
+int sock_tls_connect(int fd, struct SockTLS* tls, const char* server_name);
+
+/** 1 once fd's handshake completed, 0 while it runs, -1 (errno EBADF) for an fd without TLS.
+ * Owner thread. */
+int sock_tls_established(int fd);
+
+/** The protocol ALPN chose for fd ("http/1.1"), or NULL (none, no TLS, or not yet). The string
+ * lives as long as the connection. Owner thread. */
+const char* sock_tls_alpn(int fd);
+
+/** 1 if fd's session was resumed from a ticket, 0 if not (or not yet), -1 without TLS. */
+int sock_tls_resumed(int fd);
+
+/** The calling thread's last TLS failure reason (configuration or connection), or "" if
+ * none. Valid until the thread's next TLS failure: read it in the failing connection's
+ * on_close, or right after a configuration call failed. */
+const char* sock_tls_error(void);
+
+/** Why handshakes failed (the reason label of the metrics). */
+enum SockTLSFailure {
+  SOCK_TLS_FAIL_PROTOCOL = 0,    /* bad or unexpected records: not TLS, no shared cipher */
+  SOCK_TLS_FAIL_CERTIFICATE = 1, /* the peer's certificate did not verify */
+  SOCK_TLS_FAIL_TIMEOUT = 2,     /* the handshake deadline expired */
+  SOCK_TLS_FAIL_CLOSED = 3,      /* the peer or the application closed mid-handshake */
+  SOCK_TLS_FAIL_REASONS = 4
+};
+
+/** Process-wide counters, every configuration together. */
+struct SockTLSStats {
+  uint64_t handshakes;         /* completed, resumed ones included */
+  uint64_t resumed;            /* of those, resumed from a ticket */
+  uint64_t failures[SOCK_TLS_FAIL_REASONS];
+  uint64_t handshake_us_sum;   /* microseconds from the layer's start to completion */
+  uint64_t records_failed;     /* established connections failed by a bad record */
+  uint64_t open;               /* connections with the layer now */
+};
+
+/** Fills *stats (relaxed reads: a snapshot). Returns 0, or -1 with errno EINVAL. Any thread. */
+int sock_tls_stats(struct SockTLSStats* stats);
+
+/** Appends the counters as Prometheus text (families libsock_tls_handshakes_total,
+ * libsock_tls_handshake_failures_total{reason}, libsock_tls_handshake_seconds (a histogram),
+ * libsock_tls_record_failures_total, libsock_tls_connections) to buf. Returns the length the
+ * whole text needs (not counting a NUL, which is written when it fits); it was written only
+ * if that is below size. -1 with errno EINVAL for a NULL buf with a size. Any thread. */
+ssize_t sock_tls_metrics(char* buf, size_t size);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SOCK_TLS_H */
