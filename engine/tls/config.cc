@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <cstring>
 
+#include "engine/tls/layer.h"
+
 namespace tls {
 namespace {
 
@@ -29,6 +31,7 @@ SSL_CTX* new_context(SockTLS* config, bool server) {
   SSL_CTX* ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
   if (!ctx) return nullptr;
   SSL_CTX_set_app_data(ctx, config);
+  SSL_CTX_set_keylog_callback(ctx, on_keylog);  // TLS 1.3 connections run on their secrets
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   // Idle connections give their 17 KB record buffers back; no renegotiation (its cost is the
   // peer's to choose); no compression.

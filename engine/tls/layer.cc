@@ -1,10 +1,15 @@
-// The TLS transport layer of one connection (sock_tls_accept / sock_tls_connect): OpenSSL
-// reads and writes through a BIO over the layer's buffers of the moment (never the socket):
+// The TLS transport layer of one connection (sock_tls_accept / sock_tls_connect).
+// During the handshake, OpenSSL reads and writes through a BIO over the layer's buffers of the
+// moment (never the socket):
 // - unwrap: the received ciphertext is the BIO's input; plaintext is written over it.
 // - wrap: the record's ciphertext goes straight into the packet (its headroom takes the
 //   overhead); plaintext waits, held, until the handshake is done.
 // - anything else OpenSSL writes (handshake flights, tickets, alerts, close_notify) is staged
 //   per thread and queued with sock_tlc_write() after the call that produced it.
+// Once a TLS 1.3 handshake completes, the connection keeps only its traffic keys (record.h):
+// the SSL object is freed, and records are sealed and opened here. OpenSSL gives the
+// application traffic secrets through its keylog callback; the sequence numbers at that
+// moment are known (see hand_over()). TLS 1.2 connections keep OpenSSL to the end.
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509_vfy.h>
@@ -21,6 +26,8 @@
 
 #include "engine/libsock.h"
 #include "engine/tls/config.h"
+#include "engine/tls/layer.h"
+#include "engine/tls/record.h"
 #include "engine/tls/sock_tls.h"
 #include "engine/tls/stats.h"
 
@@ -32,17 +39,34 @@ namespace {
 static_assert(BUFFER_FILE_READ_SIZE <= 16384, "a record's plaintext must fit one TLS record");
 static_assert(BUFFER_PACKET_SIZE - BUFFER_FILE_READ_SIZE >= 256,
               "the packet's headroom must take a TLS record's overhead");
+static_assert(BUFFER_FILE_READ_SIZE + kSealOverhead <= BUFFER_PACKET_SIZE);
+// A post-handshake message longer than this is refused (a KeyUpdate is 5 bytes; a client's
+// NewSessionTicket is a few hundred).
+constexpr std::size_t kMaxPostHandshakeMessage = kMaxPlaintext;
 
 enum class Phase : unsigned char { kHandshake, kOpen, kEnded, kFailed };
 
+// The keylog callback's secrets (bits of Connection::secrets).
+constexpr unsigned kReadSecret = 1, kWriteSecret = 2;
+
 struct Connection {
   sockTLC layer;  // layer.udata == this
-  SSL* ssl;
+  SSL* ssl;       // nullptr once a TLS 1.3 connection runs on `keys`
   SockTLS* config;
   int fd;
   Phase phase = Phase::kHandshake;
-  bool shut = false;  // close_notify queued
+  bool server;
+  bool shut = false;     // close_notify queued
+  bool resumed = false;  // from a ticket
+  unsigned secrets = 0;  // kReadSecret | kWriteSecret, as the keylog callback gave them
+  const std::string* alpn = nullptr;  // the configuration's name ALPN chose
   int64_t started_us;
+  RecordKeys keys;  // TLS 1.3: the application traffic keys
+  // Bytes of a record (or, in post_handshake, of a handshake message) not yet complete.
+  uint8_t* partial = nullptr;
+  std::size_t partial_len = 0;
+  uint8_t* message = nullptr;
+  std::size_t message_len = 0;
   // The BIO's input during unwrap: bytes not consumed yet.
   const char* in = nullptr;
   std::size_t in_len = 0;
@@ -54,6 +78,7 @@ struct Connection {
   char* backlog = nullptr;
   std::size_t backlog_len = 0;
 };
+
 
 int64_t monotonic_us() {
   timespec ts;
@@ -145,23 +170,22 @@ bool send_staged(Connection* c) {
 }
 
 // Fails the connection (the engine closes it): the reason, its log line and its count.
+// ssl_result: SSL_get_error's, or 0 when OpenSSL has no part in it.
 int fail(Connection* c, const char* what, int ssl_result) {
   std::string reason = what;
-  if (ssl_result == SSL_ERROR_SSL && c->phase == Phase::kHandshake) {
-    const long verify = SSL_get_verify_result(c->ssl);
-    if (verify != X509_V_OK) {
-      reason += ": certificate verify failed: ";
-      reason += X509_verify_cert_error_string(verify);
-      ERR_clear_error();
-    }
+  const bool verify_failed =
+      c->ssl && c->phase == Phase::kHandshake && SSL_get_verify_result(c->ssl) != X509_V_OK;
+  if (verify_failed) {
+    reason += ": certificate verify failed: ";
+    reason += X509_verify_cert_error_string(SSL_get_verify_result(c->ssl));
+    ERR_clear_error();
   } else if (ssl_result == SSL_ERROR_SYSCALL) {
     reason += ": the peer's bytes ended inside a record";
   }
   set_error(reason);
   log_failure(*c->config, c->fd);
   if (c->phase == Phase::kHandshake) {
-    count_failure(SSL_get_verify_result(c->ssl) != X509_V_OK ? SOCK_TLS_FAIL_CERTIFICATE
-                                                              : SOCK_TLS_FAIL_PROTOCOL);
+    count_failure(verify_failed ? SOCK_TLS_FAIL_CERTIFICATE : SOCK_TLS_FAIL_PROTOCOL);
   } else {
     count_record_failure();
   }
@@ -170,12 +194,80 @@ int fail(Connection* c, const char* what, int ssl_result) {
   return -1;
 }
 
-void established(Connection* c) {
+// Queues one record of the connection's own (an alert, a KeyUpdate) sealed with its keys.
+bool send_record(Connection* c, ContentType type, const uint8_t* data, std::size_t n) {
+  uint8_t rec[kSealOverhead + 8];
+  if (n > sizeof rec - kSealOverhead) return false;
+  std::memcpy(rec + kHeaderBytes, data, n);
+  const std::size_t len = seal(c->keys, type, rec, n);
+  return len && sock_tlc_write(c->fd, &c->layer, rec, len) == 0;
+}
+
+// The keylog callback's line "LABEL <client random> <secret>", hex: the application traffic
+// secrets, which the layer needs once it frees the SSL object.
+void keep_secret(Connection* c, bool client_secret, const char* hex) {
+  const std::size_t n = std::strlen(hex) / 2;
+  if (n > kMaxSecret || std::strlen(hex) % 2) return;
+  // The peer's secret protects what this side reads.
+  const bool read = client_secret == c->server;
+  TrafficKeys& dir = read ? c->keys.read : c->keys.write;
+  for (std::size_t i = 0; i < n; ++i) {
+    const unsigned hi = OPENSSL_hexchar2int(static_cast<unsigned char>(hex[2 * i]));
+    const unsigned lo = OPENSSL_hexchar2int(static_cast<unsigned char>(hex[2 * i + 1]));
+    dir.secret[i] = static_cast<uint8_t>(hi << 4 | lo);
+  }
+  c->keys.hash_len = static_cast<uint8_t>(n);
+  c->secrets |= read ? kReadSecret : kWriteSecret;
+}
+
+// Number of whole records in bytes OpenSSL wrote.
+uint64_t records_in(const std::vector<char>& bytes) {
+  uint64_t count = 0;
+  for (std::size_t at = 0; at + kHeaderBytes <= bytes.size(); ++count) {
+    const auto* h = reinterpret_cast<const uint8_t*>(bytes.data() + at);
+    at += kHeaderBytes + (static_cast<std::size_t>(h[3]) << 8 | h[4]);
+  }
+  return count;
+}
+
+// A completed TLS 1.3 handshake: from here on the connection runs on its traffic keys alone.
+// The sequence numbers are known because OpenSSL, with read-ahead off, reads no record past
+// the peer's Finished, so both read sequences are 0; a client has written nothing under its
+// application key yet, and a server only what the completing SSL_do_handshake call wrote
+// (its session tickets: the rest of its flight went out in an earlier call). written_now:
+// that call's output, still staged.
+bool hand_over(Connection* c, const std::vector<char>& written_now) {
+  uint16_t suite = SSL_CIPHER_get_protocol_id(SSL_get_current_cipher(c->ssl));
+  uint8_t hash_len = 0;
+  if (c->secrets != (kReadSecret | kWriteSecret) ||
+      !aead_of_suite(suite, &c->keys.aead, &hash_len) || hash_len != c->keys.hash_len ||
+      !derive_traffic_keys(c->keys, &c->keys.read) ||
+      !derive_traffic_keys(c->keys, &c->keys.write)) {
+    return false;
+  }
+  c->keys.write.seq = c->server ? records_in(written_now) : 0;
+  SSL_free(c->ssl);
+  c->ssl = nullptr;
+  return true;
+}
+
+// The handshake completed: counts, the deadline cleared, held writes released.
+bool established(Connection* c, const std::vector<char>& written_now) {
   c->phase = Phase::kOpen;
-  count_handshake(SSL_session_reused(c->ssl) == 1,
-                  static_cast<uint64_t>(monotonic_us() - c->started_us));
+  c->resumed = SSL_session_reused(c->ssl) == 1;
+  const unsigned char* name = nullptr;
+  unsigned len = 0;
+  SSL_get0_alpn_selected(c->ssl, &name, &len);
+  // The chosen name is always one of the configuration's (a server chooses from its own, a
+  // client's server from those offered), which outlive the connection.
+  for (const std::string& ours : c->config->alpn_names) {
+    if (len && ours.size() == len && std::memcmp(ours.data(), name, len) == 0) c->alpn = &ours;
+  }
+  count_handshake(c->resumed, static_cast<uint64_t>(monotonic_us() - c->started_us));
+  if (SSL_version(c->ssl) == TLS1_3_VERSION && !hand_over(c, written_now)) return false;
   if (c->config->handshake_ms) sock_set_deadline(c->fd, 0);
   sock_tlc_write(c->fd, &c->layer, nullptr, 0);  // release the held writes
+  return true;
 }
 
 // Keeps the input OpenSSL did not read (an unwrap whose output filled its buffer).
@@ -190,9 +282,124 @@ bool keep_backlog(Connection* c) {
   return true;
 }
 
+// Handshake messages after the handshake (RFC 8446 4.6): a KeyUpdate, answered when the peer
+// asks; a server's NewSessionTicket, which a client without a session cache drops. A message
+// may span records; one may not span a key change.
+int post_handshake(Connection* c, const uint8_t* data, std::size_t n) {
+  std::vector<uint8_t> joined;
+  if (c->message_len) {
+    joined.assign(c->message, c->message + c->message_len);
+    joined.insert(joined.end(), data, data + n);
+    std::free(c->message);
+    c->message = nullptr;
+    c->message_len = 0;
+    data = joined.data();
+    n = joined.size();
+  }
+  while (n >= 4) {
+    const std::size_t len = static_cast<std::size_t>(data[1]) << 16 | data[2] << 8 | data[3];
+    if (len > kMaxPostHandshakeMessage) return fail(c, "a post-handshake message too long", 0);
+    if (n < 4 + len) break;
+    const uint8_t type = data[0];
+    if (type == 24 && len == 1 && data[4] <= 1 && n == 5) {  // KeyUpdate, last in its record
+      if (!update_traffic_secret(c->keys, &c->keys.read)) return fail(c, "KeyUpdate failed", 0);
+      if (data[4] == 1) {  // update_requested: answer under the old key, then switch
+        const uint8_t answer[] = {24, 0, 0, 1, 0};
+        if (!send_record(c, ContentType::kHandshake, answer, sizeof answer) ||
+            !update_traffic_secret(c->keys, &c->keys.write)) {
+          return fail(c, "KeyUpdate failed", 0);
+        }
+      }
+    } else if (type != 4 || c->server) {  // only a client takes (and drops) tickets
+      return fail(c, "an unexpected post-handshake message", 0);
+    }
+    data += 4 + len;
+    n -= 4 + len;
+  }
+  if (n) {
+    c->message = static_cast<uint8_t*>(std::malloc(n));
+    if (!c->message) return fail(c, "no memory for a handshake message", 0);
+    std::memcpy(c->message, data, n);
+    c->message_len = n;
+  }
+  return 0;
+}
+
+// Opens the whole records of src[0..n) (TLS 1.3, after hand_over) and appends their
+// application data to out[*produced..max_len); keeps an incomplete last record in
+// c->partial. src may be out itself: each record's plaintext is shorter than the record, so
+// output never overtakes input. Returns 0, 1 (close_notify) or -1 (failed).
+int open_records(Connection* c, uint8_t* src, std::size_t n, uint8_t* out, std::size_t max_len,
+                 std::size_t* produced) {
+  std::size_t at = 0;
+  while (n - at >= kHeaderBytes) {
+    uint8_t* rec = src + at;
+    const std::size_t body = static_cast<std::size_t>(rec[3]) << 8 | rec[4];
+    if (rec[0] != static_cast<uint8_t>(ContentType::kApplicationData) || body > kMaxCiphertext) {
+      return fail(c, "not a TLS 1.3 record", 0);
+    }
+    if (n - at < kHeaderBytes + body) break;
+    ContentType type;
+    std::size_t len = 0;
+    const char* why = nullptr;
+    if (!open(c->keys, rec, kHeaderBytes + body, &type, &len, &why)) return fail(c, why, 0);
+    const uint8_t* plain = rec + kHeaderBytes;
+    at += kHeaderBytes + body;
+    if (type == ContentType::kApplicationData) {
+      if (len > max_len - *produced) return fail(c, "more plaintext than the read buffer", 0);
+      std::memmove(out + *produced, plain, len);
+      *produced += len;
+    } else if (type == ContentType::kAlert) {
+      if (len == 2 && plain[1] == 0) {  // close_notify: what follows it is ignored
+        c->phase = Phase::kEnded;
+        return 1;
+      }
+      std::string why_alert = "the peer sent alert " + std::to_string(len == 2 ? plain[1] : 0);
+      return fail(c, why_alert.c_str(), 0);
+    } else if (type == ContentType::kHandshake) {
+      if (post_handshake(c, plain, len) < 0) return -1;
+    } else {
+      return fail(c, "a record of an unexpected type", 0);
+    }
+  }
+  std::free(c->partial);
+  c->partial = nullptr;
+  c->partial_len = n - at;
+  if (c->partial_len) {
+    c->partial = static_cast<uint8_t*>(std::malloc(c->partial_len));
+    if (!c->partial) return fail(c, "no memory for a partial record", 0);
+    std::memcpy(c->partial, src + at, c->partial_len);
+  }
+  return 0;
+}
+
+// unwrap once the SSL object is gone: records opened in place (after any partial record
+// kept from the last read, which needs the input copied behind it).
+int unwrap_records(Connection* c, uint8_t* buffer, ssize_t* len, std::size_t max_len) {
+  uint8_t* src = buffer;
+  std::size_t n = static_cast<std::size_t>(*len);
+  if (c->partial_len) {
+    std::vector<char>& input = scratch();
+    input.assign(c->partial, c->partial + c->partial_len);
+    input.insert(input.end(), buffer, buffer + n);
+    src = reinterpret_cast<uint8_t*>(input.data());
+    n = input.size();
+  }
+  std::size_t produced = 0;
+  const int r = open_records(c, src, n, buffer, max_len, &produced);
+  *len = static_cast<ssize_t>(produced);
+  return r;
+}
+
 int tls_unwrap(int, void* buffer, ssize_t* len, const size_t max_len, void* udata) {
   auto* c = static_cast<Connection*>(udata);
   if (c->phase == Phase::kFailed) return -1;
+  if (c->phase == Phase::kEnded) {
+    *len = 0;
+    return 1;
+  }
+  auto* out = static_cast<uint8_t*>(buffer);
+  if (!c->ssl) return unwrap_records(c, out, len, max_len);
   // The input is copied out first: plaintext is written over the buffer it came in.
   std::vector<char>& input = scratch();
   input.clear();
@@ -202,23 +409,31 @@ int tls_unwrap(int, void* buffer, ssize_t* len, const size_t max_len, void* udat
     c->backlog = nullptr;
     c->backlog_len = 0;
   }
-  const char* received = static_cast<const char*>(buffer);
-  input.insert(input.end(), received, received + *len);
+  input.insert(input.end(), out, out + *len);
   c->in = input.data();
   c->in_len = input.size();
   *len = 0;
   ERR_clear_error();
   if (c->phase == Phase::kHandshake) {
     const int r = SSL_do_handshake(c->ssl);
-    if (!send_staged(c)) return fail(c, "no memory for handshake records", 0);
     if (r != 1) {
       const int e = SSL_get_error(c->ssl, r);
+      if (!send_staged(c)) return fail(c, "no memory for handshake records", 0);
       if (e == SSL_ERROR_WANT_READ) return 0;  // OpenSSL keeps a partial record itself
       return fail(c, "handshake failed", e);
     }
-    established(c);
+    const bool ok = established(c, staging());
+    if (!send_staged(c)) return fail(c, "no memory for handshake records", 0);
+    if (!ok) return fail(c, "cannot take over the TLS 1.3 keys", 0);
+    if (!c->ssl) {  // TLS 1.3: the records that came behind the handshake are ours
+      std::size_t produced = 0;
+      const int r2 = open_records(c, reinterpret_cast<uint8_t*>(const_cast<char*>(c->in)),
+                                  c->in_len, out, max_len, &produced);
+      c->in_len = 0;
+      *len = static_cast<ssize_t>(produced);
+      return r2;
+    }
   }
-  auto* out = static_cast<char*>(buffer);
   std::size_t produced = 0;
   while (produced < max_len && c->phase == Phase::kOpen) {
     const int want = static_cast<int>(std::min<std::size_t>(max_len - produced, INT_MAX));
@@ -236,7 +451,7 @@ int tls_unwrap(int, void* buffer, ssize_t* len, const size_t max_len, void* udat
     send_staged(c);
     return fail(c, "bad record", e);
   }
-  // Records OpenSSL answers on its own: a KeyUpdate, tickets a client receives.
+  // Records OpenSSL answers on its own (a TLS 1.2 alert, say).
   if (!send_staged(c)) return fail(c, "no memory for TLS records", 0);
   if (!keep_backlog(c)) return fail(c, "no memory for received records", 0);
   *len = static_cast<ssize_t>(produced);
@@ -254,18 +469,33 @@ int tls_wrap(int, Packet* packet, void* udata) {
     log_failure(*c->config, c->fd);
     return -1;
   }
-  std::vector<char>& plain = scratch();
-  plain.assign(static_cast<const char*>(packet->buffer),
-               static_cast<const char*>(packet->buffer) + n);
+  auto* mem = reinterpret_cast<uint8_t*>(packet->internal_memory);
+  if (!c->ssl) {  // sealed in place, behind room for the header
+    if (packet->buffer != packet->internal_memory) {
+      std::memcpy(mem + kHeaderBytes, packet->buffer, n);
+    } else {
+      std::memmove(mem + kHeaderBytes, mem, n);
+    }
+  } else {
+    std::vector<char>& plain = scratch();
+    plain.assign(static_cast<const char*>(packet->buffer),
+                 static_cast<const char*>(packet->buffer) + n);
+    c->sink = packet->internal_memory;
+  }
   if (packet->metadata.external) {  // a sock_send_packet buffer: the record replaces it
     std::free(packet->buffer);
     packet->metadata.external = 0;
-    packet->buffer = packet->internal_memory;
+  }
+  packet->buffer = packet->internal_memory;
+  if (!c->ssl) {
+    const std::size_t sealed = seal(c->keys, ContentType::kApplicationData, mem, n);
+    if (!sealed) return fail(c, "cannot encrypt a record", 0);
+    packet->length = static_cast<ssize_t>(sealed);
+    return 0;
   }
   ERR_clear_error();
-  c->sink = packet->internal_memory;
   c->sink_len = 0;
-  const int r = SSL_write(c->ssl, plain.data(), static_cast<int>(n));
+  const int r = SSL_write(c->ssl, scratch().data(), static_cast<int>(n));
   c->sink = nullptr;
   if (r != static_cast<int>(n)) return fail(c, "cannot encrypt a record", SSL_get_error(c->ssl, r));
   packet->length = static_cast<ssize_t>(c->sink_len);
@@ -275,9 +505,14 @@ int tls_wrap(int, Packet* packet, void* udata) {
 void tls_before_close(int, sockTLC* layer) {
   auto* c = static_cast<Connection*>(layer->udata);
   if ((c->phase != Phase::kOpen && c->phase != Phase::kEnded) || c->shut) return;
-  c->shut = true;
+  c->shut = true;  // the peer's answering close_notify is not awaited
+  if (!c->ssl) {
+    const uint8_t close_notify[] = {1, 0};  // warning, close_notify
+    send_record(c, ContentType::kAlert, close_notify, sizeof close_notify);
+    return;
+  }
   ERR_clear_error();
-  SSL_shutdown(c->ssl);  // queues close_notify; the peer's answer is not awaited
+  SSL_shutdown(c->ssl);
   send_staged(c);
 }
 
@@ -290,6 +525,9 @@ void tls_on_clear(int, sockTLC* layer) {
   count_open(-1);
   SSL_free(c->ssl);
   std::free(c->backlog);
+  std::free(c->partial);
+  std::free(c->message);
+  OPENSSL_cleanse(&c->keys, sizeof c->keys);
   release(c->config);
   delete c;
 }
@@ -317,9 +555,11 @@ int start(int fd, SockTLS* config, bool server, const char* server_name) {
   BIO_set_data(bio, c);
   SSL_set_bio(ssl, bio, bio);  // one reference, taken by ssl
   c->layer = sockTLC{nullptr, c, tls_wrap, tls_unwrap, tls_on_clear, tls_before_close};
+  SSL_set_app_data(ssl, c);  // for the keylog callback
   c->ssl = ssl;
   c->config = config;
   c->fd = fd;
+  c->server = server;
   c->started_us = monotonic_us();
   bool ok = true;
   if (server) {
@@ -364,6 +604,17 @@ int start(int fd, SockTLS* config, bool server, const char* server_name) {
 }
 
 }  // namespace
+
+void on_keylog(const SSL* ssl, const char* line) {
+  auto* c = static_cast<Connection*>(SSL_get_app_data(ssl));
+  constexpr char kClient[] = "CLIENT_TRAFFIC_SECRET_0 ";
+  constexpr char kServer[] = "SERVER_TRAFFIC_SECRET_0 ";
+  const bool client = std::strncmp(line, kClient, sizeof kClient - 1) == 0;
+  if (!c || (!client && std::strncmp(line, kServer, sizeof kServer - 1) != 0)) return;
+  const char* hex = std::strrchr(line, ' ');
+  if (hex) keep_secret(c, client, hex + 1);
+}
+
 }  // namespace tls
 
 extern "C" {
@@ -385,16 +636,7 @@ int sock_tls_established(int fd) {
 
 const char* sock_tls_alpn(int fd) {
   const tls::Connection* c = tls::of(fd);
-  if (!c) return nullptr;
-  const unsigned char* name = nullptr;
-  unsigned len = 0;
-  SSL_get0_alpn_selected(c->ssl, &name, &len);
-  // OpenSSL's copy is not NUL-terminated; the chosen name is always one of the
-  // configuration's (a server chooses from its own, a client's server from those offered).
-  for (const std::string& ours : c->config->alpn_names) {
-    if (ours.size() == len && std::memcmp(ours.data(), name, len) == 0) return ours.c_str();
-  }
-  return nullptr;
+  return c && c->alpn ? c->alpn->c_str() : nullptr;
 }
 
 int sock_tls_resumed(int fd) {
@@ -403,7 +645,7 @@ int sock_tls_resumed(int fd) {
     errno = EBADF;
     return -1;
   }
-  return SSL_session_reused(c->ssl) == 1 ? 1 : 0;
+  return c->resumed ? 1 : 0;
 }
 
 }  // extern "C"
