@@ -313,7 +313,9 @@ void sock_free_packet(struct Packet* packet);
  * Reading: recv'd bytes are unwrapped from the lowest layer up, in place, in a buffer of
  * max_len bytes; a layer writes its output over its input and sets *len (0 if it needs more
  * input; it then keeps the partial input itself). A layer that holds more output than
- * max_len returns max_len bytes and is called again with *len == 0 until it yields nothing.
+ * max_len returns max_len bytes and is called again with *len == 0 until it yields nothing;
+ * a layer returns all the output it has up to max_len (after a short recv whose layers
+ * returned less, sock_read() waits for the socket's next readiness before it calls them).
  * wrap/unwrap return 0, or -1 to fail the connection (it is closed: SOCK_CLOSE_ERROR), or 1:
  * - wrap returning 1 holds the record (a TLS handshake is not done): the layers above it have
  *   wrapped it and will not again; it stays queued, counted in sock_pending(), with all that

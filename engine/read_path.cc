@@ -30,19 +30,18 @@ ssize_t plain_read(int fd, char* out, std::size_t count, bool* drained) {
   }
 }
 
-// n > 0 bytes were read: progress for the reactor (on_data again, the idle timer), and what
-// the read says about input still waiting.
-void note_bytes(FdSlot& slot, ssize_t n, std::size_t count, bool layers) {
+// Bytes were read: progress for the reactor (on_data again, the idle timer), and what the
+// read says about input still waiting (socket_drained: a short read emptied the socket).
+void note_bytes(FdSlot& slot, bool socket_drained) {
   slot.flags |= kReadProgress;
   if (Reactor* owner = attached_owner(slot)) owner->stamp_activity(slot);
-  if (slot.extra && slot.extra->leftover) slot.flags |= kReadPending;  // plaintext waits
-  // A short read emptied the socket: data arriving later raises a new edge. Not so when the
-  // peer already shut down (the EOF behind the data raises none), with layers' buffering, or
-  // once TCP urgent data came (recv stops short at its mark, with data behind it).
-  if (!layers && static_cast<std::size_t>(n) < count &&
-      !(slot.flags & (kPeerShut | kHangup | kUrgentSeen))) {
+  // Data arriving later raises a new edge. Not so when the peer already shut down (the EOF
+  // behind the data raises none), or once TCP urgent data came (recv stops short at its mark,
+  // with data behind it).
+  if (socket_drained && !(slot.flags & (kPeerShut | kHangup | kUrgentSeen))) {
     slot.flags &= ~kReadPending;
   }
+  if (slot.extra && slot.extra->leftover) slot.flags |= kReadPending;  // plaintext waits
 }
 
 // The read found EOF (errno 0) or failed: the queue still drains after an EOF, then the fd
@@ -87,7 +86,7 @@ ssize_t read_input(int fd, void* buf, std::size_t count) {
   sockTLC* const tlc = slot_tlc(*slot);
   // An attached fd learns of new input from its next epoll edge, which sets kReadPending: until
   // then the kernel has nothing (the last read drained it), so don't ask.
-  if (!tlc && (slot->flags & (kAttached | kReadPending)) == kAttached) return 0;
+  if ((slot->flags & (kAttached | kReadPending)) == kAttached) return 0;
   bool drained = false;
   const uint32_t generation = slot->generation.load(std::memory_order_relaxed);
   const ssize_t n = tlc ? tlc_read(fd, *slot, out, count, &drained)
@@ -98,7 +97,7 @@ ssize_t read_input(int fd, void* buf, std::size_t count) {
     return -1;
   }
   if (n > 0) {
-    note_bytes(*slot, n, count, tlc != nullptr);
+    note_bytes(*slot, tlc ? drained : static_cast<std::size_t>(n) < count);
     return n;
   }
   if (n == 0) {

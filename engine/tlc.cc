@@ -68,6 +68,7 @@ ssize_t tlc_read(int fd, FdSlot& slot, char* out, std::size_t count, bool* drain
     }
     ssize_t len = n;
     bool ended = eof;
+    bool full = false;  // a layer filled the buffer: it may hold more output
     for (std::size_t i = 0; i < depth; ++i) {
       sockTLC* layer = bottom_up[i];
       const int r = layer->unwrap ? layer->unwrap(fd, buf, &len, kScratchBytes, layer->udata) : 0;
@@ -85,8 +86,14 @@ ssize_t tlc_read(int fd, FdSlot& slot, char* out, std::size_t count, bool* drain
         errno = EPROTO;
         return -1;
       }
+      full = full || static_cast<std::size_t>(len) == kScratchBytes;
     }
     if (len > 0) {
+      // A short recv emptied the socket; with no layer holding output or an end to report,
+      // nothing waits until the next epoll edge (the layers' contract: all output they have,
+      // up to the buffer).
+      *drained = *drained ||
+                 (n > 0 && static_cast<std::size_t>(n) < kRecvBytes && !full && !ended);
       const std::size_t given = std::min(count, static_cast<std::size_t>(len));
       std::copy(buf, buf + given, out);
       if (given < static_cast<std::size_t>(len)) {

@@ -24,8 +24,9 @@ inline constexpr std::size_t kMaxLayers = 7;
 int tlc_wrap_from(int fd, sockTLC* layer, Packet* packet, unsigned* layers_done);
 
 // sock_read() for an fd with layers: recv, unwrap bottom-up, hand out up to `count` bytes and
-// keep the rest in slot.leftover. Returns > 0 bytes, 0 for "nothing yet" (with *drained set
-// when the socket said EAGAIN), or -1: errno 0 at EOF, else the error.
+// keep the rest in slot.leftover. Returns > 0 bytes, 0 for "nothing yet", or -1: errno 0 at
+// EOF, else the error. *drained: the socket has nothing more (it said EAGAIN, or a short recv
+// whose layers neither filled the buffer nor ended the stream).
 ssize_t tlc_read(int fd, FdSlot& slot, char* out, std::size_t count, bool* drained);
 
 // Runs on_clear for every layer of a detached chain.
