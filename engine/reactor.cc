@@ -405,7 +405,19 @@ long Reactor::flush_fd(int fd, FdSlot& slot, std::size_t budget, bool notify_rea
     case SendResult::kBlocked:
       slot.flags |= kWriteBlocked;
       return static_cast<long>(written);
-    case SendResult::kHeld:  // the holding layer asks for the next flush
+    case SendResult::kHeld:
+      // The holding layer waits for input (a TLS handshake). After the peer's EOF none comes:
+      // what is held can never be sent.
+      if (slot.flags & kEof) {
+        close_now(fd, slot, CloseReason::kPeer);
+        return static_cast<long>(written);
+      }
+      // Nor may a pause for the held bytes keep that input from it; no peer is slow to take
+      // output that cannot be sent yet.
+      if (slot.flags & kPaused) {
+        slot.flags &= ~kPaused;
+        if (slot.flags & kReadPending) want_on_data_again(fd, slot);
+      }
       return static_cast<long>(written);
     case SendResult::kBudget:
       want_flush(fd, slot);
