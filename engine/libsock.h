@@ -319,8 +319,9 @@ void sock_free_packet(struct Packet* packet);
  *   follows it, and nothing is sent from it on until the layer asks for a flush with
  *   sock_tlc_write(fd, layer, NULL, 0) and then wraps it (wrap runs again for it; a layer
  *   that holds must not change the packet).
- * - unwrap returning 1 ends the stream (a TLS close_notify): sock_read() reports EOF once the
- *   layers' output is read, as if the peer had closed.
+ * - unwrap returning 1 ends the stream (a TLS close_notify): the socket is read no more, and
+ *   sock_read() reports EOF once the layers' output is read (they are called with no input
+ *   until they yield nothing, as after the peer's EOF), as if the peer had closed.
  */
 struct sockTLC {
   /** The layer below this one (NULL for the lowest layer). */

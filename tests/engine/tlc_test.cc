@@ -1101,6 +1101,52 @@ TEST_F(TlcTest, UrgentWriteNeverGoesBeforeALayerRecord) {
   close(client);
 }
 
+// The end marker comes in the same read as the layer's last output: EOF comes after it, and
+// the reactor closes as for a peer's FIN (before_close queues the layer's reply), although
+// the peer keeps its side open.
+TEST_F(TlcTest, UnwrapEndingTheStreamReadsAsEofAfterItsOutput) {
+  LayerLog ending;
+  w_.on_accept = [&](int fd) {
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kEnding, &ending)), 0);
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  testing_support::write_all(client, std::string("last words") + kEnd + "ignored");
+  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }, std::chrono::seconds(5)));
+  EXPECT_EQ(w_.conns[server].in, "last words");
+  ASSERT_EQ(w_.conns[server].reads.size(), 1u);
+  EXPECT_EQ(w_.conns[server].reads[0], std::make_pair(ssize_t{-1}, 0));
+  EXPECT_EQ(ending.before_close, 1);
+  EXPECT_EQ(ending.on_clear, 1);
+  EXPECT_EQ(read_to_eof(client), "BYE");
+  close(client);
+}
+
+// The same with a reader that takes the output 4 bytes at a time: the rest waits as leftover
+// plaintext, and EOF still comes after the last of it.
+TEST_F(TlcTest, UnwrapEndingTheStreamReadsAsEofAfterOutputReadInPieces) {
+  LayerLog ending;
+  w_.on_accept = [&](int fd) {
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kEnding, &ending)), 0);
+  };
+  w_.on_conn_data = [&](int fd) {
+    char buf[4];
+    errno = 0;
+    const ssize_t n = sock_read(fd, buf, sizeof buf);
+    if (n > 0) w_.conns[fd].in.append(buf, static_cast<std::size_t>(n));
+    if (n < 0) w_.conns[fd].reads.push_back({n, errno});
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  testing_support::write_all(client, std::string("last words") + kEnd);
+  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }, std::chrono::seconds(5)));
+  EXPECT_EQ(w_.conns[server].in, "last words");
+  ASSERT_EQ(w_.conns[server].reads.size(), 1u);
+  EXPECT_EQ(w_.conns[server].reads[0], std::make_pair(ssize_t{-1}, 0));
+  EXPECT_EQ(read_to_eof(client), "BYE");
+  close(client);
+}
+
 // The end marker alone, after output that was read earlier: EOF at once.
 TEST_F(TlcTest, UnwrapEndingTheStreamWithNoOutputReadsAsEof) {
   LayerLog ending;
@@ -1114,6 +1160,30 @@ TEST_F(TlcTest, UnwrapEndingTheStreamWithNoOutputReadsAsEof) {
   testing_support::write_all(client, kEnd);
   ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }, std::chrono::seconds(5)));
   EXPECT_EQ(w_.conns[server].in, "data");
+  ASSERT_EQ(w_.conns[server].reads.size(), 1u);
+  EXPECT_EQ(w_.conns[server].reads[0], std::make_pair(ssize_t{-1}, 0));
+  EXPECT_EQ(read_to_eof(client), "BYE");
+  close(client);
+}
+
+// A layer above the ending one holds more output than one call may give: all of it comes
+// before the EOF, although the socket is not read again.
+TEST_F(TlcTest, UnwrapEndingTheStreamLetsTheLayersAboveHandOutAllTheirOutputFirst) {
+  LayerLog ending, expand;
+  w_.on_accept = [&](int fd) {
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kEnding, &ending)), 0);
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kExpand, &expand)), 0);
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  const std::string sent = testing_support::pattern(2000, 84);
+  testing_support::write_all(client, sent + kEnd);
+  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }, std::chrono::seconds(5)));
+  std::string expected;
+  for (const char c : sent) expected.append(kExpandFactor, c);
+  EXPECT_TRUE(expand.held_partial);
+  EXPECT_EQ(w_.conns[server].in.size(), expected.size());
+  EXPECT_TRUE(w_.conns[server].in == expected);
   ASSERT_EQ(w_.conns[server].reads.size(), 1u);
   EXPECT_EQ(w_.conns[server].reads[0], std::make_pair(ssize_t{-1}, 0));
   EXPECT_EQ(read_to_eof(client), "BYE");
