@@ -87,8 +87,10 @@ Seal seal(int fd, FdSlot& slot, Packet* p) {
   if (r != 0) count_queued(slot, p->length - before);
   if (r < 0) return Seal::kFailed;
   if (r > 0) {
-    // The layers above the holder are done with it: they must not wrap it again.
+    // The layers above the holder are done with it: they must not wrap it again, and its
+    // record has a place in their sequence, so nothing may be inserted before it.
     p->metadata.rsrv = static_cast<unsigned>(((p->metadata.rsrv & kSkipMask) + done) & kSkipMask);
+    if (done) p->metadata.can_interrupt = 0;
     return Seal::kHeld;
   }
   p->metadata.rsrv |= kWrappedBit;

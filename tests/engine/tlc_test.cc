@@ -1101,6 +1101,39 @@ TEST_F(TlcTest, UrgentWriteNeverGoesBeforeALayerRecord) {
   close(client);
 }
 
+TEST_F(TlcTest, UrgentWriteNeverGoesBeforeARecordTheLayersAboveTheHolderWrapped) {
+  const std::string data = "wrapped by the sequenced layer, then held";
+  const std::string urgent = "URGENT";
+  LayerLog framing, holding, sequenced_log;
+  sockTLC* holder = nullptr;
+  w_.on_accept = [&](int fd) {
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, &framing)), 0);
+    holder = make_layer(Kind::kHolding, &holding);
+    ASSERT_EQ(sock_tlc_add(fd, holder), 0);
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kSequenced, &sequenced_log)), 0);
+    EXPECT_EQ(sock_write(fd, data.data(), data.size()), 0);
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  ASSERT_NE(holder, nullptr);
+  ASSERT_NO_FATAL_FAILURE(expect_held(holding, client));
+  // The held record is the sequenced layer's record 1: the urgent write is its record 2 and
+  // must follow it.
+  ASSERT_EQ(sock_write2(.fd = server, .buffer = urgent.data(), .length = urgent.size(),
+                        .urgent = 1),
+            0);
+  release(server, holder);
+  const std::string expected =
+      framed(xored(sequenced(1, data))) + framed(xored(sequenced(2, urgent)));
+  std::string wire;
+  ASSERT_TRUE(read_at_least(client, &wire, expected.size()));
+  settle();
+  EXPECT_TRUE(testing_support::drain(client, &wire));
+  EXPECT_EQ(wire, expected);
+  close(client);
+  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
+}
+
 // The end marker comes in the same read as the layer's last output: EOF comes after it, and
 // the reactor closes as for a peer's FIN (before_close queues the layer's reply), although
 // the peer keeps its side open.
