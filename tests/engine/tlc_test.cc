@@ -70,7 +70,7 @@ struct Layer {
   std::string held;     // framing, expand: output that did not fit max_len
   unsigned records = 0;  // sequenced, announcing: records wrapped so far
   bool holding = true;   // holding: wrap holds every record while set (the test clears it)
-  bool hello_sent = false;  // announcing, handshake: the first wrap queued HELLO
+  bool hello_sent = false;  // handshake: the first wrap queued HELLO
   bool ready = false;       // handshake: the peer's WELCOME came
   bool ended = false;       // ending: the end marker came
 };
@@ -190,12 +190,16 @@ int holding_wrap(int fd, Packet* p, void* udata) {
 constexpr char kHello[] = "HELLO";
 constexpr char kWelcome[] = "WELCOME";
 
-// Sequenced, but its first wrap queues HELLO first (from inside wrap) and then wraps the record.
+constexpr char kPing[] = "PING";
+
+// Sequenced, but from inside wrap it queues records of its own: HELLO before its first record,
+// PING before its third (a TLS key update), and then wraps the record.
 int announcing_wrap(int fd, Packet* p, void* udata) {
   auto* self = static_cast<Layer*>(udata);
-  if (!self->hello_sent) {
-    self->hello_sent = true;
+  if (self->records == 0) {
     EXPECT_EQ(sock_tlc_write(fd, &self->tlc, kHello, std::strlen(kHello)), 0);
+  } else if (self->records == 2) {
+    EXPECT_EQ(sock_tlc_write(fd, &self->tlc, kPing, std::strlen(kPing)), 0);
   }
   return sequenced_wrap(fd, p, udata);
 }
@@ -1037,6 +1041,28 @@ TEST_F(TlcTest, LayerHoldingFromItsFirstWrapSendsItsHelloThenTheDataOnceTheReply
   EXPECT_TRUE(w_.conns[server].reads.empty());
   close(client);
   ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
+}
+
+// The records gathered for one sendmsg are wrapped one by one: HELLO is queued while the
+// first is wrapped (nothing gathered yet), PING while the third is (two gathered before it).
+TEST_F(TlcTest, LayerRecordQueuedFromInsideWrapGoesBeforeTheRecordBeingWrapped) {
+  constexpr std::size_t kRecord = BUFFER_FILE_READ_SIZE;
+  const std::string data = testing_support::pattern(2 * kRecord + 10, 85);
+  LayerLog framing, announcing;
+  w_.on_accept = [&](int fd) {
+    ASSERT_NO_FATAL_FAILURE(add_stack(fd, &framing, &announcing, Kind::kAnnouncing));
+    EXPECT_EQ(sock_write(fd, data.data(), data.size()), 0);
+    sock_close(&r_, fd);
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  const std::string wire = read_to_eof(client);
+  const std::string expected = framed(kHello) + framed(sequenced(1, data.substr(0, kRecord))) +
+                               framed(sequenced(2, data.substr(kRecord, kRecord))) +
+                               framed(kPing) + framed(sequenced(3, data.substr(2 * kRecord)));
+  EXPECT_EQ(wire.size(), expected.size());
+  EXPECT_TRUE(wire == expected);
+  close(client);
 }
 
 TEST_F(TlcTest, LayerRecordGoesAfterWhatTheLayerWrappedAndBeforeWritesItHasNotWrapped) {
