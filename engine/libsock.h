@@ -334,7 +334,8 @@ struct sockTLC {
   void (*on_clear)(int fd, struct sockTLC* tlc);
   /* Extension (TLS needs it): called once when a graceful close is due and the queue is
    * empty, so a layer can queue its final record (a TLS close_notify) with sock_tlc_write()
-   * before the fd closes. May be NULL. */
+   * before the fd closes; head first, each layer once the records queued by those above it
+   * are sent (its own then follows them). May be NULL. */
   void (*before_close)(int fd, struct sockTLC* tlc);
 };
 

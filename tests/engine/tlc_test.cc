@@ -53,8 +53,8 @@ struct LayerLog {
 };
 
 enum class Kind {
-  kFraming, kXor, kXorSayingBye, kReject, kRejectWrap, kExpand, kSequenced, kCloseInUnwrap,
-  kHolding, kHoldingSayingBye, kAnnouncing, kHandshake, kEnding
+  kFraming, kFramingSayingBye, kXor, kXorSayingBye, kReject, kRejectWrap, kExpand, kSequenced,
+  kCloseInUnwrap, kHolding, kHoldingSayingBye, kAnnouncing, kHandshake, kEnding
 };
 
 // kExpand turns every input byte into this many copies, so that one read's output exceeds
@@ -272,6 +272,9 @@ sockTLC* make_layer(Kind kind, LayerLog* log) {
   layer->tlc.udata = layer;
   layer->tlc.on_clear = layer_on_clear;
   switch (kind) {
+    case Kind::kFramingSayingBye:
+      layer->tlc.before_close = say_bye;
+      [[fallthrough]];
     case Kind::kFraming:
       layer->tlc.wrap = framing_wrap;
       layer->tlc.unwrap = framing_unwrap;
@@ -1246,6 +1249,27 @@ TEST_F(TlcTest, UnwrapEndingTheStreamLetsTheLayersAboveHandOutAllTheirOutputFirs
   ASSERT_EQ(w_.conns[server].reads.size(), 1u);
   EXPECT_EQ(w_.conns[server].reads[0], std::make_pair(ssize_t{-1}, 0));
   EXPECT_EQ(read_to_eof(client), "BYE");
+  close(client);
+}
+
+// Both layers end with a final record (TLS over TLS: each sends close_notify). The lower one
+// wraps the upper one's, so its own must follow it: each layer's before_close runs when the
+// queue is empty, head first.
+TEST_F(TlcTest, FinalRecordsOfStackedLayersGoOutTopLayerFirst) {
+  const std::string data = "the last data";
+  LayerLog framing, upper;
+  w_.on_accept = [&](int fd) {
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFramingSayingBye, &framing)), 0);
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kXorSayingBye, &upper)), 0);
+    EXPECT_EQ(sock_write(fd, data.data(), data.size()), 0);
+    sock_close(&r_, fd);
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  EXPECT_EQ(read_to_eof(client), encode(data) + framed("BYE") + "BYE");
+  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
+  EXPECT_EQ(framing.before_close, 1);
+  EXPECT_EQ(upper.before_close, 1);
   close(client);
 }
 
