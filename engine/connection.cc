@@ -3,6 +3,8 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <cstdint>
+
 #include "engine/flush.h"
 #include "engine/handle.h"
 #include "engine/read_buffer.h"
@@ -55,13 +57,26 @@ void release_state(int fd, FdSlot& slot) {
   free_state(fd, state);
 }
 
-// Runs the transport layers' before_close hooks once per connection; true if they queued
-// output that must be sent before the close (a TLS close_notify).
+static_assert(kMaxLayers < UINT8_MAX, "SlotExtra::close_hooks_run counts layers");
+
+// Runs the transport layers' before_close hooks once per connection, head down, each once
+// the queue is empty (libsock.h): a layer's final record (a TLS close_notify) then follows
+// those of the layers above it, which it wraps; queued together, sock_tlc_write would put it
+// before them (they are records it has not wrapped yet). True if a hook queued output that
+// must be sent before the close; the next hook runs when it is.
 bool run_close_hooks(int fd, FdSlot& slot) {
   if (!slot_tlc(slot) || (slot.flags & kCloseHooksRun)) return false;
-  slot.flags |= kCloseHooksRun;
-  for (sockTLC* layer = slot_tlc(slot); layer; layer = layer->next) {
-    if (layer->before_close) layer->before_close(fd, layer);
+  slot.flags |= kCloseHooksRun;  // also while a hook runs: a flush inside it runs no other
+  unsigned i = 0;
+  for (sockTLC* layer = slot_tlc(slot); layer && slot.extra; layer = layer->next, ++i) {
+    if (i < slot.extra->close_hooks_run) continue;
+    slot.extra->close_hooks_run = static_cast<uint8_t>(i + 1);
+    if (!layer->before_close) continue;
+    layer->before_close(fd, layer);
+    if (slot.head && layer->next) {
+      slot.flags &= ~kCloseHooksRun;
+      return true;
+    }
   }
   return slot.head != nullptr;
 }

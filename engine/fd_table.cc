@@ -41,8 +41,8 @@ SlotExtra* slot_extra_make(FdSlot& slot) {
 
 void slot_extra_trim(FdSlot& slot) {
   const SlotExtra* x = slot.extra;
-  if (!x || x->tlc || x->leftover || (slot.flags & kOwnIdle) || x->deadline_tick ||
-      x->high_watermark || x->low_watermark) {
+  if (!x || x->tlc || x->leftover || x->input_ended || (slot.flags & kOwnIdle) ||
+      x->deadline_tick || x->high_watermark || x->low_watermark) {
     return;
   }
   delete x;

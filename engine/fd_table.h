@@ -61,6 +61,12 @@ enum SlotFlag : uint32_t {
 struct SlotExtra {
   sockTLC* tlc = nullptr;
   ReadBuffer* leftover = nullptr;  // unwrapped plaintext the caller's buffer could not take
+  // A layer's unwrap returned 1 (its stream ended): the socket is read no more, and sock_read
+  // reports EOF once the layers yield no more output (tlc_read).
+  bool input_ended = false;
+  // With layers: how many of them, from the head, had their before_close called
+  // (connection.cc: one at a time, each once the queue is empty).
+  uint8_t close_hooks_run = 0;
   // With kOwnIdle: this connection's idle timeout in ticks (0: none), instead of the reactor's.
   uint32_t idle_ticks = 0;
   uint32_t deadline_tick = 0;  // 0: none

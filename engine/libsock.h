@@ -322,8 +322,9 @@ void sock_free_packet(struct Packet* packet);
  *   follows it, and nothing is sent from it on until the layer asks for a flush with
  *   sock_tlc_write(fd, layer, NULL, 0) and then wraps it (wrap runs again for it; a layer
  *   that holds must not change the packet).
- * - unwrap returning 1 ends the stream (a TLS close_notify): sock_read() reports EOF once the
- *   layers' output is read, as if the peer had closed.
+ * - unwrap returning 1 ends the stream (a TLS close_notify): the socket is read no more, and
+ *   sock_read() reports EOF once the layers' output is read (they are called with no input
+ *   until they yield nothing, as after the peer's EOF), as if the peer had closed.
  */
 struct sockTLC {
   /** The layer below this one (NULL for the lowest layer). */
@@ -336,7 +337,8 @@ struct sockTLC {
   void (*on_clear)(int fd, struct sockTLC* tlc);
   /* Extension (TLS needs it): called once when a graceful close is due and the queue is
    * empty, so a layer can queue its final record (a TLS close_notify) with sock_tlc_write()
-   * before the fd closes. May be NULL. */
+   * before the fd closes; head first, each layer once the records queued by those above it
+   * are sent (its own then follows them). May be NULL. */
   void (*before_close)(int fd, struct sockTLC* tlc);
 };
 

@@ -55,8 +55,11 @@ ssize_t tlc_read(int fd, FdSlot& slot, char* out, std::size_t count, bool* drain
   std::reverse(bottom_up, bottom_up + depth);
   char* buf = scratch();
   *drained = false;
+  // A layer ended the stream in an earlier call (its unwrap returned 1): the socket is read no
+  // more, and the layers are called with no input, as after the peer's EOF.
+  const bool ended_before = slot.extra && slot.extra->input_ended;
   for (;;) {
-    ssize_t n = recv(fd, buf, kRecvBytes, 0);
+    ssize_t n = ended_before ? 0 : recv(fd, buf, kRecvBytes, 0);
     // At EOF too the layers get a call: output they still hold from earlier input comes
     // first, and recv keeps returning 0, so EOF is reported once they yield nothing.
     const bool eof = n == 0;
@@ -67,13 +70,13 @@ ssize_t tlc_read(int fd, FdSlot& slot, char* out, std::size_t count, bool* drain
       n = 0;  // layers still get a call: they may hold output from earlier input
     }
     ssize_t len = n;
-    bool ended = eof;
+    bool layer_ended = false;
     bool full = false;  // a layer filled the buffer: it may hold more output
     for (std::size_t i = 0; i < depth; ++i) {
       sockTLC* layer = bottom_up[i];
       const int r = layer->unwrap ? layer->unwrap(fd, buf, &len, kScratchBytes, layer->udata) : 0;
       if (r == 1) {
-        ended = true;  // the layer's stream ended (a TLS close_notify): EOF after its output
+        layer_ended = true;  // its stream ended (a TLS close_notify): EOF after the output
       } else if (r != 0) {
         errno = EPROTO;
         return -1;
@@ -88,12 +91,18 @@ ssize_t tlc_read(int fd, FdSlot& slot, char* out, std::size_t count, bool* drain
       }
       full = full || static_cast<std::size_t>(len) == kScratchBytes;
     }
+    if (layer_ended && !ended_before) {
+      // Kept for the calls that hand out the rest of the output: the layer says it only once.
+      SlotExtra* extra = slot_extra_make(slot);  // gone if a layer removed the layers
+      if (!extra) return -1;
+      extra->input_ended = true;
+    }
     if (len > 0) {
       // A short recv emptied the socket; with no layer holding output or an end to report,
       // nothing waits until the next epoll edge (the layers' contract: all output they have,
       // up to the buffer).
       *drained = *drained ||
-                 (n > 0 && static_cast<std::size_t>(n) < kRecvBytes && !full && !ended);
+                 (n > 0 && static_cast<std::size_t>(n) < kRecvBytes && !full && !layer_ended);
       const std::size_t given = std::min(count, static_cast<std::size_t>(len));
       std::copy(buf, buf + given, out);
       if (given < static_cast<std::size_t>(len)) {
@@ -104,7 +113,7 @@ ssize_t tlc_read(int fd, FdSlot& slot, char* out, std::size_t count, bool* drain
       }
       return static_cast<ssize_t>(given);
     }
-    if (ended) {
+    if (eof || layer_ended) {
       errno = 0;
       return -1;
     }

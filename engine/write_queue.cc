@@ -87,8 +87,10 @@ Seal seal(int fd, FdSlot& slot, Packet* p) {
   if (r != 0) count_queued(slot, p->length - before);
   if (r < 0) return Seal::kFailed;
   if (r > 0) {
-    // The layers above the holder are done with it: they must not wrap it again.
+    // The layers above the holder are done with it: they must not wrap it again, and its
+    // record has a place in their sequence, so nothing may be inserted before it.
     p->metadata.rsrv = static_cast<unsigned>(((p->metadata.rsrv & kSkipMask) + done) & kSkipMask);
+    if (done) p->metadata.can_interrupt = 0;
     return Seal::kHeld;
   }
   p->metadata.rsrv |= kWrappedBit;
@@ -467,10 +469,14 @@ SendResult send_queue(int fd, FdSlot& slot, std::size_t budget, std::size_t* wri
     int n = 0;
     std::size_t total = 0;
     bool held = false;
+    Packet** link = &slot.head;  // the link to q: a layer record queued inside wrap changes it
     for (Packet* q = p; q && !q->metadata.is_file && n < kMaxIov && total < budget - spent;
-         q = q->metadata.next) {
+         link = &q->metadata.next, q = q->metadata.next) {
       const Seal sealed = seal(fd, slot, q);
       if (sealed == Seal::kFailed) return fail_send(slot, EPROTO);
+      // The wrap queued a layer record (sock_tlc_write), which went before q: send what is
+      // gathered, then the record, then q, in the order of the queue, which consume() follows.
+      if (*link != q) break;
       if (sealed == Seal::kHeld) {
         held = true;
         break;

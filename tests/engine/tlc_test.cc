@@ -1,8 +1,10 @@
 // Transport Layer Callbacks (libsock.h): a toy stack of two layers, framing (lower: a 4-byte
 // big-endian length, then the payload) under XOR (upper: every byte XOR a key), proves the
 // order of wrap (head down) and unwrap (bottom up), reassembly of split frames, plaintext kept
-// for the next sock_read, on_clear, before_close with sock_tlc_write, failing layers, and
-// .move/.file writes through layers.
+// for the next sock_read, on_clear, before_close with sock_tlc_write, failing layers,
+// .move/.file writes through layers, and what a TLS layer needs: records held until a
+// handshake is done, the layer's own records in its wire order, and a stream that a layer
+// ends (close_notify).
 // Regression: the seed applied unwrap in the same order as wrap (its "reverse" array was
 // reversed twice), so a stack of two different layers could not read its own output.
 #include <fcntl.h>
@@ -20,6 +22,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -46,10 +49,12 @@ struct LayerLog {
   int before_close = 0;
   int unwrap_calls = 0;
   bool held_partial = false;  // framing: kept an incomplete frame between calls
+  int holds = 0;              // holding, handshake: wrap calls that held the record
 };
 
 enum class Kind {
-  kFraming, kXor, kXorSayingBye, kReject, kRejectWrap, kExpand, kSequenced, kCloseInUnwrap
+  kFraming, kFramingSayingBye, kXor, kXorSayingBye, kReject, kRejectWrap, kExpand, kSequenced,
+  kCloseInUnwrap, kHolding, kHoldingSayingBye, kAnnouncing, kHandshake, kEnding
 };
 
 // kExpand turns every input byte into this many copies, so that one read's output exceeds
@@ -63,7 +68,11 @@ struct Layer {
   LayerLog* log;
   std::string pending;  // framing: input that is not a whole frame yet
   std::string held;     // framing, expand: output that did not fit max_len
-  unsigned records = 0;  // sequenced: records wrapped so far
+  unsigned records = 0;  // sequenced, announcing: records wrapped so far
+  bool holding = true;   // holding: wrap holds every record while set (the test clears it)
+  bool hello_sent = false;  // handshake: the first wrap queued HELLO
+  bool ready = false;       // handshake: the peer's WELCOME came
+  bool ended = false;       // ending: the end marker came
 };
 
 void put_be32(char* out, uint32_t v) {
@@ -166,6 +175,83 @@ int expand_unwrap(int, void* buffer, ssize_t* len, const size_t max_len, void* u
   return 0;
 }
 
+// Holds every record while `holding` (a TLS layer before its handshake is done), leaving the
+// packet as it is; then XORs like kXor.
+int holding_wrap(int fd, Packet* p, void* udata) {
+  auto* self = static_cast<Layer*>(udata);
+  if (self->holding) {
+    ++self->log->holds;
+    return 1;
+  }
+  return xor_wrap(fd, p, udata);
+}
+
+// What a layer queues on its own from inside wrap (a TLS ClientHello before the first record).
+constexpr char kHello[] = "HELLO";
+constexpr char kWelcome[] = "WELCOME";
+
+constexpr char kPing[] = "PING";
+
+// Sequenced, but from inside wrap it queues records of its own: HELLO before its first record,
+// PING before its third (a TLS key update), and then wraps the record.
+int announcing_wrap(int fd, Packet* p, void* udata) {
+  auto* self = static_cast<Layer*>(udata);
+  if (self->records == 0) {
+    EXPECT_EQ(sock_tlc_write(fd, &self->tlc, kHello, std::strlen(kHello)), 0);
+  } else if (self->records == 2) {
+    EXPECT_EQ(sock_tlc_write(fd, &self->tlc, kPing, std::strlen(kPing)), 0);
+  }
+  return sequenced_wrap(fd, p, udata);
+}
+
+// A toy TLS client: its first wrap queues HELLO and every wrap holds the record until the
+// peer's WELCOME is unwrapped; then unwrap asks for the flush (sock_tlc_write with no data)
+// and the layer XORs like kXor.
+int handshake_wrap(int fd, Packet* p, void* udata) {
+  auto* self = static_cast<Layer*>(udata);
+  if (!self->hello_sent) {
+    self->hello_sent = true;
+    EXPECT_EQ(sock_tlc_write(fd, &self->tlc, kHello, std::strlen(kHello)), 0);
+  }
+  if (!self->ready) {
+    ++self->log->holds;
+    return 1;
+  }
+  return xor_wrap(fd, p, udata);
+}
+
+int handshake_unwrap(int fd, void* buffer, ssize_t* len, const size_t max_len, void* udata) {
+  auto* self = static_cast<Layer*>(udata);
+  if (self->ready) return xor_unwrap(fd, buffer, len, max_len, udata);
+  ++self->log->unwrap_calls;
+  if (*len == 0) return 0;
+  if (std::string(static_cast<char*>(buffer), static_cast<std::size_t>(*len)) != kWelcome) {
+    return -1;
+  }
+  self->ready = true;
+  *len = 0;
+  return sock_tlc_write(fd, &self->tlc, nullptr, 0);
+}
+
+// Passes input through until the end marker (a TLS close_notify): the bytes before it are its
+// last output, and it returns 1 once, on that call; what follows the marker is dropped.
+constexpr char kEnd[] = "<END>";
+
+int ending_unwrap(int, void* buffer, ssize_t* len, const size_t, void* udata) {
+  auto* self = static_cast<Layer*>(udata);
+  ++self->log->unwrap_calls;
+  if (self->ended) {
+    *len = 0;
+    return 0;
+  }
+  const std::string_view in(static_cast<char*>(buffer), static_cast<std::size_t>(*len));
+  const std::size_t end = in.find(kEnd);
+  if (end == std::string_view::npos) return 0;
+  self->ended = true;
+  *len = static_cast<ssize_t>(end);
+  return 1;
+}
+
 void layer_on_clear(int fd, sockTLC* tlc) {
   auto* self = static_cast<Layer*>(tlc->udata);
   ++self->log->on_clear;
@@ -186,6 +272,9 @@ sockTLC* make_layer(Kind kind, LayerLog* log) {
   layer->tlc.udata = layer;
   layer->tlc.on_clear = layer_on_clear;
   switch (kind) {
+    case Kind::kFramingSayingBye:
+      layer->tlc.before_close = say_bye;
+      [[fallthrough]];
     case Kind::kFraming:
       layer->tlc.wrap = framing_wrap;
       layer->tlc.unwrap = framing_unwrap;
@@ -212,6 +301,24 @@ sockTLC* make_layer(Kind kind, LayerLog* log) {
     case Kind::kCloseInUnwrap:
       layer->tlc.unwrap = close_unwrap;
       break;
+    case Kind::kHoldingSayingBye:
+      layer->tlc.before_close = say_bye;
+      [[fallthrough]];
+    case Kind::kHolding:
+      layer->tlc.wrap = holding_wrap;
+      layer->tlc.unwrap = xor_unwrap;
+      break;
+    case Kind::kAnnouncing:
+      layer->tlc.wrap = announcing_wrap;
+      break;
+    case Kind::kHandshake:
+      layer->tlc.wrap = handshake_wrap;
+      layer->tlc.unwrap = handshake_unwrap;
+      break;
+    case Kind::kEnding:
+      layer->tlc.unwrap = ending_unwrap;
+      layer->tlc.before_close = say_bye;
+      break;
   }
   return &layer->tlc;
 }
@@ -223,13 +330,25 @@ void add_stack(int fd, LayerLog* framing, LayerLog* upper, Kind upper_kind = Kin
   ASSERT_EQ(sock_tlc_add(fd, make_layer(upper_kind, upper)), 0);
 }
 
-// What the stack puts on the wire for one record: frame(xor(data)).
-std::string encode(const std::string& data) {
+// What the framing layer puts on the wire for one record.
+std::string framed(const std::string& data) {
   std::string wire(kHeader, '\0');
   put_be32(wire.data(), static_cast<uint32_t>(data.size()));
-  std::string body = data;
-  xor_bytes(body.data(), body.size());
-  return wire + body;
+  return wire + data;
+}
+
+std::string xored(std::string s) {
+  xor_bytes(s.data(), s.size());
+  return s;
+}
+
+// What the stack puts on the wire for one record: frame(xor(data)).
+std::string encode(const std::string& data) { return framed(xored(data)); }
+
+// What the sequenced layer makes of its k-th record (from 1).
+std::string sequenced(unsigned k, std::string s) {
+  for (char& c : s) c = static_cast<char>(c ^ static_cast<char>(k));
+  return s;
 }
 
 // Splits a raw byte stream into frame payloads (not XOR-decoded). Returns false if the
@@ -243,11 +362,6 @@ bool deframe(const std::string& wire, std::vector<std::string>* frames) {
     at += kHeader + n;
   }
   return at == wire.size();
-}
-
-std::string unxor(std::string s) {
-  xor_bytes(s.data(), s.size());
-  return s;
 }
 
 // --- The reactor side ------------------------------------------------------------------------
@@ -299,8 +413,24 @@ class TlcTest : public testing_support::ServerFixture {
     }
   }
 
+  // Runs r_ until `log`'s layer held a record, then a few iterations more, in which nothing
+  // may reach the client (a loopback send is in the peer's buffer when sendmsg returns).
+  void expect_held(const LayerLog& log, int client) {
+    ASSERT_TRUE(run_until(&r_, [&] { return log.holds > 0; }));
+    settle();
+    std::string got;
+    EXPECT_TRUE(testing_support::drain(client, &got));  // not closed either
+    EXPECT_EQ(got, "");
+  }
+
   World w_;
 };
+
+// The holding layer can wrap now: it asks for the flush that sends what it held.
+void release(int fd, sockTLC* holder) {
+  static_cast<Layer*>(holder->udata)->holding = false;
+  EXPECT_EQ(sock_tlc_write(fd, holder, nullptr, 0), 0);
+}
 
 TEST_F(TlcTest, TenMegabytesEachWayThroughXorOverFramingArriveIntact) {
   constexpr std::size_t kBytes = 10 * 1024 * 1024;
@@ -519,7 +649,7 @@ TEST_F(TlcTest, BeforeCloseQueuesAFramedByeAfterAllDataThenTheFdCloses) {
   std::string payload;
   for (std::size_t i = 0; i + 1 < frames.size(); ++i) {
     EXPECT_LE(frames[i].size(), static_cast<std::size_t>(BUFFER_FILE_READ_SIZE));
-    payload += unxor(frames[i]);
+    payload += xored(frames[i]);
   }
   EXPECT_TRUE(payload == data);
   EXPECT_EQ(frames.back(), "BYE");
@@ -672,7 +802,7 @@ TEST_F(TlcTest, MovedBufferAndFileAreWrappedIntoRecordsAndArriveIntact) {
   std::string payload;
   for (const std::string& f : frames) {
     EXPECT_LE(f.size(), static_cast<std::size_t>(BUFFER_FILE_READ_SIZE));
-    payload += unxor(f);
+    payload += xored(f);
   }
   const std::string expected = moved + file_data.substr(kFileStart);
   EXPECT_EQ(payload.size(), expected.size());
@@ -737,6 +867,409 @@ TEST_F(TlcTest, StatefulLayerWrapsAnUrgentWriteInWireOrder) {
   std::vector<std::string> frames;
   ASSERT_TRUE(deframe(read_to_eof(client), &frames));
   EXPECT_TRUE(decode_sequenced(frames) == urgent + data);
+  close(client);
+}
+
+// --- Held records, layer records in wire order, a stream a layer ends ----------------------
+
+TEST_F(TlcTest, HeldRecordsWaitUntilTheLayerAsksForAFlush) {
+  const std::string data = "held until the handshake is done";
+  LayerLog framing, holding;
+  sockTLC* holder = nullptr;
+  w_.on_accept = [&](int fd) {
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, &framing)), 0);
+    holder = make_layer(Kind::kHolding, &holding);
+    ASSERT_EQ(sock_tlc_add(fd, holder), 0);
+    EXPECT_EQ(sock_write(fd, data.data(), data.size()), 0);
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  ASSERT_NE(holder, nullptr);
+  ASSERT_NO_FATAL_FAILURE(expect_held(holding, client));
+  EXPECT_EQ(sock_pending(server), static_cast<ssize_t>(data.size()));
+
+  // Nothing else will wake the fd (it is writable, no EPOLLOUT edge comes): the layer's call
+  // alone flushes it, and wrap runs again for the held record.
+  release(server, holder);
+  std::string wire;
+  ASSERT_TRUE(read_at_least(client, &wire, encode(data).size()));
+  settle();
+  EXPECT_TRUE(testing_support::drain(client, &wire));
+  EXPECT_EQ(wire, encode(data));
+  EXPECT_EQ(sock_pending(server), 0);
+  EXPECT_TRUE(closed_.empty());
+  close(client);
+  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
+}
+
+TEST_F(TlcTest, HeldRecordsKeepTheirOrderBehindLayerRecords) {
+  // One whole record, so that the second write starts a record of its own.
+  const std::string first = testing_support::pattern(BUFFER_FILE_READ_SIZE, 81);
+  const std::string second = "and the second write";
+  LayerLog framing, holding;
+  sockTLC* holder = nullptr;
+  w_.on_accept = [&](int fd) {
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, &framing)), 0);
+    holder = make_layer(Kind::kHolding, &holding);
+    ASSERT_EQ(sock_tlc_add(fd, holder), 0);
+    EXPECT_EQ(sock_write(fd, first.data(), first.size()), 0);
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  ASSERT_NE(holder, nullptr);
+  ASSERT_NO_FATAL_FAILURE(expect_held(holding, client));
+
+  // The layer's records go out at once, ahead of the records it holds (framed only: it wraps
+  // none of its own), and a write made meanwhile waits behind those.
+  std::string wire;
+  ASSERT_EQ(sock_tlc_write(server, holder, "HS1", 3), 0);
+  ASSERT_TRUE(read_at_least(client, &wire, framed("HS1").size()));
+  EXPECT_EQ(sock_write(server, second.data(), second.size()), 0);
+  ASSERT_EQ(sock_tlc_write(server, holder, "HS2", 3), 0);
+  const std::string handshake = framed("HS1") + framed("HS2");
+  ASSERT_TRUE(read_at_least(client, &wire, handshake.size()));
+  settle();
+  EXPECT_TRUE(testing_support::drain(client, &wire));
+  EXPECT_EQ(wire, handshake);
+  EXPECT_EQ(sock_pending(server), static_cast<ssize_t>(first.size() + second.size()));
+
+  release(server, holder);
+  const std::string expected = handshake + encode(first) + encode(second);
+  ASSERT_TRUE(read_at_least(client, &wire, expected.size()));
+  settle();
+  EXPECT_TRUE(testing_support::drain(client, &wire));
+  EXPECT_EQ(wire.size(), expected.size());
+  EXPECT_TRUE(wire == expected);
+  close(client);
+  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
+}
+
+TEST_F(TlcTest, HoldingLayerBelowAnotherIsNotWrappedTwiceByTheOneAbove) {
+  const std::string data = "framed once, then held";
+  LayerLog holding, framing;
+  sockTLC* holder = nullptr;
+  sockTLC* upper = nullptr;
+  w_.on_accept = [&](int fd) {
+    holder = make_layer(Kind::kHolding, &holding);
+    ASSERT_EQ(sock_tlc_add(fd, holder), 0);
+    upper = make_layer(Kind::kFraming, &framing);
+    ASSERT_EQ(sock_tlc_add(fd, upper), 0);
+    EXPECT_EQ(sock_write(fd, data.data(), data.size()), 0);
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  ASSERT_NE(holder, nullptr);
+  ASSERT_NO_FATAL_FAILURE(expect_held(holding, client));
+  // Framed already (and the holder's retries do not frame it again).
+  EXPECT_EQ(sock_pending(server), static_cast<ssize_t>(framed(data).size()));
+
+  // The holder's own record goes before the record it holds; the framing layer's record goes
+  // after it (the framing layer wrapped that one first), so it waits for the holder too.
+  std::string wire;
+  ASSERT_EQ(sock_tlc_write(server, holder, "HS", 2), 0);
+  ASSERT_TRUE(read_at_least(client, &wire, 2));
+  ASSERT_EQ(sock_tlc_write(server, upper, "UP", 2), 0);
+  settle();
+  EXPECT_TRUE(testing_support::drain(client, &wire));
+  EXPECT_EQ(wire, "HS");
+
+  release(server, holder);
+  const std::string expected = "HS" + xored(framed(data)) + xored("UP");
+  ASSERT_TRUE(read_at_least(client, &wire, expected.size()));
+  settle();
+  EXPECT_TRUE(testing_support::drain(client, &wire));
+  EXPECT_EQ(wire, expected);
+  close(client);
+  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
+}
+
+TEST_F(TlcTest, SockCloseWaitsForHeldRecords) {
+  const std::string data = testing_support::pattern(BUFFER_FILE_READ_SIZE + 1000, 82);
+  LayerLog framing, holding;
+  sockTLC* holder = nullptr;
+  w_.on_accept = [&](int fd) {
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, &framing)), 0);
+    holder = make_layer(Kind::kHoldingSayingBye, &holding);
+    ASSERT_EQ(sock_tlc_add(fd, holder), 0);
+    EXPECT_EQ(sock_write(fd, data.data(), data.size()), 0);
+    sock_close(&r_, fd);
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  ASSERT_NE(holder, nullptr);
+  ASSERT_NO_FATAL_FAILURE(expect_held(holding, client));
+  EXPECT_TRUE(closed_.empty());
+  EXPECT_EQ(holding.before_close, 0);  // the queue has not drained
+
+  // Released: the records, then the layer's final record (before_close), then the close.
+  release(server, holder);
+  const std::string wire = read_to_eof(client);
+  const std::string expected = encode(data.substr(0, BUFFER_FILE_READ_SIZE)) +
+                               encode(data.substr(BUFFER_FILE_READ_SIZE)) + framed("BYE");
+  EXPECT_EQ(wire.size(), expected.size());
+  EXPECT_TRUE(wire == expected);
+  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
+  settle();
+  EXPECT_EQ(closed_, std::vector<int>{server});
+  EXPECT_EQ(holding.before_close, 1);
+  EXPECT_EQ(holding.on_clear, 1);
+  close(client);
+}
+
+TEST_F(TlcTest, LayerHoldingFromItsFirstWrapSendsItsHelloThenTheDataOnceTheReplyCame) {
+  const std::string data = "application data after the handshake";
+  LayerLog framing, handshake;
+  w_.on_accept = [&](int fd) {
+    ASSERT_NO_FATAL_FAILURE(add_stack(fd, &framing, &handshake, Kind::kHandshake));
+    EXPECT_EQ(sock_write(fd, data.data(), data.size()), 0);
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  // HELLO, queued from inside the wrap that held the data, goes out on its own.
+  std::string wire;
+  ASSERT_TRUE(read_at_least(client, &wire, framed(kHello).size()));
+  settle();
+  EXPECT_TRUE(testing_support::drain(client, &wire));
+  EXPECT_EQ(wire, framed(kHello));
+  EXPECT_GT(handshake.holds, 0);
+
+  // The reply is unwrapped; the layer asks for a flush from inside unwrap.
+  testing_support::write_all(client, framed(kWelcome));
+  const std::string expected = framed(kHello) + encode(data);
+  ASSERT_TRUE(read_at_least(client, &wire, expected.size()));
+  settle();
+  EXPECT_TRUE(testing_support::drain(client, &wire));
+  EXPECT_EQ(wire, expected);
+  EXPECT_EQ(w_.conns[server].in, "");  // the handshake is the layer's, not the application's
+  EXPECT_TRUE(w_.conns[server].reads.empty());
+  close(client);
+  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
+}
+
+// The records gathered for one sendmsg are wrapped one by one: HELLO is queued while the
+// first is wrapped (nothing gathered yet), PING while the third is (two gathered before it).
+TEST_F(TlcTest, LayerRecordQueuedFromInsideWrapGoesBeforeTheRecordBeingWrapped) {
+  constexpr std::size_t kRecord = BUFFER_FILE_READ_SIZE;
+  const std::string data = testing_support::pattern(2 * kRecord + 10, 85);
+  LayerLog framing, announcing;
+  w_.on_accept = [&](int fd) {
+    ASSERT_NO_FATAL_FAILURE(add_stack(fd, &framing, &announcing, Kind::kAnnouncing));
+    EXPECT_EQ(sock_write(fd, data.data(), data.size()), 0);
+    sock_close(&r_, fd);
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  const std::string wire = read_to_eof(client);
+  const std::string expected = framed(kHello) + framed(sequenced(1, data.substr(0, kRecord))) +
+                               framed(sequenced(2, data.substr(kRecord, kRecord))) +
+                               framed(kPing) + framed(sequenced(3, data.substr(2 * kRecord)));
+  EXPECT_EQ(wire.size(), expected.size());
+  EXPECT_TRUE(wire == expected);
+  close(client);
+}
+
+TEST_F(TlcTest, LayerRecordGoesAfterWhatTheLayerWrappedAndBeforeWritesItHasNotWrapped) {
+  // Far more than one flush step gathers: the socket blocks with records wrapped but not yet
+  // sent, and more not wrapped at all.
+  constexpr std::size_t kBytes = 2 * 1024 * 1024;
+  constexpr std::size_t kRecords = kBytes / BUFFER_FILE_READ_SIZE;
+  const std::string data = testing_support::pattern(kBytes, 83);
+  LayerLog framing, sequenced_log;
+  sockTLC* layer = nullptr;
+  w_.on_accept = [&](int fd) {
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, &framing)), 0);
+    layer = make_layer(Kind::kSequenced, &sequenced_log);
+    ASSERT_EQ(sock_tlc_add(fd, layer), 0);
+    testing_support::set_sndbuf(fd, 4096);
+    EXPECT_EQ(sock_write(fd, data.data(), data.size()), 0);
+  };
+  int server;
+  const int client = connect_and_accept(&server, 4096);
+  ASSERT_NE(layer, nullptr);
+  const unsigned& wrapped = static_cast<Layer*>(layer->udata)->records;
+  ASSERT_TRUE(run_until(&r_, [&] { return wrapped > 0; }));
+  settle();  // the client reads nothing: the flush stays blocked
+  const unsigned wrapped_before = wrapped;
+  ASSERT_LT(wrapped_before, kRecords);
+  ASSERT_EQ(sock_tlc_write(server, layer, "REC", 3), 0);
+  sock_close(&r_, server);
+
+  std::vector<std::string> frames;
+  ASSERT_TRUE(deframe(read_to_eof(client), &frames));
+  ASSERT_EQ(frames.size(), kRecords + 1);
+  // Exactly after the records the layer had wrapped, framed only; the layer's sequence runs
+  // on through the rest as if it were not there.
+  const auto at = std::find(frames.begin(), frames.end(), "REC");
+  ASSERT_NE(at, frames.end());
+  EXPECT_EQ(static_cast<std::size_t>(at - frames.begin()), wrapped_before);
+  frames.erase(at);
+  EXPECT_TRUE(decode_sequenced(frames) == data);
+  close(client);
+}
+
+TEST_F(TlcTest, UrgentWriteNeverGoesBeforeALayerRecord) {
+  const std::string data = "queued first";
+  const std::string urgent = "URGENT";
+  LayerLog framing, sequenced_log;
+  w_.on_accept = [&](int fd) {
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, &framing)), 0);
+    sockTLC* layer = make_layer(Kind::kSequenced, &sequenced_log);
+    ASSERT_EQ(sock_tlc_add(fd, layer), 0);
+    // Nothing is wrapped yet: the layer's record goes before the write, and the urgent write
+    // may pass the write but not the record.
+    EXPECT_EQ(sock_write(fd, data.data(), data.size()), 0);
+    EXPECT_EQ(sock_tlc_write(fd, layer, "HS", 2), 0);
+    EXPECT_EQ(sock_write2(.fd = fd, .buffer = urgent.data(), .length = urgent.size(), .urgent = 1),
+              0);
+    sock_close(&r_, fd);
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  EXPECT_EQ(read_to_eof(client),
+            framed("HS") + framed(sequenced(1, urgent)) + framed(sequenced(2, data)));
+  close(client);
+}
+
+TEST_F(TlcTest, UrgentWriteNeverGoesBeforeARecordTheLayersAboveTheHolderWrapped) {
+  const std::string data = "wrapped by the sequenced layer, then held";
+  const std::string urgent = "URGENT";
+  LayerLog framing, holding, sequenced_log;
+  sockTLC* holder = nullptr;
+  w_.on_accept = [&](int fd) {
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, &framing)), 0);
+    holder = make_layer(Kind::kHolding, &holding);
+    ASSERT_EQ(sock_tlc_add(fd, holder), 0);
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kSequenced, &sequenced_log)), 0);
+    EXPECT_EQ(sock_write(fd, data.data(), data.size()), 0);
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  ASSERT_NE(holder, nullptr);
+  ASSERT_NO_FATAL_FAILURE(expect_held(holding, client));
+  // The held record is the sequenced layer's record 1: the urgent write is its record 2 and
+  // must follow it.
+  ASSERT_EQ(sock_write2(.fd = server, .buffer = urgent.data(), .length = urgent.size(),
+                        .urgent = 1),
+            0);
+  release(server, holder);
+  const std::string expected =
+      framed(xored(sequenced(1, data))) + framed(xored(sequenced(2, urgent)));
+  std::string wire;
+  ASSERT_TRUE(read_at_least(client, &wire, expected.size()));
+  settle();
+  EXPECT_TRUE(testing_support::drain(client, &wire));
+  EXPECT_EQ(wire, expected);
+  close(client);
+  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
+}
+
+// The end marker comes in the same read as the layer's last output: EOF comes after it, and
+// the reactor closes as for a peer's FIN (before_close queues the layer's reply), although
+// the peer keeps its side open.
+TEST_F(TlcTest, UnwrapEndingTheStreamReadsAsEofAfterItsOutput) {
+  LayerLog ending;
+  w_.on_accept = [&](int fd) {
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kEnding, &ending)), 0);
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  testing_support::write_all(client, std::string("last words") + kEnd + "ignored");
+  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }, std::chrono::seconds(5)));
+  EXPECT_EQ(w_.conns[server].in, "last words");
+  ASSERT_EQ(w_.conns[server].reads.size(), 1u);
+  EXPECT_EQ(w_.conns[server].reads[0], std::make_pair(ssize_t{-1}, 0));
+  EXPECT_EQ(ending.before_close, 1);
+  EXPECT_EQ(ending.on_clear, 1);
+  EXPECT_EQ(read_to_eof(client), "BYE");
+  close(client);
+}
+
+// The same with a reader that takes the output 4 bytes at a time: the rest waits as leftover
+// plaintext, and EOF still comes after the last of it.
+TEST_F(TlcTest, UnwrapEndingTheStreamReadsAsEofAfterOutputReadInPieces) {
+  LayerLog ending;
+  w_.on_accept = [&](int fd) {
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kEnding, &ending)), 0);
+  };
+  w_.on_conn_data = [&](int fd) {
+    char buf[4];
+    errno = 0;
+    const ssize_t n = sock_read(fd, buf, sizeof buf);
+    if (n > 0) w_.conns[fd].in.append(buf, static_cast<std::size_t>(n));
+    if (n < 0) w_.conns[fd].reads.push_back({n, errno});
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  testing_support::write_all(client, std::string("last words") + kEnd);
+  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }, std::chrono::seconds(5)));
+  EXPECT_EQ(w_.conns[server].in, "last words");
+  ASSERT_EQ(w_.conns[server].reads.size(), 1u);
+  EXPECT_EQ(w_.conns[server].reads[0], std::make_pair(ssize_t{-1}, 0));
+  EXPECT_EQ(read_to_eof(client), "BYE");
+  close(client);
+}
+
+// The end marker alone, after output that was read earlier: EOF at once.
+TEST_F(TlcTest, UnwrapEndingTheStreamWithNoOutputReadsAsEof) {
+  LayerLog ending;
+  w_.on_accept = [&](int fd) {
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kEnding, &ending)), 0);
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  testing_support::write_all(client, "data");
+  ASSERT_TRUE(run_until(&r_, [&] { return w_.conns[server].in.size() >= 4; }));
+  testing_support::write_all(client, kEnd);
+  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }, std::chrono::seconds(5)));
+  EXPECT_EQ(w_.conns[server].in, "data");
+  ASSERT_EQ(w_.conns[server].reads.size(), 1u);
+  EXPECT_EQ(w_.conns[server].reads[0], std::make_pair(ssize_t{-1}, 0));
+  EXPECT_EQ(read_to_eof(client), "BYE");
+  close(client);
+}
+
+// A layer above the ending one holds more output than one call may give: all of it comes
+// before the EOF, although the socket is not read again.
+TEST_F(TlcTest, UnwrapEndingTheStreamLetsTheLayersAboveHandOutAllTheirOutputFirst) {
+  LayerLog ending, expand;
+  w_.on_accept = [&](int fd) {
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kEnding, &ending)), 0);
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kExpand, &expand)), 0);
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  const std::string sent = testing_support::pattern(2000, 84);
+  testing_support::write_all(client, sent + kEnd);
+  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }, std::chrono::seconds(5)));
+  std::string expected;
+  for (const char c : sent) expected.append(kExpandFactor, c);
+  EXPECT_TRUE(expand.held_partial);
+  EXPECT_EQ(w_.conns[server].in.size(), expected.size());
+  EXPECT_TRUE(w_.conns[server].in == expected);
+  ASSERT_EQ(w_.conns[server].reads.size(), 1u);
+  EXPECT_EQ(w_.conns[server].reads[0], std::make_pair(ssize_t{-1}, 0));
+  EXPECT_EQ(read_to_eof(client), "BYE");
+  close(client);
+}
+
+// Both layers end with a final record (TLS over TLS: each sends close_notify). The lower one
+// wraps the upper one's, so its own must follow it: each layer's before_close runs when the
+// queue is empty, head first.
+TEST_F(TlcTest, FinalRecordsOfStackedLayersGoOutTopLayerFirst) {
+  const std::string data = "the last data";
+  LayerLog framing, upper;
+  w_.on_accept = [&](int fd) {
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFramingSayingBye, &framing)), 0);
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kXorSayingBye, &upper)), 0);
+    EXPECT_EQ(sock_write(fd, data.data(), data.size()), 0);
+    sock_close(&r_, fd);
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  EXPECT_EQ(read_to_eof(client), encode(data) + framed("BYE") + "BYE");
+  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
+  EXPECT_EQ(framing.before_close, 1);
+  EXPECT_EQ(upper.before_close, 1);
   close(client);
 }
 
