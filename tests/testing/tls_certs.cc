@@ -39,8 +39,8 @@ void add_extension(X509* cert, X509* issuer, int nid, const char* value) {
 
 // A version 3 certificate valid from `from_s` to `to_s` seconds from now. issuer == nullptr:
 // self-signed with `key`; otherwise signed by issuer_key.
-Cert new_cert(EVP_PKEY* key, const char* common_name, const char* alt_names, bool ca,
-              long from_s, long to_s, X509* issuer, EVP_PKEY* issuer_key) {
+Cert new_cert(EVP_PKEY* key, const char* common_name, const char* alt_names, bool ca, long from_s,
+              long to_s, X509* issuer, EVP_PKEY* issuer_key) {
   Cert cert(X509_new(), X509_free);
   check(cert != nullptr, "X509_new");
   static long serial = 1;
@@ -102,8 +102,8 @@ TestPki make_pki() {
   write_pem(pki.ca, ca.get(), nullptr);
 
   Key key = new_key();
-  Cert leaf = new_cert(key.get(), "localhost", kLocal, false, -kDay, 30 * kDay, ca.get(),
-                       ca_key.get());
+  Cert leaf =
+      new_cert(key.get(), "localhost", kLocal, false, -kDay, 30 * kDay, ca.get(), ca_key.get());
   pki.localhost = write_pair(pki.dir, "localhost", leaf.get(), key.get());
 
   Key other_key = new_key();
@@ -112,13 +112,13 @@ TestPki make_pki() {
   pki.other = write_pair(pki.dir, "other", other.get(), other_key.get());
 
   Key expired_key = new_key();
-  Cert expired = new_cert(expired_key.get(), "localhost", kLocal, false, -2 * kDay, -kDay,
-                          ca.get(), ca_key.get());
+  Cert expired = new_cert(expired_key.get(), "localhost", kLocal, false, -2 * kDay, -kDay, ca.get(),
+                          ca_key.get());
   pki.expired = write_pair(pki.dir, "expired", expired.get(), expired_key.get());
 
   Key self_key = new_key();
-  Cert self = new_cert(self_key.get(), "localhost", kLocal, false, -kDay, 30 * kDay, nullptr,
-                       nullptr);
+  Cert self =
+      new_cert(self_key.get(), "localhost", kLocal, false, -kDay, 30 * kDay, nullptr, nullptr);
   pki.self_signed = write_pair(pki.dir, "self_signed", self.get(), self_key.get());
   return pki;
 }

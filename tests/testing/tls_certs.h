@@ -18,11 +18,11 @@ struct TlsFiles {
 
 struct TestPki {
   std::string dir;
-  std::string ca;         // the CA's certificate: the trust anchor of verifying clients
-  TlsFiles localhost;     // DNS:localhost and IP:127.0.0.1, signed by the CA, valid now
-  TlsFiles other;         // DNS:other.example, signed by the CA, valid now
-  TlsFiles expired;       // as localhost, but its validity ended a day ago
-  TlsFiles self_signed;   // DNS:localhost and IP:127.0.0.1, signed by itself (not the CA)
+  std::string ca;        // the CA's certificate: the trust anchor of verifying clients
+  TlsFiles localhost;    // DNS:localhost and IP:127.0.0.1, signed by the CA, valid now
+  TlsFiles other;        // DNS:other.example, signed by the CA, valid now
+  TlsFiles expired;      // as localhost, but its validity ended a day ago
+  TlsFiles self_signed;  // DNS:localhost and IP:127.0.0.1, signed by itself (not the CA)
 };
 
 // The files, made on the first call in the process under $TEST_TMPDIR (or /tmp).

@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/err.h>
+#include <openssl/x509.h>
 #include <openssl/x509_vfy.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -99,8 +100,7 @@ int connect_loopback_nonblocking(int port) {
 
 }  // namespace
 
-TlsClientConfig::TlsClientConfig(const std::string& ca_file, const std::string& alpn,
-                                 int version)
+TlsClientConfig::TlsClientConfig(const std::string& ca_file, const std::string& alpn, int version)
     : ctx_(SSL_CTX_new(TLS_client_method())) {
   if (!ctx_) throw std::runtime_error("SSL_CTX_new failed");
   SSL_CTX_set_min_proto_version(ctx_, version ? version : TLS1_2_VERSION);
@@ -248,6 +248,16 @@ std::string TlsClient::alpn() const {
   unsigned len = 0;
   SSL_get0_alpn_selected(ssl_, &name, &len);
   return std::string(reinterpret_cast<const char*>(name), len);
+}
+
+std::string TlsClient::peer_common_name() const {
+  const X509* cert = SSL_get0_peer_certificate(ssl_);
+  char name[256];
+  if (!cert || X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, name,
+                                         sizeof name) < 0) {
+    return "";
+  }
+  return name;
 }
 
 bool TlsClient::wait(int ms) const {

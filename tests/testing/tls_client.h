@@ -81,6 +81,8 @@ class TlsClient {
   bool resumed() const { return SSL_session_reused(ssl_) == 1; }
   std::string alpn() const;
   int version() const { return SSL_version(ssl_); }
+  // The subject CN of the certificate the server sent ("" before or without one).
+  std::string peer_common_name() const;
   // The session to resume later (with TLS 1.3, read something first: tickets come after the
   // handshake).
   Session session() const { return Session(SSL_get1_session(ssl_)); }

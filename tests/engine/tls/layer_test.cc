@@ -153,9 +153,8 @@ TEST_F(LayerTest, UrgentWriteOvertakesQueuedRecordsAtAWriteBoundary) {
   run_iterations(3);
   ASSERT_GT(sock_pending(server), 0) << "the kernel took everything: nothing to overtake";
   const std::string urgent = "URGENT:" + pattern(1000, 8);
-  ASSERT_EQ(sock_write2(.fd = server, .buffer = urgent.data(), .length = urgent.size(),
-                        .urgent = 1),
-            0);
+  ASSERT_EQ(
+      sock_write2(.fd = server, .buffer = urgent.data(), .length = urgent.size(), .urgent = 1), 0);
   const std::size_t total = bulk.size() + urgent.size();
   ASSERT_TRUE(run_until(&r_, [&] {
     resume_reading(client);
@@ -329,8 +328,7 @@ TEST_P(ResumedTest, ServerSeesTheResumedSession) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Versions, ResumedTest,
-                         ::testing::Values(TLS1_2_VERSION, TLS1_3_VERSION),
+INSTANTIATE_TEST_SUITE_P(Versions, ResumedTest, ::testing::Values(TLS1_2_VERSION, TLS1_3_VERSION),
                          [](const auto& info) {
                            return info.param == TLS1_2_VERSION ? "Tls12" : "Tls13";
                          });
@@ -362,8 +360,7 @@ TEST_P(VerifyTest, ClientChecksTheServerCertificate) {
   }
   ASSERT_TRUE(run_until_closed(client));
   EXPECT_EQ(conns_[client].reason, SOCK_CLOSE_ERROR);
-  EXPECT_NE(conns_[client].tls_error.find(c.reason), std::string::npos)
-      << conns_[client].tls_error;
+  EXPECT_NE(conns_[client].tls_error.find(c.reason), std::string::npos) << conns_[client].tls_error;
   EXPECT_NE(conns_[client].tls_error.find("certificate verify failed"), std::string::npos)
       << conns_[client].tls_error;
   ASSERT_FALSE(log_.empty());

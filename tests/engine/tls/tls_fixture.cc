@@ -11,7 +11,7 @@ namespace {
 
 void collect_log(int fd, const char* reason, void* udata) {
   static_cast<std::vector<std::string>*>(udata)->push_back("fd " + std::to_string(fd) + ": " +
-                                                            reason);
+                                                           reason);
 }
 
 }  // namespace
@@ -99,9 +99,8 @@ int TlsFixture::connect_pair(int* server_fd, const char* server_name) {
 }
 
 bool TlsFixture::run_until_established(int client, int server) {
-  return run_until(&r_, [&] {
-    return sock_tls_established(client) == 1 && sock_tls_established(server) == 1;
-  });
+  return run_until(
+      &r_, [&] { return sock_tls_established(client) == 1 && sock_tls_established(server) == 1; });
 }
 
 bool TlsFixture::run_until_received(int fd, std::size_t size) {

@@ -25,11 +25,11 @@ namespace testing_support {
 // takes the number.
 struct TlsConn {
   bool server = false;
-  std::string got;         // plaintext read
-  bool eof = false;        // sock_read returned -1 with errno 0
-  bool closed = false;     // on_close ran
+  std::string got;      // plaintext read
+  bool eof = false;     // sock_read returned -1 with errno 0
+  bool closed = false;  // on_close ran
   SockCloseReason reason = SOCK_CLOSE_LOCAL;
-  std::string tls_error;   // sock_tls_error() in on_close
+  std::string tls_error;  // sock_tls_error() in on_close
   // Server side, when its first plaintext arrived: sock_tls_resumed() and sock_tls_alpn().
   int resumed = -2;
   std::string alpn;
