@@ -234,6 +234,11 @@ bool TlsClient::renegotiate() {
   return true;
 }
 
+bool TlsClient::key_update() {
+  if (SSL_key_update(ssl_, SSL_KEY_UPDATE_REQUESTED) != 1) return false;
+  return SSL_do_handshake(ssl_) == 1;  // sends it now
+}
+
 void TlsClient::shutdown() {
   ERR_clear_error();
   SSL_shutdown(ssl_);

@@ -66,6 +66,8 @@ class TlsClient {
   void send(std::string_view data);
   // Starts a TLS 1.2 renegotiation (the next pump()s run it). False if OpenSSL refused.
   bool renegotiate();
+  // Sends a TLS 1.3 KeyUpdate asking the peer to update its keys too. False if refused.
+  bool key_update();
   // Sends close_notify (SSL_shutdown) and keeps the socket open.
   void shutdown();
 
