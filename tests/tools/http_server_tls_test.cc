@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/testing/metrics_text.h"
 #include "tests/testing/server_process.h"
 #include "tests/testing/tls_certs.h"
 #include "tests/testing/tls_client.h"
@@ -30,6 +31,7 @@ namespace {
 
 using testing_support::describe;
 using testing_support::exited_with;
+using testing_support::series_value;
 using testing_support::ServerProcess;
 using testing_support::test_pki;
 
@@ -70,12 +72,6 @@ Exit run(const std::vector<std::string>& args) {
 
 // A shell command (for clients that read their input from a pipe).
 Exit shell(const std::string& command) { return run({"/bin/sh", "-c", command}); }
-
-// The value of `sample` (a whole metric line's name and labels) in a Prometheus text, or -1.
-long metric(const std::string& text, const std::string& sample) {
-  const std::size_t at = text.find("\n" + sample + " ");
-  return at == std::string::npos ? -1 : std::atol(text.c_str() + at + sample.size() + 2);
-}
 
 class HttpServerTlsTest : public ::testing::Test {
  protected:
@@ -123,11 +119,18 @@ class HttpServerTlsTest : public ::testing::Test {
     return run(all);
   }
 
-  // GET /metrics over TLS (the server must run with --metrics).
-  std::string metrics() {
-    const Exit r = curl({base_ + "/metrics"});
-    EXPECT_TRUE(exited_with(r.status, 0)) << r.output;
-    return r.output;
+  // GET /metrics over TLS (the server must run with --metrics), again until `series` has
+  // `value` or the deadline passes: a client sees its connection closed before the server's
+  // thread has run the close's accounting (on_clear follows close(2)).
+  std::string metrics_when(const std::string& series, double value) {
+    const auto end = std::chrono::steady_clock::now() + kDeadline;
+    std::string text;
+    do {
+      const Exit r = curl({base_ + "/metrics"});
+      EXPECT_TRUE(exited_with(r.status, 0)) << r.output;
+      text = r.output;
+    } while (series_value(text, series) != value && std::chrono::steady_clock::now() < end);
+    return text;
   }
 
   std::unique_ptr<ServerProcess> server_;
@@ -287,11 +290,14 @@ TEST_F(HttpServerTlsTest, PlainHttpOnTheTlsPortIsClosedAndCounted) {
   EXPECT_TRUE(n == 0 || (n < 0 && errno == ECONNRESET))
       << "got " << (n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::strerror(errno));
   close(fd);
-  const std::string text = metrics();
-  EXPECT_EQ(metric(text, "libsock_tls_handshake_failures_total{reason=\"protocol\"}"), 1) << text;
-  EXPECT_EQ(metric(text, "libsock_tls_handshake_failures_total{reason=\"timeout\"}"), 0) << text;
-  EXPECT_GE(metric(text, "libsock_tls_handshakes_total{kind=\"full\"}"), 1) << text;
-  EXPECT_EQ(metric(text, "libsock_tls_connections"), 1) << text;  // the one asking
+  // The one asking for the metrics is the only connection left.
+  const std::string text = metrics_when("libsock_tls_connections", 1);
+  EXPECT_EQ(series_value(text, "libsock_tls_connections"), 1) << text;
+  EXPECT_EQ(series_value(text, "libsock_tls_handshake_failures_total{reason=\"protocol\"}"), 1)
+      << text;
+  EXPECT_EQ(series_value(text, "libsock_tls_handshake_failures_total{reason=\"timeout\"}"), 0)
+      << text;
+  EXPECT_GE(series_value(text, "libsock_tls_handshakes_total{kind=\"full\"}"), 1) << text;
   EXPECT_TRUE(contains(text, "# TYPE libsock_tls_handshake_seconds histogram")) << text;
 }
 
@@ -308,8 +314,9 @@ TEST_F(HttpServerTlsTest, HandshakeTimeoutFlagClosesAStalledClient) {
   EXPECT_TRUE(n == 0 || (n < 0 && errno == ECONNRESET)) << std::strerror(errno);
   EXPECT_LT(std::chrono::steady_clock::now() - before, std::chrono::seconds(9));
   close(fd);
-  const std::string text = metrics();
-  EXPECT_EQ(metric(text, "libsock_tls_handshake_failures_total{reason=\"timeout\"}"), 1) << text;
+  const std::string series = "libsock_tls_handshake_failures_total{reason=\"timeout\"}";
+  const std::string text = metrics_when(series, 1);
+  EXPECT_EQ(series_value(text, series), 1) << text;
 }
 
 // A name the server has no certificate for: it serves its certificate, and a client verifying
