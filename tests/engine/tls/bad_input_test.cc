@@ -156,6 +156,24 @@ TEST_F(BadInputTest, StalledHandshakeIsClosedByTheDeadline) {
   expect_still_serving();
 }
 
+// The client has the same deadline: a server that never answers its ClientHello (a listener
+// that never accepts) is given up on.
+TEST_F(BadInputTest, ClientGivesUpOnAServerThatNeverAnswers) {
+  ASSERT_EQ(sock_tls_set_handshake_timeout(client_tls_, 100), 0);
+  const testing_support::Listener silent = testing_support::listen_loopback();
+  const SockTLSStats before = tls_stats();
+  const std::string port = std::to_string(silent.port);
+  const int client = sock_connect(&r_, "127.0.0.1", port.c_str());
+  ASSERT_GE(client, 0);
+  conns_[client] = {};
+  ASSERT_EQ(sock_tls_connect(client, client_tls_, "localhost"), 0);
+  ASSERT_TRUE(run_until_closed(client));
+  EXPECT_EQ(conns_[client].reason, SOCK_CLOSE_TIMEOUT);
+  EXPECT_EQ(moved(before, SOCK_TLS_FAIL_TIMEOUT), 1u);
+  EXPECT_EQ(moved_except(before, SOCK_TLS_FAIL_TIMEOUT), 0u);
+  close(silent.fd);
+}
+
 // The deadline ends with the handshake: an established connection outlives it.
 TEST_F(BadInputTest, EstablishedConnectionOutlivesTheHandshakeDeadline) {
   constexpr unsigned kDeadlineMs = 100;

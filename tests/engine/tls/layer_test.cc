@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -392,5 +393,128 @@ INSTANTIATE_TEST_SUITE_P(
                       VerifyCase{"OtherIp", localhost_files, "127.0.0.2", "IP address mismatch"},
                       VerifyCase{"Untrusted", self_signed_files, "localhost", "self-signed"}),
     [](const auto& info) { return std::string(info.param.name); });
+
+// Reads smaller than a record: OpenSSL keeps the rest of a decrypted record, and the engine
+// asks the layer again until it has given everything.
+TEST_F(LayerTest, SmallReadsGetEveryByte) {
+  for (const std::size_t read_size : {std::size_t{1}, std::size_t{7}, kRecord - 1}) {
+    SCOPED_TRACE(read_size);
+    read_size_ = read_size;
+    int server = -1;
+    const int client = connect_pair(&server);
+    const std::string data = pattern(read_size == 1 ? 40000 : 3 * kRecord + 11, 4);
+    ASSERT_EQ(sock_write(client, data.data(), data.size()), 0);
+    ASSERT_TRUE(run_until_received(client, data.size()));
+    EXPECT_EQ(first_difference(conns_[client].got, data), data.size());
+    close_both(client, server);
+  }
+}
+
+// Data and the close_notify behind it arriving together: every byte is read before the EOF.
+TEST_F(LayerTest, CloseNotifyRightBehindDataEndsTheStreamAfterIt) {
+  echo_ = false;
+  read_size_ = 1000;
+  TlsClientConfig config(test_pki().ca);
+  TlsClient peer(config, listener_.port, "localhost");
+  ASSERT_TRUE(run_until(&r_, [&] { return !peer.pump() || peer.established(); }));
+  const std::string data = pattern(5 * kRecord + 3, 6);
+  peer.send(data);
+  peer.shutdown();
+  ASSERT_TRUE(run_until(&r_, [&] { return accepted_.size() == 1 && conns_[accepted_[0]].closed; }));
+  const testing_support::TlsConn& server = conns_[accepted_[0]];
+  EXPECT_EQ(server.got.size(), data.size());
+  EXPECT_EQ(first_difference(server.got, data), data.size());
+  EXPECT_TRUE(server.eof);
+  EXPECT_EQ(server.reason, SOCK_CLOSE_PEER);
+}
+
+// Packets from sock_send_packet (the pool's memory, or a malloc'd buffer the record replaces)
+// and .move buffers are encrypted like copies.
+TEST_F(LayerTest, PacketsAndMovedBuffersAreByteExact) {
+  echo_ = false;
+  int server = -1;
+  const int client = connect_pair(&server);
+  ASSERT_TRUE(run_until_established(client, server));
+  const std::string a = pattern(kRecord, 21), b = pattern(1000, 22), c = "c",
+                    d = pattern(2 * kRecord + 5, 23);
+  Packet* first = sock_checkout_packet();
+  Packet* second = sock_checkout_packet();
+  Packet* third = sock_checkout_packet();
+  ASSERT_TRUE(first && second && third);
+  std::memcpy(first->internal_memory, a.data(), a.size());
+  first->length = static_cast<ssize_t>(a.size());
+  second->buffer = std::malloc(b.size());
+  std::memcpy(second->buffer, b.data(), b.size());
+  second->length = static_cast<ssize_t>(b.size());
+  second->metadata.external = 1;
+  std::memcpy(third->internal_memory, c.data(), c.size());
+  third->length = 1;
+  first->metadata.next = second;
+  second->metadata.next = third;
+  ASSERT_EQ(sock_send_packet(server, first), 0);
+  char* moved = static_cast<char*>(std::malloc(d.size()));
+  std::memcpy(moved, d.data(), d.size());
+  ASSERT_EQ(sock_write2(.fd = server, .buffer = moved, .length = d.size(), .move = 1), 0);
+  const std::string expected = a + b + c + d;
+  ASSERT_TRUE(run_until_received(client, expected.size()));
+  EXPECT_EQ(first_difference(conns_[client].got, expected), expected.size());
+  EXPECT_EQ(conns_[client].got.size(), expected.size());
+  close_both(client, server);
+}
+
+// A packet larger than one record's plaintext cannot be sent: the connection fails, saying why.
+TEST_F(LayerTest, OversizedPacketFailsTheConnection) {
+  int server = -1;
+  const int client = connect_pair(&server);
+  ASSERT_TRUE(run_until_established(client, server));
+  Packet* p = sock_checkout_packet();
+  ASSERT_NE(p, nullptr);
+  p->length = static_cast<ssize_t>(kRecord + 1);
+  std::memset(p->internal_memory, 'x', kRecord + 1);
+  ASSERT_EQ(sock_send_packet(server, p), 0);
+  ASSERT_TRUE(run_until(&r_, [&] { return conns_[server].closed && conns_[client].closed; }));
+  EXPECT_EQ(conns_[server].reason, SOCK_CLOSE_ERROR);
+  ASSERT_FALSE(log_.empty());
+  EXPECT_NE(log_[0].find("BUFFER_FILE_READ_SIZE"), std::string::npos) << log_[0];
+  EXPECT_EQ(conns_[client].got, "");
+}
+
+// sock_close before the handshake completes: the held writes still go out, after it, then
+// close_notify (on either end).
+TEST_F(LayerTest, CloseDuringTheHandshakeSendsTheHeldWritesFirst) {
+  echo_ = false;
+  const int client = connect_tls();
+  const std::string data = pattern(2 * kRecord + 9, 12);
+  ASSERT_EQ(sock_write(client, data.data(), data.size()), 0);
+  sock_close(&r_, client);
+  ASSERT_TRUE(run_until(&r_, [&] { return accepted_.size() == 1 && conns_[accepted_[0]].closed; }));
+  // The server's close reason is not checked: the client closes its socket without reading
+  // what the server sent after the handshake (a TLS 1.3 session ticket), so its kernel may
+  // answer the server's last record with a reset.
+  const testing_support::TlsConn& server = conns_[accepted_[0]];
+  EXPECT_EQ(first_difference(server.got, data), data.size());
+  EXPECT_EQ(server.got.size(), data.size());
+  EXPECT_TRUE(server.eof);
+  ASSERT_TRUE(run_until_closed(client));
+  EXPECT_EQ(conns_[client].reason, SOCK_CLOSE_LOCAL);
+}
+
+class ServerClosesAtOnceTest : public LayerTest {
+ protected:
+  void on_accept(int fd) override {
+    LayerTest::on_accept(fd);
+    EXPECT_EQ(sock_write(fd, "busy, bye", 9), 0);
+    sock_close(&r_, fd);
+  }
+};
+
+TEST_F(ServerClosesAtOnceTest, ServerCloseDuringTheHandshakeSendsTheHeldWritesFirst) {
+  const int client = connect_tls();
+  ASSERT_TRUE(run_until_closed(client));
+  EXPECT_EQ(conns_[client].got, "busy, bye");
+  EXPECT_TRUE(conns_[client].eof);
+  EXPECT_EQ(conns_[client].reason, SOCK_CLOSE_PEER);
+  EXPECT_TRUE(log_.empty()) << log_.front();
+}
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <openssl/ssl.h>
 
+#include <atomic>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -148,6 +149,24 @@ TEST_P(TicketKeysTest, RotationKeepsThePreviousKeyOnly) {
   ASSERT_EQ(sock_tls_rotate_ticket_keys(tls_), 0);
   EXPECT_EQ(request(server.port(), first.get()), "resumed=0;");
   EXPECT_EQ(request(server.port(), renewed.get()), "resumed=1;");
+}
+
+// Rotations from another thread while two reactors issue and decrypt tickets: every
+// connection is served, whether it resumed or not (the keys are one mutex's; TSan checks it).
+TEST_P(TicketKeysTest, RotationWhileHandshakingIsSafe) {
+  ServerThread a(tls_), b(tls_);
+  std::atomic<bool> done{false};
+  // Bounded, so that it does not take a core from the servers for the whole test.
+  std::thread rotator([&] {
+    for (int i = 0; i < 1000 && !done.load(); ++i) EXPECT_EQ(sock_tls_rotate_ticket_keys(tls_), 0);
+  });
+  Session session;
+  for (int i = 0; i < 20; ++i) {
+    const std::string answer = request(i % 2 ? a.port() : b.port(), session.get(), &session);
+    EXPECT_TRUE(answer == "resumed=0;" || answer == "resumed=1;") << answer;
+  }
+  done = true;
+  rotator.join();
 }
 
 INSTANTIATE_TEST_SUITE_P(Versions, TicketKeysTest,

@@ -1,5 +1,6 @@
 #include "tests/engine/tls/tls_fixture.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <string>
@@ -48,7 +49,7 @@ void TlsFixture::on_connection_data(int fd) {
   if (paused_.count(fd)) return;
   char buf[65536];
   for (;;) {
-    const ssize_t n = sock_read(fd, buf, sizeof buf);
+    const ssize_t n = sock_read(fd, buf, std::min(read_size_, sizeof buf));
     if (n > 0) {
       if (c.server && c.resumed == -2) {
         c.resumed = sock_tls_resumed(fd);

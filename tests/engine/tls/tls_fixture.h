@@ -68,6 +68,8 @@ class TlsFixture : public ServerFixture {
   SockTLS* client_tls_ = nullptr;
   std::map<int, TlsConn> conns_;
   std::vector<std::string> log_;
+  // Bytes each sock_read asks for (at most 64 KiB).
+  std::size_t read_size_ = 65536;
   // Connections whose input is left unread (in the kernel) until resume_reading().
   std::set<int> paused_;
   void resume_reading(int fd) {
