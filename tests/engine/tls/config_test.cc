@@ -224,6 +224,24 @@ TEST_F(ConfigFixture, UnknownSniIsServedTheFirstCertificate) {
   }
 }
 
+// A session made with an added certificate (SNI) resumes like one of the first certificate:
+// every context of the configuration has the same ticket keys.
+TEST_F(ConfigFixture, SniSessionsResume) {
+  ASSERT_NO_FATAL_FAILURE(reconfigure(nullptr, true));
+  TlsClientConfig config(test_pki().ca);
+  testing_support::Session session;
+  for (int i = 0; i < 2; ++i) {
+    TlsClient peer(config, listener_.port, "other.example", session.get());
+    peer.send("x");
+    ASSERT_TRUE(run_until(&r_, [&] { return !peer.pump() || peer.received() == "x"; }))
+        << peer.error();
+    EXPECT_EQ(peer.peer_common_name(), "other.example");
+    EXPECT_EQ(peer.resumed(), i == 1);
+    EXPECT_EQ(conns_[accepted_.back()].resumed, i);
+    session = peer.session();
+  }
+}
+
 // The configuration is reference-counted: freed by its creator while a connection uses it,
 // it lives on until that connection closes.
 TEST_F(ConfigFixture, FreeingTheConfigurationKeepsOpenConnectionsWorking) {
