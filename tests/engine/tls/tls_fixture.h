@@ -3,6 +3,8 @@
 // connections start the server side (sock_tls_accept), and engine clients (sock_connect +
 // sock_tls_connect) run on the same reactor, so run_until() drives both without threads.
 // Certificates come from tests/testing/tls_certs.h.
+// Threads: the test thread only (it owns the reactor). Ownership: the fixture owns both
+// configurations (a test may replace server_tls_, freeing the old one).
 #ifndef TESTS_ENGINE_TLS_TLS_FIXTURE_H_
 #define TESTS_ENGINE_TLS_TLS_FIXTURE_H_
 
