@@ -1,0 +1,284 @@
+// Bad input on TLS connections (engine/tls/layer.cc's failure paths): whatever a peer sends,
+// the server closes that connection with a reason (SOCK_CLOSE_ERROR or SOCK_CLOSE_TIMEOUT,
+// sock_tls_error() and the log), counts it in sock_tls_stats, and goes on serving others.
+// Peers: plain sockets writing raw bytes, OpenSSL's client, the engine's client.
+#include <gtest/gtest.h>
+#include <openssl/ssl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdint>
+#include <set>
+#include <string>
+
+#include "engine/libsock.h"
+#include "engine/tls/sock_tls.h"
+#include "tests/engine/tls/tls_fixture.h"
+#include "tests/testing/loopback.h"
+#include "tests/testing/run_until.h"
+#include "tests/testing/tls_client.h"
+
+namespace {
+
+using testing_support::run_until;
+using testing_support::test_pki;
+using testing_support::TlsClient;
+using testing_support::TlsClientConfig;
+using testing_support::TlsFixture;
+
+// A TLS record header: content type, version 3.1 (as ClientHellos carry), length.
+std::string record_header(uint8_t type, std::size_t length) {
+  return std::string{static_cast<char>(type), 3, 1, static_cast<char>(length >> 8),
+                     static_cast<char>(length & 0xff)};
+}
+constexpr uint8_t kHandshake = 22;
+constexpr uint8_t kApplicationData = 23;
+// RFC 8446 5.2: a record longer than this is an error (record_overflow).
+constexpr std::size_t kMaxCiphertext = 16384 + 256;
+
+class BadInputTest : public TlsFixture {
+ protected:
+  // A plain TCP client that writes `bytes`; returns it and sets *server to the server side.
+  int send_raw(const std::string& bytes, int* server) {
+    const int raw = connect_and_accept(server);
+    testing_support::write_all(raw, bytes);
+    return raw;
+  }
+
+  // Runs until the server side closed and the raw client saw its close.
+  void expect_closed(int raw, int server, SockCloseReason reason) {
+    std::string got;
+    EXPECT_TRUE(run_until(&r_, [&] {
+      return conns_[server].closed && !testing_support::drain(raw, &got);
+    })) << "the server kept the connection";
+    EXPECT_EQ(conns_[server].reason, reason);
+    EXPECT_EQ(conns_[server].got, "");
+    close(raw);
+  }
+
+  // A well-behaved client is still served.
+  void expect_still_serving() {
+    int server = -1;
+    const int client = connect_pair(&server);
+    ASSERT_EQ(sock_write(client, "still there?", 12), 0);
+    ASSERT_TRUE(run_until_received(client, 12));
+    EXPECT_EQ(conns_[client].got, "still there?");
+    sock_close(&r_, client);
+    EXPECT_TRUE(run_until(&r_, [&] { return conns_[server].closed; }));
+  }
+
+  // The change of one failure counter since `before`, and that of the others (which must not
+  // move).
+  static uint64_t moved(const SockTLSStats& before, SockTLSFailure reason) {
+    return tls_stats().failures[reason] - before.failures[reason];
+  }
+  static uint64_t moved_except(const SockTLSStats& before, SockTLSFailure reason) {
+    const SockTLSStats now = tls_stats();
+    uint64_t sum = 0;
+    for (int i = 0; i < SOCK_TLS_FAIL_REASONS; ++i) {
+      if (i != reason) sum += now.failures[i] - before.failures[i];
+    }
+    return sum;
+  }
+
+  void expect_logged(int fd, const std::string& reason_start) {
+    ASSERT_EQ(log_.size(), 1u);
+    EXPECT_EQ(log_[0].rfind("fd " + std::to_string(fd) + ": " + reason_start, 0), 0u) << log_[0];
+  }
+};
+
+// A plain HTTP request on the TLS port: not a ClientHello, a protocol failure.
+TEST_F(BadInputTest, PlainHttpRequestIsAProtocolFailure) {
+  const SockTLSStats before = tls_stats();
+  int server = -1;
+  const int raw = send_raw("GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", &server);
+  expect_closed(raw, server, SOCK_CLOSE_ERROR);
+  EXPECT_EQ(conns_[server].tls_error.rfind("handshake failed", 0), 0u) << conns_[server].tls_error;
+  expect_logged(server, "handshake failed");
+  EXPECT_EQ(moved(before, SOCK_TLS_FAIL_PROTOCOL), 1u);
+  EXPECT_EQ(moved_except(before, SOCK_TLS_FAIL_PROTOCOL), 0u);
+  expect_still_serving();
+}
+
+TEST_F(BadInputTest, GarbageInsteadOfClientHelloIsAProtocolFailure) {
+  const SockTLSStats before = tls_stats();
+  int server = -1;
+  std::string garbage = testing_support::pattern(3000, 5);
+  garbage[0] = 0x7f;  // not a record type
+  const int raw = send_raw(garbage, &server);
+  expect_closed(raw, server, SOCK_CLOSE_ERROR);
+  EXPECT_EQ(conns_[server].tls_error.rfind("handshake failed", 0), 0u) << conns_[server].tls_error;
+  EXPECT_EQ(moved(before, SOCK_TLS_FAIL_PROTOCOL), 1u);
+  EXPECT_EQ(moved_except(before, SOCK_TLS_FAIL_PROTOCOL), 0u);
+  expect_still_serving();
+}
+
+// Handshake records longer than the protocol allows: one just over the limit, sent whole (refused
+// once read), and one with the largest length field (refused at its header, before its body).
+TEST_F(BadInputTest, OversizedRecordIsAProtocolFailure) {
+  for (const auto& bytes :
+       {record_header(kHandshake, kMaxCiphertext + 1) + std::string(kMaxCiphertext + 1, 'x'),
+        record_header(kHandshake, 0xffff) + std::string(100, 'x')}) {
+    const SockTLSStats before = tls_stats();
+    int server = -1;
+    const int raw = send_raw(bytes, &server);
+    expect_closed(raw, server, SOCK_CLOSE_ERROR);
+    EXPECT_EQ(moved(before, SOCK_TLS_FAIL_PROTOCOL), 1u);
+    EXPECT_EQ(moved_except(before, SOCK_TLS_FAIL_PROTOCOL), 0u);
+  }
+  expect_still_serving();
+}
+
+// Part of a record, then EOF: the peer left mid-handshake (a close, not a protocol error).
+TEST_F(BadInputTest, TruncatedRecordThenEofClosesMidHandshake) {
+  const SockTLSStats before = tls_stats();
+  int server = -1;
+  const int raw = send_raw(record_header(kHandshake, 200) + std::string(50, 'x'), &server);
+  run_iterations(3);
+  EXPECT_FALSE(conns_[server].closed) << "a partial record is no reason to close";
+  ASSERT_EQ(shutdown(raw, SHUT_WR), 0);
+  expect_closed(raw, server, SOCK_CLOSE_PEER);
+  EXPECT_EQ(moved(before, SOCK_TLS_FAIL_CLOSED), 1u);
+  EXPECT_EQ(moved_except(before, SOCK_TLS_FAIL_CLOSED), 0u);
+  expect_still_serving();
+}
+
+// A client that stops mid-handshake is closed by the handshake deadline.
+TEST_F(BadInputTest, StalledHandshakeIsClosedByTheDeadline) {
+  ASSERT_EQ(sock_tls_set_handshake_timeout(server_tls_, 100), 0);
+  const SockTLSStats before = tls_stats();
+  int server = -1;
+  const int raw = send_raw(record_header(kHandshake, 200) + std::string(50, 'x'), &server);
+  expect_closed(raw, server, SOCK_CLOSE_TIMEOUT);
+  EXPECT_EQ(moved(before, SOCK_TLS_FAIL_TIMEOUT), 1u);
+  EXPECT_EQ(moved_except(before, SOCK_TLS_FAIL_TIMEOUT), 0u);
+  expect_still_serving();
+}
+
+// The client has the same deadline: a server that never answers its ClientHello (a listener
+// that never accepts) is given up on.
+TEST_F(BadInputTest, ClientGivesUpOnAServerThatNeverAnswers) {
+  ASSERT_EQ(sock_tls_set_handshake_timeout(client_tls_, 100), 0);
+  const testing_support::Listener silent = testing_support::listen_loopback();
+  const SockTLSStats before = tls_stats();
+  const std::string port = std::to_string(silent.port);
+  const int client = sock_connect(&r_, "127.0.0.1", port.c_str());
+  ASSERT_GE(client, 0);
+  conns_[client] = {};
+  ASSERT_EQ(sock_tls_connect(client, client_tls_, "localhost"), 0);
+  ASSERT_TRUE(run_until_closed(client));
+  EXPECT_EQ(conns_[client].reason, SOCK_CLOSE_TIMEOUT);
+  EXPECT_EQ(moved(before, SOCK_TLS_FAIL_TIMEOUT), 1u);
+  EXPECT_EQ(moved_except(before, SOCK_TLS_FAIL_TIMEOUT), 0u);
+  close(silent.fd);
+}
+
+// The deadline ends with the handshake: an established connection outlives it.
+TEST_F(BadInputTest, EstablishedConnectionOutlivesTheHandshakeDeadline) {
+  constexpr unsigned kDeadlineMs = 100;
+  ASSERT_EQ(sock_tls_set_handshake_timeout(server_tls_, kDeadlineMs), 0);
+  int server = -1;
+  const int client = connect_pair(&server);
+  ASSERT_TRUE(run_until_established(client, server));
+  const auto later = std::chrono::steady_clock::now() + std::chrono::milliseconds(3 * kDeadlineMs);
+  ASSERT_TRUE(run_until(
+      &r_, [&] { return conns_[server].closed || std::chrono::steady_clock::now() > later; }));
+  EXPECT_FALSE(conns_[server].closed) << "closed by the handshake deadline after the handshake";
+  ASSERT_EQ(sock_write(client, "ok", 2), 0);
+  ASSERT_TRUE(run_until_received(client, 2));
+  EXPECT_EQ(conns_[client].got, "ok");
+}
+
+// A bad record on an established connection fails it (a record failure, not a handshake one).
+TEST_F(BadInputTest, OversizedRecordAfterTheHandshakeFailsTheConnection) {
+  TlsClientConfig config(test_pki().ca);
+  TlsClient peer(config, listener_.port, "localhost");
+  peer.send("ping");
+  ASSERT_TRUE(run_until(&r_, [&] { return !peer.pump() || peer.received() == "ping"; }));
+  const int server = accepted_.at(0);
+  const SockTLSStats before = tls_stats();
+  testing_support::write_all(
+      peer.fd(), record_header(kApplicationData, kMaxCiphertext + 1) + std::string(100, 'x'));
+  ASSERT_TRUE(run_until_closed(server));
+  EXPECT_EQ(conns_[server].reason, SOCK_CLOSE_ERROR);
+  EXPECT_EQ(conns_[server].tls_error.rfind("bad record", 0), 0u) << conns_[server].tls_error;
+  expect_logged(server, "bad record");
+  EXPECT_EQ(tls_stats().records_failed - before.records_failed, 1u);
+  EXPECT_EQ(moved_except(before, SOCK_TLS_FAIL_REASONS), 0u);
+  expect_still_serving();
+}
+
+// TLS 1.2 renegotiation is refused: the client's attempt fails, the server survives it and
+// serves others.
+TEST_F(BadInputTest, RenegotiationIsRefused) {
+  TlsClientConfig config(test_pki().ca, "", TLS1_2_VERSION);
+  TlsClient peer(config, listener_.port, "localhost");
+  peer.send("before");
+  ASSERT_TRUE(run_until(&r_, [&] { return !peer.pump() || peer.received() == "before"; }))
+      << peer.error();
+  ASSERT_TRUE(peer.renegotiate());
+  ASSERT_TRUE(run_until(&r_, [&] { return !peer.pump() || !peer.renegotiating(); }));
+  EXPECT_TRUE(peer.failed()) << "the renegotiation completed";
+  EXPECT_NE(peer.error().find("no renegotiation"), std::string::npos) << peer.error();
+  const int server = accepted_.at(0);
+  ASSERT_TRUE(run_until_closed(server));
+  EXPECT_EQ(conns_[server].reason, SOCK_CLOSE_ERROR);
+  expect_still_serving();
+}
+
+// A TLS 1.3 KeyUpdate is a normal post-handshake message: answered, and data flows after it.
+TEST_F(BadInputTest, KeyUpdateIsHandled) {
+  TlsClientConfig config(test_pki().ca, "", TLS1_3_VERSION);
+  TlsClient peer(config, listener_.port, "localhost");
+  peer.send("before;");
+  ASSERT_TRUE(run_until(&r_, [&] { return !peer.pump() || peer.received() == "before;"; }))
+      << peer.error();
+  ASSERT_TRUE(peer.key_update());
+  peer.send("after");
+  ASSERT_TRUE(run_until(&r_, [&] { return !peer.pump() || peer.received() == "before;after"; }))
+      << peer.error();
+  EXPECT_FALSE(conns_[accepted_.at(0)].closed);
+  EXPECT_TRUE(log_.empty());
+}
+
+// The engine's TLS client against a plain server that echoes its ClientHello back: the
+// client fails its handshake at once (no hang) and says why.
+class PlainServerTest : public BadInputTest {
+ protected:
+  void SetUp() override {
+    BadInputTest::SetUp();
+    plain_ = testing_support::listen_loopback();
+    ASSERT_EQ(reactor_add(&r_, plain_.fd), 0);
+  }
+  void on_data(struct Reactor* r, int fd) override {
+    if (fd != plain_.fd && !plain_fds_.count(fd)) return BadInputTest::on_data(r, fd);
+    if (fd == plain_.fd) {
+      int c;
+      while ((c = sock_accept(r, fd)) >= 0) plain_fds_.insert(c);
+      return;
+    }
+    char buf[4096];
+    ssize_t n;
+    while ((n = sock_read(fd, buf, sizeof buf)) > 0)
+      sock_write(fd, buf, static_cast<std::size_t>(n));
+  }
+  testing_support::Listener plain_;
+  std::set<int> plain_fds_;
+};
+
+TEST_F(PlainServerTest, TlsClientOnAPlainPortFailsItsHandshake) {
+  const SockTLSStats before = tls_stats();
+  const std::string port = std::to_string(plain_.port);
+  const int client = sock_connect(&r_, "127.0.0.1", port.c_str());
+  ASSERT_GE(client, 0);
+  conns_[client] = {};
+  ASSERT_EQ(sock_tls_connect(client, client_tls_, "localhost"), 0);
+  ASSERT_EQ(sock_write(client, "secret", 6), 0);
+  ASSERT_TRUE(run_until_closed(client));
+  EXPECT_EQ(conns_[client].reason, SOCK_CLOSE_ERROR);
+  EXPECT_EQ(conns_[client].tls_error.rfind("handshake failed", 0), 0u) << conns_[client].tls_error;
+  EXPECT_EQ(moved(before, SOCK_TLS_FAIL_PROTOCOL), 1u);
+}
+
+}  // namespace

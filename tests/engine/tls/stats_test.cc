@@ -1,0 +1,104 @@
+// engine/tls/stats.cc: sock_tls_stats and sock_tls_metrics (the buffer rules of snprintf, the
+// families, a histogram consistent with the handshake counter) following real handshakes.
+#include <gtest/gtest.h>
+
+#include <cerrno>
+#include <string>
+
+#include "engine/libsock.h"
+#include "engine/tls/sock_tls.h"
+#include "tests/engine/tls/tls_fixture.h"
+#include "tests/testing/metrics_text.h"
+#include "tests/testing/run_until.h"
+
+namespace {
+
+using testing_support::series_value;
+using testing_support::TlsFixture;
+
+std::string metrics_text() {
+  const ssize_t n = sock_tls_metrics(nullptr, 0);
+  EXPECT_GT(n, 0);
+  std::string text(static_cast<std::size_t>(n) + 1, '\0');
+  EXPECT_EQ(sock_tls_metrics(text.data(), text.size()), n);
+  text.resize(static_cast<std::size_t>(n));
+  return text;
+}
+
+TEST(StatsTest, MetricsFollowSnprintfBufferRules) {
+  errno = 0;
+  EXPECT_EQ(sock_tls_stats(nullptr), -1);
+  EXPECT_EQ(errno, EINVAL);
+  errno = 0;
+  char one;
+  EXPECT_EQ(sock_tls_metrics(nullptr, 1), -1);
+  EXPECT_EQ(errno, EINVAL);
+
+  const std::string text = metrics_text();
+  const auto n = static_cast<ssize_t>(text.size());
+  // Exactly the text's length: too small for its NUL, so nothing is written.
+  std::string exact(text.size(), '#');
+  EXPECT_EQ(sock_tls_metrics(exact.data(), exact.size()), n);
+  EXPECT_EQ(exact, std::string(text.size(), '#'));
+  EXPECT_EQ(sock_tls_metrics(&one, 0), n);
+  // Room for the NUL: the whole text, terminated.
+  std::string room(text.size() + 1, '#');
+  EXPECT_EQ(sock_tls_metrics(room.data(), room.size()), n);
+  EXPECT_EQ(room, text + '\0');
+}
+
+TEST(StatsTest, MetricsHaveEveryFamily) {
+  const std::string text = metrics_text();
+  for (const char* line : {"# TYPE libsock_tls_handshakes_total counter\n",
+                           "# TYPE libsock_tls_handshake_failures_total counter\n",
+                           "# TYPE libsock_tls_handshake_seconds histogram\n",
+                           "# TYPE libsock_tls_record_failures_total counter\n",
+                           "# TYPE libsock_tls_connections gauge\n",
+                           "\nlibsock_tls_handshake_failures_total{reason=\"protocol\"} ",
+                           "\nlibsock_tls_handshake_failures_total{reason=\"certificate\"} ",
+                           "\nlibsock_tls_handshake_failures_total{reason=\"timeout\"} ",
+                           "\nlibsock_tls_handshake_failures_total{reason=\"closed\"} "}) {
+    EXPECT_NE(text.find(line), std::string::npos) << line << "in\n" << text;
+  }
+}
+
+class StatsFixture : public TlsFixture {};
+
+// A full handshake on both ends: two handshakes, two connections while open, the histogram's
+// count and +Inf bucket equal to the counter, its buckets cumulative.
+TEST_F(StatsFixture, CountersFollowHandshakes) {
+  const SockTLSStats before = tls_stats();
+  int server = -1;
+  const int client = connect_pair(&server);
+  EXPECT_EQ(tls_stats().open, before.open + 2);
+  ASSERT_TRUE(run_until_established(client, server));
+  const SockTLSStats after = tls_stats();
+  EXPECT_EQ(after.handshakes, before.handshakes + 2);
+  EXPECT_EQ(after.resumed, before.resumed);
+  EXPECT_GT(after.handshake_us_sum, before.handshake_us_sum);
+
+  const std::string text = metrics_text();
+  const double full = series_value(text, "libsock_tls_handshakes_total{kind=\"full\"}");
+  const double resumed = series_value(text, "libsock_tls_handshakes_total{kind=\"resumed\"}");
+  EXPECT_EQ(full, static_cast<double>(after.handshakes - after.resumed));
+  EXPECT_EQ(resumed, static_cast<double>(after.resumed));
+  EXPECT_EQ(series_value(text, "libsock_tls_handshake_seconds_count"), full + resumed);
+  EXPECT_EQ(series_value(text, "libsock_tls_handshake_seconds_bucket{le=\"+Inf\"}"),
+            full + resumed);
+  EXPECT_NEAR(series_value(text, "libsock_tls_handshake_seconds_sum"),
+              static_cast<double>(after.handshake_us_sum) / 1e6, 1e-6);
+  EXPECT_EQ(series_value(text, "libsock_tls_connections"), static_cast<double>(after.open));
+  double previous = 0;
+  for (std::size_t at = 0;
+       (at = text.find("\nlibsock_tls_handshake_seconds_bucket{", at)) != std::string::npos; ++at) {
+    const double v = std::stod(text.substr(text.find("} ", at) + 2));
+    EXPECT_GE(v, previous) << text;
+    previous = v;
+  }
+  sock_close(&r_, client);
+  ASSERT_TRUE(testing_support::run_until(
+      &r_, [&] { return conns_[client].closed && conns_[server].closed; }));
+  EXPECT_EQ(tls_stats().open, before.open);
+}
+
+}  // namespace
