@@ -336,13 +336,15 @@ int open_records(Connection* c, uint8_t* src, std::size_t n, uint8_t* out, std::
     uint8_t* rec = src + at;
     const std::size_t body = static_cast<std::size_t>(rec[3]) << 8 | rec[4];
     if (rec[0] != static_cast<uint8_t>(ContentType::kApplicationData) || body > kMaxCiphertext) {
-      return fail(c, "not a TLS 1.3 record", 0);
+      return fail(c, "bad record: not a protected TLS 1.3 record, or too long", 0);
     }
     if (n - at < kHeaderBytes + body) break;
     ContentType type;
     std::size_t len = 0;
     const char* why = nullptr;
-    if (!open(c->keys, rec, kHeaderBytes + body, &type, &len, &why)) return fail(c, why, 0);
+    if (!open(c->keys, rec, kHeaderBytes + body, &type, &len, &why)) {
+      return fail(c, (std::string("bad record: ") + why).c_str(), 0);
+    }
     const uint8_t* plain = rec + kHeaderBytes;
     at += kHeaderBytes + body;
     if (type == ContentType::kApplicationData) {
@@ -359,7 +361,7 @@ int open_records(Connection* c, uint8_t* src, std::size_t n, uint8_t* out, std::
     } else if (type == ContentType::kHandshake) {
       if (post_handshake(c, plain, len) < 0) return -1;
     } else {
-      return fail(c, "a record of an unexpected type", 0);
+      return fail(c, "bad record: an unexpected content type", 0);
     }
   }
   std::free(c->partial);
