@@ -38,8 +38,8 @@ struct Client {
   std::uint64_t expect = 0;  // 0: until the peer closes
   unsigned timeout_ms = 10000;
   std::uint64_t received = 0;
-  bool connected = false;  // on_ready ran
-  bool reported = false;   // the --verbose TLS line
+  bool connected = false;    // on_ready ran
+  bool established = false;  // the TLS handshake completed
   bool done = false;
   int status = 1;
   std::string failure;  // why, when status is 1
@@ -91,13 +91,22 @@ void on_data(struct Reactor* r, int fd) {
     std::fwrite(buf, 1, static_cast<std::size_t>(n), stdout);
     g.received += static_cast<std::uint64_t>(n);
   }
-  if (g.tls && g.verbose && !g.reported && sock_tls_established(fd) == 1) {
-    g.reported = true;
+  if (g.tls && !g.established && sock_tls_established(fd) == 1) {
+    g.established = true;
     const char* alpn = sock_tls_alpn(fd);
-    std::fprintf(stderr, "sock_client: TLS established, ALPN %s, %s\n", alpn ? alpn : "none",
-                 sock_tls_resumed(fd) == 1 ? "resumed" : "not resumed");
+    if (g.verbose) {
+      std::fprintf(stderr, "sock_client: TLS established, ALPN %s, %s\n", alpn ? alpn : "none",
+                   sock_tls_resumed(fd) == 1 ? "resumed" : "not resumed");
+    }
   }
-  if (n == 0 && g.expect && g.received >= g.expect) sock_close(r, fd);  // sends close_notify
+  if (n < 0 && errno == 0 && g.tls && !g.established) {
+    // EOF mid-handshake. Our input, held by the layer until the handshake completes, would
+    // keep the connection open until --timeout-ms: close it now.
+    finish(1, "TLS: the peer closed during the handshake");
+    sock_force_close(r, fd);
+  } else if (n == 0 && g.expect && g.received >= g.expect) {
+    sock_close(r, fd);  // sends close_notify
+  }
 }
 
 void on_close(struct Reactor*, int) {
@@ -113,12 +122,19 @@ void on_close(struct Reactor*, int) {
                            g.port + (g.connected ? " failed" : ""));
     case SOCK_CLOSE_PEER:
     case SOCK_CLOSE_LOCAL:
+      if (g.tls && !g.established) return finish(1, "TLS: the peer closed during the handshake");
       if (g.received < g.expect) {
         return finish(1, "the connection ended after " + std::to_string(g.received) + " of " +
                              std::to_string(g.expect) + " bytes");
       }
       return finish(0);
   }
+}
+
+// A bad command line: the reason, then the usage, on stderr.
+int usage_error(const CLI::App& app, const std::string& reason) {
+  std::fprintf(stderr, "sock_client: %s\n%s", reason.c_str(), app.help().c_str());
+  return 2;
 }
 
 }  // namespace
@@ -153,8 +169,7 @@ int main(int argc, char** argv) {
     send = unescape(send);
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e);  // --help
-    std::fprintf(stderr, "sock_client: %s\n%s", e.what(), app.help().c_str());
-    return 2;
+    return usage_error(app, e.what());
   }
   if (!*send_option) send.assign(std::istreambuf_iterator<char>(std::cin), {});
   if (server_name.empty()) server_name = g.host;
@@ -162,15 +177,17 @@ int main(int argc, char** argv) {
   SockTLS* config = nullptr;
   if (g.tls) {
     config = sock_tls_client_new(ca_file.empty() ? nullptr : ca_file.c_str());
-    // The deadline below covers the handshake; the layer's own would clear it when done.
-    if (!config || sock_tls_set_handshake_timeout(config, 0) < 0 ||
-        sock_tls_set_log(config, nullptr, nullptr) < 0 ||
-        (!alpn.empty() && sock_tls_set_alpn(config, alpn.c_str()) < 0)) {
-      std::fprintf(stderr, "sock_client: TLS: %s\n",
-                   *sock_tls_error() ? sock_tls_error() : "bad --alpn list");
-      sock_tls_free(config);
+    if (!config) {
+      std::fprintf(stderr, "sock_client: TLS: %s\n", sock_tls_error());
       return 1;
     }
+    if (!alpn.empty() && sock_tls_set_alpn(config, alpn.c_str()) < 0) {
+      sock_tls_free(config);
+      return usage_error(app, "--alpn: names of 1 to 255 bytes, separated by commas");
+    }
+    // The deadline below covers the handshake; the layer's own would clear it when done.
+    sock_tls_set_handshake_timeout(config, 0);
+    sock_tls_set_log(config, nullptr, nullptr);  // on_close reports the reason
   }
   struct Reactor r = {.on_data = on_data, .on_ready = on_ready, .on_close = on_close};
   const int fd = sock_connect(&r, g.host.c_str(), g.port.c_str());
@@ -180,13 +197,13 @@ int main(int argc, char** argv) {
     sock_tls_free(config);
     return 1;
   }
-  if ((g.tls && sock_tls_connect(fd, config, server_name.c_str()) < 0) ||
-      (g.timeout_ms && sock_set_deadline(fd, g.timeout_ms) < 0) ||
-      (!send.empty() && sock_write(fd, send.data(), send.size()) < 0)) {
-    finish(1, std::string(g.tls && *sock_tls_error() ? "TLS: " : "") +
-                  (g.tls && *sock_tls_error() ? sock_tls_error() : std::strerror(errno)));
-    sock_force_close(&r, fd);
+  if (g.tls && sock_tls_connect(fd, config, server_name.c_str()) < 0) {
+    finish(1, std::string("TLS: ") + (*sock_tls_error() ? sock_tls_error() : std::strerror(errno)));
+  } else if ((g.timeout_ms && sock_set_deadline(fd, g.timeout_ms) < 0) ||
+             (!send.empty() && sock_write(fd, send.data(), send.size()) < 0)) {
+    finish(1, std::strerror(errno));
   }
+  if (g.done) sock_force_close(&r, fd);
   sock_tls_free(config);  // the connection keeps its reference
   while (!g.done && reactor_review(&r) >= 0) {}
   reactor_stop(&r);

@@ -8,6 +8,7 @@
 // skip themselves.
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -395,12 +396,44 @@ TEST(SockClientTest, RefusedConnectionFailsWithExit1) {
                                std::to_string(nobody_listens.port()) + "\n");
 }
 
+// With and without input: input is held by the TLS layer until the handshake completes, and
+// the connection must not wait for it to drain.
+TEST(SockClientTest, TlsPeerThatClosesDuringTheHandshakeFailsAtOnce) {
+  const testing_support::Listener listener = testing_support::listen_loopback();
+  ASSERT_GE(listener.fd, 0);
+  const int deadline_ms = static_cast<int>(std::chrono::milliseconds(kDeadline).count());
+  for (const char* input : {"x", ""}) {
+    ServerProcess client({kClient, "--host", "127.0.0.1", "--port",
+                          std::to_string(listener.port), "--tls", "--send", input},
+                         kDeadline, {.stderr_to = ChildStderr::kOwnPipe});
+    ASSERT_TRUE(client.started());
+    pollfd p = {listener.fd, POLLIN, 0};
+    ASSERT_EQ(poll(&p, 1, deadline_ms), 1);
+    const int accepted = accept(listener.fd, nullptr, nullptr);
+    ASSERT_GE(accepted, 0);
+    // The ClientHello (one write) is read first: closing with unread bytes would send a RST.
+    p = {accepted, POLLIN, 0};
+    char hello[4096];
+    ASSERT_EQ(poll(&p, 1, deadline_ms), 1);
+    EXPECT_GT(recv(accepted, hello, sizeof hello, 0), 0);
+    close(accepted);  // a FIN instead of an answer
+    const int status = client.wait_exit();
+    EXPECT_TRUE(testing_support::exited_with(status, 1))
+        << "input '" << input << "': " << testing_support::describe(status);
+    EXPECT_EQ(client.stderr_lines(),
+              std::vector<std::string>{"sock_client: TLS: the peer closed during the handshake"})
+        << "input '" << input << "'";
+  }
+  close(listener.fd);
+}
+
 TEST(SockClientTest, BadCommandLinesExitWith2) {
   for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
            {"--port", "1"},                                              // no --host
            {"--host", "127.0.0.1", "--port", "1", "--alpn", "h2"},       // ALPN without --tls
            {"--host", "127.0.0.1", "--port", "1", "--send", "a\\q"},     // unknown escape
            {"--host", "127.0.0.1", "--port", "1", "--send", "\\x4"},     // cut escape
+           {"--host", "127.0.0.1", "--port", "1", "--tls", "--alpn", "h2,"},  // empty name
            {"--host", "127.0.0.1", "--port", "1", "--timeout-ms", "-1"}  // not a number
        }) {
     const ClientRun run = run_client(args);
