@@ -28,9 +28,12 @@ namespace {
 // Runs in the forked child, so async-signal-safe calls only (no allocation, no locks): the
 // parent built argv. The exec-error pipe stays open across the close below and is closed by
 // exec itself (O_CLOEXEC); a failed exec reports its errno through it.
-[[noreturn]] void exec_child(char* const* argv, int out, int err, int exec_error,
+[[noreturn]] void exec_child(char* const* argv, int in, int out, int err, int exec_error,
                              rlim_t fd_limit) {
-  if (dup2(out, STDOUT_FILENO) < 0 || dup2(err, STDERR_FILENO) < 0) _exit(126);
+  if ((in >= 0 && dup2(in, STDIN_FILENO) < 0) || dup2(out, STDOUT_FILENO) < 0 ||
+      dup2(err, STDERR_FILENO) < 0) {
+    _exit(126);
+  }
   if (exec_error > 3) close_range(3, static_cast<unsigned>(exec_error) - 1, 0);
   close_range(static_cast<unsigned>(exec_error) + 1, ~0u, 0);
   struct sigaction dfl = {};
@@ -62,19 +65,24 @@ ServerProcess::ServerProcess(const std::vector<std::string>& args,
   argv.push_back(nullptr);
   int out[2] = {-1, -1}, err[2] = {-1, -1}, exec_error[2] = {-1, -1};
   const bool own_err = options.stderr_to == ChildStderr::kOwnPipe;
-  if (args.empty() || pipe2(out, O_CLOEXEC) < 0 || (own_err && pipe2(err, O_CLOEXEC) < 0) ||
-      pipe2(exec_error, O_CLOEXEC) < 0) {
+  const int in =
+      options.stdin_path.empty() ? -1 : open(options.stdin_path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (args.empty() || (!options.stdin_path.empty() && in < 0) || pipe2(out, O_CLOEXEC) < 0 ||
+      (own_err && pipe2(err, O_CLOEXEC) < 0) || pipe2(exec_error, O_CLOEXEC) < 0) {
     spawn_error_ = args.empty() ? EINVAL : errno;
   } else {
     const int child_err = own_err                                           ? err[1]
                           : options.stderr_to == ChildStderr::kWithStdout ? out[1]
                                                                           : STDERR_FILENO;
     pid_ = fork();
-    if (pid_ == 0) exec_child(argv.data(), out[1], child_err, exec_error[1], options.fd_limit);
+    if (pid_ == 0) {
+      exec_child(argv.data(), in, out[1], child_err, exec_error[1], options.fd_limit);
+    }
     if (pid_ < 0) spawn_error_ = errno;
   }
-  // Without these write ends in this process, EOF comes once the child is gone.
-  for (const int fd : {out[1], err[1], exec_error[1]}) {
+  // Without these write ends (and the stdin file) in this process, EOF comes once the child is
+  // gone.
+  for (const int fd : {in, out[1], err[1], exec_error[1]}) {
     if (fd >= 0) close(fd);
   }
   out_ = out[0];
@@ -124,6 +132,11 @@ int ServerProcess::wait_exit(std::string* output) {
   if (waitpid(pid_, &status, 0) != pid_) status = -1;
   pid_ = -1;
   return status;
+}
+
+bool ServerProcess::running() const {
+  pollfd p = {out_, 0, 0};  // POLLHUP is reported whatever events asks for
+  return pid_ > 0 && out_ >= 0 && poll(&p, 1, 0) == 0;
 }
 
 bool ServerProcess::signal(int sig) { return pid_ > 0 && kill(pid_, sig) == 0; }

@@ -31,6 +31,9 @@ struct ChildOptions {
   ChildStderr stderr_to = ChildStderr::kLog;
   // RLIMIT_NOFILE for the child, soft and hard (so it cannot raise it); 0 keeps the test's.
   rlim_t fd_limit = 0;
+  // A file the child reads as its stdin (a client's input); empty: the test's own stdin. One
+  // that cannot be opened fails the spawn (spawn_error()).
+  std::string stdin_path{};
 };
 
 // The child starts with exactly fds 0, 1 and 2, SIGINT, SIGTERM and SIGPIPE at their default
@@ -56,6 +59,9 @@ class ServerProcess {
   int spawn_error() const { return spawn_error_; }
   // The child's pid while it runs, else -1.
   pid_t pid() const { return pid_; }
+  // False once the child has exited (its stdout pipe hung up), without waiting and without
+  // reaping it: wait_exit() still says how it ended. For polling a child that should not exit.
+  bool running() const;
 
   // The first line printed (without its '\n'), or what came before EOF or the deadline.
   std::string first_line();

@@ -15,6 +15,8 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <string>
 
 namespace {
@@ -100,6 +102,7 @@ TEST(ServerProcessTest, StopTerminatesARunningChildWithItsDefaultSigtermAction) 
   ServerProcess child({"/bin/sh", "-c", "echo up; exec sleep 60"}, kDeadline);
   ASSERT_TRUE(child.started());
   EXPECT_EQ(child.first_line(), "up");
+  EXPECT_TRUE(child.running());
   const int status = child.stop();
   ASSERT_NE(status, -1) << "still running at the deadline";
   EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM)
@@ -120,6 +123,34 @@ TEST(ServerProcessTest, ChildStartsWithOnlyTheStandardFdsAndTheFdLimitAsked) {
   // 0, 1, 2 and the fd ls opens to read /proc/self/fd; the limit, soft and hard.
   EXPECT_EQ(out, "4\n32\n32\n");
   close(leaked);
+}
+
+TEST(ServerProcessTest, ChildThatExitedIsNotRunningYetItsExitIsStillReported) {
+  ServerProcess child({"/bin/sh", "-c", "echo bye; exit 3"}, kDeadline);
+  ASSERT_TRUE(child.started());
+  EXPECT_EQ(child.first_line(), "bye");
+  EXPECT_EQ(child.first_line(), "");  // EOF: the child is gone
+  EXPECT_FALSE(child.running());
+  const int status = child.wait_exit();
+  EXPECT_TRUE(testing_support::exited_with(status, 3)) << testing_support::describe(status);
+}
+
+TEST(ServerProcessTest, StdinPathIsWhatTheChildReadsAsItsStdin) {
+  const std::string path = std::string(std::getenv("TEST_TMPDIR")) + "/stdin";
+  FILE* f = std::fopen(path.c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  std::fputs("line one\nline two\n", f);
+  std::fclose(f);
+  ServerProcess child({"/bin/cat"}, kDeadline, {.stdin_path = path});
+  ASSERT_TRUE(child.started());
+  std::string out;
+  const int status = child.wait_exit(&out);
+  EXPECT_TRUE(testing_support::exited_with(status, 0)) << testing_support::describe(status);
+  EXPECT_EQ(out, "line one\nline two\n");
+
+  ServerProcess missing({"/bin/cat"}, kDeadline, {.stdin_path = path + ".missing"});
+  EXPECT_FALSE(missing.started());
+  EXPECT_EQ(missing.spawn_error(), ENOENT);
 }
 
 TEST(ServerProcessTest, StderrOnItsOwnPipeIsReadLineByLine) {
