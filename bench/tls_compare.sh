@@ -8,7 +8,8 @@
 #          bench/compare.sh's
 # Figures, ours and nginx from the same run, servers pinned to CPU 1, wrk and the clients to
 # CPU 0; each round starts each server once and runs its three loads, the order alternating (A B,
-# B A, ...), and medians (min-max) are reported:
+# B A, ...); reported are medians (min-max), and the ratios of the medians, of the minimums
+# and of each round's pair:
 #   1. keep-alive: wrk -t1 -c64, server CPU per request (utime + stime from /proc/PID/stat over
 #      the requests wrk counted; the 64 handshakes at the start are in it, for both servers:
 #      64 x the handshake figure over the run's requests, well under a microsecond each)
@@ -330,6 +331,13 @@ summary() {
 median_of() { column_of "$@" | awk '{a[NR] = $1} END {if (NR) print a[int((NR + 1) / 2)]}'; }
 min_of() { column_of "$@" | head -1; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b + 0 == 0) print "-"; else printf "%.2f", a / b}'; }
+# paired LOAD: ours/nginx of each round (the two ran minutes apart at most, so a noisy phase
+# of the machine tends to hit both), as "median (min-max)" over the rounds.
+paired() {
+  paste <(awk 'NF {print $1}' <<<"${results[$1/ours]}") <(awk 'NF {print $1}' <<<"${results[$1/nginx]}") |
+    awk '$2 > 0 {print $1 / $2}' | sort -g |
+    awk '{a[NR] = $1} END {printf "%.2f (%.2f-%.2f)", a[int((NR + 1) / 2)], a[1], a[NR]}'
+}
 holds() { awk -v r="$1" -v t="$2" 'BEGIN {print (r != "-" && r <= t) ? "yes" : "no"}'; }
 
 c64_ratio=$(ratio "$(median_of c64 ours 1)" "$(median_of c64 nginx 1)")
@@ -339,15 +347,16 @@ hs_min=$(ratio "$(min_of close16 ours 1)" "$(min_of close16 nginx 1)")
 idle_ratio=$(ratio "${idle_bytes[ours]}" "${idle_bytes[nginx]}")
 
 echo
-echo "| figure | ours | nginx 1.22 | ours/nginx (medians; minimums) | target | holds |"
+echo "| figure | ours | nginx 1.22 | ours/nginx: medians; minimums; per round | target | holds |"
 echo "| --- | --- | --- | --- | --- | --- |"
 echo "| keep-alive -c64, server CPU per request | $(summary c64 ours 1 %.2f) us |" \
-     "$(summary c64 nginx 1 %.2f) us | $c64_ratio ($c64_min) | <= 0.9 | $(holds "$c64_ratio" 0.9) |"
+     "$(summary c64 nginx 1 %.2f) us | $c64_ratio; $c64_min; $(paired c64) | <= 0.9 |" \
+     "$(holds "$c64_ratio" 0.9) |"
 echo "| keep-alive -c64, req/s | $(summary c64 ours 2 %.0f) | $(summary c64 nginx 2 %.0f) |" \
      "$(ratio "$(median_of c64 ours 2)" "$(median_of c64 nginx 2)") | | |"
 echo "| full handshake, -c16 Connection: close, server CPU per connection |" \
      "$(summary close16 ours 1 %.2f) us | $(summary close16 nginx 1 %.2f) us |" \
-     "$hs_ratio ($hs_min) | <= 1.0 | $(holds "$hs_ratio" 1.0) |"
+     "$hs_ratio; $hs_min; $(paired close16) | <= 1.0 | $(holds "$hs_ratio" 1.0) |"
 echo "| full handshake, connections/s | $(summary close16 ours 2 %.0f) |" \
      "$(summary close16 nginx 2 %.0f) |" \
      "$(ratio "$(median_of close16 ours 2)" "$(median_of close16 nginx 2)") | | |"
@@ -355,7 +364,8 @@ share() { awk -v r="$1" -v n="$2" 'BEGIN {if (n > 0) printf "%.0f%%", 100 * r / 
 echo "| wrk's own resumption, -c16 Connection: close, server CPU per connection (share resumed) |" \
      "$(summary resume16 ours 1 %.2f) us ($(share "${own_resumed[ours]}" "${own_all[ours]}")) |" \
      "$(summary resume16 nginx 1 %.2f) us ($(share "${own_resumed[nginx]}" "${own_all[nginx]}")) |" \
-     "$(ratio "$(median_of resume16 ours 1)" "$(median_of resume16 nginx 1)") | | |"
+     "$(ratio "$(median_of resume16 ours 1)" "$(median_of resume16 nginx 1)");" \
+     "$(ratio "$(min_of resume16 ours 1)" "$(min_of resume16 nginx 1)"); $(paired resume16) | | |"
 echo "| handshake floor on CPU 1 (openssl speed) | $floor us: $floor_detail | | | | |"
 echo "| RSS per idle TLS keep-alive connection, $idle_n held | ${idle_bytes[ours]} B |" \
      "${idle_bytes[nginx]} B | $idle_ratio | <= 0.5 | $(holds "$idle_ratio" 0.5) |"
