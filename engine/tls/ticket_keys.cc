@@ -38,8 +38,11 @@ int TicketKeys::callback(SSL* ssl, unsigned char name[16], unsigned char iv[EVP_
   // Every context of a configuration (SNI ones too) points back to it.
   auto* config = static_cast<SockTLS*>(SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl)));
   if (!config) return -1;
-  return encrypt ? config->tickets.encrypt(name, iv, cipher, mac)
-                 : config->tickets.decrypt(name, iv, cipher, mac);
+  if (encrypt) return config->tickets.encrypt(name, iv, cipher, mac);
+  const int found = config->tickets.decrypt(name, iv, cipher, mac);
+  // A TLS 1.3 client uses each ticket once (RFC 8446 C.4): without a renewal, one that
+  // resumed has none left for its next connection.
+  return found == 1 && SSL_version(ssl) == TLS1_3_VERSION ? 2 : found;
 }
 
 bool TicketKeys::make_current_locked(int64_t now) {

@@ -17,8 +17,9 @@ namespace tls {
 class TicketKeys {
  public:
   // OpenSSL's ticket callback (SSL_CTX_set_tlsext_ticket_key_evp_cb) for contexts whose
-  // configuration holds these keys: 1 (use the key), 2 (decrypted by the old key: renew), 0
-  // (unknown or expired key: full handshake), -1 (failure).
+  // configuration holds these keys: 1 (use the key), 2 (renew: decrypted by the old key, or
+  // a TLS 1.3 ticket, which is used once), 0 (unknown or expired key: full handshake), -1
+  // (failure).
   static int callback(SSL* ssl, unsigned char name[16], unsigned char iv[EVP_MAX_IV_LENGTH],
                       EVP_CIPHER_CTX* cipher, EVP_MAC_CTX* mac, int encrypt);
   // Starts a new current key now (sock_tls_rotate_ticket_keys).

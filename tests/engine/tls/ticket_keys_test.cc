@@ -121,6 +121,20 @@ TEST_P(TicketKeysTest, SessionFromOneReactorResumesOnAnother) {
   EXPECT_EQ(after.resumed - before.resumed, 2u);
 }
 
+// A chain of resumptions never falls back to a full handshake. (That a TLS 1.3 resumption
+// also brings a fresh ticket, which clients that use a ticket once need, this client cannot
+// tell: it resumes its old session again. `openssl s_client -sess_in/-sess_out` chains show it.)
+TEST_P(TicketKeysTest, EveryResumptionBringsATicketForTheNext) {
+  ServerThread server(tls_);
+  Session session;
+  EXPECT_EQ(request(server.port(), nullptr, &session), "resumed=0;");
+  for (int i = 0; i < 3; ++i) {
+    Session next;
+    EXPECT_EQ(request(server.port(), session.get(), &next), "resumed=1;");
+    session = std::move(next);
+  }
+}
+
 // Another configuration has keys of its own: its servers do not resume the first one's
 // sessions.
 TEST_P(TicketKeysTest, AnotherConfigurationDoesNotResume) {
