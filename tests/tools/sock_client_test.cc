@@ -243,6 +243,15 @@ class SockClientNginxTest : public ::testing::Test {
     return run_client(args);
   }
 
+  // A get() whose handshake failed the certificate check for `reason`: exit 1, nothing on
+  // stdout, and that one line on stderr.
+  static void expect_verify_failure(const ClientRun& run, const std::string& reason) {
+    EXPECT_TRUE(exited_with(run, 1)) << testing_support::describe(run.status);
+    EXPECT_EQ(run.out, "");
+    EXPECT_EQ(run.all_err(),
+              "sock_client: TLS: handshake failed: certificate verify failed: " + reason + "\n");
+  }
+
   // Both responses of get(): the page, then the protocol line.
   static void expect_page_and_protocol(ClientRun run, const std::string& protocol) {
     ASSERT_TRUE(exited_with(run, 0)) << testing_support::describe(run.status) << run.all_err();
@@ -281,29 +290,18 @@ TEST_F(SockClientNginxTest, Tls12GetReturnsThePageByteForByteCheckingTheIpAddres
 }
 
 TEST_F(SockClientNginxTest, WrongServerNameFailsWithHostnameMismatch) {
-  const ClientRun run = get(kTls13, test_pki().ca, {"--server-name", "wrong.example"});
-  EXPECT_TRUE(exited_with(run, 1)) << testing_support::describe(run.status);
-  EXPECT_EQ(run.out, "");
-  EXPECT_EQ(run.all_err(),
-            "sock_client: TLS: handshake failed: certificate verify failed: hostname mismatch\n");
+  expect_verify_failure(get(kTls13, test_pki().ca, {"--server-name", "wrong.example"}),
+                        "hostname mismatch");
 }
 
 TEST_F(SockClientNginxTest, CertificateOfAnUntrustedCaFailsVerification) {
-  const ClientRun run = get(kTls13, test_pki().other_ca, {"--server-name", "localhost"});
-  EXPECT_TRUE(exited_with(run, 1)) << testing_support::describe(run.status);
-  EXPECT_EQ(run.out, "");
-  EXPECT_EQ(run.all_err(),
-            "sock_client: TLS: handshake failed: certificate verify failed: unable to get local "
-            "issuer certificate\n");
+  expect_verify_failure(get(kTls13, test_pki().other_ca, {"--server-name", "localhost"}),
+                        "unable to get local issuer certificate");
 }
 
 TEST_F(SockClientNginxTest, ExpiredCertificateFailsAsExpired) {
-  const ClientRun run = get(kExpired, test_pki().ca, {"--server-name", "localhost"});
-  EXPECT_TRUE(exited_with(run, 1)) << testing_support::describe(run.status);
-  EXPECT_EQ(run.out, "");
-  EXPECT_EQ(run.all_err(),
-            "sock_client: TLS: handshake failed: certificate verify failed: certificate has "
-            "expired\n");
+  expect_verify_failure(get(kExpired, test_pki().ca, {"--server-name", "localhost"}),
+                        "certificate has expired");
 }
 
 // tools/echo_server, plain or with --tls-cert: it never closes, so --expect-bytes ends the run.
