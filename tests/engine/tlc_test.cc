@@ -459,6 +459,19 @@ class TlcTest : public testing_support::ServerFixture {
     }
   }
 
+  // An on_conn_data that makes `count` sock_reads of up to `size` bytes per call and logs each
+  // (result, errno) in the connection's reads, keeping none of the data.
+  std::function<void(int)> log_reads(std::size_t size, int count) {
+    return [this, size, count](int fd) {
+      std::vector<char> buf(size);
+      for (int i = 0; i < count; ++i) {
+        errno = 0;
+        const ssize_t n = sock_read(fd, buf.data(), buf.size());
+        w_.conns[fd].reads.push_back({n, errno});
+      }
+    };
+  }
+
   // Runs r_ until `log`'s layer (holder, which on_accept installed) held a record, then a few
   // iterations more, in which nothing may reach the client (a loopback send is in the peer's
   // buffer when sendmsg returns).
@@ -732,14 +745,7 @@ TEST_F(TlcTest, FailingUnwrapMakesSockReadFailWithEprotoAndClosesTheFdOnce) {
   w_.on_accept = [&](int fd) {
     add_stack(fd, &framing, &reject, Kind::kReject);
   };
-  w_.on_conn_data = [&](int fd) {
-    char buf[64];
-    for (int i = 0; i < 2; ++i) {  // the failure sticks: asking again gives the same answer
-      errno = 0;
-      const ssize_t n = sock_read(fd, buf, sizeof buf);
-      w_.conns[fd].reads.push_back({n, errno});
-    }
-  };
+  w_.on_conn_data = log_reads(64, 2);  // the failure sticks: asking again gives the same answer
   int server;
   const int client = connect_and_accept(&server);
   testing_support::write_all(client, encode("anything"));
@@ -762,12 +768,8 @@ TEST_F(TlcTest, FailingUnwrapMakesSockReadFailWithEprotoAndClosesTheFdOnce) {
 TEST_F(TlcTest, UnwrapThatClosesTheFdEndsTheReadWithEbadfAndClosesOnce) {
   LayerLog framing, closing;
   w_.on_accept = [&](int fd) { add_stack(fd, &framing, &closing, Kind::kCloseInUnwrap); };
-  w_.on_conn_data = [&](int fd) {
-    char buf[4];  // smaller than the record: the rest would be kept, in state the close freed
-    errno = 0;
-    const ssize_t n = sock_read(fd, buf, sizeof buf);
-    w_.conns[fd].reads.push_back({n, errno});
-  };
+  // Reads smaller than the record: the rest would be kept, in state the close freed.
+  w_.on_conn_data = log_reads(4, 1);
   int server;
   const int client = connect_and_accept(&server);
   testing_support::write_all(client, encode("anything"));
