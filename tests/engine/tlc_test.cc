@@ -324,10 +324,18 @@ sockTLC* make_layer(Kind kind, LayerLog* log) {
 }
 
 // The toy stack on fd: framing first (lowest), XOR (or upper_kind) pushed on top of it (the
-// head).
-void add_stack(int fd, LayerLog* framing, LayerLog* upper, Kind upper_kind = Kind::kXor) {
+// head, stored in *head if asked for: tests that drive the layer themselves need it).
+void add_stack(int fd, LayerLog* framing, LayerLog* upper, Kind upper_kind = Kind::kXor,
+               sockTLC** head = nullptr) {
   ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, framing)), 0);
-  ASSERT_EQ(sock_tlc_add(fd, make_layer(upper_kind, upper)), 0);
+  sockTLC* layer = make_layer(upper_kind, upper);
+  if (head) *head = layer;
+  ASSERT_EQ(sock_tlc_add(fd, layer), 0);
+}
+
+// An on_accept that pushes one layer of `kind` on the accepted fd.
+std::function<void(int)> push_layer(Kind kind, LayerLog* log) {
+  return [kind, log](int fd) { ASSERT_EQ(sock_tlc_add(fd, make_layer(kind, log)), 0); };
 }
 
 // What the framing layer puts on the wire for one record.
@@ -344,6 +352,13 @@ std::string xored(std::string s) {
 
 // What the stack puts on the wire for one record: frame(xor(data)).
 std::string encode(const std::string& data) { return framed(xored(data)); }
+
+// What the expanding layer makes of its input.
+std::string expanded(const std::string& in) {
+  std::string out;
+  for (const char c : in) out.append(kExpandFactor, c);
+  return out;
+}
 
 // What the sequenced layer makes of its k-th record (from 1).
 std::string sequenced(unsigned k, std::string s) {
@@ -362,6 +377,37 @@ bool deframe(const std::string& wire, std::vector<std::string>* frames) {
     at += kHeader + n;
   }
   return at == wire.size();
+}
+
+// The payload of the first `count` frames, each one record XORed (one packet's worth at most).
+std::string xored_records(const std::vector<std::string>& frames, std::size_t count) {
+  std::string payload;
+  for (std::size_t i = 0; i < count; ++i) {
+    EXPECT_LE(frames[i].size(), static_cast<std::size_t>(BUFFER_FILE_READ_SIZE));
+    payload += xored(frames[i]);
+  }
+  return payload;
+}
+
+// EXPECT_EQ for byte strings of any length: a long one is not printed, where it first differs is.
+void expect_bytes(const std::string& got, const std::string& expected) {
+  constexpr std::size_t kPrintable = 256;
+  if (got.size() <= kPrintable && expected.size() <= kPrintable) {
+    EXPECT_EQ(got, expected);
+    return;
+  }
+  EXPECT_EQ(got.size(), expected.size());
+  EXPECT_TRUE(got == expected) << "first difference at byte "
+                               << testing_support::first_difference(got, expected);
+}
+
+// A temporary file holding `data`, its offset at `offset` (where a .file write starts).
+void temp_file(const std::string& data, long offset, FILE** file) {
+  *file = tmpfile();
+  ASSERT_NE(*file, nullptr);
+  ASSERT_EQ(fwrite(data.data(), 1, data.size(), *file), data.size());
+  ASSERT_EQ(fflush(*file), 0);
+  ASSERT_EQ(fseek(*file, offset, SEEK_SET), 0);
 }
 
 // --- The reactor side ------------------------------------------------------------------------
@@ -413,14 +459,58 @@ class TlcTest : public testing_support::ServerFixture {
     }
   }
 
-  // Runs r_ until `log`'s layer held a record, then a few iterations more, in which nothing
-  // may reach the client (a loopback send is in the peer's buffer when sendmsg returns).
-  void expect_held(const LayerLog& log, int client) {
+  // An on_conn_data that makes `count` sock_reads of up to `size` bytes per call and logs each
+  // (result, errno) in the connection's reads, keeping none of the data.
+  std::function<void(int)> log_reads(std::size_t size, int count) {
+    return [this, size, count](int fd) {
+      std::vector<char> buf(size);
+      for (int i = 0; i < count; ++i) {
+        errno = 0;
+        const ssize_t n = sock_read(fd, buf.data(), buf.size());
+        w_.conns[fd].reads.push_back({n, errno});
+      }
+    };
+  }
+
+  // Runs r_ until `log`'s layer (holder, which on_accept installed) held a record, then a few
+  // iterations more, in which nothing may reach the client (a loopback send is in the peer's
+  // buffer when sendmsg returns).
+  void expect_held(const LayerLog& log, const sockTLC* holder, int client) {
+    ASSERT_NE(holder, nullptr);
     ASSERT_TRUE(run_until(&r_, [&] { return log.holds > 0; }));
     settle();
     std::string got;
     EXPECT_TRUE(testing_support::drain(client, &got));  // not closed either
     EXPECT_EQ(got, "");
+  }
+
+  // Reads client into *wire until it holds as many bytes as `expected`, runs a few iterations
+  // more, and checks that *wire is `expected`: nothing followed it, and no close.
+  void expect_wire(int client, std::string* wire, const std::string& expected) {
+    ASSERT_TRUE(read_at_least(client, wire, expected.size()));
+    settle();
+    EXPECT_TRUE(testing_support::drain(client, wire));
+    expect_bytes(*wire, expected);
+  }
+
+  // The connection's sock_reads ended in one EOF (-1 with errno 0) and never failed.
+  void expect_one_eof(int fd) {
+    ASSERT_EQ(w_.conns[fd].reads.size(), 1u);
+    EXPECT_EQ(w_.conns[fd].reads[0], std::make_pair(ssize_t{-1}, 0));
+  }
+
+  // Runs r_ until an fd closed, then a few iterations more: `fd` closed, once, and nothing else.
+  void expect_closed_once(int fd) {
+    ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
+    settle();
+    EXPECT_EQ(closed_, std::vector<int>{fd});
+  }
+
+  // Closes the plain client and runs r_ until the server side closed too (the test's first
+  // close).
+  void close_and_wait(int client) {
+    close(client);
+    ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
   }
 
   World w_;
@@ -466,10 +556,8 @@ TEST_F(TlcTest, TenMegabytesEachWayThroughXorOverFramingArriveIntact) {
       std::chrono::seconds(60)));
   EXPECT_TRUE(w_.conns[client].reads.empty());
   EXPECT_TRUE(w_.conns[server].reads.empty());
-  EXPECT_EQ(w_.conns[server].in.size(), kBytes);
-  EXPECT_EQ(w_.conns[client].in.size(), kBytes);
-  EXPECT_TRUE(w_.conns[server].in == to_server);
-  EXPECT_TRUE(w_.conns[client].in == to_client);
+  expect_bytes(w_.conns[server].in, to_server);
+  expect_bytes(w_.conns[client].in, to_client);
   // 17 KB reads against 16 KB + 4 frames: frames were split across reads and reassembled.
   EXPECT_TRUE(server_framing.held_partial);
   EXPECT_TRUE(client_framing.held_partial);
@@ -519,8 +607,7 @@ TEST_F(TlcTest, OnTheWireXorIsAppliedBeforeFramingAndUnwrapUndoesItBottomUp) {
   EXPECT_EQ(w_.conns[server].in, msg);
   EXPECT_TRUE(framing.held_partial);
   EXPECT_TRUE(w_.conns[server].reads.empty());  // no error, no EOF
-  close(client);
-  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
+  close_and_wait(client);
 }
 
 TEST_F(TlcTest, PlaintextBeyondTheCallersBufferIsKeptForTheNextRead) {
@@ -588,9 +675,7 @@ TEST_F(TlcTest, OnClearRunsOnceForEveryLayerOnCloseAndWhenTheChainIsReplaced) {
 
   // The peer closes: the fd closes and every layer of the current chain is cleared once.
   close(client);
-  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
-  settle();
-  EXPECT_EQ(closed_.size(), 1u);
+  ASSERT_NO_FATAL_FAILURE(expect_closed_once(server));
   EXPECT_EQ(b_framing.on_clear, 1);
   EXPECT_EQ(b_xor.on_clear, 1);
   EXPECT_EQ(b_xor.on_clear_fd, server);
@@ -646,17 +731,10 @@ TEST_F(TlcTest, BeforeCloseQueuesAFramedByeAfterAllDataThenTheFdCloses) {
   ASSERT_GE(frames.size(), 2u);
   // The data, every record XORed and framed, then BYE: framed only (sock_tlc_write from the
   // XOR layer is wrapped by the layers below it), then EOF.
-  std::string payload;
-  for (std::size_t i = 0; i + 1 < frames.size(); ++i) {
-    EXPECT_LE(frames[i].size(), static_cast<std::size_t>(BUFFER_FILE_READ_SIZE));
-    payload += xored(frames[i]);
-  }
-  EXPECT_TRUE(payload == data);
+  expect_bytes(xored_records(frames, frames.size() - 1), data);
   EXPECT_EQ(frames.back(), "BYE");
-  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
-  settle();
+  ASSERT_NO_FATAL_FAILURE(expect_closed_once(server));
   EXPECT_EQ(upper.before_close, 1);
-  EXPECT_EQ(closed_.size(), 1u);
   EXPECT_EQ(framing.on_clear, 1);
   EXPECT_EQ(upper.on_clear, 1);
   close(client);
@@ -667,21 +745,11 @@ TEST_F(TlcTest, FailingUnwrapMakesSockReadFailWithEprotoAndClosesTheFdOnce) {
   w_.on_accept = [&](int fd) {
     add_stack(fd, &framing, &reject, Kind::kReject);
   };
-  w_.on_conn_data = [&](int fd) {
-    char buf[64];
-    for (int i = 0; i < 2; ++i) {  // the failure sticks: asking again gives the same answer
-      errno = 0;
-      const ssize_t n = sock_read(fd, buf, sizeof buf);
-      w_.conns[fd].reads.push_back({n, errno});
-    }
-  };
+  w_.on_conn_data = log_reads(64, 2);  // the failure sticks: asking again gives the same answer
   int server;
   const int client = connect_and_accept(&server);
   testing_support::write_all(client, encode("anything"));
-  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
-  settle();
-  EXPECT_EQ(closed_.size(), 1u);
-  EXPECT_EQ(closed_[0], server);
+  ASSERT_NO_FATAL_FAILURE(expect_closed_once(server));
   const auto& reads = w_.conns[server].reads;
   ASSERT_EQ(reads.size(), 2u);
   for (const auto& [n, err] : reads) {
@@ -700,18 +768,12 @@ TEST_F(TlcTest, FailingUnwrapMakesSockReadFailWithEprotoAndClosesTheFdOnce) {
 TEST_F(TlcTest, UnwrapThatClosesTheFdEndsTheReadWithEbadfAndClosesOnce) {
   LayerLog framing, closing;
   w_.on_accept = [&](int fd) { add_stack(fd, &framing, &closing, Kind::kCloseInUnwrap); };
-  w_.on_conn_data = [&](int fd) {
-    char buf[4];  // smaller than the record: the rest would be kept, in state the close freed
-    errno = 0;
-    const ssize_t n = sock_read(fd, buf, sizeof buf);
-    w_.conns[fd].reads.push_back({n, errno});
-  };
+  // Reads smaller than the record: the rest would be kept, in state the close freed.
+  w_.on_conn_data = log_reads(4, 1);
   int server;
   const int client = connect_and_accept(&server);
   testing_support::write_all(client, encode("anything"));
-  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
-  settle();
-  EXPECT_EQ(closed_.size(), 1u);
+  ASSERT_NO_FATAL_FAILURE(expect_closed_once(server));
   const auto& reads = w_.conns[server].reads;
   ASSERT_EQ(reads.size(), 1u);
   EXPECT_EQ(reads[0].first, -1);
@@ -736,12 +798,9 @@ TEST_F(TlcTest, FailingWrapClosesTheFdOnceWithoutSendingAnything) {
   };
   int server;
   const int client = connect_and_accept(&server);
-  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
-  settle();
+  ASSERT_NO_FATAL_FAILURE(expect_closed_once(server));
   EXPECT_EQ(write_result, 0);
   EXPECT_EQ(write_errno, 0);
-  EXPECT_EQ(closed_.size(), 1u);
-  EXPECT_EQ(closed_[0], server);
   EXPECT_EQ(reject.on_clear, 1);
   std::string rest;
   EXPECT_FALSE(testing_support::drain(client, &rest));  // closed, nothing half-wrapped sent
@@ -751,9 +810,7 @@ TEST_F(TlcTest, FailingWrapClosesTheFdOnceWithoutSendingAnything) {
 
 TEST_F(TlcTest, OutputALayerHoldsBeyondMaxLenIsDeliveredBeforeEof) {
   LayerLog expand;
-  w_.on_accept = [&](int fd) {
-    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kExpand, &expand)), 0);
-  };
+  w_.on_accept = push_layer(Kind::kExpand, &expand);
   int server;
   const int client = connect_and_accept(&server);
   const std::string sent = testing_support::pattern(2000, 71);
@@ -761,13 +818,9 @@ TEST_F(TlcTest, OutputALayerHoldsBeyondMaxLenIsDeliveredBeforeEof) {
   ASSERT_EQ(shutdown(client, SHUT_WR), 0);  // EOF right behind the data
   ASSERT_TRUE(run_until(&r_, [&] { return w_.conns[server].eof; }));
 
-  std::string expected;
-  for (const char c : sent) expected.append(kExpandFactor, c);
   EXPECT_TRUE(expand.held_partial);  // 200,000 bytes of output: more than one max_len
-  EXPECT_EQ(w_.conns[server].in.size(), expected.size());
-  EXPECT_TRUE(w_.conns[server].in == expected);
-  ASSERT_EQ(w_.conns[server].reads.size(), 1u);
-  EXPECT_EQ(w_.conns[server].reads[0], std::make_pair(ssize_t{-1}, 0));  // then EOF
+  expect_bytes(w_.conns[server].in, expanded(sent));
+  ASSERT_NO_FATAL_FAILURE(expect_one_eof(server));  // then EOF
   ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
   close(client);
 }
@@ -776,11 +829,8 @@ TEST_F(TlcTest, MovedBufferAndFileAreWrappedIntoRecordsAndArriveIntact) {
   const std::string moved = testing_support::pattern(100 * 1024 + 7, 51);
   const std::string file_data = testing_support::pattern(3 * BUFFER_FILE_READ_SIZE + 123, 52);
   constexpr long kFileStart = 10;  // .file sends from the FILE*'s current offset
-  FILE* file = tmpfile();
-  ASSERT_NE(file, nullptr);
-  ASSERT_EQ(fwrite(file_data.data(), 1, file_data.size(), file), file_data.size());
-  ASSERT_EQ(fflush(file), 0);
-  ASSERT_EQ(fseek(file, kFileStart, SEEK_SET), 0);
+  FILE* file = nullptr;
+  ASSERT_NO_FATAL_FAILURE(temp_file(file_data, kFileStart, &file));
   const int file_fd = fileno(file);
 
   LayerLog framing, upper;
@@ -799,14 +849,7 @@ TEST_F(TlcTest, MovedBufferAndFileAreWrappedIntoRecordsAndArriveIntact) {
 
   std::vector<std::string> frames;
   ASSERT_TRUE(deframe(wire, &frames));
-  std::string payload;
-  for (const std::string& f : frames) {
-    EXPECT_LE(f.size(), static_cast<std::size_t>(BUFFER_FILE_READ_SIZE));
-    payload += xored(f);
-  }
-  const std::string expected = moved + file_data.substr(kFileStart);
-  EXPECT_EQ(payload.size(), expected.size());
-  EXPECT_TRUE(payload == expected);
+  expect_bytes(xored_records(frames, frames.size()), moved + file_data.substr(kFileStart));
   ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
   // The FILE* was fclose'd once sent: its descriptor is gone.
   errno = 0;
@@ -828,11 +871,8 @@ std::string decode_sequenced(const std::vector<std::string>& frames) {
 
 TEST_F(TlcTest, StatefulLayerWrapsACopyQueuedAfterAFileInWireOrder) {
   const std::string file_data = testing_support::pattern(40000, 61);
-  FILE* file = tmpfile();
-  ASSERT_NE(file, nullptr);
-  ASSERT_EQ(fwrite(file_data.data(), 1, file_data.size(), file), file_data.size());
-  ASSERT_EQ(fflush(file), 0);
-  rewind(file);
+  FILE* file = nullptr;
+  ASSERT_NO_FATAL_FAILURE(temp_file(file_data, 0, &file));
   const std::string head(100, 'A'), tail(50, 'B');
   LayerLog framing, sequenced;
   w_.on_accept = [&](int fd) {
@@ -877,29 +917,22 @@ TEST_F(TlcTest, HeldRecordsWaitUntilTheLayerAsksForAFlush) {
   LayerLog framing, holding;
   sockTLC* holder = nullptr;
   w_.on_accept = [&](int fd) {
-    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, &framing)), 0);
-    holder = make_layer(Kind::kHolding, &holding);
-    ASSERT_EQ(sock_tlc_add(fd, holder), 0);
+    ASSERT_NO_FATAL_FAILURE(add_stack(fd, &framing, &holding, Kind::kHolding, &holder));
     EXPECT_EQ(sock_write(fd, data.data(), data.size()), 0);
   };
   int server;
   const int client = connect_and_accept(&server);
-  ASSERT_NE(holder, nullptr);
-  ASSERT_NO_FATAL_FAILURE(expect_held(holding, client));
+  ASSERT_NO_FATAL_FAILURE(expect_held(holding, holder, client));
   EXPECT_EQ(sock_pending(server), static_cast<ssize_t>(data.size()));
 
   // Nothing else will wake the fd (it is writable, no EPOLLOUT edge comes): the layer's call
   // alone flushes it, and wrap runs again for the held record.
   release(server, holder);
   std::string wire;
-  ASSERT_TRUE(read_at_least(client, &wire, encode(data).size()));
-  settle();
-  EXPECT_TRUE(testing_support::drain(client, &wire));
-  EXPECT_EQ(wire, encode(data));
+  ASSERT_NO_FATAL_FAILURE(expect_wire(client, &wire, encode(data)));
   EXPECT_EQ(sock_pending(server), 0);
   EXPECT_TRUE(closed_.empty());
-  close(client);
-  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
+  close_and_wait(client);
 }
 
 TEST_F(TlcTest, HeldRecordsKeepTheirOrderBehindLayerRecords) {
@@ -909,15 +942,12 @@ TEST_F(TlcTest, HeldRecordsKeepTheirOrderBehindLayerRecords) {
   LayerLog framing, holding;
   sockTLC* holder = nullptr;
   w_.on_accept = [&](int fd) {
-    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, &framing)), 0);
-    holder = make_layer(Kind::kHolding, &holding);
-    ASSERT_EQ(sock_tlc_add(fd, holder), 0);
+    ASSERT_NO_FATAL_FAILURE(add_stack(fd, &framing, &holding, Kind::kHolding, &holder));
     EXPECT_EQ(sock_write(fd, first.data(), first.size()), 0);
   };
   int server;
   const int client = connect_and_accept(&server);
-  ASSERT_NE(holder, nullptr);
-  ASSERT_NO_FATAL_FAILURE(expect_held(holding, client));
+  ASSERT_NO_FATAL_FAILURE(expect_held(holding, holder, client));
 
   // The layer's records go out at once, ahead of the records it holds (framed only: it wraps
   // none of its own), and a write made meanwhile waits behind those.
@@ -927,21 +957,12 @@ TEST_F(TlcTest, HeldRecordsKeepTheirOrderBehindLayerRecords) {
   EXPECT_EQ(sock_write(server, second.data(), second.size()), 0);
   ASSERT_EQ(sock_tlc_write(server, holder, "HS2", 3), 0);
   const std::string handshake = framed("HS1") + framed("HS2");
-  ASSERT_TRUE(read_at_least(client, &wire, handshake.size()));
-  settle();
-  EXPECT_TRUE(testing_support::drain(client, &wire));
-  EXPECT_EQ(wire, handshake);
+  ASSERT_NO_FATAL_FAILURE(expect_wire(client, &wire, handshake));
   EXPECT_EQ(sock_pending(server), static_cast<ssize_t>(first.size() + second.size()));
 
   release(server, holder);
-  const std::string expected = handshake + encode(first) + encode(second);
-  ASSERT_TRUE(read_at_least(client, &wire, expected.size()));
-  settle();
-  EXPECT_TRUE(testing_support::drain(client, &wire));
-  EXPECT_EQ(wire.size(), expected.size());
-  EXPECT_TRUE(wire == expected);
-  close(client);
-  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
+  ASSERT_NO_FATAL_FAILURE(expect_wire(client, &wire, handshake + encode(first) + encode(second)));
+  close_and_wait(client);
 }
 
 TEST_F(TlcTest, HoldingLayerBelowAnotherIsNotWrappedTwiceByTheOneAbove) {
@@ -958,8 +979,7 @@ TEST_F(TlcTest, HoldingLayerBelowAnotherIsNotWrappedTwiceByTheOneAbove) {
   };
   int server;
   const int client = connect_and_accept(&server);
-  ASSERT_NE(holder, nullptr);
-  ASSERT_NO_FATAL_FAILURE(expect_held(holding, client));
+  ASSERT_NO_FATAL_FAILURE(expect_held(holding, holder, client));
   // Framed already (and the holder's retries do not frame it again).
   EXPECT_EQ(sock_pending(server), static_cast<ssize_t>(framed(data).size()));
 
@@ -969,18 +989,11 @@ TEST_F(TlcTest, HoldingLayerBelowAnotherIsNotWrappedTwiceByTheOneAbove) {
   ASSERT_EQ(sock_tlc_write(server, holder, "HS", 2), 0);
   ASSERT_TRUE(read_at_least(client, &wire, 2));
   ASSERT_EQ(sock_tlc_write(server, upper, "UP", 2), 0);
-  settle();
-  EXPECT_TRUE(testing_support::drain(client, &wire));
-  EXPECT_EQ(wire, "HS");
+  ASSERT_NO_FATAL_FAILURE(expect_wire(client, &wire, "HS"));
 
   release(server, holder);
-  const std::string expected = "HS" + xored(framed(data)) + xored("UP");
-  ASSERT_TRUE(read_at_least(client, &wire, expected.size()));
-  settle();
-  EXPECT_TRUE(testing_support::drain(client, &wire));
-  EXPECT_EQ(wire, expected);
-  close(client);
-  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
+  ASSERT_NO_FATAL_FAILURE(expect_wire(client, &wire, "HS" + xored(framed(data)) + xored("UP")));
+  close_and_wait(client);
 }
 
 TEST_F(TlcTest, SockCloseWaitsForHeldRecords) {
@@ -988,29 +1001,22 @@ TEST_F(TlcTest, SockCloseWaitsForHeldRecords) {
   LayerLog framing, holding;
   sockTLC* holder = nullptr;
   w_.on_accept = [&](int fd) {
-    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, &framing)), 0);
-    holder = make_layer(Kind::kHoldingSayingBye, &holding);
-    ASSERT_EQ(sock_tlc_add(fd, holder), 0);
+    ASSERT_NO_FATAL_FAILURE(add_stack(fd, &framing, &holding, Kind::kHoldingSayingBye, &holder));
     EXPECT_EQ(sock_write(fd, data.data(), data.size()), 0);
     sock_close(&r_, fd);
   };
   int server;
   const int client = connect_and_accept(&server);
-  ASSERT_NE(holder, nullptr);
-  ASSERT_NO_FATAL_FAILURE(expect_held(holding, client));
+  ASSERT_NO_FATAL_FAILURE(expect_held(holding, holder, client));
   EXPECT_TRUE(closed_.empty());
   EXPECT_EQ(holding.before_close, 0);  // the queue has not drained
 
   // Released: the records, then the layer's final record (before_close), then the close.
   release(server, holder);
-  const std::string wire = read_to_eof(client);
   const std::string expected = encode(data.substr(0, BUFFER_FILE_READ_SIZE)) +
                                encode(data.substr(BUFFER_FILE_READ_SIZE)) + framed("BYE");
-  EXPECT_EQ(wire.size(), expected.size());
-  EXPECT_TRUE(wire == expected);
-  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
-  settle();
-  EXPECT_EQ(closed_, std::vector<int>{server});
+  expect_bytes(read_to_eof(client), expected);
+  ASSERT_NO_FATAL_FAILURE(expect_closed_once(server));
   EXPECT_EQ(holding.before_close, 1);
   EXPECT_EQ(holding.on_clear, 1);
   close(client);
@@ -1027,23 +1033,15 @@ TEST_F(TlcTest, LayerHoldingFromItsFirstWrapSendsItsHelloThenTheDataOnceTheReply
   const int client = connect_and_accept(&server);
   // HELLO, queued from inside the wrap that held the data, goes out on its own.
   std::string wire;
-  ASSERT_TRUE(read_at_least(client, &wire, framed(kHello).size()));
-  settle();
-  EXPECT_TRUE(testing_support::drain(client, &wire));
-  EXPECT_EQ(wire, framed(kHello));
+  ASSERT_NO_FATAL_FAILURE(expect_wire(client, &wire, framed(kHello)));
   EXPECT_GT(handshake.holds, 0);
 
   // The reply is unwrapped; the layer asks for a flush from inside unwrap.
   testing_support::write_all(client, framed(kWelcome));
-  const std::string expected = framed(kHello) + encode(data);
-  ASSERT_TRUE(read_at_least(client, &wire, expected.size()));
-  settle();
-  EXPECT_TRUE(testing_support::drain(client, &wire));
-  EXPECT_EQ(wire, expected);
+  ASSERT_NO_FATAL_FAILURE(expect_wire(client, &wire, framed(kHello) + encode(data)));
   EXPECT_EQ(w_.conns[server].in, "");  // the handshake is the layer's, not the application's
   EXPECT_TRUE(w_.conns[server].reads.empty());
-  close(client);
-  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
+  close_and_wait(client);
 }
 
 // The records gathered for one sendmsg are wrapped one by one: HELLO is queued while the
@@ -1059,12 +1057,10 @@ TEST_F(TlcTest, LayerRecordQueuedFromInsideWrapGoesBeforeTheRecordBeingWrapped) 
   };
   int server;
   const int client = connect_and_accept(&server);
-  const std::string wire = read_to_eof(client);
   const std::string expected = framed(kHello) + framed(sequenced(1, data.substr(0, kRecord))) +
                                framed(sequenced(2, data.substr(kRecord, kRecord))) +
                                framed(kPing) + framed(sequenced(3, data.substr(2 * kRecord)));
-  EXPECT_EQ(wire.size(), expected.size());
-  EXPECT_TRUE(wire == expected);
+  expect_bytes(read_to_eof(client), expected);
   close(client);
 }
 
@@ -1077,9 +1073,7 @@ TEST_F(TlcTest, LayerRecordGoesAfterWhatTheLayerWrappedAndBeforeWritesItHasNotWr
   LayerLog framing, sequenced_log;
   sockTLC* layer = nullptr;
   w_.on_accept = [&](int fd) {
-    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, &framing)), 0);
-    layer = make_layer(Kind::kSequenced, &sequenced_log);
-    ASSERT_EQ(sock_tlc_add(fd, layer), 0);
+    ASSERT_NO_FATAL_FAILURE(add_stack(fd, &framing, &sequenced_log, Kind::kSequenced, &layer));
     testing_support::set_sndbuf(fd, 4096);
     EXPECT_EQ(sock_write(fd, data.data(), data.size()), 0);
   };
@@ -1112,9 +1106,8 @@ TEST_F(TlcTest, UrgentWriteNeverGoesBeforeALayerRecord) {
   const std::string urgent = "URGENT";
   LayerLog framing, sequenced_log;
   w_.on_accept = [&](int fd) {
-    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, &framing)), 0);
-    sockTLC* layer = make_layer(Kind::kSequenced, &sequenced_log);
-    ASSERT_EQ(sock_tlc_add(fd, layer), 0);
+    sockTLC* layer = nullptr;
+    ASSERT_NO_FATAL_FAILURE(add_stack(fd, &framing, &sequenced_log, Kind::kSequenced, &layer));
     // Nothing is wrapped yet: the layer's record goes before the write, and the urgent write
     // may pass the write but not the record.
     EXPECT_EQ(sock_write(fd, data.data(), data.size()), 0);
@@ -1136,31 +1129,23 @@ TEST_F(TlcTest, UrgentWriteNeverGoesBeforeARecordTheLayersAboveTheHolderWrapped)
   LayerLog framing, holding, sequenced_log;
   sockTLC* holder = nullptr;
   w_.on_accept = [&](int fd) {
-    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, &framing)), 0);
-    holder = make_layer(Kind::kHolding, &holding);
-    ASSERT_EQ(sock_tlc_add(fd, holder), 0);
+    ASSERT_NO_FATAL_FAILURE(add_stack(fd, &framing, &holding, Kind::kHolding, &holder));
     ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kSequenced, &sequenced_log)), 0);
     EXPECT_EQ(sock_write(fd, data.data(), data.size()), 0);
   };
   int server;
   const int client = connect_and_accept(&server);
-  ASSERT_NE(holder, nullptr);
-  ASSERT_NO_FATAL_FAILURE(expect_held(holding, client));
+  ASSERT_NO_FATAL_FAILURE(expect_held(holding, holder, client));
   // The held record is the sequenced layer's record 1: the urgent write is its record 2 and
   // must follow it.
   ASSERT_EQ(sock_write2(.fd = server, .buffer = urgent.data(), .length = urgent.size(),
                         .urgent = 1),
             0);
   release(server, holder);
-  const std::string expected =
-      framed(xored(sequenced(1, data))) + framed(xored(sequenced(2, urgent)));
   std::string wire;
-  ASSERT_TRUE(read_at_least(client, &wire, expected.size()));
-  settle();
-  EXPECT_TRUE(testing_support::drain(client, &wire));
-  EXPECT_EQ(wire, expected);
-  close(client);
-  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
+  ASSERT_NO_FATAL_FAILURE(expect_wire(
+      client, &wire, framed(xored(sequenced(1, data))) + framed(xored(sequenced(2, urgent)))));
+  close_and_wait(client);
 }
 
 // The end marker comes in the same read as the layer's last output: EOF comes after it, and
@@ -1168,16 +1153,13 @@ TEST_F(TlcTest, UrgentWriteNeverGoesBeforeARecordTheLayersAboveTheHolderWrapped)
 // the peer keeps its side open.
 TEST_F(TlcTest, UnwrapEndingTheStreamReadsAsEofAfterItsOutput) {
   LayerLog ending;
-  w_.on_accept = [&](int fd) {
-    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kEnding, &ending)), 0);
-  };
+  w_.on_accept = push_layer(Kind::kEnding, &ending);
   int server;
   const int client = connect_and_accept(&server);
   testing_support::write_all(client, std::string("last words") + kEnd + "ignored");
   ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }, std::chrono::seconds(5)));
   EXPECT_EQ(w_.conns[server].in, "last words");
-  ASSERT_EQ(w_.conns[server].reads.size(), 1u);
-  EXPECT_EQ(w_.conns[server].reads[0], std::make_pair(ssize_t{-1}, 0));
+  ASSERT_NO_FATAL_FAILURE(expect_one_eof(server));
   EXPECT_EQ(ending.before_close, 1);
   EXPECT_EQ(ending.on_clear, 1);
   EXPECT_EQ(read_to_eof(client), "BYE");
@@ -1188,9 +1170,7 @@ TEST_F(TlcTest, UnwrapEndingTheStreamReadsAsEofAfterItsOutput) {
 // plaintext, and EOF still comes after the last of it.
 TEST_F(TlcTest, UnwrapEndingTheStreamReadsAsEofAfterOutputReadInPieces) {
   LayerLog ending;
-  w_.on_accept = [&](int fd) {
-    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kEnding, &ending)), 0);
-  };
+  w_.on_accept = push_layer(Kind::kEnding, &ending);
   w_.on_conn_data = [&](int fd) {
     char buf[4];
     errno = 0;
@@ -1203,8 +1183,7 @@ TEST_F(TlcTest, UnwrapEndingTheStreamReadsAsEofAfterOutputReadInPieces) {
   testing_support::write_all(client, std::string("last words") + kEnd);
   ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }, std::chrono::seconds(5)));
   EXPECT_EQ(w_.conns[server].in, "last words");
-  ASSERT_EQ(w_.conns[server].reads.size(), 1u);
-  EXPECT_EQ(w_.conns[server].reads[0], std::make_pair(ssize_t{-1}, 0));
+  ASSERT_NO_FATAL_FAILURE(expect_one_eof(server));
   EXPECT_EQ(read_to_eof(client), "BYE");
   close(client);
 }
@@ -1212,9 +1191,7 @@ TEST_F(TlcTest, UnwrapEndingTheStreamReadsAsEofAfterOutputReadInPieces) {
 // The end marker alone, after output that was read earlier: EOF at once.
 TEST_F(TlcTest, UnwrapEndingTheStreamWithNoOutputReadsAsEof) {
   LayerLog ending;
-  w_.on_accept = [&](int fd) {
-    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kEnding, &ending)), 0);
-  };
+  w_.on_accept = push_layer(Kind::kEnding, &ending);
   int server;
   const int client = connect_and_accept(&server);
   testing_support::write_all(client, "data");
@@ -1222,8 +1199,7 @@ TEST_F(TlcTest, UnwrapEndingTheStreamWithNoOutputReadsAsEof) {
   testing_support::write_all(client, kEnd);
   ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }, std::chrono::seconds(5)));
   EXPECT_EQ(w_.conns[server].in, "data");
-  ASSERT_EQ(w_.conns[server].reads.size(), 1u);
-  EXPECT_EQ(w_.conns[server].reads[0], std::make_pair(ssize_t{-1}, 0));
+  ASSERT_NO_FATAL_FAILURE(expect_one_eof(server));
   EXPECT_EQ(read_to_eof(client), "BYE");
   close(client);
 }
@@ -1241,13 +1217,9 @@ TEST_F(TlcTest, UnwrapEndingTheStreamLetsTheLayersAboveHandOutAllTheirOutputFirs
   const std::string sent = testing_support::pattern(2000, 84);
   testing_support::write_all(client, sent + kEnd);
   ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }, std::chrono::seconds(5)));
-  std::string expected;
-  for (const char c : sent) expected.append(kExpandFactor, c);
   EXPECT_TRUE(expand.held_partial);
-  EXPECT_EQ(w_.conns[server].in.size(), expected.size());
-  EXPECT_TRUE(w_.conns[server].in == expected);
-  ASSERT_EQ(w_.conns[server].reads.size(), 1u);
-  EXPECT_EQ(w_.conns[server].reads[0], std::make_pair(ssize_t{-1}, 0));
+  expect_bytes(w_.conns[server].in, expanded(sent));
+  ASSERT_NO_FATAL_FAILURE(expect_one_eof(server));
   EXPECT_EQ(read_to_eof(client), "BYE");
   close(client);
 }

@@ -49,7 +49,7 @@
 #include "engine/tls/sock_tls.h"
 #include "tests/fuzz/engine_harness.h"
 #include "tests/fuzz/fuzz_support.h"
-#include "tests/testing/test_pki.h"
+#include "tests/testing/tls_certs.h"
 
 namespace {
 
@@ -75,14 +75,10 @@ struct Configs {
 const Configs& configs() {
   static const Configs* made = [] {
     auto* c = new Configs;
-    const std::string dir = fuzz_support::make_scratch_dir("tls_unwrap_fuzz");
-    const auto ca = test_pki::Certificate::authority("tls_unwrap_fuzz CA");
-    FUZZ_CHECK(ca.write(dir + "/ca.pem", dir + "/ca.key") &&
-                   test_pki::Certificate::server(ca, -3600, 24 * 3600)
-                       .write(dir + "/cert.pem", dir + "/key.pem"),
-               "cannot make certificates in " + dir);
-    c->server = sock_tls_server_new((dir + "/cert.pem").c_str(), (dir + "/key.pem").c_str());
-    c->client = sock_tls_client_new((dir + "/ca.pem").c_str());
+    // Made once for the process, removed when it exits (a crash leaves them).
+    const testing_support::TestPki& pki = testing_support::test_pki();
+    c->server = sock_tls_server_new(pki.localhost.cert.c_str(), pki.localhost.key.c_str());
+    c->client = sock_tls_client_new(pki.ca.c_str());
     FUZZ_CHECK(c->server && c->client, sock_tls_error());
     for (SockTLS* config : {c->server, c->client}) {
       // No timers (an input's run is driven to its end), no log lines (they cost most of a run).

@@ -4,11 +4,14 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <memory>
 #include <stdexcept>
+#include <system_error>
 
 namespace testing_support {
 namespace {
@@ -86,13 +89,41 @@ TlsFiles write_pair(const std::string& dir, const char* name, X509* cert, EVP_PK
   return files;
 }
 
-TestPki make_pki() {
+// A new directory under $TEST_TMPDIR, else $TMPDIR, else /tmp, removed with everything in it by
+// the destructor in the process that made it: a child forked from that process (a death test, a
+// spawn that fails before exec) may run static destructors too, and must leave it alone.
+class ScratchDir {
+ public:
+  ScratchDir() : maker_(getpid()) {
+    std::string base = "/tmp";
+    for (const char* name : {"TEST_TMPDIR", "TMPDIR"}) {
+      const char* dir = std::getenv(name);
+      if (dir && *dir) {
+        base = dir;
+        break;
+      }
+    }
+    path_ = base + "/tls_pki.XXXXXX";
+    check(mkdtemp(path_.data()) != nullptr, "mkdtemp");
+  }
+  ~ScratchDir() {
+    if (getpid() != maker_) return;
+    std::error_code ignored;  // nothing to be done about a file that cannot be removed at exit
+    std::filesystem::remove_all(path_, ignored);
+  }
+  ScratchDir(const ScratchDir&) = delete;
+  ScratchDir& operator=(const ScratchDir&) = delete;
+
+  const std::string& path() const { return path_; }
+
+ private:
+  pid_t maker_;
+  std::string path_;
+};
+
+TestPki make_pki(const std::string& dir) {
   TestPki pki;
-  const char* tmp = std::getenv("TEST_TMPDIR");
-  std::string base = tmp && *tmp ? tmp : "/tmp";
-  std::string pattern = base + "/tls_pki.XXXXXX";
-  check(mkdtemp(pattern.data()) != nullptr, "mkdtemp");
-  pki.dir = pattern;
+  pki.dir = dir;
 
   const char* kLocal = "DNS:localhost,IP:127.0.0.1";
   Key ca_key = new_key();
@@ -100,6 +131,12 @@ TestPki make_pki() {
                      nullptr);
   pki.ca = pki.dir + "/ca.crt";
   write_pem(pki.ca, ca.get(), nullptr);
+
+  Key other_ca_key = new_key();
+  Cert other_ca = new_cert(other_ca_key.get(), "libsock++ other test CA", nullptr, true, -kDay,
+                           30 * kDay, nullptr, nullptr);
+  pki.other_ca = pki.dir + "/other_ca.crt";
+  write_pem(pki.other_ca, other_ca.get(), nullptr);
 
   Key key = new_key();
   Cert leaf =
@@ -123,11 +160,17 @@ TestPki make_pki() {
   return pki;
 }
 
+// The directory first: when making a certificate throws, it is removed already.
+struct OwnedPki {
+  ScratchDir dir;
+  TestPki files = make_pki(dir.path());
+};
+
 }  // namespace
 
 const TestPki& test_pki() {
-  static const TestPki pki = make_pki();
-  return pki;
+  static const OwnedPki pki;
+  return pki.files;
 }
 
 }  // namespace testing_support

@@ -15,6 +15,8 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "tests/testing/server_process.h"
+
 namespace testing_support {
 namespace {
 
@@ -81,17 +83,10 @@ std::string alpn_wire(const std::string& names) {
   return wire;
 }
 
+// Connected while blocking (at once on loopback), then non-blocking for pump().
 int connect_loopback_nonblocking(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const int fd = connect_loopback(port);
   if (fd < 0) return -1;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
-    close(fd);
-    return -1;
-  }
   const int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);

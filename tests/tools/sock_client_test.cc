@@ -1,6 +1,6 @@
 // tools/sock_client as a process: the engine's TLS client (engine/tls, sock_tls_connect) against
 // nginx with TLS on loopback, and against tools/echo_server --tls-cert. Certificates are made
-// for the run (test_pki.h, ECDSA P-256): a CA, a server certificate it signed for localhost and
+// for the run (tls_certs.h, ECDSA P-256): a CA, a server certificate it signed for localhost and
 // 127.0.0.1, an expired one, and a second CA that signed nothing here.
 // nginx serves three ports: TLS 1.3 only, TLS 1.2 only (both with the good certificate) and
 // the expired certificate. Its ports cannot be 0: each is picked by the kernel for a socket
@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -26,13 +27,14 @@
 
 #include "tests/testing/loopback.h"
 #include "tests/testing/server_process.h"
+#include "tests/testing/tls_certs.h"
 #include "tests/testing/wait_for.h"
-#include "tests/testing/test_pki.h"
 
 namespace {
 
 using testing_support::ChildStderr;
 using testing_support::ServerProcess;
+using testing_support::test_pki;
 
 // Runfiles paths, relative to the test's working directory.
 constexpr char kClient[] = "tools/sock_client";
@@ -51,29 +53,6 @@ bool write_file(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary);
   out << bytes;
   return static_cast<bool>(out.flush());
-}
-
-// The certificate files of the run, made once (under TEST_TMPDIR).
-struct Pki {
-  std::string ca = tmp_path("ca.pem");
-  std::string other_ca = tmp_path("other_ca.pem");
-  std::string cert = tmp_path("server.pem"), key = tmp_path("server.key");
-  std::string expired_cert = tmp_path("expired.pem"), expired_key = tmp_path("expired.key");
-  bool ok = false;
-
-  Pki() {
-    const auto ca_made = test_pki::Certificate::authority("sock_client_test CA");
-    const auto other = test_pki::Certificate::authority("sock_client_test other CA");
-    constexpr long kDay = 24 * 3600;
-    ok = ca_made.write(ca, tmp_path("ca.key")) && other.write(other_ca, tmp_path("other.key")) &&
-         test_pki::Certificate::server(ca_made, -3600, kDay).write(cert, key) &&
-         test_pki::Certificate::server(ca_made, -2 * kDay, -kDay).write(expired_cert, expired_key);
-  }
-};
-
-const Pki& pki() {
-  static const Pki* made = new Pki;
-  return *made;
 }
 
 // One run of sock_client: its exit status, stdout and stderr lines.
@@ -183,9 +162,11 @@ class SockClientNginxTest : public ::testing::Test {
       skip_ = "nginx is not installed (tools/deps installs nginx-light)";
       return;
     }
-    const Pki& p = pki();
-    if (!p.ok) {
-      error_ = "the certificates could not be made";
+    const testing_support::TestPki* pki = nullptr;
+    try {
+      pki = &test_pki();
+    } catch (const std::exception& e) {
+      error_ = std::string("the certificates could not be made: ") + e.what();
       return;
     }
     std::array<HeldPort, kPorts> held;
@@ -200,15 +181,16 @@ class SockClientNginxTest : public ::testing::Test {
          << "  client_body_temp_path " << dir << "/tmp; proxy_temp_path " << dir << "/tmp;\n"
          << "  fastcgi_temp_path " << dir << "/tmp; uwsgi_temp_path " << dir << "/tmp;\n"
          << "  scgi_temp_path " << dir << "/tmp;\n"
-         << "  ssl_certificate " << p.cert << "; ssl_certificate_key " << p.key << ";\n";
+         << "  ssl_certificate " << pki->localhost.cert << "; ssl_certificate_key "
+         << pki->localhost.key << ";\n";
     for (const auto& [port, version] : {std::pair{kTls13, "TLSv1.3"}, {kTls12, "TLSv1.2"}}) {
       conf << "  server { listen 127.0.0.1:" << ports_[port] << " ssl; ssl_protocols " << version
            << ";\n"
            << "    location = /protocol { return 200 \"$ssl_protocol\"; } }\n";
     }
     conf << "  server { listen 127.0.0.1:" << ports_[kExpired] << " ssl;\n"
-         << "    ssl_certificate " << p.expired_cert << "; ssl_certificate_key " << p.expired_key
-         << "; } }\n";
+         << "    ssl_certificate " << pki->expired.cert << "; ssl_certificate_key "
+         << pki->expired.key << "; } }\n";
     std::error_code made;
     std::filesystem::create_directories(dir + "/www", made);
     std::filesystem::create_directories(dir + "/tmp", made);
@@ -261,6 +243,15 @@ class SockClientNginxTest : public ::testing::Test {
     return run_client(args);
   }
 
+  // A get() whose handshake failed the certificate check for `reason`: exit 1, nothing on
+  // stdout, and that one line on stderr.
+  static void expect_verify_failure(const ClientRun& run, const std::string& reason) {
+    EXPECT_TRUE(exited_with(run, 1)) << testing_support::describe(run.status);
+    EXPECT_EQ(run.out, "");
+    EXPECT_EQ(run.all_err(),
+              "sock_client: TLS: handshake failed: certificate verify failed: " + reason + "\n");
+  }
+
   // Both responses of get(): the page, then the protocol line.
   static void expect_page_and_protocol(ClientRun run, const std::string& protocol) {
     ASSERT_TRUE(exited_with(run, 0)) << testing_support::describe(run.status) << run.all_err();
@@ -283,8 +274,8 @@ class SockClientNginxTest : public ::testing::Test {
 };
 
 TEST_F(SockClientNginxTest, Tls13GetReturnsThePageByteForByteWithHttp11Negotiated) {
-  const ClientRun run =
-      get(kTls13, pki().ca, {"--server-name", "localhost", "--alpn", "h2,http/1.1", "--verbose"});
+  const ClientRun run = get(kTls13, test_pki().ca,
+                            {"--server-name", "localhost", "--alpn", "h2,http/1.1", "--verbose"});
   expect_page_and_protocol(run, "TLSv1.3");
   EXPECT_NE(run.all_err().find("sock_client: TLS established, ALPN http/1.1, not resumed\n"),
             std::string::npos)
@@ -293,44 +284,35 @@ TEST_F(SockClientNginxTest, Tls13GetReturnsThePageByteForByteWithHttp11Negotiate
 
 // No --server-name: the certificate is checked against --host, an IP address (no SNI).
 TEST_F(SockClientNginxTest, Tls12GetReturnsThePageByteForByteCheckingTheIpAddress) {
-  const ClientRun run = get(kTls12, pki().ca, {"--alpn", "http/1.1", "--verbose"});
+  const ClientRun run = get(kTls12, test_pki().ca, {"--alpn", "http/1.1", "--verbose"});
   expect_page_and_protocol(run, "TLSv1.2");
   EXPECT_NE(run.all_err().find("ALPN http/1.1"), std::string::npos) << run.all_err();
 }
 
 TEST_F(SockClientNginxTest, WrongServerNameFailsWithHostnameMismatch) {
-  const ClientRun run = get(kTls13, pki().ca, {"--server-name", "wrong.example"});
-  EXPECT_TRUE(exited_with(run, 1)) << testing_support::describe(run.status);
-  EXPECT_EQ(run.out, "");
-  EXPECT_EQ(run.all_err(),
-            "sock_client: TLS: handshake failed: certificate verify failed: hostname mismatch\n");
+  expect_verify_failure(get(kTls13, test_pki().ca, {"--server-name", "wrong.example"}),
+                        "hostname mismatch");
 }
 
 TEST_F(SockClientNginxTest, CertificateOfAnUntrustedCaFailsVerification) {
-  const ClientRun run = get(kTls13, pki().other_ca, {"--server-name", "localhost"});
-  EXPECT_TRUE(exited_with(run, 1)) << testing_support::describe(run.status);
-  EXPECT_EQ(run.out, "");
-  EXPECT_EQ(run.all_err(),
-            "sock_client: TLS: handshake failed: certificate verify failed: unable to get local "
-            "issuer certificate\n");
+  expect_verify_failure(get(kTls13, test_pki().other_ca, {"--server-name", "localhost"}),
+                        "unable to get local issuer certificate");
 }
 
 TEST_F(SockClientNginxTest, ExpiredCertificateFailsAsExpired) {
-  const ClientRun run = get(kExpired, pki().ca, {"--server-name", "localhost"});
-  EXPECT_TRUE(exited_with(run, 1)) << testing_support::describe(run.status);
-  EXPECT_EQ(run.out, "");
-  EXPECT_EQ(run.all_err(),
-            "sock_client: TLS: handshake failed: certificate verify failed: certificate has "
-            "expired\n");
+  expect_verify_failure(get(kExpired, test_pki().ca, {"--server-name", "localhost"}),
+                        "certificate has expired");
 }
 
 // tools/echo_server, plain or with --tls-cert: it never closes, so --expect-bytes ends the run.
 class SockClientEchoTest : public ::testing::TestWithParam<bool> {
  protected:
   void SetUp() override {
-    ASSERT_TRUE(pki().ok) << "the certificates could not be made";
     std::vector<std::string> args = {kEchoServer, "--port", "0", "--threads", "1"};
-    if (GetParam()) args.insert(args.end(), {"--tls-cert", pki().cert, "--tls-key", pki().key});
+    if (GetParam()) {
+      const auto& files = test_pki().localhost;
+      args.insert(args.end(), {"--tls-cert", files.cert, "--tls-key", files.key});
+    }
     server_ = std::make_unique<ServerProcess>(args, kDeadline);
     ASSERT_TRUE(server_->started());
     const std::string line = server_->first_line();
@@ -345,7 +327,7 @@ class SockClientEchoTest : public ::testing::TestWithParam<bool> {
 
   std::vector<std::string> connect_args() const {
     std::vector<std::string> args = {"--host", "127.0.0.1", "--port", std::to_string(port_)};
-    if (GetParam()) args.insert(args.end(), {"--tls", "--ca-file", pki().ca});
+    if (GetParam()) args.insert(args.end(), {"--tls", "--ca-file", test_pki().ca});
     return args;
   }
 

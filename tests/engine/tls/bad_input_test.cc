@@ -162,11 +162,8 @@ TEST_F(BadInputTest, ClientGivesUpOnAServerThatNeverAnswers) {
   ASSERT_EQ(sock_tls_set_handshake_timeout(client_tls_, 100), 0);
   const testing_support::Listener silent = testing_support::listen_loopback();
   const SockTLSStats before = tls_stats();
-  const std::string port = std::to_string(silent.port);
-  const int client = sock_connect(&r_, "127.0.0.1", port.c_str());
+  const int client = connect_tls("localhost", nullptr, silent.port);
   ASSERT_GE(client, 0);
-  conns_[client] = {};
-  ASSERT_EQ(sock_tls_connect(client, client_tls_, "localhost"), 0);
   ASSERT_TRUE(run_until_closed(client));
   EXPECT_EQ(conns_[client].reason, SOCK_CLOSE_TIMEOUT);
   EXPECT_EQ(moved(before, SOCK_TLS_FAIL_TIMEOUT), 1u);
@@ -194,8 +191,7 @@ TEST_F(BadInputTest, EstablishedConnectionOutlivesTheHandshakeDeadline) {
 TEST_F(BadInputTest, OversizedRecordAfterTheHandshakeFailsTheConnection) {
   TlsClientConfig config(test_pki().ca);
   TlsClient peer(config, listener_.port, "localhost");
-  peer.send("ping");
-  ASSERT_TRUE(run_until(&r_, [&] { return !peer.pump() || peer.received() == "ping"; }));
+  ASSERT_TRUE(round_trip(peer, "ping"));
   const int server = accepted_.at(0);
   const SockTLSStats before = tls_stats();
   testing_support::write_all(
@@ -214,9 +210,7 @@ TEST_F(BadInputTest, OversizedRecordAfterTheHandshakeFailsTheConnection) {
 TEST_F(BadInputTest, RenegotiationIsRefused) {
   TlsClientConfig config(test_pki().ca, "", TLS1_2_VERSION);
   TlsClient peer(config, listener_.port, "localhost");
-  peer.send("before");
-  ASSERT_TRUE(run_until(&r_, [&] { return !peer.pump() || peer.received() == "before"; }))
-      << peer.error();
+  ASSERT_TRUE(round_trip(peer, "before")) << peer.error();
   ASSERT_TRUE(peer.renegotiate());
   ASSERT_TRUE(run_until(&r_, [&] { return !peer.pump() || !peer.renegotiating(); }));
   EXPECT_TRUE(peer.failed()) << "the renegotiation completed";
@@ -231,13 +225,9 @@ TEST_F(BadInputTest, RenegotiationIsRefused) {
 TEST_F(BadInputTest, KeyUpdateIsHandled) {
   TlsClientConfig config(test_pki().ca, "", TLS1_3_VERSION);
   TlsClient peer(config, listener_.port, "localhost");
-  peer.send("before;");
-  ASSERT_TRUE(run_until(&r_, [&] { return !peer.pump() || peer.received() == "before;"; }))
-      << peer.error();
+  ASSERT_TRUE(round_trip(peer, "before;")) << peer.error();
   ASSERT_TRUE(peer.key_update());
-  peer.send("after");
-  ASSERT_TRUE(run_until(&r_, [&] { return !peer.pump() || peer.received() == "before;after"; }))
-      << peer.error();
+  ASSERT_TRUE(round_trip(peer, "after")) << peer.error();
   EXPECT_FALSE(conns_[accepted_.at(0)].closed);
   EXPECT_TRUE(log_.empty());
 }
@@ -269,11 +259,8 @@ class PlainServerTest : public BadInputTest {
 
 TEST_F(PlainServerTest, TlsClientOnAPlainPortFailsItsHandshake) {
   const SockTLSStats before = tls_stats();
-  const std::string port = std::to_string(plain_.port);
-  const int client = sock_connect(&r_, "127.0.0.1", port.c_str());
+  const int client = connect_tls("localhost", nullptr, plain_.port);
   ASSERT_GE(client, 0);
-  conns_[client] = {};
-  ASSERT_EQ(sock_tls_connect(client, client_tls_, "localhost"), 0);
   ASSERT_EQ(sock_write(client, "secret", 6), 0);
   ASSERT_TRUE(run_until_closed(client));
   EXPECT_EQ(conns_[client].reason, SOCK_CLOSE_ERROR);

@@ -160,9 +160,7 @@ class ConfigFixture : public TlsFixture {
   std::string client_and_server_alpn(const std::string& alpn) {
     TlsClientConfig config(test_pki().ca, alpn);
     TlsClient peer(config, listener_.port, "localhost");
-    peer.send("x");
-    EXPECT_TRUE(run_until(&r_, [&] { return !peer.pump() || peer.received() == "x"; }))
-        << peer.error();
+    EXPECT_TRUE(round_trip(peer, "x")) << peer.error();
     return peer.alpn() + "|" + conns_[accepted_.back()].alpn;
   }
 };
@@ -232,9 +230,7 @@ TEST_F(ConfigFixture, SniSessionsResume) {
   testing_support::Session session;
   for (int i = 0; i < 2; ++i) {
     TlsClient peer(config, listener_.port, "other.example", session.get());
-    peer.send("x");
-    ASSERT_TRUE(run_until(&r_, [&] { return !peer.pump() || peer.received() == "x"; }))
-        << peer.error();
+    ASSERT_TRUE(round_trip(peer, "x")) << peer.error();
     EXPECT_EQ(peer.peer_common_name(), "other.example");
     EXPECT_EQ(peer.resumed(), i == 1);
     EXPECT_EQ(conns_[accepted_.back()].resumed, i);

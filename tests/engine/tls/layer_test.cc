@@ -308,9 +308,7 @@ TEST_P(ResumedTest, ServerSeesTheResumedSession) {
   testing_support::Session session;
   for (int i = 0; i < 2; ++i) {
     TlsClient peer(config, listener_.port, "localhost", session.get());
-    peer.send("ping");
-    ASSERT_TRUE(run_until(&r_, [&] { return !peer.pump() || peer.received() == "ping"; }))
-        << peer.error();
+    ASSERT_TRUE(round_trip(peer, "ping")) << peer.error();
     ASSERT_EQ(peer.received(), "ping") << peer.error();
     EXPECT_EQ(peer.version(), GetParam());
     EXPECT_EQ(peer.alpn(), "http/1.1");

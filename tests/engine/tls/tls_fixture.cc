@@ -79,9 +79,9 @@ void TlsFixture::on_close(struct Reactor* r, int fd) {
   c.tls_error = sock_tls_error();
 }
 
-int TlsFixture::connect_tls(const char* server_name, SockTLS* config) {
-  const std::string port = std::to_string(listener_.port);
-  const int fd = sock_connect(&r_, "127.0.0.1", port.c_str());
+int TlsFixture::connect_tls(const char* server_name, SockTLS* config, int port) {
+  const std::string service = std::to_string(port ? port : listener_.port);
+  const int fd = sock_connect(&r_, "127.0.0.1", service.c_str());
   EXPECT_GE(fd, 0) << std::strerror(errno);
   if (fd < 0) return -1;
   conns_[fd] = TlsConn{};
@@ -110,6 +110,12 @@ bool TlsFixture::run_until_received(int fd, std::size_t size) {
 
 bool TlsFixture::run_until_closed(int fd) {
   return run_until(&r_, [&] { return conns_[fd].closed; });
+}
+
+bool TlsFixture::round_trip(TlsClient& peer, const std::string& data) {
+  const std::string expected = peer.received() + data;
+  peer.send(data);
+  return run_until(&r_, [&] { return !peer.pump() || peer.received() == expected; });
 }
 
 SockTLSStats TlsFixture::tls_stats() {

@@ -20,6 +20,7 @@
 #include "engine/tls/sock_tls.h"
 #include "tests/testing/reactor_fixture.h"
 #include "tests/testing/tls_certs.h"
+#include "tests/testing/tls_client.h"
 
 namespace testing_support {
 
@@ -53,9 +54,10 @@ class TlsFixture : public ServerFixture {
   // The server side's reaction to plaintext: by default it echoes every byte.
   virtual void on_server_plaintext(int fd, const char* data, std::size_t length);
 
-  // An engine TLS client to the listener with `config` (client_tls_ if nullptr), verifying
-  // server_name (nullptr: no name). Returns its fd, or -1 with a test failure.
-  int connect_tls(const char* server_name = "localhost", SockTLS* config = nullptr);
+  // An engine TLS client to 127.0.0.1:port (0: the listener) with `config` (client_tls_ if
+  // nullptr), verifying server_name (nullptr: no name). Returns its fd, or -1 with a test
+  // failure.
+  int connect_tls(const char* server_name = "localhost", SockTLS* config = nullptr, int port = 0);
   // connect_tls(), then runs until the server side is accepted (*server_fd).
   int connect_pair(int* server_fd, const char* server_name = "localhost");
   // Runs the reactor until the connection on fd is established on both ends.
@@ -63,6 +65,11 @@ class TlsFixture : public ServerFixture {
   // Runs until conns_[fd] holds at least `size` bytes (or closed).
   bool run_until_received(int fd, std::size_t size);
   bool run_until_closed(int fd);
+  // `peer` (OpenSSL's client, on this thread) sends `data`, and the reactor runs, pumping the
+  // peer, until the server side's echo of it came back (peer.received() grew by `data`) or the
+  // peer can do nothing more (failed or ended: true too, the test's checks say which). False
+  // if the deadline passed first.
+  bool round_trip(TlsClient& peer, const std::string& data);
 
   static SockTLSStats tls_stats();
 
