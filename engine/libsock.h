@@ -359,8 +359,10 @@ int sock_tlc_add(int fd, struct sockTLC* tlc);
  * close_notify) as records wrapped only by the layers below `from`; NULL queues raw bytes.
  * They go in the layer's wire order: after every packet `from` has wrapped (or a layer below
  * it queued) and before the first it has not, so held and not yet wrapped writes follow them,
- * and urgent writes are never inserted before them. Then fd is flushed (a length of 0 only
- * asks for that flush: a layer that held records calls it once it can wrap them).
+ * and urgent writes are never inserted before them; small records share a packet. Then an
+ * attached fd is flushed at its reactor's next flush step (a length of 0 only asks for that
+ * flush: a layer that held records calls it once it can wrap them); an fd without a reactor
+ * waits for the caller's sock_flush().
  * Callable from inside wrap/unwrap/before_close. Returns 0, or -1 with errno (EINVAL if
  * `from` is not one of fd's layers, ENOMEM/ENOBUFS with nothing queued past the failure). */
 int sock_tlc_write(int fd, struct sockTLC* from, const void* data, size_t length);

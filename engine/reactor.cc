@@ -416,6 +416,7 @@ long Reactor::flush_fd(int fd, FdSlot& slot, std::size_t budget, bool notify_rea
       // output that cannot be sent yet.
       if (slot.flags & kPaused) {
         slot.flags &= ~kPaused;
+        slot.flags |= kWriteBlocked;  // the pause's promise stands: on_ready once drained
         if (slot.flags & kReadPending) want_on_data_again(fd, slot);
       }
       return static_cast<long>(written);

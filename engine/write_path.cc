@@ -189,16 +189,8 @@ int tlc_write(int fd, sockTLC* from, const void* data, std::size_t length) {
     errno = EINVAL;
     return -1;
   }
-  const char* bytes = static_cast<const char*>(data);
-  while (length) {
-    Packet* p = packet_new(pool_for(slot));
-    if (!p) return -1;
-    const std::size_t n = std::min(length, kRecordPayload);
-    std::memcpy(p->internal_memory, bytes, n);
-    p->length = static_cast<ssize_t>(n);
-    queue_layer_record(*slot, p, skip);
-    bytes += n;
-    length -= n;
+  if (length && queue_layer_bytes(*slot, static_cast<const char*>(data), length, skip) < 0) {
+    return -1;
   }
   if (Reactor* owner = attached_owner(*slot)) owner->want_flush(fd, *slot);
   return 0;

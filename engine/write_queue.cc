@@ -58,6 +58,9 @@ static_assert(kMaxLayers <= kSkipMask, "the skip count must fit below the wrappe
 
 bool is_wrapped(const Packet* p) { return p->metadata.rsrv & kWrappedBit; }
 
+// True while send_queue has a layer wrapping a packet (the layer may call sock_tlc_write).
+thread_local bool t_sealing = false;
+
 // Every change of a connection's queued bytes goes through here, so the owner reactor's total
 // (per shard) stays equal to the sum over its attached connections.
 void count_queued(FdSlot& slot, int64_t delta) {
@@ -435,23 +438,49 @@ int queue_chain(FdSlot& slot, Packet* chain) {
   return 0;
 }
 
-void queue_layer_record(FdSlot& slot, Packet* p, unsigned skip_layers) {
+int queue_layer_bytes(FdSlot& slot, const char* data, std::size_t length, unsigned skip_layers) {
   // The record goes after everything its layer has seen (wrapped packets, records it or a
   // layer below it queued) and before the first packet it has not: data wrapped later must
   // follow it on the wire. A file packet's unread bytes are such data.
   Packet** link = &slot.head;
+  Packet* before = nullptr;
   Packet* at = slot.head;
-  for (; at; link = &at->metadata.next, at = at->metadata.next) {
+  for (; at; before = at, link = &at->metadata.next, at = at->metadata.next) {
     const bool seen = is_wrapped(at) || (at == slot.head && slot.sent > 0) ||
                       (!at->metadata.is_file && (at->metadata.rsrv & kSkipMask) >= skip_layers);
     if (!seen) break;
   }
-  p->metadata.rsrv = skip_layers & kSkipMask;
-  p->metadata.can_interrupt = 0;  // an urgent write inserted before it would be misordered
-  p->metadata.next = at;
-  *link = p;
-  if (!at) slot.tail = p;
-  count_queued(slot, p->length);
+  // Small records (alerts, KeyUpdates, tickets) share a packet: the one just before the
+  // insertion point when the same layer queued it and it has not started sending. Not from
+  // inside a wrap: send_queue may have gathered that packet's length into its iovec already.
+  if (before && !t_sealing && !is_wrapped(before) && !before->metadata.is_file &&
+      (before->metadata.rsrv & kSkipMask) == skip_layers && before->buffer == before->internal_memory &&
+      !(before == slot.head && slot.sent > 0)) {
+    const auto used = static_cast<std::size_t>(before->length);
+    const std::size_t n = std::min(length, used < kRecordPayload ? kRecordPayload - used : 0);
+    std::memcpy(before->internal_memory + used, data, n);
+    before->length += static_cast<ssize_t>(n);
+    count_queued(slot, static_cast<int64_t>(n));
+    data += n;
+    length -= n;
+  }
+  while (length) {
+    Packet* p = packet_new(pool_for(&slot));
+    if (!p) return -1;  // errno ENOMEM or ENOBUFS; what was queued stays, in order
+    const std::size_t n = std::min(length, kRecordPayload);
+    std::memcpy(p->internal_memory, data, n);
+    p->length = static_cast<ssize_t>(n);
+    p->metadata.rsrv = skip_layers & kSkipMask;
+    p->metadata.can_interrupt = 0;  // an urgent write inserted before it would be misordered
+    p->metadata.next = at;
+    *link = p;
+    if (!at) slot.tail = p;
+    link = &p->metadata.next;
+    count_queued(slot, p->length);
+    data += n;
+    length -= n;
+  }
+  return 0;
 }
 
 SendResult send_queue(int fd, FdSlot& slot, std::size_t budget, std::size_t* written) {
@@ -472,7 +501,9 @@ SendResult send_queue(int fd, FdSlot& slot, std::size_t budget, std::size_t* wri
     Packet** link = &slot.head;  // the link to q: a layer record queued inside wrap changes it
     for (Packet* q = p; q && !q->metadata.is_file && n < kMaxIov && total < budget - spent;
          link = &q->metadata.next, q = q->metadata.next) {
+      t_sealing = true;
       const Seal sealed = seal(fd, slot, q);
+      t_sealing = false;
       if (sealed == Seal::kFailed) return fail_send(slot, EPROTO);
       // The wrap queued a layer record (sock_tlc_write), which went before q: send what is
       // gathered, then the record, then q, in the order of the queue, which consume() follows.

@@ -59,10 +59,12 @@ int queue_file(FdSlot& slot, FILE* file, std::size_t length, bool urgent);
 // layers when it is first sent. On error (-1 with errno) the caller keeps the chain.
 int queue_chain(FdSlot& slot, Packet* chain);
 
-// Links a record a layer produced (sock_tlc_write: one plain memory packet), to be wrapped by
-// the layers below the first `skip_layers`, in the layer's wire order: after every packet the
-// layer has wrapped and before the first it has not. Never fails.
-void queue_layer_record(FdSlot& slot, Packet* p, unsigned skip_layers);
+// Queues bytes a layer produced (sock_tlc_write), to be wrapped by the layers below the first
+// `skip_layers`, in the layer's wire order: after every packet the layer has wrapped and
+// before the first it has not. Small records share a packet with the layer's record just
+// before them. Returns 0, or -1 with errno (ENOMEM, ENOBUFS): the bytes before the failure
+// stay queued.
+int queue_layer_bytes(FdSlot& slot, const char* data, std::size_t length, unsigned skip_layers);
 
 // kHeld: a layer holds back the packet now at the head of unsent data (a TLS handshake is
 // not done); nothing waits for EPOLLOUT, the layer asks for the next flush (sock_tlc_write).

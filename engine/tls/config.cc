@@ -22,6 +22,9 @@ constexpr char kTls12Ciphers[] =
     "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
     "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
 
+constexpr char kTls13Suites[] =
+    "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256";
+
 void default_log(int fd, const char* reason, void*) {
   std::fprintf(stderr, "libsock tls: fd %d: %s\n", fd, reason);
 }
@@ -38,7 +41,9 @@ SSL_CTX* new_context(SockTLS* config, bool server) {
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
   SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
                                SSL_OP_CIPHER_SERVER_PREFERENCE);
-  if (SSL_CTX_set_cipher_list(ctx, kTls12Ciphers) != 1) {
+  // TLS 1.3: the suites record.cc runs on after the handshake, whatever openssl.cnf enables.
+  if (SSL_CTX_set_cipher_list(ctx, kTls12Ciphers) != 1 ||
+      SSL_CTX_set_ciphersuites(ctx, kTls13Suites) != 1) {
     SSL_CTX_free(ctx);
     return nullptr;
   }

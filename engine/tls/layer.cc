@@ -43,6 +43,15 @@ static_assert(BUFFER_FILE_READ_SIZE + kSealOverhead <= BUFFER_PACKET_SIZE);
 // A post-handshake message longer than this is refused (a KeyUpdate is 5 bytes; a client's
 // NewSessionTicket is a few hundred).
 constexpr std::size_t kMaxPostHandshakeMessage = kMaxPlaintext;
+// Records a peer may send after the handshake with no application data between them that make
+// this side answer or work (KeyUpdates, tickets; TLS 1.2 renegotiation attempts): past this,
+// the connection fails. Each answer costs a queued record, and a peer that never reads could
+// otherwise pile them up without bound. BoringSSL allows 32 such messages as well.
+constexpr unsigned kMaxControlRecords = 32;
+// A KeyUpdate sealed in front of a record in its packet: header, message, type, tag.
+constexpr std::size_t kKeyUpdateRecord = kSealOverhead + 5;
+static_assert(BUFFER_FILE_READ_SIZE + kSealOverhead + kKeyUpdateRecord <= BUFFER_PACKET_SIZE,
+              "an owed KeyUpdate must fit in front of a full record");
 
 enum class Phase : unsigned char { kHandshake, kOpen, kEnded, kFailed };
 
@@ -58,6 +67,8 @@ struct Connection {
   bool server;
   bool shut = false;     // close_notify queued
   bool resumed = false;  // from a ticket
+  bool key_update_owed = false;  // the peer asked for one: sent before the next record
+  unsigned control_records = 0;  // since the last application data (kMaxControlRecords)
   unsigned secrets = 0;  // kReadSecret | kWriteSecret, as the keylog callback gave them
   const std::string* alpn = nullptr;  // the configuration's name ALPN chose
   int64_t started_us;
@@ -308,15 +319,14 @@ int post_handshake(Connection* c, const uint8_t* data, std::size_t n) {
     if (len > kMaxPostHandshakeMessage) return fail(c, "a post-handshake message too long", 0);
     if (n < 4 + len) break;
     const uint8_t type = data[0];
+    if (++c->control_records > kMaxControlRecords) {
+      return fail(c, "too many post-handshake messages without application data", 0);
+    }
     if (type == 24 && len == 1 && data[4] <= 1 && n == 5) {  // KeyUpdate, last in its record
       if (!update_traffic_secret(c->keys, &c->keys.read)) return fail(c, "KeyUpdate failed", 0);
-      if (data[4] == 1) {  // update_requested: answer under the old key, then switch
-        const uint8_t answer[] = {24, 0, 0, 1, 0};
-        if (!send_record(c, ContentType::kHandshake, answer, sizeof answer) ||
-            !update_traffic_secret(c->keys, &c->keys.write)) {
-          return fail(c, "KeyUpdate failed", 0);
-        }
-      }
+      // update_requested: one answer, however many requests, before the next record this
+      // side sends (RFC 8446 4.6.3), which is where tls_wrap seals it.
+      if (data[4] == 1) c->key_update_owed = true;
     } else if (type != 4 || c->server) {  // only a client takes (and drops) tickets
       return fail(c, "an unexpected post-handshake message", 0);
     }
@@ -358,6 +368,7 @@ int open_records(Connection* c, uint8_t* src, std::size_t n, uint8_t* out, std::
       if (len > max_len - *produced) return fail(c, "more plaintext than the read buffer", 0);
       std::memmove(out + *produced, plain, len);
       *produced += len;
+      if (len) c->control_records = 0;
     } else if (type == ContentType::kAlert) {
       if (len == 2 && plain[1] == 0) {  // close_notify: what follows it is ignored
         c->phase = Phase::kEnded;
@@ -460,7 +471,13 @@ int tls_unwrap(int, void* buffer, ssize_t* len, const size_t max_len, void* udat
     send_staged(c);
     return fail(c, "bad record", e);
   }
-  // Records OpenSSL answers on its own (a TLS 1.2 alert, say).
+  // Records OpenSSL answers on its own (a TLS 1.2 no_renegotiation alert, say): bounded as
+  // TLS 1.3's KeyUpdates are.
+  if (produced) {
+    c->control_records = 0;
+  } else if (!staging().empty() && ++c->control_records > kMaxControlRecords) {
+    return fail(c, "too many records without application data", 0);
+  }
   if (!send_staged(c)) return fail(c, "no memory for TLS records", 0);
   if (!keep_backlog(c)) return fail(c, "no memory for received records", 0);
   *len = static_cast<ssize_t>(produced);
@@ -470,8 +487,12 @@ int tls_unwrap(int, void* buffer, ssize_t* len, const size_t max_len, void* udat
 int tls_wrap(int, Packet* packet, void* udata) {
   auto* c = static_cast<Connection*>(udata);
   if (c->phase == Phase::kHandshake) return 1;  // held until established() asks for a flush
-  if (c->phase == Phase::kFailed || c->shut) return -1;
+  if (c->phase == Phase::kFailed) return -1;
   const auto n = static_cast<std::size_t>(packet->length);
+  if (c->shut) {  // a write that raced the close: nothing may follow close_notify
+    packet->length = 0;
+    return 0;
+  }
   if (n == 0) return 0;
   if (n > BUFFER_FILE_READ_SIZE) {
     set_error("a packet of more than BUFFER_FILE_READ_SIZE bytes cannot be one TLS record");
@@ -479,12 +500,10 @@ int tls_wrap(int, Packet* packet, void* udata) {
     return -1;
   }
   auto* mem = reinterpret_cast<uint8_t*>(packet->internal_memory);
-  if (!c->ssl) {  // sealed in place, behind room for the header
-    if (packet->buffer != packet->internal_memory) {
-      std::memcpy(mem + kHeaderBytes, packet->buffer, n);
-    } else {
-      std::memmove(mem + kHeaderBytes, mem, n);
-    }
+  // An owed KeyUpdate goes first, in the same packet, sealed under the old key.
+  const std::size_t ahead = !c->ssl && c->key_update_owed ? kKeyUpdateRecord : 0;
+  if (!c->ssl) {  // sealed in place, behind room for the header (and the KeyUpdate)
+    std::memmove(mem + ahead + kHeaderBytes, packet->buffer, n);  // buffer may be mem itself
   } else {
     std::vector<char>& plain = scratch();
     plain.assign(static_cast<const char*>(packet->buffer),
@@ -497,9 +516,18 @@ int tls_wrap(int, Packet* packet, void* udata) {
   }
   packet->buffer = packet->internal_memory;
   if (!c->ssl) {
-    const std::size_t sealed = seal(c->keys, ContentType::kApplicationData, mem, n);
+    if (ahead) {
+      const uint8_t answer[] = {24, 0, 0, 1, 0};  // KeyUpdate, update_not_requested
+      std::memcpy(mem + kHeaderBytes, answer, sizeof answer);
+      if (seal(c->keys, ContentType::kHandshake, mem, sizeof answer) != ahead ||
+          !update_traffic_secret(c->keys, &c->keys.write)) {
+        return fail(c, "KeyUpdate failed", 0);
+      }
+      c->key_update_owed = false;
+    }
+    const std::size_t sealed = seal(c->keys, ContentType::kApplicationData, mem + ahead, n);
     if (!sealed) return fail(c, "cannot encrypt a record", 0);
-    packet->length = static_cast<ssize_t>(sealed);
+    packet->length = static_cast<ssize_t>(ahead + sealed);
     return 0;
   }
   clear_errors();
@@ -604,6 +632,7 @@ int start(int fd, SockTLS* config, bool server, const char* server_name) {
       err = ENOMEM;
     }
     if (err) {
+      if (config->handshake_ms) sock_set_deadline(fd, 0);
       sock_tlc_set(fd, nullptr);  // on_clear frees c; the fd stays as it was
       errno = err;
       return -1;

@@ -6,7 +6,8 @@
  * Errors: -1 and errno, or NULL and errno, as in libsock.h. OpenSSL's reasons never crash the
  * process: a connection whose TLS fails closes with SOCK_CLOSE_ERROR (a handshake that does
  * not finish in time: SOCK_CLOSE_TIMEOUT), and the reason is logged (sock_tls_set_log) and
- * readable with sock_tls_error() in that connection's on_close.
+ * readable with sock_tls_error() in that connection's on_close (per thread: of the thread's
+ * last failure, so with two failures in one loop iteration the second's).
  * Ownership: a struct SockTLS (the configuration: certificates, trust, ALPN, ticket keys) is
  *   reference-counted: each connection using it holds a reference, so sock_tls_free() may run
  *   while connections are open; it is freed with the last one.

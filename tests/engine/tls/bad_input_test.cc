@@ -232,6 +232,23 @@ TEST_F(BadInputTest, KeyUpdateIsHandled) {
   EXPECT_TRUE(log_.empty());
 }
 
+// A peer that floods KeyUpdates asking for answers, and reads none, cannot pile up queued
+// answers: one is owed at a time, and past 32 post-handshake messages with no application
+// data between them the connection fails with a reason.
+TEST_F(BadInputTest, KeyUpdateFloodFailsTheConnection) {
+  TlsClientConfig config(test_pki().ca, "", TLS1_3_VERSION);
+  TlsClient peer(config, listener_.port, "localhost");
+  ASSERT_TRUE(round_trip(peer, "before;")) << peer.error();
+  const int server = accepted_.at(0);
+  const SockTLSStats before = tls_stats();
+  for (int i = 0; i < 40; ++i) ASSERT_TRUE(peer.key_update());
+  ASSERT_TRUE(run_until_closed(server));
+  EXPECT_EQ(conns_[server].reason, SOCK_CLOSE_ERROR);
+  expect_logged(server, "too many post-handshake messages");
+  EXPECT_EQ(tls_stats().records_failed - before.records_failed, 1u);
+  expect_still_serving();
+}
+
 // The engine's TLS client against a plain server that echoes its ClientHello back: the
 // client fails its handshake at once (no hang) and says why.
 class PlainServerTest : public BadInputTest {
