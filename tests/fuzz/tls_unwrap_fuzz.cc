@@ -16,8 +16,9 @@
 // Operations (modes 2, 3), opcode % 6:
 //   0 data LEN16: the peer writes LEN16 bytes (records of up to 16 KB), up to kMaxBytes in all
 //   1 raw LEN8: the next LEN8 bytes of the input are sent as they are, after what is pending
-//   2 key update: TLS 1.3, a KeyUpdate asking for the connection's; TLS 1.2, a renegotiation
-//     (the layer refuses them: SSL_OP_NO_RENEGOTIATION)
+//   2 key update: TLS 1.3, a KeyUpdate asking for the connection's (more than 30 in a row
+//     without data may fail the connection); TLS 1.2, a renegotiation (the layer refuses
+//     them: SSL_OP_NO_RENEGOTIATION)
 //   3 close: the peer's close_notify (sent once the echo of what it wrote came back)
 //   4 flush: what the peer wrote so far is sent
 //   5 chunk BYTE: the chunk size from now on, as bits 2-4 of byte 0 (BYTE % 8)
@@ -236,6 +237,7 @@ class Run {
           break;
         }
         written_.append(data);
+        control_in_a_row_ = 0;
         take_peer_output();
         break;
       }
@@ -249,6 +251,9 @@ class Run {
         if (peer_shut_ || peer_gone_) break;
         if (tls13()) {
           FUZZ_CHECK(SSL_key_update(peer_, SSL_KEY_UPDATE_REQUESTED) == 1, "SSL_key_update");
+          // The layer fails a peer past 32 post-handshake messages with no data between
+          // them (engine/tls/layer.cc; a server's tickets count too): a flood may fail.
+          mixed_ = mixed_ || ++control_in_a_row_ > kControlAllowed;
         } else {
           mixed_ = true;  // the layer refuses it: what follows may fail
           if (SSL_renegotiate(peer_) != 1) break;
@@ -368,6 +373,9 @@ class Run {
   int peer_fd_ = -1;  // the peer's end, a plain fd
   SSL* peer_ = nullptr;
   bool mixed_ = false;           // bytes other than the peer's own records were sent
+  // KeyUpdates since the peer last wrote data; more than kControlAllowed may fail.
+  unsigned control_in_a_row_ = 0;
+  static constexpr unsigned kControlAllowed = 32 - 2;  // the layer's limit, less two tickets
   bool peer_shut_ = false;       // the peer sent close_notify
   bool peer_saw_close_ = false;  // the connection's close_notify reached the peer
   bool peer_gone_ = false;       // the peer's TLS failed (after raw bytes or a renegotiation)
