@@ -99,12 +99,9 @@ void on_data(struct Reactor* r, int fd) {
                    sock_tls_resumed(fd) == 1 ? "resumed" : "not resumed");
     }
   }
-  if (n < 0 && errno == 0 && g.tls && !g.established) {
-    // EOF mid-handshake. Our input, held by the layer until the handshake completes, would
-    // keep the connection open until --timeout-ms: close it now.
-    finish(1, "TLS: the peer closed during the handshake");
-    sock_force_close(r, fd);
-  } else if (n == 0 && g.expect && g.received >= g.expect) {
+  // EOF mid-handshake closes the connection even with our input held (the engine does it):
+  // on_close reports it.
+  if (n == 0 && g.expect && g.received >= g.expect) {
     sock_close(r, fd);  // sends close_notify
   }
 }
