@@ -44,10 +44,7 @@ start_server() {  # NAME LOAD -> sets pid
   valgrind --tool=callgrind --callgrind-out-file="$out/$1-$2.out" "${cmd[@]}" \
     >"$work/$1.log" 2>&1 &
   pid=$!
-  for _ in $(seq 400); do
-    (exec 3<>"/dev/tcp/127.0.0.1/${port[$1]}") 2>/dev/null && return
-    sleep 0.05
-  done
+  wait_listening "${port[$1]}" 400 && return
   echo "callgrind.sh: $1 did not start:" >&2; cat "$work/$1.log" >&2; exit 1
 }
 

@@ -117,10 +117,7 @@ start_server() {  # exec: $! is then the server (or its launcher), whose /proc/P
     raw-close) exec "$@" taskset -c 1 "$work/raw_epoll" --port "${port[raw-close]}" --close ;;
   esac >"$work/$name.log" 2>&1 &
   pid=$!
-  for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/${port[$name]}") 2>/dev/null && return
-    sleep 0.05
-  done
+  wait_listening "${port[$name]}" && return
   echo "compare.sh: $name did not start:" >&2; cat "$work/$name.log" >&2; exit 1
 }
 stop_server() { stop_child "$pid"; }

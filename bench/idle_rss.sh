@@ -54,10 +54,7 @@ start_server() {  # NAME
   esac
   server_pid=$!
   local port; [ "$1" = ours ] && port=$ours_port || port=$nginx_port
-  for _ in $(seq 100); do
-    (exec 9<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
-    sleep 0.05
-  done
+  wait_listening "$port" && return 0
   echo "$1 did not start" >&2; cat "$work/server.log" >&2; return 1
 }
 

@@ -107,10 +107,7 @@ start_server() {
                  -p "$work/nginx${mode:+-$mode}" ;;
   esac >"$work/$name.log" 2>&1 &
   pid=$!
-  for _ in $(seq 100); do
-    (exec 9<>"/dev/tcp/127.0.0.1/${port[$name]}") 2>/dev/null && return
-    sleep 0.05
-  done
+  wait_listening "${port[$name]}" && return
   echo "tls_compare.sh: $name did not start:" >&2; cat "$work/$name.log" >&2; exit 1
 }
 stop_server() { stop_child "$pid"; pid=""; }
