@@ -12,7 +12,9 @@
 # (callgrind_control -d). Instructions per request = the dump's total (every thread, ours
 # has an acceptor and a shard) / the requests wrk counted. The kernel's work (syscalls, TCP)
 # is not counted: compare bench/compare.sh's CPU per request for that.
-#   bench/callgrind.sh [seconds=3]
+# INSTALLED=PREFIX adds "ours-so" to every load: the same http_server built outside Bazel
+# against the libsock installed in PREFIX (tools/install; bench/build_installed.sh).
+#   [INSTALLED=PREFIX] bench/callgrind.sh [seconds=3]
 # Leaves the dumps in bench/callgrind-out/ for callgrind_annotate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,11 +28,15 @@ rm -rf "$out" && mkdir -p "$out"
 source bench/children.sh
 work=$(mktemp -d); trap 'kill_jobs; rm -rf "$work"' EXIT
 cp "$bin/tools/http_server" "$bin/bench/raw_epoll" "$work/"
+if [[ -n ${INSTALLED:-} ]]; then bench/build_installed.sh "$INSTALLED" "$work/http_server_so"; fi
 
-declare -A port=([ours]=18085 [raw]=18086 [ours-rp]=18089)
+declare -A port=([ours]=18085 [raw]=18086 [ours-rp]=18089 [ours-so]=18091)
 declare -A loads=([c64]="-c64" [pipe16]="-c64 -s bench/pipeline.lua" [close16]="-c16")
 declare -A churn=([close16]=1)  # loads that send `Connection: close`; raw runs with --close
 declare -A servers=([c64]="ours raw" [pipe16]="ours raw" [close16]="ours ours-rp raw")
+if [[ -n ${INSTALLED:-} ]]; then
+  for load in "${!servers[@]}"; do servers[$load]+=" ours-so"; done
+fi
 
 start_server() {  # NAME LOAD -> sets pid
   local cmd
@@ -38,6 +44,7 @@ start_server() {  # NAME LOAD -> sets pid
     ours)    cmd=("$work/http_server" --threads 1 --port "${port[ours]}") ;;
     ours-rp) cmd=("$work/http_server" --threads 1 --port "${port[ours-rp]}"
                   --accept-mode reuseport) ;;
+    ours-so) cmd=("$work/http_server_so" --threads 1 --port "${port[ours-so]}") ;;
     raw)     cmd=("$work/raw_epoll" --port "${port[raw]}") ;;
   esac
   if [[ $1 == raw && -n ${churn[$2]:-} ]]; then cmd+=(--close); fi
@@ -85,3 +92,9 @@ for name in ours ours-rp; do
   awk -v a="${per[close16/$name]}" -v b="${per[close16/raw]}" -v n="$name" \
     'BEGIN {printf "close16: %s/raw instructions per connection %.2f (%+d)\n", n, a / b, a - b}'
 done
+if [[ -n ${INSTALLED:-} ]]; then
+  for load in c64 pipe16 close16; do
+    awk -v a="${per[$load/ours-so]}" -v b="${per[$load/ours]}" -v l="$load" \
+      'BEGIN {printf "%s: ours-so/ours (installed libsock.so over the Bazel binary) %.3f (%+d)\n", l, a / b, a - b}'
+  done
+fi

@@ -33,6 +33,12 @@
 extern "C" {
 #endif
 
+/* These declarations are what the shared library exports: tools/install builds everything
+ * else with hidden visibility (docs/install.md). */
+#if defined(__GNUC__)
+#pragma GCC visibility push(default)
+#endif
+
 #define LIBREACT_VERSION "1.0.0"
 
 /** Events taken from the kernel per reactor_review() call. */
@@ -139,6 +145,10 @@ int reactor_add_timer(struct Reactor* reactor, int fd, long milliseconds);
 
 /** Consumes a timer fd's expirations so the next period triggers again. */
 void reactor_reset_timer(int fd);
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
 
 #ifdef __cplusplus
 } /* extern "C" */

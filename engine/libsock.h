@@ -48,15 +48,23 @@
 extern "C" {
 #endif
 
+/* These declarations are what the shared library exports: tools/install builds everything
+ * else with hidden visibility (docs/install.md). */
+#if defined(__GNUC__)
+#pragma GCC visibility push(default)
+#endif
+
 #define LIBSOCK_VERSION "1.0.0"
 
 /** Bytes of pre-allocated memory in each packet: a 16 KB payload chunk plus 1 KB of headroom
  * for a transport layer's framing, so one packet can carry one TLS record. Overridable at
- * build time for the whole program (library included). */
+ * build time for the whole program, library included: struct Packet's size depends on it, so
+ * an installed libsock.h pins the value its library was built with (tools/install). */
 #ifndef BUFFER_PACKET_SIZE
 #define BUFFER_PACKET_SIZE (1024 * 17)
 #endif
-/** Chunk size used when data must be cut into records (transport layers, file reads). */
+/** Chunk size used when data must be cut into records (transport layers, file reads); pinned
+ * alike once installed. */
 #ifndef BUFFER_FILE_READ_SIZE
 #define BUFFER_FILE_READ_SIZE (1024 * 16)
 #endif
@@ -450,6 +458,10 @@ enum SockMetricsFormat {
  * NULL buf with capacity > 0, an unknown format) or ENOMEM. */
 ssize_t sock_metrics(struct Reactor* const* reactors, size_t count, int format,
                      const char* prefix, char* buf, size_t capacity);
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -23,6 +23,12 @@
 extern "C" {
 #endif
 
+/* These declarations are what the shared library exports: tools/install builds everything
+ * else with hidden visibility (docs/install.md). */
+#if defined(__GNUC__)
+#pragma GCC visibility push(default)
+#endif
+
 /** How connections reach the shards. */
 enum SockAcceptMode {
   /** One acceptor thread accepts and hands each fd to a shard (placement below). With one
@@ -122,6 +128,10 @@ void sock_server_wait(struct SockServer* server);
  * let queued output drain up to stop_timeout_ms, close the rest (on_close once each), join
  * every thread. Returns 0, or -1 with errno EINVAL for NULL. */
 int sock_server_stop(struct SockServer* server);
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
 
 #ifdef __cplusplus
 } /* extern "C" */

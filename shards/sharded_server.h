@@ -3,14 +3,16 @@
 // graceful stop. Threads and callbacks follow server.h.
 // Errors: the constructor throws std::system_error (errno, with a message naming the address)
 // when the server cannot start; nothing else throws.
+// From C this header is server.h alone: every installed header compiles as C and as C++.
 #ifndef SHARDS_SHARDED_SERVER_H_
 #define SHARDS_SHARDED_SERVER_H_
 
+#include "server.h"  // its sibling, here and once installed
+
+#ifdef __cplusplus
 #include <cerrno>
 #include <string>
 #include <system_error>
-
-#include "server.h"  // its sibling, here and once installed
 
 namespace shards {
 
@@ -40,5 +42,7 @@ class Server {
 };
 
 }  // namespace shards
+
+#endif  // __cplusplus
 
 #endif  // SHARDS_SHARDED_SERVER_H_

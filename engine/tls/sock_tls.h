@@ -32,6 +32,12 @@
 extern "C" {
 #endif
 
+/* These declarations are what the shared library exports: tools/install builds everything
+ * else with hidden visibility (docs/install.md). */
+#if defined(__GNUC__)
+#pragma GCC visibility push(default)
+#endif
+
 /** Seconds each session-ticket key encrypts new tickets before the next one takes over. */
 #define SOCK_TLS_TICKET_KEY_S 3600
 /** The handshake deadline a new configuration starts with, in milliseconds. */
@@ -143,6 +149,10 @@ int sock_tls_stats(struct SockTLSStats* stats);
  * whole text needs (not counting a NUL, which is written when it fits); it was written only
  * if that is below size. -1 with errno EINVAL for a NULL buf with a size. Any thread. */
 ssize_t sock_tls_metrics(char* buf, size_t size);
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
 
 #ifdef __cplusplus
 }

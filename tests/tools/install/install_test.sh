@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# tools/install as a user runs it, outside Bazel (run by .ci/run): install into a temporary
+# prefix, then check what was installed and build programs against it.
+#   - the files, the SONAME and its links, the exported symbols (== tools/dist/libsock.symbols);
+#   - each installed header compiles alone as C11 and as C++20, and libsock.h refuses another
+#     BUFFER_PACKET_SIZE than the library's;
+#   - echo.c, built by a plain Makefile with pkg-config, shared and static, echoes;
+#   - the CMake consumer (find_package(libsock 1 CONFIG REQUIRED)), shared and static, echoes,
+#     also after the installed tree moved;
+#   - a DESTDIR install stages the same files under DESTDIR, none of them naming DESTDIR;
+#   - bad arguments fail with a message.
+# Ends with "N passed, N failed"; exits 1 if any check failed.
+#   tests/tools/install/install_test.sh
+set -uo pipefail
+cd "$(dirname "$0")/../../.."
+tools/deps --consumers || exit 1
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+passed=0 failed=0
+# check NAME COMMAND...: runs it; its output is shown only when it fails.
+check() {
+  local name=$1 out
+  shift
+  if out=$("$@" 2>&1); then
+    passed=$((passed + 1)); echo "ok   $name"
+  else
+    failed=$((failed + 1)); echo "FAIL $name"; sed 's/^/     /' <<<"$out"
+  fi
+}
+
+prefix=$tmp/prefix
+if ! tools/install --prefix "$prefix" >"$tmp/install.log" 2>&1; then
+  cat "$tmp/install.log"; echo "0 passed, 1 failed"; exit 1
+fi
+lib=$prefix/lib include=$prefix/include/libsock
+version=$(sed -n 's/^Version: //p' "$lib/pkgconfig/libsock.pc")
+major=${version%%.*}
+
+expected_files() {
+  cat <<FILES
+include/libsock/libreact.h
+include/libsock/libsock.h
+include/libsock/server.h
+include/libsock/sharded_server.h
+include/libsock/sock_tls.h
+lib/cmake/libsock/libsockConfig.cmake
+lib/cmake/libsock/libsockConfigVersion.cmake
+lib/libsock.a
+lib/libsock.so
+lib/libsock.so.$major
+lib/libsock.so.$version
+lib/pkgconfig/libsock.pc
+FILES
+}
+files_of() { (cd "$1" && find . \( -type f -o -type l \) | sed 's|^\./||' | sort); }
+check "installs exactly the expected files" diff <(expected_files) <(files_of "$prefix")
+check "SONAME is libsock.so.$major" \
+  bash -c "readelf -d '$lib/libsock.so.$version' | grep -q 'Library soname: \[libsock.so.$major\]'"
+check "libsock.so -> libsock.so.$major -> libsock.so.$version" \
+  test "$(readlink "$lib/libsock.so")" = "libsock.so.$major" -a \
+       "$(readlink "$lib/libsock.so.$major")" = "libsock.so.$version"
+check "the library loads on its own (every dependency named)" \
+  bash -c "! ldd -r '$lib/libsock.so.$version' 2>&1 | grep -E 'undefined symbol|not found'"
+check "exports exactly tools/dist/libsock.symbols" \
+  diff <(grep -v '^#' tools/dist/libsock.symbols) \
+       <(nm -D -g --defined-only "$lib/libsock.so.$version" | awk '{print $3}' | sort)
+check "libsock.a holds the API" \
+  bash -c "nm -g --defined-only '$lib/libsock.a' 2>/dev/null | grep -qw sock_server_start_fn"
+
+for header in "$include"/*.h; do
+  name=${header##*/}
+  check "$name compiles alone as C11" \
+    gcc -std=c11 -Wall -Wextra -Werror -pedantic -fsyntax-only -I"$include" -x c "$header"
+  check "$name compiles alone as C++20" \
+    g++ -std=c++20 -Wall -Wextra -Werror -pedantic -fsyntax-only -I"$include" -x c++ "$header"
+done
+packet=$(sed -n 's/^#define BUFFER_PACKET_SIZE //p' "$include/libsock.h")
+probe='#include "libsock.h"'
+check "libsock.h accepts BUFFER_PACKET_SIZE=$packet, the built value" \
+  gcc -std=c11 -fsyntax-only -DBUFFER_PACKET_SIZE="$packet" -I"$include" -x c - <<<"$probe"
+check "libsock.h refuses another BUFFER_PACKET_SIZE" bash -c "
+  ! out=\$(gcc -std=c11 -fsyntax-only -DBUFFER_PACKET_SIZE=4096 -I'$include' -x c - 2>&1 <<<'$probe') &&
+  grep -q 'BUFFER_PACKET_SIZE must be $packet' <<<\"\$out\""
+
+# The Makefile consumer, from a copy (nothing is built in the source tree).
+cp -r tests/tools/install "$tmp/make"
+export PKG_CONFIG_PATH=$lib/pkgconfig
+check "Makefile + pkg-config build echo and echo_static" make -C "$tmp/make" --no-print-directory
+check "echo (shared) echoes" "$tmp/make/echo"
+check "echo runs on the installed libsock.so.$major" \
+  bash -c "ldd '$tmp/make/echo' | grep -q '=> $lib/libsock.so.$major '"
+check "echo_static echoes" "$tmp/make/echo_static"
+check "echo_static needs no libsock.so" bash -c "! ldd '$tmp/make/echo_static' | grep -q libsock"
+unset PKG_CONFIG_PATH
+
+# cmake_consumer PREFIX BUILD: configures and builds the CMake consumer against PREFIX.
+cmake_consumer() {
+  cmake -S tests/tools/install/cmake -B "$2" -DCMAKE_PREFIX_PATH="$1" -DCMAKE_BUILD_TYPE=Release &&
+    cmake --build "$2"
+}
+check "CMake find_package(libsock $major CONFIG REQUIRED) builds" cmake_consumer "$prefix" "$tmp/cmake"
+check "CMake consumer (libsock::sock) echoes" "$tmp/cmake/echo_server_cxx"
+check "CMake consumer (libsock::sock_static) echoes" "$tmp/cmake/echo_server_cxx_static"
+# A project asking for the next major version must not get this one.
+next_major() {
+  mkdir -p "$tmp/next" &&
+    printf '%s\n' 'cmake_minimum_required(VERSION 3.16)' 'project(next NONE)' \
+      "find_package(libsock $((major + 1)) CONFIG REQUIRED)" >"$tmp/next/CMakeLists.txt" &&
+    ! cmake -S "$tmp/next" -B "$tmp/next/build" -DCMAKE_PREFIX_PATH="$prefix"
+}
+check "find_package(libsock $((major + 1))) is refused" next_major
+# The CMake files name no directory: the tree may move.
+moved_consumer() {
+  cmake_consumer "$tmp/moved" "$tmp/cmake-moved" && "$tmp/cmake-moved/echo_server_cxx"
+}
+mv "$prefix" "$tmp/moved"
+check "CMake consumer builds and runs after the prefix moved" moved_consumer
+mv "$tmp/moved" "$prefix"
+
+# DESTDIR staging: the same files under DESTDIR/PREFIX, and no installed file names DESTDIR.
+stage=$tmp/stage staged_prefix=/opt/libsock-install-test
+if tools/install --prefix "$staged_prefix" --destdir "$stage" >"$tmp/install.log" 2>&1; then
+  check "--destdir stages the same files under DESTDIR/PREFIX" \
+    diff <(files_of "$prefix") <(files_of "$stage$staged_prefix")
+  check "no staged file names DESTDIR" bash -c "! grep -rlF '$stage' '$stage'"
+  check "libsock.pc names the prefix" grep -qx "prefix=$staged_prefix" \
+    "$stage$staged_prefix/lib/pkgconfig/libsock.pc"
+  check "nothing is written outside DESTDIR" test ! -e "$staged_prefix"
+else
+  failed=$((failed + 1)); echo "FAIL tools/install --destdir"; cat "$tmp/install.log"
+fi
+
+# Bad arguments: a message naming the problem, exit status 2, nothing built.
+bad_argument() {
+  local out
+  out=$(tools/install "${@:2}" 2>&1)
+  (($? == 2)) && grep -q "$1" <<<"$out"
+}
+check "a relative --prefix is refused" bad_argument "must be an absolute path" --prefix relative/dir
+check "an unknown argument is refused" bad_argument "unknown argument '--frobnicate'" --frobnicate
+check "--prefix without a value is refused" bad_argument "needs a directory" --prefix
+
+echo "$passed passed, $failed failed"
+((failed == 0))
