@@ -7,6 +7,8 @@
 #              default: --defer-accept-s): nginx at its best on churn (churn loads only)
 #   raw        bench/raw_epoll.c, a minimal edge-triggered epoll loop: the ceiling (keep-alive)
 #   raw-close  bench/raw_epoll.c --close: the churn ceiling (churn loads only)
+#   ours-so    with INSTALLED=PREFIX only: ours built outside Bazel against the libsock
+#              installed in PREFIX (tools/install; bench/build_installed.sh), every load
 # Keep-alive loads (ours, nginx, raw): wrk -t1 -c64, -t1 -c256, 16-deep pipelining at -c64
 # (bench/pipeline.lua), and -c1000 and -c10000 (how CPU per request grows with the number of
 # connections; the fd limit is raised to the hard limit for that). Churn loads (ours, ours-rp,
@@ -22,7 +24,7 @@
 # After the rounds, when a churn load ran, each churn server runs once more under
 # `strace -c -f` (2 s of wrk -t1 -c16 churn), less an idle run's start and stop, for its
 # syscalls per connection.
-#   [LOADS="close16 close256"] [STRACE=0] bench/compare.sh [rounds=3] [seconds=5]
+#   [LOADS="close16 close256"] [STRACE=0] [INSTALLED=PREFIX] bench/compare.sh [rounds=3] [seconds=5]
 # LOADS: the loads to run, by name (c64 c256 pipe16 c1000 c10000 close16 close256; default all);
 # the tables and ratios of loads not run are left out. STRACE=0: no strace run.
 set -euo pipefail
@@ -46,6 +48,7 @@ declare -A config_title=(
 )
 keepalive_servers=(ours nginx raw)
 churn_servers=(ours ours-rp nginx nginx-def raw-close)
+if [[ -n ${INSTALLED:-} ]]; then keepalive_servers+=(ours-so) churn_servers+=(ours-so); fi
 
 # The loads LOADS names, in the order above.
 declare -A wanted=()
@@ -67,7 +70,7 @@ servers_of() {
 }
 # The server processes the chosen loads need, each once.
 servers=()
-for name in ours ours-rp nginx nginx-def raw raw-close; do
+for name in ours ours-rp nginx nginx-def raw raw-close ours-so; do
   for cfg in "${loads[@]}"; do
     if [[ " $(servers_of "$cfg") " == *" $name "* ]]; then servers+=("$name"); break; fi
   done
@@ -83,10 +86,11 @@ work=$(mktemp -d); trap 'kill_child "$tracee"; kill_jobs; rm -rf "$work"' EXIT
 # rebuild during the run must not swap a server under us.
 bin=$(bazel info -c opt bazel-bin 2>/dev/null)
 cp "$bin/tools/http_server" "$bin/bench/raw_epoll" "$work/"
+if [[ -n ${INSTALLED:-} ]]; then bench/build_installed.sh "$INSTALLED" "$work/http_server_so"; fi
 hz=$(getconf CLK_TCK)
 
 declare -A port=([ours]=18080 [nginx]=18081 [raw]=18082 [ours-rp]=18087 [raw-close]=18088
-                 [nginx-def]=18090)
+                 [nginx-def]=18090 [ours-so]=18091)
 
 cat >"$work/nginx.conf" <<CONF
 daemon off; master_process off; worker_processes 1; error_log $work/error.log crit;
@@ -115,6 +119,7 @@ start_server() {  # exec: $! is then the server (or its launcher), whose /proc/P
     nginx-def) exec "$@" taskset -c 1 nginx -c "$work/nginx-def/nginx.conf" -p "$work/nginx-def" ;;
     raw)       exec "$@" taskset -c 1 "$work/raw_epoll" --port "${port[raw]}" ;;
     raw-close) exec "$@" taskset -c 1 "$work/raw_epoll" --port "${port[raw-close]}" --close ;;
+    ours-so)   exec "$@" taskset -c 1 "$work/http_server_so" --threads 1 --port "${port[ours-so]}" ;;
   esac >"$work/$name.log" 2>&1 &
   pid=$!
   wait_listening "${port[$name]}" && return
@@ -322,6 +327,17 @@ if ((${#churn_loads[@]})); then
       line+=$(printf " %-16s %-13s" "${cells[i]}" "${cells[i + 1]}")
     done
     echo "$line"
+  done
+fi
+
+# The installed library (issue 13): ours-so's CPU per request over ours', for every load.
+if [[ -n ${INSTALLED:-} ]]; then
+  echo
+  echo "Installed libsock.so (ours-so) over the Bazel binary (ours), server CPU per request"
+  printf "  %-9s %-8s %s\n" load median min
+  for cfg in "${loads[@]}"; do
+    printf "  %-9s %-8s %s\n" "$cfg" "$(ratio "$(median_of "$cfg" ours-so 2)" "$(median_of "$cfg" ours 2)")" \
+      "$(ratio "$(min_of "$cfg" ours-so 2)" "$(min_of "$cfg" ours 2)")"
   done
 fi
 
