@@ -5,7 +5,8 @@
 #   - each installed header compiles alone as C11 and as C++20, and libsock.h refuses another
 #     BUFFER_PACKET_SIZE than the library's;
 #   - echo.c, built by a plain Makefile with pkg-config, shared and static, echoes;
-#   - the CMake consumer (find_package(libsock 1 CONFIG REQUIRED)), shared and static, echoes,
+#   - find_package(libsock) takes 1.0 and refuses 2 and 0.9; the CMake consumer
+#     (find_package(libsock 1 CONFIG REQUIRED)), shared and static, echoes,
 #     also after the installed tree moved;
 #   - a DESTDIR install stages the same files under DESTDIR, none of them naming DESTDIR;
 #   - bad arguments fail with a message.
@@ -102,14 +103,21 @@ cmake_consumer() {
 check "CMake find_package(libsock $major CONFIG REQUIRED) builds" cmake_consumer "$prefix" "$tmp/cmake"
 check "CMake consumer (libsock::sock) echoes" "$tmp/cmake/echo_server_cxx"
 check "CMake consumer (libsock::sock_static) echoes" "$tmp/cmake/echo_server_cxx_static"
-# A project asking for the next major version must not get this one.
-next_major() {
-  mkdir -p "$tmp/next" &&
-    printf '%s\n' 'cmake_minimum_required(VERSION 3.16)' 'project(next NONE)' \
-      "find_package(libsock $((major + 1)) CONFIG REQUIRED)" >"$tmp/next/CMakeLists.txt" &&
-    ! cmake -S "$tmp/next" -B "$tmp/next/build" -DCMAKE_PREFIX_PATH="$prefix"
+# find_package(libsock REQUEST) in a C project: accepted (0), or refused for its version (1).
+# The accepted request is the control: the refusals are then about the version alone.
+find_version() {
+  local dir=$tmp/find-$1 out
+  mkdir -p "$dir" &&
+    printf '%s\n' 'cmake_minimum_required(VERSION 3.16)' 'project(find C)' \
+      "find_package(libsock $1 CONFIG REQUIRED)" >"$dir/CMakeLists.txt" || return 2
+  out=$(cmake -S "$dir" -B "$dir/build" -DCMAKE_PREFIX_PATH="$prefix" 2>&1) && return 0
+  grep -q "compatible with requested version" <<<"$out" && return 1
+  echo "$out"; return 2
 }
-check "find_package(libsock $((major + 1))) is refused" next_major
+version_refused() { find_version "$1"; (($? == 1)); }
+check "find_package(libsock $major.0) is accepted" find_version "$major.0"
+check "find_package(libsock $((major + 1))) is refused" version_refused "$((major + 1))"
+check "find_package(libsock $((major - 1)).9) is refused" version_refused "$((major - 1)).9"
 # The CMake files name no directory: the tree may move.
 moved_consumer() {
   cmake_consumer "$tmp/moved" "$tmp/cmake-moved" && "$tmp/cmake-moved/echo_server_cxx"
