@@ -30,7 +30,8 @@ check() {
   fi
 }
 
-prefix=$tmp/prefix
+# A blank in the prefix: every installed path must survive quoting, pkg-config's output too.
+prefix="$tmp/the prefix"
 if ! tools/install --prefix "$prefix" >"$tmp/install.log" 2>&1; then
   cat "$tmp/install.log"; echo "0 passed, 1 failed"; exit 1
 fi
