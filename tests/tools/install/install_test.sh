@@ -2,6 +2,7 @@
 # tools/install as a user runs it, outside Bazel (run by .ci/run): install into a temporary
 # prefix, then check what was installed and build programs against it.
 #   - the files, the SONAME and its links, the exported symbols (== tools/dist/libsock.symbols);
+#     dlopen with docs/install.md's static TLS remedy;
 #   - each installed header compiles alone as C11 and as C++20, and libsock.h refuses another
 #     BUFFER_PACKET_SIZE than the library's;
 #   - echo.c, built by a plain Makefile with pkg-config, shared and static, echoes;
@@ -64,6 +65,15 @@ check "libsock.so -> libsock.so.$major -> libsock.so.$version" \
        "$(readlink "$lib/libsock.so.$major")" = "libsock.so.$version"
 check "the library loads on its own (every dependency named)" \
   bash -c "! ldd -r '$lib/libsock.so.$version' 2>&1 | grep -E 'undefined symbol|not found'"
+# dlopen needs more static TLS than glibc keeps spare (libjemalloc.so.2's initial-exec
+# thread-locals): docs/install.md's remedy must work.
+dlopen_with_tls_reserve() {
+  printf '%s\n' '#include <dlfcn.h>' '#include <stdio.h>' 'int main(int c, char** v) {' \
+    '  (void)c; if (dlopen(v[1], RTLD_NOW)) return 0; puts(dlerror()); return 1; }' |
+    gcc -x c - -o "$tmp/dlopen" &&
+    GLIBC_TUNABLES=glibc.rtld.optional_static_tls=4096 "$tmp/dlopen" "$lib/libsock.so.$major"
+}
+check "dlopen loads libsock.so.$major with glibc's static TLS reserve raised" dlopen_with_tls_reserve
 check "exports exactly tools/dist/libsock.symbols" \
   diff <(grep -v '^#' tools/dist/libsock.symbols) \
        <(nm -D -g --defined-only "$lib/libsock.so.$version" | awk '{print $3}' | sort)
