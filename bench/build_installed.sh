@@ -22,8 +22,10 @@ for dir in engine engine/tls shards; do
   ln -s "$include"/*.h "$shim/$dir/"
 done
 
-# Bazel's -c opt (.bazelrc adds -O2 -g), with the llhttp sources Debian ships.
-flags=(-O2 -g -DNDEBUG -ffunction-sections -fdata-sections -I"$shim" -I.)
+# Bazel's -c opt compile flags (its toolchain's, then .bazelrc's -O2 -g), with the llhttp
+# sources Debian ships.
+flags=(-U_FORTIFY_SOURCE -D_FORTIFY_SOURCE=1 -fstack-protector -fno-omit-frame-pointer
+       -O2 -DNDEBUG -ffunction-sections -fdata-sections -O2 -g -I"$shim" -I.)
 mkdir -p "$shim/obj"
 for source in /usr/share/llhttp/{api,http,llhttp}.c; do
   gcc -std=c11 "${flags[@]}" -w -I/usr/share/include/llhttp -c "$source" \

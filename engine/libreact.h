@@ -41,7 +41,8 @@ extern "C" {
 
 #define LIBREACT_VERSION "1.0.0"
 
-/** Events taken from the kernel per reactor_review() call. */
+/** Events taken from the kernel per reactor_review() call. Like REACTOR_TICK, a setting of the
+ * library's build: an installed libreact.h pins it (tools/install). */
 #ifndef REACTOR_MAX_EVENTS
 #define REACTOR_MAX_EVENTS 512
 #endif

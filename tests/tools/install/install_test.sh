@@ -3,8 +3,8 @@
 # prefix, then check what was installed and build programs against it.
 #   - the files, the SONAME and its links, the exported symbols (== tools/dist/libsock.symbols);
 #     dlopen with docs/install.md's static TLS remedy;
-#   - each installed header compiles alone as C11 and as C++20, and libsock.h refuses another
-#     BUFFER_PACKET_SIZE than the library's;
+#   - each installed header compiles alone as C11 and as C++20, and each pinned setting
+#     (BUFFER_PACKET_SIZE, ...) refuses another value than the library's;
 #   - echo.c, built by a plain Makefile with pkg-config, shared and static, echoes;
 #   - find_package(libsock) takes 1.0 and refuses 2 and 0.9; the CMake consumer
 #     (find_package(libsock 1 CONFIG REQUIRED)), shared and static, echoes,
@@ -87,13 +87,20 @@ for header in "$include"/*.h; do
   check "$name compiles alone as C++20" \
     g++ -std=c++20 -Wall -Wextra -Werror -pedantic -fsyntax-only -I"$include" -x c++ "$header"
 done
-packet=$(sed -n 's/^#define BUFFER_PACKET_SIZE //p' "$include/libsock.h")
+# Every pinned setting ("#if NAME != VALUE" in an installed header): the built value compiles,
+# another one stops at the #error. BUFFER_PACKET_SIZE must be among them (struct Packet).
+pinned_settings() { sed -n 's/^#if \([A-Z_]*\) != \([0-9]*\)$/\1 \2/p' "$include"/*.h; }
 probe='#include "libsock.h"'
-check "libsock.h accepts BUFFER_PACKET_SIZE=$packet, the built value" \
-  gcc -std=c11 -fsyntax-only -DBUFFER_PACKET_SIZE="$packet" -I"$include" -x c - <<<"$probe"
-check "libsock.h refuses another BUFFER_PACKET_SIZE" bash -c "
-  ! out=\$(gcc -std=c11 -fsyntax-only -DBUFFER_PACKET_SIZE=4096 -I'$include' -x c - 2>&1 <<<'$probe') &&
-  grep -q 'BUFFER_PACKET_SIZE must be $packet' <<<\"\$out\""
+compile_with() { gcc -std=c11 -fsyntax-only "-D$1" -I"$include" -x c - <<<"$probe"; }
+refused_with() {
+  local out
+  ! out=$(compile_with "$1=$(($2 + 1))" 2>&1) && grep -q "$1 must be $2" <<<"$out"
+}
+check "BUFFER_PACKET_SIZE is pinned" bash -c "grep -q '^#if BUFFER_PACKET_SIZE != ' '$include/libsock.h'"
+while read -r name value; do
+  check "$name=$value (the built value) compiles" compile_with "$name=$value"
+  check "$name=$((value + 1)) is refused" refused_with "$name" "$value"
+done < <(pinned_settings)
 
 # The Makefile consumer, from a copy (nothing is built in the source tree).
 cp -r tests/tools/install "$tmp/make"
