@@ -2,8 +2,8 @@
 # tools/install as a user runs it, outside Bazel (run by .ci/run): install into a temporary
 # prefix, then check what was installed and build programs against it.
 #   - the files, the SONAME and its links, the exported symbols (== tools/dist/libsock.symbols);
-#     dlopen with docs/install.md's static TLS remedy;
-#   - each installed header compiles alone as C11 and as C++20, and each pinned setting
+#     dlopen with either of docs/install.md's static TLS remedies;
+#   - each installed header compiles alone as C99, C11 and C++20, and each pinned setting
 #     (BUFFER_PACKET_SIZE, ...) refuses another value than the library's;
 #   - echo.c, built by a plain Makefile with pkg-config, shared and static, echoes;
 #   - find_package(libsock) takes 1.0 and refuses 2 and 0.9; the CMake consumer
@@ -67,13 +67,17 @@ check "the library loads on its own (every dependency named)" \
   bash -c "! ldd -r '$lib/libsock.so.$version' 2>&1 | grep -E 'undefined symbol|not found'"
 # dlopen needs more static TLS than glibc keeps spare (libjemalloc.so.2's initial-exec
 # thread-locals): docs/install.md's remedy must work.
-dlopen_with_tls_reserve() {
+dlopen_program() {
   printf '%s\n' '#include <dlfcn.h>' '#include <stdio.h>' 'int main(int c, char** v) {' \
     '  (void)c; if (dlopen(v[1], RTLD_NOW)) return 0; puts(dlerror()); return 1; }' |
-    gcc -x c - -o "$tmp/dlopen" &&
-    GLIBC_TUNABLES=glibc.rtld.optional_static_tls=4096 "$tmp/dlopen" "$lib/libsock.so.$major"
+    gcc -x c - -o "$tmp/dlopen"
 }
-check "dlopen loads libsock.so.$major with glibc's static TLS reserve raised" dlopen_with_tls_reserve
+dlopen_with() { env "$@" "$tmp/dlopen" "$lib/libsock.so.$major"; }
+check "a dlopen program builds" dlopen_program
+check "dlopen loads libsock.so.$major with glibc's static TLS reserve raised" \
+  dlopen_with GLIBC_TUNABLES=glibc.rtld.optional_static_tls=4096
+check "dlopen loads libsock.so.$major with libjemalloc.so.2 preloaded" \
+  dlopen_with LD_PRELOAD=libjemalloc.so.2
 check "exports exactly tools/dist/libsock.symbols" \
   diff <(grep -v '^#' tools/dist/libsock.symbols) \
        <(nm -D -g --defined-only "$lib/libsock.so.$version" | awk '{print $3}' | sort)
@@ -82,8 +86,10 @@ check "libsock.a holds the API" \
 
 for header in "$include"/*.h; do
   name=${header##*/}
-  check "$name compiles alone as C11" \
-    gcc -std=c11 -Wall -Wextra -Werror -pedantic -fsyntax-only -I"$include" -x c "$header"
+  for std in c99 c11; do
+    check "$name compiles alone as ${std^^}" \
+      gcc -std=$std -Wall -Wextra -Werror -pedantic -fsyntax-only -I"$include" -x c "$header"
+  done
   check "$name compiles alone as C++20" \
     g++ -std=c++20 -Wall -Wextra -Werror -pedantic -fsyntax-only -I"$include" -x c++ "$header"
 done
@@ -145,14 +151,15 @@ check "CMake consumer builds and runs after the prefix moved" moved_consumer
 mv "$tmp/moved" "$prefix"
 
 # DESTDIR staging: the same files under DESTDIR/PREFIX, and no installed file names DESTDIR.
-stage=$tmp/stage staged_prefix=/opt/libsock-install-test
+# The prefix: a directory that does not exist, where a leak would show.
+stage=$tmp/stage staged_prefix=$tmp/absent/prefix
 if tools/install --prefix "$staged_prefix" --destdir "$stage" >"$tmp/install.log" 2>&1; then
   check "--destdir stages the same files under DESTDIR/PREFIX" \
     diff <(files_of "$prefix") <(files_of "$stage$staged_prefix")
   check "no staged file names DESTDIR" bash -c "! grep -rlF '$stage' '$stage'"
   check "libsock.pc names the prefix" grep -qx "prefix=$staged_prefix" \
     "$stage$staged_prefix/lib/pkgconfig/libsock.pc"
-  check "nothing is written outside DESTDIR" test ! -e "$staged_prefix"
+  check "nothing is written outside DESTDIR" test ! -e "$tmp/absent"
 else
   failed=$((failed + 1)); echo "FAIL tools/install --destdir"; cat "$tmp/install.log"
 fi
@@ -166,6 +173,7 @@ bad_argument() {
 check "a relative --prefix is refused" bad_argument "must be an absolute path" --prefix relative/dir
 check "an unknown argument is refused" bad_argument "unknown argument '--frobnicate'" --frobnicate
 check "--prefix without a value is refused" bad_argument "needs a directory" --prefix
+check "an empty --destdir is refused" bad_argument "needs a directory" --destdir ""
 
 echo "$passed passed, $failed failed"
 ((failed == 0))
