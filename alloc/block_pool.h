@@ -50,6 +50,7 @@
 #include <mutex>
 #include <thread>
 
+#include "alloc/cache_line.h"
 #include "alloc/jemalloc_arena.h"
 #include "alloc/owner_counter.h"
 
@@ -68,7 +69,7 @@ inline constexpr size_t kMinChunkBytes = 64 * 1024;
 // An idle pool may keep one whole chunk as a spare; 4 MiB bounds that per pool.
 inline constexpr size_t kMaxChunkBytes = 4 * 1024 * 1024;
 // The chunk header fills one cache line so that block 0 starts on its own line.
-inline constexpr size_t kChunkHeaderBytes = 64;
+inline constexpr size_t kChunkHeaderBytes = kCacheLineBytes;
 // The tag before each block: chunk pointer plus index and check word, padded to keep blocks aligned.
 inline constexpr size_t kBlockTagBytes = 16;
 // Memory per block may exceed the block size by at most this much (the packet-memory requirement).
@@ -76,6 +77,7 @@ inline constexpr size_t kWasteBudgetPercent = 5;
 
 static_assert((kMinChunkBytes & (kMinChunkBytes - 1)) == 0 && (kMaxChunkBytes & (kMaxChunkBytes - 1)) == 0,
               "chunk sizes are powers of two: those are exact jemalloc size classes");
+static_assert(kChunkHeaderBytes % kCacheLineBytes == 0, "block 0's tag starts a line of its own");
 static_assert(kChunkHeaderBytes % kBlockAlignBytes == 0 && kBlockTagBytes % kBlockAlignBytes == 0,
               "header and tag sizes keep every block aligned");
 
@@ -289,7 +291,7 @@ class BlockPool {
   // owner never pops a single node, so there is no ABA: a pusher's CAS only ever races with other
   // pushes or with the exchange, and either way it retries against the current head.
   // On its own cache line: pushers hammer it, and the owner's fields above should not bounce.
-  alignas(64) std::atomic<void*> remote_head_{nullptr};
+  alignas(kCacheLineBytes) std::atomic<void*> remote_head_{nullptr};
 };
 
 }  // namespace alloc

@@ -17,6 +17,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "alloc/cache_line.h"
+
 struct Packet;
 struct sockTLC;
 
@@ -105,7 +107,8 @@ struct FdSlot {
   uint32_t timer_due_tick;
 };
 // What an idle keep-alive connection costs the engine (bench/idle_rss.sh): one cache line.
-static_assert(sizeof(FdSlot) == 64, "FdSlot grew past one cache line: move the field to SlotExtra");
+static_assert(sizeof(FdSlot) == alloc::kCacheLineBytes,
+              "FdSlot grew past one cache line: move the field to SlotExtra");
 
 // The errno of a failure, kept in the flags word: Linux errno values are below 4096 (the
 // kernel's MAX_ERRNO), so 12 bits above the flags hold any of them.

@@ -32,6 +32,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "alloc/cache_line.h"
 #include "engine/remote.h"
 
 namespace engine {
@@ -57,15 +58,11 @@ class Inbox {
   // owner's current or next blocking wait (an eventfd write) and may run on any thread.
   using WakeFn = void (*)(void* context);
 
-  // x86-64 cache line. Not std::hardware_destructive_interference_size: GCC warns that its
-  // value may differ between compilers, which makes it unfit for a layout in a header.
-  static constexpr std::size_t kCacheLineBytes = 64;
-
   // Nodes allocated up front. A queue node is one cache line (Boost aligns nodes to the line
   // and a RemoteCall plus the next pointer fits), so the default costs 64 KiB per reactor and
   // absorbs a burst of this many posts before any producer allocates.
   static constexpr std::size_t kDefaultCapacity = 1024;
-  static_assert(sizeof(RemoteCall) + sizeof(void*) <= kCacheLineBytes,
+  static_assert(sizeof(RemoteCall) + sizeof(void*) <= alloc::kCacheLineBytes,
                 "a queue node is expected to be one cache line");
 
   // The most calls one drain runs. It bounds how long one loop iteration spends on remote
@@ -109,7 +106,7 @@ class Inbox {
 
   // Boost keeps its head and tail on separate lines; aligning the queue keeps our own
   // fields off its first line.
-  alignas(kCacheLineBytes) boost::lockfree::queue<RemoteCall> queue_;
+  alignas(alloc::kCacheLineBytes) boost::lockfree::queue<RemoteCall> queue_;
 
   // The handshake line, touched by every post (one RMW, one load) and by the owner once per
   // loop iteration. The producer counters share it: a producer already owns the line when it
@@ -119,13 +116,13 @@ class Inbox {
   //     value is transiently negative. Zero or less never hides a counted, unrun call from
   //     may_sleep() in a way that loses a wakeup (proof in inbox.cc).
   //   sleeping_: the owner announced a blocking wait and nobody has woken it since.
-  alignas(kCacheLineBytes) std::atomic<int64_t> pending_{0};
+  alignas(alloc::kCacheLineBytes) std::atomic<int64_t> pending_{0};
   std::atomic<bool> sleeping_{false};
   std::atomic<uint64_t> posted_{0};
   std::atomic<uint64_t> wakeups_{0};
 
   // The owner's line: only the owner writes it, so producers never pull it away.
-  alignas(kCacheLineBytes) std::atomic<uint64_t> drained_{0};
+  alignas(alloc::kCacheLineBytes) std::atomic<uint64_t> drained_{0};
 };
 
 template <class F>
