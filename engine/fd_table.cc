@@ -16,7 +16,11 @@ FdSlot* fd_slot_make(int fd) {
   }
   if (FdSlot* slot = fd_slot(fd)) return slot;
   const auto ufd = static_cast<std::size_t>(fd);
-  auto* fresh = static_cast<FdSlot*>(std::calloc(kSlotsPerPage, sizeof(FdSlot)));
+  // Aligned to the slots' line (malloc promises 16 bytes only); the loop below zeroes them.
+  static_assert(kSlotsPerPage * sizeof(FdSlot) % alignof(FdSlot) == 0,
+                "aligned_alloc needs a size that is a multiple of the alignment");
+  auto* fresh =
+      static_cast<FdSlot*>(std::aligned_alloc(alignof(FdSlot), kSlotsPerPage * sizeof(FdSlot)));
   if (!fresh) {
     errno = ENOMEM;
     return nullptr;

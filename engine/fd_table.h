@@ -2,7 +2,7 @@
 // The process-wide table of per-fd state, indexed by fd number.
 //
 // Memory: the table is a fixed directory of page pointers (in .bss, untouched until used)
-// and pages of kSlotsPerPage slots allocated on first use, so a process that never opens fd
+// and pages of kSlotsPerPage slots allocated (line-aligned) on first use, so a process that never opens fd
 // 500,000 never pays for it and nothing is sized capacity x entry up front. Pages are never
 // freed (fd numbers are reused densely by the kernel).
 // Threads: fd_slot()/fd_slot_make() may be called from any thread (page installation is a
@@ -78,7 +78,10 @@ struct SlotExtra {
   uint32_t low_watermark = 0;
 };
 
-struct FdSlot {
+// One cache line, aligned to it: the owner thread writes its slots on every read and write,
+// and other threads read neighbouring slots' generation and owner to route their calls, so two
+// connections of different shards never share a line (the pages are line-aligned too).
+struct alignas(alloc::kCacheLineBytes) FdSlot {
   // Changes whenever the fd is opened or closed, so events and calls that carry an old value
   // are recognised as stale after the number is reused. Odd while the fd is open with the sock_
   // API, even otherwise: any thread can tell from this one atomic whether a call may target
@@ -109,6 +112,7 @@ struct FdSlot {
 // What an idle keep-alive connection costs the engine (bench/idle_rss.sh): one cache line.
 static_assert(sizeof(FdSlot) == alloc::kCacheLineBytes,
               "FdSlot grew past one cache line: move the field to SlotExtra");
+static_assert(alignof(FdSlot) == alloc::kCacheLineBytes, "a slot starts a cache line");
 
 // The errno of a failure, kept in the flags word: Linux errno values are below 4096 (the
 // kernel's MAX_ERRNO), so 12 bits above the flags hold any of them.
