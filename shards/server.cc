@@ -86,6 +86,11 @@ class Acceptor {
   // Bounded per wakeup (accept_batch.h), so a storm of connects cannot starve the pause timer
   // or a stop.
   void accept_waiting() {
+    // One look at each shard's load card per batch, not per connection: at most one line
+    // transfer per shard, and only when the shard published a change since the last batch.
+    if (settings_.placement == SOCK_PLACE_LEAST_LOADED) {
+      for (std::size_t i = 0; i < shards_.size(); ++i) loads_[i] = shards_[i]->load();
+    }
     shards::accept_batch(&api_, listener_, batch_, pause_, [this](int fd) {
       const std::size_t shard = pick();
       batches_[shard].push_back(fd);
@@ -112,16 +117,17 @@ class Acceptor {
   // The shard for the next connection: the next in turn, or the least loaded.
   std::size_t pick() const {
     if (settings_.placement != SOCK_PLACE_LEAST_LOADED) return next_ % shards_.size();
-    // A shard publishes its connection count once per loop iteration; connections handed to
-    // it since, still in its inbox or in this batch, count too.
+    // A shard publishes its load once per loop iteration, and loads_ holds what they said
+    // when this batch began; connections handed to a shard since its last publication (in
+    // its inbox, or earlier in this batch) count too.
     std::size_t best = 0;
-    std::size_t best_load = SIZE_MAX;
+    uint64_t best_load = UINT64_MAX;
     for (std::size_t i = 0; i < shards_.size(); ++i) {
-      const Shard& s = *shards_[i];
-      const std::size_t in_flight = handed_[i] - std::min(handed_[i], s.opened());
-      const std::size_t load = s.connections() + in_flight;
+      const Shard::Load& l = loads_[i];
+      const uint64_t in_flight = handed_[i] - std::min<uint64_t>(handed_[i], l.opened);
+      const uint64_t load = l.connections + in_flight;
       if (load < best_load ||
-          (load == best_load && s.queued_bytes() < shards_[best]->queued_bytes())) {
+          (load == best_load && l.queued_bytes < loads_[best].queued_bytes)) {
         best = i;
         best_load = load;
       }
@@ -137,7 +143,9 @@ class Acceptor {
   AcceptPause pause_;
   const unsigned batch_ = settings_.accept_batch ? settings_.accept_batch : engine::kAcceptBatch;
   std::size_t next_ = 0;  // round-robin: the shard after the last one given a connection
-  std::vector<std::size_t> handed_ = std::vector<std::size_t>(shards_.size());
+  std::vector<uint64_t> handed_ = std::vector<uint64_t>(shards_.size());
+  // Least-loaded placement: each shard's load card, copied at the start of the batch.
+  std::vector<Shard::Load> loads_ = std::vector<Shard::Load>(shards_.size());
   std::vector<std::vector<int>> batches_ = std::vector<std::vector<int>>(shards_.size());
   std::thread thread_;
 };

@@ -90,14 +90,31 @@ void Shard::run(std::latch& owned) {
   owned.count_down();  // start() returns; `owned` is gone after this
   // run_once returns -1 with errno 0 once the stop completed (the engine state stays, for
   // ~Shard to delete).
-  while (engine_->run_once(REACTOR_TICK) >= 0 || errno != 0) {}
+  while (engine_->run_once(REACTOR_TICK) >= 0 || errno != 0) publish_load();
 }
 
-std::size_t Shard::connections() const {
+void Shard::publish_load() {
   // The listener and the pause timer are attached too, but are not connections.
   const std::size_t own = listener_ >= 0 ? 2 : 0;
   const std::size_t attached = engine_->attached();
-  return attached > own ? attached - own : 0;
+  const uint64_t connections = attached > own ? attached - own : 0;
+  // Each load reads the shard's own stores back (no other thread writes the card); a store
+  // only when the figure changed leaves the acceptor's copy of the line valid while the
+  // shard's load holds still.
+  const auto publish = [](std::atomic<uint64_t>& field, uint64_t value) {
+    if (field.load(std::memory_order_relaxed) != value) {
+      field.store(value, std::memory_order_relaxed);
+    }
+  };
+  publish(load_card_.connections, connections);
+  publish(load_card_.opened, opened_);
+  publish(load_card_.queued_bytes, engine_->queued_total());
+}
+
+Shard::Load Shard::load() const {
+  return Load{.connections = load_card_.connections.load(std::memory_order_relaxed),
+              .opened = load_card_.opened.load(std::memory_order_relaxed),
+              .queued_bytes = load_card_.queued_bytes.load(std::memory_order_relaxed)};
 }
 
 void Shard::on_data(struct ::Reactor* api, int fd) {
@@ -119,7 +136,7 @@ void Shard::on_shutdown(struct ::Reactor* api, int fd) {
 
 void Shard::on_open(struct ::Reactor* api, int fd) {
   Shard* shard = of(api);
-  shard->opened_.fetch_add(1, std::memory_order_relaxed);
+  ++shard->opened_;
   if (shard->settings_.on_open) shard->settings_.on_open(api, fd);
 }
 

@@ -5,7 +5,7 @@
 //
 // Threads: construct, start() and join() from the controlling thread; everything the shard
 // owns (its reactor, the fds attached to it, its pool) is touched only by its own thread once
-// started, except through the inbox and the atomics documented below.
+// started, except through the inbox and the load card (load()).
 // Ownership: the shard owns its reactor's engine state and the reactor's inbox, both
 // destroyed with the shard, after join(): a call posted while the shard stops lands in live
 // memory and is discarded then, and the shard's counters stay readable by the other shards'
@@ -15,10 +15,12 @@
 
 #include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <latch>
 #include <memory>
 #include <thread>
 
+#include "alloc/cache_line.h"
 #include "engine/inbox.h"
 #include "engine/libreact.h"
 #include "engine/reactor.h"
@@ -47,16 +49,20 @@ class Shard {
   void join();
 
   struct ::Reactor* api() { return &api_; }
-  // Any thread: the load figures placement compares, read from the reactor's own counters
-  // (relaxed, a recent snapshot; the engine state lives as long as the shard).
-  std::size_t connections() const;
-  // Connections opened on this shard so far (through its on_open hook: handed over by the
-  // acceptor, or accepted on its own listener): the acceptor counts what it handed, so
-  // handed - opened is what is still in flight in the inbox (placement would otherwise see
-  // stale counts during a burst and pile it on one shard).
-  std::size_t opened() const { return opened_.load(std::memory_order_relaxed); }
-  // Bytes queued on the shard's connections (the engine's per-reactor total).
-  uint64_t queued_bytes() const { return engine_->queued_total(); }
+
+  // The load placement compares, as the shard last published it (publish_load()): at most
+  // one loop iteration old. Any thread; relaxed loads of the shard's load card, one cache
+  // line that only the shard's thread writes, and only when a figure changed.
+  struct Load {
+    uint64_t connections;  // open connections (the listener and the pause timer excluded)
+    // Connections opened on this shard so far (its on_open hook: handed over by the
+    // acceptor, or accepted on its own listener): the acceptor counts what it handed, so
+    // handed - opened is what is still in flight in the inbox (placement would otherwise
+    // see stale counts during a burst and pile it on one shard).
+    uint64_t opened;
+    uint64_t queued_bytes;  // bytes queued on its connections (the reactor's total)
+  };
+  Load load() const;
 
   // The shard behind a reactor pointer handed to a callback.
   static Shard* of(struct ::Reactor* api);
@@ -71,6 +77,8 @@ class Shard {
   static void on_close(struct ::Reactor* api, int fd);
   static void on_open(struct ::Reactor* api, int fd);
   void accept_own(int listener);
+  // Shard thread, once per loop iteration: stores each figure of the load card that changed.
+  void publish_load();
 
   // First member: Shard::of() maps the callbacks' reactor pointer back to the shard.
   struct ::Reactor api_;
@@ -82,8 +90,21 @@ class Shard {
   std::unique_ptr<engine::Inbox> inbox_;
   std::thread thread_;
   AcceptPause accept_pause_;
-  // Written by the shard thread, read by the acceptor for placement.
-  std::atomic<std::size_t> opened_{0};
+  // Shard thread only: the running count behind LoadCard::opened (a plain add per
+  // connection; the card gets it once per iteration).
+  uint64_t opened_ = 0;
+
+  // Written by the shard thread (relaxed stores, once per loop iteration and only for a
+  // figure that changed), read by the acceptor (one copy per accept batch). A line of its
+  // own: a store invalidates the acceptor's copy of this line and nothing else, and writes
+  // to the shard's other fields never invalidate it.
+  struct alignas(alloc::kCacheLineBytes) LoadCard {
+    std::atomic<uint64_t> connections{0};
+    std::atomic<uint64_t> opened{0};
+    std::atomic<uint64_t> queued_bytes{0};
+  };
+  static_assert(sizeof(LoadCard) == alloc::kCacheLineBytes, "the load card is one cache line");
+  LoadCard load_card_;
 };
 
 }  // namespace shards
