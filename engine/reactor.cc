@@ -6,9 +6,11 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstddef>
 #include <cstdlib>
 #include <ctime>
 #include <new>
+#include <type_traits>
 
 #include "alloc/jemalloc_arena.h"
 #include "engine/defaults.h"
@@ -67,7 +69,13 @@ Reactor* Reactor::of(struct ::Reactor* api, bool create) {
   return r;
 }
 
-Reactor::Reactor(struct ::Reactor* api) : api_(api), stop_drain_ms_(kStopDrainMs) {}
+Reactor::Reactor(struct ::Reactor* api) : api_(api), stop_drain_ms_(kStopDrainMs) {
+  // The door line (reactor.h) fits one cache line, and the owner's fields start on the next.
+  static_assert(std::is_standard_layout_v<Reactor>, "offsetof below needs standard layout");
+  static_assert(offsetof(Reactor, api_) == 0 &&
+                    offsetof(Reactor, stop_drain_ms_) == alloc::kCacheLineBytes,
+                "a field the owner writes shares the door line");
+}
 
 Reactor::~Reactor() {
   Inbox* inbox = inbox_.load(std::memory_order_acquire);
@@ -222,7 +230,9 @@ int Reactor::run_once(int timeout_ms) {
     return -1;
   }
   n = n < 0 ? 0 : n;
-  api_->last_tick = time(nullptr);
+  // Stored only when the second changes: the api struct's line is read by other threads
+  // (its _impl by the acceptor, per batch), and a store per iteration would take it from them.
+  if (const time_t now = time(nullptr); api_->last_tick != now) api_->last_tick = now;
   tick_clock();
   profile_clock_stale_ = true;
   if (profiling_on() && now_ms_ - top_refreshed_ms_ >= kTopRefreshMs) refresh_top_connections();

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "alloc/block_pool.h"
+#include "alloc/cache_line.h"
 #include "alloc/owner_counter.h"
 #include "engine/connection.h"
 #include "engine/fd_table.h"
@@ -235,15 +236,24 @@ class Reactor {
   Profile* profile_made();
   void refresh_top_connections();
 
-  struct ::Reactor* api_;
+  // The door line: set before the owner starts (init(), use_inbox(), set_on_open()) and then
+  // only read, by posters (wake(), inbox(), is_owner_thread() through pool_) and the
+  // acceptor as much as by the owner. Alone on the first cache line, so that the owner's
+  // stores to the fields below never take it away from them (the static_assert in
+  // reactor.cc checks that the owner's fields start on the next line).
+  alignas(alloc::kCacheLineBytes) struct ::Reactor* api_;
   int epoll_fd_ = -1;
   int wake_fd_ = -1;  // eventfd: wake() writes it to end a blocking wait
   // Made by the first thread that posts (inbox()); compare-and-swap with release publishes
-  // the whole object, and the owner's acquire load sees it complete.
+  // the whole object, and the owner's acquire load sees it complete. Written once.
   std::atomic<Inbox*> inbox_{nullptr};
-  bool owns_inbox_ = true;  // made by inbox(), not given to use_inbox()
+  std::unique_ptr<alloc::BlockPool> pool_;
   OpenHook on_open_ = nullptr;
-  int64_t stop_drain_ms_;
+  bool owns_inbox_ = true;  // made by inbox(), not given to use_inbox()
+
+  // From here on the owner's fields (the counters, which other threads read as relaxed
+  // snapshots for metrics, included).
+  alignas(alloc::kCacheLineBytes) int64_t stop_drain_ms_;
   // Read-modify-write, unlike the other counters: a connection moved here from another
   // reactor is detached from that one on this thread (attach()). Once per connection.
   std::atomic<std::size_t> attached_{0};
@@ -258,7 +268,6 @@ class Reactor {
   alloc::OwnerCounter trims_;
   uint64_t chunks_freed_at_trim_ = 0;
   bool keep_after_stop_ = false;
-  std::unique_ptr<alloc::BlockPool> pool_;
   // Work lists of fd_key(fd, generation) entries, so a closed-and-reused fd is skipped.
   std::vector<uint64_t> on_data_again_;
   std::vector<uint64_t> flush_;
