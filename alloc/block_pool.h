@@ -275,8 +275,10 @@ class BlockPool {
   // Taken by every call in kLocked mode; unused in kOwnerThread mode.
   mutable std::mutex mutex_;
 
-  // Owner state (kLocked: guarded by mutex_).
-  Chunk* available_ = nullptr;  // chunks with some but not all blocks free; front is used first
+  // Owner state (kLocked: guarded by mutex_). From a new cache line: the fields above are read
+  // by every thread that gives a block back or asks is_owner_thread() (routing does, per
+  // cross-thread call), and the owner writes these per packet.
+  alignas(kCacheLineBytes) Chunk* available_ = nullptr;  // chunks with some but not all blocks free; front is used first
   Chunk* spare_ = nullptr;      // at most one chunk with every block free (hysteresis)
   Chunk* all_chunks_ = nullptr;  // every chunk, for destruction
 
