@@ -1,16 +1,16 @@
 // File: engine/inbox.cc
 // Inbox: the wakeup protocol and why it neither loses nor repeats a wakeup.
 //
-// The protocol, with a name for each atomic step (all seq_cst, so they sit in one total order
-// that agrees with each thread's program order):
+// The protocol, with a name for each step (the atomic ones seq_cst, so they sit in one total
+// order that agrees with each thread's program order; D is the owner's plain counter):
 //
 //   owner, may_sleep():   S  sleeping_ = true
-//                         L  p = pending_          (true when p <= 0: the owner may block)
+//                         L  p = posted_ - drained_  (true when p <= 0: the owner may block)
 //   owner, drain_with():     sleeping_ = false, pop and run calls,
-//                         D  pending_ -= calls run
-//   producer, post(c):    U  push c                (c becomes poppable)
-//                         A  pending_ += 1
-//                         R  s = sleeping_         (skip the rest when false)
+//                         D  drained_ += calls run   (the owner's own counter)
+//   producer, post(c):    U  push c                  (c becomes poppable)
+//                         A  posted_ += 1
+//                         R  s = sleeping_           (skip the rest when false)
 //                         X  sleeping_.exchange(false); the one that sees true calls wake
 //
 // The owner blocks only after a may_sleep() that returned true, and stores nothing to
@@ -22,11 +22,11 @@
 //      only other writes before the owner's wait ends are producers' X steps; the first of them
 //      read true and called wake. Otherwise R_c reads true and X_c calls wake (or another X
 //      got there first and did).
-//   2. If A_c comes before L: every write to pending_ is a seq_cst RMW, so L reads the count
-//      of A steps before it minus the calls run by D steps (all before L: same thread).
-//      c is counted and not run, so L <= 0 needs a call c' that was run but whose A_c' comes
-//      after L, and case 1 applied to c' gives the wake. (This is why pending_ is signed:
-//      the owner can run a call before its producer counts it.)
+//   2. If A_c comes before L: every write to posted_ is a seq_cst RMW, so L's load reads the
+//      count of A steps before it; drained_ counts the calls run by D steps, all before L
+//      (same thread). c is counted and not run, so p <= 0 needs a call c' that was run but
+//      whose A_c' comes after L, and case 1 applied to c' gives the wake. (This is why p is
+//      a signed difference: the owner can run a call before its producer counts it.)
 // This is Dekker's pattern: each side writes its own variable, then reads the other's, and
 // seq_cst forbids both reads from missing both writes. With acquire/release alone, L and R_c
 // could both read the old values and the owner would sleep on a queued call.
@@ -72,9 +72,9 @@ bool Inbox::post(const RemoteCall& call) {
     // The freelist was empty and a new node could not be allocated: nothing was linked.
     return false;
   }
-  posted_.fetch_add(1, std::memory_order_relaxed);
   // A, then R: seq_cst both, the producer half of the Dekker pair with may_sleep()'s S, L.
-  pending_.fetch_add(1, std::memory_order_seq_cst);
+  // The one count per post: counters().posted reads this counter, so statistics cost no RMW.
+  posted_.fetch_add(1, std::memory_order_seq_cst);
   if (sleeping_.load(std::memory_order_seq_cst) &&
       sleeping_.exchange(false, std::memory_order_seq_cst)) {  // X: one winner per sleep
     wakeups_.fetch_add(1, std::memory_order_relaxed);
@@ -86,7 +86,8 @@ bool Inbox::post(const RemoteCall& call) {
 bool Inbox::may_sleep() {
   // S, then L: the owner half of the Dekker pair with post()'s A, R.
   sleeping_.store(true, std::memory_order_seq_cst);
-  if (pending_.load(std::memory_order_seq_cst) > 0) {
+  const uint64_t counted = posted_.load(std::memory_order_seq_cst);
+  if (static_cast<int64_t>(counted - drained_.load(std::memory_order_relaxed)) > 0) {
     // Not sleeping after all. Relaxed: this store only saves producers a wakeup; a wakeup
     // that got in before it costs one idle loop iteration (see the banner).
     sleeping_.store(false, std::memory_order_relaxed);

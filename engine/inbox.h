@@ -14,7 +14,7 @@
 //                                empty (then it allocates).
 //   drain_with(), may_sleep()    the owner thread only: one consumer at a time, ever.
 //   counters()                   any thread; a snapshot of relaxed counters, not mutually
-//                                consistent while producers run.
+//                                consistent while producers or the owner run.
 //   constructor, destructor      not concurrent with anything else.
 // Order: calls from one producer run in the order that producer posted them (the queue is FIFO
 // overall; across producers the order is whatever order their pushes linearised in).
@@ -109,16 +109,15 @@ class Inbox {
   alignas(alloc::kCacheLineBytes) boost::lockfree::queue<RemoteCall> queue_;
 
   // The handshake line, touched by every post (one RMW, one load) and by the owner once per
-  // loop iteration. The producer counters share it: a producer already owns the line when it
-  // bumps them, so they cost no extra transfer.
-  //   pending_: calls counted by producers (after their push) minus calls the owner ran.
-  //     Signed: the owner can pop and run a call before its producer counted it, so the
-  //     value is transiently negative. Zero or less never hides a counted, unrun call from
-  //     may_sleep() in a way that loses a wakeup (proof in inbox.cc).
+  // loop iteration (one load). The wakeup counter shares it: a producer already owns the line
+  // when it bumps it, and only the producer that wakes the owner does.
+  //   posted_: calls counted by producers, each after its push. The owner's view of what is
+  //     pending is posted_ - drained_, which is transiently negative: the owner can pop and
+  //     run a call before its producer counted it. Zero or less never hides a counted, unrun
+  //     call from may_sleep() in a way that loses a wakeup (proof in inbox.cc).
   //   sleeping_: the owner announced a blocking wait and nobody has woken it since.
-  alignas(alloc::kCacheLineBytes) std::atomic<int64_t> pending_{0};
+  alignas(alloc::kCacheLineBytes) std::atomic<uint64_t> posted_{0};
   std::atomic<bool> sleeping_{false};
-  std::atomic<uint64_t> posted_{0};
   std::atomic<uint64_t> wakeups_{0};
 
   // The owner's line: only the owner writes it, so producers never pull it away.
@@ -142,10 +141,8 @@ std::size_t Inbox::drain_with(F&& run) {
     ++ran;
   }
   if (ran > 0) {
-    // seq_cst like the producers' increments, so may_sleep()'s load reads a value that
-    // already subtracts every call run here (the proof in inbox.cc counts them).
-    pending_.fetch_sub(static_cast<int64_t>(ran), std::memory_order_seq_cst);
-    // One writer: a load and a store, no locked RMW.
+    // D. One writer: a load and a store, no locked RMW, on the owner's own line. may_sleep()
+    // runs on this thread, so it sees every call run here without any ordering.
     drained_.store(drained_.load(std::memory_order_relaxed) + ran, std::memory_order_relaxed);
   }
   return ran;
