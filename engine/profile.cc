@@ -12,15 +12,14 @@
 namespace engine {
 namespace internal {
 
-std::atomic<bool> g_profiling{false};
-std::atomic<uint32_t> g_profiling_epoch{0};
+ProfilingSwitch g_profiling;
 
 namespace {
 // LIBSOCK_PROFILE=1 (any value but empty or "0") switches profiling on before main().
 const bool g_from_environment = [] {
   const char* v = std::getenv("LIBSOCK_PROFILE");
   const bool on = v && *v && std::strcmp(v, "0") != 0;
-  if (on) g_profiling.store(true, std::memory_order_relaxed);
+  if (on) g_profiling.on.store(true, std::memory_order_relaxed);
   return on;
 }();
 }  // namespace
@@ -30,8 +29,8 @@ const bool g_from_environment = [] {
 void set_profiling(bool on) {
   // The epoch moves before the switch goes on, so a hook that sees it on sees the new epoch
   // too (or, racing, records one observation against the old state).
-  if (on && !profiling_on()) internal::g_profiling_epoch.fetch_add(1, std::memory_order_relaxed);
-  internal::g_profiling.store(on, std::memory_order_relaxed);
+  if (on && !profiling_on()) internal::g_profiling.epoch.fetch_add(1, std::memory_order_relaxed);
+  internal::g_profiling.on.store(on, std::memory_order_relaxed);
 }
 
 void Profile::restart(uint32_t epoch) {

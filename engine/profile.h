@@ -25,6 +25,7 @@
 #include <mutex>
 #include <vector>
 
+#include "alloc/cache_line.h"
 #include "engine/histogram.h"
 
 namespace engine {
@@ -32,17 +33,24 @@ namespace engine {
 class Reactor;
 
 namespace internal {
-extern std::atomic<bool> g_profiling;
-extern std::atomic<uint32_t> g_profiling_epoch;
+// Read by every reactor per request, written only when profiling is switched: one cache line
+// of their own, so no neighbouring global written by some other thread can take it away from
+// the readers (in .bss the linker may put anything beside them).
+struct alignas(alloc::kCacheLineBytes) ProfilingSwitch {
+  std::atomic<bool> on{false};
+  std::atomic<uint32_t> epoch{0};
+};
+static_assert(sizeof(ProfilingSwitch) == alloc::kCacheLineBytes);
+extern ProfilingSwitch g_profiling;
 }  // namespace internal
 
 // The process-wide switch. Relaxed: a hook that sees the old value for a moment records one
 // observation more or less, nothing else depends on it.
-inline bool profiling_on() { return internal::g_profiling.load(std::memory_order_relaxed); }
+inline bool profiling_on() { return internal::g_profiling.on.load(std::memory_order_relaxed); }
 // Counts the times profiling was switched on: a Profile made in an earlier epoch forgets its
 // per-connection state (connections opened, queued and closed while nobody recorded them).
 inline uint32_t profiling_epoch() {
-  return internal::g_profiling_epoch.load(std::memory_order_relaxed);
+  return internal::g_profiling.epoch.load(std::memory_order_relaxed);
 }
 void set_profiling(bool on);
 
