@@ -79,14 +79,30 @@ bool release_thread_memory() {
     errno = rc;
     ok = false;
   }
+  const std::optional<unsigned> arena = calling_thread_arena();
+  return arena && purge_arena(*arena) && ok;
+}
+
+std::optional<unsigned> calling_thread_arena() {
   unsigned arena = 0;
   size_t arena_len = sizeof(arena);
-  rc = mallctl("thread.arena", &arena, &arena_len, nullptr, 0);
+  const int rc = mallctl("thread.arena", &arena, &arena_len, nullptr, 0);
+  if (rc != 0) {
+    errno = rc;
+    return std::nullopt;
+  }
+  return arena;
+}
+
+bool JemallocArena::bind_calling_thread() const {
+  assert(index_ != kNoArena);
+  unsigned arena = index_;
+  const int rc = mallctl("thread.arena", nullptr, nullptr, &arena, sizeof(arena));
   if (rc != 0) {
     errno = rc;
     return false;
   }
-  return purge_arena(arena) && ok;
+  return true;
 }
 
 bool JemallocArena::purge() const {

@@ -20,11 +20,16 @@
 namespace alloc {
 
 // The calling thread's share of the process's malloc memory, back to the kernel: flushes its
-// thread cache ("thread.tcache.flush") and purges the automatic arena it allocates from
-// ("thread.arena", then "arena.<i>.purge"). For a thread going idle after freeing a lot: jemalloc
+// thread cache ("thread.tcache.flush") and purges the arena it allocates from ("thread.arena":
+// an automatic one, or the one bind_calling_thread() gave it; then "arena.<i>.purge"). For a thread going idle after freeing a lot: jemalloc
 // without background threads purges an arena only while it is used. false with errno set if
 // jemalloc refused a step.
 bool release_thread_memory();
+
+// The arena the calling thread's malloc calls use (mallctl "thread.arena"): an automatic one
+// that jemalloc picked, or one bound with bind_calling_thread(). nullopt with errno set if
+// jemalloc refused.
+std::optional<unsigned> calling_thread_arena();
 
 class JemallocArena {
  public:
@@ -78,6 +83,14 @@ class JemallocArena {
   // "arena.<i>.purge"), instead of when decay next runs: decay only runs when the arena is
   // used, so an idle arena would keep them. false with errno set if jemalloc refused.
   bool purge() const;
+
+  // From now on the calling thread's malloc, new and free use this arena (mallctl
+  // "thread.arena"; its thread cache stays as configured): a thread that allocates on every
+  // request (a shard) then never takes an arena lock another such thread takes, whatever
+  // jemalloc's automatic assignment would have done. Memory allocated before stays where it
+  // is. Thread: the thread to bind; the arena must never be destroyed while a thread uses it.
+  // false with errno set if jemalloc refused.
+  bool bind_calling_thread() const;
 
   // What an allocation of `size` bytes aligned to `align` really takes (nallocx): the size class.
   static size_t usable_size(size_t size, size_t align);

@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <optional>
+#include <thread>
 #include <utility>
 
 #include "gtest/gtest.h"
@@ -88,6 +89,25 @@ TEST(JemallocArenaTest, DestroyedArenasAreRecycledSoTheLimitIsNeverReached) {
     ASSERT_TRUE(arena.has_value()) << "arena " << i << ": errno " << errno;
     ASSERT_TRUE(arena->destroy());
   }
+}
+
+TEST(JemallocArenaTest, BoundThreadAllocatesFromTheArena) {
+  JemallocArena arena = make_arena();
+  const std::optional<unsigned> before = calling_thread_arena();
+  ASSERT_TRUE(before.has_value());
+  ASSERT_NE(*before, arena.index());
+  // On a thread of its own: the test thread keeps its arena, and this one is never destroyed
+  // (a thread that used it may have left memory in it).
+  std::thread([&arena] {
+    ASSERT_TRUE(arena.bind_calling_thread());
+    EXPECT_EQ(calling_thread_arena(), arena.index());
+    // jemalloc's own allocator, which the sanitizers do not replace as they do malloc.
+    void* p = mallocx(64, MALLOCX_TCACHE_NONE);
+    ASSERT_NE(p, nullptr);
+    EXPECT_EQ(arena_of(p), arena.index());
+    dallocx(p, MALLOCX_TCACHE_NONE);
+  }).join();
+  EXPECT_EQ(calling_thread_arena(), before);
 }
 
 TEST(JemallocArenaTest, MovedArenaKeepsItsIndex) {
