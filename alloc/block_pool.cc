@@ -8,6 +8,7 @@
 #include <cassert>
 #include <cerrno>
 #include <cstdarg>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -33,9 +34,11 @@ namespace internal {
 // The chunk header. Everything but `pool` belongs to the owner thread (kLocked: to mutex_).
 // `pool` is written when the chunk is made and when a destroyed pool leaks the chunk; other threads
 // read it in give_back, which the destructor's contract orders before or after that second write.
-struct alignas(kChunkHeaderBytes) Chunk {
-  BlockPool* pool;     // nullptr once the pool is gone and the chunk is leaked
-  uint64_t free_mask;  // bit i set: block i is free
+struct alignas(kCacheLineBytes) Chunk {
+  BlockPool* pool;  // nullptr once the pool is gone and the chunk is leaked
+  // The owner's line: written per block checked out or returned, so a thread giving a block
+  // back (which reads `pool`) does not find its line taken away by the owner's writes.
+  alignas(kCacheLineBytes) uint64_t free_mask;  // bit i set: block i is free
   Chunk* prev;         // BlockPool::available_ list; both nullptr when not on it
   Chunk* next;
   Chunk* all_prev;  // BlockPool::all_chunks_ list
@@ -61,7 +64,9 @@ static_assert(sizeof(Chunk) == kChunkHeaderBytes, "header must fill exactly what
 static_assert(sizeof(BlockTag) == kBlockTagBytes, "tag must fill exactly what the geometry reserves");
 static_assert(std::atomic<std::thread::id>::is_always_lock_free, "owner check must be a plain load");
 
-// Chunks are aligned for their header, which then sits on one cache line.
+static_assert(offsetof(Chunk, free_mask) == kCacheLineBytes, "the pool pointer has its line alone");
+
+// Chunks are aligned for their header, which then sits on whole cache lines.
 constexpr size_t kChunkAlignBytes = alignof(Chunk);
 // A remotely returned block carries the stack link in its first bytes.
 constexpr size_t kLinkBytes = sizeof(void*);

@@ -16,8 +16,8 @@
 //   A = kChunkHeaderBytes; stride = stride_bytes(block_bytes) = kBlockTagBytes + block_bytes rounded
 //   up to kBlockAlignBytes; n = blocks_per_chunk; the tail is too short for another block.
 //
-// The header holds the owning pool, a 64-bit free mask (bit i set = block i free) and the list
-// links. Each block is preceded by a tag naming its chunk and index, which is how the static
+// The header holds the owning pool (on a line of its own, read by other threads) and, on the next
+// line, a 64-bit free mask (bit i set = block i free) and the list links. Each block is preceded by a tag naming its chunk and index, which is how the static
 // `give_back(block)` finds the owning pool without knowing any pool's geometry. (Aligning chunks to
 // their size and masking the block address would need the chunk size, which differs between
 // pools, and guessing it would read memory that may belong to someone else.)
@@ -68,8 +68,10 @@ inline constexpr size_t kMaxBlocksPerChunk = 64;
 inline constexpr size_t kMinChunkBytes = 64 * 1024;
 // An idle pool may keep one whole chunk as a spare; 4 MiB bounds that per pool.
 inline constexpr size_t kMaxChunkBytes = 4 * 1024 * 1024;
-// The chunk header fills one cache line so that block 0 starts on its own line.
-inline constexpr size_t kChunkHeaderBytes = kCacheLineBytes;
+// The chunk header fills two cache lines: the owning pool alone on the first (other threads read
+// it in give_back), the owner's free mask and list links on the second (written per block), and
+// block 0 starts on a line of its own.
+inline constexpr size_t kChunkHeaderBytes = 2 * kCacheLineBytes;
 // The tag before each block: chunk pointer plus index and check word, padded to keep blocks aligned.
 inline constexpr size_t kBlockTagBytes = 16;
 // Memory per block may exceed the block size by at most this much (the packet-memory requirement).
