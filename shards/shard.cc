@@ -59,7 +59,12 @@ void give_back_arena(alloc::JemallocArena arena) {
 }  // namespace
 
 Shard::Shard(const SockServerSettings& settings, int index, int listener, SockServer* server)
-    : api_{}, settings_(settings), index_(index), listener_(listener), server_(server) {
+    : api_{},
+      settings_(settings),
+      index_(index),
+      listener_(listener),
+      server_(server),
+      publishes_load_(listener < 0 && settings.placement == SOCK_PLACE_LEAST_LOADED) {
   // The callbacks the user gave, except on_data, on_shutdown and on_close, which the shard
   // wraps: on_data to accept on its own listener, all three to keep the listener and the
   // accept-pause timer (attached to this reactor too) away from the user's callbacks.
@@ -138,7 +143,9 @@ void Shard::run(std::latch& owned) {
   owned.count_down();  // start() returns; `owned` is gone after this
   // run_once returns -1 with errno 0 once the stop completed (the engine state stays, for
   // ~Shard to delete).
-  while (engine_->run_once(REACTOR_TICK) >= 0 || errno != 0) publish_load();
+  while (engine_->run_once(REACTOR_TICK) >= 0 || errno != 0) {
+    if (publishes_load_) publish_load();
+  }
   // The thread ends here; what it allocated stays valid in the arena, which the next shard
   // thread may take up.
   if (arena) give_back_arena(std::move(*arena));

@@ -52,7 +52,9 @@ class Shard {
 
   // The load placement compares, as the shard last published it (publish_load()): at most
   // one loop iteration old. Any thread; relaxed loads of the shard's load card, one cache
-  // line that only the shard's thread writes, and only when a figure changed.
+  // line that only the shard's thread writes, and only when a figure changed. Published only
+  // where something reads it (least-loaded placement by the acceptor thread); all zero
+  // elsewhere.
   struct Load {
     uint64_t connections;  // open connections (the listener and the pause timer excluded)
     // Connections opened on this shard so far (its on_open hook: handed over by the
@@ -93,6 +95,9 @@ class Shard {
   // Shard thread only: the running count behind LoadCard::opened (a plain add per
   // connection; the card gets it once per iteration).
   uint64_t opened_ = 0;
+  // Least-loaded placement by the acceptor thread, the card's only reader: other shards skip
+  // publish_load() and its loads.
+  bool publishes_load_;
 
   // Written by the shard thread (relaxed stores, once per loop iteration and only for a
   // figure that changed), read by the acceptor (one copy per accept batch). A line of its
