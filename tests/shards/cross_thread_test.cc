@@ -409,10 +409,15 @@ TEST_F(CrossThreadTest, PacketFreedOnTestThreadReturnsToItsShardsPool) {
     ASSERT_EQ(sock_pool_stats(nullptr, &fallback_before), 0);
 
     sock_free_packet(g->packet[kk].exchange(nullptr));
-    // The first snapshot may run in the iteration that was asleep when the packet came back;
-    // the loop iteration after it drained the returned blocks first.
-    snapshot(k);
-    const SockPoolStats after = snapshot(k);
+    // The owner drains returned blocks at the top of a loop iteration. A snapshot may be
+    // served by the iteration that was running when the packet came back, and so may the
+    // next one: the iteration's again-list reads the next control byte if it arrived in
+    // time (a loaded machine, TSan). So ask until a snapshot sees the return.
+    SockPoolStats after{};
+    ASSERT_TRUE(wait_for([&] {
+      after = snapshot(k);
+      return after.returns != before.returns;
+    }));
     EXPECT_EQ(after.returns, before.returns + 1) << "shard " << k;
     EXPECT_EQ(after.checkouts, before.checkouts) << "shard " << k;
     expect_pool_settled(after, k);
