@@ -132,11 +132,11 @@ void log_failure(const SockTLS& tls, int fd) {
   if (tls.log) tls.log(fd, last_error.c_str(), tls.log_udata);
 }
 
-void retain(SockTLS* tls) { tls->refs.fetch_add(1, std::memory_order_relaxed); }
+void retain(SockTLS* tls) { tls->refs.count.fetch_add(1, std::memory_order_relaxed); }
 
 void release(SockTLS* tls) {
   // acq_rel: the last owner sees every other owner's use of the contexts before freeing.
-  if (tls->refs.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+  if (tls->refs.count.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
   for (SSL_CTX* ctx : tls->sni_contexts) SSL_CTX_free(ctx);
   SSL_CTX_free(tls->ctx);
   delete tls;

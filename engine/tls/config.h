@@ -2,7 +2,7 @@
 // What a struct SockTLS (sock_tls.h) holds, for the connection layer (layer.cc): the SSL_CTX
 // of each certificate, the ALPN list, the handshake deadline, the ticket keys and the log.
 // Threads: built by one thread, then read-only but for the reference count and the ticket
-// keys (ticket_keys.h: locked). Errors: set_error() keeps the reason for sock_tls_error().
+// keys (ticket_keys.h). Errors: set_error() keeps the reason for sock_tls_error().
 #ifndef ENGINE_TLS_CONFIG_H_
 #define ENGINE_TLS_CONFIG_H_
 
@@ -12,11 +12,24 @@
 #include <string>
 #include <vector>
 
+#include "engine/tls/cache_line.h"
 #include "engine/tls/sock_tls.h"
 #include "engine/tls/ticket_keys.h"
 
+namespace tls {
+
+// The creator's reference plus one per connection with the layer. Every shard changes it at
+// each connection's start and end, so it has a cache line of its own: the members after it,
+// read at each connection's start (ctx, sni_contexts, alpn), then stay in every shard's cache.
+struct alignas(kCacheLineBytes) RefCount {
+  std::atomic<int> count{1};
+};
+static_assert(sizeof(RefCount) == kCacheLineBytes, "the reference count fills its line alone");
+
+}  // namespace tls
+
 struct SockTLS {
-  std::atomic<int> refs{1};  // the creator's, plus one per connection with the layer
+  tls::RefCount refs;  // first: the members below start on the next line
   bool server = false;
   SSL_CTX* ctx = nullptr;             // the first certificate's (server) or the client's
   std::vector<SSL_CTX*> sni_contexts; // sock_tls_add_certificate, matched by SNI name

@@ -1,7 +1,7 @@
 #include "engine/tls/record.h"
 
+#include <openssl/core_names.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
 
 #include <cstring>
 #include <memory>
@@ -20,8 +20,42 @@ constexpr AeadInfo kAeadInfo[kAeads] = {
     {"AES-128-GCM", 16}, {"AES-256-GCM", 32}, {"ChaCha20-Poly1305", 32}};
 static_assert(sizeof(TrafficKeys::key) >= 32 && sizeof(TrafficKeys::iv) == kIvBytes);
 
-const EVP_MD* digest(const RecordKeys& keys) {
-  return keys.hash_len == 48 ? EVP_sha384() : EVP_sha256();
+// The suites' hashes (aead_of_suite gives a hash_len of 32 or 48), by EVP_MD_fetch's names.
+struct HashInfo {
+  uint8_t len;
+  const char* name;
+};
+constexpr HashInfo kHashInfo[] = {{32, "SHA256"}, {48, "SHA384"}};
+constexpr std::size_t kHashes = sizeof kHashInfo / sizeof kHashInfo[0];
+
+// HMAC with a suite's hash, for HKDF: one context per hash and thread, given its digest once,
+// and keyed anew for each derivation. HMAC() would fetch the MAC and the digest from the
+// provider store (a process-wide lock and shared reference counts) at every call; the MAC is
+// fetched once, as the ciphers are below.
+EVP_MAC_CTX* hmac_context(uint8_t hash_len) {
+  struct Contexts {
+    EVP_MAC_CTX* ctx[kHashes] = {};
+    ~Contexts() {
+      for (EVP_MAC_CTX* c : ctx) EVP_MAC_CTX_free(c);
+    }
+  };
+  static EVP_MAC* const hmac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
+  thread_local Contexts contexts;
+  std::size_t i = 0;
+  while (i < kHashes && kHashInfo[i].len != hash_len) ++i;
+  if (i == kHashes || !hmac) return nullptr;
+  if (!contexts.ctx[i]) {
+    EVP_MAC_CTX* c = EVP_MAC_CTX_new(hmac);
+    OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(
+                               OSSL_MAC_PARAM_DIGEST, const_cast<char*>(kHashInfo[i].name), 0),
+                           OSSL_PARAM_construct_end()};
+    if (c && EVP_MAC_CTX_set_params(c, params) == 1) {
+      contexts.ctx[i] = c;
+    } else {
+      EVP_MAC_CTX_free(c);
+    }
+  }
+  return contexts.ctx[i];
 }
 
 // HKDF-Expand-Label(secret, label, "", out_len) (RFC 8446 7.1). out_len never exceeds the
@@ -42,9 +76,13 @@ bool expand_label(const RecordKeys& keys, const uint8_t* secret, const char* lab
   n += std::strlen(label);
   info[n++] = 0;  // an empty context
   info[n++] = 1;  // the HKDF block counter
+  EVP_MAC_CTX* mac = hmac_context(keys.hash_len);
   uint8_t block[EVP_MAX_MD_SIZE];
-  unsigned block_len = 0;
-  if (!HMAC(digest(keys), secret, static_cast<int>(keys.hash_len), info, n, block, &block_len)) {
+  std::size_t block_len = 0;
+  // A key with no parameters: the context keeps its digest and only takes the new key.
+  if (!mac || EVP_MAC_init(mac, secret, keys.hash_len, nullptr) != 1 ||
+      EVP_MAC_update(mac, info, n) != 1 ||
+      EVP_MAC_final(mac, block, &block_len, sizeof block) != 1) {
     return false;
   }
   std::memcpy(out, block, out_len);

@@ -12,6 +12,8 @@
 namespace tls {
 namespace {
 
+std::atomic<uint64_t> next_id{1};  // 0 marks an empty copy
+
 int64_t now_s() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -32,6 +34,29 @@ int use_key(const unsigned char* aes, const unsigned char* hmac, unsigned char* 
 }
 
 }  // namespace
+
+// One thread's copies, replaced in turn when it serves more than kThreadCopies
+// configurations; a copy's key bytes are wiped when it is replaced and at the thread's exit.
+struct TicketKeys::ThreadCopies {
+  Copy copies[kThreadCopies];
+  std::size_t next_replaced = 0;
+
+  ~ThreadCopies() {
+    for (Copy& c : copies) OPENSSL_cleanse(&c, sizeof c);
+  }
+  // owner's copy, or an emptied one to fill.
+  Copy* find(uint64_t owner) {
+    for (Copy& c : copies) {
+      if (c.owner == owner) return &c;
+    }
+    Copy& c = copies[next_replaced++ % kThreadCopies];
+    OPENSSL_cleanse(&c, sizeof c);
+    c = Copy{};
+    return &c;
+  }
+};
+
+TicketKeys::TicketKeys() : id_(next_id.fetch_add(1, std::memory_order_relaxed)) {}
 
 int TicketKeys::callback(SSL* ssl, unsigned char name[16], unsigned char iv[EVP_MAX_IV_LENGTH],
                          EVP_CIPHER_CTX* cipher, EVP_MAC_CTX* mac, int encrypt) {
@@ -54,8 +79,11 @@ bool TicketKeys::make_current_locked(int64_t now) {
   }
   fresh.born_s = now;
   fresh.set = true;
-  previous_ = current_;
-  current_ = fresh;
+  keys_.previous = keys_.current;
+  keys_.current = fresh;
+  OPENSSL_cleanse(&fresh, sizeof fresh);
+  // Under the mutex, so one writer: every thread's next handshake sees its copy is old.
+  generation_.store(generation_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
   return true;
 }
 
@@ -64,40 +92,48 @@ bool TicketKeys::rotate() {
   return make_current_locked(now_s());
 }
 
+const TicketKeys::Keys* TicketKeys::thread_copy(int64_t now, bool issuing) {
+  thread_local ThreadCopies thread_copies;
+  Copy* copy = thread_copies.find(id_);
+  const auto due = [now](const Key& k) {
+    return !k.set || now - k.born_s >= SOCK_TLS_TICKET_KEY_S;
+  };
+  if (copy->owner == id_ && copy->generation == generation_.load(std::memory_order_acquire) &&
+      !(issuing && due(copy->keys.current))) {
+    return &copy->keys;
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  // Checked again here: another thread may have rotated since, and rotating twice would
+  // drop a previous key that still has tickets out.
+  if (issuing && due(keys_.current) && !make_current_locked(now)) return nullptr;
+  copy->owner = id_;
+  copy->generation = generation_.load(std::memory_order_relaxed);
+  copy->keys = keys_;
+  return &copy->keys;
+}
+
 int TicketKeys::encrypt(unsigned char name[16], unsigned char* iv, EVP_CIPHER_CTX* cipher,
                         EVP_MAC_CTX* mac) {
-  Key key;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    const int64_t now = now_s();
-    if ((!current_.set || now - current_.born_s >= SOCK_TLS_TICKET_KEY_S) &&
-        !make_current_locked(now)) {
-      return -1;
-    }
-    key = current_;
-  }
+  const Keys* keys = thread_copy(now_s(), true);
+  if (!keys) return -1;
   if (RAND_bytes(iv, 16) != 1) return -1;  // an AES-CBC IV
-  std::memcpy(name, key.name, sizeof key.name);
-  return use_key(key.aes, key.hmac, iv, cipher, mac, 1);
+  std::memcpy(name, keys->current.name, sizeof keys->current.name);
+  return use_key(keys->current.aes, keys->current.hmac, iv, cipher, mac, 1);
 }
 
 int TicketKeys::decrypt(const unsigned char name[16], unsigned char* iv, EVP_CIPHER_CTX* cipher,
                         EVP_MAC_CTX* mac) {
-  Key key;
-  int found = 0;  // 1: the current key, 2: the previous one (the ticket is renewed)
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    const int64_t now = now_s();
-    for (const Key* k : {&current_, &previous_}) {
-      if (k->set && std::memcmp(k->name, name, sizeof k->name) == 0 &&
-          now - k->born_s < 2 * SOCK_TLS_TICKET_KEY_S) {
-        key = *k;
-        found = k == &current_ ? 1 : 2;
-      }
+  const int64_t now = now_s();
+  const Keys* keys = thread_copy(now, false);
+  for (const Key* k : {&keys->current, &keys->previous}) {
+    if (k->set && std::memcmp(k->name, name, sizeof k->name) == 0 &&
+        now - k->born_s < 2 * SOCK_TLS_TICKET_KEY_S) {
+      // 1: the current key, 2: the previous one (the ticket is renewed)
+      const int found = k == &keys->current ? 1 : 2;
+      return use_key(k->aes, k->hmac, iv, cipher, mac, 0) < 0 ? -1 : found;
     }
   }
-  if (!found) return 0;
-  return use_key(key.aes, key.hmac, iv, cipher, mac, 0) < 0 ? -1 : found;
+  return 0;
 }
 
 }  // namespace tls

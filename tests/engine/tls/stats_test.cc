@@ -1,12 +1,16 @@
 // engine/tls/stats.cc: sock_tls_stats and sock_tls_metrics (the buffer rules of snprintf, the
-// families, a histogram consistent with the handshake counter) following real handshakes.
+// families, a histogram consistent with the handshake counter) following real handshakes, and
+// the per-thread blocks they sum (counted directly through stats.h).
 #include <gtest/gtest.h>
 
 #include <cerrno>
+#include <latch>
 #include <string>
+#include <thread>
 
 #include "engine/libsock.h"
 #include "engine/tls/sock_tls.h"
+#include "engine/tls/stats.h"
 #include "tests/engine/tls/tls_fixture.h"
 #include "tests/testing/metrics_text.h"
 #include "tests/testing/run_until.h"
@@ -60,6 +64,58 @@ TEST(StatsTest, MetricsHaveEveryFamily) {
                            "\nlibsock_tls_handshake_failures_total{reason=\"closed\"} "}) {
     EXPECT_NE(text.find(line), std::string::npos) << line << "in\n" << text;
   }
+}
+
+SockTLSStats stats_now() {
+  SockTLSStats s{};
+  EXPECT_EQ(sock_tls_stats(&s), 0);
+  return s;
+}
+
+// Two threads count into blocks of their own. The sums are exact while both threads live,
+// and after they exit: a connection opened on one thread and cleared on the other nets to
+// zero (the second block's share of `open` is -1), and the histogram sums the blocks too.
+TEST(StatsTest, CountsFromTwoThreadsSumExactlyAndSurviveTheirExit) {
+  constexpr uint64_t kPerThread = 1000;
+  constexpr uint64_t kMicros = 100;  // in the first bucket, le="0.00025"
+  const SockTLSStats before = stats_now();
+  const std::string bucket = "libsock_tls_handshake_seconds_bucket{le=\"0.00025\"}";
+  const double bucket_before = series_value(metrics_text(), bucket);
+  std::latch counted(2), read(1);
+  auto work = [&](int opened) {
+    for (uint64_t i = 0; i < kPerThread; ++i) {
+      tls::count_handshake(i % 2 == 0, kMicros);
+      tls::count_failure(SOCK_TLS_FAIL_TIMEOUT);
+      tls::count_record_failure();
+    }
+    for (int i = 0; i < opened; ++i) tls::count_open(1);
+    if (opened == 0) tls::count_open(-1);  // one of the other thread's connections
+    counted.count_down();
+    read.wait();  // the block stays live until the test has read it
+  };
+  std::thread a(work, 2), b(work, 0);
+
+  const auto expect_sums = [&](const char* when) {
+    SCOPED_TRACE(when);
+    const SockTLSStats s = stats_now();
+    EXPECT_EQ(s.handshakes - before.handshakes, 2 * kPerThread);
+    EXPECT_EQ(s.resumed - before.resumed, kPerThread);
+    EXPECT_EQ(s.handshake_us_sum - before.handshake_us_sum, 2 * kPerThread * kMicros);
+    EXPECT_EQ(s.failures[SOCK_TLS_FAIL_TIMEOUT] - before.failures[SOCK_TLS_FAIL_TIMEOUT],
+              2 * kPerThread);
+    EXPECT_EQ(s.records_failed - before.records_failed, 2 * kPerThread);
+    EXPECT_EQ(s.open, before.open + 1);
+    EXPECT_EQ(series_value(metrics_text(), bucket) - bucket_before,
+              static_cast<double>(2 * kPerThread));
+  };
+  counted.wait();
+  expect_sums("both threads live");
+  read.count_down();
+  a.join();
+  b.join();
+  expect_sums("both threads exited");
+  tls::count_open(-1);  // the last of thread a's connections, cleared here
+  EXPECT_EQ(stats_now().open, before.open);
 }
 
 class StatsFixture : public TlsFixture {};

@@ -165,8 +165,28 @@ TEST_P(TicketKeysTest, RotationKeepsThePreviousKeyOnly) {
   EXPECT_EQ(request(server.port(), renewed.get()), "resumed=1;");
 }
 
+// Each reactor thread handshakes with its own copy of the keys; a rotation made on another
+// thread (here the test's) reaches every copy by that thread's next handshake. After one
+// rotation, a ticket that reactor a issues under the new key resumes on b, whose copy held
+// only the keys before it; after a second, a's first ticket resumes on neither.
+TEST_P(TicketKeysTest, RotationOnOneThreadReachesAnotherThreadsNextHandshake) {
+  ServerThread a(tls_), b(tls_);
+  Session first;
+  EXPECT_EQ(request(a.port(), nullptr, &first), "resumed=0;");
+  EXPECT_EQ(request(b.port(), first.get()), "resumed=1;");  // b has a copy of the same key
+  ASSERT_EQ(sock_tls_rotate_ticket_keys(tls_), 0);
+  Session fresh;
+  EXPECT_EQ(request(a.port(), nullptr, &fresh), "resumed=0;");
+  EXPECT_EQ(request(b.port(), fresh.get()), "resumed=1;");
+  ASSERT_EQ(sock_tls_rotate_ticket_keys(tls_), 0);
+  EXPECT_EQ(request(b.port(), first.get()), "resumed=0;");
+  EXPECT_EQ(request(a.port(), first.get()), "resumed=0;");
+  EXPECT_EQ(request(a.port(), fresh.get()), "resumed=1;");
+}
+
 // Rotations from another thread while two reactors issue and decrypt tickets: every
-// connection is served, whether it resumed or not (the keys are one mutex's; TSan checks it).
+// connection is served, whether it resumed or not (the shared keys and each thread's copy of
+// them; TSan checks it).
 TEST_P(TicketKeysTest, RotationWhileHandshakingIsSafe) {
   ServerThread a(tls_), b(tls_);
   std::atomic<bool> done{false};
