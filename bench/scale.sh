@@ -12,7 +12,9 @@
 # Each run warms up for $WARMUP s and measures $SECS s; rounds interleave the variants (their
 # order rotates) so drift on a noisy machine hits all alike, and the table gives the median
 # (min-max) of requests/s, the median (min) CPU per request (the whole process's user + system
-# CPU, clients included, over the measured interval) and each shard's mean requests/s.
+# CPU, clients included, over the measured interval), the median cores the process used (CPU
+# seconds per second: a closed system is CPU-bound, so under N means other processes had the
+# CPUs, and the speedup is the machine's, not the engine's) and each shard's mean requests/s.
 # Then the cross/local ratio of CPU per request for each N >= 2, and (CALLGRIND=1, the default)
 # user-space instructions per request of local ping-pong at N = 1 and N = 2 under callgrind:
 # two runs of a fixed number of requests, $CG_REQUESTS and twice that, so that start-up and
@@ -61,7 +63,8 @@ argv_of() {
 # field LINE KEY: the value of KEY=... in a scale_bench line.
 field() { tr ' ' '\n' <<<"$1" | awk -F= -v k="$2" '$1 == k {print $2}'; }
 
-declare -A rps cpu shard  # "variant/N" -> one value per run, space-separated
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+declare -A rps cpu shard cores  # "variant/N" -> one value per run, space-separated
 for ((r = 1; r <= rounds; r++)); do
   order=("${variants[@]:r % ${#variants[@]}}" "${variants[@]:0:r % ${#variants[@]}}")
   for n in "${shard_counts[@]}"; do
@@ -74,6 +77,7 @@ for ((r = 1; r <= rounds; r++)); do
       rps[$v/$n]+="$(field "$line" rps) "
       cpu[$v/$n]+="$(field "$line" cpu_us) "
       shard[$v/$n]+="$(field "$line" shard_rps) "
+      cores[$v/$n]+="$(field "$line" cores) "
     done
   done
   echo "scale.sh: round $r/$rounds done" >&2
@@ -88,20 +92,21 @@ median() { stats "$@" | awk '{print $1}'; }
 # per_shard LISTS...: each shard's mean requests/s over the runs (each LIST "a,b,..."), "a/b/...".
 per_shard() {
   printf '%s\n' "$@" | awk -F, '{for (i = 1; i <= NF; i++) sum[i] += $i; n = NF; runs++}
-    END {for (i = 1; i <= n; i++) printf "%s%.0f", i > 1 ? "/" : "", sum[i] / runs; print ""}'
+    END {for (i = 1; i <= n; i++) printf "%s%.0f", (i > 1 ? "/" : ""), sum[i] / runs; print ""}'
 }
 
 echo
+echo "load average before: $load_before; after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "scale_bench on $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')), $rounds rounds of ${secs} s"
-printf '%-17s %3s %10s %-19s %9s %9s  %s\n' variant N "req/s" "(min-max)" "cpu us/r" "(min)" \
-  "req/s per shard (mean)"
+printf '%-17s %3s %10s %-19s %9s %9s %6s  %s\n' variant N "req/s" "(min-max)" "cpu us/r" "(min)" \
+  cores "req/s per shard (mean)"
 for v in "${variants[@]}"; do
   for n in "${shard_counts[@]}"; do
     [[ -n ${rps[$v/$n]:-} ]] || continue
     read -r rm rmin rmax <<<"$(stats ${rps[$v/$n]})"
     read -r cm cmin _ <<<"$(stats ${cpu[$v/$n]})"
-    printf '%-17s %3s %10.0f %-19s %9.2f %9.2f  %s\n' "$v" "$n" "$rm" "($rmin-$rmax)" "$cm" \
-      "$cmin" "$(per_shard ${shard[$v/$n]})"
+    printf '%-17s %3s %10.0f %-19s %9.2f %9.2f %6.2f  %s\n' "$v" "$n" "$rm" "($rmin-$rmax)" "$cm" \
+      "$cmin" "$(median ${cores[$v/$n]})" "$(per_shard ${shard[$v/$n]})"
   done
 done
 echo

@@ -49,7 +49,9 @@
 // has had its share of R responses (rounded up to whole batches; the count is checked), and
 // the whole run is counted: for a fixed amount of work under callgrind (bench/scale.sh).
 //
-// Output: one line of key=value fields (bench/scale.sh reads it); errors go to stderr with a
+// Output: one line of key=value fields (bench/scale.sh reads it), `cores` being the process's
+// CPU seconds per second (a CPU-bound closed system of N shards should use N: less says
+// that the machine was busy); errors go to stderr with a
 // non-zero exit: a response that is not the expected 200, a connection lost mid-run, a run
 // that misses its deadline.
 #include <arpa/inet.h>
@@ -692,8 +694,10 @@ int main(int argc, char** argv) {
     why = "no response in the measured interval";
   }
   const std::uint64_t errs = errors();
+  // cores: CPU seconds per second of the whole process. A closed system is CPU-bound, so
+  // well under N means that other processes had the CPUs meanwhile.
   std::printf("variant=%s%s shards=%u connections=%u requests=%llu seconds=%.3f rps=%.0f "
-              "cpu_us=%.3f shard_rps=%s errors=%llu\n",
+              "cpu_us=%.3f cores=%.2f shard_rps=%s errors=%llu\n",
               variant_name.c_str(),
               g_variant == Variant::kAccept
                   ? (accept_mode == SOCK_ACCEPT_REUSEPORT ? "-reuseport" : "-thread")
@@ -701,7 +705,7 @@ int main(int argc, char** argv) {
               threads, connections, static_cast<unsigned long long>(total), elapsed,
               static_cast<double>(total) / elapsed,
               total ? (last.cpu_s - first.cpu_s) * 1e6 / static_cast<double>(total) : 0.0,
-              per_shard.c_str(), static_cast<unsigned long long>(errs));
+              (last.cpu_s - first.cpu_s) / elapsed, per_shard.c_str(), static_cast<unsigned long long>(errs));
   for (unsigned i = 0; i < threads; ++i) std::free(g_shards[i].table);
   if (!ok || errs) {
     std::fprintf(stderr, "scale_bench: failed%s%s\n", why.empty() ? "" : ": ", why.c_str());
