@@ -32,6 +32,9 @@
 //              sends it; A's client end on the other side reads it and sends the next request.
 //              Every shard is A for its own K connections and B for its neighbour's, so the
 //              work stays even. Needs N >= 2 (on one shard the write would be inline).
+//              The two sending ends get no input, so no on_data clears their kSentDirect
+//              (engine/write_path.cc): most of their writes are queued in a packet and sent
+//              with sendmsg at the flush step, not sent directly (bench/RESULTS.md, issue 15).
 //   accept     an accept storm: K clients per shard, each connects to the server's listener,
 //              sends one request with `Connection: close`, reads the response to EOF, and
 //              connects again from the closed connection's on_close. Server ends reach the
