@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/tls/cache_line.h"
+#include "alloc/cache_line.h"
 #include "engine/tls/sock_tls.h"
 #include "engine/tls/ticket_keys.h"
 
@@ -21,10 +21,10 @@ namespace tls {
 // The creator's reference plus one per connection with the layer. Every shard changes it at
 // each connection's start and end, so it has a cache line of its own: the members after it,
 // read at each connection's start (ctx, sni_contexts, alpn), then stay in every shard's cache.
-struct alignas(kCacheLineBytes) RefCount {
+struct alignas(alloc::kCacheLineBytes) RefCount {
   std::atomic<int> count{1};
 };
-static_assert(sizeof(RefCount) == kCacheLineBytes, "the reference count fills its line alone");
+static_assert(sizeof(RefCount) == alloc::kCacheLineBytes, "the reference count fills its line alone");
 
 }  // namespace tls
 

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/tls/cache_line.h"
+#include "alloc/cache_line.h"
 
 namespace tls {
 namespace {
@@ -36,13 +36,13 @@ class Counter {
 };
 
 // One thread's counts, on cache lines of its own.
-struct alignas(kCacheLineBytes) Block {
+struct alignas(alloc::kCacheLineBytes) Block {
   Counter handshakes, resumed, handshake_us, records_failed;
   Counter open;  // +1 per start, -1 per clear: two's complement in a Counter
   Counter failures[SOCK_TLS_FAIL_REASONS];
   Counter buckets[kBuckets];  // not cumulative; the text sums them
 };
-static_assert(alignof(Block) == kCacheLineBytes && sizeof(Block) % kCacheLineBytes == 0,
+static_assert(alignof(Block) == alloc::kCacheLineBytes && sizeof(Block) % alloc::kCacheLineBytes == 0,
               "a thread's block shares no cache line with another's");
 
 // The blocks summed: a snapshot (each value relaxed, read under the registry's mutex).
