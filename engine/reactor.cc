@@ -252,6 +252,7 @@ int Reactor::run_once(int timeout_ms) {
   profile_clock_stale_ = true;  // packets' lifetimes end in the flush
   run_flush_list();
   expire_timers();
+  end_sent_direct();
   if (wait_ms != 0 && trim_due()) trim();  // the loop keeps up: no work was left over
 
   current_ = outer;
@@ -344,7 +345,9 @@ void Reactor::call_on_data(int fd, FdSlot& slot) {
   // Above the high watermark the application is not asked to read (libreact.h): new input
   // waits in the kernel, kReadPending remembers it, and resume_if_drained() lists the fd again.
   if (api_->on_data && !(slot.flags & kPaused)) {
+    serving_fd_ = fd;  // on_data calls do not nest: no callback reads, so none dispatches
     api_->on_data(api_, fd);
+    serving_fd_ = -1;
     if (!is_current(slot, generation, this)) return;  // closed or detached inside
   }
   if ((slot.flags & (kReadPending | kReadProgress)) == (kReadPending | kReadProgress)) {
@@ -378,6 +381,18 @@ void Reactor::run_flush_list() {
     flush_fd(key_fd(key), *slot, kFlushBudget, true);
   }
   scratch_.clear();
+}
+
+void Reactor::list_sent_direct(int fd, const FdSlot& slot) {
+  sent_direct_.push_back(fd_key(fd, slot.generation.load(std::memory_order_relaxed)));
+}
+
+void Reactor::end_sent_direct() {
+  for (const uint64_t key : sent_direct_) {
+    FdSlot* slot = fd_slot(key_fd(key));
+    if (slot && is_current(*slot, key_generation(key), this)) slot->flags &= ~kSentDirect;
+  }
+  sent_direct_.clear();
 }
 
 void Reactor::want_flush(int fd, FdSlot& slot) {

@@ -127,6 +127,15 @@ class Reactor {
   // want_on_data_again: call on_data for fd again next iteration (its callback read without
   // reaching EAGAIN, so edge-triggered epoll will not report the input that may remain).
   void want_on_data_again(int fd, FdSlot& slot);
+  // After a direct write to fd (write_path.cc): the writes that follow queue, to leave together
+  // at the flush step, until fd's next on_data call starts or this iteration ends. A write
+  // from fd's own on_data needs no list entry (that call's end leads to the next one's start);
+  // any other (a peer's callback, a posted call, on_ready, a timer) is listed, so that an fd
+  // that never reads does not queue every other write for good.
+  void note_direct_write(int fd, FdSlot& slot) {
+    slot.flags |= kSentDirect;
+    if (fd != serving_fd_) list_sent_direct(fd, slot);
+  }
 
   // The flush step for one fd: send what the kernel takes (bounded by `budget` bytes), then
   // close if due; on_ready runs when a queue the kernel had refused drains and
@@ -205,6 +214,9 @@ class Reactor {
   void on_writable(int fd, FdSlot& slot);
   void run_on_data_again_list();
   void run_flush_list();
+  void list_sent_direct(int fd, const FdSlot& slot);
+  // Clears kSentDirect on the fds listed by note_direct_write: the iteration's end.
+  void end_sent_direct();
   void begin_stop();
   bool finish_stop_if_done();
   void tick_clock();
@@ -272,6 +284,8 @@ class Reactor {
   std::vector<uint64_t> on_data_again_;
   std::vector<uint64_t> flush_;
   std::vector<uint64_t> scratch_;  // the list being run, swapped with one of the two above
+  std::vector<uint64_t> sent_direct_;  // note_direct_write's fds, cleared at the iteration's end
+  int serving_fd_ = -1;  // the fd whose on_data call is running (-1: none)
   ReactorLimits limits_;
   uint32_t idle_ticks_ = 0;  // limits_.idle_timeout_ms in ticks: every fd without kOwnIdle
   std::atomic<uint64_t> queued_total_{0};

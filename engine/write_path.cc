@@ -9,8 +9,11 @@
 // kSentDirect, set on the fd by a direct write, makes the writes after it queue: they leave
 // together in one writev at the flush step, so many small writes in one callback cost one
 // syscall after the first. The reactor clears it when the fd's next on_data call starts
-// (Reactor::call_on_data) and at the fd's flush step (Reactor::run_flush_list); from then on
-// the next reply may go direct again.
+// (Reactor::call_on_data), at the fd's flush step (Reactor::run_flush_list), and, for a
+// direct write made outside the fd's own on_data, at the end of the loop iteration
+// (Reactor::note_direct_write): from then on the next write may go direct again. Without the
+// last, an fd that is only written to (a peer's callbacks or posted writes feed it, and it
+// never reads) would alternate: one write direct, the next queued and sent by the flush step.
 //
 // Not taken: with transport layers (they wrap at the flush step), while connecting, after the
 // kernel refused (kWriteBlocked: the queue waits for the EPOLLOUT edge), after a hang-up (the
@@ -81,7 +84,7 @@ ssize_t write_copy(int fd, FdSlot& slot, const char* bytes, std::size_t length, 
     }
     sent = static_cast<std::size_t>(n);
     if (sent) owner->stamp_activity(slot);
-    slot.flags |= kSentDirect;
+    owner->note_direct_write(fd, slot);
     owner->write_counters().direct.add(1);
     if (sent == length) return 0;
   }

@@ -215,6 +215,29 @@ TEST_F(WriteQueueTest, FirstWriteToAnEmptyQueueGoesStraightToTheKernelWithoutAPa
   EXPECT_EQ(pool_stats().outstanding, 0u);
 }
 
+// An fd that never reads (fed by timers, posted writes or other fds' callbacks) gets no
+// on_data to end its direct write's mark: the loop iteration's end does, so each iteration's
+// first write to it goes straight to the kernel, not every other one into a packet.
+TEST_F(WriteQueueTest, AnFdThatIsOnlyWrittenToGoesDirectInEveryIteration) {
+  connect_client();
+  std::string expected;
+  for (int i = 0; i < 10; ++i) {
+    const std::string rec = record(i);
+    expected += rec;
+    ASSERT_EQ(sock_write(server_, rec.data(), rec.size()), 0);
+    EXPECT_EQ(sock_pending(server_), 0) << "write " << i << " was queued";
+    run_iterations(1);
+  }
+  EXPECT_EQ(pool_stats().checkouts, 0u);
+  // Within one iteration the writes after the direct one still queue, to leave together.
+  ASSERT_EQ(sock_write(server_, "0123456789", 10), 0);
+  ASSERT_EQ(sock_write(server_, "abcdefghij", 10), 0);
+  EXPECT_EQ(sock_pending(server_), 10);
+  ASSERT_NO_FATAL_FAILURE(expect_received(expected + "0123456789abcdefghij"));
+  EXPECT_EQ(pool_stats().checkouts, 1u);
+  EXPECT_EQ(pool_stats().outstanding, 0u);
+}
+
 // --- 2, 3. Large copied and moved writes -------------------------------------------------------
 
 TEST_F(WriteQueueTest, CopiedWriteOf100MBArrivesCompleteAndInOrder) {
