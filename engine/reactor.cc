@@ -383,14 +383,20 @@ void Reactor::run_flush_list() {
   scratch_.clear();
 }
 
-void Reactor::list_sent_direct(int fd, const FdSlot& slot) {
-  sent_direct_.push_back(fd_key(fd, slot.generation.load(std::memory_order_relaxed)));
+void Reactor::list_sent_direct(FdSlot& slot) {
+  try {
+    sent_direct_.push_back(&slot);
+  } catch (const std::bad_alloc&) {
+    return;
+  }
+  slot.flags |= kSentDirect;
 }
 
 void Reactor::end_sent_direct() {
-  for (const uint64_t key : sent_direct_) {
-    FdSlot* slot = fd_slot(key_fd(key));
-    if (slot && is_current(*slot, key_generation(key), this)) slot->flags &= ~kSentDirect;
+  // Only this thread makes a slot it owns anyone else's (by closing it), and not during this
+  // loop: a slot whose owner reads as this stays ours while its flags are written.
+  for (FdSlot* slot : sent_direct_) {
+    if (load_owner(*slot) == this) slot->flags &= ~kSentDirect;
   }
   sent_direct_.clear();
 }

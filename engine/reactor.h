@@ -133,8 +133,11 @@ class Reactor {
   // any other (a peer's callback, a posted call, on_ready, a timer) is listed, so that an fd
   // that never reads does not queue every other write for good.
   void note_direct_write(int fd, FdSlot& slot) {
-    slot.flags |= kSentDirect;
-    if (fd != serving_fd_) list_sent_direct(fd, slot);
+    if (fd == serving_fd_) {
+      slot.flags |= kSentDirect;
+    } else {
+      list_sent_direct(slot);
+    }
   }
 
   // The flush step for one fd: send what the kernel takes (bounded by `budget` bytes), then
@@ -214,7 +217,9 @@ class Reactor {
   void on_writable(int fd, FdSlot& slot);
   void run_on_data_again_list();
   void run_flush_list();
-  void list_sent_direct(int fd, const FdSlot& slot);
+  // Marks slot kSentDirect and lists it for end_sent_direct(); without memory for the list
+  // entry, leaves it unmarked (its next write goes direct too).
+  void list_sent_direct(FdSlot& slot);
   // Clears kSentDirect on the fds listed by note_direct_write: the iteration's end.
   void end_sent_direct();
   void begin_stop();
@@ -284,7 +289,10 @@ class Reactor {
   std::vector<uint64_t> on_data_again_;
   std::vector<uint64_t> flush_;
   std::vector<uint64_t> scratch_;  // the list being run, swapped with one of the two above
-  std::vector<uint64_t> sent_direct_;  // note_direct_write's fds, cleared at the iteration's end
+  // note_direct_write's slots, whose kSentDirect the iteration's end clears. Slots, not keys:
+  // a slot closed meanwhile and opened again here only loses the mark early (harmless), and
+  // one another thread owns now is skipped (its owner, read atomically, is not this).
+  std::vector<FdSlot*> sent_direct_;
   int serving_fd_ = -1;  // the fd whose on_data call is running (-1: none)
   ReactorLimits limits_;
   uint32_t idle_ticks_ = 0;  // limits_.idle_timeout_ms in ticks: every fd without kOwnIdle
