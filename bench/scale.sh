@@ -7,6 +7,10 @@
 #   pipelined         the same, 16 requests per write
 #   cross             client ends on shard A, server ends on B = (A+1) % N; every response is
 #                     written from B to a socket A owns, posted through A's inbox (N >= 2)
+#   cross-shape       cross's two one-way pairs per connection, all ends on one shard: the
+#                     shape's own cost, with nothing posted or crossing shards
+#   cross-kernel      one connection, client end on A, server end on B: crossing shards in the
+#                     kernel only, nothing posted (N >= 2)
 #   accept-thread     accept storm: a new connection per request, the acceptor thread places
 #   accept-reuseport  the same, one SO_REUSEPORT listener per shard
 # Each run warms up for $WARMUP s and measures $SECS s; rounds interleave the variants (their
@@ -15,7 +19,8 @@
 # CPU, clients included, over the measured interval), the median cores the process used (CPU
 # seconds per second: a closed system is CPU-bound, so under N means other processes had the
 # CPUs, and the speedup is the machine's, not the engine's) and each shard's mean requests/s.
-# Then the cross/local ratio of CPU per request for each N >= 2, and (CALLGRIND=1, the default)
+# Then, for each N >= 2, the CPU per request of cross, cross-shape and cross-kernel over local
+# (cross over cross-shape: what crossing shards through the door adds), and (CALLGRIND=1, the default)
 # user-space instructions per request of local ping-pong at N = 1 and N = 2 under callgrind:
 # two runs of a fixed number of requests, $CG_REQUESTS and twice that, so that start-up and
 # shutdown cancel out: (Ir(2R) - Ir(R)) / (requests(2R) - requests(R)). Last, the speedup of
@@ -26,7 +31,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${ROUNDS:-3} secs=${SECS:-3} warmup=${WARMUP:-1}
-variants=(${VARIANTS:-local pipelined cross accept-thread accept-reuseport})
+variants=(${VARIANTS:-local pipelined cross cross-shape cross-kernel accept-thread accept-reuseport})
 if (($# > 0)); then shard_counts=("$@"); else mapfile -t shard_counts < <(seq 1 "$(nproc)"); fi
 max_n=0 has_one=0
 for n in "${shard_counts[@]}"; do
@@ -36,7 +41,7 @@ for n in "${shard_counts[@]}"; do
 done
 ((has_one)) || { echo "scale.sh: N = 1 must be run: the speedup is over one shard" >&2; exit 2; }
 for v in "${variants[@]}"; do
-  case $v in local | pipelined | cross | accept-thread | accept-reuseport) ;;
+  case $v in local | pipelined | cross | cross-shape | cross-kernel | accept-thread | accept-reuseport) ;;
     *) echo "scale.sh: unknown variant '$v' in VARIANTS" >&2; exit 2 ;;
   esac
 done
@@ -69,7 +74,7 @@ for ((r = 1; r <= rounds; r++)); do
   order=("${variants[@]:r % ${#variants[@]}}" "${variants[@]:0:r % ${#variants[@]}}")
   for n in "${shard_counts[@]}"; do
     for v in "${order[@]}"; do
-      if [[ $v == cross ]] && ((n < 2)); then continue; fi
+      if [[ $v == cross || $v == cross-kernel ]] && ((n < 2)); then continue; fi
       argv_of "$v" "$n"
       if ! line=$("$bench" "${argv[@]}" 2>"$work/err"); then
         cat "$work/err" >&2; echo "scale.sh: scale_bench ${argv[*]} failed" >&2; exit 1
@@ -110,10 +115,18 @@ for v in "${variants[@]}"; do
   done
 done
 echo
+# ratio A B N: the median CPU per request of variant A over B's at N shards, if both ran.
+ratio() {
+  [[ -n ${cpu[$1/$3]:-} && -n ${cpu[$2/$3]:-} ]] || return 0
+  awk -v a="$(median ${cpu[$1/$3]})" -v b="$(median ${cpu[$2/$3]})" -v x="$1" -v y="$2" -v n="$3" \
+    'BEGIN {printf "%s/%s CPU per request at %d shards: %.2f (%.2f / %.2f us)\n", x, y, n, a / b, a, b}'
+}
 for n in "${shard_counts[@]}"; do
-  [[ -n ${cpu[cross/$n]:-} && -n ${cpu[local/$n]:-} ]] || continue
-  awk -v c="$(median ${cpu[cross/$n]})" -v l="$(median ${cpu[local/$n]})" -v n="$n" \
-    'BEGIN {printf "cross/local CPU per request at %d shards: %.2f (%.2f / %.2f us)\n", n, c / l, c, l}'
+  ((n >= 2)) || continue
+  ratio cross local "$n"
+  ratio cross-shape local "$n"
+  ratio cross-kernel local "$n"
+  ratio cross cross-shape "$n"
 done
 
 if [[ ${CALLGRIND:-1} == 1 ]]; then

@@ -3,7 +3,8 @@
 // connections and serves their server ends with the real HTTP core (tools/http's Responder,
 // as tools/http_server runs it), so N shards need N cores and nothing else.
 //
-//   scale_bench --variant local|pipelined|cross|accept [--threads N] [--connections K]
+//   scale_bench --variant local|pipelined|cross|cross-shape|cross-kernel|accept [--threads N]
+//               [--connections K]
 //               [--accept-mode thread|reuseport] [--warmup-s S] [--seconds S]
 //               [--requests R] [--timeout-s S]
 //
@@ -32,9 +33,18 @@
 //              sends it; A's client end on the other side reads it and sends the next request.
 //              Every shard is A for its own K connections and B for its neighbour's, so the
 //              work stays even. Needs N >= 2 (on one shard the write would be inline).
-//              The two sending ends get no input, so no on_data clears their kSentDirect
-//              (engine/write_path.cc): most of their writes are queued in a packet and sent
-//              with sendmsg at the flush step, not sent directly (bench/RESULTS.md, issue 15).
+//              Each pair carries data one way only, so no reply carries its ACK: a receiving
+//              end that is not in the kernel's interactive ("pingpong") mode ACKs every small
+//              segment from its recv (tcp_cleanup_rbuf), 4 segments per request where a
+//              request/response connection sends 2. The two receiving ends are put in that
+//              mode with TCP_QUICKACK 0, as a connection that answers gets into it by itself:
+//              3 segments per request remain (a second small segment still forces an ACK).
+//   cross-shape   the cross variant's two pairs per connection with all four ends on one shard:
+//              no post, nothing crosses shards. What the shape costs (the extra ACK, twice the
+//              sockets) apart from the crossing: cross - cross-shape is the crossing's cost.
+//   cross-kernel  one connection per client with its client end on shard A and its server
+//              end on B: requests and responses cross shards in the kernel, nothing is
+//              posted. Needs N >= 2. Beside cross: what crossing costs without the door.
 //   accept     an accept storm: K clients per shard, each connects to the server's listener,
 //              sends one request with `Connection: close`, reads the response to EOF, and
 //              connects again from the closed connection's on_close. Server ends reach the
@@ -111,7 +121,7 @@ constexpr unsigned kDeferAcceptS = 1;
 // Bytes read per sock_read, as tools/http_server.
 constexpr std::size_t kReadBuffer = 16 * 1024;
 
-enum class Variant { kLocal, kPipelined, kCross, kAccept };
+enum class Variant { kLocal, kPipelined, kCross, kCrossShape, kCrossKernel, kAccept };
 
 enum class Role : std::uint8_t {
   kNone,    // not ours (yet): an accepted fd in the accept variant
@@ -451,6 +461,14 @@ Pair make_pair(int listener, const sockaddr_in& addr) {
   return {client, server};
 }
 
+// A receiving end of a one-way pair into delayed-ACK ("pingpong") mode (cross: see the top).
+void delay_acks(int fd) {
+  const int zero = 0;
+  if (setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &zero, sizeof zero) < 0) {
+    die(std::string("cannot set TCP_QUICKACK: ") + std::strerror(errno));
+  }
+}
+
 // Hands fd to shard i as `conn`: its table entry first, then the posted open (which the
 // entry reaches the shard's thread with).
 void hand_over(SockServer* server, unsigned i, int fd, const Conn& conn) {
@@ -483,15 +501,20 @@ void set_up_keep_alive(SockServer* server, unsigned per_shard) {
   for (unsigned a = 0; a < g_shard_count; ++a) {
     for (unsigned k = 0; k < per_shard; ++k) {
       const Pair request = make_pair(listener, addr);
-      if (g_variant != Variant::kCross) {
-        hand_over(server, a, request.server, make_conn(Role::kServer, request.server, false));
+      // The shard of the server ends that read requests: A's neighbour when they cross.
+      const unsigned b =
+          g_variant == Variant::kCross || g_variant == Variant::kCrossKernel ? (a + 1) % g_shard_count
+                                                                             : a;
+      if (g_variant != Variant::kCross && g_variant != Variant::kCrossShape) {
+        hand_over(server, b, request.server, make_conn(Role::kServer, request.server, false));
         hand_over(server, a, request.client, make_conn(Role::kClient, request.client, true));
         continue;
       }
       // Requests: client end on A, server end on B. Responses: both ends on A, so B's writes
-      // to response.server are posted to A.
-      const unsigned b = (a + 1) % g_shard_count;
+      // to response.server are posted to A (cross; in cross-shape B is A).
       const Pair response = make_pair(listener, addr);
+      delay_acks(request.server);
+      delay_acks(response.client);
       hand_over(server, a, request.client, make_conn(Role::kQuiet, -1, false));
       hand_over(server, a, response.server, make_conn(Role::kQuiet, -1, false));
       hand_over(server, b, request.server, make_conn(Role::kServer, response.server, false));
@@ -568,8 +591,9 @@ int main(int argc, char** argv) {
   int accept_mode = SOCK_ACCEPT_THREAD;
   double warmup_s = 1, seconds = 3, timeout_s = 60;
   std::uint64_t requests = 0;
-  app.add_option("--variant", variant_name, "local, pipelined, cross or accept (default local)")
-      ->check(CLI::IsMember({"local", "pipelined", "cross", "accept"}));
+  app.add_option("--variant", variant_name,
+                 "local, pipelined, cross, cross-shape, cross-kernel or accept (default local)")
+      ->check(CLI::IsMember({"local", "pipelined", "cross", "cross-shape", "cross-kernel", "accept"}));
   app.add_option("--threads", threads, "shards, pinned to CPUs 0..N-1 (default 1)")
       ->check(CLI::Range(1u, kMaxShards));
   app.add_option("--connections", connections,
@@ -591,10 +615,12 @@ int main(int argc, char** argv) {
   const std::map<std::string, Variant> variants = {{"local", Variant::kLocal},
                                                    {"pipelined", Variant::kPipelined},
                                                    {"cross", Variant::kCross},
+                                                   {"cross-shape", Variant::kCrossShape},
+                                                   {"cross-kernel", Variant::kCrossKernel},
                                                    {"accept", Variant::kAccept}};
   g_variant = variants.at(variant_name);
-  if (g_variant == Variant::kCross && threads < 2) {
-    die("--variant cross needs --threads 2 or more (on one shard every write is inline)");
+  if ((g_variant == Variant::kCross || g_variant == Variant::kCrossKernel) && threads < 2) {
+    die("--variant " + variant_name + " needs --threads 2 or more (one shard has no other)");
   }
   if (connections == 0) connections = g_variant == Variant::kAccept ? 16 : 64;
   g_shard_count = threads;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Tests bench/scale_bench: with --requests R each run must exit 0 having counted exactly R
 # responses (R is a multiple of every variant's batch here, so nothing is rounded up), for
-# every variant on one shard and two (cross needs two; accept in both accept modes).
+# every variant on one shard and two (cross and cross-kernel need two; accept in both accept
+# modes).
 #   bazel test //tests/bench:scale_bench_test
 set -euo pipefail
 
@@ -28,13 +29,18 @@ run --variant local --threads 2 --connections 4 --requests 512
 run --variant pipelined --threads 1 --connections 4 --requests 512
 run --variant pipelined --threads 2 --connections 4 --requests 512
 run --variant cross --threads 2 --connections 4 --requests 512
+run --variant cross-shape --threads 1 --connections 4 --requests 512
+run --variant cross-shape --threads 2 --connections 4 --requests 512
+run --variant cross-kernel --threads 2 --connections 4 --requests 512
 run --variant accept --threads 1 --connections 4 --requests 512
 run --variant accept --threads 2 --connections 4 --requests 512 --accept-mode thread
 run --variant accept --threads 2 --connections 4 --requests 512 --accept-mode reuseport
 
 # Refusals are messages and a non-zero exit, not crashes.
-if "$bench" --variant cross --threads 1 2>"${TEST_TMPDIR:-/tmp}/err"; then
-  fail "cross on one shard was not refused"
-fi
-grep -q "needs --threads 2" "${TEST_TMPDIR:-/tmp}/err" || fail "no message for cross on one shard"
+for v in cross cross-kernel; do
+  if "$bench" --variant $v --threads 1 2>"${TEST_TMPDIR:-/tmp}/err"; then
+    fail "$v on one shard was not refused"
+  fi
+  grep -q "needs --threads 2" "${TEST_TMPDIR:-/tmp}/err" || fail "no message for $v on one shard"
+done
 echo "PASS"
