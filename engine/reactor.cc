@@ -507,7 +507,7 @@ int Reactor::attach(int fd, FdSlot& slot, bool watch_it) {
     }
   }
   if (!mine) {
-    attached_.fetch_add(1, std::memory_order_relaxed);
+    attached_.add(1);
     if (Profile* p = profile()) p->opened(fd, monotonic_us() / 1000);
     count_queued(static_cast<int64_t>(slot.queued_bytes));  // a queue may come along
   }
@@ -555,9 +555,14 @@ int Reactor::detach(int fd, FdSlot& slot, bool closing) {
   if (!closing) epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);  // ENOENT: closed behind our back
   slot.flags &= ~(kAttached | kOnFlushList | kOnDataAgainList | kListenerNoDelay);
   set_owner(slot, nullptr);
-  attached_.fetch_sub(1, std::memory_order_relaxed);
   // A move to another reactor runs this on the new owner's thread: only ours may write.
-  if (Profile* p = is_owner_thread() ? profile() : nullptr) p->closed(fd);
+  const bool here = is_owner_thread();
+  if (here) {
+    attached_.sub(1);
+  } else {
+    detached_away_.fetch_add(1, std::memory_order_relaxed);
+  }
+  if (Profile* p = here ? profile() : nullptr) p->closed(fd);
   count_queued(-static_cast<int64_t>(slot.queued_bytes));
   return 0;
 }

@@ -185,7 +185,13 @@ class Reactor {
   const alloc::BlockPool& pool() const { return *pool_; }
   struct ::Reactor* api() { return api_; }
   // Connections attached here. Any thread (a relaxed snapshot elsewhere).
-  std::size_t attached() const { return attached_.load(std::memory_order_relaxed); }
+  // Every move away follows its attach here, so the owner never reads more moves than
+  // attaches; another thread's two relaxed loads may, and read 0 then.
+  std::size_t attached() const {
+    const uint64_t in = attached_.get();
+    const uint64_t away = detached_away_.load(std::memory_order_relaxed);
+    return in > away ? in - away : 0;
+  }
   WriteCounters& write_counters() { return write_counters_; }
   // trim() calls so far. Any thread (a relaxed snapshot elsewhere).
   uint64_t trims() const { return trims_.get(); }
@@ -271,9 +277,12 @@ class Reactor {
   // From here on the owner's fields (the counters, which other threads read as relaxed
   // snapshots for metrics, included).
   alignas(alloc::kCacheLineBytes) int64_t stop_drain_ms_;
-  // Read-modify-write, unlike the other counters: a connection moved here from another
-  // reactor is detached from that one on this thread (attach()). Once per connection.
-  std::atomic<std::size_t> attached_{0};
+  // Connections attached (attach()) and detached on the owner thread: plain stores. A
+  // connection moved to another reactor is detached from this one on the new owner's thread
+  // (attach()), which counts it in detached_away_ instead: the one read-modify-write, per
+  // move, never per connection opened or closed here.
+  alloc::OwnerCounter attached_;
+  std::atomic<std::size_t> detached_away_{0};
   WriteCounters write_counters_;
   // Made by the owner on first need, deleted with the reactor; release/acquire publishes the
   // whole object to readers on other threads.

@@ -912,4 +912,29 @@ TEST_F(ReactorTest, RemoveDetachesWithoutClosingAndAttachRestoresCallbacks) {
   EXPECT_EQ(calls_.close[s], 1);
 }
 
+// A connection attached to another reactor leaves the first one's count (connections in
+// sock_stats, which the shards' load figures and the stop's wait read) and joins the other's.
+TEST_F(ReactorTest, AConnectionMovedToAnotherReactorCountsOnlyThere) {
+  UniqueFd c;
+  const int s = connect_one(&c);
+  ASSERT_GE(s, 0);
+  settle(&r_);
+  const auto connections = [](struct Reactor* r) {
+    SockStats st{};
+    st.size = sizeof st;
+    EXPECT_EQ(sock_stats(r, &st), 0);
+    return st.connections;
+  };
+  const uint64_t before = connections(&r_);
+  ASSERT_GE(before, 1u);
+  struct Reactor other = {};
+  ASSERT_EQ(sock_attach(&other, s), 0);
+  EXPECT_EQ(connections(&r_), before - 1);
+  EXPECT_EQ(connections(&other), 1u);
+  reactor_stop(&other);
+  ASSERT_TRUE(run_until(&other, [&] { return other._impl == nullptr; }));
+  EXPECT_EQ(calls_.close[s], 0) << "other's on_close is its own (none), not r_'s";
+  EXPECT_EQ(connections(&r_), before - 1);
+}
+
 }  // namespace
