@@ -7,6 +7,7 @@
 #include <charconv>
 #include <cstring>
 
+#include "tools/http/http_date.h"
 #include "tools/http/static_files.h"
 
 namespace tools::http {
@@ -67,18 +68,6 @@ void respond(std::string& out, std::string_view date, int status, std::string_vi
   out.append(extra_headers);
   out.append(keep_alive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n");
   if (!head) out.append(body);
-}
-
-// Parses an IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT"); -1 if it is not one.
-std::time_t parse_http_date(std::string_view value) {
-  if (value.size() != 29) return -1;
-  char text[30];
-  std::memcpy(text, value.data(), 29);
-  text[29] = '\0';
-  std::tm tm = {};
-  const char* end = strptime(text, "%a, %d %b %Y %H:%M:%S GMT", &tm);
-  if (!end || *end) return -1;
-  return timegm(&tm);
 }
 
 // The status for a parser error llhttp found itself (`reason`: llhttp's text for it).
@@ -445,19 +434,23 @@ struct Callbacks {
     if (fd < 0) return false;
     std::string& out = k.out.bytes;
     const std::string_view date(r.date_line_, r.date_length_);
-    char last_modified[64];
-    std::tm tm;
     const std::time_t mtime = st.st_mtim.tv_sec;
-    gmtime_r(&mtime, &tm);
-    const std::size_t lm_length = std::strftime(
-        last_modified, sizeof last_modified, "Last-Modified: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+    char lm_date[kHttpDateLength];
+    // No Last-Modified for a time outside the years an HTTP date can write.
+    const bool has_lm = format_http_date(mtime, lm_date);
+    const auto append_last_modified = [&] {
+      if (!has_lm) return;
+      out.append("Last-Modified: ");
+      out.append(lm_date, kHttpDateLength);
+      out.append("\r\n");
+    };
     const std::time_t since = c.ims_.length && !c.ims_.overflow
                                   ? parse_http_date(std::string_view(c.ims_.bytes, c.ims_.length))
                                   : -1;
     if (since >= 0 && since >= mtime) {
       close(fd);
       out.append("HTTP/1.1 304 Not Modified\r\n");
-      out.append(last_modified, lm_length);
+      append_last_modified();
       out.append(date);
       out.append(keep_alive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n");
       return true;
@@ -475,7 +468,7 @@ struct Callbacks {
     out.append("\r\nContent-Type: ");
     out.append(content_type(rel.empty() ? std::string_view("index.html") : std::string_view(rel)));
     out.append("\r\n");
-    out.append(last_modified, lm_length);
+    append_last_modified();
     out.append(date);
     out.append(keep_alive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n");
     if (file) k.out.files.push_back({out.size(), file, static_cast<std::size_t>(size)});
@@ -576,10 +569,16 @@ Responder::Responder(const Limits& limits, const StaticFiles* files, std::span<c
 
 void Responder::refresh_date(std::time_t now) {
   if (now == date_second_) return;
-  std::tm tm;
-  gmtime_r(&now, &tm);
-  date_length_ =
-      std::strftime(date_line_, sizeof date_line_, "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+  constexpr std::string_view kName = "Date: ";
+  static_assert(sizeof date_line_ >= kName.size() + kHttpDateLength + 2);
+  char date[kHttpDateLength];
+  date_length_ = 0;  // no Date header for a clock outside the years an HTTP date can write
+  if (format_http_date(now, date)) {
+    std::memcpy(date_line_, kName.data(), kName.size());
+    std::memcpy(date_line_ + kName.size(), date, kHttpDateLength);
+    std::memcpy(date_line_ + kName.size() + kHttpDateLength, "\r\n", 2);
+    date_length_ = kName.size() + kHttpDateLength + 2;
+  }
   date_second_ = now;
   hello_.clear();
   respond(hello_, std::string_view(date_line_, date_length_), 200, kHello, true, false);
