@@ -175,6 +175,12 @@ int attach_connection(struct ::Reactor* owner, int fd) {
     }
     return 0;
   }
+  // Held by a reactor another thread drives: its state is that thread's (Reactor::attach), so
+  // the fd is refused before any of it is read.
+  if (t.remote) {
+    errno = EEXIST;
+    return -1;
+  }
   FdSlot* slot = open_slot(fd);
   if (!slot) return -1;
   const bool fresh = attached_owner(*slot) != reactor;

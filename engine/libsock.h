@@ -120,7 +120,8 @@ int sock_connect(struct Reactor* owner, const char* address, const char* port);
 int sock_open(struct Reactor* owner, int fd);
 
 /** Attaches an fd already opened with sock_open(NULL, fd) to owner. Returns 0, or -1 with
- * errno (EBADF if fd is not open). */
+ * errno (EBADF if fd is not open; EEXIST if a reactor that another thread drives holds it,
+ * EBUSY when called off owner's thread for an fd that a reactor holds). */
 int sock_attach(struct Reactor* owner, int fd);
 
 /** Releases fd's sock_ state (queue, transport layers, buffered input) without closing it

@@ -345,7 +345,9 @@ void Reactor::call_on_data(int fd, FdSlot& slot) {
   // Above the high watermark the application is not asked to read (libreact.h): new input
   // waits in the kernel, kReadPending remembers it, and resume_if_drained() lists the fd again.
   if (api_->on_data && !(slot.flags & kPaused)) {
-    serving_fd_ = fd;  // on_data calls do not nest: no callback reads, so none dispatches
+    // Nested only by an accept that reads its first input inside the listener's on_data
+    // (read_first_input): the listener then reads as not served, which only lists its writes.
+    serving_fd_ = fd;
     api_->on_data(api_, fd);
     serving_fd_ = -1;
     if (!is_current(slot, generation, this)) return;  // closed or detached inside
@@ -393,8 +395,10 @@ void Reactor::list_sent_direct(FdSlot& slot) {
 }
 
 void Reactor::end_sent_direct() {
-  // Only this thread makes a slot it owns anyone else's (by closing it), and not during this
-  // loop: a slot whose owner reads as this stays ours while its flags are written.
+  // Only this thread gives a slot it owns to another owner (by closing it, or by moving it to
+  // another reactor this thread drives: attach() refuses a move from another thread's), and
+  // not during this loop: a slot whose owner reads as this stays ours while its flags are
+  // written.
   for (FdSlot* slot : sent_direct_) {
     if (load_owner(*slot) == this) slot->flags &= ~kSentDirect;
   }
@@ -492,8 +496,15 @@ int Reactor::attach(int fd, FdSlot& slot, bool watch_it) {
     errno = EBADF;
     return -1;
   }
-  if (slot.owner && slot.owner != this && (slot.flags & kAttached)) {
-    slot.owner->detach(fd, slot);
+  // A move from another reactor: its epoll set, its counters and the slot are its thread's
+  // alone, so only a reactor this thread drives too may give the fd up here (libreact.h:
+  // EEXIST). Checked before reading the flags, which that thread may be writing.
+  if (Reactor* const held = load_owner(slot); held && held != this) {
+    if (!held->is_owner_thread()) {
+      errno = EEXIST;
+      return -1;
+    }
+    if (slot.flags & kAttached) held->detach(fd, slot);
   }
   const bool mine = slot.owner == this && (slot.flags & kAttached);
   if (watch_it) {
@@ -555,14 +566,9 @@ int Reactor::detach(int fd, FdSlot& slot, bool closing) {
   if (!closing) epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);  // ENOENT: closed behind our back
   slot.flags &= ~(kAttached | kOnFlushList | kOnDataAgainList | kListenerNoDelay);
   set_owner(slot, nullptr);
-  // A move to another reactor runs this on the new owner's thread: only ours may write.
-  const bool here = is_owner_thread();
-  if (here) {
-    attached_.sub(1);
-  } else {
-    detached_away_.fetch_add(1, std::memory_order_relaxed);
-  }
-  if (Profile* p = here ? profile() : nullptr) p->closed(fd);
+  attached_.sub(1);
+  // Only the owner's profile hook: a detach elsewhere (a misuse) must not write the profile.
+  if (Profile* p = is_owner_thread() ? profile() : nullptr) p->closed(fd);
   count_queued(-static_cast<int64_t>(slot.queued_bytes));
   return 0;
 }

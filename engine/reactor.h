@@ -128,10 +128,12 @@ class Reactor {
   // reaching EAGAIN, so edge-triggered epoll will not report the input that may remain).
   void want_on_data_again(int fd, FdSlot& slot);
   // After a direct write to fd (write_path.cc): the writes that follow queue, to leave together
-  // at the flush step, until fd's next on_data call starts or this iteration ends. A write
-  // from fd's own on_data needs no list entry (that call's end leads to the next one's start);
-  // any other (a peer's callback, a posted call, on_ready, a timer) is listed, so that an fd
-  // that never reads does not queue every other write for good.
+  // at the flush step, until fd's next on_data call starts, its flush step, or this
+  // iteration's end. A write from fd's own on_data is not listed: an fd that reads ends the
+  // mark at its next on_data (and if only other callbacks write to it after that, their first
+  // write queues once, and the flush step ends the mark). Any other (a peer's callback, a
+  // posted call, on_ready, a timer) is listed, so that an fd that never reads does not queue
+  // every other write for good.
   void note_direct_write(int fd, FdSlot& slot) {
     if (fd == serving_fd_) {
       slot.flags |= kSentDirect;
@@ -185,13 +187,7 @@ class Reactor {
   const alloc::BlockPool& pool() const { return *pool_; }
   struct ::Reactor* api() { return api_; }
   // Connections attached here. Any thread (a relaxed snapshot elsewhere).
-  // Every move away follows its attach here, so the owner never reads more moves than
-  // attaches; another thread's two relaxed loads may, and read 0 then.
-  std::size_t attached() const {
-    const uint64_t in = attached_.get();
-    const uint64_t away = detached_away_.load(std::memory_order_relaxed);
-    return in > away ? in - away : 0;
-  }
+  std::size_t attached() const { return attached_.get(); }
   WriteCounters& write_counters() { return write_counters_; }
   // trim() calls so far. Any thread (a relaxed snapshot elsewhere).
   uint64_t trims() const { return trims_.get(); }
@@ -277,12 +273,9 @@ class Reactor {
   // From here on the owner's fields (the counters, which other threads read as relaxed
   // snapshots for metrics, included).
   alignas(alloc::kCacheLineBytes) int64_t stop_drain_ms_;
-  // Connections attached (attach()) and detached on the owner thread: plain stores. A
-  // connection moved to another reactor is detached from this one on the new owner's thread
-  // (attach()), which counts it in detached_away_ instead: the one read-modify-write, per
-  // move, never per connection opened or closed here.
+  // Connections attached (attach()) and detached, both on the owner thread (a move between
+  // reactors happens only between two that one thread drives: attach()): plain stores.
   alloc::OwnerCounter attached_;
-  std::atomic<std::size_t> detached_away_{0};
   WriteCounters write_counters_;
   // Made by the owner on first need, deleted with the reactor; release/acquire publishes the
   // whole object to readers on other threads.

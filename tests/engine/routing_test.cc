@@ -286,6 +286,43 @@ TEST_F(RoutingTest, CallsThatNeedTheOwnerThreadFailWithEpermElsewhere) {
   }).join();
 }
 
+// A reactor on this thread cannot take an fd from one that another thread drives: that
+// reactor's epoll set, counters and the fd's slot are its thread's alone (libreact.h,
+// reactor_add: EEXIST). The fd stays where it was, still served, and its count with it.
+TEST_F(RoutingTest, AttachingAnFdThatAnotherThreadsReactorHoldsFailsWithEexist) {
+  start_r(0);
+  const int fd = server_.load();
+  const auto connections = [](struct Reactor* r) {
+    SockStats st{};
+    st.size = sizeof st;
+    EXPECT_EQ(sock_stats(r, &st), 0);
+    return st.connections;
+  };
+  const uint64_t before = connections(&api_);
+  EXPECT_EQ(before, 2u);  // the listener and the connection
+  struct Reactor other = {};
+  errno = 0;
+  EXPECT_EQ(sock_attach(&other, fd), -1);
+  EXPECT_EQ(errno, EEXIST);
+  errno = 0;
+  EXPECT_EQ(reactor_add(&other, fd), -1);
+  EXPECT_EQ(errno, EEXIST);
+  EXPECT_EQ(connections(&api_), before);
+  EXPECT_EQ(connections(&other), 0u);
+  // R still owns it: a write from here is posted to R, which sends it.
+  ASSERT_EQ(sock_write(fd, "still R's", 9), 0);
+  std::string got;
+  ASSERT_TRUE(wait_for([&] {
+    char buf[16];
+    const ssize_t n = recv(client_, buf, sizeof buf, MSG_DONTWAIT);
+    if (n > 0) got.append(buf, static_cast<std::size_t>(n));
+    return got.size() >= 9;
+  }));
+  EXPECT_EQ(got, "still R's");
+  reactor_stop(&other);
+  EXPECT_EQ(reactor_review(&other), -1);  // nothing attached: the stop completes at once
+}
+
 // An fd opened without a reactor, closed through a reactor that another thread drives: the
 // close goes to that thread, which attaches the fd, sends what was queued, closes it and runs
 // its on_close there (sock_close: "runs on_close of fd's reactor, or of `reactor` when fd has
