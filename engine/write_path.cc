@@ -11,7 +11,8 @@
 // syscall after the first. The reactor clears it when the fd's next on_data call starts
 // (Reactor::call_on_data), at the fd's flush step (Reactor::run_flush_list), and, for a
 // direct write made outside the fd's own on_data, at the end of the loop iteration
-// (Reactor::note_direct_write): from then on the next write may go direct again. Without the
+// (Reactor::note_direct_write lists the fd, end_sent_direct clears it): from then on the next
+// write may go direct again. Without the
 // last, an fd that is only written to (a peer's callbacks or posted writes feed it, and it
 // never reads) would alternate: one write direct, the next queued and sent by the flush step.
 //

@@ -238,6 +238,40 @@ TEST_F(WriteQueueTest, AnFdThatIsOnlyWrittenToGoesDirectInEveryIteration) {
   EXPECT_EQ(pool_stats().outstanding, 0u);
 }
 
+// The same with the writes made by another connection's on_data (the shape of
+// bench/scale_bench's cross variant on one reactor): the mark that a write to a third fd
+// leaves is not ended by that fd's on_data, which never comes, but by the iteration's end.
+TEST_F(WriteQueueTest, WritesFromAnotherFdsOnDataGoDirectInEveryIteration) {
+  connect_client();
+  int quiet = -1;
+  const int quiet_client = connect_and_accept(&quiet);
+  ASSERT_GE(quiet, 0);
+  int written = 0;
+  // One record for each byte that arrives on server_ (none for its EOF at the end).
+  on_server_data_ = [&](int fd) {
+    char buf[64];
+    ssize_t n;
+    while ((n = sock_read(fd, buf, sizeof buf)) > 0) {
+      for (ssize_t i = 0; i < n && fd == server_; ++i) {
+        const std::string rec = record(written++);
+        ASSERT_EQ(sock_write(quiet, rec.data(), rec.size()), 0);
+        EXPECT_EQ(sock_pending(quiet), 0) << "write " << written - 1 << " was queued";
+      }
+    }
+  };
+  std::string expected;
+  for (int i = 0; i < 10; ++i) {
+    expected += record(i);
+    testing_support::write_all(client_, "g");
+    ASSERT_TRUE(run_until(&r_, [&] { return written == i + 1; }));
+  }
+  EXPECT_EQ(pool_stats().checkouts, 0u);
+  std::string got;
+  ASSERT_TRUE(read_at_least(quiet_client, &got, expected.size()));
+  EXPECT_EQ(got, expected);
+  close(quiet_client);
+}
+
 // --- 2, 3. Large copied and moved writes -------------------------------------------------------
 
 TEST_F(WriteQueueTest, CopiedWriteOf100MBArrivesCompleteAndInOrder) {
