@@ -77,16 +77,17 @@ int name_index(const char* s, const char (&names)[N][4]) {
   return -1;
 }
 
-// floor division, for times before the epoch.
-constexpr std::int64_t floor_div(std::int64_t a, std::int64_t b) {
-  return a / b - (a % b != 0 && (a < 0) != (b < 0));
-}
-
 }  // namespace
 
 bool format_http_date(std::time_t t, char (&out)[kHttpDateLength]) {
-  const std::int64_t days = floor_div(t, kSecondsPerDay);
-  const std::int64_t secs = t - days * kSecondsPerDay;  // [0, 86399]
+  // Days and the second of the day, rounded toward the past for times before the epoch
+  // (without multiplying back: days * 86400 overflows for the earliest time_t values).
+  std::int64_t days = t / kSecondsPerDay;
+  std::int64_t secs = t % kSecondsPerDay;
+  if (secs < 0) {
+    secs += kSecondsPerDay;
+    --days;
+  }
   const Civil c = civil_from_days(days);
   if (c.year < 0 || c.year > 9999) return false;
   const auto weekday = static_cast<unsigned>(((days + kEpochWeekday) % 7 + 7) % 7);

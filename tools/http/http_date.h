@@ -4,7 +4,9 @@
 // lock on every call, a lock every shard would share per static file served
 // (docs/architecture.md, "Shared between shards").
 // Threads: pure functions, any thread. Errors: parse_http_date returns -1 for anything that
-// is not an IMF-fixdate of a real day and time.
+// is not an IMF-fixdate of a real day (second 60 is taken at any minute, as the next second).
+// Only IMF-fixdate is read: RFC 9110 also asks recipients to read the obsolete RFC 850 and
+// asctime forms; for such an If-Modified-Since the server sends the whole file, not a 304.
 #ifndef TOOLS_HTTP_HTTP_DATE_H_
 #define TOOLS_HTTP_HTTP_DATE_H_
 

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <ctime>
+#include <limits>
 #include <string>
 
 namespace {
@@ -33,8 +34,9 @@ TEST(HttpDateTest, FormatsTheRfcExampleAndTheEpoch) {
   EXPECT_EQ(format(0), "Thu, 01 Jan 1970 00:00:00 GMT");
 }
 
-// Every day from 1900 to 2400 (leap years, century rules, before the epoch) at a time that
-// moves through the day, and both ends of each day.
+// Every day from 1900 to 2400 (leap years, century rules, before the epoch) at both ends of
+// the day and a time that moves through it (before the epoch that offset is negative: a time
+// in the day before, checked all the same).
 TEST(HttpDateTest, FormatsAsGmtimeAndStrftimeDoOverFiveCenturies) {
   constexpr std::int64_t kDay = 86400;
   const std::int64_t first = -2208988800;  // 1900-01-01
@@ -70,7 +72,7 @@ TEST(HttpDateTest, RefusesWhatIsNotAnImfFixdate) {
            "Sun, 06 Nov 1994 08:49:37 GMT ",   // one character too many
            "Sun, 06 Nov 1994 08:49:37 UTC",    // not GMT
            "Sunday, 06-Nov-94 08:49:37 GMT",   // RFC 850, obsolete
-           "Sun Nov  6 08:49:37 1994      ",   // asctime, same length padded
+           "Sun Nov  6 08:49:37 1994     ",    // asctime, padded to the same length
            "Xyz, 06 Nov 1994 08:49:37 GMT",    // no such weekday
            "Sun, 06 Nox 1994 08:49:37 GMT",    // no such month
            "Sun, 6  Nov 1994 08:49:37 GMT",    // a day not two digits
@@ -90,6 +92,8 @@ TEST(HttpDateTest, RefusesWhatIsNotAnImfFixdate) {
 }
 
 TEST(HttpDateTest, RefusesToFormatATimeOutsideYearsZeroTo9999) {
+  EXPECT_EQ(format(std::numeric_limits<std::time_t>::min()), "(none)");
+  EXPECT_EQ(format(std::numeric_limits<std::time_t>::max()), "(none)");
   EXPECT_EQ(format(253402300799), "Fri, 31 Dec 9999 23:59:59 GMT");
   EXPECT_EQ(format(253402300800), "(none)");
   EXPECT_EQ(format(-62167219200), "Sat, 01 Jan 0000 00:00:00 GMT");
