@@ -18,9 +18,12 @@
 # (min-max) of requests/s, the median (min) CPU per request (the whole process's user + system
 # CPU, clients included, over the measured interval), the median cores the process used (CPU
 # seconds per second: a closed system is CPU-bound, so under N means other processes had the
-# CPUs, and the speedup is the machine's, not the engine's) and each shard's mean requests/s.
-# Then, for each N >= 2, the CPU per request of cross, cross-shape and cross-kernel over local
-# (cross over cross-shape: what crossing shards through the door adds), and (CALLGRIND=1, the default)
+# CPUs, and the speedup is the machine's, not the engine's), the median TCP segments the host
+# sent per request (local: 2; see scale_bench.cc on cross's ACKs) and each shard's mean
+# requests/s.
+# Then, for each N, the CPU per request of cross, cross-shape and cross-kernel over local
+# (cross over cross-shape: what crossing shards through the door adds), where both ran, and
+# (CALLGRIND=1, the default)
 # user-space instructions per request of local ping-pong at N = 1 and N = 2 under callgrind:
 # two runs of a fixed number of requests, $CG_REQUESTS and twice that, so that start-up and
 # shutdown cancel out: (Ir(2R) - Ir(R)) / (requests(2R) - requests(R)). Last, the speedup of
@@ -69,7 +72,7 @@ argv_of() {
 field() { tr ' ' '\n' <<<"$1" | awk -F= -v k="$2" '$1 == k {print $2}'; }
 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-declare -A rps cpu shard cores  # "variant/N" -> one value per run, space-separated
+declare -A rps cpu shard cores segs  # "variant/N" -> one value per run, space-separated
 for ((r = 1; r <= rounds; r++)); do
   order=("${variants[@]:r % ${#variants[@]}}" "${variants[@]:0:r % ${#variants[@]}}")
   for n in "${shard_counts[@]}"; do
@@ -83,6 +86,7 @@ for ((r = 1; r <= rounds; r++)); do
       cpu[$v/$n]+="$(field "$line" cpu_us) "
       shard[$v/$n]+="$(field "$line" shard_rps) "
       cores[$v/$n]+="$(field "$line" cores) "
+      segs[$v/$n]+="$(field "$line" segments) "
     done
   done
   echo "scale.sh: round $r/$rounds done" >&2
@@ -103,15 +107,15 @@ per_shard() {
 echo
 echo "load average before: $load_before; after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "scale_bench on $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')), $rounds rounds of ${secs} s"
-printf '%-17s %3s %10s %-19s %9s %9s %6s  %s\n' variant N "req/s" "(min-max)" "cpu us/r" "(min)" \
-  cores "req/s per shard (mean)"
+printf '%-17s %3s %10s %-19s %9s %9s %6s %6s  %s\n' variant N "req/s" "(min-max)" "cpu us/r" "(min)" \
+  cores "segs/r" "req/s per shard (mean)"
 for v in "${variants[@]}"; do
   for n in "${shard_counts[@]}"; do
     [[ -n ${rps[$v/$n]:-} ]] || continue
     read -r rm rmin rmax <<<"$(stats ${rps[$v/$n]})"
     read -r cm cmin _ <<<"$(stats ${cpu[$v/$n]})"
-    printf '%-17s %3s %10.0f %-19s %9.2f %9.2f %6.2f  %s\n' "$v" "$n" "$rm" "($rmin-$rmax)" "$cm" \
-      "$cmin" "$(median ${cores[$v/$n]})" "$(per_shard ${shard[$v/$n]})"
+    printf '%-17s %3s %10.0f %-19s %9.2f %9.2f %6.2f %6.2f  %s\n' "$v" "$n" "$rm" "($rmin-$rmax)" \
+      "$cm" "$cmin" "$(median ${cores[$v/$n]})" "$(median ${segs[$v/$n]})" "$(per_shard ${shard[$v/$n]})"
   done
 done
 echo
@@ -122,7 +126,6 @@ ratio() {
     'BEGIN {printf "%s/%s CPU per request at %d shards: %.2f (%.2f / %.2f us)\n", x, y, n, a / b, a, b}'
 }
 for n in "${shard_counts[@]}"; do
-  ((n >= 2)) || continue
   ratio cross local "$n"
   ratio cross-shape local "$n"
   ratio cross-kernel local "$n"

@@ -39,6 +39,9 @@
 //              request/response connection sends 2. The two receiving ends are put in that
 //              mode with TCP_QUICKACK 0, as a connection that answers gets into it by itself:
 //              3 segments per request remain (a second small segment still forces an ACK).
+//              The mode is not permanent: a delayed-ACK timer that fires (40 ms without a
+//              second segment, e.g. a shard kept off its CPU) ends it for that end, which then
+//              ACKs every segment again. The `segments` figure shows it (below).
 //   cross-shape   the cross variant's two pairs per connection with all four ends on one shard:
 //              no post, nothing crosses shards. What the shape costs (the extra ACK, twice the
 //              sockets) apart from the crossing: cross - cross-shape is the crossing's cost.
@@ -64,7 +67,9 @@
 //
 // Output: one line of key=value fields (bench/scale.sh reads it), `cores` being the process's
 // CPU seconds per second (a CPU-bound closed system of N shards should use N: less says
-// that the machine was busy); errors go to stderr with a
+// that the machine was busy) and `segments` the TCP segments the host sent per request over
+// the same interval (local: 2, a request and its response carrying each other's ACK;
+// every other host's traffic counts too); errors go to stderr with a
 // non-zero exit: a response that is not the expected 200, a connection lost mid-run, a run
 // that misses its deadline.
 #include <arpa/inet.h>
@@ -545,15 +550,38 @@ void set_up_accept(SockServer* server, unsigned per_shard) {
 
 // ---- measuring ----
 
+// TCP segments this host has sent (/proc/net/snmp, Tcp OutSegs): every host's, not only this
+// process's, so another program's traffic adds to it; 0 if it cannot be read.
+std::uint64_t tcp_segments_sent() {
+  FILE* f = std::fopen("/proc/net/snmp", "r");
+  if (!f) return 0;
+  char names[1024], values[1024];
+  std::uint64_t segments = 0;
+  // Pairs of lines: "Tcp: Name ..." then "Tcp: value ...".
+  while (std::fgets(names, sizeof names, f) && std::fgets(values, sizeof values, f)) {
+    if (std::strncmp(names, "Tcp:", 4) != 0) continue;
+    char* name_save = nullptr;
+    char* value_save = nullptr;
+    for (char *n = strtok_r(names, " \n", &name_save), *v = strtok_r(values, " \n", &value_save);
+         n && v; n = strtok_r(nullptr, " \n", &name_save), v = strtok_r(nullptr, " \n", &value_save)) {
+      if (std::strcmp(n, "OutSegs") == 0) segments = std::strtoull(v, nullptr, 10);
+    }
+  }
+  std::fclose(f);
+  return segments;
+}
+
 struct Snapshot {
   Clock::time_point when;
   double cpu_s;
+  std::uint64_t segments;
   std::vector<std::uint64_t> responses;
 };
 
 Snapshot snapshot() {
   Snapshot s;
   s.when = Clock::now();
+  s.segments = tcp_segments_sent();
   rusage u{};
   getrusage(RUSAGE_SELF, &u);
   s.cpu_s = static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
@@ -724,9 +752,10 @@ int main(int argc, char** argv) {
   }
   const std::uint64_t errs = errors();
   // cores: CPU seconds per second of the whole process. A closed system is CPU-bound, so
-  // well under N means that other processes had the CPUs meanwhile.
+  // well under N means that other processes had the CPUs meanwhile. segments: TCP segments
+  // sent per request, data and pure ACKs (the host's count, see tcp_segments_sent).
   std::printf("variant=%s%s shards=%u connections=%u requests=%llu seconds=%.3f rps=%.0f "
-              "cpu_us=%.3f cores=%.2f shard_rps=%s errors=%llu\n",
+              "cpu_us=%.3f cores=%.2f segments=%.2f shard_rps=%s errors=%llu\n",
               variant_name.c_str(),
               g_variant == Variant::kAccept
                   ? (accept_mode == SOCK_ACCEPT_REUSEPORT ? "-reuseport" : "-thread")
@@ -734,7 +763,9 @@ int main(int argc, char** argv) {
               threads, connections, static_cast<unsigned long long>(total), elapsed,
               static_cast<double>(total) / elapsed,
               total ? (last.cpu_s - first.cpu_s) * 1e6 / static_cast<double>(total) : 0.0,
-              (last.cpu_s - first.cpu_s) / elapsed, per_shard.c_str(), static_cast<unsigned long long>(errs));
+              (last.cpu_s - first.cpu_s) / elapsed,
+              total ? static_cast<double>(last.segments - first.segments) / static_cast<double>(total) : 0.0,
+              per_shard.c_str(), static_cast<unsigned long long>(errs));
   for (unsigned i = 0; i < threads; ++i) std::free(g_shards[i].table);
   if (!ok || errs) {
     std::fprintf(stderr, "scale_bench: failed%s%s\n", why.empty() ? "" : ": ", why.c_str());
