@@ -109,6 +109,14 @@ int open_here(Reactor* reactor, int fd, FdSlot& slot, bool connecting, bool watc
   // Whoever last closed this number released the slot with its generation store: acquire it
   // before touching the rest.
   slot.generation.load(std::memory_order_acquire);
+  // Still held by a reactor another thread drives (an attached fd closed with close(2) and
+  // its number reused): that thread's state, which Reactor::attach would refuse (EEXIST).
+  // Refused here, before release_state() and the flags touch any of it.
+  if (Reactor* const held = load_owner(slot);
+      reactor && held && held != reactor && !held->is_owner_thread()) {
+    errno = EEXIST;
+    return -1;
+  }
   release_state(fd, slot);
   // Owned before it is open: other threads route by the (generation, owner) pair (target_of),
   // and an open generation without an owner would run their call inline, on this slot, from

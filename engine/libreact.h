@@ -99,8 +99,10 @@ int reactor_review(struct Reactor* reactor);
 void reactor_stop(struct Reactor* reactor);
 
 /** Attaches fd (any pollable fd) to the reactor, edge-triggered for input, output and peer
- * half-close. Re-adding an attached fd re-arms it. Returns 0, or -1 with errno (EBADF for a
- * bad fd; EEXIST if another reactor owns it). */
+ * half-close. Re-adding an attached fd re-arms it; an fd attached to another reactor that
+ * this thread drives too leaves that one for this one. Returns 0, or -1 with errno (EBADF for
+ * a bad fd; EEXIST if a reactor that another thread drives holds it, or it is being handed
+ * to one). */
 int reactor_add(struct Reactor* reactor, int fd);
 
 /** Detaches fd from the reactor without closing it; its sock_ state is kept.

@@ -116,7 +116,8 @@ int sock_connect(struct Reactor* owner, const char* address, const char* port);
 
 /** Opens an existing fd for the sock_ API (empty queue, no transport layers) and attaches
  * it to owner when owner is not NULL. State left from an earlier connection on the same fd
- * number is released first. Returns 0, or -1 with errno. */
+ * number is released first. Returns 0, or -1 with errno (EEXIST: the number is still held by
+ * a reactor that another thread drives, see sock_clear). */
 int sock_open(struct Reactor* owner, int fd);
 
 /** Attaches an fd already opened with sock_open(NULL, fd) to owner. Returns 0, or -1 with
@@ -125,7 +126,11 @@ int sock_open(struct Reactor* owner, int fd);
 int sock_attach(struct Reactor* owner, int fd);
 
 /** Releases fd's sock_ state (queue, transport layers, buffered input) without closing it
- * and without touching its reactor registration. For fds closed outside the sock_ API. */
+ * and without touching its reactor registration. For fds closed outside the sock_ API.
+ * Hazard: an fd attached to a reactor stays that reactor's until reactor_remove() (on its
+ * thread) or its stop; closed with close(2) while attached, its number, once the kernel
+ * reuses it, cannot be opened or attached on a reactor that another thread drives (EEXIST).
+ * Close attached fds with sock_close/sock_force_close/reactor_close instead. */
 void sock_clear(int fd);
 
 /** Returns fcntl(fd, F_GETFL) for an open fd, or -1 (errno EBADF) if it is closed or not

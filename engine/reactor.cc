@@ -567,7 +567,8 @@ int Reactor::detach(int fd, FdSlot& slot, bool closing) {
   slot.flags &= ~(kAttached | kOnFlushList | kOnDataAgainList | kListenerNoDelay);
   set_owner(slot, nullptr);
   attached_.sub(1);
-  // Only the owner's profile hook: a detach elsewhere (a misuse) must not write the profile.
+  // A detach off the owner thread is a misuse (reactor_remove elsewhere; attach() refuses the
+  // moves that would do it): its counter update races, and the profile is not written.
   if (Profile* p = is_owner_thread() ? profile() : nullptr) p->closed(fd);
   count_queued(-static_cast<int64_t>(slot.queued_bytes));
   return 0;

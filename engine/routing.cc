@@ -127,8 +127,10 @@ void run_posted(Reactor& reactor, const RemoteCall& call) {
       return;
     case Kind::kAttach:
       if (attach_connection(reactor.api(), call.fd()) < 0) {
-        // The poster published this reactor as the owner: the fd is unattached again.
-        if (FdSlot* slot = fd_slot(call.fd())) set_owner(*slot, nullptr);
+        // The poster published this reactor as the owner: the fd is unattached again, unless
+        // another reactor took it meanwhile (the attach failed for that: EEXIST).
+        FdSlot* slot = fd_slot(call.fd());
+        if (slot && still_current(call) && load_owner(*slot) == &reactor) set_owner(*slot, nullptr);
       }
       return;
     case Kind::kWrite:

@@ -12,9 +12,9 @@
 // (Reactor::call_on_data), at the fd's flush step (Reactor::run_flush_list), and, for a
 // direct write made outside the fd's own on_data, at the end of the loop iteration
 // (Reactor::note_direct_write lists the fd, end_sent_direct clears it): from then on the next
-// write may go direct again. Without the
-// last, an fd that is only written to (a peer's callbacks or posted writes feed it, and it
-// never reads) would alternate: one write direct, the next queued and sent by the flush step.
+// write may go direct again. Without the last, an fd that is only written to (a peer's
+// callbacks or posted writes feed it, and it never reads) would alternate: one write direct,
+// the next queued and sent by the flush step.
 //
 // Not taken: with transport layers (they wrap at the flush step), while connecting, after the
 // kernel refused (kWriteBlocked: the queue waits for the EPOLLOUT edge), after a hang-up (the

@@ -288,7 +288,8 @@ TEST_F(RoutingTest, CallsThatNeedTheOwnerThreadFailWithEpermElsewhere) {
 
 // A reactor on this thread cannot take an fd from one that another thread drives: that
 // reactor's epoll set, counters and the fd's slot are its thread's alone (libreact.h,
-// reactor_add: EEXIST). The fd stays where it was, still served, and its count with it.
+// reactor_add: EEXIST; libsock.h, sock_attach and sock_open). The fd stays where it was,
+// still served, and its count with it.
 TEST_F(RoutingTest, AttachingAnFdThatAnotherThreadsReactorHoldsFailsWithEexist) {
   start_r(0);
   const int fd = server_.load();
@@ -307,6 +308,13 @@ TEST_F(RoutingTest, AttachingAnFdThatAnotherThreadsReactorHoldsFailsWithEexist) 
   errno = 0;
   EXPECT_EQ(reactor_add(&other, fd), -1);
   EXPECT_EQ(errno, EEXIST);
+  // Opening the number afresh (as after a close(2) behind R's back and a reuse) is refused
+  // too, before any of R's state for it is released or its generation moved.
+  const intptr_t uuid = sock_fd2uuid(fd);  // carries the connection's generation
+  errno = 0;
+  EXPECT_EQ(sock_open(&other, fd), -1);
+  EXPECT_EQ(errno, EEXIST);
+  EXPECT_EQ(sock_fd2uuid(fd), uuid) << "the connection was reopened";
   EXPECT_EQ(connections(&api_), before);
   EXPECT_EQ(connections(&other), 0u);
   // R still owns it: a write from here is posted to R, which sends it.

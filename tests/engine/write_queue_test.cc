@@ -269,6 +269,7 @@ TEST_F(WriteQueueTest, WritesFromAnotherFdsOnDataGoDirectInEveryIteration) {
   std::string got;
   ASSERT_TRUE(read_at_least(quiet_client, &got, expected.size()));
   EXPECT_EQ(got, expected);
+  on_server_data_ = nullptr;  // it refers to this test's locals
   close(quiet_client);
 }
 
