@@ -68,8 +68,9 @@
 // Output: one line of key=value fields (bench/scale.sh reads it), `cores` being the process's
 // CPU seconds per second (a CPU-bound closed system of N shards should use N: less says
 // that the machine was busy) and `segments` the TCP segments the host sent per request over
-// the same interval (local: 2, a request and its response carrying each other's ACK;
-// every other host's traffic counts too); errors go to stderr with a
+// the same interval (local: 2, a request and its response carrying each other's ACK; all
+// traffic in this network namespace counts; -1 if /proc/net/snmp cannot say); errors go to
+// stderr with a
 // non-zero exit: a response that is not the expected 200, a connection lost mid-run, a run
 // that misses its deadline.
 #include <arpa/inet.h>
@@ -89,9 +90,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -550,31 +553,29 @@ void set_up_accept(SockServer* server, unsigned per_shard) {
 
 // ---- measuring ----
 
-// TCP segments this host has sent (/proc/net/snmp, Tcp OutSegs): every host's, not only this
-// process's, so another program's traffic adds to it; 0 if it cannot be read.
-std::uint64_t tcp_segments_sent() {
-  FILE* f = std::fopen("/proc/net/snmp", "r");
-  if (!f) return 0;
-  char names[1024], values[1024];
-  std::uint64_t segments = 0;
-  // Pairs of lines: "Tcp: Name ..." then "Tcp: value ...".
-  while (std::fgets(names, sizeof names, f) && std::fgets(values, sizeof values, f)) {
-    if (std::strncmp(names, "Tcp:", 4) != 0) continue;
-    char* name_save = nullptr;
-    char* value_save = nullptr;
-    for (char *n = strtok_r(names, " \n", &name_save), *v = strtok_r(values, " \n", &value_save);
-         n && v; n = strtok_r(nullptr, " \n", &name_save), v = strtok_r(nullptr, " \n", &value_save)) {
-      if (std::strcmp(n, "OutSegs") == 0) segments = std::strtoull(v, nullptr, 10);
+// TCP segments sent in this network namespace (/proc/net/snmp, Tcp OutSegs): the whole
+// host's traffic, not only this process's; -1 when the file or the field cannot be read.
+std::int64_t tcp_segments_sent() {
+  std::ifstream in("/proc/net/snmp");
+  std::string names, values;
+  // Pairs of lines: "Tcp: RtoAlgorithm ... OutSegs ..." then "Tcp: 1 ... 12345 ...".
+  while (std::getline(in, names)) {
+    if (names.rfind("Tcp:", 0) != 0) continue;
+    if (!std::getline(in, values) || values.rfind("Tcp:", 0) != 0) return -1;
+    std::istringstream name_words(names), value_words(values);
+    std::string name, value;
+    while (name_words >> name && value_words >> value) {
+      if (name == "OutSegs") return static_cast<std::int64_t>(std::strtoull(value.c_str(), nullptr, 10));
     }
+    return -1;
   }
-  std::fclose(f);
-  return segments;
+  return -1;
 }
 
 struct Snapshot {
   Clock::time_point when;
   double cpu_s;
-  std::uint64_t segments;
+  std::int64_t segments;  // tcp_segments_sent(): -1 if unknown
   std::vector<std::uint64_t> responses;
 };
 
@@ -753,7 +754,11 @@ int main(int argc, char** argv) {
   const std::uint64_t errs = errors();
   // cores: CPU seconds per second of the whole process. A closed system is CPU-bound, so
   // well under N means that other processes had the CPUs meanwhile. segments: TCP segments
-  // sent per request, data and pure ACKs (the host's count, see tcp_segments_sent).
+  // sent per request, data and pure ACKs (the host's count, see tcp_segments_sent), or -1.
+  const double segments =
+      total && first.segments >= 0 && last.segments >= first.segments
+          ? static_cast<double>(last.segments - first.segments) / static_cast<double>(total)
+          : -1.0;
   std::printf("variant=%s%s shards=%u connections=%u requests=%llu seconds=%.3f rps=%.0f "
               "cpu_us=%.3f cores=%.2f segments=%.2f shard_rps=%s errors=%llu\n",
               variant_name.c_str(),
@@ -764,8 +769,7 @@ int main(int argc, char** argv) {
               static_cast<double>(total) / elapsed,
               total ? (last.cpu_s - first.cpu_s) * 1e6 / static_cast<double>(total) : 0.0,
               (last.cpu_s - first.cpu_s) / elapsed,
-              total ? static_cast<double>(last.segments - first.segments) / static_cast<double>(total) : 0.0,
-              per_shard.c_str(), static_cast<unsigned long long>(errs));
+              segments, per_shard.c_str(), static_cast<unsigned long long>(errs));
   for (unsigned i = 0; i < threads; ++i) std::free(g_shards[i].table);
   if (!ok || errs) {
     std::fprintf(stderr, "scale_bench: failed%s%s\n", why.empty() ? "" : ": ", why.c_str());
