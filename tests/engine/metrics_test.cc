@@ -14,11 +14,13 @@
 #include "tests/testing/loopback.h"
 #include "tests/testing/metrics_text.h"
 #include "tests/testing/reactor_fixture.h"
+#include "tests/testing/reactor_stats.h"
 #include "tests/testing/run_until.h"
 
 namespace {
 
 using testing_support::run_until;
+using testing_support::stats_of;
 constexpr auto series = testing_support::series_value;
 
 // The whole metrics text of r (grown until it fits).
@@ -31,13 +33,6 @@ std::string metrics(struct Reactor* r, int format = SOCK_METRICS_PROMETHEUS,
   EXPECT_EQ(sock_metrics(list, 1, format, prefix, text.data(), text.size()), n);
   text.resize(static_cast<std::size_t>(n));
   return text;
-}
-
-SockStats stats_of(struct Reactor* r) {
-  SockStats s{};
-  s.size = sizeof s;
-  EXPECT_EQ(sock_stats(r, &s), 0);
-  return s;
 }
 
 class MetricsTest : public testing_support::OneClientFixture {

@@ -27,6 +27,7 @@
 #include "tests/testing/fake_clock.h"
 #include "tests/testing/loopback.h"
 #include "tests/testing/reactor_fixture.h"
+#include "tests/testing/reactor_stats.h"
 #include "tests/testing/run_until.h"
 
 namespace {
@@ -919,12 +920,7 @@ TEST_F(ReactorTest, AConnectionMovedToAnotherReactorCountsOnlyThere) {
   const int s = connect_one(&c);
   ASSERT_GE(s, 0);
   settle(&r_);
-  const auto connections = [](struct Reactor* r) {
-    SockStats st{};
-    st.size = sizeof st;
-    EXPECT_EQ(sock_stats(r, &st), 0);
-    return st.connections;
-  };
+  const auto connections = [](struct Reactor* r) { return testing_support::stats_of(r).connections; };
   const uint64_t before = connections(&r_);
   ASSERT_GE(before, 1u);
   struct Reactor other = {};

@@ -24,6 +24,7 @@
 #include "engine/libsock.h"
 #include "engine/reactor.h"
 #include "tests/testing/loopback.h"
+#include "tests/testing/reactor_stats.h"
 #include "tests/testing/thread_state.h"
 #include "tests/testing/wait_for.h"
 
@@ -293,12 +294,7 @@ TEST_F(RoutingTest, CallsThatNeedTheOwnerThreadFailWithEpermElsewhere) {
 TEST_F(RoutingTest, AttachingAnFdThatAnotherThreadsReactorHoldsFailsWithEexist) {
   start_r(0);
   const int fd = server_.load();
-  const auto connections = [](struct Reactor* r) {
-    SockStats st{};
-    st.size = sizeof st;
-    EXPECT_EQ(sock_stats(r, &st), 0);
-    return st.connections;
-  };
+  const auto connections = [](struct Reactor* r) { return testing_support::stats_of(r).connections; };
   const uint64_t before = connections(&api_);
   EXPECT_EQ(before, 2u);  // the listener and the connection
   struct Reactor other = {};
