@@ -110,10 +110,8 @@ int open_here(Reactor* reactor, int fd, FdSlot& slot, bool connecting, bool watc
   // before touching the rest.
   slot.generation.load(std::memory_order_acquire);
   // Still held by a reactor another thread drives (an attached fd closed with close(2) and
-  // its number reused): that thread's state, which Reactor::attach would refuse (EEXIST).
-  // Refused here, before release_state() and the flags touch any of it.
-  if (Reactor* const held = load_owner(slot);
-      reactor && held && held != reactor && !held->is_owner_thread()) {
+  // its number reused): refused before release_state() and the flags touch that thread's state.
+  if (reactor && reactor->held_by_other_thread(slot)) {
     errno = EEXIST;
     return -1;
   }
@@ -183,8 +181,8 @@ int attach_connection(struct ::Reactor* owner, int fd) {
     }
     return 0;
   }
-  // Held by a reactor another thread drives: its state is that thread's (Reactor::attach), so
-  // the fd is refused before any of it is read.
+  // Held by a reactor another thread drives (Reactor::held_by_other_thread, as target_of
+  // found it): refused before any of its state is read.
   if (t.remote) {
     errno = EEXIST;
     return -1;

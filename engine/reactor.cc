@@ -496,16 +496,12 @@ int Reactor::attach(int fd, FdSlot& slot, bool watch_it) {
     errno = EBADF;
     return -1;
   }
-  // A move from another reactor: its epoll set, its counters and the slot are its thread's
-  // alone, so only a reactor this thread drives too may give the fd up here (libreact.h:
-  // EEXIST). Checked before reading the flags, which that thread may be writing.
-  if (Reactor* const held = load_owner(slot); held && held != this) {
-    if (!held->is_owner_thread()) {
-      errno = EEXIST;
-      return -1;
-    }
-    if (slot.flags & kAttached) held->detach(fd, slot);
+  // Checked before reading the flags, which the holding thread may be writing.
+  if (held_by_other_thread(slot)) {
+    errno = EEXIST;
+    return -1;
   }
+  if (slot.owner && slot.owner != this && (slot.flags & kAttached)) slot.owner->detach(fd, slot);
   const bool mine = slot.owner == this && (slot.flags & kAttached);
   if (watch_it) {
     epoll_event ev{};

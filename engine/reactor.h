@@ -142,6 +142,15 @@ class Reactor {
     }
   }
 
+  // Whether another reactor that another thread drives holds slot: its epoll set, its
+  // counters and the slot are that thread's alone, so attach() and the opens refuse the fd
+  // (EEXIST) instead of moving it; a reactor this thread drives too gives it up. One atomic
+  // load, before any of the slot's other fields is read. Any thread.
+  bool held_by_other_thread(FdSlot& slot) const {
+    Reactor* const held = load_owner(slot);
+    return held && held != this && !held->is_owner_thread();
+  }
+
   // The flush step for one fd: send what the kernel takes (bounded by `budget` bytes), then
   // close if due; on_ready runs when a queue the kernel had refused drains and
   // `notify_ready`. Returns bytes written, or -1 with errno when the fd was closed.
