@@ -22,7 +22,8 @@
 # sent per request (local: 2; see scale_bench.cc on cross's ACKs) and each shard's mean
 # requests/s.
 # Then, for each N, the CPU per request of cross, cross-shape and cross-kernel over local
-# (cross over cross-shape: what crossing shards through the door adds), where both ran, and
+# (cross over cross-shape: what crossing shards through the door adds), where both ran, as the
+# ratio of the medians and as the median (min-max) of the rounds' own ratios, and
 # (CALLGRIND=1, the default)
 # user-space instructions per request of local ping-pong at N = 1 and N = 2 under callgrind:
 # two runs of a fixed number of requests, $CG_REQUESTS and twice that, so that start-up and
@@ -119,11 +120,20 @@ for v in "${variants[@]}"; do
   done
 done
 echo
-# ratio A B N: the median CPU per request of variant A over B's at N shards, if both ran.
+# ratio A B N: the median CPU per request of variant A over B's at N shards, if both ran; then
+# the same ratio taken round by round (A's run over B's run of the same round, a few seconds
+# apart) as "median (min-max)": a change in the machine's state between rounds, which moves
+# both runs of a round alike, cancels out of these.
 ratio() {
   [[ -n ${cpu[$1/$3]:-} && -n ${cpu[$2/$3]:-} ]] || return 0
-  awk -v a="$(median ${cpu[$1/$3]})" -v b="$(median ${cpu[$2/$3]})" -v x="$1" -v y="$2" -v n="$3" \
-    'BEGIN {printf "%s/%s CPU per request at %d shards: %.2f (%.2f / %.2f us)\n", x, y, n, a / b, a, b}'
+  local -a a=(${cpu[$1/$3]}) b=(${cpu[$2/$3]}) each=()
+  local i
+  for i in "${!a[@]}"; do each+=("$(awk -v x="${a[i]}" -v y="${b[i]}" 'BEGIN {printf "%.4f", x / y}')"); done
+  read -r pm pmin pmax <<<"$(stats "${each[@]}")"
+  awk -v a="$(median "${a[@]}")" -v b="$(median "${b[@]}")" -v x="$1" -v y="$2" -v n="$3" \
+    -v pm="$pm" -v pmin="$pmin" -v pmax="$pmax" \
+    'BEGIN {printf "%s/%s CPU per request at %d shards: %.2f (%.2f / %.2f us); by round %.2f (%.2f-%.2f)\n",
+            x, y, n, a / b, a, b, pm, pmin, pmax}'
 }
 for n in "${shard_counts[@]}"; do
   ratio cross local "$n"
