@@ -514,6 +514,7 @@ int Reactor::attach(int fd, FdSlot& slot, bool watch_it) {
     }
   }
   if (!mine) {
+    if (stopping_) attached_while_stopping_ = true;
     attached_.add(1);
     if (Profile* p = profile()) p->opened(fd, monotonic_us() / 1000);
     count_queued(static_cast<int64_t>(slot.queued_bytes));  // a queue may come along
@@ -573,11 +574,18 @@ int Reactor::detach(int fd, FdSlot& slot, bool closing) {
 void Reactor::begin_stop() {
   stopping_ = true;
   stop_deadline_ms_ = read_clock() + stop_drain_ms_;
+  shut_down_attached(false);
+}
+
+void Reactor::shut_down_attached(bool late) {
   std::vector<uint64_t> keys;
   // Other reactors' slots are only looked at through the atomic owner (their other fields
-  // belong to other threads).
+  // belong to other threads). Listed first: the callbacks may close and open fds. After
+  // begin_stop(), every plain fd it saw is closed and every sock_ fd is closing, so what is
+  // attached and not closing arrived later.
   fd_table_for_each([&](int fd, FdSlot& slot) {
-    if (load_owner(slot) == this && (slot.flags & kAttached)) {
+    if (load_owner(slot) == this && (slot.flags & kAttached) &&
+        !(late && (slot.flags & kOpen) && (slot.flags & kClosing))) {
       keys.push_back(fd_key(fd, slot.generation.load(std::memory_order_relaxed)));
     }
   });
@@ -596,6 +604,10 @@ void Reactor::begin_stop() {
 }
 
 bool Reactor::finish_stop_if_done() {
+  if (attached_while_stopping_) {
+    attached_while_stopping_ = false;  // before the callbacks, which may attach more
+    shut_down_attached(true);
+  }
   if (attached() && read_clock() < stop_deadline_ms_) return false;
   // A requester still writing wake_fd_: its write ends in microseconds, so look again.
   if (stop_wakers_.load(std::memory_order_acquire) != 0) return false;

@@ -234,6 +234,10 @@ class Reactor {
   // Clears kSentDirect on the fds listed by note_direct_write: the iteration's end.
   void end_sent_direct();
   void begin_stop();
+  // on_shutdown, then a graceful close (sock_ fds: once the queue drains) or an immediate one
+  // (plain fds), for each fd attached here. `late`: only those attached since the stop began
+  // (attached_while_stopping_), i.e. all but the sock_ fds already closing.
+  void shut_down_attached(bool late);
   bool finish_stop_if_done();
   void tick_clock();
   void expire_timers();
@@ -321,6 +325,9 @@ class Reactor {
   // write; the stop completes only once it reads 0 with acquire.
   std::atomic<int> stop_wakers_{0};
   bool stopping_ = false;
+  // An fd was attached after begin_stop() listed the attached ones (a connection handed over
+  // through the inbox, a reactor_add in a callback): finish_stop_if_done() shuts it down.
+  bool attached_while_stopping_ = false;
   int64_t stop_deadline_ms_ = 0;
 };
 

@@ -807,6 +807,57 @@ TEST_F(ReactorTest, StopClosesAPeerThatNeverReadsAtTheFiveSecondDrainLimit) {
   EXPECT_EQ(testing_support::first_difference(idle_got.bytes, response), idle_got.bytes.size());
 }
 
+// An fd that reaches the reactor after its stop began is shut down like the others. Here a
+// connection is accepted and a pipe attached in another fd's on_shutdown, after the stop
+// listed the attached fds, as a connection handed over through the inbox is opened after the
+// stop's first step. Each gets on_shutdown once and on_close after it, the connection's
+// farewell reaches its peer, and the stop completes once they are done: the clock never
+// moves, so a stop that waited for the drain limit would never complete.
+TEST_F(ReactorTest, FdsAttachedWhileTheStopDrainsGetOnShutdownAndDoNotHoldTheStop) {
+  testing_support::FakeClock clock;
+  clock.install(&r_);
+  UniqueFd first_client;
+  const int first = connect_one(&first_client);
+  ASSERT_GE(first, 0);
+  UniqueFd late_client(new_client());
+  int pipe_fds[2];
+  ASSERT_EQ(pipe2(pipe_fds, O_CLOEXEC | O_NONBLOCK), 0);
+  UniqueFd pipe_writer(pipe_fds[1]);
+  const int late_plain = pipe_fds[0];  // attached below: the reactor closes it
+  int late = -1;
+  calls_.on_shutdown = [&](struct Reactor* r, int fd) {
+    if (fd == first) {
+      late = accept_next();
+      EXPECT_GE(late, 0);
+      EXPECT_EQ(reactor_add(r, late_plain), 0);
+    } else if (fd == late) {
+      EXPECT_EQ(sock_write(fd, "bye", 3), 0);
+    }
+  };
+
+  reactor_stop(&r_);
+  engine::Reactor* r = engine::Reactor::of(&r_, false);
+  ASSERT_NE(r, nullptr);
+  int rc = 0;
+  for (int i = 0; i < 1000 && (rc = r->run_once(0)) >= 0; ++i) {}
+  const int err = errno;
+  ASSERT_EQ(rc, -1) << "the stop waits for the drain limit";
+  EXPECT_EQ(err, 0);
+  EXPECT_EQ(r_._impl, nullptr);
+  for (const int fd : {first, late, late_plain}) {
+    std::vector<char> seen;
+    for (const auto& [what, which] : calls_.order) {
+      if (which == fd) seen.push_back(what);
+    }
+    EXPECT_EQ(seen, (std::vector<char>{'S', 'C'})) << "fd " << fd;
+  }
+  Sink got;
+  pollfd p{late_client.get(), POLLIN, 0};
+  while (!got.ended() && poll(&p, 1, 10000) > 0) pump(late_client.get(), &got);
+  EXPECT_TRUE(got.eof);
+  EXPECT_EQ(got.bytes, "bye");
+}
+
 // ---------------------------------------------------------------------------------------
 // Timers.
 
