@@ -39,9 +39,17 @@ bool AcceptPause::init(struct Reactor* reactor) {
   return true;
 }
 
+AcceptPause::~AcceptPause() {
+  if (listener_ >= 0) close(listener_);
+}
+
 void AcceptPause::pause(struct Reactor* reactor, int listener, int err) {
   listener_ = listener;
   reactor_remove(reactor, listener);
+  rest(err);
+}
+
+void AcceptPause::rest(int err) {
   itimerspec once{};
   once.it_value.tv_nsec = kPauseMs * 1000000;
   timerfd_settime(timer_, 0, &once, nullptr);
@@ -63,7 +71,11 @@ void AcceptPause::pause(struct Reactor* reactor, int listener, int err) {
 
 void AcceptPause::resume(struct Reactor* reactor) {
   reactor_reset_timer(timer_);
-  if (listener_ >= 0) reactor_add(reactor, listener_);
+  if (listener_ < 0) return;
+  if (reactor_add(reactor, listener_) < 0) {
+    rest(errno);  // still detached: try again after another pause
+    return;
+  }
   listener_ = -1;
 }
 

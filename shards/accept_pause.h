@@ -6,6 +6,11 @@
 // existing connections are served meanwhile. The timer fd is created up front: once fds run
 // out, none could be made. At most one log line per kLogEveryMs in the whole process: in
 // SO_REUSEPORT mode every shard has an AcceptPause, and they all reach the limit together.
+// If watching the listener again fails (no memory for its epoll entry: the same exhaustion),
+// it rests for another kPauseMs rather than being lost.
+// Ownership: while paused, the listener is detached, so the reactor's stop (which closes the
+// attached fds) does not close it: this object holds it then, and its destructor closes it.
+// The timer fd is attached, and the reactor closes it.
 // Threads: the reactor's owner thread (the log limit is shared through atomics). Errors:
 // reported on stderr (rate-limited).
 #ifndef SHARDS_ACCEPT_PAUSE_H_
@@ -22,6 +27,12 @@ class AcceptPause {
   static constexpr long kPauseMs = 100;
   static constexpr int64_t kLogEveryMs = 1000;
 
+  AcceptPause() = default;
+  // After the reactor's stop (or without one): closes the listener if it is paused.
+  ~AcceptPause();
+  AcceptPause(const AcceptPause&) = delete;
+  AcceptPause& operator=(const AcceptPause&) = delete;
+
   // Creates the timer fd and attaches it (disarmed) to `reactor`. False with errno on failure.
   bool init(struct Reactor* reactor);
   bool owns(int fd) const { return fd >= 0 && fd == timer_; }
@@ -31,6 +42,9 @@ class AcceptPause {
   void resume(struct Reactor* reactor);
 
  private:
+  // Arms the timer for kPauseMs and logs `err` (rate-limited).
+  void rest(int err);
+
   int timer_ = -1;
   int listener_ = -1;
 };

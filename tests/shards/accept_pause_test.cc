@@ -1,9 +1,11 @@
 // shards/accept_pause: at the fd limit a listener is paused, not retried in a loop. This is
 // the in-process, count-based half of tests/tools/emfile_test (which measures a real server's
 // CPU): it counts the reactor's loop iterations and the listener's wakeups while accept4 fails
-// with EMFILE, which a spin would run up by the thousand, whatever the machine's speed.
+// with EMFILE, which a spin would run up by the thousand, whatever the machine's speed. Then
+// what the pause owns: a listener that cannot be watched again, and one paused at a stop.
 #include "shards/accept_pause.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -14,6 +16,7 @@
 
 #include "engine/libreact.h"
 #include "engine/libsock.h"
+#include "tests/testing/fault_injection.h"
 #include "tests/testing/loopback.h"
 
 namespace {
@@ -26,6 +29,7 @@ constexpr auto kWindow = std::chrono::milliseconds(1000);
 struct Server {
   int listener = -1;
   shards::AcceptPause pause;
+  int resumes = 0;  // the pause timer fired
   int listener_wakeups = 0;
   int exhausted = 0;  // accept4 failures for lack of fds
   std::vector<int> accepted;
@@ -35,6 +39,7 @@ Server* g_server = nullptr;
 void on_data(struct Reactor* r, int fd) {
   Server& s = *g_server;
   if (s.pause.owns(fd)) {
+    ++s.resumes;
     s.pause.resume(r);
     return;
   }
@@ -112,6 +117,60 @@ TEST(AcceptPauseTest, AtTheFdLimitTheListenerWakesOncePerPauseThenAcceptsWhenFds
   while (reactor_review(&r) >= 0) {}
   for (const int c : clients) close(c);
   g_server = nullptr;
+}
+
+// Watching the listener again can fail as accepting did (no memory for its epoll entry). The
+// listener then rests for another pause instead of being dropped: once the kernel has memory
+// again, the connection waiting in the backlog is accepted.
+TEST(AcceptPauseTest, AListenerThatCannotBeWatchedAgainRestsAgainAndIsNotLost) {
+  namespace faults = testing_support::faults;
+  Server server;
+  g_server = &server;
+  struct Reactor r = {};
+  r.on_data = on_data;
+  const testing_support::Listener l = testing_support::listen_loopback();
+  server.listener = l.fd;
+  ASSERT_EQ(reactor_add(&r, l.fd), 0);
+  ASSERT_TRUE(server.pause.init(&r));
+  faults::watch(l.fd);
+  server.pause.pause(&r, l.fd, EMFILE);
+  faults::Plan plan;
+  plan.rate[static_cast<std::size_t>(faults::Call::kEpollCtl)] = 1.0;  // every ADD fails
+  faults::arm(plan);
+  const auto end = Clock::now() + std::chrono::seconds(20);
+  while (server.resumes < 2 && Clock::now() < end) ASSERT_GE(reactor_review(&r), 0);
+  faults::disarm();
+  EXPECT_EQ(server.resumes, 2) << "the first refused resume lost the listener";
+
+  const int client = testing_support::connect_client(l.port);
+  ASSERT_GE(client, 0);
+  while (server.accepted.empty() && Clock::now() < end) ASSERT_GE(reactor_review(&r), 0);
+  EXPECT_EQ(server.accepted.size(), 1u);
+
+  reactor_stop(&r);
+  while (reactor_review(&r) >= 0) {}
+  close(client);
+  g_server = nullptr;
+}
+
+// A paused listener is detached, so the reactor's stop, which closes the attached fds, leaves
+// it open: the pause closes it when destroyed. Left open, it would keep its port bound and
+// its backlog filling with connections nobody accepts.
+TEST(AcceptPauseTest, AListenerPausedWhenItsReactorStopsIsClosedWithThePause) {
+  const testing_support::Listener l = testing_support::listen_loopback();
+  {
+    shards::AcceptPause pause;
+    struct Reactor r = {};
+    ASSERT_EQ(reactor_add(&r, l.fd), 0);
+    ASSERT_TRUE(pause.init(&r));
+    pause.pause(&r, l.fd, EMFILE);
+    reactor_stop(&r);
+    while (reactor_review(&r) >= 0) {}
+    EXPECT_NE(fcntl(l.fd, F_GETFD), -1) << "the stop closed a detached fd";
+  }
+  errno = 0;
+  EXPECT_EQ(fcntl(l.fd, F_GETFD), -1);
+  EXPECT_EQ(errno, EBADF);
 }
 
 }  // namespace
