@@ -17,6 +17,7 @@
 #include <memory>
 #include <new>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -50,23 +51,43 @@ class Acceptor {
            int listener)
       : api_{}, shards_(shards), settings_(settings), listener_(listener) {
     api_.on_data = &Acceptor::on_data;
-    if (reactor_add(&api_, listener_) < 0 || !pause_.init(&api_)) {
-      std::fprintf(stderr, "acceptor: cannot watch the listener: %s\n", std::strerror(errno));
-      std::abort();
-    }
     // Room for a whole batch per shard up front: accepting never allocates.
     for (auto& fds : batches_) fds.reserve(batch_);
   }
-  // Returns once the acceptor's thread owns its reactor.
-  void start() {
+  // One that never ran is stopped here, on the thread that made it: that closes what its
+  // reactor holds (the pause timer, the listener) and frees the engine state, as a stop does.
+  ~Acceptor() {
+    if (started_ || !api_._impl) return;
+    reactor_stop(&api_);
+    while (reactor_review(&api_) >= 0) {}
+  }
+  Acceptor(const Acceptor&) = delete;
+  Acceptor& operator=(const Acceptor&) = delete;
+
+  // Makes the reactor and the pause timer, then watches the listener, last. False with errno
+  // on failure: the listener is then not attached, and still the caller's.
+  bool init() { return pause_.init(&api_) && reactor_add(&api_, listener_) == 0; }
+  // Returns once the acceptor's thread owns its reactor; false with errno (EAGAIN) if the
+  // thread could not be made.
+  bool start() {
     std::latch owned(1);
-    thread_ = std::thread([this, &owned] {
-      engine::Reactor::of(&api_, false)->bind_owner_thread();
-      owned.count_down();
-      // -1 with errno 0: the stop completed (the listener and timer are closed).
-      while (reactor_review(&api_) >= 0 || errno != 0) {}
-    });
+    try {
+      thread_ = std::thread([this, &owned] {
+        engine::Reactor::of(&api_, false)->bind_owner_thread();
+        owned.count_down();
+        // -1 with errno 0: the stop completed (the listener and timer are closed).
+        while (reactor_review(&api_) >= 0 || errno != 0) {}
+      });
+    } catch (const std::system_error& e) {
+      errno = e.code().value();
+      return false;
+    } catch (const std::bad_alloc&) {
+      errno = ENOMEM;
+      return false;
+    }
     owned.wait();
+    started_ = true;
+    return true;
   }
   void stop_and_join() {
     reactor_stop(&api_);
@@ -148,6 +169,7 @@ class Acceptor {
   std::vector<Shard::Load> loads_ = std::vector<Shard::Load>(shards_.size());
   std::vector<std::vector<int>> batches_ = std::vector<std::vector<int>>(shards_.size());
   std::thread thread_;
+  bool started_ = false;
 };
 
 }  // namespace shards
@@ -161,6 +183,19 @@ struct SockServer {
   std::unique_ptr<shards::Acceptor> acceptor;
   int stop_fd = -1;  // eventfd: sock_server_request_stop() -> sock_server_wait()
 };
+
+namespace {
+
+// Stops what runs and joins it: the acceptor first (nothing more may be handed to a shard
+// that is stopping), then every shard at once. A shard or an acceptor that never started is
+// left to its destructor.
+void stop_threads(SockServer& server) {
+  if (server.acceptor) server.acceptor->stop_and_join();
+  for (auto& shard : server.shards) shard->request_stop();
+  for (auto& shard : server.shards) shard->join();
+}
+
+}  // namespace
 
 extern "C" {
 
@@ -203,20 +238,43 @@ struct SockServer* sock_server_start_fn(struct SockServerSettings settings) {
     }
     listeners.push_back(fd);
   }
+  // From here, a failure undoes everything: the threads that started are stopped and joined,
+  // the shards and the acceptor that never ran are stopped on this thread by their
+  // destructors (which closes the listeners their reactors hold), and the listeners no
+  // reactor took yet are closed here.
+  std::size_t taken = 0;  // listeners[0, taken) are attached to a shard's or the acceptor's reactor
+  const auto fail = [&](const char* what) -> SockServer* {
+    const int err = errno;
+    std::fprintf(stderr, "sock_server_start: %s: %s\n", what, std::strerror(err));
+    stop_threads(*server);
+    close(server->stop_fd);
+    server.reset();
+    for (std::size_t i = taken; i < listeners.size(); ++i) close(listeners[i]);
+    errno = err;
+    return nullptr;
+  };
   // One shard leaves the acceptor nothing to place: the shard accepts on the one listener
   // itself, as in reuseport mode, and no connection pays a handoff between two threads.
   const bool shards_accept = reuse_port || threads == 1;
   for (int i = 0; i < threads; ++i) {
-    server->shards.push_back(std::make_unique<shards::Shard>(
-        server->settings, i, shards_accept ? listeners[static_cast<std::size_t>(i)] : -1,
-        server.get()));
+    const int listener = shards_accept ? listeners[static_cast<std::size_t>(i)] : -1;
+    server->shards.push_back(
+        std::make_unique<shards::Shard>(server->settings, i, listener, server.get()));
+    if (!server->shards.back()->init()) return fail("cannot make a shard's reactor");
+    if (listener >= 0) taken = static_cast<std::size_t>(i) + 1;
   }
   if (!shards_accept) {
     server->acceptor =
         std::make_unique<shards::Acceptor>(server->shards, server->settings, listeners[0]);
+    if (!server->acceptor->init()) return fail("cannot make the acceptor's reactor");
+    taken = 1;
   }
-  for (auto& shard : server->shards) shard->start();
-  if (server->acceptor) server->acceptor->start();
+  for (auto& shard : server->shards) {
+    if (!shard->start()) return fail("cannot start a shard's thread");
+  }
+  if (server->acceptor && !server->acceptor->start()) {
+    return fail("cannot start the acceptor's thread");
+  }
   return server.release();
 }
 
@@ -277,10 +335,7 @@ int sock_server_stop(struct SockServer* server) {
     errno = EINVAL;
     return -1;
   }
-  // New connections first: nothing more may be handed to a shard that is stopping.
-  if (server->acceptor) server->acceptor->stop_and_join();
-  for (auto& shard : server->shards) shard->request_stop();
-  for (auto& shard : server->shards) shard->join();
+  stop_threads(*server);
   close(server->stop_fd);
   delete server;
   return 0;

@@ -7,12 +7,10 @@
 
 #include <cerrno>
 #include <cstddef>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <mutex>
 #include <new>
 #include <optional>
+#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -72,47 +70,68 @@ Shard::Shard(const SockServerSettings& settings, int index, int listener, SockSe
   api_.on_data = &Shard::on_data;
   api_.on_shutdown = &Shard::on_shutdown;
   api_.on_close = &Shard::on_close;
+}
+
+bool Shard::init() {
   engine_ = engine::Reactor::of(&api_, true);
-  if (!engine_) {
-    std::fprintf(stderr, "shard %d: cannot start its reactor: %s\n", index, std::strerror(errno));
-    std::abort();
-  }
+  if (!engine_) return false;
   ReactorLimits limits{};
-  limits.idle_timeout_ms = settings.idle_timeout_ms == SOCK_NO_TIMEOUT ? 0
-                           : settings.idle_timeout_ms ? settings.idle_timeout_ms
-                                                      : engine::kServerIdleTimeoutMs;
-  limits.high_watermark = settings.high_watermark;
-  limits.low_watermark = settings.low_watermark;
-  limits.memory_budget = settings.shard_memory_budget;
+  limits.idle_timeout_ms = settings_.idle_timeout_ms == SOCK_NO_TIMEOUT ? 0
+                           : settings_.idle_timeout_ms ? settings_.idle_timeout_ms
+                                                       : engine::kServerIdleTimeoutMs;
+  limits.high_watermark = settings_.high_watermark;
+  limits.low_watermark = settings_.low_watermark;
+  limits.memory_budget = settings_.shard_memory_budget;
   engine_->set_limits(limits);
-  engine_->set_stop_drain_ms(settings.stop_timeout_ms ? settings.stop_timeout_ms
-                                                      : engine::kStopDrainMs);
+  engine_->set_stop_drain_ms(settings_.stop_timeout_ms ? settings_.stop_timeout_ms
+                                                       : engine::kStopDrainMs);
   engine_->set_on_open(&Shard::on_open);
   // Kept past its stop until ~Shard: while the other shards finish theirs, their threads may
   // still read this shard's counters (a /metrics scrape served during a stop).
   engine_->set_keep_after_stop();
-  inbox_ = std::make_unique<engine::Inbox>(*engine_);
-  engine_->use_inbox(inbox_.get());
-  if (listener_ >= 0 && (reactor_add(&api_, listener_) < 0 || !accept_pause_.init(&api_))) {
-    std::fprintf(stderr, "shard %d: cannot watch its listener: %s\n", index, std::strerror(errno));
-    std::abort();
+  try {
+    inbox_ = std::make_unique<engine::Inbox>(*engine_);
+  } catch (const std::bad_alloc&) {  // the node preallocation, or the object itself
+    errno = ENOMEM;
+    return false;
   }
+  engine_->use_inbox(inbox_.get());
+  // The listener last: if anything fails, it is not attached (see the header).
+  return listener_ < 0 || (accept_pause_.init(&api_) && reactor_add(&api_, listener_) == 0);
 }
 
 Shard* Shard::of(struct ::Reactor* api) { return reinterpret_cast<Shard*>(api); }
 
 Shard::~Shard() {
-  while (inbox_->drain_with(engine::discard_posted) > 0) {}
+  if (!engine_) return;  // init() could not make the reactor: nothing else was made
+  if (!started_) {
+    reactor_stop(&api_);
+    // -1 once the stop completed (errno 0) or the loop failed: either way it is over.
+    while (engine_->run_once(0) >= 0) {}
+  }
+  if (inbox_) {
+    while (inbox_->drain_with(engine::discard_posted) > 0) {}
+  }
   // Its thread is joined (or never ran): this thread may own the engine state now.
   engine_->bind_owner_thread();
   api_._impl = nullptr;
   delete engine_;
 }
 
-void Shard::start() {
+bool Shard::start() {
   std::latch owned(1);
-  thread_ = std::thread([this, &owned] { run(owned); });
+  try {
+    thread_ = std::thread([this, &owned] { run(owned); });
+  } catch (const std::system_error& e) {  // pthread_create failed: EAGAIN, say
+    errno = e.code().value();
+    return false;
+  } catch (const std::bad_alloc&) {  // the thread's state
+    errno = ENOMEM;
+    return false;
+  }
   owned.wait();
+  started_ = true;
+  return true;
 }
 
 void Shard::request_stop() { reactor_stop(&api_); }

@@ -31,19 +31,27 @@ namespace shards {
 
 class Shard {
  public:
-  // Creates the reactor (its pool, epoll set, limits). listener >= 0: this shard accepts on its
-  // own SO_REUSEPORT listener. Aborts with a message if the engine cannot start.
-  // `server`: what sock_server_of() answers for this shard's reactor.
+  // Records the settings; init() makes what can fail. listener >= 0: this shard accepts on
+  // its own listener (SO_REUSEPORT, or a lone shard's). `server`: what sock_server_of()
+  // answers for this shard's reactor.
   Shard(const SockServerSettings& settings, int index, int listener, SockServer* server);
-  // After join() (or without start()): discards the calls posted to the shard after its stop
-  // completed and deletes the reactor's engine state.
+  // After join(), or for a shard never started: a shard that never ran is stopped here first,
+  // on this thread (the thread that made it), which closes what its reactor holds (the
+  // listener, the pause timer) as a stop does. Then discards the calls posted to the shard
+  // after its stop completed and deletes the reactor's engine state.
   ~Shard();
   Shard(const Shard&) = delete;
   Shard& operator=(const Shard&) = delete;
 
-  // Returns once the shard's thread owns the reactor: from then on every sock_ call for its
-  // fds from another thread is posted to it.
-  void start();
+  // Creates the reactor (its pool, epoll set, limits, inbox), then the accept-pause timer and
+  // the listener's registration, last. False with errno (EMFILE, ENOMEM...) on failure: the
+  // listener is then not attached, and still the caller's; once init() succeeded, the
+  // shard's reactor closes it at its stop.
+  bool init();
+  // After init(). Returns once the shard's thread owns the reactor: from then on every sock_
+  // call for its fds from another thread is posted to it. False with errno (EAGAIN: no thread
+  // could be made) if the thread did not start.
+  bool start();
   // Any thread: begins the graceful stop (the reactor's stop: on_shutdown, drain, close).
   void request_stop();
   void join();
@@ -88,9 +96,10 @@ class Shard {
   int index_;
   int listener_;
   SockServer* server_;
-  engine::Reactor* engine_;
+  engine::Reactor* engine_ = nullptr;
   std::unique_ptr<engine::Inbox> inbox_;
   std::thread thread_;
+  bool started_ = false;
   AcceptPause accept_pause_;
   // Shard thread only: the running count behind LoadCard::opened (a plain add per
   // connection; the card gets it once per iteration).
