@@ -25,6 +25,24 @@ void close_keeping_errno(int fd) {
   errno = err;
 }
 
+// accept4 failed for the connection it took off the backlog, not for the listener: the next
+// one may be fine (accept(2), "Error handling").
+bool is_connection_error(int err) {
+  switch (err) {
+    case ECONNABORTED:
+    case ENETDOWN:
+    case EPROTO:
+    case ENOPROTOOPT:
+    case EHOSTDOWN:
+    case ENONET:
+    case EHOSTUNREACH:
+    case ENETUNREACH:
+      return true;
+    default:
+      return false;
+  }
+}
+
 }  // namespace
 
 int accept_connection(int listener) {
@@ -39,7 +57,7 @@ int accept_connection(int listener) {
   int client;
   do {
     client = accept4(listener, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-  } while (client < 0 && (errno == EINTR || errno == ECONNABORTED));
+  } while (client < 0 && (errno == EINTR || is_connection_error(errno)));
   if (client < 0) {
     if (errno == EAGAIN && server) {
       server->flags &= ~kReadPending;

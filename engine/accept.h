@@ -20,7 +20,10 @@ namespace engine {
 // Accepts one connection waiting on `listener`: its fd, with TCP_NODELAY, not yet opened for
 // the sock_ API. -1 with errno EAGAIN when none waits (the listener's slot then drops
 // kReadPending), or accept4's error (EMFILE, ENFILE, ENOBUFS, ENOMEM when out of resources);
-// EINTR and ECONNABORTED (a client that gave up while queued) are retried. A success marks the
+// EINTR and the errors of the one connection taken off the backlog are retried: ECONNABORTED
+// (a client that gave up while queued) and the network errors accept(2) says Linux passes on
+// from the new socket, to be treated like EAGAIN by retrying (ENETDOWN, EPROTO, ENOPROTOOPT,
+// EHOSTDOWN, ENONET, EHOSTUNREACH, ENETUNREACH). A success marks the
 // listener's slot with kReadProgress, so its reactor calls on_data again while a batch made
 // progress.
 // TCP_NODELAY: a listener a reactor watches gets the option itself, which the sockets the

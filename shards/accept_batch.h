@@ -19,15 +19,17 @@ namespace shards {
 
 // Accepts up to `batch` connections waiting on `listener` and calls accepted(fd) with each
 // fd, not yet opened (engine/accept.h): the caller opens it or hands it on. Ends at the first
-// accept4 failure: EAGAIN when the backlog is empty; lack of fds or memory pauses the listener
-// (AcceptPause) instead of spinning on it.
+// accept4 failure: EAGAIN when the backlog is empty. Any other failure (lack of fds or
+// memory; EPERM from a security module, which takes nothing off the backlog) pauses the
+// listener (AcceptPause), logged: retrying at once would spin, and waiting for the next
+// connect's edge would leave the backlog unserved on a quiet server.
 template <typename Accepted>
 void accept_batch(struct Reactor* watcher, int listener, unsigned batch, AcceptPause& pause,
                   Accepted&& accepted) {
   for (unsigned i = 0; i < batch; ++i) {
     const int fd = engine::accept_connection(listener);
     if (fd < 0) {
-      if (is_exhaustion(errno)) pause.pause(watcher, listener, errno);
+      if (errno != EAGAIN) pause.pause(watcher, listener, errno);
       return;
     }
     accepted(fd);

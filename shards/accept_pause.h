@@ -1,8 +1,9 @@
 // File: shards/accept_pause.h
 // Accepting under fd exhaustion without spinning. When accept4 fails for lack of fds or
-// memory (EMFILE, ENFILE, ENOBUFS, ENOMEM), the pending connection stays in the backlog and
-// the listener stays readable, so an edge-triggered loop that retries at once would spin. The
-// listener is detached from its reactor instead, and a timer reattaches it kPauseMs later;
+// memory (EMFILE, ENFILE, ENOBUFS, ENOMEM), or for another reason that is not the backlog's
+// end (accept_batch.h), the pending connection stays in the backlog and the listener stays
+// readable, so an edge-triggered loop that retries at once would spin. The listener is
+// detached from its reactor instead, and a timer reattaches it kPauseMs later;
 // existing connections are served meanwhile. The timer fd is created up front: once fds run
 // out, none could be made. At most one log line per kLogEveryMs in the whole process: in
 // SO_REUSEPORT mode every shard has an AcceptPause, and they all reach the limit together.
