@@ -97,7 +97,8 @@ int reactor_review(struct Reactor* reactor);
  * fd, lets queued output drain for up to 5 seconds, closes every fd (on_close each), frees
  * the engine state and returns -1 with errno 0. An fd attached while the stop drains (a
  * connection handed over by another thread, a reactor_add in a callback) gets the same:
- * on_shutdown at the end of the review that attached it, then the drain and the close. */
+ * on_shutdown at the end of the review that attached it, then the drain and the close
+ * (a sock_ fd already closing by then gets no on_shutdown: it is on its way out). */
 void reactor_stop(struct Reactor* reactor);
 
 /** Attaches fd (any pollable fd) to the reactor, edge-triggered for input, output and peer

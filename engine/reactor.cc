@@ -58,7 +58,13 @@ Reactor* Reactor::of(struct ::Reactor* api, bool create) {
     return nullptr;
   }
   if (api->_impl || !create) return static_cast<Reactor*>(api->_impl);
-  auto* r = new Reactor(api);
+  Reactor* r;
+  try {
+    r = new Reactor(api);
+  } catch (const std::bad_alloc&) {  // reached from the C API: no exception may leave
+    errno = ENOMEM;
+    return nullptr;
+  }
   if (r->init() < 0) {
     const int err = errno;
     delete r;
@@ -217,7 +223,8 @@ void Reactor::refresh_top_connections() {
 //     callbacks queued: all the responses owed by one batch leave in one writev per fd.
 //  5. Close connections whose idle timeout or deadline passed (after the flush, so progress
 //     made in this iteration counts).
-//  6. A stop completes once every fd is closed or the drain deadline passed.
+//  6. During a stop, fds attached in this iteration are shut down as the first step did with
+//     the others; the stop completes once every fd is closed or the drain deadline passed.
 int Reactor::run_once(int timeout_ms) {
   if (!pool_->is_owner_thread()) bind_owner_thread();
   Reactor* const outer = current_;
@@ -254,6 +261,7 @@ int Reactor::run_once(int timeout_ms) {
   expire_timers();
   end_sent_direct();
   if (wait_ms != 0 && trim_due()) trim();  // the loop keeps up: no work was left over
+  if (attached_while_stopping_) shut_down_attached(true);  // a callback's, like begin_stop's
 
   current_ = outer;
   if (stopping_ && finish_stop_if_done()) return -1;  // `this` was deleted
@@ -513,8 +521,10 @@ int Reactor::attach(int fd, FdSlot& slot, bool watch_it) {
       return -1;
     }
   }
+  // Any attach during a stop, a re-arm too: sock_open of a plain fd (or sock_clear) in a
+  // callback gives an attached fd a new generation, which begin_stop's list does not know.
+  if (stopping_) attached_while_stopping_ = true;
   if (!mine) {
-    if (stopping_) attached_while_stopping_ = true;
     attached_.add(1);
     if (Profile* p = profile()) p->opened(fd, monotonic_us() / 1000);
     count_queued(static_cast<int64_t>(slot.queued_bytes));  // a queue may come along
@@ -578,6 +588,7 @@ void Reactor::begin_stop() {
 }
 
 void Reactor::shut_down_attached(bool late) {
+  attached_while_stopping_ = false;  // before the callbacks, which may attach more
   std::vector<uint64_t> keys;
   // Other reactors' slots are only looked at through the atomic owner (their other fields
   // belong to other threads). Listed first: the callbacks may close and open fds. After
@@ -604,10 +615,6 @@ void Reactor::shut_down_attached(bool late) {
 }
 
 bool Reactor::finish_stop_if_done() {
-  if (attached_while_stopping_) {
-    attached_while_stopping_ = false;  // before the callbacks, which may attach more
-    shut_down_attached(true);
-  }
   if (attached() && read_clock() < stop_deadline_ms_) return false;
   // A requester still writing wake_fd_: its write ends in microseconds, so look again.
   if (stop_wakers_.load(std::memory_order_acquire) != 0) return false;

@@ -235,8 +235,9 @@ class Reactor {
   void end_sent_direct();
   void begin_stop();
   // on_shutdown, then a graceful close (sock_ fds: once the queue drains) or an immediate one
-  // (plain fds), for each fd attached here. `late`: only those attached since the stop began
-  // (attached_while_stopping_), i.e. all but the sock_ fds already closing.
+  // (plain fds), for each fd attached here. `late`: after an attach during the stop
+  // (attached_while_stopping_), at the end of that iteration: all but the sock_ fds already
+  // closing, which begin_stop (or the user) dealt with.
   void shut_down_attached(bool late);
   bool finish_stop_if_done();
   void tick_clock();
@@ -325,8 +326,9 @@ class Reactor {
   // write; the stop completes only once it reads 0 with acquire.
   std::atomic<int> stop_wakers_{0};
   bool stopping_ = false;
-  // An fd was attached after begin_stop() listed the attached ones (a connection handed over
-  // through the inbox, a reactor_add in a callback): finish_stop_if_done() shuts it down.
+  // An fd was attached (or re-armed) after begin_stop() listed the attached ones (a
+  // connection handed over through the inbox, a reactor_add or sock_open in a callback):
+  // run_once() shuts it down at the end of that iteration.
   bool attached_while_stopping_ = false;
   int64_t stop_deadline_ms_ = 0;
 };

@@ -44,9 +44,17 @@ AcceptPause::~AcceptPause() {
 }
 
 void AcceptPause::pause(struct Reactor* reactor, int listener, int err) {
+  if (reactor_remove(reactor, listener) < 0) return;
   listener_ = listener;
-  reactor_remove(reactor, listener);
   rest(err);
+}
+
+bool AcceptPause::closed(int fd) {
+  if (!owns(fd)) return false;
+  timer_ = -1;
+  if (listener_ >= 0) close(listener_);
+  listener_ = -1;
+  return true;
 }
 
 void AcceptPause::rest(int err) {

@@ -10,8 +10,9 @@
 // If watching the listener again fails (no memory for its epoll entry: the same exhaustion),
 // it rests for another kPauseMs rather than being lost.
 // Ownership: while paused, the listener is detached, so the reactor's stop (which closes the
-// attached fds) does not close it: this object holds it then, and its destructor closes it.
-// The timer fd is attached, and the reactor closes it.
+// attached fds) does not close it: this object holds it then, and closes it when told that
+// the timer closed (the stop: closed()) or when destroyed. The timer fd is attached, and the
+// reactor closes it.
 // Threads: the reactor's owner thread (the log limit is shared through atomics). Errors:
 // reported on stderr (rate-limited).
 #ifndef SHARDS_ACCEPT_PAUSE_H_
@@ -37,8 +38,13 @@ class AcceptPause {
   // Creates the timer fd and attaches it (disarmed) to `reactor`. False with errno on failure.
   bool init(struct Reactor* reactor);
   bool owns(int fd) const { return fd >= 0 && fd == timer_; }
-  // accept4 on `listener` failed with `err`: stop watching it for kPauseMs.
+  // accept4 on `listener` failed with `err`: stop watching it for kPauseMs. Nothing happens
+  // if `listener` is not attached to `reactor` (it is not this object's to hold then).
   void pause(struct Reactor* reactor, int listener, int err);
+  // The reactor closed fd (its on_close). If fd was the timer (the reactor's stop closed it),
+  // forgets its number, which a later connection may get, closes the listener if it is
+  // paused, and returns true.
+  bool closed(int fd);
   // The timer fired: watch the listener again; what waits in the backlog raises on_data.
   void resume(struct Reactor* reactor);
 

@@ -204,22 +204,33 @@ struct SockServer* sock_server_start_fn(struct SockServerSettings settings) {
     errno = EINVAL;
     return nullptr;
   }
-  auto server = std::make_unique<SockServer>();
-  if (settings.address) server->address = settings.address;
-  server->port = settings.port;
-  settings.address = settings.address ? server->address.c_str() : nullptr;
-  settings.port = server->port.c_str();
   const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
   const int threads =
       settings.threads > 0 ? settings.threads : static_cast<int>(cpus > 0 ? cpus : 1);
+  const bool reuse_port = settings.accept_mode == SOCK_ACCEPT_REUSEPORT;
+  // What may throw before any fd or thread exists; the shards' and the acceptor's own
+  // allocations are caught below, where fail() undoes what was made.
+  std::unique_ptr<SockServer> server;
+  std::vector<int> listeners;
+  std::string port;
+  try {
+    server = std::make_unique<SockServer>();
+    if (settings.address) server->address = settings.address;
+    server->port = settings.port;
+    port = server->port;
+    listeners.reserve(static_cast<std::size_t>(reuse_port ? threads : 1));
+    server->shards.reserve(static_cast<std::size_t>(threads));
+  } catch (const std::bad_alloc&) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  settings.address = settings.address ? server->address.c_str() : nullptr;
+  settings.port = server->port.c_str();
   server->settings = settings;
   server->stop_fd = eventfd(0, EFD_CLOEXEC);
   if (server->stop_fd < 0) return nullptr;
   sock_max_capacity();  // one fd per connection: take all the process may have
 
-  const bool reuse_port = settings.accept_mode == SOCK_ACCEPT_REUSEPORT;
-  std::vector<int> listeners;
-  std::string port = server->port;
   for (int i = 0; i < (reuse_port ? threads : 1); ++i) {
     const int fd =
         engine::listen_socket(settings.address, port.c_str(), reuse_port, settings.defer_accept_s);
@@ -256,18 +267,23 @@ struct SockServer* sock_server_start_fn(struct SockServerSettings settings) {
   // One shard leaves the acceptor nothing to place: the shard accepts on the one listener
   // itself, as in reuseport mode, and no connection pays a handoff between two threads.
   const bool shards_accept = reuse_port || threads == 1;
-  for (int i = 0; i < threads; ++i) {
-    const int listener = shards_accept ? listeners[static_cast<std::size_t>(i)] : -1;
-    server->shards.push_back(
-        std::make_unique<shards::Shard>(server->settings, i, listener, server.get()));
-    if (!server->shards.back()->init()) return fail("cannot make a shard's reactor");
-    if (listener >= 0) taken = static_cast<std::size_t>(i) + 1;
-  }
-  if (!shards_accept) {
-    server->acceptor =
-        std::make_unique<shards::Acceptor>(server->shards, server->settings, listeners[0]);
-    if (!server->acceptor->init()) return fail("cannot make the acceptor's reactor");
-    taken = 1;
+  try {
+    for (int i = 0; i < threads; ++i) {
+      const int listener = shards_accept ? listeners[static_cast<std::size_t>(i)] : -1;
+      server->shards.push_back(
+          std::make_unique<shards::Shard>(server->settings, i, listener, server.get()));
+      if (!server->shards.back()->init()) return fail("cannot make a shard's reactor");
+      if (listener >= 0) taken = static_cast<std::size_t>(i) + 1;
+    }
+    if (!shards_accept) {
+      server->acceptor =
+          std::make_unique<shards::Acceptor>(server->shards, server->settings, listeners[0]);
+      if (!server->acceptor->init()) return fail("cannot make the acceptor's reactor");
+      taken = 1;
+    }
+  } catch (const std::bad_alloc&) {
+    errno = ENOMEM;
+    return fail("cannot make a shard or the acceptor");
   }
   for (auto& shard : server->shards) {
     if (!shard->start()) return fail("cannot start a shard's thread");

@@ -221,7 +221,13 @@ void Shard::on_open(struct ::Reactor* api, int fd) {
 
 void Shard::on_close(struct ::Reactor* api, int fd) {
   Shard* shard = of(api);
-  if (fd == shard->listener_ || shard->accept_pause_.owns(fd)) return;
+  // The listener and the pause timer close at the stop. Their numbers are forgotten then: a
+  // connection that gets one during the drain is the user's, not accept_own's or resume's.
+  if (fd == shard->listener_) {
+    shard->listener_ = -1;
+    return;
+  }
+  if (shard->accept_pause_.closed(fd)) return;
   if (shard->settings_.on_close) shard->settings_.on_close(api, fd);
 }
 

@@ -173,4 +173,28 @@ TEST(AcceptPauseTest, AListenerPausedWhenItsReactorStopsIsClosedWithThePause) {
   EXPECT_EQ(errno, EBADF);
 }
 
+// The reactor's stop closes the pause timer; told so (closed(), from on_close, as a shard
+// does), the pause closes a paused listener at once, so the port is free when the stop
+// completes, and it forgets the timer's number, which a later connection may get.
+TEST(AcceptPauseTest, WhenItsTimerClosesAPausedListenerIsClosedToo) {
+  static shards::AcceptPause* pause_of_test = nullptr;
+  const testing_support::Listener l = testing_support::listen_loopback();
+  shards::AcceptPause pause;
+  pause_of_test = &pause;
+  struct Reactor r = {};
+  r.on_close = [](struct Reactor*, int fd) { pause_of_test->closed(fd); };
+  ASSERT_EQ(reactor_add(&r, l.fd), 0);
+  ASSERT_TRUE(pause.init(&r));
+  pause.pause(&r, l.fd, EMFILE);
+  reactor_stop(&r);
+  while (reactor_review(&r) >= 0) {}
+  errno = 0;
+  EXPECT_EQ(fcntl(l.fd, F_GETFD), -1);
+  EXPECT_EQ(errno, EBADF);
+  const int reused = dup(STDIN_FILENO);  // the lowest free number: the listener's or the timer's
+  EXPECT_FALSE(pause.owns(reused));
+  close(reused);
+  pause_of_test = nullptr;
+}
+
 }  // namespace
