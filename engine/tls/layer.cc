@@ -43,11 +43,13 @@ static_assert(BUFFER_FILE_READ_SIZE + kSealOverhead <= BUFFER_PACKET_SIZE);
 // A post-handshake message longer than this is refused (a KeyUpdate is 5 bytes; a client's
 // NewSessionTicket is a few hundred).
 constexpr std::size_t kMaxPostHandshakeMessage = kMaxPlaintext;
-// Records a peer may send after the handshake with no application data between them that make
-// this side answer or work (KeyUpdates, tickets; TLS 1.2 renegotiation attempts): past this,
-// the connection fails. Each answer costs a queued record, and a peer that never reads could
-// otherwise pile them up without bound. BoringSSL allows 32 such messages as well.
-constexpr unsigned kMaxControlRecords = 32;
+// TLS 1.3 records (opened by the layer itself, after hand_over) a peer may send in a row that
+// carry no application data: empty ones, post-handshake messages (KeyUpdates, tickets). Past
+// this the connection fails. Such a record gives sock_read nothing to return, so without a
+// limit a peer streaming them (an empty one is 22 bytes) keeps one sock_read reading, and
+// each KeyUpdate costs a key derivation. OpenSSL allows 32 empty records in a row
+// (MAX_EMPTY_RECORDS, also for TLS 1.2, whose records it opens); BoringSSL 32 KeyUpdates.
+constexpr unsigned kMaxRecordsWithoutData = 32;
 // A KeyUpdate sealed in front of a record in its packet: header, message, type, tag.
 constexpr std::size_t kKeyUpdateRecord = kSealOverhead + 5;
 static_assert(BUFFER_FILE_READ_SIZE + kSealOverhead + kKeyUpdateRecord <= BUFFER_PACKET_SIZE,
@@ -68,7 +70,7 @@ struct Connection {
   bool shut = false;     // close_notify queued
   bool resumed = false;  // from a ticket
   bool key_update_owed = false;  // the peer asked for one: sent before the next record
-  unsigned control_records = 0;  // since the last application data (kMaxControlRecords)
+  unsigned records_without_data = 0;  // in a row (kMaxRecordsWithoutData)
   unsigned secrets = 0;  // kReadSecret | kWriteSecret, as the keylog callback gave them
   const std::string* alpn = nullptr;  // the configuration's name ALPN chose
   int64_t started_us;
@@ -319,9 +321,6 @@ int post_handshake(Connection* c, const uint8_t* data, std::size_t n) {
     if (len > kMaxPostHandshakeMessage) return fail(c, "a post-handshake message too long", 0);
     if (n < 4 + len) break;
     const uint8_t type = data[0];
-    if (++c->control_records > kMaxControlRecords) {
-      return fail(c, "too many post-handshake messages without application data", 0);
-    }
     if (type == 24 && len == 1 && data[4] <= 1 && n == 5) {  // KeyUpdate, last in its record
       if (!update_traffic_secret(c->keys, &c->keys.read)) return fail(c, "KeyUpdate failed", 0);
       // update_requested: one answer, however many requests, before the next record this
@@ -364,21 +363,27 @@ int open_records(Connection* c, uint8_t* src, std::size_t n, uint8_t* out, std::
     }
     const uint8_t* plain = rec + kHeaderBytes;
     at += kHeaderBytes + body;
-    if (type == ContentType::kApplicationData) {
+    if (type == ContentType::kApplicationData && len) {
       if (len > max_len - *produced) return fail(c, "more plaintext than the read buffer", 0);
       std::memmove(out + *produced, plain, len);
       *produced += len;
-      if (len) c->control_records = 0;
-    } else if (type == ContentType::kAlert) {
+      c->records_without_data = 0;
+      continue;
+    }
+    if (type == ContentType::kAlert) {
       if (len == 2 && plain[1] == 0) {  // close_notify: what follows it is ignored
         c->phase = Phase::kEnded;
         return 1;
       }
       std::string why_alert = "the peer sent alert " + std::to_string(len == 2 ? plain[1] : 0);
       return fail(c, why_alert.c_str(), 0);
-    } else if (type == ContentType::kHandshake) {
+    }
+    if (++c->records_without_data > kMaxRecordsWithoutData) {
+      return fail(c, "too many records without application data", 0);
+    }
+    if (type == ContentType::kHandshake) {
       if (post_handshake(c, plain, len) < 0) return -1;
-    } else {
+    } else if (type != ContentType::kApplicationData) {  // an empty one is dropped
       return fail(c, "bad record: an unexpected content type", 0);
     }
   }
@@ -474,8 +479,8 @@ int tls_unwrap(int, void* buffer, ssize_t* len, const size_t max_len, void* udat
   // Records OpenSSL answers on its own (a TLS 1.2 no_renegotiation alert, say): bounded as
   // TLS 1.3's KeyUpdates are.
   if (produced) {
-    c->control_records = 0;
-  } else if (!staging().empty() && ++c->control_records > kMaxControlRecords) {
+    c->records_without_data = 0;
+  } else if (!staging().empty() && ++c->records_without_data > kMaxRecordsWithoutData) {
     return fail(c, "too many records without application data", 0);
   }
   if (!send_staged(c)) return fail(c, "no memory for TLS records", 0);

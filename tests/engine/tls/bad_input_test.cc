@@ -1,7 +1,8 @@
 // Bad input on TLS connections (engine/tls/layer.cc's failure paths): whatever a peer sends,
 // the server closes that connection with a reason (SOCK_CLOSE_ERROR or SOCK_CLOSE_TIMEOUT,
 // sock_tls_error() and the log), counts it in sock_tls_stats, and goes on serving others.
-// Peers: plain sockets writing raw bytes, OpenSSL's client, the engine's client.
+// Peers: plain sockets writing raw bytes, OpenSSL's client (and records sealed with its keys:
+// client_sealer.h), the engine's client.
 #include <gtest/gtest.h>
 #include <openssl/ssl.h>
 #include <sys/socket.h>
@@ -14,6 +15,7 @@
 
 #include "engine/libsock.h"
 #include "engine/tls/sock_tls.h"
+#include "tests/engine/tls/client_sealer.h"
 #include "tests/engine/tls/tls_fixture.h"
 #include "tests/testing/loopback.h"
 #include "tests/testing/run_until.h"
@@ -21,6 +23,9 @@
 
 namespace {
 
+using testing_support::ClientSealer;
+using testing_support::kApplicationDataRecord;
+using testing_support::kHandshakeRecord;
 using testing_support::run_until;
 using testing_support::test_pki;
 using testing_support::TlsClient;
@@ -32,10 +37,10 @@ std::string record_header(uint8_t type, std::size_t length) {
   return std::string{static_cast<char>(type), 3, 1, static_cast<char>(length >> 8),
                      static_cast<char>(length & 0xff)};
 }
-constexpr uint8_t kHandshake = 22;
-constexpr uint8_t kApplicationData = 23;
 // RFC 8446 5.2: a record longer than this is an error (record_overflow).
 constexpr std::size_t kMaxCiphertext = 16384 + 256;
+// The log's reason when too many records in a row carried no application data.
+constexpr char kNoDataReason[] = "too many records without application data";
 
 class BadInputTest : public TlsFixture {
  protected:
@@ -82,6 +87,17 @@ class BadInputTest : public TlsFixture {
     return sum;
   }
 
+  // Runs until `peer` (whose records `sealer` can seal) and the server side completed the
+  // handshake. Returns the server side's fd, or -1 with a test failure.
+  int establish(TlsClient& peer, const ClientSealer& sealer) {
+    const bool done = run_until(&r_, [&] {
+      return !peer.pump() || (peer.established() && sealer.ready() && !accepted_.empty() &&
+                              sock_tls_established(accepted_.back()) == 1);
+    });
+    EXPECT_TRUE(done && peer.established() && sealer.ready()) << peer.error();
+    return done && peer.established() && sealer.ready() ? accepted_.back() : -1;
+  }
+
   void expect_logged(int fd, const std::string& reason_start) {
     ASSERT_EQ(log_.size(), 1u);
     EXPECT_EQ(log_[0].rfind("fd " + std::to_string(fd) + ": " + reason_start, 0), 0u) << log_[0];
@@ -118,8 +134,8 @@ TEST_F(BadInputTest, GarbageInsteadOfClientHelloIsAProtocolFailure) {
 // once read), and one with the largest length field (refused at its header, before its body).
 TEST_F(BadInputTest, OversizedRecordIsAProtocolFailure) {
   for (const auto& bytes :
-       {record_header(kHandshake, kMaxCiphertext + 1) + std::string(kMaxCiphertext + 1, 'x'),
-        record_header(kHandshake, 0xffff) + std::string(100, 'x')}) {
+       {record_header(kHandshakeRecord, kMaxCiphertext + 1) + std::string(kMaxCiphertext + 1, 'x'),
+        record_header(kHandshakeRecord, 0xffff) + std::string(100, 'x')}) {
     const SockTLSStats before = tls_stats();
     int server = -1;
     const int raw = send_raw(bytes, &server);
@@ -134,7 +150,7 @@ TEST_F(BadInputTest, OversizedRecordIsAProtocolFailure) {
 TEST_F(BadInputTest, TruncatedRecordThenEofClosesMidHandshake) {
   const SockTLSStats before = tls_stats();
   int server = -1;
-  const int raw = send_raw(record_header(kHandshake, 200) + std::string(50, 'x'), &server);
+  const int raw = send_raw(record_header(kHandshakeRecord, 200) + std::string(50, 'x'), &server);
   run_iterations(3);
   EXPECT_FALSE(conns_[server].closed) << "a partial record is no reason to close";
   ASSERT_EQ(shutdown(raw, SHUT_WR), 0);
@@ -149,7 +165,7 @@ TEST_F(BadInputTest, StalledHandshakeIsClosedByTheDeadline) {
   ASSERT_EQ(sock_tls_set_handshake_timeout(server_tls_, 100), 0);
   const SockTLSStats before = tls_stats();
   int server = -1;
-  const int raw = send_raw(record_header(kHandshake, 200) + std::string(50, 'x'), &server);
+  const int raw = send_raw(record_header(kHandshakeRecord, 200) + std::string(50, 'x'), &server);
   expect_closed(raw, server, SOCK_CLOSE_TIMEOUT);
   EXPECT_EQ(moved(before, SOCK_TLS_FAIL_TIMEOUT), 1u);
   EXPECT_EQ(moved_except(before, SOCK_TLS_FAIL_TIMEOUT), 0u);
@@ -195,7 +211,7 @@ TEST_F(BadInputTest, OversizedRecordAfterTheHandshakeFailsTheConnection) {
   const int server = accepted_.at(0);
   const SockTLSStats before = tls_stats();
   testing_support::write_all(
-      peer.fd(), record_header(kApplicationData, kMaxCiphertext + 1) + std::string(100, 'x'));
+      peer.fd(), record_header(kApplicationDataRecord, kMaxCiphertext + 1) + std::string(100, 'x'));
   ASSERT_TRUE(run_until_closed(server));
   EXPECT_EQ(conns_[server].reason, SOCK_CLOSE_ERROR);
   EXPECT_EQ(conns_[server].tls_error.rfind("bad record", 0), 0u) << conns_[server].tls_error;
@@ -233,8 +249,8 @@ TEST_F(BadInputTest, KeyUpdateIsHandled) {
 }
 
 // A peer that floods KeyUpdates asking for answers, and reads none, cannot pile up queued
-// answers: one is owed at a time, and past 32 post-handshake messages with no application
-// data between them the connection fails with a reason.
+// answers: one is owed at a time, and past 32 records with no application data between them
+// the connection fails with a reason.
 TEST_F(BadInputTest, KeyUpdateFloodFailsTheConnection) {
   TlsClientConfig config(test_pki().ca, "", TLS1_3_VERSION);
   TlsClient peer(config, listener_.port, "localhost");
@@ -244,9 +260,74 @@ TEST_F(BadInputTest, KeyUpdateFloodFailsTheConnection) {
   for (int i = 0; i < 40; ++i) ASSERT_TRUE(peer.key_update());
   ASSERT_TRUE(run_until_closed(server));
   EXPECT_EQ(conns_[server].reason, SOCK_CLOSE_ERROR);
-  expect_logged(server, "too many post-handshake messages");
+  expect_logged(server, kNoDataReason);
   EXPECT_EQ(tls_stats().records_failed - before.records_failed, 1u);
   expect_still_serving();
+}
+
+// TLS 1.3 records the layer opens itself (after the hand-over from OpenSSL) that carry no
+// application data: empty ones, 22 bytes each, yield nothing for sock_read to return, so
+// without a limit a peer streaming them keeps one sock_read from returning. Past 32 in a row
+// the connection fails, as OpenSSL's own record layer does (and the "x" behind them is never
+// read).
+TEST_F(BadInputTest, EmptyRecordsPastTheLimitFailTheConnection) {
+  TlsClientConfig config(test_pki().ca, "", TLS1_3_VERSION);
+  ClientSealer sealer(config);
+  TlsClient peer(config, listener_.port, "localhost");
+  const int server = establish(peer, sealer);
+  ASSERT_GE(server, 0);
+  const SockTLSStats before = tls_stats();
+  std::string bytes;
+  for (int i = 0; i < 33; ++i) bytes += sealer.record(kApplicationDataRecord, "");
+  ASSERT_EQ(bytes.size(), 33u * 22);
+  testing_support::write_all(peer.fd(), bytes + sealer.record(kApplicationDataRecord, "x"));
+  ASSERT_TRUE(run_until_received(server, 1));
+  EXPECT_TRUE(conns_[server].closed) << "33 empty records were ignored";
+  EXPECT_EQ(conns_[server].got, "");
+  EXPECT_EQ(conns_[server].reason, SOCK_CLOSE_ERROR);
+  expect_logged(server, kNoDataReason);
+  EXPECT_EQ(tls_stats().records_failed - before.records_failed, 1u);
+  expect_still_serving();
+}
+
+// Up to the limit, empty records are harmless (a peer may send some, as padding of the
+// stream): the data behind them is read and the connection stays.
+TEST_F(BadInputTest, EmptyRecordsUpToTheLimitAreIgnored) {
+  TlsClientConfig config(test_pki().ca, "", TLS1_3_VERSION);
+  ClientSealer sealer(config);
+  TlsClient peer(config, listener_.port, "localhost");
+  const int server = establish(peer, sealer);
+  ASSERT_GE(server, 0);
+  std::string bytes;
+  for (int round = 0; round < 2; ++round) {  // the count starts again after data
+    for (int i = 0; i < 32; ++i) bytes += sealer.record(kApplicationDataRecord, "");
+    bytes += sealer.record(kApplicationDataRecord, "x");
+  }
+  testing_support::write_all(peer.fd(), bytes);
+  ASSERT_TRUE(run_until_received(server, 2));
+  EXPECT_FALSE(conns_[server].closed) << conns_[server].tls_error;
+  EXPECT_EQ(conns_[server].got, "xx");
+  EXPECT_TRUE(log_.empty());
+}
+
+// Empty records and post-handshake messages count together: a peer cannot alternate them to
+// stay under each limit.
+TEST_F(BadInputTest, EmptyRecordsAndKeyUpdatesCountTogether) {
+  TlsClientConfig config(test_pki().ca, "", TLS1_3_VERSION);
+  ClientSealer sealer(config);
+  TlsClient peer(config, listener_.port, "localhost");
+  const int server = establish(peer, sealer);
+  ASSERT_GE(server, 0);
+  std::string bytes;
+  for (int i = 0; i < 17; ++i) {
+    bytes += sealer.key_update();
+    bytes += sealer.record(kApplicationDataRecord, "");
+  }
+  testing_support::write_all(peer.fd(), bytes + sealer.record(kApplicationDataRecord, "x"));
+  ASSERT_TRUE(run_until_received(server, 1));
+  EXPECT_TRUE(conns_[server].closed) << "34 records without data were accepted";
+  EXPECT_EQ(conns_[server].got, "");
+  expect_logged(server, kNoDataReason);
 }
 
 // The engine's TLS client against a plain server that echoes its ClientHello back: the
