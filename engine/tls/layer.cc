@@ -50,6 +50,14 @@ constexpr std::size_t kMaxPostHandshakeMessage = kMaxPlaintext;
 // each KeyUpdate costs a key derivation. OpenSSL allows 32 empty records in a row
 // (MAX_EMPTY_RECORDS, also for TLS 1.2, whose records it opens); BoringSSL 32 KeyUpdates.
 constexpr unsigned kMaxRecordsWithoutData = 32;
+// Records OpenSSL may write on its own while reading a TLS 1.2 connection (no_renegotiation
+// alerts: one per renegotiation ClientHello, or HelloRequest to a client, and one record may
+// hold thousands) since this connection's queue was last empty: past this the connection
+// fails. They are queued with sock_tlc_write, which no watermark checks, so a peer that
+// reads none could otherwise grow the queue without bound (each 16 KB record of 4-byte
+// ClientHellos queues 124 KB of alerts); and data between them proves nothing of its reading.
+// A peer that takes what is sent empties the queue, and its answers count afresh.
+constexpr unsigned kMaxUnreadAnswers = 32;
 // A KeyUpdate sealed in front of a record in its packet: header, message, type, tag.
 constexpr std::size_t kKeyUpdateRecord = kSealOverhead + 5;
 static_assert(BUFFER_FILE_READ_SIZE + kSealOverhead + kKeyUpdateRecord <= BUFFER_PACKET_SIZE,
@@ -70,7 +78,8 @@ struct Connection {
   bool shut = false;     // close_notify queued
   bool resumed = false;  // from a ticket
   bool key_update_owed = false;  // the peer asked for one: sent before the next record
-  unsigned records_without_data = 0;  // in a row (kMaxRecordsWithoutData)
+  unsigned records_without_data = 0;  // TLS 1.3, in a row (kMaxRecordsWithoutData)
+  unsigned unread_answers = 0;  // TLS 1.2, since the queue was last empty (kMaxUnreadAnswers)
   unsigned secrets = 0;  // kReadSecret | kWriteSecret, as the keylog callback gave them
   const std::string* alpn = nullptr;  // the configuration's name ALPN chose
   int64_t started_us;
@@ -476,12 +485,13 @@ int tls_unwrap(int, void* buffer, ssize_t* len, const size_t max_len, void* udat
     send_staged(c);
     return fail(c, "bad record", e);
   }
-  // Records OpenSSL answers on its own (a TLS 1.2 no_renegotiation alert, say): bounded as
-  // TLS 1.3's KeyUpdates are.
-  if (produced) {
-    c->records_without_data = 0;
-  } else if (!staging().empty() && ++c->records_without_data > kMaxRecordsWithoutData) {
-    return fail(c, "too many records without application data", 0);
+  // What OpenSSL answered on its own, counted before it is queued (kMaxUnreadAnswers).
+  if (!staging().empty()) {
+    if (sock_pending(c->fd) == 0) c->unread_answers = 0;  // the peer took the earlier ones
+    c->unread_answers += static_cast<unsigned>(records_in(staging()));
+    if (c->unread_answers > kMaxUnreadAnswers) {
+      return fail(c, "too many records answered while the peer reads none", 0);
+    }
   }
   if (!send_staged(c)) return fail(c, "no memory for TLS records", 0);
   if (!keep_backlog(c)) return fail(c, "no memory for received records", 0);

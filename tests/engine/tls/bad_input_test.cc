@@ -39,8 +39,9 @@ std::string record_header(uint8_t type, std::size_t length) {
 }
 // RFC 8446 5.2: a record longer than this is an error (record_overflow).
 constexpr std::size_t kMaxCiphertext = 16384 + 256;
-// The log's reason when too many records in a row carried no application data.
+// The log's reasons for the layer's two limits on records that carry no application data.
 constexpr char kNoDataReason[] = "too many records without application data";
+constexpr char kAnswersReason[] = "too many records answered while the peer reads none";
 
 class BadInputTest : public TlsFixture {
  protected:
@@ -328,6 +329,95 @@ TEST_F(BadInputTest, EmptyRecordsAndKeyUpdatesCountTogether) {
   EXPECT_TRUE(conns_[server].closed) << "34 records without data were accepted";
   EXPECT_EQ(conns_[server].got, "");
   expect_logged(server, kNoDataReason);
+}
+
+// TLS 1.2: OpenSSL answers each renegotiation ClientHello with a no_renegotiation alert, and
+// goes on reading; one record may hold many ClientHellos. Each answer is a record queued for a
+// peer that may read none: past 32 the connection fails, application data among them or not.
+TEST_F(BadInputTest, RenegotiationFloodFailsTheConnection) {
+  const std::string client_hello("\x01\x00\x00\x00", 4);  // the refusal reads no further
+  for (const bool one_record : {false, true}) {
+    SCOPED_TRACE(one_record ? "33 ClientHellos in one record" : "33 records of one ClientHello");
+    log_.clear();
+    TlsClientConfig config(test_pki().ca, "", TLS1_2_VERSION);
+    ClientSealer sealer(config);
+    TlsClient peer(config, listener_.port, "localhost");
+    const int server = establish(peer, sealer);
+    ASSERT_GE(server, 0);
+    const SockTLSStats before = tls_stats();
+    std::string bytes;
+    std::string hellos;
+    for (int i = 0; i < 33; ++i) hellos += client_hello;
+    if (one_record) {
+      bytes = sealer.record(kHandshakeRecord, hellos);
+    } else {
+      for (int i = 0; i < 33; ++i) bytes += sealer.record(kHandshakeRecord, client_hello);
+    }
+    testing_support::write_all(peer.fd(), bytes + sealer.record(kApplicationDataRecord, "x"));
+    ASSERT_TRUE(run_until_received(server, 1));
+    EXPECT_TRUE(conns_[server].closed) << "33 ClientHellos answered with data behind them";
+    EXPECT_EQ(conns_[server].got, "");
+    EXPECT_EQ(conns_[server].reason, SOCK_CLOSE_ERROR);
+    expect_logged(server, kAnswersReason);
+    EXPECT_EQ(tls_stats().records_failed - before.records_failed, 1u);
+  }
+  expect_still_serving();
+}
+
+// The answers are counted until the peer has taken all that was queued before them, not until
+// it sends data: while the server's queue waits on a peer that reads nothing, batches of 20
+// ClientHellos each followed by a byte of data fail the connection at the second batch.
+TEST_F(BadInputTest, RenegotiationAnswersCountWhileThePeerReadsNothing) {
+  TlsClientConfig config(test_pki().ca, "", TLS1_2_VERSION);
+  ClientSealer sealer(config);
+  TlsClient peer(config, listener_.port, "localhost");
+  const int server = establish(peer, sealer);
+  ASSERT_GE(server, 0);
+  // Small kernel buffers on both ends, so that the kernel takes little of a response the peer
+  // never reads and the rest stays queued (below the high watermark: reading goes on).
+  testing_support::set_sndbuf(server, 4096);
+  const int rcvbuf = 4096;
+  ASSERT_EQ(setsockopt(peer.fd(), SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf), 0);
+  const std::string response(512 * 1024, 'r');
+  ASSERT_EQ(sock_write(server, response.data(), response.size()), 0);
+  run_iterations(3);
+  ASSERT_GT(sock_pending(server), 0) << "the kernel took the whole response";
+  const std::string client_hello("\x01\x00\x00\x00", 4);
+  for (std::size_t batch = 1; batch <= 2; ++batch) {
+    std::string bytes;
+    for (int i = 0; i < 20; ++i) bytes += sealer.record(kHandshakeRecord, client_hello);
+    testing_support::write_all(peer.fd(), bytes + sealer.record(kApplicationDataRecord, "x"));
+    ASSERT_TRUE(run_until_received(server, batch));
+    if (conns_[server].closed) break;
+  }
+  EXPECT_TRUE(conns_[server].closed) << "40 answers queued for a peer that reads nothing";
+  EXPECT_EQ(conns_[server].got, "x");
+  EXPECT_EQ(conns_[server].reason, SOCK_CLOSE_ERROR);
+  expect_logged(server, kAnswersReason);
+}
+
+// A peer that takes what the server sends may be refused any number of times: the answers
+// never pile up.
+TEST_F(BadInputTest, RenegotiationAttemptsOfAReadingPeerAreEachAnswered) {
+  TlsClientConfig config(test_pki().ca, "", TLS1_2_VERSION);
+  ClientSealer sealer(config);
+  TlsClient peer(config, listener_.port, "localhost");
+  const int server = establish(peer, sealer);
+  ASSERT_GE(server, 0);
+  const std::string client_hello("\x01\x00\x00\x00", 4);
+  // A warning alert record under TLS 1.2 AES-GCM: header, explicit nonce, alert, tag.
+  constexpr std::size_t kAlertBytes = 5 + 8 + 2 + 16;
+  std::string got;
+  for (std::size_t round = 1; round <= 40; ++round) {
+    testing_support::write_all(peer.fd(), sealer.record(kHandshakeRecord, client_hello));
+    ASSERT_TRUE(run_until(&r_, [&] {
+      testing_support::drain(peer.fd(), &got);
+      return got.size() >= round * kAlertBytes || conns_[server].closed;
+    }));
+    ASSERT_FALSE(conns_[server].closed) << "round " << round << ": " << conns_[server].tls_error;
+  }
+  EXPECT_EQ(got.size(), 40 * kAlertBytes);
+  EXPECT_TRUE(log_.empty());
 }
 
 // The engine's TLS client against a plain server that echoes its ClientHello back: the
