@@ -198,8 +198,13 @@ bool send_staged(Connection* c) {
   return r == 0;
 }
 
-// Fails the connection (the engine closes it): the reason, its log line and its count.
-// ssl_result: SSL_get_error's, or 0 when OpenSSL has no part in it.
+// Fails the connection (the engine closes it): the reason, its count and its log line.
+// ssl_result: SSL_get_error's, or 0 when OpenSSL has no part in it. The log callback is the
+// user's and runs last: one that closes the fd, against sock_tls.h's rule, frees c (on_clear)
+// and, if its reference was the last, c->config; after it, nothing of either is touched here,
+// and the callers return at once. That makes a close from inside unwrap harmless (tlc_read
+// checks the fd's generation); inside wrap the engine's write queue still holds the packet
+// being wrapped, which such a close frees: hence the rule.
 int fail(Connection* c, const char* what, int ssl_result) {
   std::string reason = what;
   const bool verify_failed =
@@ -212,14 +217,14 @@ int fail(Connection* c, const char* what, int ssl_result) {
     reason += ": the peer's bytes ended inside a record";
   }
   set_error(reason);
-  log_failure(*c->config, c->fd);
   if (c->phase == Phase::kHandshake) {
     count_failure(verify_failed ? SOCK_TLS_FAIL_CERTIFICATE : SOCK_TLS_FAIL_PROTOCOL);
   } else {
     count_record_failure();
   }
   staging().clear();  // an alert OpenSSL staged cannot go out: the fd closes at once
-  c->phase = Phase::kFailed;
+  c->phase = Phase::kFailed;  // also tells on_clear that the failure is counted
+  log_failure(*c->config, c->fd);
   return -1;
 }
 
@@ -460,10 +465,12 @@ int tls_unwrap(int, void* buffer, ssize_t* len, const size_t max_len, void* udat
     if (!send_staged(c)) return fail(c, "no memory for handshake records", 0);
     if (!ok) return fail(c, "cannot take over the TLS 1.3 keys", 0);
     if (!c->ssl) {  // TLS 1.3: the records that came behind the handshake are ours
-      std::size_t produced = 0;
-      const int r2 = open_records(c, reinterpret_cast<uint8_t*>(const_cast<char*>(c->in)),
-                                  c->in_len, out, max_len, &produced);
+      // (They lie in the thread's scratch(); c is not touched after a failure: see fail().)
+      auto* rest = reinterpret_cast<uint8_t*>(const_cast<char*>(c->in));
+      const std::size_t rest_len = c->in_len;
       c->in_len = 0;
+      std::size_t produced = 0;
+      const int r2 = open_records(c, rest, rest_len, out, max_len, &produced);
       *len = static_cast<ssize_t>(produced);
       return r2;
     }

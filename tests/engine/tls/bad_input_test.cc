@@ -5,6 +5,7 @@
 // client_sealer.h), the engine's client.
 #include <gtest/gtest.h>
 #include <openssl/ssl.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -418,6 +419,83 @@ TEST_F(BadInputTest, RenegotiationAttemptsOfAReadingPeerAreEachAnswered) {
   }
   EXPECT_EQ(got.size(), 40 * kAlertBytes);
   EXPECT_TRUE(log_.empty());
+}
+
+// The log callback runs as a connection fails. sock_tls.h asks it not to close the fd (the
+// library closes it right after), but one that does so anyway while the layer reads finds the
+// failure complete: the layer touches nothing of the connection after the call, and the
+// failure is counted once, as what it was.
+class ClosingLogTest : public BadInputTest {
+ protected:
+  void SetUp() override {
+    BadInputTest::SetUp();
+    ASSERT_EQ(sock_tls_set_log(server_tls_, close_from_log, this), 0);
+  }
+  static void close_from_log(int fd, const char* reason, void* udata) {
+    auto* self = static_cast<ClosingLogTest*>(udata);
+    self->log_.push_back("fd " + std::to_string(fd) + ": " + reason);
+    sock_force_close(&self->r_, fd);
+  }
+};
+
+TEST_F(ClosingLogTest, ACloseFromTheLogAfterAFailedHandshakeIsSafe) {
+  const SockTLSStats before = tls_stats();
+  int server = -1;
+  const int raw = send_raw("GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", &server);
+  expect_closed(raw, server, SOCK_CLOSE_LOCAL);
+  EXPECT_EQ(conns_[server].tls_error.rfind("handshake failed", 0), 0u) << conns_[server].tls_error;
+  expect_logged(server, "handshake failed");
+  EXPECT_EQ(moved(before, SOCK_TLS_FAIL_PROTOCOL), 1u);
+  EXPECT_EQ(moved_except(before, SOCK_TLS_FAIL_PROTOCOL), 0u) << "counted as closed too";
+  expect_still_serving();
+}
+
+// Both record paths: TLS 1.2 (OpenSSL's) and TLS 1.3 (the layer's own, after the hand-over).
+TEST_F(ClosingLogTest, ACloseFromTheLogAfterABadRecordIsSafe) {
+  for (const int version : {TLS1_2_VERSION, TLS1_3_VERSION}) {
+    SCOPED_TRACE(version == TLS1_2_VERSION ? "TLS 1.2" : "TLS 1.3");
+    log_.clear();
+    TlsClientConfig config(test_pki().ca, "", version);
+    TlsClient peer(config, listener_.port, "localhost");
+    ASSERT_TRUE(round_trip(peer, "ping")) << peer.error();
+    const int server = accepted_.back();
+    const SockTLSStats before = tls_stats();
+    const std::string too_long = record_header(kApplicationDataRecord, kMaxCiphertext + 1);
+    testing_support::write_all(peer.fd(), too_long + std::string(100, 'x'));
+    ASSERT_TRUE(run_until_closed(server));
+    EXPECT_EQ(conns_[server].reason, SOCK_CLOSE_LOCAL);
+    expect_logged(server, "bad record");
+    EXPECT_EQ(tls_stats().records_failed - before.records_failed, 1u);
+    EXPECT_EQ(moved_except(before, SOCK_TLS_FAIL_REASONS), 0u);
+  }
+  expect_still_serving();
+}
+
+// A bad record right behind the client's Finished, in the same read: the TLS 1.3 layer opens it
+// in the call that completes the handshake, just after it took over from OpenSSL.
+TEST_F(ClosingLogTest, ACloseFromTheLogAfterABadRecordBehindTheHandshakeIsSafe) {
+  TlsClientConfig config(test_pki().ca, "", TLS1_3_VERSION);
+  TlsClient peer(config, listener_.port, "localhost");
+  // Until the server's flight reached the client; then the server reads nothing more until
+  // the client's Finished and the bad record both wait in its socket.
+  ASSERT_TRUE(run_until(&r_, [&] {
+    pollfd p = {peer.fd(), POLLIN, 0};
+    return !accepted_.empty() && poll(&p, 1, 0) == 1;
+  }));
+  const int server = accepted_.back();
+  paused_.insert(server);
+  ASSERT_TRUE(peer.run([&] { return peer.established(); })) << peer.error();
+  const SockTLSStats before = tls_stats();
+  const std::string too_long = record_header(kApplicationDataRecord, kMaxCiphertext + 1);
+  testing_support::write_all(peer.fd(), too_long + std::string(100, 'x'));
+  resume_reading(server);
+  ASSERT_TRUE(run_until_closed(server));
+  EXPECT_EQ(conns_[server].reason, SOCK_CLOSE_LOCAL);
+  expect_logged(server, "bad record");
+  EXPECT_EQ(tls_stats().handshakes - before.handshakes, 1u);
+  EXPECT_EQ(tls_stats().records_failed - before.records_failed, 1u);
+  EXPECT_EQ(moved_except(before, SOCK_TLS_FAIL_REASONS), 0u);
+  expect_still_serving();
 }
 
 // The engine's TLS client against a plain server that echoes its ClientHello back: the
