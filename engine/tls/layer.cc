@@ -43,11 +43,21 @@ static_assert(BUFFER_FILE_READ_SIZE + kSealOverhead <= BUFFER_PACKET_SIZE);
 // A post-handshake message longer than this is refused (a KeyUpdate is 5 bytes; a client's
 // NewSessionTicket is a few hundred).
 constexpr std::size_t kMaxPostHandshakeMessage = kMaxPlaintext;
-// Records a peer may send after the handshake with no application data between them that make
-// this side answer or work (KeyUpdates, tickets; TLS 1.2 renegotiation attempts): past this,
-// the connection fails. Each answer costs a queued record, and a peer that never reads could
-// otherwise pile them up without bound. BoringSSL allows 32 such messages as well.
-constexpr unsigned kMaxControlRecords = 32;
+// TLS 1.3 records (opened by the layer itself, after hand_over) a peer may send in a row that
+// carry no application data: empty ones, post-handshake messages (KeyUpdates, tickets). Past
+// this the connection fails. Such a record gives sock_read nothing to return, so without a
+// limit a peer streaming them (an empty one is 22 bytes) keeps one sock_read reading, and
+// each KeyUpdate costs a key derivation. OpenSSL allows 32 empty records in a row
+// (MAX_EMPTY_RECORDS, also for TLS 1.2, whose records it opens); BoringSSL 32 KeyUpdates.
+constexpr unsigned kMaxRecordsWithoutData = 32;
+// Records OpenSSL may write on its own while reading a TLS 1.2 connection (no_renegotiation
+// alerts: one per renegotiation ClientHello, or HelloRequest to a client, and one record may
+// hold thousands) since this connection's queue was last empty: past this the connection
+// fails. They are queued with sock_tlc_write, which no watermark checks, so a peer that
+// reads none could otherwise grow the queue without bound (each 16 KB record of 4-byte
+// ClientHellos queues 124 KB of alerts); and data between them proves nothing of its reading.
+// A peer that takes what is sent empties the queue, and its answers count afresh.
+constexpr unsigned kMaxUnreadAnswers = 32;
 // A KeyUpdate sealed in front of a record in its packet: header, message, type, tag.
 constexpr std::size_t kKeyUpdateRecord = kSealOverhead + 5;
 static_assert(BUFFER_FILE_READ_SIZE + kSealOverhead + kKeyUpdateRecord <= BUFFER_PACKET_SIZE,
@@ -68,7 +78,8 @@ struct Connection {
   bool shut = false;     // close_notify queued
   bool resumed = false;  // from a ticket
   bool key_update_owed = false;  // the peer asked for one: sent before the next record
-  unsigned control_records = 0;  // since the last application data (kMaxControlRecords)
+  unsigned records_without_data = 0;  // TLS 1.3, in a row (kMaxRecordsWithoutData)
+  unsigned unread_answers = 0;  // TLS 1.2, since the queue was last empty (kMaxUnreadAnswers)
   unsigned secrets = 0;  // kReadSecret | kWriteSecret, as the keylog callback gave them
   const std::string* alpn = nullptr;  // the configuration's name ALPN chose
   int64_t started_us;
@@ -187,8 +198,13 @@ bool send_staged(Connection* c) {
   return r == 0;
 }
 
-// Fails the connection (the engine closes it): the reason, its log line and its count.
-// ssl_result: SSL_get_error's, or 0 when OpenSSL has no part in it.
+// Fails the connection (the engine closes it): the reason, its count and its log line.
+// ssl_result: SSL_get_error's, or 0 when OpenSSL has no part in it. The log callback is the
+// user's and runs last: one that closes the fd, against sock_tls.h's rule, frees c (on_clear)
+// and, if its reference was the last, c->config; after it, nothing of either is touched here,
+// and the callers return at once. That makes a close from inside unwrap harmless (tlc_read
+// checks the fd's generation); inside wrap the engine's write queue still holds the packet
+// being wrapped, which such a close frees: hence the rule.
 int fail(Connection* c, const char* what, int ssl_result) {
   std::string reason = what;
   const bool verify_failed =
@@ -201,14 +217,14 @@ int fail(Connection* c, const char* what, int ssl_result) {
     reason += ": the peer's bytes ended inside a record";
   }
   set_error(reason);
-  log_failure(*c->config, c->fd);
   if (c->phase == Phase::kHandshake) {
     count_failure(verify_failed ? SOCK_TLS_FAIL_CERTIFICATE : SOCK_TLS_FAIL_PROTOCOL);
   } else {
     count_record_failure();
   }
   staging().clear();  // an alert OpenSSL staged cannot go out: the fd closes at once
-  c->phase = Phase::kFailed;
+  c->phase = Phase::kFailed;  // also tells on_clear that the failure is counted
+  log_failure(*c->config, c->fd);
   return -1;
 }
 
@@ -319,9 +335,6 @@ int post_handshake(Connection* c, const uint8_t* data, std::size_t n) {
     if (len > kMaxPostHandshakeMessage) return fail(c, "a post-handshake message too long", 0);
     if (n < 4 + len) break;
     const uint8_t type = data[0];
-    if (++c->control_records > kMaxControlRecords) {
-      return fail(c, "too many post-handshake messages without application data", 0);
-    }
     if (type == 24 && len == 1 && data[4] <= 1 && n == 5) {  // KeyUpdate, last in its record
       if (!update_traffic_secret(c->keys, &c->keys.read)) return fail(c, "KeyUpdate failed", 0);
       // update_requested: one answer, however many requests, before the next record this
@@ -364,21 +377,27 @@ int open_records(Connection* c, uint8_t* src, std::size_t n, uint8_t* out, std::
     }
     const uint8_t* plain = rec + kHeaderBytes;
     at += kHeaderBytes + body;
-    if (type == ContentType::kApplicationData) {
+    if (type == ContentType::kApplicationData && len) {
       if (len > max_len - *produced) return fail(c, "more plaintext than the read buffer", 0);
       std::memmove(out + *produced, plain, len);
       *produced += len;
-      if (len) c->control_records = 0;
-    } else if (type == ContentType::kAlert) {
+      c->records_without_data = 0;
+      continue;
+    }
+    if (type == ContentType::kAlert) {
       if (len == 2 && plain[1] == 0) {  // close_notify: what follows it is ignored
         c->phase = Phase::kEnded;
         return 1;
       }
       std::string why_alert = "the peer sent alert " + std::to_string(len == 2 ? plain[1] : 0);
       return fail(c, why_alert.c_str(), 0);
-    } else if (type == ContentType::kHandshake) {
+    }
+    if (++c->records_without_data > kMaxRecordsWithoutData) {
+      return fail(c, "too many records without application data", 0);
+    }
+    if (type == ContentType::kHandshake) {
       if (post_handshake(c, plain, len) < 0) return -1;
-    } else {
+    } else if (type != ContentType::kApplicationData) {  // an empty one is dropped
       return fail(c, "bad record: an unexpected content type", 0);
     }
   }
@@ -446,10 +465,12 @@ int tls_unwrap(int, void* buffer, ssize_t* len, const size_t max_len, void* udat
     if (!send_staged(c)) return fail(c, "no memory for handshake records", 0);
     if (!ok) return fail(c, "cannot take over the TLS 1.3 keys", 0);
     if (!c->ssl) {  // TLS 1.3: the records that came behind the handshake are ours
-      std::size_t produced = 0;
-      const int r2 = open_records(c, reinterpret_cast<uint8_t*>(const_cast<char*>(c->in)),
-                                  c->in_len, out, max_len, &produced);
+      // (They lie in the thread's scratch(); c is not touched after a failure: see fail().)
+      auto* rest = reinterpret_cast<uint8_t*>(const_cast<char*>(c->in));
+      const std::size_t rest_len = c->in_len;
       c->in_len = 0;
+      std::size_t produced = 0;
+      const int r2 = open_records(c, rest, rest_len, out, max_len, &produced);
       *len = static_cast<ssize_t>(produced);
       return r2;
     }
@@ -471,12 +492,13 @@ int tls_unwrap(int, void* buffer, ssize_t* len, const size_t max_len, void* udat
     send_staged(c);
     return fail(c, "bad record", e);
   }
-  // Records OpenSSL answers on its own (a TLS 1.2 no_renegotiation alert, say): bounded as
-  // TLS 1.3's KeyUpdates are.
-  if (produced) {
-    c->control_records = 0;
-  } else if (!staging().empty() && ++c->control_records > kMaxControlRecords) {
-    return fail(c, "too many records without application data", 0);
+  // What OpenSSL answered on its own, counted before it is queued (kMaxUnreadAnswers).
+  if (!staging().empty()) {
+    if (sock_pending(c->fd) == 0) c->unread_answers = 0;  // the peer took the earlier ones
+    c->unread_answers += static_cast<unsigned>(records_in(staging()));
+    if (c->unread_answers > kMaxUnreadAnswers) {
+      return fail(c, "too many records answered while the peer reads none", 0);
+    }
   }
   if (!send_staged(c)) return fail(c, "no memory for TLS records", 0);
   if (!keep_backlog(c)) return fail(c, "no memory for received records", 0);

@@ -74,8 +74,11 @@ int sock_tls_set_alpn(struct SockTLS* tls, const char* protocols);
 int sock_tls_set_handshake_timeout(struct SockTLS* tls, unsigned ms);
 
 /** Where failure reasons go: log(fd, reason, udata) on the failing connection's thread, for
- * each failed handshake or record. The default writes "libsock tls: fd N: reason" to stderr;
- * NULL stays silent. Returns 0, or -1 with errno EINVAL for a NULL tls. */
+ * each failed handshake or record, from inside the library's read or write of fd. The default
+ * writes "libsock tls: fd N: reason" to stderr; NULL stays silent. log must not close fd or
+ * change its layers: once it returns, the library closes fd (SOCK_CLOSE_ERROR: its on_close
+ * can read the reason with sock_tls_error()) or, in a failing sock_tls_connect, takes the
+ * layer off. Returns 0, or -1 with errno EINVAL for a NULL tls. */
 int sock_tls_set_log(struct SockTLS* tls, void (*log)(int fd, const char* reason, void* udata),
                      void* udata);
 

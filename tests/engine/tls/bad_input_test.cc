@@ -1,9 +1,11 @@
 // Bad input on TLS connections (engine/tls/layer.cc's failure paths): whatever a peer sends,
 // the server closes that connection with a reason (SOCK_CLOSE_ERROR or SOCK_CLOSE_TIMEOUT,
 // sock_tls_error() and the log), counts it in sock_tls_stats, and goes on serving others.
-// Peers: plain sockets writing raw bytes, OpenSSL's client, the engine's client.
+// Peers: plain sockets writing raw bytes, OpenSSL's client (and records sealed with its keys:
+// client_sealer.h), the engine's client.
 #include <gtest/gtest.h>
 #include <openssl/ssl.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -14,6 +16,7 @@
 
 #include "engine/libsock.h"
 #include "engine/tls/sock_tls.h"
+#include "tests/engine/tls/client_sealer.h"
 #include "tests/engine/tls/tls_fixture.h"
 #include "tests/testing/loopback.h"
 #include "tests/testing/run_until.h"
@@ -21,6 +24,9 @@
 
 namespace {
 
+using testing_support::ClientSealer;
+using testing_support::kApplicationDataRecord;
+using testing_support::kHandshakeRecord;
 using testing_support::run_until;
 using testing_support::test_pki;
 using testing_support::TlsClient;
@@ -32,10 +38,11 @@ std::string record_header(uint8_t type, std::size_t length) {
   return std::string{static_cast<char>(type), 3, 1, static_cast<char>(length >> 8),
                      static_cast<char>(length & 0xff)};
 }
-constexpr uint8_t kHandshake = 22;
-constexpr uint8_t kApplicationData = 23;
 // RFC 8446 5.2: a record longer than this is an error (record_overflow).
 constexpr std::size_t kMaxCiphertext = 16384 + 256;
+// The log's reasons for the layer's two limits on records that carry no application data.
+constexpr char kNoDataReason[] = "too many records without application data";
+constexpr char kAnswersReason[] = "too many records answered while the peer reads none";
 
 class BadInputTest : public TlsFixture {
  protected:
@@ -82,6 +89,17 @@ class BadInputTest : public TlsFixture {
     return sum;
   }
 
+  // Runs until `peer` (whose records `sealer` can seal) and the server side completed the
+  // handshake. Returns the server side's fd, or -1 with a test failure.
+  int establish(TlsClient& peer, const ClientSealer& sealer) {
+    const bool done = run_until(&r_, [&] {
+      return !peer.pump() || (peer.established() && sealer.ready() && !accepted_.empty() &&
+                              sock_tls_established(accepted_.back()) == 1);
+    });
+    EXPECT_TRUE(done && peer.established() && sealer.ready()) << peer.error();
+    return done && peer.established() && sealer.ready() ? accepted_.back() : -1;
+  }
+
   void expect_logged(int fd, const std::string& reason_start) {
     ASSERT_EQ(log_.size(), 1u);
     EXPECT_EQ(log_[0].rfind("fd " + std::to_string(fd) + ": " + reason_start, 0), 0u) << log_[0];
@@ -118,8 +136,8 @@ TEST_F(BadInputTest, GarbageInsteadOfClientHelloIsAProtocolFailure) {
 // once read), and one with the largest length field (refused at its header, before its body).
 TEST_F(BadInputTest, OversizedRecordIsAProtocolFailure) {
   for (const auto& bytes :
-       {record_header(kHandshake, kMaxCiphertext + 1) + std::string(kMaxCiphertext + 1, 'x'),
-        record_header(kHandshake, 0xffff) + std::string(100, 'x')}) {
+       {record_header(kHandshakeRecord, kMaxCiphertext + 1) + std::string(kMaxCiphertext + 1, 'x'),
+        record_header(kHandshakeRecord, 0xffff) + std::string(100, 'x')}) {
     const SockTLSStats before = tls_stats();
     int server = -1;
     const int raw = send_raw(bytes, &server);
@@ -134,7 +152,7 @@ TEST_F(BadInputTest, OversizedRecordIsAProtocolFailure) {
 TEST_F(BadInputTest, TruncatedRecordThenEofClosesMidHandshake) {
   const SockTLSStats before = tls_stats();
   int server = -1;
-  const int raw = send_raw(record_header(kHandshake, 200) + std::string(50, 'x'), &server);
+  const int raw = send_raw(record_header(kHandshakeRecord, 200) + std::string(50, 'x'), &server);
   run_iterations(3);
   EXPECT_FALSE(conns_[server].closed) << "a partial record is no reason to close";
   ASSERT_EQ(shutdown(raw, SHUT_WR), 0);
@@ -149,7 +167,7 @@ TEST_F(BadInputTest, StalledHandshakeIsClosedByTheDeadline) {
   ASSERT_EQ(sock_tls_set_handshake_timeout(server_tls_, 100), 0);
   const SockTLSStats before = tls_stats();
   int server = -1;
-  const int raw = send_raw(record_header(kHandshake, 200) + std::string(50, 'x'), &server);
+  const int raw = send_raw(record_header(kHandshakeRecord, 200) + std::string(50, 'x'), &server);
   expect_closed(raw, server, SOCK_CLOSE_TIMEOUT);
   EXPECT_EQ(moved(before, SOCK_TLS_FAIL_TIMEOUT), 1u);
   EXPECT_EQ(moved_except(before, SOCK_TLS_FAIL_TIMEOUT), 0u);
@@ -195,7 +213,7 @@ TEST_F(BadInputTest, OversizedRecordAfterTheHandshakeFailsTheConnection) {
   const int server = accepted_.at(0);
   const SockTLSStats before = tls_stats();
   testing_support::write_all(
-      peer.fd(), record_header(kApplicationData, kMaxCiphertext + 1) + std::string(100, 'x'));
+      peer.fd(), record_header(kApplicationDataRecord, kMaxCiphertext + 1) + std::string(100, 'x'));
   ASSERT_TRUE(run_until_closed(server));
   EXPECT_EQ(conns_[server].reason, SOCK_CLOSE_ERROR);
   EXPECT_EQ(conns_[server].tls_error.rfind("bad record", 0), 0u) << conns_[server].tls_error;
@@ -233,8 +251,8 @@ TEST_F(BadInputTest, KeyUpdateIsHandled) {
 }
 
 // A peer that floods KeyUpdates asking for answers, and reads none, cannot pile up queued
-// answers: one is owed at a time, and past 32 post-handshake messages with no application
-// data between them the connection fails with a reason.
+// answers: one is owed at a time, and past 32 records with no application data between them
+// the connection fails with a reason.
 TEST_F(BadInputTest, KeyUpdateFloodFailsTheConnection) {
   TlsClientConfig config(test_pki().ca, "", TLS1_3_VERSION);
   TlsClient peer(config, listener_.port, "localhost");
@@ -244,8 +262,239 @@ TEST_F(BadInputTest, KeyUpdateFloodFailsTheConnection) {
   for (int i = 0; i < 40; ++i) ASSERT_TRUE(peer.key_update());
   ASSERT_TRUE(run_until_closed(server));
   EXPECT_EQ(conns_[server].reason, SOCK_CLOSE_ERROR);
-  expect_logged(server, "too many post-handshake messages");
+  expect_logged(server, kNoDataReason);
   EXPECT_EQ(tls_stats().records_failed - before.records_failed, 1u);
+  expect_still_serving();
+}
+
+// TLS 1.3 records the layer opens itself (after the hand-over from OpenSSL) that carry no
+// application data: empty ones, 22 bytes each, yield nothing for sock_read to return, so
+// without a limit a peer streaming them keeps one sock_read from returning. Past 32 in a row
+// the connection fails, as OpenSSL's own record layer does (and the "x" behind them is never
+// read).
+TEST_F(BadInputTest, EmptyRecordsPastTheLimitFailTheConnection) {
+  TlsClientConfig config(test_pki().ca, "", TLS1_3_VERSION);
+  ClientSealer sealer(config);
+  TlsClient peer(config, listener_.port, "localhost");
+  const int server = establish(peer, sealer);
+  ASSERT_GE(server, 0);
+  const SockTLSStats before = tls_stats();
+  std::string bytes;
+  for (int i = 0; i < 33; ++i) bytes += sealer.record(kApplicationDataRecord, "");
+  ASSERT_EQ(bytes.size(), 33u * 22);
+  testing_support::write_all(peer.fd(), bytes + sealer.record(kApplicationDataRecord, "x"));
+  ASSERT_TRUE(run_until_received(server, 1));
+  EXPECT_TRUE(conns_[server].closed) << "33 empty records were ignored";
+  EXPECT_EQ(conns_[server].got, "");
+  EXPECT_EQ(conns_[server].reason, SOCK_CLOSE_ERROR);
+  expect_logged(server, kNoDataReason);
+  EXPECT_EQ(tls_stats().records_failed - before.records_failed, 1u);
+  expect_still_serving();
+}
+
+// Up to the limit, empty records are harmless (a peer may send some, as padding of the
+// stream): the data behind them is read and the connection stays.
+TEST_F(BadInputTest, EmptyRecordsUpToTheLimitAreIgnored) {
+  TlsClientConfig config(test_pki().ca, "", TLS1_3_VERSION);
+  ClientSealer sealer(config);
+  TlsClient peer(config, listener_.port, "localhost");
+  const int server = establish(peer, sealer);
+  ASSERT_GE(server, 0);
+  std::string bytes;
+  for (int round = 0; round < 2; ++round) {  // the count starts again after data
+    for (int i = 0; i < 32; ++i) bytes += sealer.record(kApplicationDataRecord, "");
+    bytes += sealer.record(kApplicationDataRecord, "x");
+  }
+  testing_support::write_all(peer.fd(), bytes);
+  ASSERT_TRUE(run_until_received(server, 2));
+  EXPECT_FALSE(conns_[server].closed) << conns_[server].tls_error;
+  EXPECT_EQ(conns_[server].got, "xx");
+  EXPECT_TRUE(log_.empty());
+}
+
+// Empty records and post-handshake messages count together: a peer cannot alternate them to
+// stay under each limit.
+TEST_F(BadInputTest, EmptyRecordsAndKeyUpdatesCountTogether) {
+  TlsClientConfig config(test_pki().ca, "", TLS1_3_VERSION);
+  ClientSealer sealer(config);
+  TlsClient peer(config, listener_.port, "localhost");
+  const int server = establish(peer, sealer);
+  ASSERT_GE(server, 0);
+  std::string bytes;
+  for (int i = 0; i < 17; ++i) {
+    bytes += sealer.key_update();
+    bytes += sealer.record(kApplicationDataRecord, "");
+  }
+  testing_support::write_all(peer.fd(), bytes + sealer.record(kApplicationDataRecord, "x"));
+  ASSERT_TRUE(run_until_received(server, 1));
+  EXPECT_TRUE(conns_[server].closed) << "34 records without data were accepted";
+  EXPECT_EQ(conns_[server].got, "");
+  expect_logged(server, kNoDataReason);
+}
+
+// TLS 1.2: OpenSSL answers each renegotiation ClientHello with a no_renegotiation alert, and
+// goes on reading; one record may hold many ClientHellos. Each answer is a record queued for a
+// peer that may read none: past 32 the connection fails, application data among them or not.
+TEST_F(BadInputTest, RenegotiationFloodFailsTheConnection) {
+  const std::string client_hello("\x01\x00\x00\x00", 4);  // the refusal reads no further
+  for (const bool one_record : {false, true}) {
+    SCOPED_TRACE(one_record ? "33 ClientHellos in one record" : "33 records of one ClientHello");
+    log_.clear();
+    TlsClientConfig config(test_pki().ca, "", TLS1_2_VERSION);
+    ClientSealer sealer(config);
+    TlsClient peer(config, listener_.port, "localhost");
+    const int server = establish(peer, sealer);
+    ASSERT_GE(server, 0);
+    const SockTLSStats before = tls_stats();
+    std::string bytes;
+    std::string hellos;
+    for (int i = 0; i < 33; ++i) hellos += client_hello;
+    if (one_record) {
+      bytes = sealer.record(kHandshakeRecord, hellos);
+    } else {
+      for (int i = 0; i < 33; ++i) bytes += sealer.record(kHandshakeRecord, client_hello);
+    }
+    testing_support::write_all(peer.fd(), bytes + sealer.record(kApplicationDataRecord, "x"));
+    ASSERT_TRUE(run_until_received(server, 1));
+    EXPECT_TRUE(conns_[server].closed) << "33 ClientHellos answered with data behind them";
+    EXPECT_EQ(conns_[server].got, "");
+    EXPECT_EQ(conns_[server].reason, SOCK_CLOSE_ERROR);
+    expect_logged(server, kAnswersReason);
+    EXPECT_EQ(tls_stats().records_failed - before.records_failed, 1u);
+  }
+  expect_still_serving();
+}
+
+// The answers are counted until the peer has taken all that was queued before them, not until
+// it sends data: while the server's queue waits on a peer that reads nothing, batches of 20
+// ClientHellos each followed by a byte of data fail the connection at the second batch.
+TEST_F(BadInputTest, RenegotiationAnswersCountWhileThePeerReadsNothing) {
+  TlsClientConfig config(test_pki().ca, "", TLS1_2_VERSION);
+  ClientSealer sealer(config);
+  TlsClient peer(config, listener_.port, "localhost");
+  const int server = establish(peer, sealer);
+  ASSERT_GE(server, 0);
+  // Small kernel buffers on both ends, so that the kernel takes little of a response the peer
+  // never reads and the rest stays queued (below the high watermark: reading goes on).
+  testing_support::set_sndbuf(server, 4096);
+  const int rcvbuf = 4096;
+  ASSERT_EQ(setsockopt(peer.fd(), SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf), 0);
+  const std::string response(512 * 1024, 'r');
+  ASSERT_EQ(sock_write(server, response.data(), response.size()), 0);
+  run_iterations(3);
+  ASSERT_GT(sock_pending(server), 0) << "the kernel took the whole response";
+  const std::string client_hello("\x01\x00\x00\x00", 4);
+  for (std::size_t batch = 1; batch <= 2; ++batch) {
+    std::string bytes;
+    for (int i = 0; i < 20; ++i) bytes += sealer.record(kHandshakeRecord, client_hello);
+    testing_support::write_all(peer.fd(), bytes + sealer.record(kApplicationDataRecord, "x"));
+    ASSERT_TRUE(run_until_received(server, batch));
+    if (conns_[server].closed) break;
+  }
+  EXPECT_TRUE(conns_[server].closed) << "40 answers queued for a peer that reads nothing";
+  EXPECT_EQ(conns_[server].got, "x");
+  EXPECT_EQ(conns_[server].reason, SOCK_CLOSE_ERROR);
+  expect_logged(server, kAnswersReason);
+}
+
+// A peer that takes what the server sends may be refused any number of times: the answers
+// never pile up.
+TEST_F(BadInputTest, RenegotiationAttemptsOfAReadingPeerAreEachAnswered) {
+  TlsClientConfig config(test_pki().ca, "", TLS1_2_VERSION);
+  ClientSealer sealer(config);
+  TlsClient peer(config, listener_.port, "localhost");
+  const int server = establish(peer, sealer);
+  ASSERT_GE(server, 0);
+  const std::string client_hello("\x01\x00\x00\x00", 4);
+  // A warning alert record under TLS 1.2 AES-GCM: header, explicit nonce, alert, tag.
+  constexpr std::size_t kAlertBytes = 5 + 8 + 2 + 16;
+  std::string got;
+  for (std::size_t round = 1; round <= 40; ++round) {
+    testing_support::write_all(peer.fd(), sealer.record(kHandshakeRecord, client_hello));
+    ASSERT_TRUE(run_until(&r_, [&] {
+      testing_support::drain(peer.fd(), &got);
+      return got.size() >= round * kAlertBytes || conns_[server].closed;
+    }));
+    ASSERT_FALSE(conns_[server].closed) << "round " << round << ": " << conns_[server].tls_error;
+  }
+  EXPECT_EQ(got.size(), 40 * kAlertBytes);
+  EXPECT_TRUE(log_.empty());
+}
+
+// The log callback runs as a connection fails. sock_tls.h asks it not to close the fd (the
+// library closes it right after), but one that does so anyway while the layer reads finds the
+// failure complete: the layer touches nothing of the connection after the call, and the
+// failure is counted once, as what it was.
+class ClosingLogTest : public BadInputTest {
+ protected:
+  void SetUp() override {
+    BadInputTest::SetUp();
+    ASSERT_EQ(sock_tls_set_log(server_tls_, close_from_log, this), 0);
+  }
+  static void close_from_log(int fd, const char* reason, void* udata) {
+    auto* self = static_cast<ClosingLogTest*>(udata);
+    self->log_.push_back("fd " + std::to_string(fd) + ": " + reason);
+    sock_force_close(&self->r_, fd);
+  }
+};
+
+TEST_F(ClosingLogTest, ACloseFromTheLogAfterAFailedHandshakeIsSafe) {
+  const SockTLSStats before = tls_stats();
+  int server = -1;
+  const int raw = send_raw("GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", &server);
+  expect_closed(raw, server, SOCK_CLOSE_LOCAL);
+  EXPECT_EQ(conns_[server].tls_error.rfind("handshake failed", 0), 0u) << conns_[server].tls_error;
+  expect_logged(server, "handshake failed");
+  EXPECT_EQ(moved(before, SOCK_TLS_FAIL_PROTOCOL), 1u);
+  EXPECT_EQ(moved_except(before, SOCK_TLS_FAIL_PROTOCOL), 0u) << "counted as closed too";
+  expect_still_serving();
+}
+
+// Both record paths: TLS 1.2 (OpenSSL's) and TLS 1.3 (the layer's own, after the hand-over).
+TEST_F(ClosingLogTest, ACloseFromTheLogAfterABadRecordIsSafe) {
+  for (const int version : {TLS1_2_VERSION, TLS1_3_VERSION}) {
+    SCOPED_TRACE(version == TLS1_2_VERSION ? "TLS 1.2" : "TLS 1.3");
+    log_.clear();
+    TlsClientConfig config(test_pki().ca, "", version);
+    TlsClient peer(config, listener_.port, "localhost");
+    ASSERT_TRUE(round_trip(peer, "ping")) << peer.error();
+    const int server = accepted_.back();
+    const SockTLSStats before = tls_stats();
+    const std::string too_long = record_header(kApplicationDataRecord, kMaxCiphertext + 1);
+    testing_support::write_all(peer.fd(), too_long + std::string(100, 'x'));
+    ASSERT_TRUE(run_until_closed(server));
+    EXPECT_EQ(conns_[server].reason, SOCK_CLOSE_LOCAL);
+    expect_logged(server, "bad record");
+    EXPECT_EQ(tls_stats().records_failed - before.records_failed, 1u);
+    EXPECT_EQ(moved_except(before, SOCK_TLS_FAIL_REASONS), 0u);
+  }
+  expect_still_serving();
+}
+
+// A bad record right behind the client's Finished, in the same read: the TLS 1.3 layer opens it
+// in the call that completes the handshake, just after it took over from OpenSSL.
+TEST_F(ClosingLogTest, ACloseFromTheLogAfterABadRecordBehindTheHandshakeIsSafe) {
+  TlsClientConfig config(test_pki().ca, "", TLS1_3_VERSION);
+  TlsClient peer(config, listener_.port, "localhost");
+  // Until the server's flight reached the client; then the server reads nothing more until
+  // the client's Finished and the bad record both wait in its socket.
+  ASSERT_TRUE(run_until(&r_, [&] {
+    pollfd p = {peer.fd(), POLLIN, 0};
+    return !accepted_.empty() && poll(&p, 1, 0) == 1;
+  }));
+  const int server = accepted_.back();
+  paused_.insert(server);
+  ASSERT_TRUE(peer.run([&] { return peer.established(); })) << peer.error();
+  const SockTLSStats before = tls_stats();
+  const std::string too_long = record_header(kApplicationDataRecord, kMaxCiphertext + 1);
+  testing_support::write_all(peer.fd(), too_long + std::string(100, 'x'));
+  resume_reading(server);
+  ASSERT_TRUE(run_until_closed(server));
+  EXPECT_EQ(conns_[server].reason, SOCK_CLOSE_LOCAL);
+  expect_logged(server, "bad record");
+  EXPECT_EQ(tls_stats().handshakes - before.handshakes, 1u);
+  EXPECT_EQ(tls_stats().records_failed - before.records_failed, 1u);
+  EXPECT_EQ(moved_except(before, SOCK_TLS_FAIL_REASONS), 0u);
   expect_still_serving();
 }
 
