@@ -59,7 +59,8 @@ ssize_t tlc_read(int fd, FdSlot& slot, char* out, std::size_t count, bool* drain
   // more, and the layers are called with no input, as after the peer's EOF.
   const bool ended_before = slot.extra && slot.extra->input_ended;
   for (;;) {
-    ssize_t n = ended_before ? 0 : recv(fd, buf, kRecvBytes, 0);
+    // MSG_DONTWAIT: sock_open takes fds in whatever mode their opener left them.
+    ssize_t n = ended_before ? 0 : recv(fd, buf, kRecvBytes, MSG_DONTWAIT);
     // At EOF too the layers get a call: output they still hold from earlier input comes
     // first, and recv keeps returning 0, so EOF is reported once they yield nothing.
     const bool eof = n == 0;

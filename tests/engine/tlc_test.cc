@@ -30,6 +30,7 @@
 #include "engine/libsock.h"
 #include "tests/testing/loopback.h"
 #include "tests/testing/reactor_fixture.h"
+#include "tests/testing/read_watchdog.h"
 #include "tests/testing/run_until.h"
 
 namespace {
@@ -1243,6 +1244,33 @@ TEST_F(TlcTest, FinalRecordsOfStackedLayersGoOutTopLayerFirst) {
   EXPECT_EQ(framing.before_close, 1);
   EXPECT_EQ(upper.before_close, 1);
   close(client);
+}
+
+// --- A blocking socket ----------------------------------------------------------------------
+
+// sock_open takes an fd in whatever mode its opener left it: the layers' recv, like a plain
+// read's, must say 0 when nothing waits instead of blocking (sock_read_test has the plain one).
+TEST(TlcWithoutReactorTest, LayersOnABlockingSocketReadZeroWhenNothingWaits) {
+  int pair[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);  // both blocking
+  ASSERT_EQ(sock_open(nullptr, pair[0]), 0);
+  LayerLog xor_log;
+  ASSERT_EQ(sock_tlc_add(pair[0], make_layer(Kind::kXor, &xor_log)), 0);
+  char buf[16];
+  {
+    const testing_support::ReadWatchdog watchdog(pair[1]);
+    ASSERT_EQ(sock_read(pair[0], buf, sizeof buf), 0);
+    const std::string wire = xored("abc");
+    ASSERT_EQ(send(pair[1], wire.data(), wire.size(), MSG_NOSIGNAL), 3);
+    ASSERT_EQ(sock_read(pair[0], buf, sizeof buf), 3);
+    ASSERT_EQ(sock_read(pair[0], buf, sizeof buf), 0);
+    EXPECT_FALSE(watchdog.fired());
+  }
+  EXPECT_EQ(std::string(buf, 3), "abc");
+  sock_close(nullptr, pair[0]);
+  EXPECT_TRUE(sock_is_closed(pair[0]));
+  EXPECT_EQ(xor_log.on_clear, 1);
+  close(pair[1]);
 }
 
 }  // namespace
