@@ -55,19 +55,20 @@ ssize_t tlc_read(int fd, FdSlot& slot, char* out, std::size_t count, bool* drain
   std::reverse(bottom_up, bottom_up + depth);
   char* buf = scratch();
   *drained = false;
-  // A layer ended the stream in an earlier call (its unwrap returned 1): the socket is read no
-  // more, and the layers are called with no input, as after the peer's EOF.
-  const bool ended_before = slot.extra && slot.extra->input_ended;
   for (;;) {
+    // A layer ended the stream earlier (its unwrap returned 1): the socket is read no more,
+    // and the layers are called with no input, as after the peer's EOF.
+    const bool ended_before = slot.extra && slot.extra->input_ended;
     // MSG_DONTWAIT: sock_open takes fds in whatever mode their opener left them.
     ssize_t n = ended_before ? 0 : recv(fd, buf, kRecvBytes, MSG_DONTWAIT);
     // At EOF too the layers get a call: output they still hold from earlier input comes
-    // first, and recv keeps returning 0, so EOF is reported once they yield nothing.
+    // first, and recv keeps returning 0, so EOF is reported once they yield nothing and none
+    // may hold more.
     const bool eof = n == 0;
+    const bool again = n < 0 && errno == EAGAIN;
     if (n < 0) {
       if (errno == EINTR) continue;
-      if (errno != EAGAIN) return -1;
-      *drained = true;
+      if (!again) return -1;
       n = 0;  // layers still get a call: they may hold output from earlier input
     }
     ssize_t len = n;
@@ -99,11 +100,11 @@ ssize_t tlc_read(int fd, FdSlot& slot, char* out, std::size_t count, bool* drain
       extra->input_ended = true;
     }
     if (len > 0) {
-      // A short recv emptied the socket; with no layer holding output or an end to report,
-      // nothing waits until the next epoll edge (the layers' contract: all output they have,
-      // up to the buffer).
-      *drained = *drained ||
-                 (n > 0 && static_cast<std::size_t>(n) < kRecvBytes && !full && !layer_ended);
+      // Nothing waits until the next epoll edge once the socket is empty (EAGAIN, or a short
+      // recv) and no layer holds output (the layers' contract: all output they have, up to
+      // the buffer) or an end to report.
+      const bool short_recv = n > 0 && static_cast<std::size_t>(n) < kRecvBytes;
+      *drained = (again || short_recv) && !full && !layer_ended;
       const std::size_t given = std::min(count, static_cast<std::size_t>(len));
       std::copy(buf, buf + given, out);
       if (given < static_cast<std::size_t>(len)) {
@@ -114,11 +115,18 @@ ssize_t tlc_read(int fd, FdSlot& slot, char* out, std::size_t count, bool* drain
       }
       return static_cast<ssize_t>(given);
     }
+    // Without output the call ends at EOF or at EAGAIN (after a short recv the peer's EOF may
+    // follow with no edge to announce it), once no layer may hold more: a lower layer that
+    // filled the buffer for one above, which kept all of it, is called again.
+    if (full) continue;
     if (eof || layer_ended) {
       errno = 0;
       return -1;
     }
-    if (*drained) return 0;
+    if (again) {
+      *drained = true;
+      return 0;
+    }
   }
 }
 

@@ -25,8 +25,9 @@ int tlc_wrap_from(int fd, sockTLC* layer, Packet* packet, unsigned* layers_done)
 
 // sock_read() for an fd with layers: recv, unwrap bottom-up, hand out up to `count` bytes and
 // keep the rest in slot.leftover. Returns > 0 bytes, 0 for "nothing yet", or -1: errno 0 at
-// EOF, else the error. *drained: the socket has nothing more (it said EAGAIN, or a short recv
-// whose layers neither filled the buffer nor ended the stream).
+// EOF, else the error. *drained: nothing waits until the socket's next readiness (it said
+// EAGAIN or gave a short recv, and no layer filled the buffer or ended the stream in this
+// call: a layer that did may hold more, without a new edge to announce it).
 ssize_t tlc_read(int fd, FdSlot& slot, char* out, std::size_t count, bool* drained);
 
 // Runs on_clear for every layer of a detached chain.

@@ -1246,6 +1246,148 @@ TEST_F(TlcTest, FinalRecordsOfStackedLayersGoOutTopLayerFirst) {
   close(client);
 }
 
+// --- Output held by a layer while the peer sends nothing more --------------------------------
+
+// Sends what the non-blocking client's socket takes of data from *sent on, for run_until
+// predicates: the reactor reads between calls, so no amount fills the socket buffers for good.
+void send_some(int fd, const std::string& data, std::size_t* sent) {
+  while (*sent < data.size()) {
+    const ssize_t n = send(fd, data.data() + *sent, data.size() - *sent, MSG_NOSIGNAL);
+    if (n <= 0) return;  // full for now (EAGAIN)
+    *sent += static_cast<std::size_t>(n);
+  }
+}
+
+// A reader whose buffer takes a whole unwrap's output (so no plaintext is left over to keep
+// it called), reading until sock_read says 0.
+constexpr std::size_t kLargeRead = 128 * 1024;
+
+// The layer returns a full buffer after the socket said EAGAIN: it holds more, and the read
+// must not count the socket's emptiness as the end of the input. Before the fix the reader got
+// 139,264 of 200,000 bytes and the rest waited for the peer to send again.
+TEST_F(TlcTest, OutputALayerHoldsIsReadInFullWhileThePeerKeepsItsSideOpen) {
+  LayerLog expand;
+  w_.on_accept = push_layer(Kind::kExpand, &expand);
+  w_.on_conn_data = [&](int fd) {
+    std::vector<char> buf(kLargeRead);
+    ssize_t n;
+    while ((n = sock_read(fd, buf.data(), buf.size())) > 0) {
+      w_.conns[fd].in.append(buf.data(), static_cast<std::size_t>(n));
+    }
+    if (n < 0) w_.conns[fd].eof = true;
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  const std::string sent = testing_support::pattern(2000, 86);
+  testing_support::write_all(client, sent);
+  const std::string expected = expanded(sent);
+  EXPECT_TRUE(run_until(&r_, [&] {
+    return w_.conns[server].in.size() >= expected.size() || w_.conns[server].eof;
+  }, std::chrono::seconds(5)));
+  EXPECT_TRUE(expand.held_partial);
+  expect_bytes(w_.conns[server].in, expected);
+  EXPECT_FALSE(w_.conns[server].eof);
+  w_.on_conn_data = nullptr;  // read the EOF so the connection closes
+  close_and_wait(client);
+}
+
+// The same one layer up: a frame carrying a frame bigger than two unwrap buffers. The lower
+// framing layer fills the buffer, the upper one takes all of it and yields nothing yet: the
+// read must call them again although the socket said EAGAIN and nothing was output.
+TEST_F(TlcTest, OutputALowerLayerHoldsReachesTheLayerAboveWithoutMoreInput) {
+  LayerLog outer, inner;
+  w_.on_accept = [&](int fd) {
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, &outer)), 0);
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, &inner)), 0);
+  };
+  w_.on_conn_data = [&](int fd) {
+    std::vector<char> buf(kLargeRead);
+    ssize_t n;
+    while ((n = sock_read(fd, buf.data(), buf.size())) > 0) {
+      w_.conns[fd].in.append(buf.data(), static_cast<std::size_t>(n));
+    }
+    if (n < 0) w_.conns[fd].eof = true;
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  const std::string payload = testing_support::pattern(150000, 87);
+  const std::string wire = framed(framed(payload));
+  std::size_t sent = 0;
+  EXPECT_TRUE(run_until(&r_, [&] {
+    send_some(client, wire, &sent);
+    return w_.conns[server].in.size() >= payload.size() || w_.conns[server].eof;
+  }, std::chrono::seconds(5)));
+  EXPECT_TRUE(outer.held_partial);
+  expect_bytes(w_.conns[server].in, payload);
+  EXPECT_FALSE(w_.conns[server].eof);
+  w_.on_conn_data = nullptr;
+  close_and_wait(client);
+}
+
+// And before the peer's EOF: the lower layer is called again at EOF until it holds nothing,
+// although the upper one yields nothing from its first buffers.
+TEST_F(TlcTest, OutputALowerLayerHoldsReachesTheLayerAboveBeforeEof) {
+  LayerLog outer, inner;
+  w_.on_accept = [&](int fd) {
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, &outer)), 0);
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, &inner)), 0);
+  };
+  w_.on_conn_data = [&](int fd) {
+    std::vector<char> buf(kLargeRead);
+    ssize_t n;
+    while ((n = sock_read(fd, buf.data(), buf.size())) > 0) {
+      w_.conns[fd].in.append(buf.data(), static_cast<std::size_t>(n));
+    }
+    if (n < 0) w_.conns[fd].reads.push_back({n, errno});
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  const std::string payload = testing_support::pattern(150000, 89);
+  const std::string wire = framed(framed(payload));
+  std::size_t sent = 0;
+  bool shut = false;
+  ASSERT_TRUE(run_until(&r_, [&] {
+    send_some(client, wire, &sent);
+    if (sent == wire.size() && !shut) shut = shutdown(client, SHUT_WR) == 0;
+    return closed_.size() == 1;
+  }, std::chrono::seconds(5)));
+  expect_bytes(w_.conns[server].in, payload);
+  ASSERT_NO_FATAL_FAILURE(expect_one_eof(server));
+  close(client);
+}
+
+// The end marker comes out of a lower layer's held output, in a call after the socket said
+// EAGAIN: EOF follows the last output although the peer keeps its side open.
+TEST_F(TlcTest, UnwrapEndingTheStreamAfterTheSocketWasEmptiedReadsAsEof) {
+  LayerLog framing, ending;
+  w_.on_accept = [&](int fd) {
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, &framing)), 0);
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kEnding, &ending)), 0);
+  };
+  w_.on_conn_data = [&](int fd) {
+    std::vector<char> buf(kLargeRead);
+    ssize_t n;
+    while ((n = sock_read(fd, buf.data(), buf.size())) > 0) {
+      w_.conns[fd].in.append(buf.data(), static_cast<std::size_t>(n));
+    }
+    if (n < 0) w_.conns[fd].reads.push_back({n, errno});
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  // The marker lies past the first unwrap buffer's worth of the frame's payload.
+  const std::string data = testing_support::pattern(80000, 88);
+  const std::string wire = framed(data + kEnd + "ignored");
+  std::size_t sent = 0;
+  ASSERT_TRUE(run_until(&r_, [&] {
+    send_some(client, wire, &sent);
+    return closed_.size() == 1;
+  }, std::chrono::seconds(5)));
+  expect_bytes(w_.conns[server].in, data);
+  ASSERT_NO_FATAL_FAILURE(expect_one_eof(server));
+  EXPECT_EQ(read_to_eof(client), framed("BYE"));
+  close(client);
+}
+
 // --- A blocking socket ----------------------------------------------------------------------
 
 // sock_open takes an fd in whatever mode its opener left it: the layers' recv, like a plain
