@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <memory>
+#include <utility>
 
 #include "engine/read_buffer.h"
 #include "engine/write_queue.h"
@@ -25,7 +26,44 @@ char* scratch() {
   return buffer.get();
 }
 
+// A tlc_read() in progress on this thread, listed for tlc_chain_changed() while it runs (a
+// layer's unwrap may read another fd: the list nests, innermost first).
+class ChainWatch {
+ public:
+  explicit ChainWatch(int fd) : fd_(fd), outer_(innermost_) { innermost_ = this; }
+  ~ChainWatch() { innermost_ = outer_; }
+  ChainWatch(const ChainWatch&) = delete;
+  ChainWatch& operator=(const ChainWatch&) = delete;
+
+  // What happened to the chain since the last take().
+  ChainChange take() { return std::exchange(change_, ChainChange::kNone); }
+
+  static void note(int fd, ChainChange change) {
+    for (ChainWatch* w = innermost_; w; w = w->outer_) {
+      if (w->fd_ == fd) w->change_ = std::max(w->change_, change);
+    }
+  }
+
+ private:
+  const int fd_;
+  ChainChange change_ = ChainChange::kNone;
+  ChainWatch* const outer_;
+  static thread_local ChainWatch* innermost_;
+};
+
+thread_local ChainWatch* ChainWatch::innermost_ = nullptr;
+
+// Fills bottom_up with the slot's chain, lowest layer first. Returns the number of layers.
+std::size_t bottom_up_layers(const FdSlot& slot, sockTLC* (&bottom_up)[kMaxLayers]) {
+  std::size_t depth = 0;
+  for (sockTLC* layer = slot_tlc(slot); layer; layer = layer->next) bottom_up[depth++] = layer;
+  std::reverse(bottom_up, bottom_up + depth);
+  return depth;
+}
+
 }  // namespace
+
+void tlc_chain_changed(int fd, ChainChange change) { ChainWatch::note(fd, change); }
 
 int tlc_wrap_from(int fd, sockTLC* layer, Packet* packet, unsigned* layers_done) {
   *layers_done = 0;
@@ -47,12 +85,12 @@ int tlc_wrap_from(int fd, sockTLC* layer, Packet* packet, unsigned* layers_done)
 
 ssize_t tlc_read(int fd, FdSlot& slot, char* out, std::size_t count, bool* drained) {
   sockTLC* bottom_up[kMaxLayers];
-  std::size_t depth = 0;
-  for (sockTLC* layer = slot_tlc(slot); layer; layer = layer->next) bottom_up[depth++] = layer;
+  std::size_t depth = bottom_up_layers(slot, bottom_up);
   // A layer's unwrap may close the fd (then the slot may already belong to another
-  // connection) or replace the layers (then slot.extra may be gone): checked after each.
+  // connection) or change the layers (then those in bottom_up may be freed, and slot.extra
+  // gone): checked after each.
   const uint32_t generation = slot.generation.load(std::memory_order_relaxed);
-  std::reverse(bottom_up, bottom_up + depth);
+  ChainWatch chain(fd);
   char* buf = scratch();
   *drained = false;
   for (;;) {
@@ -74,7 +112,7 @@ ssize_t tlc_read(int fd, FdSlot& slot, char* out, std::size_t count, bool* drain
     ssize_t len = n;
     bool layer_ended = false;
     bool full = false;  // a layer filled the buffer: it may hold more output
-    for (std::size_t i = 0; i < depth; ++i) {
+    for (std::size_t i = 0; i < depth;) {
       sockTLC* layer = bottom_up[i];
       const int r = layer->unwrap ? layer->unwrap(fd, buf, &len, kScratchBytes, layer->udata) : 0;
       if (r == 1) {
@@ -92,6 +130,17 @@ ssize_t tlc_read(int fd, FdSlot& slot, char* out, std::size_t count, bool* drain
         return -1;
       }
       full = full || static_cast<std::size_t>(len) == kScratchBytes;
+      ++i;
+      const ChainChange change = chain.take();
+      if (change == ChainChange::kNone) continue;
+      // The layer changed the chain: its output goes on to the layers now above it. Pushed
+      // layers are on top, above those that kept their places; a new chain takes it from its
+      // lowest layer, and what the freed layers held is gone with them.
+      depth = bottom_up_layers(slot, bottom_up);
+      if (change == ChainChange::kReplaced) {
+        i = 0;
+        full = false;
+      }
     }
     if (layer_ended && !ended_before) {
       // Kept for the calls that hand out the rest of the output: the layer says it only once.

@@ -55,7 +55,8 @@ struct LayerLog {
 
 enum class Kind {
   kFraming, kFramingSayingBye, kXor, kXorSayingBye, kReject, kRejectWrap, kExpand, kSequenced,
-  kCloseInUnwrap, kHolding, kHoldingSayingBye, kAnnouncing, kHandshake, kEnding
+  kCloseInUnwrap, kHolding, kHoldingSayingBye, kAnnouncing, kHandshake, kEnding,
+  kStripping, kSwitching, kPushing
 };
 
 // kExpand turns every input byte into this many copies, so that one read's output exceeds
@@ -74,6 +75,8 @@ struct Layer {
   bool hello_sent = false;  // handshake: the first wrap queued HELLO
   bool ready = false;       // handshake: the peer's WELCOME came
   bool ended = false;       // ending: the end marker came
+  bool header_done = false;      // stripping, switching, pushing: the header line came
+  LayerLog* installs = nullptr;  // switching, pushing: the log of the XOR layer it installs
 };
 
 void put_be32(char* out, uint32_t v) {
@@ -253,6 +256,39 @@ int ending_unwrap(int, void* buffer, ssize_t* len, const size_t, void* udata) {
   return 1;
 }
 
+sockTLC* make_layer(Kind kind, LayerLog* log);
+
+// Consumes a header line (up to '\n', as a PROXY protocol header would be) and then changes the
+// chain from inside unwrap: kStripping removes every layer (itself included), kSwitching
+// replaces the chain with an XOR layer, kPushing pushes an XOR layer on top of itself. Its
+// output in that call is what followed the header; afterwards (kPushing: the others are gone)
+// it passes input through.
+int header_unwrap(int fd, void* buffer, ssize_t* len, const size_t max_len, void* udata) {
+  auto* self = static_cast<Layer*>(udata);
+  ++self->log->unwrap_calls;
+  if (self->header_done) return 0;
+  char* buf = static_cast<char*>(buffer);
+  self->pending.append(buf, static_cast<std::size_t>(*len));
+  const std::size_t eol = self->pending.find('\n');
+  if (eol == std::string::npos) {
+    *len = 0;
+    return 0;
+  }
+  self->header_done = true;
+  const std::size_t rest = std::min(self->pending.size() - eol - 1, max_len);
+  std::memcpy(buf, self->pending.data() + eol + 1, rest);
+  *len = static_cast<ssize_t>(rest);
+  // sock_tlc_set frees this layer (on_clear): nothing of it is touched afterwards.
+  switch (self->kind) {
+    case Kind::kStripping:
+      return sock_tlc_set(fd, nullptr);
+    case Kind::kSwitching:
+      return sock_tlc_set(fd, make_layer(Kind::kXor, self->installs));
+    default:
+      return sock_tlc_add(fd, make_layer(Kind::kXor, self->installs));
+  }
+}
+
 void layer_on_clear(int fd, sockTLC* tlc) {
   auto* self = static_cast<Layer*>(tlc->udata);
   ++self->log->on_clear;
@@ -319,6 +355,11 @@ sockTLC* make_layer(Kind kind, LayerLog* log) {
     case Kind::kEnding:
       layer->tlc.unwrap = ending_unwrap;
       layer->tlc.before_close = say_bye;
+      break;
+    case Kind::kStripping:
+    case Kind::kSwitching:
+    case Kind::kPushing:
+      layer->tlc.unwrap = header_unwrap;
       break;
   }
   return &layer->tlc;
@@ -1386,6 +1427,84 @@ TEST_F(TlcTest, UnwrapEndingTheStreamAfterTheSocketWasEmptiedReadsAsEof) {
   ASSERT_NO_FATAL_FAILURE(expect_one_eof(server));
   EXPECT_EQ(read_to_eof(client), framed("BYE"));
   close(client);
+}
+
+// --- Layers that change the chain from inside unwrap ----------------------------------------
+
+// The header comes alone: the layer removes itself and outputs nothing, and the read must not
+// call it again (it is freed) but read on without layers.
+TEST_F(TlcTest, UnwrapThatRemovesTheLayersIsNotCalledAgainAndTheRestIsPlain) {
+  LayerLog stripping;
+  w_.on_accept = push_layer(Kind::kStripping, &stripping);
+  int server;
+  const int client = connect_and_accept(&server);
+  testing_support::write_all(client, "PROXY TCP4 192.0.2.1 192.0.2.2 5000 80\r\n");
+  ASSERT_TRUE(run_until(&r_, [&] { return stripping.on_clear == 1; }));
+  settle();
+  EXPECT_EQ(sock_tlc_get(server), nullptr);
+  testing_support::write_all(client, "plain");
+  ASSERT_TRUE(run_until(&r_, [&] {
+    return w_.conns[server].in.size() >= 5 || w_.conns[server].eof;
+  }));
+  EXPECT_EQ(w_.conns[server].in, "plain");
+  EXPECT_EQ(stripping.unwrap_calls, 1);
+  EXPECT_EQ(stripping.on_clear, 1);
+  close_and_wait(client);
+}
+
+// The header and what follows it in one read: the layer's output (all after the header) is
+// the new chain's input.
+TEST_F(TlcTest, UnwrapThatReplacesTheChainHandsWhatFollowedTheHeaderToTheNewChain) {
+  LayerLog switching, successor;
+  w_.on_accept = [&](int fd) {
+    sockTLC* layer = make_layer(Kind::kSwitching, &switching);
+    static_cast<Layer*>(layer->udata)->installs = &successor;
+    ASSERT_EQ(sock_tlc_add(fd, layer), 0);
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  testing_support::write_all(client, "SWITCH\n" + xored("first"));
+  ASSERT_TRUE(run_until(&r_, [&] {
+    return w_.conns[server].in.size() >= 5 || w_.conns[server].eof;
+  }));
+  testing_support::write_all(client, xored(" second"));
+  ASSERT_TRUE(run_until(&r_, [&] {
+    return w_.conns[server].in.size() >= 12 || w_.conns[server].eof;
+  }));
+  EXPECT_EQ(w_.conns[server].in, "first second");
+  EXPECT_EQ(switching.unwrap_calls, 1);
+  EXPECT_EQ(switching.on_clear, 1);
+  EXPECT_GE(successor.unwrap_calls, 2);
+  close_and_wait(client);
+  EXPECT_EQ(successor.on_clear, 1);
+}
+
+// A layer pushed on top from inside unwrap unwraps that call's output already, and the layer
+// that pushed it stays below it.
+TEST_F(TlcTest, LayerPushedFromInsideUnwrapUnwrapsTheOutputOfThatCall) {
+  LayerLog pushing, pushed;
+  w_.on_accept = [&](int fd) {
+    sockTLC* layer = make_layer(Kind::kPushing, &pushing);
+    static_cast<Layer*>(layer->udata)->installs = &pushed;
+    ASSERT_EQ(sock_tlc_add(fd, layer), 0);
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  testing_support::write_all(client, "PUSH\n" + xored("first"));
+  ASSERT_TRUE(run_until(&r_, [&] {
+    return w_.conns[server].in.size() >= 5 || w_.conns[server].eof;
+  }));
+  testing_support::write_all(client, xored(" second"));
+  ASSERT_TRUE(run_until(&r_, [&] {
+    return w_.conns[server].in.size() >= 12 || w_.conns[server].eof;
+  }));
+  EXPECT_EQ(w_.conns[server].in, "first second");
+  EXPECT_GE(pushing.unwrap_calls, 2);
+  EXPECT_GE(pushed.unwrap_calls, 2);
+  EXPECT_EQ(pushing.on_clear, 0);
+  close_and_wait(client);
+  EXPECT_EQ(pushing.on_clear, 1);
+  EXPECT_EQ(pushed.on_clear, 1);
 }
 
 // --- A blocking socket ----------------------------------------------------------------------
