@@ -56,7 +56,7 @@ struct LayerLog {
 enum class Kind {
   kFraming, kFramingSayingBye, kXor, kXorSayingBye, kReject, kRejectWrap, kExpand, kSequenced,
   kCloseInUnwrap, kHolding, kHoldingSayingBye, kAnnouncing, kHandshake, kEnding,
-  kStripping, kSwitching, kPushing
+  kStripping, kSwitching, kPushing, kForceClosingOnClose, kRemovingOnClose
 };
 
 // kExpand turns every input byte into this many copies, so that one read's output exceeds
@@ -289,6 +289,19 @@ int header_unwrap(int fd, void* buffer, ssize_t* len, const size_t max_len, void
   }
 }
 
+// Closes the fd at once from inside its graceful close (a layer giving up on a peer that
+// will not answer its close_notify).
+void force_close_on_close(int fd, sockTLC* tlc) {
+  ++static_cast<Layer*>(tlc->udata)->log->before_close;
+  sock_force_close(nullptr, fd);
+}
+
+// Removes the layers from inside the graceful close (on_clear frees this one); the close goes on.
+void remove_layers_on_close(int fd, sockTLC* tlc) {
+  ++static_cast<Layer*>(tlc->udata)->log->before_close;
+  EXPECT_EQ(sock_tlc_set(fd, nullptr), 0);
+}
+
 void layer_on_clear(int fd, sockTLC* tlc) {
   auto* self = static_cast<Layer*>(tlc->udata);
   ++self->log->on_clear;
@@ -360,6 +373,12 @@ sockTLC* make_layer(Kind kind, LayerLog* log) {
     case Kind::kSwitching:
     case Kind::kPushing:
       layer->tlc.unwrap = header_unwrap;
+      break;
+    case Kind::kForceClosingOnClose:
+      layer->tlc.before_close = force_close_on_close;
+      break;
+    case Kind::kRemovingOnClose:
+      layer->tlc.before_close = remove_layers_on_close;
       break;
   }
   return &layer->tlc;
@@ -1505,6 +1524,46 @@ TEST_F(TlcTest, LayerPushedFromInsideUnwrapUnwrapsTheOutputOfThatCall) {
   close_and_wait(client);
   EXPECT_EQ(pushing.on_clear, 1);
   EXPECT_EQ(pushed.on_clear, 1);
+}
+
+// --- A close from inside the graceful close ------------------------------------------------
+
+// before_close force-closes the fd: on_clear frees the layer there, and the graceful close must
+// neither read it again nor close the fd (a number another connection may hold by then) and
+// report on_close a second time.
+TEST_F(TlcTest, BeforeCloseThatForceClosesTheFdClosesItOnce) {
+  LayerLog closing;
+  w_.on_accept = [&](int fd) {
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kForceClosingOnClose, &closing)), 0);
+    sock_close(&r_, fd);
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  ASSERT_NO_FATAL_FAILURE(expect_closed_once(server));
+  EXPECT_EQ(closing.before_close, 1);
+  EXPECT_EQ(closing.on_clear, 1);
+  EXPECT_EQ(read_to_eof(client), "");
+  close(client);
+}
+
+// before_close removes the layers: the layer below the freed one is found from the chain as it
+// is now (none), and the close goes on, once.
+TEST_F(TlcTest, BeforeCloseThatRemovesTheLayersLetsTheCloseGoOn) {
+  LayerLog removing, below;
+  w_.on_accept = [&](int fd) {
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFramingSayingBye, &below)), 0);
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kRemovingOnClose, &removing)), 0);
+    sock_close(&r_, fd);
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  ASSERT_NO_FATAL_FAILURE(expect_closed_once(server));
+  EXPECT_EQ(removing.before_close, 1);
+  EXPECT_EQ(below.before_close, 0);  // removed before its turn
+  EXPECT_EQ(removing.on_clear, 1);
+  EXPECT_EQ(below.on_clear, 1);
+  EXPECT_EQ(read_to_eof(client), "");
+  close(client);
 }
 
 // --- A blocking socket ----------------------------------------------------------------------
