@@ -59,21 +59,30 @@ void release_state(int fd, FdSlot& slot) {
 
 static_assert(kMaxLayers < UINT8_MAX, "SlotExtra::close_hooks_run counts layers");
 
+// The layer whose before_close runs next (SlotExtra::close_hooks_run counts those run from the
+// head), or nullptr. Found from the head each time: a hook may replace the layers.
+sockTLC* next_close_hook(const FdSlot& slot) {
+  sockTLC* layer = slot_tlc(slot);
+  for (unsigned i = 0; layer && i < slot.extra->close_hooks_run; ++i) layer = layer->next;
+  return layer;
+}
+
 // Runs the transport layers' before_close hooks once per connection, head down, each once
 // the queue is empty (libsock.h): a layer's final record (a TLS close_notify) then follows
 // those of the layers above it, which it wraps; queued together, sock_tlc_write would put it
 // before them (they are records it has not wrapped yet). True if a hook queued output that
-// must be sent before the close; the next hook runs when it is.
+// must be sent before the close; the next hook runs when it is. False also when a hook closed
+// the fd (sock_force_close): the slot is no longer this connection's (close_if_due checks).
 bool run_close_hooks(int fd, FdSlot& slot) {
   if (!slot_tlc(slot) || (slot.flags & kCloseHooksRun)) return false;
+  const uint32_t generation = slot.generation.load(std::memory_order_relaxed);
   slot.flags |= kCloseHooksRun;  // also while a hook runs: a flush inside it runs no other
-  unsigned i = 0;
-  for (sockTLC* layer = slot_tlc(slot); layer && slot.extra; layer = layer->next, ++i) {
-    if (i < slot.extra->close_hooks_run) continue;
-    slot.extra->close_hooks_run = static_cast<uint8_t>(i + 1);
+  while (sockTLC* layer = next_close_hook(slot)) {
+    ++slot.extra->close_hooks_run;
     if (!layer->before_close) continue;
-    layer->before_close(fd, layer);
-    if (slot.head && layer->next) {
+    layer->before_close(fd, layer);  // may free the layer (a close, sock_tlc_set)
+    if (slot.generation.load(std::memory_order_relaxed) != generation) return false;
+    if (slot.head && next_close_hook(slot)) {
       slot.flags &= ~kCloseHooksRun;
       return true;
     }
@@ -275,7 +284,10 @@ void close_slot(int fd, FdSlot& slot, struct ::Reactor* notify, CloseReason why)
 
 Drained close_if_due(int fd, FdSlot& slot, struct ::Reactor* notify) {
   if (!(slot.flags & (kClosing | kEof))) return Drained::kStaysOpen;
+  const uint32_t generation = slot.generation.load(std::memory_order_relaxed);
   if (run_close_hooks(fd, slot)) return Drained::kMoreQueued;
+  // A hook closed the fd itself: closed once, on_close reported; the number may be another's.
+  if (slot.generation.load(std::memory_order_relaxed) != generation) return Drained::kClosed;
   close_slot(fd, slot, notify, (slot.flags & kClosing) ? CloseReason::kLocal : CloseReason::kPeer);
   return Drained::kClosed;
 }

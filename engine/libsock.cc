@@ -263,6 +263,7 @@ int sock_tlc_set(int fd, struct sockTLC* tlc) {
   sockTLC* old = engine::slot_tlc(*slot);
   if (extra) extra->tlc = tlc;
   engine::slot_extra_trim(*slot);
+  engine::tlc_chain_changed(fd, engine::ChainChange::kReplaced);
   engine::tlc_clear_chain(fd, old);
   return 0;
 }
@@ -278,6 +279,7 @@ int sock_tlc_add(int fd, struct sockTLC* tlc) {
   if (!extra) return -1;
   tlc->next = extra->tlc;
   extra->tlc = tlc;
+  engine::tlc_chain_changed(fd, engine::ChainChange::kPushed);
   return 0;
 }
 

@@ -330,6 +330,11 @@ void sock_free_packet(struct Packet* packet);
  * max_len returns max_len bytes and is called again with *len == 0 until it yields nothing;
  * a layer returns all the output it has up to max_len (after a short recv whose layers
  * returned less, sock_read() waits for the socket's next readiness before it calls them).
+ * A layer may change the chain from inside its unwrap (a PROXY header read, a protocol
+ * recognised): the output of that call goes on to the layers above it after sock_tlc_add
+ * (those pushed included), or to the new chain from its lowest layer after sock_tlc_set (to
+ * the reader if the chain is now empty). sock_tlc_set runs on_clear for the calling layer
+ * too: it must not touch its state afterwards.
  * wrap/unwrap return 0, or -1 to fail the connection (it is closed: SOCK_CLOSE_ERROR), or 1:
  * - wrap returning 1 holds the record (a TLS handshake is not done): the layers above it have
  *   wrapped it and will not again; it stays queued, counted in sock_pending(), with all that

@@ -16,9 +16,11 @@ namespace engine {
 namespace {
 
 // recv until data, EOF (-1, errno 0), EAGAIN (0, *drained) or an error (-1, errno).
+// MSG_DONTWAIT: sock_open takes fds in whatever mode their opener left them, and a blocking
+// one must not block the reactor's thread ("0 when no data", libsock.h).
 ssize_t plain_read(int fd, char* out, std::size_t count, bool* drained) {
   for (;;) {
-    const ssize_t n = recv(fd, out, count, 0);
+    const ssize_t n = recv(fd, out, count, MSG_DONTWAIT);
     if (n > 0) return n;
     if (n == 0) {
       errno = 0;

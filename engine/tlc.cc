@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <memory>
+#include <utility>
 
 #include "engine/read_buffer.h"
 #include "engine/write_queue.h"
@@ -25,7 +26,44 @@ char* scratch() {
   return buffer.get();
 }
 
+// A tlc_read() in progress on this thread, listed for tlc_chain_changed() while it runs (a
+// layer's unwrap may read another fd: the list nests, innermost first).
+class ChainWatch {
+ public:
+  explicit ChainWatch(int fd) : fd_(fd), outer_(innermost_) { innermost_ = this; }
+  ~ChainWatch() { innermost_ = outer_; }
+  ChainWatch(const ChainWatch&) = delete;
+  ChainWatch& operator=(const ChainWatch&) = delete;
+
+  // What happened to the chain since the last take().
+  ChainChange take() { return std::exchange(change_, ChainChange::kNone); }
+
+  static void note(int fd, ChainChange change) {
+    for (ChainWatch* w = innermost_; w; w = w->outer_) {
+      if (w->fd_ == fd) w->change_ = std::max(w->change_, change);
+    }
+  }
+
+ private:
+  const int fd_;
+  ChainChange change_ = ChainChange::kNone;
+  ChainWatch* const outer_;
+  static thread_local ChainWatch* innermost_;
+};
+
+thread_local ChainWatch* ChainWatch::innermost_ = nullptr;
+
+// Fills bottom_up with the slot's chain, lowest layer first. Returns the number of layers.
+std::size_t bottom_up_layers(const FdSlot& slot, sockTLC* (&bottom_up)[kMaxLayers]) {
+  std::size_t depth = 0;
+  for (sockTLC* layer = slot_tlc(slot); layer; layer = layer->next) bottom_up[depth++] = layer;
+  std::reverse(bottom_up, bottom_up + depth);
+  return depth;
+}
+
 }  // namespace
+
+void tlc_chain_changed(int fd, ChainChange change) { ChainWatch::note(fd, change); }
 
 int tlc_wrap_from(int fd, sockTLC* layer, Packet* packet, unsigned* layers_done) {
   *layers_done = 0;
@@ -47,32 +85,34 @@ int tlc_wrap_from(int fd, sockTLC* layer, Packet* packet, unsigned* layers_done)
 
 ssize_t tlc_read(int fd, FdSlot& slot, char* out, std::size_t count, bool* drained) {
   sockTLC* bottom_up[kMaxLayers];
-  std::size_t depth = 0;
-  for (sockTLC* layer = slot_tlc(slot); layer; layer = layer->next) bottom_up[depth++] = layer;
+  std::size_t depth = bottom_up_layers(slot, bottom_up);
   // A layer's unwrap may close the fd (then the slot may already belong to another
-  // connection) or replace the layers (then slot.extra may be gone): checked after each.
+  // connection) or change the layers (then those in bottom_up may be freed, and slot.extra
+  // gone): checked after each.
   const uint32_t generation = slot.generation.load(std::memory_order_relaxed);
-  std::reverse(bottom_up, bottom_up + depth);
+  ChainWatch chain(fd);
   char* buf = scratch();
   *drained = false;
-  // A layer ended the stream in an earlier call (its unwrap returned 1): the socket is read no
-  // more, and the layers are called with no input, as after the peer's EOF.
-  const bool ended_before = slot.extra && slot.extra->input_ended;
   for (;;) {
-    ssize_t n = ended_before ? 0 : recv(fd, buf, kRecvBytes, 0);
+    // A layer ended the stream earlier (its unwrap returned 1): the socket is read no more,
+    // and the layers are called with no input, as after the peer's EOF.
+    const bool ended_before = slot.extra && slot.extra->input_ended;
+    // MSG_DONTWAIT: sock_open takes fds in whatever mode their opener left them.
+    ssize_t n = ended_before ? 0 : recv(fd, buf, kRecvBytes, MSG_DONTWAIT);
     // At EOF too the layers get a call: output they still hold from earlier input comes
-    // first, and recv keeps returning 0, so EOF is reported once they yield nothing.
+    // first, and recv keeps returning 0, so EOF is reported once they yield nothing and none
+    // may hold more.
     const bool eof = n == 0;
+    const bool again = n < 0 && errno == EAGAIN;
     if (n < 0) {
       if (errno == EINTR) continue;
-      if (errno != EAGAIN) return -1;
-      *drained = true;
+      if (!again) return -1;
       n = 0;  // layers still get a call: they may hold output from earlier input
     }
     ssize_t len = n;
     bool layer_ended = false;
     bool full = false;  // a layer filled the buffer: it may hold more output
-    for (std::size_t i = 0; i < depth; ++i) {
+    for (std::size_t i = 0; i < depth;) {
       sockTLC* layer = bottom_up[i];
       const int r = layer->unwrap ? layer->unwrap(fd, buf, &len, kScratchBytes, layer->udata) : 0;
       if (r == 1) {
@@ -90,6 +130,17 @@ ssize_t tlc_read(int fd, FdSlot& slot, char* out, std::size_t count, bool* drain
         return -1;
       }
       full = full || static_cast<std::size_t>(len) == kScratchBytes;
+      ++i;
+      const ChainChange change = chain.take();
+      if (change == ChainChange::kNone) continue;
+      // The layer changed the chain: its output goes on to the layers now above it. Pushed
+      // layers are on top, above those that kept their places; a new chain takes it from its
+      // lowest layer, and what the freed layers held is gone with them.
+      depth = bottom_up_layers(slot, bottom_up);
+      if (change == ChainChange::kReplaced) {
+        i = 0;
+        full = false;
+      }
     }
     if (layer_ended && !ended_before) {
       // Kept for the calls that hand out the rest of the output: the layer says it only once.
@@ -98,11 +149,11 @@ ssize_t tlc_read(int fd, FdSlot& slot, char* out, std::size_t count, bool* drain
       extra->input_ended = true;
     }
     if (len > 0) {
-      // A short recv emptied the socket; with no layer holding output or an end to report,
-      // nothing waits until the next epoll edge (the layers' contract: all output they have,
-      // up to the buffer).
-      *drained = *drained ||
-                 (n > 0 && static_cast<std::size_t>(n) < kRecvBytes && !full && !layer_ended);
+      // Nothing waits until the next epoll edge once the socket is empty (EAGAIN, or a short
+      // recv) and no layer holds output (the layers' contract: all output they have, up to
+      // the buffer) or an end to report.
+      const bool short_recv = n > 0 && static_cast<std::size_t>(n) < kRecvBytes;
+      *drained = (again || short_recv) && !full && !layer_ended;
       const std::size_t given = std::min(count, static_cast<std::size_t>(len));
       std::copy(buf, buf + given, out);
       if (given < static_cast<std::size_t>(len)) {
@@ -113,11 +164,18 @@ ssize_t tlc_read(int fd, FdSlot& slot, char* out, std::size_t count, bool* drain
       }
       return static_cast<ssize_t>(given);
     }
+    // Without output the call ends at EOF or at EAGAIN (after a short recv the peer's EOF may
+    // follow with no edge to announce it), once no layer may hold more: a lower layer that
+    // filled the buffer for one above, which kept all of it, is called again.
+    if (full) continue;
     if (eof || layer_ended) {
       errno = 0;
       return -1;
     }
-    if (*drained) return 0;
+    if (again) {
+      *drained = true;
+      return 0;
+    }
   }
 }
 

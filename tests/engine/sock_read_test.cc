@@ -16,6 +16,7 @@
 #include "engine/libsock.h"
 #include "tests/testing/loopback.h"
 #include "tests/testing/reactor_fixture.h"
+#include "tests/testing/read_watchdog.h"
 #include "tests/testing/run_until.h"
 
 namespace {
@@ -199,6 +200,31 @@ TEST_F(SockReadTest, AfterEofTheQueuedResponseIsSentInFullBeforeTheClose) {
   close(client);
 }
 
+// sock_open takes an fd in whatever mode its opener left it. A blocking one was read with
+// recv(..., 0), which blocked the reactor's thread once the kernel had nothing more, instead of
+// returning 0. Here the first read fills the buffer exactly, so nothing says that the socket is
+// empty, and the second read asks the kernel.
+TEST_F(SockReadTest, BlockingSocketReadsZeroOnceEmptyInsteadOfBlockingTheReactor) {
+  int pair[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);  // both blocking
+  ASSERT_EQ(sock_open(&r_, pair[0]), 0);
+  const std::string data = testing_support::pattern(4096, 6);  // read_all's buffer, exactly
+  testing_support::write_all(pair[1], data);
+  {
+    const testing_support::ReadWatchdog watchdog(pair[1]);
+    ASSERT_TRUE(run_until(&r_, [&] {
+      return !server_.reads.empty() && server_.reads.back().n <= 0;
+    }));
+    EXPECT_FALSE(watchdog.fired());
+  }
+  EXPECT_EQ(server_.received, data);
+  ASSERT_EQ(server_.reads.size(), 2u);
+  EXPECT_EQ(server_.reads[1].n, 0);
+  EXPECT_TRUE(closed_.empty());
+  close(pair[1]);
+  ASSERT_TRUE(run_until(&r_, [&] { return closed_.size() == 1; }));
+}
+
 // Waits (poll, not sleep) until fd is readable or reports an error.
 void wait_readable(int fd) {
   pollfd p{fd, POLLIN, 0};
@@ -262,6 +288,27 @@ TEST(SockReadWithoutReactorTest, ReportsDataEofAndResetAndClosesAfterTheResponse
   sock_close(nullptr, fd2);
   EXPECT_TRUE(sock_is_closed(fd2));
   close(l.fd);
+}
+
+// The same promise with no reactor: 0 when nothing waits, before and after data, although the
+// socket is blocking.
+TEST(SockReadWithoutReactorTest, BlockingSocketWithNoDataReadsZero) {
+  int pair[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);  // both blocking
+  ASSERT_EQ(sock_open(nullptr, pair[0]), 0);
+  char buf[16];
+  {
+    const testing_support::ReadWatchdog watchdog(pair[1]);
+    ASSERT_EQ(sock_read(pair[0], buf, sizeof buf), 0);
+    ASSERT_EQ(send(pair[1], "abc", 3, MSG_NOSIGNAL), 3);
+    ASSERT_EQ(sock_read(pair[0], buf, sizeof buf), 3);
+    ASSERT_EQ(sock_read(pair[0], buf, sizeof buf), 0);
+    EXPECT_FALSE(watchdog.fired());
+  }
+  EXPECT_EQ(std::string(buf, 3), "abc");
+  sock_close(nullptr, pair[0]);
+  EXPECT_TRUE(sock_is_closed(pair[0]));
+  close(pair[1]);
 }
 
 }  // namespace

@@ -30,6 +30,7 @@
 #include "engine/libsock.h"
 #include "tests/testing/loopback.h"
 #include "tests/testing/reactor_fixture.h"
+#include "tests/testing/read_watchdog.h"
 #include "tests/testing/run_until.h"
 
 namespace {
@@ -54,7 +55,8 @@ struct LayerLog {
 
 enum class Kind {
   kFraming, kFramingSayingBye, kXor, kXorSayingBye, kReject, kRejectWrap, kExpand, kSequenced,
-  kCloseInUnwrap, kHolding, kHoldingSayingBye, kAnnouncing, kHandshake, kEnding
+  kCloseInUnwrap, kHolding, kHoldingSayingBye, kAnnouncing, kHandshake, kEnding,
+  kStripping, kSwitching, kPushing, kForceClosingOnClose, kRemovingOnClose
 };
 
 // kExpand turns every input byte into this many copies, so that one read's output exceeds
@@ -73,6 +75,8 @@ struct Layer {
   bool hello_sent = false;  // handshake: the first wrap queued HELLO
   bool ready = false;       // handshake: the peer's WELCOME came
   bool ended = false;       // ending: the end marker came
+  bool header_done = false;      // stripping, switching, pushing: the header line came
+  LayerLog* installs = nullptr;  // switching, pushing: the log of the XOR layer it installs
 };
 
 void put_be32(char* out, uint32_t v) {
@@ -252,6 +256,52 @@ int ending_unwrap(int, void* buffer, ssize_t* len, const size_t, void* udata) {
   return 1;
 }
 
+sockTLC* make_layer(Kind kind, LayerLog* log);
+
+// Consumes a header line (up to '\n', as a PROXY protocol header would be) and then changes the
+// chain from inside unwrap: kStripping removes every layer (itself included), kSwitching
+// replaces the chain with an XOR layer, kPushing pushes an XOR layer on top of itself. Its
+// output in that call is what followed the header; afterwards (kPushing: the others are gone)
+// it passes input through.
+int header_unwrap(int fd, void* buffer, ssize_t* len, const size_t max_len, void* udata) {
+  auto* self = static_cast<Layer*>(udata);
+  ++self->log->unwrap_calls;
+  if (self->header_done) return 0;
+  char* buf = static_cast<char*>(buffer);
+  self->pending.append(buf, static_cast<std::size_t>(*len));
+  const std::size_t eol = self->pending.find('\n');
+  if (eol == std::string::npos) {
+    *len = 0;
+    return 0;
+  }
+  self->header_done = true;
+  const std::size_t rest = std::min(self->pending.size() - eol - 1, max_len);
+  std::memcpy(buf, self->pending.data() + eol + 1, rest);
+  *len = static_cast<ssize_t>(rest);
+  // sock_tlc_set frees this layer (on_clear): nothing of it is touched afterwards.
+  switch (self->kind) {
+    case Kind::kStripping:
+      return sock_tlc_set(fd, nullptr);
+    case Kind::kSwitching:
+      return sock_tlc_set(fd, make_layer(Kind::kXor, self->installs));
+    default:
+      return sock_tlc_add(fd, make_layer(Kind::kXor, self->installs));
+  }
+}
+
+// Closes the fd at once from inside its graceful close (a layer giving up on a peer that
+// will not answer its close_notify).
+void force_close_on_close(int fd, sockTLC* tlc) {
+  ++static_cast<Layer*>(tlc->udata)->log->before_close;
+  sock_force_close(nullptr, fd);
+}
+
+// Removes the layers from inside the graceful close (on_clear frees this one); the close goes on.
+void remove_layers_on_close(int fd, sockTLC* tlc) {
+  ++static_cast<Layer*>(tlc->udata)->log->before_close;
+  EXPECT_EQ(sock_tlc_set(fd, nullptr), 0);
+}
+
 void layer_on_clear(int fd, sockTLC* tlc) {
   auto* self = static_cast<Layer*>(tlc->udata);
   ++self->log->on_clear;
@@ -318,6 +368,17 @@ sockTLC* make_layer(Kind kind, LayerLog* log) {
     case Kind::kEnding:
       layer->tlc.unwrap = ending_unwrap;
       layer->tlc.before_close = say_bye;
+      break;
+    case Kind::kStripping:
+    case Kind::kSwitching:
+    case Kind::kPushing:
+      layer->tlc.unwrap = header_unwrap;
+      break;
+    case Kind::kForceClosingOnClose:
+      layer->tlc.before_close = force_close_on_close;
+      break;
+    case Kind::kRemovingOnClose:
+      layer->tlc.before_close = remove_layers_on_close;
       break;
   }
   return &layer->tlc;
@@ -1243,6 +1304,293 @@ TEST_F(TlcTest, FinalRecordsOfStackedLayersGoOutTopLayerFirst) {
   EXPECT_EQ(framing.before_close, 1);
   EXPECT_EQ(upper.before_close, 1);
   close(client);
+}
+
+// --- Output held by a layer while the peer sends nothing more --------------------------------
+
+// Sends what the non-blocking client's socket takes of data from *sent on, for run_until
+// predicates: the reactor reads between calls, so no amount fills the socket buffers for good.
+void send_some(int fd, const std::string& data, std::size_t* sent) {
+  while (*sent < data.size()) {
+    const ssize_t n = send(fd, data.data() + *sent, data.size() - *sent, MSG_NOSIGNAL);
+    if (n <= 0) return;  // full for now (EAGAIN)
+    *sent += static_cast<std::size_t>(n);
+  }
+}
+
+// A reader whose buffer takes a whole unwrap's output (so no plaintext is left over to keep
+// it called), reading until sock_read says 0.
+constexpr std::size_t kLargeRead = 128 * 1024;
+
+// The layer returns a full buffer after the socket said EAGAIN: it holds more, and the read
+// must not count the socket's emptiness as the end of the input. Before the fix the reader got
+// 139,264 of 200,000 bytes and the rest waited for the peer to send again.
+TEST_F(TlcTest, OutputALayerHoldsIsReadInFullWhileThePeerKeepsItsSideOpen) {
+  LayerLog expand;
+  w_.on_accept = push_layer(Kind::kExpand, &expand);
+  w_.on_conn_data = [&](int fd) {
+    std::vector<char> buf(kLargeRead);
+    ssize_t n;
+    while ((n = sock_read(fd, buf.data(), buf.size())) > 0) {
+      w_.conns[fd].in.append(buf.data(), static_cast<std::size_t>(n));
+    }
+    if (n < 0) w_.conns[fd].eof = true;
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  const std::string sent = testing_support::pattern(2000, 86);
+  testing_support::write_all(client, sent);
+  const std::string expected = expanded(sent);
+  EXPECT_TRUE(run_until(&r_, [&] {
+    return w_.conns[server].in.size() >= expected.size() || w_.conns[server].eof;
+  }, std::chrono::seconds(5)));
+  EXPECT_TRUE(expand.held_partial);
+  expect_bytes(w_.conns[server].in, expected);
+  EXPECT_FALSE(w_.conns[server].eof);
+  w_.on_conn_data = nullptr;  // read the EOF so the connection closes
+  close_and_wait(client);
+}
+
+// The same one layer up: a frame carrying a frame bigger than two unwrap buffers. The lower
+// framing layer fills the buffer, the upper one takes all of it and yields nothing yet: the
+// read must call them again although the socket said EAGAIN and nothing was output.
+TEST_F(TlcTest, OutputALowerLayerHoldsReachesTheLayerAboveWithoutMoreInput) {
+  LayerLog outer, inner;
+  w_.on_accept = [&](int fd) {
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, &outer)), 0);
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, &inner)), 0);
+  };
+  w_.on_conn_data = [&](int fd) {
+    std::vector<char> buf(kLargeRead);
+    ssize_t n;
+    while ((n = sock_read(fd, buf.data(), buf.size())) > 0) {
+      w_.conns[fd].in.append(buf.data(), static_cast<std::size_t>(n));
+    }
+    if (n < 0) w_.conns[fd].eof = true;
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  const std::string payload = testing_support::pattern(150000, 87);
+  const std::string wire = framed(framed(payload));
+  std::size_t sent = 0;
+  EXPECT_TRUE(run_until(&r_, [&] {
+    send_some(client, wire, &sent);
+    return w_.conns[server].in.size() >= payload.size() || w_.conns[server].eof;
+  }, std::chrono::seconds(5)));
+  EXPECT_TRUE(outer.held_partial);
+  expect_bytes(w_.conns[server].in, payload);
+  EXPECT_FALSE(w_.conns[server].eof);
+  w_.on_conn_data = nullptr;
+  close_and_wait(client);
+}
+
+// And before the peer's EOF: the lower layer is called again at EOF until it holds nothing,
+// although the upper one yields nothing from its first buffers.
+TEST_F(TlcTest, OutputALowerLayerHoldsReachesTheLayerAboveBeforeEof) {
+  LayerLog outer, inner;
+  w_.on_accept = [&](int fd) {
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, &outer)), 0);
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, &inner)), 0);
+  };
+  w_.on_conn_data = [&](int fd) {
+    std::vector<char> buf(kLargeRead);
+    ssize_t n;
+    while ((n = sock_read(fd, buf.data(), buf.size())) > 0) {
+      w_.conns[fd].in.append(buf.data(), static_cast<std::size_t>(n));
+    }
+    if (n < 0) w_.conns[fd].reads.push_back({n, errno});
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  const std::string payload = testing_support::pattern(150000, 89);
+  const std::string wire = framed(framed(payload));
+  std::size_t sent = 0;
+  bool shut = false;
+  ASSERT_TRUE(run_until(&r_, [&] {
+    send_some(client, wire, &sent);
+    if (sent == wire.size() && !shut) shut = shutdown(client, SHUT_WR) == 0;
+    return closed_.size() == 1;
+  }, std::chrono::seconds(5)));
+  expect_bytes(w_.conns[server].in, payload);
+  ASSERT_NO_FATAL_FAILURE(expect_one_eof(server));
+  close(client);
+}
+
+// The end marker comes out of a lower layer's held output, in a call after the socket said
+// EAGAIN: EOF follows the last output although the peer keeps its side open.
+TEST_F(TlcTest, UnwrapEndingTheStreamAfterTheSocketWasEmptiedReadsAsEof) {
+  LayerLog framing, ending;
+  w_.on_accept = [&](int fd) {
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, &framing)), 0);
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kEnding, &ending)), 0);
+  };
+  w_.on_conn_data = [&](int fd) {
+    std::vector<char> buf(kLargeRead);
+    ssize_t n;
+    while ((n = sock_read(fd, buf.data(), buf.size())) > 0) {
+      w_.conns[fd].in.append(buf.data(), static_cast<std::size_t>(n));
+    }
+    if (n < 0) w_.conns[fd].reads.push_back({n, errno});
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  // The marker lies past the first unwrap buffer's worth of the frame's payload.
+  const std::string data = testing_support::pattern(80000, 88);
+  const std::string wire = framed(data + kEnd + "ignored");
+  std::size_t sent = 0;
+  ASSERT_TRUE(run_until(&r_, [&] {
+    send_some(client, wire, &sent);
+    return closed_.size() == 1;
+  }, std::chrono::seconds(5)));
+  expect_bytes(w_.conns[server].in, data);
+  ASSERT_NO_FATAL_FAILURE(expect_one_eof(server));
+  EXPECT_EQ(read_to_eof(client), framed("BYE"));
+  close(client);
+}
+
+// --- Layers that change the chain from inside unwrap ----------------------------------------
+
+// The header comes alone: the layer removes itself and outputs nothing, and the read must not
+// call it again (it is freed) but read on without layers.
+TEST_F(TlcTest, UnwrapThatRemovesTheLayersIsNotCalledAgainAndTheRestIsPlain) {
+  LayerLog stripping;
+  w_.on_accept = push_layer(Kind::kStripping, &stripping);
+  int server;
+  const int client = connect_and_accept(&server);
+  testing_support::write_all(client, "PROXY TCP4 192.0.2.1 192.0.2.2 5000 80\r\n");
+  ASSERT_TRUE(run_until(&r_, [&] { return stripping.on_clear == 1; }));
+  settle();
+  EXPECT_EQ(sock_tlc_get(server), nullptr);
+  testing_support::write_all(client, "plain");
+  ASSERT_TRUE(run_until(&r_, [&] {
+    return w_.conns[server].in.size() >= 5 || w_.conns[server].eof;
+  }));
+  EXPECT_EQ(w_.conns[server].in, "plain");
+  EXPECT_EQ(stripping.unwrap_calls, 1);
+  EXPECT_EQ(stripping.on_clear, 1);
+  close_and_wait(client);
+}
+
+// The header and what follows it in one read: the layer's output (all after the header) is
+// the new chain's input.
+TEST_F(TlcTest, UnwrapThatReplacesTheChainHandsWhatFollowedTheHeaderToTheNewChain) {
+  LayerLog switching, successor;
+  w_.on_accept = [&](int fd) {
+    sockTLC* layer = make_layer(Kind::kSwitching, &switching);
+    static_cast<Layer*>(layer->udata)->installs = &successor;
+    ASSERT_EQ(sock_tlc_add(fd, layer), 0);
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  testing_support::write_all(client, "SWITCH\n" + xored("first"));
+  ASSERT_TRUE(run_until(&r_, [&] {
+    return w_.conns[server].in.size() >= 5 || w_.conns[server].eof;
+  }));
+  testing_support::write_all(client, xored(" second"));
+  ASSERT_TRUE(run_until(&r_, [&] {
+    return w_.conns[server].in.size() >= 12 || w_.conns[server].eof;
+  }));
+  EXPECT_EQ(w_.conns[server].in, "first second");
+  EXPECT_EQ(switching.unwrap_calls, 1);
+  EXPECT_EQ(switching.on_clear, 1);
+  EXPECT_GE(successor.unwrap_calls, 2);
+  close_and_wait(client);
+  EXPECT_EQ(successor.on_clear, 1);
+}
+
+// A layer pushed on top from inside unwrap unwraps that call's output already, and the layer
+// that pushed it stays below it.
+TEST_F(TlcTest, LayerPushedFromInsideUnwrapUnwrapsTheOutputOfThatCall) {
+  LayerLog pushing, pushed;
+  w_.on_accept = [&](int fd) {
+    sockTLC* layer = make_layer(Kind::kPushing, &pushing);
+    static_cast<Layer*>(layer->udata)->installs = &pushed;
+    ASSERT_EQ(sock_tlc_add(fd, layer), 0);
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  testing_support::write_all(client, "PUSH\n" + xored("first"));
+  ASSERT_TRUE(run_until(&r_, [&] {
+    return w_.conns[server].in.size() >= 5 || w_.conns[server].eof;
+  }));
+  testing_support::write_all(client, xored(" second"));
+  ASSERT_TRUE(run_until(&r_, [&] {
+    return w_.conns[server].in.size() >= 12 || w_.conns[server].eof;
+  }));
+  EXPECT_EQ(w_.conns[server].in, "first second");
+  EXPECT_GE(pushing.unwrap_calls, 2);
+  EXPECT_GE(pushed.unwrap_calls, 2);
+  EXPECT_EQ(pushing.on_clear, 0);
+  close_and_wait(client);
+  EXPECT_EQ(pushing.on_clear, 1);
+  EXPECT_EQ(pushed.on_clear, 1);
+}
+
+// --- A close from inside the graceful close ------------------------------------------------
+
+// before_close force-closes the fd: on_clear frees the layer there, and the graceful close must
+// neither read it again nor close the fd (a number another connection may hold by then) and
+// report on_close a second time.
+TEST_F(TlcTest, BeforeCloseThatForceClosesTheFdClosesItOnce) {
+  LayerLog closing;
+  w_.on_accept = [&](int fd) {
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kForceClosingOnClose, &closing)), 0);
+    sock_close(&r_, fd);
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  ASSERT_NO_FATAL_FAILURE(expect_closed_once(server));
+  EXPECT_EQ(closing.before_close, 1);
+  EXPECT_EQ(closing.on_clear, 1);
+  EXPECT_EQ(read_to_eof(client), "");
+  close(client);
+}
+
+// before_close removes the layers: the layer below the freed one is found from the chain as it
+// is now (none), and the close goes on, once.
+TEST_F(TlcTest, BeforeCloseThatRemovesTheLayersLetsTheCloseGoOn) {
+  LayerLog removing, below;
+  w_.on_accept = [&](int fd) {
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFramingSayingBye, &below)), 0);
+    ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kRemovingOnClose, &removing)), 0);
+    sock_close(&r_, fd);
+  };
+  int server;
+  const int client = connect_and_accept(&server);
+  ASSERT_NO_FATAL_FAILURE(expect_closed_once(server));
+  EXPECT_EQ(removing.before_close, 1);
+  EXPECT_EQ(below.before_close, 0);  // removed before its turn
+  EXPECT_EQ(removing.on_clear, 1);
+  EXPECT_EQ(below.on_clear, 1);
+  EXPECT_EQ(read_to_eof(client), "");
+  close(client);
+}
+
+// --- A blocking socket ----------------------------------------------------------------------
+
+// sock_open takes an fd in whatever mode its opener left it: the layers' recv, like a plain
+// read's, must say 0 when nothing waits instead of blocking (sock_read_test has the plain one).
+TEST(TlcWithoutReactorTest, LayersOnABlockingSocketReadZeroWhenNothingWaits) {
+  int pair[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);  // both blocking
+  ASSERT_EQ(sock_open(nullptr, pair[0]), 0);
+  LayerLog xor_log;
+  ASSERT_EQ(sock_tlc_add(pair[0], make_layer(Kind::kXor, &xor_log)), 0);
+  char buf[16];
+  {
+    const testing_support::ReadWatchdog watchdog(pair[1]);
+    ASSERT_EQ(sock_read(pair[0], buf, sizeof buf), 0);
+    const std::string wire = xored("abc");
+    ASSERT_EQ(send(pair[1], wire.data(), wire.size(), MSG_NOSIGNAL), 3);
+    ASSERT_EQ(sock_read(pair[0], buf, sizeof buf), 3);
+    ASSERT_EQ(sock_read(pair[0], buf, sizeof buf), 0);
+    EXPECT_FALSE(watchdog.fired());
+  }
+  EXPECT_EQ(std::string(buf, 3), "abc");
+  sock_close(nullptr, pair[0]);
+  EXPECT_TRUE(sock_is_closed(pair[0]));
+  EXPECT_EQ(xor_log.on_clear, 1);
+  close(pair[1]);
 }
 
 }  // namespace
