@@ -1,7 +1,8 @@
 // sock_read(): its four outcomes (bytes, 0 for "nothing yet", -1 with errno 0 for EOF, -1 with
 // errno for an error), its argument checks, and what happens to the connection after EOF.
 // Regressions: the seed tested errno as a bitmask, so ECONNRESET (104 & EAGAIN != 0) read as
-// "no data yet" and a reset connection was never closed.
+// "no data yet" and a reset connection was never closed; a blocking fd given to sock_open
+// blocked sock_read (and the reactor's thread) instead of "no data yet".
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/socket.h>

@@ -4,9 +4,13 @@
 // for the next sock_read, on_clear, before_close with sock_tlc_write, failing layers,
 // .move/.file writes through layers, and what a TLS layer needs: records held until a
 // handshake is done, the layer's own records in its wire order, and a stream that a layer
-// ends (close_notify).
-// Regression: the seed applied unwrap in the same order as wrap (its "reverse" array was
-// reversed twice), so a stack of two different layers could not read its own output.
+// ends (close_notify); also layers that change the chain from inside unwrap, and a
+// before_close that closes the fd.
+// Regressions: the seed applied unwrap in the same order as wrap (its "reverse" array was
+// reversed twice), so a stack of two different layers could not read its own output. Output a
+// layer held after the socket said EAGAIN waited for the peer to send again; freed layers were
+// called after a layer replaced the chain; a before_close that closed the fd had it closed
+// twice; a blocking fd blocked the read.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/socket.h>
