@@ -4,7 +4,9 @@
  * "Threads").
  *
  * Errors: sock_server_start returns NULL with errno set (and a message on stderr naming the
- *   problem) when it cannot listen or start a thread; other calls return -1 with errno.
+ *   problem) when it cannot listen, make a shard's or the acceptor's reactor (EMFILE,
+ *   ENOMEM...) or start a thread (EAGAIN); what it had made is closed and joined by then.
+ *   Other calls return -1 with errno.
  * Ownership: the server is the caller's from start until sock_server_stop() returns, which
  *   frees it. Settings strings are copied.
  * Threads: start/stop/wait from one controlling thread; sock_server_request_stop() from any
