@@ -492,6 +492,12 @@ struct World {
 
 class TlcTest : public testing_support::ServerFixture {
  protected:
+  // Runs the reactor until `server` has read `bytes` or its peer's EOF.
+  bool run_until_received(int server, std::size_t bytes) {
+    const Conn& c = w_.conns[server];
+    return run_until(&r_, [&] { return c.in.size() >= bytes || c.eof; });
+  }
+
   void on_accept(int fd) override {
     w_.conns[fd] = Conn{};
     if (w_.on_accept) w_.on_accept(fd);
@@ -666,9 +672,7 @@ TEST_F(TlcTest, OnTheWireXorIsAppliedBeforeFramingAndUnwrapUndoesItBottomUp) {
       EXPECT_EQ(w_.conns[server].in, "");  // nothing whole yet: the layer keeps it
     }
   }
-  ASSERT_TRUE(run_until(&r_, [&] {
-    return w_.conns[server].in.size() >= msg.size() || w_.conns[server].eof;
-  }));
+  ASSERT_TRUE(run_until_received(server, msg.size()));
   EXPECT_EQ(w_.conns[server].in, msg);
   EXPECT_TRUE(framing.held_partial);
   EXPECT_TRUE(w_.conns[server].reads.empty());  // no error, no EOF
@@ -696,9 +700,7 @@ TEST_F(TlcTest, PlaintextBeyondTheCallersBufferIsKeptForTheNextRead) {
   testing_support::write_all(client, encode(a) + encode(b) + encode(c));
   const std::string all = a + b + c;
 
-  ASSERT_TRUE(run_until(&r_, [&] {
-    return w_.conns[server].in.size() >= all.size() || w_.conns[server].eof;
-  }));
+  ASSERT_TRUE(run_until_received(server, all.size()));
   EXPECT_TRUE(w_.conns[server].in == all);
   std::size_t positive = 0;
   for (const ssize_t n : results) {
@@ -733,9 +735,7 @@ TEST_F(TlcTest, OnClearRunsOnceForEveryLayerOnCloseAndWhenTheChainIsReplaced) {
 
   // The new chain is the one in use.
   testing_support::write_all(client, encode("via chain b"));
-  ASSERT_TRUE(run_until(&r_, [&] {
-    return w_.conns[server].in.size() >= 11 || w_.conns[server].eof;
-  }));
+  ASSERT_TRUE(run_until_received(server, 11));
   EXPECT_EQ(w_.conns[server].in, "via chain b");
 
   // The peer closes: the fd closes and every layer of the current chain is cleared once.
@@ -1466,9 +1466,7 @@ TEST_F(TlcTest, UnwrapThatRemovesTheLayersIsNotCalledAgainAndTheRestIsPlain) {
   settle();
   EXPECT_EQ(sock_tlc_get(server), nullptr);
   testing_support::write_all(client, "plain");
-  ASSERT_TRUE(run_until(&r_, [&] {
-    return w_.conns[server].in.size() >= 5 || w_.conns[server].eof;
-  }));
+  ASSERT_TRUE(run_until_received(server, 5));
   EXPECT_EQ(w_.conns[server].in, "plain");
   EXPECT_EQ(stripping.unwrap_calls, 1);
   EXPECT_EQ(stripping.on_clear, 1);
@@ -1487,13 +1485,9 @@ TEST_F(TlcTest, UnwrapThatReplacesTheChainHandsWhatFollowedTheHeaderToTheNewChai
   int server;
   const int client = connect_and_accept(&server);
   testing_support::write_all(client, "SWITCH\n" + xored("first"));
-  ASSERT_TRUE(run_until(&r_, [&] {
-    return w_.conns[server].in.size() >= 5 || w_.conns[server].eof;
-  }));
+  ASSERT_TRUE(run_until_received(server, 5));
   testing_support::write_all(client, xored(" second"));
-  ASSERT_TRUE(run_until(&r_, [&] {
-    return w_.conns[server].in.size() >= 12 || w_.conns[server].eof;
-  }));
+  ASSERT_TRUE(run_until_received(server, 12));
   EXPECT_EQ(w_.conns[server].in, "first second");
   EXPECT_EQ(switching.unwrap_calls, 1);
   EXPECT_EQ(switching.on_clear, 1);
@@ -1514,13 +1508,9 @@ TEST_F(TlcTest, LayerPushedFromInsideUnwrapUnwrapsTheOutputOfThatCall) {
   int server;
   const int client = connect_and_accept(&server);
   testing_support::write_all(client, "PUSH\n" + xored("first"));
-  ASSERT_TRUE(run_until(&r_, [&] {
-    return w_.conns[server].in.size() >= 5 || w_.conns[server].eof;
-  }));
+  ASSERT_TRUE(run_until_received(server, 5));
   testing_support::write_all(client, xored(" second"));
-  ASSERT_TRUE(run_until(&r_, [&] {
-    return w_.conns[server].in.size() >= 12 || w_.conns[server].eof;
-  }));
+  ASSERT_TRUE(run_until_received(server, 12));
   EXPECT_EQ(w_.conns[server].in, "first second");
   EXPECT_GE(pushing.unwrap_calls, 2);
   EXPECT_GE(pushed.unwrap_calls, 2);
