@@ -70,24 +70,27 @@ sockTLC* next_close_hook(const FdSlot& slot) {
 // Runs the transport layers' before_close hooks once per connection, head down, each once
 // the queue is empty (libsock.h): a layer's final record (a TLS close_notify) then follows
 // those of the layers above it, which it wraps; queued together, sock_tlc_write would put it
-// before them (they are records it has not wrapped yet). True if a hook queued output that
-// must be sent before the close; the next hook runs when it is. False also when a hook closed
-// the fd (sock_force_close): the slot is no longer this connection's (close_if_due checks).
-bool run_close_hooks(int fd, FdSlot& slot) {
-  if (!slot_tlc(slot) || (slot.flags & kCloseHooksRun)) return false;
+// before them (they are records it has not wrapped yet).
+enum class Hooks {
+  kDone,         // none left to run (or no layers): the close may go on
+  kMoreQueued,   // a hook queued output that must be sent first; the next hook runs after it
+  kClosedTheFd,  // a hook closed the fd (sock_force_close): the slot is no longer this one's
+};
+Hooks run_close_hooks(int fd, FdSlot& slot) {
+  if (!slot_tlc(slot) || (slot.flags & kCloseHooksRun)) return Hooks::kDone;
   const uint32_t generation = slot.generation.load(std::memory_order_relaxed);
   slot.flags |= kCloseHooksRun;  // also while a hook runs: a flush inside it runs no other
   while (sockTLC* layer = next_close_hook(slot)) {
     ++slot.extra->close_hooks_run;
     if (!layer->before_close) continue;
     layer->before_close(fd, layer);  // may free the layer (a close, sock_tlc_set)
-    if (slot.generation.load(std::memory_order_relaxed) != generation) return false;
+    if (slot.generation.load(std::memory_order_relaxed) != generation) return Hooks::kClosedTheFd;
     if (slot.head && next_close_hook(slot)) {
       slot.flags &= ~kCloseHooksRun;
-      return true;
+      return Hooks::kMoreQueued;
     }
   }
-  return slot.head != nullptr;
+  return slot.head ? Hooks::kMoreQueued : Hooks::kDone;
 }
 
 }  // namespace
@@ -284,10 +287,14 @@ void close_slot(int fd, FdSlot& slot, struct ::Reactor* notify, CloseReason why)
 
 Drained close_if_due(int fd, FdSlot& slot, struct ::Reactor* notify) {
   if (!(slot.flags & (kClosing | kEof))) return Drained::kStaysOpen;
-  const uint32_t generation = slot.generation.load(std::memory_order_relaxed);
-  if (run_close_hooks(fd, slot)) return Drained::kMoreQueued;
-  // A hook closed the fd itself: closed once, on_close reported; the number may be another's.
-  if (slot.generation.load(std::memory_order_relaxed) != generation) return Drained::kClosed;
+  switch (run_close_hooks(fd, slot)) {
+    case Hooks::kMoreQueued:
+      return Drained::kMoreQueued;
+    case Hooks::kClosedTheFd:  // closed once, on_close reported; the number may be another's
+      return Drained::kClosed;
+    case Hooks::kDone:
+      break;
+  }
   close_slot(fd, slot, notify, (slot.flags & kClosing) ? CloseReason::kLocal : CloseReason::kPeer);
   return Drained::kClosed;
 }

@@ -227,7 +227,10 @@ void Shard::on_close(struct ::Reactor* api, int fd) {
     shard->listener_ = -1;
     return;
   }
-  if (shard->accept_pause_.closed(fd)) return;
+  if (shard->accept_pause_.owns(fd)) {  // tested inline: on_close runs for every connection
+    shard->accept_pause_.closed(fd);
+    return;
+  }
   if (shard->settings_.on_close) shard->settings_.on_close(api, fd);
 }
 
