@@ -512,9 +512,10 @@ class TlcTest : public testing_support::ServerFixture {
     }
   }
 
-  void read_everything(int fd) {
+  // sock_read with a `buffer`-byte buffer until it gives 0 (drained) or -1 (logged, EOF).
+  void read_everything(int fd, std::size_t buffer = 64 * 1024) {
     Conn& c = w_.conns[fd];
-    std::vector<char> buf(64 * 1024);
+    std::vector<char> buf(buffer);
     for (;;) {
       errno = 0;
       const ssize_t n = sock_read(fd, buf.data(), buf.size());
@@ -1332,14 +1333,7 @@ constexpr std::size_t kLargeRead = 128 * 1024;
 TEST_F(TlcTest, OutputALayerHoldsIsReadInFullWhileThePeerKeepsItsSideOpen) {
   LayerLog expand;
   w_.on_accept = push_layer(Kind::kExpand, &expand);
-  w_.on_conn_data = [&](int fd) {
-    std::vector<char> buf(kLargeRead);
-    ssize_t n;
-    while ((n = sock_read(fd, buf.data(), buf.size())) > 0) {
-      w_.conns[fd].in.append(buf.data(), static_cast<std::size_t>(n));
-    }
-    if (n < 0) w_.conns[fd].eof = true;
-  };
+  w_.on_conn_data = [&](int fd) { read_everything(fd, kLargeRead); };
   int server;
   const int client = connect_and_accept(&server);
   const std::string sent = testing_support::pattern(2000, 86);
@@ -1364,14 +1358,7 @@ TEST_F(TlcTest, OutputALowerLayerHoldsReachesTheLayerAboveWithoutMoreInput) {
     ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, &outer)), 0);
     ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, &inner)), 0);
   };
-  w_.on_conn_data = [&](int fd) {
-    std::vector<char> buf(kLargeRead);
-    ssize_t n;
-    while ((n = sock_read(fd, buf.data(), buf.size())) > 0) {
-      w_.conns[fd].in.append(buf.data(), static_cast<std::size_t>(n));
-    }
-    if (n < 0) w_.conns[fd].eof = true;
-  };
+  w_.on_conn_data = [&](int fd) { read_everything(fd, kLargeRead); };
   int server;
   const int client = connect_and_accept(&server);
   const std::string payload = testing_support::pattern(150000, 87);
@@ -1396,14 +1383,7 @@ TEST_F(TlcTest, OutputALowerLayerHoldsReachesTheLayerAboveBeforeEof) {
     ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, &outer)), 0);
     ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, &inner)), 0);
   };
-  w_.on_conn_data = [&](int fd) {
-    std::vector<char> buf(kLargeRead);
-    ssize_t n;
-    while ((n = sock_read(fd, buf.data(), buf.size())) > 0) {
-      w_.conns[fd].in.append(buf.data(), static_cast<std::size_t>(n));
-    }
-    if (n < 0) w_.conns[fd].reads.push_back({n, errno});
-  };
+  w_.on_conn_data = [&](int fd) { read_everything(fd, kLargeRead); };
   int server;
   const int client = connect_and_accept(&server);
   const std::string payload = testing_support::pattern(150000, 89);
@@ -1428,14 +1408,7 @@ TEST_F(TlcTest, UnwrapEndingTheStreamAfterTheSocketWasEmptiedReadsAsEof) {
     ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kFraming, &framing)), 0);
     ASSERT_EQ(sock_tlc_add(fd, make_layer(Kind::kEnding, &ending)), 0);
   };
-  w_.on_conn_data = [&](int fd) {
-    std::vector<char> buf(kLargeRead);
-    ssize_t n;
-    while ((n = sock_read(fd, buf.data(), buf.size())) > 0) {
-      w_.conns[fd].in.append(buf.data(), static_cast<std::size_t>(n));
-    }
-    if (n < 0) w_.conns[fd].reads.push_back({n, errno});
-  };
+  w_.on_conn_data = [&](int fd) { read_everything(fd, kLargeRead); };
   int server;
   const int client = connect_and_accept(&server);
   // The marker lies past the first unwrap buffer's worth of the frame's payload.

@@ -53,6 +53,18 @@ void on_data(struct Reactor* r, int fd) {
   }
 }
 
+// Points g_server at `server`, then makes `r` (this file's on_data) watch a new loopback
+// listener with the server's pause. Returns the listener's port.
+int serve(Server* server, struct Reactor* r) {
+  g_server = server;
+  r->on_data = on_data;
+  const testing_support::Listener l = testing_support::listen_loopback();
+  server->listener = l.fd;
+  EXPECT_EQ(reactor_add(r, l.fd), 0);
+  EXPECT_TRUE(server->pause.init(r));
+  return l.port;
+}
+
 // Lowers the soft RLIMIT_NOFILE to the lowest free fd number (every number below it is in
 // use, so the next accept4 fails with EMFILE) for as long as it lives.
 class NoFreeFds {
@@ -75,16 +87,12 @@ class NoFreeFds {
 
 TEST(AcceptPauseTest, AtTheFdLimitTheListenerWakesOncePerPauseThenAcceptsWhenFdsFree) {
   Server server;
-  g_server = &server;
   struct Reactor r = {};
-  r.on_data = on_data;
-  const testing_support::Listener l = testing_support::listen_loopback();
-  server.listener = l.fd;
-  ASSERT_EQ(reactor_add(&r, l.fd), 0);
-  ASSERT_TRUE(server.pause.init(&r));
+  const int port = serve(&server, &r);
+  ASSERT_FALSE(HasFailure());
   std::vector<int> clients;
   for (int i = 0; i < kWaiting; ++i) {
-    clients.push_back(testing_support::connect_client(l.port));
+    clients.push_back(testing_support::connect_client(port));
     ASSERT_GE(clients.back(), 0);
   }
 
@@ -125,15 +133,11 @@ TEST(AcceptPauseTest, AtTheFdLimitTheListenerWakesOncePerPauseThenAcceptsWhenFds
 TEST(AcceptPauseTest, AListenerThatCannotBeWatchedAgainRestsAgainAndIsNotLost) {
   namespace faults = testing_support::faults;
   Server server;
-  g_server = &server;
   struct Reactor r = {};
-  r.on_data = on_data;
-  const testing_support::Listener l = testing_support::listen_loopback();
-  server.listener = l.fd;
-  ASSERT_EQ(reactor_add(&r, l.fd), 0);
-  ASSERT_TRUE(server.pause.init(&r));
-  faults::watch(l.fd);
-  server.pause.pause(&r, l.fd, EMFILE);
+  const int port = serve(&server, &r);
+  ASSERT_FALSE(HasFailure());
+  faults::watch(server.listener);
+  server.pause.pause(&r, server.listener, EMFILE);
   faults::Plan plan;
   plan.rate[static_cast<std::size_t>(faults::Call::kEpollCtl)] = 1.0;  // every ADD fails
   faults::arm(plan);
@@ -142,7 +146,7 @@ TEST(AcceptPauseTest, AListenerThatCannotBeWatchedAgainRestsAgainAndIsNotLost) {
   faults::disarm();
   EXPECT_EQ(server.resumes, 2) << "the first refused resume lost the listener";
 
-  const int client = testing_support::connect_client(l.port);
+  const int client = testing_support::connect_client(port);
   ASSERT_GE(client, 0);
   while (server.accepted.empty() && Clock::now() < end) ASSERT_GE(reactor_review(&r), 0);
   EXPECT_EQ(server.accepted.size(), 1u);
