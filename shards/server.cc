@@ -17,7 +17,6 @@
 #include <memory>
 #include <new>
 #include <string>
-#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -28,6 +27,7 @@
 #include "shards/accept_batch.h"
 #include "shards/accept_pause.h"
 #include "shards/shard.h"
+#include "shards/start_thread.h"
 
 namespace shards {
 namespace {
@@ -71,20 +71,13 @@ class Acceptor {
   // thread could not be made.
   bool start() {
     std::latch owned(1);
-    try {
-      thread_ = std::thread([this, &owned] {
-        engine::Reactor::of(&api_, false)->bind_owner_thread();
-        owned.count_down();
-        // -1 with errno 0: the stop completed (the listener and timer are closed).
-        while (reactor_review(&api_) >= 0 || errno != 0) {}
-      });
-    } catch (const std::system_error& e) {
-      errno = e.code().value();
-      return false;
-    } catch (const std::bad_alloc&) {
-      errno = ENOMEM;
-      return false;
-    }
+    const bool started = start_thread(&thread_, [this, &owned] {
+      engine::Reactor::of(&api_, false)->bind_owner_thread();
+      owned.count_down();
+      // -1 with errno 0: the stop completed (the listener and timer are closed).
+      while (reactor_review(&api_) >= 0 || errno != 0) {}
+    });
+    if (!started) return false;
     owned.wait();
     started_ = true;
     return true;

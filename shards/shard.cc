@@ -10,7 +10,6 @@
 #include <mutex>
 #include <new>
 #include <optional>
-#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -21,6 +20,7 @@
 #include "engine/routing.h"
 #include "shards/accept_batch.h"
 #include "shards/accept_pause.h"
+#include "shards/start_thread.h"
 
 namespace shards {
 namespace {
@@ -120,15 +120,7 @@ Shard::~Shard() {
 
 bool Shard::start() {
   std::latch owned(1);
-  try {
-    thread_ = std::thread([this, &owned] { run(owned); });
-  } catch (const std::system_error& e) {  // pthread_create failed: EAGAIN, say
-    errno = e.code().value();
-    return false;
-  } catch (const std::bad_alloc&) {  // the thread's state
-    errno = ENOMEM;
-    return false;
-  }
+  if (!start_thread(&thread_, [this, &owned] { run(owned); })) return false;
   owned.wait();
   started_ = true;
   return true;
