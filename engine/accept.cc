@@ -54,6 +54,9 @@ int accept_connection(int listener) {
   // EAGAIN: only an empty backlog proves that no connection cloned before is left in it.
   const bool listener_has_it =
       !marked && server && (server->flags & kAttached) && set_no_delay(listener) == 0;
+  // A blocking listener would hold this thread in accept4 once its backlog is empty. A marked
+  // one is not blocking: its mark took an EAGAIN.
+  if (!marked && set_non_blocking(listener) < 0) return -1;
   int client;
   do {
     client = accept4(listener, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);

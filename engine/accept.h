@@ -18,7 +18,8 @@
 namespace engine {
 
 // Accepts one connection waiting on `listener`: its fd, with TCP_NODELAY, not yet opened for
-// the sock_ API. -1 with errno EAGAIN when none waits (the listener's slot then drops
+// the sock_ API. A blocking listener is made non-blocking first (looked at until its slot is
+// marked, below), so an empty backlog returns EAGAIN instead of holding the thread. -1 with errno EAGAIN when none waits (the listener's slot then drops
 // kReadPending), or accept4's error (EMFILE, ENFILE, ENOBUFS, ENOMEM when out of resources);
 // EINTR and the errors of the one connection taken off the backlog are retried: ECONNABORTED
 // (a client that gave up while queued) and the network errors accept(2) says Linux passes on

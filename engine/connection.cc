@@ -1,6 +1,5 @@
 #include "engine/connection.h"
 
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -10,6 +9,7 @@
 #include "engine/read_buffer.h"
 #include "engine/reactor.h"
 #include "engine/routing.h"
+#include "engine/socket_ops.h"
 #include "engine/tlc.h"
 #include "engine/write_queue.h"
 
@@ -106,10 +106,14 @@ FdSlot* owner_thread_slot(int fd) {
 }
 
 int open_connection(struct ::Reactor* owner, int fd, bool connecting) {
-  if (fd < 0 || fcntl(fd, F_GETFL) < 0) {
+  if (fd < 0) {
     errno = EBADF;
     return -1;
   }
+  // Also the check that fd is open (EBADF). A blocking fd would block its reactor's thread in
+  // sendfile, which takes no MSG_DONTWAIT; every other way in (accept4, socket) makes the fd
+  // non-blocking already.
+  if (set_non_blocking(fd) < 0) return -1;
   return open_known_fd(owner, fd, connecting);
 }
 

@@ -37,11 +37,7 @@ using engine::FdSlot;
 
 extern "C" {
 
-int sock_set_non_block(int fd) {
-  const int flags = fcntl(fd, F_GETFL, 0);
-  if (flags < 0) return -1;
-  return fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0 ? -1 : 0;
-}
+int sock_set_non_block(int fd) { return engine::set_non_blocking(fd); }
 
 ssize_t sock_max_capacity(void) {
   rlimit limit;

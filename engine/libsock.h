@@ -101,7 +101,8 @@ int8_t init_socklib(size_t max_fd);
  */
 
 /** Accepts one pending connection on server_fd (non-blocking, close-on-exec, TCP_NODELAY)
- * and opens it for the sock_ API, attached to owner when owner is not NULL. Returns the new
+ * and opens it for the sock_ API, attached to owner when owner is not NULL. A blocking
+ * server_fd is made non-blocking first, so that the call never waits. Returns the new
  * fd, or -1 with errno (EAGAIN: nothing pending; accept until then, the reactor is
  * edge-triggered). */
 int sock_accept(struct Reactor* owner, int server_fd);
@@ -115,7 +116,8 @@ int sock_accept(struct Reactor* owner, int server_fd);
 int sock_connect(struct Reactor* owner, const char* address, const char* port);
 
 /** Opens an existing fd for the sock_ API (empty queue, no transport layers) and attaches
- * it to owner when owner is not NULL. State left from an earlier connection on the same fd
+ * it to owner when owner is not NULL. A blocking fd is made non-blocking (O_NONBLOCK): the
+ * library never blocks the calling or the reactor's thread on it. State left from an earlier connection on the same fd
  * number is released first. Returns 0, or -1 with errno (EEXIST: the number is still held by
  * a reactor that another thread drives, see sock_clear). */
 int sock_open(struct Reactor* owner, int fd);

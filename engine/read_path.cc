@@ -16,8 +16,9 @@ namespace engine {
 namespace {
 
 // recv until data, EOF (-1, errno 0), EAGAIN (0, *drained) or an error (-1, errno).
-// MSG_DONTWAIT: sock_open takes fds in whatever mode their opener left them, and a blocking
-// one must not block the reactor's thread ("0 when no data", libsock.h).
+// MSG_DONTWAIT: sock_open makes fds non-blocking, but the mode belongs to the open file,
+// which whoever else holds it (a dup, another process) may set back; the per-call flag keeps
+// the reactor's thread from blocking anyway ("0 when no data", libsock.h).
 ssize_t plain_read(int fd, char* out, std::size_t count, bool* drained) {
   for (;;) {
     const ssize_t n = recv(fd, out, count, MSG_DONTWAIT);

@@ -1,5 +1,6 @@
 #include "engine/socket_ops.h"
 
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <linux/sockios.h>
@@ -57,6 +58,12 @@ addrinfo* resolve(const char* address, const char* port, bool passive) {
 
 int open_stream_socket(int family) {
   return socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+}
+
+int set_non_blocking(int fd) {
+  const int flags = fcntl(fd, F_GETFL);
+  if (flags < 0) return -1;
+  return (flags & O_NONBLOCK) || fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0 ? 0 : -1;
 }
 
 int set_no_delay(int fd) {

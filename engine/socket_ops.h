@@ -18,6 +18,10 @@ int listen_socket(const char* address, const char* port, bool reuse_port,
                   unsigned defer_accept_s = 0);
 // A non-blocking, close-on-exec TCP socket.
 int open_stream_socket(int family);
+// O_NONBLOCK on fd, set only if it is missing (one fcntl to look, a second to set): 0, or -1
+// with errno (EBADF: fd is not open). A reactor's thread must never block, and accept4 and
+// sendfile, unlike recv and send, take no per-call MSG_DONTWAIT.
+int set_non_blocking(int fd);
 // TCP_NODELAY on fd: 0, or -1 with errno (ENOTSUP, EOPNOTSUPP: not a TCP socket).
 int set_no_delay(int fd);
 // For the idle timer of a connection with bytes its peer has not taken: how long ago, in the

@@ -97,7 +97,7 @@ ssize_t tlc_read(int fd, FdSlot& slot, char* out, std::size_t count, bool* drain
     // A layer ended the stream earlier (its unwrap returned 1): the socket is read no more,
     // and the layers are called with no input, as after the peer's EOF.
     const bool ended_before = slot.extra && slot.extra->input_ended;
-    // MSG_DONTWAIT: sock_open takes fds in whatever mode their opener left them.
+    // MSG_DONTWAIT: as plain reads (read_path.cc), whatever mode the open file is in now.
     ssize_t n = ended_before ? 0 : recv(fd, buf, kRecvBytes, MSG_DONTWAIT);
     // At EOF too the layers get a call: output they still hold from earlier input comes
     // first, and recv keeps returning 0, so EOF is reported once they yield nothing and none

@@ -1,9 +1,11 @@
 // engine/accept: what accepting a connection costs and keeps. TCP_NODELAY reaches every
 // accepted socket, from the listener once a reactor watches it, by a call of its own otherwise,
-// and a new listener behind a reused number is asked afresh; a batch handed to a reactor on
+// and a new listener behind a reused number is asked afresh; a blocking listener is made
+// non-blocking, so that accepting until EAGAIN never waits; a batch handed to a reactor on
 // another thread travels in one post and opens there; and a close that leaves the epoll set
 // to close(2) (no EPOLL_CTL_DEL) lets no stale event reach the next connection on the number.
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -22,6 +24,7 @@
 #include "engine/libreact.h"
 #include "engine/libsock.h"
 #include "engine/reactor.h"
+#include "tests/testing/block_watchdog.h"
 #include "tests/testing/loopback.h"
 #include "tests/testing/reactor_fixture.h"
 #include "tests/testing/run_until.h"
@@ -41,10 +44,11 @@ int no_delay(int fd) {
   return value;
 }
 
-// A loopback listener made without the library, so without TCP_NODELAY (sock_listen sets it).
-Listener plain_listener() {
+// A loopback listener made without the library, so without TCP_NODELAY (sock_listen sets it),
+// and blocking if asked (sock_listen's are not).
+Listener plain_listener(bool blocking = false) {
   Listener l;
-  l.fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  l.fd = socket(AF_INET, SOCK_STREAM | (blocking ? 0 : SOCK_NONBLOCK) | SOCK_CLOEXEC, 0);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -60,8 +64,8 @@ Listener plain_listener() {
 // Moves a fresh listener without TCP_NODELAY onto `number`, closing what was there behind the
 // library's back, as a program that closes a listener and opens another may do. Returns the
 // new listener's port.
-int replace_listener(int number) {
-  const Listener fresh = plain_listener();
+int replace_listener(int number, bool blocking = false) {
+  const Listener fresh = plain_listener(blocking);
   EXPECT_EQ(dup2(fresh.fd, number), number);
   close(fresh.fd);
   return fresh.port;
@@ -118,6 +122,25 @@ TEST_F(AcceptTest, ANewListenerBehindAReusedNumberIsAskedAgain) {
   EXPECT_EQ(no_delay(b), 1);
   EXPECT_EQ(no_delay(listener_.fd), 1);
   close(cb);
+}
+
+// The fixture accepts until sock_accept says EAGAIN: on a blocking listener that last accept4
+// would wait for the next client, holding the reactor's thread.
+TEST_F(AcceptTest, ABlockingListenerIsMadeNonBlockingSoTheLastAcceptReturns) {
+  listener_.port = replace_listener(listener_.fd, true);
+  ASSERT_EQ(reactor_add(&r_, listener_.fd), 0);
+  const int client = connect_client(listener_.port);
+  {
+    const testing_support::BlockWatchdog watchdog(
+        listener_.fd, testing_support::BlockWatchdog::Unblock::kEndListener);
+    ASSERT_TRUE(testing_support::run_until(&r_, [&] { return accepted_.size() == 1; }));
+    EXPECT_FALSE(watchdog.fired());
+  }
+  EXPECT_NE(fcntl(listener_.fd, F_GETFL) & O_NONBLOCK, 0);
+  errno = 0;
+  EXPECT_EQ(sock_accept(&r_, listener_.fd), -1);
+  EXPECT_EQ(errno, EAGAIN);
+  close(client);
 }
 
 TEST(AcceptUnwatchedTest, AListenerNoReactorWatchesGivesEachConnectionNoDelay) {

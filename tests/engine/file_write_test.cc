@@ -1,6 +1,7 @@
 // File writes (sock_write2 with .file: a FILE* streamed with sendfile, engine/write_queue.cc):
 // large and exactly packet-aligned files, the FILE*'s offset and .length, who closes the
-// FILE*, ordering with memory writes, errors while sending and a file that shrinks.
+// FILE*, ordering with memory writes, errors while sending, a blocking socket and a file that
+// shrinks.
 //
 // Each test runs a server on a struct Reactor driven in the test thread; the client is a plain
 // loopback socket that the run_until() predicate drains, checking bytes as they arrive. Files
@@ -25,6 +26,7 @@
 
 #include "engine/libreact.h"
 #include "engine/libsock.h"
+#include "tests/testing/block_watchdog.h"
 #include "tests/testing/checked_stream.h"
 #include "tests/testing/loopback.h"
 #include "tests/testing/reactor_fixture.h"
@@ -32,6 +34,7 @@
 
 namespace {
 
+using testing_support::BlockWatchdog;
 using testing_support::CheckedStream;
 using testing_support::kNoMismatch;
 using testing_support::pattern;
@@ -389,7 +392,35 @@ TEST_F(FileWriteTest, ReactorSendfileAfterLocalShutdownClosesOnceWithoutSigpipe)
   EXPECT_EQ(pool_stats().outstanding, 0u);
 }
 
-// --- 7. A file that shrinks while it is sent -----------------------------------------------------
+// --- 7. A blocking socket ------------------------------------------------------------------------
+
+// sendfile takes no MSG_DONTWAIT: on a blocking socket whose peer reads nothing it would hold
+// the reactor's thread until the whole file had left. sock_open makes the fd non-blocking.
+TEST_F(FileWriteTest, FileToABlockingSocketWaitsInTheQueueWhileThePeerReadsNothing) {
+  int pair[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);  // both blocking
+  ASSERT_EQ(sock_open(&r_, pair[0]), 0);
+  EXPECT_NE(fcntl(pair[0], F_GETFL) & O_NONBLOCK, 0);
+  constexpr uint64_t kSize = 8 * kMiB;  // far more than the pair's buffers hold
+  {
+    const BlockWatchdog watchdog(pair[1], BlockWatchdog::Unblock::kDrainPeer);
+    ASSERT_EQ(sock_write2(.fd = pair[0], .buffer = make_marked_file(kSize), .file = 1), 0);
+    run_iterations(5);
+    EXPECT_FALSE(watchdog.fired());
+  }
+  EXPECT_GT(sock_pending(pair[0]), 0) << "the file waits for the peer";
+  CheckedStream rx = expect_marked(kSize);
+  ASSERT_TRUE(run_until(&r_, [&] {
+    rx.pump(pair[1]);
+    return rx.got >= kSize || rx.closed || rx.first_mismatch != kNoMismatch;
+  }));
+  EXPECT_TRUE(rx.intact()) << "got " << rx.got << ", first wrong byte at " << rx.first_mismatch;
+  sock_close(&r_, pair[0]);
+  close(pair[1]);
+  ASSERT_TRUE(run_until(&r_, [&] { return sock_is_closed(pair[0]); }));
+}
+
+// --- 8. A file that shrinks while it is sent -----------------------------------------------------
 
 class ShrinkingFileTest : public FileWriteTest, public ::testing::WithParamInterface<bool> {};
 

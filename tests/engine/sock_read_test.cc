@@ -15,13 +15,14 @@
 
 #include "engine/libreact.h"
 #include "engine/libsock.h"
+#include "tests/testing/block_watchdog.h"
 #include "tests/testing/loopback.h"
 #include "tests/testing/reactor_fixture.h"
-#include "tests/testing/read_watchdog.h"
 #include "tests/testing/run_until.h"
 
 namespace {
 
+using testing_support::BlockWatchdog;
 using testing_support::run_until;
 
 // One sock_read() call as the server saw it.
@@ -212,7 +213,7 @@ TEST_F(SockReadTest, BlockingSocketReadsZeroOnceEmptyInsteadOfBlockingTheReactor
   const std::string data = testing_support::pattern(4096, 6);  // read_all's buffer, exactly
   testing_support::write_all(pair[1], data);
   {
-    const testing_support::ReadWatchdog watchdog(pair[1]);
+    const BlockWatchdog watchdog(pair[1], BlockWatchdog::Unblock::kEndPeerOutput);
     ASSERT_TRUE(run_until(&r_, [&] {
       return !server_.reads.empty() && server_.reads.back().n <= 0;
     }));
@@ -299,7 +300,7 @@ TEST(SockReadWithoutReactorTest, BlockingSocketWithNoDataReadsZero) {
   ASSERT_EQ(sock_open(nullptr, pair[0]), 0);
   char buf[16];
   {
-    const testing_support::ReadWatchdog watchdog(pair[1]);
+    const BlockWatchdog watchdog(pair[1], BlockWatchdog::Unblock::kEndPeerOutput);
     ASSERT_EQ(sock_read(pair[0], buf, sizeof buf), 0);
     ASSERT_EQ(send(pair[1], "abc", 3, MSG_NOSIGNAL), 3);
     ASSERT_EQ(sock_read(pair[0], buf, sizeof buf), 3);

@@ -32,13 +32,14 @@
 
 #include "engine/libreact.h"
 #include "engine/libsock.h"
+#include "tests/testing/block_watchdog.h"
 #include "tests/testing/loopback.h"
 #include "tests/testing/reactor_fixture.h"
-#include "tests/testing/read_watchdog.h"
 #include "tests/testing/run_until.h"
 
 namespace {
 
+using testing_support::BlockWatchdog;
 using testing_support::run_until;
 
 constexpr unsigned char kKey = 0xA7;
@@ -1545,7 +1546,7 @@ TEST(TlcWithoutReactorTest, LayersOnABlockingSocketReadZeroWhenNothingWaits) {
   ASSERT_EQ(sock_tlc_add(pair[0], make_layer(Kind::kXor, &xor_log)), 0);
   char buf[16];
   {
-    const testing_support::ReadWatchdog watchdog(pair[1]);
+    const BlockWatchdog watchdog(pair[1], BlockWatchdog::Unblock::kEndPeerOutput);
     ASSERT_EQ(sock_read(pair[0], buf, sizeof buf), 0);
     const std::string wire = xored("abc");
     ASSERT_EQ(send(pair[1], wire.data(), wire.size(), MSG_NOSIGNAL), 3);
