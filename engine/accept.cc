@@ -81,7 +81,8 @@ std::size_t open_accepted(struct ::Reactor* owner, const int* fds, std::size_t n
     return 0;
   }
   if (reactor && !reactor->is_owner_thread()) {
-    // One post for the batch; without memory for its copy, one post per fd.
+    // One post for the batch; without memory for its copy, one post per fd, carried in the
+    // call itself.
     RemoteCall call{.kind = RemoteCall::Kind::kOpenBatch, .urgent = false,
                     .input_waiting = input_waiting, .target = fd_key(-1, 0), .data = nullptr,
                     .length = n, .fn = nullptr};
@@ -89,12 +90,12 @@ std::size_t open_accepted(struct ::Reactor* owner, const int* fds, std::size_t n
       std::memcpy(call.data, fds, n * sizeof(int));
       if (post(*reactor, call) == 0) return n;
       std::free(call.data);
+      call.data = nullptr;
     }
+    call.length = 1;
     std::size_t handed = 0;
     for (std::size_t i = 0; i < n; ++i) {
-      call = RemoteCall{.kind = RemoteCall::Kind::kOpen, .urgent = false,
-                        .input_waiting = input_waiting, .target = fd_key(fds[i], 0),
-                        .data = nullptr, .length = 0, .fn = nullptr};
+      call.target = fd_key(fds[i], 0);
       if (post(*reactor, call) < 0) {
         close_keeping_errno(fds[i]);
       } else {

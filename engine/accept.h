@@ -39,9 +39,10 @@ int accept_connection(int listener);
 
 // Opens fds[0..n), accepted on this thread and held by nobody else, for the sock_ API on
 // `owner` (NULL: on no reactor), and runs the reactor's on_open hook (Reactor::set_on_open)
-// for each. When `owner` runs on another thread they travel to it in one post (kOpenBatch; per
-// fd, kOpen, if the batch's copy cannot be allocated), so they cost it one wakeup at most, and
-// it opens them there the same way.
+// for each. When `owner` runs on another thread they travel to it in one post (kOpenBatch; one
+// per fd, each carrying its fd, if the batch's copy cannot be allocated), so they cost it one
+// wakeup at most, and it opens them there the same way, counting them as taken
+// (Reactor::handed_over_taken) whether they open or not.
 // `input_waiting`: the listener defers accepts (TCP_DEFER_ACCEPT), so each fd's first input has
 // arrived: the owner calls on_data at once, inside its loop, instead of waiting for epoll to
 // report it, and adds the fd to its epoll set only if the connection outlives that callback

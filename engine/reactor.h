@@ -95,6 +95,12 @@ class Reactor {
   using OpenHook = void (*)(struct ::Reactor* api, int fd);
   void set_on_open(OpenHook hook) { on_open_ = hook; }
   OpenHook on_open() const { return on_open_; }
+  // Owner thread: the fds other threads handed over with open_accepted() (kOpenBatch posts)
+  // that this reactor has taken off its inbox so far, opened or, when the open failed, closed.
+  // The handing thread's own count minus this is what is still in flight to it (least-loaded
+  // placement, shards/server.cc); a sock_open from another thread (kOpen) is not counted.
+  uint64_t handed_over_taken() const { return handed_over_taken_; }
+  void took_handed_over(std::size_t n) { handed_over_taken_ += n; }
   // How long a stop lets queued output drain before closing what is left.
   void set_stop_drain_ms(int64_t ms) { stop_drain_ms_ = ms; }
   // A completed stop leaves this object alive (and the api's _impl set) instead of deleting
@@ -300,6 +306,7 @@ class Reactor {
   int64_t trimmed_ms_ = 0;        // the last trim(), on the reactor's clock
   alloc::OwnerCounter trims_;
   uint64_t chunks_freed_at_trim_ = 0;
+  uint64_t handed_over_taken_ = 0;
   bool keep_after_stop_ = false;
   // Work lists of fd_key(fd, generation) entries, so a closed-and-reused fd is skipped.
   std::vector<uint64_t> on_data_again_;

@@ -19,9 +19,11 @@ namespace engine {
 
 struct RemoteCall {
   enum class Kind : uint8_t {
-    kOpen,             // open fd (accepted elsewhere) for the sock_ API on this reactor
+    kOpen,             // open fd for the sock_ API on this reactor (sock_open elsewhere)
     kOpenConnecting,   // the same for a connect in progress (on_ready when it completes)
-    kOpenBatch,        // data: malloc'd int[length], fds accepted elsewhere: kOpen for each
+    // fds accepted and handed over by another thread (accept.h): data, malloc'd int[length];
+    // or data NULL, length 1 and the fd in target. Each opened as kOpen does.
+    kOpenBatch,
     kAttach,           // attach an fd already open without a reactor
     kWrite,       // data: malloc'd bytes (a copy, or a .move buffer), length bytes
     kWriteFile,   // data: FILE*, length: bytes to send (0 = to the end)
@@ -37,8 +39,8 @@ struct RemoteCall {
   };
   Kind kind;
   bool urgent;
-  // kOpen, kOpenBatch: accepted with its first input waiting (TCP_DEFER_ACCEPT), so the owner
-  // reads it at once (engine/accept.h).
+  // kOpenBatch: accepted with its first input waiting (TCP_DEFER_ACCEPT), so the owner reads
+  // it at once (engine/accept.h).
   bool input_waiting;
   uint64_t target;  // fd_key(fd, generation at call time): handle.h
   void* data;

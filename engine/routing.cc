@@ -20,15 +20,21 @@ namespace {
 
 using Kind = RemoteCall::Kind;
 
+// A kOpenBatch call's fds: its copy, or the one in its target (remote.h); `lone` holds that one.
+const int* batch_fds(const RemoteCall& call, const int& lone) {
+  return call.data ? static_cast<const int*>(call.data) : &lone;
+}
+
 // The fd still holds the connection the call was made for.
 bool still_current(const RemoteCall& call) {
   const FdSlot* slot = fd_slot(call.fd());
   return slot && slot->generation.load(std::memory_order_acquire) == call.generation();
 }
 
-// kOpenConnecting: the thread that connected the fd handed it over and holds it no more, so a
-// failure to open it here closes it here; the poster got it from the kernel just before, so it
-// is not checked again. (kOpen and kOpenBatch go through open_accepted(), which does the same.)
+// kOpen, kOpenConnecting: the thread that opened or connected the fd handed it over and holds
+// it no more, so a failure to open it here closes it here; the poster checked it or got it
+// from the kernel just before, so it is not checked again. (kOpenBatch goes through
+// open_accepted(), which does the same.)
 void open_posted(Reactor& reactor, int fd, bool connecting) {
   if (open_known_fd(reactor.api(), fd, connecting) < 0) {
     ::close(fd);
@@ -37,10 +43,12 @@ void open_posted(Reactor& reactor, int fd, bool connecting) {
   }
 }
 
-// kOpenBatch: a batch the acceptor handed over in one post (engine/accept.h), adopted in one pass.
+// kOpenBatch: fds another thread accepted and handed over (engine/accept.h), adopted in one
+// pass and counted as taken, whether they open or not.
 void open_batch_posted(Reactor& reactor, const RemoteCall& call) {
-  open_accepted(reactor.api(), static_cast<const int*>(call.data), call.length,
-                call.input_waiting);
+  const int lone = call.fd();
+  open_accepted(reactor.api(), batch_fds(call, lone), call.length, call.input_waiting);
+  reactor.took_handed_over(call.length);
   std::free(call.data);
 }
 
@@ -114,11 +122,9 @@ ssize_t post_write(const Target& t, int fd, const SockWriteOpt& opt) {
 
 void run_posted(Reactor& reactor, const RemoteCall& call) {
   switch (call.kind) {
-    case Kind::kOpen: {
-      const int fd = call.fd();
-      open_accepted(reactor.api(), &fd, 1, call.input_waiting);
+    case Kind::kOpen:
+      open_posted(reactor, call.fd(), false);
       return;
-    }
     case Kind::kOpenConnecting:
       open_posted(reactor, call.fd(), true);
       return;
@@ -167,10 +173,13 @@ void discard_posted(const RemoteCall& call) {
     case Kind::kOpenConnecting:
       ::close(call.fd());
       return;
-    case Kind::kOpenBatch:
-      for (std::size_t i = 0; i < call.length; ++i) ::close(static_cast<const int*>(call.data)[i]);
+    case Kind::kOpenBatch: {
+      const int lone = call.fd();
+      const int* fds = batch_fds(call, lone);
+      for (std::size_t i = 0; i < call.length; ++i) ::close(fds[i]);
       std::free(call.data);
       return;
+    }
     case Kind::kWrite:
       std::free(call.data);
       return;

@@ -138,7 +138,7 @@ class Acceptor {
     uint64_t best_load = UINT64_MAX;
     for (std::size_t i = 0; i < shards_.size(); ++i) {
       const Shard::Load& l = loads_[i];
-      const uint64_t in_flight = handed_[i] - std::min<uint64_t>(handed_[i], l.opened);
+      const uint64_t in_flight = handed_[i] - std::min<uint64_t>(handed_[i], l.taken);
       const uint64_t load = l.connections + in_flight;
       if (load < best_load ||
           (load == best_load && l.queued_bytes < loads_[best].queued_bytes)) {

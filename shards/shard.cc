@@ -85,7 +85,7 @@ bool Shard::init() {
   engine_->set_limits(limits);
   engine_->set_stop_drain_ms(settings_.stop_timeout_ms ? settings_.stop_timeout_ms
                                                        : engine::kStopDrainMs);
-  engine_->set_on_open(&Shard::on_open);
+  engine_->set_on_open(settings_.on_open);
   // Kept past its stop until ~Shard: while the other shards finish theirs, their threads may
   // still read this shard's counters (a /metrics scrape served during a stop).
   engine_->set_keep_after_stop();
@@ -178,13 +178,13 @@ void Shard::publish_load() {
     }
   };
   publish(load_card_.connections, connections);
-  publish(load_card_.opened, opened_);
+  publish(load_card_.taken, engine_->handed_over_taken());
   publish(load_card_.queued_bytes, engine_->queued_total());
 }
 
 Shard::Load Shard::load() const {
   return Load{.connections = load_card_.connections.load(std::memory_order_relaxed),
-              .opened = load_card_.opened.load(std::memory_order_relaxed),
+              .taken = load_card_.taken.load(std::memory_order_relaxed),
               .queued_bytes = load_card_.queued_bytes.load(std::memory_order_relaxed)};
 }
 
@@ -203,12 +203,6 @@ void Shard::on_shutdown(struct ::Reactor* api, int fd) {
   Shard* shard = of(api);
   if (fd == shard->listener_ || shard->accept_pause_.owns(fd)) return;
   if (shard->settings_.on_shutdown) shard->settings_.on_shutdown(api, fd);
-}
-
-void Shard::on_open(struct ::Reactor* api, int fd) {
-  Shard* shard = of(api);
-  ++shard->opened_;
-  if (shard->settings_.on_open) shard->settings_.on_open(api, fd);
 }
 
 void Shard::on_close(struct ::Reactor* api, int fd) {

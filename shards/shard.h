@@ -65,11 +65,12 @@ class Shard {
   // elsewhere.
   struct Load {
     uint64_t connections;  // open connections (the listener and the pause timer excluded)
-    // Connections opened on this shard so far (its on_open hook: handed over by the
-    // acceptor, or accepted on its own listener): the acceptor counts what it handed, so
-    // handed - opened is what is still in flight in the inbox (placement would otherwise
-    // see stale counts during a burst and pile it on one shard).
-    uint64_t opened;
+    // Connections the acceptor handed over that this shard has taken off its inbox so far,
+    // opened or closed because their open failed (Reactor::handed_over_taken): the acceptor
+    // counts what it handed, so handed - taken is what is still in flight (placement would
+    // otherwise see stale counts during a burst and pile it on one shard). Neither a failed
+    // open nor a sock_open from another thread moves it apart from what was handed.
+    uint64_t taken;
     uint64_t queued_bytes;  // bytes queued on its connections (the reactor's total)
   };
   Load load() const;
@@ -85,7 +86,6 @@ class Shard {
   static void on_data(struct ::Reactor* api, int fd);
   static void on_shutdown(struct ::Reactor* api, int fd);
   static void on_close(struct ::Reactor* api, int fd);
-  static void on_open(struct ::Reactor* api, int fd);
   void accept_own(int listener);
   // Shard thread, once per loop iteration: stores each figure of the load card that changed.
   void publish_load();
@@ -101,9 +101,6 @@ class Shard {
   std::thread thread_;
   bool started_ = false;
   AcceptPause accept_pause_;
-  // Shard thread only: the running count behind LoadCard::opened (a plain add per
-  // connection; the card gets it once per iteration).
-  uint64_t opened_ = 0;
   // Least-loaded placement by the acceptor thread, the card's only reader: other shards skip
   // publish_load() and its loads.
   bool publishes_load_;
@@ -114,7 +111,7 @@ class Shard {
   // to the shard's other fields never invalidate it.
   struct alignas(alloc::kCacheLineBytes) LoadCard {
     std::atomic<uint64_t> connections{0};
-    std::atomic<uint64_t> opened{0};
+    std::atomic<uint64_t> taken{0};
     std::atomic<uint64_t> queued_bytes{0};
   };
   static_assert(sizeof(LoadCard) == alloc::kCacheLineBytes, "the load card is one cache line");

@@ -2,7 +2,8 @@
 // accepted socket, from the listener once a reactor watches it, by a call of its own otherwise,
 // and a new listener behind a reused number is asked afresh; a blocking listener is made
 // non-blocking, so that accepting until EAGAIN never waits; a batch handed to a reactor on
-// another thread travels in one post and opens there; and a close that leaves the epoll set
+// another thread travels in one post and opens there, each fd counted as taken there whether
+// it opens or not (placement's in-flight count); and a close that leaves the epoll set
 // to close(2) (no EPOLL_CTL_DEL) lets no stale event reach the next connection on the number.
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -23,7 +24,9 @@
 #include "engine/inbox.h"
 #include "engine/libreact.h"
 #include "engine/libsock.h"
+#include "engine/remote.h"
 #include "engine/reactor.h"
+#include "engine/routing.h"
 #include "tests/testing/block_watchdog.h"
 #include "tests/testing/loopback.h"
 #include "tests/testing/reactor_fixture.h"
@@ -201,32 +204,67 @@ void echo(struct Reactor*, int fd) {
   while ((n = sock_read(fd, buf, sizeof buf)) > 0) sock_write(fd, buf, static_cast<std::size_t>(n));
 }
 
+// R: started by the constructor (owner() is set once R runs), stopped and joined by the
+// destructor, however the test ends (an ASSERT returns early). The stop closes every fd
+// attached to R.
+class ReactorThread {
+ public:
+  ReactorThread() {
+    g_opened = 0;
+    g_opened_elsewhere = false;
+    api_.on_data = echo;
+    thread_ = std::thread([this] {
+      g_r_thread = std::this_thread::get_id();
+      engine::Reactor* r = engine::Reactor::of(&api_, true);
+      r->set_on_open(count_open);
+      bool made = false;
+      r->inbox(&made);  // made before R sleeps, so the test may read its counters from the start
+      owner_ = r;
+      while (r->run_once(-1) >= 0) {}  // -1 with errno 0: stopped (and r deleted)
+    });
+  }
+  ~ReactorThread() {
+    reactor_stop(&api_);
+    thread_.join();
+  }
+  ReactorThread(const ReactorThread&) = delete;
+  ReactorThread& operator=(const ReactorThread&) = delete;
+
+  struct Reactor* api() { return &api_; }
+  // Waits until R runs (nullptr if it never does).
+  engine::Reactor* owner() {
+    wait_for([&] { return owner_.load() != nullptr; });
+    return owner_.load();
+  }
+  // Reactor::handed_over_taken(), read on R: posted after the calls this thread posted before,
+  // so it counts them. -1 if R does not answer.
+  int64_t handed_over_taken() {
+    struct Query {
+      engine::Reactor* r;
+      std::atomic<int64_t> taken{-1};
+    } q{owner()};
+    engine::RemoteCall call{.kind = engine::RemoteCall::Kind::kRun, .urgent = false,
+                            .input_waiting = false, .target = 0, .data = &q, .length = 0,
+                            .fn = [](void* data) {
+                              auto* query = static_cast<Query*>(data);
+                              query->taken = static_cast<int64_t>(query->r->handed_over_taken());
+                            }};
+    if (!q.r || engine::post(*q.r, call) < 0) return -1;
+    wait_for([&] { return q.taken.load() >= 0; });
+    return q.taken.load();
+  }
+
+ private:
+  struct Reactor api_ = {};
+  std::atomic<engine::Reactor*> owner_{nullptr};
+  std::thread thread_;
+};
+
 TEST(AcceptBatchTest, ABatchForAReactorOnAnotherThreadTravelsInOnePostAndOpensThere) {
   constexpr int kBatch = 5;
-  g_opened = 0;
-  g_opened_elsewhere = false;
-  struct Reactor api = {};
-  api.on_data = echo;
-  std::atomic<engine::Reactor*> owner{nullptr};
-  std::thread r_thread([&] {
-    g_r_thread = std::this_thread::get_id();
-    engine::Reactor* r = engine::Reactor::of(&api, true);
-    r->set_on_open(count_open);
-    bool made = false;
-    r->inbox(&made);  // made before R sleeps, so the test may read its counters from the start
-    owner = r;
-    while (r->run_once(-1) >= 0) {}  // -1 with errno 0: stopped (and r deleted)
-  });
-  // Stops R and joins it however the test ends (an ASSERT returns early).
-  struct Joiner {
-    struct Reactor* api;
-    std::thread* thread;
-    ~Joiner() {
-      reactor_stop(api);  // closes every fd attached to it
-      thread->join();
-    }
-  } joiner{&api, &r_thread};
-  ASSERT_TRUE(wait_for([&] { return owner.load() != nullptr; }));
+  ReactorThread r;
+  struct Reactor& api = *r.api();
+  ASSERT_NE(r.owner(), nullptr);
 
   const Listener listener = listen_loopback();
   std::array<int, kBatch> clients{};
@@ -236,10 +274,10 @@ TEST(AcceptBatchTest, ABatchForAReactorOnAnotherThreadTravelsInOnePostAndOpensTh
     ASSERT_TRUE(wait_for([&] { return (fds[i] = engine::accept_connection(listener.fd)) >= 0; }));
   }
   bool made = false;
-  const uint64_t posted = owner.load()->inbox(&made)->counters().posted;
+  const uint64_t posted = r.owner()->inbox(&made)->counters().posted;
   EXPECT_EQ(engine::open_accepted(&api, fds.data(), fds.size(), false),
             static_cast<std::size_t>(kBatch));
-  EXPECT_EQ(owner.load()->inbox(&made)->counters().posted, posted + 1) << "one post for the batch";
+  EXPECT_EQ(r.owner()->inbox(&made)->counters().posted, posted + 1) << "one post for the batch";
   ASSERT_TRUE(wait_for([] { return g_opened.load() == kBatch; }));
   EXPECT_FALSE(g_opened_elsewhere.load());
   for (int i = 0; i < kBatch; ++i) {
@@ -253,6 +291,33 @@ TEST(AcceptBatchTest, ABatchForAReactorOnAnotherThreadTravelsInOnePostAndOpensTh
     EXPECT_EQ(got, word) << "connection " << i << " is open and served on R";
   }
   for (const int c : clients) close(c);
+  close(listener.fd);
+}
+
+// The count that least-loaded placement subtracts from what it handed (shards/server.cc): every
+// fd handed over counts once R took it, also one whose open failed there (epoll refuses
+// /dev/null: EPERM), and a sock_open made on another thread, which no acceptor counted as
+// handed, does not count.
+TEST(AcceptBatchTest, HandedOverFdsCountAsTakenWhetherTheyOpenOrNotAndOtherOpensDoNot) {
+  ReactorThread r;
+  ASSERT_NE(r.owner(), nullptr);
+  const Listener listener = listen_loopback();
+  const int client = connect_client(listener.port);
+  int accepted = -1;
+  ASSERT_TRUE(wait_for([&] { return (accepted = engine::accept_connection(listener.fd)) >= 0; }));
+  int pair[2];  // made first: none of its numbers may be the one R frees by closing null_fd
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, pair), 0);
+  const int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(null_fd, 0);
+  const std::array<int, 2> handed{accepted, null_fd};
+  EXPECT_EQ(engine::open_accepted(r.api(), handed.data(), handed.size(), false), handed.size());
+  ASSERT_EQ(sock_open(r.api(), pair[0]), 0);  // posted: this thread is not R
+  EXPECT_EQ(r.handed_over_taken(), 2);
+  EXPECT_EQ(g_opened.load(), 2) << "the accepted fd and the sock_open; /dev/null failed";
+  EXPECT_EQ(fcntl(null_fd, F_GETFD), -1) << "the fd that failed to open is closed";
+  EXPECT_FALSE(g_opened_elsewhere.load());
+  close(pair[1]);
+  close(client);
   close(listener.fd);
 }
 
