@@ -54,9 +54,12 @@ int accept_connection(int listener) {
   // EAGAIN: only an empty backlog proves that no connection cloned before is left in it.
   const bool listener_has_it =
       !marked && server && (server->flags & kAttached) && set_no_delay(listener) == 0;
-  // A blocking listener would hold this thread in accept4 once its backlog is empty. A marked
-  // one is not blocking: its mark took an EAGAIN.
-  if (!marked && set_non_blocking(listener) < 0) return -1;
+  // A blocking listener a reactor watches would hold its thread in accept4 once the backlog
+  // is empty. A marked one was non-blocking when its mark took an EAGAIN (libsock.h: setting it
+  // back to blocking is unsupported); one no reactor watches keeps the mode its owner chose.
+  if (!marked && server && (server->flags & kAttached) && set_non_blocking(listener) < 0) {
+    return -1;
+  }
   int client;
   do {
     client = accept4(listener, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);

@@ -18,13 +18,15 @@
 namespace engine {
 
 // Accepts one connection waiting on `listener`: its fd, with TCP_NODELAY, not yet opened for
-// the sock_ API. A blocking listener is made non-blocking first (looked at until its slot is
-// marked, below), so an empty backlog returns EAGAIN instead of holding the thread. -1 with errno EAGAIN when none waits (the listener's slot then drops
-// kReadPending), or accept4's error (EMFILE, ENFILE, ENOBUFS, ENOMEM when out of resources);
-// EINTR and the errors of the one connection taken off the backlog are retried: ECONNABORTED
-// (a client that gave up while queued) and the network errors accept(2) says Linux passes on
-// from the new socket, to be treated like EAGAIN by retrying (ENETDOWN, EPROTO, ENOPROTOOPT,
-// EHOSTDOWN, ENONET, EHOSTUNREACH, ENETUNREACH). A success marks the
+// the sock_ API. A listener a reactor watches is made non-blocking first if it is not (one
+// fcntl per accept until its slot is marked, below: a non-TCP listener is never marked), so
+// that an empty backlog returns EAGAIN instead of holding the reactor's thread; a listener no
+// reactor watches keeps its mode. -1 with errno EAGAIN when none waits (the listener's slot
+// then drops kReadPending), or accept4's error (EMFILE, ENFILE, ENOBUFS, ENOMEM when out of
+// resources); EINTR and the errors of the one connection taken off the backlog are retried:
+// ECONNABORTED (a client that gave up while queued) and the network errors accept(2) says
+// Linux passes on from the new socket, to be treated like EAGAIN by retrying (ENETDOWN,
+// EPROTO, ENOPROTOOPT, EHOSTDOWN, ENONET, EHOSTUNREACH, ENETUNREACH). A success marks the
 // listener's slot with kReadProgress, so its reactor calls on_data again while a batch made
 // progress.
 // TCP_NODELAY: a listener a reactor watches gets the option itself, which the sockets the

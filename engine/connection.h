@@ -52,18 +52,17 @@ inline Reactor* attached_owner(const FdSlot& slot) {
 // other thread. Any thread.
 FdSlot* owner_thread_slot(int fd);
 
-// sock_open: makes fd non-blocking if it is not (the reactor's thread must never block;
-// sendfile takes no MSG_DONTWAIT) and opens it for the sock_ API,
-// attached to `owner` when not NULL (NULL: to the reactor it is attached to already, if any);
-// `connecting`: a connect is in progress (on_ready when it completes). State left by an
+// sock_open: makes fd non-blocking if it is not (the reactor's thread must never block, and
+// sendfile takes no MSG_DONTWAIT) and opens it for the sock_ API, attached to `owner` when not
+// NULL (NULL: to the reactor it is attached to already, if any); `connecting`: a connect is in
+// progress (on_ready when it completes). State left by an
 // earlier connection on the number is released first. When that reactor runs on another
 // thread the open is posted to it (kOpen / kOpenConnecting) and 0 returned once queued: the fd
 // is open, and calls on it accepted, once the owner ran it.
 int open_connection(struct ::Reactor* owner, int fd, bool connecting);
 // open_connection() without its look at fd's flags (is it open, is it non-blocking), for an fd
 // the caller just got from the kernel non-blocking (accept4, socket) or checked already (a
-// posted open). Off the owner's thread
-// the post is kOpen / kOpenConnecting as there.
+// posted open). Off the owner's thread the post is kOpen / kOpenConnecting as there.
 int open_known_fd(struct ::Reactor* owner, int fd, bool connecting);
 // The owner thread's open of an accepted fd whose first input is waiting (TCP_DEFER_ACCEPT):
 // attached to `reactor` but not yet in its epoll set, so that a connection served and closed

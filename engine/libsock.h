@@ -101,8 +101,10 @@ int8_t init_socklib(size_t max_fd);
  */
 
 /** Accepts one pending connection on server_fd (non-blocking, close-on-exec, TCP_NODELAY)
- * and opens it for the sock_ API, attached to owner when owner is not NULL. A blocking
- * server_fd is made non-blocking first, so that the call never waits. Returns the new
+ * and opens it for the sock_ API, attached to owner when owner is not NULL. A server_fd that
+ * a reactor watches (reactor_add) is made non-blocking if it is not, so that the call never
+ * holds the reactor's thread (setting it back to blocking later is unsupported); one that no
+ * reactor watches keeps its mode, and a blocking one waits for a connection. Returns the new
  * fd, or -1 with errno (EAGAIN: nothing pending; accept until then, the reactor is
  * edge-triggered). */
 int sock_accept(struct Reactor* owner, int server_fd);
@@ -116,10 +118,13 @@ int sock_accept(struct Reactor* owner, int server_fd);
 int sock_connect(struct Reactor* owner, const char* address, const char* port);
 
 /** Opens an existing fd for the sock_ API (empty queue, no transport layers) and attaches
- * it to owner when owner is not NULL. A blocking fd is made non-blocking (O_NONBLOCK): the
- * library never blocks the calling or the reactor's thread on it. State left from an earlier connection on the same fd
- * number is released first. Returns 0, or -1 with errno (EEXIST: the number is still held by
- * a reactor that another thread drives, see sock_clear). */
+ * it to owner when owner is not NULL. A blocking fd is made non-blocking (O_NONBLOCK), even
+ * if the open then fails: sendfile, unlike the reads and writes, has no per-call flag that
+ * keeps it from blocking the reactor's thread, so setting the fd back to blocking while it is
+ * open (through a dup, or another process sharing the file) is unsupported. State left from
+ * an earlier connection on the same fd number is released first. Returns 0, or -1 with errno
+ * (EEXIST: the number is still held by a reactor that another thread drives, see
+ * sock_clear). */
 int sock_open(struct Reactor* owner, int fd);
 
 /** Attaches an fd already opened with sock_open(NULL, fd) to owner. Returns 0, or -1 with

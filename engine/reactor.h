@@ -89,9 +89,9 @@ class Reactor {
   // the shard stops lands in live memory and is discarded there, not in a freed inbox).
   void use_inbox(Inbox* inbox);
 
-  // Called on the owner thread for each accepted fd opened here through open_accepted()
-  // (engine/accept.h: handed over by another thread, or accepted on this one), once it is
-  // open. Set before the owner starts.
+  // Called on the owner thread for each fd opened here through open_accepted() (engine/accept.h:
+  // handed over by another thread, or accepted on this one) or by a posted sock_open or
+  // sock_connect from another thread, once it is open. Set before the owner starts.
   using OpenHook = void (*)(struct ::Reactor* api, int fd);
   void set_on_open(OpenHook hook) { on_open_ = hook; }
   OpenHook on_open() const { return on_open_; }

@@ -172,19 +172,22 @@ void Shard::publish_load() {
   // Each load reads the shard's own stores back (no other thread writes the card); a store
   // only when the figure changed leaves the acceptor's copy of the line valid while the
   // shard's load holds still.
-  const auto publish = [](std::atomic<uint64_t>& field, uint64_t value) {
-    if (field.load(std::memory_order_relaxed) != value) {
-      field.store(value, std::memory_order_relaxed);
-    }
+  const auto publish = [](std::atomic<uint64_t>& field, uint64_t value, std::memory_order order) {
+    if (field.load(std::memory_order_relaxed) != value) field.store(value, order);
   };
-  publish(load_card_.connections, connections);
-  publish(load_card_.taken, engine_->handed_over_taken());
-  publish(load_card_.queued_bytes, engine_->queued_total());
+  publish(load_card_.connections, connections, std::memory_order_relaxed);
+  publish(load_card_.queued_bytes, engine_->queued_total(), std::memory_order_relaxed);
+  // Last, with release, paired with load()'s acquire: a reader that sees connections taken
+  // sees them counted in `connections` too, so a batch never drops out of both figures (an
+  // older `taken` beside a newer count only overstates the load, for one batch).
+  publish(load_card_.taken, engine_->handed_over_taken(), std::memory_order_release);
 }
 
 Shard::Load Shard::load() const {
+  // `taken` first, with acquire: see publish_load().
+  const uint64_t taken = load_card_.taken.load(std::memory_order_acquire);
   return Load{.connections = load_card_.connections.load(std::memory_order_relaxed),
-              .taken = load_card_.taken.load(std::memory_order_relaxed),
+              .taken = taken,
               .queued_bytes = load_card_.queued_bytes.load(std::memory_order_relaxed)};
 }
 

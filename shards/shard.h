@@ -59,8 +59,9 @@ class Shard {
   struct ::Reactor* api() { return &api_; }
 
   // The load placement compares, as the shard last published it (publish_load()): at most
-  // one loop iteration old. Any thread; relaxed loads of the shard's load card, one cache
-  // line that only the shard's thread writes, and only when a figure changed. Published only
+  // one loop iteration old. Any thread; loads of the shard's load card (`taken` with acquire,
+  // the rest relaxed), one cache line that only the shard's thread writes, and only when a
+  // figure changed. Published only
   // where something reads it (least-loaded placement by the acceptor thread); all zero
   // elsewhere.
   struct Load {
@@ -105,8 +106,9 @@ class Shard {
   // publish_load() and its loads.
   bool publishes_load_;
 
-  // Written by the shard thread (relaxed stores, once per loop iteration and only for a
-  // figure that changed), read by the acceptor (one copy per accept batch). A line of its
+  // Written by the shard thread (once per loop iteration and only for a figure that changed;
+  // `taken` last, with release: publish_load()), read by the acceptor (one copy per accept
+  // batch). A line of its
   // own: a store invalidates the acceptor's copy of this line and nothing else, and writes
   // to the shard's other fields never invalidate it.
   struct alignas(alloc::kCacheLineBytes) LoadCard {

@@ -239,17 +239,19 @@ class ReactorThread {
   // Reactor::handed_over_taken(), read on R: posted after the calls this thread posted before,
   // so it counts them. -1 if R does not answer.
   int64_t handed_over_taken() {
-    struct Query {
-      engine::Reactor* r;
-      std::atomic<int64_t> taken{-1};
-    } q{owner()};
+    // Static: R may still answer it after a wait that gave up.
+    static struct Query {
+      std::atomic<engine::Reactor*> r;
+      std::atomic<int64_t> taken;
+    } q;
+    q.r = owner();
+    q.taken = -1;
     engine::RemoteCall call{.kind = engine::RemoteCall::Kind::kRun, .urgent = false,
-                            .input_waiting = false, .target = 0, .data = &q, .length = 0,
-                            .fn = [](void* data) {
-                              auto* query = static_cast<Query*>(data);
-                              query->taken = static_cast<int64_t>(query->r->handed_over_taken());
+                            .input_waiting = false, .target = 0, .data = nullptr, .length = 0,
+                            .fn = [](void*) {
+                              q.taken = static_cast<int64_t>(q.r.load()->handed_over_taken());
                             }};
-    if (!q.r || engine::post(*q.r, call) < 0) return -1;
+    if (!q.r.load() || engine::post(*q.r.load(), call) < 0) return -1;
     wait_for([&] { return q.taken.load() >= 0; });
     return q.taken.load();
   }

@@ -2,7 +2,8 @@
 // errno for an error), its argument checks, and what happens to the connection after EOF.
 // Regressions: the seed tested errno as a bitmask, so ECONNRESET (104 & EAGAIN != 0) read as
 // "no data yet" and a reset connection was never closed; a blocking fd given to sock_open
-// blocked sock_read (and the reactor's thread) instead of "no data yet".
+// blocked sock_read (and the reactor's thread) instead of "no data yet" (sock_open now makes
+// it non-blocking; the tests set it back, as another holder of the file may).
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -202,14 +203,15 @@ TEST_F(SockReadTest, AfterEofTheQueuedResponseIsSentInFullBeforeTheClose) {
   close(client);
 }
 
-// sock_open takes an fd in whatever mode its opener left it. A blocking one was read with
-// recv(..., 0), which blocked the reactor's thread once the kernel had nothing more, instead of
-// returning 0. Here the first read fills the buffer exactly, so nothing says that the socket is
-// empty, and the second read asks the kernel.
+// sock_open makes an fd non-blocking, but another holder of the file may set it back. A
+// blocking one was read with recv(..., 0), which blocked the reactor's thread once the kernel
+// had nothing more, instead of returning 0. Here the first read fills the buffer exactly, so
+// nothing says that the socket is empty, and the second read asks the kernel.
 TEST_F(SockReadTest, BlockingSocketReadsZeroOnceEmptyInsteadOfBlockingTheReactor) {
   int pair[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);  // both blocking
   ASSERT_EQ(sock_open(&r_, pair[0]), 0);
+  ASSERT_EQ(testing_support::set_blocking(pair[0]), 0);
   const std::string data = testing_support::pattern(4096, 6);  // read_all's buffer, exactly
   testing_support::write_all(pair[1], data);
   {
@@ -298,6 +300,7 @@ TEST(SockReadWithoutReactorTest, BlockingSocketWithNoDataReadsZero) {
   int pair[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);  // both blocking
   ASSERT_EQ(sock_open(nullptr, pair[0]), 0);
+  ASSERT_EQ(testing_support::set_blocking(pair[0]), 0);  // as another holder of the file may
   char buf[16];
   {
     const BlockWatchdog watchdog(pair[1], BlockWatchdog::Unblock::kEndPeerOutput);

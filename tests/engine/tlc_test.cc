@@ -1536,12 +1536,14 @@ TEST_F(TlcTest, BeforeCloseThatRemovesTheLayersLetsTheCloseGoOn) {
 
 // --- A blocking socket ----------------------------------------------------------------------
 
-// sock_open takes an fd in whatever mode its opener left it: the layers' recv, like a plain
-// read's, must say 0 when nothing waits instead of blocking (sock_read_test has the plain one).
+// sock_open makes an fd non-blocking, but another holder of the file may set it back: the
+// layers' recv, like a plain read's, must say 0 when nothing waits instead of blocking
+// (sock_read_test has the plain one).
 TEST(TlcWithoutReactorTest, LayersOnABlockingSocketReadZeroWhenNothingWaits) {
   int pair[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);  // both blocking
   ASSERT_EQ(sock_open(nullptr, pair[0]), 0);
+  ASSERT_EQ(testing_support::set_blocking(pair[0]), 0);
   LayerLog xor_log;
   ASSERT_EQ(sock_tlc_add(pair[0], make_layer(Kind::kXor, &xor_log)), 0);
   char buf[16];

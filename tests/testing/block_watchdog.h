@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -47,7 +48,9 @@ class BlockWatchdog {
           char sink[65536];
           while (!done_flag_.load()) {
             pollfd p{fd, POLLIN, 0};
-            if (poll(&p, 1, 10) > 0 && recv(fd, sink, sizeof sink, MSG_DONTWAIT) == 0) return;
+            if (poll(&p, 1, 10) <= 0) continue;
+            const ssize_t n = recv(fd, sink, sizeof sink, MSG_DONTWAIT);
+            if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) return;  // nothing more
           }
         }) {}
 

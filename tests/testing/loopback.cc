@@ -72,6 +72,11 @@ bool drain(int fd, std::string* sink) {
   }
 }
 
+int set_blocking(int fd) {
+  const int flags = fcntl(fd, F_GETFL);
+  return flags < 0 ? -1 : fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+}
+
 void set_sndbuf(int fd, int bytes) { setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes); }
 
 int reset_on_close(int fd) {

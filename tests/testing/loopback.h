@@ -29,6 +29,10 @@ int peer_port(int fd);
 // peer closed (EOF or reset), true otherwise.
 bool drain(int fd, std::string* sink);
 
+// Clears O_NONBLOCK on fd, as another holder of its open file (a dup, another process) may
+// after sock_open set it. Returns fcntl's result.
+int set_blocking(int fd);
+
 // Shrinks fd's kernel send buffer (SO_SNDBUF), so that a write queue fills it quickly.
 void set_sndbuf(int fd, int bytes);
 
