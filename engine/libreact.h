@@ -131,8 +131,9 @@ struct ReactorLimits {
    * resumes and on_ready says it may write again. Defaults: 1 MiB and 256 KiB. */
   size_t high_watermark;
   size_t low_watermark;
-  /** Most bytes of packets the reactor's pool may have out (0: no bound). A write that would
-   * need more fails with ENOBUFS and queues nothing. */
+  /** Most bytes of packets the reactor's pool may have out (0: no bound), in whole packets
+   * (sizeof(struct Packet)), rounded down, and one packet at least. A write that would need
+   * more fails with ENOBUFS and queues nothing. */
   size_t memory_budget;
 };
 

@@ -19,8 +19,10 @@
  *   the handle calls, and sock_accept/sock_connect/sock_open/sock_attach with that reactor:
  *   off the owner thread they are posted to it, stamped with the fd's generation, and return
  *   0 once queued (the result of the work itself is not reported back; a call that finds the
- *   connection closed when it runs is dropped, and what it owned is freed), and the reactor
- *   wakes from its wait to run them. A posted open (sock_accept, sock_connect, sock_open) takes
+ *   connection closed when it runs is dropped, and what it owned is freed; a posted write
+ *   that the owner cannot queue, its memory budget spent or no memory, fails the connection,
+ *   SOCK_CLOSE_ERROR, rather than leave a gap in the stream), and the reactor wakes from its
+ *   wait to run them. A posted open (sock_accept, sock_connect, sock_open) takes
  *   effect when the owner runs it: until then the new fd's calls fail with EBADF, so use it
  *   from the owner's callbacks (a sharded server's on_open). sock_read, sock_clear, the
  *   per-connection settings (sock_set_timeout, sock_set_deadline, sock_set_watermarks,

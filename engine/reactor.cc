@@ -151,7 +151,9 @@ void Reactor::set_limits(const ReactorLimits& limits) {
   idle_ticks_ = ticks_of(limits_.idle_timeout_ms);
   if (!limits_.high_watermark) limits_.high_watermark = kHighWatermark;
   if (!limits_.low_watermark) limits_.low_watermark = limits_.high_watermark / 4;
-  pool_->set_limit(limits_.memory_budget / sizeof(Packet));
+  // Whole packets; a budget below one packet's size is one packet (none would be "no bound").
+  const std::size_t packets = limits_.memory_budget / sizeof(Packet);
+  pool_->set_limit(limits_.memory_budget && !packets ? 1 : packets);
 }
 
 int64_t Reactor::monotonic_us() {

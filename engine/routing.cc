@@ -52,6 +52,14 @@ void open_batch_posted(Reactor& reactor, const RemoteCall& call) {
   std::free(call.data);
 }
 
+// A posted write or packet that could not be queued here (ENOBUFS under the memory budget,
+// ENOMEM): its poster was told 0, "queued", and the calls after it would go on with a gap in
+// the stream, so the connection fails. EBADF and EPIPE mean it is closed or closing already.
+void fail_unqueued(const RemoteCall& call, int err) {
+  if (err == EBADF || err == EPIPE || !still_current(call)) return;
+  if (FdSlot* slot = open_slot(call.fd())) fail_connection(call.fd(), *slot, err);
+}
+
 // kWrite, kWriteFile: written through the handle of the connection the call was made for, so
 // a connection that closed meanwhile drops it (write_data frees what it owns). Small copies
 // merge into the queue's packets (copied once more, then freed); large ones are linked as
@@ -66,7 +74,7 @@ void write_posted(const RemoteCall& call) {
   opt.file = file;
   opt.urgent = call.urgent;
   opt.uuid = make_uuid(call.fd(), call.generation());
-  write_data(opt);
+  if (write_data(opt) < 0) fail_unqueued(call, errno);
   if (merge) std::free(call.data);
 }
 
@@ -144,8 +152,12 @@ void run_posted(Reactor& reactor, const RemoteCall& call) {
       write_posted(call);
       return;
     case Kind::kSendPacket:
-      if (!still_current(call) || send_packet(call.fd(), static_cast<Packet*>(call.data)) < 0) {
-        packet_chain_free(static_cast<Packet*>(call.data));  // the connection is gone or closing
+      if (!still_current(call)) {
+        packet_chain_free(static_cast<Packet*>(call.data));  // the connection is gone
+      } else if (send_packet(call.fd(), static_cast<Packet*>(call.data)) < 0) {
+        const int err = errno;
+        packet_chain_free(static_cast<Packet*>(call.data));
+        fail_unqueued(call, err);
       }
       return;
     case Kind::kFlush:

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <functional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "engine/libreact.h"
@@ -400,6 +401,49 @@ TEST_F(BudgetTest, WritesBeyondTheBudgetFailWithEnobufsQueueNothingAndSucceedOnc
   EXPECT_GE(sock_status(a), 0);
   EXPECT_GE(sock_status(b), 0);
   EXPECT_TRUE(closed_.empty());
+}
+
+// A budget below one packet's size is one packet: as a packet count it rounded down to 0,
+// which the pool reads as "no bound".
+TEST_F(BudgetTest, ABudgetSmallerThanOnePacketHoldsOnePacket) {
+  ReactorLimits limits{};
+  limits.memory_budget = sizeof(Packet) / 2;
+  ASSERT_EQ(reactor_set_limits(&r_, &limits), 0);
+  const int a = open_connection();
+  ASSERT_GE(a, 0);
+  const std::string data = pattern(10000, 3);
+  int rc = 0;
+  for (int i = 0; i < 1000 && rc == 0; ++i) rc = sock_write(a, data.data(), data.size());
+  EXPECT_EQ(rc, -1) << "10 MB queued for a client that reads nothing";
+  EXPECT_EQ(errno, ENOBUFS);
+  EXPECT_EQ(outstanding(), 1u);
+}
+
+// Writes posted from another thread returned 0 ("queued") before the owner tried to queue
+// them: one refused there (the budget spent) must not leave a gap that later ones close over.
+// The connection fails instead, so its client gets an exact prefix of the stream and then the
+// end of the connection.
+TEST_F(BudgetTest, APostedWriteTheBudgetRefusesFailsTheConnectionInsteadOfLeavingAGap) {
+  const int a = open_connection();
+  ASSERT_GE(a, 0);
+  constexpr std::size_t kChunk = 16 * 1024;
+  constexpr std::size_t kChunks = 4 * kBudgetPackets;  // far past the budget
+  const std::string data = pattern(kChunk * kChunks, 4);
+  std::thread poster([&] {
+    for (std::size_t i = 0; i < kChunks; ++i) {
+      EXPECT_EQ(sock_write(a, data.data() + i * kChunk, kChunk), 0) << "posted: queued";
+    }
+  });
+  poster.join();
+  ASSERT_TRUE(run_until(&r_, [&] { return !closed_.empty(); }))
+      << "the writes past the budget were dropped and the connection went on";
+  EXPECT_EQ(closed_.front(), a);
+  std::string got;
+  const int client = clients_[0];
+  ASSERT_TRUE(run_until(&r_, [&] { return !testing_support::drain(client, &got); }));
+  EXPECT_LT(got.size(), data.size());
+  EXPECT_EQ(testing_support::first_difference(got, data), got.size()) << "a gap or wrong bytes";
+  EXPECT_EQ(outstanding(), 0u);
 }
 
 TEST_F(BudgetTest, EchoServerUnderTheBudgetNeverHoldsMorePacketsThanIt) {
