@@ -429,6 +429,19 @@ void Reactor::want_on_data_again(int fd, FdSlot& slot) {
 }
 
 long Reactor::flush_fd(int fd, FdSlot& slot, std::size_t budget, bool notify_ready) {
+  const uint32_t generation = slot.generation.load(std::memory_order_relaxed);
+  bool ready = false;
+  const long written = send_and_settle(fd, slot, budget, &ready);
+  // on_ready last and once, after the close check: what it writes is queued for a later flush
+  // (a close it asks for waits for that), and nothing here touches the slot after it.
+  if (ready && notify_ready && api_->on_ready && is_current(slot, generation, this) &&
+      !(slot.flags & kPaused)) {
+    api_->on_ready(api_, fd);
+  }
+  return written;
+}
+
+long Reactor::send_and_settle(int fd, FdSlot& slot, std::size_t budget, bool* ready) {
   if (slot.flags & kFailed) {
     const int err = slot_error(slot);
     close_now(fd, slot, CloseReason::kError);
@@ -443,7 +456,7 @@ long Reactor::flush_fd(int fd, FdSlot& slot, std::size_t budget, bool notify_rea
   }
   if (written) {
     stamp_activity(slot);  // write progress keeps a long download alive
-    if (result != SendResult::kError) resume_if_drained(fd, slot, notify_ready);
+    if (result != SendResult::kError) *ready = resume_if_drained(fd, slot);
   }
   switch (result) {
     case SendResult::kError: {
@@ -487,7 +500,7 @@ long Reactor::flush_fd(int fd, FdSlot& slot, std::size_t budget, bool notify_rea
   }
   if (slot.flags & kWriteBlocked) {
     slot.flags &= ~kWriteBlocked;
-    if (notify_ready && api_->on_ready && !(slot.flags & kPaused)) api_->on_ready(api_, fd);
+    *ready = true;
   }
   return static_cast<long>(written);
 }
@@ -652,14 +665,14 @@ void Reactor::check_high_watermark(FdSlot& slot) {
   if (slot.queued_bytes > high) slot.flags |= kPaused;
 }
 
-void Reactor::resume_if_drained(int fd, FdSlot& slot, bool notify_ready) {
-  if (!(slot.flags & kPaused)) return;
+bool Reactor::resume_if_drained(int fd, FdSlot& slot) {
+  if (!(slot.flags & kPaused)) return false;
   const std::size_t own = slot.extra ? slot.extra->low_watermark : 0;
   const std::size_t low = own ? own : limits_.low_watermark;
-  if (slot.queued_bytes > low) return;
+  if (slot.queued_bytes > low) return false;
   slot.flags &= ~kPaused;
   if (slot.flags & kReadPending) want_on_data_again(fd, slot);  // input waited behind the pause
-  if (notify_ready && api_->on_ready) api_->on_ready(api_, fd);
+  return true;
 }
 
 void Reactor::start_timers(int fd, FdSlot& slot, bool arm) {

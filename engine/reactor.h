@@ -158,8 +158,9 @@ class Reactor {
   }
 
   // The flush step for one fd: send what the kernel takes (bounded by `budget` bytes), then
-  // close if due; on_ready runs when a queue the kernel had refused drains and
-  // `notify_ready`. Returns bytes written, or -1 with errno when the fd was closed.
+  // close if due; with `notify_ready`, on_ready runs last, once, when a pause ended or a queue
+  // the kernel had refused drained, if the fd is still open. Returns bytes written, or -1
+  // with errno when the fd was closed.
   long flush_fd(int fd, FdSlot& slot, std::size_t budget, bool notify_ready);
 
   // Limits (libreact.h, struct ReactorLimits).
@@ -269,7 +270,11 @@ class Reactor {
   // per kTrimIntervalMs: what a burst took is back about a second after it ends. A loop that
   // never catches up does not trim; its dead entries still leave as they fall due.
   void trim();
-  void resume_if_drained(int fd, FdSlot& slot, bool notify_ready);
+  // Ends fd's pause once its queue is at the low watermark: true if it ended (on_ready owed).
+  bool resume_if_drained(int fd, FdSlot& slot);
+  // flush_fd() without its on_ready: sets *ready when one is owed (a pause ended, or a queue
+  // the kernel had refused drained), and closes the fd when due.
+  long send_and_settle(int fd, FdSlot& slot, std::size_t budget, bool* ready);
   static int64_t monotonic_ms(void* unused);
   int64_t read_clock() const { return clock_(clock_context_); }
   Profile* profile_made();

@@ -276,6 +276,38 @@ TEST_F(EchoTest, WatermarksAreValidated) {
   EXPECT_EQ(errno, EINVAL);
 }
 
+// on_ready once a pause ends, written to and closed in that callback: all it writes before
+// the close goes out. It ran in the middle of the flush step, whose close check then freed
+// what the kernel had not taken of that write, and came twice when the kernel had also
+// refused the queue before.
+class ReadyAfterPauseTest : public testing_support::OneClientFixture {
+ protected:
+  void on_ready(struct Reactor* r, int fd) override {
+    ++ready_calls_;
+    if (fd != server_ || wrote_tail_) return;
+    wrote_tail_ = true;
+    EXPECT_EQ(sock_write(fd, tail_.data(), tail_.size()), 0);  // more than the kernel takes
+    sock_close(r, fd);
+  }
+  int ready_calls_ = 0;
+  bool wrote_tail_ = false;
+  const std::string head_ = pattern(256 * 1024, 5);
+  const std::string tail_ = pattern(256 * 1024, 6);
+};
+
+TEST_F(ReadyAfterPauseTest, WhatOnReadyWritesBeforeClosingIsSentAndOnReadyComesOnce) {
+  connect_client(kSmallBuffer);
+  ASSERT_EQ(sock_set_watermarks(server_, 100, 10), 0);
+  ASSERT_EQ(sock_write(server_, head_.data(), head_.size()), 0);  // mostly queued: paused
+  std::string got;
+  ASSERT_TRUE(run_until(&r_, [&] { return !testing_support::drain(client_, &got); }));
+  EXPECT_EQ(got.size(), head_.size() + tail_.size());
+  EXPECT_TRUE(got == head_ + tail_) << "first difference at "
+                                    << testing_support::first_difference(got, head_ + tail_);
+  EXPECT_EQ(ready_calls_, 1);
+  EXPECT_EQ(server_closes_, 1);
+}
+
 // ---------------------------------------------------------------------------------------
 // The memory budget
 
