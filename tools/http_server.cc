@@ -286,7 +286,8 @@ void finish(struct Reactor* r, int fd) {
 
 void on_open(struct Reactor*, int fd) {
   http::Conn** table = conn_table(t_state);
-  if (!table) return;         // on_data refuses the connection
+  // No table, or an fd past it: on_data refuses the connection.
+  if (!table || fd < 0 || static_cast<std::size_t>(fd) >= g_max_fds) return;
   t_state.release(table[fd]);  // on_close frees it; this only guards against a missed close
 }
 

@@ -444,9 +444,10 @@ struct Callbacks {
       out.append(lm_date, kHttpDateLength);
       out.append("\r\n");
     };
-    const std::time_t since = c.ims_.length && !c.ims_.overflow
-                                  ? parse_http_date(std::string_view(c.ims_.bytes, c.ims_.length))
-                                  : -1;
+    // Trimmed: llhttp passes the whitespace before the line end, which is no part of the
+    // value (RFC 9110 5.5); an empty value (none, or an overflow) is no date.
+    const std::string_view ims = c.ims_.trimmed();
+    const std::time_t since = ims.empty() ? -1 : parse_http_date(ims);
     if (since >= 0 && since >= mtime) {
       close(fd);
       out.append("HTTP/1.1 304 Not Modified\r\n");
@@ -633,8 +634,14 @@ ReadResult Responder::parse(Conn* conn, std::string_view bytes, Output* out) {
     // last. error_status_: a limit of ours (a callback's error; llhttp's code depends on which).
     const int status =
         c.error_status_ ? c.error_status_ : status_for(err, llhttp_get_error_reason(&c.parser_));
+    // A response to HEAD has no content (RFC 9110 9.3.2). llhttp keeps the last request's
+    // method until it parses the next one's, and the only error it raises before that, or
+    // for a method not followed by a space ("HEADX"), is HPE_INVALID_METHOD: parser_.method
+    // is this request's for any other error (ours all come later too). Not on_url: llhttp
+    // checks a target's bytes before passing them, so that would depend on where reads end.
+    const bool head = err != HPE_INVALID_METHOD && c.parser_.method == HTTP_HEAD;
     respond(out->bytes, std::string_view(date_line_, date_length_), status, reason(status), false,
-            false);
+            head);
   }
   // HPE_PAUSED: a request without keep-alive was answered; HPE_PAUSED_UPGRADE: an upgrade
   // (not supported) was answered as a plain request. Either way the connection ends here.

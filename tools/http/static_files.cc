@@ -60,7 +60,11 @@ int StaticFiles::open_file(const std::string& rel, struct stat* st) const {
     close(path_fd);
     return -1;
   }
-  const int fd = ::open(link, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  // O_NONBLOCK: while another process holds a write lease on the file, a blocking open waits
+  // until the holder lets go or the kernel breaks the lease (/proc/sys/fs/lease-break-time,
+  // 45 s by default), and the shard with it; this one fails with EWOULDBLOCK (none there, for
+  // now). It changes nothing for reads or sendfile from a regular file.
+  const int fd = ::open(link, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
   close(path_fd);
   if (fd < 0) return -1;
   if (fstat(fd, st) < 0 || !S_ISREG(st->st_mode) || st->st_ino != path_st.st_ino ||

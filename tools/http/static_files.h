@@ -31,9 +31,10 @@ class StaticFiles {
 
   // Opens `rel` (from root_relative()) as a regular file: its fd, which the caller owns, with
   // *st filled; or -1 if there is none there: missing, not a regular file, a symlink as the
-  // last component, or outside the root through an intermediate symlink. Never blocks: a
-  // FIFO, device or socket is looked at through an O_PATH fd and never opened, and nothing
-  // reads the file's contents here (open and fstat only).
+  // last component, or outside the root through an intermediate symlink; or, for now, while
+  // another process holds a write lease on it. Never blocks: a FIFO, device or socket is
+  // looked at through an O_PATH fd and never opened, a leased file is not waited for, and
+  // nothing reads the file's contents here (open and fstat only).
   int open_file(const std::string& rel, struct stat* st) const;
 
  private:

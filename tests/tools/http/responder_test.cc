@@ -6,13 +6,18 @@
 #include "tools/http/responder.h"
 
 #include <gtest/gtest.h>
+#include <stdlib.h>
 
 #include <cstddef>
+#include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <initializer_list>
 #include <memory>
 #include <string>
 #include <string_view>
+
+#include "tools/http/static_files.h"
 
 namespace {
 
@@ -350,6 +355,83 @@ TEST(ResponderTest, UpgradeRequestIsAnsweredAsPlainAndCloses) {
   EXPECT_EQ(answer(responder, "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
                               "Connection: Upgrade\r\n\r\n" + kGet),
             response("200 OK", "Hello World!", false));
+}
+
+// `response` as sent to HEAD: the same head, Content-Length included, without the body.
+std::string without_body(const std::string& response, const std::string& body) {
+  return response.substr(0, response.size() - body.size());
+}
+
+// RFC 9110 9.3.2: no response to HEAD has content, an error's neither. llhttp keeps the
+// method of the last request until the next one's is parsed, so a request whose method was
+// not parsed yet gets its error's body even behind a HEAD.
+TEST(ResponderTest, ErrorResponsesToHeadHaveNoBody) {
+  http::Responder responder(http::Limits{}, nullptr);
+  const std::string head = "HEAD / HTTP/1.1\r\n";
+  const auto head_error = [](int status, const std::string& reason) {
+    return without_body(error_response(status, reason), reason);
+  };
+  const std::string bad = error_response(400, "Bad Request");
+  EXPECT_EQ(answer(responder, head + "Host: a\r\nHost: b\r\n\r\n" + kGet),
+            head_error(400, "Bad Request"));
+  EXPECT_EQ(answer(responder, "HEAD /a b HTTP/1.1\r\nHost: x\r\n\r\n" + kGet),
+            head_error(400, "Bad Request"));
+  // llhttp checks a target's bytes before on_url sees them: the same wherever reads end.
+  EXPECT_EQ(answer(responder, "HEAD /a\x01 HTTP/1.1\r\nHost: x\r\n\r\n" + kGet),
+            head_error(400, "Bad Request"));
+  EXPECT_EQ(answer(responder, head + "Host: x\r\nContent-Length: 2000000\r\n\r\n"),
+            head_error(413, "Content Too Large"));
+  EXPECT_EQ(answer(responder, head + "Host: x\r\nExpect: 200-ok\r\n\r\n"),
+            head_error(417, "Expectation Failed"));
+  EXPECT_EQ(answer(responder, head + "Host: x\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            head_error(501, "Not Implemented"));
+  EXPECT_EQ(answer(responder, "HEAD / HTTP/2.0\r\nHost: x\r\n\r\n"),
+            head_error(505, "HTTP Version Not Supported"));
+  EXPECT_EQ(answer(responder, "HEAD / HTTP/0.9\r\nHost: x\r\n\r\n"),
+            head_error(505, "HTTP Version Not Supported"));
+  // The GET's error behind a HEAD, and an unparsed method behind one, have their bodies.
+  const std::string hello_head = without_body(kHello, "Hello World!");
+  EXPECT_EQ(answer(responder, head + "Host: x\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            hello_head + bad);
+  EXPECT_EQ(answer(responder, head + "Host: x\r\n\r\nNOT HTTP\r\n\r\n"), hello_head + bad);
+  EXPECT_EQ(answer(responder, head + "Host: x\r\n\r\nHEADX / HTTP/1.1\r\n\r\n"),
+            hello_head + bad);
+  // The limits: 414 stops the target at its first bytes, 431 in the headers.
+  http::Limits limits;
+  limits.max_url = 4;
+  limits.max_headers = 1;
+  http::Responder limited(limits, nullptr);
+  EXPECT_EQ(answer(limited, "HEAD /abcd HTTP/1.1\r\nHost: x\r\n\r\n"),
+            head_error(414, "URI Too Long"));
+  EXPECT_EQ(answer(limited, head + "Host: x\r\nA: 1\r\n\r\n"),
+            head_error(431, "Request Header Fields Too Large"));
+}
+
+// RFC 9110 5.5: whitespace after a field value is no part of it. llhttp 8.1 passes it on, and
+// a date followed by a space or tab was read as no date: the whole file (200), not a 304.
+TEST(ResponderTest, IfModifiedSinceFollowedByWhitespaceGives304) {
+  const char* tmp = std::getenv("TEST_TMPDIR");
+  std::string root = std::string(tmp ? tmp : "/tmp") + "/responder_XXXXXX";
+  ASSERT_NE(mkdtemp(root.data()), nullptr);
+  FILE* file = std::fopen((root + "/a.txt").c_str(), "w");
+  ASSERT_NE(file, nullptr);
+  std::fputs("abc", file);
+  std::fclose(file);
+  const std::unique_ptr<http::StaticFiles> files = http::StaticFiles::open(root.c_str());
+  ASSERT_NE(files, nullptr);
+  http::Responder responder(http::Limits{}, files.get());
+  // Past the file's mtime; the last run of spaces is longer than a value is kept.
+  for (const std::string& after :
+       std::initializer_list<std::string>{"", " ", "\t", " \t ", std::string(30, ' ')}) {
+    http::Output out;
+    responder.parse(nullptr,
+                    "GET /a.txt HTTP/1.1\r\nHost: x\r\n"
+                    "If-Modified-Since: Fri, 01 Jan 2100 00:00:00 GMT" + after + "\r\n\r\n",
+                    &out);
+    for (const http::FileBody& body : out.files) std::fclose(body.file);
+    EXPECT_EQ(out.bytes.substr(0, out.bytes.find("\r\n")), "HTTP/1.1 304 Not Modified")
+        << "value followed by \"" << after << "\"";
+  }
 }
 
 TEST(ResponderTest, DateLineIsAnImfFixdate) {
