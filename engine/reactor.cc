@@ -428,19 +428,6 @@ void Reactor::want_on_data_again(int fd, FdSlot& slot) {
   on_data_again_.push_back(fd_key(fd, slot.generation.load(std::memory_order_relaxed)));
 }
 
-long Reactor::flush_fd(int fd, FdSlot& slot, std::size_t budget, bool notify_ready) {
-  const uint32_t generation = slot.generation.load(std::memory_order_relaxed);
-  bool ready = false;
-  const long written = send_and_settle(fd, slot, budget, &ready);
-  // on_ready last and once, after the close check: what it writes is queued for a later flush
-  // (a close it asks for waits for that), and nothing here touches the slot after it.
-  if (ready && notify_ready && api_->on_ready && is_current(slot, generation, this) &&
-      !(slot.flags & kPaused)) {
-    api_->on_ready(api_, fd);
-  }
-  return written;
-}
-
 long Reactor::send_and_settle(int fd, FdSlot& slot, std::size_t budget, bool* ready) {
   if (slot.flags & kFailed) {
     const int err = slot_error(slot);
@@ -454,9 +441,11 @@ long Reactor::send_and_settle(int fd, FdSlot& slot, std::size_t budget, bool* re
   if (result == SendResult::kDrained) {
     if (Profile* p = profile()) p->drained(fd, profile_now_us());
   }
+  // on_ready is owed only where the fd stays open (every return below that leaves it so).
+  bool resumed = false;
   if (written) {
     stamp_activity(slot);  // write progress keeps a long download alive
-    if (result != SendResult::kError) *ready = resume_if_drained(fd, slot);
+    if (result != SendResult::kError) resumed = resume_if_drained(fd, slot);
   }
   switch (result) {
     case SendResult::kError: {
@@ -467,6 +456,7 @@ long Reactor::send_and_settle(int fd, FdSlot& slot, std::size_t budget, bool* re
     }
     case SendResult::kBlocked:
       slot.flags |= kWriteBlocked;
+      *ready = resumed;
       return static_cast<long>(written);
     case SendResult::kHeld:
       // The holding layer waits for input (a TLS handshake). After the peer's EOF none comes:
@@ -482,9 +472,11 @@ long Reactor::send_and_settle(int fd, FdSlot& slot, std::size_t budget, bool* re
         slot.flags |= kWriteBlocked;  // the pause's promise stands: on_ready once drained
         if (slot.flags & kReadPending) want_on_data_again(fd, slot);
       }
+      *ready = resumed;
       return static_cast<long>(written);
     case SendResult::kBudget:
       want_flush(fd, slot);
+      *ready = resumed;
       return static_cast<long>(written);
     case SendResult::kDrained:
       break;
@@ -492,6 +484,7 @@ long Reactor::send_and_settle(int fd, FdSlot& slot, std::size_t budget, bool* re
   switch (close_if_due(fd, slot, api_)) {
     case Drained::kMoreQueued:  // a layer queued a final record: send it first
       want_flush(fd, slot);
+      *ready = resumed;
       return static_cast<long>(written);
     case Drained::kClosed:
       return static_cast<long>(written);
@@ -500,9 +493,19 @@ long Reactor::send_and_settle(int fd, FdSlot& slot, std::size_t budget, bool* re
   }
   if (slot.flags & kWriteBlocked) {
     slot.flags &= ~kWriteBlocked;
-    *ready = true;
+    resumed = true;
   }
+  *ready = resumed;
   return static_cast<long>(written);
+}
+
+long Reactor::flush_fd(int fd, FdSlot& slot, std::size_t budget, bool notify_ready) {
+  bool ready = false;  // set only where the fd stays open
+  const long written = send_and_settle(fd, slot, budget, &ready);
+  // on_ready last and once, after the close check: what it writes is queued for a later flush
+  // (a close it asks for waits for that), and nothing here touches the slot after it.
+  if (ready && notify_ready && api_->on_ready && !(slot.flags & kPaused)) api_->on_ready(api_, fd);
+  return written;
 }
 
 int Reactor::watch(int fd, const FdSlot& slot) {
