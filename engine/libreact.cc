@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstdint>
 
+#include "engine/defaults.h"
 #include "engine/fd_table.h"
 #include "engine/reactor.h"
 
@@ -62,7 +63,10 @@ void reactor_close(struct Reactor* reactor, int fd) {
 int reactor_set_limits(struct Reactor* reactor, const struct ReactorLimits* limits) {
   engine::Reactor* r = engine::Reactor::of(reactor, true);
   if (!r) return -1;
-  if (!limits || (limits->high_watermark && limits->low_watermark > limits->high_watermark)) {
+  // Against the high watermark in effect: 0 means the default, which a low one may not pass.
+  const std::size_t high =
+      !limits ? 0 : limits->high_watermark ? limits->high_watermark : engine::kHighWatermark;
+  if (!limits || limits->low_watermark > high) {
     errno = EINVAL;
     return -1;
   }

@@ -140,7 +140,7 @@ struct ReactorLimits {
 /** Sets the reactor's limits. memory_budget applies at once; the watermarks to every
  * connection without its own at its next write or flush; idle_timeout_ms as its comment says.
  * Owner thread, or before the reactor runs. Returns 0, or -1 with errno EINVAL (NULL, or a
- * low watermark above the high one). */
+ * low watermark above the high one, or above the default high one when high is 0). */
 int reactor_set_limits(struct Reactor* reactor, const struct ReactorLimits* limits);
 
 /** Creates a timer fd (timerfd, non-blocking, close-on-exec). Returns it, or -1 with errno. */

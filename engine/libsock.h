@@ -254,7 +254,7 @@ int sock_set_timeout(int fd, unsigned idle_ms);
 int sock_set_deadline(int fd, unsigned ms);
 
 /** fd's watermarks (0, 0: the reactor's): above `high` queued bytes reading pauses, at or
- * below `low` it resumes and on_ready runs. Owner thread. Returns 0, or -1 with errno
+ * below `low` (0: once the queue is empty) it resumes and on_ready runs. Owner thread. Returns 0, or -1 with errno
  * (EINVAL if low > high, ENOMEM). */
 int sock_set_watermarks(int fd, size_t high, size_t low);
 

@@ -670,8 +670,10 @@ void Reactor::check_high_watermark(FdSlot& slot) {
 
 bool Reactor::resume_if_drained(int fd, FdSlot& slot) {
   if (!(slot.flags & kPaused)) return false;
-  const std::size_t own = slot.extra ? slot.extra->low_watermark : 0;
-  const std::size_t low = own ? own : limits_.low_watermark;
+  // A connection's own pair holds both marks (sock_set_watermarks): its low of 0 means "once
+  // empty", never the reactor's low, which may lie above its own high.
+  const bool own = slot.extra && slot.extra->high_watermark;
+  const std::size_t low = own ? slot.extra->low_watermark : limits_.low_watermark;
   if (slot.queued_bytes > low) return false;
   slot.flags &= ~kPaused;
   if (slot.flags & kReadPending) want_on_data_again(fd, slot);  // input waited behind the pause

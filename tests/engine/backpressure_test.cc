@@ -274,6 +274,10 @@ TEST_F(EchoTest, WatermarksAreValidated) {
   bad.low_watermark = 2000;
   EXPECT_EQ(reactor_set_limits(&r_, &bad), -1);
   EXPECT_EQ(errno, EINVAL);
+  bad.high_watermark = 0;  // the default high, 1 MiB, in effect
+  bad.low_watermark = 2 * 1024 * 1024;
+  EXPECT_EQ(reactor_set_limits(&r_, &bad), -1);
+  EXPECT_EQ(errno, EINVAL);
 }
 
 // on_ready once a pause ends, written to and closed in that callback: all it writes before
@@ -284,12 +288,15 @@ class ReadyAfterPauseTest : public testing_support::OneClientFixture {
  protected:
   void on_ready(struct Reactor* r, int fd) override {
     ++ready_calls_;
-    if (fd != server_ || wrote_tail_) return;
+    if (fd == server_) pending_at_ready_ = sock_pending(fd);
+    if (fd != server_ || !write_tail_ || wrote_tail_) return;
     wrote_tail_ = true;
     EXPECT_EQ(sock_write(fd, tail_.data(), tail_.size()), 0);  // more than the kernel takes
     sock_close(r, fd);
   }
   int ready_calls_ = 0;
+  ssize_t pending_at_ready_ = -1;
+  bool write_tail_ = true;  // and close, from on_ready
   bool wrote_tail_ = false;
   const std::string head_ = pattern(256 * 1024, 5);
   const std::string tail_ = pattern(256 * 1024, 6);
@@ -306,6 +313,22 @@ TEST_F(ReadyAfterPauseTest, WhatOnReadyWritesBeforeClosingIsSentAndOnReadyComesO
                                     << testing_support::first_difference(got, head_ + tail_);
   EXPECT_EQ(ready_calls_, 1);
   EXPECT_EQ(server_closes_, 1);
+}
+
+// A connection's own high watermark with a low of 0 resumes once its queue is empty: it
+// resumed at the reactor's low (256 KiB), far above this high, at once.
+TEST_F(ReadyAfterPauseTest, OwnHighWithLowZeroResumesOnceTheQueueIsEmpty) {
+  connect_client(kSmallBuffer);
+  ASSERT_EQ(sock_set_watermarks(server_, 4096, 0), 0);
+  write_tail_ = false;
+  ASSERT_EQ(sock_write(server_, head_.data(), head_.size()), 0);  // mostly queued: paused
+  ASSERT_GT(sock_pending(server_), 4096);
+  std::string got;
+  ASSERT_TRUE(run_until(&r_, [&] {
+    testing_support::drain(client_, &got);
+    return ready_calls_ > 0;
+  }));
+  EXPECT_EQ(pending_at_ready_, 0);
 }
 
 // ---------------------------------------------------------------------------------------
