@@ -168,7 +168,8 @@ struct SockWriteOpt {
   /** The data, or a FILE* when .file is set. */
   const void* buffer SOCK_CXX_ZERO_;
   /** Bytes in buffer. For .file: bytes to send from the file's current offset, 0 meaning up
-   * to its end. */
+   * to its end; a file that holds fewer when they are sent fails the connection (EIO) rather
+   * than end the stream short. */
   size_t length SOCK_CXX_ZERO_;
   /** The library takes ownership of buffer (allocated with malloc) and frees it once sent or
    * on error; no copy is made. */

@@ -8,6 +8,7 @@
 #include <sys/uio.h>
 
 #include <algorithm>
+#include <limits>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -187,10 +188,14 @@ int file_segment_init(Packet* p, FILE* file, std::size_t length) {
   }
   const off_t offset = ftello(file);
   if (offset < 0) return -1;
-  off_t end = std::max(st.st_size, offset);
-  if (length && static_cast<uint64_t>(end - offset) > length) {
-    end = offset + static_cast<off_t>(length);
+  // A length given is a promise to the peer (a Content-Length): all of it goes, or the
+  // connection fails once the file ends early (send_file_packet), never a short stream that
+  // the next response would continue. Without one, the file's end now is the end.
+  if (length > static_cast<uint64_t>(std::numeric_limits<off_t>::max() - offset)) {
+    errno = EINVAL;
+    return -1;
   }
+  const off_t end = length ? offset + static_cast<off_t>(length) : std::max(st.st_size, offset);
   p->buffer = file;
   p->metadata.is_file = 1;
   *segment_of(p) = FileSegment{fd, offset, end};

@@ -238,15 +238,27 @@ TEST_F(FileWriteTest, FileIsSentFromItsCurrentOffsetAndLengthLimitsIt) {
   ASSERT_EQ(sock_write2(.fd = server_, .buffer = after_fread, .file = 1), 0);
   expected += content.substr(10);
 
-  // A length past the end stops at the end.
-  FILE* near_end = make_file(content);
-  ASSERT_EQ(fseek(near_end, 99000, SEEK_SET), 0);
-  ASSERT_EQ(sock_write2(.fd = server_, .buffer = near_end, .length = 10 * kMiB, .file = 1), 0);
-  expected += content.substr(99000);
   const std::string tail = "end";
   ASSERT_EQ(sock_write(server_, tail.data(), tail.size()), 0);
   expected += tail;
   expect_arrives(expected);
+}
+
+// A length is a promise (an HTTP server's Content-Length, from a stat made before the write):
+// a file that holds fewer bytes must not end the stream short and let the next write go on as
+// if they had all been sent. The connection fails after the bytes there are.
+TEST_F(FileWriteTest, LengthPastTheFilesEndFailsTheConnectionAfterItsBytes) {
+  const std::string content = pattern(100000, 63);
+  connect_client();
+  FILE* near_end = make_file(content);
+  ASSERT_EQ(fseek(near_end, 99000, SEEK_SET), 0);
+  ASSERT_EQ(sock_write2(.fd = server_, .buffer = near_end, .length = 10 * kMiB, .file = 1), 0);
+  const std::string tail = "next response";
+  ASSERT_EQ(sock_write(server_, tail.data(), tail.size()), 0);
+  std::string got;
+  ASSERT_TRUE(read_until_closed(client_, &got, content.size()));
+  EXPECT_EQ(got, content.substr(99000));
+  EXPECT_EQ(server_closes_, 1);
 }
 
 // --- 4. The FILE* is closed --------------------------------------------------------------------

@@ -29,7 +29,8 @@
 // opcode byte and its arguments (bytes, little-endian 16-bit numbers; a short input reads 0s):
 //   opcode & 0x80: urgent (copy, move, file, packets);
 //   opcode & 0x3f: 0x3e close, 0x3f force close, otherwise (that % 8):
-//     0 copy LEN16 | 1 move LEN16 | 2 file INDEX OFFSET16 (x4, may pass the end) LEN16 (0: all)
+//     0 copy LEN16 | 1 move LEN16 | 2 file INDEX OFFSET16 (x4, may pass the end) LEN16 (0: all;
+//       at most what the file holds from there)
 //     3 packets COUNT, then COUNT x (KIND LEN16 | file: KIND INDEX OFFSET16)
 //     4 flush | 5 read LEN16 | 6 run TURNS | 7 pump TURNS (run and read all)
 #include <sys/socket.h>
@@ -357,7 +358,10 @@ class Run {
       std::fclose(file);
       return;
     }
-    if (!accepted(sock_write2(.fd = fd_, .buffer = file, .length = length, .urgent = urgent,
+    // A length past the file's end fails the connection (libsock.h; file_write_test proves
+    // it): the stream model here asks for what the file holds.
+    const std::size_t asked = length ? rest.size() : 0;
+    if (!accepted(sock_write2(.fd = fd_, .buffer = file, .length = asked, .urgent = urgent,
                               .file = 1))) {
       return;
     }
