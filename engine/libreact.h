@@ -133,7 +133,8 @@ struct ReactorLimits {
   size_t low_watermark;
   /** Most bytes of packets the reactor's pool may have out (0: no bound), in whole packets
    * (sizeof(struct Packet)), rounded down, and one packet at least. A write that would need
-   * more fails with ENOBUFS and queues nothing. */
+   * more fails with ENOBUFS and queues nothing; one posted from another thread (which was
+   * told 0 already) fails its connection instead. */
   size_t memory_budget;
 };
 

@@ -20,10 +20,10 @@
  *   off the owner thread they are posted to it, stamped with the fd's generation, and return
  *   0 once queued (the result of the work itself is not reported back; a call that finds the
  *   connection closed when it runs is dropped, and what it owned is freed; a posted write
- *   that the owner cannot queue, its memory budget spent or no memory, fails the connection,
- *   SOCK_CLOSE_ERROR, rather than leave a gap in the stream), and the reactor wakes from its
- *   wait to run them. A posted open (sock_accept, sock_connect, sock_open) takes
- *   effect when the owner runs it: until then the new fd's calls fail with EBADF, so use it
+ *   that the owner cannot queue, for any reason (its memory budget spent, no memory, a FILE*
+ *   that is not a regular file), fails the connection, SOCK_CLOSE_ERROR, rather than leave a
+ *   gap in the stream), and the reactor wakes from its wait to run them. A posted open
+ *   (sock_accept, sock_connect, sock_open) takes effect when the owner runs it: until then the new fd's calls fail with EBADF, so use it
  *   from the owner's callbacks (a sharded server's on_open). sock_read, sock_clear, the
  *   per-connection settings (sock_set_timeout, sock_set_deadline, sock_set_watermarks,
  *   sock_pending) and the sock_tlc_ calls need the owner thread: elsewhere they fail with
@@ -201,7 +201,8 @@ struct SockWriteOpt {
  * together in one writev at the flush. So build a reply in one buffer to send it in one
  * syscall. Not with transport layers, while connecting, or while the kernel refuses.
  * Returns 0 when everything was queued (as the seed did), or -1 with errno: EBADF (closed
- * fd), EINVAL (NULL buffer with a length), ENOMEM, ENOBUFS (the reactor's memory budget is
+ * fd), EINVAL (NULL buffer with a length; for .file, not a regular file, or a .length past
+ * what a file offset can reach), ENOMEM, ENOBUFS (the reactor's memory budget is
  * spent: nothing was queued, see struct ReactorLimits), EPIPE (the connection is closing). */
 ssize_t sock_write2_fn(struct SockWriteOpt options);
 
@@ -255,8 +256,8 @@ int sock_set_timeout(int fd, unsigned idle_ms);
 int sock_set_deadline(int fd, unsigned ms);
 
 /** fd's watermarks (0, 0: the reactor's): above `high` queued bytes reading pauses, at or
- * below `low` (0: once the queue is empty) it resumes and on_ready runs. Owner thread. Returns 0, or -1 with errno
- * (EINVAL if low > high, ENOMEM). */
+ * below `low` (0: once the queue is empty) it resumes and on_ready runs. Owner thread.
+ * Returns 0, or -1 with errno (EINVAL if low > high, ENOMEM). */
 int sock_set_watermarks(int fd, size_t high, size_t low);
 
 /** Bytes queued for fd and not yet written (file bytes included). Owner thread; -1 with

@@ -273,9 +273,9 @@ class Reactor {
   // Ends fd's pause once its queue is at the low watermark: true if it ended (on_ready owed).
   bool resume_if_drained(int fd, FdSlot& slot);
   // flush_fd() without its on_ready: sets *ready when one is owed (a pause ended, or a queue
-  // the kernel had refused drained) and the fd stays open, and closes the fd when due. Inlined into flush_fd, which
-  // runs for every connection at every flush step: as a call of its own it cost a short
-  // connection about 25 instructions (bench/callgrind.sh, close16).
+  // the kernel had refused drained) and the fd stays open, and closes the fd when due.
+  // Inlined into flush_fd, which runs for every connection at every flush step: as a call of
+  // its own it cost a short connection about 25 instructions (bench/callgrind.sh, close16).
   [[gnu::always_inline]] inline long send_and_settle(int fd, FdSlot& slot, std::size_t budget,
                                                      bool* ready);
   static int64_t monotonic_ms(void* unused);

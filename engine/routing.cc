@@ -53,18 +53,24 @@ void open_batch_posted(Reactor& reactor, const RemoteCall& call) {
 }
 
 // A posted write or packet that could not be queued here (ENOBUFS under the memory budget,
-// ENOMEM): its poster was told 0, "queued", and the calls after it would go on with a gap in
-// the stream, so the connection fails. EBADF and EPIPE mean it is closed or closing already.
-void fail_unqueued(const RemoteCall& call, int err) {
-  if (err == EBADF || err == EPIPE || !still_current(call)) return;
-  if (FdSlot* slot = open_slot(call.fd())) fail_connection(call.fd(), *slot, err);
+// ENOMEM, a FILE* that is not a regular file): its poster was told 0, "queued", and the calls
+// after it would go on with a gap in the stream, so the connection fails. Decided by the slot,
+// not by errno: one closed or closing already needs nothing, and one that another reactor
+// holds now (moved there; the write was forwarded and its post failed) is that thread's.
+void fail_unqueued(Reactor& reactor, const RemoteCall& call, int err) {
+  if (!still_current(call)) return;
+  FdSlot* slot = fd_slot(call.fd());
+  if (slot && load_owner(*slot) == &reactor && (slot->flags & kOpen) &&
+      !(slot->flags & (kClosing | kFailed))) {
+    fail_connection(call.fd(), *slot, err);
+  }
 }
 
 // kWrite, kWriteFile: written through the handle of the connection the call was made for, so
 // a connection that closed meanwhile drops it (write_data frees what it owns). Small copies
 // merge into the queue's packets (copied once more, then freed); large ones are linked as
 // they are.
-void write_posted(const RemoteCall& call) {
+void write_posted(Reactor& reactor, const RemoteCall& call) {
   const bool file = call.kind == Kind::kWriteFile;
   const bool merge = !file && call.length <= kRecordPayload;
   SockWriteOpt opt{};
@@ -74,7 +80,7 @@ void write_posted(const RemoteCall& call) {
   opt.file = file;
   opt.urgent = call.urgent;
   opt.uuid = make_uuid(call.fd(), call.generation());
-  if (write_data(opt) < 0) fail_unqueued(call, errno);
+  if (write_data(opt) < 0) fail_unqueued(reactor, call, errno);
   if (merge) std::free(call.data);
 }
 
@@ -149,7 +155,7 @@ void run_posted(Reactor& reactor, const RemoteCall& call) {
       return;
     case Kind::kWrite:
     case Kind::kWriteFile:
-      write_posted(call);
+      write_posted(reactor, call);
       return;
     case Kind::kSendPacket:
       if (!still_current(call)) {
@@ -157,7 +163,7 @@ void run_posted(Reactor& reactor, const RemoteCall& call) {
       } else if (send_packet(call.fd(), static_cast<Packet*>(call.data)) < 0) {
         const int err = errno;
         packet_chain_free(static_cast<Packet*>(call.data));
-        fail_unqueued(call, err);
+        fail_unqueued(reactor, call, err);
       }
       return;
     case Kind::kFlush:

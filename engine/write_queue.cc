@@ -8,10 +8,10 @@
 #include <sys/uio.h>
 
 #include <algorithm>
-#include <limits>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 
 #include "engine/reactor.h"
 #include "engine/tlc.h"
@@ -265,8 +265,9 @@ SendResult send_file_packet(int fd, FdSlot& slot, Packet* p, std::size_t budget,
     const ssize_t r = pread(seg->fd, chunk->internal_memory, std::min(left, kRecordPayload),
                             seg->offset);
     if (r <= 0) {
+      const int err = r == 0 ? EIO : errno;  // r == 0: the file shrank under us
       packet_chain_free(chunk);
-      return fail_send(slot, r == 0 ? EIO : errno);  // r == 0: the file shrank under us
+      return fail_send(slot, err);
     }
     seg->offset += r;
     chunk->length = r;
