@@ -19,6 +19,7 @@
 #include <string_view>
 #include <vector>
 
+#include "tests/tools/http/one_file_root.h"
 #include "tools/http/responder.h"
 #include "tools/http/static_files.h"
 
@@ -277,16 +278,9 @@ TEST(ResponderReadsTest, TrailingWhitespaceOfTransferEncodingAndExpectIsNotPartO
 // of If-Modified-Since does not). Not new in issue 10, but the fix of the test above (trailer
 // names not looked at) fixes this too.
 TEST(ResponderReadsTest, IfModifiedSinceTrailerDoesNotMakeA304) {
-  const char* tmp = std::getenv("TEST_TMPDIR");
-  std::string root = std::string(tmp ? tmp : "/tmp") + "/responder_reads_XXXXXX";
-  ASSERT_NE(mkdtemp(root.data()), nullptr);
-  FILE* file = std::fopen((root + "/a.txt").c_str(), "w");
-  ASSERT_NE(file, nullptr);
-  std::fputs("abc", file);
-  std::fclose(file);
-  const std::unique_ptr<http::StaticFiles> files = http::StaticFiles::open(root.c_str());
-  ASSERT_NE(files, nullptr);
-  http::Responder responder(http::Limits{}, files.get());
+  const testing_support::OneFileRoot root = testing_support::one_file_root("responder_reads");
+  ASSERT_NE(root.files, nullptr);
+  http::Responder responder(http::Limits{}, root.files.get());
   http::Output out;
   responder.parse(nullptr,
                   "GET /a.txt HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n"

@@ -17,6 +17,7 @@
 #include <string>
 #include <string_view>
 
+#include "tests/tools/http/one_file_root.h"
 #include "tools/http/static_files.h"
 
 namespace {
@@ -410,16 +411,9 @@ TEST(ResponderTest, ErrorResponsesToHeadHaveNoBody) {
 // RFC 9110 5.5: whitespace after a field value is no part of it. llhttp 8.1 passes it on, and
 // a date followed by a space or tab was read as no date: the whole file (200), not a 304.
 TEST(ResponderTest, IfModifiedSinceFollowedByWhitespaceGives304) {
-  const char* tmp = std::getenv("TEST_TMPDIR");
-  std::string root = std::string(tmp ? tmp : "/tmp") + "/responder_XXXXXX";
-  ASSERT_NE(mkdtemp(root.data()), nullptr);
-  FILE* file = std::fopen((root + "/a.txt").c_str(), "w");
-  ASSERT_NE(file, nullptr);
-  std::fputs("abc", file);
-  std::fclose(file);
-  const std::unique_ptr<http::StaticFiles> files = http::StaticFiles::open(root.c_str());
-  ASSERT_NE(files, nullptr);
-  http::Responder responder(http::Limits{}, files.get());
+  const testing_support::OneFileRoot root = testing_support::one_file_root("responder");
+  ASSERT_NE(root.files, nullptr);
+  http::Responder responder(http::Limits{}, root.files.get());
   // Past the file's mtime; the last run of spaces is longer than a value is kept.
   for (const std::string& after :
        std::initializer_list<std::string>{"", " ", "\t", " \t ", std::string(30, ' ')}) {

@@ -17,6 +17,8 @@
 #include <memory>
 #include <string>
 
+#include "tests/tools/http/one_file_root.h"
+
 namespace {
 
 namespace http = tools::http;
@@ -27,16 +29,10 @@ namespace http = tools::http;
 // and holds on until the test lets it go; open_file() runs on a thread of its own, so that a
 // blocked one fails the test at the deadline instead of hanging it.
 TEST(StaticFilesTest, FileUnderAWriteLeaseIsNoneThereInsteadOfWaitedFor) {
-  const char* tmp = std::getenv("TEST_TMPDIR");
-  std::string root = std::string(tmp ? tmp : "/tmp") + "/static_files_XXXXXX";
-  ASSERT_NE(mkdtemp(root.data()), nullptr);
-  const std::string path = root + "/a.txt";
-  FILE* file = std::fopen(path.c_str(), "w");
-  ASSERT_NE(file, nullptr);
-  std::fputs("abc", file);
-  std::fclose(file);
-  const std::unique_ptr<http::StaticFiles> files = http::StaticFiles::open(root.c_str());
-  ASSERT_NE(files, nullptr);
+  const testing_support::OneFileRoot root = testing_support::one_file_root("static_files");
+  ASSERT_NE(root.files, nullptr);
+  const std::string& path = root.path;
+  const std::unique_ptr<http::StaticFiles>& files = root.files;
 
   int ready[2], release[2];
   ASSERT_EQ(pipe(ready), 0);
