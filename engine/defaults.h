@@ -20,6 +20,12 @@ inline constexpr int64_t kStopDrainMs = 5000;
 inline constexpr std::size_t kHighWatermark = std::size_t{1} << 20;
 inline constexpr std::size_t kLowWatermark = kHighWatermark / 4;
 static_assert(kLowWatermark < kHighWatermark);
+// A low watermark may not pass the high one in effect (a high of 0 stands for the default):
+// a queue that paused above it would resume at once. Both reactor_set_limits and
+// sock_server_start refuse the pair with EINVAL.
+inline constexpr bool watermarks_valid(std::size_t high, std::size_t low) {
+  return low <= (high ? high : kHighWatermark);
+}
 
 // The sharded server's idle timeout (SockServerSettings.idle_timeout_ms): a plain reactor has
 // none, but a server facing the network must not keep a silent connection's fd for ever.

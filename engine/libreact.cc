@@ -63,10 +63,7 @@ void reactor_close(struct Reactor* reactor, int fd) {
 int reactor_set_limits(struct Reactor* reactor, const struct ReactorLimits* limits) {
   engine::Reactor* r = engine::Reactor::of(reactor, true);
   if (!r) return -1;
-  // Against the high watermark in effect: 0 means the default, which a low one may not pass.
-  const std::size_t high =
-      !limits ? 0 : limits->high_watermark ? limits->high_watermark : engine::kHighWatermark;
-  if (!limits || limits->low_watermark > high) {
+  if (!limits || !engine::watermarks_valid(limits->high_watermark, limits->low_watermark)) {
     errno = EINVAL;
     return -1;
   }

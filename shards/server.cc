@@ -193,7 +193,8 @@ void stop_threads(SockServer& server) {
 extern "C" {
 
 struct SockServer* sock_server_start_fn(struct SockServerSettings settings) {
-  if (!settings.port) {
+  if (!settings.port ||
+      !engine::watermarks_valid(settings.high_watermark, settings.low_watermark)) {
     errno = EINVAL;
     return nullptr;
   }

@@ -93,7 +93,8 @@ struct SockServerSettings {
 
 struct SockServer;
 
-/** Listens and starts the shards. Returns the server, or NULL with errno. */
+/** Listens and starts the shards. Returns the server, or NULL with errno (EINVAL: no port, or
+ * a low watermark above the high one in effect, as reactor_set_limits refuses it). */
 struct SockServer* sock_server_start_fn(struct SockServerSettings settings);
 #ifdef __cplusplus
 #define sock_server_start(...) sock_server_start_fn(SockServerSettings{__VA_ARGS__})

@@ -210,6 +210,28 @@ void wm_on_ready(Reactor* r, int fd) {
 // they became ready, so the shard dispatched the earlier event first (in the same batch or an
 // earlier one). That is how the test knows the paused connections' input had its chance to be
 // read, without sleeping.
+// A low watermark above the high one, or above the default high (1 MiB) that a high of 0
+// stands for, is refused before anything starts, as reactor_set_limits refuses it: the
+// shards took the pair unchecked, and a connection paused by it resumed at once.
+TEST(ServerSettingsTest, WatermarksAreValidatedBeforeAnythingStarts) {
+  errno = 0;
+  EXPECT_EQ(sock_server_start(.address = "127.0.0.1", .port = "0", .threads = 1,
+                              .high_watermark = 1000, .low_watermark = 2000),
+            nullptr);
+  EXPECT_EQ(errno, EINVAL);
+  errno = 0;
+  EXPECT_EQ(sock_server_start(.address = "127.0.0.1", .port = "0", .threads = 1,
+                              .low_watermark = 2 << 20),
+            nullptr);
+  EXPECT_EQ(errno, EINVAL);
+  SockServer* fine = sock_server_start(.address = "127.0.0.1", .port = "0", .threads = 1,
+                                       .high_watermark = 1000, .low_watermark = 1000);
+  EXPECT_NE(fine, nullptr);
+  if (fine) {
+    EXPECT_EQ(sock_server_stop(fine), 0);
+  }
+}
+
 TEST(ServerSettingsTest, HighWatermarkPausesReadingUntilTheQueueDrainsToTheLowWatermark) {
   WmState state;
   wm = &state;
