@@ -504,7 +504,14 @@ long Reactor::flush_fd(int fd, FdSlot& slot, std::size_t budget, bool notify_rea
   const long written = send_and_settle(fd, slot, budget, &ready);
   // on_ready last and once, after the close check: what it writes is queued for a later flush
   // (a close it asks for waits for that), and nothing here touches the slot after it.
-  if (ready && notify_ready && api_->on_ready && !(slot.flags & kPaused)) api_->on_ready(api_, fd);
+  if (ready && notify_ready && api_->on_ready && !(slot.flags & kPaused)) {
+    api_->on_ready(api_, fd);
+  } else if (ready && !notify_ready) {
+    // sock_flush (or a posted flush) ran inside the application's code, where no callback
+    // may: the flush step owes the on_ready (kWriteBlocked: "on_ready once drained").
+    slot.flags |= kWriteBlocked;
+    want_flush(fd, slot);
+  }
   return written;
 }
 

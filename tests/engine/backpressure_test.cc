@@ -331,6 +331,42 @@ TEST_F(ReadyAfterPauseTest, OwnHighWithLowZeroResumesOnceTheQueueIsEmpty) {
   EXPECT_EQ(pending_at_ready_, 0);
 }
 
+// The queue drained by the application's own sock_flush calls (the client reading between
+// them, the reactor not run): the pause, or the kernel's refusal, that promised an on_ready
+// ended inside sock_flush, which cleared it without the callback, and no later edge brought
+// it. It now comes at the next flush step.
+TEST_F(ReadyAfterPauseTest, APauseOrARefusalThatEndsInsideSockFlushStillGetsItsOnReady) {
+  write_tail_ = false;
+  for (const std::size_t high : {std::size_t{4096}, std::size_t{0}}) {  // 0: no pause, EAGAIN
+    SCOPED_TRACE(high ? "paused" : "refused by the kernel");
+    connect_client(kSmallBuffer);
+    if (high) {
+      ASSERT_EQ(sock_set_watermarks(server_, high, 0), 0);
+    }
+    ready_calls_ = 0;
+    ASSERT_EQ(sock_write(server_, head_.data(), head_.size()), 0);
+    ASSERT_GT(sock_pending(server_), 4096);
+    std::string got;
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (sock_pending(server_) > 0 && std::chrono::steady_clock::now() < give_up) {
+      testing_support::drain(client_, &got);
+      ASSERT_GE(sock_flush(server_), 0);
+    }
+    ASSERT_EQ(sock_pending(server_), 0);
+    EXPECT_EQ(ready_calls_, 0) << "on_ready ran inside sock_flush";
+    EXPECT_TRUE(run_until(&r_, [&] {
+      testing_support::drain(client_, &got);
+      return ready_calls_ > 0 && got.size() == head_.size();
+    })) << "no on_ready after the queue drained";
+    EXPECT_EQ(ready_calls_, 1);
+    EXPECT_TRUE(got == head_);
+    close(client_);
+    client_ = -1;
+    ASSERT_TRUE(run_until(&r_, [&] { return server_closes_ > 0; }));
+    server_closes_ = 0;
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // The memory budget
 
