@@ -149,7 +149,11 @@ int open_here(Reactor* reactor, int fd, FdSlot& slot, bool connecting, bool watc
     errno = err;
     return -1;
   }
-  if (reactor) reactor->start_timers(fd, slot, watch);
+  if (reactor) {
+    reactor->start_timers(fd, slot, watch);
+  } else {
+    slot.activity_tick = 0;  // no timers until a reactor takes it (Reactor::resume_timers)
+  }
   return 0;
 }
 

@@ -39,7 +39,12 @@ int reactor_add(struct Reactor* reactor, int fd) {
     return -1;
   }
   FdSlot* slot = engine::fd_slot_make(fd);
-  return slot ? r->attach(fd, *slot) : -1;
+  if (!slot) return -1;
+  // The flags are this thread's to read only while this reactor holds the fd.
+  const bool here = engine::load_owner(*slot) == r && (slot->flags & engine::kAttached);
+  if (r->attach(fd, *slot) < 0) return -1;
+  if (!here && (slot->flags & engine::kOpen)) r->resume_timers(fd, *slot);
+  return 0;
 }
 
 int reactor_remove(struct Reactor* reactor, int fd) {

@@ -108,7 +108,9 @@ void reactor_stop(struct Reactor* reactor);
  * to one). */
 int reactor_add(struct Reactor* reactor, int fd);
 
-/** Detaches fd from the reactor without closing it; its sock_ state is kept.
+/** Detaches fd from the reactor without closing it; its sock_ state is kept, timers too: added
+ * back (reactor_add, to this reactor or another), its idle timeout and deadline go on as if
+ * it had never left, and one that expired meanwhile closes it at that reactor's timer step.
  * Returns 0, or -1 with errno (EBADF if fd is not attached to this reactor). */
 int reactor_remove(struct Reactor* reactor, int fd);
 

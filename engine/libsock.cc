@@ -187,7 +187,7 @@ int sock_set_timeout(int fd, unsigned idle_ms) {
   extra->idle_ticks = engine::Reactor::ticks_of(idle_ms);
   slot->flags |= engine::kOwnIdle;
   owner->stamp_activity(*slot);
-  owner->arm_timer(fd, *slot);
+  owner->arm_timer(fd, *slot, false);
   return 0;
 }
 
@@ -208,7 +208,7 @@ int sock_set_deadline(int fd, unsigned ms) {
   if (!extra) return -1;
   // Counted from the end of the current tick, so it never fires before `ms` have passed.
   extra->deadline_tick = owner->now_tick() + 1 + engine::Reactor::ticks_of(ms);
-  owner->arm_timer(fd, *slot);
+  owner->arm_timer(fd, *slot, false);
   return 0;
 }
 

@@ -129,7 +129,9 @@ int sock_connect(struct Reactor* owner, const char* address, const char* port);
  * sock_clear). */
 int sock_open(struct Reactor* owner, int fd);
 
-/** Attaches an fd already opened with sock_open(NULL, fd) to owner. Returns 0, or -1 with
+/** Attaches an fd already opened with sock_open(NULL, fd) to owner: owner's idle timeout
+ * applies from now (a connection moved from another reactor leaves its own timeout and
+ * deadline behind; reactor_add keeps them). Returns 0, or -1 with
  * errno (EBADF if fd is not open; EEXIST if a reactor that another thread drives holds it,
  * EBUSY when called off owner's thread for an fd that a reactor holds). */
 int sock_attach(struct Reactor* owner, int fd);
@@ -254,7 +256,8 @@ int sock_set_timeout(int fd, unsigned idle_ms);
 
 /** Closes fd ms from now whatever it does (0 clears): for protocols' "whole request within T"
  * (slowloris). Owner thread, attached fd. Returns 0, or -1 with errno (EBADF, EINVAL,
- * ENOMEM). */
+ * ENOMEM). Neither call closes fd itself: one whose other timer has already expired closes
+ * at the reactor's timer step (on_close after the call returns, SOCK_CLOSE_TIMEOUT). */
 int sock_set_deadline(int fd, unsigned ms);
 
 /** fd's watermarks (0, 0: the reactor's): above `high` queued bytes reading pauses, at or

@@ -140,7 +140,9 @@ int Reactor::init() {
   pool_ = alloc::BlockPool::create<sizeof(Packet)>(alloc::Sharing::kOwnerThread);
   if (!pool_) return -1;
   limits_ = ReactorLimits{0, kHighWatermark, kLowWatermark, 0};
-  epoch_ms_ = now_ms_ = read_clock();
+  epoch_ms_ = shared_epoch_ms();
+  now_ms_ = read_clock();
+  tick_clock();
   wheel_ = TimerWheel(now_ms_);
   api_->last_tick = time(nullptr);
   return 0;
@@ -166,6 +168,11 @@ int64_t Reactor::monotonic_ms(void*) {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t Reactor::shared_epoch_ms() {
+  static const int64_t epoch = monotonic_ms(nullptr);  // a guarded one-time initialisation
+  return epoch;
 }
 
 void Reactor::set_clock(ClockFn clock, void* context) {
@@ -689,8 +696,9 @@ bool Reactor::resume_if_drained(int fd, FdSlot& slot) {
 
 void Reactor::start_timers(int fd, FdSlot& slot, bool arm) {
   assert_owner_thread();
-  // A connection moved here from another reactor leaves its own timeout and deadline behind:
-  // they were counted in that reactor's ticks. This reactor's idle timeout applies from now.
+  // A new connection, or one sock_attach() gives this reactor: its own timeout and deadline
+  // (a moved one's) stay behind, and this reactor's idle timeout applies from now.
+  // (reactor_add keeps them: resume_timers().)
   slot.flags &= ~kOwnIdle;
   if (slot.extra) {
     slot.extra->deadline_tick = 0;
@@ -701,14 +709,21 @@ void Reactor::start_timers(int fd, FdSlot& slot, bool arm) {
   if (arm) arm_timer(fd, slot);
 }
 
-void Reactor::arm_timer(int fd, FdSlot& slot) {
+void Reactor::resume_timers(int fd, FdSlot& slot) {
+  // Its entry may have fired while no reactor held the fd, and been dropped: file a new one.
+  slot.timer_due_tick = 0;
+  if (!slot.activity_tick) stamp_activity(slot);  // opened without a reactor: idle from now
+  arm_timer(fd, slot, false);
+}
+
+void Reactor::arm_timer(int fd, FdSlot& slot, bool close_if_due) {
   assert_owner_thread();
   const uint32_t deadline = slot_deadline(slot);
   uint32_t expiry = deadline ? deadline : UINT32_MAX;
   const uint32_t idle = (slot.flags & kOwnIdle) ? slot.extra->idle_ticks : idle_ticks_;
   if (idle && slot.activity_tick + idle < expiry) expiry = slot.activity_tick + idle;
   if (expiry == UINT32_MAX) return;
-  if (expiry <= now_tick_) {
+  if (expiry <= now_tick_ && close_if_due) {
     // Idle, by the engine's count of reads and writes; but a reader that keeps reading a
     // large response makes no write progress while the kernel's send buffer (megabytes)
     // drains into it. The deadline, though, nothing extends.
@@ -719,7 +734,8 @@ void Reactor::arm_timer(int fd, FdSlot& slot) {
     close_now(fd, slot, CloseReason::kTimeout);
     return;
   }
-  // An entry that fires sooner re-checks then; a later one is superseded by this one.
+  // An entry that fires sooner re-checks then; a later one is superseded by this one. An
+  // expiry already past is filed as due: the wheel fires it at its next advance.
   if (slot.timer_due_tick && slot.timer_due_tick <= expiry) return;
   slot.timer_due_tick = expiry;
   wheel_.schedule(fd_key(fd, slot.generation.load(std::memory_order_relaxed)),

@@ -183,9 +183,16 @@ class Reactor {
   // `arm` false: the idle time counts from now, but the wheel hears of it only when
   // read_first_input() keeps the connection (a short one never costs a wheel entry).
   void start_timers(int fd, FdSlot& slot, bool arm = true);
-  // Files fd in the wheel for its earliest expiry (idle or deadline), or closes it if that has
-  // passed already. Call after changing its timeouts.
-  void arm_timer(int fd, FdSlot& slot);
+  // Files fd in the wheel for its earliest expiry (idle or deadline). One already past closes
+  // fd here with `close_if_due`; without it (the application's own calls: sock_set_timeout,
+  // sock_set_deadline, reactor_add) it is filed as due, and the timer step closes fd, so that
+  // on_close never runs inside such a call. Call after changing its timeouts.
+  void arm_timer(int fd, FdSlot& slot, bool close_if_due = true);
+  // An open connection that reactor_add brings back (after reactor_remove) or over from
+  // another reactor of this thread: its idle time, own timeout and deadline go on where they
+  // were (one tick origin for all, shared_epoch_ms()), and one that passed meanwhile closes
+  // it at the timer step. One opened without a reactor is idle from now.
+  void resume_timers(int fd, FdSlot& slot);
 
   // Bytes queued on this reactor's connections (the shard's total). count_queued: owner
   // thread; queued_total: any thread (a relaxed snapshot elsewhere).
@@ -279,6 +286,9 @@ class Reactor {
   [[gnu::always_inline]] inline long send_and_settle(int fd, FdSlot& slot, std::size_t budget,
                                                      bool* ready);
   static int64_t monotonic_ms(void* unused);
+  // The origin of every reactor's ticks on monotonic_ms: the first reading in this process.
+  // One origin, so a connection's ticks mean the same on any such reactor (resume_timers).
+  static int64_t shared_epoch_ms();
   int64_t read_clock() const { return clock_(clock_context_); }
   Profile* profile_made();
   void refresh_top_connections();
@@ -330,7 +340,7 @@ class Reactor {
   std::atomic<uint64_t> queued_total_{0};
   ClockFn clock_ = &Reactor::monotonic_ms;
   void* clock_context_ = nullptr;
-  int64_t epoch_ms_ = 0;  // the clock's origin: tick 1 starts here
+  int64_t epoch_ms_ = 0;  // the clock's origin: tick 1 starts here (shared_epoch_ms())
   int64_t now_ms_ = 0;
   uint32_t now_tick_ = 1;
   TimerWheel wheel_{0};

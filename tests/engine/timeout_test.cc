@@ -449,6 +449,77 @@ TEST_F(TimeoutTest, FailedConnectReportsError) {
   EXPECT_EQ(readies_, 0) << "a failed connect is never ready";
 }
 
+// ---------------------------------------------------------------------------------------
+// Timers across reactor_remove and reactor_add, and settings changed once a timer is past due
+
+// A connection detached while its idle timer fell due: the wheel dropped that entry, and the
+// connection, added back, was never timed out again.
+TEST_F(TimeoutTest, IdleTimerThatFellDueWhileDetachedClosesTheConnectionOnceAddedBack) {
+  set_idle_timeout(300);
+  Conn& c = open_connection();
+  ASSERT_EQ(reactor_remove(&r_, c.server), 0);
+  advance(milliseconds(1000));  // the entry falls due with nobody attached
+  EXPECT_EQ(c.closes, 0) << "a detached fd is not the reactor's to close";
+  ASSERT_EQ(reactor_add(&r_, c.server), 0);
+  EXPECT_EQ(c.closes, 0) << "closed inside reactor_add";
+  const int64_t added = now();
+  EXPECT_TRUE(advance_until([&] { return c.closes > 0; }, added + kLateness.count()));
+  EXPECT_EQ(c.closes, 1);
+  EXPECT_EQ(c.reason, SOCK_CLOSE_TIMEOUT);
+}
+
+// The same for a deadline, which nothing extends: added back before it, it still holds.
+TEST_F(TimeoutTest, DeadlineKeepsCountingWhileDetachedAndClosesTheConnectionAddedBack) {
+  constexpr milliseconds kDeadline{500};
+  set_idle_timeout(0);
+  accept_hook_ = [&](Conn& c) { EXPECT_EQ(sock_set_deadline(c.server, kDeadline.count()), 0); };
+  Conn& passed = open_connection();  // its deadline passes while detached
+  Conn& ahead = open_connection();   // added back before its deadline
+  ASSERT_EQ(reactor_remove(&r_, passed.server), 0);
+  ASSERT_EQ(reactor_remove(&r_, ahead.server), 0);
+  advance(kDeadline / 2);
+  ASSERT_EQ(reactor_add(&r_, ahead.server), 0);
+  advance(kDeadline);
+  ASSERT_EQ(reactor_add(&r_, passed.server), 0);
+  EXPECT_EQ(passed.closes, 0) << "closed inside reactor_add";
+  expect_closes_at_its_timeout(ahead, ahead.start, kDeadline);
+  EXPECT_TRUE(advance_until([&] { return passed.closes > 0; }, now() + kLateness.count()));
+  EXPECT_EQ(passed.closes, 1);
+  EXPECT_EQ(passed.reason, SOCK_CLOSE_TIMEOUT);
+}
+
+// sock_set_timeout and sock_set_deadline on a connection whose deadline or idle time passed
+// in this tick (its wheel entry not run yet) closed it inside the call: on_close ran within
+// the caller's callback, on a connection the call then reported as set. The close now waits
+// for the timer step of the same iteration.
+TEST_F(TimeoutTest, ChangingATimerThatIsAlreadyDueClosesTheConnectionInTheTimerStepNotInTheCall) {
+  set_idle_timeout(300);
+  accept_hook_ = [&](Conn& c) {
+    if (conns_.size() == 3) {
+      EXPECT_EQ(sock_set_deadline(c.server, 100), 0);
+    }
+  };
+  Conn& trigger = open_connection();
+  Conn& idle = open_connection();      // idle past its timeout below
+  Conn& deadline = open_connection();  // past its deadline below
+  int calls = 0;
+  data_hook_ = [&](Conn& c) {
+    if (&c != &trigger || calls++) return;
+    EXPECT_EQ(sock_set_timeout(deadline.server, 60'000), 0);
+    EXPECT_EQ(deadline.closes, 0) << "sock_set_timeout closed the fd inside the call";
+    EXPECT_EQ(sock_set_deadline(idle.server, 60'000), 0);
+    EXPECT_EQ(idle.closes, 0) << "sock_set_deadline closed the fd inside the call";
+  };
+  // Both expiries pass with no loop run in between, so their entries have not fired.
+  clock_.advance(milliseconds(500));
+  testing_support::write_all(trigger.client, "x");
+  ASSERT_TRUE(run_until(&r_, [&] { return calls > 0; }));
+  ASSERT_TRUE(run_until(&r_, [&] { return idle.closes && deadline.closes; }));
+  EXPECT_EQ(idle.reason, SOCK_CLOSE_TIMEOUT);
+  EXPECT_EQ(deadline.reason, SOCK_CLOSE_TIMEOUT);
+  EXPECT_EQ(trigger.closes, 0);
+}
+
 TEST_F(TimeoutTest, ReasonOutsideOnCloseIsLocal) {
   EXPECT_EQ(sock_close_reason(), SOCK_CLOSE_LOCAL);
 }
