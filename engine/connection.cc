@@ -149,11 +149,7 @@ int open_here(Reactor* reactor, int fd, FdSlot& slot, bool connecting, bool watc
     errno = err;
     return -1;
   }
-  if (reactor) {
-    reactor->start_timers(fd, slot, watch);
-  } else {
-    slot.activity_tick = 0;  // no timers until a reactor takes it (Reactor::resume_timers)
-  }
+  if (reactor) reactor->start_timers(fd, slot, watch);
   return 0;
 }
 

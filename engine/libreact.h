@@ -109,8 +109,9 @@ void reactor_stop(struct Reactor* reactor);
 int reactor_add(struct Reactor* reactor, int fd);
 
 /** Detaches fd from the reactor without closing it; its sock_ state is kept, timers too: added
- * back (reactor_add, to this reactor or another), its idle timeout and deadline go on as if
- * it had never left, and one that expired meanwhile closes it at that reactor's timer step.
+ * back (reactor_add, to this reactor or another), its idle time counts from the add, and its
+ * own timeout (sock_set_timeout) and deadline go on; a deadline that passed meanwhile closes
+ * it at that reactor's timer step.
  * Returns 0, or -1 with errno (EBADF if fd is not attached to this reactor). */
 int reactor_remove(struct Reactor* reactor, int fd);
 
@@ -124,8 +125,8 @@ struct ReactorLimits {
    * default of a plain reactor; the sharded server's default is 30 s). Progress includes the
    * peer taking bytes out of the kernel's send buffer (TCP: data the kernel sent once the
    * peer's window opened, and the peer's ACKs), so a slow reader of a large response is kept
-   * while it reads. A change reaches an
-   * open connection when its armed timer next fires (one opened while this was 0 has none);
+   * while it reads. A change reaches an open connection when its armed timer next fires,
+   * or when reactor_add brings it back (one opened while this was 0 has none otherwise);
    * sock_set_timeout() overrides it per connection. */
   unsigned idle_timeout_ms;
   /** Per connection: above this many queued bytes the reactor stops reading it (sock_read

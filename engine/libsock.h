@@ -220,8 +220,9 @@ ssize_t sock_write2_fn(struct SockWriteOpt options);
 
 /** Writes fd's queue to the kernel with writev/sendfile until it is empty or the kernel says
  * EAGAIN, then closes fd if it was marked by sock_close() and everything was sent. An
- * on_ready this owes (a pause that ended, a queue the kernel had refused that drained) runs
- * at the reactor's next flush step, not inside the call.
+ * on_ready this owes (a pause that ended, a queue the kernel had refused that drained) is
+ * not run inside the call: the reactor's next flush step runs it, or, if the kernel refuses
+ * what was written since, the flush that drains the queue.
  * Returns the number of bytes written (0 if none could be), or -1 with errno when fd is
  * closed or the write failed (the connection is then closed). */
 ssize_t sock_flush(int fd);

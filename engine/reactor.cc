@@ -571,15 +571,9 @@ void Reactor::read_first_input(int fd, FdSlot& slot) {
   const uint32_t generation = slot.generation.load(std::memory_order_relaxed);
   slot.flags |= kReadPending;
   call_on_data(fd, slot);
-  if (!is_current(slot, generation, this)) {
-    // Detached in its first callback (reactor_remove), still open: its timer waits in the
-    // wheel for its return, as one armed at the open would have. Closed, or moved to another
-    // reactor on this thread (which armed its own): nothing to do.
-    if (slot.generation.load(std::memory_order_relaxed) == generation && !slot.owner) {
-      arm_timer(fd, slot);
-    }
-    return;
-  }
+  // Closed, detached (reactor_add files its timers again: resume_timers()) or moved to another
+  // reactor on this thread (which armed its own) in its first callback: nothing to do.
+  if (!is_current(slot, generation, this)) return;
   // Due to close with nothing left to send and no layer to queue a last record: the next
   // flush step (it is listed) closes it (sock_close, the peer's EOF, a failure), and nothing
   // waits for an event or a timer before that.
@@ -711,8 +705,9 @@ void Reactor::start_timers(int fd, FdSlot& slot, bool arm) {
 
 void Reactor::resume_timers(int fd, FdSlot& slot) {
   // Its entry may have fired while no reactor held the fd, and been dropped: file a new one.
+  // Its reads and writes meanwhile were stamped by nobody: idle from now.
   slot.timer_due_tick = 0;
-  if (!slot.activity_tick) stamp_activity(slot);  // opened without a reactor: idle from now
+  stamp_activity(slot);
   arm_timer(fd, slot, false);
 }
 
@@ -789,9 +784,9 @@ bool Reactor::timer_entry_dead(uint64_t key, int64_t due_ms) const {
   if (!slot || slot->generation.load(std::memory_order_acquire) != key_generation(key)) {
     return true;  // the connection is gone: this entry can never matter again
   }
-  // Detached for now (reactor_remove) or moved: kept, as before compaction existed, so that a
-  // connection added back finds its entry and re-arms when it fires.
-  if (load_owner(*slot) != this || !(slot->flags & kAttached)) return false;
+  // Detached (reactor_remove) or moved: expire_timers() would drop it too, and reactor_add
+  // files a new one (resume_timers()).
+  if (load_owner(*slot) != this || !(slot->flags & kAttached)) return true;
   const auto due_tick = 1 + static_cast<uint32_t>((due_ms - epoch_ms_) / TimerWheel::kTickMs);
   return slot->timer_due_tick != due_tick;  // superseded by a sooner entry
 }

@@ -189,9 +189,9 @@ class Reactor {
   // on_close never runs inside such a call. Call after changing its timeouts.
   void arm_timer(int fd, FdSlot& slot, bool close_if_due = true);
   // An open connection that reactor_add brings back (after reactor_remove) or over from
-  // another reactor of this thread: its idle time, own timeout and deadline go on where they
-  // were (one tick origin for all, shared_epoch_ms()), and one that passed meanwhile closes
-  // it at the timer step. One opened without a reactor is idle from now.
+  // another reactor of this thread: its own idle timeout and its deadline go on (one tick
+  // origin for all, shared_epoch_ms()), a deadline that passed meanwhile closing it at the
+  // timer step; its idle time counts from now (no reactor saw its reads and writes).
   void resume_timers(int fd, FdSlot& slot);
 
   // Bytes queued on this reactor's connections (the shard's total). count_queued: owner
@@ -263,8 +263,8 @@ class Reactor {
   // Whether the wheel entry (key, due_ms) still matters when it fires: its connection is open
   // here and no sooner entry superseded it (then its slot, else nullptr).
   FdSlot* timer_entry_live(uint64_t key, int64_t due_ms) const;
-  // Whether compaction may drop the entry: its connection is gone, or is here and a sooner
-  // entry superseded this one (an entry of a connection detached for now is kept).
+  // Whether compaction may drop the entry: its connection is gone or not attached here, or a
+  // sooner entry superseded this one.
   bool timer_entry_dead(uint64_t key, int64_t due_ms) const;
   bool wheel_bloated() const;
   // Memory to give back: a bloated wheel, or pool chunks freed since the last trim().

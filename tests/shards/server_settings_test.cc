@@ -203,13 +203,6 @@ void wm_on_ready(Reactor* r, int fd) {
   if (c && c->flooded) c->events.push_back({'r', sock_pending(fd)});
 }
 
-// On each of 2 shards: one barrier connection and two flooded ones. A flooded connection's
-// client reads nothing at first, then exactly kFlood - kHigh bytes, then the rest; meanwhile it
-// has sent kInput bytes. A barrier byte sent after some event on another connection of the same
-// shard is read after that event was handled: epoll reports a shard's ready fds in the order
-// they became ready, so the shard dispatched the earlier event first (in the same batch or an
-// earlier one). That is how the test knows the paused connections' input had its chance to be
-// read, without sleeping.
 // A low watermark above the high one, or above the default high (1 MiB) that a high of 0
 // stands for, is refused before anything starts, as reactor_set_limits refuses it: the
 // shards took the pair unchecked, and a connection paused by it resumed at once.
@@ -232,6 +225,13 @@ TEST(ServerSettingsTest, WatermarksAreValidatedBeforeAnythingStarts) {
   }
 }
 
+// On each of 2 shards: one barrier connection and two flooded ones. A flooded connection's
+// client reads nothing at first, then exactly kFlood - kHigh bytes, then the rest; meanwhile it
+// has sent kInput bytes. A barrier byte sent after some event on another connection of the same
+// shard is read after that event was handled: epoll reports a shard's ready fds in the order
+// they became ready, so the shard dispatched the earlier event first (in the same batch or an
+// earlier one). That is how the test knows the paused connections' input had its chance to be
+// read, without sleeping.
 TEST(ServerSettingsTest, HighWatermarkPausesReadingUntilTheQueueDrainsToTheLowWatermark) {
   WmState state;
   wm = &state;
