@@ -1,8 +1,12 @@
 // The configuration calls of sock_tls.h: one SSL_CTX per certificate, set up alike.
 #include "engine/tls/config.h"
 
+#include <fcntl.h>
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/x509v3.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -58,13 +62,114 @@ SSL_CTX* new_context(SockTLS* config, bool server) {
   return ctx;
 }
 
-bool load_certificate(SSL_CTX* ctx, const char* cert_file, const char* key_file) {
-  if (SSL_CTX_use_certificate_chain_file(ctx, cert_file) != 1) {
-    set_error(std::string("cannot use certificate ") + cert_file);
+// Certificate, key and CA files are read whole here, never by OpenSSL's own fopen(): a FIFO or
+// a device named by mistake would hold the calling thread (a running server's, adding an SNI
+// certificate) until something wrote to it, and a directory would read as "no start line".
+// The largest PEM file in common use, a system CA bundle (Debian's: about 0.2 MB), is far
+// below this bound on what a configuration call reads into memory.
+constexpr off_t kMaxPemFileBytes = off_t{16} << 20;
+
+// The contents of the regular file `path`, or false with sock_tls_error() set to `context`
+// and the reason.
+bool read_pem_file(const char* path, const std::string& context, std::string* text) {
+  const int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+  if (fd < 0) {
+    set_error(context + ": " + std::strerror(errno));
     return false;
   }
-  if (SSL_CTX_use_PrivateKey_file(ctx, key_file, SSL_FILETYPE_PEM) != 1) {
-    set_error(std::string("cannot use private key ") + key_file);
+  struct stat st {};
+  std::string why;
+  if (fstat(fd, &st) < 0) {
+    why = std::strerror(errno);
+  } else if (!S_ISREG(st.st_mode)) {
+    why = "not a regular file";
+  } else if (st.st_size > kMaxPemFileBytes) {
+    why = "larger than " + std::to_string(kMaxPemFileBytes >> 20) + " MiB";
+  } else {
+    text->resize(static_cast<std::size_t>(st.st_size));
+    std::size_t got = 0;
+    while (got < text->size()) {
+      const ssize_t n = read(fd, text->data() + got, text->size() - got);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) why = std::strerror(errno);
+      if (n <= 0) break;  // the end, sooner than fstat said: the file shrank
+      got += static_cast<std::size_t>(n);
+    }
+    text->resize(got);
+  }
+  close(fd);
+  if (why.empty()) return true;
+  set_error(context + ": " + why);
+  return false;
+}
+
+// OpenSSL's default asks on the terminal, blocking the calling thread: no passphrase is ever
+// given. *asked (when given) records that a key needed one.
+int refuse_passphrase(char*, int, int, void* asked) {
+  if (asked) *static_cast<bool*>(asked) = true;
+  return -1;
+}
+
+// A BIO over the text (which must outlive it); nullptr when out of memory.
+BIO* text_bio(const std::string& text) {
+  return BIO_new_mem_buf(text.data(), static_cast<int>(text.size()));
+}
+
+// After reading PEM blocks until none is left: whether the only error is that end ("no start
+// line"), which is then cleared.
+bool only_the_end_failed() {
+  const unsigned long e = ERR_peek_last_error();
+  if (ERR_GET_LIB(e) != ERR_LIB_PEM || ERR_GET_REASON(e) != PEM_R_NO_START_LINE) return false;
+  ERR_clear_error();
+  return true;
+}
+
+// The leaf certificate, then the chain behind it, as SSL_CTX_use_certificate_chain_file does.
+bool use_certificate_chain(SSL_CTX* ctx, const std::string& pem) {
+  BIO* bio = text_bio(pem);
+  if (!bio) return false;
+  X509* leaf = PEM_read_bio_X509_AUX(bio, nullptr, refuse_passphrase, nullptr);
+  bool ok = leaf && SSL_CTX_use_certificate(ctx, leaf) == 1 && SSL_CTX_clear_chain_certs(ctx) == 1;
+  X509_free(leaf);
+  while (ok) {
+    X509* ca = PEM_read_bio_X509(bio, nullptr, refuse_passphrase, nullptr);
+    if (!ca) {
+      ok = only_the_end_failed();
+      break;
+    }
+    if (SSL_CTX_add0_chain_cert(ctx, ca) != 1) {  // takes ca only on success
+      X509_free(ca);
+      ok = false;
+    }
+  }
+  BIO_free(bio);
+  return ok;
+}
+
+bool load_certificate(SSL_CTX* ctx, const char* cert_file, const char* key_file) {
+  const std::string cert_context = std::string("cannot use certificate ") + cert_file;
+  const std::string key_context = std::string("cannot use private key ") + key_file;
+  std::string cert_pem, key_pem;
+  if (!read_pem_file(cert_file, cert_context, &cert_pem)) return false;
+  if (!use_certificate_chain(ctx, cert_pem)) {
+    set_error(cert_context);
+    return false;
+  }
+  if (!read_pem_file(key_file, key_context, &key_pem)) return false;
+  BIO* bio = text_bio(key_pem);
+  bool asked = false;
+  EVP_PKEY* key = bio ? PEM_read_bio_PrivateKey(bio, nullptr, refuse_passphrase, &asked) : nullptr;
+  BIO_free(bio);
+  OPENSSL_cleanse(key_pem.data(), key_pem.size());  // no copy of the key left in freed memory
+  if (!key) {
+    if (asked) ERR_clear_error();  // OpenSSL's words would only say that no passphrase came
+    set_error(asked ? key_context + ": encrypted, and no passphrase can be given" : key_context);
+    return false;
+  }
+  const bool used = SSL_CTX_use_PrivateKey(ctx, key) == 1;  // checks it against the certificate
+  EVP_PKEY_free(key);
+  if (!used) {
+    set_error(key_context);
     return false;
   }
   if (SSL_CTX_check_private_key(ctx) != 1) {
@@ -72,6 +177,32 @@ bool load_certificate(SSL_CTX* ctx, const char* cert_file, const char* key_file)
     return false;
   }
   return true;
+}
+
+// The CA certificates (and CRLs) of a PEM file, as SSL_CTX_load_verify_locations loads them.
+bool load_ca_file(SSL_CTX* ctx, const char* ca_file) {
+  const std::string context = std::string("cannot load CA certificates from ") + ca_file;
+  std::string pem;
+  if (!read_pem_file(ca_file, context, &pem)) return false;
+  BIO* bio = text_bio(pem);
+  STACK_OF(X509_INFO)* infos =
+      bio ? PEM_X509_INFO_read_bio(bio, nullptr, refuse_passphrase, nullptr) : nullptr;
+  BIO_free(bio);
+  X509_STORE* store = SSL_CTX_get_cert_store(ctx);
+  int certificates = 0;
+  bool ok = infos != nullptr;
+  for (int i = 0; ok && i < sk_X509_INFO_num(infos); ++i) {
+    const X509_INFO* info = sk_X509_INFO_value(infos, i);
+    if (info->x509) {
+      ok = X509_STORE_add_cert(store, info->x509) == 1;
+      ++certificates;
+    }
+    if (ok && info->crl) ok = X509_STORE_add_crl(store, info->crl) == 1;
+  }
+  sk_X509_INFO_pop_free(infos, X509_INFO_free);
+  if (ok && certificates) return true;
+  set_error(ok ? context + ": no certificate in it" : context);
+  return false;
 }
 
 // The first of the server's protocols that the client offers, else none (no ALPN).
@@ -200,11 +331,9 @@ struct SockTLS* sock_tls_client_new(const char* ca_file) {
     tls::set_error("cannot create a TLS context");
     return tls::fail_new(config, ENOMEM);
   }
-  const int loaded = ca_file ? SSL_CTX_load_verify_locations(config->ctx, ca_file, nullptr)
-                             : SSL_CTX_set_default_verify_paths(config->ctx);
-  if (loaded != 1) {
-    tls::set_error(std::string("cannot load CA certificates from ") +
-                   (ca_file ? ca_file : "the system store"));
+  if (ca_file && !tls::load_ca_file(config->ctx, ca_file)) return tls::fail_new(config, EINVAL);
+  if (!ca_file && SSL_CTX_set_default_verify_paths(config->ctx) != 1) {
+    tls::set_error("cannot load CA certificates from the system store");
     return tls::fail_new(config, EINVAL);
   }
   SSL_CTX_set_verify(config->ctx, SSL_VERIFY_PEER, nullptr);

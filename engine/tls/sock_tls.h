@@ -46,6 +46,10 @@ extern "C" {
 /** A TLS configuration (an OpenSSL SSL_CTX and what goes with it). */
 struct SockTLS;
 
+/** Files: the certificate, key and CA files below are PEM, regular files of at most 16 MiB,
+ * read whole without blocking (a FIFO, a device or a directory is refused); an encrypted
+ * private key is refused too (no passphrase is asked for). */
+
 /** A server configuration with one certificate chain and its private key (PEM files). TLS 1.2
  * (ECDHE with AES-GCM or ChaCha20-Poly1305) and 1.3, no renegotiation, session tickets on.
  * Returns NULL with errno: EINVAL (a NULL path, or files OpenSSL refuses: the reason is in

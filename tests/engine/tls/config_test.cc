@@ -1,11 +1,19 @@
 // engine/tls/config.cc: configurations (files, trust, ALPN, SNI certificates, reference
 // counts) and the argument checks of the calls that take them.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <functional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -95,6 +103,108 @@ TEST(ConfigTest, AddCertificateNeedsAServerConfigurationAndGoodFiles) {
   EXPECT_EQ(sock_tls_add_certificate(server, pki.other.cert.c_str(), pki.other.key.c_str()), 0);
   sock_tls_free(server);
   sock_tls_free(client);
+}
+
+// Runs load() on a thread of its own, and if it has not returned after a deadline opens the
+// FIFO at `fifo` for writing and closes it again, which ends a blocked open or read of it (a
+// reader then sees EOF). Returns whether load() returned on its own.
+template <typename Load>
+bool returns_without_a_writer(const std::string& fifo, Load load) {
+  std::atomic<bool> done{false};
+  std::thread loader([&] {
+    load();
+    done = true;
+  });
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!done && std::chrono::steady_clock::now() < give_up) std::this_thread::yield();
+  const bool returned = done;
+  while (!done) {
+    const int w = open(fifo.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    if (w >= 0) close(w);
+    std::this_thread::yield();
+  }
+  loader.join();
+  return returned;
+}
+
+// Files are read whole, without blocking and without asking for a passphrase: a FIFO named as
+// a certificate, key or CA file held the calling thread in fopen() until something wrote to
+// it, a directory read as "no start line", and an encrypted key had OpenSSL prompt on the
+// terminal. Each is now refused with EINVAL and a reason naming the file.
+TEST(ConfigTest, FilesThatAreNotRegularOrAreEncryptedAreRefusedWithoutBlockingOrPrompting) {
+  const auto& pki = test_pki();
+  const std::string fifo = pki.dir + "/config_test.fifo";
+  unlink(fifo.c_str());
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0) << std::strerror(errno);
+  const char* const cert = pki.localhost.cert.c_str();
+  const char* const key = pki.localhost.key.c_str();
+
+  struct Case {
+    const char* what;
+    std::function<bool()> fails;  // with EINVAL
+  };
+  const Case fifo_cases[] = {
+      {"a FIFO as the certificate",
+       [&] { return !sock_tls_server_new(fifo.c_str(), key) && errno == EINVAL; }},
+      {"a FIFO as the key",
+       [&] { return !sock_tls_server_new(cert, fifo.c_str()) && errno == EINVAL; }},
+      {"a FIFO as the CA file",
+       [&] { return !sock_tls_client_new(fifo.c_str()) && errno == EINVAL; }},
+  };
+  for (const Case& c : fifo_cases) {
+    SCOPED_TRACE(c.what);
+    bool failed = false;
+    std::string error;  // sock_tls_error() is the loading thread's
+    EXPECT_TRUE(returns_without_a_writer(fifo, [&] {
+      failed = c.fails();
+      error = sock_tls_error();
+    })) << "blocked until something wrote to the FIFO";
+    EXPECT_TRUE(failed);
+    EXPECT_TRUE(contains(error, fifo + ": not a regular file")) << error;
+  }
+  unlink(fifo.c_str());
+
+  errno = 0;
+  EXPECT_EQ(sock_tls_server_new(pki.dir.c_str(), key), nullptr);
+  EXPECT_EQ(errno, EINVAL);
+  EXPECT_TRUE(contains(sock_tls_error(), pki.dir + ": not a regular file")) << sock_tls_error();
+
+  // The localhost key, encrypted with a passphrase.
+  const std::string encrypted = pki.dir + "/config_test-encrypted.key";
+  {
+    FILE* in = std::fopen(key, "r");
+    ASSERT_NE(in, nullptr);
+    EVP_PKEY* pkey = PEM_read_PrivateKey(in, nullptr, nullptr, nullptr);
+    std::fclose(in);
+    ASSERT_NE(pkey, nullptr);
+    FILE* out = std::fopen(encrypted.c_str(), "w");
+    ASSERT_NE(out, nullptr);
+    static const char kPass[] = "secret";
+    EXPECT_EQ(PEM_write_PrivateKey(out, pkey, EVP_aes_128_cbc(),
+                                   reinterpret_cast<const unsigned char*>(kPass), 6, nullptr,
+                                   nullptr),
+              1);
+    std::fclose(out);
+    EVP_PKEY_free(pkey);
+  }
+  errno = 0;
+  EXPECT_EQ(sock_tls_server_new(cert, encrypted.c_str()), nullptr);
+  EXPECT_EQ(errno, EINVAL);
+  EXPECT_TRUE(contains(sock_tls_error(), "private key " + encrypted + ": encrypted"))
+      << sock_tls_error();
+  unlink(encrypted.c_str());
+
+  // Larger than any certificate file (a sparse file: it takes no disk).
+  const std::string huge = pki.dir + "/config_test-huge.crt";
+  const int fd = open(huge.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(ftruncate(fd, off_t{64} << 20), 0);
+  close(fd);
+  errno = 0;
+  EXPECT_EQ(sock_tls_client_new(huge.c_str()), nullptr);
+  EXPECT_EQ(errno, EINVAL);
+  EXPECT_TRUE(contains(sock_tls_error(), huge + ": larger than")) << sock_tls_error();
+  unlink(huge.c_str());
 }
 
 TEST(ConfigTest, SetAlpnRefusesMalformedLists) {
