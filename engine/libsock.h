@@ -115,7 +115,10 @@ int sock_accept(struct Reactor* owner, int server_fd);
  * attached to owner when not NULL. The reactor calls on_ready once connected, or on_close if
  * the connection fails. Writes made before that are queued (from owner's thread: on another,
  * the open itself is posted first, see "Threads" above). The name is resolved with
- * getaddrinfo (blocking for DNS names: pass numeric addresses on a reactor thread).
+ * getaddrinfo (blocking for DNS names: pass numeric addresses on a reactor thread). Its
+ * addresses are tried in order only while a connect fails at once; a refusal that comes
+ * later (the usual kind, even on loopback) closes the fd without trying the next one:
+ * "localhost" may mean ::1 first, so pass the numeric address of the family served.
  * Returns the fd, or -1 with errno when the connection fails at once. */
 int sock_connect(struct Reactor* owner, const char* address, const char* port);
 
