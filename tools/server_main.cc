@@ -42,8 +42,16 @@ void on_open_tls(struct Reactor* r, int fd) {
   if (g_tool_on_open) g_tool_on_open(r, fd);
 }
 
-// sock_server_request_stop() is async-signal-safe: one write to an eventfd.
-void on_signal(int) { sock_server_request_stop(g_server.load()); }
+// The first SIGINT or SIGTERM asks for the stop; either one after it ends the process at once
+// (their default action), while the stop drains too. sigaction() and
+// sock_server_request_stop() (one write to an eventfd) are async-signal-safe.
+void on_signal(int) {
+  struct sigaction dfl = {};
+  dfl.sa_handler = SIG_DFL;
+  sigaction(SIGINT, &dfl, nullptr);
+  sigaction(SIGTERM, &dfl, nullptr);
+  sock_server_request_stop(g_server.load());
+}
 
 // The --help layout: the usage line first (tests look for "usage: NAME"), then the summary,
 // then every option in the order added, with no group headings or blank lines (readers of
@@ -172,7 +180,6 @@ int run_server(int argc, char** argv, const ToolInfo& info, SockServerSettings s
   g_server.store(server);
   struct sigaction sa = {};
   sa.sa_handler = on_signal;
-  sa.sa_flags = SA_RESETHAND;  // a second Ctrl-C ends the process at once
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
 

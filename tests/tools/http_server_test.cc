@@ -5,9 +5,11 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -1086,4 +1088,49 @@ TEST_F(HttpServerRootTest, ClosingRequestsResponseIsNotCutByItsHeaderDeadline) {
     }
     EXPECT_EQ(have, kSize) << (closing ? "Connection: close" : "keep-alive");
   }
+}
+
+// --- Signals (tools/server_main.cc) ------------------------------------------------------
+
+// Whether process `pid` has a handler for `sig` (its SigCgt mask in /proc).
+bool catches(pid_t pid, int sig) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("SigCgt:", 0) == 0) {
+      return (std::stoull(line.substr(7), nullptr, 16) >> (sig - 1)) & 1;
+    }
+  }
+  return false;
+}
+
+// The first SIGTERM or SIGINT stops the server; one more, of either kind, ends the process at
+// once while the stop drains. SA_RESETHAND reset only the signal that came: SIGTERM, then
+// Ctrl-C, waited out the drain (5 s, or the client's read of what it is owed).
+TEST_F(HttpServerRootTest, AfterTheSignalThatStopsItEitherSignalEndsTheProcessAtOnce) {
+  {
+    // A response larger than every buffer between the server and a client that reads none of
+    // it keeps the stop draining (sparse: it takes no disk).
+    const int big = open((root_ + "/big.bin").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    ASSERT_GE(big, 0);
+    ASSERT_EQ(ftruncate(big, off_t{256} << 20), 0);
+    close(big);
+  }
+  ASSERT_NO_FATAL_FAILURE(start_root());
+  const int fd = client();
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(send_all(fd, "GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n"));
+  ASSERT_EQ(status_line(read_head(fd)), "HTTP/1.1 200 OK");
+  const pid_t pid = server_->pid();
+  ASSERT_TRUE(catches(pid, SIGTERM) && catches(pid, SIGINT));
+  ASSERT_TRUE(server_->signal(SIGTERM));
+  // The handler has run once the SIGTERM's disposition is back to its default.
+  const auto give_up = std::chrono::steady_clock::now() + kDeadline;
+  while (catches(pid, SIGTERM) && std::chrono::steady_clock::now() < give_up) {}
+  ASSERT_FALSE(catches(pid, SIGTERM));
+  EXPECT_FALSE(catches(pid, SIGINT)) << "a Ctrl-C now would only ask for the stop again";
+  ASSERT_TRUE(server_->signal(SIGINT));
+  const int status = server_->wait_exit();
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGINT) << describe(status);
+  server_.reset();  // gone: TearDown has no stop to check
 }
