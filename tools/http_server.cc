@@ -26,9 +26,11 @@
 // missing file, a directory or anything but a regular file is 404. No path escapes DIR: the
 // target is percent-decoded, a ".." segment is 404 (a NUL or a bad escape 400), the file is
 // opened with openat relative to an O_PATH fd of DIR with O_NOFOLLOW, and the path the kernel
-// opened (/proc/self/fd) must lie under DIR's realpath. The body goes out with
-// sock_write2(.file) (sendfile), queued right after the response's head; everything runs on
-// the shard thread (open and fstat only; the file's bytes are never read here).
+// opened (/proc/self/fd) must lie under DIR's realpath. A body of at most
+// http::kSmallFileBytes (16 KiB) is read into the response (pread) and the file closed at once;
+// a larger one goes out with sock_write2(.file) (sendfile), queued right after the response's
+// head, and holds its file open until sent. Everything runs on the shard thread (a file that
+// reads shorter than its fstat size, having shrunk meanwhile, is answered 500).
 //
 // --metrics: `GET /metrics` answers the packet pool profiler's metrics of every shard in
 // Prometheus text format 0.0.4 (`?name=PREFIX` keeps the families whose names start with
@@ -96,6 +98,9 @@ unsigned g_header_timeout_ms = kDefaultHeaderTimeoutMs;
 
 // Input discarded per callback on a connection that is closing after an error or a close.
 constexpr std::size_t kMaxDrain = 64 * 1024;
+
+// responder.h cannot include libsock.h: its copy of the packet payload must match.
+static_assert(http::kPacketPayload == BUFFER_FILE_READ_SIZE);
 
 // Set by main (the flags during run_server's parse) before the server starts, read-only once
 // shard threads exist (which see them after their creation): the limits (--max-*), the root

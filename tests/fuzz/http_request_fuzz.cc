@@ -18,8 +18,8 @@
 //   and a "Connection: close" response is the last one, given exactly when the connection
 //   finishes;
 // - no crash, leak (ASan), undefined behaviour (UBSan) or hang (libFuzzer's -timeout), and
-//   every FILE* the Output holds is a regular file of the announced size (then closed, as its
-//   holder must).
+//   every FILE* the Output holds is a regular file of the announced size, over kSmallFileBytes
+//   (then closed, as its holder must).
 // The Date line is fixed (refresh_date with a constant) so that the outputs compare exactly.
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -59,7 +59,8 @@ constexpr http::Page kPages[] = {
     {"/broken", "application/json", failing_page},
 };
 
-// A root with files of three content types, an empty file, a FIFO (which must never block the
+// A root with files of three content types, an empty file, one just over kSmallFileBytes (owed
+// as a FileBody; the others are read into the response), a FIFO (which must never block the
 // parse), symlinks out of the root, and fixed mtimes (Last-Modified, If-Modified-Since).
 std::unique_ptr<http::StaticFiles> make_root() {
   const std::string base = fuzz_support::make_scratch_dir("http_request_fuzz");
@@ -70,11 +71,12 @@ std::unique_ptr<http::StaticFiles> make_root() {
   write_file(dir + "/a.txt", "a text file\n");
   write_file(dir + "/sub/b.css", "b{}\n");
   write_file(dir + "/empty", "");
+  write_file(dir + "/big.bin", std::string(http::kSmallFileBytes + 1, 'b'));
   FUZZ_CHECK(mkfifo((dir + "/fifo").c_str(), 0644) == 0, dir);
   FUZZ_CHECK(symlink("../secret", (dir + "/out").c_str()) == 0, dir);
   FUZZ_CHECK(symlink("..", (dir + "/up").c_str()) == 0, dir);
   const timeval times[2] = {{kDate - 86400, 0}, {kDate - 86400, 0}};
-  for (const char* name : {"index.html", "a.txt", "sub/b.css", "empty"}) {
+  for (const char* name : {"index.html", "a.txt", "sub/b.css", "empty", "big.bin"}) {
     FUZZ_CHECK(utimes((dir + "/" + name).c_str(), times) == 0, name);
   }
   auto files = http::StaticFiles::open(dir.c_str());
@@ -129,8 +131,9 @@ class Connection {
       last = f.at;
       struct stat st;
       FUZZ_CHECK(fstat(fileno(f.file), &st) == 0 && S_ISREG(st.st_mode) &&
-                     static_cast<std::size_t>(st.st_size) == f.size && f.size > 0,
-                 "a file body that is not a non-empty regular file of its size");
+                     static_cast<std::size_t>(st.st_size) == f.size &&
+                     f.size > http::kSmallFileBytes,
+                 "a file body that is not a regular file of its size, over kSmallFileBytes");
       sent_.files.push_back({sent_.bytes.size() + f.at, f.size});
       std::fclose(f.file);
     }

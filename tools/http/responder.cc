@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <charconv>
 #include <cstring>
 
@@ -120,6 +121,24 @@ struct Call {
   const char* begin;
   const char* end;
 };
+
+// Appends the `size` bytes of the file at fd (from offset 0) to out. False, with `out` as it
+// was, when fewer came: a read error, or the file is shorter than `size` now (it shrank since
+// the fstat its Content-Length came from, which the response must not contradict).
+bool append_file(int fd, std::size_t size, std::string& out) {
+  const std::size_t at = out.size();
+  out.resize(at + size);
+  for (std::size_t got = 0; got < size;) {
+    const ssize_t n = pread(fd, out.data() + at + got, size - got, static_cast<off_t>(got));
+    if (n > 0) {
+      got += static_cast<std::size_t>(n);
+    } else if (n == 0 || errno != EINTR) {
+      out.resize(at);
+      return false;
+    }
+  }
+  return true;
+}
 
 // Whether `text` is `lower` in any case, for `lower` of lower-case letters, digits and '-':
 // setting bit 0x20 lower-cases a letter, and maps no other byte onto one of those but control
@@ -457,13 +476,15 @@ struct Callbacks {
       return true;
     }
     const auto size = static_cast<std::uint64_t>(st.st_size);
+    const bool body = !head && size > 0;
+    const bool small = size <= kSmallFileBytes;
     FILE* file = nullptr;
-    if (!head && size > 0 && !(file = fdopen(fd, "r"))) {
+    if (body && !small && !(file = fdopen(fd, "r"))) {
       close(fd);
       respond(out, date, 500, reason(500), keep_alive, head);
       return true;
     }
-    if (!file) close(fd);  // HEAD or an empty file: no body to send
+    const std::size_t head_at = out.size();
     out.append("HTTP/1.1 200 OK\r\nContent-Length: ");
     append_number(out, size);
     out.append("\r\nContent-Type: ");
@@ -472,7 +493,17 @@ struct Callbacks {
     append_last_modified();
     out.append(date);
     out.append(keep_alive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n");
-    if (file) k.out.files.push_back({out.size(), file, static_cast<std::size_t>(size)});
+    if (file) {
+      k.out.files.push_back({out.size(), file, static_cast<std::size_t>(size)});
+      return true;
+    }
+    // A small body is read now (HEAD and an empty file have none): the fd closes at once.
+    const bool whole = !body || append_file(fd, static_cast<std::size_t>(size), out);
+    close(fd);
+    if (!whole) {  // a complete 500 instead: the connection stays in step
+      out.resize(head_at);
+      respond(out, date, 500, reason(500), keep_alive, head);
+    }
     return true;
   }
 

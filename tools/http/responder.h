@@ -20,6 +20,7 @@
 // shared or locked. A Conn is used by one thread at a time, with that thread's Responder.
 // Ownership: the caller owns its Conns and Outputs; the FILE*s an Output's files hold belong to
 // whoever holds the Output (see FileBody).
+// Blocking: a file body of at most kSmallFileBytes is read (pread) on the calling thread.
 // Errors: bad input is not an error of a call but a response plus ReadResult::finish. Out of
 // memory while appending to a std::string throws std::bad_alloc, as any std::string does.
 #ifndef TOOLS_HTTP_RESPONDER_H_
@@ -50,6 +51,15 @@ struct Limits {
   unsigned max_headers = 100;                // header fields: 431
   std::uint64_t max_body = 1024 * 1024;      // body bytes, declared or chunked (discarded): 413
 };
+
+// The engine's packet payload (BUFFER_FILE_READ_SIZE in engine/libsock.h, which this
+// socket-free library does not include; tools/http_server.cc checks that the two agree).
+inline constexpr std::size_t kPacketPayload = 16 * 1024;
+// A file body of at most this many bytes is read into the response at once and its fd closed;
+// a larger one is owed as a FileBody, its file open until sendfile has sent it all. One
+// payload: reading it holds the thread on the page cache (or the disk) no longer than the
+// sendfile of the same bytes would, and what it copies is what a packet holds.
+inline constexpr std::size_t kSmallFileBytes = kPacketPayload;
 
 // One connection's parse state between two reads. A connection needs one of its own only
 // while a read has ended part-way through a request (or it is finishing); between requests it
@@ -167,9 +177,9 @@ class Conn {
   Kept<kMaxTokenValue> token_;    // the current Transfer-Encoding or Expect value
 };
 
-// A file body owed: sent (with sendfile) after Output::bytes[0, at) and before the rest.
-// `file` is open at offset 0 and belongs to whoever holds the Output, who must hand it to
-// sock_write2(.file) (which takes it even on error) or fclose it.
+// A file body owed (one over kSmallFileBytes): sent (with sendfile) after Output::bytes[0, at)
+// and before the rest. `file` is open at offset 0 and belongs to whoever holds the Output, who
+// must hand it to sock_write2(.file) (which takes it even on error) or fclose it.
 struct FileBody {
   std::size_t at;
   FILE* file;

@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 
 #include <cstddef>
 #include <cstdio>
@@ -16,6 +17,8 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "tests/tools/http/one_file_root.h"
 #include "tools/http/static_files.h"
@@ -426,6 +429,96 @@ TEST(ResponderTest, IfModifiedSinceFollowedByWhitespaceGives304) {
     EXPECT_EQ(out.bytes.substr(0, out.bytes.find("\r\n")), "HTTP/1.1 304 Not Modified")
         << "value followed by \"" << after << "\"";
   }
+}
+
+// --- File bodies read into the response (kSmallFileBytes) --------------------------------
+
+std::string get(const std::string& target, const std::string& method = "GET") {
+  return method + " " + target + " HTTP/1.1\r\nHost: x\r\n\r\n";
+}
+
+// A root with a.txt ("abc"), small.bin (kSmallFileBytes bytes) and large.bin (one more).
+struct SizedFilesRoot {
+  testing_support::OneFileRoot root = testing_support::one_file_root("responder_sized");
+  std::string small, large;
+
+  SizedFilesRoot() {
+    for (std::size_t i = 0; i <= http::kSmallFileBytes; ++i) {
+      large += static_cast<char>('a' + i % 26);
+    }
+    small = large.substr(0, http::kSmallFileBytes);
+    write("small.bin", small);
+    write("large.bin", large);
+  }
+  void write(const std::string& name, const std::string& data) const {
+    FILE* f = std::fopen((root.root + "/" + name).c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    ASSERT_EQ(std::fwrite(data.data(), 1, data.size(), f), data.size());
+    std::fclose(f);
+  }
+};
+
+// The bytes of an Output as the client receives them: each file body read into its place,
+// and its FILE* closed, as its holder must.
+std::string stream_of(http::Output& out) {
+  std::string s;
+  std::size_t from = 0;
+  for (const http::FileBody& f : out.files) {
+    s.append(out.bytes, from, f.at - from);
+    std::string body(f.size, '\0');
+    EXPECT_EQ(std::fread(body.data(), 1, f.size, f.file), f.size);
+    std::fclose(f.file);
+    s += body;
+    from = f.at;
+  }
+  return s + out.bytes.substr(from);
+}
+
+TEST(ResponderTest, SmallFilesAreReadIntoTheResponseAndLargerOnesOwedAsFileBodies) {
+  const SizedFilesRoot b;
+  ASSERT_NE(b.root.files, nullptr);
+  http::Responder responder(http::Limits{}, b.root.files.get());
+  http::Output out;
+  responder.parse(
+      nullptr, get("/small.bin") + get("/a.txt") + get("/large.bin") + get("/small.bin", "HEAD"),
+      &out);
+  ASSERT_EQ(out.files.size(), 1u);  // large.bin's: the others' fds are closed already
+  EXPECT_EQ(out.files[0].size, b.large.size());
+  EXPECT_EQ(out.bytes.compare(out.files[0].at - 4, 4, "\r\n\r\n"), 0);  // right after its head
+  // The responses as received: each Content-Length, and the body that follows (HEAD: none).
+  const std::string got = stream_of(out);
+  std::size_t at = 0;
+  const auto next = [&](bool head) {
+    const std::size_t end = got.find("\r\n\r\n", at) + 4;
+    const std::size_t length = std::stoul(got.substr(got.find("Content-Length: ", at) + 16));
+    const std::string body = head ? "" : got.substr(end, length);
+    at = head ? end : end + length;
+    return std::make_pair(length, body);
+  };
+  EXPECT_EQ(next(false), std::make_pair(b.small.size(), b.small));
+  EXPECT_EQ(next(false), std::make_pair(std::size_t{3}, std::string("abc")));
+  EXPECT_EQ(next(false), std::make_pair(b.large.size(), b.large));
+  EXPECT_EQ(next(true), std::make_pair(b.small.size(), std::string()));
+  EXPECT_EQ(at, got.size());
+}
+
+// A small file is read after its fstat: if it reads shorter than the size its Content-Length
+// came from (it shrank meanwhile), the response would lie about its length and the client
+// would take the next response's bytes for the rest of the body. sysfs attributes read that
+// way (4096 bytes by fstat, a few by read), with no race to set up.
+TEST(ResponderTest, SmallFileThatReadsShorterThanItsSizeGets500) {
+  const std::unique_ptr<http::StaticFiles> cpu = http::StaticFiles::open("/sys/devices/system/cpu");
+  struct stat st;
+  if (!cpu || stat("/sys/devices/system/cpu/online", &st) != 0 || st.st_size == 0 ||
+      static_cast<std::size_t>(st.st_size) > http::kSmallFileBytes) {
+    GTEST_SKIP() << "no /sys/devices/system/cpu/online of a size up to kSmallFileBytes";
+  }
+  http::Responder responder(http::Limits{}, cpu.get());
+  http::Output out;
+  responder.parse(nullptr, get("/online") + kGet, &out);
+  EXPECT_TRUE(out.files.empty());
+  EXPECT_EQ(normalise(out.bytes),
+            response("500 Internal Server Error", "Internal Server Error", true) + kHello);
 }
 
 TEST(ResponderTest, DateLineIsAnImfFixdate) {
