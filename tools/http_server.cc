@@ -26,9 +26,11 @@
 // missing file, a directory or anything but a regular file is 404. No path escapes DIR: the
 // target is percent-decoded, a ".." segment is 404 (a NUL or a bad escape 400), the file is
 // opened with openat relative to an O_PATH fd of DIR with O_NOFOLLOW, and the path the kernel
-// opened (/proc/self/fd) must lie under DIR's realpath. The body goes out with
-// sock_write2(.file) (sendfile), queued right after the response's head; everything runs on
-// the shard thread (open and fstat only; the file's bytes are never read here).
+// opened (/proc/self/fd) must lie under DIR's realpath. A body of at most
+// http::kSmallFileBytes (16 KiB) is read into the response (pread) and the file closed at once;
+// a larger one goes out with sock_write2(.file) (sendfile), queued right after the response's
+// head, and holds its file open until sent. Everything runs on the shard thread (a file that
+// reads shorter than its fstat size, having shrunk meanwhile, is answered 500).
 //
 // --metrics: `GET /metrics` answers the packet pool profiler's metrics of every shard in
 // Prometheus text format 0.0.4 (`?name=PREFIX` keeps the families whose names start with
@@ -41,9 +43,11 @@
 // Connections: HTTP/1.1 keeps the connection open unless the request says `Connection: close`;
 // HTTP/1.0 closes after the response unless it asks for `Connection: keep-alive`. A
 // keep-alive connection with no reads and no write progress for --idle-timeout-ms closes (the
-// engine's idle timer). Pipelining: every response owed for the requests found in one read is
-// queued before the next read (and so before on_data returns), in request order, so they leave
-// together in the shard's flush.
+// engine's idle timer). Pipelining: the responses owed for the requests found in one read are
+// queued before the next read, in request order, so they leave together in the shard's flush;
+// up to the Responder's bounds: http::kMaxFileBodies file bodies owed (fds held) per
+// connection, http::kMaxOutputBytes of responses per parse. Past one, the rest of the read is
+// held back and nothing more is read until the connection's queue has drained (serve()).
 //
 // Bad input gets a status and a close, never a crash: 400 for a malformed request, 414 for a
 // request target over --max-url bytes, 431 for headers over --max-header-bytes bytes or
@@ -53,17 +57,17 @@
 // the connection then closes once it is sent. `Expect: 100-continue` with a body within the
 // limits gets `100 Continue` at once.
 //
-// Per-connection state (an http::Conn: the llhttp parser and the request target so far) lives
-// in a table of the thread of the shard that owns the connection (its ThreadState), indexed by
-// fd, and exists only while the connection is part-way through a request (or finishing): a
-// read that holds whole requests is parsed from the Responder's scratch state, and only a read
-// that ends inside a request copies that state to a Conn of its own, freed again once a read
-// ends between requests (or in on_close); a connection whose last request came whole in one
-// read shares the thread's one finished mark until it closes. So an idle keep-alive connection
-// costs one null pointer here, and neither the common keep-alive case nor a short connection
-// allocates anything. on_close runs on the owning shard after
-// close(2): another shard may already have a new connection on the same fd number, which is
-// why the table is per shard thread and not global.
+// Per-connection state (an http::Conn: the llhttp parser and the request target so far; input
+// held back) lives in a table of the thread of the shard that owns the connection (its
+// ThreadState), indexed by fd, and exists only while the connection is part-way through a
+// request (or finishing, or holding input back): a read that holds whole requests is parsed
+// from the Responder's scratch state, and only a read that ends inside a request copies that
+// state to a Conn of its own, freed again once a read ends between requests (or in on_close);
+// a connection whose last request came whole in one read shares the thread's one finished mark
+// until it closes. So an idle keep-alive connection costs two null pointers here, and neither
+// the common keep-alive case nor a short connection allocates anything. on_close runs on the
+// owning shard after close(2): another shard may already have a new connection on the same fd
+// number, which is why the table is per shard thread and not global.
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
@@ -97,6 +101,9 @@ unsigned g_header_timeout_ms = kDefaultHeaderTimeoutMs;
 // Input discarded per callback on a connection that is closing after an error or a close.
 constexpr std::size_t kMaxDrain = 64 * 1024;
 
+// responder.h cannot include libsock.h: its copy of the packet payload must match.
+static_assert(http::kPacketPayload == BUFFER_FILE_READ_SIZE);
+
 // Set by main (the flags during run_server's parse) before the server starts, read-only once
 // shard threads exist (which see them after their creation): the limits (--max-*), the root
 // (--root; null without) and the fd number limit.
@@ -127,8 +134,17 @@ constexpr http::Page kPages[] = {
     {"/status", "text/html; charset=utf-8", without_exceptions<status_page>},
 };
 
+// One connection's entry in its thread's table (all null: between requests, nothing held).
+struct Entry {
+  // Its parse state (see the top), or the thread's shared finishing mark.
+  http::Conn* conn;
+  // Set while a pause of the Responder waits for the connection's queue to drain (serve()):
+  // the input not parsed yet (maybe none), parsed before anything read after it.
+  std::string* held;
+};
+
 struct ThreadState {
-  http::Conn** conns = nullptr;  // calloc'd: the pages of fd numbers never used stay untouched
+  Entry* conns = nullptr;  // calloc'd: the pages of fd numbers never used stay untouched
   http::Responder responder{g_limits, g_files.get(),
                             g_metrics ? std::span<const http::Page>(kPages)
                                       : std::span<const http::Page>()};
@@ -141,9 +157,16 @@ struct ThreadState {
   std::unique_ptr<http::Conn> finishing;
 
   // Frees the Conn of one table entry, unless it is the shared mark.
-  void release(http::Conn*& c) {
-    if (c != finishing.get()) delete c;
-    c = nullptr;
+  void release_conn(Entry& e) {
+    if (e.conn != finishing.get()) delete e.conn;
+    e.conn = nullptr;
+  }
+
+  // Frees all that one table entry holds.
+  void release(Entry& e) {
+    release_conn(e);
+    delete e.held;
+    e.held = nullptr;
   }
 
   ~ThreadState() {
@@ -230,10 +253,8 @@ bool status_page(std::string_view, std::string* body) {
 }
 
 // The thread's table, created on first use; nullptr if there is no memory for it.
-http::Conn** conn_table(ThreadState& state) {
-  if (!state.conns) {
-    state.conns = static_cast<http::Conn**>(std::calloc(g_max_fds, sizeof(http::Conn*)));
-  }
+Entry* conn_table(ThreadState& state) {
+  if (!state.conns) state.conns = static_cast<Entry*>(std::calloc(g_max_fds, sizeof(Entry)));
   return state.conns;
 }
 
@@ -285,51 +306,67 @@ void finish(struct Reactor* r, int fd) {
 }
 
 void on_open(struct Reactor*, int fd) {
-  http::Conn** table = conn_table(t_state);
+  Entry* table = conn_table(t_state);
   // No table, or an fd past it: on_data refuses the connection.
   if (!table || fd < 0 || static_cast<std::size_t>(fd) >= g_max_fds) return;
   t_state.release(table[fd]);  // on_close frees it; this only guards against a missed close
 }
 
 void on_close(struct Reactor*, int fd) {
-  http::Conn** table = t_state.conns;
+  Entry* table = t_state.conns;
   if (!table || fd < 0 || static_cast<std::size_t>(fd) >= g_max_fds) return;
   t_state.release(table[fd]);
 }
 
-// Runs on the thread of the shard that owns fd, whenever fd has input.
-void on_data(struct Reactor* r, int fd) {
-  ThreadState& state = t_state;  // one look-up of the thread_local (its access runs an init check)
-  http::Conn** table = conn_table(state);
-  if (!table || fd < 0 || static_cast<std::size_t>(fd) >= g_max_fds) {
+// An upper bound on the file bodies fd's queue still holds (and so the files it holds open),
+// from its queued bytes: each body counts over http::kSmallFileBytes until sendfile starts on
+// it, and the one being sent may count less. Bytes of other responses make it larger than the
+// truth, which only makes the Responder pause sooner; an empty queue makes it 0.
+unsigned files_owed(int fd) {
+  const ssize_t pending = sock_pending(fd);
+  if (pending <= 0) return 0;
+  const std::size_t bound = static_cast<std::size_t>(pending) / (http::kSmallFileBytes + 1) + 1;
+  return static_cast<unsigned>(std::min<std::size_t>(bound, http::kMaxFileBodies));
+}
+
+// Keeps `input` in e.held until fd's queue drains; always false (fd waits). Out of memory,
+// fd is closed: dropping the input would answer the requests after it out of turn.
+bool hold(struct Reactor* r, int fd, Entry& e, std::string_view input) {
+  try {
+    e.held = new std::string(input);
+  } catch (const std::bad_alloc&) {
     sock_force_close(r, fd);
-    return;
   }
-  state.reactor = r;
+  return false;
+}
+
+// Parses `input`, fd's next bytes, and queues the responses; in parts, when the Responder
+// pauses at a bound: the next part follows at once if fd's queue is empty, else it waits in
+// e.held, and fd is not read, until its queue has drained (on_ready). For that wait, fd's own
+// watermarks are (1, 0) while the paused part is written (it ends with a response, so there
+// is a write): the engine then stops reading fd once a write leaves more than a byte queued,
+// and calls on_ready once the queue is empty. A queue of one byte holds no file body (each is
+// over kSmallFileBytes) and is not waited for.
+// False when fd must not be read now: it closed or is finishing, or input waits.
+bool serve(struct Reactor* r, int fd, Entry& e, std::string_view input) {
+  ThreadState& state = t_state;
   http::Responder& responder = state.responder;
-  responder.refresh_date(r->last_tick);
-  char buf[16 * 1024];
-  ssize_t n;  // 0: drained for now; -1: the peer left (the library closes the fd)
-  std::size_t discarded = 0;
-  while ((n = sock_read(fd, buf, sizeof buf)) > 0) {
-    http::Conn* c = table[fd];
-    if (c && c->finished()) {
-      // Closing: the input is not parsed any more, and no more than kMaxDrain of it is read
-      // per callback (what is left unread makes the close a reset; the response has had its
-      // chance by then).
-      discarded += static_cast<std::size_t>(n);
-      if (discarded >= kMaxDrain) return;
-      continue;
-    }
+  for (;;) {
+    http::Conn* c = e.conn;
     // The deadline runs exactly while the connection's last read ended inside a request's
     // head, from the read that head began in; a connection without a Conn of its own is
     // between requests.
     const bool deadline_set = c && c->in_head();
     const http::ReadResult read =
-        responder.parse(c, std::string_view(buf, static_cast<std::size_t>(n)), &state.out);
-    if (!write_out(r, fd, state.out)) return;
-    if ((read.in_head != deadline_set || read.head_began) &&
-        g_header_timeout_ms) {
+        responder.parse(c, input, &state.out, g_files ? files_owed(fd) : 0);
+    if (read.paused && sock_set_watermarks(fd, 1, 0) < 0) {
+      // No memory for fd's own watermarks, so no on_ready would end the wait: give up on fd
+      // (write_out hands the FILE*s over; it closed fd itself if it returns false).
+      if (write_out(r, fd, state.out)) sock_force_close(r, fd);
+      return false;
+    }
+    if (!write_out(r, fd, state.out)) return false;
+    if ((read.in_head != deadline_set || read.head_began) && g_header_timeout_ms) {
       sock_set_deadline(fd, read.in_head ? g_header_timeout_ms : 0);
     }
     if (read.keep_state && !c) {
@@ -339,19 +376,72 @@ void on_data(struct Reactor* r, int fd) {
       if (shared && !state.finishing) {
         state.finishing.reset(new (std::nothrow) http::Conn(responder.scratch()));
       }
-      c = table[fd] = shared ? state.finishing.get()
-                             : new (std::nothrow) http::Conn(responder.scratch());
+      c = e.conn = shared ? state.finishing.get()
+                          : new (std::nothrow) http::Conn(responder.scratch());
       if (!c) {
         sock_force_close(r, fd);
-        return;
+        return false;
       }
     } else if (!read.keep_state && c) {
-      state.release(table[fd]);  // between requests again: the next read starts from scratch
+      state.release_conn(e);  // between requests again: the next read starts from scratch
     }
     if (read.finish) {
       finish(r, fd);
-      return;
+      return false;
     }
+    if (!read.paused) return true;
+    input.remove_prefix(input.size() - read.unparsed);
+    if (sock_pending(fd) > 1) return hold(r, fd, e, input);
+    sock_set_watermarks(fd, 0, 0);  // the reactor's again
+    if (input.empty()) return true;
+  }
+}
+
+// fd's queue drained after a pause: parses the input that waited (as serve()).
+bool serve_held(struct Reactor* r, int fd, Entry& e) {
+  sock_set_watermarks(fd, 0, 0);  // the reactor's again
+  const std::unique_ptr<std::string> held(e.held);
+  e.held = nullptr;
+  return held->empty() || serve(r, fd, e, *held);
+}
+
+// Runs on the thread of the shard that owns fd once its queue drained after it filled the
+// socket, or after a pause of serve() (the engine calls on_data next if input waits behind).
+void on_ready(struct Reactor* r, int fd) {
+  Entry* table = t_state.conns;
+  if (!table || fd < 0 || static_cast<std::size_t>(fd) >= g_max_fds || !table[fd].held) return;
+  t_state.reactor = r;
+  t_state.responder.refresh_date(r->last_tick);
+  serve_held(r, fd, table[fd]);
+}
+
+// Runs on the thread of the shard that owns fd, whenever fd has input.
+void on_data(struct Reactor* r, int fd) {
+  ThreadState& state = t_state;  // one look-up of the thread_local (its access runs an init check)
+  Entry* table = conn_table(state);
+  if (!table || fd < 0 || static_cast<std::size_t>(fd) >= g_max_fds) {
+    sock_force_close(r, fd);
+    return;
+  }
+  state.reactor = r;
+  state.responder.refresh_date(r->last_tick);
+  Entry& e = table[fd];
+  // Input held back comes first. The engine calls on_data only once the pause it waited for
+  // ended, and on_ready has usually parsed it already.
+  if (e.held && !serve_held(r, fd, e)) return;
+  char buf[16 * 1024];
+  ssize_t n;  // 0: drained for now; -1: the peer left (the library closes the fd)
+  std::size_t discarded = 0;
+  while ((n = sock_read(fd, buf, sizeof buf)) > 0) {
+    if (e.conn && e.conn->finished()) {
+      // Closing: the input is not parsed any more, and no more than kMaxDrain of it is read
+      // per callback (what is left unread makes the close a reset; the response has had its
+      // chance by then).
+      discarded += static_cast<std::size_t>(n);
+      if (discarded >= kMaxDrain) return;
+      continue;
+    }
+    if (!serve(r, fd, e, std::string_view(buf, static_cast<std::size_t>(n)))) return;
   }
 }
 
@@ -416,6 +506,7 @@ int main(int argc, char** argv) {
   settings.defer_accept_s = tools::kHttpDeferAcceptS;
   settings.on_open = on_open;
   settings.on_data = on_data;
+  settings.on_ready = on_ready;
   settings.on_close = on_close;
   return tools::run_server(
       argc, argv,

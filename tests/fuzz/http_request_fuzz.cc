@@ -5,7 +5,8 @@
 // a --root (files, a FIFO, symlinks out) and two pages. On each, the same input is parsed as
 // three connections: in one read (the reference), in the marked reads, and one byte per read,
 // the last two interleaved on one Responder, as connections of one shard are; each read is a
-// heap block of its own, freed once parsed. Asserted:
+// heap block of its own, freed once parsed. A parse that pauses at a bound is followed by one
+// of the rest, as the server parses it once the Output is sent. Asserted:
 // - split-point independence: the three connections get the same response bytes, the same
 //   file bodies at the same offsets, and finish at the same point, whatever the reads (one
 //   allowance, for input both over a limit and malformed: 400 or the limit's status for the
@@ -14,12 +15,13 @@
 //   "Name: value" with no bare CR or LF, the blank line, then a body of its Content-Length
 //   (none for 1xx, 204, 304 or a HEAD), or the file body the Output places there (of that size);
 // - the ReadResult is consistent (head_began implies in_head, in_head implies keep_state,
-//   finish implies keep_state and not in_head, a kept Conn that finished says finished()),
+//   finish implies keep_state and not in_head, a kept Conn that finished says finished(),
+//   paused implies none of them and an Output at a bound, the unparsed rest inside the read),
 //   and a "Connection: close" response is the last one, given exactly when the connection
 //   finishes;
 // - no crash, leak (ASan), undefined behaviour (UBSan) or hang (libFuzzer's -timeout), and
-//   every FILE* the Output holds is a regular file of the announced size (then closed, as its
-//   holder must).
+//   every FILE* the Output holds is a regular file of the announced size, over kSmallFileBytes
+//   (then closed, as its holder must).
 // The Date line is fixed (refresh_date with a constant) so that the outputs compare exactly.
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -59,7 +61,8 @@ constexpr http::Page kPages[] = {
     {"/broken", "application/json", failing_page},
 };
 
-// A root with files of three content types, an empty file, a FIFO (which must never block the
+// A root with files of three content types, an empty file, one just over kSmallFileBytes (owed
+// as a FileBody; the others are read into the response), a FIFO (which must never block the
 // parse), symlinks out of the root, and fixed mtimes (Last-Modified, If-Modified-Since).
 std::unique_ptr<http::StaticFiles> make_root() {
   const std::string base = fuzz_support::make_scratch_dir("http_request_fuzz");
@@ -70,11 +73,12 @@ std::unique_ptr<http::StaticFiles> make_root() {
   write_file(dir + "/a.txt", "a text file\n");
   write_file(dir + "/sub/b.css", "b{}\n");
   write_file(dir + "/empty", "");
+  write_file(dir + "/big.bin", std::string(http::kSmallFileBytes + 1, 'b'));
   FUZZ_CHECK(mkfifo((dir + "/fifo").c_str(), 0644) == 0, dir);
   FUZZ_CHECK(symlink("../secret", (dir + "/out").c_str()) == 0, dir);
   FUZZ_CHECK(symlink("..", (dir + "/up").c_str()) == 0, dir);
   const timeval times[2] = {{kDate - 86400, 0}, {kDate - 86400, 0}};
-  for (const char* name : {"index.html", "a.txt", "sub/b.css", "empty"}) {
+  for (const char* name : {"index.html", "a.txt", "sub/b.css", "empty", "big.bin"}) {
     FUZZ_CHECK(utimes((dir + "/" + name).c_str(), times) == 0, name);
   }
   auto files = http::StaticFiles::open(dir.c_str());
@@ -98,24 +102,34 @@ class Connection {
 
   void read(std::string_view bytes) {
     if (sent_.finished || bytes.empty()) return;
-    http::Output out;
     // Each read in a heap block of its own size, freed once parsed, as the server's buffer is
     // reused: ASan catches a byte read past the read, or kept and read after it.
     const std::unique_ptr<char[]> buffer(new char[bytes.size()]);
     bytes.copy(buffer.get(), bytes.size());
-    const http::ReadResult result =
-        responder_.parse(own_.get(), std::string_view(buffer.get(), bytes.size()), &out);
-    take(out);
-    FUZZ_CHECK(!result.in_head || result.keep_state, "in_head without keep_state");
-    FUZZ_CHECK(!result.finish || (result.keep_state && !result.in_head), "finish");
-    FUZZ_CHECK(!result.head_began || result.in_head, "head_began without in_head");
-    if (result.keep_state && !own_) {
-      own_ = std::make_unique<http::Conn>(responder_.scratch());
-    } else if (!result.keep_state && own_) {
-      own_.reset();
+    std::string_view input(buffer.get(), bytes.size());
+    for (;;) {
+      http::Output out;
+      const http::ReadResult result = responder_.parse(own_.get(), input, &out);
+      FUZZ_CHECK(!result.paused || out.files.size() >= http::kMaxFileBodies ||
+                     out.bytes.size() >= http::kMaxOutputBytes,
+                 "paused below the bounds");
+      take(out);
+      FUZZ_CHECK(!result.in_head || result.keep_state, "in_head without keep_state");
+      FUZZ_CHECK(!result.finish || (result.keep_state && !result.in_head), "finish");
+      FUZZ_CHECK(!result.head_began || result.in_head, "head_began without in_head");
+      FUZZ_CHECK(!result.paused || (!result.finish && !result.keep_state &&
+                                    result.unparsed <= input.size()),
+                 "paused");
+      if (result.keep_state && !own_) {
+        own_ = std::make_unique<http::Conn>(responder_.scratch());
+      } else if (!result.keep_state && own_) {
+        own_.reset();
+      }
+      if (own_) FUZZ_CHECK(own_->finished() == result.finish, "Conn::finished() != finish");
+      sent_.finished = result.finish;
+      if (!result.paused) return;
+      input.remove_prefix(input.size() - result.unparsed);
     }
-    if (own_) FUZZ_CHECK(own_->finished() == result.finish, "Conn::finished() != finish");
-    sent_.finished = result.finish;
   }
 
   const Sent& sent() const { return sent_; }
@@ -129,8 +143,9 @@ class Connection {
       last = f.at;
       struct stat st;
       FUZZ_CHECK(fstat(fileno(f.file), &st) == 0 && S_ISREG(st.st_mode) &&
-                     static_cast<std::size_t>(st.st_size) == f.size && f.size > 0,
-                 "a file body that is not a non-empty regular file of its size");
+                     static_cast<std::size_t>(st.st_size) == f.size &&
+                     f.size > http::kSmallFileBytes,
+                 "a file body that is not a regular file of its size, over kSmallFileBytes");
       sent_.files.push_back({sent_.bytes.size() + f.at, f.size});
       std::fclose(f.file);
     }

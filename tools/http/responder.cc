@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <charconv>
 #include <cstring>
 
@@ -119,7 +120,27 @@ struct Call {
   Output& out;
   const char* begin;
   const char* end;
+  unsigned files_owed;  // parse()'s: bodies of earlier Outputs not sent yet
+  bool paused = false;  // on_message_complete stopped the parser at a bound
 };
+
+// Appends the `size` bytes of the file at fd (from offset 0) to out. False, with `out` as it
+// was, when fewer came: a read error, or the file is shorter than `size` now (it shrank since
+// the fstat its Content-Length came from, which the response must not contradict).
+bool append_file(int fd, std::size_t size, std::string& out) {
+  const std::size_t at = out.size();
+  out.resize(at + size);
+  for (std::size_t got = 0; got < size;) {
+    const ssize_t n = pread(fd, out.data() + at + got, size - got, static_cast<off_t>(got));
+    if (n > 0) {
+      got += static_cast<std::size_t>(n);
+    } else if (n == 0 || errno != EINTR) {
+      out.resize(at);
+      return false;
+    }
+  }
+  return true;
+}
 
 // Whether `text` is `lower` in any case, for `lower` of lower-case letters, digits and '-':
 // setting bit 0x20 lower-cases a letter, and maps no other byte onto one of those but control
@@ -169,7 +190,7 @@ constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
 // The llhttp callbacks. A callback that finds a limit passed stops the parser with the status
 // to answer (llhttp_execute then returns HPE_USER from a data callback, HPE_CB_* from the
 // others); on_message_complete answers the request, and pauses the parser after one that
-// closes, so that nothing behind it is parsed.
+// closes, so that nothing behind it is parsed, or at a bound (see after_response).
 struct Callbacks {
   static Call& call(llhttp_t* parser) { return *static_cast<Call*>(parser->data); }
   static Conn& conn(llhttp_t* parser) { return call(parser).conn; }
@@ -457,13 +478,15 @@ struct Callbacks {
       return true;
     }
     const auto size = static_cast<std::uint64_t>(st.st_size);
+    const bool body = !head && size > 0;
+    const bool small = size <= kSmallFileBytes;
     FILE* file = nullptr;
-    if (!head && size > 0 && !(file = fdopen(fd, "r"))) {
+    if (body && !small && !(file = fdopen(fd, "r"))) {
       close(fd);
       respond(out, date, 500, reason(500), keep_alive, head);
       return true;
     }
-    if (!file) close(fd);  // HEAD or an empty file: no body to send
+    const std::size_t head_at = out.size();
     out.append("HTTP/1.1 200 OK\r\nContent-Length: ");
     append_number(out, size);
     out.append("\r\nContent-Type: ");
@@ -472,8 +495,31 @@ struct Callbacks {
     append_last_modified();
     out.append(date);
     out.append(keep_alive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n");
-    if (file) k.out.files.push_back({out.size(), file, static_cast<std::size_t>(size)});
+    if (file) {
+      k.out.files.push_back({out.size(), file, static_cast<std::size_t>(size)});
+      return true;
+    }
+    // A small body is read now (HEAD and an empty file have none): the fd closes at once.
+    const bool whole = !body || append_file(fd, static_cast<std::size_t>(size), out);
+    close(fd);
+    if (!whole) {  // a complete 500 instead: the connection stays in step
+      out.resize(head_at);
+      respond(out, date, 500, reason(500), keep_alive, head);
+    }
     return true;
+  }
+
+  // What on_message_complete returns once its response is appended: HPE_PAUSED after a
+  // request that closes, or once the Output reaches a bound (parse() then reports `paused`,
+  // and the caller sends the Output before it parses on); else 0.
+  static int after_response(Call& k, bool keep_alive) {
+    if (!keep_alive) return HPE_PAUSED;
+    if (k.out.files.size() + k.files_owed < kMaxFileBodies &&
+        k.out.bytes.size() < kMaxOutputBytes) {
+      return 0;
+    }
+    k.paused = true;
+    return HPE_PAUSED;
   }
 
   static int on_message_complete(llhttp_t* parser) {
@@ -483,8 +529,6 @@ struct Callbacks {
     // An upgrade (Upgrade with Connection: upgrade, or CONNECT) is answered as a plain request
     // and closes: llhttp parses nothing after it, and the peer may switch protocols.
     const bool keep_alive = llhttp_should_keep_alive(parser) != 0 && !parser->upgrade;
-    // Nothing after a closing request is parsed: pausing makes llhttp_execute return here.
-    const int done = keep_alive ? 0 : HPE_PAUSED;
     const auto method = static_cast<llhttp_method_t>(parser->method);
     const std::string_view url = k.conn.url_at_
                                      ? std::string_view(k.conn.url_at_, k.conn.url_length_)
@@ -496,7 +540,7 @@ struct Callbacks {
     if (!r.pages_.empty()) {
       if (const Page* page = find_page(r.pages_, path)) {
         serve_page(*page, url, path, method, keep_alive, head, date, out);
-        return done;
+        return after_response(k, keep_alive);
       }
     }
     if (r.files_) {
@@ -505,13 +549,13 @@ struct Callbacks {
       if (status) {  // 400 (a malformed target) closes, as llhttp's 400s do; 404 does not
         const bool keep = keep_alive && status != 400;
         respond(out, date, status, reason(status), keep, head);
-        return keep ? 0 : HPE_PAUSED;
+        return after_response(k, keep);
       }
       if (method != HTTP_GET && !head) {
         respond(out, date, 405, "Method Not Allowed", keep_alive, false, "Allow: GET, HEAD\r\n");
-        return done;
+        return after_response(k, keep_alive);
       }
-      if (serve_file(k, rel, keep_alive, head)) return done;
+      if (serve_file(k, rel, keep_alive, head)) return after_response(k, keep_alive);
       // No file: "/" without index.html answers as without a root, the rest is 404.
     }
     if (path != "/") {
@@ -523,7 +567,7 @@ struct Callbacks {
     } else {
       respond(out, date, 405, "Method Not Allowed", keep_alive, false, "Allow: GET, HEAD\r\n");
     }
-    return done;
+    return after_response(k, keep_alive);
   }
 
   static llhttp_settings_t make_settings() {
@@ -592,14 +636,15 @@ void Responder::refresh_date(std::time_t now) {
   c.url_at_ = nullptr;
 }
 
-ReadResult Responder::parse(Conn* conn, std::string_view bytes, Output* out) {
+ReadResult Responder::parse(Conn* conn, std::string_view bytes, Output* out,
+                             unsigned files_owed) {
   Conn& c = conn ? *conn : scratch_;
   // The scratch state is re-initialised only when the read before left it mid-request or
   // stopped (an error, a pause): after reads that ended between requests, llhttp is already
   // at the start of a message and the Conn's flags are clear.
   if (!conn && scratch_dirty_) scratch_.reset(settings_);
   const char* const end = bytes.data() + bytes.size();
-  Call call{*this, c, *out, bytes.data(), end};
+  Call call{*this, c, *out, bytes.data(), end, files_owed};
   c.parser_.data = &call;
   c.head_began_ = false;
   // The last read ended right after a chunk's data: its CRLF comes first (only a Conn of the
@@ -628,6 +673,18 @@ ReadResult Responder::parse(Conn* conn, std::string_view bytes, Output* out) {
             .in_head = in_head,
             .head_began = in_head && c.head_began_,
             .keep_state = c.in_message_};
+  }
+  if (call.paused) {
+    // Stopped right after a request (llhttp's error_pos: the byte after it). Resumed, the
+    // parser takes the next input from there, should the caller keep this Conn.
+    const char* const next = llhttp_get_error_pos(&c.parser_);
+    llhttp_resume(&c.parser_);
+    return {.finish = false,
+            .in_head = false,
+            .head_began = false,
+            .keep_state = false,
+            .paused = true,
+            .unparsed = static_cast<std::size_t>(end - next)};
   }
   if (err != HPE_PAUSED && err != HPE_PAUSED_UPGRADE) {
     // The responses owed for the requests before the bad one are in `out`; the error's goes

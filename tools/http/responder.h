@@ -9,7 +9,10 @@
 // tools/http_server.cc). Keep-alive follows llhttp (HTTP/1.1 unless `Connection: close`,
 // HTTP/1.0 only with `Connection: keep-alive`), except that an upgrade request (Upgrade, CONNECT)
 // is answered as a plain one and closes; nothing after a request that closes is parsed.
-// Bad input is answered, then the connection finishes: 400 malformed, 414 / 431 / 413 past a
+// What one parse() answers is bounded (kMaxFileBodies, kMaxOutputBytes): past a bound it stops
+// after a request and says how much of the input it left for later (ReadResult::paused), so
+// that a client that pipelines requests and reads nothing cannot make the server hold without
+// end. Bad input is answered, then the connection finishes: 400 malformed, 414 / 431 / 413 past a
 // Limits field, 501 a transfer coding other than chunked, 505 an HTTP major version other than
 // 1, 417 an expectation other than 100-continue. A request that expects 100-continue and has a
 // body within the limits gets `100 Continue` before its final response (413 instead, at once,
@@ -20,6 +23,7 @@
 // shared or locked. A Conn is used by one thread at a time, with that thread's Responder.
 // Ownership: the caller owns its Conns and Outputs; the FILE*s an Output's files hold belong to
 // whoever holds the Output (see FileBody).
+// Blocking: a file body of at most kSmallFileBytes is read (pread) on the calling thread.
 // Errors: bad input is not an error of a call but a response plus ReadResult::finish. Out of
 // memory while appending to a std::string throws std::bad_alloc, as any std::string does.
 #ifndef TOOLS_HTTP_RESPONDER_H_
@@ -50,6 +54,28 @@ struct Limits {
   unsigned max_headers = 100;                // header fields: 431
   std::uint64_t max_body = 1024 * 1024;      // body bytes, declared or chunked (discarded): 413
 };
+
+// The engine's packet payload (BUFFER_FILE_READ_SIZE in engine/libsock.h, which this
+// socket-free library does not include; tools/http_server.cc checks that the two agree).
+inline constexpr std::size_t kPacketPayload = 16 * 1024;
+// A file body of at most this many bytes is read into the response at once and its fd closed;
+// a larger one is owed as a FileBody, its file open until sendfile has sent it all. One
+// payload: reading it holds the thread on the page cache (or the disk) no longer than the
+// sendfile of the same bytes would, and what it copies is what a packet holds.
+inline constexpr std::size_t kSmallFileBytes = kPacketPayload;
+// File bodies a connection may be owed at once (each holds an fd): parse() stops after the
+// request that brings them to this many. Each is over kSmallFileBytes, so 16 of them keep at
+// least 256 KiB of file on its way to a pipelining client (the engine's low watermark, where
+// reading resumes), while the fds one connection costs stay at 17 however deep it pipelines.
+inline constexpr unsigned kMaxFileBodies = 16;
+// Response bytes parse() appends before it stops (after the response that reaches them):
+// otherwise one 16 KiB read of pipelined GETs of small files would be owed over 500 responses
+// of up to kSmallFileBytes each at once, memory the engine's high watermark only sees after
+// the fact. Four payloads: ordinary pipelines (16 "Hello World!" requests, about 2 KiB) never
+// meet it.
+inline constexpr std::size_t kMaxOutputBytes = 4 * kPacketPayload;
+static_assert(kSmallFileBytes < kMaxOutputBytes,
+              "responses to several small files fit in one parse before it stops");
 
 // One connection's parse state between two reads. A connection needs one of its own only
 // while a read has ended part-way through a request (or it is finishing); between requests it
@@ -167,17 +193,18 @@ class Conn {
   Kept<kMaxTokenValue> token_;    // the current Transfer-Encoding or Expect value
 };
 
-// A file body owed: sent (with sendfile) after Output::bytes[0, at) and before the rest.
-// `file` is open at offset 0 and belongs to whoever holds the Output, who must hand it to
-// sock_write2(.file) (which takes it even on error) or fclose it.
+// A file body owed (one over kSmallFileBytes): sent (with sendfile) after Output::bytes[0, at)
+// and before the rest. `file` is open at offset 0 and belongs to whoever holds the Output, who
+// must hand it to sock_write2(.file) (which takes it even on error) or fclose it.
 struct FileBody {
   std::size_t at;
   FILE* file;
   std::size_t size;  // bytes to send, the file's size when it was opened
 };
 
-// What the requests of one read are owed, in order: `bytes`, with the file bodies inserted at
-// their offsets (ascending). The caller sends it and clears it before the next parse().
+// What the requests parsed by one parse() are owed, in order: `bytes`, with the file bodies
+// inserted at their offsets (ascending). The caller sends it and clears it before the next
+// parse(): the bounds count what it holds.
 struct Output {
   std::string bytes;
   std::vector<FileBody> files;
@@ -198,6 +225,14 @@ struct ReadResult {
   // is finishing. For parse(nullptr, ...), copy scratch() into a Conn of the connection's own;
   // false for a Conn of its own: the connection is between requests and its Conn may be freed.
   bool keep_state = false;
+  // Parsing stopped after a request, between requests, at a bound: the Output holds
+  // kMaxFileBodies file bodies with those the connection was owed already, or
+  // kMaxOutputBytes bytes or more. The last `unparsed` bytes of the input (maybe none) are
+  // the connection's next input, to parse before anything read after them: send the Output
+  // first, and let what the connection is owed go out, or the bounds hold nothing back.
+  // Never with `finish`.
+  bool paused = false;
+  std::size_t unparsed = 0;
 };
 
 // A page made on request (tools/http_server --metrics: /metrics and /status): GET and HEAD of
@@ -226,12 +261,14 @@ class Responder {
   void refresh_date(std::time_t now = std::time(nullptr));
 
   // Parses `bytes`, the next input of a connection, and appends to `out` every response owed
-  // for the requests they complete, in order, stopping after a request that closes or at bad
-  // input (whose status is the last response appended).
+  // for the requests they complete, in order, stopping after a request that closes, at bad
+  // input (whose status is the last response appended) or at a bound (ReadResult::paused).
   // `conn`: the connection's own state, never finished(); or nullptr if it has none, when the
   // read is parsed from a fresh scratch() state (fresh: initialised, or left between requests
-  // by the previous read).
-  ReadResult parse(Conn* conn, std::string_view bytes, Output* out);
+  // by the previous read). `files_owed`: file bodies of earlier Outputs the connection has
+  // not been sent yet (an upper bound will do); at kMaxFileBodies or more, parsing stops after
+  // the first request.
+  ReadResult parse(Conn* conn, std::string_view bytes, Output* out, unsigned files_owed = 0);
 
   // The state the last parse(nullptr, ...) left (see ReadResult::keep_state).
   const Conn& scratch() const { return scratch_; }

@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 
 #include <cstddef>
 #include <cstdio>
@@ -16,6 +17,8 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "tests/tools/http/one_file_root.h"
 #include "tools/http/static_files.h"
@@ -31,28 +34,36 @@ class Connection {
  public:
   explicit Connection(http::Responder& responder) : responder_(responder) {}
 
-  // One read; returns its ReadResult, with the Output's bytes appended to sent().
+  // One read; returns the ReadResult of its last parse, with the Outputs' bytes appended to
+  // sent(). After a pause the rest is parsed at once, as the server parses it once its queue
+  // is empty (an Output here counts as sent when appended).
   http::ReadResult read(std::string_view bytes) {
     EXPECT_FALSE(own_ && own_->finished()) << "a finishing connection is not parsed";
-    http::Output out;
-    const http::ReadResult result = responder_.parse(own_.get(), bytes, &out);
-    EXPECT_TRUE(out.files.empty());  // no StaticFiles
-    sent_ += out.bytes;
-    if (result.keep_state && !own_) {
-      own_ = std::make_unique<http::Conn>(responder_.scratch());
-    } else if (!result.keep_state && own_) {
-      own_.reset();
+    for (;;) {
+      http::Output out;
+      const http::ReadResult result = responder_.parse(own_.get(), bytes, &out);
+      ++parses_;
+      EXPECT_TRUE(out.files.empty());  // no StaticFiles
+      sent_ += out.bytes;
+      if (result.keep_state && !own_) {
+        own_ = std::make_unique<http::Conn>(responder_.scratch());
+      } else if (!result.keep_state && own_) {
+        own_.reset();
+      }
+      if (!result.paused || result.unparsed == 0) return result;
+      bytes.remove_prefix(bytes.size() - result.unparsed);
     }
-    return result;
   }
 
   const std::string& sent() const { return sent_; }
   const http::Conn* own() const { return own_.get(); }
+  int parses() const { return parses_; }
 
  private:
   http::Responder& responder_;
   std::unique_ptr<http::Conn> own_;
   std::string sent_;
+  int parses_ = 0;
 };
 
 // Replaces each Date value (29 bytes) with "<date>".
@@ -426,6 +437,199 @@ TEST(ResponderTest, IfModifiedSinceFollowedByWhitespaceGives304) {
     EXPECT_EQ(out.bytes.substr(0, out.bytes.find("\r\n")), "HTTP/1.1 304 Not Modified")
         << "value followed by \"" << after << "\"";
   }
+}
+
+// --- File bodies read into the response (kSmallFileBytes) --------------------------------
+
+std::string get(const std::string& target, const std::string& method = "GET") {
+  return method + " " + target + " HTTP/1.1\r\nHost: x\r\n\r\n";
+}
+
+// A root with a.txt ("abc"), small.bin (kSmallFileBytes bytes) and large.bin (one more).
+struct SizedFilesRoot {
+  testing_support::OneFileRoot root = testing_support::one_file_root("responder_sized");
+  std::string small, large;
+
+  SizedFilesRoot() {
+    for (std::size_t i = 0; i <= http::kSmallFileBytes; ++i) {
+      large += static_cast<char>('a' + i % 26);
+    }
+    small = large.substr(0, http::kSmallFileBytes);
+    write("small.bin", small);
+    write("large.bin", large);
+  }
+  void write(const std::string& name, const std::string& data) const {
+    FILE* f = std::fopen((root.root + "/" + name).c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    ASSERT_EQ(std::fwrite(data.data(), 1, data.size(), f), data.size());
+    std::fclose(f);
+  }
+};
+
+// The bytes of an Output as the client receives them: each file body read into its place,
+// and its FILE* closed, as its holder must.
+std::string stream_of(http::Output& out) {
+  std::string s;
+  std::size_t from = 0;
+  for (const http::FileBody& f : out.files) {
+    s.append(out.bytes, from, f.at - from);
+    std::string body(f.size, '\0');
+    EXPECT_EQ(std::fread(body.data(), 1, f.size, f.file), f.size);
+    std::fclose(f.file);
+    s += body;
+    from = f.at;
+  }
+  return s + out.bytes.substr(from);
+}
+
+TEST(ResponderTest, SmallFilesAreReadIntoTheResponseAndLargerOnesOwedAsFileBodies) {
+  const SizedFilesRoot b;
+  ASSERT_NE(b.root.files, nullptr);
+  http::Responder responder(http::Limits{}, b.root.files.get());
+  http::Output out;
+  responder.parse(
+      nullptr, get("/small.bin") + get("/a.txt") + get("/large.bin") + get("/small.bin", "HEAD"),
+      &out);
+  ASSERT_EQ(out.files.size(), 1u);  // large.bin's: the others' fds are closed already
+  EXPECT_EQ(out.files[0].size, b.large.size());
+  EXPECT_EQ(out.bytes.compare(out.files[0].at - 4, 4, "\r\n\r\n"), 0);  // right after its head
+  // The responses as received: each Content-Length, and the body that follows (HEAD: none).
+  const std::string got = stream_of(out);
+  std::size_t at = 0;
+  const auto next = [&](bool head) {
+    const std::size_t end = got.find("\r\n\r\n", at) + 4;
+    const std::size_t length = std::stoul(got.substr(got.find("Content-Length: ", at) + 16));
+    const std::string body = head ? "" : got.substr(end, length);
+    at = head ? end : end + length;
+    return std::make_pair(length, body);
+  };
+  EXPECT_EQ(next(false), std::make_pair(b.small.size(), b.small));
+  EXPECT_EQ(next(false), std::make_pair(std::size_t{3}, std::string("abc")));
+  EXPECT_EQ(next(false), std::make_pair(b.large.size(), b.large));
+  EXPECT_EQ(next(true), std::make_pair(b.small.size(), std::string()));
+  EXPECT_EQ(at, got.size());
+}
+
+// A small file is read after its fstat: if it reads shorter than the size its Content-Length
+// came from (it shrank meanwhile), the response would lie about its length and the client
+// would take the next response's bytes for the rest of the body. sysfs attributes read that
+// way (4096 bytes by fstat, a few by read), with no race to set up.
+TEST(ResponderTest, SmallFileThatReadsShorterThanItsSizeGets500) {
+  const std::unique_ptr<http::StaticFiles> cpu = http::StaticFiles::open("/sys/devices/system/cpu");
+  struct stat st;
+  if (!cpu || stat("/sys/devices/system/cpu/online", &st) != 0 || st.st_size == 0 ||
+      static_cast<std::size_t>(st.st_size) > http::kSmallFileBytes) {
+    GTEST_SKIP() << "no /sys/devices/system/cpu/online of a size up to kSmallFileBytes";
+  }
+  http::Responder responder(http::Limits{}, cpu.get());
+  http::Output out;
+  responder.parse(nullptr, get("/online") + kGet, &out);
+  EXPECT_TRUE(out.files.empty());
+  EXPECT_EQ(normalise(out.bytes),
+            response("500 Internal Server Error", "Internal Server Error", true) + kHello);
+}
+
+// --- Bounds on what one connection is owed at once (kMaxFileBodies, kMaxOutputBytes) -----
+
+std::string repeat(const std::string& s, std::size_t times) {
+  std::string out;
+  for (std::size_t i = 0; i < times; ++i) out += s;
+  return out;
+}
+
+// What a connection receives for `input` in one read, parsed as the server parses it: after a
+// pause, the rest once the Output was sent (no file bodies owed any more). *parses: how many.
+std::string received(http::Responder& responder, std::string_view input, int* parses) {
+  std::string got;
+  *parses = 0;
+  for (;;) {
+    http::Output out;
+    const http::ReadResult r = responder.parse(nullptr, input, &out);
+    ++*parses;
+    got += stream_of(out);
+    if (!r.paused) return got;
+    input.remove_prefix(input.size() - r.unparsed);
+  }
+}
+
+TEST(ResponderTest, FileBodiesOwedStopTheParseAtTheCapAndTheRestFollowsUnchanged) {
+  const SizedFilesRoot b;
+  ASSERT_NE(b.root.files, nullptr);
+  http::Responder responder(http::Limits{}, b.root.files.get());
+  const std::string pair = get("/large.bin") + kGet;
+  const std::string input = repeat(pair, 40);
+  http::Output out;
+  http::ReadResult r = responder.parse(nullptr, input, &out);
+  EXPECT_TRUE(r.paused);
+  EXPECT_FALSE(r.keep_state);
+  EXPECT_EQ(out.files.size(), http::kMaxFileBodies);
+  // Right after the request of the last body: its "GET /" is the first byte not parsed.
+  EXPECT_EQ(r.unparsed, input.size() - http::kMaxFileBodies * pair.size() + kGet.size());
+  stream_of(out);
+  // Bodies owed already count: three more reach the cap; at the cap, one request is answered.
+  out = {};
+  r = responder.parse(nullptr, input, &out, http::kMaxFileBodies - 3);
+  EXPECT_TRUE(r.paused);
+  EXPECT_EQ(out.files.size(), 3u);
+  stream_of(out);
+  out = {};
+  r = responder.parse(nullptr, kGet + kGet, &out, http::kMaxFileBodies);
+  EXPECT_TRUE(r.paused);
+  EXPECT_EQ(r.unparsed, kGet.size());
+  EXPECT_EQ(normalise(out.bytes), kHello);
+  // Parsed on from each pause, the 80 responses are those of the requests parsed one by one.
+  int parses = 0;
+  const std::string got = received(responder, input, &parses);
+  EXPECT_EQ(parses, 3);  // 16 bodies, 16, then the last 8
+  std::string one_by_one;
+  for (int i = 0; i < 40; ++i) one_by_one += received(responder, pair, &parses);
+  EXPECT_TRUE(got == one_by_one) << "the paused parses sent other bytes";
+}
+
+// How many "Hello World!" responses reach kMaxOutputBytes (each is as long: a Date value has
+// one length).
+std::size_t hellos_to_reach_the_bound(http::Responder& responder) {
+  http::Output one;
+  responder.parse(nullptr, kGet, &one);
+  return (http::kMaxOutputBytes + one.bytes.size() - 1) / one.bytes.size();
+}
+
+TEST(ResponderTest, ResponseBytesStopTheParseOnceTheyReachTheBound) {
+  http::Responder responder(http::Limits{}, nullptr);
+  const std::size_t answered = hellos_to_reach_the_bound(responder);
+  const std::size_t sent = 2 * answered + 7;
+  http::Output out;
+  const http::ReadResult r = responder.parse(nullptr, repeat(kGet, sent), &out);
+  EXPECT_TRUE(r.paused);
+  EXPECT_EQ(normalise(out.bytes), repeat(kHello, answered));
+  EXPECT_EQ(r.unparsed, (sent - answered) * kGet.size());
+  Connection c(responder);
+  EXPECT_FALSE(c.read(repeat(kGet, sent)).paused);
+  EXPECT_EQ(c.parses(), 3);
+  EXPECT_TRUE(normalise(c.sent()) == repeat(kHello, sent));
+}
+
+// A pause in the read that ends a request begun earlier leaves the connection between
+// requests: its Conn may go (keep_state false), and kept, parses on as a fresh state does.
+TEST(ResponderTest, PauseAfterARequestBegunInAnEarlierReadLeavesNoStateToKeep) {
+  http::Responder responder(http::Limits{}, nullptr);
+  http::Output out;
+  ASSERT_TRUE(responder.parse(nullptr, "GET / HTTP/1.1\r\nHo", &out).keep_state);
+  http::Conn own(responder.scratch());
+  const std::size_t sent = hellos_to_reach_the_bound(responder) + 10;  // one pause, then 10
+  const std::string input = "st: x\r\n\r\n" + repeat(kGet, sent - 1);
+  const http::ReadResult r = responder.parse(&own, input, &out);
+  EXPECT_TRUE(r.paused);
+  EXPECT_FALSE(r.keep_state);
+  EXPECT_FALSE(r.in_head);
+  const std::string rest = input.substr(input.size() - r.unparsed);
+  EXPECT_EQ(r.unparsed, 10 * kGet.size());
+  http::Output kept, fresh;
+  const http::ReadResult kept_result = responder.parse(&own, rest, &kept);
+  EXPECT_FALSE(kept_result.keep_state || kept_result.paused);
+  EXPECT_FALSE(responder.parse(nullptr, rest, &fresh).paused);
+  EXPECT_EQ(kept.bytes, fresh.bytes);
+  EXPECT_TRUE(normalise(out.bytes + fresh.bytes) == repeat(kHello, sent));
 }
 
 TEST(ResponderTest, DateLineIsAnImfFixdate) {
