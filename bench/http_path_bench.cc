@@ -93,7 +93,7 @@ void BM_LlhttpParseRespond(benchmark::State& state) {
   http::Output out;
   // Checked once before timing: n whole responses, the connection kept open with no state.
   const http::ReadResult first = responder.parse(nullptr, in, &out);
-  if (first.finish || first.keep_state || first.paused || !out.files.empty() ||
+  if (first.finish || first.keep_state || responder.paused() || !out.files.empty() ||
       !is_hello_responses(out.bytes, n)) {
     state.SkipWithError("the server path did not answer every request");
     return;

@@ -322,7 +322,7 @@ void server_data(Shard& s, struct Reactor* r, int fd, Conn& c) {
       sock_close(r, fd);
       return;
     }
-    if (read.paused) {  // the requests after the pause would go unanswered
+    if (responder.paused()) {  // the requests after the pause would go unanswered
       fail(s, "the HTTP core paused at a bound, which kPipelineDepth requests never reach", fd);
       sock_force_close(r, fd);
       return;

@@ -262,7 +262,8 @@ Entry* conn_table(ThreadState& state) {
 // connection was then force-closed: fd and its Conn are gone).
 // File bodies go out between the parts of the bytes, each with sock_write2(.file) (sendfile),
 // which takes the FILE* whatever happens.
-bool write_out(struct Reactor* r, int fd, http::Output& output) {
+// Inlined: it runs once per read of every connection (bench/callgrind.sh, c64).
+[[gnu::always_inline]] inline bool write_out(struct Reactor* r, int fd, http::Output& output) {
   std::string& out = output.bytes;
   std::vector<http::FileBody>& files = output.files;
   if (out.empty()) return true;
@@ -340,61 +341,76 @@ bool hold(struct Reactor* r, int fd, Entry& e, std::string_view input) {
   return false;
 }
 
-// Parses `input`, fd's next bytes, and queues the responses; in parts, when the Responder
-// pauses at a bound: the next part follows at once if fd's queue is empty, else it waits in
-// e.held, and fd is not read, until its queue has drained (on_ready). For that wait, fd's own
-// watermarks are (1, 0) while the paused part is written (it ends with a response, so there
-// is a write): the engine then stops reading fd once a write leaves more than a byte queued,
-// and calls on_ready once the queue is empty. A queue of one byte holds no file body (each is
-// over kSmallFileBytes) and is not waited for.
-// False when fd must not be read now: it closed or is finishing, or input waits.
-bool serve(struct Reactor* r, int fd, Entry& e, std::string_view input) {
-  ThreadState& state = t_state;
+bool serve_after_pause(ThreadState& state, struct Reactor* r, int fd, Entry& e,
+                       std::string_view input, bool deadline_set);
+
+// Parses `input`, fd's next bytes, and queues the responses (serve_after_pause() when the
+// Responder paused at a bound). False when fd must not be read now: it closed or is finishing,
+// or input waits. Inlined into on_data, with the caller's look-up of t_state: as a call of its
+// own, with write_out() another, it cost a keep-alive request about 70 instructions
+// (bench/callgrind.sh, c64).
+[[gnu::always_inline]] inline bool serve(ThreadState& state, struct Reactor* r, int fd, Entry& e,
+                                         std::string_view input) {
   http::Responder& responder = state.responder;
-  for (;;) {
-    http::Conn* c = e.conn;
-    // The deadline runs exactly while the connection's last read ended inside a request's
-    // head, from the read that head began in; a connection without a Conn of its own is
-    // between requests.
-    const bool deadline_set = c && c->in_head();
-    const http::ReadResult read =
-        responder.parse(c, input, &state.out, g_files ? files_owed(fd) : 0);
-    if (read.paused && sock_set_watermarks(fd, 1, 0) < 0) {
-      // No memory for fd's own watermarks, so no on_ready would end the wait: give up on fd
-      // (write_out hands the FILE*s over; it closed fd itself if it returns false).
-      if (write_out(r, fd, state.out)) sock_force_close(r, fd);
-      return false;
-    }
-    if (!write_out(r, fd, state.out)) return false;
-    if ((read.in_head != deadline_set || read.head_began) && g_header_timeout_ms) {
-      sock_set_deadline(fd, read.in_head ? g_header_timeout_ms : 0);
-    }
-    if (read.keep_state && !c) {
-      // A Conn of its own, so that the next read parses on; or, for one that finished here,
-      // the thread's shared mark (the scratch state it is copied from says finished()).
-      const bool shared = read.finish && responder.scratch().finished();
-      if (shared && !state.finishing) {
-        state.finishing.reset(new (std::nothrow) http::Conn(responder.scratch()));
-      }
-      c = e.conn = shared ? state.finishing.get()
-                          : new (std::nothrow) http::Conn(responder.scratch());
-      if (!c) {
-        sock_force_close(r, fd);
-        return false;
-      }
-    } else if (!read.keep_state && c) {
-      state.release_conn(e);  // between requests again: the next read starts from scratch
-    }
-    if (read.finish) {
-      finish(r, fd);
-      return false;
-    }
-    if (!read.paused) return true;
-    input.remove_prefix(input.size() - read.unparsed);
-    if (sock_pending(fd) > 1) return hold(r, fd, e, input);
-    sock_set_watermarks(fd, 0, 0);  // the reactor's again
-    if (input.empty()) return true;
+  http::Conn* c = e.conn;
+  // The deadline runs exactly while the connection's last read ended inside a request's
+  // head, from the read that head began in; a connection without a Conn of its own is
+  // between requests.
+  const bool deadline_set = c && c->in_head();
+  const http::ReadResult read =
+      responder.parse(c, input, &state.out, g_files ? files_owed(fd) : 0);
+  if (responder.paused()) return serve_after_pause(state, r, fd, e, input, deadline_set);
+  if (!write_out(r, fd, state.out)) return false;
+  if ((read.in_head != deadline_set || read.head_began) && g_header_timeout_ms) {
+    sock_set_deadline(fd, read.in_head ? g_header_timeout_ms : 0);
   }
+  if (read.keep_state && !c) {
+    // A Conn of its own, so that the next read parses on; or, for one that finished here,
+    // the thread's shared mark (the scratch state it is copied from says finished()).
+    const bool shared = read.finish && responder.scratch().finished();
+    if (shared && !state.finishing) {
+      state.finishing.reset(new (std::nothrow) http::Conn(responder.scratch()));
+    }
+    c = e.conn = shared ? state.finishing.get()
+                        : new (std::nothrow) http::Conn(responder.scratch());
+    if (!c) {
+      sock_force_close(r, fd);
+      return false;
+    }
+  } else if (!read.keep_state && c) {
+    state.release_conn(e);  // between requests again: the next read starts from scratch
+  }
+  if (read.finish) {
+    finish(r, fd);
+    return false;
+  }
+  return true;
+}
+
+// serve() after a parse of `input` that paused at a bound, between requests (so not
+// finishing, nor inside a head: deadline_set says whether the read began inside one). The
+// rest of `input` follows at once if fd's queue is empty, else it waits in e.held, and fd is
+// not read, until its queue has drained (on_ready). For that wait, fd's own watermarks are
+// (1, 0) while the paused part is written (it ends with a response, so there is a write): the
+// engine then stops reading fd once a write leaves more than a byte queued, and calls
+// on_ready once the queue is empty. A queue of one byte holds no file body (each is over
+// kSmallFileBytes) and is not waited for. Out of line: the bounds are far above what
+// ordinary pipelining reaches.
+[[gnu::noinline]] bool serve_after_pause(ThreadState& state, struct Reactor* r, int fd,
+                                         Entry& e, std::string_view input, bool deadline_set) {
+  if (sock_set_watermarks(fd, 1, 0) < 0) {
+    // No memory for fd's own watermarks, so no on_ready would end the wait: give up on fd
+    // (write_out hands the FILE*s over; it closed fd itself if it returns false).
+    if (write_out(r, fd, state.out)) sock_force_close(r, fd);
+    return false;
+  }
+  if (!write_out(r, fd, state.out)) return false;
+  if (deadline_set && g_header_timeout_ms) sock_set_deadline(fd, 0);
+  if (e.conn) state.release_conn(e);  // between requests: the rest parses from scratch
+  input.remove_prefix(input.size() - state.responder.unparsed());
+  if (sock_pending(fd) > 1) return hold(r, fd, e, input);
+  sock_set_watermarks(fd, 0, 0);  // the reactor's again
+  return input.empty() || serve(state, r, fd, e, input);
 }
 
 // fd's queue drained after a pause: parses the input that waited (as serve()).
@@ -402,7 +418,7 @@ bool serve_held(struct Reactor* r, int fd, Entry& e) {
   sock_set_watermarks(fd, 0, 0);  // the reactor's again
   const std::unique_ptr<std::string> held(e.held);
   e.held = nullptr;
-  return held->empty() || serve(r, fd, e, *held);
+  return held->empty() || serve(t_state, r, fd, e, *held);
 }
 
 // Runs on the thread of the shard that owns fd once its queue drained after it filled the
@@ -441,7 +457,7 @@ void on_data(struct Reactor* r, int fd) {
       if (discarded >= kMaxDrain) return;
       continue;
     }
-    if (!serve(r, fd, e, std::string_view(buf, static_cast<std::size_t>(n)))) return;
+    if (!serve(state, r, fd, e, std::string_view(buf, static_cast<std::size_t>(n)))) return;
   }
 }
 

@@ -110,15 +110,16 @@ class Connection {
     for (;;) {
       http::Output out;
       const http::ReadResult result = responder_.parse(own_.get(), input, &out);
-      FUZZ_CHECK(!result.paused || out.files.size() >= http::kMaxFileBodies ||
+      FUZZ_CHECK(!responder_.paused() || out.files.size() >= http::kMaxFileBodies ||
                      out.bytes.size() >= http::kMaxOutputBytes,
                  "paused below the bounds");
       take(out);
       FUZZ_CHECK(!result.in_head || result.keep_state, "in_head without keep_state");
       FUZZ_CHECK(!result.finish || (result.keep_state && !result.in_head), "finish");
       FUZZ_CHECK(!result.head_began || result.in_head, "head_began without in_head");
-      FUZZ_CHECK(!result.paused || (!result.finish && !result.keep_state &&
-                                    result.unparsed <= input.size()),
+      FUZZ_CHECK(!responder_.paused() || (!result.finish && !result.keep_state &&
+                                    !result.in_head &&
+                                    responder_.unparsed() <= input.size()),
                  "paused");
       if (result.keep_state && !own_) {
         own_ = std::make_unique<http::Conn>(responder_.scratch());
@@ -127,8 +128,8 @@ class Connection {
       }
       if (own_) FUZZ_CHECK(own_->finished() == result.finish, "Conn::finished() != finish");
       sent_.finished = result.finish;
-      if (!result.paused) return;
-      input.remove_prefix(input.size() - result.unparsed);
+      if (!responder_.paused()) return;
+      input.remove_prefix(input.size() - responder_.unparsed());
     }
   }
 

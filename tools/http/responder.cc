@@ -121,7 +121,6 @@ struct Call {
   const char* begin;
   const char* end;
   unsigned files_owed;  // parse()'s: bodies of earlier Outputs not sent yet
-  bool paused = false;  // on_message_complete stopped the parser at a bound
 };
 
 // Appends the `size` bytes of the file at fd (from offset 0) to out. False, with `out` as it
@@ -497,6 +496,8 @@ struct Callbacks {
     out.append(keep_alive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n");
     if (file) {
       k.out.files.push_back({out.size(), file, static_cast<std::size_t>(size)});
+      // The bound on file bodies reached: pause after this request (after_response()).
+      if (k.out.files.size() + k.files_owed >= kMaxFileBodies) k.responder.paused_ = true;
       return true;
     }
     // A small body is read now (HEAD and an empty file have none): the fd closes at once.
@@ -510,15 +511,17 @@ struct Callbacks {
   }
 
   // What on_message_complete returns once its response is appended: HPE_PAUSED after a
-  // request that closes, or once the Output reaches a bound (parse() then reports `paused`,
-  // and the caller sends the Output before it parses on); else 0.
+  // request that closes, or once the Output reaches a bound (parse() then reports paused(),
+  // and the caller sends the Output before it parses on); else 0. While the parse runs,
+  // paused_ set means the file bodies' bound is reached: one flag to test per request.
   static int after_response(Call& k, bool keep_alive) {
-    if (!keep_alive) return HPE_PAUSED;
-    if (k.out.files.size() + k.files_owed < kMaxFileBodies &&
-        k.out.bytes.size() < kMaxOutputBytes) {
-      return 0;
+    Responder& r = k.responder;
+    if (!keep_alive) {
+      r.paused_ = false;  // a close, not a pause
+      return HPE_PAUSED;
     }
-    k.paused = true;
+    if (!r.paused_ && k.out.bytes.size() < kMaxOutputBytes) return 0;
+    r.paused_ = true;
     return HPE_PAUSED;
   }
 
@@ -645,6 +648,7 @@ ReadResult Responder::parse(Conn* conn, std::string_view bytes, Output* out,
   if (!conn && scratch_dirty_) scratch_.reset(settings_);
   const char* const end = bytes.data() + bytes.size();
   Call call{*this, c, *out, bytes.data(), end, files_owed};
+  paused_ = false;
   c.parser_.data = &call;
   c.head_began_ = false;
   // The last read ended right after a chunk's data: its CRLF comes first (only a Conn of the
@@ -674,17 +678,14 @@ ReadResult Responder::parse(Conn* conn, std::string_view bytes, Output* out,
             .head_began = in_head && c.head_began_,
             .keep_state = c.in_message_};
   }
-  if (call.paused) {
+  if (paused_) {
     // Stopped right after a request (llhttp's error_pos: the byte after it). Resumed, the
     // parser takes the next input from there, should the caller keep this Conn.
     const char* const next = llhttp_get_error_pos(&c.parser_);
     llhttp_resume(&c.parser_);
-    return {.finish = false,
-            .in_head = false,
-            .head_began = false,
-            .keep_state = false,
-            .paused = true,
-            .unparsed = static_cast<std::size_t>(end - next)};
+    paused_ = true;
+    unparsed_ = static_cast<std::size_t>(end - next);
+    return {.finish = false, .in_head = false, .head_began = false, .keep_state = false};
   }
   if (err != HPE_PAUSED && err != HPE_PAUSED_UPGRADE) {
     // The responses owed for the requests before the bad one are in `out`; the error's goes

@@ -10,7 +10,7 @@
 // HTTP/1.0 only with `Connection: keep-alive`), except that an upgrade request (Upgrade, CONNECT)
 // is answered as a plain one and closes; nothing after a request that closes is parsed.
 // What one parse() answers is bounded (kMaxFileBodies, kMaxOutputBytes): past a bound it stops
-// after a request and says how much of the input it left for later (ReadResult::paused), so
+// after a request and says how much of the input it left for later (Responder::paused()), so
 // that a client that pipelines requests and reads nothing cannot make the server hold without
 // end. Bad input is answered, then the connection finishes: 400 malformed, 414 / 431 / 413 past a
 // Limits field, 501 a transfer coding other than chunked, 505 an HTTP major version other than
@@ -225,15 +225,9 @@ struct ReadResult {
   // is finishing. For parse(nullptr, ...), copy scratch() into a Conn of the connection's own;
   // false for a Conn of its own: the connection is between requests and its Conn may be freed.
   bool keep_state = false;
-  // Parsing stopped after a request, between requests, at a bound: the Output holds
-  // kMaxFileBodies file bodies with those the connection was owed already, or
-  // kMaxOutputBytes bytes or more. The last `unparsed` bytes of the input (maybe none) are
-  // the connection's next input, to parse before anything read after them: send the Output
-  // first, and let what the connection is owed go out, or the bounds hold nothing back.
-  // Never with `finish`.
-  bool paused = false;
-  std::size_t unparsed = 0;
 };
+// A pause at a bound is Responder::paused(), not a field here: unpacking a fifth flag from
+// every parse's result cost a keep-alive request about 15 instructions (bench/callgrind.sh).
 
 // A page made on request (tools/http_server --metrics: /metrics and /status): GET and HEAD of
 // `path` answer 200 with the body `make` appends for the query string (the target after '?',
@@ -262,16 +256,26 @@ class Responder {
 
   // Parses `bytes`, the next input of a connection, and appends to `out` every response owed
   // for the requests they complete, in order, stopping after a request that closes, at bad
-  // input (whose status is the last response appended) or at a bound (ReadResult::paused).
+  // input (whose status is the last response appended) or at a bound (paused()).
   // `conn`: the connection's own state, never finished(); or nullptr if it has none, when the
   // read is parsed from a fresh scratch() state (fresh: initialised, or left between requests
   // by the previous read). `files_owed`: file bodies of earlier Outputs the connection has
-  // not been sent yet (an upper bound will do); at kMaxFileBodies or more, parsing stops after
-  // the first request.
+  // not been sent yet (an upper bound will do); parsing stops after the request whose file
+  // body brings them, with this parse's, to kMaxFileBodies (one more, when the connection
+  // was owed that many already).
   ReadResult parse(Conn* conn, std::string_view bytes, Output* out, unsigned files_owed = 0);
 
   // The state the last parse(nullptr, ...) left (see ReadResult::keep_state).
   const Conn& scratch() const { return scratch_; }
+
+  // Whether the last parse() stopped after a request, between requests, at a bound: the
+  // Output holds kMaxFileBodies file bodies with those the connection was owed already, or
+  // kMaxOutputBytes bytes or more. Its input's last unparsed() bytes (maybe none) are the
+  // connection's next input, to parse before anything read after them: send the Output
+  // first, and let what the connection is owed go out, or the bounds hold nothing back. Its
+  // ReadResult then has every flag false.
+  bool paused() const { return paused_; }
+  std::size_t unparsed() const { return unparsed_; }
 
  private:
   friend struct Callbacks;
@@ -284,6 +288,8 @@ class Responder {
   const llhttp_settings_t* const settings_;
   Conn scratch_;
   bool scratch_dirty_ = true;  // scratch_ is not at the start of a message with clear flags
+  bool paused_ = false;        // see paused()
+  std::size_t unparsed_ = 0;   // see paused()
   std::time_t date_second_ = -1;
   char date_line_[64] = {};  // "Date: ...\r\n" for date_second_
   std::size_t date_length_ = 0;

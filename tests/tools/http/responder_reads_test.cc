@@ -93,7 +93,7 @@ class Connection {
     }
     http::Output out;
     const http::ReadResult result = responder_.parse(own_.get(), placed, &out);
-    EXPECT_FALSE(result.paused) << "the inputs here stay under the Responder's bounds";
+    EXPECT_FALSE(responder_.paused()) << "the inputs here stay under the Responder's bounds";
     reads_.retire();
     sent_ += out.bytes;
     if (result.keep_state && !own_) {
