@@ -1,7 +1,9 @@
 #!/usr/bin/python3
 # A stand-in for `tools/http_server --metrics` in the tests of tools/pooltop, pool_record and
 # pool_plot: serves a Prometheus text exposition (format 0.0.4) of every libsock_* family for
-# 2 shards, profiling on, so histograms included (with the engine's log-linear buckets).
+# 2 shards, profiling on, so histograms included (with the engine's log-linear buckets), then
+# the process-wide TLS families as engine/tls/stats.cc appends them (series told apart by
+# labels other than shard: kind=, reason=).
 #   fake_metrics_server.py PORT_FILE [--port N]
 # Listens on 127.0.0.1, port 0 (the kernel picks one) unless --port, and writes the port to
 # PORT_FILE once listening. Routes:
@@ -106,6 +108,23 @@ def exposition(n):
             rows.append((f"{name}_sum", f'shard="{s}"', f"{total_sum * scale:.9g}"))
             rows.append((f"{name}_count", f'shard="{s}"', total))
         family(name, "histogram", f"Distribution of {name}.", rows)
+
+    family("libsock_tls_handshakes_total", "counter", "TLS handshakes completed.",
+           [("libsock_tls_handshakes_total", 'kind="full"', 3 * n),
+            ("libsock_tls_handshakes_total", 'kind="resumed"', n)])
+    family("libsock_tls_handshake_failures_total", "counter", "TLS handshakes that failed.",
+           [("libsock_tls_handshake_failures_total", f'reason="{reason}"', (i + 1) * n)
+            for i, reason in enumerate(("protocol", "certificate", "timeout", "closed"))])
+    rows, total = [], 0
+    for micros, step in ((250, 0), (500, 1), (1000, 2), (2500, 1), (5000, 0)):
+        total += step * n
+        rows.append(("libsock_tls_handshake_seconds_bucket", f'le="{micros / 1e6:g}"', total))
+    rows += [("libsock_tls_handshake_seconds_bucket", 'le="+Inf"', total),
+             ("libsock_tls_handshake_seconds_sum", "", f"{0.004 * n:.6f}"),
+             ("libsock_tls_handshake_seconds_count", "", total)]
+    family("libsock_tls_handshake_seconds", "histogram", "Handshake times.", rows)
+    family("libsock_tls_connections", "gauge", "Connections with the TLS layer now.",
+           [("libsock_tls_connections", "", 2)])
     return families
 
 

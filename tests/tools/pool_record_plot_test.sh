@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Tests tools/pool_record and tools/pool_plot against tests/tools/fake_metrics_server.py:
-# ~1.5 s recorded at 0.2 s (the CSV's header, both shards, histogram buckets, time going up),
-# a run stopped by SIGTERM (exit 0, whole lines), an unreachable URL (exit 1); then the charts
-# as non-empty SVG (valid XML) and PNG, and from a recording without the histograms and
-# process series (?name=libsock_pool_), those charts skipped with a message and the others
-# still drawn.
+# ~1.5 s recorded at 0.2 s (the CSV's header, both shards, histogram buckets, the TLS series
+# told apart by their labels column, time going up), a run stopped by SIGTERM (exit 0, whole
+# lines), an unreachable URL (exit 1); then the charts as non-empty SVG (valid XML) and PNG,
+# from a recording without the histograms and process series (?name=libsock_pool_), those
+# charts skipped with a message and the others still drawn, and a CSV of the format before
+# the labels column still drawn.
 #   bazel test //tests/tools:pool_record_plot_test   or   bash tests/tools/pool_record_plot_test.sh
 set -euo pipefail
 
@@ -34,20 +35,28 @@ url=http://127.0.0.1:$(<"$tmp/port")/metrics
 echo "pool_record: 1.5 s at 0.2 s intervals"
 "$root/tools/pool_record" --url "$url" --interval 0.2 --duration 1.5 --out "$tmp/all.csv"
 csv=$tmp/all.csv
-[[ $(head -n 1 "$csv") == "time_s,metric,shard,le,value" ]] || fail "header: $(head -n 1 "$csv")"
-for want in '^[0-9.]+,libsock_pool_outstanding_packets,0,,[0-9]+$' \
-            '^[0-9.]+,libsock_pool_outstanding_packets,1,,[0-9]+$' \
-            '^[0-9.]+,libsock_pool_checkouts_total,1,,[0-9]+$' \
-            '^[0-9.]+,libsock_process_resident_bytes,,,[0-9]+$' \
-            '^[0-9.]+,libsock_packet_lifetime_seconds_bucket,0,4\.8e-05,[0-9]+$' \
-            '^[0-9.]+,libsock_packet_lifetime_seconds_bucket,1,\+Inf,[0-9]+$' \
-            '^[0-9.]+,libsock_packet_lifetime_seconds_sum,0,,[0-9.]+$' \
-            '^[0-9.]+,libsock_write_size_bytes_count,1,,[0-9]+$'; do
+[[ $(head -n 1 "$csv") == "time_s,metric,shard,le,labels,value" ]] ||
+  fail "header: $(head -n 1 "$csv")"
+for want in '^[0-9.]+,libsock_pool_outstanding_packets,0,,,[0-9]+$' \
+            '^[0-9.]+,libsock_pool_outstanding_packets,1,,,[0-9]+$' \
+            '^[0-9.]+,libsock_pool_checkouts_total,1,,,[0-9]+$' \
+            '^[0-9.]+,libsock_process_resident_bytes,,,,[0-9]+$' \
+            '^[0-9.]+,libsock_packet_lifetime_seconds_bucket,0,4\.8e-05,,[0-9]+$' \
+            '^[0-9.]+,libsock_packet_lifetime_seconds_bucket,1,\+Inf,,[0-9]+$' \
+            '^[0-9.]+,libsock_packet_lifetime_seconds_sum,0,,,[0-9.]+$' \
+            '^[0-9.]+,libsock_write_size_bytes_count,1,,,[0-9]+$' \
+            '^[0-9.]+,libsock_tls_handshakes_total,,,kind=resumed,[0-9]+$' \
+            '^[0-9.]+,libsock_tls_handshake_failures_total,,,reason=timeout,[0-9]+$' \
+            '^[0-9.]+,libsock_tls_handshake_seconds_bucket,,0\.0005,,[0-9]+$'; do
   grep -Eq -- "$want" "$csv" || fail "no row like /$want/ in $csv"
 done
-# Every row has 5 fields; sample times go up from about 0, and there are at least two.
-awk -F, 'NR > 1 && NF != 5 { print "line " NR ": " $0; exit 1 }' "$csv" ||
-  fail "a row without 5 fields"
+# Every row has 6 fields; sample times go up from about 0, and there are at least two.
+awk -F, 'NR > 1 && NF != 6 { print "line " NR ": " $0; exit 1 }' "$csv" ||
+  fail "a row without 6 fields"
+# A row per series per sample: all but the value tell the rows of one sample apart (the TLS
+# families' series differ only in their kind= or reason= label).
+awk -F, 'NR > 1 { key = $0; sub(/,[^,]*$/, "", key); if (seen[key]++) { print; exit 1 } }' \
+  "$csv" >"$tmp/dup" || fail "two rows share time_s,metric,shard,le,labels: $(<"$tmp/dup")"
 times=$(tail -n +2 "$csv" | cut -d, -f1 | uniq)
 awk '{ exit !($1 < 0.2) }' <<<"$times" || fail "the first sample is at $(head -n 1 <<<"$times") s"
 sort -cgu <<<"$times" || fail "sample times do not go up: $(tr '\n' ' ' <<<"$times")"
@@ -102,5 +111,12 @@ for want in "skipping rss_vs_pool: the CSV has no libsock_process_resident_bytes
   grep -qF "$want" "$tmp/pool.err" || fail "no message '$want'; stderr: $(<"$tmp/pool.err")"
 done
 [[ ! -e $tmp/pool_plots/rss_vs_pool.svg ]] || fail "rss_vs_pool drawn without its series"
+
+echo "pool_plot: a CSV from before the labels column is still drawn"
+cut -d, -f1-4,6 "$csv" >"$tmp/old.csv"  # the TLS series of one family share a key there
+"$root/tools/pool_plot" "$tmp/old.csv" --out "$tmp/old_plots" >/dev/null 2>"$tmp/old.err" ||
+  fail "pool_plot on the old format: $(<"$tmp/old.err")"
+cmp -s "$tmp/plots/outstanding.dat" "$tmp/old_plots/outstanding.dat" ||
+  fail "the old format's outstanding.dat differs from the new one's"
 
 echo "PASS"
