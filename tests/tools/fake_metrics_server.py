@@ -10,14 +10,19 @@
 #   GET /metrics[?name=PREFIX]  the exposition; PREFIX keeps only the families it starts
 #                               (family names as in the # TYPE lines, e.g. libsock_pool_)
 #   GET /garbage                200 with an HTML body, for the "does not parse" errors
+#   GET /hang                   no answer, ever (the connection stays open)
+#   GET /trickle                200 announcing a MiB, then a byte every 0.1 s: each read
+#                               succeeds long before a client's per-read timeout
+# Each connection has its own thread, so that /hang and /trickle hold up nobody else.
 # Request n of /metrics (n = 1, 2, ...) grows the counters by a fixed step; shard s's figures
 # are exact so that tests can look for them:
 #   chunks 4(s+1), chunk bytes 2 MiB each, high water 90 / 140, hits 75% / 50% of checkouts,
 #   queued 0.5 / 1.0 MiB, connections 10 / 15; outstanding 50(s+1) + 10(n mod 5) moves.
 import argparse
 import os
+import threading
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MIB = 1 << 20
 SHARDS = (0, 1)
@@ -130,17 +135,34 @@ def exposition(n):
 
 class Handler(BaseHTTPRequestHandler):
     requests = 0
+    lock = threading.Lock()  # over requests: each connection is served by its own thread
+    never = threading.Event()  # never set: what /hang and /trickle wait on
 
     def do_GET(self):
         url = urllib.parse.urlsplit(self.path)
         if url.path == "/metrics":
-            Handler.requests += 1
+            with Handler.lock:
+                Handler.requests += 1
+                n = Handler.requests
             prefix = urllib.parse.parse_qs(url.query).get("name", [""])[0]
-            body = "".join(text for name, text in exposition(Handler.requests)
-                           if name.startswith(prefix))
+            body = "".join(text for name, text in exposition(n) if name.startswith(prefix))
             self.reply(200, "text/plain; version=0.0.4; charset=utf-8", body)
         elif url.path == "/garbage":
             self.reply(200, "text/html", "<html><body>Hello World!</body></html>\n")
+        elif url.path == "/hang":
+            Handler.never.wait()
+        elif url.path == "/trickle":
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Length", str(MIB))
+            self.end_headers()
+            try:
+                for _ in range(MIB):
+                    self.wfile.write(b"#")
+                    self.wfile.flush()
+                    Handler.never.wait(0.1)
+            except OSError:
+                pass  # the client gave up
         else:
             self.reply(404, "text/plain", "not found\n")
 
@@ -161,7 +183,7 @@ def main():
     parser.add_argument("port_file")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
-    server = HTTPServer(("127.0.0.1", args.port), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     # Written then renamed: a waiting test must never read a half-written port.
     with open(args.port_file + ".tmp", "w") as f:
         f.write(f"{server.server_port}\n")

@@ -2,7 +2,9 @@
 # Tests tools/pool_record and tools/pool_plot against tests/tools/fake_metrics_server.py:
 # ~1.5 s recorded at 0.2 s (the CSV's header, both shards, histogram buckets, the TLS series
 # told apart by their labels column, time going up), a run stopped by SIGTERM (exit 0, whole
-# lines), an unreachable URL (exit 1); then the charts as non-empty SVG (valid XML) and PNG,
+# lines), an unreachable URL (exit 1), a server that never answers and one that trickles
+# (--duration bounds the run: missed samples skipped, a sample cut at --timeout in all, each
+# failure reported, exit 1); then the charts as non-empty SVG (valid XML) and PNG,
 # from a recording without the histograms and process series (?name=libsock_pool_), those
 # charts skipped with a message and the others still drawn, and a CSV of the format before
 # the labels column still drawn.
@@ -83,6 +85,25 @@ rc=0
 ((rc == 1)) || fail "unreachable URL: exit status $rc, not 1"
 grep -q "skipped: cannot reach http://127.0.0.1:$port/metrics" "$tmp/none.err" ||
   fail "unreachable URL: stderr is: $(<"$tmp/none.err")"
+
+# record_stuck NAME: pool_record on the fake server's /NAME at 0.2 s for 1 s, with --timeout 1.
+# A recorder that counts --duration in samples, catches up on missed ones or times out each
+# read alone runs 6 s or more (or for ever): the bound, 4 s, tells that from wall time plus
+# one sample's timeout with room to spare. timeout(1) only keeps a broken recorder from
+# hanging the test.
+record_stuck() {
+  local start=$EPOCHREALTIME rc=0 elapsed
+  timeout 30 "$root/tools/pool_record" --url "http://127.0.0.1:$(<"$tmp/port")/$1" \
+    --interval 0.2 --timeout 1 --duration 1 --out "$tmp/$1.csv" 2>"$tmp/$1.err" || rc=$?
+  elapsed=$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { print b - a }')
+  ((rc == 1)) || fail "/$1: exit status $rc, not 1; stderr: $(<"$tmp/$1.err")"
+  awk -v t="$elapsed" 'BEGIN { exit !(t < 4) }' || fail "/$1: --duration 1 ran $elapsed s"
+  grep -q "skipped: .*/$1" "$tmp/$1.err" || fail "/$1: no skipped sample in: $(<"$tmp/$1.err")"
+  grep -q "no sample of .*/$1 succeeded" "$tmp/$1.err" || fail "/$1: stderr: $(<"$tmp/$1.err")"
+}
+echo "pool_record: a server that never answers, and one that trickles, end the run in time"
+record_stuck hang
+record_stuck trickle
 
 echo "pool_plot: every chart, as SVG and PNG"
 "$root/tools/pool_plot" "$csv" --out "$tmp/plots" --title "fake server" >"$tmp/plot.out"
