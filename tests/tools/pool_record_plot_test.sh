@@ -6,8 +6,9 @@
 # (--duration bounds the run: missed samples skipped, a sample cut at --timeout in all, each
 # failure reported, exit 1); then the charts as non-empty SVG (valid XML) and PNG,
 # from a recording without the histograms and process series (?name=libsock_pool_), those
-# charts skipped with a message and the others still drawn, and a CSV of the format before
-# the labels column still drawn.
+# charts skipped with a message and the others still drawn, a last line without its newline
+# (cut inside a value that still parses) ignored with a message, and a CSV of the format
+# before the labels column still drawn.
 #   bazel test //tests/tools:pool_record_plot_test   or   bash tests/tools/pool_record_plot_test.sh
 set -euo pipefail
 
@@ -132,6 +133,16 @@ for want in "skipping rss_vs_pool: the CSV has no libsock_process_resident_bytes
   grep -qF "$want" "$tmp/pool.err" || fail "no message '$want'; stderr: $(<"$tmp/pool.err")"
 done
 [[ ! -e $tmp/pool_plots/rss_vs_pool.svg ]] || fail "rss_vs_pool drawn without its series"
+
+echo "pool_plot: a last line without its newline is not charted"
+# As a reader may find a file still being recorded: its last line cut inside a value.
+{ cat "$csv"; printf '99.5,libsock_pool_outstanding_packets,0,,,262'; } >"$tmp/cut.csv"
+"$root/tools/pool_plot" "$tmp/cut.csv" --out "$tmp/cut_plots" >/dev/null 2>"$tmp/cut.err" ||
+  fail "pool_plot on a cut CSV: $(<"$tmp/cut.err")"
+cmp -s "$tmp/plots/outstanding.dat" "$tmp/cut_plots/outstanding.dat" ||
+  fail "the cut last line was charted: $(tail -n 2 "$tmp/cut_plots/outstanding.dat")"
+grep -qF "$tmp/cut.csv: ignoring the last line, which has no newline" "$tmp/cut.err" ||
+  fail "no message for the cut last line; stderr: $(<"$tmp/cut.err")"
 
 echo "pool_plot: a CSV from before the labels column is still drawn"
 cut -d, -f1-4,6 "$csv" >"$tmp/old.csv"  # the TLS series of one family share a key there
