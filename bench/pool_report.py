@@ -27,22 +27,25 @@ CHARTS = [
 
 
 def load(path):
-    rows = defaultdict(dict)  # (metric, shard, le) -> {t: v}
+    rows = defaultdict(dict)  # (metric, shard, le, labels) -> {t: v}
     with open(path, newline="") as f:
         reader = csv.reader(f)
-        next(reader)
+        # pool_record's files before its labels column lack that column.
+        has_labels = "labels" in next(reader)
         for row in reader:
-            if len(row) != 5:
+            if not has_labels:
+                row = row[:4] + [""] + row[4:]
+            if len(row) != 6:
                 continue
-            t, metric, shard, le, value = row
-            rows[(metric, shard, le)][float(t)] = float(value)
+            t, metric, shard, le, labels, value = row
+            rows[(metric, shard, le, labels)][float(t)] = float(value)
     return rows
 
 
 def total(rows, metric):
-    """{t: sum over shards} of a per-shard series."""
+    """{t: sum over shards (and other labels)} of a series that is not a bucket."""
     out = defaultdict(float)
-    for (m, shard, le), series in rows.items():
+    for (m, shard, le, labels), series in rows.items():
         if m == metric and not le:
             for t, v in series.items():
                 out[t] += v
@@ -61,11 +64,11 @@ def at(series, t):
 def quantile(rows, family, q):
     """q-quantile (bucket upper bound) of the last sample's histogram, summed over shards."""
     buckets = defaultdict(float)
-    last_t = max((max(s) for (m, _, le), s in rows.items() if m == family + "_bucket" and s),
+    last_t = max((max(s) for (m, *_), s in rows.items() if m == family + "_bucket" and s),
                  default=None)
     if last_t is None:
         return None
-    for (m, shard, le), s in rows.items():
+    for (m, shard, le, labels), s in rows.items():
         if m == family + "_bucket":
             buckets[float(le)] += s.get(last_t, 0)
     bounds = sorted(buckets)

@@ -1,21 +1,28 @@
 #!/usr/bin/python3
 # A stand-in for `tools/http_server --metrics` in the tests of tools/pooltop, pool_record and
 # pool_plot: serves a Prometheus text exposition (format 0.0.4) of every libsock_* family for
-# 2 shards, profiling on, so histograms included (with the engine's log-linear buckets).
+# 2 shards, profiling on, so histograms included (with the engine's log-linear buckets), then
+# the process-wide TLS families as engine/tls/stats.cc appends them (series told apart by
+# labels other than shard: kind=, reason=).
 #   fake_metrics_server.py PORT_FILE [--port N]
 # Listens on 127.0.0.1, port 0 (the kernel picks one) unless --port, and writes the port to
 # PORT_FILE once listening. Routes:
 #   GET /metrics[?name=PREFIX]  the exposition; PREFIX keeps only the families it starts
 #                               (family names as in the # TYPE lines, e.g. libsock_pool_)
 #   GET /garbage                200 with an HTML body, for the "does not parse" errors
+#   GET /hang                   no answer, ever (the connection stays open)
+#   GET /trickle                200 announcing a MiB, then a byte every 0.1 s: each read
+#                               succeeds long before a client's per-read timeout
+# Each connection has its own thread, so that /hang and /trickle hold up nobody else.
 # Request n of /metrics (n = 1, 2, ...) grows the counters by a fixed step; shard s's figures
 # are exact so that tests can look for them:
 #   chunks 4(s+1), chunk bytes 2 MiB each, high water 90 / 140, hits 75% / 50% of checkouts,
 #   queued 0.5 / 1.0 MiB, connections 10 / 15; outstanding 50(s+1) + 10(n mod 5) moves.
 import argparse
 import os
+import threading
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MIB = 1 << 20
 SHARDS = (0, 1)
@@ -106,22 +113,56 @@ def exposition(n):
             rows.append((f"{name}_sum", f'shard="{s}"', f"{total_sum * scale:.9g}"))
             rows.append((f"{name}_count", f'shard="{s}"', total))
         family(name, "histogram", f"Distribution of {name}.", rows)
+
+    family("libsock_tls_handshakes_total", "counter", "TLS handshakes completed.",
+           [("libsock_tls_handshakes_total", 'kind="full"', 3 * n),
+            ("libsock_tls_handshakes_total", 'kind="resumed"', n)])
+    family("libsock_tls_handshake_failures_total", "counter", "TLS handshakes that failed.",
+           [("libsock_tls_handshake_failures_total", f'reason="{reason}"', (i + 1) * n)
+            for i, reason in enumerate(("protocol", "certificate", "timeout", "closed"))])
+    rows, total = [], 0
+    for micros, step in ((250, 0), (500, 1), (1000, 2), (2500, 1), (5000, 0)):
+        total += step * n
+        rows.append(("libsock_tls_handshake_seconds_bucket", f'le="{micros / 1e6:g}"', total))
+    rows += [("libsock_tls_handshake_seconds_bucket", 'le="+Inf"', total),
+             ("libsock_tls_handshake_seconds_sum", "", f"{0.004 * n:.6f}"),
+             ("libsock_tls_handshake_seconds_count", "", total)]
+    family("libsock_tls_handshake_seconds", "histogram", "Handshake times.", rows)
+    family("libsock_tls_connections", "gauge", "Connections with the TLS layer now.",
+           [("libsock_tls_connections", "", 2)])
     return families
 
 
 class Handler(BaseHTTPRequestHandler):
     requests = 0
+    lock = threading.Lock()  # over requests: each connection is served by its own thread
+    never = threading.Event()  # never set: what /hang and /trickle wait on
 
     def do_GET(self):
         url = urllib.parse.urlsplit(self.path)
         if url.path == "/metrics":
-            Handler.requests += 1
+            with Handler.lock:
+                Handler.requests += 1
+                n = Handler.requests
             prefix = urllib.parse.parse_qs(url.query).get("name", [""])[0]
-            body = "".join(text for name, text in exposition(Handler.requests)
-                           if name.startswith(prefix))
+            body = "".join(text for name, text in exposition(n) if name.startswith(prefix))
             self.reply(200, "text/plain; version=0.0.4; charset=utf-8", body)
         elif url.path == "/garbage":
             self.reply(200, "text/html", "<html><body>Hello World!</body></html>\n")
+        elif url.path == "/hang":
+            Handler.never.wait()
+        elif url.path == "/trickle":
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Length", str(MIB))
+            self.end_headers()
+            try:
+                for _ in range(MIB):
+                    self.wfile.write(b"#")
+                    self.wfile.flush()
+                    Handler.never.wait(0.1)
+            except OSError:
+                pass  # the client gave up
         else:
             self.reply(404, "text/plain", "not found\n")
 
@@ -142,7 +183,7 @@ def main():
     parser.add_argument("port_file")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
-    server = HTTPServer(("127.0.0.1", args.port), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     # Written then renamed: a waiting test must never read a half-written port.
     with open(args.port_file + ".tmp", "w") as f:
         f.write(f"{server.server_port}\n")

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Tests tools/pool_record and tools/pool_plot against tests/tools/fake_metrics_server.py:
-# ~1.5 s recorded at 0.2 s (the CSV's header, both shards, histogram buckets, time going up),
-# a run stopped by SIGTERM (exit 0, whole lines), an unreachable URL (exit 1); then the charts
-# as non-empty SVG (valid XML) and PNG, and from a recording without the histograms and
-# process series (?name=libsock_pool_), those charts skipped with a message and the others
-# still drawn.
+# ~1.5 s recorded at 0.2 s (the CSV's header, both shards, histogram buckets, the TLS series
+# told apart by their labels column, time going up), a run stopped by SIGTERM (exit 0, whole
+# lines), an unreachable URL (exit 1), a server that never answers and one that trickles
+# (--duration bounds the run: missed samples skipped, a sample cut at --timeout in all, each
+# failure reported, exit 1); then the charts as non-empty SVG (valid XML) and PNG,
+# from a recording without the histograms and process series (?name=libsock_pool_), those
+# charts skipped with a message and the others still drawn, a last line without its newline
+# (cut inside a value that still parses) ignored with a message, and a CSV of the format
+# before the labels column still drawn.
 #   bazel test //tests/tools:pool_record_plot_test   or   bash tests/tools/pool_record_plot_test.sh
 set -euo pipefail
 
@@ -34,20 +38,28 @@ url=http://127.0.0.1:$(<"$tmp/port")/metrics
 echo "pool_record: 1.5 s at 0.2 s intervals"
 "$root/tools/pool_record" --url "$url" --interval 0.2 --duration 1.5 --out "$tmp/all.csv"
 csv=$tmp/all.csv
-[[ $(head -n 1 "$csv") == "time_s,metric,shard,le,value" ]] || fail "header: $(head -n 1 "$csv")"
-for want in '^[0-9.]+,libsock_pool_outstanding_packets,0,,[0-9]+$' \
-            '^[0-9.]+,libsock_pool_outstanding_packets,1,,[0-9]+$' \
-            '^[0-9.]+,libsock_pool_checkouts_total,1,,[0-9]+$' \
-            '^[0-9.]+,libsock_process_resident_bytes,,,[0-9]+$' \
-            '^[0-9.]+,libsock_packet_lifetime_seconds_bucket,0,4\.8e-05,[0-9]+$' \
-            '^[0-9.]+,libsock_packet_lifetime_seconds_bucket,1,\+Inf,[0-9]+$' \
-            '^[0-9.]+,libsock_packet_lifetime_seconds_sum,0,,[0-9.]+$' \
-            '^[0-9.]+,libsock_write_size_bytes_count,1,,[0-9]+$'; do
+[[ $(head -n 1 "$csv") == "time_s,metric,shard,le,labels,value" ]] ||
+  fail "header: $(head -n 1 "$csv")"
+for want in '^[0-9.]+,libsock_pool_outstanding_packets,0,,,[0-9]+$' \
+            '^[0-9.]+,libsock_pool_outstanding_packets,1,,,[0-9]+$' \
+            '^[0-9.]+,libsock_pool_checkouts_total,1,,,[0-9]+$' \
+            '^[0-9.]+,libsock_process_resident_bytes,,,,[0-9]+$' \
+            '^[0-9.]+,libsock_packet_lifetime_seconds_bucket,0,4\.8e-05,,[0-9]+$' \
+            '^[0-9.]+,libsock_packet_lifetime_seconds_bucket,1,\+Inf,,[0-9]+$' \
+            '^[0-9.]+,libsock_packet_lifetime_seconds_sum,0,,,[0-9.]+$' \
+            '^[0-9.]+,libsock_write_size_bytes_count,1,,,[0-9]+$' \
+            '^[0-9.]+,libsock_tls_handshakes_total,,,kind=resumed,[0-9]+$' \
+            '^[0-9.]+,libsock_tls_handshake_failures_total,,,reason=timeout,[0-9]+$' \
+            '^[0-9.]+,libsock_tls_handshake_seconds_bucket,,0\.0005,,[0-9]+$'; do
   grep -Eq -- "$want" "$csv" || fail "no row like /$want/ in $csv"
 done
-# Every row has 5 fields; sample times go up from about 0, and there are at least two.
-awk -F, 'NR > 1 && NF != 5 { print "line " NR ": " $0; exit 1 }' "$csv" ||
-  fail "a row without 5 fields"
+# Every row has 6 fields; sample times go up from about 0, and there are at least two.
+awk -F, 'NR > 1 && NF != 6 { print "line " NR ": " $0; exit 1 }' "$csv" ||
+  fail "a row without 6 fields"
+# A row per series per sample: all but the value tell the rows of one sample apart (the TLS
+# families' series differ only in their kind= or reason= label).
+awk -F, 'NR > 1 { key = $0; sub(/,[^,]*$/, "", key); if (seen[key]++) { print; exit 1 } }' \
+  "$csv" >"$tmp/dup" || fail "two rows share time_s,metric,shard,le,labels: $(<"$tmp/dup")"
 times=$(tail -n +2 "$csv" | cut -d, -f1 | uniq)
 awk '{ exit !($1 < 0.2) }' <<<"$times" || fail "the first sample is at $(head -n 1 <<<"$times") s"
 sort -cgu <<<"$times" || fail "sample times do not go up: $(tr '\n' ' ' <<<"$times")"
@@ -74,6 +86,25 @@ rc=0
 ((rc == 1)) || fail "unreachable URL: exit status $rc, not 1"
 grep -q "skipped: cannot reach http://127.0.0.1:$port/metrics" "$tmp/none.err" ||
   fail "unreachable URL: stderr is: $(<"$tmp/none.err")"
+
+# record_stuck NAME: pool_record on the fake server's /NAME at 0.2 s for 1 s, with --timeout 1.
+# A recorder that counts --duration in samples, catches up on missed ones or times out each
+# read alone runs 6 s or more (or for ever): the bound, 4 s, tells that from wall time plus
+# one sample's timeout with room to spare. timeout(1) only keeps a broken recorder from
+# hanging the test.
+record_stuck() {
+  local start=$EPOCHREALTIME rc=0 elapsed
+  timeout 30 "$root/tools/pool_record" --url "http://127.0.0.1:$(<"$tmp/port")/$1" \
+    --interval 0.2 --timeout 1 --duration 1 --out "$tmp/$1.csv" 2>"$tmp/$1.err" || rc=$?
+  elapsed=$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { print b - a }')
+  ((rc == 1)) || fail "/$1: exit status $rc, not 1; stderr: $(<"$tmp/$1.err")"
+  awk -v t="$elapsed" 'BEGIN { exit !(t < 4) }' || fail "/$1: --duration 1 ran $elapsed s"
+  grep -q "skipped: .*/$1" "$tmp/$1.err" || fail "/$1: no skipped sample in: $(<"$tmp/$1.err")"
+  grep -q "no sample of .*/$1 succeeded" "$tmp/$1.err" || fail "/$1: stderr: $(<"$tmp/$1.err")"
+}
+echo "pool_record: a server that never answers, and one that trickles, end the run in time"
+record_stuck hang
+record_stuck trickle
 
 echo "pool_plot: every chart, as SVG and PNG"
 "$root/tools/pool_plot" "$csv" --out "$tmp/plots" --title "fake server" >"$tmp/plot.out"
@@ -102,5 +133,22 @@ for want in "skipping rss_vs_pool: the CSV has no libsock_process_resident_bytes
   grep -qF "$want" "$tmp/pool.err" || fail "no message '$want'; stderr: $(<"$tmp/pool.err")"
 done
 [[ ! -e $tmp/pool_plots/rss_vs_pool.svg ]] || fail "rss_vs_pool drawn without its series"
+
+echo "pool_plot: a last line without its newline is not charted"
+# As a reader may find a file still being recorded: its last line cut inside a value.
+{ cat "$csv"; printf '99.5,libsock_pool_outstanding_packets,0,,,262'; } >"$tmp/cut.csv"
+"$root/tools/pool_plot" "$tmp/cut.csv" --out "$tmp/cut_plots" >/dev/null 2>"$tmp/cut.err" ||
+  fail "pool_plot on a cut CSV: $(<"$tmp/cut.err")"
+cmp -s "$tmp/plots/outstanding.dat" "$tmp/cut_plots/outstanding.dat" ||
+  fail "the cut last line was charted: $(tail -n 2 "$tmp/cut_plots/outstanding.dat")"
+grep -qF "$tmp/cut.csv: ignoring the last line, which has no newline" "$tmp/cut.err" ||
+  fail "no message for the cut last line; stderr: $(<"$tmp/cut.err")"
+
+echo "pool_plot: a CSV from before the labels column is still drawn"
+cut -d, -f1-4,6 "$csv" >"$tmp/old.csv"  # the TLS series of one family share a key there
+"$root/tools/pool_plot" "$tmp/old.csv" --out "$tmp/old_plots" >/dev/null 2>"$tmp/old.err" ||
+  fail "pool_plot on the old format: $(<"$tmp/old.err")"
+cmp -s "$tmp/plots/outstanding.dat" "$tmp/old_plots/outstanding.dat" ||
+  fail "the old format's outstanding.dat differs from the new one's"
 
 echo "PASS"

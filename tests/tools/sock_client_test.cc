@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 #include <array>
+#include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -22,6 +24,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -407,6 +410,64 @@ TEST(SockClientTest, TlsPeerThatClosesDuringTheHandshakeFailsAtOnce) {
         << "input '" << input << "'";
   }
   close(listener.fd);
+}
+
+// A peer that sends for ever and reads nothing: a thread of the test sends a pattern on the
+// one connection it accepts until that connection fails (the client closed it or exited) or
+// the test stops it. Its chunks are not a multiple of 16 KiB, so that the client's socket
+// seldom drains just as the client has read a round number of bytes.
+class Streamer {
+ public:
+  Streamer() : listener_(testing_support::listen_loopback()), thread_([this] { run(); }) {}
+  ~Streamer() {
+    stop_ = true;
+    thread_.join();
+    close(listener_.fd);
+  }
+  Streamer(const Streamer&) = delete;
+  Streamer& operator=(const Streamer&) = delete;
+  int port() const { return listener_.port; }
+
+ private:
+  // Polls at most 100 ms at a time, so that stop_ is seen; the listener is non-blocking.
+  bool wait_until(int fd, short events) {
+    pollfd p = {fd, events, 0};
+    while (!stop_) {
+      if (poll(&p, 1, 100) == 1) return true;
+    }
+    return false;
+  }
+
+  void run() {
+    if (!wait_until(listener_.fd, POLLIN)) return;
+    const int fd = accept(listener_.fd, nullptr, nullptr);
+    if (fd < 0) return;
+    const std::string chunk = testing_support::pattern(100000, 7);
+    while (wait_until(fd, POLLOUT)) {
+      if (send(fd, chunk.data(), chunk.size(), MSG_NOSIGNAL | MSG_DONTWAIT) < 0 &&
+          errno != EAGAIN && errno != EINTR) {
+        break;
+      }
+    }
+    close(fd);
+  }
+
+  testing_support::Listener listener_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;  // last: started once the members it uses are
+};
+
+// --expect-bytes is checked as bytes come: the client stops reading within one read (16 KiB)
+// past N. It read on until a read found its socket empty, which a peer that keeps the socket
+// full (faster than stdout takes the bytes) never lets happen: the run never ended. Over
+// loopback the socket still empties now and then, so what shows here is the reading past N.
+TEST(SockClientTest, ExpectBytesEndsTheRunWhileThePeerKeepsSending) {
+  const Streamer peer;
+  const ClientRun run = run_client({"--host", "127.0.0.1", "--port", std::to_string(peer.port()),
+                                    "--send", "", "--expect-bytes", "65536"});
+  EXPECT_TRUE(exited_with(run, 0)) << testing_support::describe(run.status) << run.all_err();
+  EXPECT_GE(run.out.size(), 65536u);
+  EXPECT_LT(run.out.size(), 65536u + 16384u);
 }
 
 TEST(SockClientTest, BadCommandLinesExitWith2) {
