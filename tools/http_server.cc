@@ -47,7 +47,9 @@
 // queued before the next read, in request order, so they leave together in the shard's flush;
 // up to the Responder's bounds: http::kMaxFileBodies file bodies owed (fds held) per
 // connection, http::kMaxOutputBytes of responses per parse. Past one, the rest of the read is
-// held back and nothing more is read until the connection's queue has drained (serve()).
+// held back (at most one read, 16 KiB, outside the engine's memory budget) and nothing more is
+// read until the connection's queue has drained; with nothing queued it parses on at once
+// (serve_after_pause()).
 //
 // Bad input gets a status and a close, never a crash: 400 for a malformed request, 414 for a
 // request target over --max-url bytes, 431 for headers over --max-header-bytes bytes or
@@ -403,8 +405,9 @@ bool serve_after_pause(ThreadState& state, struct Reactor* r, int fd, Entry& e,
                                          Entry& e, std::string_view input, bool deadline_set) {
   if (sock_set_watermarks(fd, 1, 0) < 0) {
     // No memory for fd's own watermarks, so no on_ready would end the wait: give up on fd
-    // (write_out hands the FILE*s over; it closed fd itself if it returns false).
-    if (write_out(r, fd, state.out)) sock_force_close(r, fd);
+    // once the responses owed so far are sent (the requests held are the client's to retry;
+    // write_out hands the FILE*s over, and closed fd itself if it returns false).
+    if (write_out(r, fd, state.out)) sock_close(r, fd);
     return false;
   }
   if (!write_out(r, fd, state.out)) return false;

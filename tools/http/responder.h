@@ -64,9 +64,10 @@ inline constexpr std::size_t kPacketPayload = 16 * 1024;
 // sendfile of the same bytes would, and what it copies is what a packet holds.
 inline constexpr std::size_t kSmallFileBytes = kPacketPayload;
 // File bodies a connection may be owed at once (each holds an fd): parse() stops after the
-// request that brings them to this many. Each is over kSmallFileBytes, so 16 of them keep at
-// least 256 KiB of file on its way to a pipelining client (the engine's low watermark, where
-// reading resumes), while the fds one connection costs stay at 17 however deep it pipelines.
+// request that brings them to this many. Each is over kSmallFileBytes, so 16 of them are at
+// least 256 KiB of file on its way to a pipelining client before the server waits for its
+// queue to empty (tools/http_server.cc), while the fds one connection costs stay at 17 however
+// deep it pipelines.
 inline constexpr unsigned kMaxFileBodies = 16;
 // Response bytes parse() appends before it stops (after the response that reaches them):
 // otherwise one 16 KiB read of pipelined GETs of small files would be owed over 500 responses
