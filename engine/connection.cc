@@ -223,6 +223,13 @@ int close_connection(struct ::Reactor* reactor, int fd, bool graceful, intptr_t 
     return post(*t.remote, graceful ? Kind::kClose : Kind::kForceClose, fd, t.generation);
   }
   FdSlot* slot = t.slot;
+  // Closed, and no reactor holds it: EBADF without reading the flags, which the thread that
+  // closed it may still be clearing (close_slot() orders them before its last generation
+  // store only; the generation read here may be mark_closed()'s, before them).
+  if (!is_open_generation(t.generation) && !load_owner(*slot)) {
+    errno = EBADF;
+    return -1;
+  }
   if (!(slot->flags & (kOpen | kAttached))) {
     errno = EBADF;
     return -1;
