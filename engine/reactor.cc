@@ -342,6 +342,12 @@ void Reactor::on_writable(int fd, FdSlot& slot) {
       return;
     }
     slot.flags &= ~kConnecting;
+    // Closed (sock_close) while connecting: the flush step passed it over until now, and with
+    // nothing queued no write lists it again; it closes once its queue is sent, unannounced.
+    if (slot.flags & kClosing) {
+      want_flush(fd, slot);
+      return;
+    }
     if (api_->on_ready) api_->on_ready(api_, fd);
     if (!is_current(slot, generation, this)) return;
     if (slot.head) want_flush(fd, slot);

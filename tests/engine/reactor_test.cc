@@ -605,6 +605,17 @@ TEST_F(ReactorTest, ConnectToListeningPortReportsReadyOnceThenDataFlowsBothWays)
   EXPECT_EQ(server_readies, 0);
 }
 
+TEST_F(ReactorTest, GracefulCloseOfAConnectInProgressClosesOnceConnectedWithoutReady) {
+  auto l = listen_loopback();  // never accepted: the kernel's backlog completes the connect
+  const int cfd = sock_connect(&r_, "127.0.0.1", std::to_string(l.port).c_str());
+  ASSERT_GE(cfd, 0);
+  sock_close(&r_, cfd);  // nothing queued: closes as soon as the connect is done
+  ASSERT_TRUE(run_until(&r_, [&] { return calls_.close[cfd] == 1; }));
+  settle(&r_);
+  EXPECT_EQ(calls_.close[cfd], 1);
+  EXPECT_EQ(calls_.ready[cfd], 0);  // the user closed it: nothing is ready for them
+}
+
 TEST_F(ReactorTest, ConnectToClosedPortReportsCloseAndNeverReady) {
   // A port that nothing listens on: bind one, read it back, release it.
   int port = 0;
