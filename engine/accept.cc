@@ -45,8 +45,11 @@ bool is_connection_error(int err) {
 
 }  // namespace
 
-int accept_connection(int listener) {
-  FdSlot* server = fd_slot(listener);
+int accept_connection(int listener, bool slot_is_mine) {
+  // Another thread's listener: its slot is not read, and it is made non-blocking as its
+  // watcher would (an fcntl the two threads may both make, to the same end).
+  if (!slot_is_mine && set_non_blocking(listener) < 0) return -1;
+  FdSlot* server = slot_is_mine ? fd_slot(listener) : nullptr;
   constexpr uint32_t kMarked = kAttached | kListenerNoDelay;
   const bool marked = server && (server->flags & kMarked) == kMarked;
   // A watched listener not marked yet gets the option before this accept4, so that every

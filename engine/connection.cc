@@ -163,6 +163,18 @@ int open_known_fd(struct ::Reactor* owner, int fd, bool connecting) {
   // Without a reactor given, the fd keeps the one it is attached to, which may run elsewhere.
   Reactor* const runs_it = reactor ? reactor : target_of(fd).remote;
   if (runs_it && !runs_it->is_owner_thread()) {
+    // Refused here, while the caller still has fd: on runs_it's thread the open would find
+    // another reactor's hold (open_here) and close the fd it was handed, under that reactor.
+    Reactor* const held = load_owner(*slot);
+    if (held && held != runs_it) {
+      errno = EEXIST;
+      return -1;
+    }
+    // Open with no owner (sock_open(NULL, fd) before): the caller's calls would run inline
+    // while runs_it releases and reopens the slot; closed until then, they fail with EBADF.
+    if (!held && is_open_generation(slot->generation.load(std::memory_order_acquire))) {
+      mark_closed(*slot);
+    }
     return post(*runs_it, connecting ? RemoteCall::Kind::kOpenConnecting : RemoteCall::Kind::kOpen,
                 fd, 0);
   }
@@ -249,9 +261,14 @@ int close_connection(struct ::Reactor* reactor, int fd, bool graceful, intptr_t 
     close_slot(fd, *slot, reactor, CloseReason::kLocal);
     return 0;
   }
-  if (reactor && !attached_owner(*slot) && (!through || through->attach(fd, *slot) < 0)) {
-    close_slot(fd, *slot, reactor, CloseReason::kLocal);
-    return 0;
+  if (reactor && !attached_owner(*slot)) {
+    if (!through || through->attach(fd, *slot) < 0) {
+      close_slot(fd, *slot, reactor, CloseReason::kLocal);
+      return 0;
+    }
+    // Its drain is the reactor's now, and so is the bound on it: a peer that stops reading
+    // meets the idle timeout (and the fd's own timeout or deadline, which it keeps).
+    through->resume_timers(fd, *slot);
   }
   slot->flags |= kClosing;
   schedule_flush(fd, *slot);

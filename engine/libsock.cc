@@ -68,7 +68,8 @@ int sock_open(struct Reactor* owner, int fd) { return engine::open_connection(ow
 int sock_attach(struct Reactor* owner, int fd) { return engine::attach_connection(owner, fd); }
 
 int sock_accept(struct Reactor* owner, int server_fd) {
-  const int client = engine::accept_connection(server_fd);
+  // A listener that another thread's reactor watches: its slot's flags are that thread's.
+  const int client = engine::accept_connection(server_fd, !engine::target_of(server_fd).remote);
   if (client < 0) return -1;
   if (engine::open_known_fd(owner, client, false) < 0) {
     const int err = errno;
@@ -116,8 +117,9 @@ int sock_connect(struct Reactor* owner, const char* address, const char* port) {
 void sock_clear(int fd) { engine::clear_connection(fd); }
 
 int sock_status(int fd) {
+  // The generation alone, not the slot's flags, which the thread holding fd may be writing.
   const engine::Target t = engine::target_of(fd);
-  if (t.remote ? !engine::is_open_generation(t.generation) : !engine::open_slot(fd)) {
+  if (!t.slot || !engine::is_open_generation(t.generation)) {
     errno = EBADF;
     return -1;
   }

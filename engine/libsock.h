@@ -129,7 +129,7 @@ int sock_connect(struct Reactor* owner, const char* address, const char* port);
  * open (through a dup, or another process sharing the file) is unsupported. State left from
  * an earlier connection on the same fd number is released first. Returns 0, or -1 with errno
  * (EEXIST: the number is still held by a reactor that another thread drives, see
- * sock_clear). */
+ * sock_clear; called off owner's thread, by any reactor other than owner). */
 int sock_open(struct Reactor* owner, int fd);
 
 /** Attaches an fd already opened with sock_open(NULL, fd) to owner: owner's idle timeout

@@ -189,7 +189,8 @@ class Reactor {
   // on_close never runs inside such a call. Call after changing its timeouts.
   void arm_timer(int fd, FdSlot& slot, bool close_if_due = true);
   // An open connection that reactor_add brings back (after reactor_remove) or over from
-  // another reactor of this thread: its own idle timeout and its deadline go on (one tick
+  // another reactor of this thread, or an unattached one whose graceful close this reactor
+  // drains (sock_close): its own idle timeout and its deadline go on (one tick
   // origin for all, shared_epoch_ms()), a deadline that passed meanwhile closing it at the
   // timer step; its idle time counts from now (no reactor saw its reads and writes).
   void resume_timers(int fd, FdSlot& slot);

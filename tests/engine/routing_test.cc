@@ -5,6 +5,9 @@
 // event to wake it (R waits in epoll_wait with no timeout and no timers). Calls that need the
 // owner thread fail with EPERM elsewhere; a stale handle fails with EBADF.
 #include <gtest/gtest.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -116,6 +119,11 @@ class RoutingTest : public ::testing::Test {
   }
 
   void TearDown() override {
+    if (b_thread_.joinable()) {
+      b_go_ = true;
+      reactor_stop(&b_);
+      b_thread_.join();
+    }
     if (r_thread_.joinable()) {
       reactor_stop(&api_);  // the stop closes every fd attached to it, the listener included
       r_thread_.join();
@@ -153,6 +161,28 @@ class RoutingTest : public ::testing::Test {
     ASSERT_TRUE(wait_for([&] { return server_.load() >= 0; }));
   }
 
+  // Starts thread B, which makes reactor b_ its own, then waits until b_go_ before it drives
+  // b_ (no timeout) until its stop: what is posted to b_ meanwhile waits in its inbox.
+  void start_b() {
+    std::atomic<bool> made{false};
+    b_thread_ = std::thread([this, &made] {
+      engine::Reactor* b = engine::Reactor::of(&b_, true);
+      made = true;
+      while (!b_go_) std::this_thread::yield();
+      while (b->run_once(-1) >= 0) {}
+    });
+    ASSERT_TRUE(wait_for([&] { return made.load(); }));
+  }
+
+  // Once calls posted to b_ before this one have run: fd numbers opened there meanwhile.
+  void wait_for_b_to_catch_up() {
+    int pair[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, pair), 0);
+    ASSERT_EQ(sock_open(&b_, pair[0]), 0);  // posted behind the others (one inbox, in order)
+    EXPECT_TRUE(wait_for([&] { return sock_status(pair[0]) >= 0; }));
+    close(pair[1]);  // b_ closes pair[0] at its stop
+  }
+
   static inline RoutingTest* current_ = nullptr;
   struct Reactor api_ = {};
   testing_support::Listener listener_;
@@ -164,6 +194,9 @@ class RoutingTest : public ::testing::Test {
   std::atomic<bool> own_refused_{false};
   std::atomic<int> closed_fd_{-1};
   std::atomic<pid_t> closed_on_{0};
+  struct Reactor b_ = {};
+  std::thread b_thread_;
+  std::atomic<bool> b_go_{false};
 };
 
 void write_records(int fd, uint32_t writer, uint32_t count, std::atomic<uint64_t>* failures) {
@@ -325,6 +358,101 @@ TEST_F(RoutingTest, AttachingAnFdThatAnotherThreadsReactorHoldsFailsWithEexist) 
   EXPECT_EQ(got, "still R's");
   reactor_stop(&other);
   EXPECT_EQ(reactor_review(&other), -1);  // nothing attached: the stop completes at once
+}
+
+// sock_open of an fd that R holds, on reactor B of a third thread: posted, the open would find
+// R's hold only on B's thread, and close the fd under R (whose slot still says open, so R
+// would serve and time out whatever reuses the number). Refused at once instead: EEXIST, as on
+// B's own thread, and the fd stays R's, still served.
+TEST_F(RoutingTest, OpeningOnAThirdThreadsReactorAnFdThatAReactorHoldsFailsWithEexistAndKeepsIt) {
+  start_r(0);
+  start_b();
+  const int fd = server_.load();
+  errno = 0;
+  EXPECT_EQ(sock_open(&b_, fd), -1);
+  EXPECT_EQ(errno, EEXIST);
+  b_go_ = true;
+  wait_for_b_to_catch_up();
+  ASSERT_GE(fcntl(fd, F_GETFD), 0) << "the fd was closed under R";
+  ASSERT_EQ(sock_write(fd, "still R's", 9), 0);
+  std::string got;
+  ASSERT_TRUE(wait_for([&] {
+    char buf[16];
+    const ssize_t n = recv(client_, buf, sizeof buf, MSG_DONTWAIT);
+    if (n > 0) got.append(buf, static_cast<std::size_t>(n));
+    return got.size() >= 9;
+  }));
+  EXPECT_EQ(got, "still R's");
+}
+
+// An fd open without a reactor, then opened on B from here: until B runs the open, which
+// releases what the first open left, the fd's calls fail with EBADF (libsock.h, "a posted
+// open"), rather than run here, inline, on the slot B is about to release.
+TEST_F(RoutingTest, AnFdOpenWithoutAReactorIsClosedToItsCallsUntilItsPostedOpenRuns) {
+  start_b();
+  int pair[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, pair), 0);
+  ASSERT_EQ(sock_open(nullptr, pair[0]), 0);
+  ASSERT_EQ(sock_open(&b_, pair[0]), 0);  // B waits: the open stays posted
+  errno = 0;
+  EXPECT_EQ(sock_write(pair[0], "early", 5), -1);
+  EXPECT_EQ(errno, EBADF);
+  EXPECT_EQ(sock_status(pair[0]), -1);
+  b_go_ = true;
+  ASSERT_TRUE(wait_for([&] { return sock_status(pair[0]) >= 0; }));
+  ASSERT_EQ(sock_write(pair[0], "on B", 4), 0);  // posted to B, which sends it
+  std::string got;
+  ASSERT_TRUE(wait_for([&] {
+    char buf[16];
+    const ssize_t n = recv(pair[1], buf, sizeof buf, MSG_DONTWAIT);
+    if (n > 0) got.append(buf, static_cast<std::size_t>(n));
+    return got.size() >= 4;
+  }));
+  EXPECT_EQ(got, "on B");
+  close(pair[1]);
+}
+
+// sock_status reads only the generation on any thread: while the thread using an fd without
+// a reactor opens and clears it, another thread's sock_status never reads the slot's flags
+// (a data race TSan reports).
+TEST_F(RoutingTest, StatusFromAnotherThreadReadsNoFlagsOfAnFdWithoutAReactor) {
+  int pair[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, pair), 0);
+  std::atomic<bool> done{false};
+  std::thread user([&] {
+    for (int i = 0; i < 2000; ++i) {
+      EXPECT_EQ(sock_open(nullptr, pair[0]), 0);
+      sock_clear(pair[0]);
+    }
+    done = true;
+  });
+  while (!done) (void)sock_status(pair[0]);
+  user.join();
+  EXPECT_EQ(sock_status(pair[0]), -1);  // cleared last
+  close(pair[0]);
+  close(pair[1]);
+}
+
+// sock_accept from a thread other than the one whose reactor watches the listener: the
+// listener's slot flags are that thread's (kReadPending, the TCP_NODELAY mark), so the accept
+// leaves them alone (a data race TSan reports), and the connection still gets TCP_NODELAY.
+TEST_F(RoutingTest, AcceptFromAnotherThreadOnAListenerThatRWatchesLeavesItsSlotToR) {
+  start_r(0);
+  std::atomic<bool> done{false};
+  std::thread clients([&] {
+    for (int i = 0; i < 200; ++i) close(testing_support::connect_client(listener_.port));
+    done = true;
+  });
+  while (!done) {  // R accepts too: whichever thread is first takes each connection
+    const int fd = sock_accept(nullptr, listener_.fd);
+    if (fd < 0) continue;
+    int nodelay = 0;
+    socklen_t len = sizeof nodelay;
+    EXPECT_EQ(getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &nodelay, &len), 0);
+    EXPECT_NE(nodelay, 0);
+    sock_close(nullptr, fd);
+  }
+  clients.join();
 }
 
 // An fd opened without a reactor, closed through a reactor that another thread drives: the

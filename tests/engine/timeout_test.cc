@@ -315,6 +315,27 @@ TEST_F(DownloadTest, ReaderThatStopsReadingIsClosedOneTimeoutAfterTheQueueStopsM
   EXPECT_EQ(testing_support::first_difference(got, payload), got.size());
 }
 
+// An fd without a reactor closed gracefully through one: that reactor drains it, and bounds
+// the drain as it bounds its own connections' (a peer that stops reading meets the idle
+// timeout) instead of holding the fd and its queue until the reactor stops.
+TEST_F(TimeoutTest, GracefulCloseThroughAReactorOfAnFdWithoutOneMeetsTheIdleTimeout) {
+  constexpr milliseconds kTimeout{300};
+  set_idle_timeout(kTimeout.count());
+  int pair[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, pair), 0);
+  ASSERT_EQ(sock_open(nullptr, pair[0]), 0);
+  const std::string payload = pattern(4 * 1024 * 1024, 9);  // far past the socket's buffers
+  ASSERT_EQ(sock_write(pair[0], payload.data(), payload.size()), 0);
+  sock_close(&r_, pair[0]);  // pair[1] never reads: the queue never drains
+  const int64_t from = now();
+  const auto closed = [&] { return !others_closed_.empty(); };
+  EXPECT_TRUE(advance_until(closed, from + (kTimeout + kLateness).count()));
+  ASSERT_EQ(others_closed_.size(), 1u);
+  EXPECT_EQ(others_closed_[0].first, pair[0]);
+  EXPECT_EQ(others_closed_[0].second, SOCK_CLOSE_TIMEOUT);
+  close(pair[1]);
+}
+
 // ---------------------------------------------------------------------------------------
 // Deadlines
 
