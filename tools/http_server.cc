@@ -294,6 +294,14 @@ Entry* conn_table(ThreadState& state) {
   return true;
 }
 
+// Out of memory in a parse: the responses so far are not sent (the connection closes), and
+// the files they hold close with them.
+[[gnu::noinline]] void drop_output(http::Output& output) {
+  for (const http::FileBody& f : output.files) std::fclose(f.file);
+  output.files.clear();
+  output.bytes.clear();
+}
+
 // Discards what fd still has to read, then closes it once its queue is sent. The input is
 // drained first so that the close is not turned into a reset by unread data (which could
 // destroy the response before the client reads it).
@@ -362,8 +370,14 @@ bool serve_after_pause(ThreadState& state, struct Reactor* r, int fd, Entry& e,
   // head, from the read that head began in; a connection without a Conn of its own is
   // between requests.
   const bool deadline_set = c && c->in_head();
-  const http::ReadResult read =
-      responder.parse(c, input, &state.out, g_files ? files_owed(fd) : 0);
+  http::ReadResult read;
+  try {
+    read = responder.parse(c, input, &state.out, g_files ? files_owed(fd) : 0);
+  } catch (const std::bad_alloc&) {
+    drop_output(state.out);
+    sock_force_close(r, fd);  // its parse state is nothing to go on from (responder.h)
+    return false;
+  }
   if (responder.paused()) return serve_after_pause(state, r, fd, e, input, deadline_set);
   if (!write_out(r, fd, state.out)) return false;
   if ((read.in_head != deadline_set || read.head_began) && g_header_timeout_ms) {

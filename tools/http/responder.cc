@@ -6,7 +6,11 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <cstdio>
 #include <cstring>
+#include <memory>
+#include <new>
+#include <utility>
 
 #include "tools/http/http_date.h"
 #include "tools/http/static_files.h"
@@ -121,7 +125,26 @@ struct Call {
   const char* begin;
   const char* end;
   unsigned files_owed;  // parse()'s: bodies of earlier Outputs not sent yet
+  bool out_of_memory = false;  // a callback's bad_alloc, thrown again once llhttp returned
 };
+
+// Closes a file's fd when it goes out of scope (a bad_alloc's unwinding too), unless released.
+class FileFd {
+ public:
+  explicit FileFd(int fd) : fd_(fd) {}
+  FileFd(const FileFd&) = delete;
+  FileFd& operator=(const FileFd&) = delete;
+  ~FileFd() {
+    if (fd_ >= 0) close(fd_);
+  }
+  int get() const { return fd_; }
+  int release() { return std::exchange(fd_, -1); }
+
+ private:
+  int fd_;
+};
+
+using FilePtr = std::unique_ptr<FILE, int (*)(FILE*)>;
 
 // Appends the `size` bytes of the file at fd (from offset 0) to out. False, with `out` as it
 // was, when fewer came: a read error, or the file is shorter than `size` now (it shrank since
@@ -198,6 +221,19 @@ struct Callbacks {
   static int fail(llhttp_t* parser, int status) {
     conn(parser).error_status_ = status;
     return -1;
+  }
+
+  // llhttp is C, which no exception may cross: a callback that can run out of memory (it
+  // appends to a std::string) stops the parser instead (-1: llhttp_execute returns an error),
+  // and parse() throws the bad_alloc once llhttp has returned.
+  template <auto kCallback, typename... Data>
+  static int guarded(llhttp_t* parser, Data... data) noexcept {
+    try {
+      return kCallback(parser, data...);
+    } catch (const std::bad_alloc&) {
+      call(parser).out_of_memory = true;
+      return -1;
+    }
   }
 
   static int on_message_begin(llhttp_t* parser) {
@@ -450,8 +486,8 @@ struct Callbacks {
     const Responder& r = k.responder;
     const Conn& c = k.conn;
     struct stat st;
-    const int fd = r.files_->open_file(rel.empty() ? std::string("index.html") : rel, &st);
-    if (fd < 0) return false;
+    FileFd fd(r.files_->open_file(rel.empty() ? std::string("index.html") : rel, &st));
+    if (fd.get() < 0) return false;
     std::string& out = k.out.bytes;
     const std::string_view date(r.date_line_, r.date_length_);
     const std::time_t mtime = st.st_mtim.tv_sec;
@@ -469,7 +505,6 @@ struct Callbacks {
     const std::string_view ims = c.ims_.trimmed();
     const std::time_t since = ims.empty() ? -1 : parse_http_date(ims);
     if (since >= 0 && since >= mtime) {
-      close(fd);
       out.append("HTTP/1.1 304 Not Modified\r\n");
       append_last_modified();
       out.append(date);
@@ -479,11 +514,14 @@ struct Callbacks {
     const auto size = static_cast<std::uint64_t>(st.st_size);
     const bool body = !head && size > 0;
     const bool small = size <= kSmallFileBytes;
-    FILE* file = nullptr;
-    if (body && !small && !(file = fdopen(fd, "r"))) {
-      close(fd);
-      respond(out, date, 500, reason(500), keep_alive, head);
-      return true;
+    FilePtr file(nullptr, std::fclose);
+    if (body && !small) {
+      file.reset(fdopen(fd.get(), "r"));
+      if (!file) {
+        respond(out, date, 500, reason(500), keep_alive, head);
+        return true;
+      }
+      fd.release();  // the FILE's now
     }
     const std::size_t head_at = out.size();
     out.append("HTTP/1.1 200 OK\r\nContent-Length: ");
@@ -495,14 +533,14 @@ struct Callbacks {
     out.append(date);
     out.append(keep_alive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n");
     if (file) {
-      k.out.files.push_back({out.size(), file, static_cast<std::size_t>(size)});
+      k.out.files.push_back({out.size(), file.get(), static_cast<std::size_t>(size)});
+      file.release();  // the Output's now
       // The bound on file bodies reached: pause after this request (after_response()).
       if (k.out.files.size() + k.files_owed >= kMaxFileBodies) k.responder.paused_ = true;
       return true;
     }
     // A small body is read now (HEAD and an empty file have none): the fd closes at once.
-    const bool whole = !body || append_file(fd, static_cast<std::size_t>(size), out);
-    close(fd);
+    const bool whole = !body || append_file(fd.get(), static_cast<std::size_t>(size), out);
     if (!whole) {  // a complete 500 instead: the connection stays in step
       out.resize(head_at);
       respond(out, date, 500, reason(500), keep_alive, head);
@@ -577,15 +615,15 @@ struct Callbacks {
     llhttp_settings_t s;
     llhttp_settings_init(&s);
     s.on_message_begin = on_message_begin;
-    s.on_url = on_url;
+    s.on_url = guarded<on_url, const char*, std::size_t>;
     s.on_header_field = on_header_field;
     s.on_header_field_complete = on_header_field_complete;
     s.on_header_value = on_header_value;
     s.on_header_value_complete = on_header_value_complete;
-    s.on_headers_complete = on_headers_complete;
+    s.on_headers_complete = guarded<on_headers_complete>;
     s.on_chunk_header = on_chunk_header;
     s.on_body = on_body;
-    s.on_message_complete = on_message_complete;
+    s.on_message_complete = guarded<on_message_complete>;
     return s;
   }
 
@@ -658,6 +696,12 @@ ReadResult Responder::parse(Conn* conn, std::string_view bytes, Output* out,
     err = llhttp_execute(&c.parser_, bytes.data(), bytes.size());
   } else {
     c.error_status_ = 400;
+  }
+  if (call.out_of_memory) [[unlikely]] {
+    // The parse stopped inside a request: no state to go on from. The caller drops the
+    // connection (responder.h, Errors), and the scratch state is reset before its next use.
+    if (!conn) scratch_dirty_ = true;
+    throw std::bad_alloc();
   }
   if (!conn) scratch_dirty_ = err != HPE_OK || c.in_message_;
   if (err == HPE_OK) {
