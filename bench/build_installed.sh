@@ -28,7 +28,7 @@ flags=(-U_FORTIFY_SOURCE -D_FORTIFY_SOURCE=1 -fstack-protector -fno-omit-frame-p
        -O2 -DNDEBUG -ffunction-sections -fdata-sections -O2 -g -I"$shim" -I.)
 mkdir -p "$shim/obj"
 for source in /usr/share/llhttp/{api,http,llhttp}.c; do
-  gcc -std=c11 "${flags[@]}" -w -I/usr/share/include/llhttp -c "$source" \
+  gcc -std=c11 "${flags[@]}" -w -fexceptions -I/usr/share/include/llhttp -c "$source" \
     -o "$shim/obj/$(basename "$source" .c).o"
 done
 PKG_CONFIG_PATH=$prefix/lib/pkgconfig

@@ -43,13 +43,19 @@ bool is_connection_error(int err) {
   }
 }
 
+// accept4 until it takes a connection or fails for the listener's sake (see accept.h).
+inline int accept_one(int listener) {
+  int client;
+  do {
+    client = accept4(listener, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  } while (client < 0 && (errno == EINTR || is_connection_error(errno)));
+  return client;
+}
+
 }  // namespace
 
-int accept_connection(int listener, bool slot_is_mine) {
-  // Another thread's listener: its slot is not read, and it is made non-blocking as its
-  // watcher would (an fcntl the two threads may both make, to the same end).
-  if (!slot_is_mine && set_non_blocking(listener) < 0) return -1;
-  FdSlot* server = slot_is_mine ? fd_slot(listener) : nullptr;
+int accept_connection(int listener) {
+  FdSlot* server = fd_slot(listener);
   constexpr uint32_t kMarked = kAttached | kListenerNoDelay;
   const bool marked = server && (server->flags & kMarked) == kMarked;
   // A watched listener not marked yet gets the option before this accept4, so that every
@@ -63,10 +69,7 @@ int accept_connection(int listener, bool slot_is_mine) {
   if (!marked && server && (server->flags & kAttached) && set_non_blocking(listener) < 0) {
     return -1;
   }
-  int client;
-  do {
-    client = accept4(listener, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-  } while (client < 0 && (errno == EINTR || is_connection_error(errno)));
+  const int client = accept_one(listener);
   if (client < 0) {
     if (errno == EAGAIN && server) {
       server->flags &= ~kReadPending;
@@ -76,6 +79,15 @@ int accept_connection(int listener, bool slot_is_mine) {
   }
   if (server) server->flags |= kReadProgress;
   if (!marked) set_no_delay(client);  // fails harmlessly on a socket that is not TCP
+  return client;
+}
+
+int accept_on_foreign_listener(int listener) {
+  // Made non-blocking as its watcher would (an fcntl the two threads may both make, to the
+  // same end).
+  if (set_non_blocking(listener) < 0) return -1;
+  const int client = accept_one(listener);
+  if (client >= 0) set_no_delay(client);
   return client;
 }
 

@@ -5,9 +5,8 @@
 // more: accept4 makes the fd non-blocking and close-on-exec, TCP_NODELAY comes from the
 // listener (set there once, not on every connection), and the fd is not checked again (the
 // accept vouches for it).
-// Threads: accept_connection() any; the listener's slot flags are read and written only with
-// slot_is_mine, by the thread whose reactor watches it (or, watched by none, its one user);
-// open_accepted() see there.
+// Threads: accept_connection() the thread that accepts on the listener (the listener's slot
+// flags are that thread's); accept_on_foreign_listener() any; open_accepted() see there.
 // Errors: -1 with errno.
 #ifndef ENGINE_ACCEPT_H_
 #define ENGINE_ACCEPT_H_
@@ -37,10 +36,13 @@ namespace engine {
 // marked listener skip the per-connection setsockopt. The mark goes whenever the slot is
 // (re)attached, detached, opened or closed through this library, so a new listener behind a
 // reused number is asked afresh; a listener no reactor watches is never marked (nothing would
-// tell its replacement from it). Without slot_is_mine (a listener that a reactor on another
-// thread watches, sock_accept off that thread) the slot is left alone: the listener is made
-// non-blocking, nothing is marked, and each connection gets TCP_NODELAY itself.
-int accept_connection(int listener, bool slot_is_mine = true);
+// tell its replacement from it).
+int accept_connection(int listener);
+
+// accept_connection() on a listener that a reactor on another thread watches (sock_accept off
+// that thread), whose slot is that thread's: it is not read or marked; the listener is made
+// non-blocking, and the connection gets TCP_NODELAY itself.
+int accept_on_foreign_listener(int listener);
 
 // Opens fds[0..n), accepted on this thread and held by nobody else, for the sock_ API on
 // `owner` (NULL: on no reactor), and runs the reactor's on_open hook (Reactor::set_on_open)

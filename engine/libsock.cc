@@ -69,7 +69,9 @@ int sock_attach(struct Reactor* owner, int fd) { return engine::attach_connectio
 
 int sock_accept(struct Reactor* owner, int server_fd) {
   // A listener that another thread's reactor watches: its slot's flags are that thread's.
-  const int client = engine::accept_connection(server_fd, !engine::target_of(server_fd).remote);
+  const int client = engine::target_of(server_fd).remote
+                         ? engine::accept_on_foreign_listener(server_fd)
+                         : engine::accept_connection(server_fd);
   if (client < 0) return -1;
   if (engine::open_known_fd(owner, client, false) < 0) {
     const int err = errno;

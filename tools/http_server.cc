@@ -294,12 +294,14 @@ Entry* conn_table(ThreadState& state) {
   return true;
 }
 
-// Out of memory in a parse: the responses so far are not sent (the connection closes), and
+// Out of memory in a parse (std::bad_alloc from serve()): fd's parse state is nothing to go
+// on from (responder.h), so fd closes at once; the responses owed so far are not sent, and
 // the files they hold close with them.
-[[gnu::noinline]] void drop_output(http::Output& output) {
-  for (const http::FileBody& f : output.files) std::fclose(f.file);
-  output.files.clear();
-  output.bytes.clear();
+[[gnu::noinline]] void drop(ThreadState& state, struct Reactor* r, int fd) {
+  for (const http::FileBody& f : state.out.files) std::fclose(f.file);
+  state.out.files.clear();
+  state.out.bytes.clear();
+  sock_force_close(r, fd);
 }
 
 // Discards what fd still has to read, then closes it once its queue is sent. The input is
@@ -370,14 +372,9 @@ bool serve_after_pause(ThreadState& state, struct Reactor* r, int fd, Entry& e,
   // head, from the read that head began in; a connection without a Conn of its own is
   // between requests.
   const bool deadline_set = c && c->in_head();
-  http::ReadResult read;
-  try {
-    read = responder.parse(c, input, &state.out, g_files ? files_owed(fd) : 0);
-  } catch (const std::bad_alloc&) {
-    drop_output(state.out);
-    sock_force_close(r, fd);  // its parse state is nothing to go on from (responder.h)
-    return false;
-  }
+  // Out of memory, this throws std::bad_alloc: on_data and on_ready catch it (drop()).
+  const http::ReadResult read =
+      responder.parse(c, input, &state.out, g_files ? files_owed(fd) : 0);
   if (responder.paused()) return serve_after_pause(state, r, fd, e, input, deadline_set);
   if (!write_out(r, fd, state.out)) return false;
   if ((read.in_head != deadline_set || read.head_began) && g_header_timeout_ms) {
@@ -448,7 +445,11 @@ void on_ready(struct Reactor* r, int fd) {
   if (!table || fd < 0 || static_cast<std::size_t>(fd) >= g_max_fds || !table[fd].held) return;
   t_state.reactor = r;
   t_state.responder.refresh_date(r->last_tick);
-  serve_held(r, fd, table[fd]);
+  try {
+    serve_held(r, fd, table[fd]);
+  } catch (const std::bad_alloc&) {
+    drop(t_state, r, fd);
+  }
 }
 
 // Runs on the thread of the shard that owns fd, whenever fd has input.
@@ -462,22 +463,26 @@ void on_data(struct Reactor* r, int fd) {
   state.reactor = r;
   state.responder.refresh_date(r->last_tick);
   Entry& e = table[fd];
-  // Input held back comes first. The engine calls on_data only once the pause it waited for
-  // ended, and on_ready has usually parsed it already.
-  if (e.held && !serve_held(r, fd, e)) return;
-  char buf[16 * 1024];
-  ssize_t n;  // 0: drained for now; -1: the peer left (the library closes the fd)
-  std::size_t discarded = 0;
-  while ((n = sock_read(fd, buf, sizeof buf)) > 0) {
-    if (e.conn && e.conn->finished()) {
-      // Closing: the input is not parsed any more, and no more than kMaxDrain of it is read
-      // per callback (what is left unread makes the close a reset; the response has had its
-      // chance by then).
-      discarded += static_cast<std::size_t>(n);
-      if (discarded >= kMaxDrain) return;
-      continue;
+  try {
+    // Input held back comes first. The engine calls on_data only once the pause it waited for
+    // ended, and on_ready has usually parsed it already.
+    if (e.held && !serve_held(r, fd, e)) return;
+    char buf[16 * 1024];
+    ssize_t n;  // 0: drained for now; -1: the peer left (the library closes the fd)
+    std::size_t discarded = 0;
+    while ((n = sock_read(fd, buf, sizeof buf)) > 0) {
+      if (e.conn && e.conn->finished()) {
+        // Closing: the input is not parsed any more, and no more than kMaxDrain of it is read
+        // per callback (what is left unread makes the close a reset; the response has had its
+        // chance by then).
+        discarded += static_cast<std::size_t>(n);
+        if (discarded >= kMaxDrain) return;
+        continue;
+      }
+      if (!serve(state, r, fd, e, std::string_view(buf, static_cast<std::size_t>(n)))) return;
     }
-    if (!serve(state, r, fd, e, std::string_view(buf, static_cast<std::size_t>(n)))) return;
+  } catch (const std::bad_alloc&) {
+    drop(state, r, fd);
   }
 }
 

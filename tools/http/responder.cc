@@ -125,7 +125,6 @@ struct Call {
   const char* begin;
   const char* end;
   unsigned files_owed;  // parse()'s: bodies of earlier Outputs not sent yet
-  bool out_of_memory = false;  // a callback's bad_alloc, thrown again once llhttp returned
 };
 
 // Closes a file's fd when it goes out of scope (a bad_alloc's unwinding too), unless released.
@@ -221,19 +220,6 @@ struct Callbacks {
   static int fail(llhttp_t* parser, int status) {
     conn(parser).error_status_ = status;
     return -1;
-  }
-
-  // llhttp is C, which no exception may cross: a callback that can run out of memory (it
-  // appends to a std::string) stops the parser instead (-1: llhttp_execute returns an error),
-  // and parse() throws the bad_alloc once llhttp has returned.
-  template <auto kCallback, typename... Data>
-  static int guarded(llhttp_t* parser, Data... data) noexcept {
-    try {
-      return kCallback(parser, data...);
-    } catch (const std::bad_alloc&) {
-      call(parser).out_of_memory = true;
-      return -1;
-    }
   }
 
   static int on_message_begin(llhttp_t* parser) {
@@ -615,15 +601,15 @@ struct Callbacks {
     llhttp_settings_t s;
     llhttp_settings_init(&s);
     s.on_message_begin = on_message_begin;
-    s.on_url = guarded<on_url, const char*, std::size_t>;
+    s.on_url = on_url;
     s.on_header_field = on_header_field;
     s.on_header_field_complete = on_header_field_complete;
     s.on_header_value = on_header_value;
     s.on_header_value_complete = on_header_value_complete;
-    s.on_headers_complete = guarded<on_headers_complete>;
+    s.on_headers_complete = on_headers_complete;
     s.on_chunk_header = on_chunk_header;
     s.on_body = on_body;
-    s.on_message_complete = guarded<on_message_complete>;
+    s.on_message_complete = on_message_complete;
     return s;
   }
 
@@ -682,8 +668,13 @@ ReadResult Responder::parse(Conn* conn, std::string_view bytes, Output* out,
   Conn& c = conn ? *conn : scratch_;
   // The scratch state is re-initialised only when the read before left it mid-request or
   // stopped (an error, a pause): after reads that ended between requests, llhttp is already
-  // at the start of a message and the Conn's flags are clear.
-  if (!conn && scratch_dirty_) scratch_.reset(settings_);
+  // at the start of a message and the Conn's flags are clear. Dirty until this parse says
+  // otherwise, which one that throws (out of memory, from a callback through llhttp, built
+  // with -fexceptions for it: third_party/system.BUILD) never does.
+  if (!conn) {
+    if (scratch_dirty_) scratch_.reset(settings_);
+    scratch_dirty_ = true;
+  }
   const char* const end = bytes.data() + bytes.size();
   Call call{*this, c, *out, bytes.data(), end, files_owed};
   paused_ = false;
@@ -696,12 +687,6 @@ ReadResult Responder::parse(Conn* conn, std::string_view bytes, Output* out,
     err = llhttp_execute(&c.parser_, bytes.data(), bytes.size());
   } else {
     c.error_status_ = 400;
-  }
-  if (call.out_of_memory) [[unlikely]] {
-    // The parse stopped inside a request: no state to go on from. The caller drops the
-    // connection (responder.h, Errors), and the scratch state is reset before its next use.
-    if (!conn) scratch_dirty_ = true;
-    throw std::bad_alloc();
   }
   if (!conn) scratch_dirty_ = err != HPE_OK || c.in_message_;
   if (err == HPE_OK) {

@@ -26,7 +26,7 @@
 // Blocking: a file body of at most kSmallFileBytes is read (pread) on the calling thread.
 // Errors: bad input is not an error of a call but a response plus ReadResult::finish. Out of
 // memory while appending to a std::string throws std::bad_alloc, as any std::string does;
-// from parse() (never through llhttp, which is C), it leaves the connection's state with
+// from parse() (through llhttp, built to let it pass), it leaves the connection's state with
 // nothing to go on from: the caller drops the connection, and closes the FILE*s in `out`.
 #ifndef TOOLS_HTTP_RESPONDER_H_
 #define TOOLS_HTTP_RESPONDER_H_

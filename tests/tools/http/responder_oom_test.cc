@@ -1,7 +1,7 @@
 // tools/http/responder.cc out of memory: every allocation a parse makes is failed in turn (a
-// replacement operator new, armed per thread). No exception may cross llhttp (C code); parse()
-// throws std::bad_alloc to its caller, holds no file it opened, and the Responder answers the
-// next connection as if nothing had happened.
+// replacement operator new, armed per thread). parse() throws std::bad_alloc to its caller
+// (through llhttp's C frames, built with -fexceptions for it), holds no file it opened, and
+// the Responder answers the next connection as if nothing had happened.
 #include <dirent.h>
 #include <gtest/gtest.h>
 
