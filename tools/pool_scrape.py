@@ -1,6 +1,7 @@
 # tools/pool_scrape.py: one scrape of a libsock++ server's Prometheus exposition, shared by
 # tools/pool_record and tools/pooltop, which import it from beside them (so it goes in the Bazel
 # data of whatever runs them).
+import http.client
 import signal
 import urllib.error
 import urllib.request
@@ -63,13 +64,20 @@ def _scrape(url, seconds):
         raise ScrapeError(f"{url} answered HTTP {e.code} {e.reason}") from None
     except (urllib.error.URLError, OSError) as e:
         raise ScrapeError(f"cannot reach {url}: {getattr(e, 'reason', e)}") from None
-    except ValueError as e:
+    except (ValueError, http.client.InvalidURL) as e:
         # The URL's, found before any connection: no scheme urllib knows, a character that is
-        # not ASCII.
+        # not ASCII, a port that is not a number.
         raise ScrapeError(f"cannot use the URL {url}: {e}") from None
+    except http.client.HTTPException as e:
+        # A reply that is not HTTP (BadStatusLine), a body cut short or badly chunked
+        # (IncompleteRead), a line over http.client's limit (LineTooLong). repr: str() of
+        # BadStatusLine is the bare line.
+        raise ScrapeError(f"{url} sent a bad HTTP answer: {e!r}") from None
     try:
         # Parsed whole here (the parser is a generator), so that what it raises is told from
-        # the callers' own errors.
+        # the callers' own errors. prometheus_client 0.16 raises ValueError for most bad lines
+        # and IndexError for "# HELP" without a name or "# TYPE" without a name or type; nothing
+        # else in 200,000 mutations of an exposition.
         return list(text_string_to_metric_families(body))
-    except ValueError as e:
+    except (ValueError, IndexError) as e:
         raise ScrapeError(f"the body of {url} does not parse as Prometheus text: {e}") from None

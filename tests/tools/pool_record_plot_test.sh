@@ -4,11 +4,12 @@
 # told apart by their labels column, time going up), a run stopped by SIGTERM (exit 0, whole
 # lines), an unreachable URL (exit 1), a server that never answers and one that trickles
 # (--duration bounds the run: missed samples skipped, a sample cut at --timeout in all, each
-# failure reported, exit 1); then the charts as non-empty SVG (valid XML) and PNG,
-# from a recording without the histograms and process series (?name=libsock_pool_), those
-# charts skipped with a message and the others still drawn, a last line without its newline
-# (cut inside a value that still parses) ignored with a message, and a CSV of the format
-# before the labels column still drawn.
+# failure reported, exit 1), servers that answer badly (a body cut short or badly chunked, a
+# reply that is not HTTP, a body the parser fails on: each sample skipped with a warning, exit
+# 1); then the charts as non-empty SVG (valid XML) and PNG, from a recording without the
+# histograms and process series (?name=libsock_pool_), those charts skipped with a message and
+# the others still drawn, a last line without its newline (cut inside a value that still
+# parses) ignored with a message, and a CSV of the format before the labels column still drawn.
 #   bazel test //tests/tools:pool_record_plot_test   or   bash tests/tools/pool_record_plot_test.sh
 set -euo pipefail
 
@@ -105,6 +106,26 @@ record_stuck() {
 echo "pool_record: a server that never answers, and one that trickles, end the run in time"
 record_stuck hang
 record_stuck trickle
+
+# record_bad NAME WANT: pool_record on the fake server's /NAME, which answers, but badly: each
+# sample is skipped with a warning matching WANT (an extended regex) and the run goes on (two
+# or more skipped), then exits 1 as none succeeded; stderr holds only its messages.
+record_bad() {
+  local rc=0
+  "$root/tools/pool_record" --url "http://127.0.0.1:$(<"$tmp/port")/$1" --interval 0.2 \
+    --duration 0.5 --out "$tmp/$1.csv" 2>"$tmp/$1.err" || rc=$?
+  ! grep -vq '^pool_record: ' "$tmp/$1.err" || fail "/$1: stderr is: $(<"$tmp/$1.err")"
+  ((rc == 1)) || fail "/$1: exit status $rc, not 1; stderr: $(<"$tmp/$1.err")"
+  (($(grep -Ec "skipped: (the body of )?http://127\.0\.0\.1:[0-9]+/$1 $2" "$tmp/$1.err") >= 2)) ||
+    fail "/$1: not two samples skipped with /$2/; stderr: $(<"$tmp/$1.err")"
+  grep -q "no sample of .*/$1 succeeded" "$tmp/$1.err" || fail "/$1: stderr: $(<"$tmp/$1.err")"
+}
+echo "pool_record: a body cut short or badly chunked and a reply that is not HTTP are skipped"
+record_bad short 'sent a bad HTTP answer: IncompleteRead\(95 bytes read, 4905 more expected\)'
+record_bad badchunk 'sent a bad HTTP answer: IncompleteRead'
+record_bad badstatus "sent a bad HTTP answer: BadStatusLine\\('SSH-2\\.0-"
+echo "pool_record: a body the parser fails on with IndexError is skipped"
+record_bad badexposition 'does not parse as Prometheus text'
 
 echo "pool_plot: every chart, as SVG and PNG"
 "$root/tools/pool_plot" "$csv" --out "$tmp/plots" --title "fake server" >"$tmp/plot.out"

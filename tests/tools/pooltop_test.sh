@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Tests tools/pooltop against tests/tools/fake_metrics_server.py: the live view in a detached
 # tmux session (both shards' figures, the sort keys, q quits with status 0), an unreachable
-# URL in the view (the error, then the table once a server appears there), a server that
-# trickles, in the view (the error, and q still quits) and with --once, and --once (the table,
-# --sort, exit 1 with a one-line message for an unreachable URL, a body that does not parse,
-# or no answer within the timeout).
+# URL in the view (the error, then the table once a server appears there), servers that answer
+# badly (a body cut short or badly chunked, a reply that is not HTTP, a body the parser fails
+# on) or trickle, in the view (the error, and q still quits) and with --once, and --once (the
+# table, --sort, exit 1 with a one-line message for an unreachable URL, a body that does not
+# parse, a bad answer, or none within the timeout).
 #   bazel test //tests/tools:pooltop_test      or      bash tests/tools/pooltop_test.sh
 set -euo pipefail
 
@@ -137,6 +138,11 @@ view_fails() {
   [[ $(<"$tmp/$1.status") == 0 ]] || fail "pooltop exited with status $(<"$tmp/$1.status")"
   [[ ! -s $tmp/$1.err ]] || fail "pooltop wrote to stderr: $(<"$tmp/$1.err")"
 }
+echo "live view: a body cut short or badly chunked, a reply that is not HTTP, a bad body"
+view_fails short 'sent a bad HTTP answer: IncompleteRead\(95 bytes read'
+view_fails badchunk 'sent a bad HTTP answer: IncompleteRead'
+view_fails badstatus "sent a bad HTTP answer: BadStatusLine\\('SSH-2\\.0-"
+view_fails badexposition 'does not parse as Prometheus text'
 echo "live view: a server that trickles is given up on (--interval 0.2: after 1 s), q quits"
 view_fails trickle 'took over 1 s'
 session=
@@ -178,7 +184,11 @@ once_fails() {
     fail "/$1: stderr is: $(<"$tmp/err")"
   [[ ! -s $tmp/out ]] || fail "/$1: stdout is not empty"
 }
-echo "--once: exit 1 and a message for a server that trickles"
+echo "--once: exit 1 and a message for a bad answer, a bad body, or one that trickles"
+once_fails short 'sent a bad HTTP answer: IncompleteRead\(95 bytes read'
+once_fails badchunk 'sent a bad HTTP answer: IncompleteRead'
+once_fails badstatus "sent a bad HTTP answer: BadStatusLine\\('SSH-2\\.0-"
+once_fails badexposition 'does not parse as Prometheus text'
 once_fails trickle 'took over 1 s'
 
 echo "PASS"
