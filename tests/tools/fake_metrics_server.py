@@ -13,6 +13,11 @@
 #   GET /hang                   no answer, ever (the connection stays open)
 #   GET /trickle                200 announcing a MiB, then a byte every 0.1 s: each read
 #                               succeeds long before a client's per-read timeout
+#   GET /short                  200 announcing 5000 bytes, then 95 of the exposition and a close
+#   GET /badchunk               200 chunked, then a chunk size that is not hex
+#   GET /badstatus              no HTTP at all: an SSH server's greeting, then a close
+#   GET /badexposition          200 with "# TYPE\n", a line prometheus_client's parser fails
+#                               on with IndexError, not the ValueError of other bad lines
 # Each connection has its own thread, so that /hang and /trickle hold up nobody else.
 # Request n of /metrics (n = 1, 2, ...) grows the counters by a fixed step; shard s's figures
 # are exact so that tests can look for them:
@@ -149,6 +154,22 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(200, "text/plain; version=0.0.4; charset=utf-8", body)
         elif url.path == "/garbage":
             self.reply(200, "text/html", "<html><body>Hello World!</body></html>\n")
+        elif url.path == "/short":
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Length", "5000")
+            self.end_headers()
+            self.wfile.write(exposition(1)[0][1].encode()[:95])
+        elif url.path == "/badchunk":
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"zz\r\n# HELP\r\n")
+        elif url.path == "/badstatus":
+            self.wfile.write(b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n")
+        elif url.path == "/badexposition":
+            self.reply(200, "text/plain; version=0.0.4; charset=utf-8", "# TYPE\n")
         elif url.path == "/hang":
             Handler.never.wait()
         elif url.path == "/trickle":

@@ -4,11 +4,14 @@
 # told apart by their labels column, time going up), a run stopped by SIGTERM (exit 0, whole
 # lines), an unreachable URL (exit 1), a server that never answers and one that trickles
 # (--duration bounds the run: missed samples skipped, a sample cut at --timeout in all, each
-# failure reported, exit 1); then the charts as non-empty SVG (valid XML) and PNG,
-# from a recording without the histograms and process series (?name=libsock_pool_), those
-# charts skipped with a message and the others still drawn, a last line without its newline
-# (cut inside a value that still parses) ignored with a message, and a CSV of the format
-# before the labels column still drawn.
+# failure reported, exit 1), servers that answer badly (a body cut short or badly chunked, a
+# reply that is not HTTP, a body the parser fails on: each sample skipped with a warning, exit
+# 1); then the charts as non-empty SVG (valid XML) and PNG, from a recording without the
+# histograms and process series (?name=libsock_pool_), those charts skipped with a message and
+# the others still drawn, a last line without its newline (cut inside a value that still
+# parses) ignored with a message, CSVs it cannot draw (not UTF-8, a shard or le that is not a
+# number, a field over csv's limit) and an --out that is a file refused with a one-line
+# message and exit 1, and a CSV of the format before the labels column still drawn.
 #   bazel test //tests/tools:pool_record_plot_test   or   bash tests/tools/pool_record_plot_test.sh
 set -euo pipefail
 
@@ -106,6 +109,26 @@ echo "pool_record: a server that never answers, and one that trickles, end the r
 record_stuck hang
 record_stuck trickle
 
+# record_bad NAME WANT: pool_record on the fake server's /NAME, which answers, but badly: each
+# sample is skipped with a warning matching WANT (an extended regex) and the run goes on (two
+# or more skipped), then exits 1 as none succeeded; stderr holds only its messages.
+record_bad() {
+  local rc=0
+  "$root/tools/pool_record" --url "http://127.0.0.1:$(<"$tmp/port")/$1" --interval 0.2 \
+    --duration 0.5 --out "$tmp/$1.csv" 2>"$tmp/$1.err" || rc=$?
+  ! grep -vq '^pool_record: ' "$tmp/$1.err" || fail "/$1: stderr is: $(<"$tmp/$1.err")"
+  ((rc == 1)) || fail "/$1: exit status $rc, not 1; stderr: $(<"$tmp/$1.err")"
+  (($(grep -Ec "skipped: (the body of )?http://127\.0\.0\.1:[0-9]+/$1 $2" "$tmp/$1.err") >= 2)) ||
+    fail "/$1: not two samples skipped with /$2/; stderr: $(<"$tmp/$1.err")"
+  grep -q "no sample of .*/$1 succeeded" "$tmp/$1.err" || fail "/$1: stderr: $(<"$tmp/$1.err")"
+}
+echo "pool_record: a body cut short or badly chunked and a reply that is not HTTP are skipped"
+record_bad short 'sent a bad HTTP answer: IncompleteRead\(95 bytes read, 4905 more expected\)'
+record_bad badchunk 'sent a bad HTTP answer: IncompleteRead'
+record_bad badstatus "sent a bad HTTP answer: BadStatusLine\\('SSH-2\\.0-"
+echo "pool_record: a body the parser fails on with IndexError is skipped"
+record_bad badexposition 'does not parse as Prometheus text'
+
 echo "pool_plot: every chart, as SVG and PNG"
 "$root/tools/pool_plot" "$csv" --out "$tmp/plots" --title "fake server" >"$tmp/plot.out"
 for chart in outstanding chunk_bytes rss_vs_pool packet_lifetime write_size queue_time \
@@ -143,6 +166,36 @@ cmp -s "$tmp/plots/outstanding.dat" "$tmp/cut_plots/outstanding.dat" ||
   fail "the cut last line was charted: $(tail -n 2 "$tmp/cut_plots/outstanding.dat")"
 grep -qF "$tmp/cut.csv: ignoring the last line, which has no newline" "$tmp/cut.err" ||
   fail "no message for the cut last line; stderr: $(<"$tmp/cut.err")"
+
+# plot_refuses NAME MESSAGE [--out DIR]: pool_plot on $tmp/NAME.csv exits 1, its stderr the
+# one line "pool_plot: MESSAGE", and prints no file written.
+plot_refuses() {
+  local rc=0
+  "$root/tools/pool_plot" "$tmp/$1.csv" --out "$tmp/$1_plots" "${@:3}" >"$tmp/$1.out" \
+    2>"$tmp/$1.err" || rc=$?
+  ((rc == 1)) || fail "$1.csv: exit status $rc, not 1; stderr: $(<"$tmp/$1.err")"
+  [[ $(<"$tmp/$1.err") == "pool_plot: $2" ]] ||
+    fail "$1.csv: stderr is not 'pool_plot: $2' but: $(<"$tmp/$1.err")"
+  [[ ! -s $tmp/$1.out ]] || fail "$1.csv: files listed: $(<"$tmp/$1.out")"
+}
+header=time_s,metric,shard,le,labels,value
+echo "pool_plot: a file that is not UTF-8, a shard or le that is not a number, a field too long"
+cp "$tmp/plots/outstanding.png" "$tmp/binary.csv"
+plot_refuses binary "$tmp/binary.csv is not a pool_record CSV (its header is not $header)"
+{ cat "$csv"; printf '99.5,libsock_pool_outstanding_packets,0,,,\xff\xfe\n'; } >"$tmp/corrupt.csv"
+plot_refuses corrupt "$tmp/corrupt.csv:$(wc -l <"$tmp/corrupt.csv"): not a $header row"
+printf '%s\n' "$header" '0.2,libsock_pool_outstanding_packets,0,,,5' \
+  '0.2,libsock_pool_outstanding_packets,one,,,5' >"$tmp/shard.csv"
+plot_refuses shard "$tmp/shard.csv:3: the shard 'one' is not a shard number"
+printf '%s\n' "$header" '0.2,libsock_packet_lifetime_seconds_bucket,0,abc,,5' >"$tmp/le.csv"
+plot_refuses le "$tmp/le.csv:2: the le 'abc' is not a number"
+# csv's limit on a field is 128 KiB.
+printf '%s\n0.2,libsock_pool_outstanding_packets,0,,%0131073d,5\n' "$header" 0 >"$tmp/long.csv"
+plot_refuses long "$tmp/long.csv:2: field larger than field limit (131072)"
+
+echo "pool_plot: an --out that is a file"
+cp "$csv" "$tmp/file.csv"
+plot_refuses file "cannot make the directory $tmp/file.csv: File exists" --out "$tmp/file.csv"
 
 echo "pool_plot: a CSV from before the labels column is still drawn"
 cut -d, -f1-4,6 "$csv" >"$tmp/old.csv"  # the TLS series of one family share a key there

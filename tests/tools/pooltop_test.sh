@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Tests tools/pooltop against tests/tools/fake_metrics_server.py: the live view in a detached
 # tmux session (both shards' figures, the sort keys, q quits with status 0), an unreachable
-# URL in the view (the error, then the table once a server appears there), and --once (the
-# table, --sort, exit 1 with a message for an unreachable URL or a body that does not parse).
+# URL in the view (the error, then the table once a server appears there), servers that answer
+# badly (a body cut short or badly chunked, a reply that is not HTTP, a body the parser fails
+# on) or trickle, in the view (the error, and q still quits) and with --once, and --once (the
+# table, --sort, exit 1 with a one-line message for an unreachable URL, a body that does not
+# parse, a bad answer, or none within the timeout).
 #   bazel test //tests/tools:pooltop_test      or      bash tests/tools/pooltop_test.sh
 set -euo pipefail
 
@@ -124,6 +127,24 @@ pane_has "^sort: shard asc" || fail "the error is still shown"
 tmux_ send-keys -t down q
 wait_for 20 "pooltop to exit" exited
 [[ $(<"$tmp/down.status") == 0 ]] || fail "pooltop exited with status $(<"$tmp/down.status")"
+
+# view_fails NAME WANT: the view of the fake server's /NAME shows an error, its URL (or "the
+# body of" it) then WANT (an extended regex), and q still quits it with status 0.
+view_fails() {
+  start_view "$1" "${url%/metrics}/$1"
+  wait_for 20 "the error of /$1" pane_has "^(the body of )?http://127\.0\.0\.1:[0-9]+/$1 $2"
+  tmux_ send-keys -t "$1" q
+  wait_for 20 "pooltop to exit" exited
+  [[ $(<"$tmp/$1.status") == 0 ]] || fail "pooltop exited with status $(<"$tmp/$1.status")"
+  [[ ! -s $tmp/$1.err ]] || fail "pooltop wrote to stderr: $(<"$tmp/$1.err")"
+}
+echo "live view: a body cut short or badly chunked, a reply that is not HTTP, a bad body"
+view_fails short 'sent a bad HTTP answer: IncompleteRead\(95 bytes read'
+view_fails badchunk 'sent a bad HTTP answer: IncompleteRead'
+view_fails badstatus "sent a bad HTTP answer: BadStatusLine\\('SSH-2\\.0-"
+view_fails badexposition 'does not parse as Prometheus text'
+echo "live view: a server that trickles is given up on (--interval 0.2: after 1 s), q quits"
+view_fails trickle 'took over 1 s'
 session=
 
 echo "--once: the table on stdout"
@@ -148,5 +169,26 @@ rc=0
 ((rc == 1)) || fail "garbage body: exit status $rc, not 1"
 grep -q "does not parse as Prometheus text" "$tmp/err" ||
   fail "garbage body: stderr is: $(<"$tmp/err")"
+
+# once_fails NAME WANT: pooltop --once on the fake server's /NAME exits 1, stdout empty, its
+# stderr one line, "pooltop: ", the URL (or "the body of" it) then WANT (an extended regex).
+# timeout(1) keeps a pooltop that hangs from hanging the test; 10 s is ten times its timeout
+# at --interval 0.2.
+once_fails() {
+  local rc=0
+  timeout 10 "$pooltop" --url "${url%/metrics}/$1" --interval 0.2 --once >"$tmp/out" \
+    2>"$tmp/err" || rc=$?
+  ((rc == 1)) || fail "/$1: exit status $rc, not 1; stderr: $(<"$tmp/err")"
+  [[ $(wc -l <"$tmp/err") == 1 ]] &&
+    grep -Eq "^pooltop: (the body of )?http://127\.0\.0\.1:[0-9]+/$1 $2" "$tmp/err" ||
+    fail "/$1: stderr is: $(<"$tmp/err")"
+  [[ ! -s $tmp/out ]] || fail "/$1: stdout is not empty"
+}
+echo "--once: exit 1 and a message for a bad answer, a bad body, or one that trickles"
+once_fails short 'sent a bad HTTP answer: IncompleteRead\(95 bytes read'
+once_fails badchunk 'sent a bad HTTP answer: IncompleteRead'
+once_fails badstatus "sent a bad HTTP answer: BadStatusLine\\('SSH-2\\.0-"
+once_fails badexposition 'does not parse as Prometheus text'
+once_fails trickle 'took over 1 s'
 
 echo "PASS"
