@@ -170,9 +170,12 @@ int open_known_fd(struct ::Reactor* owner, int fd, bool connecting) {
       errno = EEXIST;
       return -1;
     }
-    // Open with no owner (sock_open(NULL, fd) before): the caller's calls would run inline
-    // while runs_it releases and reopens the slot; closed until then, they fail with EBADF.
+    // Open with no owner (sock_open(NULL, fd) before): its state is released here, by its
+    // one user, and the slot closed; else the caller's calls (sock_read and sock_flush check
+    // only the flags) would run inline while runs_it releases it. Until runs_it has opened
+    // it they fail with EBADF, and if the post fails the fd is simply not open.
     if (!held && is_open_generation(slot->generation.load(std::memory_order_acquire))) {
+      release_state(fd, *slot);
       mark_closed(*slot);
     }
     return post(*runs_it, connecting ? RemoteCall::Kind::kOpenConnecting : RemoteCall::Kind::kOpen,

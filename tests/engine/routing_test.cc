@@ -393,11 +393,19 @@ TEST_F(RoutingTest, AnFdOpenWithoutAReactorIsClosedToItsCallsUntilItsPostedOpenR
   int pair[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, pair), 0);
   ASSERT_EQ(sock_open(nullptr, pair[0]), 0);
+  ASSERT_EQ(sock_write(pair[0], "first", 5), 0);  // sent at once: nothing queued
   ASSERT_EQ(sock_open(&b_, pair[0]), 0);  // B waits: the open stays posted
   errno = 0;
   EXPECT_EQ(sock_write(pair[0], "early", 5), -1);
   EXPECT_EQ(errno, EBADF);
   EXPECT_EQ(sock_status(pair[0]), -1);
+  char byte;
+  errno = 0;
+  EXPECT_EQ(sock_read(pair[0], &byte, 1), -1);  // sock_read and sock_flush check the flags
+  EXPECT_EQ(errno, EBADF);
+  errno = 0;
+  EXPECT_EQ(sock_flush(pair[0]), -1);
+  EXPECT_EQ(errno, EBADF);
   b_go_ = true;
   ASSERT_TRUE(wait_for([&] { return sock_status(pair[0]) >= 0; }));
   ASSERT_EQ(sock_write(pair[0], "on B", 4), 0);  // posted to B, which sends it
@@ -406,9 +414,9 @@ TEST_F(RoutingTest, AnFdOpenWithoutAReactorIsClosedToItsCallsUntilItsPostedOpenR
     char buf[16];
     const ssize_t n = recv(pair[1], buf, sizeof buf, MSG_DONTWAIT);
     if (n > 0) got.append(buf, static_cast<std::size_t>(n));
-    return got.size() >= 4;
+    return got.size() >= 9;
   }));
-  EXPECT_EQ(got, "on B");
+  EXPECT_EQ(got, "firston B");
   close(pair[1]);
 }
 
