@@ -382,6 +382,9 @@ class BudgetTest : public testing_support::ServerFixture {
   }
 
   void TearDown() override {
+    // The hook captures the test body's locals, gone by now, and the stop below still runs
+    // on_data (the clients' EOFs).
+    data_hook_ = nullptr;
     for (const int c : clients_) close(c);
     ServerFixture::TearDown();
   }

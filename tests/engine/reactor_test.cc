@@ -139,6 +139,9 @@ void settle(struct Reactor* r, int limit = 10) {
 class ReactorTest : public testing_support::ReactorFixture {
  protected:
   void TearDown() override {
+    // The hooks capture the test body's locals, gone by now, and the stop below still runs
+    // callbacks (on_shutdown, on_close).
+    calls_.on_data = calls_.on_ready = calls_.on_shutdown = calls_.on_close = nullptr;
     listener_.reset();
     ReactorFixture::TearDown();
   }

@@ -89,6 +89,11 @@ class WriteQueueTest : public testing_support::OneClientFixture {
     OneClientFixture::SetUp();
   }
 
+  void TearDown() override {
+    on_server_data_ = nullptr;  // it captures the test body's locals; the stop runs on_data
+    OneClientFixture::TearDown();
+  }
+
   void on_connection_data(int fd) override {
     if (on_server_data_) {
       on_server_data_(fd);
