@@ -169,7 +169,9 @@ inline Reactor* load_owner(FdSlot& slot) {
 // or ENOMEM.
 FdSlot* fd_slot_make(int fd);
 
-// Calls fn(fd, slot) for every slot whose page exists. Owner-thread use only (stop, tests).
+// Calls fn(fd, slot) for every slot whose page exists. fn reads a slot's fields only as its
+// thread may (slot.owner first, with load_owner(), for a slot another thread may hold): the
+// stop, the profiler's top list, tests.
 template <typename Fn>
 void fd_table_for_each(Fn&& fn);
 

@@ -424,8 +424,8 @@ struct SockPoolStats {
 };
 
 /** Fills *stats with the counters of reactor's pool (NULL: the pool of threads without a
- * reactor). Exact on the owner thread, a recent snapshot elsewhere. Returns 0, or -1 with
- * errno EINVAL. */
+ * reactor). Any thread while the reactor lives (as sock_stats): exact on the owner thread, a
+ * recent snapshot elsewhere. Returns 0, or -1 with errno EINVAL. */
 int sock_pool_stats(struct Reactor* reactor, struct SockPoolStats* stats);
 
 /** Bytes of jemalloc memory one packet really costs (slab size / packets per slab). */
@@ -456,7 +456,7 @@ struct SockStats {
   uint64_t chunk_bytes;    /* their bytes */
   uint64_t packet_bytes;   /* what one packet really costs */
   uint64_t queued_bytes;   /* bytes queued on the reactor's connections */
-  uint64_t connections;    /* connections attached to the reactor */
+  uint64_t connections;    /* fds attached to the reactor (listeners, timer fds included) */
   uint64_t writes_direct;  /* writes sent to the kernel at once */
   uint64_t writes_queued;  /* writes that queued */
   uint64_t writev_calls;   /* sendmsg calls of the flush step */
@@ -465,8 +465,9 @@ struct SockStats {
   uint64_t trims;          /* times closed connections' timers were dropped and memory purged */
 };
 
-/** Fills *stats (see struct SockStats for `size`) with reactor's counters. Any thread: exact
- * on the owner thread, a relaxed snapshot elsewhere (checkouts - returns may differ from
+/** Fills *stats (see struct SockStats for `size`) with reactor's counters. Any thread while
+ * the reactor lives (not racing with its first use or its final reactor_review): exact on
+ * the owner thread, a relaxed snapshot elsewhere (checkouts - returns may differ from
  * outstanding by the packets moving meanwhile). Returns 0, or -1 with errno EINVAL (NULL
  * arguments, a reactor that never ran, or a size below 8). */
 int sock_stats(struct Reactor* reactor, struct SockStats* stats);

@@ -210,7 +210,9 @@ Profile* Reactor::profile_made() {
 }
 
 int64_t Reactor::profile_now_us() {
-  if (profile_clock_stale_) {
+  // Outside this reactor's loop (the owner's own code between two run_once calls, which may
+  // be far apart) the cache says when the loop last ran, not now.
+  if (profile_clock_stale_ || current_ != this) {
     profile_now_us_ = monotonic_us();
     profile_clock_stale_ = false;
   }

@@ -221,7 +221,7 @@ class Reactor {
   // first need), else nullptr; owner thread. profile_snapshot(): any thread, nullptr until
   // profiling first ran here. profile_now_us(): the profile clock (CLOCK_MONOTONIC), cached
   // for the callbacks and again for the flush step, read only when a hook asks (an iteration
-  // that profiles nothing reads no clock); owner thread.
+  // that profiles nothing reads no clock), and read afresh outside the loop; owner thread.
   Profile* profile() {
     if (!profiling_on()) return nullptr;
     Profile* p = profile_.load(std::memory_order_relaxed);  // the owner's own store

@@ -316,10 +316,12 @@ void profile_lifetime(const Packet* p) {
   Reactor* r = Reactor::current();
   if (Profile* profile = r ? r->profile() : nullptr) {
     const uint32_t now = static_cast<uint32_t>(r->profile_now_us()) | 1u;
-    // Signed: a packet stamped by another reactor after this one cached its clock is a
-    // little "younger than now", not 71 minutes old.
-    const auto age = static_cast<int32_t>(now - p->metadata.rsrv_time);
-    profile->packet_lifetime_us.observe(static_cast<uint64_t>(age > 0 ? age : 0));
+    // A packet stamped by another reactor after this one cached its clock is a little
+    // "younger than now" (by at most a loop iteration's time), not 71 minutes old: an age
+    // within a second of wrapping is 0.
+    constexpr uint32_t kYoungerBy = 1'000'000;
+    const uint32_t age = now - p->metadata.rsrv_time;
+    profile->packet_lifetime_us.observe(age > UINT32_MAX - kYoungerBy ? 0 : age);
   }
 }
 

@@ -3,14 +3,19 @@
 // counters a slow reader's queue moves, and, with sock_profile on, the histograms and the
 // top-connections list that names that reader.
 #include <gtest/gtest.h>
+#include <sys/socket.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "engine/libsock.h"
+#include "engine/reactor.h"
 #include "tests/testing/loopback.h"
 #include "tests/testing/metrics_text.h"
 #include "tests/testing/reactor_fixture.h"
@@ -52,8 +57,17 @@ class MetricsTest : public testing_support::OneClientFixture {
     ASSERT_TRUE(read_at_least(client_, &got_, bytes));
     ASSERT_EQ(got_, data);
   }
+  // With reply_: answers input with two writes, the second of which queues (the first of a
+  // callback goes straight to the kernel), so that the flush step reads the profile clock.
+  void on_connection_data(int fd) override {
+    OneClientFixture::on_connection_data(fd);
+    if (!reply_) return;
+    EXPECT_EQ(sock_write(fd, "a", 1), 0);
+    EXPECT_EQ(sock_write(fd, "b", 1), 0);
+  }
   std::size_t queued_ = 0;
   std::string got_;
+  bool reply_ = false;
 };
 
 TEST_F(MetricsTest, SockStatsFillsOnlyTheSizeTheCallerKnows) {
@@ -162,6 +176,62 @@ TEST_F(MetricsTest, ProfilingRecordsHistogramsAndTheTopConnection) {
   const std::string after = metrics(&r_);
   EXPECT_EQ(series(after, "libsock_connection_peak_queued_bytes_count{shard=\"0\"}"), 1);
   EXPECT_GE(series(after, "libsock_connection_peak_queued_bytes_sum{shard=\"0\"}"), 4096);
+}
+
+// A packet's lifetime is exact up to 2^32 us (71 minutes): one held 40 minutes, past 2^31 us,
+// is not read as "younger than now" (0).
+TEST_F(MetricsTest, APacketHeldForFortyMinutesIsRecordedAsThatOld) {
+  EXPECT_EQ(sock_profile(1), 0);
+  connect_client(4096);
+  const std::string data = testing_support::pattern(1 << 20, 3);
+  ASSERT_EQ(sock_write(server_, data.data(), data.size()), 0);  // the packet waits behind it
+  Packet* p = sock_checkout_packet();
+  ASSERT_NE(p, nullptr);
+  std::memcpy(p->internal_memory, "tail", 4);
+  p->length = 4;
+  constexpr int64_t kHeldUs = int64_t{40} * 60 * 1000 * 1000;
+  p->metadata.rsrv_time = static_cast<uint32_t>(engine::Reactor::monotonic_us() - kHeldUs) | 1u;
+  ASSERT_EQ(sock_send_packet(server_, p), 0);
+  ASSERT_TRUE(read_at_least(client_, &got_, data.size() + 4));
+  ASSERT_TRUE(run_until(&r_, [&] { return stats_of(&r_).outstanding == 0; }));
+  EXPECT_GE(series(metrics(&r_), "libsock_packet_lifetime_seconds_sum{shard=\"0\"}"), 2400.0);
+}
+
+// A reader that stalled before profiling began, and was written nothing since: the list is
+// made from every connection the reactor holds, not only those profiling has seen.
+TEST_F(MetricsTest, TopConnectionsNameAReaderThatStalledBeforeProfilingBegan) {
+  ASSERT_EQ(sock_profile(0), 0);
+  connect_client(4096);
+  const std::string data = testing_support::pattern(1 << 20, 4);
+  ASSERT_EQ(sock_write(server_, data.data(), data.size()), 0);
+  ASSERT_TRUE(run_until(&r_, [&] { return sock_pending(server_) > 0; }));
+  EXPECT_EQ(sock_profile(1), 0);
+  const std::string entry = "\"top_connections\":[{\"uuid\":" + std::to_string(sock_fd2uuid(server_));
+  EXPECT_TRUE(run_until(&r_, [&] {
+    return metrics(&r_, SOCK_METRICS_JSON).find(entry) != std::string::npos;
+  }));
+}
+
+// A write the owner thread makes outside the loop (a reactor driven by the program, which
+// works between two run_once calls) starts its queue's time now, not when the loop last ran.
+TEST_F(MetricsTest, QueueTimeOfAWriteMadeBetweenLoopIterationsStartsAtTheWrite) {
+  EXPECT_EQ(sock_profile(1), 0);
+  connect_client(4096);
+  reply_ = true;
+  ASSERT_EQ(send(client_, "x", 1, 0), 1);
+  // Ends with the iteration that sent the reply: its flush step cached the profile clock.
+  ASSERT_TRUE(read_at_least(client_, &got_, 2));
+  reply_ = false;
+  // The program's own work between iterations (not a wait for a condition).
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  const std::string data = testing_support::pattern(256 * 1024, 5);
+  ASSERT_EQ(sock_write(server_, data.data(), data.size()), 0);
+  ASSERT_TRUE(read_at_least(client_, &got_, 2 + data.size()));
+  ASSERT_TRUE(run_until(&r_, [&] { return sock_pending(server_) == 0; }));
+  const std::string text = metrics(&r_);
+  EXPECT_EQ(series(text, "libsock_queue_time_seconds_count{shard=\"0\"}"), 2);
+  // The queue drained in a moment; from the last iteration it would be over a second.
+  EXPECT_LT(series(text, "libsock_queue_time_seconds_sum{shard=\"0\"}"), 1.0);
 }
 
 }  // namespace
