@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Tests tools/pooltop against tests/tools/fake_metrics_server.py: the live view in a detached
 # tmux session (both shards' figures, the sort keys, q quits with status 0), an unreachable
-# URL in the view (the error, then the table once a server appears there), servers that answer
-# badly (a body cut short or badly chunked, a reply that is not HTTP, a body the parser fails
-# on) or trickle, in the view (the error, and q still quits) and with --once, and --once (the
-# table, --sort, exit 1 with a one-line message for an unreachable URL, a body that does not
-# parse, a bad answer, or none within the timeout).
+# URL in the view (the error, then the table once a server appears there), shard labels that
+# are not numbers in the view and with --once (numbers first, in numeric order), servers that
+# answer badly (a body cut short or badly chunked, a reply that is not HTTP, a body the parser
+# fails on) or trickle, in the view (the error, and q still quits) and with --once, and --once
+# (the table, --sort, exit 1 with a one-line message for an unreachable URL, a body that does
+# not parse, a bad answer, or none within the timeout).
 #   bazel test //tests/tools:pooltop_test      or      bash tests/tools/pooltop_test.sh
 set -euo pipefail
 
@@ -74,6 +75,15 @@ pane_has() { pane | grep -Eq -- "$1"; }
 order() { pane | awk '$1 ~ /^[0-9]+$/ && NF == 9 { printf "%s%s", sep, $1; sep = " " }'; }
 order_is() { [[ $(order) == "$1" ]]; }
 exited() { [[ -s $tmp/$session.status ]]; }
+# The shard column of a table on stdin, top to bottom, whatever the labels.
+shard_column() {
+  awk '/^ *shard +outstanding/ { on = 1; next } /^ *total / { on = 0 }
+       on && NF == 9 { printf "%s%s", sep, $1; sep = " " }'
+}
+# /badshard's labels by shard (see fake_metrics_server.py's BAD_SHARDS), and by high water,
+# which grows with the shard's place in the exposition.
+BAD_ORDER="0 1 2 10 -1 'a\\nb' tls"
+BAD_BY_HIGH_WATER="'a\\nb' -1 tls 2 10 1 0"
 
 # The fixture's figures (see fake_metrics_server.py); remote ret/s needs two samples, so a
 # number there shows that the rate was computed.
@@ -128,6 +138,18 @@ tmux_ send-keys -t down q
 wait_for 20 "pooltop to exit" exited
 [[ $(<"$tmp/down.status") == 0 ]] || fail "pooltop exited with status $(<"$tmp/down.status")"
 
+echo "live view: shard labels that are not numbers come after the numbers, q quits"
+start_view badshard "${url%/metrics}/badshard"
+badshard_shown() { [[ $(pane | shard_column) == "$BAD_ORDER" ]]; }
+wait_for 20 "the shards in order '$BAD_ORDER'" badshard_shown
+# Its own figures (the 5th shard's), and a rate: a second sample was shown as well.
+wait_for 20 "tls's row" pane_has "^ +tls +[0-9]+ +290 +20 +40\.0 +-25\.0 +$RATE +2\.50 +30 *$"
+tmux_ send-keys -t badshard q
+wait_for 20 "pooltop to exit" exited
+status=$(<"$tmp/badshard.status")
+[[ $status == 0 ]] || fail "pooltop exited with status $status"
+[[ ! -s $tmp/badshard.err ]] || fail "pooltop wrote to stderr: $(<"$tmp/badshard.err")"
+
 # view_fails NAME WANT: the view of the fake server's /NAME shows an error, its URL (or "the
 # body of" it) then WANT (an extended regex), and q still quits it with status 0.
 view_fails() {
@@ -155,6 +177,17 @@ done
 out=$("$pooltop" --url "$url" --interval 0.2 --once --sort connections)
 rows=$(awk '$1 ~ /^[0-9]+$/ && NF == 9 { printf "%s%s", sep, $1; sep = " " }' <<<"$out")
 [[ $rows == "1 0" ]] || fail "--sort connections: rows in order '$rows':"$'\n'"$out"
+
+echo "--once: shard labels that are not numbers come after the numbers, and sort by a column"
+out=$("$pooltop" --url "${url%/metrics}/badshard" --interval 0.2 --once) ||
+  fail "--once on /badshard exited $?"
+[[ $(shard_column <<<"$out") == "$BAD_ORDER" ]] ||
+  fail "/badshard: rows in order '$(shard_column <<<"$out")', not '$BAD_ORDER':"$'\n'"$out"
+grep -Eq '^ *total +[0-9]+ ' <<<"$out" || fail "/badshard: no total row:"$'\n'"$out"
+out=$("$pooltop" --url "${url%/metrics}/badshard" --interval 0.2 --once --sort "high water") ||
+  fail "--once --sort 'high water' on /badshard exited $?"
+[[ $(shard_column <<<"$out") == "$BAD_BY_HIGH_WATER" ]] ||
+  fail "/badshard by high water: rows in order '$(shard_column <<<"$out")':"$'\n'"$out"
 
 echo "--once: exit 1 and a message for an unreachable URL and for a body that does not parse"
 port=$(free_port)
