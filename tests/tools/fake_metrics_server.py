@@ -20,6 +20,10 @@
 #                               on with IndexError, not the ValueError of other bad lines
 #   GET /badshard               /metrics, but for 7 shards labelled as BAD_SHARDS: numbers out
 #                               of string order, and labels that are not numbers
+#   GET /huge                   200 with no length, HUGE_MIB MiB of comment lines as fast
+#                               as the client reads, and a close: over tools/pool_scrape.py's
+#                               64 MiB cap
+#   GET /hugelength             200 announcing 1 TiB, then one family and a close
 # Each connection has its own thread, so that /hang and /trickle hold up nobody else.
 # Request n of /metrics or /badshard (n = 1, 2, ...) grows the counters by a fixed step; shard
 # s's figures are exact so that tests can look for them:
@@ -36,6 +40,8 @@ SHARDS = (0, 1)
 # /badshard's shard labels, as written in the exposition (a\\nb: a newline): shard i's figures
 # are those of shard i above. Shown by shard, numbers first: 0 1 2 10 -1 'a\\nb' tls.
 BAD_SHARDS = ("0", "1", "10", "2", "tls", "-1", "a\\nb")
+# /huge's size: over the cap, not so far over that a client which reads it all takes long.
+HUGE_MIB = 96
 # The engine's histograms (engine/histogram.h): log-linear buckets with upper bounds 1, 2, 3, 4,
 # 6, 8, 12, ... up to 2^octaves, times a unit scale, "%.9g" in le; then +Inf.
 # (name, octaves, scale, the first bucket with counts, each step's counts from there on)
@@ -185,6 +191,25 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n")
         elif url.path == "/badexposition":
             self.reply(200, "text/plain; version=0.0.4; charset=utf-8", "# TYPE\n")
+        elif url.path == "/huge":
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.end_headers()  # HTTP/1.0 and no length: the body ends at the close
+            block = b"# padding\n" * (MIB // 10) + b"#" * (MIB % 10 - 1) + b"\n"
+            try:
+                for _ in range(HUGE_MIB):
+                    self.wfile.write(block)
+            except OSError:
+                pass  # the client stopped reading at its cap
+        elif url.path == "/hugelength":
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Length", str(1 << 40))
+            self.end_headers()
+            try:
+                self.wfile.write(exposition(1)[0][1].encode())
+            except OSError:
+                pass  # the client refused the length
         elif url.path == "/hang":
             Handler.never.wait()
         elif url.path == "/trickle":

@@ -5,13 +5,14 @@
 # lines), an unreachable URL (exit 1), a server that never answers and one that trickles
 # (--duration bounds the run: missed samples skipped, a sample cut at --timeout in all, each
 # failure reported, exit 1), servers that answer badly (a body cut short or badly chunked, a
-# reply that is not HTTP, a body the parser fails on: each sample skipped with a warning, exit
-# 1); then the charts as non-empty SVG (valid XML) and PNG, from a recording without the
-# histograms and process series (?name=libsock_pool_), those charts skipped with a message and
-# the others still drawn, a last line without its newline (cut inside a value that still
-# parses) ignored with a message, CSVs it cannot draw (not UTF-8, a shard or le that is not a
-# number, a field over csv's limit) and an --out that is a file refused with a one-line
-# message and exit 1, and a CSV of the format before the labels column still drawn.
+# reply that is not HTTP, a body the parser fails on, a body over the cap, streamed or
+# announced: each sample skipped with a warning, exit 1); then the charts as non-empty SVG
+# (valid XML) and PNG, from a recording without the histograms and process series
+# (?name=libsock_pool_), those charts skipped with a message and the others still drawn, a
+# last line without its newline (cut inside a value that still parses) ignored with a message,
+# CSVs it cannot draw (not UTF-8, a shard or le that is not a number, a field over csv's limit)
+# and an --out that is a file refused with a one-line message and exit 1, and a CSV of the
+# format before the labels column still drawn.
 #   bazel test //tests/tools:pool_record_plot_test   or   bash tests/tools/pool_record_plot_test.sh
 set -euo pipefail
 
@@ -109,13 +110,14 @@ echo "pool_record: a server that never answers, and one that trickles, end the r
 record_stuck hang
 record_stuck trickle
 
-# record_bad NAME WANT: pool_record on the fake server's /NAME, which answers, but badly: each
-# sample is skipped with a warning matching WANT (an extended regex) and the run goes on (two
-# or more skipped), then exits 1 as none succeeded; stderr holds only its messages.
+# record_bad NAME WANT [ARGS...]: pool_record on the fake server's /NAME, which answers, but
+# badly: each sample is skipped with a warning matching WANT (an extended regex) and the run
+# goes on (two or more skipped), then exits 1 as none succeeded; stderr holds only its
+# messages. ARGS go after --interval 0.2 --duration 0.5, and so override them.
 record_bad() {
   local rc=0
   "$root/tools/pool_record" --url "http://127.0.0.1:$(<"$tmp/port")/$1" --interval 0.2 \
-    --duration 0.5 --out "$tmp/$1.csv" 2>"$tmp/$1.err" || rc=$?
+    --duration 0.5 "${@:3}" --out "$tmp/$1.csv" 2>"$tmp/$1.err" || rc=$?
   ! grep -vq '^pool_record: ' "$tmp/$1.err" || fail "/$1: stderr is: $(<"$tmp/$1.err")"
   ((rc == 1)) || fail "/$1: exit status $rc, not 1; stderr: $(<"$tmp/$1.err")"
   (($(grep -Ec "skipped: (the body of )?http://127\.0\.0\.1:[0-9]+/$1 $2" "$tmp/$1.err") >= 2)) ||
@@ -128,6 +130,12 @@ record_bad badchunk 'sent a bad HTTP answer: IncompleteRead'
 record_bad badstatus "sent a bad HTTP answer: BadStatusLine\\('SSH-2\\.0-"
 echo "pool_record: a body the parser fails on with IndexError is skipped"
 record_bad badexposition 'does not parse as Prometheus text'
+echo "pool_record: a body over the cap, streamed or announced, is skipped"
+# --timeout 5: 64 MiB read takes 0.2 s on an idle machine, and a loaded one must not turn the
+# cap's message into a timeout's; samples every 0.1 s for 1 s still make two or more.
+record_bad huge 'sent a body over 64 MiB, the cap \(MAX_BODY in tools/pool_scrape\.py\)$' \
+  --interval 0.1 --duration 1 --timeout 5
+record_bad hugelength 'sent a body over 64 MiB, the cap'
 
 echo "pool_plot: every chart, as SVG and PNG"
 "$root/tools/pool_plot" "$csv" --out "$tmp/plots" --title "fake server" >"$tmp/plot.out"
