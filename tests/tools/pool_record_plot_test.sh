@@ -11,8 +11,9 @@
 # (?name=libsock_pool_), those charts skipped with a message and the others still drawn, a
 # last line without its newline (cut inside a value that still parses) ignored with a message,
 # CSVs it cannot draw (not UTF-8, a shard or le that is not a number, a field over csv's limit)
-# and an --out that is a file refused with a one-line message and exit 1, and a CSV of the
-# format before the labels column still drawn.
+# and an --out that is a file, a directory it may not write into or one where a directory has
+# a chart's file name refused with a one-line message and exit 1 (the files written before
+# listed), and a CSV of the format before the labels column still drawn.
 #   bazel test //tests/tools:pool_record_plot_test   or   bash tests/tools/pool_record_plot_test.sh
 set -euo pipefail
 
@@ -204,6 +205,44 @@ plot_refuses long "$tmp/long.csv:2: field larger than field limit (131072)"
 echo "pool_plot: an --out that is a file"
 cp "$csv" "$tmp/file.csv"
 plot_refuses file "cannot make the directory $tmp/file.csv: File exists" --out "$tmp/file.csv"
+
+# why_not_create DIR: why a file cannot be made in DIR, as strerror words it (pool_plot's
+# message ends with it); fails, leaving nothing there, if one can.
+why_not_create() {
+  local err
+  if err=$({ : >"$1/probe"; } 2>&1); then
+    rm -f "$1/probe"
+    return 1
+  fi
+  echo "${err##*: }"
+}
+echo "pool_plot: an --out it may not write into"
+cp "$csv" "$tmp/denied.csv"
+mkdir "$tmp/denied_plots"
+chmod 555 "$tmp/denied_plots"
+out=$tmp/denied_plots
+if ! why=$(why_not_create "$out"); then
+  # Root: mode bits stop nobody. sysfs makes no file for anyone (EACCES, or EROFS where it is
+  # mounted read-only); without it nothing here stops root.
+  out=/sys
+  echo "  as root, mode 555 does not stop the writes: --out $out instead"
+  if [[ ! -d $out ]] || ! why=$(why_not_create "$out"); then
+    echo "  NOTE: skipped: no directory here that root may not write into"
+    out=
+  fi
+fi
+[[ -z $out ]] || plot_refuses denied "cannot write $out/outstanding.dat: $why" --out "$out"
+
+echo "pool_plot: a directory of a chart's file name in --out; the files before it are listed"
+mkdir -p "$tmp/isdir/chunk_bytes.dat"  # the second chart's: outstanding is drawn first
+rc=0
+"$root/tools/pool_plot" "$csv" --out "$tmp/isdir" >"$tmp/isdir.out" 2>"$tmp/isdir.err" || rc=$?
+((rc == 1)) || fail "isdir: exit status $rc, not 1; stderr: $(<"$tmp/isdir.err")"
+want="pool_plot: cannot write $tmp/isdir/chunk_bytes.dat: Is a directory"
+[[ $(<"$tmp/isdir.err") == "$want" ]] ||
+  fail "isdir: stderr is not '$want' but: $(<"$tmp/isdir.err")"
+want=$(for ext in dat gp svg png; do echo "$tmp/isdir/outstanding.$ext"; done)
+[[ $(<"$tmp/isdir.out") == "$want" ]] || fail "isdir: files listed: $(<"$tmp/isdir.out")"
 
 echo "pool_plot: a CSV from before the labels column is still drawn"
 cut -d, -f1-4,6 "$csv" >"$tmp/old.csv"  # the TLS series of one family share a key there
