@@ -9,6 +9,15 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
 
+# The most bytes of a body read: more fails the sample, so that a server that streams without end
+# cannot fill memory before the deadline. engine/metrics.cc writes per shard 27 families of one
+# line and, profiling on, 5 histograms of 271 lines in all (2 buckets per octave: 26, 26, 30,
+# 10 and 36 octaves; +Inf, _sum and _count): about 24 KB with every value at 20 digits (1.5 MiB
+# for 64 shards), besides ~7 KB of HELP, TYPE and TLS lines for the whole process. 64 MiB holds
+# over 2,500 such shards: 40 times a 64-core machine's one per core.
+MAX_BODY = 64 << 20
+
+
 class ScrapeError(Exception):
     """Why a scrape gave no samples, in one line for the user."""
 
@@ -59,7 +68,7 @@ def scrape(url, seconds):
 def _scrape(url, seconds):
     try:
         with urllib.request.urlopen(url, timeout=seconds) as response:
-            body = response.read().decode("utf-8", "replace")
+            body = _read_body(url, response).decode("utf-8", "replace")
     except urllib.error.HTTPError as e:
         raise ScrapeError(f"{url} answered HTTP {e.code} {e.reason}") from None
     except (urllib.error.URLError, OSError) as e:
@@ -81,3 +90,20 @@ def _scrape(url, seconds):
         return list(text_string_to_metric_families(body))
     except (ValueError, IndexError) as e:
         raise ScrapeError(f"the body of {url} does not parse as Prometheus text: {e}") from None
+
+
+def _read_body(url, response):
+    """response's body, or ScrapeError if it is over MAX_BODY."""
+    too_big = ScrapeError(f"{url} sent a body over {MAX_BODY >> 20} MiB, the cap (MAX_BODY in "
+                          "tools/pool_scrape.py)")
+    # Refused before a read: http.client allocates the whole announced length at once (1 TiB
+    # announced was a MemoryError).
+    if response.length is not None and response.length > MAX_BODY:
+        raise too_big
+    if response.length is not None:
+        # Whole, not read(amt): read(amt) returns a body cut short without IncompleteRead.
+        return response.read()
+    body = response.read(MAX_BODY + 1)  # no length (chunked or up to the close): one byte over
+    if len(body) > MAX_BODY:
+        raise too_big
+    return body

@@ -18,9 +18,15 @@
 #   GET /badstatus              no HTTP at all: an SSH server's greeting, then a close
 #   GET /badexposition          200 with "# TYPE\n", a line prometheus_client's parser fails
 #                               on with IndexError, not the ValueError of other bad lines
+#   GET /badshard               /metrics, but for 7 shards labelled as BAD_SHARDS: numbers out
+#                               of string order, and labels that are not numbers
+#   GET /huge                   200 with no length, HUGE_MIB MiB of comment lines as fast
+#                               as the client reads, and a close: over tools/pool_scrape.py's
+#                               64 MiB cap
+#   GET /hugelength             200 announcing 1 TiB, then one family and a close
 # Each connection has its own thread, so that /hang and /trickle hold up nobody else.
-# Request n of /metrics (n = 1, 2, ...) grows the counters by a fixed step; shard s's figures
-# are exact so that tests can look for them:
+# Request n of /metrics or /badshard (n = 1, 2, ...) grows the counters by a fixed step; shard
+# s's figures are exact so that tests can look for them:
 #   chunks 4(s+1), chunk bytes 2 MiB each, high water 90 / 140, hits 75% / 50% of checkouts,
 #   queued 0.5 / 1.0 MiB, connections 10 / 15; outstanding 50(s+1) + 10(n mod 5) moves.
 import argparse
@@ -31,6 +37,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MIB = 1 << 20
 SHARDS = (0, 1)
+# /badshard's shard labels, as written in the exposition (a\\nb: a newline): shard i's figures
+# are those of shard i above. Shown by shard, numbers first: 0 1 2 10 -1 'a\\nb' tls.
+BAD_SHARDS = ("0", "1", "10", "2", "tls", "-1", "a\\nb")
+# /huge's size: over the cap, not so far over that a client which reads it all takes long.
+HUGE_MIB = 96
 # The engine's histograms (engine/histogram.h): log-linear buckets with upper bounds 1, 2, 3, 4,
 # 6, 8, 12, ... up to 2^octaves, times a unit scale, "%.9g" in le; then +Inf.
 # (name, octaves, scale, the first bucket with counts, each step's counts from there on)
@@ -47,8 +58,10 @@ def bound(i):
     return i + 1 if i < 2 else (2 << (i // 2) if i % 2 else 3 << (i // 2 - 1))
 
 
-def exposition(n):
-    """The whole exposition after n requests, as (family name, text) pairs."""
+def exposition(n, labels=tuple(map(str, SHARDS))):
+    """The whole exposition after n requests, as (family name, text) pairs; labels: the shard
+    label of each shard."""
+    shards = range(len(labels))
     families = []
 
     def family(name, kind, help_text, rows):
@@ -58,7 +71,8 @@ def exposition(n):
         families.append((name, "\n".join(lines) + "\n"))
 
     def per_shard(name, kind, help_text, value_of):
-        family(name, kind, help_text, [(name, f'shard="{s}"', value_of(s)) for s in SHARDS])
+        family(name, kind, help_text,
+               [(name, f'shard="{labels[s]}"', value_of(s)) for s in shards])
 
     checkouts = lambda s: 400 * (s + 1) * n
     hits = lambda s: checkouts(s) * (3 - s) // 4
@@ -103,20 +117,21 @@ def exposition(n):
     family("libsock_profiling", "gauge", "1 while profiling is on.", [("libsock_profiling", "", 1)])
     family("libsock_process_resident_bytes", "gauge", "The process's resident set size.",
            [("libsock_process_resident_bytes", "",
-             40 * MIB + sum(map(chunk_bytes, SHARDS)) + (n % 7) * MIB // 4)])
+             40 * MIB + sum(map(chunk_bytes, shards)) + (n % 7) * MIB // 4)])
 
     for name, octaves, scale, first, steps in HISTOGRAMS:
         rows = []
-        for s in SHARDS:
+        for s in shards:
+            shard = f'shard="{labels[s]}"'
             total = total_sum = 0
             for i in range(2 * octaves):
                 step = steps[i - first] if 0 <= i - first < len(steps) else 0
                 total += step * n * (s + 1)
                 total_sum += step * n * (s + 1) * bound(i)
-                rows.append((f"{name}_bucket", f'shard="{s}",le="{bound(i) * scale:.9g}"', total))
-            rows.append((f"{name}_bucket", f'shard="{s}",le="+Inf"', total))
-            rows.append((f"{name}_sum", f'shard="{s}"', f"{total_sum * scale:.9g}"))
-            rows.append((f"{name}_count", f'shard="{s}"', total))
+                rows.append((f"{name}_bucket", f'{shard},le="{bound(i) * scale:.9g}"', total))
+            rows.append((f"{name}_bucket", f'{shard},le="+Inf"', total))
+            rows.append((f"{name}_sum", shard, f"{total_sum * scale:.9g}"))
+            rows.append((f"{name}_count", shard, total))
         family(name, "histogram", f"Distribution of {name}.", rows)
 
     family("libsock_tls_handshakes_total", "counter", "TLS handshakes completed.",
@@ -152,6 +167,12 @@ class Handler(BaseHTTPRequestHandler):
             prefix = urllib.parse.parse_qs(url.query).get("name", [""])[0]
             body = "".join(text for name, text in exposition(n) if name.startswith(prefix))
             self.reply(200, "text/plain; version=0.0.4; charset=utf-8", body)
+        elif url.path == "/badshard":
+            with Handler.lock:
+                Handler.requests += 1
+                n = Handler.requests
+            body = "".join(text for _, text in exposition(n, BAD_SHARDS))
+            self.reply(200, "text/plain; version=0.0.4; charset=utf-8", body)
         elif url.path == "/garbage":
             self.reply(200, "text/html", "<html><body>Hello World!</body></html>\n")
         elif url.path == "/short":
@@ -170,6 +191,25 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n")
         elif url.path == "/badexposition":
             self.reply(200, "text/plain; version=0.0.4; charset=utf-8", "# TYPE\n")
+        elif url.path == "/huge":
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.end_headers()  # HTTP/1.0 and no length: the body ends at the close
+            block = b"# padding\n" * (MIB // 10) + b"#" * (MIB % 10 - 1) + b"\n"
+            try:
+                for _ in range(HUGE_MIB):
+                    self.wfile.write(block)
+            except OSError:
+                pass  # the client stopped reading at its cap
+        elif url.path == "/hugelength":
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Length", str(1 << 40))
+            self.end_headers()
+            try:
+                self.wfile.write(exposition(1)[0][1].encode())
+            except OSError:
+                pass  # the client refused the length
         elif url.path == "/hang":
             Handler.never.wait()
         elif url.path == "/trickle":

@@ -5,13 +5,15 @@
 # lines), an unreachable URL (exit 1), a server that never answers and one that trickles
 # (--duration bounds the run: missed samples skipped, a sample cut at --timeout in all, each
 # failure reported, exit 1), servers that answer badly (a body cut short or badly chunked, a
-# reply that is not HTTP, a body the parser fails on: each sample skipped with a warning, exit
-# 1); then the charts as non-empty SVG (valid XML) and PNG, from a recording without the
-# histograms and process series (?name=libsock_pool_), those charts skipped with a message and
-# the others still drawn, a last line without its newline (cut inside a value that still
-# parses) ignored with a message, CSVs it cannot draw (not UTF-8, a shard or le that is not a
-# number, a field over csv's limit) and an --out that is a file refused with a one-line
-# message and exit 1, and a CSV of the format before the labels column still drawn.
+# reply that is not HTTP, a body the parser fails on, a body over the cap, streamed or
+# announced: each sample skipped with a warning, exit 1); then the charts as non-empty SVG
+# (valid XML) and PNG, from a recording without the histograms and process series
+# (?name=libsock_pool_), those charts skipped with a message and the others still drawn, a
+# last line without its newline (cut inside a value that still parses) ignored with a message,
+# CSVs it cannot draw (not UTF-8, a shard or le that is not a number, a field over csv's limit)
+# and an --out that is a file, a directory it may not write into or one where a directory has
+# a chart's file name refused with a one-line message and exit 1 (the files written before
+# listed), and a CSV of the format before the labels column still drawn.
 #   bazel test //tests/tools:pool_record_plot_test   or   bash tests/tools/pool_record_plot_test.sh
 set -euo pipefail
 
@@ -109,13 +111,14 @@ echo "pool_record: a server that never answers, and one that trickles, end the r
 record_stuck hang
 record_stuck trickle
 
-# record_bad NAME WANT: pool_record on the fake server's /NAME, which answers, but badly: each
-# sample is skipped with a warning matching WANT (an extended regex) and the run goes on (two
-# or more skipped), then exits 1 as none succeeded; stderr holds only its messages.
+# record_bad NAME WANT [ARGS...]: pool_record on the fake server's /NAME, which answers, but
+# badly: each sample is skipped with a warning matching WANT (an extended regex) and the run
+# goes on (two or more skipped), then exits 1 as none succeeded; stderr holds only its
+# messages. ARGS go after --interval 0.2 --duration 0.5, and so override them.
 record_bad() {
   local rc=0
   "$root/tools/pool_record" --url "http://127.0.0.1:$(<"$tmp/port")/$1" --interval 0.2 \
-    --duration 0.5 --out "$tmp/$1.csv" 2>"$tmp/$1.err" || rc=$?
+    --duration 0.5 "${@:3}" --out "$tmp/$1.csv" 2>"$tmp/$1.err" || rc=$?
   ! grep -vq '^pool_record: ' "$tmp/$1.err" || fail "/$1: stderr is: $(<"$tmp/$1.err")"
   ((rc == 1)) || fail "/$1: exit status $rc, not 1; stderr: $(<"$tmp/$1.err")"
   (($(grep -Ec "skipped: (the body of )?http://127\.0\.0\.1:[0-9]+/$1 $2" "$tmp/$1.err") >= 2)) ||
@@ -128,6 +131,12 @@ record_bad badchunk 'sent a bad HTTP answer: IncompleteRead'
 record_bad badstatus "sent a bad HTTP answer: BadStatusLine\\('SSH-2\\.0-"
 echo "pool_record: a body the parser fails on with IndexError is skipped"
 record_bad badexposition 'does not parse as Prometheus text'
+echo "pool_record: a body over the cap, streamed or announced, is skipped"
+# --timeout 5: 64 MiB read takes 0.2 s on an idle machine, and a loaded one must not turn the
+# cap's message into a timeout's; samples every 0.1 s for 1 s still make two or more.
+record_bad huge 'sent a body over 64 MiB, the cap \(MAX_BODY in tools/pool_scrape\.py\)$' \
+  --interval 0.1 --duration 1 --timeout 5
+record_bad hugelength 'sent a body over 64 MiB, the cap'
 
 echo "pool_plot: every chart, as SVG and PNG"
 "$root/tools/pool_plot" "$csv" --out "$tmp/plots" --title "fake server" >"$tmp/plot.out"
@@ -196,6 +205,44 @@ plot_refuses long "$tmp/long.csv:2: field larger than field limit (131072)"
 echo "pool_plot: an --out that is a file"
 cp "$csv" "$tmp/file.csv"
 plot_refuses file "cannot make the directory $tmp/file.csv: File exists" --out "$tmp/file.csv"
+
+# why_not_create DIR: why a file cannot be made in DIR, as strerror words it (pool_plot's
+# message ends with it); fails, leaving nothing there, if one can.
+why_not_create() {
+  local err
+  if err=$({ : >"$1/probe"; } 2>&1); then
+    rm -f "$1/probe"
+    return 1
+  fi
+  echo "${err##*: }"
+}
+echo "pool_plot: an --out it may not write into"
+cp "$csv" "$tmp/denied.csv"
+mkdir "$tmp/denied_plots"
+chmod 555 "$tmp/denied_plots"
+out=$tmp/denied_plots
+if ! why=$(why_not_create "$out"); then
+  # Root: mode bits stop nobody. sysfs makes no file for anyone (EACCES, or EROFS where it is
+  # mounted read-only); without it nothing here stops root.
+  out=/sys
+  echo "  as root, mode 555 does not stop the writes: --out $out instead"
+  if [[ ! -d $out ]] || ! why=$(why_not_create "$out"); then
+    echo "  NOTE: skipped: no directory here that root may not write into"
+    out=
+  fi
+fi
+[[ -z $out ]] || plot_refuses denied "cannot write $out/outstanding.dat: $why" --out "$out"
+
+echo "pool_plot: a directory of a chart's file name in --out; the files before it are listed"
+mkdir -p "$tmp/isdir/chunk_bytes.dat"  # the second chart's: outstanding is drawn first
+rc=0
+"$root/tools/pool_plot" "$csv" --out "$tmp/isdir" >"$tmp/isdir.out" 2>"$tmp/isdir.err" || rc=$?
+((rc == 1)) || fail "isdir: exit status $rc, not 1; stderr: $(<"$tmp/isdir.err")"
+want="pool_plot: cannot write $tmp/isdir/chunk_bytes.dat: Is a directory"
+[[ $(<"$tmp/isdir.err") == "$want" ]] ||
+  fail "isdir: stderr is not '$want' but: $(<"$tmp/isdir.err")"
+want=$(for ext in dat gp svg png; do echo "$tmp/isdir/outstanding.$ext"; done)
+[[ $(<"$tmp/isdir.out") == "$want" ]] || fail "isdir: files listed: $(<"$tmp/isdir.out")"
 
 echo "pool_plot: a CSV from before the labels column is still drawn"
 cut -d, -f1-4,6 "$csv" >"$tmp/old.csv"  # the TLS series of one family share a key there

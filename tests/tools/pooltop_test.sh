@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Tests tools/pooltop against tests/tools/fake_metrics_server.py: the live view in a detached
 # tmux session (both shards' figures, the sort keys, q quits with status 0), an unreachable
-# URL in the view (the error, then the table once a server appears there), servers that answer
-# badly (a body cut short or badly chunked, a reply that is not HTTP, a body the parser fails
-# on) or trickle, in the view (the error, and q still quits) and with --once, and --once (the
-# table, --sort, exit 1 with a one-line message for an unreachable URL, a body that does not
-# parse, a bad answer, or none within the timeout).
+# URL in the view (the error, then the table once a server appears there), shard labels that
+# are not numbers in the view and with --once (numbers first, in numeric order), servers that
+# answer badly (a body cut short or badly chunked, a reply that is not HTTP, a body the parser
+# fails on, one over the cap on a body, streamed or announced) or trickle, in the view (the
+# error, and q still quits) and with --once, and --once (the table, --sort, exit 1 with a
+# one-line message for an unreachable URL, a body that does not parse, a bad answer, or none
+# within the timeout).
 #   bazel test //tests/tools:pooltop_test      or      bash tests/tools/pooltop_test.sh
 set -euo pipefail
 
@@ -59,12 +61,14 @@ start_server() {
   url=http://127.0.0.1:$(<"$tmp/$1.port")/metrics
 }
 
-# start_view NAME URL: pooltop in a detached 160x40 window; its exit status goes to a file
-# (tmux 3.3's #{pane_dead_status} can stay empty).
+# start_view NAME URL [INTERVAL]: pooltop in a detached 160x40 window, at --interval 0.2
+# unless INTERVAL; its exit status goes to a file (tmux 3.3's #{pane_dead_status} can stay
+# empty).
 start_view() {
   session=$1
   tmux_ new-session -d -s "$1" -x 160 -y 40 \
-    "$(printf '%q ' "$pooltop" --url "$2" --interval 0.2) 2>$(printf '%q' "$tmp/$1.err");
+    "$(printf '%q ' "$pooltop" --url "$2" --interval "${3:-0.2}") \
+     2>$(printf '%q' "$tmp/$1.err");
      echo \$? >$(printf '%q' "$tmp/$1.status")"
 }
 
@@ -74,6 +78,15 @@ pane_has() { pane | grep -Eq -- "$1"; }
 order() { pane | awk '$1 ~ /^[0-9]+$/ && NF == 9 { printf "%s%s", sep, $1; sep = " " }'; }
 order_is() { [[ $(order) == "$1" ]]; }
 exited() { [[ -s $tmp/$session.status ]]; }
+# The shard column of a table on stdin, top to bottom, whatever the labels.
+shard_column() {
+  awk '/^ *shard +outstanding/ { on = 1; next } /^ *total / { on = 0 }
+       on && NF == 9 { printf "%s%s", sep, $1; sep = " " }'
+}
+# /badshard's labels by shard (see fake_metrics_server.py's BAD_SHARDS), and by high water,
+# which grows with the shard's place in the exposition.
+BAD_ORDER="0 1 2 10 -1 'a\\nb' tls"
+BAD_BY_HIGH_WATER="'a\\nb' -1 tls 2 10 1 0"
 
 # The fixture's figures (see fake_metrics_server.py); remote ret/s needs two samples, so a
 # number there shows that the rate was computed.
@@ -128,10 +141,23 @@ tmux_ send-keys -t down q
 wait_for 20 "pooltop to exit" exited
 [[ $(<"$tmp/down.status") == 0 ]] || fail "pooltop exited with status $(<"$tmp/down.status")"
 
-# view_fails NAME WANT: the view of the fake server's /NAME shows an error, its URL (or "the
-# body of" it) then WANT (an extended regex), and q still quits it with status 0.
+echo "live view: shard labels that are not numbers come after the numbers, q quits"
+start_view badshard "${url%/metrics}/badshard"
+badshard_shown() { [[ $(pane | shard_column) == "$BAD_ORDER" ]]; }
+wait_for 20 "the shards in order '$BAD_ORDER'" badshard_shown
+# Its own figures (the 5th shard's), and a rate: a second sample was shown as well.
+wait_for 20 "tls's row" pane_has "^ +tls +[0-9]+ +290 +20 +40\.0 +-25\.0 +$RATE +2\.50 +30 *$"
+tmux_ send-keys -t badshard q
+wait_for 20 "pooltop to exit" exited
+status=$(<"$tmp/badshard.status")
+[[ $status == 0 ]] || fail "pooltop exited with status $status"
+[[ ! -s $tmp/badshard.err ]] || fail "pooltop wrote to stderr: $(<"$tmp/badshard.err")"
+
+# view_fails NAME WANT [INTERVAL]: the view of the fake server's /NAME (at --interval INTERVAL,
+# default 0.2) shows an error, its URL (or "the body of" it) then WANT (an extended regex), and
+# q still quits it with status 0.
 view_fails() {
-  start_view "$1" "${url%/metrics}/$1"
+  start_view "$1" "${url%/metrics}/$1" "${3:-0.2}"
   wait_for 20 "the error of /$1" pane_has "^(the body of )?http://127\.0\.0\.1:[0-9]+/$1 $2"
   tmux_ send-keys -t "$1" q
   wait_for 20 "pooltop to exit" exited
@@ -145,6 +171,11 @@ view_fails badstatus "sent a bad HTTP answer: BadStatusLine\\('SSH-2\\.0-"
 view_fails badexposition 'does not parse as Prometheus text'
 echo "live view: a server that trickles is given up on (--interval 0.2: after 1 s), q quits"
 view_fails trickle 'took over 1 s'
+# --interval 5, so 5 s to read 64 MiB (0.2 s on an idle machine): a loaded one must not turn
+# the cap's message into a timeout's.
+echo "live view: a body over the cap, streamed or announced, is given up on, q quits"
+view_fails huge 'sent a body over 64 MiB, the cap \(MAX_BODY in tools/pool_scrape\.py\)$' 5
+view_fails hugelength 'sent a body over 64 MiB, the cap' 5
 session=
 
 echo "--once: the table on stdout"
@@ -155,6 +186,17 @@ done
 out=$("$pooltop" --url "$url" --interval 0.2 --once --sort connections)
 rows=$(awk '$1 ~ /^[0-9]+$/ && NF == 9 { printf "%s%s", sep, $1; sep = " " }' <<<"$out")
 [[ $rows == "1 0" ]] || fail "--sort connections: rows in order '$rows':"$'\n'"$out"
+
+echo "--once: shard labels that are not numbers come after the numbers, and sort by a column"
+out=$("$pooltop" --url "${url%/metrics}/badshard" --interval 0.2 --once) ||
+  fail "--once on /badshard exited $?"
+[[ $(shard_column <<<"$out") == "$BAD_ORDER" ]] ||
+  fail "/badshard: rows in order '$(shard_column <<<"$out")', not '$BAD_ORDER':"$'\n'"$out"
+grep -Eq '^ *total +[0-9]+ ' <<<"$out" || fail "/badshard: no total row:"$'\n'"$out"
+out=$("$pooltop" --url "${url%/metrics}/badshard" --interval 0.2 --once --sort "high water") ||
+  fail "--once --sort 'high water' on /badshard exited $?"
+[[ $(shard_column <<<"$out") == "$BAD_BY_HIGH_WATER" ]] ||
+  fail "/badshard by high water: rows in order '$(shard_column <<<"$out")':"$'\n'"$out"
 
 echo "--once: exit 1 and a message for an unreachable URL and for a body that does not parse"
 port=$(free_port)
@@ -170,13 +212,13 @@ rc=0
 grep -q "does not parse as Prometheus text" "$tmp/err" ||
   fail "garbage body: stderr is: $(<"$tmp/err")"
 
-# once_fails NAME WANT: pooltop --once on the fake server's /NAME exits 1, stdout empty, its
-# stderr one line, "pooltop: ", the URL (or "the body of" it) then WANT (an extended regex).
-# timeout(1) keeps a pooltop that hangs from hanging the test; 10 s is ten times its timeout
-# at --interval 0.2.
+# once_fails NAME WANT [INTERVAL]: pooltop --once on the fake server's /NAME (at --interval
+# INTERVAL, default 0.2) exits 1, stdout empty, its stderr one line, "pooltop: ", the URL (or
+# "the body of" it) then WANT (an extended regex). timeout(1) keeps a pooltop that hangs from
+# hanging the test: 20 s is four times its longest timeout, 5 s.
 once_fails() {
   local rc=0
-  timeout 10 "$pooltop" --url "${url%/metrics}/$1" --interval 0.2 --once >"$tmp/out" \
+  timeout 20 "$pooltop" --url "${url%/metrics}/$1" --interval "${3:-0.2}" --once >"$tmp/out" \
     2>"$tmp/err" || rc=$?
   ((rc == 1)) || fail "/$1: exit status $rc, not 1; stderr: $(<"$tmp/err")"
   [[ $(wc -l <"$tmp/err") == 1 ]] &&
@@ -190,5 +232,8 @@ once_fails badchunk 'sent a bad HTTP answer: IncompleteRead'
 once_fails badstatus "sent a bad HTTP answer: BadStatusLine\\('SSH-2\\.0-"
 once_fails badexposition 'does not parse as Prometheus text'
 once_fails trickle 'took over 1 s'
+echo "--once: exit 1 and a message for a body over the cap, streamed or announced"
+once_fails huge 'sent a body over 64 MiB, the cap \(MAX_BODY in tools/pool_scrape\.py\)$' 5
+once_fails hugelength 'sent a body over 64 MiB, the cap' 5
 
 echo "PASS"
