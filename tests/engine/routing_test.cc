@@ -199,6 +199,19 @@ class RoutingTest : public ::testing::Test {
   std::atomic<bool> b_go_{false};
 };
 
+// What a plain socket received, polled (no blocking read) until `size` bytes came or
+// wait_for's deadline passed.
+std::string receive(int fd, std::size_t size) {
+  std::string got;
+  wait_for([&] {
+    char buf[256];
+    const ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n > 0) got.append(buf, static_cast<std::size_t>(n));
+    return got.size() >= size;
+  });
+  return got;
+}
+
 void write_records(int fd, uint32_t writer, uint32_t count, std::atomic<uint64_t>* failures) {
   for (uint32_t seq = 0; seq < count; ++seq) {
     const Record rec = record(writer, seq);
@@ -348,14 +361,7 @@ TEST_F(RoutingTest, AttachingAnFdThatAnotherThreadsReactorHoldsFailsWithEexist) 
   EXPECT_EQ(connections(&other), 0u);
   // R still owns it: a write from here is posted to R, which sends it.
   ASSERT_EQ(sock_write(fd, "still R's", 9), 0);
-  std::string got;
-  ASSERT_TRUE(wait_for([&] {
-    char buf[16];
-    const ssize_t n = recv(client_, buf, sizeof buf, MSG_DONTWAIT);
-    if (n > 0) got.append(buf, static_cast<std::size_t>(n));
-    return got.size() >= 9;
-  }));
-  EXPECT_EQ(got, "still R's");
+  EXPECT_EQ(receive(client_, 9), "still R's");
   reactor_stop(&other);
   EXPECT_EQ(reactor_review(&other), -1);  // nothing attached: the stop completes at once
 }
@@ -375,14 +381,7 @@ TEST_F(RoutingTest, OpeningOnAThirdThreadsReactorAnFdThatAReactorHoldsFailsWithE
   wait_for_b_to_catch_up();
   ASSERT_GE(fcntl(fd, F_GETFD), 0) << "the fd was closed under R";
   ASSERT_EQ(sock_write(fd, "still R's", 9), 0);
-  std::string got;
-  ASSERT_TRUE(wait_for([&] {
-    char buf[16];
-    const ssize_t n = recv(client_, buf, sizeof buf, MSG_DONTWAIT);
-    if (n > 0) got.append(buf, static_cast<std::size_t>(n));
-    return got.size() >= 9;
-  }));
-  EXPECT_EQ(got, "still R's");
+  EXPECT_EQ(receive(client_, 9), "still R's");
 }
 
 // An fd open without a reactor, then opened on B from here: until B runs the open, which
@@ -409,14 +408,7 @@ TEST_F(RoutingTest, AnFdOpenWithoutAReactorIsClosedToItsCallsUntilItsPostedOpenR
   b_go_ = true;
   ASSERT_TRUE(wait_for([&] { return sock_status(pair[0]) >= 0; }));
   ASSERT_EQ(sock_write(pair[0], "on B", 4), 0);  // posted to B, which sends it
-  std::string got;
-  ASSERT_TRUE(wait_for([&] {
-    char buf[16];
-    const ssize_t n = recv(pair[1], buf, sizeof buf, MSG_DONTWAIT);
-    if (n > 0) got.append(buf, static_cast<std::size_t>(n));
-    return got.size() >= 9;
-  }));
-  EXPECT_EQ(got, "firston B");
+  EXPECT_EQ(receive(pair[1], 9), "firston B");
   close(pair[1]);
 }
 
