@@ -165,6 +165,9 @@ int open_known_fd(struct ::Reactor* owner, int fd, bool connecting) {
   if (runs_it && !runs_it->is_owner_thread()) {
     // Refused here, while the caller still has fd: on runs_it's thread the open would find
     // another reactor's hold (open_here) and close the fd it was handed, under that reactor.
+    // The generation first: an opener sets the owner before it publishes an open generation,
+    // so an open one read here comes with its owner (open_here, preset).
+    const bool open = is_open_generation(slot->generation.load(std::memory_order_acquire));
     Reactor* const held = load_owner(*slot);
     if (held && held != runs_it) {
       errno = EEXIST;
@@ -174,7 +177,7 @@ int open_known_fd(struct ::Reactor* owner, int fd, bool connecting) {
     // one user, and the slot closed; else the caller's calls (sock_read and sock_flush check
     // only the flags) would run inline while runs_it releases it. Until runs_it has opened
     // it they fail with EBADF, and if the post fails the fd is simply not open.
-    if (!held && is_open_generation(slot->generation.load(std::memory_order_acquire))) {
+    if (!held && open) {
       release_state(fd, *slot);
       mark_closed(*slot);
     }

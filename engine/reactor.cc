@@ -240,6 +240,7 @@ int Reactor::run_once(int timeout_ms) {
   if (!pool_->is_owner_thread()) bind_owner_thread();
   Reactor* const outer = current_;
   current_ = this;
+  profile_clock_stale_ = true;  // the cache is the last iteration's (begin_stop's on_shutdown)
   pool_->drain_remote();
   // After current_ is set: on_shutdown is a callback like the others, whose sock_ calls
   // (a farewell write, sock_pending) must run inline, not be posted to this reactor's inbox.

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -316,12 +317,14 @@ void profile_lifetime(const Packet* p) {
   Reactor* r = Reactor::current();
   if (Profile* profile = r ? r->profile() : nullptr) {
     const uint32_t now = static_cast<uint32_t>(r->profile_now_us()) | 1u;
-    // A packet stamped by another reactor after this one cached its clock is a little
-    // "younger than now" (by at most a loop iteration's time), not 71 minutes old: an age
-    // within a second of wrapping is 0.
-    constexpr uint32_t kYoungerBy = 1'000'000;
-    const uint32_t age = now - p->metadata.rsrv_time;
-    profile->packet_lifetime_us.observe(age > UINT32_MAX - kYoungerBy ? 0 : age);
+    uint32_t age = now - p->metadata.rsrv_time;
+    // Past 2^31 us by the cached clock: stamped by another thread after this reactor cached
+    // it (a "negative" age, wrapped), or truly old. The clock read now, which no stamp is
+    // later than, tells the age exactly either way (to 71 minutes); rare, so read only here.
+    if (age >= uint32_t{1} << 31) {
+      age = (static_cast<uint32_t>(Reactor::monotonic_us()) | 1u) - p->metadata.rsrv_time;
+    }
+    profile->packet_lifetime_us.observe(age);
   }
 }
 
