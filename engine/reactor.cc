@@ -550,7 +550,12 @@ int Reactor::attach(int fd, FdSlot& slot, bool watch_it) {
     errno = EEXIST;
     return -1;
   }
-  if (slot.owner && slot.owner != this && (slot.flags & kAttached)) slot.owner->detach(fd, slot);
+  // A move from another reactor of this thread leaves it with the owner still set: other
+  // threads route by the owner (target_of), and an open fd without one would run their calls
+  // inline. The owner changes once, below.
+  Reactor* const moved_from =
+      slot.owner && slot.owner != this && (slot.flags & kAttached) ? slot.owner : nullptr;
+  if (moved_from) moved_from->leave(fd, slot, false);
   const bool mine = slot.owner == this && (slot.flags & kAttached);
   if (watch_it) {
     epoll_event ev{};
@@ -559,6 +564,7 @@ int Reactor::attach(int fd, FdSlot& slot, bool watch_it) {
     // MOD re-arms with the current generation; ENOENT means the fd was closed behind our back
     // (the kernel dropped it from the set) and its number reused: add it afresh.
     if ((!mine || epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, fd, &ev) < 0) && watch(fd, slot) < 0) {
+      if (moved_from) set_owner(slot, nullptr);  // detached, as from reactor_remove
       return -1;
     }
   }
@@ -605,15 +611,19 @@ int Reactor::detach(int fd, FdSlot& slot, bool closing) {
     errno = EBADF;
     return -1;
   }
+  leave(fd, slot, closing);
+  set_owner(slot, nullptr);
+  return 0;
+}
+
+void Reactor::leave(int fd, FdSlot& slot, bool closing) {
   if (!closing) epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);  // ENOENT: closed behind our back
   slot.flags &= ~(kAttached | kOnFlushList | kOnDataAgainList | kListenerNoDelay);
-  set_owner(slot, nullptr);
   attached_.sub(1);
   // A detach off the owner thread is a misuse (reactor_remove elsewhere; attach() refuses the
   // moves that would do it): its counter update races, and the profile is not written.
   if (Profile* p = is_owner_thread() ? profile() : nullptr) p->closed(fd);
   count_queued(-static_cast<int64_t>(slot.queued_bytes));
-  return 0;
 }
 
 void Reactor::begin_stop() {

@@ -239,6 +239,9 @@ class Reactor {
   void dispatch(int fd, uint32_t generation, uint32_t events);
   // EPOLL_CTL_ADD (or MOD, for an fd in the set already) with the slot's current generation.
   int watch(int fd, const FdSlot& slot);
+  // detach() for an fd attached here, but the owner stays set: the caller sets it next (a
+  // move to another reactor of this thread: attach(), or detach() itself).
+  void leave(int fd, FdSlot& slot, bool closing);
   void call_on_data(int fd, FdSlot& slot);
   void on_writable(int fd, FdSlot& slot);
   void run_on_data_again_list();

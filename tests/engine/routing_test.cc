@@ -482,6 +482,50 @@ TEST_F(RoutingTest, CloseOfAnFdWithoutAReactorThroughOneOnAnotherThreadRunsOnTha
   close(pair[1]);
 }
 
+// An fd moved back and forth between two reactors that one thread drives (sock_attach on
+// that thread) keeps an owner throughout: another thread's calls route by it, and in a
+// moment without one, sock_open onto a third thread's reactor would read "open without a
+// reactor" and close the slot under the mover (sock_write would run inline, on the mover's
+// slot). Each of those opens is refused with EEXIST instead, and every move succeeds.
+TEST_F(RoutingTest, AnFdMovedBetweenTwoReactorsOfOneThreadKeepsAnOwnerThroughout) {
+#if defined(__SANITIZE_THREAD__)
+  constexpr int kMoves = 2000;
+#else
+  constexpr int kMoves = 20000;
+#endif
+  start_b();
+  int pair[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, pair), 0);
+  std::atomic<bool> moving{false};
+  std::atomic<bool> done{false};
+  std::atomic<int> failed_moves{0};
+  std::thread mover([&] {
+    struct Reactor x = {};
+    struct Reactor y = {};
+    if (sock_open(&x, pair[0]) != 0) ++failed_moves;
+    moving = true;
+    for (int i = 0; i < kMoves; ++i) {
+      if (sock_attach(i % 2 ? &x : &y, pair[0]) != 0) ++failed_moves;
+    }
+    done = true;
+    sock_force_close(nullptr, pair[0]);
+    for (struct Reactor* r : {&x, &y}) {
+      reactor_stop(r);
+      while (reactor_review(r) >= 0) {}
+    }
+  });
+  while (!moving) std::this_thread::yield();
+  int opened = 0;
+  while (!done) {
+    errno = 0;
+    if (sock_open(&b_, pair[0]) == 0 || errno != EEXIST) ++opened;
+  }
+  mover.join();
+  EXPECT_EQ(failed_moves.load(), 0);
+  EXPECT_EQ(opened, 0) << "sock_open found the fd open without an owner";
+  close(pair[1]);
+}
+
 #if !defined(NDEBUG)
 // Debug builds catch a caller that reaches past the routing: the owner-thread-only members of
 // engine::Reactor assert their thread.
