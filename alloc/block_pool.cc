@@ -31,13 +31,33 @@
 namespace alloc {
 namespace internal {
 
-// The chunk header. Everything but `pool` belongs to the owner thread (kLocked: to mutex_).
-// `pool` is written when the chunk is made and when a destroyed pool leaks the chunk; other threads
-// read it in give_back, which the destructor's contract orders before or after that second write.
+// What a give_back on a thread other than the owner's touches: the owner's id and the stack of
+// blocks given back. Allocated apart from the pool, and leaked with the chunks when a pool is
+// destroyed with blocks still out: a give_back that races the destruction (its block still out,
+// so its chunk leaked) pushes into live memory that no one drains, not into a freed pool. It is
+// freed with the pool only when no block is out, and so no give_back can be in flight.
+struct alignas(kCacheLineBytes) RemoteReturns {
+  explicit RemoteReturns(Sharing s) : sharing(s), owner(std::this_thread::get_id()) {}
+  const Sharing sharing;
+  std::atomic<std::thread::id> owner;  // no thread's (id()) once the pool is gone
+  // Blocks given back by non-owner threads, linked through each block's first 8 bytes. Pushers
+  // CAS the head with release ordering, so the link they wrote (and any writes of theirs into
+  // the block) are visible to the owner, which takes the whole stack with exchange(nullptr,
+  // acquire). The owner never pops a single node, so there is no ABA: a pusher's CAS only ever
+  // races with other pushes or with the exchange, and either way it retries against the current
+  // head. On its own cache line: pushers hammer it, and the owner check above should not bounce.
+  alignas(kCacheLineBytes) std::atomic<void*> head{nullptr};
+};
+
+// The chunk header. Everything but `returns` and `pool` belongs to the owner thread (kLocked: to
+// mutex_). `returns` is written when the chunk is made. `pool` is written then and when a
+// destroyed pool leaks the chunk; only the owner thread and kLocked give_backs read it, which
+// the destructor's contract orders before or after that second write.
 struct alignas(kCacheLineBytes) Chunk {
+  RemoteReturns* returns;
   BlockPool* pool;  // nullptr once the pool is gone and the chunk is leaked
   // The owner's line: written per block checked out or returned, so a thread giving a block
-  // back (which reads `pool`) does not find its line taken away by the owner's writes.
+  // back (which reads `returns`) does not find its line taken away by the owner's writes.
   alignas(kCacheLineBytes) uint64_t free_mask;  // bit i set: block i is free
   Chunk* prev;         // BlockPool::available_ list; both nullptr when not on it
   Chunk* next;
@@ -59,12 +79,13 @@ namespace {
 
 using internal::BlockTag;
 using internal::Chunk;
+using internal::RemoteReturns;
 
 static_assert(sizeof(Chunk) == kChunkHeaderBytes, "header must fill exactly what the geometry reserves");
 static_assert(sizeof(BlockTag) == kBlockTagBytes, "tag must fill exactly what the geometry reserves");
 static_assert(std::atomic<std::thread::id>::is_always_lock_free, "owner check must be a plain load");
 
-static_assert(offsetof(Chunk, free_mask) == kCacheLineBytes, "the pool pointer has its line alone");
+static_assert(offsetof(Chunk, free_mask) == kCacheLineBytes, "the pointers have their line alone");
 
 // Chunks are aligned for their header, which then sits on whole cache lines.
 constexpr size_t kChunkAlignBytes = alignof(Chunk);
@@ -122,6 +143,12 @@ JemallocArena make_arena() {
   return std::move(*arena);
 }
 
+RemoteReturns* make_remote_returns(Sharing sharing) {
+  auto* returns = new (std::nothrow) RemoteReturns(sharing);
+  if (returns == nullptr) die("cannot allocate a pool's remote returns: out of memory");
+  return returns;
+}
+
 }  // namespace
 
 BlockPool::BlockPool(size_t block_bytes, size_t chunk_bytes, size_t blocks_per_chunk, Sharing sharing)
@@ -133,7 +160,7 @@ BlockPool::BlockPool(size_t block_bytes, size_t chunk_bytes, size_t blocks_per_c
       full_mask_(blocks_per_chunk == 64 ? ~uint64_t{0} : (uint64_t{1} << blocks_per_chunk) - 1),
       sharing_(sharing),
       arena_(make_arena()),
-      owner_(std::this_thread::get_id()) {}
+      remote_(make_remote_returns(sharing)) {}
 
 BlockPool::~BlockPool() {
   assert((sharing_ == Sharing::kLocked || is_owner_thread()) && "BlockPool destroyed off the owner thread");
@@ -145,7 +172,10 @@ BlockPool::~BlockPool() {
     chunk->pool = nullptr;
     ++leaked;
   }
+  // No thread is the owner now: a later give_back on this thread pushes too (RemoteReturns).
+  remote_->owner.store(std::thread::id(), std::memory_order_relaxed);
   if (leaked == 0) {
+    delete remote_;  // no block out: no give_back in flight
     // Only now is destroying the arena safe: it frees whatever is still in it.
     if (!arena_.destroy()) std::fprintf(stderr, "alloc::BlockPool: arena not destroyed: %s\n", std::strerror(errno));
     return;
@@ -186,15 +216,16 @@ void BlockPool::give_back(void* block) {
     die("give_back(%p): not a block from a BlockPool, or the bytes before it were overwritten", block);
   }
   Chunk* chunk = tag->chunk;
-  BlockPool* pool = chunk->pool;
-  if (pool == nullptr) return;  // Its pool is gone and the chunk is leaked; the block stays with it.
-  if (pool->sharing_ == Sharing::kLocked) {
+  RemoteReturns& returns = *chunk->returns;
+  if (returns.sharing == Sharing::kLocked) {
+    BlockPool* pool = chunk->pool;
+    if (pool == nullptr) return;  // Its pool is gone and the chunk is leaked; the block stays with it.
     std::lock_guard<std::mutex> lock(pool->mutex_);
     pool->put_block(chunk, tag->index);
-  } else if (pool->is_owner_thread()) {
-    pool->put_block(chunk, tag->index);
+  } else if (returns.owner.load(std::memory_order_relaxed) == std::this_thread::get_id()) {
+    chunk->pool->put_block(chunk, tag->index);  // alive: its destructor ends the ownership
   } else {
-    pool->push_remote(block);
+    push_remote(returns, block);
   }
 }
 
@@ -212,11 +243,13 @@ void BlockPool::trim() {
   arena_.purge();  // jemalloc locks the arena itself
 }
 
-void BlockPool::bind_owner_thread() { owner_.store(std::this_thread::get_id(), std::memory_order_relaxed); }
+void BlockPool::bind_owner_thread() {
+  remote_->owner.store(std::this_thread::get_id(), std::memory_order_relaxed);
+}
 
 bool BlockPool::is_owner_thread() const {
   // Relaxed is enough: the owner changes only under a happens-before edge the caller provides.
-  return owner_.load(std::memory_order_relaxed) == std::this_thread::get_id();
+  return remote_->owner.load(std::memory_order_relaxed) == std::this_thread::get_id();
 }
 
 PoolCounters BlockPool::counters() const {
@@ -309,19 +342,22 @@ void BlockPool::retire_empty(Chunk* chunk) {
   }
 }
 
-void BlockPool::push_remote(void* block) {
+void BlockPool::push_remote(RemoteReturns& returns, void* block) {
   // Release: the link written here, and whatever the giving thread wrote into the block before,
   // happen-before the owner's acquire exchange in drain_remote_blocks() and its reuse of the block.
-  void* head = remote_head_.load(std::memory_order_relaxed);
+  // The successful CAS is the last touch of `returns`: once the owner has drained the block, it
+  // may free them (~BlockPool).
+  void* head = returns.head.load(std::memory_order_relaxed);
   do {
     std::memcpy(block, &head, kLinkBytes);
-  } while (!remote_head_.compare_exchange_weak(head, block, std::memory_order_release, std::memory_order_relaxed));
+  } while (!returns.head.compare_exchange_weak(head, block, std::memory_order_release,
+                                               std::memory_order_relaxed));
 }
 
 void BlockPool::drain_remote_blocks() {
-  if (remote_head_.load(std::memory_order_relaxed) == nullptr) return;
+  if (remote_->head.load(std::memory_order_relaxed) == nullptr) return;
   // Acquire pairs with the pushers' release. Taking the whole stack at once is what rules out ABA.
-  void* block = remote_head_.exchange(nullptr, std::memory_order_acquire);
+  void* block = remote_->head.exchange(nullptr, std::memory_order_acquire);
   uint64_t drained = 0;
   while (block != nullptr) {
     ++drained;
@@ -351,7 +387,7 @@ BlockPool::Chunk* BlockPool::new_chunk() {
   const uintptr_t begin = (reinterpret_cast<uintptr_t>(memory) + page - 1) & ~(page - 1);
   const uintptr_t end = (reinterpret_cast<uintptr_t>(memory) + chunk_bytes_) & ~(page - 1);
   if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE);
-  Chunk* chunk = new (memory) Chunk{this, full_mask_, nullptr, nullptr, nullptr, all_chunks_};
+  Chunk* chunk = new (memory) Chunk{remote_, this, full_mask_, nullptr, nullptr, nullptr, all_chunks_};
   if (all_chunks_ != nullptr) all_chunks_->all_prev = chunk;
   all_chunks_ = chunk;
   for (unsigned i = 0; i < blocks_per_chunk_; ++i) {

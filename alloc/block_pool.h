@@ -16,8 +16,8 @@
 //   A = kChunkHeaderBytes; stride = stride_bytes(block_bytes) = kBlockTagBytes + block_bytes rounded
 //   up to kBlockAlignBytes; n = blocks_per_chunk; the tail is too short for another block.
 //
-// The header holds the owning pool (on a line of its own, read by other threads) and, on the next
-// line, a 64-bit free mask (bit i set = block i free) and the list links. Each block is preceded by a tag naming its chunk and index, which is how the static
+// The header holds where blocks go back (the owning pool and its remote returns, on a line of their
+// own, read by other threads) and, on the next line, a 64-bit free mask (bit i set = block i free) and the list links. Each block is preceded by a tag naming its chunk and index, which is how the static
 // `give_back(block)` finds the owning pool without knowing any pool's geometry. (Aligning chunks to
 // their size and masking the block address would need the chunk size, which differs between
 // pools, and guessing it would read memory that may belong to someone else.)
@@ -167,6 +167,7 @@ enum class Sharing {
 
 namespace internal {
 struct Chunk;
+struct RemoteReturns;
 }  // namespace internal
 
 class BlockPool {
@@ -190,7 +191,8 @@ class BlockPool {
   // Frees every chunk whose blocks are all back, and destroys the arena if that was all of them.
   // Chunks with blocks still out are leaked on purpose (see the top of the file).
   // Thread: owner (kLocked: any), with no other call on this pool running or to come, except
-  // give_back of leaked blocks; every give_back from other threads must happen-before this.
+  // give_back: kOwnerThread, from any thread, before, during or after this (a block still out
+  // then stays with its leaked chunk); kLocked, only ordered before or after this.
   ~BlockPool();
 
   BlockPool(const BlockPool&) = delete;
@@ -251,10 +253,11 @@ class BlockPool {
 
  private:
   using Chunk = internal::Chunk;
+  using RemoteReturns = internal::RemoteReturns;
 
   void* take_block();
   void put_block(Chunk* chunk, unsigned index);
-  void push_remote(void* block);
+  static void push_remote(RemoteReturns& returns, void* block);
   void drain_remote_blocks();
   Chunk* new_chunk();
   void free_chunk(Chunk* chunk);
@@ -273,13 +276,14 @@ class BlockPool {
   const Sharing sharing_;
 
   JemallocArena arena_;
-  std::atomic<std::thread::id> owner_;
+  // The owner's id and the blocks other threads gave back (block_pool.cc): every chunk points
+  // at them, and a pool destroyed with blocks out leaks them with its chunks.
+  RemoteReturns* const remote_;
   // Taken by every call in kLocked mode; unused in kOwnerThread mode.
   mutable std::mutex mutex_;
 
   // Owner state (kLocked: guarded by mutex_). From a new cache line: the fields above are read
-  // by every thread that gives a block back or asks is_owner_thread() (routing does, per
-  // cross-thread call), and the owner writes these per packet.
+  // by any thread (counters(), the geometry), and the owner writes these per packet.
   alignas(kCacheLineBytes) Chunk* available_ = nullptr;  // chunks with some but not all blocks free; front is used first
   Chunk* spare_ = nullptr;      // at most one chunk with every block free (hysteresis)
   Chunk* all_chunks_ = nullptr;  // every chunk, for destruction
@@ -288,14 +292,6 @@ class BlockPool {
   OwnerCounter checkouts_, returns_, remote_returns_, hits_, misses_, chunks_freed_, refusals_,
       alloc_failures_, outstanding_, high_water_, chunks_;
   uint64_t limit_ = 0;  // owner thread
-
-  // Blocks given back by non-owner threads, linked through each block's first 8 bytes. Pushers CAS
-  // the head with release ordering, so the link they wrote (and any writes of theirs into the block)
-  // are visible to the owner, which takes the whole stack with exchange(nullptr, acquire). The
-  // owner never pops a single node, so there is no ABA: a pusher's CAS only ever races with other
-  // pushes or with the exchange, and either way it retries against the current head.
-  // On its own cache line: pushers hammer it, and the owner's fields above should not bounce.
-  alignas(kCacheLineBytes) std::atomic<void*> remote_head_{nullptr};
 };
 
 }  // namespace alloc

@@ -498,6 +498,7 @@ TEST_F(RoutingTest, AnFdMovedBetweenTwoReactorsOfOneThreadKeepsAnOwnerThroughout
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, pair), 0);
   std::atomic<bool> moving{false};
   std::atomic<bool> done{false};
+  std::atomic<bool> opener_done{false};
   std::atomic<int> failed_moves{0};
   std::thread mover([&] {
     struct Reactor x = {};
@@ -508,6 +509,7 @@ TEST_F(RoutingTest, AnFdMovedBetweenTwoReactorsOfOneThreadKeepsAnOwnerThroughout
       if (sock_attach(i % 2 ? &x : &y, pair[0]) != 0) ++failed_moves;
     }
     done = true;
+    while (!opener_done) std::this_thread::yield();  // its last open saw the fd held, not closed
     sock_force_close(nullptr, pair[0]);
     for (struct Reactor* r : {&x, &y}) {
       reactor_stop(r);
@@ -520,6 +522,7 @@ TEST_F(RoutingTest, AnFdMovedBetweenTwoReactorsOfOneThreadKeepsAnOwnerThroughout
     errno = 0;
     if (sock_open(&b_, pair[0]) == 0 || errno != EEXIST) ++opened;
   }
+  opener_done = true;
   mover.join();
   EXPECT_EQ(failed_moves.load(), 0);
   EXPECT_EQ(opened, 0) << "sock_open found the fd open without an owner";
