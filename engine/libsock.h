@@ -355,6 +355,9 @@ void sock_free_packet(struct Packet* packet);
  * (those pushed included), or to the new chain from its lowest layer after sock_tlc_set (to
  * the reader if the chain is now empty). sock_tlc_set runs on_clear for the calling layer
  * too: it must not touch its state afterwards.
+ * wrap must not close fd (sock_close, sock_force_close) or change the chain (sock_tlc_add,
+ * sock_tlc_set, sock_clear): it runs amid the queue being sent, which those free; to give up,
+ * it returns -1 (debug builds abort on either).
  * wrap/unwrap return 0, or -1 to fail the connection (it is closed: SOCK_CLOSE_ERROR), or 1:
  * - wrap returning 1 holds the record (a TLS handshake is not done): the layers above it have
  *   wrapped it and will not again; it stays queued, counted in sock_pending(), with all that

@@ -25,6 +25,7 @@
 #include <cstring>
 #include <functional>
 #include <map>
+#include <set>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -83,6 +84,13 @@ struct Layer {
   bool header_done = false;      // stripping, switching, pushing: the header line came
   LayerLog* installs = nullptr;  // switching, pushing: the log of the XOR layer it installs
 };
+
+// Every Layer not freed yet (its on_clear), so that TlcTest's TearDown can point their logs
+// away from the test body's locals before its stop runs their hooks.
+std::set<Layer*>& live_layers() {
+  static std::set<Layer*> layers;
+  return layers;
+}
 
 void put_be32(char* out, uint32_t v) {
   out[0] = static_cast<char>(v >> 24);
@@ -311,6 +319,7 @@ void layer_on_clear(int fd, sockTLC* tlc) {
   auto* self = static_cast<Layer*>(tlc->udata);
   ++self->log->on_clear;
   self->log->on_clear_fd = fd;
+  live_layers().erase(self);
   delete self;
 }
 
@@ -322,6 +331,7 @@ void say_bye(int fd, sockTLC* tlc) {
 
 sockTLC* make_layer(Kind kind, LayerLog* log) {
   auto* layer = new Layer;
+  live_layers().insert(layer);
   layer->kind = kind;
   layer->log = log;
   layer->tlc.udata = layer;
@@ -493,6 +503,18 @@ struct World {
 
 class TlcTest : public testing_support::ServerFixture {
  protected:
+  // The hooks and the layers' logs point into the test body's frame, which has ended: the
+  // stop's callbacks (for connections a failed ASSERT left open) must not write there.
+  void TearDown() override {
+    w_.on_accept = nullptr;
+    w_.on_conn_data = nullptr;
+    for (Layer* layer : live_layers()) {
+      layer->log = &orphaned_;
+      if (layer->installs) layer->installs = &orphaned_;
+    }
+    ServerFixture::TearDown();
+  }
+
   // Runs the reactor until `server` has read `bytes` or its peer's EOF.
   bool run_until_received(int server, std::size_t bytes) {
     const Conn& c = w_.conns[server];
@@ -587,6 +609,7 @@ class TlcTest : public testing_support::ServerFixture {
   }
 
   World w_;
+  LayerLog orphaned_;  // the logs of the layers still alive at TearDown
 };
 
 // The holding layer can wrap now: it asks for the flush that sends what it held.
@@ -1533,6 +1556,32 @@ TEST_F(TlcTest, BeforeCloseThatRemovesTheLayersLetsTheCloseGoOn) {
   EXPECT_EQ(read_to_eof(client), "");
   close(client);
 }
+
+#if !defined(NDEBUG)
+// A wrap runs amid the queue being sent: closing the fd from there (or changing the layers)
+// would free the packets send_queue is gathering. libsock.h forbids it, and debug builds stop
+// at it rather than send freed memory.
+TEST_F(TlcTest, AWrapThatClosesItsFdAbortsInDebugBuilds) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  static sockTLC closer{};
+  closer.wrap = [](int fd, Packet*, void*) {
+    sock_force_close(nullptr, fd);
+    return 0;
+  };
+  w_.on_accept = [](int fd) { ASSERT_EQ(sock_tlc_add(fd, &closer), 0); };
+  int server;
+  const int client = connect_and_accept(&server);
+  ASSERT_GE(server, 0);
+  EXPECT_DEATH(
+      {
+        sock_write(server, "x", 1);
+        sock_flush(server);
+      },
+      "wrap closed its fd or changed its layers");
+  EXPECT_EQ(sock_tlc_set(server, nullptr), 0);  // no on_clear: the layer is static
+  close(client);
+}
+#endif
 
 // --- A blocking socket ----------------------------------------------------------------------
 
