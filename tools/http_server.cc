@@ -182,6 +182,17 @@ struct ThreadState {
 };
 thread_local ThreadState t_state;
 
+// The thread's state, made at its first use: nullptr if there was no memory to make it (the
+// Responder's first Date line allocates), so that the bad_alloc does not leave the callback
+// into the engine; the next use tries again.
+[[gnu::always_inline]] inline ThreadState* thread_state() noexcept {
+  try {
+    return &t_state;
+  } catch (const std::bad_alloc&) {
+    return nullptr;
+  }
+}
+
 // The whole metrics text of the server of the calling shard, grown until it fits.
 bool server_metrics(int format, const std::string& prefix, std::string* text) {
   SockServer* server = sock_server_of(t_state.reactor);
@@ -322,16 +333,18 @@ Entry* conn_table(ThreadState& state) {
 }
 
 void on_open(struct Reactor*, int fd) {
-  Entry* table = conn_table(t_state);
+  ThreadState* state = thread_state();
+  Entry* table = state ? conn_table(*state) : nullptr;
   // No table, or an fd past it: on_data refuses the connection.
   if (!table || fd < 0 || static_cast<std::size_t>(fd) >= g_max_fds) return;
-  t_state.release(table[fd]);  // on_close frees it; this only guards against a missed close
+  state->release(table[fd]);  // on_close frees it; this only guards against a missed close
 }
 
 void on_close(struct Reactor*, int fd) {
-  Entry* table = t_state.conns;
+  ThreadState* state = thread_state();
+  Entry* table = state ? state->conns : nullptr;
   if (!table || fd < 0 || static_cast<std::size_t>(fd) >= g_max_fds) return;
-  t_state.release(table[fd]);
+  state->release(table[fd]);
 }
 
 // An upper bound on the file bodies fd's queue still holds (and so the files it holds open),
@@ -441,29 +454,32 @@ bool serve_held(struct Reactor* r, int fd, Entry& e) {
 // Runs on the thread of the shard that owns fd once its queue drained after it filled the
 // socket, or after a pause of serve() (the engine calls on_data next if input waits behind).
 void on_ready(struct Reactor* r, int fd) {
-  Entry* table = t_state.conns;
+  ThreadState* state = thread_state();
+  Entry* table = state ? state->conns : nullptr;
   if (!table || fd < 0 || static_cast<std::size_t>(fd) >= g_max_fds || !table[fd].held) return;
-  t_state.reactor = r;
-  t_state.responder.refresh_date(r->last_tick);
+  state->reactor = r;
   try {
+    state->responder.refresh_date(r->last_tick);
     serve_held(r, fd, table[fd]);
   } catch (const std::bad_alloc&) {
-    drop(t_state, r, fd);
+    drop(*state, r, fd);
   }
 }
 
 // Runs on the thread of the shard that owns fd, whenever fd has input.
 void on_data(struct Reactor* r, int fd) {
-  ThreadState& state = t_state;  // one look-up of the thread_local (its access runs an init check)
-  Entry* table = conn_table(state);
+  // One look-up of the thread_local (its access runs an init check).
+  ThreadState* const made = thread_state();
+  Entry* table = made ? conn_table(*made) : nullptr;
   if (!table || fd < 0 || static_cast<std::size_t>(fd) >= g_max_fds) {
     sock_force_close(r, fd);
     return;
   }
+  ThreadState& state = *made;
   state.reactor = r;
-  state.responder.refresh_date(r->last_tick);
   Entry& e = table[fd];
   try {
+    state.responder.refresh_date(r->last_tick);  // a new second's Date line may allocate
     // Input held back comes first. The engine calls on_data only once the pause it waited for
     // ended, and on_ready has usually parsed it already.
     if (e.held && !serve_held(r, fd, e)) return;
