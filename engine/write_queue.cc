@@ -461,12 +461,15 @@ int queue_chain(FdSlot& slot, Packet* chain) {
 int queue_layer_bytes(FdSlot& slot, const char* data, std::size_t length, unsigned skip_layers) {
   // The record goes after everything its layer has seen (wrapped packets, records it or a
   // layer below it queued) and before the first packet it has not: data wrapped later must
-  // follow it on the wire. A file packet's unread bytes are such data.
+  // follow it on the wire. A file packet's unread bytes are such data, while there are layers
+  // to read it through; without any, everything queued is seen (raw bytes, files sent as they
+  // are, sendfile's progress in the file's segment and not in slot.sent).
+  const bool layered = slot_tlc(slot) != nullptr;
   Packet** link = &slot.head;
   Packet* before = nullptr;
   Packet* at = slot.head;
   for (; at; before = at, link = &at->metadata.next, at = at->metadata.next) {
-    const bool seen = is_wrapped(at) || (at == slot.head && slot.sent > 0) ||
+    const bool seen = !layered || is_wrapped(at) || (at == slot.head && slot.sent > 0) ||
                       (!at->metadata.is_file && (at->metadata.rsrv & kSkipMask) >= skip_layers);
     if (!seen) break;
   }

@@ -337,6 +337,26 @@ TEST_F(FileWriteTest, FileInterleavesWithMemoryWritesInOrder) {
   expect_arrives("HEAD" + content + "TAIL");
 }
 
+// Without layers, sock_tlc_write(fd, NULL, ...)'s raw bytes are an ordinary write: they follow
+// everything queued, a half-sent file included (sendfile's progress is not in slot.sent; they
+// went into the middle of the file's bytes), and the file not started after it.
+TEST_F(FileWriteTest, RawLayerBytesWithoutLayersFollowAHalfSentFile) {
+  const std::string content = pattern(2 * kMiB, 67);
+  const std::string second = pattern(50000, 68);
+  connect_client(4096);
+  ASSERT_EQ(sock_write2(.fd = server_, .buffer = make_file(content), .file = 1), 0);
+  std::string got;
+  ASSERT_TRUE(read_until_closed(client_, &got, 64 * kKiB + 1));
+  ASSERT_LT(got.size(), content.size()) << "precondition: the file is partly sent";
+  ASSERT_EQ(sock_write2(.fd = server_, .buffer = make_file(second), .file = 1), 0);
+  ASSERT_EQ(sock_tlc_write(server_, nullptr, "RAW", 3), 0);
+  const std::string expected = content + second + "RAW";
+  ASSERT_TRUE(read_until_closed(client_, &got, expected.size()));
+  EXPECT_EQ(got.size(), expected.size());
+  EXPECT_TRUE(got == expected) << "streams differ at byte "
+                               << testing_support::first_difference(got, expected);
+}
+
 TEST_F(FileWriteTest, WritesQueuedWhileAFileIsHalfSentFollowIt) {
   // A slow client: the file is partly sent when the next writes are queued.
   const std::string content = pattern(2 * kMiB, 65);
