@@ -86,6 +86,14 @@ enum class Seal { kWrapped, kHeld, kFailed };
 Seal seal(int fd, FdSlot& slot, Packet* p) {
   sockTLC* layer = slot_tlc(slot);
   if (!layer || is_wrapped(p) || p->metadata.is_file) return Seal::kWrapped;
+  if (p == slot.head && slot.sent > 0) {
+    // Partly sent before the layers came: its first bytes went out raw, so the rest goes raw
+    // too (wrapped whole, its record would be sent from the raw offset). The layers begin
+    // with the next packet.
+    p->metadata.rsrv |= kWrappedBit;
+    p->metadata.can_interrupt = 0;
+    return Seal::kWrapped;
+  }
   for (unsigned skip = p->metadata.rsrv & kSkipMask; skip && layer; --skip) layer = layer->next;
   const ssize_t before = p->length;
   unsigned done = 0;

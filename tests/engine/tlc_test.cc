@@ -1557,6 +1557,34 @@ TEST_F(TlcTest, BeforeCloseThatRemovesTheLayersLetsTheCloseGoOn) {
   close(client);
 }
 
+// A layer added while a packet is half sent (libsock.h: a write made before the layers may
+// already be on the wire): the rest of that packet goes raw too, and the layer begins with the
+// next packet. Wrapped whole, the packet's record went out from the raw offset: the layer's
+// bytes began inside a packet (with a framing layer, inside a frame).
+TEST_F(TlcTest, ALayerAddedWhileAPacketIsHalfSentBeginsWithTheNextPacket) {
+  const std::string data = testing_support::pattern(256 * 1024, 31);
+  int server;
+  const int client = connect_and_accept(&server, 4096);
+  ASSERT_GE(server, 0);
+  testing_support::set_sndbuf(server, 4096);
+  ASSERT_EQ(sock_write(server, data.data(), data.size()), 0);
+  // What the socket took at once; the rest is queued in packets of BUFFER_PACKET_SIZE bytes.
+  const auto direct = static_cast<std::size_t>(static_cast<ssize_t>(data.size()) - sock_pending(server));
+  std::string wire;
+  ASSERT_TRUE(read_at_least(client, &wire, 64 * 1024 + 1));
+  ASSERT_GT(sock_pending(server), 0) << "precondition: the queue is partly sent";
+  LayerLog upper;
+  ASSERT_EQ(sock_tlc_add(server, make_layer(Kind::kXor, &upper)), 0);
+  ASSERT_TRUE(read_at_least(client, &wire, data.size()));
+  ASSERT_EQ(wire.size(), data.size());
+  std::size_t raw = 0;
+  while (raw < data.size() && wire[raw] == data[raw]) ++raw;
+  EXPECT_EQ((raw - direct) % BUFFER_PACKET_SIZE, 0u)
+      << "the layer began " << (raw - direct) % BUFFER_PACKET_SIZE << " bytes into a packet";
+  EXPECT_TRUE(wire.substr(raw) == xored(data.substr(raw)));
+  close(client);
+}
+
 #if !defined(NDEBUG)
 // A wrap runs amid the queue being sent: closing the fd from there (or changing the layers)
 // would free the packets send_queue is gathering. libsock.h forbids it, and debug builds stop
