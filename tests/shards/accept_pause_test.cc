@@ -3,7 +3,7 @@
 // CPU): it counts the reactor's loop iterations and the listener's wakeups while accept4 fails
 // with EMFILE, which a spin would run up by the thousand, whatever the machine's speed. Then
 // what the pause owns: a listener that cannot be watched again, and one paused at a stop, on
-// a reactor of the test's own and on a sharded server (a shard's own listener).
+// a reactor of the test's own and on a sharded server (a shard's listener, the acceptor's).
 #include "shards/accept_pause.h"
 
 #include <arpa/inet.h>
@@ -18,7 +18,9 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <latch>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "engine/fd_table.h"
@@ -266,6 +268,7 @@ int connect_to(int fd, int port) {
 struct StopSeen {
   std::string connect_port;  // on_shutdown connects here, once
   std::atomic<int> opened{0};
+  std::atomic<bool> shut_down{false};
   int connected = -1;  // the fd of on_shutdown's sock_connect
   int connected_shutdowns = 0;
   int connected_closes = 0;
@@ -321,6 +324,65 @@ TEST(AcceptPauseTest, AShardsListenerPausedAtTheStopLeavesItsNumberToTheUsersCon
   close(waiting);
   close(client);
   close(target.fd);
+  g_seen = nullptr;
+}
+
+// With the acceptor thread, a listener paused at the fd limit when the server stops is closed
+// with the acceptor's pause timer, before the shards' stops begin: connects are refused while
+// the shards drain, rather than completed by the kernel into a backlog nobody accepts (and the
+// port stays bound until the server is freed, after the drain).
+TEST(AcceptPauseTest, TheAcceptorsListenerPausedAtTheStopIsClosedBeforeTheShardsDrain) {
+  StopSeen seen;
+  g_seen = &seen;
+  SockServer* server = sock_server_start(
+      .port = "0", .threads = 2, .accept_mode = SOCK_ACCEPT_THREAD,
+      .on_shutdown = [](struct Reactor*, int) { g_seen->shut_down = true; },
+      .on_open =
+          [](struct Reactor*, int fd) {
+            // More than the kernel buffers hold while the client reads nothing: the stop's
+            // drain lasts until the test resets the connection.
+            testing_support::set_sndbuf(fd, 4096);
+            static const std::string kChunk(64 * 1024, 'x');
+            for (int i = 0; i < 16; ++i) sock_write(fd, kChunk.data(), kChunk.size());
+            ++g_seen->opened;
+          },
+      .stop_timeout_ms = 60000);
+  ASSERT_NE(server, nullptr);
+  const int port = sock_server_port(server);
+  const int listener = listening_fd(port);
+  const int draining = testing_support::connect_client(port, 4096);
+  const int waiting = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  EXPECT_GE(listener, 0);
+  EXPECT_GE(draining, 0);
+  EXPECT_GE(waiting, 0);
+  EXPECT_TRUE(testing_support::wait_for([&] { return seen.opened.load() == 1; }));
+  // Started while fds are free: UBSan checks a new thread's first virtual call through a pipe.
+  std::latch stop(1);
+  std::thread stopper([server, &stop] {
+    stop.wait();
+    sock_server_stop(server);
+  });
+  {
+    NoFreeFds limit;  // until the acceptor has stopped: its pause must last
+    EXPECT_TRUE(limit.ok());
+    if (listener >= 0 && waiting >= 0 && limit.ok()) {
+      connect_to(waiting, port);
+      EXPECT_TRUE(testing_support::wait_for([&] { return paused(listener); }));
+    }
+    stop.count_down();
+    // The shards' stops begin once the acceptor's thread has been joined (server.cc).
+    EXPECT_TRUE(testing_support::wait_for([&] { return seen.shut_down.load(); }));
+  }
+  const int probe = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  EXPECT_GE(probe, 0);
+  errno = 0;
+  EXPECT_EQ(connect_to(probe, port), -1) << "the paused listener still listens";
+  EXPECT_EQ(errno, ECONNREFUSED);
+  testing_support::reset_on_close(draining);
+  close(draining);  // ends the drain
+  stopper.join();
+  close(probe);
+  close(waiting);
   g_seen = nullptr;
 }
 
