@@ -78,8 +78,10 @@ class Acceptor {
     const bool started = start_thread(&thread_, [this, &owned] {
       engine::Reactor::of(&api_, false)->bind_owner_thread();
       owned.count_down();
-      // -1 with errno 0: the stop completed (the listener and timer are closed).
-      while (reactor_review(&api_) >= 0 || errno != 0) {}
+      // The stop completed (the listener and timer are closed) once the engine state is
+      // gone: not errno, which a failed review sets too, so that no review after the stop
+      // can make a new reactor that nothing would stop.
+      while (reactor_review(&api_) >= 0 || api_._impl) {}
     });
     if (!started) return false;
     owned.wait();
