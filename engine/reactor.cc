@@ -672,6 +672,10 @@ bool Reactor::finish_stop_if_done() {
   if (keep_after_stop_) return true;  // its owner deletes it (a shard, after joining)
   api_->_impl = nullptr;
   delete this;
+  // Again: the teardown may set errno (a pool's leak report failing on stderr), and "-1 with
+  // errno 0" is how the caller's loop tells the stop from a failure (libreact.h); taken for a
+  // failure, the next review would make a new reactor that nothing stops.
+  errno = 0;
   return true;
 }
 

@@ -49,12 +49,13 @@ void AcceptPause::pause(struct Reactor* reactor, int listener, int err) {
   rest(err);
 }
 
-bool AcceptPause::closed(int fd) {
-  if (!owns(fd)) return false;
+AcceptPause::Closed AcceptPause::closed(int fd) {
+  if (!owns(fd)) return Closed::kNotTimer;
   timer_ = -1;
-  if (listener_ >= 0) close(listener_);
+  if (listener_ < 0) return Closed::kTimer;
+  close(listener_);
   listener_ = -1;
-  return true;
+  return Closed::kTimerAndListener;
 }
 
 void AcceptPause::rest(int err) {

@@ -41,10 +41,14 @@ class AcceptPause {
   // accept4 on `listener` failed with `err`: stop watching it for kPauseMs. Nothing happens
   // if `listener` is not attached to `reactor` (it is not this object's to hold then).
   void pause(struct Reactor* reactor, int listener, int err);
+  // What closed() did: fd was not the timer; fd was the timer; fd was the timer and the
+  // listener it held (paused) is closed too. The caller must then forget the listener's number
+  // as well: no on_close comes for a detached fd, and the number is free for the next fd made.
+  enum class Closed { kNotTimer, kTimer, kTimerAndListener };
   // The reactor closed fd (its on_close). If fd was the timer (the reactor's stop closed it),
-  // forgets its number, which a later connection may get, closes the listener if it is
-  // paused, and returns true.
-  bool closed(int fd);
+  // forgets its number, which a later connection may get, and closes the listener if it is
+  // paused.
+  Closed closed(int fd);
   // The timer fired: watch the listener again; what waits in the backlog raises on_data.
   void resume(struct Reactor* reactor);
 

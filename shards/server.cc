@@ -51,6 +51,10 @@ class Acceptor {
            int listener)
       : api_{}, shards_(shards), settings_(settings), listener_(listener) {
     api_.on_data = &Acceptor::on_data;
+    // The stop closes the pause timer; a listener paused then is detached, and must be closed
+    // with it (pause_.closed), not when the server is freed, after every shard's drain: until
+    // then the kernel would complete connects into a backlog that nobody accepts.
+    api_.on_close = &Acceptor::on_close;
     // Room for a whole batch per shard up front: accepting never allocates.
     for (auto& fds : batches_) fds.reserve(batch_);
   }
@@ -74,8 +78,10 @@ class Acceptor {
     const bool started = start_thread(&thread_, [this, &owned] {
       engine::Reactor::of(&api_, false)->bind_owner_thread();
       owned.count_down();
-      // -1 with errno 0: the stop completed (the listener and timer are closed).
-      while (reactor_review(&api_) >= 0 || errno != 0) {}
+      // The stop completed (the listener and timer are closed) once the engine state is
+      // gone: not errno, which a failed review sets too, so that no review after the stop
+      // can make a new reactor that nothing would stop.
+      while (reactor_review(&api_) >= 0 || api_._impl) {}
     });
     if (!started) return false;
     owned.wait();
@@ -95,6 +101,10 @@ class Acceptor {
       return;
     }
     self->accept_waiting();
+  }
+
+  static void on_close(struct ::Reactor* api, int fd) {
+    reinterpret_cast<Acceptor*>(api)->pause_.closed(fd);
   }
 
   // Bounded per wakeup (accept_batch.h), so a storm of connects cannot starve the pause timer
@@ -149,7 +159,7 @@ class Acceptor {
     return best;
   }
 
-  // First member: on_data maps the reactor pointer back to the acceptor.
+  // First member: the callbacks map the reactor pointer back to the acceptor.
   struct ::Reactor api_;
   std::vector<std::unique_ptr<Shard>>& shards_;
   SockServerSettings settings_;

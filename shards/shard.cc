@@ -211,13 +211,18 @@ void Shard::on_shutdown(struct ::Reactor* api, int fd) {
 void Shard::on_close(struct ::Reactor* api, int fd) {
   Shard* shard = of(api);
   // The listener and the pause timer close at the stop. Their numbers are forgotten then: a
-  // connection that gets one during the drain is the user's, not accept_own's or resume's.
+  // connection that gets one during the drain is the user's, not accept_own's or resume's
+  // (whose accept4 would fail on it and detach it, never to be shut down or closed).
   if (fd == shard->listener_) {
     shard->listener_ = -1;
     return;
   }
   if (shard->accept_pause_.owns(fd)) {  // tested inline: on_close runs for every connection
-    shard->accept_pause_.closed(fd);
+    // A paused listener is detached: it closes with its timer, and no on_close of its own
+    // comes. An attached one keeps its number until its own close, later in the stop.
+    if (shard->accept_pause_.closed(fd) == AcceptPause::Closed::kTimerAndListener) {
+      shard->listener_ = -1;
+    }
     return;
   }
   if (shard->settings_.on_close) shard->settings_.on_close(api, fd);

@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <initializer_list>
 #include <map>
@@ -760,6 +761,41 @@ TEST_F(ReactorTest, IdleReactorStopsInOneReview) {
   EXPECT_EQ(reactor_review(&r_), -1);
   EXPECT_EQ(errno, 0);
   EXPECT_EQ(r_._impl, nullptr);
+}
+
+// libreact.h: the review that completes a stop returns -1 with errno 0, which a loop such as
+// `while (reactor_review(&r) >= 0 || errno != 0) {}` (a shard thread runs one) takes
+// for "stopped". The engine state's teardown ends that review and may set errno on its way: a
+// pool destroyed with a packet still out reports the leak on stderr, and a failed write there
+// leaves errno set. A loop that read that errno as a failure would review again, and so make a
+// new reactor that nothing stops: its thread would never end.
+TEST(ReactorStopTest, TheReviewThatCompletesAStopReturnsErrnoZeroWhateverTheTeardownSet) {
+  static Packet* held = nullptr;
+  struct Reactor r = {};
+  // On the reactor's thread, inside its review: the packet comes from the reactor's pool.
+  r.on_shutdown = [](struct Reactor*, int) { held = sock_checkout_packet(); };
+  const int timer = reactor_make_timer();
+  ASSERT_GE(timer, 0);
+  ASSERT_EQ(reactor_add(&r, timer), 0);
+  reactor_stop(&r);
+  // stderr open for reading only: the pool's leak report fails with EBADF.
+  const int saved_stderr = dup(STDERR_FILENO);
+  const int unwritable = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(saved_stderr, 0);
+  ASSERT_GE(unwritable, 0);
+  ASSERT_EQ(dup2(unwritable, STDERR_FILENO), STDERR_FILENO);
+  int rc = 0;
+  for (int i = 0; i < 100 && rc >= 0; ++i) rc = reactor_review(&r);
+  const int err = errno;
+  dup2(saved_stderr, STDERR_FILENO);
+  close(saved_stderr);
+  close(unwritable);
+  EXPECT_NE(held, nullptr);
+  EXPECT_EQ(rc, -1);
+  EXPECT_EQ(err, 0) << std::strerror(err);
+  EXPECT_EQ(r._impl, nullptr);
+  sock_free_packet(held);  // its pool is gone: the chunk stays leaked, as the report said
+  held = nullptr;
 }
 
 // A peer that never reads cannot hold a stop forever, and the cap does not cut the peers that

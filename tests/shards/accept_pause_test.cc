@@ -2,22 +2,34 @@
 // the in-process, count-based half of tests/tools/emfile_test (which measures a real server's
 // CPU): it counts the reactor's loop iterations and the listener's wakeups while accept4 fails
 // with EMFILE, which a spin would run up by the thousand, whatever the machine's speed. Then
-// what the pause owns: a listener that cannot be watched again, and one paused at a stop.
+// what the pause owns: a listener that cannot be watched again, and one paused at a stop, on
+// a reactor of the test's own and on a sharded server (a shard's listener, the acceptor's).
 #include "shards/accept_pause.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <latch>
+#include <string>
+#include <thread>
 #include <vector>
 
+#include "engine/fd_table.h"
 #include "engine/libreact.h"
 #include "engine/libsock.h"
+#include "shards/server.h"
 #include "tests/testing/fault_injection.h"
 #include "tests/testing/loopback.h"
+#include "tests/testing/wait_for.h"
 
 namespace {
 
@@ -179,26 +191,199 @@ TEST(AcceptPauseTest, AListenerPausedWhenItsReactorStopsIsClosedWithThePause) {
 
 // The reactor's stop closes the pause timer; told so (closed(), from on_close, as a shard
 // does), the pause closes a paused listener at once, so the port is free when the stop
-// completes, and it forgets the timer's number, which a later connection may get.
+// completes, and it forgets the timer's number, which a later connection may get. It says
+// that it closed the listener, whose number its holder must forget too (no on_close comes for
+// it); of an attached listener it says nothing: that one's own on_close comes.
 TEST(AcceptPauseTest, WhenItsTimerClosesAPausedListenerIsClosedToo) {
+  using Closed = shards::AcceptPause::Closed;
   static shards::AcceptPause* pause_of_test = nullptr;
+  static std::vector<Closed> results;
+  results.clear();
   const testing_support::Listener l = testing_support::listen_loopback();
   shards::AcceptPause pause;
   pause_of_test = &pause;
   struct Reactor r = {};
-  r.on_close = [](struct Reactor*, int fd) { pause_of_test->closed(fd); };
+  r.on_close = [](struct Reactor*, int fd) { results.push_back(pause_of_test->closed(fd)); };
   ASSERT_EQ(reactor_add(&r, l.fd), 0);
   ASSERT_TRUE(pause.init(&r));
   pause.pause(&r, l.fd, EMFILE);
   reactor_stop(&r);
   while (reactor_review(&r) >= 0) {}
+  EXPECT_EQ(results, std::vector<Closed>{Closed::kTimerAndListener});
   errno = 0;
   EXPECT_EQ(fcntl(l.fd, F_GETFD), -1);
   EXPECT_EQ(errno, EBADF);
+
   const int reused = dup(STDIN_FILENO);  // the lowest free number: the listener's or the timer's
   EXPECT_FALSE(pause.owns(reused));
   close(reused);
+
+  // Not paused: the listener is the reactor's to close, and the timer's close says so.
+  results.clear();
+  const testing_support::Listener attached = testing_support::listen_loopback();
+  shards::AcceptPause second;
+  pause_of_test = &second;
+  struct Reactor r2 = {};
+  r2.on_close = r.on_close;
+  ASSERT_EQ(reactor_add(&r2, attached.fd), 0);
+  ASSERT_TRUE(second.init(&r2));
+  reactor_stop(&r2);
+  while (reactor_review(&r2) >= 0) {}
+  EXPECT_EQ(std::count(results.begin(), results.end(), Closed::kTimer), 1);
+  EXPECT_EQ(std::count(results.begin(), results.end(), Closed::kTimerAndListener), 0);
   pause_of_test = nullptr;
+}
+
+// --- A sharded server stopped while its listener is paused ---
+
+// The fd of this process that listens on 127.0.0.1:port (the server's listener), or -1. Makes
+// no fd: it may run while fds are out.
+int listening_fd(int port) {
+  for (int fd = 0; fd < 4096; ++fd) {
+    int listening = 0;
+    socklen_t len = sizeof listening;
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == 0 && listening &&
+        testing_support::local_port(fd) == port) {
+      return fd;
+    }
+  }
+  return -1;
+}
+
+// The listener is detached from its reactor: AcceptPause holds it.
+bool paused(int listener) {
+  return engine::load_owner(*engine::fd_slot(listener)) == nullptr;
+}
+
+// connect(2) of an existing socket (fds may be out) to 127.0.0.1:port; its result.
+int connect_to(int fd, int port) {
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  return connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+}
+
+// What the server's callbacks saw; one test at a time.
+struct StopSeen {
+  std::string connect_port;  // on_shutdown connects here, once
+  std::atomic<int> opened{0};
+  std::atomic<bool> shut_down{false};
+  int connected = -1;  // the fd of on_shutdown's sock_connect
+  int connected_shutdowns = 0;
+  int connected_closes = 0;
+};
+StopSeen* g_seen = nullptr;
+
+// A one-shard server (the shard accepts on its own listener) whose listener is paused at the
+// fd limit when it stops. The stop closes the pause timer, and the pause closes the listener
+// with it; the number is free then, and the user's on_shutdown gets it for a connection of its
+// own. That connection is the user's, as any other: it gets its on_shutdown and its on_close
+// (the shard once took it for its listener and kept both callbacks from the user).
+TEST(AcceptPauseTest, AShardsListenerPausedAtTheStopLeavesItsNumberToTheUsersConnections) {
+  const testing_support::Listener target = testing_support::listen_loopback();
+  StopSeen seen;
+  seen.connect_port = std::to_string(target.port);
+  g_seen = &seen;
+  SockServer* server = sock_server_start(
+      .port = "0", .threads = 1,
+      .on_shutdown =
+          [](struct Reactor* r, int fd) {
+            if (fd == g_seen->connected) {
+              ++g_seen->connected_shutdowns;
+            } else if (g_seen->connected < 0) {
+              g_seen->connected = sock_connect(r, "127.0.0.1", g_seen->connect_port.c_str());
+            }
+          },
+      .on_close =
+          [](struct Reactor*, int fd) {
+            if (fd == g_seen->connected) ++g_seen->connected_closes;
+          },
+      .on_open = [](struct Reactor*, int) { ++g_seen->opened; });
+  ASSERT_NE(server, nullptr);
+  const int port = sock_server_port(server);
+  const int listener = listening_fd(port);
+  const int client = testing_support::connect_client(port);
+  const int waiting = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  EXPECT_GE(listener, 0);
+  EXPECT_GE(client, 0);
+  EXPECT_GE(waiting, 0);
+  EXPECT_TRUE(testing_support::wait_for([&] { return seen.opened.load() == 1; }));
+  {
+    NoFreeFds limit;  // until the stop is over: the pause must last
+    EXPECT_TRUE(limit.ok());
+    if (listener >= 0 && waiting >= 0 && limit.ok()) {
+      connect_to(waiting, port);
+      EXPECT_TRUE(testing_support::wait_for([&] { return paused(listener); }));
+    }
+    sock_server_stop(server);
+  }
+  EXPECT_EQ(seen.connected, listener) << "on_shutdown's connection did not get the number";
+  EXPECT_EQ(seen.connected_shutdowns, 1);
+  EXPECT_EQ(seen.connected_closes, 1);
+  close(waiting);
+  close(client);
+  close(target.fd);
+  g_seen = nullptr;
+}
+
+// With the acceptor thread, a listener paused at the fd limit when the server stops is closed
+// with the acceptor's pause timer, before the shards' stops begin: connects are refused while
+// the shards drain, rather than completed by the kernel into a backlog nobody accepts (and the
+// port stays bound until the server is freed, after the drain).
+TEST(AcceptPauseTest, TheAcceptorsListenerPausedAtTheStopIsClosedBeforeTheShardsDrain) {
+  StopSeen seen;
+  g_seen = &seen;
+  SockServer* server = sock_server_start(
+      .port = "0", .threads = 2, .accept_mode = SOCK_ACCEPT_THREAD,
+      .on_shutdown = [](struct Reactor*, int) { g_seen->shut_down = true; },
+      .on_open =
+          [](struct Reactor*, int fd) {
+            // More than the kernel buffers hold while the client reads nothing: the stop's
+            // drain lasts until the test resets the connection.
+            testing_support::set_sndbuf(fd, 4096);
+            static const std::string kChunk(64 * 1024, 'x');
+            for (int i = 0; i < 16; ++i) sock_write(fd, kChunk.data(), kChunk.size());
+            ++g_seen->opened;
+          },
+      .stop_timeout_ms = 60000);
+  ASSERT_NE(server, nullptr);
+  const int port = sock_server_port(server);
+  const int listener = listening_fd(port);
+  const int draining = testing_support::connect_client(port, 4096);
+  const int waiting = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  EXPECT_GE(listener, 0);
+  EXPECT_GE(draining, 0);
+  EXPECT_GE(waiting, 0);
+  EXPECT_TRUE(testing_support::wait_for([&] { return seen.opened.load() == 1; }));
+  // Started while fds are free: UBSan checks a new thread's first virtual call through a pipe.
+  std::latch stop(1);
+  std::thread stopper([server, &stop] {
+    stop.wait();
+    sock_server_stop(server);
+  });
+  {
+    NoFreeFds limit;  // until the acceptor has stopped: its pause must last
+    EXPECT_TRUE(limit.ok());
+    if (listener >= 0 && waiting >= 0 && limit.ok()) {
+      connect_to(waiting, port);
+      EXPECT_TRUE(testing_support::wait_for([&] { return paused(listener); }));
+    }
+    stop.count_down();
+    // The shards' stops begin once the acceptor's thread has been joined (server.cc).
+    EXPECT_TRUE(testing_support::wait_for([&] { return seen.shut_down.load(); }));
+  }
+  const int probe = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  EXPECT_GE(probe, 0);
+  errno = 0;
+  EXPECT_EQ(connect_to(probe, port), -1) << "the paused listener still listens";
+  EXPECT_EQ(errno, ECONNREFUSED);
+  testing_support::reset_on_close(draining);
+  close(draining);  // ends the drain
+  stopper.join();
+  close(probe);
+  close(waiting);
+  g_seen = nullptr;
 }
 
 }  // namespace
