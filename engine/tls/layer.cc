@@ -182,11 +182,15 @@ BIO_METHOD* bio_method() {
 
 int tls_wrap(int fd, Packet* packet, void* udata);
 
-// fd's TLS layer (the lowest), or nullptr.
+// fd's TLS layer (the lowest), or nullptr with errno: sock_tlc_get's (EBADF, or EPERM off the
+// owner thread, which sock_tls.h promises), else EBADF for an fd without TLS.
 Connection* of(int fd) {
+  errno = 0;  // sock_tlc_get sets it only when it fails, not for an fd without layers
   sockTLC* layer = sock_tlc_get(fd);
   while (layer && layer->next) layer = layer->next;
-  return layer && layer->wrap == tls_wrap ? static_cast<Connection*>(layer->udata) : nullptr;
+  if (layer && layer->wrap == tls_wrap) return static_cast<Connection*>(layer->udata);
+  if (layer || errno == 0) errno = EBADF;  // layers, but none is TLS; or none at all
+  return nullptr;
 }
 
 // Queues what OpenSSL staged (handshake records, tickets, alerts). False: no memory.
@@ -687,10 +691,7 @@ int sock_tls_connect(int fd, struct SockTLS* tls, const char* server_name) {
 
 int sock_tls_established(int fd) {
   const tls::Connection* c = tls::of(fd);
-  if (!c) {
-    errno = EBADF;
-    return -1;
-  }
+  if (!c) return -1;
   return c->phase == tls::Phase::kOpen || c->phase == tls::Phase::kEnded ? 1 : 0;
 }
 
@@ -701,10 +702,7 @@ const char* sock_tls_alpn(int fd) {
 
 int sock_tls_resumed(int fd) {
   const tls::Connection* c = tls::of(fd);
-  if (!c) {
-    errno = EBADF;
-    return -1;
-  }
+  if (!c) return -1;
   return c->resumed ? 1 : 0;
 }
 

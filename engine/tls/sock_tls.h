@@ -112,15 +112,16 @@ int sock_tls_accept(int fd, struct SockTLS* tls);
  * configuration). */
 int sock_tls_connect(int fd, struct SockTLS* tls, const char* server_name);
 
-/** 1 once fd's handshake completed, 0 while it runs, -1 (errno EBADF) for an fd without TLS.
- * Owner thread. */
+/** 1 once fd's handshake completed, 0 while it runs, or -1 with errno: EBADF (an fd without
+ * TLS, or closed), EPERM (another thread). Owner thread. */
 int sock_tls_established(int fd);
 
 /** The protocol ALPN chose for fd ("http/1.1"), or NULL (none, no TLS, or not yet). The string
  * lives as long as the connection. Owner thread. */
 const char* sock_tls_alpn(int fd);
 
-/** 1 if fd's session was resumed from a ticket, 0 if not (or not yet), -1 without TLS. */
+/** 1 if fd's session was resumed from a ticket, 0 if not (or not yet), or -1 with errno as
+ * sock_tls_established. Owner thread. */
 int sock_tls_resumed(int fd);
 
 /** The calling thread's last TLS failure reason (configuration or connection), or "" if

@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "engine/libsock.h"
@@ -297,6 +298,45 @@ TEST_F(LayerTest, StateQueriesFollowTheHandshake) {
   EXPECT_EQ(sock_tls_alpn(pair[0]), nullptr);
   sock_force_close(&r_, pair[0]);
   close(pair[1]);
+  close_both(client, server);
+}
+
+// The per-fd queries keep the engine's errno: EPERM off the owner thread (sock_tls.h), not
+// EBADF, which says "no TLS"; EBADF for a closed fd and for layers none of which is TLS.
+TEST_F(LayerTest, StateQueriesOffTheOwnerThreadGiveEperm) {
+  int server = -1;
+  const int client = connect_pair(&server);
+  ASSERT_TRUE(run_until_established(client, server));
+  int established = 0, established_errno = 0, resumed = 0, resumed_errno = 0;
+  std::thread([&] {
+    errno = 0;
+    established = sock_tls_established(client);
+    established_errno = errno;
+    errno = 0;
+    resumed = sock_tls_resumed(client);
+    resumed_errno = errno;
+  }).join();
+  EXPECT_EQ(established, -1);
+  EXPECT_EQ(established_errno, EPERM);
+  EXPECT_EQ(resumed, -1);
+  EXPECT_EQ(resumed_errno, EPERM);
+
+  int pair[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, pair), 0);
+  ASSERT_EQ(sock_open(&r_, pair[0]), 0);
+  sockTLC plain = {};  // a layer that is not TLS
+  ASSERT_EQ(sock_tlc_add(pair[0], &plain), 0);
+  errno = 0;
+  EXPECT_EQ(sock_tls_established(pair[0]), -1);
+  EXPECT_EQ(errno, EBADF);
+  errno = 0;
+  EXPECT_EQ(sock_tls_resumed(pair[0]), -1);
+  EXPECT_EQ(errno, EBADF);
+  sock_force_close(&r_, pair[0]);
+  close(pair[1]);
+  errno = 0;
+  EXPECT_EQ(sock_tls_established(pair[0]), -1);  // closed
+  EXPECT_EQ(errno, EBADF);
   close_both(client, server);
 }
 
