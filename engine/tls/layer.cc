@@ -76,6 +76,7 @@ struct Connection {
   Phase phase = Phase::kHandshake;
   bool server;
   bool shut = false;     // close_notify queued
+  bool left = false;     // the peer's close_notify came during the handshake: input ended
   bool resumed = false;  // from a ticket
   bool key_update_owed = false;  // the peer asked for one: sent before the next record
   unsigned records_without_data = 0;  // TLS 1.3, in a row (kMaxRecordsWithoutData)
@@ -289,9 +290,11 @@ bool hand_over(Connection* c, const std::vector<char>& written_now) {
   return true;
 }
 
-// The handshake completed: counts, the deadline cleared, held writes released.
-bool established(Connection* c, const std::vector<char>& written_now) {
-  c->phase = Phase::kOpen;
+// The handshake completed in OpenSSL: the TLS 1.3 keys taken over, the flight that completed
+// it queued, then the connection counted open, its deadline cleared and its held writes
+// released. Returns nullptr, or why it failed: the phase is then still kHandshake, so fail()
+// counts one failed handshake (not a completed one and a failed record).
+const char* establish(Connection* c) {
   c->resumed = SSL_session_reused(c->ssl) == 1;
   const unsigned char* name = nullptr;
   unsigned len = 0;
@@ -301,11 +304,16 @@ bool established(Connection* c, const std::vector<char>& written_now) {
   for (const std::string& ours : c->config->alpn_names) {
     if (len && ours.size() == len && std::memcmp(ours.data(), name, len) == 0) c->alpn = &ours;
   }
-  count_handshake(c->resumed, static_cast<uint64_t>(monotonic_us() - c->started_us));
-  if (SSL_version(c->ssl) == TLS1_3_VERSION && !hand_over(c, written_now)) return false;
+  const auto micros = static_cast<uint64_t>(monotonic_us() - c->started_us);
+  if (SSL_version(c->ssl) == TLS1_3_VERSION && !hand_over(c, staging())) {
+    return "cannot take over the TLS 1.3 keys";
+  }
+  if (!send_staged(c)) return "no memory for handshake records";
+  c->phase = Phase::kOpen;
+  count_handshake(c->resumed, micros);
   if (c->config->handshake_ms) sock_set_deadline(c->fd, 0);
   sock_tlc_write(c->fd, &c->layer, nullptr, 0);  // release the held writes
-  return true;
+  return nullptr;
 }
 
 // Keeps the input OpenSSL did not read (an unwrap whose output filled its buffer).
@@ -437,7 +445,7 @@ int unwrap_records(Connection* c, uint8_t* buffer, ssize_t* len, std::size_t max
 int tls_unwrap(int, void* buffer, ssize_t* len, const size_t max_len, void* udata) {
   auto* c = static_cast<Connection*>(udata);
   if (c->phase == Phase::kFailed) return -1;
-  if (c->phase == Phase::kEnded) {
+  if (c->phase == Phase::kEnded || c->left) {
     *len = 0;
     return 1;
   }
@@ -463,11 +471,16 @@ int tls_unwrap(int, void* buffer, ssize_t* len, const size_t max_len, void* udat
       const int e = SSL_get_error(c->ssl, r);
       if (!send_staged(c)) return fail(c, "no memory for handshake records", 0);
       if (e == SSL_ERROR_WANT_READ) return 0;  // OpenSSL keeps a partial record itself
+      if (e == SSL_ERROR_ZERO_RETURN) {
+        // The peer's close_notify: it left, as with an EOF, and is not at fault. The stream
+        // ends (the connection closes as the peer's close); on_clear counts the handshake as
+        // closed (SOCK_TLS_FAIL_CLOSED) and held writes go with the connection.
+        c->left = true;
+        return 1;
+      }
       return fail(c, "handshake failed", e);
     }
-    const bool ok = established(c, staging());
-    if (!send_staged(c)) return fail(c, "no memory for handshake records", 0);
-    if (!ok) return fail(c, "cannot take over the TLS 1.3 keys", 0);
+    if (const char* why = establish(c)) return fail(c, why, 0);
     if (!c->ssl) {  // TLS 1.3: the records that came behind the handshake are ours
       // (They lie in the thread's scratch(); c is not touched after a failure: see fail().)
       auto* rest = reinterpret_cast<uint8_t*>(const_cast<char*>(c->in));
@@ -512,7 +525,7 @@ int tls_unwrap(int, void* buffer, ssize_t* len, const size_t max_len, void* udat
 
 int tls_wrap(int, Packet* packet, void* udata) {
   auto* c = static_cast<Connection*>(udata);
-  if (c->phase == Phase::kHandshake) return 1;  // held until established() asks for a flush
+  if (c->phase == Phase::kHandshake) return 1;  // held until establish() asks for a flush
   if (c->phase == Phase::kFailed) return -1;
   const auto n = static_cast<std::size_t>(packet->length);
   if (c->shut) {  // a write that raced the close: nothing may follow close_notify
@@ -521,9 +534,8 @@ int tls_wrap(int, Packet* packet, void* udata) {
   }
   if (n == 0) return 0;
   if (n > BUFFER_FILE_READ_SIZE) {
-    set_error("a packet of more than BUFFER_FILE_READ_SIZE bytes cannot be one TLS record");
-    log_failure(*c->config, c->fd);
-    return -1;
+    return fail(c, "a packet of more than BUFFER_FILE_READ_SIZE bytes cannot be one TLS record",
+                0);
   }
   auto* mem = reinterpret_cast<uint8_t*>(packet->internal_memory);
   // An owed KeyUpdate goes first, in the same packet, sealed under the old key.

@@ -144,7 +144,8 @@ struct SockTLSStats {
   uint64_t resumed;            /* of those, resumed from a ticket */
   uint64_t failures[SOCK_TLS_FAIL_REASONS];
   uint64_t handshake_us_sum;   /* microseconds from the layer's start to completion */
-  uint64_t records_failed;     /* established connections failed by a bad record */
+  uint64_t records_failed;     /* established connections failed on a record: a bad one
+                                  received, or one that could not be sealed or queued */
   uint64_t open;               /* connections with the layer now */
 };
 

@@ -503,12 +503,16 @@ TEST_F(LayerTest, OversizedPacketFailsTheConnection) {
   ASSERT_NE(p, nullptr);
   p->length = static_cast<ssize_t>(kRecord + 1);
   std::memset(p->internal_memory, 'x', kRecord + 1);
+  const SockTLSStats before = tls_stats();
   ASSERT_EQ(sock_send_packet(server, p), 0);
   ASSERT_TRUE(run_until(&r_, [&] { return conns_[server].closed && conns_[client].closed; }));
   EXPECT_EQ(conns_[server].reason, SOCK_CLOSE_ERROR);
   ASSERT_FALSE(log_.empty());
   EXPECT_NE(log_[0].find("BUFFER_FILE_READ_SIZE"), std::string::npos) << log_[0];
+  EXPECT_NE(conns_[server].tls_error.find("BUFFER_FILE_READ_SIZE"), std::string::npos);
   EXPECT_EQ(conns_[client].got, "");
+  // A record failure like any other (the client's end saw only the close).
+  EXPECT_EQ(tls_stats().records_failed, before.records_failed + 1);
 }
 
 // sock_close before the handshake completes: the held writes still go out, after it, then
