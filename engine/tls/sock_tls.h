@@ -11,8 +11,11 @@
  * Ownership: a struct SockTLS (the configuration: certificates, trust, ALPN, ticket keys) is
  *   reference-counted: each connection using it holds a reference, so sock_tls_free() may run
  *   while connections are open; it is freed with the last one.
- * Threads: configuration calls (sock_tls_server_new ... sock_tls_set_log) before the
- *   configuration is shared; after that any thread may pass it to sock_tls_accept/connect.
+ * Threads: configuration calls (sock_tls_server_new, sock_tls_add_certificate,
+ *   sock_tls_client_new, sock_tls_set_alpn, sock_tls_set_handshake_timeout, sock_tls_set_log)
+ *   only before the configuration is shared, on one thread: connections read it unlocked (an
+ *   SNI certificate cannot be added to a running server); after that any thread may pass it
+ *   to sock_tls_accept/connect.
  *   sock_tls_accept, sock_tls_connect and the per-fd queries need the fd's owner thread (as
  *   libsock.h's sock_tlc_ calls: EPERM elsewhere). sock_tls_stats and sock_tls_metrics: any
  *   thread. Session tickets are encrypted with keys held by the configuration, so every shard
@@ -58,8 +61,9 @@ struct SockTLS* sock_tls_server_new(const char* cert_file, const char* key_file)
 
 /** Adds another certificate chain and key to a server configuration, served to clients whose
  * SNI name matches one of its names (subjectAltName DNS entries or, lacking those, its CN;
- * wildcards as RFC 6125). Unmatched or absent names get the first certificate. Returns 0, or
- * -1 with errno EINVAL (a client configuration, bad files: see sock_tls_error()), ENOMEM. */
+ * wildcards as RFC 6125). Unmatched or absent names get the first certificate. Only before the
+ * configuration is shared (Threads, above). Returns 0, or -1 with errno EINVAL (a client
+ * configuration, bad files: see sock_tls_error()), ENOMEM. */
 int sock_tls_add_certificate(struct SockTLS* tls, const char* cert_file, const char* key_file);
 
 /** A client configuration that verifies servers against ca_file (PEM, one or more CAs) or,
