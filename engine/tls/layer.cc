@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/connection.h"
 #include "engine/libsock.h"
 #include "engine/tls/config.h"
 #include "engine/tls/layer.h"
@@ -612,11 +613,21 @@ int start(int fd, SockTLS* config, bool server, const char* server_name) {
     errno = EINVAL;
     return -1;
   }
+  const engine::FdSlot* slot = engine::owner_thread_slot(fd);
+  if (!slot) return -1;  // EBADF, EPERM
+  // Without a reactor, what the layer queues from inside sock_read (the flight that ends the
+  // handshake, then the writes held through it) would wait for the application's sock_flush,
+  // which it has no reason to call, and no deadline could bound the handshake. Flushing from
+  // the layer is no way out: unwrap's input lies in the scratch() that wrap reuses. The one
+  // engine internal the layer reads: the public API has no side-effect-free way to ask.
+  if (!engine::attached_owner(*slot)) {
+    errno = EINVAL;
+    return -1;
+  }
   if (sock_tlc_get(fd)) {
     errno = EINVAL;  // TLS must be the lowest layer: add the others after it
     return -1;
   }
-  if (sock_status(fd) < 0) return -1;  // EBADF
   auto* c = new (std::nothrow) Connection{};
   BIO* bio = bio_method() ? BIO_new(bio_method()) : nullptr;
   SSL* ssl = c && bio ? SSL_new(config->ctx) : nullptr;
@@ -658,23 +669,24 @@ int start(int fd, SockTLS* config, bool server, const char* server_name) {
   // From here the layer owns c: on_clear frees it.
   retain(config);
   count_open(1);
-  if (config->handshake_ms) sock_set_deadline(fd, config->handshake_ms);
-  if (!server) {
+  int err = 0;
+  if (config->handshake_ms && sock_set_deadline(fd, config->handshake_ms) < 0) {
+    err = errno;  // ENOMEM: the fd is attached
+  } else if (!server) {
     clear_errors();
     const int r = SSL_do_handshake(ssl);  // stages the ClientHello
-    int err = 0;
     if (r != 1 && SSL_get_error(ssl, r) != SSL_ERROR_WANT_READ) {
       fail(c, "cannot start the handshake", SSL_get_error(ssl, r));
       err = EPROTO;
     } else if (!send_staged(c)) {
       err = ENOMEM;
     }
-    if (err) {
-      if (config->handshake_ms) sock_set_deadline(fd, 0);
-      sock_tlc_set(fd, nullptr);  // on_clear frees c; the fd stays as it was
-      errno = err;
-      return -1;
-    }
+  }
+  if (err) {
+    if (config->handshake_ms) sock_set_deadline(fd, 0);
+    sock_tlc_set(fd, nullptr);  // on_clear frees c; the fd stays as it was
+    errno = err;
+    return -1;
   }
   return 0;
 }

@@ -99,20 +99,22 @@ int sock_tls_rotate_ticket_keys(struct SockTLS* tls);
 /** Drops the caller's reference (connections keep theirs). NULL is a no-op. */
 void sock_tls_free(struct SockTLS* tls);
 
-/** Starts the server side of TLS on fd (opened with the sock_ API and attached, typically in
- * a server's on_open) as its lowest transport layer: add other layers after this call. The
- * handshake runs as the peer's bytes arrive (sock_read drives it: read in on_data as usual);
- * writes made meanwhile are held and sent, in order, once it completes. Owner thread.
+/** Starts the server side of TLS on fd (opened with the sock_ API and attached to a reactor,
+ * typically in a server's on_open; it must stay attached) as its lowest transport layer: add
+ * other layers after this call. The handshake runs as the peer's bytes arrive (sock_read
+ * drives it: read in on_data as usual); writes made meanwhile are held and sent, in order,
+ * once it completes. Owner thread.
  * Returns 0, or -1 with errno: EBADF, EPERM (another thread), EINVAL (a NULL or client
- * configuration, or fd has layers already), ENOMEM. */
+ * configuration, fd has layers already, or fd has no reactor: the layer's records would wait
+ * for a sock_flush, and the handshake deadline needs one), ENOMEM. */
 int sock_tls_accept(int fd, struct SockTLS* tls);
 
-/** Starts the client side on fd (from sock_connect; any time before data flows): sends the
- * ClientHello with server_name as SNI and verifies the server's certificate against it (a DNS
- * name or an IP address; NULL: no SNI and no name check, the chain is still verified). Writes
- * are held until the handshake completes. A failed verification closes the connection with
- * SOCK_CLOSE_ERROR and a reason such as "certificate verify failed: certificate has expired".
- * Owner thread. Returns 0, or -1 with errno as sock_tls_accept (EINVAL for a server
+/** Starts the client side on fd (from sock_connect with a reactor; any time before data
+ * flows): sends the ClientHello with server_name as SNI and verifies the server's certificate
+ * against it (a DNS name or an IP address; NULL: no SNI and no name check, the chain is still
+ * verified). Writes are held until the handshake completes. A failed verification closes the
+ * connection with SOCK_CLOSE_ERROR and a reason such as "certificate verify failed:
+ * certificate has expired". Owner thread. Returns 0, or -1 with errno as sock_tls_accept (EINVAL for a server
  * configuration). */
 int sock_tls_connect(int fd, struct SockTLS* tls, const char* server_name);
 
