@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <openssl/ssl.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -15,9 +16,11 @@
 #include <string>
 
 #include "engine/libsock.h"
+#include "engine/reactor.h"
 #include "engine/tls/sock_tls.h"
 #include "tests/engine/tls/client_sealer.h"
 #include "tests/engine/tls/tls_fixture.h"
+#include "tests/testing/fake_clock.h"
 #include "tests/testing/loopback.h"
 #include "tests/testing/run_until.h"
 #include "tests/testing/tls_client.h"
@@ -496,6 +499,62 @@ TEST_F(ClosingLogTest, ACloseFromTheLogAfterABadRecordBehindTheHandshakeIsSafe) 
   EXPECT_EQ(tls_stats().records_failed - before.records_failed, 1u);
   EXPECT_EQ(moved_except(before, SOCK_TLS_FAIL_REASONS), 0u);
   expect_still_serving();
+}
+
+// A peer that trickles a record, a byte per third of the idle timeout: ciphertext arrives
+// within every timeout, but plaintext only once the record is whole, three timeouts later.
+// Received bytes are progress (the handshake deadline, not the idle timer, bounds a
+// handshake): the connection stays open and reads the record; silence after it still times
+// out. The reactor reads a clock the test steps (fake_clock.h), so no real time matters.
+class SlowPeerTest : public BadInputTest {
+ protected:
+  void SetUp() override {
+    BadInputTest::SetUp();
+    clock_.install(&r_);
+  }
+  // Runs the loop, the clock standing still, until the server side has taken every byte
+  // from its socket.
+  bool run_until_taken(int server) {
+    return run_until(&r_, [&] {
+      int unread = -1;
+      return conns_[server].closed || (ioctl(server, FIONREAD, &unread) == 0 && unread == 0);
+    });
+  }
+  // Moves the clock by d, then runs the loop: its timer step sees the new time.
+  void step(std::chrono::milliseconds d) {
+    clock_.advance(d);
+    for (int i = 0; i < 2; ++i) engine::Reactor::of(&r_, true)->run_once(0);
+  }
+  testing_support::FakeClock clock_;
+};
+
+TEST_F(SlowPeerTest, CiphertextWithoutPlaintextYetKeepsTheIdleTimerFromFiring) {
+  constexpr std::chrono::milliseconds kTimeout{300};
+  constexpr std::chrono::milliseconds kGap = kTimeout / 3;
+  for (const int version : {TLS1_2_VERSION, TLS1_3_VERSION}) {
+    SCOPED_TRACE(version == TLS1_2_VERSION ? "TLS 1.2" : "TLS 1.3");
+    TlsClientConfig config(test_pki().ca, "", version);
+    ClientSealer sealer(config);
+    TlsClient peer(config, listener_.port, "localhost");
+    const int server = establish(peer, sealer);
+    ASSERT_GE(server, 0);
+    ASSERT_EQ(sock_set_timeout(server, static_cast<unsigned>(kTimeout.count())), 0);
+    const std::string record = sealer.record(kApplicationDataRecord, "ping");
+    ASSERT_GT(record.size(), 20u);  // some 2 s of trickling: several timeouts
+    for (const char byte : record) {
+      step(kGap);
+      ASSERT_FALSE(conns_[server].closed) << "closed while bytes kept arriving";
+      ASSERT_EQ(send(peer.fd(), &byte, 1, MSG_NOSIGNAL), 1);
+      ASSERT_TRUE(run_until_taken(server));
+    }
+    ASSERT_TRUE(run_until_received(server, 4));
+    EXPECT_EQ(conns_[server].got, "ping");
+    EXPECT_FALSE(conns_[server].closed);
+    for (int i = 0; i < 10 && !conns_[server].closed; ++i) step(kGap);
+    EXPECT_TRUE(conns_[server].closed) << "silence did not time out";
+    EXPECT_EQ(conns_[server].reason, SOCK_CLOSE_TIMEOUT);
+  }
+  EXPECT_TRUE(log_.empty()) << log_.front();
 }
 
 // The engine's TLS client against a plain server that echoes its ClientHello back: the
