@@ -31,6 +31,7 @@
 #include "engine/tls/record.h"
 #include "engine/tls/sock_tls.h"
 #include "engine/tls/stats.h"
+#include "engine/tls/testing_hooks.h"
 
 namespace tls {
 namespace {
@@ -86,7 +87,8 @@ struct Connection {
   const std::string* alpn = nullptr;  // the configuration's name ALPN chose
   int64_t started_us;
   RecordKeys keys;  // TLS 1.3: the application traffic keys
-  // Bytes of a record (or, in post_handshake, of a handshake message) not yet complete.
+  // Bytes of a record not yet whole: kHeaderBytes + kMaxCiphertext of them, malloc'd while
+  // one is pending (keep_partial). Of a handshake message (post_handshake): malloc'd.
   uint8_t* partial = nullptr;
   std::size_t partial_len = 0;
   uint8_t* message = nullptr;
@@ -103,6 +105,10 @@ struct Connection {
   std::size_t backlog_len = 0;
 };
 
+
+// partial_record_bytes_copied()'s count: thread_local, so a plain add on the path that keeps
+// a partial record (never on one that opens whole records in place).
+thread_local uint64_t t_partial_bytes = 0;
 
 int64_t monotonic_us() {
   timespec ts;
@@ -368,19 +374,73 @@ int post_handshake(Connection* c, const uint8_t* data, std::size_t n) {
   return 0;
 }
 
+// What a protected TLS 1.3 record's header says: its body's length, or false for a header
+// that is not one (another content type outside, or longer than the protocol allows).
+bool record_body(const uint8_t* header, std::size_t* body) {
+  *body = static_cast<std::size_t>(header[3]) << 8 | header[4];
+  return header[0] == static_cast<uint8_t>(ContentType::kApplicationData) &&
+         *body <= kMaxCiphertext;
+}
+
+constexpr char kBadHeader[] = "bad record: not a protected TLS 1.3 record, or too long";
+
+// Appends n bytes of a record not yet whole to c->partial, allocated (one record's worth)
+// only while such a record is pending, so an idle connection keeps none. Each received byte
+// is copied here at most once, however thinly the record trickles in.
+bool keep_partial(Connection* c, const uint8_t* data, std::size_t n) {
+  if (!c->partial) {
+    c->partial = static_cast<uint8_t*>(std::malloc(kHeaderBytes + kMaxCiphertext));
+    if (!c->partial) return false;
+  }
+  std::memcpy(c->partial + c->partial_len, data, n);
+  c->partial_len += n;
+  t_partial_bytes += n;
+  return true;
+}
+
+// An opened record's content (TLS 1.3, after hand_over): application data appended to
+// out[*produced..max_len), an alert, a post-handshake message. plain may lie in out, at or
+// after *produced. Returns 0, 1 (close_notify) or -1 (failed).
+int take_record(Connection* c, ContentType type, const uint8_t* plain, std::size_t len,
+                uint8_t* out, std::size_t max_len, std::size_t* produced) {
+  if (type == ContentType::kApplicationData && len) {
+    if (len > max_len - *produced) return fail(c, "more plaintext than the read buffer", 0);
+    std::memmove(out + *produced, plain, len);
+    *produced += len;
+    c->records_without_data = 0;
+    return 0;
+  }
+  if (type == ContentType::kAlert) {
+    if (len == 2 && plain[1] == 0) {  // close_notify: what follows it is ignored
+      c->phase = Phase::kEnded;
+      return 1;
+    }
+    std::string why_alert = "the peer sent alert " + std::to_string(len == 2 ? plain[1] : 0);
+    return fail(c, why_alert.c_str(), 0);
+  }
+  if (++c->records_without_data > kMaxRecordsWithoutData) {
+    return fail(c, "too many records without application data", 0);
+  }
+  if (type == ContentType::kHandshake) {
+    if (post_handshake(c, plain, len) < 0) return -1;
+  } else if (type != ContentType::kApplicationData) {  // an empty one is dropped
+    return fail(c, "bad record: an unexpected content type", 0);
+  }
+  return 0;
+}
+
 // Opens the whole records of src[0..n) (TLS 1.3, after hand_over) and appends their
 // application data to out[*produced..max_len); keeps an incomplete last record in
-// c->partial. src may be out itself: each record's plaintext is shorter than the record, so
-// output never overtakes input. Returns 0, 1 (close_notify) or -1 (failed).
+// c->partial, which must be empty. src may lie in out, at or after *produced: each record's
+// plaintext is shorter than the record, so output never overtakes input. Returns 0, 1
+// (close_notify) or -1 (failed).
 int open_records(Connection* c, uint8_t* src, std::size_t n, uint8_t* out, std::size_t max_len,
                  std::size_t* produced) {
   std::size_t at = 0;
   while (n - at >= kHeaderBytes) {
     uint8_t* rec = src + at;
-    const std::size_t body = static_cast<std::size_t>(rec[3]) << 8 | rec[4];
-    if (rec[0] != static_cast<uint8_t>(ContentType::kApplicationData) || body > kMaxCiphertext) {
-      return fail(c, "bad record: not a protected TLS 1.3 record, or too long", 0);
-    }
+    std::size_t body = 0;
+    if (!record_body(rec, &body)) return fail(c, kBadHeader, 0);
     if (n - at < kHeaderBytes + body) break;
     ContentType type;
     std::size_t len = 0;
@@ -388,57 +448,75 @@ int open_records(Connection* c, uint8_t* src, std::size_t n, uint8_t* out, std::
     if (!open(c->keys, rec, kHeaderBytes + body, &type, &len, &why)) {
       return fail(c, (std::string("bad record: ") + why).c_str(), 0);
     }
-    const uint8_t* plain = rec + kHeaderBytes;
     at += kHeaderBytes + body;
-    if (type == ContentType::kApplicationData && len) {
-      if (len > max_len - *produced) return fail(c, "more plaintext than the read buffer", 0);
-      std::memmove(out + *produced, plain, len);
-      *produced += len;
-      c->records_without_data = 0;
-      continue;
-    }
-    if (type == ContentType::kAlert) {
-      if (len == 2 && plain[1] == 0) {  // close_notify: what follows it is ignored
-        c->phase = Phase::kEnded;
-        return 1;
-      }
-      std::string why_alert = "the peer sent alert " + std::to_string(len == 2 ? plain[1] : 0);
-      return fail(c, why_alert.c_str(), 0);
-    }
-    if (++c->records_without_data > kMaxRecordsWithoutData) {
-      return fail(c, "too many records without application data", 0);
-    }
-    if (type == ContentType::kHandshake) {
-      if (post_handshake(c, plain, len) < 0) return -1;
-    } else if (type != ContentType::kApplicationData) {  // an empty one is dropped
-      return fail(c, "bad record: an unexpected content type", 0);
-    }
+    const int r = take_record(c, type, rec + kHeaderBytes, len, out, max_len, produced);
+    if (r != 0) return r;
   }
-  std::free(c->partial);
-  c->partial = nullptr;
-  c->partial_len = n - at;
-  if (c->partial_len) {
-    c->partial = static_cast<uint8_t*>(std::malloc(c->partial_len));
-    if (!c->partial) return fail(c, "no memory for a partial record", 0);
-    std::memcpy(c->partial, src + at, c->partial_len);
+  if (n > at && !keep_partial(c, src + at, n - at)) {
+    return fail(c, "no memory for a partial record", 0);
   }
   return 0;
 }
 
-// unwrap once the SSL object is gone: records opened in place (after any partial record
-// kept from the last read, which needs the input copied behind it).
-int unwrap_records(Connection* c, uint8_t* buffer, ssize_t* len, std::size_t max_len) {
-  uint8_t* src = buffer;
-  std::size_t n = static_cast<std::size_t>(*len);
-  if (c->partial_len) {
-    std::vector<char>& input = scratch();
-    input.assign(c->partial, c->partial + c->partial_len);
-    input.insert(input.end(), buffer, buffer + n);
-    src = reinterpret_cast<uint8_t*>(input.data());
-    n = input.size();
+// Completes the record pending in c->partial with the first bytes of in[0..n), opens it and
+// takes its content into in itself (out), first moving what follows the record out of its
+// plaintext's way. *rest, *rest_len: the input after the record (none while the record is
+// still incomplete: then it took all of it). Returns 0, 1 (close_notify) or -1 (failed).
+int finish_partial(Connection* c, uint8_t* in, std::size_t n, std::size_t max_len,
+                   uint8_t** rest, std::size_t* rest_len, std::size_t* produced) {
+  *rest_len = 0;
+  std::size_t used = 0;
+  if (c->partial_len < kHeaderBytes) {
+    used = std::min(kHeaderBytes - c->partial_len, n);
+    keep_partial(c, in, used);  // no allocation: the buffer exists while partial_len > 0
+    if (c->partial_len < kHeaderBytes) return 0;
   }
+  std::size_t body = 0;
+  if (!record_body(c->partial, &body)) return fail(c, kBadHeader, 0);
+  const std::size_t whole = kHeaderBytes + body;
+  const std::size_t take = std::min(whole - c->partial_len, n - used);
+  keep_partial(c, in + used, take);
+  used += take;
+  if (c->partial_len < whole) return 0;
+  ContentType type;
+  std::size_t len = 0;
+  const char* why = nullptr;
+  if (!open(c->keys, c->partial, whole, &type, &len, &why)) {
+    return fail(c, (std::string("bad record: ") + why).c_str(), 0);
+  }
+  c->partial_len = 0;
+  *rest = in + used;
+  *rest_len = n - used;
+  if (*rest_len && len > used) {  // the plaintext would overwrite the records behind it
+    std::vector<char>& aside = scratch();
+    aside.assign(*rest, *rest + *rest_len);
+    t_partial_bytes += *rest_len;
+    *rest = reinterpret_cast<uint8_t*>(aside.data());
+  }
+  return take_record(c, type, c->partial + kHeaderBytes, len, in, max_len, produced);
+}
+
+// unwrap once the SSL object is gone: records opened in place, a pending partial record
+// completed first.
+int unwrap_records(Connection* c, uint8_t* buffer, ssize_t* len, std::size_t max_len) {
+  std::size_t n = static_cast<std::size_t>(*len);
+  // No new input (the engine calls again at EAGAIN and at EOF): a pending record cannot have
+  // completed, and the layer holds no whole record.
+  if (n == 0) return 0;
+  uint8_t* src = buffer;
   std::size_t produced = 0;
-  const int r = open_records(c, src, n, buffer, max_len, &produced);
+  if (c->partial_len) {
+    const int r = finish_partial(c, buffer, n, max_len, &src, &n, &produced);
+    if (r != 0) {  // c may be gone (see fail())
+      *len = static_cast<ssize_t>(produced);
+      return r;
+    }
+  }
+  const int r = n ? open_records(c, src, n, buffer, max_len, &produced) : 0;
+  if (r == 0 && !c->partial_len && c->partial) {  // no record pending: give its buffer back
+    std::free(c->partial);
+    c->partial = nullptr;
+  }
   *len = static_cast<ssize_t>(produced);
   return r;
 }
@@ -692,6 +770,8 @@ int start(int fd, SockTLS* config, bool server, const char* server_name) {
 }
 
 }  // namespace
+
+uint64_t partial_record_bytes_copied() { return t_partial_bytes; }
 
 void on_keylog(const SSL* ssl, const char* line) {
   auto* c = static_cast<Connection*>(SSL_get_app_data(ssl));
