@@ -46,10 +46,10 @@ static_assert(BUFFER_FILE_READ_SIZE + kSealOverhead <= BUFFER_PACKET_SIZE);
 // NewSessionTicket is a few hundred).
 constexpr std::size_t kMaxPostHandshakeMessage = kMaxPlaintext;
 // TLS 1.3 records (opened by the layer itself, after hand_over) a peer may send in a row that
-// carry no application data: empty ones, post-handshake messages (KeyUpdates, tickets). Past
-// this the connection fails. Such a record gives sock_read nothing to return, so without a
-// limit a peer streaming them (an empty one is 22 bytes) keeps one sock_read reading, and
-// each KeyUpdate costs a key derivation. OpenSSL allows 32 empty records in a row
+// carry no application data: empty ones, post-handshake messages (KeyUpdates, tickets),
+// user_canceled alerts. Past this the connection fails. Such a record gives sock_read nothing
+// to return, so without a limit a peer streaming them (an empty one is 22 bytes) keeps one
+// sock_read reading, and each KeyUpdate costs a key derivation. OpenSSL allows 32 empty records in a row
 // (MAX_EMPTY_RECORDS, also for TLS 1.2, whose records it opens); BoringSSL 32 KeyUpdates.
 constexpr unsigned kMaxRecordsWithoutData = 32;
 // Records OpenSSL may write on its own while reading a TLS 1.2 connection (no_renegotiation
@@ -410,7 +410,12 @@ int take_record(Connection* c, ContentType type, const uint8_t* plain, std::size
     c->records_without_data = 0;
     return 0;
   }
-  if (type == ContentType::kAlert) {
+  // user_canceled (RFC 8446 6.1) is a closure alert, not an error one, whatever its level: a
+  // close_notify should follow it (JDK 11 sends the pair at every close). Skipped, as OpenSSL
+  // (which has it before the hand-over), BoringSSL and LibreSSL skip it; counted below, like
+  // an empty record, so a stream of them cannot keep a read going.
+  const bool user_canceled = type == ContentType::kAlert && len == 2 && plain[1] == 90;
+  if (type == ContentType::kAlert && !user_canceled) {
     if (len == 2 && plain[1] == 0) {  // close_notify: what follows it is ignored
       c->phase = Phase::kEnded;
       return 1;
@@ -423,7 +428,7 @@ int take_record(Connection* c, ContentType type, const uint8_t* plain, std::size
   }
   if (type == ContentType::kHandshake) {
     if (post_handshake(c, plain, len) < 0) return -1;
-  } else if (type != ContentType::kApplicationData) {  // an empty one is dropped
+  } else if (type != ContentType::kApplicationData && !user_canceled) {  // empty: dropped
     return fail(c, "bad record: an unexpected content type", 0);
   }
   return 0;

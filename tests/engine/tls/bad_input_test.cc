@@ -28,6 +28,7 @@
 namespace {
 
 using testing_support::ClientSealer;
+using testing_support::kAlertRecord;
 using testing_support::kApplicationDataRecord;
 using testing_support::kHandshakeRecord;
 using testing_support::run_until;
@@ -332,6 +333,48 @@ TEST_F(BadInputTest, EmptyRecordsAndKeyUpdatesCountTogether) {
   ASSERT_TRUE(run_until_received(server, 1));
   EXPECT_TRUE(conns_[server].closed) << "34 records without data were accepted";
   EXPECT_EQ(conns_[server].got, "");
+  expect_logged(server, kNoDataReason);
+}
+
+// user_canceled (RFC 8446 6.1) is a closure alert, not an error: a TLS 1.3 peer may send it,
+// at either level, before its close_notify (JDK 11 does at every close). It is skipped, as
+// OpenSSL, BoringSSL and LibreSSL skip it, so the data before it is read and the
+// close_notify behind it ends the stream; it counts as a record without data.
+TEST_F(BadInputTest, UserCanceledIsSkippedAndTheDataBeforeItRead) {
+  TlsClientConfig config(test_pki().ca, "", TLS1_3_VERSION);
+  ClientSealer sealer(config);
+  TlsClient peer(config, listener_.port, "localhost");
+  const int server = establish(peer, sealer);
+  ASSERT_GE(server, 0);
+  const SockTLSStats before = tls_stats();
+  const std::string warning_canceled("\x01\x5a", 2), fatal_canceled("\x02\x5a", 2);
+  std::string bytes = sealer.record(kApplicationDataRecord, "data");  // in sequence order
+  bytes += sealer.record(kAlertRecord, warning_canceled);
+  bytes += sealer.record(kAlertRecord, fatal_canceled);
+  bytes += sealer.record(kAlertRecord, std::string("\x01\x00", 2));  // close_notify
+  testing_support::write_all(peer.fd(), bytes);
+  ASSERT_TRUE(run_until_closed(server));
+  EXPECT_EQ(conns_[server].got, "data");
+  EXPECT_TRUE(conns_[server].eof);
+  EXPECT_EQ(conns_[server].reason, SOCK_CLOSE_PEER) << conns_[server].tls_error;
+  EXPECT_EQ(tls_stats().records_failed, before.records_failed);
+  EXPECT_TRUE(log_.empty()) << log_.front();
+}
+
+// ... and counts against the limit on records without application data, like an empty one.
+TEST_F(BadInputTest, UserCanceledAlertsPastTheLimitFailTheConnection) {
+  TlsClientConfig config(test_pki().ca, "", TLS1_3_VERSION);
+  ClientSealer sealer(config);
+  TlsClient peer(config, listener_.port, "localhost");
+  const int server = establish(peer, sealer);
+  ASSERT_GE(server, 0);
+  std::string bytes;
+  for (int i = 0; i < 33; ++i) bytes += sealer.record(kAlertRecord, std::string("\x01\x5a", 2));
+  bytes += sealer.record(kApplicationDataRecord, "x");
+  testing_support::write_all(peer.fd(), bytes);
+  ASSERT_TRUE(run_until_closed(server));
+  EXPECT_EQ(conns_[server].got, "");
+  EXPECT_EQ(conns_[server].reason, SOCK_CLOSE_ERROR);
   expect_logged(server, kNoDataReason);
 }
 
