@@ -49,8 +49,9 @@ constexpr std::size_t kMaxPostHandshakeMessage = kMaxPlaintext;
 // carry no application data: empty ones, post-handshake messages (KeyUpdates, tickets),
 // user_canceled alerts. Past this the connection fails. Such a record gives sock_read nothing
 // to return, so without a limit a peer streaming them (an empty one is 22 bytes) keeps one
-// sock_read reading, and each KeyUpdate costs a key derivation. OpenSSL allows 32 empty records in a row
-// (MAX_EMPTY_RECORDS, also for TLS 1.2, whose records it opens); BoringSSL 32 KeyUpdates.
+// sock_read reading, and each KeyUpdate costs a key derivation. OpenSSL allows 32 empty
+// records in a row (MAX_EMPTY_RECORDS, also for TLS 1.2, whose records it opens) and 5
+// warning alerts (user_canceled among them); BoringSSL 32 KeyUpdates.
 constexpr unsigned kMaxRecordsWithoutData = 32;
 // Records OpenSSL may write on its own while reading a TLS 1.2 connection (no_renegotiation
 // alerts: one per renegotiation ClientHello, or HelloRequest to a client, and one record may
