@@ -114,8 +114,8 @@ int sock_tls_accept(int fd, struct SockTLS* tls);
  * against it (a DNS name or an IP address; NULL: no SNI and no name check, the chain is still
  * verified). Writes are held until the handshake completes. A failed verification closes the
  * connection with SOCK_CLOSE_ERROR and a reason such as "certificate verify failed:
- * certificate has expired". Owner thread. Returns 0, or -1 with errno as sock_tls_accept (EINVAL for a server
- * configuration). */
+ * certificate has expired". Owner thread. Returns 0, or -1 with errno as sock_tls_accept
+ * (EINVAL for a server configuration). */
 int sock_tls_connect(int fd, struct SockTLS* tls, const char* server_name);
 
 /** 1 once fd's handshake completed, 0 while it runs, or -1 with errno: EBADF (an fd without
