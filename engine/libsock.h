@@ -252,7 +252,8 @@ int sock_close_uuid(intptr_t uuid);
 int sock_force_close_uuid(intptr_t uuid);
 
 /** Closes fd after idle_ms without a read or a write that made progress (0: never; the peer
- * taking queued bytes from the kernel counts, see ReactorLimits.idle_timeout_ms). The
+ * taking queued bytes from the kernel counts, see ReactorLimits.idle_timeout_ms, and so do
+ * bytes received that a transport layer keeps until it can unwrap them). The
  * default comes from the reactor's limits (struct ReactorLimits). Owner thread; fd must be
  * attached to a reactor. Returns 0, or -1 with errno (EBADF, EINVAL without a reactor,
  * ENOMEM: the per-connection settings are allocated on first use). */

@@ -7,6 +7,8 @@
 #include <memory>
 #include <utility>
 
+#include "engine/connection.h"
+#include "engine/reactor.h"
 #include "engine/read_buffer.h"
 #include "engine/write_queue.h"
 
@@ -108,6 +110,12 @@ ssize_t tlc_read(int fd, FdSlot& slot, char* out, std::size_t count, bool* drain
       if (errno == EINTR) continue;
       if (!again) return -1;
       n = 0;  // layers still get a call: they may hold output from earlier input
+    }
+    // Bytes received are progress for the idle timer even when the layers keep them (a TLS
+    // record trickling in): stamped here, not with the plaintext (read_path.cc's note_bytes),
+    // or a peer sending a record slower than one per timeout is closed while it sends.
+    if (n > 0) {
+      if (Reactor* owner = attached_owner(slot)) owner->stamp_activity(slot);
     }
     ssize_t len = n;
     bool layer_ended = false;

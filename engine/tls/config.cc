@@ -63,8 +63,10 @@ SSL_CTX* new_context(SockTLS* config, bool server) {
 }
 
 // Certificate, key and CA files are read whole here, never by OpenSSL's own fopen(): a FIFO or
-// a device named by mistake would hold the calling thread (a running server's, adding an SNI
-// certificate) until something wrote to it, and a directory would read as "no start line".
+// a device named by mistake would hold the calling thread (a server's, starting up) until
+// something wrote to it, and a directory would read as "no start line". (A certificate is
+// never added to a running server: the shards read sni_contexts unlocked, so sock_tls.h
+// allows configuration calls only before the configuration is shared.)
 // The largest PEM file in common use, a system CA bundle (Debian's: about 0.2 MB), is far
 // below this bound on what a configuration call reads into memory.
 constexpr off_t kMaxPemFileBytes = off_t{16} << 20;

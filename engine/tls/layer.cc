@@ -24,12 +24,14 @@
 #include <string>
 #include <vector>
 
+#include "engine/connection.h"
 #include "engine/libsock.h"
 #include "engine/tls/config.h"
 #include "engine/tls/layer.h"
 #include "engine/tls/record.h"
 #include "engine/tls/sock_tls.h"
 #include "engine/tls/stats.h"
+#include "engine/tls/testing_hooks.h"
 
 namespace tls {
 namespace {
@@ -44,11 +46,12 @@ static_assert(BUFFER_FILE_READ_SIZE + kSealOverhead <= BUFFER_PACKET_SIZE);
 // NewSessionTicket is a few hundred).
 constexpr std::size_t kMaxPostHandshakeMessage = kMaxPlaintext;
 // TLS 1.3 records (opened by the layer itself, after hand_over) a peer may send in a row that
-// carry no application data: empty ones, post-handshake messages (KeyUpdates, tickets). Past
-// this the connection fails. Such a record gives sock_read nothing to return, so without a
-// limit a peer streaming them (an empty one is 22 bytes) keeps one sock_read reading, and
-// each KeyUpdate costs a key derivation. OpenSSL allows 32 empty records in a row
-// (MAX_EMPTY_RECORDS, also for TLS 1.2, whose records it opens); BoringSSL 32 KeyUpdates.
+// carry no application data: empty ones, post-handshake messages (KeyUpdates, tickets),
+// user_canceled alerts. Past this the connection fails. Such a record gives sock_read nothing
+// to return, so without a limit a peer streaming them (an empty one is 22 bytes) keeps one
+// sock_read reading, and each KeyUpdate costs a key derivation. OpenSSL allows 32 empty
+// records in a row (MAX_EMPTY_RECORDS, also for TLS 1.2, whose records it opens) and 5
+// warning alerts (user_canceled among them); BoringSSL 32 KeyUpdates.
 constexpr unsigned kMaxRecordsWithoutData = 32;
 // Records OpenSSL may write on its own while reading a TLS 1.2 connection (no_renegotiation
 // alerts: one per renegotiation ClientHello, or HelloRequest to a client, and one record may
@@ -76,6 +79,7 @@ struct Connection {
   Phase phase = Phase::kHandshake;
   bool server;
   bool shut = false;     // close_notify queued
+  bool left = false;     // the peer's close_notify came during the handshake: input ended
   bool resumed = false;  // from a ticket
   bool key_update_owed = false;  // the peer asked for one: sent before the next record
   unsigned records_without_data = 0;  // TLS 1.3, in a row (kMaxRecordsWithoutData)
@@ -84,7 +88,8 @@ struct Connection {
   const std::string* alpn = nullptr;  // the configuration's name ALPN chose
   int64_t started_us;
   RecordKeys keys;  // TLS 1.3: the application traffic keys
-  // Bytes of a record (or, in post_handshake, of a handshake message) not yet complete.
+  // Bytes of a record not yet whole: kHeaderBytes + kMaxCiphertext of them, malloc'd while
+  // one is pending (keep_partial). Of a handshake message (post_handshake): malloc'd.
   uint8_t* partial = nullptr;
   std::size_t partial_len = 0;
   uint8_t* message = nullptr;
@@ -101,6 +106,10 @@ struct Connection {
   std::size_t backlog_len = 0;
 };
 
+
+// partial_record_bytes_copied()'s count: thread_local, so a plain add on the path that keeps
+// a partial record (never on one that opens whole records in place).
+thread_local uint64_t t_partial_bytes = 0;
 
 int64_t monotonic_us() {
   timespec ts;
@@ -182,11 +191,15 @@ BIO_METHOD* bio_method() {
 
 int tls_wrap(int fd, Packet* packet, void* udata);
 
-// fd's TLS layer (the lowest), or nullptr.
+// fd's TLS layer (the lowest), or nullptr with errno: sock_tlc_get's (EBADF, or EPERM off the
+// owner thread, which sock_tls.h promises), else EBADF for an fd without TLS.
 Connection* of(int fd) {
+  errno = 0;  // sock_tlc_get sets it only when it fails, not for an fd without layers
   sockTLC* layer = sock_tlc_get(fd);
   while (layer && layer->next) layer = layer->next;
-  return layer && layer->wrap == tls_wrap ? static_cast<Connection*>(layer->udata) : nullptr;
+  if (layer && layer->wrap == tls_wrap) return static_cast<Connection*>(layer->udata);
+  if (layer || errno == 0) errno = EBADF;  // layers, but none is TLS; or none at all
+  return nullptr;
 }
 
 // Queues what OpenSSL staged (handshake records, tickets, alerts). False: no memory.
@@ -285,9 +298,11 @@ bool hand_over(Connection* c, const std::vector<char>& written_now) {
   return true;
 }
 
-// The handshake completed: counts, the deadline cleared, held writes released.
-bool established(Connection* c, const std::vector<char>& written_now) {
-  c->phase = Phase::kOpen;
+// The handshake completed in OpenSSL: the TLS 1.3 keys taken over, the flight that completed
+// it queued, then the connection counted open, its deadline cleared and its held writes
+// released. Returns nullptr, or why it failed: the phase is then still kHandshake, so fail()
+// counts one failed handshake (not a completed one and a failed record).
+const char* establish(Connection* c) {
   c->resumed = SSL_session_reused(c->ssl) == 1;
   const unsigned char* name = nullptr;
   unsigned len = 0;
@@ -297,11 +312,16 @@ bool established(Connection* c, const std::vector<char>& written_now) {
   for (const std::string& ours : c->config->alpn_names) {
     if (len && ours.size() == len && std::memcmp(ours.data(), name, len) == 0) c->alpn = &ours;
   }
-  count_handshake(c->resumed, static_cast<uint64_t>(monotonic_us() - c->started_us));
-  if (SSL_version(c->ssl) == TLS1_3_VERSION && !hand_over(c, written_now)) return false;
+  const auto micros = static_cast<uint64_t>(monotonic_us() - c->started_us);
+  if (SSL_version(c->ssl) == TLS1_3_VERSION && !hand_over(c, staging())) {
+    return "cannot take over the TLS 1.3 keys";
+  }
+  if (!send_staged(c)) return "no memory for handshake records";
+  c->phase = Phase::kOpen;
+  count_handshake(c->resumed, micros);
   if (c->config->handshake_ms) sock_set_deadline(c->fd, 0);
   sock_tlc_write(c->fd, &c->layer, nullptr, 0);  // release the held writes
-  return true;
+  return nullptr;
 }
 
 // Keeps the input OpenSSL did not read (an unwrap whose output filled its buffer).
@@ -355,19 +375,78 @@ int post_handshake(Connection* c, const uint8_t* data, std::size_t n) {
   return 0;
 }
 
+// What a protected TLS 1.3 record's header says: its body's length, or false for a header
+// that is not one (another content type outside, or longer than the protocol allows).
+bool record_body(const uint8_t* header, std::size_t* body) {
+  *body = static_cast<std::size_t>(header[3]) << 8 | header[4];
+  return header[0] == static_cast<uint8_t>(ContentType::kApplicationData) &&
+         *body <= kMaxCiphertext;
+}
+
+constexpr char kBadHeader[] = "bad record: not a protected TLS 1.3 record, or too long";
+
+// Appends n bytes of a record not yet whole to c->partial, allocated (one record's worth)
+// only while such a record is pending, so an idle connection keeps none. Each received byte
+// is copied here at most once, however thinly the record trickles in.
+bool keep_partial(Connection* c, const uint8_t* data, std::size_t n) {
+  if (!c->partial) {
+    c->partial = static_cast<uint8_t*>(std::malloc(kHeaderBytes + kMaxCiphertext));
+    if (!c->partial) return false;
+  }
+  std::memcpy(c->partial + c->partial_len, data, n);
+  c->partial_len += n;
+  t_partial_bytes += n;
+  return true;
+}
+
+// An opened record's content (TLS 1.3, after hand_over): application data appended to
+// out[*produced..max_len), an alert, a post-handshake message. plain may lie in out, at or
+// after *produced. Returns 0, 1 (close_notify) or -1 (failed).
+int take_record(Connection* c, ContentType type, const uint8_t* plain, std::size_t len,
+                uint8_t* out, std::size_t max_len, std::size_t* produced) {
+  if (type == ContentType::kApplicationData && len) {
+    if (len > max_len - *produced) return fail(c, "more plaintext than the read buffer", 0);
+    std::memmove(out + *produced, plain, len);
+    *produced += len;
+    c->records_without_data = 0;
+    return 0;
+  }
+  // user_canceled (RFC 8446 6.1) is a closure alert, not an error one, whatever its level: a
+  // close_notify should follow it (JDK 11 sends the pair at every close). Skipped, as OpenSSL
+  // (which has it before the hand-over), BoringSSL and LibreSSL skip it; counted below, like
+  // an empty record, so a stream of them cannot keep a read going.
+  const bool user_canceled = type == ContentType::kAlert && len == 2 && plain[1] == 90;
+  if (type == ContentType::kAlert && !user_canceled) {
+    if (len == 2 && plain[1] == 0) {  // close_notify: what follows it is ignored
+      c->phase = Phase::kEnded;
+      return 1;
+    }
+    std::string why_alert = "the peer sent alert " + std::to_string(len == 2 ? plain[1] : 0);
+    return fail(c, why_alert.c_str(), 0);
+  }
+  if (++c->records_without_data > kMaxRecordsWithoutData) {
+    return fail(c, "too many records without application data", 0);
+  }
+  if (type == ContentType::kHandshake) {
+    if (post_handshake(c, plain, len) < 0) return -1;
+  } else if (type != ContentType::kApplicationData && !user_canceled) {  // empty: dropped
+    return fail(c, "bad record: an unexpected content type", 0);
+  }
+  return 0;
+}
+
 // Opens the whole records of src[0..n) (TLS 1.3, after hand_over) and appends their
 // application data to out[*produced..max_len); keeps an incomplete last record in
-// c->partial. src may be out itself: each record's plaintext is shorter than the record, so
-// output never overtakes input. Returns 0, 1 (close_notify) or -1 (failed).
+// c->partial, which must be empty. src may lie in out, at or after *produced: each record's
+// plaintext is shorter than the record, so output never overtakes input. Returns 0, 1
+// (close_notify) or -1 (failed).
 int open_records(Connection* c, uint8_t* src, std::size_t n, uint8_t* out, std::size_t max_len,
                  std::size_t* produced) {
   std::size_t at = 0;
   while (n - at >= kHeaderBytes) {
     uint8_t* rec = src + at;
-    const std::size_t body = static_cast<std::size_t>(rec[3]) << 8 | rec[4];
-    if (rec[0] != static_cast<uint8_t>(ContentType::kApplicationData) || body > kMaxCiphertext) {
-      return fail(c, "bad record: not a protected TLS 1.3 record, or too long", 0);
-    }
+    std::size_t body = 0;
+    if (!record_body(rec, &body)) return fail(c, kBadHeader, 0);
     if (n - at < kHeaderBytes + body) break;
     ContentType type;
     std::size_t len = 0;
@@ -375,57 +454,75 @@ int open_records(Connection* c, uint8_t* src, std::size_t n, uint8_t* out, std::
     if (!open(c->keys, rec, kHeaderBytes + body, &type, &len, &why)) {
       return fail(c, (std::string("bad record: ") + why).c_str(), 0);
     }
-    const uint8_t* plain = rec + kHeaderBytes;
     at += kHeaderBytes + body;
-    if (type == ContentType::kApplicationData && len) {
-      if (len > max_len - *produced) return fail(c, "more plaintext than the read buffer", 0);
-      std::memmove(out + *produced, plain, len);
-      *produced += len;
-      c->records_without_data = 0;
-      continue;
-    }
-    if (type == ContentType::kAlert) {
-      if (len == 2 && plain[1] == 0) {  // close_notify: what follows it is ignored
-        c->phase = Phase::kEnded;
-        return 1;
-      }
-      std::string why_alert = "the peer sent alert " + std::to_string(len == 2 ? plain[1] : 0);
-      return fail(c, why_alert.c_str(), 0);
-    }
-    if (++c->records_without_data > kMaxRecordsWithoutData) {
-      return fail(c, "too many records without application data", 0);
-    }
-    if (type == ContentType::kHandshake) {
-      if (post_handshake(c, plain, len) < 0) return -1;
-    } else if (type != ContentType::kApplicationData) {  // an empty one is dropped
-      return fail(c, "bad record: an unexpected content type", 0);
-    }
+    const int r = take_record(c, type, rec + kHeaderBytes, len, out, max_len, produced);
+    if (r != 0) return r;
   }
-  std::free(c->partial);
-  c->partial = nullptr;
-  c->partial_len = n - at;
-  if (c->partial_len) {
-    c->partial = static_cast<uint8_t*>(std::malloc(c->partial_len));
-    if (!c->partial) return fail(c, "no memory for a partial record", 0);
-    std::memcpy(c->partial, src + at, c->partial_len);
+  if (n > at && !keep_partial(c, src + at, n - at)) {
+    return fail(c, "no memory for a partial record", 0);
   }
   return 0;
 }
 
-// unwrap once the SSL object is gone: records opened in place (after any partial record
-// kept from the last read, which needs the input copied behind it).
-int unwrap_records(Connection* c, uint8_t* buffer, ssize_t* len, std::size_t max_len) {
-  uint8_t* src = buffer;
-  std::size_t n = static_cast<std::size_t>(*len);
-  if (c->partial_len) {
-    std::vector<char>& input = scratch();
-    input.assign(c->partial, c->partial + c->partial_len);
-    input.insert(input.end(), buffer, buffer + n);
-    src = reinterpret_cast<uint8_t*>(input.data());
-    n = input.size();
+// Completes the record pending in c->partial with the first bytes of in[0..n), opens it and
+// takes its content into in itself (out), first moving what follows the record out of its
+// plaintext's way. *rest, *rest_len: the input after the record (none while the record is
+// still incomplete: then it took all of it). Returns 0, 1 (close_notify) or -1 (failed).
+int finish_partial(Connection* c, uint8_t* in, std::size_t n, std::size_t max_len,
+                   uint8_t** rest, std::size_t* rest_len, std::size_t* produced) {
+  *rest_len = 0;
+  std::size_t used = 0;
+  if (c->partial_len < kHeaderBytes) {
+    used = std::min(kHeaderBytes - c->partial_len, n);
+    keep_partial(c, in, used);  // no allocation: the buffer exists while partial_len > 0
+    if (c->partial_len < kHeaderBytes) return 0;
   }
+  std::size_t body = 0;
+  if (!record_body(c->partial, &body)) return fail(c, kBadHeader, 0);
+  const std::size_t whole = kHeaderBytes + body;
+  const std::size_t take = std::min(whole - c->partial_len, n - used);
+  keep_partial(c, in + used, take);
+  used += take;
+  if (c->partial_len < whole) return 0;
+  ContentType type;
+  std::size_t len = 0;
+  const char* why = nullptr;
+  if (!open(c->keys, c->partial, whole, &type, &len, &why)) {
+    return fail(c, (std::string("bad record: ") + why).c_str(), 0);
+  }
+  c->partial_len = 0;
+  *rest = in + used;
+  *rest_len = n - used;
+  if (*rest_len && len > used) {  // the plaintext would overwrite the records behind it
+    std::vector<char>& aside = scratch();
+    aside.assign(*rest, *rest + *rest_len);
+    t_partial_bytes += *rest_len;
+    *rest = reinterpret_cast<uint8_t*>(aside.data());
+  }
+  return take_record(c, type, c->partial + kHeaderBytes, len, in, max_len, produced);
+}
+
+// unwrap once the SSL object is gone: records opened in place, a pending partial record
+// completed first.
+int unwrap_records(Connection* c, uint8_t* buffer, ssize_t* len, std::size_t max_len) {
+  std::size_t n = static_cast<std::size_t>(*len);
+  // No new input (the engine calls again at EAGAIN and at EOF): a pending record cannot have
+  // completed, and the layer holds no whole record.
+  if (n == 0) return 0;
+  uint8_t* src = buffer;
   std::size_t produced = 0;
-  const int r = open_records(c, src, n, buffer, max_len, &produced);
+  if (c->partial_len) {
+    const int r = finish_partial(c, buffer, n, max_len, &src, &n, &produced);
+    if (r != 0) {  // c may be gone (see fail())
+      *len = static_cast<ssize_t>(produced);
+      return r;
+    }
+  }
+  const int r = n ? open_records(c, src, n, buffer, max_len, &produced) : 0;
+  if (r == 0 && !c->partial_len && c->partial) {  // no record pending: give its buffer back
+    std::free(c->partial);
+    c->partial = nullptr;
+  }
   *len = static_cast<ssize_t>(produced);
   return r;
 }
@@ -433,7 +530,7 @@ int unwrap_records(Connection* c, uint8_t* buffer, ssize_t* len, std::size_t max
 int tls_unwrap(int, void* buffer, ssize_t* len, const size_t max_len, void* udata) {
   auto* c = static_cast<Connection*>(udata);
   if (c->phase == Phase::kFailed) return -1;
-  if (c->phase == Phase::kEnded) {
+  if (c->phase == Phase::kEnded || c->left) {
     *len = 0;
     return 1;
   }
@@ -459,11 +556,16 @@ int tls_unwrap(int, void* buffer, ssize_t* len, const size_t max_len, void* udat
       const int e = SSL_get_error(c->ssl, r);
       if (!send_staged(c)) return fail(c, "no memory for handshake records", 0);
       if (e == SSL_ERROR_WANT_READ) return 0;  // OpenSSL keeps a partial record itself
+      if (e == SSL_ERROR_ZERO_RETURN) {
+        // The peer's close_notify: it left, as with an EOF, and is not at fault. The stream
+        // ends (the connection closes as the peer's close); on_clear counts the handshake as
+        // closed (SOCK_TLS_FAIL_CLOSED) and held writes go with the connection.
+        c->left = true;
+        return 1;
+      }
       return fail(c, "handshake failed", e);
     }
-    const bool ok = established(c, staging());
-    if (!send_staged(c)) return fail(c, "no memory for handshake records", 0);
-    if (!ok) return fail(c, "cannot take over the TLS 1.3 keys", 0);
+    if (const char* why = establish(c)) return fail(c, why, 0);
     if (!c->ssl) {  // TLS 1.3: the records that came behind the handshake are ours
       // (They lie in the thread's scratch(); c is not touched after a failure: see fail().)
       auto* rest = reinterpret_cast<uint8_t*>(const_cast<char*>(c->in));
@@ -508,7 +610,7 @@ int tls_unwrap(int, void* buffer, ssize_t* len, const size_t max_len, void* udat
 
 int tls_wrap(int, Packet* packet, void* udata) {
   auto* c = static_cast<Connection*>(udata);
-  if (c->phase == Phase::kHandshake) return 1;  // held until established() asks for a flush
+  if (c->phase == Phase::kHandshake) return 1;  // held until establish() asks for a flush
   if (c->phase == Phase::kFailed) return -1;
   const auto n = static_cast<std::size_t>(packet->length);
   if (c->shut) {  // a write that raced the close: nothing may follow close_notify
@@ -517,9 +619,8 @@ int tls_wrap(int, Packet* packet, void* udata) {
   }
   if (n == 0) return 0;
   if (n > BUFFER_FILE_READ_SIZE) {
-    set_error("a packet of more than BUFFER_FILE_READ_SIZE bytes cannot be one TLS record");
-    log_failure(*c->config, c->fd);
-    return -1;
+    return fail(c, "a packet of more than BUFFER_FILE_READ_SIZE bytes cannot be one TLS record",
+                0);
   }
   auto* mem = reinterpret_cast<uint8_t*>(packet->internal_memory);
   // An owed KeyUpdate goes first, in the same packet, sealed under the old key.
@@ -596,11 +697,21 @@ int start(int fd, SockTLS* config, bool server, const char* server_name) {
     errno = EINVAL;
     return -1;
   }
+  const engine::FdSlot* slot = engine::owner_thread_slot(fd);
+  if (!slot) return -1;  // EBADF, EPERM
+  // Without a reactor, what the layer queues from inside sock_read (the flight that ends the
+  // handshake, then the writes held through it) would wait for the application's sock_flush,
+  // which it has no reason to call, and no deadline could bound the handshake. Flushing from
+  // the layer is no way out: unwrap's input lies in the scratch() that wrap reuses. The one
+  // engine internal the layer reads: the public API has no side-effect-free way to ask.
+  if (!engine::attached_owner(*slot)) {
+    errno = EINVAL;
+    return -1;
+  }
   if (sock_tlc_get(fd)) {
     errno = EINVAL;  // TLS must be the lowest layer: add the others after it
     return -1;
   }
-  if (sock_status(fd) < 0) return -1;  // EBADF
   auto* c = new (std::nothrow) Connection{};
   BIO* bio = bio_method() ? BIO_new(bio_method()) : nullptr;
   SSL* ssl = c && bio ? SSL_new(config->ctx) : nullptr;
@@ -642,28 +753,31 @@ int start(int fd, SockTLS* config, bool server, const char* server_name) {
   // From here the layer owns c: on_clear frees it.
   retain(config);
   count_open(1);
-  if (config->handshake_ms) sock_set_deadline(fd, config->handshake_ms);
-  if (!server) {
+  int err = 0;
+  if (config->handshake_ms && sock_set_deadline(fd, config->handshake_ms) < 0) {
+    err = errno;  // ENOMEM: the fd is attached
+  } else if (!server) {
     clear_errors();
     const int r = SSL_do_handshake(ssl);  // stages the ClientHello
-    int err = 0;
     if (r != 1 && SSL_get_error(ssl, r) != SSL_ERROR_WANT_READ) {
       fail(c, "cannot start the handshake", SSL_get_error(ssl, r));
       err = EPROTO;
     } else if (!send_staged(c)) {
       err = ENOMEM;
     }
-    if (err) {
-      if (config->handshake_ms) sock_set_deadline(fd, 0);
-      sock_tlc_set(fd, nullptr);  // on_clear frees c; the fd stays as it was
-      errno = err;
-      return -1;
-    }
+  }
+  if (err) {
+    if (config->handshake_ms) sock_set_deadline(fd, 0);
+    sock_tlc_set(fd, nullptr);  // on_clear frees c; the fd stays as it was
+    errno = err;
+    return -1;
   }
   return 0;
 }
 
 }  // namespace
+
+uint64_t partial_record_bytes_copied() { return t_partial_bytes; }
 
 void on_keylog(const SSL* ssl, const char* line) {
   auto* c = static_cast<Connection*>(SSL_get_app_data(ssl));
@@ -687,10 +801,7 @@ int sock_tls_connect(int fd, struct SockTLS* tls, const char* server_name) {
 
 int sock_tls_established(int fd) {
   const tls::Connection* c = tls::of(fd);
-  if (!c) {
-    errno = EBADF;
-    return -1;
-  }
+  if (!c) return -1;
   return c->phase == tls::Phase::kOpen || c->phase == tls::Phase::kEnded ? 1 : 0;
 }
 
@@ -701,10 +812,7 @@ const char* sock_tls_alpn(int fd) {
 
 int sock_tls_resumed(int fd) {
   const tls::Connection* c = tls::of(fd);
-  if (!c) {
-    errno = EBADF;
-    return -1;
-  }
+  if (!c) return -1;
   return c->resumed ? 1 : 0;
 }
 

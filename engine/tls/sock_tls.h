@@ -11,8 +11,11 @@
  * Ownership: a struct SockTLS (the configuration: certificates, trust, ALPN, ticket keys) is
  *   reference-counted: each connection using it holds a reference, so sock_tls_free() may run
  *   while connections are open; it is freed with the last one.
- * Threads: configuration calls (sock_tls_server_new ... sock_tls_set_log) before the
- *   configuration is shared; after that any thread may pass it to sock_tls_accept/connect.
+ * Threads: configuration calls (sock_tls_server_new, sock_tls_add_certificate,
+ *   sock_tls_client_new, sock_tls_set_alpn, sock_tls_set_handshake_timeout, sock_tls_set_log)
+ *   only before the configuration is shared, on one thread: connections read it unlocked (an
+ *   SNI certificate cannot be added to a running server); after that any thread may pass it
+ *   to sock_tls_accept/connect.
  *   sock_tls_accept, sock_tls_connect and the per-fd queries need the fd's owner thread (as
  *   libsock.h's sock_tlc_ calls: EPERM elsewhere). sock_tls_stats and sock_tls_metrics: any
  *   thread. Session tickets are encrypted with keys held by the configuration, so every shard
@@ -58,8 +61,9 @@ struct SockTLS* sock_tls_server_new(const char* cert_file, const char* key_file)
 
 /** Adds another certificate chain and key to a server configuration, served to clients whose
  * SNI name matches one of its names (subjectAltName DNS entries or, lacking those, its CN;
- * wildcards as RFC 6125). Unmatched or absent names get the first certificate. Returns 0, or
- * -1 with errno EINVAL (a client configuration, bad files: see sock_tls_error()), ENOMEM. */
+ * wildcards as RFC 6125). Unmatched or absent names get the first certificate. Only before the
+ * configuration is shared (Threads, above). Returns 0, or -1 with errno EINVAL (a client
+ * configuration, bad files: see sock_tls_error()), ENOMEM. */
 int sock_tls_add_certificate(struct SockTLS* tls, const char* cert_file, const char* key_file);
 
 /** A client configuration that verifies servers against ca_file (PEM, one or more CAs) or,
@@ -95,32 +99,35 @@ int sock_tls_rotate_ticket_keys(struct SockTLS* tls);
 /** Drops the caller's reference (connections keep theirs). NULL is a no-op. */
 void sock_tls_free(struct SockTLS* tls);
 
-/** Starts the server side of TLS on fd (opened with the sock_ API and attached, typically in
- * a server's on_open) as its lowest transport layer: add other layers after this call. The
- * handshake runs as the peer's bytes arrive (sock_read drives it: read in on_data as usual);
- * writes made meanwhile are held and sent, in order, once it completes. Owner thread.
+/** Starts the server side of TLS on fd (opened with the sock_ API and attached to a reactor,
+ * typically in a server's on_open; it must stay attached) as its lowest transport layer: add
+ * other layers after this call. The handshake runs as the peer's bytes arrive (sock_read
+ * drives it: read in on_data as usual); writes made meanwhile are held and sent, in order,
+ * once it completes. Owner thread.
  * Returns 0, or -1 with errno: EBADF, EPERM (another thread), EINVAL (a NULL or client
- * configuration, or fd has layers already), ENOMEM. */
+ * configuration, fd has layers already, or fd has no reactor: the layer's records would wait
+ * for a sock_flush, and the handshake deadline needs one), ENOMEM. */
 int sock_tls_accept(int fd, struct SockTLS* tls);
 
-/** Starts the client side on fd (from sock_connect; any time before data flows): sends the
- * ClientHello with server_name as SNI and verifies the server's certificate against it (a DNS
- * name or an IP address; NULL: no SNI and no name check, the chain is still verified). Writes
- * are held until the handshake completes. A failed verification closes the connection with
- * SOCK_CLOSE_ERROR and a reason such as "certificate verify failed: certificate has expired".
- * Owner thread. Returns 0, or -1 with errno as sock_tls_accept (EINVAL for a server
- * configuration). */
+/** Starts the client side on fd (from sock_connect with a reactor; any time before data
+ * flows): sends the ClientHello with server_name as SNI and verifies the server's certificate
+ * against it (a DNS name or an IP address; NULL: no SNI and no name check, the chain is still
+ * verified). Writes are held until the handshake completes. A failed verification closes the
+ * connection with SOCK_CLOSE_ERROR and a reason such as "certificate verify failed:
+ * certificate has expired". Owner thread. Returns 0, or -1 with errno as sock_tls_accept
+ * (EINVAL for a server configuration). */
 int sock_tls_connect(int fd, struct SockTLS* tls, const char* server_name);
 
-/** 1 once fd's handshake completed, 0 while it runs, -1 (errno EBADF) for an fd without TLS.
- * Owner thread. */
+/** 1 once fd's handshake completed, 0 while it runs, or -1 with errno: EBADF (an fd without
+ * TLS, or closed), EPERM (another thread). Owner thread. */
 int sock_tls_established(int fd);
 
 /** The protocol ALPN chose for fd ("http/1.1"), or NULL (none, no TLS, or not yet). The string
  * lives as long as the connection. Owner thread. */
 const char* sock_tls_alpn(int fd);
 
-/** 1 if fd's session was resumed from a ticket, 0 if not (or not yet), -1 without TLS. */
+/** 1 if fd's session was resumed from a ticket, 0 if not (or not yet), or -1 with errno as
+ * sock_tls_established. Owner thread. */
 int sock_tls_resumed(int fd);
 
 /** The calling thread's last TLS failure reason (configuration or connection), or "" if
@@ -143,7 +150,8 @@ struct SockTLSStats {
   uint64_t resumed;            /* of those, resumed from a ticket */
   uint64_t failures[SOCK_TLS_FAIL_REASONS];
   uint64_t handshake_us_sum;   /* microseconds from the layer's start to completion */
-  uint64_t records_failed;     /* established connections failed by a bad record */
+  uint64_t records_failed;     /* established connections failed on a record: a bad one
+                                  received, or one that could not be sealed or queued */
   uint64_t open;               /* connections with the layer now */
 };
 

@@ -253,7 +253,7 @@ ssize_t sock_tls_metrics(char* buf, size_t size) {
   add("libsock_tls_handshake_seconds_bucket{le=\"+Inf\"} %" PRIu64 "\n", s.handshakes);
   add("libsock_tls_handshake_seconds_sum %.6f\n", static_cast<double>(s.handshake_us_sum) / 1e6);
   add("libsock_tls_handshake_seconds_count %" PRIu64 "\n", s.handshakes);
-  add("# HELP libsock_tls_record_failures_total Established TLS connections failed by a bad "
+  add("# HELP libsock_tls_record_failures_total Established TLS connections failed on a "
       "record.\n# TYPE libsock_tls_record_failures_total counter\n");
   add("libsock_tls_record_failures_total %" PRIu64 "\n", s.records_failed);
   add("# HELP libsock_tls_connections Connections with the TLS layer now.\n"

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <openssl/ssl.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -15,9 +16,11 @@
 #include <string>
 
 #include "engine/libsock.h"
+#include "engine/reactor.h"
 #include "engine/tls/sock_tls.h"
 #include "tests/engine/tls/client_sealer.h"
 #include "tests/engine/tls/tls_fixture.h"
+#include "tests/testing/fake_clock.h"
 #include "tests/testing/loopback.h"
 #include "tests/testing/run_until.h"
 #include "tests/testing/tls_client.h"
@@ -25,6 +28,7 @@
 namespace {
 
 using testing_support::ClientSealer;
+using testing_support::kAlertRecord;
 using testing_support::kApplicationDataRecord;
 using testing_support::kHandshakeRecord;
 using testing_support::run_until;
@@ -332,6 +336,48 @@ TEST_F(BadInputTest, EmptyRecordsAndKeyUpdatesCountTogether) {
   expect_logged(server, kNoDataReason);
 }
 
+// user_canceled (RFC 8446 6.1) is a closure alert, not an error: a TLS 1.3 peer may send it,
+// at either level, before its close_notify (JDK 11 does at every close). It is skipped, as
+// OpenSSL, BoringSSL and LibreSSL skip it, so the data before it is read and the
+// close_notify behind it ends the stream; it counts as a record without data.
+TEST_F(BadInputTest, UserCanceledIsSkippedAndTheDataBeforeItRead) {
+  TlsClientConfig config(test_pki().ca, "", TLS1_3_VERSION);
+  ClientSealer sealer(config);
+  TlsClient peer(config, listener_.port, "localhost");
+  const int server = establish(peer, sealer);
+  ASSERT_GE(server, 0);
+  const SockTLSStats before = tls_stats();
+  const std::string warning_canceled("\x01\x5a", 2), fatal_canceled("\x02\x5a", 2);
+  std::string bytes = sealer.record(kApplicationDataRecord, "data");  // in sequence order
+  bytes += sealer.record(kAlertRecord, warning_canceled);
+  bytes += sealer.record(kAlertRecord, fatal_canceled);
+  bytes += sealer.record(kAlertRecord, std::string("\x01\x00", 2));  // close_notify
+  testing_support::write_all(peer.fd(), bytes);
+  ASSERT_TRUE(run_until_closed(server));
+  EXPECT_EQ(conns_[server].got, "data");
+  EXPECT_TRUE(conns_[server].eof);
+  EXPECT_EQ(conns_[server].reason, SOCK_CLOSE_PEER) << conns_[server].tls_error;
+  EXPECT_EQ(tls_stats().records_failed, before.records_failed);
+  EXPECT_TRUE(log_.empty()) << log_.front();
+}
+
+// ... and counts against the limit on records without application data, like an empty one.
+TEST_F(BadInputTest, UserCanceledAlertsPastTheLimitFailTheConnection) {
+  TlsClientConfig config(test_pki().ca, "", TLS1_3_VERSION);
+  ClientSealer sealer(config);
+  TlsClient peer(config, listener_.port, "localhost");
+  const int server = establish(peer, sealer);
+  ASSERT_GE(server, 0);
+  std::string bytes;
+  for (int i = 0; i < 33; ++i) bytes += sealer.record(kAlertRecord, std::string("\x01\x5a", 2));
+  bytes += sealer.record(kApplicationDataRecord, "x");
+  testing_support::write_all(peer.fd(), bytes);
+  ASSERT_TRUE(run_until_closed(server));
+  EXPECT_EQ(conns_[server].got, "");
+  EXPECT_EQ(conns_[server].reason, SOCK_CLOSE_ERROR);
+  expect_logged(server, kNoDataReason);
+}
+
 // TLS 1.2: OpenSSL answers each renegotiation ClientHello with a no_renegotiation alert, and
 // goes on reading; one record may hold many ClientHellos. Each answer is a record queued for a
 // peer that may read none: past 32 the connection fails, application data among them or not.
@@ -496,6 +542,62 @@ TEST_F(ClosingLogTest, ACloseFromTheLogAfterABadRecordBehindTheHandshakeIsSafe) 
   EXPECT_EQ(tls_stats().records_failed - before.records_failed, 1u);
   EXPECT_EQ(moved_except(before, SOCK_TLS_FAIL_REASONS), 0u);
   expect_still_serving();
+}
+
+// A peer that trickles a record, a byte per third of the idle timeout: ciphertext arrives
+// within every timeout, but plaintext only once the record is whole, three timeouts later.
+// Received bytes are progress (the handshake deadline, not the idle timer, bounds a
+// handshake): the connection stays open and reads the record; silence after it still times
+// out. The reactor reads a clock the test steps (fake_clock.h), so no real time matters.
+class SlowPeerTest : public BadInputTest {
+ protected:
+  void SetUp() override {
+    BadInputTest::SetUp();
+    clock_.install(&r_);
+  }
+  // Runs the loop, the clock standing still, until the server side has taken every byte
+  // from its socket.
+  bool run_until_taken(int server) {
+    return run_until(&r_, [&] {
+      int unread = -1;
+      return conns_[server].closed || (ioctl(server, FIONREAD, &unread) == 0 && unread == 0);
+    });
+  }
+  // Moves the clock by d, then runs the loop: its timer step sees the new time.
+  void step(std::chrono::milliseconds d) {
+    clock_.advance(d);
+    for (int i = 0; i < 2; ++i) engine::Reactor::of(&r_, true)->run_once(0);
+  }
+  testing_support::FakeClock clock_;
+};
+
+TEST_F(SlowPeerTest, CiphertextWithoutPlaintextYetKeepsTheIdleTimerFromFiring) {
+  constexpr std::chrono::milliseconds kTimeout{300};
+  constexpr std::chrono::milliseconds kGap = kTimeout / 3;
+  for (const int version : {TLS1_2_VERSION, TLS1_3_VERSION}) {
+    SCOPED_TRACE(version == TLS1_2_VERSION ? "TLS 1.2" : "TLS 1.3");
+    TlsClientConfig config(test_pki().ca, "", version);
+    ClientSealer sealer(config);
+    TlsClient peer(config, listener_.port, "localhost");
+    const int server = establish(peer, sealer);
+    ASSERT_GE(server, 0);
+    ASSERT_EQ(sock_set_timeout(server, static_cast<unsigned>(kTimeout.count())), 0);
+    const std::string record = sealer.record(kApplicationDataRecord, "ping");
+    ASSERT_GT(record.size(), 20u);  // some 2 s of trickling: several timeouts
+    for (const char byte : record) {
+      step(kGap);
+      ASSERT_FALSE(conns_[server].closed) << "closed while bytes kept arriving";
+      ASSERT_EQ(send(peer.fd(), &byte, 1, MSG_NOSIGNAL), 1);
+      ASSERT_TRUE(run_until_taken(server));
+    }
+    ASSERT_TRUE(run_until_received(server, 4));
+    EXPECT_EQ(conns_[server].got, "ping");
+    EXPECT_FALSE(conns_[server].closed);
+    for (int i = 0; i < 10 && !conns_[server].closed; ++i) step(kGap);
+    EXPECT_TRUE(conns_[server].closed) << "silence did not time out";
+    EXPECT_EQ(conns_[server].reason, SOCK_CLOSE_TIMEOUT);
+  }
+  EXPECT_TRUE(log_.empty()) << log_.front();
 }
 
 // The engine's TLS client against a plain server that echoes its ClientHello back: the

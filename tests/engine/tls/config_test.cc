@@ -403,4 +403,39 @@ TEST_F(ConfigFixture, AcceptAndConnectCheckTheirArguments) {
   EXPECT_EQ(tls_stats().failures[SOCK_TLS_FAIL_CLOSED], before.failures[SOCK_TLS_FAIL_CLOSED] + 1);
 }
 
+// An fd without a reactor is refused (EINVAL) and left as it was: nothing would send the
+// records the layer queues from inside sock_read (the last handshake flight, the writes held
+// through it) until the application called sock_flush, and no deadline could bound the
+// handshake. With the deadline switched off too. Once attached, the same fd is accepted.
+TEST_F(ConfigFixture, AnFdWithoutAReactorIsRefused) {
+  const SockTLSStats before = tls_stats();
+  for (const unsigned handshake_ms : {1000u, 0u}) {
+    ASSERT_EQ(sock_tls_set_handshake_timeout(server_tls_, handshake_ms), 0);
+    ASSERT_EQ(sock_tls_set_handshake_timeout(client_tls_, handshake_ms), 0);
+    int pair[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, pair), 0);
+    ASSERT_EQ(sock_open(nullptr, pair[0]), 0);
+    errno = 0;
+    EXPECT_EQ(sock_tls_accept(pair[0], server_tls_), -1);
+    EXPECT_EQ(errno, EINVAL);
+    EXPECT_EQ(sock_tlc_get(pair[0]), nullptr);
+    const std::string port = std::to_string(listener_.port);
+    const int client = sock_connect(nullptr, "127.0.0.1", port.c_str());
+    ASSERT_GE(client, 0) << std::strerror(errno);
+    errno = 0;
+    EXPECT_EQ(sock_tls_connect(client, client_tls_, "localhost"), -1);
+    EXPECT_EQ(errno, EINVAL);
+    EXPECT_EQ(sock_tlc_get(client), nullptr);
+    EXPECT_EQ(sock_pending(client), 0) << "a ClientHello was queued";
+    EXPECT_EQ(tls_stats().open, before.open);
+
+    ASSERT_EQ(sock_attach(&r_, pair[0]), 0);
+    EXPECT_EQ(sock_tls_accept(pair[0], server_tls_), 0) << std::strerror(errno);
+    sock_force_close(&r_, pair[0]);
+    sock_force_close(&r_, client);
+    close(pair[1]);
+  }
+  EXPECT_EQ(tls_stats().open, before.open);
+}
+
 }  // namespace

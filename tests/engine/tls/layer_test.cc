@@ -4,6 +4,7 @@
 // byte for byte.
 #include <gtest/gtest.h>
 #include <openssl/ssl.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -12,10 +13,13 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "engine/libsock.h"
 #include "engine/tls/sock_tls.h"
+#include "engine/tls/testing_hooks.h"
+#include "tests/engine/tls/client_sealer.h"
 #include "tests/engine/tls/tls_fixture.h"
 #include "tests/testing/loopback.h"
 #include "tests/testing/run_until.h"
@@ -23,6 +27,7 @@
 
 namespace {
 
+using testing_support::ClientSealer;
 using testing_support::first_difference;
 using testing_support::pattern;
 using testing_support::run_until;
@@ -300,6 +305,45 @@ TEST_F(LayerTest, StateQueriesFollowTheHandshake) {
   close_both(client, server);
 }
 
+// The per-fd queries keep the engine's errno: EPERM off the owner thread (sock_tls.h), not
+// EBADF, which says "no TLS"; EBADF for a closed fd and for layers none of which is TLS.
+TEST_F(LayerTest, StateQueriesOffTheOwnerThreadGiveEperm) {
+  int server = -1;
+  const int client = connect_pair(&server);
+  ASSERT_TRUE(run_until_established(client, server));
+  int established = 0, established_errno = 0, resumed = 0, resumed_errno = 0;
+  std::thread([&] {
+    errno = 0;
+    established = sock_tls_established(client);
+    established_errno = errno;
+    errno = 0;
+    resumed = sock_tls_resumed(client);
+    resumed_errno = errno;
+  }).join();
+  EXPECT_EQ(established, -1);
+  EXPECT_EQ(established_errno, EPERM);
+  EXPECT_EQ(resumed, -1);
+  EXPECT_EQ(resumed_errno, EPERM);
+
+  int pair[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, pair), 0);
+  ASSERT_EQ(sock_open(&r_, pair[0]), 0);
+  sockTLC plain = {};  // a layer that is not TLS
+  ASSERT_EQ(sock_tlc_add(pair[0], &plain), 0);
+  errno = 0;
+  EXPECT_EQ(sock_tls_established(pair[0]), -1);
+  EXPECT_EQ(errno, EBADF);
+  errno = 0;
+  EXPECT_EQ(sock_tls_resumed(pair[0]), -1);
+  EXPECT_EQ(errno, EBADF);
+  sock_force_close(&r_, pair[0]);
+  close(pair[1]);
+  errno = 0;
+  EXPECT_EQ(sock_tls_established(pair[0]), -1);  // closed
+  EXPECT_EQ(errno, EBADF);
+  close_both(client, server);
+}
+
 // A session resumed from the server's ticket shows on the server side (TLS 1.2 and 1.3).
 class ResumedTest : public LayerTest, public ::testing::WithParamInterface<int> {};
 
@@ -454,6 +498,54 @@ TEST_F(LayerTest, PacketsAndMovedBuffersAreByteExact) {
   close_both(client, server);
 }
 
+// A TLS 1.3 record of 16 KiB arriving a byte per segment is read whole and exact, with work
+// linear in its size: each byte is copied aside once while the record is incomplete, not the
+// whole partial record again at every segment (about 400 MB of copying for this record).
+// Whole records behind it, one straddling two sends, still read as before.
+TEST_F(LayerTest, ARecordTrickledAByteAtATimeIsReadWithLinearWork) {
+  echo_ = false;
+  TlsClientConfig config(test_pki().ca, "", TLS1_3_VERSION);
+  ClientSealer sealer(config);
+  TlsClient peer(config, listener_.port, "localhost");
+  ASSERT_TRUE(run_until(&r_, [&] {
+    return !peer.pump() || (peer.established() && sealer.ready() && !accepted_.empty() &&
+                            sock_tls_established(accepted_.back()) == 1);
+  }));
+  ASSERT_TRUE(peer.established() && sealer.ready()) << peer.error();
+  const int server = accepted_.back();
+  // Runs the loop until the server side has taken every byte from its socket.
+  const auto run_until_taken = [&] {
+    return run_until(&r_, [&] {
+      int unread = -1;
+      return conns_[server].closed || (ioctl(server, FIONREAD, &unread) == 0 && unread == 0);
+    });
+  };
+  const std::string data = pattern(kRecord, 21);
+  const std::string record = sealer.record(testing_support::kApplicationDataRecord, data);
+  const uint64_t copied_before = tls::partial_record_bytes_copied();
+  for (const char byte : record) {
+    ASSERT_EQ(send(peer.fd(), &byte, 1, MSG_NOSIGNAL), 1);
+    ASSERT_TRUE(run_until_taken());
+    ASSERT_FALSE(conns_[server].closed) << conns_[server].tls_error;
+  }
+  ASSERT_TRUE(run_until_received(server, data.size()));
+  EXPECT_EQ(first_difference(conns_[server].got, data), data.size());
+  EXPECT_EQ(conns_[server].got.size(), data.size());
+  const uint64_t copied = tls::partial_record_bytes_copied() - copied_before;
+  EXPECT_LE(copied, 2 * record.size()) << "bytes copied for a record of " << record.size();
+
+  // Then three records: the second split across two sends.
+  std::string more;
+  for (int i = 0; i < 3; ++i) more += sealer.record(testing_support::kApplicationDataRecord, data);
+  const std::size_t cut = more.size() / 2;
+  testing_support::write_all(peer.fd(), more.substr(0, cut));
+  ASSERT_TRUE(run_until_taken());
+  testing_support::write_all(peer.fd(), more.substr(cut));
+  ASSERT_TRUE(run_until_received(server, 4 * data.size()));
+  EXPECT_EQ(conns_[server].got, data + data + data + data);
+  EXPECT_FALSE(conns_[server].closed) << conns_[server].tls_error;
+}
+
 // A packet larger than one record's plaintext cannot be sent: the connection fails, saying why.
 TEST_F(LayerTest, OversizedPacketFailsTheConnection) {
   int server = -1;
@@ -463,12 +555,16 @@ TEST_F(LayerTest, OversizedPacketFailsTheConnection) {
   ASSERT_NE(p, nullptr);
   p->length = static_cast<ssize_t>(kRecord + 1);
   std::memset(p->internal_memory, 'x', kRecord + 1);
+  const SockTLSStats before = tls_stats();
   ASSERT_EQ(sock_send_packet(server, p), 0);
   ASSERT_TRUE(run_until(&r_, [&] { return conns_[server].closed && conns_[client].closed; }));
   EXPECT_EQ(conns_[server].reason, SOCK_CLOSE_ERROR);
   ASSERT_FALSE(log_.empty());
   EXPECT_NE(log_[0].find("BUFFER_FILE_READ_SIZE"), std::string::npos) << log_[0];
+  EXPECT_NE(conns_[server].tls_error.find("BUFFER_FILE_READ_SIZE"), std::string::npos);
   EXPECT_EQ(conns_[client].got, "");
+  // A record failure like any other (the client's end saw only the close).
+  EXPECT_EQ(tls_stats().records_failed, before.records_failed + 1);
 }
 
 // sock_close before the handshake completes: the held writes still go out, after it, then

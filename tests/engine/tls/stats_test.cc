@@ -2,22 +2,32 @@
 // families, a histogram consistent with the handshake counter) following real handshakes, and
 // the per-thread blocks they sum (counted directly through stats.h).
 #include <gtest/gtest.h>
+#include <openssl/ssl.h>
+#include <poll.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <latch>
 #include <string>
 #include <thread>
 
+#include "engine/libreact.h"
 #include "engine/libsock.h"
 #include "engine/tls/sock_tls.h"
 #include "engine/tls/stats.h"
 #include "tests/engine/tls/tls_fixture.h"
+#include "tests/testing/loopback.h"
 #include "tests/testing/metrics_text.h"
 #include "tests/testing/run_until.h"
+#include "tests/testing/tls_client.h"
 
 namespace {
 
+using testing_support::run_until;
 using testing_support::series_value;
+using testing_support::test_pki;
+using testing_support::TlsClient;
+using testing_support::TlsClientConfig;
 using testing_support::TlsFixture;
 
 std::string metrics_text() {
@@ -118,7 +128,19 @@ TEST(StatsTest, CountsFromTwoThreadsSumExactlyAndSurviveTheirExit) {
   EXPECT_EQ(stats_now().open, before.open);
 }
 
-class StatsFixture : public TlsFixture {};
+class StatsFixture : public TlsFixture {
+ protected:
+  // The change of every failure counter since `before`: handshake failures by reason, then
+  // records_failed.
+  static std::string failures_since(const SockTLSStats& before) {
+    const SockTLSStats now = tls_stats();
+    std::string moved;
+    for (int i = 0; i < SOCK_TLS_FAIL_REASONS; ++i) {
+      moved += std::to_string(now.failures[i] - before.failures[i]) + " ";
+    }
+    return moved + std::to_string(now.records_failed - before.records_failed);
+  }
+};
 
 // A full handshake on both ends: two handshakes, two connections while open, the histogram's
 // count and +Inf bucket equal to the counter, its buckets cumulative.
@@ -155,6 +177,59 @@ TEST_F(StatsFixture, CountersFollowHandshakes) {
   ASSERT_TRUE(testing_support::run_until(
       &r_, [&] { return conns_[client].closed && conns_[server].closed; }));
   EXPECT_EQ(tls_stats().open, before.open);
+}
+
+// A handshake that completes in OpenSSL but whose last flight cannot be queued (here a TLS 1.3
+// server's session ticket, past the reactor's memory budget) failed the handshake: one
+// handshake failure, no completed handshake and no record failure.
+TEST_F(StatsFixture, AHandshakeThatCannotQueueItsLastFlightIsOneHandshakeFailure) {
+  TlsClientConfig config(test_pki().ca, "", TLS1_3_VERSION);
+  TlsClient peer(config, listener_.port, "localhost");
+  ASSERT_TRUE(peer.pump());  // the ClientHello; the client is pumped again only below
+  ASSERT_TRUE(run_until(&r_, [&] {
+    pollfd p = {peer.fd(), POLLIN, 0};
+    return poll(&p, 1, 0) == 1;  // the server's first flight came
+  }));
+  ASSERT_FALSE(peer.established()) << peer.error();
+  ASSERT_EQ(accepted_.size(), 1u);
+  const int server = accepted_[0];
+  ASSERT_EQ(sock_tls_established(server), 0);
+  // One held write takes the one packet the budget allows: nothing else can be queued.
+  ASSERT_EQ(sock_write(server, "x", 1), 0);
+  ReactorLimits limits{};
+  limits.memory_budget = sizeof(Packet);
+  ASSERT_EQ(reactor_set_limits(&r_, &limits), 0);
+  const SockTLSStats before = tls_stats();
+  ASSERT_TRUE(run_until(&r_, [&] {
+    peer.pump();
+    return conns_[server].closed;
+  }));
+  EXPECT_EQ(conns_[server].reason, SOCK_CLOSE_ERROR);
+  EXPECT_EQ(failures_since(before), "1 0 0 0 0") << conns_[server].tls_error;
+  EXPECT_EQ(tls_stats().handshakes, before.handshakes) << "the server counted its handshake";
+}
+
+// A peer's close_notify before the handshake completed (here a TLS 1.2 client's, after the
+// server's first flight) is the peer leaving, as its EOF would be: the connection ends as
+// closed by the peer and counts as closed mid-handshake, not as a protocol failure.
+TEST_F(StatsFixture, CloseNotifyDuringTheHandshakeCountsAsClosed) {
+  TlsClientConfig config(test_pki().ca, "", TLS1_2_VERSION);
+  TlsClient peer(config, listener_.port, "localhost");
+  ASSERT_TRUE(peer.pump());  // the ClientHello; the client is not pumped again
+  ASSERT_TRUE(run_until(&r_, [&] {
+    pollfd p = {peer.fd(), POLLIN, 0};
+    return poll(&p, 1, 0) == 1;  // the server's first flight came
+  }));
+  ASSERT_EQ(accepted_.size(), 1u);
+  const int server = accepted_[0];
+  const SockTLSStats before = tls_stats();
+  // A plaintext alert record (no keys yet in TLS 1.2): warning (1), close_notify (0).
+  testing_support::write_all(peer.fd(), std::string("\x15\x03\x03\x00\x02\x01\x00", 7));
+  ASSERT_TRUE(run_until(&r_, [&] { return conns_[server].closed; }));
+  EXPECT_EQ(conns_[server].reason, SOCK_CLOSE_PEER) << conns_[server].tls_error;
+  EXPECT_EQ(failures_since(before), "0 0 0 1 0") << conns_[server].tls_error;
+  EXPECT_EQ(tls_stats().handshakes, before.handshakes);
+  EXPECT_TRUE(log_.empty()) << log_.front();
 }
 
 }  // namespace
