@@ -88,10 +88,11 @@ struct Connection {
   const std::string* alpn = nullptr;  // the configuration's name ALPN chose
   int64_t started_us;
   RecordKeys keys;  // TLS 1.3: the application traffic keys
-  // Bytes of a record not yet whole: kHeaderBytes + kMaxCiphertext of them, malloc'd while
-  // one is pending (keep_partial). Of a handshake message (post_handshake): malloc'd.
+  // Bytes of a record not yet whole, in partial_cap bytes malloc'd while one is pending
+  // (keep_partial). Of a handshake message (post_handshake): malloc'd.
   uint8_t* partial = nullptr;
   std::size_t partial_len = 0;
+  std::size_t partial_cap = 0;
   uint8_t* message = nullptr;
   std::size_t message_len = 0;
   // The BIO's input during unwrap: bytes not consumed yet.
@@ -384,14 +385,28 @@ bool record_body(const uint8_t* header, std::size_t* body) {
 }
 
 constexpr char kBadHeader[] = "bad record: not a protected TLS 1.3 record, or too long";
+constexpr char kNoMemoryForPartial[] = "no memory for a partial record";
 
-// Appends n bytes of a record not yet whole to c->partial, allocated (one record's worth)
-// only while such a record is pending, so an idle connection keeps none. Each received byte
-// is copied here at most once, however thinly the record trickles in.
+// The first buffer of a partial record: a few segments' worth, so that a record trickling in
+// grows it a handful of times on its way to the largest (kHeaderBytes + kMaxCiphertext).
+constexpr std::size_t kFirstPartialBytes = 512;
+static_assert(kFirstPartialBytes <= kHeaderBytes + kMaxCiphertext);
+
+// Appends n bytes of a record not yet whole to c->partial (the record's bytes never exceed
+// kHeaderBytes + kMaxCiphertext), held only while such a record is pending, so an idle
+// connection keeps none, and doubled as bytes arrive: a peer that sends one byte of a record
+// ties up 512 bytes, not a record's worth. Each received byte is copied here once, and the
+// growth moves at most as many bytes again, however thinly the record trickles in.
 bool keep_partial(Connection* c, const uint8_t* data, std::size_t n) {
-  if (!c->partial) {
-    c->partial = static_cast<uint8_t*>(std::malloc(kHeaderBytes + kMaxCiphertext));
-    if (!c->partial) return false;
+  const std::size_t need = c->partial_len + n;
+  if (need > c->partial_cap) {
+    const std::size_t cap = std::min(std::max({kFirstPartialBytes, 2 * c->partial_cap, need}),
+                                     kHeaderBytes + kMaxCiphertext);
+    auto* grown = static_cast<uint8_t*>(std::realloc(c->partial, cap));
+    if (!grown) return false;
+    t_partial_bytes += c->partial_len;  // realloc may have moved them
+    c->partial = grown;
+    c->partial_cap = cap;
   }
   std::memcpy(c->partial + c->partial_len, data, n);
   c->partial_len += n;
@@ -459,7 +474,7 @@ int open_records(Connection* c, uint8_t* src, std::size_t n, uint8_t* out, std::
     if (r != 0) return r;
   }
   if (n > at && !keep_partial(c, src + at, n - at)) {
-    return fail(c, "no memory for a partial record", 0);
+    return fail(c, kNoMemoryForPartial, 0);
   }
   return 0;
 }
@@ -474,14 +489,14 @@ int finish_partial(Connection* c, uint8_t* in, std::size_t n, std::size_t max_le
   std::size_t used = 0;
   if (c->partial_len < kHeaderBytes) {
     used = std::min(kHeaderBytes - c->partial_len, n);
-    keep_partial(c, in, used);  // no allocation: the buffer exists while partial_len > 0
+    if (!keep_partial(c, in, used)) return fail(c, kNoMemoryForPartial, 0);
     if (c->partial_len < kHeaderBytes) return 0;
   }
   std::size_t body = 0;
   if (!record_body(c->partial, &body)) return fail(c, kBadHeader, 0);
   const std::size_t whole = kHeaderBytes + body;
   const std::size_t take = std::min(whole - c->partial_len, n - used);
-  keep_partial(c, in + used, take);
+  if (!keep_partial(c, in + used, take)) return fail(c, kNoMemoryForPartial, 0);
   used += take;
   if (c->partial_len < whole) return 0;
   ContentType type;
@@ -522,6 +537,7 @@ int unwrap_records(Connection* c, uint8_t* buffer, ssize_t* len, std::size_t max
   if (r == 0 && !c->partial_len && c->partial) {  // no record pending: give its buffer back
     std::free(c->partial);
     c->partial = nullptr;
+    c->partial_cap = 0;
   }
   *len = static_cast<ssize_t>(produced);
   return r;
