@@ -26,6 +26,7 @@
 #endif
 #if defined(ALLOC_ASAN)
 #include <sanitizer/asan_interface.h>
+#include <sanitizer/lsan_interface.h>
 #endif
 
 namespace alloc {
@@ -181,6 +182,11 @@ BlockPool::~BlockPool() {
     return;
   }
   g_leaked_chunks.fetch_add(leaked, std::memory_order_relaxed);
+#if defined(ALLOC_ASAN)
+  // Leaked on purpose, with the chunks: only they point at it, from jemalloc's memory, which
+  // LeakSanitizer does not scan.
+  __lsan_ignore_object(remote_);
+#endif
   std::fprintf(stderr,
                "alloc::BlockPool: destroyed with %llu blocks checked out; leaking %llu chunks (%llu bytes) and "
                "arena %u so that those blocks stay valid\n",
@@ -219,7 +225,7 @@ void BlockPool::give_back(void* block) {
   RemoteReturns& returns = *chunk->returns;
   if (returns.sharing == Sharing::kLocked) {
     BlockPool* pool = chunk->pool;
-    if (pool == nullptr) return;  // Its pool is gone and the chunk is leaked; the block stays with it.
+    if (pool == nullptr) return;  // Its pool is gone and the chunk leaked; the block stays with it.
     std::lock_guard<std::mutex> lock(pool->mutex_);
     pool->put_block(chunk, tag->index);
   } else if (returns.owner.load(std::memory_order_relaxed) == std::this_thread::get_id()) {
@@ -245,6 +251,10 @@ void BlockPool::trim() {
 
 void BlockPool::bind_owner_thread() {
   remote_->owner.store(std::this_thread::get_id(), std::memory_order_relaxed);
+}
+
+void BlockPool::release_owner_thread() {
+  remote_->owner.store(std::thread::id(), std::memory_order_relaxed);
 }
 
 bool BlockPool::is_owner_thread() const {
@@ -387,7 +397,8 @@ BlockPool::Chunk* BlockPool::new_chunk() {
   const uintptr_t begin = (reinterpret_cast<uintptr_t>(memory) + page - 1) & ~(page - 1);
   const uintptr_t end = (reinterpret_cast<uintptr_t>(memory) + chunk_bytes_) & ~(page - 1);
   if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE);
-  Chunk* chunk = new (memory) Chunk{remote_, this, full_mask_, nullptr, nullptr, nullptr, all_chunks_};
+  Chunk* chunk =
+      new (memory) Chunk{remote_, this, full_mask_, nullptr, nullptr, nullptr, all_chunks_};
   if (all_chunks_ != nullptr) all_chunks_->all_prev = chunk;
   all_chunks_ = chunk;
   for (unsigned i = 0; i < blocks_per_chunk_; ++i) {

@@ -16,8 +16,10 @@
 //   A = kChunkHeaderBytes; stride = stride_bytes(block_bytes) = kBlockTagBytes + block_bytes rounded
 //   up to kBlockAlignBytes; n = blocks_per_chunk; the tail is too short for another block.
 //
-// The header holds where blocks go back (the owning pool and its remote returns, on a line of their
-// own, read by other threads) and, on the next line, a 64-bit free mask (bit i set = block i free) and the list links. Each block is preceded by a tag naming its chunk and index, which is how the static
+// The header holds where blocks go back (the owning pool and its remote returns, on a line of
+// their own, read by other threads) and, on the next line, a 64-bit free mask (bit i set = block i
+// free) and the list links. Each block is preceded by a tag naming its chunk and index, which is
+// how the static
 // `give_back(block)` finds the owning pool without knowing any pool's geometry. (Aligning chunks to
 // their size and masking the block address would need the chunk size, which differs between
 // pools, and guessing it would read memory that may belong to someone else.)
@@ -36,7 +38,8 @@
 // Ownership: the pool owns its chunks. A checked-out block belongs to the caller until it is given
 //   back. A block still out when the pool is destroyed keeps its chunk alive forever (leaked on
 //   purpose, reported on stderr and in `leaked_chunks_total()`), so a late user never touches freed
-//   memory; giving such a block back after the pool is gone does nothing.
+//   memory; giving such a block back after the pool is gone only links it (its first 8 bytes)
+//   into a stack that the pool leaked with the chunks and no one drains.
 // Errors: `checkout` returns nullptr with errno == ENOMEM when jemalloc fails. Programming errors
 //   (invalid geometry, a block given back twice, a pointer that is not a block) and failure to
 //   create the arena (out of memory) abort with a message on stderr.
@@ -68,9 +71,9 @@ inline constexpr size_t kMaxBlocksPerChunk = 64;
 inline constexpr size_t kMinChunkBytes = 64 * 1024;
 // An idle pool may keep one whole chunk as a spare; 4 MiB bounds that per pool.
 inline constexpr size_t kMaxChunkBytes = 4 * 1024 * 1024;
-// The chunk header fills two cache lines: the owning pool alone on the first (other threads read
-// it in give_back), the owner's free mask and list links on the second (written per block), and
-// block 0 starts on a line of its own.
+// The chunk header fills two cache lines: where blocks go back (the pool and its remote returns,
+// which every give_back reads) alone on the first, the owner's free mask and list links on the
+// second (written per block), and block 0 starts on a line of its own.
 inline constexpr size_t kChunkHeaderBytes = 2 * kCacheLineBytes;
 // The tag before each block: chunk pointer plus index and check word, padded to keep blocks aligned.
 inline constexpr size_t kBlockTagBytes = 16;
@@ -203,7 +206,8 @@ class BlockPool {
   void* checkout();
 
   // Returns `block` (from checkout() of any pool) to its pool; nullptr is ignored. Thread: any.
-  // Giving a block back twice aborts when the second return reaches the owner.
+  // Giving a block back twice aborts when the second return reaches the owner (once the pool
+  // is gone, none does).
   static void give_back(void* block);
 
   // Moves blocks given back by other threads into their chunks, so they can be reused and empty
@@ -220,6 +224,10 @@ class BlockPool {
   // happen-before this (e.g. build on one thread, then start the thread that drives the pool).
   // Blocks pushed remotely meanwhile stay queued for the new owner.
   void bind_owner_thread();
+  // Makes no thread the owner until the next bind_owner_thread(): for an owner thread about to
+  // end, whose id the system may give to a new thread, which would pass is_owner_thread() and
+  // give blocks back unsynchronised. Thread: owner.
+  void release_owner_thread();
   // Thread: any.
   bool is_owner_thread() const;
 

@@ -539,6 +539,17 @@ int Reactor::watch(int fd, const FdSlot& slot) {
   return errno == EEXIST ? epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, fd, &ev) : -1;
 }
 
+// Inlined into detach(), which runs at every close (bench/callgrind.sh, close16).
+[[gnu::always_inline]] inline void Reactor::leave(int fd, FdSlot& slot, bool closing) {
+  if (!closing) epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);  // ENOENT: closed behind our back
+  slot.flags &= ~(kAttached | kOnFlushList | kOnDataAgainList | kListenerNoDelay);
+  attached_.sub(1);
+  // A detach off the owner thread is a misuse (reactor_remove elsewhere; attach() refuses the
+  // moves that would do it): its counter update races, and the profile is not written.
+  if (Profile* p = is_owner_thread() ? profile() : nullptr) p->closed(fd);
+  count_queued(-static_cast<int64_t>(slot.queued_bytes));
+}
+
 int Reactor::attach(int fd, FdSlot& slot, bool watch_it) {
   assert_owner_thread();
   if (api_->maxfd > 0 && fd >= api_->maxfd) {
@@ -614,16 +625,6 @@ int Reactor::detach(int fd, FdSlot& slot, bool closing) {
   leave(fd, slot, closing);
   set_owner(slot, nullptr);
   return 0;
-}
-
-void Reactor::leave(int fd, FdSlot& slot, bool closing) {
-  if (!closing) epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);  // ENOENT: closed behind our back
-  slot.flags &= ~(kAttached | kOnFlushList | kOnDataAgainList | kListenerNoDelay);
-  attached_.sub(1);
-  // A detach off the owner thread is a misuse (reactor_remove elsewhere; attach() refuses the
-  // moves that would do it): its counter update races, and the profile is not written.
-  if (Profile* p = is_owner_thread() ? profile() : nullptr) p->closed(fd);
-  count_queued(-static_cast<int64_t>(slot.queued_bytes));
 }
 
 void Reactor::begin_stop() {

@@ -76,6 +76,9 @@ class Reactor {
   bool is_owner_thread() const { return pool_->is_owner_thread(); }
   // Makes the calling thread the owner. The previous owner's last use must happen-before this.
   void bind_owner_thread();
+  // No thread owns it until the next bind_owner_thread(): see BlockPool::release_owner_thread.
+  // Thread: owner, at its end.
+  void release_owner_thread() { pool_->release_owner_thread(); }
   // Debug builds: aborts when called off the owner thread.
   void assert_owner_thread() const { assert(is_owner_thread()); }
 

@@ -159,8 +159,10 @@ void Shard::run(std::latch& owned) {
   } else {  // the loop every other shard runs, without a test per iteration
     while (engine_->run_once(REACTOR_TICK) >= 0 || errno != 0) {}
   }
-  // The thread ends here; what it allocated stays valid in the arena, which the next shard
-  // thread may take up.
+  // The thread ends here: a thread made later may get its id, and must not pass for the owner
+  // before ~Shard binds its own. What it allocated stays valid in the arena, which the next
+  // shard thread may take up.
+  engine_->release_owner_thread();
   if (arena) give_back_arena(std::move(*arena));
 }
 
@@ -218,14 +220,16 @@ void Shard::on_close(struct ::Reactor* api, int fd) {
     return;
   }
   if (shard->accept_pause_.owns(fd)) {  // tested inline: on_close runs for every connection
-    // A paused listener is detached: it closes with its timer, and no on_close of its own
-    // comes. An attached one keeps its number until its own close, later in the stop.
-    if (shard->accept_pause_.closed(fd) == AcceptPause::Closed::kTimerAndListener) {
-      shard->listener_ = -1;
-    }
+    shard->pause_timer_closed(fd);
     return;
   }
   if (shard->settings_.on_close) shard->settings_.on_close(api, fd);
+}
+
+[[gnu::noinline]] void Shard::pause_timer_closed(int fd) {
+  // A paused listener is detached: it closes with its timer, and no on_close of its own
+  // comes. An attached one keeps its number until its own close, later in the stop.
+  if (accept_pause_.closed(fd) == AcceptPause::Closed::kTimerAndListener) listener_ = -1;
 }
 
 // SO_REUSEPORT mode (and a lone shard's): accept in bounded batches on this shard's own

@@ -87,6 +87,8 @@ class Shard {
   static void on_data(struct ::Reactor* api, int fd);
   static void on_shutdown(struct ::Reactor* api, int fd);
   static void on_close(struct ::Reactor* api, int fd);
+  // on_close of the pause timer, out of the way of every connection's close.
+  void pause_timer_closed(int fd);
   void accept_own(int listener);
   // Shard thread, once per loop iteration: stores each figure of the load card that changed.
   void publish_load();

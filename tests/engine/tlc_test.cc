@@ -1569,10 +1569,13 @@ TEST_F(TlcTest, ALayerAddedWhileAPacketIsHalfSentBeginsWithTheNextPacket) {
   testing_support::set_sndbuf(server, 4096);
   ASSERT_EQ(sock_write(server, data.data(), data.size()), 0);
   // What the socket took at once; the rest is queued in packets of BUFFER_PACKET_SIZE bytes.
-  const auto direct = static_cast<std::size_t>(static_cast<ssize_t>(data.size()) - sock_pending(server));
+  const auto queued = static_cast<std::size_t>(sock_pending(server));
+  const std::size_t direct = data.size() - queued;
   std::string wire;
   ASSERT_TRUE(read_at_least(client, &wire, 64 * 1024 + 1));
-  ASSERT_GT(sock_pending(server), 0) << "precondition: the queue is partly sent";
+  const auto left = static_cast<std::size_t>(sock_pending(server));
+  ASSERT_GT(left, 0u) << "precondition: the queue is partly sent";
+  ASSERT_NE((queued - left) % BUFFER_PACKET_SIZE, 0u) << "precondition: a packet is half sent";
   LayerLog upper;
   ASSERT_EQ(sock_tlc_add(server, make_layer(Kind::kXor, &upper)), 0);
   ASSERT_TRUE(read_at_least(client, &wire, data.size()));
