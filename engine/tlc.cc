@@ -3,6 +3,7 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <cassert>
 #include <cerrno>
 #include <memory>
 #include <utility>
@@ -69,8 +70,18 @@ void tlc_chain_changed(int fd, ChainChange change) { ChainWatch::note(fd, change
 
 int tlc_wrap_from(int fd, sockTLC* layer, Packet* packet, unsigned* layers_done) {
   *layers_done = 0;
+#if !defined(NDEBUG)
+  const FdSlot* const slot = fd_slot(fd);
+  const uint32_t generation = slot->generation.load(std::memory_order_relaxed);
+  const sockTLC* const head = slot_tlc(*slot);
+#endif
   for (; layer; layer = layer->next, ++*layers_done) {
     const int r = layer->wrap ? layer->wrap(fd, packet, layer->udata) : 0;
+    // The queue being sent holds packet (and send_queue's iovec points into the packets before
+    // it): a wrap that closed the fd or changed the layers freed them, and this layer too
+    // (libsock.h forbids both). Checked before either is touched again.
+    assert(slot->generation.load(std::memory_order_relaxed) == generation &&
+           slot_tlc(*slot) == head && "a layer's wrap closed its fd or changed its layers");
     if (r == 1) return 1;  // held by this layer: the ones above it are done
     if (r != 0) {
       errno = EPROTO;

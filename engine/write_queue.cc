@@ -8,7 +8,6 @@
 #include <sys/uio.h>
 
 #include <algorithm>
-#include <cassert>
 #include <cerrno>
 #include <cstdint>
 #include <cstdlib>
@@ -97,15 +96,7 @@ Seal seal(int fd, FdSlot& slot, Packet* p) {
   for (unsigned skip = p->metadata.rsrv & kSkipMask; skip && layer; --skip) layer = layer->next;
   const ssize_t before = p->length;
   unsigned done = 0;
-#if !defined(NDEBUG)
-  const uint32_t generation = slot.generation.load(std::memory_order_relaxed);
-  const sockTLC* const head = slot_tlc(slot);
-#endif
   const int r = tlc_wrap_from(fd, layer, p, &done);
-  // The queue being sent holds p (and send_queue's iovec points into the packets before it):
-  // a wrap that closed the fd or changed the layers freed them (libsock.h forbids both).
-  assert(slot.generation.load(std::memory_order_relaxed) == generation &&
-         slot_tlc(slot) == head && "a layer's wrap closed its fd or changed its layers");
   if (r != 0) count_queued(slot, p->length - before);
   if (r < 0) return Seal::kFailed;
   if (r > 0) {
