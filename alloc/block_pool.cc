@@ -161,6 +161,7 @@ BlockPool::BlockPool(size_t block_bytes, size_t chunk_bytes, size_t blocks_per_c
       full_mask_(blocks_per_chunk == 64 ? ~uint64_t{0} : (uint64_t{1} << blocks_per_chunk) - 1),
       sharing_(sharing),
       arena_(make_arena()),
+      owner_(std::this_thread::get_id()),
       remote_(make_remote_returns(sharing)) {}
 
 BlockPool::~BlockPool() {
@@ -250,16 +251,18 @@ void BlockPool::trim() {
 }
 
 void BlockPool::bind_owner_thread() {
+  owner_.store(std::this_thread::get_id(), std::memory_order_relaxed);
   remote_->owner.store(std::this_thread::get_id(), std::memory_order_relaxed);
 }
 
 void BlockPool::release_owner_thread() {
+  owner_.store(std::thread::id(), std::memory_order_relaxed);
   remote_->owner.store(std::thread::id(), std::memory_order_relaxed);
 }
 
 bool BlockPool::is_owner_thread() const {
   // Relaxed is enough: the owner changes only under a happens-before edge the caller provides.
-  return remote_->owner.load(std::memory_order_relaxed) == std::this_thread::get_id();
+  return owner_.load(std::memory_order_relaxed) == std::this_thread::get_id();
 }
 
 PoolCounters BlockPool::counters() const {

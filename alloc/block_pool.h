@@ -284,6 +284,9 @@ class BlockPool {
   const Sharing sharing_;
 
   JemallocArena arena_;
+  // The owner's id, for is_owner_thread() (routing asks per cross-thread call): one load from
+  // the pool. remote_ keeps the copy give_back reads, which outlives the pool.
+  std::atomic<std::thread::id> owner_;
   // The owner's id and the blocks other threads gave back (block_pool.cc): every chunk points
   // at them, and a pool destroyed with blocks out leaks them with its chunks.
   RemoteReturns* const remote_;
