@@ -236,20 +236,6 @@ TEST(AcceptPauseTest, WhenItsTimerClosesAPausedListenerIsClosedToo) {
 
 // --- A sharded server stopped while its listener is paused ---
 
-// The fd of this process that listens on 127.0.0.1:port (the server's listener), or -1. Makes
-// no fd: it may run while fds are out.
-int listening_fd(int port) {
-  for (int fd = 0; fd < 4096; ++fd) {
-    int listening = 0;
-    socklen_t len = sizeof listening;
-    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == 0 && listening &&
-        testing_support::local_port(fd) == port) {
-      return fd;
-    }
-  }
-  return -1;
-}
-
 // The listener is detached from its reactor: AcceptPause holds it.
 bool paused(int listener) {
   return engine::load_owner(*engine::fd_slot(listener)) == nullptr;
@@ -302,7 +288,7 @@ TEST(AcceptPauseTest, AShardsListenerPausedAtTheStopLeavesItsNumberToTheUsersCon
       .on_open = [](struct Reactor*, int) { ++g_seen->opened; });
   ASSERT_NE(server, nullptr);
   const int port = sock_server_port(server);
-  const int listener = listening_fd(port);
+  const int listener = testing_support::listening_fd(port);
   const int client = testing_support::connect_client(port);
   const int waiting = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   EXPECT_GE(listener, 0);
@@ -349,7 +335,7 @@ TEST(AcceptPauseTest, TheAcceptorsListenerPausedAtTheStopIsClosedBeforeTheShards
       .stop_timeout_ms = 60000);
   ASSERT_NE(server, nullptr);
   const int port = sock_server_port(server);
-  const int listener = listening_fd(port);
+  const int listener = testing_support::listening_fd(port);
   const int draining = testing_support::connect_client(port, 4096);
   const int waiting = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   EXPECT_GE(listener, 0);

@@ -30,7 +30,6 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
-#include <filesystem>
 #include <iostream>
 #include <map>
 #include <mutex>
@@ -662,20 +661,6 @@ void ac_on_data(Reactor*, int fd) {
   while (sock_read(fd, buf, sizeof buf) > 0) {}
 }
 
-// The listening socket of `port`, found among this process's fds.
-int find_listener(int port) {
-  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
-    const int fd = std::stoi(entry.path().filename().string());
-    int listening = 0;
-    socklen_t len = sizeof listening;
-    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == 0 && listening &&
-        testing_support::local_port(fd) == port) {
-      return fd;
-    }
-  }
-  return -1;
-}
-
 // Connections that completed their handshake and wait for accept() (TCP_INFO of a listening
 // socket reports its accept queue length in tcpi_unacked).
 int accept_queue_length(int listener) {
@@ -698,7 +683,7 @@ void run_backlog(unsigned accept_batch, std::vector<char>* events, std::string* 
                                  .on_open = ac_on_open, .idle_timeout_ms = SOCK_NO_TIMEOUT,
                                  .accept_batch = accept_batch);
   ASSERT_NE(run.server, nullptr);
-  const int listener = find_listener(sock_server_port(run.server));
+  const int listener = testing_support::listening_fd(sock_server_port(run.server));
   ASSERT_GE(listener, 0);
 
   const int e = run.connect();

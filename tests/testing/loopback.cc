@@ -42,6 +42,18 @@ int port_of(int fd, bool peer) {
 int local_port(int fd) { return port_of(fd, false); }
 int peer_port(int fd) { return port_of(fd, true); }
 
+int listening_fd(int port) {
+  for (int fd = 0; fd < 4096; ++fd) {
+    int listening = 0;
+    socklen_t len = sizeof listening;
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == 0 && listening &&
+        local_port(fd) == port) {
+      return fd;
+    }
+  }
+  return -1;
+}
+
 int connect_client(int port, int rcvbuf) {
   const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (rcvbuf > 0) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);

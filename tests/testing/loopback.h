@@ -25,6 +25,10 @@ int connect_client(int port, int rcvbuf = 0);
 int local_port(int fd);
 int peer_port(int fd);
 
+// The fd of this process that listens on 127.0.0.1:port (a server's listener), or -1. Makes
+// no fd, so it works while the process is out of them. Looks at fds below 4096.
+int listening_fd(int port);
+
 // Reads what is available without blocking and appends it to *sink. Returns false once the
 // peer closed (EOF or reset), true otherwise.
 bool drain(int fd, std::string* sink);

@@ -267,6 +267,16 @@ TEST_F(LayerTest, PeerCloseNotifyReadsAsEof) {
   EXPECT_TRUE(peer.close_notify_received());
 }
 
+// fd's TLS state queries fail with EBADF: it is open, with no TLS layer.
+void expect_not_tls(int fd) {
+  errno = 0;
+  EXPECT_EQ(sock_tls_established(fd), -1);
+  EXPECT_EQ(errno, EBADF);
+  errno = 0;
+  EXPECT_EQ(sock_tls_resumed(fd), -1);
+  EXPECT_EQ(errno, EBADF);
+}
+
 // sock_tls_established, sock_tls_alpn and sock_tls_resumed on both ends, before and after the
 // handshake, and for an fd without TLS.
 TEST_F(LayerTest, StateQueriesFollowTheHandshake) {
@@ -293,12 +303,7 @@ TEST_F(LayerTest, StateQueriesFollowTheHandshake) {
   int pair[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, pair), 0);
   ASSERT_EQ(sock_open(&r_, pair[0]), 0);
-  errno = 0;
-  EXPECT_EQ(sock_tls_established(pair[0]), -1);
-  EXPECT_EQ(errno, EBADF);
-  errno = 0;
-  EXPECT_EQ(sock_tls_resumed(pair[0]), -1);
-  EXPECT_EQ(errno, EBADF);
+  expect_not_tls(pair[0]);
   EXPECT_EQ(sock_tls_alpn(pair[0]), nullptr);
   sock_force_close(&r_, pair[0]);
   close(pair[1]);
@@ -330,12 +335,7 @@ TEST_F(LayerTest, StateQueriesOffTheOwnerThreadGiveEperm) {
   ASSERT_EQ(sock_open(&r_, pair[0]), 0);
   sockTLC plain = {};  // a layer that is not TLS
   ASSERT_EQ(sock_tlc_add(pair[0], &plain), 0);
-  errno = 0;
-  EXPECT_EQ(sock_tls_established(pair[0]), -1);
-  EXPECT_EQ(errno, EBADF);
-  errno = 0;
-  EXPECT_EQ(sock_tls_resumed(pair[0]), -1);
-  EXPECT_EQ(errno, EBADF);
+  expect_not_tls(pair[0]);
   sock_force_close(&r_, pair[0]);
   close(pair[1]);
   errno = 0;
