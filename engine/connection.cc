@@ -329,6 +329,13 @@ Drained close_if_due(int fd, FdSlot& slot, struct ::Reactor* notify) {
     case Hooks::kDone:
       break;
   }
+  // Input waiting unread would make close(2) send a reset, which destroys what the kernel has
+  // not delivered yet. A lingering close, or one asked for, keeps SlotExtra::linger set.
+  if ((slot.flags & (kClosing | kEof | kFailed)) == kClosing &&
+      ((slot.flags & kReadPending) || slot.extra)) {
+    Reactor* owner = attached_owner(slot);
+    if (owner && owner->linger(fd, slot)) return Drained::kLingering;
+  }
   close_slot(fd, slot, notify, (slot.flags & kClosing) ? CloseReason::kLocal : CloseReason::kPeer);
   return Drained::kClosed;
 }

@@ -95,9 +95,11 @@ enum class Drained {
   kStaysOpen,   // no close is due
   kMoreQueued,  // the layers' before_close hooks queued a last record: send it, then ask again
   kClosed,      // closed: the slot is no longer this connection's
+  kLingering,   // sock_close()d with input unread: open until the peer's EOF (Reactor::linger)
 };
 // After the queue drained: closes fd if sock_close or the peer's EOF made that due, once the
-// transport layers' before_close hooks (run once per connection) have queued nothing more.
+// transport layers' before_close hooks (run once per connection) have queued nothing more;
+// a sock_close with the peer's input unread lingers first, on an fd attached to a reactor.
 // `notify`: as for close_slot().
 Drained close_if_due(int fd, FdSlot& slot, struct ::Reactor* notify);
 

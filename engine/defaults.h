@@ -15,6 +15,12 @@ namespace engine {
 // hold a stop (libreact.h, reactor_stop; SockServerSettings.stop_timeout_ms).
 inline constexpr int64_t kStopDrainMs = 5000;
 
+// The longest a lingering close waits for the peer's EOF (sock_close with input unread,
+// linger.cc): a peer that read its response and closes takes one round trip, and one that
+// goes on sending meanwhile loses nothing it could still read by then. nginx's
+// lingering_timeout, and the stop's drain time: a stop waits no longer for a linger.
+inline constexpr int64_t kLingerMs = kStopDrainMs;
+
 // Backpressure (ReactorLimits): a megabyte owed to a peer is plenty of pipelining, and
 // resuming at a quarter leaves room to refill before the socket runs dry.
 inline constexpr std::size_t kHighWatermark = std::size_t{1} << 20;

@@ -46,7 +46,8 @@ SlotExtra* slot_extra_make(FdSlot& slot) {
 void slot_extra_trim(FdSlot& slot) {
   const SlotExtra* x = slot.extra;
   if (!x || x->tlc || x->leftover || x->input_ended || (slot.flags & kOwnIdle) ||
-      x->deadline_tick || x->high_watermark || x->low_watermark) {
+      x->deadline_tick || x->high_watermark || x->low_watermark ||
+      x->linger != SlotExtra::Linger::kNo) {
     return;
   }
   delete x;

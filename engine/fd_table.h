@@ -72,6 +72,12 @@ struct SlotExtra {
   // With kOwnIdle: this connection's idle timeout in ticks (0: none), instead of the reactor's.
   uint32_t idle_ticks = 0;
   uint32_t deadline_tick = 0;  // 0: none
+  // The lingering close (linger.cc). kWanted: sock_close_lingering() asked for it, whether or
+  // not input waits when the queue has drained. kLingering: the write side is shut, input is
+  // discarded (kPaused keeps on_data from running), and the fd closes at the peer's EOF or the
+  // deadline. Never cleared: the close ends it.
+  enum class Linger : uint8_t { kNo, kWanted, kLingering };
+  Linger linger = Linger::kNo;
   // Backpressure: queued bytes above which reading pauses, at or below which it resumes
   // (0: the reactor's limits).
   uint32_t high_watermark = 0;

@@ -169,6 +169,22 @@ int sock_close_uuid(intptr_t uuid) {
   return fd < 0 ? -1 : engine::close_connection(nullptr, fd, true, uuid);
 }
 
+int sock_close_lingering(struct Reactor* reactor, int fd) {
+  FdSlot* slot = engine::owner_thread_slot(fd);
+  if (!slot) return -1;
+  if (!engine::attached_owner(*slot)) {
+    errno = EINVAL;  // the wait for the peer's EOF is a reactor's
+    return -1;
+  }
+  if (engine::SlotExtra* extra = engine::slot_extra_make(*slot)) {
+    if (extra->linger == engine::SlotExtra::Linger::kNo) {
+      extra->linger = engine::SlotExtra::Linger::kWanted;
+    }
+  }
+  sock_close(reactor, fd);
+  return 0;
+}
+
 int sock_force_close_uuid(intptr_t uuid) {
   const int fd = sock_uuid2fd(uuid);
   return fd < 0 ? -1 : engine::close_connection(nullptr, fd, false, uuid);

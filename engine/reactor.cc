@@ -377,6 +377,9 @@ void Reactor::call_on_data(int fd, FdSlot& slot) {
     api_->on_data(api_, fd);
     serving_fd_ = -1;
     if (!is_current(slot, generation, this)) return;  // closed or detached inside
+  } else if (slot.extra && slot.extra->linger == SlotExtra::Linger::kLingering) {
+    discard_lingering_input(fd, slot);
+    return;
   }
   if ((slot.flags & (kReadPending | kReadProgress)) == (kReadPending | kReadProgress)) {
     want_on_data_again(fd, slot);  // progress without EAGAIN: more input may wait behind it
@@ -503,6 +506,7 @@ long Reactor::send_and_settle(int fd, FdSlot& slot, std::size_t budget, bool* re
       *ready = resumed;
       return static_cast<long>(written);
     case Drained::kClosed:
+    case Drained::kLingering:
       return static_cast<long>(written);
     case Drained::kStaysOpen:
       break;
@@ -750,6 +754,11 @@ void Reactor::arm_timer(int fd, FdSlot& slot, bool close_if_due) {
       arm_timer(fd, slot);  // the activity moved forward: this ends (peer_took_data)
       return;
     }
+    if (slot.extra && slot.extra->linger == SlotExtra::Linger::kLingering) {  // done waiting
+      close_now(fd, slot, CloseReason::kLocal);
+      return;
+    }
+    reset_on_close_if_owed(fd, slot.head != nullptr);
     close_now(fd, slot, CloseReason::kTimeout);
     return;
   }

@@ -129,6 +129,13 @@ class Reactor {
   int detach(int fd, FdSlot& slot, bool closing = false);
   // Closes now: see close_slot().
   void close_now(int fd, FdSlot& slot, CloseReason why) { close_slot(fd, slot, api_, why); }
+  // The lingering close (linger.cc), from close_if_due(): for a sock_close()d fd whose queue
+  // drained while the peer's input waits unread (or that sock_close_lingering() closed),
+  // shuts the write side (the peer's EOF follows what was sent) and keeps fd, discarding its
+  // input, until the peer's EOF or kLingerMs; on_data no longer runs. True if fd lingers (now
+  // or already); false: close it at once (nothing unread and nothing asked, or no memory,
+  // shutdown or epoll set for the wait). Owner thread.
+  bool linger(int fd, FdSlot& slot);
 
   // The work lists. Idempotent (a slot flag says whether the fd is already listed).
   // want_flush: send fd's queue at this iteration's flush step.
@@ -246,6 +253,9 @@ class Reactor {
   // move to another reactor of this thread: attach(), or detach() itself).
   void leave(int fd, FdSlot& slot, bool closing);
   void call_on_data(int fd, FdSlot& slot);
+  // A lingering fd's input event: reads and drops what came, a bounded amount per visit;
+  // closes fd at the peer's EOF (SOCK_CLOSE_LOCAL) or a read error (SOCK_CLOSE_ERROR).
+  void discard_lingering_input(int fd, FdSlot& slot);
   void on_writable(int fd, FdSlot& slot);
   void run_on_data_again_list();
   void run_flush_list();

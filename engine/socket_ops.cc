@@ -86,6 +86,13 @@ int peer_progress_age_ms(int fd, bool queued) {
   return static_cast<int>(std::min<uint32_t>(age, INT_MAX));
 }
 
+void reset_on_close_if_owed(int fd, bool queued) {
+  int in_kernel = 0;
+  if (!queued && (ioctl(fd, SIOCOUTQ, &in_kernel) < 0 || in_kernel <= 0)) return;
+  const linger abort{1, 0};
+  setsockopt(fd, SOL_SOCKET, SO_LINGER, &abort, sizeof abort);
+}
+
 int listen_socket(const char* address, const char* port, bool reuse_port,
                   unsigned defer_accept_s) {
   // The kernel turns the seconds into SYN-ACK retransmissions; an int holds any useful wait.

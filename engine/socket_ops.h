@@ -33,6 +33,12 @@ int set_no_delay(int fd);
 // the peer (`queued` false: nothing in user space, and the kernel's send queue is empty) or fd
 // is not TCP. One ioctl and one getsockopt; meant for the rare timer that ran out.
 int peer_progress_age_ms(int fd, bool queued);
+// For a connection that timed out: when bytes are still owed to its peer (`queued` in user
+// space, or unacknowledged in the kernel's send queue), makes the close(2) that follows send a
+// reset (SO_LINGER 0). With a FIN the orphaned socket would keep its send buffer and probe a
+// reader that stopped for minutes, and a response cut short could pass for a whole one.
+// Best effort: a failure leaves the ordinary close.
+void reset_on_close_if_owed(int fd, bool queued);
 
 }  // namespace engine
 

@@ -315,6 +315,46 @@ TEST_F(DownloadTest, ReaderThatStopsReadingIsClosedOneTimeoutAfterTheQueueStopsM
   EXPECT_EQ(testing_support::first_difference(got, payload), got.size());
 }
 
+// How a client's stream ended once the server closed: 0 for a FIN (EOF), else recv's errno.
+int stream_end(struct Reactor* r, int client) {
+  int end = -1;
+  char buf[65536];
+  const bool ended = run_until(r, [&] {
+    for (;;) {
+      const ssize_t n = recv(client, buf, sizeof buf, MSG_DONTWAIT);
+      if (n > 0) continue;
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && errno == EAGAIN) return false;
+      end = n == 0 ? 0 : errno;
+      return true;
+    }
+  });
+  EXPECT_TRUE(ended) << "the stream did not end";
+  return end;
+}
+
+// A timeout with bytes still owed to the peer resets the connection: with a FIN, the orphaned
+// socket would go on offering a reader that stopped what its kernel holds, and a response cut
+// short would end like a whole one.
+TEST_F(DownloadTest, TimeoutWithBytesStillOwedResetsTheConnection) {
+  constexpr milliseconds kTimeout{300};
+  set_idle_timeout(kTimeout.count());
+  const std::string payload = pattern(1024 * 1024, 5);
+  accept_hook_ = [&](Conn& c) {
+    EXPECT_EQ(sock_write(c.server, payload.data(), payload.size()), 0);
+  };
+  Conn& c = open_connection(kSmallBuffer);
+  expect_closes_at_its_timeout(c, c.start, kTimeout);
+  EXPECT_EQ(stream_end(&r_, c.client), ECONNRESET);
+}
+
+TEST_F(TimeoutTest, IdleTimeoutWithNothingOwedClosesWithAFin) {
+  set_idle_timeout(300);
+  Conn& c = open_connection();
+  expect_closes_at_its_timeout(c, c.start, milliseconds(300));
+  EXPECT_EQ(stream_end(&r_, c.client), 0);
+}
+
 // An fd without a reactor closed gracefully through one: that reactor drains it, and bounds
 // the drain as it bounds its own connections' (a peer that stops reading meets the idle
 // timeout) instead of holding the fd and its queue until the reactor stops.
