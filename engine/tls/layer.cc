@@ -9,7 +9,10 @@
 // Once a TLS 1.3 handshake completes, the connection keeps only its traffic keys (record.h):
 // the SSL object is freed, and records are sealed and opened here. OpenSSL gives the
 // application traffic secrets through its keylog callback; the sequence numbers at that
-// moment are known (see hand_over()). TLS 1.2 connections keep OpenSSL to the end.
+// moment are known (see hand_over()). TLS 1.2 connections keep OpenSSL to the end, and so do
+// TLS 1.3 ones whose client asked for a max fragment length (RFC 6066 4; OpenSSL grants it
+// under 1.3 too): OpenSSL splits each packet into records of that length, which the layer's
+// own sealing (one record per packet) would not.
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509_vfy.h>
@@ -65,6 +68,16 @@ constexpr unsigned kMaxUnreadAnswers = 32;
 constexpr std::size_t kKeyUpdateRecord = kSealOverhead + 5;
 static_assert(BUFFER_FILE_READ_SIZE + kSealOverhead + kKeyUpdateRecord <= BUFFER_PACKET_SIZE,
               "an owed KeyUpdate must fit in front of a full record");
+// A connection with a max fragment length keeps OpenSSL, which seals a packet as records of
+// at most that length (512 bytes at the least): each adds its overhead (29 bytes at most, a
+// TLS 1.2 AEAD suite's), and a KeyUpdate OpenSSL owes may go in front.
+constexpr std::size_t kSmallestMaxFragment = 512;
+constexpr std::size_t kMaxRecordOverhead = 29;
+constexpr std::size_t kMostRecordsPerPacket =
+    (BUFFER_FILE_READ_SIZE + kSmallestMaxFragment - 1) / kSmallestMaxFragment;
+static_assert(BUFFER_FILE_READ_SIZE + kMostRecordsPerPacket * kMaxRecordOverhead +
+                      kKeyUpdateRecord <= BUFFER_PACKET_SIZE,
+              "a packet's records at the smallest max fragment length must fit the packet");
 
 enum class Phase : unsigned char { kHandshake, kOpen, kEnded, kFailed };
 
@@ -83,7 +96,9 @@ struct Connection {
   bool resumed = false;  // from a ticket
   bool key_update_owed = false;  // the peer asked for one: sent before the next record
   unsigned records_without_data = 0;  // TLS 1.3, in a row (kMaxRecordsWithoutData)
-  unsigned unread_answers = 0;  // TLS 1.2, since the queue was last empty (kMaxUnreadAnswers)
+  // With OpenSSL kept (TLS 1.2, a max fragment length), since the queue was last empty
+  // (kMaxUnreadAnswers).
+  unsigned unread_answers = 0;
   unsigned secrets = 0;  // kReadSecret | kWriteSecret, as the keylog callback gave them
   const std::string* alpn = nullptr;  // the configuration's name ALPN chose
   int64_t started_us;
@@ -144,7 +159,8 @@ int bio_write(BIO* bio, const char* data, int len) {
   if (len <= 0) return 0;
   const auto n = static_cast<std::size_t>(len);
   if (c->sink) {
-    if (c->sink_len + n > BUFFER_PACKET_SIZE) return -1;  // cannot happen for one record
+    // Cannot happen: one packet's records fit (see kSmallestMaxFragment).
+    if (c->sink_len + n > BUFFER_PACKET_SIZE) return -1;
     std::memcpy(c->sink + c->sink_len, data, n);
     c->sink_len += n;
   } else {
@@ -314,7 +330,12 @@ const char* establish(Connection* c) {
     if (len && ours.size() == len && std::memcmp(ours.data(), name, len) == 0) c->alpn = &ours;
   }
   const auto micros = static_cast<uint64_t>(monotonic_us() - c->started_us);
-  if (SSL_version(c->ssl) == TLS1_3_VERSION && !hand_over(c, staging())) {
+  // A max fragment length the client asked for binds every record this side sends (its
+  // OpenSSL fails the connection with record_overflow on a longer one): only OpenSSL splits
+  // packets into such records, so the connection keeps it.
+  const bool fragment_limit = SSL_SESSION_get_max_fragment_length(SSL_get_session(c->ssl)) !=
+                              TLSEXT_max_fragment_length_DISABLED;
+  if (SSL_version(c->ssl) == TLS1_3_VERSION && !fragment_limit && !hand_over(c, staging())) {
     return "cannot take over the TLS 1.3 keys";
   }
   if (!send_staged(c)) return "no memory for handshake records";
