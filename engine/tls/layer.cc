@@ -94,6 +94,10 @@ struct Connection {
   bool shut = false;     // close_notify queued
   bool left = false;     // the peer's close_notify came during the handshake: input ended
   bool resumed = false;  // from a ticket
+  // The layer set the fd's deadline at the start (the configuration's timeout then), so
+  // establish() clears it. Not the timeout read again: it may have changed since, and a
+  // deadline the application set on a connection started without one is the application's.
+  bool armed_deadline = false;
   bool key_update_owed = false;  // the peer asked for one: sent before the next record
   unsigned records_without_data = 0;  // TLS 1.3, in a row (kMaxRecordsWithoutData)
   // With OpenSSL kept (TLS 1.2, a max fragment length), since the queue was last empty
@@ -341,7 +345,7 @@ const char* establish(Connection* c) {
   if (!send_staged(c)) return "no memory for handshake records";
   c->phase = Phase::kOpen;
   count_handshake(c->resumed, micros);
-  if (c->config->handshake_ms) sock_set_deadline(c->fd, 0);
+  if (c->armed_deadline) sock_set_deadline(c->fd, 0);
   sock_tlc_write(c->fd, &c->layer, nullptr, 0);  // release the held writes
   return nullptr;
 }
@@ -791,9 +795,17 @@ int start(int fd, SockTLS* config, bool server, const char* server_name) {
   retain(config);
   count_open(1);
   int err = 0;
-  if (config->handshake_ms && sock_set_deadline(fd, config->handshake_ms) < 0) {
-    err = errno;  // ENOMEM: the fd is attached
-  } else if (!server) {
+  // The timeout is read once, here: establish() and the failure below clear only a deadline
+  // armed here. `armed` is a copy, because c is not read after fail() (see there).
+  bool armed = false;
+  if (config->handshake_ms) {
+    if (sock_set_deadline(fd, config->handshake_ms) < 0) {
+      err = errno;  // ENOMEM: the fd is attached
+    } else {
+      armed = c->armed_deadline = true;
+    }
+  }
+  if (!err && !server) {
     clear_errors();
     const int r = SSL_do_handshake(ssl);  // stages the ClientHello
     if (r != 1 && SSL_get_error(ssl, r) != SSL_ERROR_WANT_READ) {
@@ -804,7 +816,7 @@ int start(int fd, SockTLS* config, bool server, const char* server_name) {
     }
   }
   if (err) {
-    if (config->handshake_ms) sock_set_deadline(fd, 0);
+    if (armed) sock_set_deadline(fd, 0);
     sock_tlc_set(fd, nullptr);  // on_clear frees c; the fd stays as it was
     errno = err;
     return -1;

@@ -76,9 +76,11 @@ struct SockTLS* sock_tls_client_new(const char* ca_file);
  * (NULL, empty or over-long names). */
 int sock_tls_set_alpn(struct SockTLS* tls, const char* protocols);
 
-/** The handshake deadline (ms, 0: none) for connections started after the call: a peer that
- * has not finished its handshake by then is closed (SOCK_CLOSE_TIMEOUT). It uses the fd's
- * deadline (sock_set_deadline), which the layer clears when the handshake completes. */
+/** The handshake deadline (ms, 0: none) for connections started after the call (each reads it
+ * once, as it starts): a peer that has not finished its handshake by then is closed
+ * (SOCK_CLOSE_TIMEOUT). It uses the fd's deadline (sock_set_deadline), which the layer clears
+ * when the handshake completes if it set it: on a connection started with 0, a deadline the
+ * application set stays. Returns 0, or -1 with errno EINVAL for a NULL tls. */
 int sock_tls_set_handshake_timeout(struct SockTLS* tls, unsigned ms);
 
 /** Where failure reasons go: log(fd, reason, udata) on the failing connection's thread, for
@@ -123,7 +125,9 @@ int sock_tls_connect(int fd, struct SockTLS* tls, const char* server_name);
 int sock_tls_established(int fd);
 
 /** The protocol ALPN chose for fd ("http/1.1"), or NULL (none, no TLS, or not yet). The string
- * lives as long as the connection. Owner thread. */
+ * is the configuration's: it lives as long as the connection, unless sock_tls_set_alpn
+ * replaces the configuration's list first (which Threads, above, allows only before the
+ * configuration is shared). Owner thread. */
 const char* sock_tls_alpn(int fd);
 
 /** 1 if fd's session was resumed from a ticket, 0 if not (or not yet), or -1 with errno as
