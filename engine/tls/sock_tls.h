@@ -159,7 +159,10 @@ struct SockTLSStats {
   uint64_t open;               /* connections with the layer now */
 };
 
-/** Fills *stats (relaxed reads: a snapshot). Returns 0, or -1 with errno EINVAL. Any thread. */
+/** Fills *stats. The counters are read one after another while other threads count, so a
+ * handshake completed meanwhile may show in one field and not yet in another; each field but
+ * `open` only grows from one call to the next. Returns 0, or -1 with errno EINVAL. Any
+ * thread. */
 int sock_tls_stats(struct SockTLSStats* stats);
 
 /** Appends the counters as Prometheus text (families libsock_tls_handshakes_total,
