@@ -357,12 +357,16 @@ int sock_tls_set_alpn(struct SockTLS* tls, const char* protocols) {
   }
   if (!tls || !protocols || wire.empty() || (p && *p) ||
       protocols[std::strlen(protocols) - 1] == ',') {
+    tls::set_error("sock_tls_set_alpn needs a configuration and names of 1 to 255 bytes");
     errno = EINVAL;
     return -1;
   }
   if (!tls->server &&
       SSL_CTX_set_alpn_protos(tls->ctx, reinterpret_cast<const unsigned char*>(wire.data()),
                               static_cast<unsigned>(wire.size())) != 0) {
+    // set_error also takes OpenSSL's error off the thread's queue, where it would end the
+    // next reason.
+    tls::set_error("no memory for the ALPN list");
     errno = ENOMEM;
     return -1;
   }
@@ -392,10 +396,12 @@ int sock_tls_set_log(struct SockTLS* tls, void (*log)(int, const char*, void*), 
 
 int sock_tls_rotate_ticket_keys(struct SockTLS* tls) {
   if (!tls || !tls->server) {
+    tls::set_error("sock_tls_rotate_ticket_keys needs a server configuration");
     errno = EINVAL;
     return -1;
   }
   if (!tls->tickets.rotate()) {
+    tls::set_error("no random bytes for a new ticket key");  // and OpenSSL's queue cleared
     errno = EIO;
     return -1;
   }

@@ -753,6 +753,14 @@ int start(int fd, SockTLS* config, bool server, const char* server_name) {
     errno = EINVAL;  // TLS must be the lowest layer: add the others after it
     return -1;
   }
+  // Checked here, not left to OpenSSL, whose refusal would say only "ssl3 ext invalid
+  // servername" (RFC 6066 3: a HostName of 1 to 2^16-1 bytes; OpenSSL takes up to 255).
+  if (server_name && (!*server_name || std::strlen(server_name) > TLSEXT_MAXLEN_host_name)) {
+    set_error("a server name must be 1 to " + std::to_string(TLSEXT_MAXLEN_host_name) +
+              " bytes, not " + std::to_string(std::strlen(server_name)));
+    errno = EINVAL;
+    return -1;
+  }
   auto* c = new (std::nothrow) Connection{};
   BIO* bio = bio_method() ? BIO_new(bio_method()) : nullptr;
   SSL* ssl = c && bio ? SSL_new(config->ctx) : nullptr;
@@ -778,14 +786,17 @@ int start(int fd, SockTLS* config, bool server, const char* server_name) {
   } else {
     SSL_set_connect_state(ssl);
     if (server_name) {
-      // SNI only for a DNS name (RFC 6066); the certificate is checked against IPs too.
+      // SNI only for a DNS name (RFC 6066); the certificate is checked against IPs too. The
+      // name's length was checked: what fails now is memory.
       const bool is_ip = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), server_name) == 1;
       ok = is_ip || (SSL_set_tlsext_host_name(ssl, server_name) == 1 &&
                      SSL_set1_host(ssl, server_name) == 1);
+      // The queue is the thread's: left there, OpenSSL's words would end the next reason.
+      if (!ok) set_error("no memory for the server name");
     }
   }
   if (!ok || sock_tlc_add(fd, &c->layer) < 0) {
-    const int err = ok ? errno : EINVAL;
+    const int err = ok ? errno : ENOMEM;
     SSL_free(ssl);
     delete c;
     errno = err;
@@ -801,6 +812,7 @@ int start(int fd, SockTLS* config, bool server, const char* server_name) {
   if (config->handshake_ms) {
     if (sock_set_deadline(fd, config->handshake_ms) < 0) {
       err = errno;  // ENOMEM: the fd is attached
+      set_error("no memory for the handshake deadline");
     } else {
       armed = c->armed_deadline = true;
     }
@@ -813,6 +825,7 @@ int start(int fd, SockTLS* config, bool server, const char* server_name) {
       err = EPROTO;
     } else if (!send_staged(c)) {
       err = ENOMEM;
+      set_error("no memory for the ClientHello");
     }
   }
   if (err) {

@@ -73,7 +73,7 @@ struct SockTLS* sock_tls_client_new(const char* ca_file);
 /** The application protocols to negotiate (ALPN), comma-separated in order of preference:
  * "h2,http/1.1". A server picks the first of its own that the client offers and goes on
  * without ALPN when there is none; a client offers them. Returns 0, or -1 with errno EINVAL
- * (NULL, empty or over-long names). */
+ * (NULL, empty or over-long names) or ENOMEM, the reason in sock_tls_error(). */
 int sock_tls_set_alpn(struct SockTLS* tls, const char* protocols);
 
 /** The handshake deadline (ms, 0: none) for connections started after the call (each reads it
@@ -95,7 +95,8 @@ int sock_tls_set_log(struct SockTLS* tls, void (*log)(int fd, const char* reason
 /** Starts a new session-ticket key now, as the SOCK_TLS_TICKET_KEY_S schedule does (for a
  * deployment's own schedule, or after a key may have leaked): tickets of the key before
  * still resume and are renewed, older ones give a full handshake. Returns 0, or -1 with errno
- * EINVAL (NULL or a client configuration) or EIO (no random bytes). Any thread. */
+ * EINVAL (NULL or a client configuration) or EIO (no random bytes), the reason in
+ * sock_tls_error(). Any thread. */
 int sock_tls_rotate_ticket_keys(struct SockTLS* tls);
 
 /** Drops the caller's reference (connections keep theirs). NULL is a no-op. */
@@ -117,7 +118,8 @@ int sock_tls_accept(int fd, struct SockTLS* tls);
  * verified). Writes are held until the handshake completes. A failed verification closes the
  * connection with SOCK_CLOSE_ERROR and a reason such as "certificate verify failed:
  * certificate has expired". Owner thread. Returns 0, or -1 with errno as sock_tls_accept
- * (EINVAL for a server configuration). */
+ * (EINVAL for a server configuration, and for a server_name that SNI cannot carry: empty or
+ * over 255 bytes, the reason in sock_tls_error()). */
 int sock_tls_connect(int fd, struct SockTLS* tls, const char* server_name);
 
 /** 1 once fd's handshake completed, 0 while it runs, or -1 with errno: EBADF (an fd without
