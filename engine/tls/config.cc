@@ -56,7 +56,11 @@ SSL_CTX* new_context(SockTLS* config, bool server) {
     // (a client resumes with one).
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     SSL_CTX_set_num_tickets(ctx, 1);
-    SSL_CTX_set_timeout(ctx, 2 * SOCK_TLS_TICKET_KEY_S);
+    // The lifetime a ticket advertises, and after which OpenSSL refuses its session: one key
+    // period, what every ticket is sure of. A key encrypts during its first period and
+    // decrypts until two have passed since it began (ticket_keys.h), so a ticket issued at
+    // the end of the first has one period left; two would overstate half of them.
+    SSL_CTX_set_timeout(ctx, SOCK_TLS_TICKET_KEY_S);
     SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, TicketKeys::callback);
   }
   return ctx;

@@ -19,8 +19,9 @@
  *   sock_tls_accept, sock_tls_connect and the per-fd queries need the fd's owner thread (as
  *   libsock.h's sock_tlc_ calls: EPERM elsewhere). sock_tls_stats and sock_tls_metrics: any
  *   thread. Session tickets are encrypted with keys held by the configuration, so every shard
- *   resumes every other shard's sessions; the keys rotate every SOCK_TLS_TICKET_KEY_S seconds
- *   and a ticket is accepted for two rotations.
+ *   resumes every other shard's sessions; a new key takes over every SOCK_TLS_TICKET_KEY_S
+ *   seconds, and a ticket is accepted for SOCK_TLS_TICKET_KEY_S seconds after it was issued
+ *   (the lifetime it advertises) unless sock_tls_rotate_ticket_keys runs twice meanwhile.
  * Files: sock_write2's .file data is read into packets and encrypted (no kernel TLS here).
  *   Packets given to sock_send_packet must hold at most BUFFER_FILE_READ_SIZE bytes each.
  */
@@ -41,7 +42,8 @@ extern "C" {
 #pragma GCC visibility push(default)
 #endif
 
-/** Seconds each session-ticket key encrypts new tickets before the next one takes over. */
+/** Seconds each session-ticket key encrypts new tickets before the next one takes over, and
+ * the lifetime of a ticket. */
 #define SOCK_TLS_TICKET_KEY_S 3600
 /** The handshake deadline a new configuration starts with, in milliseconds. */
 #define SOCK_TLS_HANDSHAKE_MS 10000

@@ -3,7 +3,9 @@
 // shard's sessions): a current key that encrypts new tickets and the one before it, which
 // still decrypts (and has the ticket renewed). The current key is replaced every
 // SOCK_TLS_TICKET_KEY_S seconds, when a ticket is next issued; a key decrypts for at most two
-// such periods.
+// such periods from its start. So every ticket, issued in its key's first period, decrypts
+// for at least one period after its issue (unless two rotations by hand come first): the
+// lifetime config.cc advertises.
 // Threads: any. A handshake reads the atomic generation and uses its thread's copy of the two
 // keys; the mutex is taken only to rotate and by a thread whose copy is older than the
 // generation (once per thread after each rotation), so handshakes on different shards share
