@@ -76,7 +76,7 @@ SSL_CTX* new_context(SockTLS* config, bool server) {
 constexpr off_t kMaxPemFileBytes = off_t{16} << 20;
 
 // The contents of the regular file `path`, or false with sock_tls_error() set to `context`
-// and the reason.
+// and the reason, and *text empty: what was read of it (a private key's first bytes) wiped.
 bool read_pem_file(const char* path, const std::string& context, std::string* text) {
   const int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
   if (fd < 0) {
@@ -105,6 +105,10 @@ bool read_pem_file(const char* path, const std::string& context, std::string* te
   }
   close(fd);
   if (why.empty()) return true;
+  // The caller wipes a key only once it has it whole (load_certificate): a read that failed
+  // part-way would leave the bytes read in freed memory.
+  OPENSSL_cleanse(text->data(), text->size());
+  text->clear();
   set_error(context + ": " + why);
   return false;
 }

@@ -10,7 +10,11 @@
 // keys; the mutex is taken only to rotate and by a thread whose copy is older than the
 // generation (once per thread after each rotation), so handshakes on different shards share
 // no lock and write no shared line. A thread keeps copies for kThreadCopies configurations;
-// copies are wiped when replaced and at the thread's exit.
+// copies are wiped when replaced and at the thread's exit, the configuration's own keys when
+// it is destroyed. A freed configuration's copies therefore stay in the threads that used it
+// until replaced or the thread exits: in thread-local storage, which no allocation reuses
+// (wiping them from the destructor would need every thread's copies reachable and locked).
+// Errors: rotate() and the callback report failures by their results; no errno.
 #ifndef ENGINE_TLS_TICKET_KEYS_H_
 #define ENGINE_TLS_TICKET_KEYS_H_
 
@@ -26,6 +30,9 @@ namespace tls {
 class TicketKeys {
  public:
   TicketKeys();
+  // Wipes the keys: the configuration's memory goes back to the allocator, which may hand it
+  // to anything, a buffer sent to a peer included. Any thread (the last reference's).
+  ~TicketKeys();
   TicketKeys(const TicketKeys&) = delete;
   TicketKeys& operator=(const TicketKeys&) = delete;
 
