@@ -169,9 +169,10 @@ struct SockTLSStats {
  * thread. */
 int sock_tls_stats(struct SockTLSStats* stats);
 
-/** Appends the counters as Prometheus text (families libsock_tls_handshakes_total,
+/** Writes the counters as Prometheus text (families libsock_tls_handshakes_total,
  * libsock_tls_handshake_failures_total{reason}, libsock_tls_handshake_seconds (a histogram),
- * libsock_tls_record_failures_total, libsock_tls_connections) to buf. Returns the length the
+ * libsock_tls_record_failures_total, libsock_tls_connections) into buf from buf[0], as
+ * snprintf does (to add them to other text, pass the end of that text). Returns the length the
  * whole text needs (not counting a NUL, which is written when it fits); it was written only
  * if that is below size. -1 with errno EINVAL for a NULL buf with a size. Any thread. */
 ssize_t sock_tls_metrics(char* buf, size_t size);
