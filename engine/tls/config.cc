@@ -56,7 +56,11 @@ SSL_CTX* new_context(SockTLS* config, bool server) {
     // (a client resumes with one).
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     SSL_CTX_set_num_tickets(ctx, 1);
-    SSL_CTX_set_timeout(ctx, 2 * SOCK_TLS_TICKET_KEY_S);
+    // The lifetime a ticket advertises, and after which OpenSSL refuses its session: one key
+    // period, what every ticket is sure of. A key encrypts during its first period and
+    // decrypts until two have passed since it began (ticket_keys.h), so a ticket issued at
+    // the end of the first has one period left; two would overstate half of them.
+    SSL_CTX_set_timeout(ctx, SOCK_TLS_TICKET_KEY_S);
     SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, TicketKeys::callback);
   }
   return ctx;
@@ -72,7 +76,7 @@ SSL_CTX* new_context(SockTLS* config, bool server) {
 constexpr off_t kMaxPemFileBytes = off_t{16} << 20;
 
 // The contents of the regular file `path`, or false with sock_tls_error() set to `context`
-// and the reason.
+// and the reason, and *text empty: what was read of it (a private key's first bytes) wiped.
 bool read_pem_file(const char* path, const std::string& context, std::string* text) {
   const int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
   if (fd < 0) {
@@ -101,6 +105,10 @@ bool read_pem_file(const char* path, const std::string& context, std::string* te
   }
   close(fd);
   if (why.empty()) return true;
+  // The caller wipes a key only once it has it whole (load_certificate): a read that failed
+  // part-way would leave the bytes read in freed memory.
+  OPENSSL_cleanse(text->data(), text->size());
+  text->clear();
   set_error(context + ": " + why);
   return false;
 }
@@ -357,12 +365,16 @@ int sock_tls_set_alpn(struct SockTLS* tls, const char* protocols) {
   }
   if (!tls || !protocols || wire.empty() || (p && *p) ||
       protocols[std::strlen(protocols) - 1] == ',') {
+    tls::set_error("sock_tls_set_alpn needs a configuration and names of 1 to 255 bytes");
     errno = EINVAL;
     return -1;
   }
   if (!tls->server &&
       SSL_CTX_set_alpn_protos(tls->ctx, reinterpret_cast<const unsigned char*>(wire.data()),
                               static_cast<unsigned>(wire.size())) != 0) {
+    // set_error also takes OpenSSL's error off the thread's queue, where it would end the
+    // next reason.
+    tls::set_error("no memory for the ALPN list");
     errno = ENOMEM;
     return -1;
   }
@@ -392,10 +404,12 @@ int sock_tls_set_log(struct SockTLS* tls, void (*log)(int, const char*, void*), 
 
 int sock_tls_rotate_ticket_keys(struct SockTLS* tls) {
   if (!tls || !tls->server) {
+    tls::set_error("sock_tls_rotate_ticket_keys needs a server configuration");
     errno = EINVAL;
     return -1;
   }
   if (!tls->tickets.rotate()) {
+    tls::set_error("no random bytes for a new ticket key");  // and OpenSSL's queue cleared
     errno = EIO;
     return -1;
   }

@@ -9,7 +9,10 @@
 // Once a TLS 1.3 handshake completes, the connection keeps only its traffic keys (record.h):
 // the SSL object is freed, and records are sealed and opened here. OpenSSL gives the
 // application traffic secrets through its keylog callback; the sequence numbers at that
-// moment are known (see hand_over()). TLS 1.2 connections keep OpenSSL to the end.
+// moment are known (see hand_over()). TLS 1.2 connections keep OpenSSL to the end, and so do
+// TLS 1.3 ones whose client asked for a max fragment length (RFC 6066 4; OpenSSL grants it
+// under 1.3 too): OpenSSL splits each packet into records of that length, which the layer's
+// own sealing (one record per packet) would not.
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509_vfy.h>
@@ -65,6 +68,16 @@ constexpr unsigned kMaxUnreadAnswers = 32;
 constexpr std::size_t kKeyUpdateRecord = kSealOverhead + 5;
 static_assert(BUFFER_FILE_READ_SIZE + kSealOverhead + kKeyUpdateRecord <= BUFFER_PACKET_SIZE,
               "an owed KeyUpdate must fit in front of a full record");
+// A connection with a max fragment length keeps OpenSSL, which seals a packet as records of
+// at most that length (512 bytes at the least): each adds its overhead (29 bytes at most, a
+// TLS 1.2 AEAD suite's), and a KeyUpdate OpenSSL owes may go in front.
+constexpr std::size_t kSmallestMaxFragment = 512;
+constexpr std::size_t kMaxRecordOverhead = 29;
+constexpr std::size_t kMostRecordsPerPacket =
+    (BUFFER_FILE_READ_SIZE + kSmallestMaxFragment - 1) / kSmallestMaxFragment;
+static_assert(BUFFER_FILE_READ_SIZE + kMostRecordsPerPacket * kMaxRecordOverhead +
+                      kKeyUpdateRecord <= BUFFER_PACKET_SIZE,
+              "a packet's records at the smallest max fragment length must fit the packet");
 
 enum class Phase : unsigned char { kHandshake, kOpen, kEnded, kFailed };
 
@@ -81,9 +94,15 @@ struct Connection {
   bool shut = false;     // close_notify queued
   bool left = false;     // the peer's close_notify came during the handshake: input ended
   bool resumed = false;  // from a ticket
+  // The layer set the fd's deadline at the start (the configuration's timeout then), so
+  // establish() clears it. Not the timeout read again: it may have changed since, and a
+  // deadline the application set on a connection started without one is the application's.
+  bool armed_deadline = false;
   bool key_update_owed = false;  // the peer asked for one: sent before the next record
   unsigned records_without_data = 0;  // TLS 1.3, in a row (kMaxRecordsWithoutData)
-  unsigned unread_answers = 0;  // TLS 1.2, since the queue was last empty (kMaxUnreadAnswers)
+  // With OpenSSL kept (TLS 1.2, a max fragment length), since the queue was last empty
+  // (kMaxUnreadAnswers).
+  unsigned unread_answers = 0;
   unsigned secrets = 0;  // kReadSecret | kWriteSecret, as the keylog callback gave them
   const std::string* alpn = nullptr;  // the configuration's name ALPN chose
   int64_t started_us;
@@ -144,7 +163,8 @@ int bio_write(BIO* bio, const char* data, int len) {
   if (len <= 0) return 0;
   const auto n = static_cast<std::size_t>(len);
   if (c->sink) {
-    if (c->sink_len + n > BUFFER_PACKET_SIZE) return -1;  // cannot happen for one record
+    // Cannot happen: one packet's records fit (see kSmallestMaxFragment).
+    if (c->sink_len + n > BUFFER_PACKET_SIZE) return -1;
     std::memcpy(c->sink + c->sink_len, data, n);
     c->sink_len += n;
   } else {
@@ -314,13 +334,18 @@ const char* establish(Connection* c) {
     if (len && ours.size() == len && std::memcmp(ours.data(), name, len) == 0) c->alpn = &ours;
   }
   const auto micros = static_cast<uint64_t>(monotonic_us() - c->started_us);
-  if (SSL_version(c->ssl) == TLS1_3_VERSION && !hand_over(c, staging())) {
+  // A max fragment length the client asked for binds every record this side sends (its
+  // OpenSSL fails the connection with record_overflow on a longer one): only OpenSSL splits
+  // packets into such records, so the connection keeps it.
+  const bool fragment_limit = SSL_SESSION_get_max_fragment_length(SSL_get_session(c->ssl)) !=
+                              TLSEXT_max_fragment_length_DISABLED;
+  if (SSL_version(c->ssl) == TLS1_3_VERSION && !fragment_limit && !hand_over(c, staging())) {
     return "cannot take over the TLS 1.3 keys";
   }
   if (!send_staged(c)) return "no memory for handshake records";
   c->phase = Phase::kOpen;
   count_handshake(c->resumed, micros);
-  if (c->config->handshake_ms) sock_set_deadline(c->fd, 0);
+  if (c->armed_deadline) sock_set_deadline(c->fd, 0);
   sock_tlc_write(c->fd, &c->layer, nullptr, 0);  // release the held writes
   return nullptr;
 }
@@ -728,6 +753,14 @@ int start(int fd, SockTLS* config, bool server, const char* server_name) {
     errno = EINVAL;  // TLS must be the lowest layer: add the others after it
     return -1;
   }
+  // Checked here, not left to OpenSSL, whose refusal would say only "ssl3 ext invalid
+  // servername" (RFC 6066 3: a HostName of 1 to 2^16-1 bytes; OpenSSL takes up to 255).
+  if (server_name && (!*server_name || std::strlen(server_name) > TLSEXT_MAXLEN_host_name)) {
+    set_error("a server name must be 1 to " + std::to_string(TLSEXT_MAXLEN_host_name) +
+              " bytes, not " + std::to_string(std::strlen(server_name)));
+    errno = EINVAL;
+    return -1;
+  }
   auto* c = new (std::nothrow) Connection{};
   BIO* bio = bio_method() ? BIO_new(bio_method()) : nullptr;
   SSL* ssl = c && bio ? SSL_new(config->ctx) : nullptr;
@@ -753,14 +786,17 @@ int start(int fd, SockTLS* config, bool server, const char* server_name) {
   } else {
     SSL_set_connect_state(ssl);
     if (server_name) {
-      // SNI only for a DNS name (RFC 6066); the certificate is checked against IPs too.
+      // SNI only for a DNS name (RFC 6066); the certificate is checked against IPs too. The
+      // name's length was checked: what fails now is memory.
       const bool is_ip = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), server_name) == 1;
       ok = is_ip || (SSL_set_tlsext_host_name(ssl, server_name) == 1 &&
                      SSL_set1_host(ssl, server_name) == 1);
+      // The queue is the thread's: left there, OpenSSL's words would end the next reason.
+      if (!ok) set_error("no memory for the server name");
     }
   }
   if (!ok || sock_tlc_add(fd, &c->layer) < 0) {
-    const int err = ok ? errno : EINVAL;
+    const int err = ok ? errno : ENOMEM;
     SSL_free(ssl);
     delete c;
     errno = err;
@@ -770,9 +806,18 @@ int start(int fd, SockTLS* config, bool server, const char* server_name) {
   retain(config);
   count_open(1);
   int err = 0;
-  if (config->handshake_ms && sock_set_deadline(fd, config->handshake_ms) < 0) {
-    err = errno;  // ENOMEM: the fd is attached
-  } else if (!server) {
+  // The timeout is read once, here: establish() and the failure below clear only a deadline
+  // armed here. `armed` is a copy, because c is not read after fail() (see there).
+  bool armed = false;
+  if (config->handshake_ms) {
+    if (sock_set_deadline(fd, config->handshake_ms) < 0) {
+      err = errno;  // ENOMEM: the fd is attached
+      set_error("no memory for the handshake deadline");
+    } else {
+      armed = c->armed_deadline = true;
+    }
+  }
+  if (!err && !server) {
     clear_errors();
     const int r = SSL_do_handshake(ssl);  // stages the ClientHello
     if (r != 1 && SSL_get_error(ssl, r) != SSL_ERROR_WANT_READ) {
@@ -780,10 +825,11 @@ int start(int fd, SockTLS* config, bool server, const char* server_name) {
       err = EPROTO;
     } else if (!send_staged(c)) {
       err = ENOMEM;
+      set_error("no memory for the ClientHello");
     }
   }
   if (err) {
-    if (config->handshake_ms) sock_set_deadline(fd, 0);
+    if (armed) sock_set_deadline(fd, 0);
     sock_tlc_set(fd, nullptr);  // on_clear frees c; the fd stays as it was
     errno = err;
     return -1;

@@ -19,8 +19,9 @@
  *   sock_tls_accept, sock_tls_connect and the per-fd queries need the fd's owner thread (as
  *   libsock.h's sock_tlc_ calls: EPERM elsewhere). sock_tls_stats and sock_tls_metrics: any
  *   thread. Session tickets are encrypted with keys held by the configuration, so every shard
- *   resumes every other shard's sessions; the keys rotate every SOCK_TLS_TICKET_KEY_S seconds
- *   and a ticket is accepted for two rotations.
+ *   resumes every other shard's sessions; a new key takes over every SOCK_TLS_TICKET_KEY_S
+ *   seconds, and a ticket is accepted for SOCK_TLS_TICKET_KEY_S seconds after it was issued
+ *   (the lifetime it advertises) unless sock_tls_rotate_ticket_keys runs twice meanwhile.
  * Files: sock_write2's .file data is read into packets and encrypted (no kernel TLS here).
  *   Packets given to sock_send_packet must hold at most BUFFER_FILE_READ_SIZE bytes each.
  */
@@ -41,7 +42,8 @@ extern "C" {
 #pragma GCC visibility push(default)
 #endif
 
-/** Seconds each session-ticket key encrypts new tickets before the next one takes over. */
+/** Seconds each session-ticket key encrypts new tickets before the next one takes over, and
+ * the lifetime of a ticket. */
 #define SOCK_TLS_TICKET_KEY_S 3600
 /** The handshake deadline a new configuration starts with, in milliseconds. */
 #define SOCK_TLS_HANDSHAKE_MS 10000
@@ -73,12 +75,14 @@ struct SockTLS* sock_tls_client_new(const char* ca_file);
 /** The application protocols to negotiate (ALPN), comma-separated in order of preference:
  * "h2,http/1.1". A server picks the first of its own that the client offers and goes on
  * without ALPN when there is none; a client offers them. Returns 0, or -1 with errno EINVAL
- * (NULL, empty or over-long names). */
+ * (NULL, empty or over-long names) or ENOMEM, the reason in sock_tls_error(). */
 int sock_tls_set_alpn(struct SockTLS* tls, const char* protocols);
 
-/** The handshake deadline (ms, 0: none) for connections started after the call: a peer that
- * has not finished its handshake by then is closed (SOCK_CLOSE_TIMEOUT). It uses the fd's
- * deadline (sock_set_deadline), which the layer clears when the handshake completes. */
+/** The handshake deadline (ms, 0: none) for connections started after the call (each reads it
+ * once, as it starts): a peer that has not finished its handshake by then is closed
+ * (SOCK_CLOSE_TIMEOUT). It uses the fd's deadline (sock_set_deadline), which the layer clears
+ * when the handshake completes if it set it: on a connection started with 0, a deadline the
+ * application set stays. Returns 0, or -1 with errno EINVAL for a NULL tls. */
 int sock_tls_set_handshake_timeout(struct SockTLS* tls, unsigned ms);
 
 /** Where failure reasons go: log(fd, reason, udata) on the failing connection's thread, for
@@ -93,7 +97,8 @@ int sock_tls_set_log(struct SockTLS* tls, void (*log)(int fd, const char* reason
 /** Starts a new session-ticket key now, as the SOCK_TLS_TICKET_KEY_S schedule does (for a
  * deployment's own schedule, or after a key may have leaked): tickets of the key before
  * still resume and are renewed, older ones give a full handshake. Returns 0, or -1 with errno
- * EINVAL (NULL or a client configuration) or EIO (no random bytes). Any thread. */
+ * EINVAL (NULL or a client configuration) or EIO (no random bytes), the reason in
+ * sock_tls_error(). Any thread. */
 int sock_tls_rotate_ticket_keys(struct SockTLS* tls);
 
 /** Drops the caller's reference (connections keep theirs). NULL is a no-op. */
@@ -115,7 +120,8 @@ int sock_tls_accept(int fd, struct SockTLS* tls);
  * verified). Writes are held until the handshake completes. A failed verification closes the
  * connection with SOCK_CLOSE_ERROR and a reason such as "certificate verify failed:
  * certificate has expired". Owner thread. Returns 0, or -1 with errno as sock_tls_accept
- * (EINVAL for a server configuration). */
+ * (EINVAL for a server configuration, and for a server_name that SNI cannot carry: empty or
+ * over 255 bytes, the reason in sock_tls_error()). */
 int sock_tls_connect(int fd, struct SockTLS* tls, const char* server_name);
 
 /** 1 once fd's handshake completed, 0 while it runs, or -1 with errno: EBADF (an fd without
@@ -123,7 +129,9 @@ int sock_tls_connect(int fd, struct SockTLS* tls, const char* server_name);
 int sock_tls_established(int fd);
 
 /** The protocol ALPN chose for fd ("http/1.1"), or NULL (none, no TLS, or not yet). The string
- * lives as long as the connection. Owner thread. */
+ * is the configuration's: it lives as long as the connection, unless sock_tls_set_alpn
+ * replaces the configuration's list first (which Threads, above, allows only before the
+ * configuration is shared). Owner thread. */
 const char* sock_tls_alpn(int fd);
 
 /** 1 if fd's session was resumed from a ticket, 0 if not (or not yet), or -1 with errno as
@@ -155,12 +163,16 @@ struct SockTLSStats {
   uint64_t open;               /* connections with the layer now */
 };
 
-/** Fills *stats (relaxed reads: a snapshot). Returns 0, or -1 with errno EINVAL. Any thread. */
+/** Fills *stats. The counters are read one after another while other threads count, so a
+ * handshake completed meanwhile may show in one field and not yet in another; each field but
+ * `open` only grows from one call to the next. Returns 0, or -1 with errno EINVAL. Any
+ * thread. */
 int sock_tls_stats(struct SockTLSStats* stats);
 
-/** Appends the counters as Prometheus text (families libsock_tls_handshakes_total,
+/** Writes the counters as Prometheus text (families libsock_tls_handshakes_total,
  * libsock_tls_handshake_failures_total{reason}, libsock_tls_handshake_seconds (a histogram),
- * libsock_tls_record_failures_total, libsock_tls_connections) to buf. Returns the length the
+ * libsock_tls_record_failures_total, libsock_tls_connections) into buf from buf[0], as
+ * snprintf does (to add them to other text, pass the end of that text). Returns the length the
  * whole text needs (not counting a NUL, which is written when it fits); it was written only
  * if that is below size. -1 with errno EINVAL for a NULL buf with a size. Any thread. */
 ssize_t sock_tls_metrics(char* buf, size_t size);

@@ -15,9 +15,11 @@ namespace tls {
 namespace {
 
 // Handshake-time buckets (upper bounds in microseconds) of libsock_tls_handshake_seconds:
-// from a loopback handshake's cost to a far client's round trips.
+// from a loopback handshake's cost to a far client's round trips. One more bucket counts
+// the handshakes slower than the last bound (the text's +Inf is the sum of all).
 constexpr uint64_t kBucketUs[] = {250, 500, 1000, 2500, 5000, 10000, 25000, 100000, 1000000};
 constexpr std::size_t kBuckets = sizeof kBucketUs / sizeof kBucketUs[0];
+constexpr std::size_t kOverflowBucket = kBuckets;
 
 // A counter with one writer at a time (its block's thread, or the registry mutex's holder):
 // a relaxed load and store, plain moves without a locked instruction, and any thread reads a
@@ -35,30 +37,36 @@ class Counter {
   std::atomic<uint64_t> value_{0};
 };
 
-// One thread's counts, on cache lines of its own.
+// One thread's counts, on cache lines of its own. A reader sums them while their threads
+// count, one counter after another, so it may see a handshake in one counter and not yet in
+// the next: every figure shown is therefore a counter of its own or a sum of counters read
+// together (never a difference, which a count between two reads could take below an
+// earlier scrape's), so each grows from one scrape to the next.
 struct alignas(alloc::kCacheLineBytes) Block {
-  Counter handshakes, resumed, handshake_us, records_failed;
+  Counter full, resumed, handshake_us, records_failed;  // handshakes: full + resumed
   Counter open;  // +1 per start, -1 per clear: two's complement in a Counter
   Counter failures[SOCK_TLS_FAIL_REASONS];
-  Counter buckets[kBuckets];  // not cumulative; the text sums them
+  Counter buckets[kBuckets + 1];  // not cumulative (the text sums them); then the overflow
 };
-static_assert(alignof(Block) == alloc::kCacheLineBytes && sizeof(Block) % alloc::kCacheLineBytes == 0,
+static_assert(alignof(Block) == alloc::kCacheLineBytes &&
+                  sizeof(Block) % alloc::kCacheLineBytes == 0,
               "a thread's block shares no cache line with another's");
 
-// The blocks summed: a snapshot (each value relaxed, read under the registry's mutex).
+// The blocks summed (each value relaxed, read under the registry's mutex): not one instant's
+// snapshot while threads count (see Block).
 struct Totals {
-  uint64_t handshakes = 0, resumed = 0, handshake_us = 0, records_failed = 0, open = 0;
+  uint64_t full = 0, resumed = 0, handshake_us = 0, records_failed = 0, open = 0;
   uint64_t failures[SOCK_TLS_FAIL_REASONS] = {};
-  uint64_t buckets[kBuckets] = {};
+  uint64_t buckets[kBuckets + 1] = {};
 
   void add(const Block& b) {
-    handshakes += b.handshakes.get();
+    full += b.full.get();
     resumed += b.resumed.get();
     handshake_us += b.handshake_us.get();
     records_failed += b.records_failed.get();
     open += b.open.get();
     for (int i = 0; i < SOCK_TLS_FAIL_REASONS; ++i) failures[i] += b.failures[i].get();
-    for (std::size_t i = 0; i < kBuckets; ++i) buckets[i] += b.buckets[i].get();
+    for (std::size_t i = 0; i <= kBuckets; ++i) buckets[i] += b.buckets[i].get();
   }
 };
 
@@ -104,13 +112,13 @@ class Registry {
  private:
   // The mutex holder is retired_'s one writer.
   void fold(const Block& b) {
-    retired_.handshakes.add(b.handshakes.get());
+    retired_.full.add(b.full.get());
     retired_.resumed.add(b.resumed.get());
     retired_.handshake_us.add(b.handshake_us.get());
     retired_.records_failed.add(b.records_failed.get());
     retired_.open.add(b.open.get());
     for (int i = 0; i < SOCK_TLS_FAIL_REASONS; ++i) retired_.failures[i].add(b.failures[i].get());
-    for (std::size_t i = 0; i < kBuckets; ++i) retired_.buckets[i].add(b.buckets[i].get());
+    for (std::size_t i = 0; i <= kBuckets; ++i) retired_.buckets[i].add(b.buckets[i].get());
   }
 
   std::mutex mutex_;
@@ -168,12 +176,11 @@ void count_open(int delta) {
 
 void count_handshake(bool resumed, uint64_t micros) {
   std::size_t i = 0;
-  while (i < kBuckets && micros > kBucketUs[i]) ++i;
+  while (i < kOverflowBucket && micros > kBucketUs[i]) ++i;
   count([&](Block& b) {
-    b.handshakes.add(1);
-    if (resumed) b.resumed.add(1);
+    (resumed ? b.resumed : b.full).add(1);
     b.handshake_us.add(micros);
-    if (i < kBuckets) b.buckets[i].add(1);
+    b.buckets[i].add(1);
   });
 }
 
@@ -189,7 +196,7 @@ namespace {
 
 SockTLSStats stats_of(const Totals& t) {
   SockTLSStats stats{};
-  stats.handshakes = t.handshakes;
+  stats.handshakes = t.full + t.resumed;
   stats.resumed = t.resumed;
   for (int i = 0; i < SOCK_TLS_FAIL_REASONS; ++i) stats.failures[i] = t.failures[i];
   stats.handshake_us_sum = t.handshake_us;
@@ -219,7 +226,9 @@ ssize_t sock_tls_metrics(char* buf, size_t size) {
     errno = EINVAL;
     return -1;
   }
-  // One snapshot for the counters and the histogram's buckets, so that they agree.
+  // One sum of the blocks, not one instant's snapshot (stats.cc's Block): the histogram's
+  // +Inf bucket and count are its buckets' sum as read, so they agree with every bucket
+  // shown; kind="full" and kind="resumed" are counters of their own.
   const tls::Totals totals = tls::registry().sum();
   const SockTLSStats s = tls::stats_of(totals);
   std::string text;
@@ -234,8 +243,8 @@ ssize_t sock_tls_metrics(char* buf, size_t size) {
   };
   add("# HELP libsock_tls_handshakes_total TLS handshakes completed.\n"
       "# TYPE libsock_tls_handshakes_total counter\n");
-  add("libsock_tls_handshakes_total{kind=\"full\"} %" PRIu64 "\n", s.handshakes - s.resumed);
-  add("libsock_tls_handshakes_total{kind=\"resumed\"} %" PRIu64 "\n", s.resumed);
+  add("libsock_tls_handshakes_total{kind=\"full\"} %" PRIu64 "\n", totals.full);
+  add("libsock_tls_handshakes_total{kind=\"resumed\"} %" PRIu64 "\n", totals.resumed);
   add("# HELP libsock_tls_handshake_failures_total TLS handshakes that failed, by reason.\n"
       "# TYPE libsock_tls_handshake_failures_total counter\n");
   for (int i = 0; i < SOCK_TLS_FAIL_REASONS; ++i) {
@@ -250,9 +259,10 @@ ssize_t sock_tls_metrics(char* buf, size_t size) {
     add("libsock_tls_handshake_seconds_bucket{le=\"%g\"} %" PRIu64 "\n",
         static_cast<double>(tls::kBucketUs[i]) / 1e6, cumulative);
   }
-  add("libsock_tls_handshake_seconds_bucket{le=\"+Inf\"} %" PRIu64 "\n", s.handshakes);
+  cumulative += totals.buckets[tls::kOverflowBucket];
+  add("libsock_tls_handshake_seconds_bucket{le=\"+Inf\"} %" PRIu64 "\n", cumulative);
   add("libsock_tls_handshake_seconds_sum %.6f\n", static_cast<double>(s.handshake_us_sum) / 1e6);
-  add("libsock_tls_handshake_seconds_count %" PRIu64 "\n", s.handshakes);
+  add("libsock_tls_handshake_seconds_count %" PRIu64 "\n", cumulative);
   add("# HELP libsock_tls_record_failures_total Established TLS connections failed on a "
       "record.\n# TYPE libsock_tls_record_failures_total counter\n");
   add("libsock_tls_record_failures_total %" PRIu64 "\n", s.records_failed);

@@ -58,6 +58,9 @@ struct TicketKeys::ThreadCopies {
 
 TicketKeys::TicketKeys() : id_(next_id.fetch_add(1, std::memory_order_relaxed)) {}
 
+// No lock: the last reference is going, so no handshake can be reading the keys.
+TicketKeys::~TicketKeys() { OPENSSL_cleanse(&keys_, sizeof keys_); }
+
 int TicketKeys::callback(SSL* ssl, unsigned char name[16], unsigned char iv[EVP_MAX_IV_LENGTH],
                          EVP_CIPHER_CTX* cipher, EVP_MAC_CTX* mac, int encrypt) {
   // Every context of a configuration (SNI ones too) points back to it.

@@ -3,12 +3,18 @@
 // shard's sessions): a current key that encrypts new tickets and the one before it, which
 // still decrypts (and has the ticket renewed). The current key is replaced every
 // SOCK_TLS_TICKET_KEY_S seconds, when a ticket is next issued; a key decrypts for at most two
-// such periods.
+// such periods from its start. So every ticket, issued in its key's first period, decrypts
+// for at least one period after its issue (unless two rotations by hand come first): the
+// lifetime config.cc advertises.
 // Threads: any. A handshake reads the atomic generation and uses its thread's copy of the two
 // keys; the mutex is taken only to rotate and by a thread whose copy is older than the
 // generation (once per thread after each rotation), so handshakes on different shards share
 // no lock and write no shared line. A thread keeps copies for kThreadCopies configurations;
-// copies are wiped when replaced and at the thread's exit.
+// copies are wiped when replaced and at the thread's exit, the configuration's own keys when
+// it is destroyed. A freed configuration's copies therefore stay in the threads that used it
+// until replaced or the thread exits: in thread-local storage, which no allocation reuses
+// (wiping them from the destructor would need every thread's copies reachable and locked).
+// Errors: rotate() and the callback report failures by their results; no errno.
 #ifndef ENGINE_TLS_TICKET_KEYS_H_
 #define ENGINE_TLS_TICKET_KEYS_H_
 
@@ -24,6 +30,9 @@ namespace tls {
 class TicketKeys {
  public:
   TicketKeys();
+  // Wipes the keys: the configuration's memory goes back to the allocator, which may hand it
+  // to anything, a buffer sent to a peer included. Any thread (the last reference's).
+  ~TicketKeys();
   TicketKeys(const TicketKeys&) = delete;
   TicketKeys& operator=(const TicketKeys&) = delete;
 

@@ -544,17 +544,67 @@ TEST_F(ClosingLogTest, ACloseFromTheLogAfterABadRecordBehindTheHandshakeIsSafe) 
   expect_still_serving();
 }
 
-// A peer that trickles a record, a byte per third of the idle timeout: ciphertext arrives
-// within every timeout, but plaintext only once the record is whole, three timeouts later.
-// Received bytes are progress (the handshake deadline, not the idle timer, bounds a
-// handshake): the connection stays open and reads the record; silence after it still times
-// out. The reactor reads a clock the test steps (fake_clock.h), so no real time matters.
-class SlowPeerTest : public BadInputTest {
+// The reactor reads a clock the test steps (fake_clock.h), so no real time matters.
+class ClockedTest : public BadInputTest {
  protected:
   void SetUp() override {
     BadInputTest::SetUp();
     clock_.install(&r_);
   }
+  // Moves the clock by d, then runs the loop: its timer step sees the new time.
+  void step(std::chrono::milliseconds d) {
+    clock_.advance(d);
+    for (int i = 0; i < 2; ++i) engine::Reactor::of(&r_, true)->run_once(0);
+  }
+  testing_support::FakeClock clock_;
+};
+
+// The handshake deadline is the configuration's timeout when the connection started
+// (sock_tls.h: a change reaches connections started after it). The deadline armed then is
+// cleared when the handshake completes, though the timeout was switched off meanwhile: the
+// established connections outlive it.
+TEST_F(ClockedTest, DeadlineArmedAtTheStartEndsWithTheHandshakeThoughTheTimeoutWentToZero) {
+  int server = -1;
+  const int client = connect_pair(&server);  // both ends armed with SOCK_TLS_HANDSHAKE_MS
+  ASSERT_GE(server, 0);
+  ASSERT_EQ(sock_tls_set_handshake_timeout(client_tls_, 0), 0);
+  ASSERT_EQ(sock_tls_set_handshake_timeout(server_tls_, 0), 0);
+  ASSERT_TRUE(run_until_established(client, server));
+  step(std::chrono::milliseconds(2 * SOCK_TLS_HANDSHAKE_MS));
+  ASSERT_EQ(sock_write(client, "ok", 2), 0);
+  ASSERT_TRUE(run_until_received(client, 2));
+  EXPECT_EQ(conns_[client].got, "ok");
+  EXPECT_FALSE(conns_[client].closed) << "the client was closed by its handshake deadline";
+  EXPECT_FALSE(conns_[server].closed) << "the server was closed by its handshake deadline";
+}
+
+// A connection started without a handshake deadline keeps the application's own deadline
+// (docs/tls.md: "set the handshake timeout to 0 and keep your own") through the handshake,
+// though the configuration's timeout was switched on meanwhile.
+TEST_F(ClockedTest, ApplicationsDeadlineOutlivesTheHandshakeThoughTheTimeoutWasSwitchedOn) {
+  constexpr std::chrono::milliseconds kOwn{5000};
+  ASSERT_EQ(sock_tls_set_handshake_timeout(client_tls_, 0), 0);
+  const int client = connect_tls();
+  ASSERT_GE(client, 0);
+  ASSERT_EQ(sock_set_deadline(client, static_cast<unsigned>(kOwn.count())), 0);
+  ASSERT_EQ(sock_tls_set_handshake_timeout(client_tls_, SOCK_TLS_HANDSHAKE_MS), 0);
+  ASSERT_TRUE(run_until(&r_, [&] { return !accepted_.empty(); }));
+  ASSERT_TRUE(run_until_established(client, accepted_.back()));
+  step(kOwn / 2);
+  ASSERT_FALSE(conns_[client].closed);
+  step(kOwn);
+  ASSERT_TRUE(run_until(&r_, [&] { return conns_[client].closed; }, std::chrono::seconds(2)))
+      << "the application's deadline was cleared with the handshake";
+  EXPECT_EQ(conns_[client].reason, SOCK_CLOSE_TIMEOUT);
+}
+
+// A peer that trickles a record, a byte per third of the idle timeout: ciphertext arrives
+// within every timeout, but plaintext only once the record is whole, three timeouts later.
+// Received bytes are progress (the handshake deadline, not the idle timer, bounds a
+// handshake): the connection stays open and reads the record; silence after it still times
+// out.
+class SlowPeerTest : public ClockedTest {
+ protected:
   // Runs the loop, the clock standing still, until the server side has taken every byte
   // from its socket.
   bool run_until_taken(int server) {
@@ -563,12 +613,6 @@ class SlowPeerTest : public BadInputTest {
       return conns_[server].closed || (ioctl(server, FIONREAD, &unread) == 0 && unread == 0);
     });
   }
-  // Moves the clock by d, then runs the loop: its timer step sees the new time.
-  void step(std::chrono::milliseconds d) {
-    clock_.advance(d);
-    for (int i = 0; i < 2; ++i) engine::Reactor::of(&r_, true)->run_once(0);
-  }
-  testing_support::FakeClock clock_;
 };
 
 TEST_F(SlowPeerTest, CiphertextWithoutPlaintextYetKeepsTheIdleTimerFromFiring) {

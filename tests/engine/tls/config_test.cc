@@ -403,6 +403,33 @@ TEST_F(ConfigFixture, AcceptAndConnectCheckTheirArguments) {
   EXPECT_EQ(tls_stats().failures[SOCK_TLS_FAIL_CLOSED], before.failures[SOCK_TLS_FAIL_CLOSED] + 1);
 }
 
+// A server name SNI cannot carry (empty, or over 255 bytes) is refused with EINVAL, the fd
+// left as it was, and sock_tls_error() says why (not an older failure's reason). OpenSSL's
+// own error goes with it: a later, unrelated failure on the thread does not carry it.
+TEST_F(ConfigFixture, AServerNameSniCannotCarryIsRefusedWithItsReason) {
+  const std::string missing = test_pki().dir + "/missing.pem";
+  for (const std::string& name : {std::string(256, 'a'), std::string()}) {
+    SCOPED_TRACE(name.size());
+    int pair[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, pair), 0);
+    ASSERT_EQ(sock_open(&r_, pair[0]), 0);
+    EXPECT_EQ(sock_tls_client_new(missing.c_str()), nullptr);  // an older reason
+    errno = 0;
+    EXPECT_EQ(sock_tls_connect(pair[0], client_tls_, name.c_str()), -1);
+    EXPECT_EQ(errno, EINVAL);
+    EXPECT_EQ(sock_tlc_get(pair[0]), nullptr);
+    EXPECT_EQ(sock_pending(pair[0]), 0) << "a ClientHello was queued";
+    EXPECT_TRUE(contains(sock_tls_error(), "server name")) << sock_tls_error();
+    EXPECT_FALSE(contains(sock_tls_error(), missing)) << sock_tls_error();
+    EXPECT_EQ(sock_tls_client_new(missing.c_str()), nullptr);
+    EXPECT_TRUE(contains(sock_tls_error(), "cannot load CA certificates from " + missing))
+        << sock_tls_error();
+    EXPECT_FALSE(contains(sock_tls_error(), "servername")) << sock_tls_error();
+    sock_force_close(&r_, pair[0]);
+    close(pair[1]);
+  }
+}
+
 // An fd without a reactor is refused (EINVAL) and left as it was: nothing would send the
 // records the layer queues from inside sock_read (the last handshake flight, the writes held
 // through it) until the application called sock_flush, and no deadline could bound the

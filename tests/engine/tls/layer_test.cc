@@ -344,6 +344,29 @@ TEST_F(LayerTest, StateQueriesOffTheOwnerThreadGiveEperm) {
   close_both(client, server);
 }
 
+// A client that asked for 512-byte records (max_fragment_length, RFC 6066 4), which OpenSSL's
+// server grants under TLS 1.3 as under 1.2, gets no record longer: its OpenSSL fails the
+// connection with record_overflow on one. A 64 KiB echo (records of up to 16 KB written)
+// comes back whole.
+TEST_F(LayerTest, MaxFragmentLengthAskedForIsHonoured) {
+  for (const int version : {TLS1_2_VERSION, TLS1_3_VERSION}) {
+    SCOPED_TRACE(version == TLS1_2_VERSION ? "TLS 1.2" : "TLS 1.3");
+    TlsClientConfig config(test_pki().ca, "", version);
+    ASSERT_EQ(SSL_CTX_set_tlsext_max_fragment_length(config.ctx(),
+                                                     TLSEXT_max_fragment_length_512), 1);
+    TlsClient peer(config, listener_.port, "localhost");
+    const std::string data = pattern(std::size_t{64} << 10, 31);
+    ASSERT_TRUE(round_trip(peer, data)) << peer.error();
+    EXPECT_FALSE(peer.failed()) << peer.error();
+    EXPECT_EQ(peer.version(), version);
+    EXPECT_EQ(peer.received().size(), data.size());
+    EXPECT_EQ(first_difference(peer.received(), data), data.size());
+    const int server = accepted_.back();
+    EXPECT_FALSE(conns_[server].closed) << conns_[server].tls_error;
+  }
+  EXPECT_TRUE(log_.empty()) << log_.front();
+}
+
 // A session resumed from the server's ticket shows on the server side (TLS 1.2 and 1.3).
 class ResumedTest : public LayerTest, public ::testing::WithParamInterface<int> {};
 

@@ -6,10 +6,14 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <latch>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "engine/libreact.h"
 #include "engine/libsock.h"
@@ -126,6 +130,104 @@ TEST(StatsTest, CountsFromTwoThreadsSumExactlyAndSurviveTheirExit) {
   expect_sums("both threads exited");
   tls::count_open(-1);  // the last of thread a's connections, cleared here
   EXPECT_EQ(stats_now().open, before.open);
+}
+
+// The histogram's figures and the handshake counters as one scrape shows them.
+struct Exposition {
+  double full = 0, resumed = 0, count = 0, inf = 0;
+  std::vector<double> buckets;  // the finite ones, cumulative, in order
+};
+
+// One sock_tls_metrics call, into room to spare: the text may grow between two calls while
+// another thread counts (a count gaining a digit).
+Exposition scrape() {
+  std::string text(1 << 16, '\0');
+  const ssize_t n = sock_tls_metrics(text.data(), text.size());
+  EXPECT_GT(n, 0);
+  EXPECT_LT(n, static_cast<ssize_t>(text.size()));
+  text.resize(static_cast<std::size_t>(std::max<ssize_t>(n, 0)));
+  Exposition e;
+  e.full = series_value(text, "libsock_tls_handshakes_total{kind=\"full\"}");
+  e.resumed = series_value(text, "libsock_tls_handshakes_total{kind=\"resumed\"}");
+  e.count = series_value(text, "libsock_tls_handshake_seconds_count");
+  e.inf = series_value(text, "libsock_tls_handshake_seconds_bucket{le=\"+Inf\"}");
+  const std::string prefix = "\nlibsock_tls_handshake_seconds_bucket{le=\"";
+  for (std::size_t at = 0; (at = text.find(prefix, at)) != std::string::npos; ++at) {
+    if (text.compare(at + prefix.size(), 4, "+Inf") == 0) continue;
+    e.buckets.push_back(std::stod(text.substr(text.find("} ", at) + 2)));
+  }
+  return e;
+}
+
+// Whether one scrape's histogram agrees with itself: cumulative buckets up to +Inf, which is
+// the count. Empty if so, else what disagrees.
+std::string disagreement(const Exposition& e) {
+  double previous = 0;
+  for (const double b : e.buckets) {
+    if (b < previous) return "a bucket below the one before it";
+    previous = b;
+  }
+  if (e.inf < previous) return "the +Inf bucket below a finite one";
+  if (e.count != e.inf) return "_count is not the +Inf bucket";
+  return "";
+}
+
+// A handshake slower than the last finite bucket (1 s) is in +Inf and _count only, and a
+// quiet scrape's figures agree: +Inf and _count are the full and resumed handshakes.
+TEST(StatsTest, HistogramCountsEveryHandshakeSlowOnesInInfOnly) {
+  const Exposition before = scrape();
+  tls::count_handshake(false, 5'000'000);
+  tls::count_handshake(true, 100);
+  const Exposition after = scrape();
+  EXPECT_EQ(disagreement(after), "");
+  ASSERT_EQ(after.buckets.size(), before.buckets.size());
+  ASSERT_FALSE(after.buckets.empty());
+  EXPECT_EQ(after.buckets.back() - before.buckets.back(), 1);
+  EXPECT_EQ(after.inf - before.inf, 2);
+  EXPECT_EQ(after.full - before.full, 1);
+  EXPECT_EQ(after.resumed - before.resumed, 1);
+  EXPECT_EQ(after.inf, after.full + after.resumed);
+}
+
+// Scrapes while another thread counts handshakes: every scrape's histogram agrees with itself
+// (no bucket above +Inf, _count equal to +Inf), and no counter goes down from one scrape to
+// the next. The figures are derived from the same reads, each from counters that only grow,
+// so no interleaving can break this; before, +Inf and _count were the handshake counter,
+// read before the buckets, and kind="full" was the handshakes less the resumed ones, read
+// one after the other, so a handshake counted between two reads broke either.
+// A race, so a scrape catches a count half made only now and then (the scrapes go on for a
+// second): the structure, not this test, is what rules it out.
+TEST(StatsTest, ScrapesWhileHandshakesAreCountedAgreeAndNeverGoDown) {
+  constexpr int kScrapes = 100000;
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+  std::atomic<bool> stop{false};
+  std::atomic<bool> counting{false};
+  std::thread counter([&] {
+    // Alternately full and resumed, in finite buckets only: their sum is then the +Inf
+    // bucket, which a slow handshake's count would leave room above.
+    constexpr uint64_t kMicros[] = {100, 800, 20000, 900'000};
+    for (uint64_t i = 0; !stop.load(std::memory_order_relaxed); ++i) {
+      tls::count_handshake(i % 2 == 1, kMicros[i % 4]);
+      counting.store(true, std::memory_order_relaxed);
+    }
+  });
+  while (!counting.load(std::memory_order_relaxed)) std::this_thread::yield();
+  Exposition previous = scrape();
+  std::string problem;
+  int i = 0;
+  for (; i < kScrapes && problem.empty() && std::chrono::steady_clock::now() < end; ++i) {
+    const Exposition now = scrape();
+    problem = disagreement(now);
+    if (problem.empty() && (now.full < previous.full || now.resumed < previous.resumed ||
+                            now.inf < previous.inf)) {
+      problem = "a counter went down";
+    }
+    if (!problem.empty()) problem += " at scrape " + std::to_string(i);
+    previous = now;
+  }
+  stop.store(true, std::memory_order_relaxed);
+  counter.join();
+  EXPECT_EQ(problem, "") << "after " << i << " scrapes";
 }
 
 class StatsFixture : public TlsFixture {

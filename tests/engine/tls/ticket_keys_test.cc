@@ -135,6 +135,21 @@ TEST_P(TicketKeysTest, EveryResumptionBringsATicketForTheNext) {
   }
 }
 
+// A ticket advertises the lifetime it is sure to be honoured for: one key period. A key
+// encrypts tickets during its first period and decrypts them until two have passed since it
+// began, so a ticket issued at the end of its key's first period has one period left. (Two
+// were advertised: tickets from the second half of a key's period expired early. The window
+// itself runs on CLOCK_MONOTONIC inside ticket_keys.cc and OpenSSL's time(), which no test
+// can step.)
+TEST_P(TicketKeysTest, TicketsAdvertiseTheLifetimeTheyAreSureToBeHonouredFor) {
+  ServerThread server(tls_);
+  Session session;
+  EXPECT_EQ(request(server.port(), nullptr, &session), "resumed=0;");
+  ASSERT_TRUE(session);
+  EXPECT_EQ(SSL_SESSION_get_ticket_lifetime_hint(session.get()),
+            static_cast<unsigned long>(SOCK_TLS_TICKET_KEY_S));
+}
+
 // Another configuration has keys of its own: its servers do not resume the first one's
 // sessions.
 TEST_P(TicketKeysTest, AnotherConfigurationDoesNotResume) {
