@@ -15,11 +15,15 @@ namespace engine {
 // hold a stop (libreact.h, reactor_stop; SockServerSettings.stop_timeout_ms).
 inline constexpr int64_t kStopDrainMs = 5000;
 
-// The longest a lingering close waits for the peer's EOF (sock_close with input unread,
-// linger.cc): a peer that read its response and closes takes one round trip, and one that
-// goes on sending meanwhile loses nothing it could still read by then. nginx's
-// lingering_timeout, and the stop's drain time: a stop waits no longer for a linger.
-inline constexpr int64_t kLingerMs = kStopDrainMs;
+// A lingering close (linger.cc) waits for the peer's EOF until the peer has been quiet this
+// long (it sent nothing, and took nothing of what the kernel still holds for it), or at most
+// kLingerMaxMs in all. A peer that read its response and closes takes one round trip; one
+// still sending or still reading the response keeps the fd until that ends, within the cap.
+// nginx's lingering_timeout and lingering_time. A stop waits for a linger no longer than
+// for any drain (kStopDrainMs).
+inline constexpr int64_t kLingerMs = 5000;
+inline constexpr int64_t kLingerMaxMs = 30 * 1000;
+static_assert(kLingerMs < kLingerMaxMs);
 
 // Backpressure (ReactorLimits): a megabyte owed to a peer is plenty of pipelining, and
 // resuming at a quarter leaves room to refill before the socket runs dry.

@@ -78,6 +78,9 @@ struct SlotExtra {
   // deadline. Never cleared: the close ends it.
   enum class Linger : uint8_t { kNo, kWanted, kLingering };
   Linger linger = Linger::kNo;
+  // kLingering: the tick by which the fd closes whatever the peer does (kLingerMaxMs after the
+  // linger began). Apart from deadline_tick, which sock_set_deadline() may clear or move.
+  uint32_t linger_end_tick = 0;
   // Backpressure: queued bytes above which reading pauses, at or below which it resumes
   // (0: the reactor's limits).
   uint32_t high_watermark = 0;
@@ -136,8 +139,11 @@ inline void set_slot_error(FdSlot& slot, int err) {
 }
 
 inline sockTLC* slot_tlc(const FdSlot& slot) { return slot.extra ? slot.extra->tlc : nullptr; }
+// The tick by which fd closes whatever it does (0: none): its deadline, or a linger's end.
 inline uint32_t slot_deadline(const FdSlot& slot) {
-  return slot.extra ? slot.extra->deadline_tick : 0;
+  if (!slot.extra) return 0;
+  const uint32_t deadline = slot.extra->deadline_tick, linger_end = slot.extra->linger_end_tick;
+  return (!deadline || (linger_end && linger_end < deadline)) ? linger_end : deadline;
 }
 // slot.extra, allocated (all defaults) if it does not exist yet; nullptr with errno ENOMEM.
 SlotExtra* slot_extra_make(FdSlot& slot);

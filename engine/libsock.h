@@ -26,7 +26,7 @@
  *   (sock_accept, sock_connect, sock_open) takes effect when the owner runs it: until then the new fd's calls fail with EBADF, so use it
  *   from the owner's callbacks (a sharded server's on_open). sock_read, sock_clear, the
  *   per-connection settings (sock_set_timeout, sock_set_deadline, sock_set_watermarks,
- *   sock_pending) and the sock_tlc_ calls need the owner thread: elsewhere they fail with
+ *   sock_pending), sock_close_lingering and the sock_tlc_ calls need the owner thread: elsewhere they fail with
  *   EPERM (sock_clear does nothing). sock_status, sock_fd2uuid and sock_uuid2fd only read the
  *   fd's generation: any thread. An fd opened without a reactor has no owner thread: use it
  *   from one thread at a time. The helpers in the first section (no fd state),
@@ -232,17 +232,20 @@ ssize_t sock_flush(int fd);
 
 /** Closes fd once everything queued is sent (no new writes are accepted meanwhile). The
  * close runs on_close of fd's reactor, or of `reactor` when fd has none.
- * If the peer's input waits unread by then, close(2) would send a reset, which can destroy
- * what the kernel has not delivered yet; so on an fd attached to a reactor the close lingers
- * instead: the write side is shut (the peer reads everything sent, then EOF), on_data no
- * longer runs, input is read and discarded, and fd closes at the peer's EOF, or at the latest
- * 5 s after the queue drained (SOCK_CLOSE_LOCAL; SOCK_CLOSE_ERROR if the peer resets). */
+ * If the peer's input waits unread by then, close(2) would send a reset, which destroys what
+ * the kernel has not delivered yet; so on an fd attached to a reactor the close lingers
+ * instead: the write side is shut (the peer
+ * reads everything sent, then EOF), on_data no longer runs, input is read and discarded, and
+ * fd closes at the peer's EOF, once the peer has been quiet for 5 s (sending nothing, taking
+ * nothing), or 30 s after the queue drained (SOCK_CLOSE_LOCAL; SOCK_CLOSE_ERROR if the peer
+ * resets). To abandon a stream the peer is still sending, sock_force_close(): its reset is
+ * what stops the sender. */
 void sock_close(struct Reactor* reactor, int fd);
 
 /** sock_close() for a peer that may still be sending, such as one whose request was answered
  * with an error before its upload ended: fd lingers as above once its queue is sent, whether
- * or not input waits at that moment, so input that comes later cannot turn the close into a
- * reset either. Owner thread; fd attached to a reactor. Returns 0, or -1 with errno (EBADF:
+ * or not input waits at that moment, so input that comes later cannot turn the close
+ * into a reset either. Owner thread; fd attached to a reactor. Returns 0, or -1 with errno (EBADF:
  * not open; EPERM: another thread; EINVAL: no reactor) and fd untouched. Without memory to
  * note the linger, fd closes as sock_close() closes it. */
 int sock_close_lingering(struct Reactor* reactor, int fd);
@@ -292,8 +295,8 @@ enum SockCloseReason {
   SOCK_CLOSE_LOCAL = 0,   /* sock_close, sock_force_close, reactor_close, a stop */
   SOCK_CLOSE_PEER = 1,    /* the peer closed (EOF, hang-up) */
   SOCK_CLOSE_TIMEOUT = 2, /* an idle timeout or a deadline expired; with bytes still owed to
-                           * the peer (queued, or unacknowledged in the kernel) the close is
-                           * a reset, so the peer cannot take a cut-short stream for whole */
+                           * a TCP peer (queued, or unacknowledged in the kernel) the close
+                           * is a reset, so the peer cannot take a cut-short stream for whole */
   SOCK_CLOSE_ERROR = 3    /* a read, write, connect or transport-layer error */
 };
 

@@ -2,8 +2,8 @@
 // The lingering close (RFC 9112 §9.6): close(2) on a socket whose input waits unread sends a
 // reset instead of a FIN, and a reset destroys whatever the kernel has not delivered yet (a
 // response, all but its start; h2o#2534). So a sock_close() that drained its queue with the
-// peer's input unread shuts the write side instead, reads and drops the peer's input, and
-// closes at the peer's EOF (then nothing is unread) or kLingerMs after it began.
+// peer's input unread, or that sock_close_lingering() closed, shuts the write side instead, reads and drops the peer's input, and closes at the
+// peer's EOF (then nothing is unread), after kLingerMs of quiet, or at kLingerMaxMs.
 #include <sys/socket.h>
 
 #include <cerrno>
@@ -13,6 +13,7 @@
 #include "engine/defaults.h"
 #include "engine/fd_table.h"
 #include "engine/reactor.h"
+#include "engine/socket_ops.h"
 
 namespace engine {
 namespace {
@@ -30,8 +31,13 @@ bool Reactor::linger(int fd, FdSlot& slot) {
   using Linger = SlotExtra::Linger;
   const Linger state = slot.extra ? slot.extra->linger : Linger::kNo;
   if (state == Linger::kLingering) return true;
-  // Nothing unread, and the application expects nothing more: close(2) sends a FIN.
-  if (state == Linger::kNo && !(slot.flags & kReadPending)) return false;
+  // Unasked, only where close(2) would be a reset: input really waits in the socket, not just
+  // behind an edge nobody read to EAGAIN, or as plaintext a layer holds. (Even a response
+  // the peer has acknowledged is at risk: the reset turns the EOF it reads to an error, and
+  // some stacks drop what they received and the application has not read.)
+  if (state == Linger::kNo && (!(slot.flags & kReadPending) || !input_waits_unread(fd))) {
+    return false;
+  }
   SlotExtra* extra = slot_extra_make(slot);
   // EPOLL_CTL_ADD or MOD: an fd served whole from its first input was never added
   // (read_first_input), and the peer's EOF must reach us.
@@ -39,10 +45,13 @@ bool Reactor::linger(int fd, FdSlot& slot) {
   extra->linger = Linger::kLingering;
   // kPaused: on_data no longer runs (call_on_data discards instead) and sock_read reads 0.
   // kWriteBlocked: nothing is owed on_ready, and no EPOLLOUT edge flushes the fd again.
-  slot.flags = (slot.flags | kPaused) & ~kWriteBlocked;
-  const uint32_t end = now_tick_ + 1 + ticks_of(kLingerMs);
-  if (!extra->deadline_tick || end < extra->deadline_tick) extra->deadline_tick = end;
-  arm_timer(fd, slot, false);  // an expiry already past closes at the timer step
+  // kOwnIdle: quiet for kLingerMs (input discarded, or the peer taking what the kernel holds,
+  // count as activity) ends the wait; linger_end_tick ends it in any case.
+  slot.flags = (slot.flags | kPaused | kOwnIdle) & ~kWriteBlocked;
+  extra->idle_ticks = ticks_of(kLingerMs);
+  extra->linger_end_tick = now_tick_ + 1 + ticks_of(kLingerMaxMs);
+  stamp_activity(slot);
+  arm_timer(fd, slot, false);
   want_on_data_again(fd, slot);  // the input already waiting raises no new edge
   return true;
 }
@@ -53,6 +62,7 @@ void Reactor::discard_lingering_input(int fd, FdSlot& slot) {
   for (;;) {
     const ssize_t n = recv(fd, sink, sizeof sink, MSG_DONTWAIT);
     if (n > 0) {
+      stamp_activity(slot);  // the peer is still sending: it waits for its EOF
       discarded += static_cast<std::size_t>(n);
       if (discarded >= kLingerDiscardPerVisit) {
         want_on_data_again(fd, slot);

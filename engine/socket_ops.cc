@@ -86,6 +86,11 @@ int peer_progress_age_ms(int fd, bool queued) {
   return static_cast<int>(std::min<uint32_t>(age, INT_MAX));
 }
 
+bool input_waits_unread(int fd) {
+  int unread = 0;
+  return ioctl(fd, SIOCINQ, &unread) == 0 && unread > 0;
+}
+
 void reset_on_close_if_owed(int fd, bool queued) {
   int in_kernel = 0;
   if (!queued && (ioctl(fd, SIOCOUTQ, &in_kernel) < 0 || in_kernel <= 0)) return;

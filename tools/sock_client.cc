@@ -90,9 +90,6 @@ void on_ready(struct Reactor*, int) {
 constexpr int kReadsPerCall = 16;
 
 void on_data(struct Reactor* r, int fd) {
-  // Closed by us below, the fd may still be called while its close waits for the flush step
-  // (input left unread asks for another call): nothing more is read.
-  if (g.expect && g.received >= g.expect) return;
   char buf[16 * 1024];
   bool enough = false;  // --expect-bytes came: checked as bytes come, not once drained
   for (int reads = 0; reads < kReadsPerCall && !enough; ++reads) {
@@ -112,7 +109,9 @@ void on_data(struct Reactor* r, int fd) {
   }
   // EOF mid-handshake closes the connection even with our input held (the engine does it):
   // on_close reports it.
-  if (enough) sock_close(r, fd);  // sends close_notify
+  // Abandoning a stream the peer may still be sending: a graceful close with its input unread
+  // would linger, reading on for seconds; the reset is what stops the sender.
+  if (enough) sock_force_close(r, fd);
 }
 
 void on_close(struct Reactor*, int) {
