@@ -2,7 +2,10 @@
 # Tests tools/pool_record and tools/pool_plot against tests/tools/fake_metrics_server.py:
 # ~1.5 s recorded at 0.2 s (the CSV's header, both shards, histogram buckets, the TLS series
 # told apart by their labels column, time going up), a run stopped by SIGTERM (exit 0, whole
-# lines), an unreachable URL (exit 1), a server that never answers and one that trickles
+# lines), an unreachable URL (exit 1, no file), a rerun without a sample (the last recording
+# kept as it was), an --out it cannot write (a directory, one in a directory that does not
+# exist: a one-line message, exit 1), a write cut short by the file size limit (the file ends
+# with the last whole sample, exit 1), a server that never answers and one that trickles
 # (--duration bounds the run: missed samples skipped, a sample cut at --timeout in all, each
 # failure reported, exit 1), servers that answer badly (a body cut short or badly chunked, a
 # reply that is not HTTP, a body the parser fails on, a body over the cap, streamed or
@@ -91,6 +94,56 @@ rc=0
 ((rc == 1)) || fail "unreachable URL: exit status $rc, not 1"
 grep -q "skipped: cannot reach http://127.0.0.1:$port/metrics" "$tmp/none.err" ||
   fail "unreachable URL: stderr is: $(<"$tmp/none.err")"
+[[ ! -e $tmp/none.csv ]] || fail "a run without a sample left none.csv: $(<"$tmp/none.csv")"
+
+echo "pool_record: a rerun that gets no sample (a wrong URL) leaves the last recording as it was"
+mkdir "$tmp/rerun"
+cp "$csv" "$tmp/rerun/run.csv"
+rc=0
+"$root/tools/pool_record" --url "http://127.0.0.1:$port/metrics" --interval 0.2 --duration 0.3 \
+  --out "$tmp/rerun/run.csv" 2>"$tmp/rerun.err" || rc=$?
+((rc == 1)) || fail "rerun: exit status $rc, not 1; stderr: $(<"$tmp/rerun.err")"
+cmp -s "$csv" "$tmp/rerun/run.csv" ||
+  fail "rerun: run.csv changed: $(head -n 3 "$tmp/rerun/run.csv")"
+[[ $(ls -A "$tmp/rerun") == run.csv ]] ||
+  fail "rerun: files left beside run.csv: $(ls -A "$tmp/rerun")"
+
+# out_refused OUT WANT: pool_record --out OUT on the working fake server exits 1 before any
+# sample, its stderr the one line "pool_record: WANT".
+out_refused() {
+  local rc=0
+  "$root/tools/pool_record" --url "$url" --interval 0.2 --duration 0.3 --out "$1" \
+    2>"$tmp/out.err" || rc=$?
+  ((rc == 1)) || fail "--out $1: exit status $rc, not 1; stderr: $(<"$tmp/out.err")"
+  [[ $(<"$tmp/out.err") == "pool_record: $2" ]] ||
+    fail "--out $1: stderr is not 'pool_record: $2' but: $(<"$tmp/out.err")"
+}
+echo "pool_record: an --out in a directory that does not exist, and one that is a directory"
+out_refused "$tmp/missing/x.csv" "cannot write $tmp/missing/x.csv: No such file or directory"
+mkdir "$tmp/outdir"
+out_refused "$tmp/outdir" "cannot write $tmp/outdir: Is a directory"
+[[ -z $(ls -A "$tmp/outdir") ]] || fail "files left in the --out directory: $(ls -A "$tmp/outdir")"
+
+echo "pool_record: a write cut short (the file size limit, as a full disk) keeps whole samples"
+# The limit (1 KiB blocks) holds the header and the first sample, and half the second: the
+# second's write is cut (its first bytes written, then EFBIG), not refused whole. Python
+# ignores SIGXFSZ, so the write fails rather than the process.
+first=$(awk -F, 'NR == 1 { n = length($0) + 1; next } NR == 2 { t = $1 }
+                 $1 == t { n += length($0) + 1 } END { print n }' "$csv")
+blocks=$(((first + first / 2) / 1024))
+rc=0
+(ulimit -f "$blocks" && exec "$root/tools/pool_record" --url "$url" --interval 0.2 --duration 5 \
+  --out "$tmp/full.csv") 2>"$tmp/full.err" || rc=$?
+((rc == 1)) || fail "file size limit: exit status $rc, not 1; stderr: $(<"$tmp/full.err")"
+grep -qxF "pool_record: cannot write $tmp/full.csv: File too large" "$tmp/full.err" ||
+  fail "file size limit: stderr is: $(<"$tmp/full.err")"
+! grep -vq '^pool_record: ' "$tmp/full.err" ||
+  fail "file size limit: stderr is: $(<"$tmp/full.err")"
+[[ $(tail -c 1 "$tmp/full.csv") == "" ]] || fail "full.csv does not end with a whole line"
+awk -F, 'NR > 1 && NF != 6 { print "line " NR ": " $0; exit 1 }' "$tmp/full.csv" ||
+  fail "full.csv: a row without 6 fields"
+(($(tail -n +2 "$tmp/full.csv" | cut -d, -f1 | uniq | wc -l) == 1)) ||
+  fail "full.csv does not hold exactly the first sample"
 
 # record_stuck NAME: pool_record on the fake server's /NAME at 0.2 s for 1 s, with --timeout 1.
 # A recorder that counts --duration in samples, catches up on missed ones or times out each
