@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
-# Tests tools/pool_record and tools/pool_plot against tests/tools/fake_metrics_server.py:
-# ~1.5 s recorded at 0.2 s (the CSV's header, both shards, histogram buckets, the TLS series
-# told apart by their labels column, time going up), a run stopped by SIGTERM (exit 0, whole
-# lines), an unreachable URL (exit 1, no file), a rerun without a sample (the last recording
-# kept as it was), an --out it cannot write (a directory, one in a directory that does not
-# exist: a one-line message, exit 1), a write cut short by the file size limit (the file ends
-# with the last whole sample, exit 1), a server that never answers and one that trickles
-# (--duration bounds the run: missed samples skipped, a sample cut at --timeout in all, each
-# failure reported, exit 1), servers that answer badly (a body cut short or badly chunked, a
-# reply that is not HTTP, a body the parser fails on, a body over the cap, streamed or
-# announced: each sample skipped with a warning, exit 1); then the charts as non-empty SVG
-# (valid XML) and PNG, from a recording without the histograms and process series
-# (?name=libsock_pool_), those charts skipped with a message and the others still drawn, a
-# last line without its newline (cut inside a value that still parses) ignored with a message,
-# CSVs it cannot draw (not UTF-8, a shard or le that is not a number, a field over csv's limit)
-# and an --out that is a file, a directory it may not write into or one where a directory has
-# a chart's file name refused with a one-line message and exit 1 (the files written before
-# listed), and a CSV of the format before the labels column still drawn.
+# Tests tools/pool_record and tools/pool_plot against tests/tools/fake_metrics_server.py: ~1.5 s
+# recorded at 0.2 s (the CSV's header, both shards, histogram buckets, the TLS series told apart
+# by their labels column, time going up), a run stopped by SIGTERM (exit 0, whole lines), an
+# unreachable URL (exit 1, no file), a rerun without a sample (the last recording kept as it
+# was), an --out it cannot write (a directory, one in a directory that does not exist: a
+# one-line message, exit 1), a write cut short by the file size limit (the file ends with the
+# last whole sample, exit 1), a server that never answers and one that trickles (--duration
+# bounds the run: missed samples skipped, a sample cut at --timeout in all, each failure
+# reported, exit 1), servers that answer badly (a body cut short or badly chunked, a reply that
+# is not HTTP, a body the parser fails on, a body over the cap, streamed or announced, or over
+# the cap on lines: each sample skipped with a warning, exit 1; one of as many lines as the cap
+# taken); then the charts as non-empty SVG (valid XML) and PNG, from a recording without the
+# histograms and process series (?name=libsock_pool_), those charts skipped with a message and
+# the others still drawn, a last line without its newline (cut inside a value that still parses)
+# ignored with a message, CSVs it cannot draw (not UTF-8, a shard or le that is not a number, a
+# field over csv's limit) and an --out that is a file, a directory it may not write into or one
+# where a directory has a chart's file name refused with a one-line message and exit 1 (the
+# files written before listed), and a CSV of the format before the labels column still drawn.
 #   bazel test //tests/tools:pool_record_plot_test   or   bash tests/tools/pool_record_plot_test.sh
 set -euo pipefail
 
@@ -190,6 +190,17 @@ echo "pool_record: a body over the cap, streamed or announced, is skipped"
 record_bad huge 'sent a body over 64 MiB, the cap \(MAX_BODY in tools/pool_scrape\.py\)$' \
   --interval 0.1 --duration 1 --timeout 5
 record_bad hugelength 'sent a body over 64 MiB, the cap'
+echo "pool_record: a body of more lines than the cap is skipped, one of as many is taken"
+# 400,000 short lines: 10 MB, under the cap on bytes, but ~200 MB parsed.
+record_bad manylines \
+  'sent 400,000 lines, over the cap of [0-9,]+ \(MAX_LINES in tools/pool_scrape\.py' --timeout 10
+max_lines=$(cd "$root/tools" &&
+  /usr/bin/python3 -c 'import pool_scrape; print(pool_scrape.MAX_LINES)')
+"$root/tools/pool_record" --url "${url%/metrics}/manylines?lines=$max_lines" --duration 0 \
+  --timeout 20 --out "$tmp/atcap.csv" 2>"$tmp/atcap.err" ||
+  fail "a body of MAX_LINES ($max_lines) lines: $(<"$tmp/atcap.err")"
+(($(wc -l <"$tmp/atcap.csv") == max_lines)) ||
+  fail "a body of MAX_LINES lines: $(wc -l <"$tmp/atcap.csv") lines in atcap.csv"
 
 echo "pool_plot: every chart, as SVG and PNG"
 "$root/tools/pool_plot" "$csv" --out "$tmp/plots" --title "fake server" >"$tmp/plot.out"
