@@ -4,6 +4,7 @@
 import http.client
 import signal
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -48,12 +49,25 @@ def _alarm(signum, frame):
         raise _Timeout
 
 
+def check_url(url):
+    """Raises ScrapeError unless url is one scrape() reads: http:// or https://. urllib opens
+    file: and data: URLs too, as responses that are not HTTP (no status, no length): the tools
+    call this on their --url before anything else."""
+    try:
+        scheme = urllib.parse.urlsplit(url).scheme
+    except ValueError as e:  # "http://[::1": an IPv6 address without its bracket
+        raise ScrapeError(f"cannot use the URL {url}: {e}") from None
+    if scheme.lower() not in ("http", "https"):
+        raise ScrapeError(f"cannot use the URL {url}: only http:// and https:// URLs are scraped")
+
+
 def scrape(url, seconds):
     """The libsock_ metric families at url (prometheus_client's Metric objects), or raises
     ScrapeError; abandoned after seconds in all. urllib's timeout bounds each socket operation
     alone: a server that trickles its answer would hold the caller for ever. Takes SIGALRM and
     ITIMER_REAL while it runs, so only from the main thread."""
     global _armed
+    check_url(url)
     signal.signal(signal.SIGALRM, _alarm)
     _armed = True
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -76,6 +90,10 @@ def scrape(url, seconds):
 def _scrape(url, seconds):
     try:
         with urllib.request.urlopen(url, timeout=seconds) as response:
+            # A redirect may lead to ftp:, which urllib follows.
+            if not isinstance(response, http.client.HTTPResponse):
+                raise ScrapeError(f"{url} led to {response.geturl()}, not an http:// or "
+                                  "https:// URL")
             body = _read_body(url, response).decode("utf-8", "replace")
     except urllib.error.HTTPError as e:
         raise ScrapeError(f"{url} answered HTTP {e.code} {e.reason}") from None

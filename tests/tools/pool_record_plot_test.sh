@@ -2,21 +2,22 @@
 # Tests tools/pool_record and tools/pool_plot against tests/tools/fake_metrics_server.py: ~1.5 s
 # recorded at 0.2 s (the CSV's header, both shards, histogram buckets, the TLS series told apart
 # by their labels column, time going up), a run stopped by SIGTERM (exit 0, whole lines), an
-# unreachable URL (exit 1, no file), a rerun without a sample (the last recording kept as it
-# was), an --out it cannot write (a directory, one in a directory that does not exist: a
-# one-line message, exit 1), a write cut short by the file size limit (the file ends with the
-# last whole sample, exit 1), a server that never answers and one that trickles (--duration
-# bounds the run: missed samples skipped, a sample cut at --timeout in all, each failure
-# reported, exit 1), servers that answer badly (a body cut short or badly chunked, a reply that
-# is not HTTP, a body the parser fails on, a body over the cap, streamed or announced, or over
-# the cap on lines: each sample skipped with a warning, exit 1; one of as many lines as the cap
-# taken); then the charts as non-empty SVG (valid XML) and PNG, from a recording without the
-# histograms and process series (?name=libsock_pool_), those charts skipped with a message and
-# the others still drawn, a last line without its newline (cut inside a value that still parses)
-# ignored with a message, CSVs it cannot draw (not UTF-8, a shard or le that is not a number, a
-# field over csv's limit) and an --out that is a file, a directory it may not write into or one
-# where a directory has a chart's file name refused with a one-line message and exit 1 (the
-# files written before listed), and a CSV of the format before the labels column still drawn.
+# unreachable URL (exit 1, no file), file: and data: URLs (refused at once, exit 2), a rerun
+# without a sample (the last recording kept as it was), an --out it cannot write (a directory,
+# one in a directory that does not exist: a one-line message, exit 1), a write cut short by the
+# file size limit (the file ends with the last whole sample, exit 1), a server that never
+# answers and one that trickles (--duration bounds the run: missed samples skipped, a sample cut
+# at --timeout in all, each failure reported, exit 1), servers that answer badly (a body cut
+# short or badly chunked, a reply that is not HTTP, a body the parser fails on, a body over the
+# cap, streamed or announced, or over the cap on lines: each sample skipped with a warning, exit
+# 1; one of as many lines as the cap taken); then the charts as non-empty SVG (valid XML) and
+# PNG, from a recording without the histograms and process series (?name=libsock_pool_), those
+# charts skipped with a message and the others still drawn, a last line without its newline (cut
+# inside a value that still parses) ignored with a message, CSVs it cannot draw (not UTF-8, a
+# shard or le that is not a number, a field over csv's limit) and an --out that is a file, a
+# directory it may not write into or one where a directory has a chart's file name refused with
+# a one-line message and exit 1 (the files written before listed), and a CSV of the format
+# before the labels column still drawn.
 #   bazel test //tests/tools:pool_record_plot_test   or   bash tests/tools/pool_record_plot_test.sh
 set -euo pipefail
 
@@ -95,6 +96,19 @@ rc=0
 grep -q "skipped: cannot reach http://127.0.0.1:$port/metrics" "$tmp/none.err" ||
   fail "unreachable URL: stderr is: $(<"$tmp/none.err")"
 [[ ! -e $tmp/none.csv ]] || fail "a run without a sample left none.csv: $(<"$tmp/none.csv")"
+
+echo "pool_record: a URL that is not http:// or https:// is refused before any sample"
+# urllib opens file: and data: URLs too, as responses without http.client's length.
+for bad in "file://$csv" "data:,libsock_x 1"; do
+  rc=0
+  "$root/tools/pool_record" --url "$bad" --interval 0.2 --duration 0.3 --out "$tmp/scheme.csv" \
+    2>"$tmp/scheme.err" || rc=$?
+  ((rc == 2)) || fail "--url $bad: exit status $rc, not 2; stderr: $(<"$tmp/scheme.err")"
+  want="pool_record: error: cannot use the URL $bad: only http:// and https:// URLs are scraped"
+  [[ $(tail -n 1 "$tmp/scheme.err") == "$want" ]] ||
+    fail "--url $bad: stderr does not end with '$want': $(<"$tmp/scheme.err")"
+  [[ ! -e $tmp/scheme.csv ]] || fail "--url $bad: scheme.csv written"
+done
 
 echo "pool_record: a rerun that gets no sample (a wrong URL) leaves the last recording as it was"
 mkdir "$tmp/rerun"

@@ -7,7 +7,7 @@
 # on, one over the cap on a body, streamed or announced, or on its lines) or trickle, in the
 # view (the error, and q still quits) and with --once, and --once (the table, --sort, exit 1
 # with a one-line message for an unreachable URL, a body that does not parse, a bad answer, or
-# none within the timeout).
+# none within the timeout), and file: and data: URLs refused at once (exit 2).
 #   bazel test //tests/tools:pooltop_test      or      bash tests/tools/pooltop_test.sh
 set -euo pipefail
 
@@ -211,6 +211,19 @@ rc=0
 ((rc == 1)) || fail "garbage body: exit status $rc, not 1"
 grep -q "does not parse as Prometheus text" "$tmp/err" ||
   fail "garbage body: stderr is: $(<"$tmp/err")"
+
+echo "--once and the view: a URL that is not http:// or https:// is refused at once"
+# urllib opens file: and data: URLs too, as responses without http.client's length.
+for bad in "file://$tmp/out" "data:,libsock_x 1"; do
+  for mode in --once ""; do
+    rc=0
+    timeout 20 "$pooltop" --url "$bad" $mode >"$tmp/out" 2>"$tmp/err" </dev/null || rc=$?
+    ((rc == 2)) || fail "--url $bad $mode: exit status $rc, not 2; stderr: $(<"$tmp/err")"
+    want="pooltop: error: cannot use the URL $bad: only http:// and https:// URLs are scraped"
+    [[ $(tail -n 1 "$tmp/err") == "$want" ]] ||
+      fail "--url $bad $mode: stderr does not end with '$want': $(<"$tmp/err")"
+  done
+done
 
 # once_fails NAME WANT [INTERVAL]: pooltop --once on the fake server's /NAME (at --interval
 # INTERVAL, default 0.2) exits 1, stdout empty, its stderr one line, "pooltop: ", the URL (or
