@@ -205,9 +205,11 @@ record_bad huge 'sent a body over 64 MiB, the cap \(MAX_BODY in tools/pool_scrap
   --interval 0.1 --duration 1 --timeout 5
 record_bad hugelength 'sent a body over 64 MiB, the cap'
 echo "pool_record: a body of more lines than the cap is skipped, one of as many is taken"
-# 400,000 short lines: 10 MB, under the cap on bytes, but ~200 MB parsed.
+# 400,000 short lines: 10 MB, under the cap on bytes, but ~200 MB parsed. Each sample reads the
+# 10 MB (over 0.5 s here beside another test): --interval 1 for 3 s still makes two or more.
 record_bad manylines \
-  'sent 400,000 lines, over the cap of [0-9,]+ \(MAX_LINES in tools/pool_scrape\.py' --timeout 10
+  'sent 400,000 lines, over the cap of [0-9,]+ \(MAX_LINES in tools/pool_scrape\.py' \
+  --interval 1 --duration 3 --timeout 10
 max_lines=$(cd "$root/tools" &&
   /usr/bin/python3 -c 'import pool_scrape; print(pool_scrape.MAX_LINES)')
 "$root/tools/pool_record" --url "${url%/metrics}/manylines?lines=$max_lines" --duration 0 \
