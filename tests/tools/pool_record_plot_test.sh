@@ -16,8 +16,8 @@
 # inside a value that still parses) ignored with a message, CSVs it cannot draw (not UTF-8, a
 # shard or le that is not a number, a field over csv's limit) and an --out that is a file, a
 # directory it may not write into or one where a directory has a chart's file name refused with
-# a one-line message and exit 1 (the files written before listed), and a CSV of the format
-# before the labels column still drawn.
+# a one-line message and exit 1 (the files written before listed), sample times past 100,000 s
+# kept in full, and a CSV of the format before the labels column still drawn.
 #   bazel test //tests/tools:pool_record_plot_test   or   bash tests/tools/pool_record_plot_test.sh
 set -euo pipefail
 
@@ -323,6 +323,19 @@ want="pool_plot: cannot write $tmp/isdir/chunk_bytes.dat: Is a directory"
   fail "isdir: stderr is not '$want' but: $(<"$tmp/isdir.err")"
 want=$(for ext in dat gp svg png; do echo "$tmp/isdir/outstanding.$ext"; done)
 [[ $(<"$tmp/isdir.out") == "$want" ]] || fail "isdir: files listed: $(<"$tmp/isdir.out")"
+
+echo "pool_plot: sample times past 100,000 s keep every digit"
+# A recording of over a day: %g's 6 digits would print 1234560.5 as 1.23456e+06, and put every
+# sample of ten seconds at one x.
+{ echo "$header"
+  for t in 1234560.000 1234560.500 1234561.000 1234561.500 1234569.999; do
+    echo "$t,libsock_pool_outstanding_packets,0,,,5"
+  done; } >"$tmp/long.csv"
+"$root/tools/pool_plot" "$tmp/long.csv" --out "$tmp/long_plots" >/dev/null 2>"$tmp/long.err" ||
+  fail "pool_plot on long.csv: $(<"$tmp/long.err")"
+times=$(tail -n +2 "$tmp/long_plots/outstanding.dat" | cut -d' ' -f1 | tr '\n' ' ')
+[[ $times == "1234560.0 1234560.5 1234561.0 1234561.5 1234569.999 " ]] ||
+  fail "outstanding.dat's times are: $times"
 
 echo "pool_plot: a CSV from before the labels column is still drawn"
 cut -d, -f1-4,6 "$csv" >"$tmp/old.csv"  # the TLS series of one family share a key there
