@@ -83,7 +83,7 @@ class Profile {
 
   TimeHistogram packet_lifetime_us;  // checkout -> return, packets returned on this reactor
   TimeHistogram queue_time_us;       // a connection's queue: first byte queued -> all sent
-  SizeHistogram write_size_bytes;    // each sock_write
+  SizeHistogram write_size_bytes;    // each sock_write accepted (write_path.cc)
   PacketHistogram flush_packets;     // packets per writev (one connection's flush)
   QueueHistogram peak_queued_bytes;  // per connection, at close
 
