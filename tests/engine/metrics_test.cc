@@ -270,6 +270,35 @@ TEST_F(MetricsTest, TopConnectionsNameAReaderThatStalledBeforeProfilingBegan) {
   }));
 }
 
+// A top connection's packets are counted up to kTopPacketsCounted (1,024), not walked to the
+// end of its queue once a second: a queue of over 1,100 packets reads 1024.
+TEST_F(MetricsTest, TopConnectionsCountPacketsUpToTheCap) {
+  EXPECT_EQ(sock_profile(1), 0);
+  connect_client(4096);
+  // A queue behind a reader that does not read, then a packet per 1-byte .move write.
+  const std::string data = testing_support::pattern(1 << 20, 8);
+  ASSERT_EQ(sock_write(server_, data.data(), data.size()), 0);
+  for (int i = 0; i < 1100; ++i) {
+    void* byte = std::malloc(1);
+    ASSERT_NE(byte, nullptr);
+    *static_cast<char*>(byte) = 'p';
+    ASSERT_EQ(sock_write2(.fd = server_, .buffer = byte, .length = 1, .move = 1), 0);
+  }
+  ASSERT_GT(stats_of(&r_).outstanding, 1100u);
+  const std::string entry =
+      "\"top_connections\":[{\"uuid\":" + std::to_string(sock_fd2uuid(server_));
+  std::string json;
+  ASSERT_TRUE(run_until(&r_, [&] {
+    json = metrics(&r_, SOCK_METRICS_JSON);
+    return json.find(entry) != std::string::npos;
+  }));
+  const std::size_t packets = json.find("\"packets\":", json.find(entry));
+  ASSERT_NE(packets, std::string::npos);
+  EXPECT_EQ(std::strtoull(json.c_str() + packets + std::strlen("\"packets\":"), nullptr, 10),
+            1024u)
+      << json.substr(json.find(entry), 120);
+}
+
 // A write the owner thread makes outside the loop (a reactor driven by the program, which
 // works between two run_once calls) starts its queue's time now, not when the loop last ran.
 TEST_F(MetricsTest, QueueTimeOfAWriteMadeBetweenLoopIterationsStartsAtTheWrite) {
