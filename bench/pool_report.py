@@ -90,7 +90,7 @@ def fmt_seconds(s):
 def scenario(directory, name):
     rows = load(f"{directory}/{name}/run.csv")
     text = open(f"{directory}/{name}/load.txt").read()
-    load_end = float(re.search(r"load_end_s (\d+)", text).group(1))
+    load_end = float(re.search(r"load_end_s ([\d.]+)", text).group(1))
     rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
     errors = re.search(r"Socket errors:.*|Non-2xx.*", text)
     rss = total(rows, "libsock_process_resident_bytes")
@@ -133,7 +133,7 @@ def scenario(directory, name):
     if name == "burst_idle":
         before = at(rss, 1.9)
         print("RSS after the burst (the load ended at "
-              f"{load_end:.0f} s of the recording):\n")
+              f"{load_end:.1f} s of the recording):\n")
         print("| seconds after the burst | RSS | over the pre-burst RSS | pool chunks | "
               "pool arenas resident |\n| --- | --- | --- | --- | --- |")
         for k in (0, 1, 2, 5, 10, 14):

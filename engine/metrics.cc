@@ -102,7 +102,7 @@ constexpr const char* kHistogramNames[] = {
 constexpr const char* kHistogramHelp[] = {
     "Packet lifetime, checkout to return (on the shard's loop clock).",
     "Time a connection's write queue stayed non-empty, first byte queued to all sent.",
-    "Bytes per sock_write call.",
+    "Bytes per sock_write call accepted (a file's: the bytes it sends).",
     "Packets gathered per sendmsg call of the flush step.",
     "A connection's largest queued bytes, observed at its close."};
 constexpr bool kHistogramMicros[] = {true, true, false, false, false};

@@ -83,6 +83,7 @@ void Profile::closed(int fd) {
 
 void Profile::refresh_top(const Reactor* self, int64_t now_ms) {
   TopConnection found[kTopConnections];
+  const FdSlot* slots[kTopConnections];  // found[i]'s
   std::size_t n = 0;
   // Every slot self holds, not only the connections seen since profiling began: a reader
   // that stalled before it (its queue full, nothing written since) is what the list is for.
@@ -100,16 +101,25 @@ void Profile::refresh_top(const Reactor* self, int64_t now_ms) {
     TopConnection t;
     t.uuid = make_uuid(fd, slot.generation.load(std::memory_order_relaxed));
     t.queued_bytes = slot.queued_bytes;
-    for (const Packet* p = slot.head; p; p = p->metadata.next) ++t.packets;
     t.age_ms = static_cast<uint64_t>(std::max<int64_t>(now_ms - c->opened_ms, 0));
     // Insertion into the short sorted list: kTopConnections is small.
     std::size_t at = n < kTopConnections ? n++ : n - 1;
     while (at > 0 && found[at - 1].queued_bytes < t.queued_bytes) {
       found[at] = found[at - 1];
+      slots[at] = slots[at - 1];
       --at;
     }
     found[at] = t;
+    slots[at] = &slot;
   });
+  // Packets of the connections listed at the end only (not of each that entered the list on
+  // the way: in ascending order, every one), and up to kTopPacketsCounted each.
+  for (std::size_t i = 0; i < n; ++i) {
+    for (const Packet* p = slots[i]->head; p && found[i].packets < kTopPacketsCounted;
+         p = p->metadata.next) {
+      ++found[i].packets;
+    }
+  }
   std::lock_guard<std::mutex> lock(top_mutex_);
   std::copy(found, found + n, top_);
   top_count_ = n;

@@ -57,11 +57,16 @@ void set_profiling(bool on);
 // How many connections top() lists, and how often the owner refreshes that list.
 inline constexpr std::size_t kTopConnections = 10;
 inline constexpr int kTopRefreshMs = 1000;
+// The most packets counted in a listed connection's queue. Counting walks the queue, a cache
+// miss a packet (1 GiB queued is 61,000 packets), once a second on the shard's thread: it
+// stops here, at the most one flush's sendmsg gathers (IOV_MAX), so a queue that needs more
+// than one flush to leave reads as this many.
+inline constexpr uint64_t kTopPacketsCounted = 1024;
 
 struct TopConnection {
   intptr_t uuid = -1;  // sock_fd2uuid's handle
   uint64_t queued_bytes = 0;
-  uint64_t packets = 0;
+  uint64_t packets = 0;  // up to kTopPacketsCounted: that value means as many or more
   // Since the connection was opened, or since profiling first saw it (opened earlier).
   uint64_t age_ms = 0;
 };
@@ -83,7 +88,7 @@ class Profile {
 
   TimeHistogram packet_lifetime_us;  // checkout -> return, packets returned on this reactor
   TimeHistogram queue_time_us;       // a connection's queue: first byte queued -> all sent
-  SizeHistogram write_size_bytes;    // each sock_write
+  SizeHistogram write_size_bytes;    // each sock_write accepted (write_path.cc)
   PacketHistogram flush_packets;     // packets per writev (one connection's flush)
   QueueHistogram peak_queued_bytes;  // per connection, at close
 

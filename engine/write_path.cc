@@ -45,7 +45,9 @@ void count_queued_write(FdSlot& slot) {
   if (Reactor* owner = attached_owner(slot)) owner->write_counters().queued.add(1);
 }
 
-// The profiler's view of each write's size (its bytes, or a file's requested length).
+// The profiler's view of each write's size: called once a write is accepted (sock_write
+// returns 0 for it), never for one refused (EINVAL, ENOBUFS, ENOMEM), with the bytes it sends
+// (a file's: what is left of it, for length 0).
 void profile_write(const FdSlot& slot, std::size_t length) {
   if (Reactor* owner = attached_owner(slot)) {
     if (Profile* p = owner->profile()) p->write_size_bytes.observe(length);
@@ -81,13 +83,17 @@ ssize_t write_copy(int fd, FdSlot& slot, const char* bytes, std::size_t length, 
     const ssize_t n = send_direct(fd, slot, bytes, length);
     if (n < 0) {
       fail_connection(fd, slot, slot_error(slot));  // closes at the flush step, as a queued write
+      if (profiling_on()) profile_write(slot, length);  // returns 0: accepted, as queued is
       return 0;
     }
     sent = static_cast<std::size_t>(n);
     if (sent) owner->stamp_activity(slot);
     owner->note_direct_write(fd, slot);
     owner->write_counters().direct.add(1);
-    if (sent == length) return 0;
+    if (sent == length) {
+      if (profiling_on()) profile_write(slot, length);
+      return 0;
+    }
   }
   if (queue_copy(slot, bytes + sent, length - sent, urgent, sent > 0) < 0) {
     // The start is on the wire and the rest has nowhere to go (ENOMEM): the stream would be
@@ -97,6 +103,7 @@ ssize_t write_copy(int fd, FdSlot& slot, const char* bytes, std::size_t length, 
     errno = err;
     return -1;
   }
+  if (profiling_on()) profile_write(slot, length);
   count_queued_write(slot);
   schedule_flush(fd, slot);
   return 0;
@@ -130,17 +137,20 @@ ssize_t write_data(const SockWriteOpt& opt) {
   FdSlot* slot = open_slot(fd);
   if (!slot) return fail_write(opt, EBADF);
   if (slot->flags & (kClosing | kFailed)) return fail_write(opt, EPIPE);
-  if (profiling_on()) profile_write(*slot, opt.length);
+  // Each kind observes the write's size once the write is accepted (profile_write); a copy's
+  // check is on write_copy's own way out, so the common write pays no more than it did.
   void* owned = const_cast<void*>(opt.buffer);
-  int r;
+  std::size_t bytes = opt.length;
   if (opt.file) {
-    r = queue_file(*slot, static_cast<FILE*>(owned), opt.length, opt.urgent);
+    const ssize_t n = queue_file(*slot, static_cast<FILE*>(owned), opt.length, opt.urgent);
+    if (n < 0) return -1;
+    bytes = static_cast<std::size_t>(n);  // length 0 is "to the end": the bytes left
   } else if (opt.move) {
-    r = queue_move(*slot, owned, opt.length, opt.urgent);
+    if (queue_move(*slot, owned, opt.length, opt.urgent) < 0) return -1;
   } else {
     return write_copy(fd, *slot, static_cast<const char*>(opt.buffer), opt.length, opt.urgent);
   }
-  if (r < 0) return -1;
+  if (profiling_on()) profile_write(*slot, bytes);
   count_queued_write(*slot);
   schedule_flush(fd, *slot);
   return 0;

@@ -416,7 +416,7 @@ int queue_move(FdSlot& slot, void* buffer, std::size_t length, bool urgent) {
   return 0;
 }
 
-int queue_file(FdSlot& slot, FILE* file, std::size_t length, bool urgent) {
+ssize_t queue_file(FdSlot& slot, FILE* file, std::size_t length, bool urgent) {
   Packet* p = packet_new(pool_for(&slot));
   if (!p) {
     const int err = errno;  // the write's result, not fclose()'s
@@ -431,12 +431,13 @@ int queue_file(FdSlot& slot, FILE* file, std::size_t length, bool urgent) {
     errno = err;
     return -1;
   }
-  if (p->length == 0) {  // nothing left to send: done already
+  const ssize_t bytes = p->length;
+  if (bytes == 0) {  // nothing left to send: done already
     packet_chain_free(p);
     return 0;
   }
   queue_write_chain(slot, p, p, urgent, false);
-  return 0;
+  return bytes;
 }
 
 int queue_chain(FdSlot& slot, Packet* chain) {

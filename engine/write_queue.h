@@ -54,8 +54,10 @@ int queue_copy(FdSlot& slot, const void* data, std::size_t length, bool urgent,
 int queue_move(FdSlot& slot, void* buffer, std::size_t length, bool urgent);
 // Appends `length` bytes (0 = to the end; all of them are sent or the connection fails with
 // EIO) of a FILE* from its current offset. Takes ownership of `file` even on error (EINVAL if
-// it is not a regular file, or if offset + length would pass what off_t holds).
-int queue_file(FdSlot& slot, FILE* file, std::size_t length, bool urgent);
+// it is not a regular file, or if offset + length would pass what off_t holds). Returns the
+// bytes the write will send (`length`, or what is left of the file; 0: none, and the file is
+// closed already), or -1 with errno.
+ssize_t queue_file(FdSlot& slot, FILE* file, std::size_t length, bool urgent);
 // Links a caller-built chain (sock_send_packet). Each packet will be wrapped by the fd's
 // layers when it is first sent. On error (-1 with errno) the caller keeps the chain.
 int queue_chain(FdSlot& slot, Packet* chain);

@@ -4,6 +4,7 @@
 import http.client
 import signal
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -16,6 +17,14 @@ from prometheus_client.parser import text_string_to_metric_families
 # for 64 shards), besides ~7 KB of HELP, TYPE and TLS lines for the whole process. 64 MiB holds
 # over 2,500 such shards: 40 times a 64-core machine's one per core.
 MAX_BODY = 64 << 20
+# The most lines of a body parsed: more fails the sample. The cap on bytes alone does not bound
+# memory: prometheus_client keeps ~500 bytes per sample, and 64 MiB of short lines is 2.5
+# million of them (1,000,000 took 520 MB and 5.7 s). A shard writes 298 lines (above), the
+# process ~100 (HELP, TYPE, TLS); MAX_SHARDS is more shards than any two-socket machine has CPUs
+# today (2 x 192 cores x 2 threads: 768), a shard per CPU being the servers' default. At the
+# cap a body of short lines parses in ~160 MB and 2.4 s.
+MAX_SHARDS = 1024
+MAX_LINES = MAX_SHARDS * 300 + 1000
 
 
 class ScrapeError(Exception):
@@ -40,12 +49,25 @@ def _alarm(signum, frame):
         raise _Timeout
 
 
+def check_url(url):
+    """Raises ScrapeError unless url is one scrape() reads: http:// or https://. urllib opens
+    file: and data: URLs too, as responses that are not HTTP (no status, no length): the tools
+    call this on their --url before anything else."""
+    try:
+        scheme = urllib.parse.urlsplit(url).scheme
+    except ValueError as e:  # "http://[::1": an IPv6 address without its bracket
+        raise ScrapeError(f"cannot use the URL {url}: {e}") from None
+    if scheme.lower() not in ("http", "https"):
+        raise ScrapeError(f"cannot use the URL {url}: only http:// and https:// URLs are scraped")
+
+
 def scrape(url, seconds):
     """The libsock_ metric families at url (prometheus_client's Metric objects), or raises
     ScrapeError; abandoned after seconds in all. urllib's timeout bounds each socket operation
     alone: a server that trickles its answer would hold the caller for ever. Takes SIGALRM and
     ITIMER_REAL while it runs, so only from the main thread."""
     global _armed
+    check_url(url)
     signal.signal(signal.SIGALRM, _alarm)
     _armed = True
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -68,6 +90,10 @@ def scrape(url, seconds):
 def _scrape(url, seconds):
     try:
         with urllib.request.urlopen(url, timeout=seconds) as response:
+            # A redirect may lead to ftp:, which urllib follows.
+            if not isinstance(response, http.client.HTTPResponse):
+                raise ScrapeError(f"{url} led to {response.geturl()}, not an http:// or "
+                                  "https:// URL")
             body = _read_body(url, response).decode("utf-8", "replace")
     except urllib.error.HTTPError as e:
         raise ScrapeError(f"{url} answered HTTP {e.code} {e.reason}") from None
@@ -82,6 +108,12 @@ def _scrape(url, seconds):
         # (IncompleteRead), a line over http.client's limit (LineTooLong). repr: str() of
         # BadStatusLine is the bare line.
         raise ScrapeError(f"{url} sent a bad HTTP answer: {e!r}") from None
+    # Counted once the body is in, not while reading: MAX_BODY bounds what is read, and counting
+    # 64 MiB takes milliseconds. (A last line without its newline is one more: no matter.)
+    lines = body.count("\n")
+    if lines > MAX_LINES:
+        raise ScrapeError(f"{url} sent {lines:,} lines, over the cap of {MAX_LINES:,} "
+                          f"(MAX_LINES in tools/pool_scrape.py: {MAX_SHARDS:,} shards' worth)")
     try:
         # Parsed whole here (the parser is a generator), so that what it raises is told from
         # the callers' own errors. prometheus_client 0.16 raises ValueError for most bad lines

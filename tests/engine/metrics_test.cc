@@ -4,16 +4,20 @@
 // top-connections list that names that reader.
 #include <gtest/gtest.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "engine/libreact.h"
 #include "engine/libsock.h"
 #include "engine/reactor.h"
 #include "tests/testing/loopback.h"
@@ -178,6 +182,60 @@ TEST_F(MetricsTest, ProfilingRecordsHistogramsAndTheTopConnection) {
   EXPECT_GE(series(after, "libsock_connection_peak_queued_bytes_sum{shard=\"0\"}"), 4096);
 }
 
+// The write-size histogram sees the writes sock_write accepted, each at its real length: none
+// the engine refused (EINVAL, ENOBUFS), whose SIZE_MAX length also wrapped _sum down, and a
+// .file write "to the end" (length 0) as the bytes it queued.
+TEST_F(MetricsTest, WriteSizeSeesOnlyAcceptedWritesAndAFileToItsEndAsItsBytes) {
+  EXPECT_EQ(sock_profile(1), 0);
+  connect_client(4096);
+  ReactorLimits limits{};
+  limits.memory_budget = sizeof(Packet);  // one packet: the second queued write is refused
+  ASSERT_EQ(reactor_set_limits(&r_, &limits), 0);
+  const auto count = [&] {
+    return series(metrics(&r_), "libsock_write_size_bytes_count{shard=\"0\"}");
+  };
+  const auto sum = [&] {
+    return series(metrics(&r_), "libsock_write_size_bytes_sum{shard=\"0\"}");
+  };
+  // A regular file of 1000 bytes, read from its start.
+  const auto file_of_1000 = [] {
+    FILE* f = std::tmpfile();
+    EXPECT_NE(f, nullptr);
+    const std::string content = testing_support::pattern(1000, 6);
+    EXPECT_EQ(std::fwrite(content.data(), 1, content.size(), f), content.size());
+    EXPECT_EQ(std::fflush(f), 0);
+    std::rewind(f);
+    return f;
+  };
+
+  // EINVAL: offset + length past what off_t holds.
+  EXPECT_EQ(sock_write2(.fd = server_, .buffer = file_of_1000(), .length = SIZE_MAX, .file = 1),
+            -1);
+  EXPECT_EQ(errno, EINVAL);
+  // ENOBUFS: under a budget a copy goes direct only if all of it could be queued.
+  const std::string big = testing_support::pattern(1 << 20, 7);
+  EXPECT_EQ(sock_write(server_, big.data(), big.size()), -1);
+  EXPECT_EQ(errno, ENOBUFS);
+  EXPECT_EQ(count(), 0);
+  EXPECT_EQ(sum(), 0);
+
+  // Accepted, in the budget's one packet.
+  ASSERT_EQ(sock_write2(.fd = server_, .buffer = file_of_1000(), .file = 1), 0);
+  EXPECT_EQ(count(), 1);
+  EXPECT_EQ(sum(), 1000);
+
+  // The budget is spent: a .move and a copy behind the file are refused.
+  void* moved = std::malloc(100);
+  ASSERT_NE(moved, nullptr);
+  std::memset(moved, 'm', 100);
+  EXPECT_EQ(sock_write2(.fd = server_, .buffer = moved, .length = 100, .move = 1), -1);  // freed
+  EXPECT_EQ(errno, ENOBUFS);
+  EXPECT_EQ(sock_write(server_, "c", 1), -1);
+  EXPECT_EQ(errno, ENOBUFS);
+  EXPECT_EQ(count(), 1);
+  EXPECT_EQ(sum(), 1000);
+}
+
 // A packet's lifetime is exact up to 2^32 us (71 minutes): one held 40 minutes, past 2^31 us,
 // is not read as "younger than now" (0).
 TEST_F(MetricsTest, APacketHeldForFortyMinutesIsRecordedAsThatOld) {
@@ -210,6 +268,35 @@ TEST_F(MetricsTest, TopConnectionsNameAReaderThatStalledBeforeProfilingBegan) {
   EXPECT_TRUE(run_until(&r_, [&] {
     return metrics(&r_, SOCK_METRICS_JSON).find(entry) != std::string::npos;
   }));
+}
+
+// A top connection's packets are counted up to kTopPacketsCounted (1,024), not walked to the
+// end of its queue once a second: a queue of over 1,100 packets reads 1024.
+TEST_F(MetricsTest, TopConnectionsCountPacketsUpToTheCap) {
+  EXPECT_EQ(sock_profile(1), 0);
+  connect_client(4096);
+  // A queue behind a reader that does not read, then a packet per 1-byte .move write.
+  const std::string data = testing_support::pattern(1 << 20, 8);
+  ASSERT_EQ(sock_write(server_, data.data(), data.size()), 0);
+  for (int i = 0; i < 1100; ++i) {
+    void* byte = std::malloc(1);
+    ASSERT_NE(byte, nullptr);
+    *static_cast<char*>(byte) = 'p';
+    ASSERT_EQ(sock_write2(.fd = server_, .buffer = byte, .length = 1, .move = 1), 0);
+  }
+  ASSERT_GT(stats_of(&r_).outstanding, 1100u);
+  const std::string entry =
+      "\"top_connections\":[{\"uuid\":" + std::to_string(sock_fd2uuid(server_));
+  std::string json;
+  ASSERT_TRUE(run_until(&r_, [&] {
+    json = metrics(&r_, SOCK_METRICS_JSON);
+    return json.find(entry) != std::string::npos;
+  }));
+  const std::size_t packets = json.find("\"packets\":", json.find(entry));
+  ASSERT_NE(packets, std::string::npos);
+  EXPECT_EQ(std::strtoull(json.c_str() + packets + std::strlen("\"packets\":"), nullptr, 10),
+            1024u)
+      << json.substr(json.find(entry), 120);
 }
 
 // A write the owner thread makes outside the loop (a reactor driven by the program, which

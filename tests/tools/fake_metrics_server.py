@@ -24,6 +24,8 @@
 #                               as the client reads, and a close: over tools/pool_scrape.py's
 #                               64 MiB cap
 #   GET /hugelength             200 announcing 1 TiB, then one family and a close
+#   GET /manylines[?lines=N]    200 with a gauge family of N lines (MANY_LINES by default: over
+#                               tools/pool_scrape.py's cap on lines), each a short sample
 # Each connection has its own thread, so that /hang and /trickle hold up nobody else.
 # Request n of /metrics or /badshard (n = 1, 2, ...) grows the counters by a fixed step; shard
 # s's figures are exact so that tests can look for them:
@@ -42,6 +44,8 @@ SHARDS = (0, 1)
 BAD_SHARDS = ("0", "1", "10", "2", "tls", "-1", "a\\nb")
 # /huge's size: over the cap, not so far over that a client which reads it all takes long.
 HUGE_MIB = 96
+# /manylines' lines by default: over tools/pool_scrape.py's MAX_LINES (308,200), in 10 MB.
+MANY_LINES = 400_000
 # The engine's histograms (engine/histogram.h): log-linear buckets with upper bounds 1, 2, 3, 4,
 # 6, 8, 12, ... up to 2^octaves, times a unit scale, "%.9g" in le; then +Inf.
 # (name, octaves, scale, the first bucket with counts, each step's counts from there on)
@@ -210,6 +214,10 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(exposition(1)[0][1].encode())
             except OSError:
                 pass  # the client refused the length
+        elif url.path == "/manylines":
+            lines = int(urllib.parse.parse_qs(url.query).get("lines", [MANY_LINES])[0])
+            self.reply(200, "text/plain; version=0.0.4; charset=utf-8",
+                       "# TYPE libsock_many gauge\n" + 'libsock_many{shard="0"} 1\n' * (lines - 1))
         elif url.path == "/hang":
             Handler.never.wait()
         elif url.path == "/trickle":

@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# Tests tools/pool_record and tools/pool_plot against tests/tools/fake_metrics_server.py:
-# ~1.5 s recorded at 0.2 s (the CSV's header, both shards, histogram buckets, the TLS series
-# told apart by their labels column, time going up), a run stopped by SIGTERM (exit 0, whole
-# lines), an unreachable URL (exit 1), a server that never answers and one that trickles
-# (--duration bounds the run: missed samples skipped, a sample cut at --timeout in all, each
-# failure reported, exit 1), servers that answer badly (a body cut short or badly chunked, a
-# reply that is not HTTP, a body the parser fails on, a body over the cap, streamed or
-# announced: each sample skipped with a warning, exit 1); then the charts as non-empty SVG
-# (valid XML) and PNG, from a recording without the histograms and process series
-# (?name=libsock_pool_), those charts skipped with a message and the others still drawn, a
-# last line without its newline (cut inside a value that still parses) ignored with a message,
-# CSVs it cannot draw (not UTF-8, a shard or le that is not a number, a field over csv's limit)
-# and an --out that is a file, a directory it may not write into or one where a directory has
-# a chart's file name refused with a one-line message and exit 1 (the files written before
-# listed), and a CSV of the format before the labels column still drawn.
+# Tests tools/pool_record and tools/pool_plot against tests/tools/fake_metrics_server.py: ~1.5 s
+# recorded at 0.2 s (the CSV's header, both shards, histogram buckets, the TLS series told apart
+# by their labels column, time going up), a run stopped by SIGTERM (exit 0, whole lines), an
+# unreachable URL (exit 1, no file), file: and data: URLs (refused at once, exit 2), a rerun
+# without a sample (the last recording kept as it was), an --out it cannot write (a directory,
+# one in a directory that does not exist: a one-line message, exit 1), a write cut short by the
+# file size limit (the file ends with the last whole sample, exit 1), a server that never
+# answers and one that trickles (--duration bounds the run: missed samples skipped, a sample cut
+# at --timeout in all, each failure reported, exit 1), servers that answer badly (a body cut
+# short or badly chunked, a reply that is not HTTP, a body the parser fails on, a body over the
+# cap, streamed or announced, or over the cap on lines: each sample skipped with a warning, exit
+# 1; one of as many lines as the cap taken); then the charts as non-empty SVG (valid XML) and
+# PNG, from a recording without the histograms and process series (?name=libsock_pool_), those
+# charts skipped with a message and the others still drawn, a last line without its newline (cut
+# inside a value that still parses) ignored with a message, CSVs it cannot draw (not UTF-8, a
+# shard or le that is not a number, a field over csv's limit) and an --out that is a file, a
+# directory it may not write into or one where a directory has a chart's file name refused with
+# a one-line message and exit 1 (the files written before listed), sample times past 100,000 s
+# kept in full, and a CSV of the format before the labels column still drawn.
 #   bazel test //tests/tools:pool_record_plot_test   or   bash tests/tools/pool_record_plot_test.sh
 set -euo pipefail
 
@@ -91,6 +95,69 @@ rc=0
 ((rc == 1)) || fail "unreachable URL: exit status $rc, not 1"
 grep -q "skipped: cannot reach http://127.0.0.1:$port/metrics" "$tmp/none.err" ||
   fail "unreachable URL: stderr is: $(<"$tmp/none.err")"
+[[ ! -e $tmp/none.csv ]] || fail "a run without a sample left none.csv: $(<"$tmp/none.csv")"
+
+echo "pool_record: a URL that is not http:// or https:// is refused before any sample"
+# urllib opens file: and data: URLs too, as responses without http.client's length.
+for bad in "file://$csv" "data:,libsock_x 1"; do
+  rc=0
+  "$root/tools/pool_record" --url "$bad" --interval 0.2 --duration 0.3 --out "$tmp/scheme.csv" \
+    2>"$tmp/scheme.err" || rc=$?
+  ((rc == 2)) || fail "--url $bad: exit status $rc, not 2; stderr: $(<"$tmp/scheme.err")"
+  want="pool_record: error: cannot use the URL $bad: only http:// and https:// URLs are scraped"
+  [[ $(tail -n 1 "$tmp/scheme.err") == "$want" ]] ||
+    fail "--url $bad: stderr does not end with '$want': $(<"$tmp/scheme.err")"
+  [[ ! -e $tmp/scheme.csv ]] || fail "--url $bad: scheme.csv written"
+done
+
+echo "pool_record: a rerun that gets no sample (a wrong URL) leaves the last recording as it was"
+mkdir "$tmp/rerun"
+cp "$csv" "$tmp/rerun/run.csv"
+rc=0
+"$root/tools/pool_record" --url "http://127.0.0.1:$port/metrics" --interval 0.2 --duration 0.3 \
+  --out "$tmp/rerun/run.csv" 2>"$tmp/rerun.err" || rc=$?
+((rc == 1)) || fail "rerun: exit status $rc, not 1; stderr: $(<"$tmp/rerun.err")"
+cmp -s "$csv" "$tmp/rerun/run.csv" ||
+  fail "rerun: run.csv changed: $(head -n 3 "$tmp/rerun/run.csv")"
+[[ $(ls -A "$tmp/rerun") == run.csv ]] ||
+  fail "rerun: files left beside run.csv: $(ls -A "$tmp/rerun")"
+
+# out_refused OUT WANT: pool_record --out OUT on the working fake server exits 1 before any
+# sample, its stderr the one line "pool_record: WANT".
+out_refused() {
+  local rc=0
+  "$root/tools/pool_record" --url "$url" --interval 0.2 --duration 0.3 --out "$1" \
+    2>"$tmp/out.err" || rc=$?
+  ((rc == 1)) || fail "--out $1: exit status $rc, not 1; stderr: $(<"$tmp/out.err")"
+  [[ $(<"$tmp/out.err") == "pool_record: $2" ]] ||
+    fail "--out $1: stderr is not 'pool_record: $2' but: $(<"$tmp/out.err")"
+}
+echo "pool_record: an --out in a directory that does not exist, and one that is a directory"
+out_refused "$tmp/missing/x.csv" "cannot write $tmp/missing/x.csv: No such file or directory"
+mkdir "$tmp/outdir"
+out_refused "$tmp/outdir" "cannot write $tmp/outdir: Is a directory"
+[[ -z $(ls -A "$tmp/outdir") ]] || fail "files left in the --out directory: $(ls -A "$tmp/outdir")"
+
+echo "pool_record: a write cut short (the file size limit, as a full disk) keeps whole samples"
+# The limit (1 KiB blocks) holds the header and the first sample, and half the second: the
+# second's write is cut (its first bytes written, then EFBIG), not refused whole. Python
+# ignores SIGXFSZ, so the write fails rather than the process.
+first=$(awk -F, 'NR == 1 { n = length($0) + 1; next } NR == 2 { t = $1 }
+                 $1 == t { n += length($0) + 1 } END { print n }' "$csv")
+blocks=$(((first + first / 2) / 1024))
+rc=0
+(ulimit -f "$blocks" && exec "$root/tools/pool_record" --url "$url" --interval 0.2 --duration 5 \
+  --out "$tmp/full.csv") 2>"$tmp/full.err" || rc=$?
+((rc == 1)) || fail "file size limit: exit status $rc, not 1; stderr: $(<"$tmp/full.err")"
+grep -qxF "pool_record: cannot write $tmp/full.csv: File too large" "$tmp/full.err" ||
+  fail "file size limit: stderr is: $(<"$tmp/full.err")"
+! grep -vq '^pool_record: ' "$tmp/full.err" ||
+  fail "file size limit: stderr is: $(<"$tmp/full.err")"
+[[ $(tail -c 1 "$tmp/full.csv") == "" ]] || fail "full.csv does not end with a whole line"
+awk -F, 'NR > 1 && NF != 6 { print "line " NR ": " $0; exit 1 }' "$tmp/full.csv" ||
+  fail "full.csv: a row without 6 fields"
+(($(tail -n +2 "$tmp/full.csv" | cut -d, -f1 | uniq | wc -l) == 1)) ||
+  fail "full.csv does not hold exactly the first sample"
 
 # record_stuck NAME: pool_record on the fake server's /NAME at 0.2 s for 1 s, with --timeout 1.
 # A recorder that counts --duration in samples, catches up on missed ones or times out each
@@ -137,6 +204,19 @@ echo "pool_record: a body over the cap, streamed or announced, is skipped"
 record_bad huge 'sent a body over 64 MiB, the cap \(MAX_BODY in tools/pool_scrape\.py\)$' \
   --interval 0.1 --duration 1 --timeout 5
 record_bad hugelength 'sent a body over 64 MiB, the cap'
+echo "pool_record: a body of more lines than the cap is skipped, one of as many is taken"
+# 400,000 short lines: 10 MB, under the cap on bytes, but ~200 MB parsed. Each sample reads the
+# 10 MB (over 0.5 s here beside another test): --interval 1 for 3 s still makes two or more.
+record_bad manylines \
+  'sent 400,000 lines, over the cap of [0-9,]+ \(MAX_LINES in tools/pool_scrape\.py' \
+  --interval 1 --duration 3 --timeout 10
+max_lines=$(cd "$root/tools" &&
+  /usr/bin/python3 -c 'import pool_scrape; print(pool_scrape.MAX_LINES)')
+"$root/tools/pool_record" --url "${url%/metrics}/manylines?lines=$max_lines" --duration 0 \
+  --timeout 20 --out "$tmp/atcap.csv" 2>"$tmp/atcap.err" ||
+  fail "a body of MAX_LINES ($max_lines) lines: $(<"$tmp/atcap.err")"
+(($(wc -l <"$tmp/atcap.csv") == max_lines)) ||
+  fail "a body of MAX_LINES lines: $(wc -l <"$tmp/atcap.csv") lines in atcap.csv"
 
 echo "pool_plot: every chart, as SVG and PNG"
 "$root/tools/pool_plot" "$csv" --out "$tmp/plots" --title "fake server" >"$tmp/plot.out"
@@ -243,6 +323,19 @@ want="pool_plot: cannot write $tmp/isdir/chunk_bytes.dat: Is a directory"
   fail "isdir: stderr is not '$want' but: $(<"$tmp/isdir.err")"
 want=$(for ext in dat gp svg png; do echo "$tmp/isdir/outstanding.$ext"; done)
 [[ $(<"$tmp/isdir.out") == "$want" ]] || fail "isdir: files listed: $(<"$tmp/isdir.out")"
+
+echo "pool_plot: sample times past 100,000 s keep every digit"
+# A recording of over a day: %g's 6 digits would print 1234560.5 as 1.23456e+06, and put every
+# sample of ten seconds at one x.
+{ echo "$header"
+  for t in 1234560.000 1234560.500 1234561.000 1234561.500 1234569.999; do
+    echo "$t,libsock_pool_outstanding_packets,0,,,5"
+  done; } >"$tmp/long.csv"
+"$root/tools/pool_plot" "$tmp/long.csv" --out "$tmp/long_plots" >/dev/null 2>"$tmp/long.err" ||
+  fail "pool_plot on long.csv: $(<"$tmp/long.err")"
+times=$(tail -n +2 "$tmp/long_plots/outstanding.dat" | cut -d' ' -f1 | tr '\n' ' ')
+[[ $times == "1234560.0 1234560.5 1234561.0 1234561.5 1234569.999 " ]] ||
+  fail "outstanding.dat's times are: $times"
 
 echo "pool_plot: a CSV from before the labels column is still drawn"
 cut -d, -f1-4,6 "$csv" >"$tmp/old.csv"  # the TLS series of one family share a key there

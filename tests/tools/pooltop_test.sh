@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Tests tools/pooltop against tests/tools/fake_metrics_server.py: the live view in a detached
-# tmux session (both shards' figures, the sort keys, q quits with status 0), an unreachable
-# URL in the view (the error, then the table once a server appears there), shard labels that
-# are not numbers in the view and with --once (numbers first, in numeric order), servers that
-# answer badly (a body cut short or badly chunked, a reply that is not HTTP, a body the parser
-# fails on, one over the cap on a body, streamed or announced) or trickle, in the view (the
-# error, and q still quits) and with --once, and --once (the table, --sort, exit 1 with a
-# one-line message for an unreachable URL, a body that does not parse, a bad answer, or none
-# within the timeout).
+# tmux session (both shards' figures, the sort keys, q quits with status 0), an unreachable URL
+# in the view (the error, then the table once a server appears there), shard labels that are not
+# numbers in the view and with --once (numbers first, in numeric order), servers that answer
+# badly (a body cut short or badly chunked, a reply that is not HTTP, a body the parser fails
+# on, one over the cap on a body, streamed or announced, or on its lines) or trickle, in the
+# view (the error, and q still quits) and with --once, and --once (the table, --sort, exit 1
+# with a one-line message for an unreachable URL, a body that does not parse, a bad answer, or
+# none within the timeout), and file: and data: URLs refused at once (exit 2).
 #   bazel test //tests/tools:pooltop_test      or      bash tests/tools/pooltop_test.sh
 set -euo pipefail
 
@@ -212,6 +212,19 @@ rc=0
 grep -q "does not parse as Prometheus text" "$tmp/err" ||
   fail "garbage body: stderr is: $(<"$tmp/err")"
 
+echo "--once and the view: a URL that is not http:// or https:// is refused at once"
+# urllib opens file: and data: URLs too, as responses without http.client's length.
+for bad in "file://$tmp/out" "data:,libsock_x 1"; do
+  for mode in --once ""; do
+    rc=0
+    timeout 20 "$pooltop" --url "$bad" $mode >"$tmp/out" 2>"$tmp/err" </dev/null || rc=$?
+    ((rc == 2)) || fail "--url $bad $mode: exit status $rc, not 2; stderr: $(<"$tmp/err")"
+    want="pooltop: error: cannot use the URL $bad: only http:// and https:// URLs are scraped"
+    [[ $(tail -n 1 "$tmp/err") == "$want" ]] ||
+      fail "--url $bad $mode: stderr does not end with '$want': $(<"$tmp/err")"
+  done
+done
+
 # once_fails NAME WANT [INTERVAL]: pooltop --once on the fake server's /NAME (at --interval
 # INTERVAL, default 0.2) exits 1, stdout empty, its stderr one line, "pooltop: ", the URL (or
 # "the body of" it) then WANT (an extended regex). timeout(1) keeps a pooltop that hangs from
@@ -235,5 +248,8 @@ once_fails trickle 'took over 1 s'
 echo "--once: exit 1 and a message for a body over the cap, streamed or announced"
 once_fails huge 'sent a body over 64 MiB, the cap \(MAX_BODY in tools/pool_scrape\.py\)$' 5
 once_fails hugelength 'sent a body over 64 MiB, the cap' 5
+echo "--once: exit 1 and a message for a body of more lines than the cap"
+once_fails manylines \
+  'sent 400,000 lines, over the cap of [0-9,]+ \(MAX_LINES in tools/pool_scrape\.py' 5
 
 echo "PASS"
