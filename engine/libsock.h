@@ -325,8 +325,10 @@ struct Packet {
 struct Packet* sock_checkout_packet(void);
 
 /** Queues a packet chain for fd (each packet's length bytes at buffer) and flushes.
- * Returns 0 and takes ownership of the chain; or -1 with errno (EBADF, EINVAL for NULL or a
- * negative length, EPIPE if the connection is closing) and the caller keeps the chain. */
+ * Returns 0 and takes ownership of the chain; or -1 with errno (EBADF; EINVAL for NULL, a
+ * negative length, a length past BUFFER_PACKET_SIZE with buffer at internal_memory, a file
+ * packet without its FILE*; EPIPE if the connection is closing) and the caller keeps the
+ * chain. */
 ssize_t sock_send_packet(int fd, struct Packet* packet);
 
 /** Frees a packet chain: fclose's file packets, frees external buffers and returns the

@@ -157,12 +157,8 @@ ssize_t send_packet(int fd, Packet* packet) {
     return -1;
   }
   if (t.remote) {
-    for (Packet* p = packet; p; p = p->metadata.next) {
-      if (p->length < 0 || (!p->buffer && p->length)) {
-        errno = EINVAL;
-        return -1;
-      }
-    }
+    // Here, where the caller keeps a refused chain: on the owner the post has returned 0.
+    if (check_chain(packet) < 0) return -1;
     return post(*t.remote, RemoteCall::Kind::kSendPacket, fd, t.generation, packet);
   }
   FdSlot* slot = open_slot(fd);
