@@ -208,7 +208,12 @@ struct SockWriteOpt {
  * Returns 0 when everything was queued (as the seed did), or -1 with errno: EBADF (closed
  * fd), EINVAL (NULL buffer with a length; for .file, not a regular file, or a .length past
  * what a file offset can reach), ENOMEM, ENOBUFS (the reactor's memory budget is
- * spent: nothing was queued, see struct ReactorLimits), EPIPE (the connection is closing). */
+ * spent: nothing was queued, see struct ReactorLimits), EPIPE (the connection is closing or
+ * failed). For an fd without a reactor, whose queue is sent within the call, also the error
+ * of that send (EPIPE, ECONNRESET, ...): the fd then stays open, failed (writes get EPIPE),
+ * until the caller closes it with sock_close, sock_force_close or sock_flush (which reports
+ * the error again). sock_send_packet, which returns 0 once its chain is queued, leaves such
+ * a failure to those calls. */
 ssize_t sock_write2_fn(struct SockWriteOpt options);
 
 #ifdef __cplusplus

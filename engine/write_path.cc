@@ -98,8 +98,7 @@ ssize_t write_copy(int fd, FdSlot& slot, const char* bytes, std::size_t length, 
     return -1;
   }
   count_queued_write(slot);
-  schedule_flush(fd, slot);
-  return 0;
+  return schedule_flush(fd, slot);
 }
 
 }  // namespace
@@ -142,8 +141,7 @@ ssize_t write_data(const SockWriteOpt& opt) {
   }
   if (r < 0) return -1;
   count_queued_write(*slot);
-  schedule_flush(fd, *slot);
-  return 0;
+  return schedule_flush(fd, *slot);
 }
 
 ssize_t send_packet(int fd, Packet* packet) {
@@ -169,6 +167,9 @@ ssize_t send_packet(int fd, Packet* packet) {
   }
   if (queue_chain(*slot, packet) < 0) return -1;
   count_queued_write(*slot);
+  // Queued, the chain is the library's, so a failed send of an fd without a reactor is not
+  // this call's -1 (the caller would keep the chain): the fd is left failed, and its next
+  // write (EPIPE) or sock_flush (the error) reports it.
   schedule_flush(fd, *slot);
   return 0;
 }
