@@ -82,7 +82,8 @@ struct SlotExtra {
 // and other threads read neighbouring slots' generation and owner to route their calls, so two
 // connections of different shards never share a line (the pages are line-aligned too).
 struct alignas(alloc::kCacheLineBytes) FdSlot {
-  // Changes whenever the fd is opened or closed, so events and calls that carry an old value
+  // Changes whenever the fd is opened or closed, and when reactor_add attaches a plain fd that
+  // no reactor held (to the next even value), so events and calls that carry an old value
   // are recognised as stale after the number is reused. Odd while the fd is open with the sock_
   // API, even otherwise: any thread can tell from this one atomic whether a call may target
   // the fd. Owner-thread writes use release, and a thread taking over the slot (a new owner
