@@ -52,7 +52,10 @@ enum SlotFlag : uint32_t {
   kUrgentSeen = 1u << 18,    // EPOLLPRI seen: TCP urgent data came, reads stop short at its mark
   // A listener's slot: TCP_NODELAY is set on the listener, so accepted sockets inherit it
   // (accept.h).
-  kListenerNoDelay = 1u << 19
+  kListenerNoDelay = 1u << 19,
+  // Attached but not in the epoll set, and no timer filed: a connection whose first input was
+  // read at its accept (Reactor::read_first_input) and was to close at the flush step.
+  kUnwatched = 1u << 20
 };
 
 // Per-connection settings and state that most connections never use, allocated on first use
@@ -91,7 +94,8 @@ struct SlotExtra {
 // and other threads read neighbouring slots' generation and owner to route their calls, so two
 // connections of different shards never share a line (the pages are line-aligned too).
 struct alignas(alloc::kCacheLineBytes) FdSlot {
-  // Changes whenever the fd is opened or closed, so events and calls that carry an old value
+  // Changes whenever the fd is opened or closed, and when reactor_add attaches a plain fd that
+  // no reactor held (to the next even value), so events and calls that carry an old value
   // are recognised as stale after the number is reused. Odd while the fd is open with the sock_
   // API, even otherwise: any thread can tell from this one atomic whether a call may target
   // the fd. Owner-thread writes use release, and a thread taking over the slot (a new owner
@@ -123,11 +127,12 @@ static_assert(sizeof(FdSlot) == alloc::kCacheLineBytes,
               "FdSlot grew past one cache line: move the field to SlotExtra");
 static_assert(alignof(FdSlot) == alloc::kCacheLineBytes, "a slot starts a cache line");
 
-// The errno of a failure, kept in the flags word: Linux errno values are below 4096 (the
-// kernel's MAX_ERRNO), so 12 bits above the flags hold any of them.
-inline constexpr unsigned kErrorShift = 20;
-inline constexpr uint32_t kMaxErrno = 4095;
-static_assert(kListenerNoDelay < (1u << kErrorShift), "a flag bit overlaps the error field");
+// The errno of a failure, kept in the flags word: Linux errno values are far below 2048 (the
+// highest is 133, EHWPOISON; the kernel reserves up to MAX_ERRNO, 4095), so 11 bits above the
+// flags hold any of them.
+inline constexpr unsigned kErrorShift = 21;
+inline constexpr uint32_t kMaxErrno = 2047;
+static_assert(kUnwatched < (1u << kErrorShift), "a flag bit overlaps the error field");
 static_assert((uint64_t{kMaxErrno} << kErrorShift) <= UINT32_MAX, "the error field overflows");
 
 inline int slot_error(const FdSlot& slot) { return static_cast<int>(slot.flags >> kErrorShift); }

@@ -29,7 +29,7 @@ bool connect_finished(int fd, FdSlot& slot) {
 
 }  // namespace
 
-ssize_t flush_unattached(int fd, FdSlot& slot) {
+ssize_t flush_unattached(int fd, FdSlot& slot, bool keep_failed) {
   if ((slot.flags & kConnecting) && !connect_finished(fd, slot)) return 0;
   std::size_t written = 0;
   for (;;) {
@@ -37,7 +37,11 @@ ssize_t flush_unattached(int fd, FdSlot& slot) {
         (slot.flags & kFailed) ? SendResult::kError : send_queue(fd, slot, SIZE_MAX, &written);
     if (r == SendResult::kError) {
       const int err = slot_error(slot);
-      close_slot(fd, slot, nullptr, CloseReason::kError);
+      if (keep_failed && !(slot.flags & kClosing)) {
+        fail_connection(fd, slot, err);
+      } else {
+        close_slot(fd, slot, nullptr, CloseReason::kError);
+      }
       errno = err;
       return -1;
     }

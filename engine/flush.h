@@ -18,19 +18,23 @@ namespace engine {
 
 // Writes the queue of an fd without a reactor until EAGAIN (nobody else will continue), and
 // closes it once that is due (close_if_due). Returns the bytes written, or -1 with errno when
-// the write failed (the fd is then closed).
-ssize_t flush_unattached(int fd, FdSlot& slot);
+// the write failed. The fd is then closed, unless `keep_failed` and no close was asked for
+// (kClosing): a write's own flush leaves it open and failed (kFailed: writes get EPIPE, the
+// next flush or close closes it), since no on_close tells its caller, who still holds the
+// number, that it closed (libsock.h, sock_write2).
+ssize_t flush_unattached(int fd, FdSlot& slot, bool keep_failed = false);
 
-// After a write queued output: the owner reactor sends it at its flush step (above the high
-// watermark reading pauses first), or it is sent now for an fd without a reactor.
-inline void schedule_flush(int fd, FdSlot& slot) {
+// After a write or a close queued output: the owner reactor sends it at its flush step (above
+// the high watermark reading pauses first), or it is sent now for an fd without a reactor.
+// Returns 0, or -1 with errno when that send failed: flush_unattached(), keep_failed.
+inline int schedule_flush(int fd, FdSlot& slot) {
   if (Reactor* owner = attached_owner(slot)) {
     owner->check_high_watermark(slot);
     owner->want_flush(fd, slot);
     if (Profile* p = owner->profile()) p->queued(fd, slot.queued_bytes, owner->profile_now_us());
-  } else {
-    flush_unattached(fd, slot);
+    return 0;
   }
+  return flush_unattached(fd, slot, true) < 0 ? -1 : 0;
 }
 
 // A read, a send or a layer failed with err: the connection closes at its reactor's next flush

@@ -42,6 +42,16 @@ int reactor_add(struct Reactor* reactor, int fd) {
   if (!slot) return -1;
   // The flags are this thread's to read only while this reactor holds the fd.
   const bool here = engine::load_owner(*slot) == r && (slot->flags & engine::kAttached);
+  // A plain fd (even generation) that no reactor holds begins a new life on its number: the
+  // next even generation, before attach() stamps its epoll key. Calls stamped with the last
+  // one are then stale: a sock_close(NULL, fd) made on another thread while a connection on
+  // the number was closing reads (closed generation, owner), as close_slot() marks the
+  // generation before it clears the owner, and must not close a timer that got the number in
+  // on_close. (An fd open with the sock_ API keeps its generation: its handles stay valid.)
+  if (!here && !engine::load_owner(*slot) &&
+      !engine::is_open_generation(slot->generation.load(std::memory_order_acquire))) {
+    engine::mark_closed(*slot);
+  }
   if (r->attach(fd, *slot) < 0) return -1;
   if (!here && (slot->flags & engine::kOpen)) r->resume_timers(fd, *slot);
   return 0;

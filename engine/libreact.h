@@ -104,7 +104,9 @@ void reactor_stop(struct Reactor* reactor);
 
 /** Attaches fd (any pollable fd) to the reactor, edge-triggered for input, output and peer
  * half-close. Re-adding an attached fd re-arms it; an fd attached to another reactor that
- * this thread drives too leaves that one for this one. Returns 0, or -1 with errno (EBADF for
+ * this thread drives too leaves that one for this one. A plain fd (not open with the sock_
+ * API) that no reactor holds is a new fd to other threads: a sock_close or sock_force_close
+ * they made for its number before is dropped. Returns 0, or -1 with errno (EBADF for
  * a bad fd; EEXIST if a reactor that another thread drives holds it, or it is being handed
  * to one). */
 int reactor_add(struct Reactor* reactor, int fd);

@@ -18,20 +18,30 @@
  *   call sock_write/sock_write2, sock_flush, sock_close, sock_force_close, sock_send_packet,
  *   the handle calls, and sock_accept/sock_connect/sock_open/sock_attach with that reactor:
  *   off the owner thread they are posted to it, stamped with the fd's generation, and return
- *   0 once queued (the result of the work itself is not reported back; a call that finds the
- *   connection closed when it runs is dropped, and what it owned is freed; a posted write
- *   that the owner cannot queue, for any reason (its memory budget spent, no memory, a FILE*
- *   that is not a regular file), fails the connection, SOCK_CLOSE_ERROR, rather than leave a
- *   gap in the stream), and the reactor wakes from its wait to run them. A posted open
- *   (sock_accept, sock_connect, sock_open) takes effect when the owner runs it: until then the new fd's calls fail with EBADF, so use it
- *   from the owner's callbacks (a sharded server's on_open). sock_read, sock_clear, the
- *   per-connection settings (sock_set_timeout, sock_set_deadline, sock_set_watermarks,
- *   sock_pending), sock_close_lingering and the sock_tlc_ calls need the owner thread: elsewhere they fail with
- *   EPERM (sock_clear does nothing). sock_status, sock_fd2uuid and sock_uuid2fd only read the
- *   fd's generation: any thread. An fd opened without a reactor has no owner thread: use it
- *   from one thread at a time. The helpers in the first section (no fd state),
- *   sock_checkout_packet() and sock_free_packet() are safe from any thread. No call may be
- *   posted to a reactor whose stop has completed, nor race with its final reactor_review().
+ *   0 once queued, -1 with ENOMEM if they cannot be (the result of the work itself is not
+ *   reported back; a call that finds the connection closed when it runs is dropped, and what
+ *   it owned is freed; a posted write that the owner cannot queue, for any reason (its memory
+ *   budget spent, no memory, a FILE* that is not a regular file), fails the connection,
+ *   SOCK_CLOSE_ERROR, rather than leave a gap in the stream), and the reactor wakes from its
+ *   wait to run them. sock_close and sock_force_close return nothing: one that cannot be
+ *   posted is lost (sock_close_uuid and sock_force_close_uuid say so). A posted open
+ *   (sock_accept, sock_connect, sock_open) takes effect when the owner runs it: until then
+ *   the new fd's calls fail with EBADF, so use it from the owner's callbacks (a sharded
+ *   server's on_open). sock_read, sock_clear, the per-connection settings (sock_set_timeout,
+ *   sock_set_deadline, sock_set_watermarks, sock_pending), sock_close_lingering and the
+ *   sock_tlc_ calls need the owner thread: elsewhere they fail with EPERM (sock_clear does nothing). sock_status,
+ *   sock_fd2uuid and sock_uuid2fd only read the fd's generation: any thread. An fd opened
+ *   without a reactor has no owner thread: use it from one thread at a time. The helpers in
+ *   the first section (no fd state), sock_checkout_packet() and sock_free_packet() are safe
+ *   from any thread. No call may be posted to a reactor whose stop has completed, nor race
+ *   with its final reactor_review().
+ * Order: the calls one thread makes run in the order it makes them. The owner runs posted
+ *   calls once per loop iteration, after its wait for events (up to 1,024, the rest in the
+ *   next iterations), so a call posted from another thread is ordered before the owner
+ *   thread's own calls only once it has run, however long ago it was made: a worker's write
+ *   followed by a sock_close on the owner thread may meet the close first and be dropped. To
+ *   close behind a worker's writes, close from that worker (its sock_close or
+ *   sock_close_uuid is posted behind them).
  * Handles: an fd number is reused as soon as it closes. sock_fd2uuid() gives a handle (fd plus
  *   generation) that stops matching when that connection closes, for callers that keep
  *   connections across callbacks or threads.
@@ -208,7 +218,12 @@ struct SockWriteOpt {
  * Returns 0 when everything was queued (as the seed did), or -1 with errno: EBADF (closed
  * fd), EINVAL (NULL buffer with a length; for .file, not a regular file, or a .length past
  * what a file offset can reach), ENOMEM, ENOBUFS (the reactor's memory budget is
- * spent: nothing was queued, see struct ReactorLimits), EPIPE (the connection is closing). */
+ * spent: nothing was queued, see struct ReactorLimits), EPIPE (the connection is closing or
+ * failed). For an fd without a reactor, whose queue is sent within the call, also the error
+ * of that send (EPIPE, ECONNRESET, ...): the fd then stays open, failed (writes get EPIPE),
+ * until the caller closes it with sock_close, sock_force_close or sock_flush (which reports
+ * the error again). sock_send_packet, which returns 0 once its chain is queued, leaves such
+ * a failure to those calls. */
 ssize_t sock_write2_fn(struct SockWriteOpt options);
 
 #ifdef __cplusplus
@@ -263,7 +278,8 @@ intptr_t sock_fd2uuid(int fd);
 int sock_uuid2fd(intptr_t uuid);
 
 /** sock_close() / sock_force_close() through a handle: -1 with errno EBADF if its connection is
- * already closed (a later connection on the same number is never touched), else 0. */
+ * already closed (a later connection on the same number is never touched), or ENOMEM if the
+ * call could not be posted to the owner thread; else 0. */
 int sock_close_uuid(intptr_t uuid);
 int sock_force_close_uuid(intptr_t uuid);
 
@@ -283,7 +299,7 @@ int sock_set_deadline(int fd, unsigned ms);
 
 /** fd's watermarks (0, 0: the reactor's): above `high` queued bytes reading pauses, at or
  * below `low` (0: once the queue is empty) it resumes and on_ready runs. Owner thread.
- * Returns 0, or -1 with errno (EINVAL if low > high, ENOMEM). */
+ * Returns 0, or -1 with errno (EINVAL if low > high or high > UINT32_MAX, ENOMEM). */
 int sock_set_watermarks(int fd, size_t high, size_t low);
 
 /** Bytes queued for fd and not yet written (file bytes included). Owner thread; -1 with
@@ -343,8 +359,10 @@ struct Packet {
 struct Packet* sock_checkout_packet(void);
 
 /** Queues a packet chain for fd (each packet's length bytes at buffer) and flushes.
- * Returns 0 and takes ownership of the chain; or -1 with errno (EBADF, EINVAL for NULL or a
- * negative length, EPIPE if the connection is closing) and the caller keeps the chain. */
+ * Returns 0 and takes ownership of the chain; or -1 with errno (EBADF; EINVAL for NULL, a
+ * negative length, a length past BUFFER_PACKET_SIZE with buffer at internal_memory, a file
+ * packet without its FILE*; EPIPE if the connection is closing) and the caller keeps the
+ * chain. */
 ssize_t sock_send_packet(int fd, struct Packet* packet);
 
 /** Frees a packet chain: fclose's file packets, frees external buffers and returns the

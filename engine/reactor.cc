@@ -475,6 +475,7 @@ long Reactor::send_and_settle(int fd, FdSlot& slot, std::size_t budget, bool* re
     }
     case SendResult::kBlocked:
       slot.flags |= kWriteBlocked;
+      if ((slot.flags & kUnwatched) && !watch_late(fd, slot)) return static_cast<long>(written);
       *ready = resumed;
       return static_cast<long>(written);
     case SendResult::kHeld:
@@ -484,6 +485,7 @@ long Reactor::send_and_settle(int fd, FdSlot& slot, std::size_t budget, bool* re
         close_now(fd, slot, CloseReason::kPeer);
         return static_cast<long>(written);
       }
+      if ((slot.flags & kUnwatched) && !watch_late(fd, slot)) return static_cast<long>(written);
       // Nor may a pause for the held bytes keep that input from it; no peer is slow to take
       // output that cannot be sent yet.
       if (slot.flags & kPaused) {
@@ -535,6 +537,18 @@ long Reactor::flush_fd(int fd, FdSlot& slot, std::size_t budget, bool notify_rea
   return written;
 }
 
+bool Reactor::watch_late(int fd, FdSlot& slot) {
+  slot.flags &= ~kUnwatched;
+  if (watch(fd, slot) < 0) {
+    set_slot_error(slot, errno);
+    close_now(fd, slot, CloseReason::kError);
+    return false;
+  }
+  // Not closed here if already due: the wheel fires it at its next advance.
+  arm_timer(fd, slot, false);
+  return true;
+}
+
 int Reactor::watch(int fd, const FdSlot& slot) {
   epoll_event ev{};
   ev.events = kEpollEvents;
@@ -546,7 +560,7 @@ int Reactor::watch(int fd, const FdSlot& slot) {
 // Inlined into detach(), which runs at every close (bench/callgrind.sh, close16).
 [[gnu::always_inline]] inline void Reactor::leave(int fd, FdSlot& slot, bool closing) {
   if (!closing) epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);  // ENOENT: closed behind our back
-  slot.flags &= ~(kAttached | kOnFlushList | kOnDataAgainList | kListenerNoDelay);
+  slot.flags &= ~(kAttached | kOnFlushList | kOnDataAgainList | kListenerNoDelay | kUnwatched);
   attached_.sub(1);
   // A detach off the owner thread is a misuse (reactor_remove elsewhere; attach() refuses the
   // moves that would do it): its counter update races, and the profile is not written.
@@ -593,24 +607,29 @@ int Reactor::attach(int fd, FdSlot& slot, bool watch_it) {
   }
   set_owner(slot, this);
   // The fd may be a new listener behind an old number: accept.h asks it about TCP_NODELAY again.
-  slot.flags = (slot.flags & ~kListenerNoDelay) | kAttached;
+  slot.flags = (slot.flags & ~(kListenerNoDelay | kUnwatched)) | kAttached;
   return 0;
 }
 
 void Reactor::read_first_input(int fd, FdSlot& slot) {
   const uint32_t generation = slot.generation.load(std::memory_order_relaxed);
-  slot.flags |= kReadPending;
+  // kUnwatched until watched below: a flush that leaves output queued meanwhile (the callback's
+  // sock_flush) watches it itself (send_and_settle).
+  slot.flags |= kReadPending | kUnwatched;
   call_on_data(fd, slot);
   // Closed, detached (reactor_add files its timers again: resume_timers()) or moved to another
   // reactor on this thread (which armed its own) in its first callback: nothing to do.
   if (!is_current(slot, generation, this)) return;
   // Due to close with nothing left to send and no layer to queue a last record: the next
   // flush step (it is listed) closes it (sock_close, the peer's EOF, a failure), and nothing
-  // waits for an event or a timer before that.
+  // waits for an event or a timer before that. It stays kUnwatched: after the peer's EOF it
+  // still takes writes, and should one (another fd's callback, a posted write) leave output
+  // the kernel refuses, that flush watches it and arms its timer (send_and_settle).
   const bool closes_at_flush = (slot.flags & kOnFlushList) &&
                                (slot.flags & (kClosing | kEof | kFailed)) && !slot.head &&
                                !slot_tlc(slot);
   if (closes_at_flush) return;
+  slot.flags &= ~kUnwatched;
   if (watch(fd, slot) < 0) {
     set_slot_error(slot, errno);
     close_now(fd, slot, CloseReason::kError);

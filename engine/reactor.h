@@ -249,6 +249,9 @@ class Reactor {
   void dispatch(int fd, uint32_t generation, uint32_t events);
   // EPOLL_CTL_ADD (or MOD, for an fd in the set already) with the slot's current generation.
   int watch(int fd, const FdSlot& slot);
+  // A flush left output on a kUnwatched fd (read_first_input): watches it, so the kernel's
+  // EPOLLOUT brings the rest, and files its timer. False if the watch failed and closed it.
+  bool watch_late(int fd, FdSlot& slot);
   // detach() for an fd attached here, but the owner stays set: the caller sets it next (a
   // move to another reactor of this thread: attach(), or detach() itself).
   void leave(int fd, FdSlot& slot, bool closing);

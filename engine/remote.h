@@ -1,7 +1,7 @@
 // File: engine/remote.h
 // A sock_ call made on a thread other than its fd's owner, as it travels to the owner through
 // the reactor's inbox (inbox.h): what to do, on which fd, and the fd's generation at call time.
-// The owner runs it at the top of its next loop iteration (routing.h, run_posted); a call
+// The owner runs it in its next loop iteration, after the wait for events (routing.h); a call
 // whose generation no longer matches (the fd was closed, its number perhaps reused) is
 // dropped there, so no byte ever reaches the wrong connection.
 // Ownership: a posted call owns its `data` (a malloc'd copy, a moved buffer, a FILE*, a packet

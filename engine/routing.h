@@ -3,8 +3,9 @@
 // fds attached to it; its owner thread is the thread that created it or last ran its loop.
 // A call made on the owner thread runs inline, with no lock. A call made on any other thread
 // is posted to the owner's inbox (inbox.h) as a RemoteCall stamped with the fd's generation,
-// returns 0 once queued, and runs on the owner at the top of its next loop iteration
-// (run_posted), or is dropped there if the fd was closed meanwhile. An fd attached to no
+// returns 0 once queued, and runs on the owner in its next loop iteration, after the wait for
+// events (run_posted; at most Inbox::kDrainBatch calls per iteration), or is dropped there if
+// the fd was closed meanwhile. An fd attached to no
 // reactor has no owner: its calls run inline, one thread at a time (libsock.h).
 // Threads: target_of(), post() and post_write() any thread; run_posted() the owner thread of
 // the reactor it is given; discard_posted() any thread.

@@ -105,8 +105,7 @@ ssize_t write_copy(int fd, FdSlot& slot, const char* bytes, std::size_t length, 
   }
   if (profiling_on()) profile_write(slot, length);
   count_queued_write(slot);
-  schedule_flush(fd, slot);
-  return 0;
+  return schedule_flush(fd, slot);
 }
 
 }  // namespace
@@ -152,8 +151,7 @@ ssize_t write_data(const SockWriteOpt& opt) {
   }
   if (profiling_on()) profile_write(*slot, bytes);
   count_queued_write(*slot);
-  schedule_flush(fd, *slot);
-  return 0;
+  return schedule_flush(fd, *slot);
 }
 
 ssize_t send_packet(int fd, Packet* packet) {
@@ -167,12 +165,8 @@ ssize_t send_packet(int fd, Packet* packet) {
     return -1;
   }
   if (t.remote) {
-    for (Packet* p = packet; p; p = p->metadata.next) {
-      if (p->length < 0 || (!p->buffer && p->length)) {
-        errno = EINVAL;
-        return -1;
-      }
-    }
+    // Here, where the caller keeps a refused chain: on the owner the post has returned 0.
+    if (check_chain(packet) < 0) return -1;
     return post(*t.remote, RemoteCall::Kind::kSendPacket, fd, t.generation, packet);
   }
   FdSlot* slot = open_slot(fd);
@@ -183,6 +177,9 @@ ssize_t send_packet(int fd, Packet* packet) {
   }
   if (queue_chain(*slot, packet) < 0) return -1;
   count_queued_write(*slot);
+  // Queued, the chain is the library's, so a failed send of an fd without a reactor is not
+  // this call's -1 (the caller would keep the chain): the fd is left failed, and its next
+  // write (EPIPE) or sock_flush (the error) reports it.
   schedule_flush(fd, *slot);
   return 0;
 }

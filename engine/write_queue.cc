@@ -440,13 +440,23 @@ ssize_t queue_file(FdSlot& slot, FILE* file, std::size_t length, bool urgent) {
   return bytes;
 }
 
-int queue_chain(FdSlot& slot, Packet* chain) {
-  for (Packet* p = chain; p; p = p->metadata.next) {
-    if (p->length < 0 || (!p->buffer && p->length)) {
+int check_chain(const Packet* chain) {
+  for (const Packet* p = chain; p; p = p->metadata.next) {
+    // Past its internal memory lie the packet's metadata and the pool's next packet (another
+    // connection's data); a file packet's FILE* is all that tells its bytes.
+    const bool unsendable = p->length < 0 || (!p->buffer && (p->length || p->metadata.is_file)) ||
+                            (p->buffer == p->internal_memory &&
+                             static_cast<std::size_t>(p->length) > kPacketBytes);
+    if (unsendable) {
       errno = EINVAL;
       return -1;
     }
   }
+  return 0;
+}
+
+int queue_chain(FdSlot& slot, Packet* chain) {
+  if (check_chain(chain) < 0) return -1;
   for (Packet* p = chain; p; p = p->metadata.next) {
     if (p->metadata.is_file && file_segment_init(p, static_cast<FILE*>(p->buffer), 0) < 0) {
       return -1;

@@ -58,8 +58,13 @@ int queue_move(FdSlot& slot, void* buffer, std::size_t length, bool urgent);
 // bytes the write will send (`length`, or what is left of the file; 0: none, and the file is
 // closed already), or -1 with errno.
 ssize_t queue_file(FdSlot& slot, FILE* file, std::size_t length, bool urgent);
-// Links a caller-built chain (sock_send_packet). Each packet will be wrapped by the fd's
-// layers when it is first sent. On error (-1 with errno) the caller keeps the chain.
+// Whether a caller-built chain (sock_send_packet) can be sent as it says: every length 0 or
+// more, memory behind it (at most kPacketBytes when that is the packet's internal memory), a
+// FILE* behind a file packet. 0, or -1 with errno EINVAL. Any thread: it reads only the chain.
+int check_chain(const Packet* chain);
+// Links a caller-built chain (sock_send_packet), checked with check_chain() first. Each packet
+// will be wrapped by the fd's layers when it is first sent. On error (-1 with errno) the
+// caller keeps the chain.
 int queue_chain(FdSlot& slot, Packet* chain);
 
 // Queues bytes a layer produced (sock_tlc_write), to be wrapped by the layers below the first

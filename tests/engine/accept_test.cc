@@ -16,11 +16,13 @@
 #include <array>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "engine/accept.h"
+#include "engine/fd_table.h"
 #include "engine/inbox.h"
 #include "engine/libreact.h"
 #include "engine/libsock.h"
@@ -28,6 +30,7 @@
 #include "engine/reactor.h"
 #include "engine/routing.h"
 #include "tests/testing/block_watchdog.h"
+#include "tests/testing/fake_clock.h"
 #include "tests/testing/loopback.h"
 #include "tests/testing/reactor_fixture.h"
 #include "tests/testing/run_until.h"
@@ -185,6 +188,85 @@ TEST_F(AcceptTest, AClosedConnectionsLingeringRegistrationReachesNotTheNextOnIts
   close(copy);
   close(ca);
   close(cb);
+}
+
+// Connections opened with their first input waiting, as a deferred-accept listener's are
+// (TCP_DEFER_ACCEPT; open_accepted's input_waiting): their first on_data runs inside the
+// accept, and the epoll set hears of them only if they outlive it. One that reads its request
+// to the EOF behind it and writes nothing is due to close at the flush step, so it is never
+// added to the set. Here the listener's on_data then writes it a response larger than the
+// kernel takes, as any other fd's callback (or a posted write) may before the flush step.
+class FirstInputTest : public testing_support::ServerFixture {
+ protected:
+  static constexpr int kSmallBuffer = 4096;
+  static constexpr char kRequest[] = "GET / HTTP/1.0\r\n\r\n";
+
+  void on_data(struct Reactor* r, int fd) override {
+    if (fd != listener_.fd) {
+      // Reads to the EOF and writes nothing. In pieces the size of the request: a read that
+      // fills its buffer leaves the socket to be asked again, and the next read finds the EOF
+      // (one cut short counts as having drained the socket: the EOF would wait for an edge).
+      char buf[sizeof kRequest - 1];
+      while (sock_read(fd, buf, sizeof buf) > 0) {}
+      return;
+    }
+    int c;
+    while ((c = engine::accept_connection(fd)) >= 0) {
+      testing_support::set_sndbuf(c, kSmallBuffer);
+      accepted_.push_back(c);
+      EXPECT_EQ(engine::open_accepted(r, &c, 1, true), 1u);
+      ASSERT_GE(sock_status(c), 0) << "still open, due to close at the flush step";
+      EXPECT_EQ(sock_write(c, response_.data(), response_.size()), 0);
+    }
+  }
+  void on_close(struct Reactor* r, int fd) override {
+    ServerFixture::on_close(r, fd);
+    reasons_.push_back(sock_close_reason());
+  }
+
+  // A client whose request and its end wait for the accept. Its receive buffer is small, so
+  // the response cannot all be in flight in the kernel.
+  int connect_with_request() {
+    const int client = connect_client(listener_.port, kSmallBuffer);
+    testing_support::write_all(client, kRequest);
+    EXPECT_EQ(shutdown(client, SHUT_WR), 0);
+    return client;
+  }
+
+  const std::string response_ = testing_support::pattern(1024 * 1024, 7);
+  std::vector<SockCloseReason> reasons_;
+  testing_support::FakeClock clock_;  // outlives the reactor (the fixture's TearDown stops it)
+};
+
+TEST_F(FirstInputTest, AResponseWrittenAfterTheFirstInputEndedArrivesWholeThenTheClose) {
+  const int client = connect_with_request();
+  std::string got;
+  const bool closed = testing_support::run_until(
+      &r_, [&] { return !testing_support::drain(client, &got); }, std::chrono::seconds(10));
+  EXPECT_TRUE(closed) << got.size() << " of " << response_.size() << " bytes, then nothing";
+  EXPECT_TRUE(got == response_);
+  ASSERT_EQ(accepted_.size(), 1u);
+  EXPECT_EQ(closed_, std::vector<int>{accepted_[0]});
+  EXPECT_EQ(reasons_, std::vector<SockCloseReason>{SOCK_CLOSE_PEER});
+  close(client);
+}
+
+TEST_F(FirstInputTest, TheIdleTimeoutStillBoundsItWhenThePeerStopsReading) {
+  clock_.install(&r_);
+  ReactorLimits limits{};
+  limits.idle_timeout_ms = 1000;
+  ASSERT_EQ(reactor_set_limits(&r_, &limits), 0);
+  const int client = connect_with_request();  // and never reads
+  ASSERT_TRUE(testing_support::run_until(&r_, [&] {
+    return accepted_.size() == 1 &&
+           (engine::fd_slot(accepted_[0])->flags & engine::kWriteBlocked) != 0;
+  }));
+  clock_.advance(std::chrono::seconds(2));
+  EXPECT_TRUE(testing_support::run_until(&r_, [&] { return !closed_.empty(); },
+                                         std::chrono::seconds(5)));
+  EXPECT_EQ(closed_, std::vector<int>{accepted_[0]});
+  EXPECT_EQ(reasons_, std::vector<SockCloseReason>{SOCK_CLOSE_TIMEOUT});
+  close(client);
 }
 
 // A reactor driven by its own thread R, which echoes what its connections send; its on_open

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -265,6 +266,53 @@ TEST_F(ValidFdTest, NegativePacketLengthGivesEinvalAndTheCallerKeepsThePacket) {
   sock_free_packet(packet);
   sock_free_packet(nullptr);  // a no-op
   EXPECT_EQ(peer_pending(), 0);
+}
+
+// A packet's internal memory holds BUFFER_PACKET_SIZE bytes: a longer length would send what
+// lies past it (the packet's metadata, then the pool's next packet: another connection's data).
+TEST_F(ValidFdTest, PacketLongerThanItsInternalMemoryGivesEinvalAndNothingOfTheChainIsSent) {
+  Packet* first = sock_checkout_packet();
+  ASSERT_NE(first, nullptr);
+  Packet* too_long = sock_checkout_packet();
+  ASSERT_NE(too_long, nullptr);
+  first->internal_memory[0] = 'a';
+  first->length = 1;
+  first->metadata.next = too_long;
+  too_long->length = BUFFER_PACKET_SIZE + 1;
+  errno = 0;
+  const ssize_t r = sock_send_packet(pair_[0], first);
+  EXPECT_EQ(r, -1);
+  EXPECT_EQ(errno, EINVAL);
+  EXPECT_EQ(peer_pending(), 0);
+  if (r == -1) sock_free_packet(first);  // on error the chain is the caller's
+
+  // A full packet is not too long.
+  Packet* full = sock_checkout_packet();
+  ASSERT_NE(full, nullptr);
+  std::memset(full->internal_memory, 'b', BUFFER_PACKET_SIZE);
+  full->length = BUFFER_PACKET_SIZE;
+  ASSERT_EQ(sock_send_packet(pair_[0], full), 0);
+  std::string got;
+  char buf[4096];
+  ssize_t n;
+  while ((n = recv(pair_[1], buf, sizeof buf, MSG_DONTWAIT)) > 0) {
+    got.append(buf, static_cast<std::size_t>(n));
+  }
+  EXPECT_TRUE(got == std::string(BUFFER_PACKET_SIZE, 'b')) << got.size() << " bytes";
+}
+
+// metadata.is_file with no FILE*: refused before anything looks at the file (fileno(NULL)
+// crashed the caller's thread).
+TEST_F(ValidFdTest, FilePacketWithoutAFileGivesEinvalAndTheCallerKeepsIt) {
+  Packet* packet = sock_checkout_packet();
+  ASSERT_NE(packet, nullptr);
+  packet->buffer = nullptr;
+  packet->length = 0;
+  packet->metadata.is_file = 1;
+  EXPECT_EINVAL(sock_send_packet(pair_[0], packet));
+  sock_free_packet(packet);
+  EXPECT_EQ(peer_pending(), 0);
+  EXPECT_GE(sock_status(pair_[0]), 0);
 }
 
 TEST_F(ValidFdTest, NullReactorGivesEinval) {

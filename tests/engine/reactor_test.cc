@@ -25,6 +25,8 @@
 #include "engine/libreact.h"
 #include "engine/libsock.h"
 #include "engine/reactor.h"
+#include "engine/remote.h"
+#include "engine/routing.h"
 #include "tests/testing/fake_clock.h"
 #include "tests/testing/loopback.h"
 #include "tests/testing/reactor_fixture.h"
@@ -545,6 +547,40 @@ TEST_F(ReactorTest, StaleEventInTheSameBatchNeverReachesTheSocketThatReusedTheFd
   stop();
   EXPECT_EQ(calls_.close[victim], 2);  // the old connection's, then the new one's
   EXPECT_EQ(calls_.close[first], 1);
+}
+
+// close_slot() marks the generation closed before it clears the owner, so a sock_close(NULL,
+// fd) made on another thread in between reads (closed generation, this reactor) and posts a
+// close stamped with that generation. A plain fd that takes the number in on_close (a timer
+// here) must not answer to it: the close was aimed at the connection, which is gone. The
+// window is a few instructions wide, so the test posts the call such a sock_close leaves.
+TEST_F(ReactorTest, ACloseAimedAtAClosedConnectionSparesThePlainFdThatReusedItsNumber) {
+  UniqueFd c;
+  const int s = connect_one(&c);
+  ASSERT_GE(s, 0);
+  engine::Reactor* r = engine::Reactor::of(&r_, true);
+  int timer = -1;
+  calls_.on_close = [&](struct Reactor* api, int fd) {
+    if (fd != s || timer >= 0) return;
+    const uint32_t closed = slot_of(s).generation.load();
+    ASSERT_EQ(engine::post(*r, engine::RemoteCall::Kind::kClose, s, closed), 0);
+    timer = reactor_make_timer();
+    ASSERT_GE(timer, 0);
+    if (timer != s) {  // the kernel gives the lowest free number, which s may not be here
+      ASSERT_EQ(dup2(timer, s), s);
+      close(timer);
+      timer = s;
+    }
+    ASSERT_EQ(reactor_add_timer(api, timer, 60'000), 0);
+  };
+  sock_force_close(&r_, s);
+  ASSERT_EQ(timer, s);
+  run_iterations(5);  // the posted close runs in the first
+  EXPECT_EQ(calls_.close[s], 1) << "the timer was closed by a call aimed at the connection";
+  EXPECT_GE(fcntl(timer, F_GETFD), 0);
+  calls_.on_close = nullptr;
+  reactor_close(&r_, timer);
+  EXPECT_EQ(calls_.close[s], 2);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -333,6 +333,41 @@ TEST_F(RoutingTest, CallsThatNeedTheOwnerThreadFailWithEpermElsewhere) {
   }).join();
 }
 
+// A packet chain that cannot be sent is refused by the calling thread, where the caller keeps
+// it (libsock.h), not posted: on R, a file packet without its FILE* crashed in fileno(NULL),
+// and a length past the packet's memory sent what lies beyond it.
+TEST_F(RoutingTest, APacketThatCannotBeSentIsRefusedWithEinvalBeforeItIsPosted) {
+  start_r(0);
+  const int fd = server_.load();
+  std::thread([fd] {
+    Packet* no_file = sock_checkout_packet();
+    ASSERT_NE(no_file, nullptr);
+    no_file->buffer = nullptr;
+    no_file->metadata.is_file = 1;
+    errno = 0;
+    const ssize_t r = sock_send_packet(fd, no_file);
+    EXPECT_EQ(r, -1);
+    EXPECT_EQ(errno, EINVAL);
+    if (r == -1) sock_free_packet(no_file);
+    Packet* too_long = sock_checkout_packet();
+    ASSERT_NE(too_long, nullptr);
+    too_long->length = BUFFER_PACKET_SIZE + 1;
+    errno = 0;
+    const ssize_t r2 = sock_send_packet(fd, too_long);
+    EXPECT_EQ(r2, -1);
+    EXPECT_EQ(errno, EINVAL);
+    if (r2 == -1) sock_free_packet(too_long);
+    // The connection is intact, and nothing reached the peer before this write.
+    const Record rec = record(0, 0);
+    EXPECT_EQ(sock_write(fd, &rec, sizeof rec), 0);
+  }).join();
+  Stream got;
+  EXPECT_TRUE(wait_for([&] { return !got.pump(client_, 10) || got.records >= 1; }));
+  EXPECT_EQ(got.records, 1u);
+  EXPECT_EQ(got.bad, 0u);
+  EXPECT_EQ(got.carry.size(), 0u);
+}
+
 // A reactor on this thread cannot take an fd from one that another thread drives: that
 // reactor's epoll set, counters and the fd's slot are its thread's alone (libreact.h,
 // reactor_add: EEXIST; libsock.h, sock_attach and sock_open). The fd stays where it was,

@@ -6,6 +6,7 @@
 // loopback socket that the run_until() predicate drains, so both ends progress without threads
 // and nothing sleeps. SIGPIPE stays at its default action: a write that raised it would kill
 // the test binary.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <signal.h>
@@ -554,13 +555,48 @@ TEST(WriteQueueNoReactorTest, WriteAfterLocalShutdownFailsWithoutSigpipe) {
   ASSERT_GE(server, 0);
   ASSERT_EQ(sock_open(nullptr, server), 0);
   ASSERT_EQ(shutdown(server, SHUT_WR), 0);  // every send now fails with EPIPE (and SIGPIPE)
-  // Without a reactor the write is flushed at once; the failure closes the connection.
-  EXPECT_EQ(sock_write(server, "doomed", 6), 0);
+  // Without a reactor the write is flushed at once, and its failure is the write's result.
+  // The fd stays open, failed, until its caller closes it: sock_flush reports the failure
+  // again and closes it.
+  errno = 0;
+  EXPECT_EQ(sock_write(server, "doomed", 6), -1);
+  EXPECT_EQ(errno, EPIPE);
+  EXPECT_FALSE(sock_is_closed(server));
+  errno = 0;
+  EXPECT_EQ(sock_flush(server), -1);
+  EXPECT_EQ(errno, EPIPE);
   EXPECT_TRUE(sock_is_closed(server));
   errno = 0;
   EXPECT_EQ(sock_write(server, "again", 5), -1);
   EXPECT_EQ(errno, EBADF);
   close(client);
+  close(l.fd);
+}
+
+// An fd without a reactor has no on_close to report a failure that its write's own flush
+// met: the write returns it, and the fd, still open and still the caller's (another thread may
+// get its number once it closes), refuses writes until the caller closes it.
+TEST(WriteQueueNoReactorTest, WriteToAPeerThatResetFailsWithEconnresetAndLeavesTheFdToTheCaller) {
+  auto l = testing_support::listen_loopback();
+  const int client = testing_support::connect_client(l.port);
+  const int server = accept4(l.fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  ASSERT_GE(server, 0);
+  ASSERT_EQ(sock_open(nullptr, server), 0);
+  ASSERT_EQ(testing_support::reset_on_close(client), 0);
+  close(client);
+  pollfd p{server, POLLIN, 0};
+  ASSERT_EQ(poll(&p, 1, 5000), 1);  // the reset has arrived
+  errno = 0;
+  EXPECT_EQ(sock_write(server, "doomed", 6), -1);
+  EXPECT_EQ(errno, ECONNRESET);
+  EXPECT_GE(fcntl(server, F_GETFD), 0) << "the fd was closed inside the write";
+  EXPECT_FALSE(sock_is_closed(server));
+  errno = 0;
+  EXPECT_EQ(sock_write2(.fd = server, .buffer = malloc_copy("moved"), .length = 5, .move = 1), -1);
+  EXPECT_EQ(errno, EPIPE) << "the connection failed: later writes are refused";
+  sock_close(nullptr, server);
+  EXPECT_TRUE(sock_is_closed(server));
+  EXPECT_EQ(fcntl(server, F_GETFD), -1) << "sock_close closed it";
   close(l.fd);
 }
 
