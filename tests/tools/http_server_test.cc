@@ -440,14 +440,45 @@ TEST_F(HttpServerTest, EmptyFieldNameAndHttp10TransferEncodingGet400AndClose) {
             bad);
 }
 
-// More framing llhttp 8.1 lets through (issue 10), each refused with the request behind it
-// unanswered; tests/tools/http/responder_test.cc splits each at every byte.
+// Framing llhttp's lenient mode lets through (issue 10; strict mode refuses it), refused with
+// the request behind it unanswered; tests/tools/http/responder_test.cc splits each at every
+// byte.
 TEST_F(HttpServerTest, ChunkDataNotEndedByCrlfGets400AndClose) {
   ASSERT_NO_FATAL_FAILURE(start({"--threads", "1"}));
   const std::string chunked = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
   const std::string bad = error_response(400, "Bad Request");
   EXPECT_EQ(with_get_behind(chunked + "5\r\nhelloXX0\r\n\r\n"), bad);
   EXPECT_EQ(with_get_behind(chunked + "5\r\nhello\r0\r\n\r\n"), bad);
+}
+
+// A CR must be followed by LF wherever a line ends (RFC 9112 2.2); llhttp built without
+// LLHTTP_STRICT_MODE skips whatever byte follows it in some states, so a request could end
+// where a peer in front sees none end (or a field start where it sees none): two answers for
+// what a proxy forwarded as one request, a Transfer-Encoding it never saw, a chunk it framed
+// otherwise. Each gets 400 and the request behind it is never answered.
+TEST_F(HttpServerTest, CrNotFollowedByLfGets400AndTheRequestBehindIsNotAnswered) {
+  ASSERT_NO_FATAL_FAILURE(start({"--threads", "1"}));
+  const std::string chunked = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+  const std::string bad = error_response(400, "Bad Request");
+  // The head's last line end: "\rX" ended it, and "GET /b" was a request of its own.
+  EXPECT_EQ(with_get_behind("GET / HTTP/1.1\r\nHost: x\r\n\rXGET /b HTTP/1.0\r\n\r\n"), bad);
+  // An empty value ended by CR: the byte after it was swallowed, and the field after it read.
+  EXPECT_EQ(with_get_behind("POST / HTTP/1.1\r\nHost: x\r\nX:\r_Transfer-Encoding: chunked\r\n\r\n"
+                            "0\r\n\r\n"),
+            bad);
+  // A chunk-size line, and the line that ends the trailers.
+  EXPECT_EQ(with_get_behind(chunked + "5\rXhello\r\n0\rY\r\n"), bad);
+  EXPECT_EQ(with_get_behind(chunked + "0\r\n\rZ"), bad);
+}
+
+// RFC 9112 3.2: a request target is a URI, without whitespace or control bytes; llhttp's
+// lenient mode lets a tab and a form feed through.
+TEST_F(HttpServerTest, TabOrFormFeedInTheTargetGets400AndClose) {
+  ASSERT_NO_FATAL_FAILURE(start({"--threads", "1"}));
+  const std::string bad = error_response(400, "Bad Request");
+  EXPECT_EQ(with_get_behind("GET /a\tb HTTP/1.1\r\nHost: x\r\n\r\n"), bad);
+  EXPECT_EQ(with_get_behind("GET /a\fb HTTP/1.1\r\nHost: x\r\n\r\n"), bad);
+  EXPECT_EQ(with_get_behind("GET /\t HTTP/1.1\r\nHost: x\r\n\r\n"), bad);
 }
 
 TEST_F(HttpServerTest, TransferCodingOtherThanChunkedAloneGets501AndAFoldedOne400) {

@@ -15,6 +15,12 @@
 #include "tools/http/http_date.h"
 #include "tools/http/static_files.h"
 
+// The CRLF after chunk data, a CR followed by another byte, whitespace before a field's colon
+// and control bytes in the target are left to llhttp's strict parser: built without it, they
+// would pass unchecked. third_party/system.BUILD defines this for llhttp.c and every includer
+// of llhttp.h alike, so seeing it here means llhttp.c was built strict too.
+static_assert(LLHTTP_STRICT_MODE, "llhttp must be built with LLHTTP_STRICT_MODE=1");
+
 namespace tools::http {
 namespace {
 
@@ -117,13 +123,12 @@ const Page* find_page(std::span<const Page> pages, std::string_view path) {
 }
 
 // What the callbacks of one llhttp_execute work on; parser.data points at it for that call.
-// [begin, end) is the read being parsed.
+// `begin` is the start of the read being parsed.
 struct Call {
   Responder& responder;
   Conn& conn;
   Output& out;
   const char* begin;
-  const char* end;
   unsigned files_owed;  // parse()'s: bodies of earlier Outputs not sent yet
 };
 
@@ -263,8 +268,6 @@ struct Callbacks {
       keep_field(c, c.field_length_, at, length);
     }
     c.field_length_ += length;
-    // A read that starts at the colon gets an empty call for the name the last read ended in.
-    if (length) c.field_last_ = at[length - 1];
     return 0;
   }
 
@@ -278,10 +281,10 @@ struct Callbacks {
   static int on_header_field_complete(llhttp_t* parser) {
     Conn& c = conn(parser);
     if (++c.headers_ > limits(parser).max_headers) return fail(parser, 431);
-    // ": b", a field without a name, and "Host : b", whitespace before the colon: llhttp 8.1
-    // lets both through; a field name is a token (RFC 9110 5.1), and a server must reject
-    // whitespace there (RFC 9112 5.1) lest a proxy in front read another field than we do.
-    if (c.field_length_ == 0 || is_space_or_tab(c.field_last_)) return fail(parser, 400);
+    // ": b", a field without a name: llhttp 8.1 lets it through, strict mode too; a field name
+    // is a token (RFC 9110 5.1). (Whitespace before the colon, RFC 9112 5.1, strict mode
+    // refuses itself: no space or tab is a name byte there.)
+    if (c.field_length_ == 0) return fail(parser, 400);
     // A trailer field: none of the headers looked at means anything there (RFC 9110 6.5.1:
     // no framing, no If-Modified-Since), and its name may lie in a read that is gone.
     if (c.headers_done_) {
@@ -443,26 +446,11 @@ struct Callbacks {
     return 0;
   }
 
-  // Checks the CRLF that must follow a chunk's data, from `p` on, as far as the read goes;
-  // what is left to check waits in crlf_left_ for the next read. False at any other byte.
-  static bool check_crlf(Conn& c, const char* p, const char* end) {
-    for (; c.crlf_left_ && p < end; --c.crlf_left_, ++p) {
-      if (*p != (c.crlf_left_ == 2 ? '\r' : '\n')) return false;
-    }
-    return true;
-  }
-
-  static int on_body(llhttp_t* parser, const char* at, std::size_t length) {
-    Call& k = call(parser);
-    Conn& c = k.conn;
+  // The CRLF after a chunk's data is llhttp's to check (strict mode: third_party/system.BUILD).
+  static int on_body(llhttp_t* parser, const char*, std::size_t length) {
+    Conn& c = conn(parser);
     c.body_bytes_ += length;
     if (c.body_bytes_ > limits(parser).max_body) return fail(parser, 413);
-    // A chunk's data ends here (llhttp counts it down in content_length). llhttp 8.1 skips the
-    // next two bytes whatever they are, so "5\r\nhelloXX0\r\n" would be a whole body.
-    if (parser->content_length == 0 && (parser->flags & F_CHUNKED)) {
-      c.crlf_left_ = 2;
-      if (!check_crlf(c, at + length, k.end)) return fail(parser, 400);
-    }
     return 0;
   }
 
@@ -627,7 +615,6 @@ void Conn::reset(const llhttp_settings_t* settings) {
   in_message_ = false;
   headers_done_ = false;
   finished_ = false;
-  crlf_left_ = 0;
   tail_ = 0;
   url_at_ = nullptr;
   field_at_ = nullptr;
@@ -676,18 +663,11 @@ ReadResult Responder::parse(Conn* conn, std::string_view bytes, Output* out,
     scratch_dirty_ = true;
   }
   const char* const end = bytes.data() + bytes.size();
-  Call call{*this, c, *out, bytes.data(), end, files_owed};
+  Call call{*this, c, *out, bytes.data(), files_owed};
   paused_ = false;
   c.parser_.data = &call;
   c.head_began_ = false;
-  // The last read ended right after a chunk's data: its CRLF comes first (only a Conn of the
-  // connection's own is ever mid-request at the start of a read).
-  llhttp_errno_t err = HPE_USER;
-  if (!c.crlf_left_ || Callbacks::check_crlf(c, bytes.data(), end)) {
-    err = llhttp_execute(&c.parser_, bytes.data(), bytes.size());
-  } else {
-    c.error_status_ = 400;
-  }
+  const llhttp_errno_t err = llhttp_execute(&c.parser_, bytes.data(), bytes.size());
   if (!conn) scratch_dirty_ = err != HPE_OK || c.in_message_;
   if (err == HPE_OK) {
     // The request goes on in the next read: its target so far cannot stay where it lies.

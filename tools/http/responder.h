@@ -166,18 +166,14 @@ class Conn {
   bool headers_done_ = false;     // on_headers_complete of the current request has run
   bool head_began_ = false;       // on_message_begin ran during the last read
   bool finished_ = false;
-  // Chunk data ends with CRLF, which llhttp 8.1 skips unchecked: the bytes of it still to
-  // check when a read ended right after a chunk's data (0: none).
-  unsigned char crlf_left_ = 0;
-  // The current field's name, length and last byte (a space before the colon is refused),
-  // and which of the headers above it is (trailer fields are none of them). A head's field
-  // name is read where it lies in the read being parsed (field_at_) while it came in one
-  // piece; one that a read ended in is kept in field_ (its first kMaxFieldKept bytes;
-  // field_at_ nullptr) for the next read to go on. A trailer's name is never read back.
+  // The current field's name and length (an empty name is refused), and which of the headers
+  // above it is (trailer fields are none of them). A head's field name is read where it lies
+  // in the read being parsed (field_at_) while it came in one piece; one that a read ended in
+  // is kept in field_ (its first kMaxFieldKept bytes; field_at_ nullptr) for the next read to
+  // go on. A trailer's name is never read back.
   const char* field_at_ = nullptr;
   char field_[kMaxFieldKept] = {};
   std::size_t field_length_ = 0;
-  char field_last_ = 0;
   Field field_kind_ = Field::kOther;
   // The last byte of the previous read other than a space or tab, when that read ended inside
   // a head: tells whether a value that starts this read follows a line end (an obs-fold).

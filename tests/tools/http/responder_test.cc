@@ -213,8 +213,9 @@ std::string answer(http::Responder& responder, const std::string& input) {
   return normalise(whole.sent());
 }
 
-// Framing llhttp 8.1 lets through (issue 10): each is refused, and kGet behind it is not
-// answered, since bytes behind a framing error cannot be trusted to start a request.
+// Framing llhttp's lenient mode lets through (issue 10; strict mode refuses it): each is
+// refused, and kGet behind it is not answered, since bytes behind a framing error cannot be
+// trusted to start a request.
 TEST(ResponderTest, ChunkDataNotEndedByCrlfGets400AndClose) {
   http::Responder responder(http::Limits{}, nullptr);
   const std::string chunked = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
@@ -228,6 +229,42 @@ TEST(ResponderTest, ChunkDataNotEndedByCrlfGets400AndClose) {
       response("405 Method Not Allowed", "Method Not Allowed", true, "Allow: GET, HEAD\r\n");
   EXPECT_EQ(answer(responder, chunked + "2\r\nhi\r\n5\r\nhello\r\n0\r\n\r\n" + kGet),
             not_allowed + kHello);
+}
+
+// A CR not followed by LF, which llhttp's lenient mode takes, with the byte after it, for a
+// line end (the head's end, an empty value's, a chunk-size line's, the trailers' end): 400
+// wherever reads end (a CR that ends a read waits for the byte after it).
+TEST(ResponderTest, CrNotFollowedByLfGets400AndClose) {
+  http::Responder responder(http::Limits{}, nullptr);
+  const std::string chunked = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+  const std::string bad = error_response(400, "Bad Request");
+  EXPECT_EQ(answer(responder, "GET / HTTP/1.1\r\nHost: x\r\n\rXGET /b HTTP/1.0\r\n\r\n" + kGet),
+            bad);
+  EXPECT_EQ(answer(responder, "POST / HTTP/1.1\r\nHost: x\r\nX:\r_Transfer-Encoding: chunked\r\n"
+                              "\r\n0\r\n\r\n" + kGet),
+            bad);
+  EXPECT_EQ(answer(responder, chunked + "5\rXhello\r\n0\rY\r\n" + kGet), bad);
+  EXPECT_EQ(answer(responder, chunked + "0\r\n\rZ" + kGet), bad);
+  // The same lines ended by CRLF are read, and the request behind answered.
+  const std::string not_allowed =
+      response("405 Method Not Allowed", "Method Not Allowed", true, "Allow: GET, HEAD\r\n");
+  EXPECT_EQ(answer(responder, "POST / HTTP/1.1\r\nHost: x\r\nX:\r\n\r\n" + kGet),
+            not_allowed + kHello);
+  EXPECT_EQ(answer(responder, chunked + "5\r\nhello\r\n0\r\n\r\n" + kGet), not_allowed + kHello);
+}
+
+// RFC 9112 3.2: a request target is a URI: ASCII without whitespace or control bytes. llhttp's
+// lenient mode lets a tab, a form feed and bytes over 0x7f through; percent-encoded, they
+// are a target like any other.
+TEST(ResponderTest, ControlByteOrRawUtf8InTheTargetGets400AndClose) {
+  http::Responder responder(http::Limits{}, nullptr);
+  const std::string bad = error_response(400, "Bad Request");
+  EXPECT_EQ(answer(responder, "GET /a\tb HTTP/1.1\r\nHost: x\r\n\r\n" + kGet), bad);
+  EXPECT_EQ(answer(responder, "GET /a\fb HTTP/1.1\r\nHost: x\r\n\r\n" + kGet), bad);
+  EXPECT_EQ(answer(responder, "GET /caf\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n" + kGet), bad);
+  EXPECT_EQ(answer(responder, "GET /?q=\xff HTTP/1.1\r\nHost: x\r\n\r\n" + kGet), bad);
+  EXPECT_EQ(answer(responder, "GET /caf%C3%A9?q=%09 HTTP/1.1\r\nHost: x\r\n\r\n" + kGet),
+            response("404 Not Found", "Not Found", true) + kHello);
 }
 
 TEST(ResponderTest, TransferCodingsOtherThanChunkedAloneGet501AndFoldedOnes400) {
