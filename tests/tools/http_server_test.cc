@@ -665,6 +665,25 @@ TEST_F(HttpServerTest, MaxBodyFlagLowersThe413Limit) {
   EXPECT_EQ(exchange("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3e9\r\n"), too_large);
 }
 
+// A chunk-size line that never ends (an extension, or zeros: llhttp bounds neither) was parsed
+// for as long as it came. Now a line past the chunk data plus --max-header-bytes is answered
+// with 413: here after 64 KiB of a line, 16 times the default's budget, not all of which the
+// server may have read. The client then stops sending, so the server reads it all and closes
+// without a reset.
+TEST_F(HttpServerTest, EndlessChunkExtensionOrLeadingZerosGet413AfterBoundedBytes) {
+  ASSERT_NO_FATAL_FAILURE(start({"--threads", "1"}));
+  const std::string chunked = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+  for (const std::string& line :
+       {"1;a" + std::string(64 * 1024, 'a'), std::string(64 * 1024, '0'),
+        "1;a=" + std::string(64 * 1024, 'v')}) {
+    const int fd = client();
+    ASSERT_GE(fd, 0);
+    ASSERT_TRUE(send_all(fd, chunked + line));
+    EXPECT_EQ(read_response(fd), error_response(413, "Content Too Large")) << line.substr(0, 4);
+    EXPECT_EQ(finish(fd), "") << line.substr(0, 4);
+  }
+}
+
 TEST_F(HttpServerTest, IdleKeepAliveConnectionClosesAtTheIdleTimeout) {
   ASSERT_NO_FATAL_FAILURE(start({"--threads", "1", "--idle-timeout-ms", "200"}));
   const int fd = client();

@@ -130,6 +130,7 @@ struct Call {
   Output& out;
   const char* begin;
   unsigned files_owed;  // parse()'s: bodies of earlier Outputs not sent yet
+  bool chunk_line_ended = false;  // on_chunk_header paused the parser (see parse())
 };
 
 // Closes a file's fd when it goes out of scope (a bad_alloc's unwinding too), unless released.
@@ -398,7 +399,7 @@ struct Callbacks {
   // and the answer to an expectation; the common request (HTTP/1.1, one Host, no body, no
   // Expect) is told apart in on_headers_complete and needs none of it.
   [[gnu::noinline]] static int check_head(llhttp_t* parser) {
-    const Conn& c = conn(parser);
+    Conn& c = conn(parser);
     // llhttp 8.1 takes any digit as a version; 1.2 up it refuses itself (505 by status_for).
     if (parser->http_major != 1) return fail(parser, 505);
     // RFC 9112 3.2: exactly one Host in HTTP/1.1, at most one in 1.0.
@@ -425,6 +426,10 @@ struct Callbacks {
         call(parser).out.bytes.append(kContinue);
       }
     }
+    if (parser->flags & F_CHUNKED) {  // the first chunk-size line starts here
+      c.chunk_lines_bytes_ = 0;
+      c.in_chunk_line_ = true;
+    }
     return 0;
   }
 
@@ -438,12 +443,46 @@ struct Callbacks {
   }
 
   static int on_chunk_header(llhttp_t* parser) {
+    Call& k = call(parser);
+    Conn& c = k.conn;
     // parser->content_length is this chunk's size: refused before its bytes arrive.
     // body_bytes_ <= max_body here (on_body fails past it), so the subtraction cannot wrap.
-    if (parser->content_length > limits(parser).max_body - conn(parser).body_bytes_) {
+    if (parser->content_length > limits(parser).max_body - c.body_bytes_) {
       return fail(parser, 413);
     }
+    // The size line ended with the byte before the parser's position, which llhttp passes to
+    // no callback of this kind: paused, it tells parse(), which measures the line and resumes.
+    c.in_chunk_line_ = false;
+    k.chunk_line_ended = true;
+    return HPE_PAUSED;
+  }
+
+  static int on_chunk_complete(llhttp_t* parser) {
+    // After the CRLF that ends a chunk's data the next size line starts; after the last chunk
+    // (size 0, F_TRAILING) this comes once its trailers are read, and the request ends.
+    if (!(parser->flags & F_TRAILING)) conn(parser).in_chunk_line_ = true;
     return 0;
+  }
+
+  // Adds the bytes of the current chunk-size line that lie in this read before `to` (the byte
+  // after its LF when `ended`, else the read's end) to the request's, and checks them against
+  // their budget: the chunk data so far plus max_header_bytes (a chunked body's framing may be
+  // about as large as the data it frames, plus what a head may carry besides). A size line
+  // holds no LF (strict llhttp refuses one, in a quoted extension too) and follows one (the
+  // head's last, or a chunk's CRLF): in this read it starts after the last LF before its own,
+  // or at `begin` when that LF lay in an earlier read (whose bytes of it were counted then).
+  // Exact wherever reads end. False, with error_status_ 413, past the budget.
+  static bool count_chunk_line(Conn& c, const Limits& limits, const char* begin, const char* to,
+                               bool ended) {
+    const char* const own_lf = ended ? to - 1 : to;
+    const void* const lf = memrchr(begin, '\n', static_cast<std::size_t>(own_lf - begin));
+    const char* const from = lf ? static_cast<const char*>(lf) + 1 : begin;
+    c.chunk_lines_bytes_ += static_cast<std::uint64_t>(to - from);
+    if (c.chunk_lines_bytes_ > c.body_bytes_ + limits.max_header_bytes) {
+      c.error_status_ = 413;
+      return false;
+    }
+    return true;
   }
 
   // The CRLF after a chunk's data is llhttp's to check (strict mode: third_party/system.BUILD).
@@ -596,6 +635,7 @@ struct Callbacks {
     s.on_header_value_complete = on_header_value_complete;
     s.on_headers_complete = on_headers_complete;
     s.on_chunk_header = on_chunk_header;
+    s.on_chunk_complete = on_chunk_complete;
     s.on_body = on_body;
     s.on_message_complete = on_message_complete;
     return s;
@@ -615,6 +655,7 @@ void Conn::reset(const llhttp_settings_t* settings) {
   in_message_ = false;
   headers_done_ = false;
   finished_ = false;
+  in_chunk_line_ = false;
   tail_ = 0;
   url_at_ = nullptr;
   field_at_ = nullptr;
@@ -667,7 +708,25 @@ ReadResult Responder::parse(Conn* conn, std::string_view bytes, Output* out,
   paused_ = false;
   c.parser_.data = &call;
   c.head_began_ = false;
-  const llhttp_errno_t err = llhttp_execute(&c.parser_, bytes.data(), bytes.size());
+  llhttp_errno_t err = llhttp_execute(&c.parser_, bytes.data(), bytes.size());
+  // Paused at the end of a chunk-size line (on_chunk_header): measured, then parsed on.
+  while (err == HPE_PAUSED && call.chunk_line_ended) {
+    call.chunk_line_ended = false;
+    const char* const next = llhttp_get_error_pos(&c.parser_);
+    llhttp_resume(&c.parser_);
+    if (!Callbacks::count_chunk_line(c, limits_, bytes.data(), next, true)) {
+      err = HPE_USER;
+      break;
+    }
+    err = llhttp_execute(&c.parser_, next, static_cast<std::size_t>(end - next));
+  }
+  // The read ended inside a chunk-size line: its bytes here count now, so that one that never
+  // ends is refused once past its budget. (F_CHUNKED: the flag is this request's, not left
+  // over from one whose body llhttp skipped.)
+  if (err == HPE_OK && c.in_chunk_line_ && c.in_message_ && (c.parser_.flags & F_CHUNKED) &&
+      !Callbacks::count_chunk_line(c, limits_, bytes.data(), end, false)) {
+    err = HPE_USER;
+  }
   if (!conn) scratch_dirty_ = err != HPE_OK || c.in_message_;
   if (err == HPE_OK) {
     // The request goes on in the next read: its target so far cannot stay where it lies.

@@ -52,7 +52,9 @@ struct Callbacks;  // the llhttp callbacks (responder.cc)
 // further). A request past one is answered with the status named and the connection finishes.
 struct Limits {
   std::size_t max_url = 8 * 1024;            // request target bytes (held in memory): 414
-  std::size_t max_header_bytes = 16 * 1024;  // header field names and values together: 431
+  // Header field names and values together: 431. Also the allowance of a chunked body's
+  // chunk-size lines beyond the chunk data before them (docs/http.md): 413.
+  std::size_t max_header_bytes = 16 * 1024;
   unsigned max_headers = 100;                // header fields: 431
   std::uint64_t max_body = 1024 * 1024;      // body bytes, declared or chunked (discarded): 413
 };
@@ -160,12 +162,19 @@ class Conn {
   std::string url_;
   std::size_t header_bytes_ = 0;  // field and value bytes of this request's headers
   std::uint64_t body_bytes_ = 0;  // body bytes of this request (chunked bodies have no length)
+  // The bytes of this request's chunk-size lines so far (sizes, extensions, line ends), which
+  // llhttp bounds neither in an extension nor in a size's leading zeros; set from 0 by
+  // on_headers_complete of a chunked request. Their budget: body_bytes_ + max_header_bytes.
+  std::uint64_t chunk_lines_bytes_ = 0;
   unsigned headers_ = 0;          // header fields of this request
   int error_status_ = 0;          // set by a callback that stops the parser with a status
   bool in_message_ = false;       // between on_message_begin and on_message_complete
   bool headers_done_ = false;     // on_headers_complete of the current request has run
   bool head_began_ = false;       // on_message_begin ran during the last read
   bool finished_ = false;
+  // The parser is inside a chunk-size line: from the head's end or a chunk's CRLF to the next
+  // on_chunk_header (which pauses the parser, so that parse() can measure the line).
+  bool in_chunk_line_ = false;
   // The current field's name and length (an empty name is refused), and which of the headers
   // above it is (trailer fields are none of them). A head's field name is read where it lies
   // in the read being parsed (field_at_) while it came in one piece; one that a read ended in

@@ -267,6 +267,64 @@ TEST(ResponderTest, ControlByteOrRawUtf8InTheTargetGets400AndClose) {
             response("404 Not Found", "Not Found", true) + kHello);
 }
 
+// llhttp bounds neither a chunk extension nor the leading zeros of a chunk size, so a chunk-size
+// line that never ends was parsed for ever, whatever max_body (as Node's CVE-2024-22019). A
+// request's chunk-size lines (size, extensions, line end) may add up to the chunk data so far
+// plus max_header_bytes: exactly that is read, one byte more is 413, wherever reads end.
+TEST(ResponderTest, ChunkSizeLinesPastTheChunkDataPlusMaxHeaderBytesGet413AndClose) {
+  http::Limits limits;
+  limits.max_header_bytes = 64;
+  http::Responder responder(limits, nullptr);
+  const std::string chunked = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+  const std::string not_allowed =
+      response("405 Method Not Allowed", "Method Not Allowed", true, "Allow: GET, HEAD\r\n");
+  const std::string too_large = error_response(413, "Content Too Large");
+  // "3;" + 60 bytes + CRLF is 64, the whole budget before any data; with "0\r\n" after the 3
+  // bytes of data, the lines are 67 of 3 + 64.
+  const std::string ext = "3;" + std::string(60, 'e');
+  EXPECT_EQ(answer(responder, chunked + ext + "\r\nabc\r\n0\r\n\r\n" + kGet),
+            not_allowed + kHello);
+  EXPECT_EQ(answer(responder, chunked + ext + "e\r\nabc\r\n0\r\n\r\n" + kGet), too_large);
+  EXPECT_EQ(answer(responder, chunked + "3;n=" + std::string(59, 'v') + "\r\nabc\r\n0\r\n\r\n" +
+                                  kGet),
+            too_large);
+  // Leading zeros, in a chunk's size and in the last chunk's.
+  const std::string zeros(61, '0');
+  EXPECT_EQ(answer(responder, chunked + zeros + "3\r\nabc\r\n0\r\n\r\n" + kGet),
+            not_allowed + kHello);
+  EXPECT_EQ(answer(responder, chunked + zeros + "03\r\nabc\r\n0\r\n\r\n" + kGet), too_large);
+  EXPECT_EQ(answer(responder, chunked + "3\r\nabc\r\n" + zeros + "0\r\n\r\n" + kGet),
+            not_allowed + kHello);
+  EXPECT_EQ(answer(responder, chunked + "3\r\nabc\r\n" + zeros + "00\r\n\r\n" + kGet), too_large);
+  // The budget grows with the data: after "64\r\n" and 100 bytes, a line of 100 + 64 - 4.
+  EXPECT_EQ(answer(responder, chunked + "64\r\n" + std::string(100, 'd') + "\r\n" +
+                                  std::string(158, '0') + "\r\n\r\n" + kGet),
+            not_allowed + kHello);
+  EXPECT_EQ(answer(responder, chunked + "64\r\n" + std::string(100, 'd') + "\r\n" +
+                                  std::string(159, '0') + "\r\n\r\n" + kGet),
+            too_large);
+}
+
+// A chunk extension or leading zeros that never end: answered and closed once the line passes
+// its budget (max_header_bytes, 16 KiB by default), fed here a KiB a read as a client streams it.
+TEST(ResponderTest, EndlessChunkSizeLineIsAnsweredAfterABoundedNumberOfBytes) {
+  http::Responder responder(http::Limits{}, nullptr);
+  for (const std::string start : {"1;a", "0", "1;a=b"}) {
+    Connection c(responder);
+    const char fill = start.back();
+    http::ReadResult r = c.read("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" +
+                                start);
+    std::size_t fed = start.size();
+    while (!r.finish && fed < 1024 * 1024) {
+      r = c.read(std::string(1024, fill));
+      fed += 1024;
+    }
+    EXPECT_TRUE(r.finish) << start;
+    EXPECT_LE(fed, http::Limits{}.max_header_bytes + 1024) << start;
+    EXPECT_EQ(normalise(c.sent()), error_response(413, "Content Too Large")) << start;
+  }
+}
+
 TEST(ResponderTest, TransferCodingsOtherThanChunkedAloneGet501AndFoldedOnes400) {
   http::Responder responder(http::Limits{}, nullptr);
   const std::string post = "POST / HTTP/1.1\r\nHost: x\r\n";
