@@ -529,7 +529,7 @@ void add_flags(CLI::App& app) {
       ->transform(tools::whole_number(1, kGiB));
   // 0: requests without header fields only.
   app.add_option("--max-header-bytes", g_limits.max_header_bytes,
-                 "most header name and value bytes; more: 431 (default " +
+                 "most bytes of header field lines, line ends aside; more: 431 (default " +
                      std::to_string(defaults.max_header_bytes) + ")")
       ->type_name("BYTES")
       ->transform(tools::whole_number(0, kGiB));

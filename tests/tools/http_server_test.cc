@@ -632,16 +632,16 @@ TEST_F(HttpServerTest, MaxHeaderBytesAndMaxHeadersFlagsLowerThe431Limits) {
   ASSERT_NO_FATAL_FAILURE(
       start({"--threads", "1", "--max-header-bytes", "200", "--max-headers", "3"}));
   const std::string too_large = error_response(431, "Request Header Fields Too Large");
-  // Names and values count together: "Host" + "x" + "X" + 194 value bytes is exactly 200, and
-  // Host with two more fields is 3.
+  // Field lines count without their line ends: "Host: x" and "X: " with 190 value bytes are
+  // exactly 200, and Host with two more fields is 3.
   const int fd = client();
   ASSERT_GE(fd, 0);
-  ASSERT_TRUE(send_all(fd, "GET / HTTP/1.1\r\nHost: x\r\nX: " + std::string(194, 'v') + "\r\n\r\n"));
+  ASSERT_TRUE(send_all(fd, "GET / HTTP/1.1\r\nHost: x\r\nX: " + std::string(190, 'v') + "\r\n\r\n"));
   EXPECT_EQ(read_response(fd), kHello);
   ASSERT_TRUE(send_all(fd, "GET / HTTP/1.1\r\nHost: x\r\n" + repeat("X: 1\r\n", 2) + "\r\n"));
   EXPECT_EQ(read_response(fd), kHello);
   EXPECT_EQ(finish(fd), "");
-  EXPECT_EQ(exchange("GET / HTTP/1.1\r\nHost: x\r\nX: " + std::string(195, 'v') + "\r\n\r\n"),
+  EXPECT_EQ(exchange("GET / HTTP/1.1\r\nHost: x\r\nX: " + std::string(191, 'v') + "\r\n\r\n"),
             too_large);
   EXPECT_EQ(exchange("GET / HTTP/1.1\r\nHost: x\r\n" + repeat("X: 1\r\n", 3) + "\r\n"), too_large);
 }

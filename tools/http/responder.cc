@@ -269,6 +269,9 @@ struct Callbacks {
       keep_field(c, c.field_length_, at, length);
     }
     c.field_length_ += length;
+    // The name ends here, if not in the next read (which calls this again); strict llhttp
+    // allows nothing between it and the colon.
+    c.ws_from_ = at + length;
     return 0;
   }
 
@@ -363,6 +366,10 @@ struct Callbacks {
 
   static int on_header_value(llhttp_t* parser, const char* at, std::size_t length) {
     Conn& c = conn(parser);
+    if (c.ws_from_) {  // the value's first bytes: what llhttp discarded before them counts too
+      c.header_bytes_ += static_cast<std::size_t>(at - c.ws_from_);
+      c.ws_from_ = nullptr;
+    }
     c.header_bytes_ += length;
     if (c.header_bytes_ > limits(parser).max_header_bytes) return fail(parser, 431);
     return c.field_kind_ == Conn::Field::kOther ? 0 : keep_value(parser, at, length);
@@ -480,6 +487,24 @@ struct Callbacks {
     c.chunk_lines_bytes_ += static_cast<std::uint64_t>(to - from);
     if (c.chunk_lines_bytes_ > c.body_bytes_ + limits.max_header_bytes) {
       c.error_status_ = 413;
+      return false;
+    }
+    return true;
+  }
+
+  // A read ended with ws_from_ set: in a field name (ws_from_ is the read's end) or between a
+  // colon and its value, whose bytes in this read count now, so that whitespace that never
+  // ends is refused once past the limit. ws_from_ cannot outlive the read it points into.
+  // False, with error_status_ 431, past max_header_bytes.
+  [[gnu::noinline]] static bool count_ws_at_read_end(Conn& c, const Limits& limits,
+                                                     const char* end) {
+    if (c.ws_from_ < end) {
+      c.header_bytes_ += static_cast<std::size_t>(end - c.ws_from_);
+      c.ws_from_start_ = true;
+    }
+    c.ws_from_ = nullptr;
+    if (c.header_bytes_ > limits.max_header_bytes) {
+      c.error_status_ = 431;
       return false;
     }
     return true;
@@ -656,6 +681,8 @@ void Conn::reset(const llhttp_settings_t* settings) {
   headers_done_ = false;
   finished_ = false;
   in_chunk_line_ = false;
+  ws_from_ = nullptr;
+  ws_from_start_ = false;
   tail_ = 0;
   url_at_ = nullptr;
   field_at_ = nullptr;
@@ -702,6 +729,9 @@ ReadResult Responder::parse(Conn* conn, std::string_view bytes, Output* out,
   if (!conn) {
     if (scratch_dirty_) scratch_.reset(settings_);
     scratch_dirty_ = true;
+  } else if (c.ws_from_start_) {  // (only a Conn of its own is ever mid-head at a read's start)
+    c.ws_from_ = bytes.data();
+    c.ws_from_start_ = false;
   }
   const char* const end = bytes.data() + bytes.size();
   Call call{*this, c, *out, bytes.data(), files_owed};
@@ -725,6 +755,9 @@ ReadResult Responder::parse(Conn* conn, std::string_view bytes, Output* out,
   // over from one whose body llhttp skipped.)
   if (err == HPE_OK && c.in_chunk_line_ && c.in_message_ && (c.parser_.flags & F_CHUNKED) &&
       !Callbacks::count_chunk_line(c, limits_, bytes.data(), end, false)) {
+    err = HPE_USER;
+  }
+  if (err == HPE_OK && c.ws_from_ && !Callbacks::count_ws_at_read_end(c, limits_, end)) {
     err = HPE_USER;
   }
   if (!conn) scratch_dirty_ = err != HPE_OK || c.in_message_;

@@ -52,8 +52,10 @@ struct Callbacks;  // the llhttp callbacks (responder.cc)
 // further). A request past one is answered with the status named and the connection finishes.
 struct Limits {
   std::size_t max_url = 8 * 1024;            // request target bytes (held in memory): 414
-  // Header field names and values together: 431. Also the allowance of a chunked body's
-  // chunk-size lines beyond the chunk data before them (docs/http.md): 413.
+  // Header and trailer field lines without their line ends (names, colons, the whitespace
+  // before values, values; an empty value's line end too, where llhttp reports it): 431.
+  // Also the allowance of a chunked body's chunk-size lines beyond the chunk data before them
+  // (docs/http.md): 413.
   std::size_t max_header_bytes = 16 * 1024;
   unsigned max_headers = 100;                // header fields: 431
   std::uint64_t max_body = 1024 * 1024;      // body bytes, declared or chunked (discarded): 413
@@ -160,7 +162,7 @@ class Conn {
   const char* url_at_ = nullptr;
   std::size_t url_length_ = 0;
   std::string url_;
-  std::size_t header_bytes_ = 0;  // field and value bytes of this request's headers
+  std::size_t header_bytes_ = 0;  // field line bytes of this request's headers (Limits)
   std::uint64_t body_bytes_ = 0;  // body bytes of this request (chunked bodies have no length)
   // The bytes of this request's chunk-size lines so far (sizes, extensions, line ends), which
   // llhttp bounds neither in an extension nor in a size's leading zeros; set from 0 by
@@ -184,6 +186,14 @@ class Conn {
   char field_[kMaxFieldKept] = {};
   std::size_t field_length_ = 0;
   Field field_kind_ = Field::kOther;
+  // Where the bytes between the current field's name and its value begin (its colon) in the
+  // read being parsed; nullptr once they are counted. llhttp passes them to no callback (the
+  // whitespace before a value; an empty value's line end and obs-folds too), so they counted
+  // toward no limit and could go on for ever; on_header_value counts them up to its value.
+  // A read that ends among them counts its part, and ws_from_start_ says they go on from the
+  // next read's first byte (parse() points ws_from_ there).
+  const char* ws_from_ = nullptr;
+  bool ws_from_start_ = false;
   // The last byte of the previous read other than a space or tab, when that read ended inside
   // a head: tells whether a value that starts this read follows a line end (an obs-fold).
   char tail_ = 0;

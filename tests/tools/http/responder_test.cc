@@ -165,7 +165,9 @@ TEST(ResponderTest, BadInputIsAnsweredAfterTheRequestsBeforeIt) {
 TEST(ResponderTest, LimitsAreInclusiveAndGiveTheirStatus) {
   http::Limits limits;
   limits.max_url = 10;
-  limits.max_header_bytes = 45;  // room for Host: x and Transfer-Encoding: chunked
+  // Field lines count without their line ends: room for "Host: x" (7) and
+  // "Transfer-Encoding: chunked" (26).
+  limits.max_header_bytes = 45;
   limits.max_headers = 3;
   limits.max_body = 8;
   http::Responder responder(limits, nullptr);
@@ -179,8 +181,8 @@ TEST(ResponderTest, LimitsAreInclusiveAndGiveTheirStatus) {
   } cases[] = {
       {"GET /?" + std::string(8, 'q') + " HTTP/1.1\r\nHost: x\r\n\r\n", kHello},
       {"GET /?" + std::string(9, 'q') + " HTTP/1.1\r\nHost: x\r\n\r\n", error_response(414, "URI Too Long")},
-      {"GET / HTTP/1.1\r\nHost: x\r\nAb: " + std::string(38, 'v') + "\r\n\r\n", kHello},
-      {"GET / HTTP/1.1\r\nHost: x\r\nAb: " + std::string(39, 'v') + "\r\n\r\n", headers_too_large},
+      {"GET / HTTP/1.1\r\nHost: x\r\nAb: " + std::string(34, 'v') + "\r\n\r\n", kHello},
+      {"GET / HTTP/1.1\r\nHost: x\r\nAb: " + std::string(35, 'v') + "\r\n\r\n", headers_too_large},
       {"GET / HTTP/1.1\r\nHost: x\r\nA: 1\r\nB: 2\r\n\r\n", kHello},
       {"GET / HTTP/1.1\r\nHost: x\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n", headers_too_large},
       {"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n12345678", not_allowed},
@@ -322,6 +324,57 @@ TEST(ResponderTest, EndlessChunkSizeLineIsAnsweredAfterABoundedNumberOfBytes) {
     EXPECT_TRUE(r.finish) << start;
     EXPECT_LE(fed, http::Limits{}.max_header_bytes + 1024) << start;
     EXPECT_EQ(normalise(c.sent()), error_response(413, "Content Too Large")) << start;
+  }
+}
+
+// llhttp discards the whitespace before a field value (and an empty value's line end and
+// obs-folds) without passing it to any callback, so it counted toward no limit: "X:" followed
+// by spaces for ever was read until the header deadline. max_header_bytes counts it now, with
+// the colon: a field line's bytes without its line end (an empty value's counts too).
+TEST(ResponderTest, WhitespaceBeforeAValueCountsTowardMaxHeaderBytes) {
+  http::Limits limits;
+  limits.max_header_bytes = 32;
+  http::Responder responder(limits, nullptr);
+  const std::string too_large = error_response(431, "Request Header Fields Too Large");
+  const std::string get = "GET / HTTP/1.1\r\n";
+  // "Host:", 26 spaces or tabs and "x" are 32 bytes.
+  EXPECT_EQ(answer(responder, get + "Host:" + std::string(26, ' ') + "x\r\n\r\n" + kGet),
+            kHello + kHello);
+  EXPECT_EQ(answer(responder, get + "Host:" + std::string(27, ' ') + "x\r\n\r\n" + kGet),
+            too_large);
+  EXPECT_EQ(answer(responder, get + "Host:" + std::string(27, '\t') + "x\r\n\r\n" + kGet),
+            too_large);
+  // "Host: x" is 7; "X:", 21 spaces and the line end of the empty value, 25.
+  EXPECT_EQ(answer(responder, get + "Host: x\r\nX:" + std::string(21, ' ') + "\r\n\r\n" + kGet),
+            kHello + kHello);
+  EXPECT_EQ(answer(responder, get + "Host: x\r\nX:" + std::string(22, ' ') + "\r\n\r\n" + kGet),
+            too_large);
+}
+
+// Whitespace before a value, or obs-folds of an empty one, that never end, in a head or in a
+// trailer: answered and closed once past max_header_bytes, fed a KiB a read.
+TEST(ResponderTest, EndlessWhitespaceBeforeAValueIsAnsweredAfterABoundedNumberOfBytes) {
+  http::Responder responder(http::Limits{}, nullptr);
+  const std::string head = "GET / HTTP/1.1\r\nHost: x\r\nX:";
+  const std::string trailer =
+      "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nT:";
+  const struct {
+    std::string start, fill;
+  } cases[] = {{head, " "}, {head, "\t"}, {head, "\r\n "}, {trailer, " "}};
+  for (const auto& [start, fill] : cases) {
+    Connection c(responder);
+    std::string read;
+    while (read.size() + fill.size() <= 1024) read += fill;
+    http::ReadResult r = c.read(start);
+    std::size_t fed = 0;
+    while (!r.finish && fed < 1024 * 1024) {
+      r = c.read(read);
+      fed += read.size();
+    }
+    EXPECT_TRUE(r.finish) << start << "|" << fill;
+    EXPECT_LE(fed, http::Limits{}.max_header_bytes + read.size()) << start << "|" << fill;
+    EXPECT_EQ(normalise(c.sent()), error_response(431, "Request Header Fields Too Large"))
+        << start << "|" << fill;
   }
 }
 
