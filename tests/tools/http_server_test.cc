@@ -968,10 +968,13 @@ TEST_F(HttpServerRootTest, IfModifiedSinceGives304) {
   EXPECT_EQ(status_line(head), "HTTP/1.1 304 Not Modified") << head;
   EXPECT_EQ(header(head, "Last-Modified"), lm);
   EXPECT_EQ(body, "");
-  // Case-insensitive name; a later date is 304 too; an earlier or a malformed one is 200.
-  head =
-      get(fd, "/style.css", &body, "GET", "if-modified-since: Fri, 01 Jan 2100 00:00:00 GMT\r\n");
+  // Case-insensitive name; an earlier, a malformed or a future one (RFC 9110 13.1.3: later
+  // than the server's clock, it tells nothing) is 200.
+  head = get(fd, "/style.css", &body, "GET", "if-modified-since: " + lm + "\r\n");
   EXPECT_EQ(status_line(head), "HTTP/1.1 304 Not Modified") << head;
+  head =
+      get(fd, "/style.css", &body, "GET", "If-Modified-Since: Fri, 01 Jan 2100 00:00:00 GMT\r\n");
+  EXPECT_EQ(status_line(head), "HTTP/1.1 200 OK") << head;
   head =
       get(fd, "/style.css", &body, "GET", "If-Modified-Since: Sun, 06 Nov 1994 08:49:37 GMT\r\n");
   EXPECT_EQ(status_line(head), "HTTP/1.1 200 OK") << head;
@@ -982,6 +985,38 @@ TEST_F(HttpServerRootTest, IfModifiedSinceGives304) {
   head = get(fd, "/style.css", &body);
   EXPECT_EQ(status_line(head), "HTTP/1.1 200 OK") << head;
   EXPECT_EQ(body, "body{}");
+  EXPECT_EQ(finish(fd), "");
+}
+
+// RFC 9110 8.8.2.1: a Last-Modified later than the response's Date must be replaced by the
+// Date. A file touched into the future was sent with its mtime, and any If-Modified-Since at or
+// past it got 304: a cache that stored that date kept its copy, even after the file changed.
+TEST_F(HttpServerRootTest, FutureMtimeIsSentAsTheDateAndNeverMakesA304) {
+  const std::string path = root_ + "/future.txt";
+  write_file(path, "later");
+  const timeval in_a_day[2] = {{std::time(nullptr) + 86400, 0}, {std::time(nullptr) + 86400, 0}};
+  ASSERT_EQ(utimes(path.c_str(), in_a_day), 0);
+  ASSERT_NO_FATAL_FAILURE(start_root());
+  const int fd = client();
+  ASSERT_GE(fd, 0);
+  std::string body;
+  std::string head = get(fd, "/future.txt", &body);
+  EXPECT_EQ(status_line(head), "HTTP/1.1 200 OK") << head;
+  ASSERT_FALSE(header(head, "Date").empty()) << head;
+  EXPECT_EQ(header(head, "Last-Modified"), header(head, "Date")) << head;
+  EXPECT_EQ(body, "later");
+  // The date sent, and the mtime itself (what the server used to send): neither is a 304
+  // while the mtime lies ahead, since the file may still change before it.
+  std::tm tm = {};
+  const std::time_t mtime = in_a_day[0].tv_sec;
+  gmtime_r(&mtime, &tm);
+  char future[64];
+  ASSERT_GT(std::strftime(future, sizeof future, "%a, %d %b %Y %H:%M:%S GMT", &tm), 0u);
+  for (const std::string& since : {header(head, "Date"), std::string(future)}) {
+    head = get(fd, "/future.txt", &body, "GET", "If-Modified-Since: " + since + "\r\n");
+    EXPECT_EQ(status_line(head), "HTTP/1.1 200 OK") << since << "\n" << head;
+    EXPECT_EQ(body, "later") << since;
+  }
   EXPECT_EQ(finish(fd), "");
 }
 

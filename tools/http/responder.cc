@@ -529,9 +529,12 @@ struct Callbacks {
     std::string& out = k.out.bytes;
     const std::string_view date(r.date_line_, r.date_length_);
     const std::time_t mtime = st.st_mtim.tv_sec;
+    const std::time_t now = r.date_second_;  // the Date line's
     char lm_date[kHttpDateLength];
-    // No Last-Modified for a time outside the years an HTTP date can write.
-    const bool has_lm = format_http_date(mtime, lm_date);
+    // RFC 9110 8.8.2.1: never later than the response's Date. A file touched into the future
+    // is sent as modified now, or a cache would keep that date and, with it, its copy. No
+    // Last-Modified for a time outside the years an HTTP date can write.
+    const bool has_lm = format_http_date(std::min(mtime, now), lm_date);
     const auto append_last_modified = [&] {
       if (!has_lm) return;
       out.append("Last-Modified: ");
@@ -542,7 +545,10 @@ struct Callbacks {
     // value (RFC 9110 5.5); an empty value (none, or an overflow) is no date.
     const std::string_view ims = c.ims_.trimmed();
     const std::time_t since = ims.empty() ? -1 : parse_http_date(ims);
-    if (since >= 0 && since >= mtime) {
+    // A date later than our clock tells nothing (RFC 2616 14.25 called it invalid): ignored.
+    // Compared with the mtime itself, so a future one makes no 304: the file may change again
+    // before that time.
+    if (since >= 0 && since <= now && since >= mtime) {
       out.append("HTTP/1.1 304 Not Modified\r\n");
       append_last_modified();
       out.append(date);
