@@ -18,7 +18,9 @@
 // parse state.
 //
 // What it serves (issue 4, section 1): `GET /` (and HEAD) answers "Hello World!" as
-// text/plain; other methods on / are 405. Without --root every other path is 404.
+// text/plain; other methods on / are 405. Without --root every other path is 404. A target in
+// absolute-form (`GET http://host/path HTTP/1.1`, scheme http or https) is served as its path,
+// "/" for none (RFC 9112 3.2.2); `OPTIONS *` answers 200 with `Allow: GET, HEAD`.
 //
 // --root DIR: static files from DIR for GET and HEAD (other methods: 405). "/" serves
 // DIR/index.html when it exists (else "Hello World!" as above). Content-Type comes from the

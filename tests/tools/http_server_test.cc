@@ -501,6 +501,36 @@ TEST_F(HttpServerTest, Http11WithoutOrWithTwoHostsGets400AndClose) {
   EXPECT_EQ(with_get_behind("GET / HTTP/1.1\r\nHost : a\r\n\r\n"), bad);
 }
 
+// RFC 9112 3.2.2: a server must accept a target in absolute-form (as sent to a proxy) and
+// read it as its path: "/" without one. The host in it is not looked at (no virtual hosts).
+// It was 404, a path other than "/".
+TEST_F(HttpServerTest, AbsoluteFormTargetIsAnsweredAsItsPath) {
+  ASSERT_NO_FATAL_FAILURE(start({"--threads", "1"}));
+  for (const std::string target :
+       {"http://x/", "http://x", "HTTPS://example.com:8443/?q=1", "http://u@x?q",
+        "http://x/?a#f"}) {
+    EXPECT_EQ(with_get_behind("GET " + target + " HTTP/1.1\r\nHost: x\r\n\r\n"), kHello + kHello)
+        << target;
+  }
+  EXPECT_EQ(with_get_behind("GET http://x/missing HTTP/1.1\r\nHost: x\r\n\r\n"),
+            kNotFound + kHello);
+  EXPECT_EQ(with_get_behind("HEAD http://x/ HTTP/1.1\r\nHost: x\r\n\r\n"),
+            response("200 OK", "Hello World!", true, true) + kHello);
+  // A scheme we do not serve names no path of ours.
+  EXPECT_EQ(with_get_behind("GET ftp://x/ HTTP/1.1\r\nHost: x\r\n\r\n"), kNotFound + kHello);
+}
+
+// RFC 9110 9.3.7: OPTIONS * asks about the server itself (a ping): 200, no content, the
+// methods its resources take in Allow; the connection stays open. It was 404 (400 with
+// --root, and a close).
+TEST_F(HttpServerTest, OptionsAsteriskGets200WithAllow) {
+  ASSERT_NO_FATAL_FAILURE(start({"--threads", "1"}));
+  const std::string options = response("200 OK", "", true, false, "Allow: GET, HEAD\r\n");
+  EXPECT_EQ(with_get_behind("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n"), options + kHello);
+  // OPTIONS of a resource is a method it does not take, as before.
+  EXPECT_EQ(with_get_behind("OPTIONS / HTTP/1.1\r\nHost: x\r\n\r\n"), kNotAllowed + kHello);
+}
+
 TEST_F(HttpServerTest, Http2VersionGets505AndClose) {
   ASSERT_NO_FATAL_FAILURE(start({"--threads", "1"}));
   EXPECT_EQ(with_get_behind("GET / HTTP/2.0\r\nHost: x\r\n\r\n"),
@@ -1044,6 +1074,32 @@ TEST_F(HttpServerRootTest, MissingFilesDirectoriesAndEscapesAreRefused) {
   EXPECT_EQ(normalise(exchange("GET /%zz HTTP/1.1\r\nHost: x\r\n\r\n")), error_response(400, "Bad Request"));
   EXPECT_EQ(normalise(exchange("GET /a%00.txt HTTP/1.1\r\nHost: x\r\n\r\n")),
             error_response(400, "Bad Request"));
+}
+
+// Absolute-form under --root (RFC 9112 3.2.2): the file at its path, index.html for an empty
+// one, and the same refusals as the path in origin-form. It was 400 and a close.
+TEST_F(HttpServerRootTest, AbsoluteFormTargetServesTheFileAtItsPath) {
+  write_file(root_ + "/index.html", "<h1>index</h1>");
+  ASSERT_NO_FATAL_FAILURE(start_root());
+  const int fd = client();
+  ASSERT_GE(fd, 0);
+  std::string body;
+  std::string head = get(fd, "http://x/style.css", &body);
+  EXPECT_EQ(status_line(head), "HTTP/1.1 200 OK") << head;
+  EXPECT_EQ(body, "body{}");
+  head = get(fd, "http://127.0.0.1:3000/sub/page.html?x=1", &body);
+  EXPECT_EQ(header(head, "Content-Type"), "text/html; charset=utf-8") << head;
+  EXPECT_EQ(body, "<p>sub</p>");
+  head = get(fd, "https://x", &body);
+  EXPECT_EQ(body, "<h1>index</h1>") << head;
+  for (const std::string target : {"http://x/../secret.txt", "http://x/sub/up/secret.txt"}) {
+    head = get(fd, target, &body);
+    EXPECT_EQ(status_line(head), "HTTP/1.1 404 Not Found") << target;
+  }
+  EXPECT_EQ(finish(fd), "");
+  // OPTIONS * is the server's, not a file's.
+  EXPECT_EQ(exchange("OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+            response("200 OK", "", false, false, "Allow: GET, HEAD\r\n"));
 }
 
 TEST_F(HttpServerRootTest, PipelinedFileThenHelloAnsweredInOrder) {

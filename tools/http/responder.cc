@@ -98,15 +98,16 @@ int status_for(llhttp_errno_t err, const char* reason) {
 // Out of line: its string and the exception paths it brings stay off the common request's
 // path (on_message_complete), which pages are rare on. Like every response, it throws
 // bad_alloc when out of memory (responder.h, Errors).
-[[gnu::noinline]] void serve_page(const Page& page, std::string_view url, std::string_view path,
+// `after_path`: what follows the target's path ("?query#fragment", either part absent).
+[[gnu::noinline]] void serve_page(const Page& page, std::string_view after_path,
                                   llhttp_method_t method, bool keep_alive, bool head,
                                   std::string_view date, std::string& out) {
   if (method != HTTP_GET && !head) {
     respond(out, date, 405, "Method Not Allowed", keep_alive, false, "Allow: GET, HEAD\r\n");
     return;
   }
-  const std::string_view target = url.substr(0, url.find('#'));
-  const std::string_view query = target.substr(std::min(target.size(), path.size() + 1));
+  const std::string_view before_fragment = after_path.substr(0, after_path.find('#'));
+  const std::string_view query = before_fragment.substr(before_fragment.empty() ? 0 : 1);
   std::string body;
   if (page.make(query, &body)) {
     respond(out, date, 200, body, keep_alive, head, {}, page.content_type);
@@ -209,6 +210,24 @@ bool is_field(const char* name, std::string_view lower) {
 }
 
 bool is_space_or_tab(char c) { return c == ' ' || c == '\t'; }
+
+// A target that does not start with '/'. In absolute-form, "http://host/path?query" (RFC 9112
+// 3.2.2: a server must accept it, as a proxy's client sends it), *path becomes its path ("/"
+// for none) and *after_path what follows it; the host is not looked at (no virtual hosts
+// here; Host is still required, check_head). Any other target ("*", another scheme) is left
+// as it is: a path that does not start with '/', which no page, file or "/" matches.
+[[gnu::noinline]] void absolute_form(std::string_view url, std::string_view* path,
+                                     std::string_view* after_path) {
+  const std::size_t scheme_end = url.find("://");
+  if (scheme_end == std::string_view::npos) return;
+  const std::string_view scheme = url.substr(0, scheme_end);
+  if (!equals_ignoring_case(scheme, "http") && !equals_ignoring_case(scheme, "https")) return;
+  std::string_view rest = url.substr(scheme_end + 3);
+  rest.remove_prefix(std::min(rest.find_first_of("/?#"), rest.size()));  // the authority
+  const std::size_t path_end = std::min(rest.find_first_of("?#"), rest.size());
+  *path = path_end ? rest.substr(0, path_end) : std::string_view("/");
+  *after_path = rest.substr(path_end);
+}
 
 constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -618,13 +637,23 @@ struct Callbacks {
     const std::string_view url = k.conn.url_at_
                                      ? std::string_view(k.conn.url_at_, k.conn.url_length_)
                                      : std::string_view(k.conn.url_);
-    const std::string_view path = url.substr(0, url.find_first_of("?#"));
+    std::string_view path = url.substr(0, url.find_first_of("?#"));
+    std::string_view after_path = url.substr(path.size());
     const bool head = method == HTTP_HEAD;
     const std::string_view date(r.date_line_, r.date_length_);
     std::string& out = k.out.bytes;
+    if (path.empty() || path[0] != '/') [[unlikely]] {
+      // RFC 9110 9.3.7: OPTIONS * asks about the server as a whole (a ping): no content, and
+      // the methods its resources take. (Another method with "*" is refused as before.)
+      if (method == HTTP_OPTIONS && url == "*") {
+        respond(out, date, 200, {}, keep_alive, false, "Allow: GET, HEAD\r\n");
+        return after_response(k, keep_alive);
+      }
+      absolute_form(url, &path, &after_path);
+    }
     if (!r.pages_.empty()) {
       if (const Page* page = find_page(r.pages_, path)) {
-        serve_page(*page, url, path, method, keep_alive, head, date, out);
+        serve_page(*page, after_path, method, keep_alive, head, date, out);
         return after_response(k, keep_alive);
       }
     }

@@ -422,6 +422,29 @@ TEST(ResponderTest, MissingOrRepeatedHostOrSpaceBeforeTheColonGets400AndClose) {
   EXPECT_EQ(answer(responder, "GET / HTTP/1.1\r\nhOsT: x\r\n\r\n" + kGet), kHello + kHello);
 }
 
+// RFC 9112 3.2.2: a target in absolute-form is read as its path and query, so it reaches a
+// page (and its query) as the origin-form does; the host in it is not looked at.
+bool echo_query(std::string_view query, std::string* body) {
+  body->append("query=").append(query);
+  return true;
+}
+constexpr http::Page kEchoPage[] = {{"/echo", "text/plain", echo_query}};
+
+TEST(ResponderTest, AbsoluteFormTargetReachesAPageWithItsQuery) {
+  http::Responder responder(http::Limits{}, nullptr, kEchoPage);
+  const auto echo = [](const std::string& query) {
+    return response("200 OK", "query=" + query, true);
+  };
+  EXPECT_EQ(answer(responder, "GET /echo?a=1#f HTTP/1.1\r\nHost: x\r\n\r\n"), echo("a=1"));
+  EXPECT_EQ(answer(responder, "GET http://h:80/echo?a=1#f HTTP/1.1\r\nHost: x\r\n\r\n"),
+            echo("a=1"));
+  EXPECT_EQ(answer(responder, "GET Http://h/echo HTTP/1.1\r\nHost: x\r\n\r\n"), echo(""));
+  EXPECT_EQ(answer(responder, "GET https://h?q HTTP/1.1\r\nHost: x\r\n\r\n" + kGet),
+            kHello + kHello);
+  EXPECT_EQ(answer(responder, "GET http://h/echo/x HTTP/1.1\r\nHost: x\r\n\r\n"),
+            response("404 Not Found", "Not Found", true));
+}
+
 TEST(ResponderTest, HttpVersionOtherThan1Gets505AndClose) {
   http::Responder responder(http::Limits{}, nullptr);
   const std::string unsupported = error_response(505, "HTTP Version Not Supported");
