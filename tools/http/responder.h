@@ -7,9 +7,10 @@
 // What is answered: `GET /` (and HEAD) "Hello World!" as text/plain, other methods on "/" 405,
 // other paths 404; with StaticFiles, GET and HEAD of the files under the root (see
 // tools/http_server.cc). A target in absolute-form (`http://host/path?q`) is read as its path
-// (RFC 9112 3.2.2); `OPTIONS *` gets 200 with `Allow: GET, HEAD` and no content. Keep-alive follows llhttp (HTTP/1.1 unless `Connection: close`,
-// HTTP/1.0 only with `Connection: keep-alive`), except that an upgrade request (Upgrade, CONNECT)
-// is answered as a plain one and closes; nothing after a request that closes is parsed.
+// (RFC 9112 3.2.2); `OPTIONS *` gets 200 with `Allow: GET, HEAD` and no content. Keep-alive
+// follows llhttp (HTTP/1.1 unless `Connection: close`, HTTP/1.0 only with `Connection:
+// keep-alive`), except that an upgrade request (Upgrade, CONNECT) is answered as a plain one and
+// closes; nothing after a request that closes is parsed.
 // What one parse() answers is bounded (kMaxFileBodies, kMaxOutputBytes): past a bound it stops
 // after a request and says how much of the input it left for later (Responder::paused()), so
 // that a client that pipelines requests and reads nothing cannot make the server hold without
