@@ -1102,6 +1102,24 @@ TEST_F(HttpServerRootTest, AbsoluteFormTargetServesTheFileAtItsPath) {
             response("200 OK", "", false, false, "Allow: GET, HEAD\r\n"));
 }
 
+// docs/http.md's rule for symlinks: one as the last component is never served, wherever it
+// points (O_NOFOLLOW), inside the root too; a symlinked directory is followed while the path
+// stays under the root.
+TEST_F(HttpServerRootTest, SymlinkAsTheLastComponentIs404EvenInsideTheRoot) {
+  ASSERT_EQ(symlink("style.css", (root_ + "/alias.css").c_str()), 0);
+  ASSERT_EQ(symlink("sub", (root_ + "/subalias").c_str()), 0);
+  ASSERT_NO_FATAL_FAILURE(start_root());
+  const int fd = client();
+  ASSERT_GE(fd, 0);
+  std::string body;
+  std::string head = get(fd, "/alias.css", &body);
+  EXPECT_EQ(status_line(head), "HTTP/1.1 404 Not Found") << head;
+  head = get(fd, "/subalias/page.html", &body);
+  EXPECT_EQ(status_line(head), "HTTP/1.1 200 OK") << head;
+  EXPECT_EQ(body, "<p>sub</p>");
+  EXPECT_EQ(finish(fd), "");
+}
+
 TEST_F(HttpServerRootTest, PipelinedFileThenHelloAnsweredInOrder) {
   ASSERT_NO_FATAL_FAILURE(start_root());
   const int fd = client();
