@@ -527,8 +527,10 @@ TEST_F(HttpServerTest, OptionsAsteriskGets200WithAllow) {
   ASSERT_NO_FATAL_FAILURE(start({"--threads", "1"}));
   const std::string options = response("200 OK", "", true, false, "Allow: GET, HEAD\r\n");
   EXPECT_EQ(with_get_behind("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n"), options + kHello);
-  // OPTIONS of a resource is a method it does not take, as before.
+  // OPTIONS of a resource is a method it does not take, as before; "*" with another method
+  // is a path that is none of ours.
   EXPECT_EQ(with_get_behind("OPTIONS / HTTP/1.1\r\nHost: x\r\n\r\n"), kNotAllowed + kHello);
+  EXPECT_EQ(with_get_behind("GET * HTTP/1.1\r\nHost: x\r\n\r\n"), kNotFound + kHello);
 }
 
 TEST_F(HttpServerTest, Http2VersionGets505AndClose) {
@@ -1097,9 +1099,12 @@ TEST_F(HttpServerRootTest, AbsoluteFormTargetServesTheFileAtItsPath) {
     EXPECT_EQ(status_line(head), "HTTP/1.1 404 Not Found") << target;
   }
   EXPECT_EQ(finish(fd), "");
-  // OPTIONS * is the server's, not a file's.
+  // OPTIONS * is the server's, not a file's; "*" or another scheme is no path under the root.
   EXPECT_EQ(exchange("OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
             response("200 OK", "", false, false, "Allow: GET, HEAD\r\n"));
+  EXPECT_EQ(exchange("GET * HTTP/1.1\r\nHost: x\r\n\r\n"), error_response(400, "Bad Request"));
+  EXPECT_EQ(exchange("GET ftp://x/style.css HTTP/1.1\r\nHost: x\r\n\r\n"),
+            error_response(400, "Bad Request"));
 }
 
 // docs/http.md's rule for symlinks: one as the last component is never served, wherever it
