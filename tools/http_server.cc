@@ -18,19 +18,23 @@
 // parse state.
 //
 // What it serves (issue 4, section 1): `GET /` (and HEAD) answers "Hello World!" as
-// text/plain; other methods on / are 405. Without --root every other path is 404.
+// text/plain; other methods on / are 405. Without --root every other path is 404. A target in
+// absolute-form (`GET http://host/path HTTP/1.1`, scheme http or https) is served as its path,
+// "/" for none (RFC 9112 3.2.2); `OPTIONS *` answers 200 with `Allow: GET, HEAD`.
 //
 // --root DIR: static files from DIR for GET and HEAD (other methods: 405). "/" serves
 // DIR/index.html when it exists (else "Hello World!" as above). Content-Type comes from the
-// extension, Last-Modified from st_mtime, and If-Modified-Since at or after it gives 304. A
-// missing file, a directory or anything but a regular file is 404. No path escapes DIR: the
-// target is percent-decoded, a ".." segment is 404 (a NUL or a bad escape 400), the file is
-// opened with openat relative to an O_PATH fd of DIR with O_NOFOLLOW, and the path the kernel
-// opened (/proc/self/fd) must lie under DIR's realpath. A body of at most
-// http::kSmallFileBytes (16 KiB) is read into the response (pread) and the file closed at once;
-// a larger one goes out with sock_write2(.file) (sendfile), queued right after the response's
-// head, and holds its file open until sent. Everything runs on the shard thread (a file that
-// reads shorter than its fstat size, having shrunk meanwhile, is answered 500).
+// extension, Last-Modified from st_mtime (the response's Date instead when the mtime lies in the
+// future: RFC 9110 8.8.2.1), and If-Modified-Since at or after the mtime, and not later than the
+// server's clock, gives 304 (a later one is ignored). A missing file, a directory or anything but a
+// regular file is 404. No path escapes DIR: the target is percent-decoded, a ".." segment is 404 (a
+// NUL or a bad escape 400), the file is opened with openat relative to an O_PATH fd of DIR with
+// O_NOFOLLOW (so a symlink as the last component is 404 wherever it points, inside DIR too), and
+// the path the kernel opened (/proc/self/fd) must lie under DIR's realpath. A body of at most
+// http::kSmallFileBytes (16 KiB) is read into the response (pread) and the file closed at once; a
+// larger one goes out with sock_write2(.file) (sendfile), queued right after the response's head,
+// and holds its file open until sent. Everything runs on the shard thread (a file that reads
+// shorter than its fstat size, having shrunk meanwhile, is answered 500).
 //
 // --metrics: `GET /metrics` answers the packet pool profiler's metrics of every shard in
 // Prometheus text format 0.0.4 (`?name=PREFIX` keeps the families whose names start with
@@ -529,7 +533,7 @@ void add_flags(CLI::App& app) {
       ->transform(tools::whole_number(1, kGiB));
   // 0: requests without header fields only.
   app.add_option("--max-header-bytes", g_limits.max_header_bytes,
-                 "most header name and value bytes; more: 431 (default " +
+                 "most bytes of header field lines, line ends aside; more: 431 (default " +
                      std::to_string(defaults.max_header_bytes) + ")")
       ->type_name("BYTES")
       ->transform(tools::whole_number(0, kGiB));

@@ -15,6 +15,12 @@
 #include "tools/http/http_date.h"
 #include "tools/http/static_files.h"
 
+// The CRLF after chunk data, a CR followed by another byte, whitespace before a field's colon
+// and control bytes in the target are left to llhttp's strict parser: built without it, they
+// would pass unchecked. third_party/system.BUILD defines this for llhttp.c and every includer
+// of llhttp.h alike, so seeing it here means llhttp.c was built strict too.
+static_assert(LLHTTP_STRICT_MODE, "llhttp must be built with LLHTTP_STRICT_MODE=1");
+
 namespace tools::http {
 namespace {
 
@@ -92,15 +98,16 @@ int status_for(llhttp_errno_t err, const char* reason) {
 // Out of line: its string and the exception paths it brings stay off the common request's
 // path (on_message_complete), which pages are rare on. Like every response, it throws
 // bad_alloc when out of memory (responder.h, Errors).
-[[gnu::noinline]] void serve_page(const Page& page, std::string_view url, std::string_view path,
+// `after_path`: what follows the target's path ("?query#fragment", either part absent).
+[[gnu::noinline]] void serve_page(const Page& page, std::string_view after_path,
                                   llhttp_method_t method, bool keep_alive, bool head,
                                   std::string_view date, std::string& out) {
   if (method != HTTP_GET && !head) {
     respond(out, date, 405, "Method Not Allowed", keep_alive, false, "Allow: GET, HEAD\r\n");
     return;
   }
-  const std::string_view target = url.substr(0, url.find('#'));
-  const std::string_view query = target.substr(std::min(target.size(), path.size() + 1));
+  const std::string_view before_fragment = after_path.substr(0, after_path.find('#'));
+  const std::string_view query = before_fragment.substr(before_fragment.empty() ? 0 : 1);
   std::string body;
   if (page.make(query, &body)) {
     respond(out, date, 200, body, keep_alive, head, {}, page.content_type);
@@ -117,14 +124,14 @@ const Page* find_page(std::span<const Page> pages, std::string_view path) {
 }
 
 // What the callbacks of one llhttp_execute work on; parser.data points at it for that call.
-// [begin, end) is the read being parsed.
+// `begin` is the start of the read being parsed.
 struct Call {
   Responder& responder;
   Conn& conn;
   Output& out;
   const char* begin;
-  const char* end;
   unsigned files_owed;  // parse()'s: bodies of earlier Outputs not sent yet
+  bool chunk_line_ended = false;  // on_chunk_header paused the parser (see parse())
 };
 
 // Closes a file's fd when it goes out of scope (a bad_alloc's unwinding too), unless released.
@@ -204,6 +211,24 @@ bool is_field(const char* name, std::string_view lower) {
 
 bool is_space_or_tab(char c) { return c == ' ' || c == '\t'; }
 
+// A target that does not start with '/'. In absolute-form, "http://host/path?query" (RFC 9112
+// 3.2.2: a server must accept it, as a proxy's client sends it), *path becomes its path ("/"
+// for none) and *after_path what follows it; the host is not looked at (no virtual hosts
+// here; Host is still required, check_head). Any other target ("*", another scheme) is left
+// as it is: a path that does not start with '/', which no page, file or "/" matches.
+[[gnu::noinline]] void absolute_form(std::string_view url, std::string_view* path,
+                                     std::string_view* after_path) {
+  const std::size_t scheme_end = url.find("://");
+  if (scheme_end == std::string_view::npos) return;
+  const std::string_view scheme = url.substr(0, scheme_end);
+  if (!equals_ignoring_case(scheme, "http") && !equals_ignoring_case(scheme, "https")) return;
+  std::string_view rest = url.substr(scheme_end + 3);
+  rest.remove_prefix(std::min(rest.find_first_of("/?#"), rest.size()));  // the authority
+  const std::size_t path_end = std::min(rest.find_first_of("?#"), rest.size());
+  *path = path_end ? rest.substr(0, path_end) : std::string_view("/");
+  *after_path = rest.substr(path_end);
+}
+
 constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
 
 }  // namespace
@@ -263,8 +288,9 @@ struct Callbacks {
       keep_field(c, c.field_length_, at, length);
     }
     c.field_length_ += length;
-    // A read that starts at the colon gets an empty call for the name the last read ended in.
-    if (length) c.field_last_ = at[length - 1];
+    // The name ends here, if not in the next read (which calls this again); strict llhttp
+    // allows nothing between it and the colon.
+    c.ws_from_ = at + length;
     return 0;
   }
 
@@ -278,10 +304,10 @@ struct Callbacks {
   static int on_header_field_complete(llhttp_t* parser) {
     Conn& c = conn(parser);
     if (++c.headers_ > limits(parser).max_headers) return fail(parser, 431);
-    // ": b", a field without a name, and "Host : b", whitespace before the colon: llhttp 8.1
-    // lets both through; a field name is a token (RFC 9110 5.1), and a server must reject
-    // whitespace there (RFC 9112 5.1) lest a proxy in front read another field than we do.
-    if (c.field_length_ == 0 || is_space_or_tab(c.field_last_)) return fail(parser, 400);
+    // ": b", a field without a name: llhttp 8.1 lets it through, strict mode too; a field name
+    // is a token (RFC 9110 5.1). (Whitespace before the colon, RFC 9112 5.1, strict mode
+    // refuses itself: no space or tab is a name byte there.)
+    if (c.field_length_ == 0) return fail(parser, 400);
     // A trailer field: none of the headers looked at means anything there (RFC 9110 6.5.1:
     // no framing, no If-Modified-Since), and its name may lie in a read that is gone.
     if (c.headers_done_) {
@@ -359,6 +385,10 @@ struct Callbacks {
 
   static int on_header_value(llhttp_t* parser, const char* at, std::size_t length) {
     Conn& c = conn(parser);
+    if (c.ws_from_) {  // the value's first bytes: what llhttp discarded before them counts too
+      c.header_bytes_ += static_cast<std::size_t>(at - c.ws_from_);
+      c.ws_from_ = nullptr;
+    }
     c.header_bytes_ += length;
     if (c.header_bytes_ > limits(parser).max_header_bytes) return fail(parser, 431);
     return c.field_kind_ == Conn::Field::kOther ? 0 : keep_value(parser, at, length);
@@ -395,7 +425,7 @@ struct Callbacks {
   // and the answer to an expectation; the common request (HTTP/1.1, one Host, no body, no
   // Expect) is told apart in on_headers_complete and needs none of it.
   [[gnu::noinline]] static int check_head(llhttp_t* parser) {
-    const Conn& c = conn(parser);
+    Conn& c = conn(parser);
     // llhttp 8.1 takes any digit as a version; 1.2 up it refuses itself (505 by status_for).
     if (parser->http_major != 1) return fail(parser, 505);
     // RFC 9112 3.2: exactly one Host in HTTP/1.1, at most one in 1.0.
@@ -422,6 +452,10 @@ struct Callbacks {
         call(parser).out.bytes.append(kContinue);
       }
     }
+    if (parser->flags & F_CHUNKED) {  // the first chunk-size line starts here
+      c.chunk_lines_bytes_ = 0;
+      c.in_chunk_line_ = true;
+    }
     return 0;
   }
 
@@ -435,34 +469,71 @@ struct Callbacks {
   }
 
   static int on_chunk_header(llhttp_t* parser) {
+    Call& k = call(parser);
+    Conn& c = k.conn;
     // parser->content_length is this chunk's size: refused before its bytes arrive.
     // body_bytes_ <= max_body here (on_body fails past it), so the subtraction cannot wrap.
-    if (parser->content_length > limits(parser).max_body - conn(parser).body_bytes_) {
+    if (parser->content_length > limits(parser).max_body - c.body_bytes_) {
       return fail(parser, 413);
     }
+    // The size line ended with the byte before the parser's position, which llhttp passes to
+    // no callback of this kind: paused, it tells parse(), which measures the line and resumes.
+    c.in_chunk_line_ = false;
+    k.chunk_line_ended = true;
+    return HPE_PAUSED;
+  }
+
+  static int on_chunk_complete(llhttp_t* parser) {
+    // After the CRLF that ends a chunk's data the next size line starts; after the last chunk
+    // (size 0, F_TRAILING) this comes once its trailers are read, and the request ends.
+    if (!(parser->flags & F_TRAILING)) conn(parser).in_chunk_line_ = true;
     return 0;
   }
 
-  // Checks the CRLF that must follow a chunk's data, from `p` on, as far as the read goes;
-  // what is left to check waits in crlf_left_ for the next read. False at any other byte.
-  static bool check_crlf(Conn& c, const char* p, const char* end) {
-    for (; c.crlf_left_ && p < end; --c.crlf_left_, ++p) {
-      if (*p != (c.crlf_left_ == 2 ? '\r' : '\n')) return false;
+  // Adds the bytes of the current chunk-size line that lie in this read before `to` (the byte
+  // after its LF when `ended`, else the read's end) to the request's, and checks them against
+  // their budget: the chunk data so far plus max_header_bytes (a chunked body's framing may be
+  // about as large as the data it frames, plus what a head may carry besides). A size line
+  // holds no LF (strict llhttp refuses one, in a quoted extension too) and follows one (the
+  // head's last, or a chunk's CRLF): in this read it starts after the last LF before its own,
+  // or at `begin` when that LF lay in an earlier read (whose bytes of it were counted then).
+  // Exact wherever reads end. False, with error_status_ 413, past the budget.
+  static bool count_chunk_line(Conn& c, const Limits& limits, const char* begin, const char* to,
+                               bool ended) {
+    const char* const own_lf = ended ? to - 1 : to;
+    const void* const lf = memrchr(begin, '\n', static_cast<std::size_t>(own_lf - begin));
+    const char* const from = lf ? static_cast<const char*>(lf) + 1 : begin;
+    c.chunk_lines_bytes_ += static_cast<std::uint64_t>(to - from);
+    if (c.chunk_lines_bytes_ > c.body_bytes_ + limits.max_header_bytes) {
+      c.error_status_ = 413;
+      return false;
     }
     return true;
   }
 
-  static int on_body(llhttp_t* parser, const char* at, std::size_t length) {
-    Call& k = call(parser);
-    Conn& c = k.conn;
+  // A read ended with ws_from_ set: in a field name (ws_from_ is the read's end) or between a
+  // colon and its value, whose bytes in this read count now, so that whitespace that never
+  // ends is refused once past the limit. ws_from_ cannot outlive the read it points into.
+  // False, with error_status_ 431, past max_header_bytes.
+  [[gnu::noinline]] static bool count_ws_at_read_end(Conn& c, const Limits& limits,
+                                                     const char* end) {
+    if (c.ws_from_ < end) {
+      c.header_bytes_ += static_cast<std::size_t>(end - c.ws_from_);
+      c.ws_from_start_ = true;
+    }
+    c.ws_from_ = nullptr;
+    if (c.header_bytes_ > limits.max_header_bytes) {
+      c.error_status_ = 431;
+      return false;
+    }
+    return true;
+  }
+
+  // The CRLF after a chunk's data is llhttp's to check (strict mode: third_party/system.BUILD).
+  static int on_body(llhttp_t* parser, const char*, std::size_t length) {
+    Conn& c = conn(parser);
     c.body_bytes_ += length;
     if (c.body_bytes_ > limits(parser).max_body) return fail(parser, 413);
-    // A chunk's data ends here (llhttp counts it down in content_length). llhttp 8.1 skips the
-    // next two bytes whatever they are, so "5\r\nhelloXX0\r\n" would be a whole body.
-    if (parser->content_length == 0 && (parser->flags & F_CHUNKED)) {
-      c.crlf_left_ = 2;
-      if (!check_crlf(c, at + length, k.end)) return fail(parser, 400);
-    }
     return 0;
   }
 
@@ -477,9 +548,12 @@ struct Callbacks {
     std::string& out = k.out.bytes;
     const std::string_view date(r.date_line_, r.date_length_);
     const std::time_t mtime = st.st_mtim.tv_sec;
+    const std::time_t now = r.date_second_;  // the Date line's
     char lm_date[kHttpDateLength];
-    // No Last-Modified for a time outside the years an HTTP date can write.
-    const bool has_lm = format_http_date(mtime, lm_date);
+    // RFC 9110 8.8.2.1: never later than the response's Date. A file touched into the future
+    // is sent as modified now, or a cache would keep that date and, with it, its copy. No
+    // Last-Modified for a time outside the years an HTTP date can write.
+    const bool has_lm = format_http_date(std::min(mtime, now), lm_date);
     const auto append_last_modified = [&] {
       if (!has_lm) return;
       out.append("Last-Modified: ");
@@ -490,7 +564,10 @@ struct Callbacks {
     // value (RFC 9110 5.5); an empty value (none, or an overflow) is no date.
     const std::string_view ims = c.ims_.trimmed();
     const std::time_t since = ims.empty() ? -1 : parse_http_date(ims);
-    if (since >= 0 && since >= mtime) {
+    // A date later than our clock tells nothing (RFC 2616 14.25 called it invalid): ignored.
+    // Compared with the mtime itself, so a future one makes no 304: the file may change again
+    // before that time.
+    if (since >= 0 && since <= now && since >= mtime) {
       out.append("HTTP/1.1 304 Not Modified\r\n");
       append_last_modified();
       out.append(date);
@@ -560,13 +637,23 @@ struct Callbacks {
     const std::string_view url = k.conn.url_at_
                                      ? std::string_view(k.conn.url_at_, k.conn.url_length_)
                                      : std::string_view(k.conn.url_);
-    const std::string_view path = url.substr(0, url.find_first_of("?#"));
+    std::string_view path = url.substr(0, url.find_first_of("?#"));
+    std::string_view after_path = url.substr(path.size());
     const bool head = method == HTTP_HEAD;
     const std::string_view date(r.date_line_, r.date_length_);
     std::string& out = k.out.bytes;
+    if (path.empty() || path[0] != '/') [[unlikely]] {
+      // RFC 9110 9.3.7: OPTIONS * asks about the server as a whole (a ping): no content, and
+      // the methods its resources take. (Another method with "*" is refused as before.)
+      if (method == HTTP_OPTIONS && url == "*") {
+        respond(out, date, 200, {}, keep_alive, false, "Allow: GET, HEAD\r\n");
+        return after_response(k, keep_alive);
+      }
+      absolute_form(url, &path, &after_path);
+    }
     if (!r.pages_.empty()) {
       if (const Page* page = find_page(r.pages_, path)) {
-        serve_page(*page, url, path, method, keep_alive, head, date, out);
+        serve_page(*page, after_path, method, keep_alive, head, date, out);
         return after_response(k, keep_alive);
       }
     }
@@ -608,6 +695,7 @@ struct Callbacks {
     s.on_header_value_complete = on_header_value_complete;
     s.on_headers_complete = on_headers_complete;
     s.on_chunk_header = on_chunk_header;
+    s.on_chunk_complete = on_chunk_complete;
     s.on_body = on_body;
     s.on_message_complete = on_message_complete;
     return s;
@@ -627,7 +715,9 @@ void Conn::reset(const llhttp_settings_t* settings) {
   in_message_ = false;
   headers_done_ = false;
   finished_ = false;
-  crlf_left_ = 0;
+  in_chunk_line_ = false;
+  ws_from_ = nullptr;
+  ws_from_start_ = false;
   tail_ = 0;
   url_at_ = nullptr;
   field_at_ = nullptr;
@@ -674,19 +764,36 @@ ReadResult Responder::parse(Conn* conn, std::string_view bytes, Output* out,
   if (!conn) {
     if (scratch_dirty_) scratch_.reset(settings_);
     scratch_dirty_ = true;
+  } else if (c.ws_from_start_) {  // (only a Conn of its own is ever mid-head at a read's start)
+    c.ws_from_ = bytes.data();
+    c.ws_from_start_ = false;
   }
   const char* const end = bytes.data() + bytes.size();
-  Call call{*this, c, *out, bytes.data(), end, files_owed};
+  Call call{*this, c, *out, bytes.data(), files_owed};
   paused_ = false;
   c.parser_.data = &call;
   c.head_began_ = false;
-  // The last read ended right after a chunk's data: its CRLF comes first (only a Conn of the
-  // connection's own is ever mid-request at the start of a read).
-  llhttp_errno_t err = HPE_USER;
-  if (!c.crlf_left_ || Callbacks::check_crlf(c, bytes.data(), end)) {
-    err = llhttp_execute(&c.parser_, bytes.data(), bytes.size());
-  } else {
-    c.error_status_ = 400;
+  llhttp_errno_t err = llhttp_execute(&c.parser_, bytes.data(), bytes.size());
+  // Paused at the end of a chunk-size line (on_chunk_header): measured, then parsed on.
+  while (err == HPE_PAUSED && call.chunk_line_ended) {
+    call.chunk_line_ended = false;
+    const char* const next = llhttp_get_error_pos(&c.parser_);
+    llhttp_resume(&c.parser_);
+    if (!Callbacks::count_chunk_line(c, limits_, bytes.data(), next, true)) {
+      err = HPE_USER;
+      break;
+    }
+    err = llhttp_execute(&c.parser_, next, static_cast<std::size_t>(end - next));
+  }
+  // The read ended inside a chunk-size line: its bytes here count now, so that one that never
+  // ends is refused once past its budget. (F_CHUNKED: the flag is this request's, not left
+  // over from one whose body llhttp skipped.)
+  if (err == HPE_OK && c.in_chunk_line_ && c.in_message_ && (c.parser_.flags & F_CHUNKED) &&
+      !Callbacks::count_chunk_line(c, limits_, bytes.data(), end, false)) {
+    err = HPE_USER;
+  }
+  if (err == HPE_OK && c.ws_from_ && !Callbacks::count_ws_at_read_end(c, limits_, end)) {
+    err = HPE_USER;
   }
   if (!conn) scratch_dirty_ = err != HPE_OK || c.in_message_;
   if (err == HPE_OK) {

@@ -6,9 +6,11 @@
 //
 // What is answered: `GET /` (and HEAD) "Hello World!" as text/plain, other methods on "/" 405,
 // other paths 404; with StaticFiles, GET and HEAD of the files under the root (see
-// tools/http_server.cc). Keep-alive follows llhttp (HTTP/1.1 unless `Connection: close`,
-// HTTP/1.0 only with `Connection: keep-alive`), except that an upgrade request (Upgrade, CONNECT)
-// is answered as a plain one and closes; nothing after a request that closes is parsed.
+// tools/http_server.cc). A target in absolute-form (`http://host/path?q`) is read as its path
+// (RFC 9112 3.2.2); `OPTIONS *` gets 200 with `Allow: GET, HEAD` and no content. Keep-alive
+// follows llhttp (HTTP/1.1 unless `Connection: close`, HTTP/1.0 only with `Connection:
+// keep-alive`), except that an upgrade request (Upgrade, CONNECT) is answered as a plain one and
+// closes; nothing after a request that closes is parsed.
 // What one parse() answers is bounded (kMaxFileBodies, kMaxOutputBytes): past a bound it stops
 // after a request and says how much of the input it left for later (Responder::paused()), so
 // that a client that pipelines requests and reads nothing cannot make the server hold without
@@ -52,7 +54,11 @@ struct Callbacks;  // the llhttp callbacks (responder.cc)
 // further). A request past one is answered with the status named and the connection finishes.
 struct Limits {
   std::size_t max_url = 8 * 1024;            // request target bytes (held in memory): 414
-  std::size_t max_header_bytes = 16 * 1024;  // header field names and values together: 431
+  // Header and trailer field lines without their line ends (names, colons, the whitespace
+  // before values, values; an empty value's line end too, where llhttp reports it): 431.
+  // Also the allowance of a chunked body's chunk-size lines beyond the chunk data before them
+  // (docs/http.md): 413.
+  std::size_t max_header_bytes = 16 * 1024;
   unsigned max_headers = 100;                // header fields: 431
   std::uint64_t max_body = 1024 * 1024;      // body bytes, declared or chunked (discarded): 413
 };
@@ -158,27 +164,38 @@ class Conn {
   const char* url_at_ = nullptr;
   std::size_t url_length_ = 0;
   std::string url_;
-  std::size_t header_bytes_ = 0;  // field and value bytes of this request's headers
+  std::size_t header_bytes_ = 0;  // field line bytes of this request's headers (Limits)
   std::uint64_t body_bytes_ = 0;  // body bytes of this request (chunked bodies have no length)
+  // The bytes of this request's chunk-size lines so far (sizes, extensions, line ends), which
+  // llhttp bounds neither in an extension nor in a size's leading zeros; set from 0 by
+  // on_headers_complete of a chunked request. Their budget: body_bytes_ + max_header_bytes.
+  std::uint64_t chunk_lines_bytes_ = 0;
   unsigned headers_ = 0;          // header fields of this request
   int error_status_ = 0;          // set by a callback that stops the parser with a status
   bool in_message_ = false;       // between on_message_begin and on_message_complete
   bool headers_done_ = false;     // on_headers_complete of the current request has run
   bool head_began_ = false;       // on_message_begin ran during the last read
   bool finished_ = false;
-  // Chunk data ends with CRLF, which llhttp 8.1 skips unchecked: the bytes of it still to
-  // check when a read ended right after a chunk's data (0: none).
-  unsigned char crlf_left_ = 0;
-  // The current field's name, length and last byte (a space before the colon is refused),
-  // and which of the headers above it is (trailer fields are none of them). A head's field
-  // name is read where it lies in the read being parsed (field_at_) while it came in one
-  // piece; one that a read ended in is kept in field_ (its first kMaxFieldKept bytes;
-  // field_at_ nullptr) for the next read to go on. A trailer's name is never read back.
+  // The parser is inside a chunk-size line: from the head's end or a chunk's CRLF to the next
+  // on_chunk_header (which pauses the parser, so that parse() can measure the line).
+  bool in_chunk_line_ = false;
+  // The current field's name and length (an empty name is refused), and which of the headers
+  // above it is (trailer fields are none of them). A head's field name is read where it lies
+  // in the read being parsed (field_at_) while it came in one piece; one that a read ended in
+  // is kept in field_ (its first kMaxFieldKept bytes; field_at_ nullptr) for the next read to
+  // go on. A trailer's name is never read back.
   const char* field_at_ = nullptr;
   char field_[kMaxFieldKept] = {};
   std::size_t field_length_ = 0;
-  char field_last_ = 0;
   Field field_kind_ = Field::kOther;
+  // Where the bytes between the current field's name and its value begin (its colon) in the
+  // read being parsed; nullptr once they are counted. llhttp passes them to no callback (the
+  // whitespace before a value; an empty value's line end and obs-folds too), so they counted
+  // toward no limit and could go on for ever; on_header_value counts them up to its value.
+  // A read that ends among them counts its part, and ws_from_start_ says they go on from the
+  // next read's first byte (parse() points ws_from_ there).
+  const char* ws_from_ = nullptr;
+  bool ws_from_start_ = false;
   // The last byte of the previous read other than a space or tab, when that read ended inside
   // a head: tells whether a value that starts this read follows a line end (an obs-fold).
   char tail_ = 0;

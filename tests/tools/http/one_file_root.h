@@ -5,12 +5,14 @@
 #define TESTS_TOOLS_HTTP_ONE_FILE_ROOT_H_
 
 #include <stdlib.h>
+#include <sys/stat.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <string>
 
+#include "tools/http/http_date.h"
 #include "tools/http/static_files.h"
 
 namespace testing_support {
@@ -34,6 +36,15 @@ inline OneFileRoot one_file_root(const std::string& tag) {
   std::fclose(file);
   r.files = tools::http::StaticFiles::open(r.root.c_str());
   return r;
+}
+
+// The IMF-fixdate of the file's mtime, or "" if it cannot be had: an If-Modified-Since that
+// makes a 304 (a later date might lie past the server's clock, which makes none).
+inline std::string mtime_date(const std::string& path) {
+  struct stat st;
+  char date[tools::http::kHttpDateLength];
+  if (stat(path.c_str(), &st) != 0 || !tools::http::format_http_date(st.st_mtime, date)) return "";
+  return std::string(date, sizeof date);
 }
 
 }  // namespace testing_support
