@@ -29,12 +29,12 @@
  *   the new fd's calls fail with EBADF, so use it from the owner's callbacks (a sharded
  *   server's on_open). sock_read, sock_clear, the per-connection settings (sock_set_timeout,
  *   sock_set_deadline, sock_set_watermarks, sock_pending), sock_close_lingering and the
- *   sock_tlc_ calls need the owner thread: elsewhere they fail with EPERM (sock_clear does nothing). sock_status,
- *   sock_fd2uuid and sock_uuid2fd only read the fd's generation: any thread. An fd opened
- *   without a reactor has no owner thread: use it from one thread at a time. The helpers in
- *   the first section (no fd state), sock_checkout_packet() and sock_free_packet() are safe
- *   from any thread. No call may be posted to a reactor whose stop has completed, nor race
- *   with its final reactor_review().
+ *   sock_tlc_ calls need the owner thread: elsewhere they fail with EPERM (sock_clear does
+ *   nothing). sock_status, sock_fd2uuid and sock_uuid2fd only read the fd's generation: any
+ *   thread. An fd opened without a reactor has no owner thread: use it from one thread at a
+ *   time. The helpers in the first section (no fd state), sock_checkout_packet() and
+ *   sock_free_packet() are safe from any thread. No call may be posted to a reactor whose
+ *   stop has completed, nor race with its final reactor_review().
  * Order: the calls one thread makes run in the order it makes them. The owner runs posted
  *   calls once per loop iteration, after its wait for events (up to 1,024, the rest in the
  *   next iterations), so a call posted from another thread is ordered before the owner
