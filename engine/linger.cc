@@ -40,14 +40,14 @@ bool Reactor::linger(int fd, FdSlot& slot) {
   }
   SlotExtra* extra = slot_extra_make(slot);
   // EPOLL_CTL_ADD or MOD: an fd served whole from its first input was never added
-  // (read_first_input), and the peer's EOF must reach us.
+  // (read_first_input: kUnwatched), and the peer's EOF must reach us.
   if (!extra || ::shutdown(fd, SHUT_WR) < 0 || watch(fd, slot) < 0) return false;
   extra->linger = Linger::kLingering;
   // kPaused: on_data no longer runs (call_on_data discards instead) and sock_read reads 0.
   // kWriteBlocked: nothing is owed on_ready, and no EPOLLOUT edge flushes the fd again.
   // kOwnIdle: quiet for kLingerMs (input discarded, or the peer taking what the kernel holds,
   // count as activity) ends the wait; linger_end_tick ends it in any case.
-  slot.flags = (slot.flags | kPaused | kOwnIdle) & ~kWriteBlocked;
+  slot.flags = (slot.flags | kPaused | kOwnIdle) & ~(kWriteBlocked | kUnwatched);
   extra->idle_ticks = ticks_of(kLingerMs);
   extra->linger_end_tick = now_tick_ + 1 + ticks_of(kLingerMaxMs);
   stamp_activity(slot);

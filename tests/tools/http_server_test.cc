@@ -559,6 +559,24 @@ TEST_F(HttpServerTest, ExpectContinueGets100BeforeTheBodyIsSent) {
             error_response(417, "Expectation Failed"));
 }
 
+// An error answered while the client is still uploading: the server's close lingers, so the
+// rest of the upload is read and dropped, where a closed socket would answer it with a reset.
+// The client reads the 413 and the server's EOF, sends more, and its connection is still
+// there to shut down: its EOF lets the server close.
+TEST_F(HttpServerTest, UploadPastTheLimitGets413AndTheRestOfItIsDrainedNotReset) {
+  ASSERT_NO_FATAL_FAILURE(start({"--threads", "1"}));
+  const int fd = client();
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(send_all(fd, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n"));
+  EXPECT_EQ(read_response(fd), error_response(413, "Content Too Large"));
+  char c;
+  ASSERT_EQ(recv(fd, &c, 1, 0), 0) << "no EOF after the 413, errno " << errno;
+  ASSERT_TRUE(send_all(fd, std::string(256 * 1024, 'b'))) << "errno " << errno;
+  // After a reset (the upload met a closed socket) there is no connection left to shut down.
+  ASSERT_EQ(shutdown(fd, SHUT_WR), 0) << "errno " << errno;
+  EXPECT_EQ(read_to_eof(fd), "");
+}
+
 TEST_F(HttpServerTest, OversizedRequestsGetTheirStatusAndClose) {
   ASSERT_NO_FATAL_FAILURE(start({"--threads", "2"}));
   EXPECT_EQ(exchange("GET /" + std::string(9000, 'a') + " HTTP/1.1\r\nHost: x\r\n\r\n"),

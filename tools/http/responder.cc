@@ -839,6 +839,7 @@ ReadResult Responder::parse(Conn* conn, std::string_view bytes, Output* out,
   }
   // HPE_PAUSED: a request without keep-alive was answered; HPE_PAUSED_UPGRADE: an upgrade
   // (not supported) was answered as a plain request. Either way the connection ends here.
+  finished_on_error_ = err != HPE_PAUSED && err != HPE_PAUSED_UPGRADE;
   c.finished_ = true;
   return {.finish = true, .in_head = false, .head_began = false, .keep_state = true};
 }

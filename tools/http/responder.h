@@ -297,6 +297,13 @@ class Responder {
   bool paused() const { return paused_; }
   std::size_t unparsed() const { return unparsed_; }
 
+  // After a parse() whose ReadResult says `finish`: whether the connection ends on an error
+  // answered before its request's end (400, 413, 414, 431, ...), so that the client may still
+  // be sending it, not on a request without keep-alive. Such a close should linger
+  // (sock_close_lingering): input arriving after a plain close(2) is met with a reset, which
+  // the client may see before the answer.
+  bool finished_on_error() const { return finished_on_error_; }
+
  private:
   friend struct Callbacks;
 
@@ -310,6 +317,7 @@ class Responder {
   bool scratch_dirty_ = true;  // scratch_ is not at the start of a message with clear flags
   bool paused_ = false;        // see paused()
   std::size_t unparsed_ = 0;   // see paused()
+  bool finished_on_error_ = false;  // see finished_on_error()
   std::time_t date_second_ = -1;
   char date_line_[64] = {};  // "Date: ...\r\n" for date_second_
   std::size_t date_length_ = 0;
