@@ -94,8 +94,8 @@ int reactor_review(struct Reactor* reactor);
 
 /** Asks the reactor to stop. Async-signal-safe and callable from any thread: it only sets a
  * flag and wakes the owner. The next reactor_review() calls on_shutdown for every attached
- * fd, lets queued output drain (and lingering closes end, see sock_close) for up to 5
- * seconds, closes every fd (on_close each), frees
+ * fd, lets queued output drain (and lingering closes end, see sock_close; one whose peer has
+ * acknowledged everything ends at once) for up to 5 seconds, closes every fd (on_close each), frees
  * the engine state and returns -1 with errno 0. An fd attached while the stop drains (a
  * connection handed over by another thread, a reactor_add in a callback) gets the same:
  * on_shutdown at the end of the review that attached it, then the drain and the close

@@ -360,7 +360,7 @@ struct Packet* sock_checkout_packet(void);
 
 /** Queues a packet chain for fd (each packet's length bytes at buffer) and flushes.
  * Returns 0 and takes ownership of the chain; or -1 with errno (EBADF; EINVAL for NULL, a
- * negative length, a length past BUFFER_PACKET_SIZE with buffer at internal_memory, a file
+ * negative length, a buffer inside internal_memory whose length runs past its end, a file
  * packet without its FILE*; EPIPE if the connection is closing) and the caller keeps the
  * chain. */
 ssize_t sock_send_packet(int fd, struct Packet* packet);

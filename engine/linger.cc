@@ -2,8 +2,9 @@
 // The lingering close (RFC 9112 §9.6): close(2) on a socket whose input waits unread sends a
 // reset instead of a FIN, and a reset destroys whatever the kernel has not delivered yet (a
 // response, all but its start; h2o#2534). So a sock_close() that drained its queue with the
-// peer's input unread, or that sock_close_lingering() closed, shuts the write side instead, reads and drops the peer's input, and closes at the
-// peer's EOF (then nothing is unread), after kLingerMs of quiet, or at kLingerMaxMs.
+// peer's input unread, or that sock_close_lingering() closed, shuts the write side instead,
+// reads and drops the peer's input, and closes at the peer's EOF (then nothing is unread),
+// after kLingerMs of quiet, or at kLingerMaxMs.
 #include <sys/socket.h>
 
 #include <cerrno>
@@ -30,6 +31,9 @@ static_assert(kLingerDiscardPerVisit % kLingerReadBytes == 0, "whole reads per v
 bool Reactor::linger(int fd, FdSlot& slot) {
   using Linger = SlotExtra::Linger;
   const Linger state = slot.extra ? slot.extra->linger : Linger::kNo;
+  // A stop does not wait for a peer that has everything: once all that was sent is
+  // acknowledged, a reset takes none of it back (the peer may read an error after it).
+  if (stopping_ && !output_unacknowledged(fd)) return false;
   if (state == Linger::kLingering) return true;
   // Unasked, only where close(2) would be a reset: input really waits in the socket, not just
   // behind an edge nobody read to EAGAIN, or as plaintext a layer holds. (Even a response

@@ -319,6 +319,10 @@ void Reactor::dispatch(int fd, uint32_t generation, uint32_t events) {
   if (events & EPOLLERR) slot->flags |= kErrorSeen;
   if (events & EPOLLRDHUP) slot->flags |= kPeerShut;
   if (events & EPOLLPRI) slot->flags |= kUrgentSeen;
+  // Noted before the flush below: a close it completes must know that input waits (a lingering
+  // close, linger.cc), and input often comes in one event with the ACKs that drain the queue.
+  const bool readable = events & (EPOLLIN | EPOLLRDHUP | EPOLLPRI | EPOLLERR | EPOLLHUP);
+  if (readable) slot->flags |= kReadPending;
   // Every EPOLLIN edge reports EPOLLOUT too while the socket is writable: only an fd with
   // something to do on it (queued output, a refused write, a connect, a plain fd's user)
   // needs the visit.
@@ -327,10 +331,7 @@ void Reactor::dispatch(int fd, uint32_t generation, uint32_t events) {
     on_writable(fd, *slot);
     if (!is_current(*slot, generation, this)) return;
   }
-  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLPRI | EPOLLERR | EPOLLHUP)) {
-    slot->flags |= kReadPending;
-    call_on_data(fd, *slot);
-  }
+  if (readable) call_on_data(fd, *slot);
 }
 
 void Reactor::on_writable(int fd, FdSlot& slot) {

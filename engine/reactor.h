@@ -130,11 +130,11 @@ class Reactor {
   // Closes now: see close_slot().
   void close_now(int fd, FdSlot& slot, CloseReason why) { close_slot(fd, slot, api_, why); }
   // The lingering close (linger.cc), from close_if_due(): for a sock_close()d fd whose queue
-  // drained while the peer's input waits unread (or that sock_close_lingering() closed), shuts the write side (the peer's EOF follows what was
-  // sent) and keeps fd, discarding its input, until the peer's EOF, kLingerMs of quiet or
-  // kLingerMaxMs; on_data no longer runs. True if fd lingers (now or already); false: close
-  // it at once (no reset to avoid, or no memory, shutdown or epoll set for the wait). Owner
-  // thread.
+  // drained while the peer's input waits unread (or that sock_close_lingering() closed), shuts the
+  // write side (the peer's EOF follows what was sent) and keeps fd, discarding its input, until the
+  // peer's EOF, kLingerMs of quiet or kLingerMaxMs; on_data no longer runs. True if fd lingers (now
+  // or already); false: close it at once (no reset to avoid, a stop with everything sent
+  // acknowledged, or no memory, shutdown or epoll set for the wait). Owner thread.
   bool linger(int fd, FdSlot& slot);
 
   // The work lists. Idempotent (a slot flag says whether the fd is already listed).

@@ -91,6 +91,11 @@ bool input_waits_unread(int fd) {
   return ioctl(fd, SIOCINQ, &unread) == 0 && unread > 0;
 }
 
+bool output_unacknowledged(int fd) {
+  int unacknowledged = 0;
+  return ioctl(fd, SIOCOUTQ, &unacknowledged) == 0 && unacknowledged > 1;
+}
+
 void reset_on_close_if_owed(int fd, bool queued) {
   int in_kernel = 0;
   if (!queued && (ioctl(fd, SIOCOUTQ, &in_kernel) < 0 || in_kernel <= 0)) return;

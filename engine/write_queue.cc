@@ -444,9 +444,12 @@ int check_chain(const Packet* chain) {
   for (const Packet* p = chain; p; p = p->metadata.next) {
     // Past its internal memory lie the packet's metadata and the pool's next packet (another
     // connection's data); a file packet's FILE* is all that tells its bytes.
-    const bool unsendable = p->length < 0 || (!p->buffer && (p->length || p->metadata.is_file)) ||
-                            (p->buffer == p->internal_memory &&
-                             static_cast<std::size_t>(p->length) > kPacketBytes);
+    const char* const own = p->internal_memory;
+    const char* const at = static_cast<const char*>(p->buffer);
+    const bool in_own = at >= own && at < own + kPacketBytes;
+    const bool unsendable =
+        p->length < 0 || (!p->buffer && (p->length || p->metadata.is_file)) ||
+        (in_own && static_cast<std::size_t>(p->length) > kPacketBytes - (at - own));
     if (unsendable) {
       errno = EINVAL;
       return -1;

@@ -286,6 +286,18 @@ TEST_F(ValidFdTest, PacketLongerThanItsInternalMemoryGivesEinvalAndNothingOfTheC
   EXPECT_EQ(peer_pending(), 0);
   if (r == -1) sock_free_packet(first);  // on error the chain is the caller's
 
+  // Nor may a buffer inside the internal memory run past its end.
+  Packet* offset = sock_checkout_packet();
+  ASSERT_NE(offset, nullptr);
+  offset->buffer = offset->internal_memory + 100;
+  offset->length = BUFFER_PACKET_SIZE - 99;
+  errno = 0;
+  const ssize_t r2 = sock_send_packet(pair_[0], offset);
+  EXPECT_EQ(r2, -1);
+  EXPECT_EQ(errno, EINVAL);
+  EXPECT_EQ(peer_pending(), 0);
+  if (r2 == -1) sock_free_packet(offset);
+
   // A full packet is not too long.
   Packet* full = sock_checkout_packet();
   ASSERT_NE(full, nullptr);

@@ -242,18 +242,66 @@ TEST_F(LingerTest, CloseAfterReadingExactlyWhatCameClosesAtOnce) {
   EXPECT_TRUE(got.eof);
 }
 
-TEST_F(LingerTest, ASecondCloseOrAStopWhileLingeringKeepsItsOneClose) {
+TEST_F(LingerTest, ASecondCloseKeepsTheLingerAndAStopEndsItOnceAllIsAcknowledged) {
   ASSERT_NO_FATAL_FAILURE(answer_and_close_with_input_unread());
   sock_close(&r_, server_);  // still the lingering connection's number: it goes on lingering
   run_iterations(3);
   EXPECT_EQ(server_closes_, 0);
-  reactor_stop(&r_);  // the linger goes on through the stop's drain
-  run_iterations(3);
-  EXPECT_EQ(server_closes_, 0);
-  ASSERT_EQ(shutdown(client_, SHUT_WR), 0);
+  // The client has read the whole response: a stop need not wait for its EOF.
+  reactor_stop(&r_);
   ASSERT_TRUE(run_until(&r_, [&] { return r_._impl == nullptr; }));
   EXPECT_EQ(server_closes_, 1);
   EXPECT_EQ(reason_, SOCK_CLOSE_LOCAL);
+}
+
+TEST_F(LingerTest, AStopKeepsALingerWhoseResponseIsStillUnacknowledged) {
+  client_ = connect_and_accept(&server_, kSmallBuffer);
+  ASSERT_GE(server_, 0);
+  ASSERT_NO_FATAL_FAILURE(send_unread_input("unread"));
+  // More than the client's buffer takes, less than the server's kernel does: the queue drains
+  // at once, and the linger begins with most of the response unacknowledged.
+  const std::string response = pattern(12 * 1024, 37);
+  ASSERT_EQ(sock_write(server_, response.data(), response.size()), 0);
+  sock_close(&r_, server_);
+  ASSERT_TRUE(run_until(&r_, [&] { return sock_pending(server_) == 0; }));
+  reactor_stop(&r_);
+  run_iterations(3);
+  EXPECT_EQ(server_closes_, 0) << "the stop cut the response short";
+  Received got;
+  ASSERT_NO_FATAL_FAILURE(read_to_end(&got));
+  EXPECT_TRUE(got.eof);
+  EXPECT_TRUE(got.bytes == response) << got.bytes.size() << " of " << response.size();
+  ASSERT_EQ(shutdown(client_, SHUT_WR), 0);
+  ASSERT_TRUE(run_until(&r_, [&] { return r_._impl == nullptr; }));
+  EXPECT_EQ(server_closes_, 1);
+}
+
+// Input and the ACKs that let the queue drain often come in one event: the flush that drains
+// the queue runs first, and its close must already know that input waits.
+TEST_F(LingerTest, InputInTheEventThatDrainsTheQueueStillMakesTheCloseLinger) {
+  read_input_ = true;  // all input so far is read: only the byte below waits
+  client_ = connect_and_accept(&server_, kSmallBuffer);
+  ASSERT_GE(server_, 0);
+  const std::string response = pattern(64 * 1024, 38);
+  ASSERT_EQ(sock_write(server_, response.data(), response.size()), 0);
+  sock_close(&r_, server_);
+  read_input_ = false;
+  Received got;
+  // Read, without running the loop, until the server's queue has so little left that one
+  // flush sends it; then the client's last read (the window update) and one byte reach the
+  // server before its next wait.
+  for (int i = 0; i < 10000 && sock_pending(server_) > 2048; ++i) {
+    read_some(client_, &got);
+    engine::Reactor::of(&r_, true)->run_once(0);
+  }
+  ASSERT_LE(sock_pending(server_), 2048);
+  ASSERT_EQ(server_closes_, 0);
+  read_some(client_, &got);
+  ASSERT_EQ(send(client_, "x", 1, MSG_NOSIGNAL), 1);
+  ASSERT_NO_FATAL_FAILURE(read_to_end(&got));
+  EXPECT_EQ(got.error, 0) << "the close was a reset after " << got.bytes.size() << " bytes";
+  EXPECT_TRUE(got.eof);
+  EXPECT_TRUE(got.bytes == response) << got.bytes.size() << " of " << response.size();
 }
 
 TEST_F(LingerTest, CloseLingeringWaitsForThePeersEofEvenWithNothingUnreadYet) {

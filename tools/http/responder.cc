@@ -490,10 +490,15 @@ struct Callbacks {
     return 0;
   }
 
+  // The line of a chunk of one byte, "1\r\n", is three bytes: chunks however small, their
+  // sizes in plain hex, stay within the budget; extensions and leading zeros, which add line
+  // bytes and no data, do not.
+  static constexpr std::uint64_t kChunkLineBytesPerDataByte = 3;
+
   // Adds the bytes of the current chunk-size line that lie in this read before `to` (the byte
   // after its LF when `ended`, else the read's end) to the request's, and checks them against
-  // their budget: the chunk data so far plus max_header_bytes (a chunked body's framing may be
-  // about as large as the data it frames, plus what a head may carry besides). A size line
+  // their budget: kChunkLineBytesPerDataByte times the chunk data so far, plus
+  // max_header_bytes (what a head may carry besides). A size line
   // holds no LF (strict llhttp refuses one, in a quoted extension too) and follows one (the
   // head's last, or a chunk's CRLF): in this read it starts after the last LF before its own,
   // or at `begin` when that LF lay in an earlier read (whose bytes of it were counted then).
@@ -504,7 +509,9 @@ struct Callbacks {
     const void* const lf = memrchr(begin, '\n', static_cast<std::size_t>(own_lf - begin));
     const char* const from = lf ? static_cast<const char*>(lf) + 1 : begin;
     c.chunk_lines_bytes_ += static_cast<std::uint64_t>(to - from);
-    if (c.chunk_lines_bytes_ > c.body_bytes_ + limits.max_header_bytes) {
+    const std::uint64_t budget =
+        kChunkLineBytesPerDataByte * c.body_bytes_ + limits.max_header_bytes;
+    if (c.chunk_lines_bytes_ > budget) {
       c.error_status_ = 413;
       return false;
     }

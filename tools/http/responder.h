@@ -56,8 +56,8 @@ struct Limits {
   std::size_t max_url = 8 * 1024;            // request target bytes (held in memory): 414
   // Header and trailer field lines without their line ends (names, colons, the whitespace
   // before values, values; an empty value's line end too, where llhttp reports it): 431.
-  // Also the allowance of a chunked body's chunk-size lines beyond the chunk data before them
-  // (docs/http.md): 413.
+  // Also the allowance of a chunked body's chunk-size lines beyond three bytes per byte of
+  // chunk data before them (docs/http.md): 413.
   std::size_t max_header_bytes = 16 * 1024;
   unsigned max_headers = 100;                // header fields: 431
   std::uint64_t max_body = 1024 * 1024;      // body bytes, declared or chunked (discarded): 413
@@ -168,7 +168,7 @@ class Conn {
   std::uint64_t body_bytes_ = 0;  // body bytes of this request (chunked bodies have no length)
   // The bytes of this request's chunk-size lines so far (sizes, extensions, line ends), which
   // llhttp bounds neither in an extension nor in a size's leading zeros; set from 0 by
-  // on_headers_complete of a chunked request. Their budget: body_bytes_ + max_header_bytes.
+  // on_headers_complete of a chunked request. Their budget: 3 * body_bytes_ + max_header_bytes.
   std::uint64_t chunk_lines_bytes_ = 0;
   unsigned headers_ = 0;          // header fields of this request
   int error_status_ = 0;          // set by a callback that stops the parser with a status

@@ -271,9 +271,10 @@ TEST(ResponderTest, ControlByteOrRawUtf8InTheTargetGets400AndClose) {
 
 // llhttp bounds neither a chunk extension nor the leading zeros of a chunk size, so a chunk-size
 // line that never ends was parsed for ever, whatever max_body (as Node's CVE-2024-22019). A
-// request's chunk-size lines (size, extensions, line end) may add up to the chunk data so far
-// plus max_header_bytes: exactly that is read, one byte more is 413, wherever reads end.
-TEST(ResponderTest, ChunkSizeLinesPastTheChunkDataPlusMaxHeaderBytesGet413AndClose) {
+// request's chunk-size lines (size, extensions, line end) may add up to three bytes per byte of
+// chunk data so far (a one-byte chunk's "1\r\n") plus max_header_bytes: exactly that is read,
+// one byte more is 413, wherever reads end.
+TEST(ResponderTest, ChunkSizeLinesPastThreeBytesPerDataBytePlusMaxHeaderBytesGet413AndClose) {
   http::Limits limits;
   limits.max_header_bytes = 64;
   http::Responder responder(limits, nullptr);
@@ -282,7 +283,7 @@ TEST(ResponderTest, ChunkSizeLinesPastTheChunkDataPlusMaxHeaderBytesGet413AndClo
       response("405 Method Not Allowed", "Method Not Allowed", true, "Allow: GET, HEAD\r\n");
   const std::string too_large = error_response(413, "Content Too Large");
   // "3;" + 60 bytes + CRLF is 64, the whole budget before any data; with "0\r\n" after the 3
-  // bytes of data, the lines are 67 of 3 + 64.
+  // bytes of data, the lines are 67 of 3 * 3 + 64.
   const std::string ext = "3;" + std::string(60, 'e');
   EXPECT_EQ(answer(responder, chunked + ext + "\r\nabc\r\n0\r\n\r\n" + kGet),
             not_allowed + kHello);
@@ -290,21 +291,29 @@ TEST(ResponderTest, ChunkSizeLinesPastTheChunkDataPlusMaxHeaderBytesGet413AndClo
   EXPECT_EQ(answer(responder, chunked + "3;n=" + std::string(59, 'v') + "\r\nabc\r\n0\r\n\r\n" +
                                   kGet),
             too_large);
-  // Leading zeros, in a chunk's size and in the last chunk's.
+  // Leading zeros, in a chunk's size and in the last chunk's (after "3\r\n" and 3 bytes of
+  // data, a last line of 73 - 3).
   const std::string zeros(61, '0');
   EXPECT_EQ(answer(responder, chunked + zeros + "3\r\nabc\r\n0\r\n\r\n" + kGet),
             not_allowed + kHello);
   EXPECT_EQ(answer(responder, chunked + zeros + "03\r\nabc\r\n0\r\n\r\n" + kGet), too_large);
-  EXPECT_EQ(answer(responder, chunked + "3\r\nabc\r\n" + zeros + "0\r\n\r\n" + kGet),
+  EXPECT_EQ(answer(responder, chunked + "3\r\nabc\r\n" + std::string(67, '0') + "0\r\n\r\n" +
+                                  kGet),
             not_allowed + kHello);
-  EXPECT_EQ(answer(responder, chunked + "3\r\nabc\r\n" + zeros + "00\r\n\r\n" + kGet), too_large);
-  // The budget grows with the data: after "64\r\n" and 100 bytes, a line of 100 + 64 - 4.
-  EXPECT_EQ(answer(responder, chunked + "64\r\n" + std::string(100, 'd') + "\r\n" +
-                                  std::string(158, '0') + "\r\n\r\n" + kGet),
-            not_allowed + kHello);
-  EXPECT_EQ(answer(responder, chunked + "64\r\n" + std::string(100, 'd') + "\r\n" +
-                                  std::string(159, '0') + "\r\n\r\n" + kGet),
+  EXPECT_EQ(answer(responder, chunked + "3\r\nabc\r\n" + std::string(68, '0') + "0\r\n\r\n" +
+                                  kGet),
             too_large);
+  // The budget grows with the data: after "64\r\n" and 100 bytes, a line of 3 * 100 + 64 - 4.
+  EXPECT_EQ(answer(responder, chunked + "64\r\n" + std::string(100, 'd') + "\r\n" +
+                                  std::string(358, '0') + "\r\n\r\n" + kGet),
+            not_allowed + kHello);
+  EXPECT_EQ(answer(responder, chunked + "64\r\n" + std::string(100, 'd') + "\r\n" +
+                                  std::string(359, '0') + "\r\n\r\n" + kGet),
+            too_large);
+  // Chunks of one byte each, their sizes in plain hex, never pass it, however many.
+  std::string tiny = chunked;
+  for (int i = 0; i < 300; ++i) tiny += "1\r\nt\r\n";
+  EXPECT_EQ(answer(responder, tiny + "0\r\n\r\n" + kGet), not_allowed + kHello);
 }
 
 // A chunk extension or leading zeros that never end: answered and closed once the line passes
