@@ -33,7 +33,7 @@ bool Reactor::linger(int fd, FdSlot& slot) {
   const Linger state = slot.extra ? slot.extra->linger : Linger::kNo;
   // A stop does not wait for a peer that has everything: once all that was sent is
   // acknowledged, a reset takes none of it back (the peer may read an error after it).
-  if (stopping_ && !output_unacknowledged(fd)) return false;
+  if (stopping_ && unacknowledged_bytes(fd) <= 1) return false;  // the FIN counts one
   if (state == Linger::kLingering) return true;
   // Unasked, only where close(2) would be a reset: input really waits in the socket, not just
   // behind an edge nobody read to EAGAIN, or as plaintext a layer holds. (Even a response

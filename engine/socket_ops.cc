@@ -73,9 +73,13 @@ int set_no_delay(int fd) {
   return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
+int unacknowledged_bytes(int fd) {
+  int unacknowledged = 0;
+  return ioctl(fd, SIOCOUTQ, &unacknowledged) == 0 ? unacknowledged : 0;
+}
+
 int peer_progress_age_ms(int fd, bool queued) {
-  int in_kernel = 0;  // SIOCOUTQ: bytes the peer has not acknowledged, sent or not
-  if (!queued && (ioctl(fd, SIOCOUTQ, &in_kernel) < 0 || in_kernel <= 0)) return -1;
+  if (!queued && unacknowledged_bytes(fd) <= 0) return -1;
   tcp_info info{};
   socklen_t length = sizeof info;
   if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &length) < 0 ||
@@ -91,14 +95,8 @@ bool input_waits_unread(int fd) {
   return ioctl(fd, SIOCINQ, &unread) == 0 && unread > 0;
 }
 
-bool output_unacknowledged(int fd) {
-  int unacknowledged = 0;
-  return ioctl(fd, SIOCOUTQ, &unacknowledged) == 0 && unacknowledged > 1;
-}
-
 void reset_on_close_if_owed(int fd, bool queued) {
-  int in_kernel = 0;
-  if (!queued && (ioctl(fd, SIOCOUTQ, &in_kernel) < 0 || in_kernel <= 0)) return;
+  if (!queued && unacknowledged_bytes(fd) <= 0) return;
   const linger abort{1, 0};
   setsockopt(fd, SOL_SOCKET, SO_LINGER, &abort, sizeof abort);
 }

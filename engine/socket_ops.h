@@ -36,10 +36,9 @@ int peer_progress_age_ms(int fd, bool queued);
 // Whether input waits unread in fd's socket (SIOCINQ), so that close(2) now would send a
 // reset: the case a lingering close avoids. One ioctl; false when it fails (not a socket).
 bool input_waits_unread(int fd);
-// Whether fd's kernel send queue holds data the peer has not acknowledged (SIOCOUTQ, in which
-// the FIN of a shutdown write side counts one: past that, data). One ioctl; false when it
-// fails.
-bool output_unacknowledged(int fd);
+// What fd's kernel send queue holds that the peer has not acknowledged, sent or not
+// (SIOCOUTQ; the FIN of a shut write side counts one). One ioctl; 0 when it fails.
+int unacknowledged_bytes(int fd);
 // For a connection that timed out: when bytes are still owed to its peer (`queued` in user
 // space, or unacknowledged in the kernel's send queue), makes the close(2) that follows send a
 // reset (SO_LINGER 0). With a FIN the orphaned socket would keep its send buffer and probe a
