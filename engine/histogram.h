@@ -62,6 +62,12 @@ class LogLinearHistogram {
   // Observations in bucket i (0 <= i <= kBuckets; kBuckets: above kMaxBound).
   uint64_t count(std::size_t i) const { return counts_[i].get(); }
   uint64_t sum() const { return sum_.get(); }
+  // Observations in all: the buckets summed, so a snapshot agrees with its buckets.
+  uint64_t total() const {
+    uint64_t n = 0;
+    for (const alloc::OwnerCounter& c : counts_) n += c.get();
+    return n;
+  }
 
  private:
   alloc::OwnerCounter counts_[kBuckets + 1];

@@ -338,7 +338,8 @@ int sock_stats(struct Reactor* reactor, struct SockStats* stats) {
                        p.refusals,        p.alloc_failures, p.outstanding, p.high_water,
                        p.chunks,          p.chunk_bytes,    s.packet_bytes, s.queued_bytes,
                        s.connections,     s.writes_direct,  s.writes_queued, s.writev_calls,
-                       s.writev_packets,  s.sendfile_calls,   s.trims};
+                       s.writev_packets,  s.sendfile_calls,   s.trims, s.loop_iterations,
+                       s.loop_busy_us,    s.loop_longest_busy_us};
   const uint32_t n = std::min<uint32_t>(stats->size, sizeof full);
   std::memcpy(stats, &full, n);
   stats->size = n;

@@ -503,6 +503,12 @@ struct SockStats {
   uint64_t writev_packets; /* packets those calls gathered */
   uint64_t sendfile_calls;
   uint64_t trims;          /* times closed connections' timers were dropped and memory purged */
+  /* The loop's iterations, and their work (from the wait's return to the iteration's end,
+   * the wait excluded: callbacks, posted calls, flushes, timers), in microseconds in all and
+   * the longest one's. A long iteration is a stall: every connection of the reactor waited. */
+  uint64_t loop_iterations;
+  uint64_t loop_busy_us;
+  uint64_t loop_longest_busy_us;
 };
 
 /** Fills *stats (see struct SockStats for `size`) with reactor's counters. Any thread while

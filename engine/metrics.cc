@@ -18,6 +18,7 @@ namespace {
 struct Shard {
   ReactorStats stats;
   alloc::JemallocArena::Stats arena;
+  const LoopCounters* loop = nullptr;  // nullptr for a null reactor
   const Profile* profile = nullptr;
 };
 
@@ -94,6 +95,14 @@ constexpr Family kFamilies[] = {
 };
 #undef STAT
 
+// The loop's always-on figures (LoopCounters, reactor.h): microseconds, exported as seconds.
+constexpr const char* kLoopHistogram = "libsock_loop_iteration_seconds";
+constexpr const char* kLoopHistogramHelp =
+    "Time each loop iteration worked, from the wait's return to its end (callbacks, posted "
+    "calls, flushes, timers; the wait excluded). Every connection of the shard waited that long.";
+constexpr const char* kLoopLongest = "libsock_loop_iteration_longest_seconds";
+constexpr const char* kLoopLongestHelp = "The longest loop iteration of the shard so far.";
+
 // The opt-in histograms (profile.h), and whether each records microseconds (exported as
 // seconds) or plain counts (bytes, packets).
 constexpr const char* kHistogramNames[] = {
@@ -153,6 +162,58 @@ class Writer {
   std::string* out_;
 };
 
+// One shard's series of a histogram family: cumulative buckets, +Inf, sum and count.
+template <typename H>
+void write_histogram(Writer& w, const char* name, std::size_t shard, const H& hist,
+                     bool micros) {
+  uint64_t cumulative = 0;
+  for (std::size_t b = 0; b < H::kBuckets; ++b) {
+    cumulative += hist.count(b);
+    w.printf("%s_bucket{shard=\"%zu\",le=\"", name, shard);
+    w.value(log_linear_bound(b), micros);
+    w.text("\"} ");
+    w.u64(cumulative);
+    w.text("\n");
+  }
+  cumulative += hist.count(H::kBuckets);
+  w.printf("%s_bucket{shard=\"%zu\",le=\"+Inf\"} ", name, shard);
+  w.u64(cumulative);
+  w.printf("\n%s_sum{shard=\"%zu\"} ", name, shard);
+  w.value(hist.sum(), micros);
+  w.printf("\n%s_count{shard=\"%zu\"} ", name, shard);
+  w.u64(cumulative);
+  w.text("\n");
+}
+
+// A histogram as JSON: {"buckets":[[upper bound, count], ...],"sum":S,"count":N}, its
+// non-empty buckets only, the one above the last bound as null.
+template <typename H>
+void write_json_histogram(Writer& w, const H& hist, bool micros) {
+  w.text("{\"buckets\":[");
+  uint64_t count = 0;
+  bool first = true;
+  for (std::size_t b = 0; b <= H::kBuckets; ++b) {
+    const uint64_t c = hist.count(b);
+    count += c;
+    if (!c) continue;
+    w.text(first ? "[" : ",[");
+    first = false;
+    if (b == H::kBuckets) {
+      w.text("null");
+    } else {
+      w.value(log_linear_bound(b), micros);
+    }
+    w.text(",");
+    w.u64(c);
+    w.text("]");
+  }
+  w.text("],\"sum\":");
+  w.value(hist.sum(), micros);
+  w.text(",\"count\":");
+  w.u64(count);
+  w.text("}");
+}
+
 bool wanted(const char* name, const char* prefix) {
   return !prefix || std::strncmp(name, prefix, std::strlen(prefix)) == 0;
 }
@@ -178,6 +239,21 @@ void write_prometheus(const std::vector<Shard>& shards, const char* prefix, Writ
     w.u64(process_resident_bytes());
     w.text("\n");
   }
+  if (wanted(kLoopHistogram, prefix)) {
+    w.printf("# HELP %s %s\n# TYPE %s histogram\n", kLoopHistogram, kLoopHistogramHelp,
+             kLoopHistogram);
+    for (std::size_t i = 0; i < shards.size(); ++i) {
+      if (shards[i].loop) write_histogram(w, kLoopHistogram, i, shards[i].loop->busy_us, true);
+    }
+  }
+  if (wanted(kLoopLongest, prefix)) {
+    w.printf("# HELP %s %s\n# TYPE %s gauge\n", kLoopLongest, kLoopLongestHelp, kLoopLongest);
+    for (std::size_t i = 0; i < shards.size(); ++i) {
+      w.printf("%s{shard=\"%zu\"} ", kLoopLongest, i);
+      w.value(shards[i].stats.loop_longest_busy_us, true);
+      w.text("\n");
+    }
+  }
   if (!profiling_on()) return;
   for (int h = 0; h < kHistograms; ++h) {
     const char* name = kHistogramNames[h];
@@ -186,24 +262,7 @@ void write_prometheus(const std::vector<Shard>& shards, const char* prefix, Writ
     for (std::size_t i = 0; i < shards.size(); ++i) {
       if (!shards[i].profile) continue;
       with_histogram(*shards[i].profile, h, [&](const auto& hist) {
-        using H = std::decay_t<decltype(hist)>;
-        uint64_t cumulative = 0;
-        for (std::size_t b = 0; b < H::kBuckets; ++b) {
-          cumulative += hist.count(b);
-          w.printf("%s_bucket{shard=\"%zu\",le=\"", name, i);
-          w.value(log_linear_bound(b), kHistogramMicros[h]);
-          w.text("\"} ");
-          w.u64(cumulative);
-          w.text("\n");
-        }
-        cumulative += hist.count(H::kBuckets);
-        w.printf("%s_bucket{shard=\"%zu\",le=\"+Inf\"} ", name, i);
-        w.u64(cumulative);
-        w.printf("\n%s_sum{shard=\"%zu\"} ", name, i);
-        w.value(hist.sum(), kHistogramMicros[h]);
-        w.printf("\n%s_count{shard=\"%zu\"} ", name, i);
-        w.u64(cumulative);
-        w.text("\n");
+        write_histogram(w, name, i, hist, kHistogramMicros[h]);
       });
     }
   }
@@ -220,6 +279,12 @@ void write_json(const std::vector<Shard>& shards, Writer& w) {
       w.printf(",\"%s\":", f.name + std::strlen("libsock_"));
       w.u64(f.value(s));
     }
+    w.printf(",\"%s\":", kLoopLongest + std::strlen("libsock_"));
+    w.value(s.stats.loop_longest_busy_us, true);
+    if (s.loop) {
+      w.printf(",\"%s\":", kLoopHistogram + std::strlen("libsock_"));
+      write_json_histogram(w, s.loop->busy_us, true);
+    }
     if (s.profile && profiling_on()) {  // as in the Prometheus text
       TopConnection top[kTopConnections];
       const std::size_t n = s.profile->top(top, kTopConnections);
@@ -235,31 +300,9 @@ void write_json(const std::vector<Shard>& shards, Writer& w) {
       }
       w.text("],\"histograms\":{");
       for (int h = 0; h < kHistograms; ++h) {
-        w.printf("%s\"%s\":{\"buckets\":[", h ? "," : "", kHistogramNames[h] + std::strlen("libsock_"));
+        w.printf("%s\"%s\":", h ? "," : "", kHistogramNames[h] + std::strlen("libsock_"));
         with_histogram(*s.profile, h, [&](const auto& hist) {
-          using H = std::decay_t<decltype(hist)>;
-          uint64_t count = 0;
-          bool first = true;
-          for (std::size_t b = 0; b <= H::kBuckets; ++b) {  // non-empty buckets only
-            const uint64_t c = hist.count(b);
-            count += c;
-            if (!c) continue;
-            w.text(first ? "[" : ",[");
-            first = false;
-            if (b == H::kBuckets) {
-              w.text("null");  // above the last bound
-            } else {
-              w.value(log_linear_bound(b), kHistogramMicros[h]);
-            }
-            w.text(",");
-            w.u64(c);
-            w.text("]");
-          }
-          w.text("],\"sum\":");
-          w.value(hist.sum(), kHistogramMicros[h]);
-          w.text(",\"count\":");
-          w.u64(count);
-          w.text("}");
+          write_json_histogram(w, hist, kHistogramMicros[h]);
         });
       }
       w.text("}");
@@ -286,6 +329,10 @@ ReactorStats reactor_stats(const Reactor* r) {
   s.writev_packets = w.writev_packets.get();
   s.sendfile_calls = w.sendfile_calls.get();
   s.trims = r->trims();
+  const LoopCounters& loop = r->loop_counters();
+  s.loop_iterations = loop.busy_us.total();
+  s.loop_busy_us = loop.busy_us.sum();
+  s.loop_longest_busy_us = loop.longest_busy_us.get();
   return s;
 }
 
@@ -299,6 +346,7 @@ bool write_metrics(const Reactor* const* reactors, std::size_t count, MetricsFor
       shards[i].stats = reactor_stats(r);
       if (!r) continue;
       r->pool().arena().stats(&shards[i].arena);  // zeros without jemalloc statistics
+      shards[i].loop = &r->loop_counters();
       shards[i].profile = r->profile_snapshot();
     }
     Writer w(out);

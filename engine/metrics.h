@@ -38,6 +38,9 @@ struct ReactorStats {
   uint64_t writev_packets = 0;
   uint64_t sendfile_calls = 0;
   uint64_t trims = 0;
+  uint64_t loop_iterations = 0;       // LoopCounters (reactor.h)
+  uint64_t loop_busy_us = 0;          // their work in all
+  uint64_t loop_longest_busy_us = 0;  // the longest one's
 };
 ReactorStats reactor_stats(const Reactor* reactor);
 

@@ -7,10 +7,10 @@
 //
 // Cost: off, every hook is one relaxed load of the switch and a branch. On, a reactor makes
 // its Profile on first need (kept until the reactor is destroyed, so readers never race with
-// a free) and reads CLOCK_MONOTONIC for its hooks at most twice per loop iteration (for the
-// callbacks, for the flush step; only when a hook needs the time), stamping packets with
-// that cached time: no clock read per packet (a connection's open and the once-a-second top
-// list read it once each).
+// a free). Its hooks take the time the loop read at the start of the iteration (for the
+// callbacks), and read CLOCK_MONOTONIC at most once more per iteration (for the flush step,
+// only when a hook needs the time), stamping packets with that cached time: no clock read per
+// packet (a connection's open and the once-a-second top list read it once each).
 // Threads: set_profiling/profiling_on any thread. A Profile is written by its reactor's owner
 // thread only; the histograms and top() are readable from any thread (relaxed snapshots, and
 // a mutex around the top list, taken once a second by the owner).

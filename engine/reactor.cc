@@ -141,8 +141,7 @@ int Reactor::init() {
   if (!pool_) return -1;
   limits_ = ReactorLimits{0, kHighWatermark, kLowWatermark, 0};
   epoch_ms_ = shared_epoch_ms();
-  now_ms_ = read_clock();
-  tick_clock();
+  tick_clock(monotonic_us());
   wheel_ = TimerWheel(now_ms_);
   api_->last_tick = time(nullptr);
   return 0;
@@ -188,8 +187,9 @@ uint32_t Reactor::ticks_of(uint64_t ms) {
   return static_cast<uint32_t>((ms + tick - 1) / tick);
 }
 
-void Reactor::tick_clock() {
-  now_ms_ = read_clock();
+void Reactor::tick_clock(int64_t now_us) {
+  // monotonic_ms's value exactly (both round down), without reading the clock again.
+  now_ms_ = clock_ == &Reactor::monotonic_ms ? now_us / 1000 : read_clock();
   // Tick k covers [epoch + (k-1) * kTickMs, epoch + k * kTickMs); tick 0 means "none". An
   // expiry X has passed once now_tick_ >= X, and activity is stamped one tick ahead
   // (stamp_activity), so with durations rounded up a timeout never fires early.
@@ -254,11 +254,15 @@ int Reactor::run_once(int timeout_ms) {
     return -1;
   }
   n = n < 0 ? 0 : n;
+  // The iteration's work starts here; one clock read serves the timers, the profiler's
+  // callbacks and the loop's busy time.
+  const int64_t began_us = monotonic_us();
   // Stored only when the second changes: the api struct's line is read by other threads
   // (its _impl by the acceptor, per batch), and a store per iteration would take it from them.
   if (const time_t now = time(nullptr); api_->last_tick != now) api_->last_tick = now;
-  tick_clock();
-  profile_clock_stale_ = true;
+  tick_clock(began_us);
+  profile_now_us_ = began_us;
+  profile_clock_stale_ = false;
   if (profiling_on() && now_ms_ - top_refreshed_ms_ >= kTopRefreshMs) refresh_top_connections();
   run_posted_calls();
 
@@ -274,6 +278,7 @@ int Reactor::run_once(int timeout_ms) {
   end_sent_direct();
   if (wait_ms != 0 && trim_due()) trim();  // the loop keeps up: no work was left over
   if (attached_while_stopping_) shut_down_attached(true);  // a callback's, like begin_stop's
+  note_busy(monotonic_us() - began_us);
 
   current_ = outer;
   if (stopping_ && finish_stop_if_done()) return -1;  // `this` was deleted

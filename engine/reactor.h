@@ -44,6 +44,16 @@ struct WriteCounters {
   alloc::OwnerCounter sendfile_calls;
 };
 
+// How long each loop iteration worked, always on (metrics.h exports them): from the wait's
+// return to the iteration's end (posted calls, callbacks, flushes, timers), the wait itself
+// excluded. A long one is a stall: every connection of the reactor waited that long for it.
+// Owner-thread writes, any-thread reads (relaxed snapshots: a reader may see a count that a
+// concurrent observe raised and a sum or longest it has not yet).
+struct LoopCounters {
+  Profile::TimeHistogram busy_us;       // the profiler's time buckets, 1 us to 67 s
+  alloc::OwnerCounter longest_busy_us;  // the longest iteration so far
+};
+
 class Reactor {
  public:
   // The engine state of `api`, created on first use when `create` (nullptr with errno on
@@ -226,12 +236,14 @@ class Reactor {
   // trim() calls so far. Any thread (a relaxed snapshot elsewhere).
   uint64_t trims() const { return trims_.get(); }
   const WriteCounters& write_counters() const { return write_counters_; }
+  // Any thread (relaxed snapshots elsewhere).
+  const LoopCounters& loop_counters() const { return loop_counters_; }
 
   // The profiler (profile.h). profile(): this reactor's Profile while profiling is on (made on
   // first need), else nullptr; owner thread. profile_snapshot(): any thread, nullptr until
-  // profiling first ran here. profile_now_us(): the profile clock (CLOCK_MONOTONIC), cached
-  // for the callbacks and again for the flush step, read only when a hook asks (an iteration
-  // that profiles nothing reads no clock), and read afresh outside the loop; owner thread.
+  // profiling first ran here. profile_now_us(): the profile clock (CLOCK_MONOTONIC): for the
+  // callbacks, the time the iteration began (the loop reads it anyway, LoopCounters); for the
+  // flush step, read again when a hook first asks; read afresh outside the loop; owner thread.
   Profile* profile() {
     if (!profiling_on()) return nullptr;
     Profile* p = profile_.load(std::memory_order_relaxed);  // the owner's own store
@@ -274,7 +286,15 @@ class Reactor {
   // closing, which begin_stop (or the user) dealt with.
   void shut_down_attached(bool late);
   bool finish_stop_if_done();
-  void tick_clock();
+  // One iteration's work took `us` (LoopCounters).
+  void note_busy(int64_t us) {
+    const auto v = static_cast<uint64_t>(us);  // CLOCK_MONOTONIC never goes back
+    loop_counters_.busy_us.observe(v);
+    if (v > loop_counters_.longest_busy_us.get()) loop_counters_.longest_busy_us.set(v);
+  }
+  // `now_us`: CLOCK_MONOTONIC in microseconds, read by the caller; the reactor's clock is
+  // derived from it unless a test replaced that clock (set_clock).
+  void tick_clock(int64_t now_us);
   void expire_timers();
   // fd's idle timeout ran out while its peer has bytes to take: whether the kernel saw the peer
   // take some since the last activity (a tick or more after it), and if so, moves the
@@ -376,6 +396,9 @@ class Reactor {
   // run_once() shuts it down at the end of that iteration.
   bool attached_while_stopping_ = false;
   int64_t stop_deadline_ms_ = 0;
+  // Last: its buckets (432 bytes) are written once an iteration, read only by metrics, and
+  // would only push the fields above apart.
+  LoopCounters loop_counters_;
 };
 
 }  // namespace engine

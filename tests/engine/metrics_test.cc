@@ -65,6 +65,9 @@ class MetricsTest : public testing_support::OneClientFixture {
   // callback goes straight to the kernel), so that the flush step reads the profile clock.
   void on_connection_data(int fd) override {
     OneClientFixture::on_connection_data(fd);
+    ++data_calls_;
+    // A callback that blocks: the stimulus of a stall, not a wait for a condition.
+    if (stall_.count()) std::this_thread::sleep_for(stall_);
     if (!reply_) return;
     EXPECT_EQ(sock_write(fd, "a", 1), 0);
     EXPECT_EQ(sock_write(fd, "b", 1), 0);
@@ -72,6 +75,8 @@ class MetricsTest : public testing_support::OneClientFixture {
   std::size_t queued_ = 0;
   std::string got_;
   bool reply_ = false;
+  int data_calls_ = 0;
+  std::chrono::milliseconds stall_{0};
 };
 
 TEST_F(MetricsTest, SockStatsFillsOnlyTheSizeTheCallerKnows) {
@@ -139,7 +144,38 @@ TEST_F(MetricsTest, CountersFollowAQueueFromWriteToDrain) {
   const std::string text = metrics(&r_);
   EXPECT_EQ(series(text, "libsock_pool_checkouts_total{shard=\"0\"}"), static_cast<double>(s.checkouts));
   EXPECT_EQ(series(text, "libsock_profiling"), 0);
-  EXPECT_EQ(text.find("_bucket"), std::string::npos) << "histograms while profiling is off";
+  EXPECT_EQ(text.find("libsock_packet_lifetime_seconds"), std::string::npos)
+      << "the profiler's histograms while profiling is off";
+}
+
+// Each loop iteration is counted once and its work timed, the wait for events excluded; a
+// callback that keeps the loop 30 ms shows as an iteration that long, always (no profiling).
+TEST_F(MetricsTest, ACallbackThatBlocksShowsAsALongLoopIteration) {
+  connect_client();
+  const SockStats idle = stats_of(&r_);
+  engine::Reactor* r = engine::Reactor::of(&r_, false);
+  for (int i = 0; i < 5; ++i) ASSERT_GE(r->run_once(1), 0);
+  const SockStats before = stats_of(&r_);
+  EXPECT_EQ(before.loop_iterations - idle.loop_iterations, 5u);
+
+  stall_ = std::chrono::milliseconds(30);
+  ASSERT_EQ(::send(client_, "x", 1, 0), 1);
+  ASSERT_TRUE(run_until(&r_, [&] { return data_calls_ == 1; }));
+  const SockStats s = stats_of(&r_);
+  EXPECT_GE(s.loop_longest_busy_us, 30000u);
+  EXPECT_GE(s.loop_busy_us - before.loop_busy_us, 30000u);
+  const std::string text = metrics(&r_);
+  EXPECT_EQ(series(text, "libsock_loop_iteration_seconds_count{shard=\"0\"}"),
+            static_cast<double>(s.loop_iterations));
+  EXPECT_EQ(series(text, "libsock_loop_iteration_longest_seconds{shard=\"0\"}"),
+            static_cast<double>(s.loop_longest_busy_us) / 1e6);
+  // 30 ms lies above the bucket bound 24,576 us: that iteration is counted above it.
+  EXPECT_GE(series(text, "libsock_loop_iteration_seconds_bucket{shard=\"0\",le=\"+Inf\"}") -
+                series(text, "libsock_loop_iteration_seconds_bucket{shard=\"0\",le=\"0.024576\"}"),
+            1);
+  const std::string json = metrics(&r_, SOCK_METRICS_JSON);
+  EXPECT_NE(json.find("\"loop_iteration_longest_seconds\":"), std::string::npos) << json;
+  EXPECT_NE(json.find("\"loop_iteration_seconds\":{\"buckets\":[["), std::string::npos) << json;
 }
 
 TEST_F(MetricsTest, ProfilingRecordsHistogramsAndTheTopConnection) {
