@@ -13,7 +13,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3} secs=${2:-5} mib=${3:-1024}
 for n in "$rounds" "$secs" "$mib"; do
-  [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "usage: bench/stall.sh [rounds] [seconds] [file_mib]" >&2; exit 2; }
+  if [[ ! $n =~ ^[1-9][0-9]*$ ]]; then
+    echo "usage: bench/stall.sh [rounds] [seconds] [file_mib]" >&2
+    exit 2
+  fi
 done
 source tools/deps && deps_ensure --bench
 bazel build -c opt //tools:http_server >/dev/null 2>&1
