@@ -5,6 +5,8 @@
 //               [--idle-timeout-ms MS]        (keep-alive idle timeout, default 30000; 0: none)
 //               [--root DIR]                  (static files from DIR)
 //               [--header-timeout-ms MS]      (the whole-header deadline, default 10000; 0: none)
+//               [--request-timeout-ms MS]     (the whole-request deadline, head and body,
+//                                              default 60000; 0: none)
 //               [--max-url BYTES] [--max-header-bytes BYTES] [--max-headers N]
 //               [--max-body BYTES]            (limits on one request; defaults in --help)
 //               [--metrics]                   (GET /metrics and /status: the pool profiler)
@@ -14,8 +16,8 @@
 // This file is the socket side; the HTTP itself (parsing, limits, responses, static files) is
 // the socket-free library in tools/http/, which bench/http_path_bench measures. Per read,
 // on_data hands the bytes to its thread's http::Responder (in ThreadState), sends the Output
-// it fills, and acts on the ReadResult: close, the header deadline, and keeping or freeing the
-// parse state.
+// it fills, and acts on the ReadResult: close, the header and request deadlines, and keeping
+// or freeing the parse state.
 //
 // What it serves (issue 4, section 1): `GET /` (and HEAD) answers "Hello World!" as
 // text/plain; other methods on / are 405. Without --root every other path is 404. A target in
@@ -70,16 +72,18 @@
 // from the Responder's scratch state, and only a read that ends inside a request copies that
 // state to a Conn of its own, freed again once a read ends between requests (or in on_close);
 // a connection whose last request came whole in one read shares the thread's one finished mark
-// until it closes. So an idle keep-alive connection costs two null pointers here, and neither
-// the common keep-alive case nor a short connection allocates anything. on_close runs on the
-// owning shard after close(2): another shard may already have a new connection on the same fd
-// number, which is why the table is per shard thread and not global.
+// until it closes. So an idle keep-alive connection costs two null pointers (and a time stamp,
+// meaningless between requests) here, and neither the common keep-alive case nor a short
+// connection allocates anything. on_close runs on the owning shard after close(2): another
+// shard may already have a new connection on the same fd number, which is why the table is per
+// shard thread and not global.
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <algorithm>
 #include <cstring>
+#include <ctime>
 #include <memory>
 #include <new>
 #include <span>
@@ -103,6 +107,14 @@ namespace http = tools::http;
 // of its own. --header-timeout-ms sets it.
 constexpr unsigned kDefaultHeaderTimeoutMs = 10 * 1000;
 unsigned g_header_timeout_ms = kDefaultHeaderTimeoutMs;
+// The whole-request deadline (a slow body, R-U-D-Y: the idle timer never fires on a client
+// that sends a byte every few seconds): a request's head, body and trailers must be complete
+// this long after the read it began in, or the connection closes; each pipelined request has
+// its own. It must let a legitimate upload of the largest body finish: 60 s takes the default
+// --max-body (1 MiB) from a client that sends 17.5 KB/s (140 kbit/s, a poor mobile link) or
+// more; a larger --max-body needs a longer one for the same rate. --request-timeout-ms sets it.
+constexpr unsigned kDefaultRequestTimeoutMs = 60 * 1000;
+unsigned g_request_timeout_ms = kDefaultRequestTimeoutMs;
 
 // Input discarded per callback on a connection that is closing after an error or a close.
 constexpr std::size_t kMaxDrain = 64 * 1024;
@@ -140,13 +152,18 @@ constexpr http::Page kPages[] = {
     {"/status", "text/html; charset=utf-8", without_exceptions<status_page>},
 };
 
-// One connection's entry in its thread's table (all null: between requests, nothing held).
+// One connection's entry in its thread's table (null pointers: between requests, nothing
+// held).
 struct Entry {
   // Its parse state (see the top), or the thread's shared finishing mark.
   http::Conn* conn;
   // Set while a pause of the Responder waits for the connection's queue to drain (serve()):
   // the input not parsed yet (maybe none), parsed before anything read after it.
   std::string* held;
+  // When the read that began the current request ended inside its head (monotonic_ms()), if
+  // its header deadline was the earlier one: what update_deadline() re-arms the request
+  // deadline from once the head is complete. Meaningless between requests.
+  std::int64_t began_ms;
 };
 
 struct ThreadState {
@@ -278,6 +295,56 @@ Entry* conn_table(ThreadState& state) {
   return state.conns;
 }
 
+// The clock of the engine's timers (CLOCK_MONOTONIC; the reactor's cached reading of it is not
+// public), in ms: a vDSO call, no system call. Read only for a request whose head spans reads
+// while the header deadline is the earlier, never for one that comes whole.
+std::int64_t monotonic_ms() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return std::int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1000000;
+}
+
+// fd's one deadline (the engine keeps one per fd: sock_set_deadline) after a read that began
+// or ended inside a request (serve(); `was_in_head`: it began inside that request's head).
+// While a request is incomplete it is the earlier of the header deadline (while in its head)
+// and the request deadline, each counted from the read that held the request's first byte;
+// none between requests. A complete request stops it, also one that closes the connection
+// (its response is then not cut short by it). Out of line: a request that comes whole in one
+// read never gets here.
+[[gnu::noinline]] void update_deadline(int fd, Entry& e, bool was_in_head,
+                                       const http::ReadResult& read) {
+  const unsigned header = g_header_timeout_ms;
+  const unsigned whole = g_request_timeout_ms;
+  if (!header && !whole) return;
+  // The header deadline comes first while the head lasts: it alone needs re-arming later.
+  const bool header_first = header && (!whole || header < whole);
+  if (read.request_began) {
+    if (!read.in_head) {
+      sock_set_deadline(fd, whole);  // its head is complete (0: the header deadline stops)
+    } else {
+      if (header_first && whole) e.began_ms = monotonic_ms();
+      sock_set_deadline(fd, header_first ? header : whole);
+    }
+    return;
+  }
+  if (!read.keep_state || read.finish) {
+    sock_set_deadline(fd, 0);  // between requests again, or finishing
+    return;
+  }
+  // The same request goes on: only the end of its head changes anything, and only where the
+  // header deadline was the one armed.
+  if (!was_in_head || read.in_head || !header_first) return;
+  if (!whole) {
+    sock_set_deadline(fd, 0);
+    return;
+  }
+  // Its body is owed: the request deadline alone runs on, from the head's first read. Past
+  // already (the header deadline armed instead fires up to a timer tick late), 1 ms: the
+  // engine closes fd at its next timer step.
+  const std::int64_t left = std::int64_t{whole} - (monotonic_ms() - e.began_ms);
+  sock_set_deadline(fd, static_cast<unsigned>(std::max<std::int64_t>(left, 1)));
+}
+
 // Writes what the thread's output holds to fd. False if it could not be queued (the
 // connection was then force-closed: fd and its Conn are gone).
 // File bodies go out between the parts of the bytes, each with sock_write2(.file) (sendfile),
@@ -382,7 +449,7 @@ bool hold(struct Reactor* r, int fd, Entry& e, std::string_view input) {
 }
 
 bool serve_after_pause(ThreadState& state, struct Reactor* r, int fd, Entry& e,
-                       std::string_view input, bool deadline_set);
+                       std::string_view input, bool was_in_request);
 
 // Parses `input`, fd's next bytes, and queues the responses (serve_after_pause() when the
 // Responder paused at a bound). False when fd must not be read now: it closed or is finishing,
@@ -393,18 +460,15 @@ bool serve_after_pause(ThreadState& state, struct Reactor* r, int fd, Entry& e,
                                          std::string_view input) {
   http::Responder& responder = state.responder;
   http::Conn* c = e.conn;
-  // The deadline runs exactly while the connection's last read ended inside a request's
-  // head, from the read that head began in; a connection without a Conn of its own is
-  // between requests.
-  const bool deadline_set = c && c->in_head();
+  // A deadline runs exactly while the connection's last read ended inside a request, from the
+  // read that request began in; a connection without a Conn of its own is between requests.
+  const bool was_in_head = c && c->in_head();
   // Out of memory, this throws std::bad_alloc: on_data and on_ready catch it (drop()).
   const http::ReadResult read =
       responder.parse(c, input, &state.out, g_files ? files_owed(fd) : 0);
-  if (responder.paused()) return serve_after_pause(state, r, fd, e, input, deadline_set);
+  if (responder.paused()) return serve_after_pause(state, r, fd, e, input, c != nullptr);
   if (!write_out(r, fd, state.out)) return false;
-  if ((read.in_head != deadline_set || read.head_began) && g_header_timeout_ms) {
-    sock_set_deadline(fd, read.in_head ? g_header_timeout_ms : 0);
-  }
+  if (c || read.request_began) update_deadline(fd, e, was_in_head, read);
   if (read.keep_state && !c) {
     // A Conn of its own, so that the next read parses on; or, for one that finished here,
     // the thread's shared mark (the scratch state it is copied from says finished()).
@@ -429,16 +493,20 @@ bool serve_after_pause(ThreadState& state, struct Reactor* r, int fd, Entry& e,
 }
 
 // serve() after a parse of `input` that paused at a bound, between requests (so not
-// finishing, nor inside a head: deadline_set says whether the read began inside one). The
-// rest of `input` follows at once if fd's queue is empty, else it waits in e.held, and fd is
-// not read, until its queue has drained (on_ready). For that wait, fd's own watermarks are
+// finishing, nor inside a request: was_in_request says whether the read began inside one,
+// whose deadline stops). The rest of `input` follows at once if fd's queue is empty, else it
+// waits in e.held, and fd is not read, until its queue has drained (on_ready). A request in
+// that rest gets its deadlines when it is parsed, as if its first byte came then: meanwhile
+// fd is not read, the wait is for the client to take its responses, and the idle timer
+// covers a client that takes nothing. For that wait, fd's own watermarks are
 // (1, 0) while the paused part is written (it ends with a response, so there is a write): the
 // engine then stops reading fd once a write leaves more than a byte queued, and calls
 // on_ready once the queue is empty. A queue of one byte holds no file body (each is over
 // kSmallFileBytes) and is not waited for. Out of line: the bounds are far above what
 // ordinary pipelining reaches.
 [[gnu::noinline]] bool serve_after_pause(ThreadState& state, struct Reactor* r, int fd,
-                                         Entry& e, std::string_view input, bool deadline_set) {
+                                         Entry& e, std::string_view input,
+                                         bool was_in_request) {
   if (sock_set_watermarks(fd, 1, 0) < 0) {
     // No memory for fd's own watermarks, so no on_ready would end the wait: give up on fd
     // once the responses owed so far are sent (the requests held are the client's to retry;
@@ -447,7 +515,9 @@ bool serve_after_pause(ThreadState& state, struct Reactor* r, int fd, Entry& e,
     return false;
   }
   if (!write_out(r, fd, state.out)) return false;
-  if (deadline_set && g_header_timeout_ms) sock_set_deadline(fd, 0);
+  if (was_in_request && (g_header_timeout_ms || g_request_timeout_ms)) {
+    sock_set_deadline(fd, 0);
+  }
   if (e.conn) state.release_conn(e);  // between requests: the rest parses from scratch
   input.remove_prefix(input.size() - state.responder.unparsed());
   if (sock_pending(fd) > 1) return hold(r, fd, e, input);
@@ -531,6 +601,12 @@ void add_flags(CLI::App& app) {
   app.add_option("--header-timeout-ms", g_header_timeout_ms,
                  "whole request header within MS (default " +
                      std::to_string(kDefaultHeaderTimeoutMs) + "; 0: none)")
+      ->type_name("MS")
+      ->transform(tools::whole_number(0, 3600 * 1000));
+  // 0: no deadline.
+  app.add_option("--request-timeout-ms", g_request_timeout_ms,
+                 "whole request, body included, within MS (default " +
+                     std::to_string(kDefaultRequestTimeoutMs) + "; 0: none)")
       ->type_name("MS")
       ->transform(tools::whole_number(0, 3600 * 1000));
   // At least 1: every request target has a byte, so 0 would refuse every request.

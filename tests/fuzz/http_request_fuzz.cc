@@ -14,9 +14,10 @@
 // - every response is well-formed: "HTTP/1.1 ", a 3-digit status, a reason, header lines
 //   "Name: value" with no bare CR or LF, the blank line, then a body of its Content-Length
 //   (none for 1xx, 204, 304 or a HEAD), or the file body the Output places there (of that size);
-// - the ReadResult is consistent (head_began implies in_head, in_head implies keep_state,
-//   finish implies keep_state and not in_head, a kept Conn that finished says finished(),
-//   paused implies none of them and an Output at a bound, the unparsed rest inside the read),
+// - the ReadResult is consistent (in_head or request_began implies keep_state, finish implies
+//   keep_state and neither in_head nor request_began, a kept Conn that finished says
+//   finished(), paused implies none of them and an Output at a bound, the unparsed rest inside
+//   the read),
 //   and a "Connection: close" response is the last one, given exactly when the connection
 //   finishes;
 // - no crash, leak (ASan), undefined behaviour (UBSan) or hang (libFuzzer's -timeout), and
@@ -115,10 +116,12 @@ class Connection {
                  "paused below the bounds");
       take(out);
       FUZZ_CHECK(!result.in_head || result.keep_state, "in_head without keep_state");
-      FUZZ_CHECK(!result.finish || (result.keep_state && !result.in_head), "finish");
-      FUZZ_CHECK(!result.head_began || result.in_head, "head_began without in_head");
+      FUZZ_CHECK(!result.finish || (result.keep_state && !result.in_head &&
+                                    !result.request_began),
+                 "finish");
+      FUZZ_CHECK(!result.request_began || result.keep_state, "request_began without keep_state");
       FUZZ_CHECK(!responder_.paused() || (!result.finish && !result.keep_state &&
-                                    !result.in_head &&
+                                    !result.in_head && !result.request_began &&
                                     responder_.unparsed() <= input.size()),
                  "paused");
       if (result.keep_state && !own_) {

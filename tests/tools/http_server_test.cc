@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -23,6 +24,7 @@
 #include <fstream>
 #include <iterator>
 #include <memory>
+#include <ostream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -666,6 +668,154 @@ TEST_F(HttpServerTest, EachPipelinedHeadHasTheWholeHeaderDeadline) {
   EXPECT_EQ(finish(fd), "");
 }
 
+// What trickle() saw end it.
+enum class Trickled { kClosed, kAnswered, kOpen };
+void PrintTo(Trickled t, std::ostream* os) {
+  *os << (t == Trickled::kClosed ? "closed" : t == Trickled::kAnswered ? "answered" : "open");
+}
+
+// Sends `bytes` to fd one at a time, one every 40 ms (far faster than any idle timeout here),
+// until the server closes the connection (EOF or a reset, on a read or a send), sends anything
+// (an answer), or `span` has passed (kOpen; with no bytes left it just waits for that). It
+// waits on the connection (poll), never blind. `sent`: how many of `bytes` went.
+Trickled trickle(int fd, const std::string& bytes, std::chrono::milliseconds span,
+                 std::size_t* sent = nullptr) {
+  const auto end = std::chrono::steady_clock::now() + span;
+  std::size_t next = 0;
+  if (sent) *sent = 0;
+  while (std::chrono::steady_clock::now() < end) {
+    pollfd p = {fd, POLLIN, 0};
+    if (poll(&p, 1, 40) > 0) {
+      char c;
+      const ssize_t n = recv(fd, &c, 1, MSG_DONTWAIT);
+      if (n > 0) return Trickled::kAnswered;
+      if (n == 0 || (errno != EAGAIN && errno != EINTR)) return Trickled::kClosed;
+    } else if (next < bytes.size()) {
+      if (send(fd, &bytes[next], 1, MSG_NOSIGNAL) != 1) return Trickled::kClosed;
+      ++next;
+      if (sent) *sent = next;
+    }
+  }
+  return Trickled::kOpen;
+}
+
+// The request deadline, here, and what the test waits at most for it (a bound on a failing
+// test's time, not a timing assertion).
+constexpr auto kRequestDeadline = std::chrono::milliseconds(600);
+constexpr auto kGiveUp = std::chrono::seconds(5);
+// A head split over two reads has its request deadline re-armed from a clock the server reads
+// after each read, while the engine counts from its loop's reading: the close may come as much
+// sooner than kRequestDeadline, by this side's clock, as the server's callback ran after that
+// reading; a timer tick (50 ms) allows for it.
+constexpr auto kTick = std::chrono::milliseconds(50);
+
+// A body trickled a byte at a time, each well within the idle timeout, is closed by the
+// request deadline without a response, counted from the read that held the request's first
+// byte: whether the head came in one read, or in two, 150 ms apart (the header deadline,
+// the earlier, runs first, then what is left of the request's). Before --request-timeout-ms,
+// nothing closed either.
+TEST_F(HttpServerTest, TrickledBodyClosesAtTheRequestDeadline) {
+  ASSERT_NO_FATAL_FAILURE(start({"--threads", "1", "--header-timeout-ms", "300",
+                                 "--request-timeout-ms",
+                                 std::to_string(kRequestDeadline.count())}));
+  const std::string head = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n";
+  for (const std::size_t split : {head.size(), std::size_t{26}}) {
+    const int fd = client();
+    ASSERT_GE(fd, 0);
+    const auto begin = std::chrono::steady_clock::now();
+    ASSERT_TRUE(send_all(fd, head.substr(0, split)));
+    ASSERT_EQ(trickle(fd, "", std::chrono::milliseconds(split < head.size() ? 150 : 0)),
+              Trickled::kOpen);
+    ASSERT_TRUE(send_all(fd, head.substr(split)));
+    EXPECT_EQ(trickle(fd, std::string(1000, 'b'), kGiveUp), Trickled::kClosed) << split;
+    EXPECT_GE(std::chrono::steady_clock::now() - begin,
+              split < head.size() ? kRequestDeadline - kTick : kRequestDeadline)
+        << split;
+  }
+}
+
+// The same for a chunked body: trickled chunks, or trailers after the last chunk.
+TEST_F(HttpServerTest, TrickledChunksOrTrailersCloseAtTheRequestDeadline) {
+  ASSERT_NO_FATAL_FAILURE(start({"--threads", "1", "--request-timeout-ms",
+                                 std::to_string(kRequestDeadline.count())}));
+  const std::string head = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+  for (const std::string& trickled :
+       {repeat("1\r\nb\r\n", 200), "0\r\nX-Trailer: " + std::string(1000, 'v')}) {
+    const int fd = client();
+    ASSERT_GE(fd, 0);
+    const auto begin = std::chrono::steady_clock::now();
+    ASSERT_TRUE(send_all(fd, head + trickled.substr(0, 3)));
+    EXPECT_EQ(trickle(fd, trickled.substr(3), kGiveUp), Trickled::kClosed) << trickled[0];
+    EXPECT_GE(std::chrono::steady_clock::now() - begin, kRequestDeadline) << trickled[0];
+  }
+}
+
+// A request whose body completes within its deadline is answered, and its deadline stops: the
+// connection is still served after it would have passed. Its head in one read, then in two
+// (the server re-arms the deadline when the head ends: the body goes on past the header
+// deadline).
+TEST_F(HttpServerTest, BodyCompleteInTimeIsAnsweredAndItsDeadlineStops) {
+  ASSERT_NO_FATAL_FAILURE(start({"--threads", "1", "--header-timeout-ms", "200",
+                                 "--request-timeout-ms",
+                                 std::to_string(kRequestDeadline.count())}));
+  const int fd = client();
+  ASSERT_GE(fd, 0);
+  const std::string head = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n";
+  for (const std::size_t split : {head.size(), std::size_t{26}}) {
+    ASSERT_TRUE(send_all(fd, head.substr(0, split)));
+    ASSERT_EQ(trickle(fd, "", std::chrono::milliseconds(100)), Trickled::kOpen);
+    ASSERT_TRUE(send_all(fd, head.substr(split) + "ab"));
+    ASSERT_EQ(trickle(fd, "cd", std::chrono::milliseconds(250)), Trickled::kOpen) << split;
+    ASSERT_TRUE(send_all(fd, "e"));
+    EXPECT_EQ(read_response(fd), kNotAllowed) << split;
+  }
+  ASSERT_EQ(trickle(fd, "", kRequestDeadline + std::chrono::milliseconds(200)),
+            Trickled::kOpen);
+  ASSERT_TRUE(send_all(fd, kGet));
+  EXPECT_EQ(read_response(fd), kHello);
+  EXPECT_EQ(finish(fd), "");
+}
+
+// A pipelining client whose every write completes one request's body and starts the next
+// one's, each body complete well within the deadline, keeps being served for several
+// deadlines: each request has the whole deadline from its first byte.
+TEST_F(HttpServerTest, EachPipelinedRequestHasTheWholeRequestDeadline) {
+  ASSERT_NO_FATAL_FAILURE(start({"--threads", "1", "--request-timeout-ms", "300"}));
+  const int fd = client();
+  ASSERT_GE(fd, 0);
+  const std::string post = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\na";
+  ASSERT_TRUE(send_all(fd, post));
+  const auto begin = std::chrono::steady_clock::now();
+  int answered = 0;
+  while (std::chrono::steady_clock::now() - begin < std::chrono::milliseconds(1200)) {
+    ASSERT_EQ(trickle(fd, "", std::chrono::milliseconds(30)), Trickled::kOpen);
+    ASSERT_TRUE(send_all(fd, "b" + post));
+    ASSERT_EQ(read_response(fd), kNotAllowed) << "after " << answered << " requests";
+    ++answered;
+  }
+  ASSERT_TRUE(send_all(fd, "b"));
+  EXPECT_EQ(read_response(fd), kNotAllowed);
+  EXPECT_EQ(finish(fd), "");
+}
+
+// --request-timeout-ms 0: no request deadline. A body trickled for twice the header deadline
+// (which stops with the head, here split over two reads) is still read, then answered.
+TEST_F(HttpServerTest, RequestTimeoutZeroTurnsTheRequestDeadlineOff) {
+  ASSERT_NO_FATAL_FAILURE(
+      start({"--threads", "1", "--header-timeout-ms", "300", "--request-timeout-ms", "0"}));
+  const int fd = client();
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(send_all(fd, "POST / HTTP/1.1\r\nHost: x\r\n"));
+  ASSERT_EQ(trickle(fd, "", std::chrono::milliseconds(100)), Trickled::kOpen);
+  ASSERT_TRUE(send_all(fd, "Content-Length: 1000\r\n\r\n"));
+  const std::string body(1000, 'b');
+  std::size_t sent = 0;
+  ASSERT_EQ(trickle(fd, body, std::chrono::milliseconds(600), &sent), Trickled::kOpen);
+  ASSERT_TRUE(send_all(fd, body.substr(sent)));
+  EXPECT_EQ(read_response(fd), kNotAllowed);
+  EXPECT_EQ(finish(fd), "");
+}
+
 TEST_F(HttpServerTest, MaxUrlFlagLowersThe414Limit) {
   ASSERT_NO_FATAL_FAILURE(start({"--threads", "1", "--max-url", "100"}));
   // A target of exactly 100 bytes is answered; 101 is too long.
@@ -851,6 +1001,8 @@ TEST(HttpServerFlagsTest, BadHeaderTimeoutIsRefusedWithStatus2) {
 TEST(HttpServerFlagsTest, BadTimeoutAndLimitValuesAreRefusedWithStatus2AndTheFlagNamed) {
   const std::vector<std::vector<std::string>> bad = {
       {"--header-timeout-ms", "-1"},
+      {"--request-timeout-ms", "soon"},
+      {"--request-timeout-ms", "3600001"},
       {"--idle-timeout-ms", "soon"},
       {"--idle-timeout-ms", "-5"},
       {"--defer-accept-s", "3601"},

@@ -835,7 +835,7 @@ ReadResult Responder::parse(Conn* conn, std::string_view bytes, Output* out,
     }
     return {.finish = false,
             .in_head = in_head,
-            .head_began = in_head && c.head_began_,
+            .request_began = c.in_message_ && c.head_began_,
             .keep_state = c.in_message_};
   }
   if (paused_) {
@@ -845,7 +845,7 @@ ReadResult Responder::parse(Conn* conn, std::string_view bytes, Output* out,
     llhttp_resume(&c.parser_);
     paused_ = true;
     unparsed_ = static_cast<std::size_t>(end - next);
-    return {.finish = false, .in_head = false, .head_began = false, .keep_state = false};
+    return {.finish = false, .in_head = false, .request_began = false, .keep_state = false};
   }
   if (err != HPE_PAUSED && err != HPE_PAUSED_UPGRADE) {
     // The responses owed for the requests before the bad one are in `out`; the error's goes
@@ -865,7 +865,7 @@ ReadResult Responder::parse(Conn* conn, std::string_view bytes, Output* out,
   // (not supported) was answered as a plain request. Either way the connection ends here.
   finished_on_error_ = err != HPE_PAUSED && err != HPE_PAUSED_UPGRADE;
   c.finished_ = true;
-  return {.finish = true, .in_head = false, .head_began = false, .keep_state = true};
+  return {.finish = true, .in_head = false, .request_began = false, .keep_state = true};
 }
 
 }  // namespace tools::http

@@ -1,7 +1,7 @@
 // tools/http/responder.h: the socket-free HTTP/1.x core of tools/http_server. Given the bytes
 // of one read of a connection, a Responder parses them with llhttp and appends every response
 // owed for the requests they complete, in request order, to an Output; the caller sends the
-// Output and acts on the ReadResult (close, header deadline, keep the parse state). The server
+// Output and acts on the ReadResult (close, deadlines, keep the parse state). The server
 // and bench/http_path_bench run this same code.
 //
 // What is answered: `GET /` (and HEAD) "Hello World!" as text/plain, other methods on "/" 405,
@@ -238,9 +238,11 @@ struct ReadResult {
   // The read ended inside a request's line or headers: the header deadline should run (and
   // stop once a read ends elsewhere). Always false with `finish`.
   bool in_head = false;
-  // With in_head: that head began in this read, so its deadline starts now (a pipelining
-  // client's reads may each end inside a new head: each head has the whole deadline).
-  bool head_began = false;
+  // The read ended inside a request (its head, body or trailers) that began in this read, so
+  // that request's deadlines start now (a pipelining client's reads may each end inside a new
+  // request: each has the whole deadline). Always false with `finish`; without in_head the
+  // request's head is complete and its body is owed.
+  bool request_began = false;
   // The parse state must outlive this read: the read ended inside a request, or the connection
   // is finishing. For parse(nullptr, ...), copy scratch() into a Conn of the connection's own;
   // false for a Conn of its own: the connection is between requests and its Conn may be freed.

@@ -518,26 +518,43 @@ TEST(ResponderTest, ExpectContinueGets100BeforeTheBodyIsReadAndOthersGet417) {
   }
 }
 
-TEST(ResponderTest, EachPipelinedHeadStartsItsOwnHeaderDeadline) {
+TEST(ResponderTest, EachPipelinedRequestStartsItsOwnDeadlines) {
   http::Responder responder(http::Limits{}, nullptr);
   Connection c(responder);
-  // Each read completes a head and ends a few bytes into the next: a head began in each.
+  // Each read completes a head and ends a few bytes into the next: a request began in each.
   http::ReadResult r = c.read("GET / HTTP/1.1\r\nHo");
   EXPECT_TRUE(r.in_head);
-  EXPECT_TRUE(r.head_began);
+  EXPECT_TRUE(r.request_began);
   for (int i = 0; i < 3; ++i) {
     r = c.read("st: x\r\n\r\nGET / HTTP/1.1\r\nHo");
     EXPECT_TRUE(r.in_head);
-    EXPECT_TRUE(r.head_began);
+    EXPECT_TRUE(r.request_began);
   }
   // A read that goes on in the same head: its deadline keeps running.
   r = c.read("st: x\r\nX-A: 1");
   EXPECT_TRUE(r.in_head);
-  EXPECT_FALSE(r.head_began);
-  r = c.read("\r\n\r\n");
+  EXPECT_FALSE(r.request_began);
+  // The head ends, its body does not: the same request goes on in its body.
+  r = c.read("\r\nContent-Length: 4\r\n\r\nab");
   EXPECT_FALSE(r.in_head);
-  EXPECT_FALSE(r.head_began);
-  EXPECT_EQ(normalise(c.sent()), kHello + kHello + kHello + kHello);
+  EXPECT_FALSE(r.request_began);
+  EXPECT_TRUE(r.keep_state);
+  // The body ends and the next request's does not, chunked, then in its trailers: the read
+  // that began it says so, the one that goes on in it does not.
+  r = c.read("cdPOST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n");
+  EXPECT_FALSE(r.in_head);
+  EXPECT_TRUE(r.request_began);
+  r = c.read("a\r\n0\r\nX-Trailer: 1");
+  EXPECT_FALSE(r.in_head);
+  EXPECT_FALSE(r.request_began);
+  EXPECT_TRUE(r.keep_state);
+  r = c.read("\r\n\r\n");
+  EXPECT_FALSE(r.request_began);
+  EXPECT_FALSE(r.keep_state);
+  EXPECT_EQ(normalise(c.sent()),
+            kHello + kHello + kHello + kHello +
+                response("405 Method Not Allowed", "Method Not Allowed", true,
+                         "Allow: GET, HEAD\r\n"));
 }
 
 // Found by tests/fuzz/http_request_fuzz: the response said keep-alive, then the connection
