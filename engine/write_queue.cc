@@ -235,7 +235,11 @@ void consume(FdSlot& slot, std::size_t n) {
 }
 
 // sendfile without dying of SIGPIPE: unlike sendmsg it has no MSG_NOSIGNAL, so the signal is
-// blocked for the call and a SIGPIPE it raised is consumed before the old mask returns.
+// blocked for the call and a SIGPIPE it raised is consumed before the old mask returns. It may
+// have raised one without failing: a call that moved some chunks before the socket broke (a
+// reset in CLOSE_WAIT is EPIPE) returns their bytes, with the signal pending. So any call
+// that moved less than asked looks (one more system call, on a full socket too); one that
+// moved everything met no error.
 ssize_t sendfile_nosignal(int out, int in, off_t* offset, std::size_t count) {
   sigset_t pipe_set, old;
   sigemptyset(&pipe_set);
@@ -243,7 +247,8 @@ ssize_t sendfile_nosignal(int out, int in, off_t* offset, std::size_t count) {
   pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
   const ssize_t r = sendfile(out, in, offset, count);
   const int err = errno;
-  if (r < 0 && err == EPIPE && !sigismember(&old, SIGPIPE)) {
+  const bool short_call = r < 0 ? err == EPIPE : static_cast<std::size_t>(r) < count;
+  if (short_call && !sigismember(&old, SIGPIPE)) {
     const timespec zero{};
     sigtimedwait(&pipe_set, nullptr, &zero);
   }

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -23,6 +24,7 @@
 #include <cstring>
 #include <string>
 #include <string_view>
+#include <thread>
 
 #include "engine/libreact.h"
 #include "engine/libsock.h"
@@ -412,6 +414,51 @@ TEST_F(FileWriteTest, SendfileFailingWithEpipeRaisesNoSigpipe) {
   EXPECT_EQ(open_fd_count(), fds_before - 1) << "the server socket is closed, and the file";
   run_iterations(5);
   EXPECT_EQ(server_closes_, 1);
+}
+
+// A peer that resets while sendfile is moving data: the call returns the bytes it moved before
+// the reset, and the kernel raised SIGPIPE for the write that failed, so the signal is pending
+// although the call succeeded. It killed tools/http_server (exit 141) whenever a download's
+// client went away mid-file (bench/stall.sh). The reader has a thread of its own, so that its
+// reset lands while the test thread is inside sendfile (each call moves up to the flush
+// budget); SIGPIPE is SIG_DFL (SetUp), so a signal let through ends the test binary.
+TEST_F(FileWriteTest, APeerResetInTheMiddleOfASendfileRaisesNoSigpipe) {
+  for (int round = 0; round < 20; ++round) {
+    SCOPED_TRACE(round);
+    int server = -1;
+    const int client = connect_and_accept(&server);
+    ASSERT_GE(server, 0);
+    ASSERT_EQ(sock_write2(.fd = server, .buffer = make_marked_file(256 * kMiB), .file = 1), 0);
+    std::atomic<bool> reset{false};
+    std::thread reader([&] {
+      // A few MiB as fast as they come (blocking reads of 1 MiB: the server's calls find room
+      // and move whole chunks), then a reset with the rest unread.
+      static char buf[kMiB];
+      // Half-closed first: the server's socket is then in CLOSE_WAIT, where the kernel takes
+      // the reset for EPIPE (elsewhere ECONNRESET, which raises no signal).
+      shutdown(client, SHUT_WR);
+      testing_support::set_blocking(client);
+      const timeval timeout{1, 0};
+      setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+      std::size_t got = 0;
+      const auto end = std::chrono::steady_clock::now() + 20s;
+      while (got < 4 * kMiB + round * 64 * kKiB && std::chrono::steady_clock::now() < end) {
+        const ssize_t n = recv(client, buf, sizeof buf, 0);
+        if (n == 0) break;
+        if (n > 0) got += static_cast<std::size_t>(n);
+      }
+      testing_support::reset_on_close(client);
+      close(client);
+      reset = true;
+    });
+    const bool closed = run_until(&r_, [&] {
+      return reset && std::find(closed_.begin(), closed_.end(), server) != closed_.end();
+    });
+    reader.join();
+    ASSERT_TRUE(closed);
+    EXPECT_FALSE(sigpipe_pending());
+  }
+  EXPECT_EQ(pool_stats().outstanding, 0u);
 }
 
 TEST_F(FileWriteTest, ReactorSendfileAfterLocalShutdownClosesOnceWithoutSigpipe) {

@@ -50,6 +50,7 @@ SHARD_GAUGES = (
     "libsock_pool_packet_bytes",
     "libsock_queued_bytes",
     "libsock_connections",
+    "libsock_loop_iteration_longest_seconds",
 ) + tuple(
     f"libsock_jemalloc_{kind}_bytes"
     for kind in ("active", "dirty", "muzzy", "resident", "mapped", "retained")
@@ -62,6 +63,8 @@ HISTOGRAMS = (
     "libsock_flush_packets",
     "libsock_connection_peak_queued_bytes",
 )
+# Always on (not the profiler's): the loop's busy time per iteration.
+LOOP_HISTOGRAM = "libsock_loop_iteration_seconds"
 DEADLINE_S = 30
 
 
@@ -106,7 +109,8 @@ def scrape(port, query=""):
 
 def family_of(families, name):
     """The family NAME with its HELP and TYPE checked."""
-    kind = ("counter" if name in COUNTERS else "histogram" if name in HISTOGRAMS else "gauge")
+    kind = ("counter" if name in COUNTERS else
+            "histogram" if name in HISTOGRAMS + (LOOP_HISTOGRAM,) else "gauge")
     key = name[: -len("_total")] if kind == "counter" else name
     check(key in families, f"no family {name}")
     family = families[key]
@@ -172,7 +176,7 @@ def cmd_exposition(port):
     check(profiling == 1, f"libsock_profiling is {profiling} with LIBSOCK_PROFILE=1")
     check(families["libsock_process_resident_bytes"].samples[0].value > 0,
           "libsock_process_resident_bytes is not > 0")
-    for name in HISTOGRAMS:
+    for name in HISTOGRAMS + (LOOP_HISTOGRAM,):
         check_histogram(family_of(families, name))
     # Every family of the body is typed: a sample the parser could not put in its family
     # comes out as an untyped family of its own.
@@ -251,6 +255,12 @@ def cmd_status(port):
         want = {name[len("libsock_"):] for name in HISTOGRAMS}
         check(set(histograms) == want,
               f"/status JSON: shards[{i}]'s histograms are {sorted(histograms)}")
+        loop = shard.get(LOOP_HISTOGRAM[len("libsock_"):])
+        check(isinstance(loop, dict) and loop.get("count", 0) > 0,
+              f"/status JSON: shards[{i}] has no loop iterations: {loop!r}")
+        longest = shard.get("loop_iteration_longest_seconds")
+        check(isinstance(longest, (int, float)) and longest >= 0,
+              f"/status JSON: shards[{i}]'s longest loop iteration is {longest!r}")
     print("status: HTML with the table, JSON with 2 shards and their histograms")
 
 

@@ -44,7 +44,7 @@ SHARDS = (0, 1)
 BAD_SHARDS = ("0", "1", "10", "2", "tls", "-1", "a\\nb")
 # /huge's size: over the cap, not so far over that a client which reads it all takes long.
 HUGE_MIB = 96
-# /manylines' lines by default: over tools/pool_scrape.py's MAX_LINES (308,200), in 10 MB.
+# /manylines' lines by default: over tools/pool_scrape.py's MAX_LINES (369,640), in 10 MB.
 MANY_LINES = 400_000
 # The engine's histograms (engine/histogram.h): log-linear buckets with upper bounds 1, 2, 3, 4,
 # 6, 8, 12, ... up to 2^octaves, times a unit scale, "%.9g" in le; then +Inf.
