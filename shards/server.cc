@@ -183,7 +183,7 @@ class Acceptor {
   // read again after the flag is up, for a close published before it.
   void hold() {
     pause_.hold(&api_, listener_);
-    if (!pause_.held()) return;  // not attached: a stop closed it
+    if (!pause_.held()) return;  // the listener was not attached here: nothing to wait for
     waiter_.wait();
     release_if_room();
   }
