@@ -66,7 +66,7 @@ extern "C" {
 #pragma GCC visibility push(default)
 #endif
 
-#define LIBSOCK_VERSION "1.0.0"
+#define LIBSOCK_VERSION "2.0.0"
 
 /** Bytes of pre-allocated memory in each packet: a 16 KB payload chunk plus 1 KB of headroom
  * for a transport layer's framing, so one packet can carry one TLS record. Overridable at

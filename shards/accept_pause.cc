@@ -43,15 +43,30 @@ AcceptPause::~AcceptPause() {
   if (listener_ >= 0) close(listener_);
 }
 
-void AcceptPause::pause(struct Reactor* reactor, int listener, int err) {
-  if (reactor_remove(reactor, listener) < 0) return;
+bool AcceptPause::detach(struct Reactor* reactor, int listener) {
+  if (listener_ >= 0) return listener_ == listener;
+  if (reactor_remove(reactor, listener) < 0) return false;
   listener_ = listener;
-  rest(err);
+  return true;
+}
+
+void AcceptPause::pause(struct Reactor* reactor, int listener, int err) {
+  if (detach(reactor, listener)) rest(err);
+}
+
+void AcceptPause::hold(struct Reactor* reactor, int listener) {
+  if (detach(reactor, listener)) held_ = true;
+}
+
+void AcceptPause::release(struct Reactor* reactor) {
+  held_ = false;
+  if (!resting_) reattach(reactor);
 }
 
 AcceptPause::Closed AcceptPause::closed(int fd) {
   if (!owns(fd)) return Closed::kNotTimer;
   timer_ = -1;
+  resting_ = held_ = false;
   if (listener_ < 0) return Closed::kTimer;
   close(listener_);
   listener_ = -1;
@@ -59,6 +74,7 @@ AcceptPause::Closed AcceptPause::closed(int fd) {
 }
 
 void AcceptPause::rest(int err) {
+  resting_ = true;
   itimerspec once{};
   once.it_value.tv_nsec = kPauseMs * 1000000;
   timerfd_settime(timer_, 0, &once, nullptr);
@@ -80,6 +96,11 @@ void AcceptPause::rest(int err) {
 
 void AcceptPause::resume(struct Reactor* reactor) {
   reactor_reset_timer(timer_);
+  resting_ = false;
+  if (!held_) reattach(reactor);
+}
+
+void AcceptPause::reattach(struct Reactor* reactor) {
   if (listener_ < 0) return;
   if (reactor_add(reactor, listener_) < 0) {
     rest(errno);  // still detached: try again after another pause

@@ -26,6 +26,7 @@
 #include "engine/socket_ops.h"
 #include "shards/accept_batch.h"
 #include "shards/accept_pause.h"
+#include "shards/connection_limit.h"
 #include "shards/shard.h"
 #include "shards/start_thread.h"
 
@@ -45,11 +46,14 @@ int port_of(int fd) {
 // SOCK_ACCEPT_THREAD: a reactor of its own on its own thread, watching the one listener. Each
 // wakeup accepts a batch, sorts it by shard, and hands each shard its part in one post
 // (engine::open_accepted), which costs a sleeping shard one wakeup, not one per connection.
+// Under a connection limit the batch takes no more than the room left, counted from the
+// shards' load cards; at the limit the listener is held (AcceptPause::hold) until a shard
+// publishes a close and wakes the acceptor (LimitWaiter, connection_limit.h).
 class Acceptor {
  public:
   Acceptor(std::vector<std::unique_ptr<Shard>>& shards, const SockServerSettings& settings,
-           int listener)
-      : api_{}, shards_(shards), settings_(settings), listener_(listener) {
+           int listener, LimitWaiter& waiter)
+      : api_{}, shards_(shards), settings_(settings), listener_(listener), waiter_(waiter) {
     api_.on_data = &Acceptor::on_data;
     // The stop closes the pause timer; a listener paused then is detached, and must be closed
     // with it (pause_.closed), not when the server is freed, after every shard's drain: until
@@ -58,30 +62,48 @@ class Acceptor {
     // Room for a whole batch per shard up front: accepting never allocates.
     for (auto& fds : batches_) fds.reserve(batch_);
   }
-  // One that never ran is stopped here, on the thread that made it: that closes what its
-  // reactor holds (the pause timer, the listener) and frees the engine state, as a stop does.
+  // After every shard joined (a shard may wake the acceptor's reactor until then), or for an
+  // acceptor never started: one that never ran is stopped here first, on the thread that
+  // made it, which closes what its reactor holds (the pause timer, the listener) as a stop
+  // does. Then deletes the reactor's engine state, kept past the stop.
   ~Acceptor() {
-    if (started_ || !api_._impl) return;
-    reactor_stop(&api_);
-    while (reactor_review(&api_) >= 0) {}
+    if (!engine_) return;  // init() made no reactor
+    if (!started_) {
+      reactor_stop(&api_);
+      // -1 once the stop completed (errno 0) or the loop failed: either way it is over.
+      while (engine_->run_once(0) >= 0) {}
+    }
+    engine_->bind_owner_thread();
+    api_._impl = nullptr;
+    delete engine_;
   }
   Acceptor(const Acceptor&) = delete;
   Acceptor& operator=(const Acceptor&) = delete;
 
   // Makes the reactor and the pause timer, then watches the listener, last. False with errno
-  // on failure: the listener is then not attached, and still the caller's.
-  bool init() { return pause_.init(&api_) && reactor_add(&api_, listener_) == 0; }
+  // on failure: the listener is then not attached, and still the caller's. The reactor's
+  // engine state outlives its stop, until ~Acceptor, for the shards' wakeups (LimitWaiter).
+  bool init() {
+    const bool timer = pause_.init(&api_);  // the timer's reactor_add makes the reactor
+    engine_ = engine::Reactor::of(&api_, false);
+    if (engine_) engine_->set_keep_after_stop();
+    return timer && reactor_add(&api_, listener_) == 0;
+  }
+  engine::Reactor* engine() { return engine_; }
   // Returns once the acceptor's thread owns its reactor; false with errno (EAGAIN) if the
   // thread could not be made.
   bool start() {
     std::latch owned(1);
     const bool started = start_thread(&thread_, [this, &owned] {
-      engine::Reactor::of(&api_, false)->bind_owner_thread();
+      engine_->bind_owner_thread();
       owned.count_down();
-      // The stop completed (the listener and timer are closed) once the engine state is
-      // gone: not errno, which a failed review sets too, so that no review after the stop
-      // can make a new reactor that nothing would stop.
-      while (reactor_review(&api_) >= 0 || api_._impl) {}
+      // run_once returns -1 with errno 0 once the stop completed (the listener and timer are
+      // closed; the engine state stays, for ~Acceptor).
+      while (engine_->run_once(REACTOR_TICK) >= 0 || errno != 0) {
+        if (pause_.held()) release_if_room();
+      }
+      // A thread made later may get this one's id: it must not pass for the owner.
+      engine_->release_owner_thread();
     });
     if (!started) return false;
     owned.wait();
@@ -108,14 +130,25 @@ class Acceptor {
   }
 
   // Bounded per wakeup (accept_batch.h), so a storm of connects cannot starve the pause timer
-  // or a stop.
+  // or a stop; under a limit, by the room left too. At the limit the listener is held; one
+  // that filled up in a batch finds out at once: the listener made progress, so on_data runs
+  // again next iteration.
   void accept_waiting() {
+    unsigned batch = batch_;
+    if (settings_.max_connections) {
+      const uint64_t open = open_connections();
+      if (open >= settings_.max_connections) {
+        hold();
+        return;
+      }
+      batch = static_cast<unsigned>(std::min<uint64_t>(batch, settings_.max_connections - open));
+    }
     // One look at each shard's load card per batch, not per connection: at most one line
     // transfer per shard, and only when the shard published a change since the last batch.
     if (settings_.placement == SOCK_PLACE_LEAST_LOADED) {
       for (std::size_t i = 0; i < shards_.size(); ++i) loads_[i] = shards_[i]->load();
     }
-    shards::accept_batch(&api_, listener_, batch_, pause_, [this](int fd) {
+    shards::accept_batch(&api_, listener_, batch, pause_, [this](int fd) {
       const std::size_t shard = pick();
       batches_[shard].push_back(fd);
       // Counted per connection placed, not per accept4: every batch ends with one that finds
@@ -136,6 +169,31 @@ class Acceptor {
       }
       fds.clear();
     }
+  }
+
+  // The connections the shards hold, with those handed over and not yet taken: never fewer
+  // than that (Shard::held). Once per batch, and after each iteration while held.
+  uint64_t open_connections() const {
+    uint64_t open = 0;
+    for (std::size_t i = 0; i < shards_.size(); ++i) open += shards_[i]->held() + handed_[i];
+    return open;
+  }
+
+  // At the limit: the listener rests until a shard publishes a close. The shards' figures are
+  // read again after the flag is up, for a close published before it.
+  void hold() {
+    pause_.hold(&api_, listener_);
+    if (!pause_.held()) return;  // the listener was not attached here: nothing to wait for
+    waiter_.wait();
+    release_if_room();
+  }
+
+  // After each iteration while held (a shard's wakeup, the tick): watch the listener again
+  // if a connection closed.
+  void release_if_room() {
+    if (open_connections() >= settings_.max_connections) return;
+    waiter_.stop_waiting();
+    pause_.release(&api_);
   }
 
   // The shard for the next connection: the next in turn, or the least loaded.
@@ -164,6 +222,8 @@ class Acceptor {
   std::vector<std::unique_ptr<Shard>>& shards_;
   SockServerSettings settings_;
   int listener_;
+  LimitWaiter& waiter_;
+  engine::Reactor* engine_ = nullptr;  // api_'s, from init() to ~Acceptor
   AcceptPause pause_;
   const unsigned batch_ = settings_.accept_batch ? settings_.accept_batch : engine::kAcceptBatch;
   std::size_t next_ = 0;  // round-robin: the shard after the last one given a connection
@@ -182,6 +242,8 @@ struct SockServer {
   std::string address;
   std::string port;
   int bound_port = 0;
+  // Before the shards and the acceptor: it outlives both.
+  shards::LimitWaiter limit_waiter;
   std::vector<std::unique_ptr<shards::Shard>> shards;
   std::unique_ptr<shards::Acceptor> acceptor;
   int stop_fd = -1;  // eventfd: sock_server_request_stop() -> sock_server_wait()
@@ -271,19 +333,24 @@ struct SockServer* sock_server_start_fn(struct SockServerSettings settings) {
   // One shard leaves the acceptor nothing to place: the shard accepts on the one listener
   // itself, as in reuseport mode, and no connection pays a handoff between two threads.
   const bool shards_accept = reuse_port || threads == 1;
+  const shards::LimitWaiter* waiter =
+      !shards_accept && settings.max_connections ? &server->limit_waiter : nullptr;
   try {
     for (int i = 0; i < threads; ++i) {
       const int listener = shards_accept ? listeners[static_cast<std::size_t>(i)] : -1;
-      server->shards.push_back(
-          std::make_unique<shards::Shard>(server->settings, i, listener, server.get()));
+      const uint64_t share = shards::connection_share(
+          settings.max_connections, static_cast<uint64_t>(threads), static_cast<uint64_t>(i));
+      server->shards.push_back(std::make_unique<shards::Shard>(server->settings, i, listener,
+                                                               server.get(), share, waiter));
       if (!server->shards.back()->init()) return fail("cannot make a shard's reactor");
       if (listener >= 0) taken = static_cast<std::size_t>(i) + 1;
     }
     if (!shards_accept) {
-      server->acceptor =
-          std::make_unique<shards::Acceptor>(server->shards, server->settings, listeners[0]);
+      server->acceptor = std::make_unique<shards::Acceptor>(
+          server->shards, server->settings, listeners[0], server->limit_waiter);
       if (!server->acceptor->init()) return fail("cannot make the acceptor's reactor");
       taken = 1;
+      server->limit_waiter.set_acceptor(server->acceptor->engine());
     }
   } catch (const std::bad_alloc&) {
     errno = ENOMEM;

@@ -89,6 +89,19 @@ struct SockServerSettings {
   unsigned defer_accept_s SOCK_CXX_ZERO_;
   /** Handed back by sock_server_udata(). */
   void* udata SOCK_CXX_ZERO_;
+  /** Extension: the most connections the server holds at once; 0: no limit. A connection
+   * counts from its accept until its close, a lingering close included (it holds its fd), as
+   * does any fd a callback attaches to a shard itself (sock_connect, reactor_add): what the
+   * limit guards is the fds and memory they hold. At the limit the server stops watching its
+   * listeners (no accept-and-close, no wakeup per connect: connects wait in the kernel's
+   * backlog) and watches them again once a connection closed. With the acceptor thread the
+   * limit is the server's: the acceptor sums the shards' counts before each accept batch.
+   * Shards that accept on their own listeners (SOCK_ACCEPT_REUSEPORT, or one shard) each keep
+   * to a share instead, max / threads, the first max % threads shards one more (at least 1
+   * each, so with fewer than one per shard the server holds one per shard): one count for
+   * all would cost an atomic read-modify-write on a shared line per connection. A connection
+   * the kernel hands to a full shard waits for that shard, even while another has room. */
+  unsigned max_connections SOCK_CXX_ZERO_;
 };
 
 struct SockServer;

@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstddef>
 #include <mutex>
@@ -56,13 +57,17 @@ void give_back_arena(alloc::JemallocArena arena) {
 
 }  // namespace
 
-Shard::Shard(const SockServerSettings& settings, int index, int listener, SockServer* server)
+Shard::Shard(const SockServerSettings& settings, int index, int listener, SockServer* server,
+             uint64_t share, const LimitWaiter* waiter)
     : api_{},
       settings_(settings),
       index_(index),
       listener_(listener),
       server_(server),
-      publishes_load_(listener < 0 && settings.placement == SOCK_PLACE_LEAST_LOADED) {
+      publishes_load_(listener < 0 &&
+                      (settings.placement == SOCK_PLACE_LEAST_LOADED || waiter != nullptr)),
+      share_(listener >= 0 ? share : 0),
+      waiter_(waiter) {
   // The callbacks the user gave, except on_data, on_shutdown and on_close, which the shard
   // wraps: on_data to accept on its own listener, all three to keep the listener and the
   // accept-pause timer (attached to this reactor too) away from the user's callbacks.
@@ -156,6 +161,8 @@ void Shard::run(std::latch& owned) {
   // ~Shard to delete).
   if (publishes_load_) {
     while (engine_->run_once(REACTOR_TICK) >= 0 || errno != 0) publish_load();
+  } else if (share_) {
+    while (engine_->run_once(REACTOR_TICK) >= 0 || errno != 0) release_below_share();
   } else {  // the loop every other shard runs, without a test per iteration
     while (engine_->run_once(REACTOR_TICK) >= 0 || errno != 0) {}
   }
@@ -166,11 +173,16 @@ void Shard::run(std::latch& owned) {
   if (arena) give_back_arena(std::move(*arena));
 }
 
-void Shard::publish_load() {
-  // The listener and the pause timer are attached too, but are not connections.
-  const std::size_t own = listener_ >= 0 ? 2 : 0;
+uint64_t Shard::connections() const {
+  // The listener and the pause timer are attached too, but are not connections; a paused
+  // listener is detached.
+  const std::size_t own = listener_ < 0 ? 0 : accept_pause_.holds_listener() ? 1 : 2;
   const std::size_t attached = engine_->attached();
-  const uint64_t connections = attached > own ? attached - own : 0;
+  return attached > own ? attached - own : 0;
+}
+
+void Shard::publish_load() {
+  const uint64_t connections = this->connections();
   // Each load reads the shard's own stores back (no other thread writes the card); a store
   // only when the figure changed leaves the acceptor's copy of the line valid while the
   // shard's load holds still.
@@ -182,7 +194,22 @@ void Shard::publish_load() {
   // Last, with release, paired with load()'s acquire: a reader that sees connections taken
   // sees them counted in `connections` too, so a batch never drops out of both figures (an
   // older `taken` beside a newer count only overstates the load, for one batch).
-  publish(load_card_.taken, engine_->handed_over_taken(), std::memory_order_release);
+  const uint64_t taken = engine_->handed_over_taken();
+  publish(load_card_.taken, taken, std::memory_order_release);
+  if (waiter_) {
+    // With what the acceptor handed fixed (it waits), its count for this shard falls exactly
+    // when `held` does: a close, or a handed fd that failed to open.
+    const uint64_t held = connections - taken;
+    const uint64_t before = load_card_.held.load(std::memory_order_relaxed);
+    if (held != before) {
+      load_card_.held.store(held, std::memory_order_seq_cst);
+      if (static_cast<int64_t>(held - before) < 0) waiter_->closed_some();
+    }
+  }
+}
+
+void Shard::release_below_share() {
+  if (accept_pause_.held() && connections() < share_) accept_pause_.release(&api_);
 }
 
 Shard::Load Shard::load() const {
@@ -235,11 +262,21 @@ void Shard::on_close(struct ::Reactor* api, int fd) {
 // SO_REUSEPORT mode (and a lone shard's): accept in bounded batches on this shard's own
 // listener, each connection opened at once, here (on_open through the reactor's hook). With
 // defer_accept_s its request is read at once too.
+// Under a share, a batch takes no more than the room left; a full shard holds its listener
+// (AcceptPause::hold) until a close (release_below_share). One that filled up in a batch finds
+// out at once: the listener made progress, so on_data runs again next iteration.
 void Shard::accept_own(int listener) {
   const bool input_waiting = settings_.defer_accept_s != 0;
-  accept_batch(&api_, listener,
-               settings_.accept_batch ? settings_.accept_batch : engine::kAcceptBatch,
-               accept_pause_,
+  uint64_t batch = settings_.accept_batch ? settings_.accept_batch : engine::kAcceptBatch;
+  if (share_) {
+    const uint64_t open = connections();
+    if (open >= share_) {
+      accept_pause_.hold(&api_, listener);
+      return;
+    }
+    batch = std::min(batch, share_ - open);
+  }
+  accept_batch(&api_, listener, static_cast<unsigned>(batch), accept_pause_,
                [&](int fd) { engine::open_accepted(&api_, &fd, 1, input_waiting); });
 }
 

@@ -25,6 +25,7 @@
 #include "engine/libreact.h"
 #include "engine/reactor.h"
 #include "shards/accept_pause.h"
+#include "shards/connection_limit.h"
 #include "shards/server.h"
 
 namespace shards {
@@ -32,9 +33,12 @@ namespace shards {
 class Shard {
  public:
   // Records the settings; init() makes what can fail. listener >= 0: this shard accepts on
-  // its own listener (SO_REUSEPORT, or a lone shard's). `server`: what sock_server_of()
-  // answers for this shard's reactor.
-  Shard(const SockServerSettings& settings, int index, int listener, SockServer* server);
+  // its own listener (SO_REUSEPORT, or a lone shard's), holding at most `share` connections
+  // (0: no limit; connection_limit.h). listener < 0: the acceptor hands it connections, and
+  // `waiter` (non-null under a connection limit) is told when it holds fewer.
+  // `server`: what sock_server_of() answers for this shard's reactor.
+  Shard(const SockServerSettings& settings, int index, int listener, SockServer* server,
+        uint64_t share, const LimitWaiter* waiter);
   // After join(), or for a shard never started: a shard that never ran is stopped here first,
   // on this thread (the thread that made it), which closes what its reactor holds (the
   // listener, the pause timer) as a stop does. Then discards the calls posted to the shard
@@ -58,12 +62,11 @@ class Shard {
 
   struct ::Reactor* api() { return &api_; }
 
-  // The load placement compares, as the shard last published it (publish_load()): at most
-  // one loop iteration old. Any thread; loads of the shard's load card (`taken` with acquire,
-  // the rest relaxed), one cache line that only the shard's thread writes, and only when a
-  // figure changed. Published only
-  // where something reads it (least-loaded placement by the acceptor thread); all zero
-  // elsewhere.
+  // The load placement and the connection limit compare, as the shard last published it
+  // (publish_load()): at most one loop iteration old. Any thread; loads of the shard's load
+  // card (`taken` with acquire, the rest relaxed), one cache line that only the shard's thread
+  // writes, and only when a figure changed. Published only where something reads it (the
+  // acceptor thread, under least-loaded placement or a connection limit); all zero elsewhere.
   struct Load {
     uint64_t connections;  // open connections (the listener and the pause timer excluded)
     // Connections the acceptor handed over that this shard has taken off its inbox so far,
@@ -75,6 +78,12 @@ class Shard {
     uint64_t queued_bytes;  // bytes queued on its connections (the reactor's total)
   };
   Load load() const;
+  // Under a limit with the acceptor: what the acceptor counts for this shard is held() plus
+  // what it handed the shard (modulo 2^64): the connections the shard held when it last
+  // published, and those handed since that it had not taken then. Never fewer than the shard
+  // holds now, with those still in flight. Any thread; a seq_cst load, the acceptor's half of
+  // LimitWaiter's handshake.
+  uint64_t held() const { return load_card_.held.load(std::memory_order_seq_cst); }
 
   // The shard behind a reactor pointer handed to a callback.
   static Shard* of(struct ::Reactor* api);
@@ -90,8 +99,14 @@ class Shard {
   // on_close of the pause timer, out of the way of every connection's close.
   void pause_timer_closed(int fd);
   void accept_own(int listener);
-  // Shard thread, once per loop iteration: stores each figure of the load card that changed.
+  // Connections attached here: all but the listener (while watched) and the pause timer.
+  uint64_t connections() const;
+  // Shard thread, once per loop iteration: stores each figure of the load card that changed,
+  // and tells the waiter (if any) when the shard holds fewer connections than it last said.
   void publish_load();
+  // Shard thread, once per loop iteration under a share: watches the listener again once a
+  // connection closed below the share.
+  void release_below_share();
 
   // First member: Shard::of() maps the callbacks' reactor pointer back to the shard.
   struct ::Reactor api_;
@@ -104,9 +119,11 @@ class Shard {
   std::thread thread_;
   bool started_ = false;
   AcceptPause accept_pause_;
-  // Least-loaded placement by the acceptor thread, the card's only reader: other shards skip
-  // publish_load() and its loads.
+  // The acceptor thread reads the card (least-loaded placement, a connection limit): other
+  // shards skip publish_load() and its loads.
   bool publishes_load_;
+  uint64_t share_;               // the most connections accept_own() lets in; 0: no limit
+  const LimitWaiter* waiter_;  // SOCK_ACCEPT_THREAD under a limit; else null
 
   // Written by the shard thread (once per loop iteration and only for a figure that changed;
   // `taken` last, with release: publish_load()), read by the acceptor (one copy per accept
@@ -117,6 +134,9 @@ class Shard {
     std::atomic<uint64_t> connections{0};
     std::atomic<uint64_t> taken{0};
     std::atomic<uint64_t> queued_bytes{0};
+    // Under a limit with the acceptor only: connections - taken, modulo 2^64, in one figure,
+    // stored seq_cst (the shard's half of LimitWaiter's handshake; held()).
+    std::atomic<uint64_t> held{0};
   };
   static_assert(sizeof(LoadCard) == alloc::kCacheLineBytes, "the load card is one cache line");
   LoadCard load_card_;

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <memory>
 #include <string>
@@ -25,6 +26,8 @@ static_assert(kMaxIdleTimeoutMs < SOCK_NO_TIMEOUT);
 // An hour: the kernel turns the seconds into SYN-ACK retransmissions, and a longer wait only
 // holds a silent client longer.
 constexpr std::uint64_t kMaxDeferAcceptS = 3600;
+// The field's range (SockServerSettings.max_connections, an unsigned).
+constexpr std::uint64_t kMaxConnections = std::numeric_limits<unsigned>::max();
 
 // Atomic: the handler may run on any thread, including a shard's, and reads it once set.
 std::atomic<SockServer*> g_server{nullptr};
@@ -132,6 +135,11 @@ int run_server(int argc, char** argv, const ToolInfo& info, SockServerSettings s
                  "default " + std::to_string(settings.defer_accept_s) + "; 0: at once)")
       ->type_name("S")
       ->transform(whole_number(0, kMaxDeferAcceptS));
+  app.add_option("--max-connections", settings.max_connections,
+                 "hold at most N connections at once; more wait in the listen\nbacklog (default "
+                 "0: no limit; per shard N / shards with\n--accept-mode reuseport)")
+      ->type_name("N")
+      ->transform(whole_number(0, kMaxConnections));
   std::string tls_cert, tls_key;
   app.add_option("--tls-cert", tls_cert, "serve TLS with this certificate chain (with --tls-key)")
       ->type_name("PEM");

@@ -1,9 +1,10 @@
 // tools/server_main.h: what the demo servers share besides their callbacks: the command line
 // (--port, --threads, --accept-mode, --placement, --pin, --idle-timeout-ms, --defer-accept-s,
-// --tls-cert, --tls-key, --tls-handshake-timeout-ms, --help, and any flags of the tool's own,
-// all parsed by one CLI11 app) and the life of a sharded server (start, print where it
-// listens, stop gracefully on SIGINT or SIGTERM). With --tls-cert and --tls-key every connection speaks TLS
-// (engine/tls/sock_tls.h): the layer is set before the tool's on_open runs.
+// --max-connections, --tls-cert, --tls-key, --tls-handshake-timeout-ms, --help, and any flags
+// of the tool's own, all parsed by one CLI11 app) and the life of a sharded server (start,
+// print where it listens, stop gracefully on SIGINT or SIGTERM). With --tls-cert and --tls-key
+// every connection speaks TLS (engine/tls/sock_tls.h): the layer is set before the tool's
+// on_open runs.
 #ifndef TOOLS_SERVER_MAIN_H_
 #define TOOLS_SERVER_MAIN_H_
 

@@ -347,7 +347,7 @@ int headers_c_smoke(void) {
   int fd;
   int step;
 
-  CHECK(strcmp(LIBSOCK_VERSION, "1.0.0") == 0 && strcmp(LIBREACT_VERSION, "1.0.0") == 0);
+  CHECK(strcmp(LIBSOCK_VERSION, "2.0.0") == 0 && strcmp(LIBREACT_VERSION, "1.0.0") == 0);
   /* The helpers, called through the table. */
   CHECK(api->init_socklib(1024) == 0);
   CHECK(api->max_capacity() > 0);

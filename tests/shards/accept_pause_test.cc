@@ -372,4 +372,52 @@ TEST(AcceptPauseTest, TheAcceptorsListenerPausedAtTheStopIsClosedBeforeTheShards
   g_seen = nullptr;
 }
 
+// --- The fd limit's rest and the connection limit's hold at once ---
+
+// Each reason keeps the listener detached until it is over: the rest's timer leaves a held
+// listener alone, and the hold's release leaves a resting one alone; the listener is watched
+// again only once both are over, whichever ends last.
+TEST(AcceptPauseTest, TheRestsTimerLeavesAListenerHeldAtTheLimitDetached) {
+  Server server;
+  struct Reactor r = {};
+  serve(&server, &r);
+  ASSERT_FALSE(HasFailure());
+  server.pause.pause(&r, server.listener, EMFILE);
+  server.pause.hold(&r, server.listener);
+  EXPECT_TRUE(server.pause.held());
+  const auto end = Clock::now() + std::chrono::seconds(20);
+  while (server.resumes < 1 && Clock::now() < end) ASSERT_GE(reactor_review(&r), 0);
+  ASSERT_EQ(server.resumes, 1);
+  EXPECT_TRUE(paused(server.listener)) << "the rest's end watched a held listener";
+  server.pause.release(&r);
+  EXPECT_FALSE(server.pause.held());
+  EXPECT_FALSE(paused(server.listener));
+
+  reactor_stop(&r);
+  while (reactor_review(&r) >= 0) {}
+  g_server = nullptr;
+}
+
+TEST(AcceptPauseTest, AReleaseLeavesARestingListenerToItsTimer) {
+  Server server;
+  struct Reactor r = {};
+  const int port = serve(&server, &r);
+  ASSERT_FALSE(HasFailure());
+  server.pause.hold(&r, server.listener);
+  server.pause.pause(&r, server.listener, EMFILE);  // as when fds ran out before the hold
+  server.pause.release(&r);
+  EXPECT_TRUE(paused(server.listener)) << "the release ended the rest early";
+  const int client = testing_support::connect_client(port);
+  ASSERT_GE(client, 0);
+  const auto end = Clock::now() + std::chrono::seconds(20);
+  while (server.accepted.empty() && Clock::now() < end) ASSERT_GE(reactor_review(&r), 0);
+  EXPECT_EQ(server.resumes, 1);
+  EXPECT_EQ(server.accepted.size(), 1u);
+
+  reactor_stop(&r);
+  while (reactor_review(&r) >= 0) {}
+  close(client);
+  g_server = nullptr;
+}
+
 }  // namespace

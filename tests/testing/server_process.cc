@@ -13,6 +13,9 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <fstream>
+#include <iterator>
+#include <sstream>
 
 namespace testing_support {
 
@@ -217,6 +220,19 @@ std::string repeat(const std::string& s, int times) {
   std::string out;
   for (int i = 0; i < times; ++i) out += s;
   return out;
+}
+
+double cpu_seconds(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // Fields 14 and 15, counted after the ")" that ends the command name.
+  std::istringstream fields(stat.substr(stat.rfind(')') + 2));
+  std::string field;
+  unsigned long long ticks = 0;
+  for (int i = 3; i <= 15 && fields >> field; ++i) {
+    if (i >= 14) ticks += std::stoull(field);
+  }
+  return static_cast<double>(ticks) / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
 }  // namespace testing_support

@@ -110,6 +110,8 @@ bool send_all(int fd, const std::string& data);
 std::string recv_exact(int fd, std::size_t count);
 // s, `times` times over.
 std::string repeat(const std::string& s, int times);
+// utime + stime of all the threads of process `pid`, in seconds (/proc/PID/stat).
+double cpu_seconds(pid_t pid);
 
 }  // namespace testing_support
 

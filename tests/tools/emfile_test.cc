@@ -19,9 +19,6 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -30,6 +27,7 @@
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using testing_support::cpu_seconds;
 using testing_support::describe;
 using testing_support::exited_with;
 using testing_support::ms_left;
@@ -51,20 +49,6 @@ const std::string kRequest = "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
 const std::string kResponse =
     "HTTP/1.1 200 OK\r\nContent-Length: 12\r\nContent-Type: text/plain\r\n"
     "Connection: keep-alive\r\n\r\nHello World!";
-
-// utime + stime of all the threads of process `pid`, in seconds (/proc/PID/stat fields 14 and
-// 15, counted after the ")" that ends the command name).
-double cpu_seconds(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::istringstream fields(stat.substr(stat.rfind(')') + 2));
-  std::string field;
-  unsigned long long ticks = 0;
-  for (int i = 3; i <= 15 && fields >> field; ++i) {
-    if (i >= 14) ticks += std::stoull(field);
-  }
-  return static_cast<double>(ticks) / static_cast<double>(sysconf(_SC_CLK_TCK));
-}
 
 int open_fds(pid_t pid) {
   int n = 0;

@@ -6,8 +6,8 @@
 #   - each installed header compiles alone as C99, C11 and C++20, and each pinned setting
 #     (BUFFER_PACKET_SIZE, ...) refuses another value than the library's;
 #   - echo.c, built by a plain Makefile with pkg-config, shared and static, echoes;
-#   - find_package(libsock) takes 1.0 and refuses 2 and 0.9; the CMake consumer
-#     (find_package(libsock 1 CONFIG REQUIRED)), shared and static, echoes,
+#   - find_package(libsock) takes MAJOR.0 and refuses MAJOR+1 and (MAJOR-1).9; the CMake
+#     consumer (find_package(libsock 2 CONFIG REQUIRED)), shared and static, echoes,
 #     also after the installed tree moved;
 #   - a DESTDIR install stages the same files under DESTDIR, none of them naming DESTDIR;
 #   - bad arguments fail with a message.
