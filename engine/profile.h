@@ -8,8 +8,8 @@
 // Cost: off, every hook is one relaxed load of the switch and a branch. On, a reactor makes
 // its Profile on first need (kept until the reactor is destroyed, so readers never race with
 // a free). Its hooks take the time the loop read at the start of the iteration (for the
-// callbacks), and read CLOCK_MONOTONIC at most once more per iteration (for the flush step,
-// only when a hook needs the time), stamping packets with that cached time: no clock read per
+// callbacks), and read CLOCK_MONOTONIC once more per iteration at most (for the flush step,
+// only when a hook needs the time; a stop's on_shutdown calls read it afresh too), stamping packets with that cached time: no clock read per
 // packet (a connection's open and the once-a-second top list read it once each).
 // Threads: set_profiling/profiling_on any thread. A Profile is written by its reactor's owner
 // thread only; the histograms and top() are readable from any thread (relaxed snapshots, and
