@@ -92,7 +92,9 @@ struct SockServerSettings {
   /** Extension: the most connections the server holds at once; 0: no limit. A connection
    * counts from its accept until its close, a lingering close included (it holds its fd), as
    * does any fd a callback attaches to a shard itself (sock_connect, reactor_add): what the
-   * limit guards is the fds and memory they hold. At the limit the server stops watching its
+   * limit guards is the fds and memory they hold. It gates accepts only: an fd attached
+   * otherwise counts toward it but is never refused, and may take the count past it. At the
+   * limit the server stops watching its
    * listeners (no accept-and-close, no wakeup per connect: connects wait in the kernel's
    * backlog) and watches them again once a connection closed. With the acceptor thread the
    * limit is the server's: the acceptor sums the shards' counts before each accept batch.

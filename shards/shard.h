@@ -126,8 +126,8 @@ class Shard {
   const LimitWaiter* waiter_;  // SOCK_ACCEPT_THREAD under a limit; else null
 
   // Written by the shard thread (once per loop iteration and only for a figure that changed;
-  // `taken` last, with release: publish_load()), read by the acceptor (one copy per accept
-  // batch). A line of its
+  // `taken` with release, then, under a limit, `held` seq_cst: publish_load()), read by the
+  // acceptor (one copy per accept batch). A line of its
   // own: a store invalidates the acceptor's copy of this line and nothing else, and writes
   // to the shard's other fields never invalidate it.
   struct alignas(alloc::kCacheLineBytes) LoadCard {

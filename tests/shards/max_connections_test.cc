@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <atomic>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/fd_table.h"
@@ -139,6 +140,16 @@ int echoed(std::vector<Client>& clients) {
   return n;
 }
 
+// Stops the server on every way out of a test (a failed ASSERT returns early): its shards
+// would otherwise run on after TearDown cleared g_seen, which their callbacks use.
+struct ServerStopper {
+  SockServer* server;
+  ~ServerStopper() {
+    if (server) sock_server_stop(server);
+  }
+  int stop() { return sock_server_stop(std::exchange(server, nullptr)); }
+};
+
 class MaxConnectionsTest : public ::testing::TestWithParam<Mode> {
  protected:
   void SetUp() override { g_seen = &seen_; }
@@ -151,6 +162,7 @@ TEST_P(MaxConnectionsTest, AtTheLimitConnectsWaitUnservedAndAClosedConnectionLet
   constexpr std::size_t kMostClients = 64;  // the kernel's hash missing a free shard so often
   SockServer* server = start(GetParam(), kMax);
   ASSERT_NE(server, nullptr);
+  ServerStopper stopper{server};
   const int port = sock_server_port(server);
   const std::vector<int> listeners = listeners_of(port);
   ASSERT_FALSE(listeners.empty());
@@ -172,7 +184,7 @@ TEST_P(MaxConnectionsTest, AtTheLimitConnectsWaitUnservedAndAClosedConnectionLet
   // One more, known to wait in a backlog: connect(2) returned, and the kernel counts it there.
   clients.push_back(connect_and_send(port));
   ASSERT_TRUE(wait_for(settled));
-  EXPECT_TRUE(wait_for([&] { return echoed(clients) == kMax; }));
+  ASSERT_TRUE(wait_for([&] { return echoed(clients) == kMax; }));
   EXPECT_GT(held_back(listeners), 0);
   EXPECT_EQ(seen_.opened.load(), kMax) << "a client was let in past the limit";
   EXPECT_EQ(seen_.open.load(), kMax);
@@ -197,7 +209,9 @@ TEST_P(MaxConnectionsTest, AtTheLimitConnectsWaitUnservedAndAClosedConnectionLet
   EXPECT_EQ(seen_.opened.load(), kMax + 1);
   EXPECT_EQ(seen_.most_open.load(), kMax);
 
-  sock_server_stop(server);
+  // A stop while every listener is held closes them all the same.
+  EXPECT_EQ(stopper.stop(), 0);
+  EXPECT_TRUE(listeners_of(port).empty());
   for (const Client& c : clients) {
     if (c.fd >= 0) close(c.fd);
   }
@@ -208,6 +222,7 @@ TEST_P(MaxConnectionsTest, UnderChurnNoMoreThanTheLimitAreOpenAtOnceAndAllAreSer
   constexpr int kClients = 50;
   SockServer* server = start(GetParam(), kMax);
   ASSERT_NE(server, nullptr);
+  ServerStopper stopper{server};
   const int port = sock_server_port(server);
   // All connected first (the backlog takes them), then each sends: served, it closes, and
   // its place goes to the next.
@@ -226,7 +241,7 @@ TEST_P(MaxConnectionsTest, UnderChurnNoMoreThanTheLimitAreOpenAtOnceAndAllAreSer
   })) << echoed(clients) << " of " << kClients << " served";
   EXPECT_LE(seen_.most_open.load(), kMax);
   EXPECT_EQ(seen_.opened.load(), kClients);
-  sock_server_stop(server);
+  EXPECT_EQ(stopper.stop(), 0);
   for (const Client& c : clients) {
     if (c.fd >= 0) close(c.fd);
   }

@@ -293,9 +293,13 @@ TEST_P(HelloServerMaxConnectionsTest, TheNextClientWaitsWithoutCpuUntilOneLeaves
   clients_.erase(clients_.begin());
   const auto closed = std::chrono::steady_clock::now();
   EXPECT_EQ(recv_exact(third, kResponse.size()), kResponse);
+  const auto after = std::chrono::steady_clock::now() - closed;
   std::printf("answered %.1f ms after the close\n",
-              std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - closed)
-                  .count());
+              std::chrono::duration<double, std::milli>(after).count());
+  // Not a speed check: a close must wake the held listener, and a lost wakeup would still be
+  // answered at the loop's next tick (REACTOR_TICK, 1 s). The research's bound, 0.5 s, tells
+  // the two apart with room (measured: 0.2-0.3 ms).
+  EXPECT_LT(after, std::chrono::milliseconds(500)) << "the close did not wake the listener";
 }
 
 INSTANTIATE_TEST_SUITE_P(
