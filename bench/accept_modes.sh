@@ -48,13 +48,10 @@ start_server() {
   "bazel-bin/tools/$server" --port 0 --threads 2 ${flags[$1]} "${server_flags[@]}" \
     >"$work/$1.log" 2>&1 &
   pid=$!
-  for _ in $(seq 100); do
-    port=$(sed -n "s|^$server listening on http://0.0.0.0:\([0-9]*\)/\$|\1|p" "$work/$1.log")
-    url=http://127.0.0.1:$port/
-    [[ -n $port ]] && return
-    sleep 0.05
-  done
-  echo "accept_modes.sh: $1 did not start" >&2; cat "$work/$1.log" >&2; exit 1
+  if ! port=$(printed_port "$pid" "$work/$1.log" "$server"); then
+    echo "accept_modes.sh: $1 did not start" >&2; cat "$work/$1.log" >&2; exit 1
+  fi
+  url=http://127.0.0.1:$port/
 }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 

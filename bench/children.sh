@@ -35,3 +35,22 @@ wait_listening() {
   done
   return 1
 }
+
+# printed_port PID LOG [NAME]: the port that server NAME (http_server by default), started with
+# --port 0, printed in LOG ("NAME listening on http://0.0.0.0:PORT/"), polling every 50 ms for
+# up to 10 s while PID lives. A port the server bound itself: what answers there is this
+# server, not an earlier run's orphan on a fixed port. Prints nothing and fails if PID exits
+# first or no such line comes.
+printed_port() {
+  local pid=$1 log=$2 name=${3:-http_server} port i
+  for ((i = 0; i < 200; ++i)); do
+    port=$(sed -n "s|^$name listening on http://0\.0\.0\.0:\([0-9]*\)/\$|\1|p" "$log")
+    if [[ -n $port ]]; then
+      echo "$port"
+      return 0
+    fi
+    is_pid "$pid" && kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.05
+  done
+  return 1
+}

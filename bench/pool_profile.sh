@@ -61,14 +61,7 @@ run_scenario() {
   LIBSOCK_PROFILE=1 "$work/http_server" --threads 2 --port 0 --metrics --root "$work/root" \
     >"$work/server.log" 2>&1 &
   server=$!
-  # The port from the server's own line: one it bound, so what answers there is this server
-  # (a fixed port could be an earlier run's orphan, recorded in its place).
-  for _ in $(seq 200); do
-    port=$(sed -n 's|^http_server listening on http://0\.0\.0\.0:\([0-9]*\)/$|\1|p' \
-      "$work/server.log")
-    [[ -n $port ]] || ! kill -0 "$server" 2>/dev/null && break
-    sleep 0.05
-  done
+  port=$(printed_port "$server" "$work/server.log") || true
   kill -0 "$server" 2>/dev/null || scenario_fails "$name" "http_server exited at its start"
   [[ -n $port ]] || scenario_fails "$name" "http_server printed no listening line in 10 s"
   local url=http://127.0.0.1:$port

@@ -36,12 +36,9 @@ start_server() {
   taskset -c "$server_cpu" "$work/http_server" --port 0 --threads 1 --metrics \
     --root "$work/root" >"$work/server.log" 2>&1 &
   pid=$!
-  for _ in $(seq 100); do
-    port=$(sed -n 's|^http_server listening on http://0.0.0.0:\([0-9]*\)/$|\1|p' "$work/server.log")
-    [[ -n $port ]] && return
-    sleep 0.05
-  done
-  echo "stall.sh: the server did not start" >&2; cat "$work/server.log" >&2; exit 1
+  if ! port=$(printed_port "$pid" "$work/server.log"); then
+    echo "stall.sh: the server did not start" >&2; cat "$work/server.log" >&2; exit 1
+  fi
 }
 
 # metric TEXT SERIES: the value of one series of a Prometheus text.
